@@ -148,7 +148,7 @@ mod tests {
         let mut rng = Rng::new(3, 4);
         for _ in 0..200 {
             let s = sample_start(&mut rng, 20, 8);
-            assert!(s % 8 == 0 && s < 20);
+            assert!(s.is_multiple_of(8) && s < 20);
         }
     }
 }

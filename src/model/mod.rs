@@ -24,3 +24,5 @@ impl ModelConfig {
         format!("WRN-{}-{}", self.depth, self.widen)
     }
 }
+
+pub mod wrn;

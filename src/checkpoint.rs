@@ -1,0 +1,1243 @@
+//! Checkpoints: the persistent state of a run (model configuration, optimizer step and epoch,
+//! parameters, momentum and BN running statistics, RNG streams, data normalisation, free-form
+//! metadata) to and from one file in our own little-endian format.
+//!
+//! Why it is shaped so:
+//! - A resumed run must continue bit for bit, so every f32 is stored as its raw bits (NaN payloads
+//!   and -0.0 survive) and RNG states are stored as the exact bytes of `Rng::state()`.
+//! - `--resume` may point at anything, so `load` trusts nothing: it checks the magic, then a
+//!   CRC-32 over the whole file, then parses, checking every count and length against the bytes
+//!   left *before* allocating. Every problem is an `Error::Checkpoint` naming the file and saying
+//!   precisely what is wrong (which field is truncated, both CRCs, both version numbers, ...).
+//! - A crash while saving must never cost the last good checkpoint: [`write_atomic`] writes a
+//!   temporary file beside the target, syncs it, renames it over the target and syncs the folder.
+//! - The encoding is canonical (one byte string per checkpoint): `save` checks what `load` checks,
+//!   so anything saved loads, and anything loaded saves to the same bytes.
+//!
+//! Layout (little-endian; `str` is `u32 length` + UTF-8 bytes):
+//! ```text
+//! magic  b"SLCKPT\0\0"            u32 version (1)
+//! config u32 depth, u32 widen, u32 classes, u32 in_channels, f64 keep (in (0, 1])
+//! u64 step, u64 epoch
+//! u32 tensor count;  each: str name, u32 ndim, u64 dims[ndim], u64 numel, f32 data[numel]
+//! u32 RNG count;     each: str name, u32 length, u8 state[length]
+//! u32 n, f32 norm_mean[n];  u32 n, f32 norm_std[n]   (same n)
+//! u32 meta count;    each: str key, str value
+//! u32 CRC-32 (crc32fast / IEEE) of every byte before it
+//! ```
+//! Names are unique within tensors, within RNGs and within metadata keys.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use byteorder::{ByteOrder, LittleEndian as LE, WriteBytesExt};
+
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+
+/// The first 8 bytes of every checkpoint.
+pub const MAGIC: [u8; 8] = *b"SLCKPT\0\0";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Magic + version.
+const HEADER_LEN: usize = 12;
+const CRC_LEN: usize = 4;
+
+/// One named array: a parameter, a momentum buffer or a BN running statistic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Row-major, `shape.iter().product()` values (1 for a scalar with shape `[]`).
+    pub data: Vec<f32>,
+}
+
+/// Everything a run needs to continue exactly where it stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub step: u64,
+    pub epoch: u64,
+    /// Parameters, momentum, BN running stats.
+    pub tensors: Vec<Tensor>,
+    /// `"shuffle"`, `"augment"`, `"slice"` -> `Rng::state()` bytes.
+    pub rngs: Vec<(String, Vec<u8>)>,
+    pub norm_mean: Vec<f32>,
+    pub norm_std: Vec<f32>,
+    /// Free-form: dataset, best_acc, lr, schedule, ...
+    pub meta: Vec<(String, String)>,
+}
+
+impl Checkpoint {
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.meta
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn rng(&self, name: &str) -> Option<&[u8]> {
+        self.rngs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+}
+
+/// Serialises `ck` and writes it atomically to `path`.
+pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
+    let bytes = encode(ck).map_err(|msg| Error::checkpoint(path, format!("cannot save: {msg}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads and fully validates the checkpoint at `path`.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = fs::read(path).map_err(|e| {
+        let msg = match e.kind() {
+            io::ErrorKind::NotFound => "no such file".to_string(),
+            _ => format!("cannot read: {e}"),
+        };
+        Error::checkpoint(path, msg)
+    })?;
+    decode(&bytes).map_err(|msg| Error::checkpoint(path, msg))
+}
+
+/// An error naming the checkpoint and every field where `found` (read from it) differs from
+/// `expected` (from the flags). A caller that allows a field to change (say `keep` when
+/// fine-tuning) copies it from `found` into `expected` first.
+pub fn check_config(path: &Path, found: &ModelConfig, expected: &ModelConfig) -> Result<()> {
+    let mut diffs = Vec::new();
+    let mut field = |name: &str, differs: bool, a: &dyn fmt::Display, b: &dyn fmt::Display| {
+        if differs {
+            diffs.push(format!("{name} {a} in the checkpoint, {b} from the flags"));
+        }
+    };
+    let (f, e) = (found, expected);
+    field("depth", f.depth != e.depth, &f.depth, &e.depth);
+    field("widen", f.widen != e.widen, &f.widen, &e.widen);
+    field("classes", f.classes != e.classes, &f.classes, &e.classes);
+    field(
+        "in_channels",
+        f.in_channels != e.in_channels,
+        &f.in_channels,
+        &e.in_channels,
+    );
+    field("keep", f.keep != e.keep, &f.keep, &e.keep);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::checkpoint(
+        path,
+        format!(
+            "model configuration does not match the flags: {}",
+            diffs.join("; ")
+        ),
+    ))
+}
+
+/// Replaces `path` with `bytes` so that a crash at any moment leaves either the old file or the
+/// new one: write a temporary file in the same folder (same file system, so the rename is
+/// atomic), flush and `sync_all` it, rename it over `path`, then sync the folder so the rename
+/// itself is durable. On failure the temporary file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Distinct temp names per call, so two threads saving the same path never share one.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let Some(name) = path.file_name() else {
+        return Err(Error::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
+        ));
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.flush()?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        let msg = format!("writing through temporary file {}: {e}", tmp.display());
+        return Err(Error::io(path, io::Error::new(e.kind(), msg)));
+    }
+    sync_dir(dir).map_err(|e| {
+        let msg = format!("syncing folder {} after the rename: {e}", dir.display());
+        Error::io(path, io::Error::new(e.kind(), msg))
+    })
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    // Folders cannot be opened for syncing here; the rename is as durable as the OS makes it.
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+/// The checks `decode` makes on content, made before writing, so every saved file loads.
+fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
+    let c = &ck.config;
+    for (name, v) in [
+        ("depth", c.depth),
+        ("widen", c.widen),
+        ("classes", c.classes),
+        ("in_channels", c.in_channels),
+    ] {
+        if u32::try_from(v).is_err() {
+            return Err(format!("config.{name} {v} does not fit in 32 bits"));
+        }
+    }
+    if !(c.keep > 0.0 && c.keep <= 1.0) {
+        return Err(format!("config.keep {} is outside (0, 1]", c.keep));
+    }
+    let fits = |what: &dyn fmt::Display, n: usize| {
+        u32::try_from(n)
+            .map(|_| ())
+            .map_err(|_| format!("{what}: {n} does not fit in 32 bits"))
+    };
+    fits(&"tensor count", ck.tensors.len())?;
+    let mut names = HashSet::new();
+    for t in &ck.tensors {
+        fits(
+            &format_args!("tensor {:?} name length", t.name),
+            t.name.len(),
+        )?;
+        fits(&format_args!("tensor {:?} rank", t.name), t.shape.len())?;
+        if !names.insert(t.name.as_str()) {
+            return Err(format!("duplicate tensor name {:?}", t.name));
+        }
+        let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if numel != Some(t.data.len()) {
+            return Err(format!(
+                "tensor {:?} holds {} values but its shape {:?} needs {}",
+                t.name,
+                t.data.len(),
+                t.shape,
+                numel.map_or("more than usize::MAX".to_string(), |n| n.to_string())
+            ));
+        }
+    }
+    fits(&"RNG count", ck.rngs.len())?;
+    let mut names = HashSet::new();
+    for (name, state) in &ck.rngs {
+        fits(&format_args!("RNG {name:?} name length"), name.len())?;
+        fits(&format_args!("RNG {name:?} state length"), state.len())?;
+        if !names.insert(name.as_str()) {
+            return Err(format!("duplicate RNG name {name:?}"));
+        }
+    }
+    fits(&"norm_mean length", ck.norm_mean.len())?;
+    if ck.norm_mean.len() != ck.norm_std.len() {
+        return Err(format!(
+            "norm_mean has {} values but norm_std has {}",
+            ck.norm_mean.len(),
+            ck.norm_std.len()
+        ));
+    }
+    fits(&"metadata count", ck.meta.len())?;
+    let mut keys = HashSet::new();
+    for (k, v) in &ck.meta {
+        fits(&format_args!("metadata key {k:?} length"), k.len())?;
+        fits(&format_args!("metadata {k:?} value length"), v.len())?;
+        if !keys.insert(k.as_str()) {
+            return Err(format!("duplicate metadata key {k:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// The file's bytes, CRC included.
+fn encode(ck: &Checkpoint) -> std::result::Result<Vec<u8>, String> {
+    validate(ck)?;
+    let data_bytes: usize = ck
+        .tensors
+        .iter()
+        .map(|t| 24 + t.name.len() + 8 * t.shape.len() + 4 * t.data.len())
+        .sum();
+    let mut out = Vec::with_capacity(data_bytes + 1024);
+    write_body(&mut out, ck).map_err(|e| format!("cannot serialise: {e}"))?;
+    let crc = crc32fast::hash(&out);
+    out.write_u32::<LE>(crc)
+        .map_err(|e| format!("cannot serialise: {e}"))?;
+    Ok(out)
+}
+
+/// Everything before the CRC. Lengths were checked by `validate`, so the `as u32` casts are exact.
+fn write_body(w: &mut Vec<u8>, ck: &Checkpoint) -> io::Result<()> {
+    w.write_all(&MAGIC)?;
+    w.write_u32::<LE>(VERSION)?;
+    let c = &ck.config;
+    for v in [c.depth, c.widen, c.classes, c.in_channels] {
+        w.write_u32::<LE>(v as u32)?;
+    }
+    w.write_f64::<LE>(c.keep)?;
+    w.write_u64::<LE>(ck.step)?;
+    w.write_u64::<LE>(ck.epoch)?;
+
+    w.write_u32::<LE>(ck.tensors.len() as u32)?;
+    for t in &ck.tensors {
+        write_bytes(w, t.name.as_bytes())?;
+        w.write_u32::<LE>(t.shape.len() as u32)?;
+        for &d in &t.shape {
+            w.write_u64::<LE>(d as u64)?;
+        }
+        w.write_u64::<LE>(t.data.len() as u64)?;
+        write_f32s(w, &t.data);
+    }
+
+    w.write_u32::<LE>(ck.rngs.len() as u32)?;
+    for (name, state) in &ck.rngs {
+        write_bytes(w, name.as_bytes())?;
+        write_bytes(w, state)?;
+    }
+
+    for values in [&ck.norm_mean, &ck.norm_std] {
+        w.write_u32::<LE>(values.len() as u32)?;
+        write_f32s(w, values);
+    }
+
+    w.write_u32::<LE>(ck.meta.len() as u32)?;
+    for (k, v) in &ck.meta {
+        write_bytes(w, k.as_bytes())?;
+        write_bytes(w, v.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn write_bytes(w: &mut Vec<u8>, bytes: &[u8]) -> io::Result<()> {
+    w.write_u32::<LE>(bytes.len() as u32)?;
+    w.write_all(bytes)
+}
+
+/// Raw bits, bulk: bit-exact for every value, NaN payloads included.
+fn write_f32s(w: &mut Vec<u8>, values: &[f32]) {
+    let at = w.len();
+    w.resize(at + 4 * values.len(), 0);
+    LE::write_f32_into(values, &mut w[at..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/// Why parsing stopped. `Short`: the file has fewer bytes than a field needs (cut short, or a
+/// corrupt count or length); `Bad`: anything else. On a CRC mismatch only `Short` is worth
+/// reporting, since it says where a truncated file ends.
+enum Fail {
+    Short(String),
+    Bad(String),
+}
+
+impl Fail {
+    fn msg(self) -> String {
+        match self {
+            Fail::Short(m) | Fail::Bad(m) => m,
+        }
+    }
+}
+
+type Parse<T> = std::result::Result<T, Fail>;
+
+/// A cursor over `bytes[..end]`; positions are file offsets, for messages.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn left(&self) -> usize {
+        self.end - self.pos
+    }
+
+    /// The next `n` bytes, or a `Short` failure naming the field. Every read and every
+    /// allocation goes through here first, so nothing larger than the file is ever allocated.
+    fn take(&mut self, n: usize, what: &dyn fmt::Display) -> Parse<&'a [u8]> {
+        if n > self.left() {
+            return Err(Fail::Short(format!(
+                "truncated at {what}: needs {n} bytes at offset {}, only {} left",
+                self.pos,
+                self.left()
+            )));
+        }
+        let out = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn u32(&mut self, what: &dyn fmt::Display) -> Parse<u32> {
+        Ok(LE::read_u32(self.take(4, what)?))
+    }
+
+    fn u64(&mut self, what: &dyn fmt::Display) -> Parse<u64> {
+        Ok(LE::read_u64(self.take(8, what)?))
+    }
+
+    fn f64(&mut self, what: &dyn fmt::Display) -> Parse<f64> {
+        Ok(LE::read_f64(self.take(8, what)?))
+    }
+
+    /// A u32 count of records each at least `min_each` bytes long, checked against the bytes
+    /// left so that `Vec::with_capacity(count)` stays bounded by the file size.
+    fn count(&mut self, what: &dyn fmt::Display, min_each: usize) -> Parse<usize> {
+        let at = self.pos;
+        let n = self.u32(what)? as usize;
+        let need = n.saturating_mul(min_each);
+        if need > self.left() {
+            return Err(Fail::Short(format!(
+                "{what} {n} at offset {at} is impossible: it needs at least {need} bytes, \
+                 only {} left",
+                self.left()
+            )));
+        }
+        Ok(n)
+    }
+
+    /// A u32 length then that many bytes.
+    fn bytes(&mut self, what: &dyn fmt::Display) -> Parse<&'a [u8]> {
+        let n = self.u32(&format_args!("{what} length"))? as usize;
+        self.take(n, what)
+    }
+
+    fn string(&mut self, what: &dyn fmt::Display) -> Parse<String> {
+        let at = self.pos + 4;
+        let raw = self.bytes(what)?;
+        String::from_utf8(raw.to_vec())
+            .map_err(|_| Fail::Bad(format!("{what} at offset {at} is not valid UTF-8")))
+    }
+
+    fn f32s(&mut self, n: usize, what: &dyn fmt::Display) -> Parse<Vec<f32>> {
+        let raw = self.take(n.saturating_mul(4), what)?;
+        let mut out = vec![0f32; n];
+        LE::read_f32_into(raw, &mut out);
+        Ok(out)
+    }
+}
+
+/// Magic and size, then the CRC, then the structure; the message says what is wrong.
+fn decode(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
+    let len = bytes.len();
+    let head = &bytes[..len.min(MAGIC.len())];
+    if !MAGIC.starts_with(head) {
+        return Err(format!(
+            "not a sliceout checkpoint: it starts with \"{}\", expected \"{}\"",
+            head.escape_ascii(),
+            MAGIC.escape_ascii()
+        ));
+    }
+    if len == 0 {
+        return Err("truncated at the magic: the file is empty".to_string());
+    }
+    if len < HEADER_LEN + CRC_LEN {
+        return Err(format!(
+            "truncated at the header: the file is {len} bytes, a checkpoint has at least {}",
+            HEADER_LEN + CRC_LEN
+        ));
+    }
+    let body_end = len - CRC_LEN;
+    let stored = LE::read_u32(&bytes[body_end..]);
+    let computed = crc32fast::hash(&bytes[..body_end]);
+    if stored != computed {
+        // The mismatch alone does not say where the damage is. If the bytes, read as far as they
+        // go (no CRC), run out inside a field, the file was most likely cut short: say where.
+        if let Err(Fail::Short(msg)) = parse(bytes, len) {
+            return Err(format!(
+                "the file is truncated or corrupt: {msg} (CRC mismatch: stored {stored:#010x}, \
+                 computed {computed:#010x})"
+            ));
+        }
+        return Err(format!(
+            "CRC mismatch: stored {stored:#010x}, computed {computed:#010x} over the first \
+             {body_end} bytes; the file is corrupt"
+        ));
+    }
+    parse(bytes, body_end).map_err(Fail::msg)
+}
+
+/// Parses `bytes[8..end]` (after the magic, up to the CRC).
+fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
+    let mut r = Reader {
+        bytes,
+        pos: MAGIC.len(),
+        end,
+    };
+    let version = r.u32(&"format version")?;
+    if version != VERSION {
+        return Err(Fail::Bad(format!(
+            "unknown format version {version}; this build reads version {VERSION}"
+        )));
+    }
+    let depth = r.u32(&"config.depth")? as usize;
+    let widen = r.u32(&"config.widen")? as usize;
+    let classes = r.u32(&"config.classes")? as usize;
+    let in_channels = r.u32(&"config.in_channels")? as usize;
+    let keep = r.f64(&"config.keep")?;
+    if !(keep > 0.0 && keep <= 1.0) {
+        return Err(Fail::Bad(format!("config.keep {keep} is outside (0, 1]")));
+    }
+    let config = ModelConfig {
+        depth,
+        widen,
+        classes,
+        in_channels,
+        keep,
+    };
+    let step = r.u64(&"step")?;
+    let epoch = r.u64(&"epoch")?;
+
+    // Smallest tensor record: name length, rank, numel.
+    let n = r.count(&"tensor count", 4 + 4 + 8)?;
+    let mut tensors = Vec::with_capacity(n);
+    let mut seen = HashSet::new();
+    for i in 0..n {
+        let name = r.string(&format_args!("tensor {i} name"))?;
+        if !seen.insert(name.clone()) {
+            return Err(Fail::Bad(format!("duplicate tensor name {name:?}")));
+        }
+        let ndim = r.count(&format_args!("tensor {name:?} rank"), 8)?;
+        let mut shape = Vec::with_capacity(ndim);
+        for d in 0..ndim {
+            let v = r.u64(&format_args!("tensor {name:?} dimension {d}"))?;
+            let v = usize::try_from(v).map_err(|_| {
+                Fail::Bad(format!("tensor {name:?} dimension {d} is {v}, too large"))
+            })?;
+            shape.push(v);
+        }
+        let numel = r.u64(&format_args!("tensor {name:?} value count"))?;
+        let need = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if need.map(|k| k as u64) != Some(numel) {
+            return Err(Fail::Bad(format!(
+                "tensor {name:?} holds {numel} values but its shape {shape:?} needs {}",
+                need.map_or("more than usize::MAX".to_string(), |k| k.to_string())
+            )));
+        }
+        let data = r.f32s(numel as usize, &format_args!("tensor {name:?} data"))?;
+        tensors.push(Tensor { name, shape, data });
+    }
+
+    let n = r.count(&"RNG count", 4 + 4)?;
+    let mut rngs = Vec::with_capacity(n);
+    let mut seen = HashSet::new();
+    for i in 0..n {
+        let name = r.string(&format_args!("RNG {i} name"))?;
+        if !seen.insert(name.clone()) {
+            return Err(Fail::Bad(format!("duplicate RNG name {name:?}")));
+        }
+        let state = r.bytes(&format_args!("RNG {name:?} state"))?.to_vec();
+        rngs.push((name, state));
+    }
+
+    let n = r.count(&"norm_mean length", 4)?;
+    let norm_mean = r.f32s(n, &"norm_mean values")?;
+    let n = r.count(&"norm_std length", 4)?;
+    let norm_std = r.f32s(n, &"norm_std values")?;
+    if norm_mean.len() != norm_std.len() {
+        return Err(Fail::Bad(format!(
+            "norm_mean has {} values but norm_std has {}",
+            norm_mean.len(),
+            norm_std.len()
+        )));
+    }
+
+    let n = r.count(&"metadata count", 4 + 4)?;
+    let mut meta = Vec::with_capacity(n);
+    let mut seen = HashSet::new();
+    for i in 0..n {
+        let key = r.string(&format_args!("metadata key {i}"))?;
+        if !seen.insert(key.clone()) {
+            return Err(Fail::Bad(format!("duplicate metadata key {key:?}")));
+        }
+        let value = r.string(&format_args!("metadata {key:?} value"))?;
+        meta.push((key, value));
+    }
+
+    if r.pos != end {
+        return Err(Fail::Bad(format!(
+            "{} unexpected bytes after the metadata, at offset {}",
+            end - r.pos,
+            r.pos
+        )));
+    }
+    Ok(Checkpoint {
+        config,
+        step,
+        epoch,
+        tensors,
+        rngs,
+        norm_mean,
+        norm_std,
+        meta,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{stream, Rng};
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A fresh, empty folder for one test.
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sliceout-ckpt-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn config() -> ModelConfig {
+        ModelConfig {
+            depth: 16,
+            widen: 4,
+            classes: 10,
+            in_channels: 3,
+            keep: 0.5,
+        }
+    }
+
+    /// A small checkpoint with awkward values: NaN payloads, -0.0, infinities, a subnormal, a
+    /// scalar, an empty tensor, real RNG states and non-ASCII metadata.
+    fn sample() -> Checkpoint {
+        let mut rng = Rng::new(3, stream::INIT);
+        let mut w: Vec<f32> = (0..4 * 3 * 3 * 3).map(|_| rng.normal()).collect();
+        w[0] = f32::from_bits(0x7fc0_1234); // quiet NaN with payload
+        w[1] = f32::from_bits(0xffa0_0001); // negative signalling NaN with payload
+        w[2] = -0.0;
+        w[3] = f32::INFINITY;
+        w[4] = f32::NEG_INFINITY;
+        w[5] = f32::from_bits(1); // smallest subnormal
+        let mut states = Vec::new();
+        for (name, s) in [
+            ("shuffle", stream::SHUFFLE),
+            ("augment", stream::AUGMENT),
+            ("slice", stream::SLICE),
+        ] {
+            let mut r = Rng::new(42, s);
+            r.next_u64();
+            states.push((name.to_string(), r.state()));
+        }
+        Checkpoint {
+            config: config(),
+            step: 123_456_789_012,
+            epoch: 17,
+            tensors: vec![
+                Tensor {
+                    name: "conv1.w".into(),
+                    shape: vec![4, 3, 3, 3],
+                    data: w,
+                },
+                Tensor {
+                    name: "bn1.running_var".into(),
+                    shape: vec![4],
+                    data: vec![1.0, 0.5, -0.0, 2.0],
+                },
+                Tensor {
+                    name: "scalar".into(),
+                    shape: vec![],
+                    data: vec![7.25],
+                },
+                Tensor {
+                    name: "empty".into(),
+                    shape: vec![0, 5],
+                    data: vec![],
+                },
+            ],
+            rngs: states,
+            norm_mean: vec![0.4914, 0.4822, 0.4465],
+            norm_std: vec![0.2470, 0.2435, 0.2616],
+            meta: vec![
+                ("dataset".into(), "cifar10".into()),
+                ("best_acc".into(), "0.9321".into()),
+                ("note".into(), "µ ünïcode ✓".into()),
+            ],
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    fn assert_same(a: &Checkpoint, b: &Checkpoint) {
+        assert_eq!(a.config, b.config);
+        assert_eq!((a.step, a.epoch), (b.step, b.epoch));
+        assert_eq!(a.tensors.len(), b.tensors.len());
+        for (x, y) in a.tensors.iter().zip(&b.tensors) {
+            assert_eq!(x.name, y.name);
+            assert_eq!(x.shape, y.shape);
+            assert_eq!(bits(&x.data), bits(&y.data), "tensor {}", x.name);
+        }
+        assert_eq!(a.rngs, b.rngs);
+        assert_eq!(bits(&a.norm_mean), bits(&b.norm_mean));
+        assert_eq!(bits(&a.norm_std), bits(&b.norm_std));
+        assert_eq!(a.meta, b.meta);
+    }
+
+    /// Recomputes the trailing CRC so a corrupted body reaches the parser.
+    fn fix_crc(bytes: &mut [u8]) {
+        let n = bytes.len() - CRC_LEN;
+        let crc = crc32fast::hash(&bytes[..n]);
+        LE::write_u32(&mut bytes[n..], crc);
+    }
+
+    /// Offsets of every count and length field of an encoded checkpoint, found by an
+    /// independent walk of the documented layout: (label, offset, width in bytes).
+    fn length_fields(b: &[u8]) -> Vec<(String, usize, usize)> {
+        let mut out = Vec::new();
+        let mut p = HEADER_LEN + 4 * 4 + 8 + 8 + 8;
+        let u32_at = |out: &mut Vec<_>, p: &mut usize, label: String| {
+            let v = LE::read_u32(&b[*p..]) as usize;
+            out.push((label, *p, 4));
+            *p += 4;
+            v
+        };
+        let n = u32_at(&mut out, &mut p, "tensor count".into());
+        for i in 0..n {
+            let len = u32_at(&mut out, &mut p, format!("tensor {i} name length"));
+            p += len;
+            let ndim = u32_at(&mut out, &mut p, format!("tensor {i} rank"));
+            for d in 0..ndim {
+                out.push((format!("tensor {i} dim {d}"), p, 8));
+                p += 8;
+            }
+            let numel = LE::read_u64(&b[p..]) as usize;
+            out.push((format!("tensor {i} numel"), p, 8));
+            p += 8 + 4 * numel;
+        }
+        let n = u32_at(&mut out, &mut p, "RNG count".into());
+        for i in 0..n {
+            let len = u32_at(&mut out, &mut p, format!("RNG {i} name length"));
+            p += len;
+            let len = u32_at(&mut out, &mut p, format!("RNG {i} state length"));
+            p += len;
+        }
+        for label in ["norm_mean length", "norm_std length"] {
+            let len = u32_at(&mut out, &mut p, label.into());
+            p += 4 * len;
+        }
+        let n = u32_at(&mut out, &mut p, "metadata count".into());
+        for i in 0..n {
+            let len = u32_at(&mut out, &mut p, format!("metadata {i} key length"));
+            p += len;
+            let len = u32_at(&mut out, &mut p, format!("metadata {i} value length"));
+            p += len;
+        }
+        assert_eq!(p + CRC_LEN, b.len(), "layout walk must end at the CRC");
+        out
+    }
+
+    fn field_at(fields: &[(String, usize, usize)], label: &str) -> usize {
+        fields.iter().find(|f| f.0 == label).unwrap().1
+    }
+
+    /// Writes `bytes` to a file in `dir`, loads it and returns the error message.
+    fn load_err(dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let path = dir.join(name);
+        fs::write(&path, bytes).unwrap();
+        let err = load(&path).expect_err("corrupt checkpoint must not load");
+        assert!(matches!(err, Error::Checkpoint { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn round_trip_is_bit_exact() {
+        let dir = scratch("roundtrip");
+        let path = dir.join("a.ckpt");
+        let ck = sample();
+        save(&path, &ck).unwrap();
+        let back = load(&path).unwrap();
+        assert_same(&ck, &back);
+        assert_eq!(
+            back.tensor("conv1.w").unwrap().data[0].to_bits(),
+            0x7fc0_1234
+        );
+        assert_eq!(
+            back.tensor("conv1.w").unwrap().data[1].to_bits(),
+            0xffa0_0001
+        );
+        assert_eq!(
+            back.tensor("conv1.w").unwrap().data[2].to_bits(),
+            0x8000_0000
+        );
+        assert!(back.tensor("nope").is_none());
+        assert_eq!(back.meta("best_acc"), Some("0.9321"));
+        assert_eq!(back.meta("missing"), None);
+        // The restored RNG continues the saved stream exactly.
+        let mut original = Rng::from_state(ck.rng("slice").unwrap()).unwrap();
+        let mut restored = Rng::from_state(back.rng("slice").unwrap()).unwrap();
+        assert_eq!(original.next_u64(), restored.next_u64());
+        assert!(back.rng("dropout").is_none());
+        // Canonical: saving what was loaded gives the same bytes; no temp file is left behind.
+        assert_eq!(encode(&back).unwrap(), fs::read(&path).unwrap());
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.ckpt")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn layout_matches_the_documentation() {
+        let b = encode(&sample()).unwrap();
+        assert_eq!(&b[..8], b"SLCKPT\0\0");
+        assert_eq!(LE::read_u32(&b[8..]), 1);
+        assert_eq!(
+            [12, 16, 20, 24].map(|o| LE::read_u32(&b[o..])),
+            [16, 4, 10, 3]
+        );
+        assert_eq!(LE::read_f64(&b[28..]), 0.5);
+        assert_eq!(LE::read_u64(&b[36..]), 123_456_789_012);
+        assert_eq!(LE::read_u64(&b[44..]), 17);
+        let n = b.len() - 4;
+        assert_eq!(LE::read_u32(&b[n..]), crc32fast::hash(&b[..n]));
+        let fields = length_fields(&b); // panics if the walk does not end at the CRC
+        assert_eq!(fields[0], ("tensor count".to_string(), 52, 4));
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let dir = scratch("missing");
+        let path = dir.join("nothing-here.ckpt");
+        let msg = load(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("nothing-here.ckpt") && msg.contains("no such file"),
+            "{msg}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_magic_and_tiny_files() {
+        let dir = scratch("magic");
+        let good = encode(&sample()).unwrap();
+        let mut b = good.clone();
+        b[..8].copy_from_slice(b"PK\x03\x04abcd");
+        let msg = load_err(&dir, "zip.ckpt", &b);
+        assert!(msg.contains("not a sliceout checkpoint"), "{msg}");
+        let msg = load_err(&dir, "text.ckpt", b"hi");
+        assert!(msg.contains("not a sliceout checkpoint"), "{msg}");
+        let msg = load_err(&dir, "empty.ckpt", b"");
+        assert!(msg.contains("truncated") && msg.contains("empty"), "{msg}");
+        let msg = load_err(&dir, "head.ckpt", &good[..10]);
+        assert!(msg.contains("truncated at the header"), "{msg}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn truncation_names_the_field() {
+        let dir = scratch("trunc");
+        let good = encode(&sample()).unwrap();
+        let fields = length_fields(&good);
+        // Cut inside the data of the first tensor: the CRC fails, and the message says where.
+        let cut = field_at(&fields, "tensor 0 numel") + 8 + 40;
+        let msg = load_err(&dir, "cut.ckpt", &good[..cut]);
+        assert!(
+            msg.contains("truncated at tensor \"conv1.w\" data") && msg.contains("CRC mismatch"),
+            "{msg}"
+        );
+        // Cut in the config.
+        let msg = load_err(&dir, "cut2.ckpt", &good[..22]);
+        assert!(msg.contains("truncated at config.classes"), "{msg}");
+        // A shorter body with a valid CRC (as if written short by a buggy writer).
+        let cut = field_at(&fields, "metadata 1 value length") + 2;
+        let mut b = good[..cut].to_vec();
+        b.extend_from_slice(&[0; 4]);
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "cut3.ckpt", &b);
+        assert!(
+            msg.contains("truncated at metadata \"best_acc\" value length") && !msg.contains("CRC"),
+            "{msg}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn version_crc_and_bad_fields() {
+        let dir = scratch("fields");
+        let good = encode(&sample()).unwrap();
+        let fields = length_fields(&good);
+
+        let mut b = good.clone();
+        LE::write_u32(&mut b[8..], 7);
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "v7.ckpt", &b);
+        assert!(
+            msg.contains("unknown format version 7") && msg.contains("reads version 1"),
+            "{msg}"
+        );
+
+        let mut b = good.clone();
+        let at = field_at(&fields, "tensor 1 numel") + 8 + 3;
+        b[at] ^= 0x10;
+        let n = b.len() - 4;
+        let (stored, computed) = (LE::read_u32(&b[n..]), crc32fast::hash(&b[..n]));
+        let msg = load_err(&dir, "flip.ckpt", &b);
+        assert!(
+            msg.contains("CRC mismatch")
+                && msg.contains(&format!("{stored:#010x}"))
+                && msg.contains(&format!("{computed:#010x}")),
+            "{msg}"
+        );
+
+        let mut b = good.clone();
+        LE::write_u32(&mut b[field_at(&fields, "tensor count")..], u32::MAX);
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "count.ckpt", &b);
+        assert!(
+            msg.contains("tensor count 4294967295") && msg.contains("impossible"),
+            "{msg}"
+        );
+
+        let mut b = good.clone();
+        LE::write_u32(
+            &mut b[field_at(&fields, "RNG 1 state length")..],
+            0xffff_fff0,
+        );
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "len.ckpt", &b);
+        assert!(
+            msg.contains("truncated at RNG \"augment\" state: needs 4294967280 bytes"),
+            "{msg}"
+        );
+
+        let mut b = good.clone();
+        LE::write_u64(&mut b[field_at(&fields, "tensor 1 numel")..], 5);
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "numel.ckpt", &b);
+        assert!(
+            msg.contains("tensor \"bn1.running_var\" holds 5 values but its shape [4] needs 4"),
+            "{msg}"
+        );
+
+        let mut b = good.clone();
+        LE::write_u64(&mut b[field_at(&fields, "tensor 0 dim 0")..], u64::MAX / 2);
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "dims.ckpt", &b);
+        assert!(msg.contains("holds 108 values"), "{msg}");
+
+        let mut b = good.clone();
+        let at = field_at(&fields, "tensor 2 name length") + 4;
+        b[at] = 0xff;
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "utf8.ckpt", &b);
+        assert!(
+            msg.contains("tensor 2 name") && msg.contains("not valid UTF-8"),
+            "{msg}"
+        );
+
+        let mut b = good.clone();
+        LE::write_f64(&mut b[28..], f64::NAN);
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "keep.ckpt", &b);
+        assert!(msg.contains("config.keep NaN is outside (0, 1]"), "{msg}");
+
+        let mut b = good[..good.len() - 4].to_vec();
+        b.extend_from_slice(&[1, 2, 3, 0, 0, 0, 0]);
+        fix_crc(&mut b);
+        let msg = load_err(&dir, "trailing.ckpt", &b);
+        assert!(
+            msg.contains("3 unexpected bytes after the metadata"),
+            "{msg}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn save_refuses_what_load_would_refuse() {
+        let dir = scratch("refuse");
+        let path = dir.join("x.ckpt");
+        type Break = fn(&mut Checkpoint);
+        let cases: Vec<(Break, &str)> = vec![
+            (|c| c.tensors[1].data.push(1.0), "holds 5 values"),
+            (
+                |c| c.tensors[2].name = "conv1.w".into(),
+                "duplicate tensor name",
+            ),
+            (|c| c.rngs[1].0 = "shuffle".into(), "duplicate RNG name"),
+            (|c| c.meta[1].0 = "dataset".into(), "duplicate metadata key"),
+            (|c| c.config.keep = 0.0, "config.keep 0 is outside"),
+            (
+                |c| c.norm_std.pop().map(drop).unwrap_or(()),
+                "norm_std has 2",
+            ),
+        ];
+        for (break_it, expect) in cases {
+            let mut ck = sample();
+            break_it(&mut ck);
+            let msg = save(&path, &ck).unwrap_err().to_string();
+            assert!(msg.contains(expect) && msg.contains("x.ckpt"), "{msg}");
+            assert!(!path.exists());
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn check_config_names_each_difference() {
+        let path = Path::new("runs/wrn.ckpt");
+        let found = config();
+        assert!(check_config(path, &found, &found).is_ok());
+        let expected = ModelConfig {
+            depth: 28,
+            keep: 0.75,
+            ..found
+        };
+        let msg = check_config(path, &found, &expected)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("runs/wrn.ckpt"), "{msg}");
+        assert!(
+            msg.contains("depth 16 in the checkpoint, 28 from the flags"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("keep 0.5 in the checkpoint, 0.75 from the flags"),
+            "{msg}"
+        );
+        assert!(!msg.contains("widen") && !msg.contains("classes"), "{msg}");
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_cleans_up() {
+        let dir = scratch("atomic");
+        let path = dir.join("f.bin");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new contents").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new contents");
+        // A missing folder: an I/O error naming the path.
+        let bad = dir.join("no-such-dir").join("f.bin");
+        let err = write_atomic(&bad, b"x").unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("no-such-dir"), "{err}");
+        // The target is a folder: the rename fails and the temp file is removed.
+        let sub = dir.join("sub");
+        fs::create_dir(&sub).unwrap();
+        let err = write_atomic(&sub, b"x").unwrap_err();
+        assert!(err.to_string().contains("sub"), "{err}");
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["f.bin", "sub"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Mutations of a valid file: byte flips, truncations, extensions, with and without the CRC
+    /// recomputed, and count/length fields set to awkward values with the CRC recomputed (so the
+    /// parser sees them). Nothing may panic; what loads must re-encode to the same bytes.
+    #[test]
+    fn fuzz_never_panics() {
+        let good = encode(&sample()).unwrap();
+        let fields = length_fields(&good);
+        let mut rng = Rng::new(99, 1234);
+        let start = Instant::now();
+        let inputs = 6000;
+        let (mut accepted, mut kinds) = (0, [0usize; 7]);
+        for _ in 0..inputs {
+            let kind = rng.below(7);
+            kinds[kind] += 1;
+            let mut b = good.clone();
+            match kind {
+                0 | 1 => {
+                    for _ in 0..1 + rng.below(4) {
+                        let at = rng.below(b.len());
+                        b[at] ^= 1 + rng.below(255) as u8;
+                    }
+                }
+                2 | 3 => b.truncate(rng.below(b.len())),
+                4 => (0..1 + rng.below(64)).for_each(|_| b.push(rng.below(256) as u8)),
+                5 => {
+                    let at = HEADER_LEN + rng.below(b.len() - HEADER_LEN - CRC_LEN + 1);
+                    let extra: Vec<u8> = (0..1 + rng.below(32))
+                        .map(|_| rng.below(256) as u8)
+                        .collect();
+                    b.splice(at..at, extra);
+                }
+                _ => {
+                    let (_, at, width) = &fields[rng.below(fields.len())];
+                    let old = if *width == 4 {
+                        LE::read_u32(&b[*at..]) as u64
+                    } else {
+                        LE::read_u64(&b[*at..])
+                    };
+                    let v = match rng.below(8) {
+                        0 => 0,
+                        1 => old + 1,
+                        2 => old.saturating_sub(1),
+                        3 => u32::MAX as u64,
+                        4 => u64::MAX,
+                        5 => 1 << 62,
+                        6 => rng.below(good.len()) as u64,
+                        _ => rng.next_u64(),
+                    };
+                    if *width == 4 {
+                        LE::write_u32(&mut b[*at..], v as u32);
+                    } else {
+                        LE::write_u64(&mut b[*at..], v);
+                    }
+                }
+            }
+            let crc_fixed = matches!(kind, 1 | 3 | 5 | 6);
+            if crc_fixed && b.len() >= HEADER_LEN + CRC_LEN {
+                fix_crc(&mut b);
+            }
+            match decode(&b) {
+                Ok(ck) => {
+                    accepted += 1;
+                    assert!(crc_fixed, "kind {kind}: an unfixed CRC must not pass");
+                    assert_eq!(encode(&ck).unwrap(), b, "kind {kind}: not canonical");
+                }
+                Err(msg) => assert!(!msg.is_empty()),
+            }
+        }
+        println!(
+            "checkpoint fuzz: {inputs} inputs (per kind {kinds:?}), {accepted} accepted, {:?}",
+            start.elapsed()
+        );
+        assert!(kinds.iter().all(|&k| k > 500));
+    }
+
+    const CRASH_ENV: &str = "SLICEOUT_CKPT_CRASH_CHILD";
+
+    /// Only runs when re-executed by `crash_during_save_keeps_a_valid_file`: saves ~4 MB
+    /// checkpoints with varying contents to one path, over and over, until killed (or 20 s
+    /// pass, so an orphan never lingers), printing a line after each save.
+    #[test]
+    fn crash_child() {
+        let Some(path) = std::env::var_os(CRASH_ENV) else {
+            return;
+        };
+        let path = PathBuf::from(path);
+        let mut ck = sample();
+        ck.tensors[0] = Tensor {
+            name: "big".into(),
+            shape: vec![1 << 20],
+            data: vec![0.0; 1 << 20],
+        };
+        let mut rng = Rng::new(std::process::id() as u64, 5);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for step in 0.. {
+            let base = rng.next_u64() as u32;
+            fill_big(&mut ck.tensors[0].data, base);
+            ck.step = step;
+            ck.meta[2] = ("base".into(), base.to_string());
+            save(&path, &ck).unwrap();
+            println!("saved {step}");
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+    }
+
+    fn fill_big(data: &mut [f32], base: u32) {
+        for (i, x) in data.iter_mut().enumerate() {
+            *x = f32::from_bits(base.wrapping_add((i as u32).wrapping_mul(2_654_435_761)));
+        }
+    }
+
+    /// Kills the child on drop, so a failing assertion never leaves it running.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// SIGKILLs a process that is saving in a loop at a random moment, 30 times; the file must
+    /// then be absent (killed before the first save finished) or a complete, valid checkpoint.
+    #[test]
+    fn crash_during_save_keeps_a_valid_file() {
+        if std::env::var_os(CRASH_ENV).is_some() {
+            return;
+        }
+        let dir = scratch("crash");
+        let path = dir.join("run.ckpt");
+        let module = module_path!();
+        let test = format!("{}::crash_child", &module[module.find("::").unwrap() + 2..]);
+        let exe = std::env::current_exe().unwrap();
+        let mut rng = Rng::new(2024, 77);
+        let start = Instant::now();
+        let (trials, mut valid) = (30, 0);
+        for trial in 0..trials {
+            let mut child = KillOnDrop(
+                Command::new(&exe)
+                    .args(["--exact", &test, "--nocapture"])
+                    .env(CRASH_ENV, &path)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            // Every other trial waits for one finished save first, so most kills land while an
+            // existing file is being replaced; the others kill blind from the spawn.
+            if trial % 2 == 1 {
+                use std::io::BufRead;
+                let out = child.0.stdout.take().unwrap();
+                let mut lines = io::BufReader::new(out).lines();
+                let saved = lines.any(|l| l.is_ok_and(|l| l.starts_with("saved")));
+                assert!(saved, "child exited without saving");
+            }
+            std::thread::sleep(Duration::from_millis(3 + rng.below(98) as u64));
+            child.0.kill().unwrap();
+            child.0.wait().unwrap();
+            drop(child);
+            match load(&path) {
+                Ok(ck) => {
+                    valid += 1;
+                    let big = ck.tensor("big").unwrap();
+                    let base: u32 = ck.meta("base").unwrap().parse().unwrap();
+                    let mut expect = vec![0.0; 1 << 20];
+                    fill_big(&mut expect, base);
+                    assert_eq!(bits(&big.data), bits(&expect), "trial {trial}");
+                }
+                Err(e) => {
+                    assert!(!path.exists(), "trial {trial}: file exists but {e}");
+                    assert_eq!(valid, 0, "trial {trial}: a saved file disappeared");
+                }
+            }
+        }
+        // Each leftover temp file is a kill that landed in the middle of a save.
+        let torn = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "run.ckpt")
+            .count();
+        println!(
+            "crash test: {trials} kills ({torn} during a write), {valid} left a valid file, {:?}",
+            start.elapsed()
+        );
+        assert!(valid >= trials / 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

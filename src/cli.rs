@@ -1,0 +1,363 @@
+//! The command line: `train`, `eval`, `plan`, `profile`, `bench`, `selftest`, `data synth`.
+//! Parsing only; each command calls into the library and returns its error for `main` to print.
+
+use crate::data::DatasetKind;
+use crate::schedule::{Options, UpdateAt};
+use crate::train::{DeviceChoice, LrSchedule};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "sliceout", version, about = "Train Wide ResNets with SliceOut from a static memory plan", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a WRN (no flags: CIFAR-10 from data/cifar-10-batches-bin, or a synthetic demo).
+    Train(TrainFlags),
+    /// Test loss and accuracy of a checkpoint.
+    Eval(EvalFlags),
+    /// Print the memory plan of a step.
+    Plan(PlanFlags),
+    /// Time each op of a step and show what it allocates.
+    Profile(ProfileFlags),
+    /// Median step time and memory for several keep values, in one run.
+    Bench(BenchFlags),
+    /// Check every op and the PyTorch reference on a backend.
+    Selftest(SelftestFlags),
+    /// Dataset tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Write a learnable synthetic dataset in the exact CIFAR-10 binary format.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 5000)]
+        train: usize,
+        #[arg(long, default_value_t = 1000)]
+        test: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl From<Device> for DeviceChoice {
+    fn from(d: Device) -> DeviceChoice {
+        match d {
+            Device::Auto => DeviceChoice::Auto,
+            Device::Cpu => DeviceChoice::Cpu,
+            Device::Cuda => DeviceChoice::Cuda,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sched {
+    Cosine,
+    Step,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Update {
+    Early,
+    End,
+}
+
+/// The model's shape.
+#[derive(Args, Debug, Clone)]
+pub struct ModelFlags {
+    /// WRN depth, 6n+4 [default: 16]
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Widen factor k [default: 4]
+    #[arg(long)]
+    pub widen: Option<usize>,
+    /// Fraction of each sliced layer's channels kept per step, in (0, 1]; 1.0 = no SliceOut [default: 1.0]
+    #[arg(long)]
+    pub keep: Option<f64>,
+}
+
+/// Memory choices of the training schedule (see `sliceout plan`).
+#[derive(Args, Debug, Clone)]
+pub struct MemoryFlags {
+    /// Keep BN+ReLU outputs from forward instead of recomputing them in backward
+    #[arg(long)]
+    pub no_recompute: bool,
+    /// Use a fresh buffer and an add for the identity shortcut's gradient
+    #[arg(long)]
+    pub no_in_place: bool,
+    /// Images per im2col chunk (0 = auto, within --col-budget)
+    #[arg(long, default_value_t = 0)]
+    pub col_chunk: usize,
+    /// MiB an im2col workspace may take when --col-chunk is auto
+    #[arg(long, default_value_t = 32)]
+    pub col_budget: usize,
+    /// Where SGD updates go: right after each gradient, or after the whole backward pass
+    #[arg(long, value_enum, default_value_t = Update::Early)]
+    pub update: Update,
+}
+
+impl MemoryFlags {
+    pub fn options(&self) -> Options {
+        Options {
+            recompute: !self.no_recompute,
+            in_place: !self.no_in_place,
+            col_chunk: self.col_chunk,
+            col_budget_mib: self.col_budget.max(1),
+            update: match self.update {
+                Update::Early => UpdateAt::Early,
+                Update::End => UpdateAt::End,
+            },
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainFlags {
+    /// Dataset folder (CIFAR-10/100 binary or Fashion-MNIST IDX files)
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Dataset format; detected from the file names when absent
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// CIFAR-100: train on the 20 superclasses
+    #[arg(long)]
+    pub coarse: bool,
+    #[command(flatten)]
+    pub model: ModelFlags,
+    /// Slice starts are multiples of this
+    #[arg(long, default_value_t = 1)]
+    pub align: usize,
+    /// Epochs [default: 200; 8 for the synthetic demo]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    pub momentum: f64,
+    /// Weight decay
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
+    pub wd: f64,
+    #[arg(long)]
+    pub no_nesterov: bool,
+    #[arg(long, value_enum, default_value_t = Sched::Cosine)]
+    pub schedule: Sched,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// Output folder [default: runs/<timestamp>]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Use only the first N training images
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N test images
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Also checkpoint every N steps (0 = only at the end of each epoch)
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Continue a run from a checkpoint (in its folder unless --out says otherwise)
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub memory: MemoryFlags,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalFlags {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[arg(long)]
+    pub coarse: bool,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Svg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanMode {
+    Train,
+    Eval,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanFlags {
+    #[command(flatten)]
+    pub model: ModelFlags,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Input channels (3 for CIFAR, 1 for Fashion-MNIST)
+    #[arg(long, default_value_t = 3)]
+    pub in_channels: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t = PlanMode::Train)]
+    pub mode: PlanMode,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Chart width in columns (text format)
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    #[command(flatten)]
+    pub memory: MemoryFlags,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProfileFlags {
+    #[command(flatten)]
+    pub model: ModelFlags,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Timed steps (after one warm-up step)
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Put the network at this keep beside the profiled one (e.g. --compare 1.0)
+    #[arg(long)]
+    pub compare: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write a Chrome trace-event JSON file (opens in Perfetto or chrome://tracing)
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub memory: MemoryFlags,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchFlags {
+    /// WRN depth [default: 16]
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Widen factor [default: 4]
+    #[arg(long)]
+    pub widen: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Comma-separated keep values, all measured in this one run
+    #[arg(long, default_value = "1.0,0.75,0.5", value_delimiter = ',')]
+    pub keep: Vec<f64>,
+    /// Timed steps per keep value (after one warm-up step)
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// GPU math: tf32 or fp32 (the CPU always computes in fp32)
+    #[arg(long, default_value = "tf32")]
+    pub math: String,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SelftestFlags {
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+pub fn dataset(flag: &Option<String>) -> crate::Result<Option<DatasetKind>> {
+    flag.as_deref().map(str::parse).transpose()
+}
+
+pub fn lr_schedule(s: Sched) -> LrSchedule {
+    match s {
+        Sched::Cosine => LrSchedule::Cosine,
+        Sched::Step => LrSchedule::Step,
+    }
+}
+
+impl TrainFlags {
+    /// The flags of a bare `sliceout train`.
+    pub fn default_flags() -> TrainFlags {
+        match Cli::parse_from(["sliceout", "train"]).command {
+            Some(Command::Train(f)) => f,
+            _ => unreachable!("`train` parses to the train command"),
+        }
+    }
+}
+
+/// The model flags with their defaults applied, checked.
+pub fn model_config(
+    m: &ModelFlags,
+    classes: usize,
+    in_channels: usize,
+) -> crate::Result<crate::model::ModelConfig> {
+    use crate::Error;
+    let depth = m.depth.unwrap_or(16);
+    let widen = m.widen.unwrap_or(4);
+    let keep = m.keep.unwrap_or(1.0);
+    if depth < 10 || (depth - 4) % 6 != 0 {
+        return Err(Error::flag(
+            "--depth",
+            depth,
+            "6n+4 with n >= 1 (10, 16, 22, 28, ...)",
+        ));
+    }
+    if widen == 0 {
+        return Err(Error::flag("--widen", widen, "an integer >= 1"));
+    }
+    if !(keep > 0.0 && keep <= 1.0) {
+        return Err(Error::flag("--keep", keep, "a fraction in (0, 1]"));
+    }
+    if classes < 2 {
+        return Err(Error::flag("--classes", classes, "an integer >= 2"));
+    }
+    if in_channels == 0 {
+        return Err(Error::flag("--in-channels", in_channels, "an integer >= 1"));
+    }
+    Ok(crate::model::ModelConfig {
+        depth,
+        widen,
+        classes,
+        in_channels,
+        keep,
+    })
+}
+
+pub fn check_batch(batch: usize) -> crate::Result<usize> {
+    if batch == 0 {
+        return Err(crate::Error::flag("--batch", batch, "an integer >= 1"));
+    }
+    Ok(batch)
+}

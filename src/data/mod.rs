@@ -1,0 +1,493 @@
+//! The dataset layer: finds out which dataset a folder holds, reads it into memory and hands
+//! out normalised, optionally augmented batches.
+//!
+//! Every dataset is stored the same way once loaded: per image, channel planes of 32x32 bytes
+//! (CIFAR's own order), so the loader and the model see one format. Fashion-MNIST's 28x28 grey
+//! images are zero-padded to 32x32 with one channel. Readers check every byte they depend on
+//! and report bad files as `Error::Data` naming the file; nothing here panics on bad input.
+//!
+//! - `cifar`: CIFAR-10 / CIFAR-100 binary batches (memory-mapped).
+//! - `idx`: Fashion-MNIST / MNIST IDX files, raw or gzip.
+//! - `loader`: normalisation statistics, epoch shuffles, batch filling with augmentation.
+//! - `synth`: a small synthetic dataset written in the CIFAR-10 format, for tests and demos.
+
+pub mod cifar;
+pub mod idx;
+pub mod loader;
+pub mod synth;
+
+use crate::{Error, Result};
+use std::fmt;
+use std::fs::File;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Bytes in one 32x32 channel plane.
+pub const PLANE: usize = 32 * 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetKind {
+    Cifar10,
+    Cifar100,
+    FashionMnist,
+}
+
+impl FromStr for DatasetKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<DatasetKind> {
+        match s {
+            "cifar10" => Ok(DatasetKind::Cifar10),
+            "cifar100" => Ok(DatasetKind::Cifar100),
+            // MNIST uses the same IDX files as Fashion-MNIST; one reader serves both.
+            "fashion-mnist" | "mnist" => Ok(DatasetKind::FashionMnist),
+            _ => Err(Error::flag(
+                "--dataset",
+                s,
+                "cifar10, cifar100 or fashion-mnist",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::FashionMnist => "fashion-mnist",
+        })
+    }
+}
+
+/// One split (train or test): `len` images of `C x 32 x 32` bytes each, channel planes in
+/// order, and one label byte per image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub len: usize,
+}
+
+impl Split {
+    /// Keeps the first `n` images (all of them if there are fewer).
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        // n < len, so len > 0 here.
+        let per_image = self.images.len() / self.len;
+        self.images.truncate(n * per_image);
+        self.labels.truncate(n);
+        self.len = n;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub kind: DatasetKind,
+    pub classes: usize,
+    pub channels: usize,
+    pub train: Split,
+    pub test: Split,
+}
+
+const CIFAR10_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
+const CIFAR100_FILES: [&str; 2] = ["train.bin", "test.bin"];
+
+/// What each format needs, for error messages.
+fn expected_files() -> String {
+    format!(
+        "expected CIFAR-10 ({}), CIFAR-100 ({}) or Fashion-MNIST/MNIST ({}, each optionally \
+         .gz); if the files sit in a subfolder such as cifar-10-batches-bin, point at it",
+        CIFAR10_FILES.join(", "),
+        CIFAR100_FILES.join(", "),
+        idx::FILES.join(", "),
+    )
+}
+
+/// Which dataset `dir` holds, from its file names. Any one file of a format is enough to pick
+/// it, so that a folder missing some files gets "missing file X" from `load` rather than a vague
+/// "unrecognised folder".
+pub fn detect(dir: &Path) -> Result<DatasetKind> {
+    if !dir.is_dir() {
+        return Err(Error::data(
+            dir,
+            format!("dataset folder not found; {}", expected_files()),
+        ));
+    }
+    let has = |name: &str| dir.join(name).is_file();
+    if CIFAR10_FILES.iter().any(|f| has(f)) {
+        return Ok(DatasetKind::Cifar10);
+    }
+    if CIFAR100_FILES.iter().any(|f| has(f)) {
+        return Ok(DatasetKind::Cifar100);
+    }
+    if idx::FILES.iter().any(|f| has(f) || has(&format!("{f}.gz"))) {
+        return Ok(DatasetKind::FashionMnist);
+    }
+    Err(Error::data(
+        dir,
+        format!("no recognised dataset files; {}", expected_files()),
+    ))
+}
+
+/// Loads the dataset in `dir` (detected from its file names when `kind` is `None`). `coarse`
+/// selects CIFAR-100's 20 superclass labels instead of the 100 fine ones.
+pub fn load(dir: &Path, kind: Option<DatasetKind>, coarse: bool) -> Result<Dataset> {
+    if !dir.is_dir() {
+        return Err(Error::data(
+            dir,
+            format!("dataset folder not found; {}", expected_files()),
+        ));
+    }
+    let kind = match kind {
+        Some(k) => k,
+        None => detect(dir)?,
+    };
+    if coarse && kind != DatasetKind::Cifar100 {
+        return Err(Error::Msg(format!(
+            "coarse (superclass) labels exist only for cifar100, but {} holds {kind}",
+            dir.display()
+        )));
+    }
+    match kind {
+        DatasetKind::Cifar10 => {
+            let train_paths: Vec<_> = CIFAR10_FILES[..5].iter().map(|f| dir.join(f)).collect();
+            let train = cifar::read_cifar10(&train_paths)?;
+            let test = cifar::read_cifar10(&[dir.join(CIFAR10_FILES[5])])?;
+            Ok(Dataset {
+                kind,
+                classes: 10,
+                channels: 3,
+                train,
+                test,
+            })
+        }
+        DatasetKind::Cifar100 => {
+            let train = cifar::read_cifar100(&dir.join("train.bin"), coarse)?;
+            let test = cifar::read_cifar100(&dir.join("test.bin"), coarse)?;
+            Ok(Dataset {
+                kind,
+                classes: if coarse { 20 } else { 100 },
+                channels: 3,
+                train,
+                test,
+            })
+        }
+        DatasetKind::FashionMnist => {
+            let train = idx::read_split(dir, "train")?;
+            let test = idx::read_split(dir, "t10k")?;
+            Ok(Dataset {
+                kind,
+                classes: 10,
+                channels: 1,
+                train,
+                test,
+            })
+        }
+    }
+}
+
+/// A read-only, memory-mapped file. Empty and missing files are reported here (mapping an
+/// empty file fails on some systems, and "missing" should read as such, not as an OS error).
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::data(path, "missing file"))
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len == 0 {
+        return Err(Error::data(path, "empty file"));
+    }
+    // SAFETY: the map is read-only and copied out at once; a file changed by another process
+    // while it is read can give wrong bytes, which the readers' checks treat like bad data.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh folder under the system temp dir, removed when dropped.
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> TempDir {
+            static COUNT: AtomicUsize = AtomicUsize::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let dir = std::env::temp_dir().join(format!(
+                "sliceout-data-{tag}-{}-{}-{nanos}",
+                std::process::id(),
+                COUNT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A CIFAR image whose pixel (c, y, x) is a known function of (seed, c, y, x).
+    pub fn pixel(seed: usize, c: usize, y: usize, x: usize) -> u8 {
+        ((seed * 31 + c * 101 + y * 7 + x * 3) % 256) as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::TempDir;
+    use super::*;
+    use crate::rng::Rng;
+    use std::time::Instant;
+
+    #[test]
+    fn kind_parses_and_prints() {
+        for (s, k) in [
+            ("cifar10", DatasetKind::Cifar10),
+            ("cifar100", DatasetKind::Cifar100),
+            ("fashion-mnist", DatasetKind::FashionMnist),
+        ] {
+            assert_eq!(s.parse::<DatasetKind>().unwrap(), k);
+            assert_eq!(k.to_string(), s);
+        }
+        assert_eq!(
+            "mnist".parse::<DatasetKind>().unwrap(),
+            DatasetKind::FashionMnist
+        );
+        let msg = "imagenet".parse::<DatasetKind>().unwrap_err().to_string();
+        assert!(
+            msg.contains("--dataset") && msg.contains("imagenet"),
+            "{msg}"
+        );
+        assert!(msg.contains("cifar10, cifar100 or fashion-mnist"), "{msg}");
+    }
+
+    #[test]
+    fn truncate_keeps_first_images() {
+        let mut s = Split {
+            images: (0..5 * 1024).map(|i| (i / 1024) as u8).collect(),
+            labels: vec![0, 1, 2, 3, 4],
+            len: 5,
+        };
+        s.truncate(10);
+        assert_eq!(s.len, 5);
+        s.truncate(2);
+        assert_eq!(s.len, 2);
+        assert_eq!(s.labels, vec![0, 1]);
+        assert_eq!(s.images.len(), 2 * 1024);
+        assert_eq!(s.images[2047], 1);
+    }
+
+    #[test]
+    fn missing_folder_is_named_with_expected_files() {
+        let dir = std::env::temp_dir().join("sliceout-data-surely-not-here-3141");
+        for msg in [
+            detect(&dir).unwrap_err().to_string(),
+            load(&dir, None, false).unwrap_err().to_string(),
+        ] {
+            assert!(msg.contains("sliceout-data-surely-not-here-3141"), "{msg}");
+            assert!(msg.contains("not found"), "{msg}");
+            assert!(msg.contains("data_batch_1.bin"), "{msg}");
+            assert!(msg.contains("train.bin"), "{msg}");
+            assert!(msg.contains("train-images-idx3-ubyte"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn folder_without_dataset_files_is_reported() {
+        let tmp = TempDir::new("empty");
+        std::fs::write(tmp.path().join("readme.txt"), b"hello").unwrap();
+        let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+        assert!(msg.contains(&tmp.path().display().to_string()), "{msg}");
+        assert!(msg.contains("no recognised dataset files"), "{msg}");
+        assert!(msg.contains("test_batch.bin"), "{msg}");
+        assert!(msg.contains("test.bin"), "{msg}");
+        assert!(msg.contains("t10k-labels-idx1-ubyte"), "{msg}");
+    }
+
+    #[test]
+    fn detect_picks_format_from_names() {
+        let tmp = TempDir::new("detect");
+        let d = tmp.path();
+        std::fs::write(d.join("t10k-images-idx3-ubyte.gz"), b"x").unwrap();
+        assert_eq!(detect(d).unwrap(), DatasetKind::FashionMnist);
+        std::fs::write(d.join("train.bin"), b"x").unwrap();
+        assert_eq!(detect(d).unwrap(), DatasetKind::Cifar100);
+        std::fs::write(d.join("data_batch_3.bin"), b"x").unwrap();
+        assert_eq!(detect(d).unwrap(), DatasetKind::Cifar10);
+        // A partial CIFAR-10 folder is detected, then load names the missing file.
+        let msg = load(d, None, false).unwrap_err().to_string();
+        assert!(
+            msg.contains("data_batch_1.bin") && msg.contains("missing"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn coarse_only_for_cifar100() {
+        let tmp = TempDir::new("coarse");
+        cifar::tests::write_cifar10_dir(tmp.path(), 5, 2);
+        let msg = load(tmp.path(), None, true).unwrap_err().to_string();
+        assert!(msg.contains("cifar100") && msg.contains("cifar10"), "{msg}");
+    }
+
+    /// One random mutation of `bytes`: bit flips (biased to the first bytes, where headers and
+    /// labels live), a truncation, or random bytes appended.
+    fn mutate(bytes: &mut Vec<u8>, rng: &mut Rng) {
+        match rng.below(4) {
+            0 | 1 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(bytes.len());
+                    let at = if rng.below(2) == 0 { at % 20 } else { at };
+                    bytes[at] ^= 1 << rng.below(8);
+                }
+            }
+            2 => bytes.truncate(rng.below(bytes.len() + 1)),
+            _ => {
+                for _ in 0..1 + rng.below(3100) {
+                    bytes.push(rng.below(256) as u8);
+                }
+            }
+        }
+    }
+
+    /// What `load` does after reading the files, on in-memory contents (sorted by name).
+    fn load_mem(
+        kind: DatasetKind,
+        files: &[(std::path::PathBuf, Vec<u8>)],
+        coarse: bool,
+    ) -> Result<Dataset> {
+        let (train, test, classes, channels) = match kind {
+            DatasetKind::Cifar10 => {
+                // data_batch_1..5, then test_batch: the sorted order.
+                let mut train = Split::default();
+                for (p, b) in &files[..5] {
+                    cifar::parse_cifar10(&mut train, p, b)?;
+                }
+                let mut test = Split::default();
+                cifar::parse_cifar10(&mut test, &files[5].0, &files[5].1)?;
+                (train, test, 10, 3)
+            }
+            DatasetKind::Cifar100 => {
+                // test.bin, train.bin
+                let test = cifar::parse_cifar100(&files[0].0, &files[0].1, coarse)?;
+                let train = cifar::parse_cifar100(&files[1].0, &files[1].1, coarse)?;
+                (train, test, if coarse { 20 } else { 100 }, 3)
+            }
+            DatasetKind::FashionMnist => {
+                // t10k-images, t10k-labels, train-images, train-labels
+                let test = idx::parse_split(&files[0].0, &files[0].1, &files[1].0, &files[1].1)?;
+                let train = idx::parse_split(&files[2].0, &files[2].1, &files[3].0, &files[3].1)?;
+                (train, test, 10, 1)
+            }
+        };
+        Ok(Dataset {
+            kind,
+            classes,
+            channels,
+            train,
+            test,
+        })
+    }
+
+    fn check_ok(ds: &Dataset) {
+        for s in [&ds.train, &ds.test] {
+            assert_eq!(s.labels.len(), s.len);
+            assert_eq!(s.images.len(), s.len * ds.channels * PLANE);
+            assert!(s.labels.iter().all(|&l| (l as usize) < ds.classes));
+        }
+    }
+
+    /// Random flips, truncations and extensions of small valid files: every outcome must be
+    /// `Ok` (with consistent sizes and labels in range) or a clean `Error`, never a panic. Most
+    /// inputs go through the parsers in memory; some through files and `load`, so the file
+    /// handling (mmap, empty and missing files, detection) is fuzzed too.
+    #[test]
+    fn mutation_fuzz_never_panics() {
+        let start = Instant::now();
+        let mut rng = Rng::new(2024, 77);
+        let (mut runs, mut errors) = (0usize, 0usize);
+        let sets = [
+            ("c10", DatasetKind::Cifar10),
+            ("c100", DatasetKind::Cifar100),
+            ("idx", DatasetKind::FashionMnist),
+            ("idxgz", DatasetKind::FashionMnist),
+        ];
+        for (tag, kind) in sets {
+            let tmp = TempDir::new(&format!("fuzz-{tag}"));
+            let d = tmp.path();
+            match tag {
+                "c10" => cifar::tests::write_cifar10_dir(d, 2, 2),
+                "c100" => cifar::tests::write_cifar100_dir(d, 3, 2),
+                "idx" => idx::tests::write_idx_dir(d, 3, 2, false),
+                _ => idx::tests::write_idx_dir(d, 3, 2, true),
+            }
+            let mut files: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| {
+                    let p = e.unwrap().path();
+                    let b = std::fs::read(&p).unwrap();
+                    (p, b)
+                })
+                .collect();
+            files.sort();
+            let is100 = kind == DatasetKind::Cifar100;
+            check_ok(&load_mem(kind, &files, is100).unwrap());
+            check_ok(&load(d, None, is100).unwrap());
+            for round in 0..1000 {
+                let which = rng.below(files.len());
+                let original = files[which].1.clone();
+                mutate(&mut files[which].1, &mut rng);
+                let coarse = is100 && rng.below(2) == 0;
+                // Every 20th input goes through the file system and `load`.
+                let result = if round % 20 == 0 {
+                    std::fs::write(&files[which].0, &files[which].1).unwrap();
+                    let kind_arg = if rng.below(2) == 0 { Some(kind) } else { None };
+                    let r = load(d, kind_arg, coarse);
+                    std::fs::write(&files[which].0, &original).unwrap();
+                    r
+                } else {
+                    load_mem(kind, &files, coarse)
+                };
+                match result {
+                    Ok(ds) => check_ok(&ds),
+                    Err(e) => {
+                        errors += 1;
+                        assert!(!e.to_string().is_empty());
+                    }
+                }
+                runs += 1;
+                files[which].1 = original;
+            }
+        }
+        println!(
+            "fuzz: {runs} mutated inputs, {errors} rejected, in {:.2?}",
+            start.elapsed()
+        );
+        assert!(
+            errors > runs / 4,
+            "most mutations should be caught: {errors}/{runs}"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! A synthetic dataset written in the exact CIFAR-10 binary format, so every reader, the
+//! trainer and the tests can run without downloading anything.
+//!
+//! Ten classes, each a shape (disc, square, ring, cross, horizontal stripes, vertical stripes,
+//! diagonal bar, checker, triangle, two blobs) drawn in a class-dependent hue, with jittered
+//! position, size, hue, saturation and brightness, a random background colour and per-pixel
+//! noise. Neighbouring hues overlap, so colour alone does not decide the class: a small network
+//! picks up colour within an epoch and needs the shape for the rest. Everything comes from one
+//! seeded stream, in a fixed order, so the bytes depend only on (train, test, seed).
+
+use super::cifar::{CIFAR10_RECORD, IMAGE_BYTES};
+use super::PLANE;
+use crate::rng::{stream, Rng};
+use crate::{Error, Result};
+use std::path::Path;
+
+pub const CLASS_NAMES: [&str; 10] = [
+    "disc",
+    "square",
+    "ring",
+    "cross",
+    "horizontal-stripes",
+    "vertical-stripes",
+    "diagonal",
+    "checker",
+    "triangle",
+    "two-blobs",
+];
+
+/// Parameters of one drawn image.
+struct Shape {
+    class: usize,
+    cx: f32,
+    cy: f32,
+    r: f32,
+    phase: usize,
+}
+
+impl Shape {
+    /// Whether pixel (x, y) lies on the shape.
+    fn covers(&self, x: usize, y: usize) -> bool {
+        let dx = x as f32 - self.cx;
+        let dy = y as f32 - self.cy;
+        let r = self.r;
+        let in_box = dx.abs() <= r && dy.abs() <= r;
+        let d2 = dx * dx + dy * dy;
+        match self.class {
+            0 => d2 <= r * r,
+            1 => dx.abs() <= 0.8 * r && dy.abs() <= 0.8 * r,
+            2 => d2 <= r * r && d2 >= (r - 2.5) * (r - 2.5),
+            3 => (dx.abs() <= 1.5 && dy.abs() <= r) || (dy.abs() <= 1.5 && dx.abs() <= r),
+            4 => in_box && ((y + self.phase) / 3).is_multiple_of(2),
+            5 => in_box && ((x + self.phase) / 3).is_multiple_of(2),
+            6 => in_box && (dx - dy).abs() <= 2.0,
+            7 => in_box && ((x + self.phase) / 3 + (y + self.phase) / 3).is_multiple_of(2),
+            8 => dy >= -r && dy <= r && dx.abs() <= (dy + r) * 0.5,
+            _ => {
+                let (ox, oy, br) = (0.55 * r, 0.3 * r, 0.45 * r);
+                let a = (dx + ox).powi(2) + (dy + oy).powi(2);
+                let b = (dx - ox).powi(2) + (dy - oy).powi(2);
+                a <= br * br || b <= br * br
+            }
+        }
+    }
+}
+
+/// HSV (hue in degrees) to RGB bytes.
+fn hsv(h: f32, s: f32, v: f32) -> [f32; 3] {
+    let h = h.rem_euclid(360.0) / 60.0;
+    let c = v * s;
+    let x = c * (1.0 - ((h % 2.0) - 1.0).abs());
+    let (r, g, b) = match h as usize {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = v - c;
+    [(r + m) * 255.0, (g + m) * 255.0, (b + m) * 255.0]
+}
+
+/// Draws one image of class `class` into `out` (3 planes of 32x32).
+fn draw_image(out: &mut [u8], class: usize, rng: &mut Rng) {
+    // Hues 36 degrees apart, jittered by up to 22 either way: neighbours overlap.
+    let hue = class as f32 * 36.0 + (rng.uniform() - 0.5) * 44.0;
+    let sat = 0.55 + 0.45 * rng.uniform();
+    let val = 0.65 + 0.35 * rng.uniform();
+    let fg = hsv(hue, sat, val);
+    // A greyish background of random brightness and a mild random cast, so the tinted shape
+    // stands out but its colour is not the only bright thing in the image.
+    let grey = rng.below(151) as f32;
+    let bg = [
+        grey + rng.below(61) as f32 - 30.0,
+        grey + rng.below(61) as f32 - 30.0,
+        grey + rng.below(61) as f32 - 30.0,
+    ];
+    let shape = Shape {
+        class,
+        cx: 16.0 + rng.below(9) as f32 - 4.0,
+        cy: 16.0 + rng.below(9) as f32 - 4.0,
+        r: 6.0 + rng.below(5) as f32,
+        phase: rng.below(6),
+    };
+    for y in 0..32 {
+        for x in 0..32 {
+            let colour = if shape.covers(x, y) { fg } else { bg };
+            // Triangular noise in about +-32 per channel, three channels from one draw.
+            let bits = rng.next_u64();
+            for (c, &base) in colour.iter().enumerate() {
+                let a = (bits >> (16 * c)) & 0xff;
+                let b = (bits >> (16 * c + 8)) & 0xff;
+                let noise = (a as f32 + b as f32 - 255.0) / 8.0;
+                out[c * PLANE + y * 32 + x] = (base + noise).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+/// `n` balanced labels (`i mod 10`), shuffled.
+fn labels(n: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut l: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    rng.shuffle(&mut l);
+    l
+}
+
+/// CIFAR-10 records for `labels`, images drawn in order.
+fn records(labels: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut bytes = vec![0u8; labels.len() * CIFAR10_RECORD];
+    for (rec, &l) in bytes.chunks_exact_mut(CIFAR10_RECORD).zip(labels) {
+        rec[0] = l;
+        draw_image(&mut rec[1..1 + IMAGE_BYTES], l as usize, rng);
+    }
+    bytes
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Writes a synthetic dataset of `train` + `test` images into `dir` in the CIFAR-10 binary
+/// format: `data_batch_1.bin`..`data_batch_5.bin` (the training images split as evenly as
+/// possible, in order), `test_batch.bin` and `batches.meta.txt`. Same bytes for the same
+/// arguments. Each batch file needs at least one image, so `train >= 5` and `test >= 1`.
+pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64) -> Result<()> {
+    if train < 5 || test < 1 {
+        return Err(Error::Msg(format!(
+            "a synthetic dataset needs at least 5 training images (one per batch file) and 1 \
+             test image, got {train} and {test}"
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut rng = Rng::new(seed, stream::SYNTH);
+    // Draw order: train labels, test labels, train images, test images.
+    let train_labels = labels(train, &mut rng);
+    let test_labels = labels(test, &mut rng);
+    let train_bytes = records(&train_labels, &mut rng);
+    let test_bytes = records(&test_labels, &mut rng);
+    let mut start = 0;
+    for b in 0..5 {
+        let count = train / 5 + usize::from(b < train % 5);
+        let bytes = &train_bytes[start * CIFAR10_RECORD..(start + count) * CIFAR10_RECORD];
+        write_file(&dir.join(format!("data_batch_{}.bin", b + 1)), bytes)?;
+        start += count;
+    }
+    write_file(&dir.join("test_batch.bin"), &test_bytes)?;
+    let mut meta = CLASS_NAMES.join("\n");
+    meta.push('\n');
+    write_file(&dir.join("batches.meta.txt"), meta.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::TempDir;
+    use super::super::{load, DatasetKind, Split};
+    use super::*;
+    use std::time::Instant;
+
+    fn read_all(dir: &Path) -> Vec<Vec<u8>> {
+        let mut names: Vec<String> = (1..=5).map(|b| format!("data_batch_{b}.bin")).collect();
+        names.push("test_batch.bin".into());
+        names.push("batches.meta.txt".into());
+        names
+            .iter()
+            .map(|n| std::fs::read(dir.join(n)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn deterministic_per_seed_and_loadable() {
+        let (a, b, c) = (
+            TempDir::new("syn-a"),
+            TempDir::new("syn-b"),
+            TempDir::new("syn-c"),
+        );
+        let start = Instant::now();
+        write_synthetic(a.path(), 5000, 1000, 7).unwrap();
+        println!("synth 5000+1000 images in {:.2?}", start.elapsed());
+        write_synthetic(b.path(), 5000, 1000, 7).unwrap();
+        write_synthetic(c.path(), 5000, 1000, 8).unwrap();
+        let (fa, fb, fc) = (read_all(a.path()), read_all(b.path()), read_all(c.path()));
+        assert_eq!(fa, fb);
+        assert_ne!(fa[0], fc[0]);
+        assert_ne!(fa[5], fc[5]);
+        assert_eq!(fa[6], fc[6]);
+        let meta = String::from_utf8(fa[6].clone()).unwrap();
+        assert_eq!(meta.lines().count(), 10);
+        assert!(meta.lines().all(|l| !l.is_empty()));
+
+        let ds = load(a.path(), None, false).unwrap();
+        assert_eq!(ds.kind, DatasetKind::Cifar10);
+        assert_eq!((ds.train.len, ds.test.len), (5000, 1000));
+        for split in [&ds.train, &ds.test] {
+            let mut counts = [0usize; 10];
+            for &l in &split.labels {
+                counts[l as usize] += 1;
+            }
+            assert!(counts.iter().all(|&k| k == split.len / 10), "{counts:?}");
+        }
+        // Labels are shuffled, not in i mod 10 order.
+        assert!(ds
+            .train
+            .labels
+            .iter()
+            .enumerate()
+            .any(|(i, &l)| l as usize != i % 10));
+    }
+
+    #[test]
+    fn uneven_split_over_batches_and_bad_sizes() {
+        let tmp = TempDir::new("syn-uneven");
+        let d = tmp.path().join("nested").join("synthetic");
+        write_synthetic(&d, 13, 3, 1).unwrap();
+        let sizes: Vec<u64> = (1..=5)
+            .map(|b| {
+                std::fs::metadata(d.join(format!("data_batch_{b}.bin")))
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        let r = CIFAR10_RECORD as u64;
+        assert_eq!(sizes, vec![3 * r, 3 * r, 3 * r, 2 * r, 2 * r]);
+        let ds = load(&d, None, false).unwrap();
+        assert_eq!((ds.train.len, ds.test.len), (13, 3));
+        let msg = write_synthetic(&d, 4, 1, 1).unwrap_err().to_string();
+        assert!(msg.contains("at least 5 training images"), "{msg}");
+
+        // A folder that cannot be created is named.
+        let blocker = tmp.path().join("file");
+        std::fs::write(&blocker, b"x").unwrap();
+        let msg = write_synthetic(&blocker.join("sub"), 10, 2, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("file") && msg.contains("sub"), "{msg}");
+    }
+
+    fn pixels(split: &Split, i: usize) -> &[u8] {
+        &split.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
+    }
+
+    /// Nearest class centroid on raw pixels: far above chance (10%), below perfect.
+    #[test]
+    fn learnable_by_nearest_centroid() {
+        let tmp = TempDir::new("syn-learn");
+        write_synthetic(tmp.path(), 2000, 500, 3).unwrap();
+        let ds = load(tmp.path(), None, false).unwrap();
+        let mut centroids = vec![[0f64; IMAGE_BYTES]; 10];
+        let mut counts = [0f64; 10];
+        for i in 0..ds.train.len {
+            let l = ds.train.labels[i] as usize;
+            counts[l] += 1.0;
+            for (c, &p) in centroids[l].iter_mut().zip(pixels(&ds.train, i)) {
+                *c += p as f64;
+            }
+        }
+        for (cent, n) in centroids.iter_mut().zip(counts) {
+            cent.iter_mut().for_each(|c| *c /= n);
+        }
+        let mut correct = 0;
+        for i in 0..ds.test.len {
+            let img = pixels(&ds.test, i);
+            let best = (0..10)
+                .map(|k| {
+                    let d: f64 = centroids[k]
+                        .iter()
+                        .zip(img)
+                        .map(|(c, &p)| (c - p as f64).powi(2))
+                        .sum();
+                    (d, k)
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .unwrap()
+                .1;
+            correct += (best == ds.test.labels[i] as usize) as usize;
+        }
+        let acc = correct as f64 / ds.test.len as f64;
+        println!("nearest-centroid test accuracy {:.1}%", 100.0 * acc);
+        assert!(acc > 0.30, "accuracy {acc}");
+        assert!(acc < 0.99, "too easy: {acc}");
+    }
+}

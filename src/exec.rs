@@ -1,0 +1,47 @@
+//! A program: a schedule with its memory plan, ready to run on a backend. Building one runs the
+//! planner and (always, it is cheap) the invariant checker, so a backend may trust that buffers
+//! live at the same step never overlap.
+
+use crate::plan::{self, Lifetime, Placement};
+use crate::schedule::{BufId, Schedule};
+
+pub struct Program {
+    pub schedule: Schedule,
+    pub lifetimes: Vec<Lifetime>,
+    pub placement: Placement,
+    /// (offset, len) of each buffer in the arena, in floats.
+    pub locs: Vec<(usize, usize)>,
+}
+
+impl Program {
+    pub fn new(schedule: Schedule) -> Program {
+        if let Err(e) = schedule.validate() {
+            panic!("invalid schedule: {e}");
+        }
+        let lifetimes = schedule.lifetimes();
+        let placement = plan::plan_greedy(&lifetimes, plan::ALIGN);
+        if let Err(e) = plan::check(&lifetimes, &placement, plan::ALIGN) {
+            panic!("planner produced overlapping buffers: {e}");
+        }
+        let locs = placement
+            .offsets
+            .iter()
+            .zip(&schedule.buffers)
+            .map(|(&o, b)| (o / 4, b.len))
+            .collect();
+        Program {
+            schedule,
+            lifetimes,
+            placement,
+            locs,
+        }
+    }
+
+    pub fn arena_bytes(&self) -> usize {
+        self.placement.arena_bytes
+    }
+
+    pub fn buffer(&self, name: &str) -> Option<BufId> {
+        self.schedule.buffer(name)
+    }
+}

@@ -1,0 +1,611 @@
+//! Per-epoch metrics: one JSON object per line in a `.jsonl` file (appended and synced after each
+//! epoch, so a crash loses at most the epoch in progress and the file is readable by any tool),
+//! and the learning-curves picture drawn from them as a self-contained SVG (no plotting
+//! dependency; two panels, loss and accuracy, train and test).
+//!
+//! Accuracies are fractions in [0, 1] in the record and percentages in the picture. A non-finite
+//! value (a diverged epoch) is written as JSON `null`, read back as NaN, and left out of the
+//! picture (a gap in the line), so neither the file nor the SVG ever holds "NaN".
+
+use std::fmt::Write as _;
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What one epoch did. Exactly these keys, one object per line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub train_loss: f64,
+    /// Fraction in [0, 1].
+    #[serde(deserialize_with = "nan_if_null")]
+    pub train_acc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub test_loss: f64,
+    /// Fraction in [0, 1].
+    #[serde(deserialize_with = "nan_if_null")]
+    pub test_acc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub images_per_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub seconds: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub keep: f64,
+}
+
+/// serde_json writes non-finite floats as `null`; read them back as NaN rather than failing.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// Appends `m` as one line to `path` (created if missing), then flushes and syncs it.
+pub fn append_jsonl(path: &Path, m: &EpochMetrics) -> Result<()> {
+    let mut line = serde_json::to_string(m).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    line.push('\n');
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    // One write of the whole line, so the file never holds half of it unless the OS crashes.
+    file.write_all(line.as_bytes())
+        .and_then(|_| file.flush())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Every record of `path`, in file order; blank lines are skipped. A bad line is an error
+/// naming the file and the (1-based) line number.
+pub fn read_jsonl(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m = serde_json::from_str(line)
+            .map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
+        out.push(m);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The learning-curves picture
+
+const WIDTH: f64 = 900.0;
+const HEIGHT: f64 = 400.0;
+const TRAIN_COLOR: &str = "#1f77b4";
+const TEST_COLOR: &str = "#d62728";
+/// Values beyond this (a diverging loss) would squash every other point flat; they are skipped
+/// like non-finite ones.
+const PLOTTABLE: f64 = 1e12;
+
+/// A self-contained 900x400 SVG: loss per epoch (left) and accuracy per epoch in % (right),
+/// train and test lines, ticks at round numbers, a legend and `title` (XML-escaped). With one
+/// epoch, or points isolated by skipped values, markers show the points.
+pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    s.push('\n');
+    let _ = writeln!(
+        s,
+        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#,
+        escape_xml(title)
+    );
+    for (i, (name, color)) in [("train", TRAIN_COLOR), ("test", TEST_COLOR)]
+        .iter()
+        .enumerate()
+    {
+        let x = 760.0 + 70.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x}" y1="21" x2="{}" y2="21" stroke="{color}" stroke-width="2"/><text x="{}" y="25">{name}</text>"#,
+            x + 22.0,
+            x + 27.0
+        );
+    }
+
+    let epochs: Vec<f64> = history.iter().map(|m| m.epoch as f64).collect();
+    let series = |f: fn(&EpochMetrics) -> f64| -> Vec<f64> { history.iter().map(f).collect() };
+    panel(
+        &mut s,
+        Panel {
+            id: "loss-panel",
+            x0: 0.0,
+            heading: "loss",
+            percent: false,
+        },
+        &epochs,
+        &series(|m| m.train_loss),
+        &series(|m| m.test_loss),
+    );
+    panel(
+        &mut s,
+        Panel {
+            id: "accuracy-panel",
+            x0: WIDTH / 2.0,
+            heading: "accuracy (%)",
+            percent: true,
+        },
+        &epochs,
+        &series(|m| 100.0 * m.train_acc),
+        &series(|m| 100.0 * m.test_acc),
+    );
+    s.push_str("</svg>");
+    s
+}
+
+struct Panel {
+    id: &'static str,
+    /// Left edge of the panel in the picture.
+    x0: f64,
+    heading: &'static str,
+    /// Accuracy: the axis stays within [0, 100] when the data does.
+    percent: bool,
+}
+
+/// One panel: frame, grid, ticks, labels, then a path and markers per series.
+fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) {
+    let (left, right, top, bottom) = (p.x0 + 62.0, p.x0 + WIDTH / 2.0 - 18.0, 58.0, 340.0);
+    let plottable = |v: &f64| v.is_finite() && v.abs() < PLOTTABLE;
+
+    // x: whole epochs; a single epoch gets a window around it.
+    let (mut xlo, mut xhi) = epochs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &e| {
+            (a.min(e), b.max(e))
+        });
+    if epochs.is_empty() {
+        (xlo, xhi) = (0.0, 1.0);
+    } else if xlo == xhi {
+        xlo = (xlo - 1.0).max(0.0);
+        xhi = xlo + 2.0;
+    }
+    let xaxis = Axis::new(xlo, xhi, 6, true);
+
+    // y: the plottable values; losses from 0 (or below if negative).
+    let values: Vec<f64> = train
+        .iter()
+        .chain(test)
+        .copied()
+        .filter(plottable)
+        .collect();
+    let (mut ylo, mut yhi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    if values.is_empty() {
+        (ylo, yhi) = if p.percent { (0.0, 100.0) } else { (0.0, 1.0) };
+    }
+    if !p.percent {
+        ylo = ylo.min(0.0);
+    }
+    if ylo == yhi {
+        let pad = if ylo == 0.0 { 1.0 } else { 0.1 * ylo.abs() };
+        (ylo, yhi) = (ylo - pad, yhi + pad);
+        if !p.percent && ylo < 0.0 && yhi > 0.0 {
+            ylo = 0.0;
+        }
+    }
+    let mut yaxis = Axis::new(ylo, yhi, 5, false);
+    if p.percent {
+        yaxis.clamp(0.0, 100.0, ylo, yhi);
+    }
+
+    let sx = |v: f64| left + (v - xaxis.lo) / (xaxis.hi - xaxis.lo) * (right - left);
+    let sy = |v: f64| bottom - (v - yaxis.lo) / (yaxis.hi - yaxis.lo) * (bottom - top);
+
+    let _ = writeln!(s, r#"<g id="{}">"#, p.id);
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
+        (left + right) / 2.0,
+        top - 8.0,
+        p.heading
+    );
+    for &v in &yaxis.ticks {
+        let y = sy(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            left - 6.0,
+            y + 4.0,
+            yaxis.label(v)
+        );
+    }
+    for &v in &xaxis.ticks {
+        let x = sx(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#333"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            bottom + 5.0,
+            bottom + 19.0,
+            xaxis.label(v)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<rect x="{left:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#333"/>"##,
+        right - left,
+        bottom - top
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">epoch</text>"#,
+        (left + right) / 2.0,
+        bottom + 38.0
+    );
+    let (lx, ly) = (p.x0 + 16.0, (top + bottom) / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{lx:.1}" y="{ly:.1}" text-anchor="middle" transform="rotate(-90 {lx:.1} {ly:.1})">{}</text>"#,
+        p.heading
+    );
+    if values.is_empty() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888">no data</text>"##,
+            (left + right) / 2.0,
+            ly
+        );
+    }
+
+    // Few points: mark each one; many: mark only those a line does not reach.
+    let mark_all = epochs.len() <= 40;
+    for (values, color) in [(train, TRAIN_COLOR), (test, TEST_COLOR)] {
+        let points: Vec<Option<(f64, f64)>> = epochs
+            .iter()
+            .zip(values)
+            .map(|(&e, v)| plottable(v).then(|| (sx(e), sy(*v))))
+            .collect();
+        // Runs of consecutive plottable points; a skipped value breaks the line.
+        let runs: Vec<&[Option<(f64, f64)>]> = points
+            .split(|p| p.is_none())
+            .filter(|r| !r.is_empty())
+            .collect();
+        let mut d = String::new();
+        for run in runs.iter().filter(|r| r.len() >= 2) {
+            for (i, (x, y)) in run.iter().flatten().enumerate() {
+                let _ = write!(d, "{}{x:.1},{y:.1} ", if i == 0 { "M" } else { "L" });
+            }
+        }
+        if !d.is_empty() {
+            let _ = writeln!(
+                s,
+                r#"<path d="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"/>"#,
+                d.trim_end()
+            );
+        }
+        for run in &runs {
+            if mark_all || run.len() == 1 {
+                for (x, y) in run.iter().flatten() {
+                    let _ = writeln!(
+                        s,
+                        r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#
+                    );
+                }
+            }
+        }
+    }
+    s.push_str("</g>\n");
+}
+
+/// An axis range expanded to round numbers, and its ticks.
+struct Axis {
+    lo: f64,
+    hi: f64,
+    step: f64,
+    ticks: Vec<f64>,
+}
+
+impl Axis {
+    /// About `target` intervals of 1, 2 or 5 times a power of ten covering `[lo, hi]` (lo < hi);
+    /// `integer` forces a step of at least 1.
+    fn new(lo: f64, hi: f64, target: usize, integer: bool) -> Axis {
+        let raw = (hi - lo) / target as f64;
+        let mag = 10f64.powf(raw.log10().floor());
+        let f = raw / mag;
+        let nice = if f <= 1.0 {
+            1.0
+        } else if f <= 2.0 {
+            2.0
+        } else if f <= 5.0 {
+            5.0
+        } else {
+            10.0
+        };
+        let mut step = nice * mag;
+        if integer {
+            step = step.max(1.0);
+        }
+        let mut axis = Axis {
+            lo: (lo / step).floor() * step,
+            hi: (hi / step).ceil() * step,
+            step,
+            ticks: Vec::new(),
+        };
+        axis.fill_ticks();
+        axis
+    }
+
+    fn fill_ticks(&mut self) {
+        let (a, b) = (
+            (self.lo / self.step).round() as i64,
+            (self.hi / self.step).round() as i64,
+        );
+        self.ticks = (a..=b).map(|k| k as f64 * self.step).collect();
+    }
+
+    /// Keeps the axis within `[min, max]` when the data `[lo, hi]` is (accuracy in %).
+    fn clamp(&mut self, min: f64, max: f64, lo: f64, hi: f64) {
+        if lo >= min {
+            self.lo = self.lo.max(min);
+        }
+        if hi <= max {
+            self.hi = self.hi.min(max);
+        }
+        self.fill_ticks();
+    }
+
+    /// As many decimals as the step needs, no more.
+    fn label(&self, v: f64) -> String {
+        let decimals = (-self.step.log10().floor()).max(0.0) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+fn escape_xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Control characters are not allowed in XML 1.0 at all.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: usize, f: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            train_loss: 2.0 / f,
+            train_acc: 1.0 - 0.5 / f,
+            test_loss: 2.2 / f,
+            test_acc: 1.0 - 0.6 / f,
+            images_per_s: 1234.5,
+            seconds: 41.25,
+            keep: 0.5,
+        }
+    }
+
+    fn history(n: usize) -> Vec<EpochMetrics> {
+        (1..=n).map(|e| record(e, e as f64 + 1.0)).collect()
+    }
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sliceout-metrics-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn jsonl_round_trip_and_keys() {
+        let dir = scratch("roundtrip");
+        let path = dir.join("metrics.jsonl");
+        let h = history(3);
+        for m in &h {
+            append_jsonl(&path, m).unwrap();
+        }
+        assert_eq!(read_jsonl(&path).unwrap(), h);
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.ends_with('\n'));
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let mut keys: Vec<&str> = first
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "epoch",
+                "images_per_s",
+                "keep",
+                "seconds",
+                "test_acc",
+                "test_loss",
+                "train_acc",
+                "train_loss"
+            ]
+        );
+        assert_eq!(first["epoch"], 1);
+        assert_eq!(first["train_acc"], 0.75);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn non_finite_values_survive_as_nan() {
+        let dir = scratch("nan");
+        let path = dir.join("m.jsonl");
+        let mut m = record(1, 2.0);
+        m.train_loss = f64::NAN;
+        m.test_loss = f64::INFINITY;
+        append_jsonl(&path, &m).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("NaN") && text.contains("\"train_loss\":null"),
+            "{text}"
+        );
+        let back = read_jsonl(&path).unwrap();
+        assert!(back[0].train_loss.is_nan() && back[0].test_loss.is_nan());
+        assert_eq!(back[0].test_acc, m.test_acc);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_line_names_file_and_line() {
+        let dir = scratch("bad");
+        let path = dir.join("broken.jsonl");
+        append_jsonl(&path, &record(1, 2.0)).unwrap();
+        append_jsonl(&path, &record(2, 3.0)).unwrap();
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push('\n'); // a blank line is fine
+        text.push_str("{\"epoch\": 3, \"train_loss\": 1.0\n"); // torn last line
+        fs::write(&path, &text).unwrap();
+        let err = read_jsonl(&path).unwrap_err();
+        assert!(matches!(err, Error::Data { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("broken.jsonl") && msg.contains("line 4"),
+            "{msg}"
+        );
+
+        // An unknown key and a missing key are errors too.
+        fs::write(
+            &path,
+            text.lines().next().unwrap().replace("\"keep\"", "\"kept\""),
+        )
+        .unwrap();
+        let msg = read_jsonl(&path).unwrap_err().to_string();
+        assert!(msg.contains("line 1") && msg.contains("kept"), "{msg}");
+        let msg = read_jsonl(&dir.join("absent.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("absent.jsonl"), "{msg}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The two `<g>` panels of a picture.
+    fn panels(svg: &str) -> (&str, &str) {
+        let a = svg.find(r#"<g id="loss-panel">"#).unwrap();
+        let b = svg.find(r#"<g id="accuracy-panel">"#).unwrap();
+        (&svg[a..b], &svg[b..])
+    }
+
+    fn assert_clean(svg: &str) {
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<svg").count(), 1);
+        assert_eq!(svg.matches("<g ").count(), svg.matches("</g>").count());
+        let lower = svg.to_lowercase();
+        assert!(!lower.contains("nan") && !lower.contains("inf"), "{svg}");
+    }
+
+    #[test]
+    fn svg_has_two_lines_per_panel_and_escapes_the_title() {
+        let svg = curves_svg(&history(30), "WRN-16-4 <keep 0.5> & \"wrap\"");
+        assert_clean(&svg);
+        assert!(svg.contains("WRN-16-4 &lt;keep 0.5&gt; &amp; &quot;wrap&quot;"));
+        assert!(!svg.contains("<keep"));
+        let (loss, acc) = panels(&svg);
+        for p in [loss, acc] {
+            assert_eq!(p.matches("<path").count(), 2, "{p}");
+            assert!(p.contains(TRAIN_COLOR) && p.contains(TEST_COLOR));
+        }
+        // Round tick labels: the x axis of 30 epochs has 0, 5, ..., 30.
+        for t in ["0", "10", "30"] {
+            assert!(
+                loss.contains(&format!(r#"text-anchor="middle">{t}</text>"#)),
+                "{t}"
+            );
+        }
+        // Accuracy is drawn in percent: 1 - 0.5/2 = 75% is the first train value, so 70 is a tick.
+        assert!(acc.contains(">70</text>") && acc.contains(">accuracy (%)</text>"));
+        assert!(svg.contains(">train</text>") && svg.contains(">test</text>"));
+    }
+
+    #[test]
+    fn svg_with_one_epoch_draws_markers() {
+        let svg = curves_svg(&history(1), "one");
+        assert_clean(&svg);
+        let (loss, acc) = panels(&svg);
+        for p in [loss, acc] {
+            assert_eq!(p.matches("<path").count(), 0);
+            assert_eq!(p.matches("<circle").count(), 2);
+        }
+        let svg = curves_svg(&[], "empty");
+        assert_clean(&svg);
+        assert!(svg.contains("no data"));
+    }
+
+    #[test]
+    fn svg_skips_non_finite_values() {
+        let mut h = history(6);
+        h[2].train_loss = f64::NAN;
+        h[3].test_loss = f64::INFINITY;
+        h[4].train_acc = f64::NEG_INFINITY;
+        h[5].test_loss = 1e300; // a diverged loss: skipped, and it does not flatten the rest
+        let svg = curves_svg(&h, "diverged");
+        assert_clean(&svg);
+        let (loss, acc) = panels(&svg);
+        assert_eq!(loss.matches("<path").count(), 2);
+        assert_eq!(acc.matches("<path").count(), 2);
+        // The train loss line breaks at epoch 3: two moves in one path.
+        let train_path = loss
+            .lines()
+            .find(|l| l.starts_with("<path") && l.contains(TRAIN_COLOR))
+            .unwrap();
+        assert_eq!(train_path.matches('M').count(), 2, "{train_path}");
+        // All values non-finite: nothing drawn, still a valid picture.
+        let mut bad = history(3);
+        for m in &mut bad {
+            m.train_loss = f64::NAN;
+            m.test_loss = f64::NAN;
+        }
+        let svg = curves_svg(&bad, "all bad");
+        assert_clean(&svg);
+        assert_eq!(panels(&svg).0.matches("<path").count(), 0);
+    }
+
+    #[test]
+    fn axis_ticks_are_round() {
+        let a = Axis::new(0.0, 2.31, 5, false);
+        assert_eq!((a.lo, a.hi, a.step), (0.0, 2.5, 0.5));
+        assert_eq!(a.label(1.5), "1.5");
+        let a = Axis::new(1.0, 200.0, 6, true);
+        assert_eq!((a.lo, a.step), (0.0, 50.0));
+        assert_eq!(a.ticks, [0.0, 50.0, 100.0, 150.0, 200.0]);
+        let mut a = Axis::new(62.0, 99.5, 5, false);
+        a.clamp(0.0, 100.0, 62.0, 99.5);
+        assert_eq!(
+            (a.lo, a.hi, a.label(a.ticks[0])),
+            (60.0, 100.0, "60".to_string())
+        );
+        let a = Axis::new(0.0, 0.03, 5, false);
+        assert_eq!(a.label(a.ticks[1]), "0.01");
+    }
+}

@@ -1,0 +1,1001 @@
+//! Printouts of a memory plan: a text report (summary, buffer table, one chart row per step),
+//! JSON for tools, and an SVG picture (step by offset, one rectangle per buffer).
+//!
+//! They all read one [`PlanReport`], a plain record filled by whoever built the plan (the
+//! `plan` command), so the printouts depend on nothing but the planner's outputs. Nothing here
+//! panics on inconsistent input (missing offsets, lives past the last step): such data is drawn
+//! as well as it can be, because a printout is how such mistakes get found.
+
+use std::fmt::{self, Write};
+
+use serde::Serialize;
+
+use crate::schedule::BufKind;
+
+/// One arena buffer as the printouts show it.
+#[derive(Clone, Debug)]
+pub struct BufferInfo {
+    pub name: String,
+    pub kind: BufKind,
+    pub bytes: usize,
+    /// First and last live step (inclusive), indices into [`PlanReport::steps`].
+    pub first: usize,
+    pub last: usize,
+    /// Sized to a SliceOut slice rather than the full layer.
+    pub sliced: bool,
+}
+
+/// The keep-1.0 plan, shown beside a sliced one to state the saving.
+#[derive(Clone, Copy, Debug)]
+pub struct Baseline {
+    pub keep: f64,
+    pub arena_bytes: usize,
+    pub naive_bytes: usize,
+    pub persistent_bytes: usize,
+}
+
+/// Everything the printouts show about one plan.
+#[derive(Clone, Debug)]
+pub struct PlanReport {
+    /// e.g. "WRN-28-10".
+    pub model: String,
+    pub batch: usize,
+    pub keep: f64,
+    /// "train" or "eval".
+    pub mode: String,
+    pub alignment: usize,
+    /// Op names in schedule order, e.g. "f12 g0.b0.conv1".
+    pub steps: Vec<String>,
+    pub buffers: Vec<BufferInfo>,
+    /// One arena offset per buffer.
+    pub offsets: Vec<usize>,
+    pub arena_bytes: usize,
+    pub naive_bytes: usize,
+    pub persistent_bytes: usize,
+    /// e.g. ("params", b), ("momentum", b), ("bn stats", b).
+    pub persistent_parts: Vec<(String, usize)>,
+    /// Planner options in force, e.g. ("recompute", "bn-relu").
+    pub options: Vec<(String, String)>,
+    pub baseline: Option<Baseline>,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / MIB
+}
+
+/// `part / whole` in percent, 0 when the whole is 0.
+fn pct(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
+    }
+}
+
+impl PlanReport {
+    fn offset(&self, i: usize) -> usize {
+        self.offsets.get(i).copied().unwrap_or(0)
+    }
+
+    /// Bytes live at each step (index = step), over `n` steps.
+    fn live_per_step(&self, n: usize) -> Vec<usize> {
+        // Difference array: +bytes at first, -bytes after last.
+        let mut diff = vec![0i128; n + 1];
+        for b in &self.buffers {
+            if b.first < n && b.first <= b.last {
+                diff[b.first] += b.bytes as i128;
+                diff[(b.last + 1).min(n)] -= b.bytes as i128;
+            }
+        }
+        let mut acc = 0i128;
+        diff[..n]
+            .iter()
+            .map(|d| {
+                acc += d;
+                acc.max(0) as usize
+            })
+            .collect()
+    }
+}
+
+/// Chart characters in cycling order: digits, letters, then other printable symbols ('.', '|'
+/// and ' ' are kept for free space and the chart frame).
+const CHART_CHARS: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\
+#@%&$*+=~^!?/\\<>()[]{}:;-_,'\"`";
+
+/// One chart character per buffer. Buffer `i` gets the `i`-th character in the cycle unless
+/// that character is already used by a buffer live at the same time; then the character whose
+/// nearest such user is farthest away in memory, so neighbours on a chart row always differ.
+fn chart_chars(r: &PlanReport) -> Vec<char> {
+    let set: Vec<char> = CHART_CHARS.chars().collect();
+    let n = set.len();
+    let mut chosen: Vec<usize> = Vec::with_capacity(r.buffers.len());
+    let mut nearest = vec![u64::MAX; n];
+    for (i, b) in r.buffers.iter().enumerate() {
+        if b.bytes == 0 {
+            chosen.push(i % n);
+            continue;
+        }
+        nearest.fill(u64::MAX);
+        let (lo, hi) = (r.offset(i), r.offset(i).saturating_add(b.bytes));
+        for (j, o) in r.buffers[..i].iter().enumerate() {
+            if o.bytes == 0 || o.first > b.last || b.first > o.last {
+                continue;
+            }
+            let (olo, ohi) = (r.offset(j), r.offset(j).saturating_add(o.bytes));
+            let gap = olo.saturating_sub(hi).max(lo.saturating_sub(ohi)) as u64;
+            let c = chosen[j];
+            nearest[c] = nearest[c].min(gap);
+        }
+        // Farthest nearest user wins; ties go to the earliest in the cycle from i.
+        let mut best = i % n;
+        for k in 1..n {
+            let c = (i + k) % n;
+            if nearest[c] > nearest[best] {
+                best = c;
+            }
+        }
+        chosen.push(best);
+    }
+    chosen.into_iter().map(|c| set[c]).collect()
+}
+
+/// At most `max` characters of `s`, the last replaced by '~' when cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('~');
+        t
+    }
+}
+
+/// The text report: summary, buffer table (its `chr` column is the chart's legend), and a
+/// chart with one row per schedule step and `width` columns across the arena's offsets.
+pub fn text(r: &PlanReport, width: usize) -> String {
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = write_text(&mut s, r, width.max(1));
+    s
+}
+
+fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
+    // Summary.
+    let total = r.persistent_bytes + r.arena_bytes;
+    writeln!(
+        s,
+        "memory plan: {}  batch {}  keep {:.2}  mode {}  alignment {} B",
+        r.model, r.batch, r.keep, r.mode, r.alignment
+    )?;
+    writeln!(
+        s,
+        "  arena       {:>10.2} MiB  ({} buffers over {} steps)",
+        mib(r.arena_bytes),
+        r.buffers.len(),
+        r.steps.len()
+    )?;
+    writeln!(
+        s,
+        "  naive       {:>10.2} MiB  (no reuse; the plan saves {:.1}%)",
+        mib(r.naive_bytes),
+        pct(
+            r.naive_bytes as f64 - r.arena_bytes as f64,
+            r.naive_bytes as f64
+        )
+    )?;
+    let parts: Vec<String> = r
+        .persistent_parts
+        .iter()
+        .map(|(name, b)| format!("{name} {:.2} MiB", mib(*b)))
+        .collect();
+    writeln!(
+        s,
+        "  persistent  {:>10.2} MiB  ({})",
+        mib(r.persistent_bytes),
+        if parts.is_empty() {
+            "no parts listed".to_string()
+        } else {
+            parts.join(", ")
+        }
+    )?;
+    writeln!(
+        s,
+        "  total       {:>10.2} MiB  (persistent + arena)",
+        mib(total)
+    )?;
+    if let Some(b) = &r.baseline {
+        let b_total = b.persistent_bytes + b.arena_bytes;
+        let save_arena = b.arena_bytes as f64 - r.arena_bytes as f64;
+        let save_total = b_total as f64 - total as f64;
+        writeln!(
+            s,
+            "  baseline    keep {:.2}: arena {:.2} MiB, total {:.2} MiB",
+            b.keep,
+            mib(b.arena_bytes),
+            mib(b_total)
+        )?;
+        writeln!(
+            s,
+            "  saving      {:>10.2} MiB  ({:.1}% of the baseline total; arena {:.2} MiB, {:.1}%)",
+            save_total / MIB,
+            pct(save_total, b_total as f64),
+            save_arena / MIB,
+            pct(save_arena, b.arena_bytes as f64)
+        )?;
+    }
+    let opts: Vec<String> = r.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(
+        s,
+        "  options     {}",
+        if opts.is_empty() {
+            "none".to_string()
+        } else {
+            opts.join(", ")
+        }
+    )?;
+
+    // Buffer table.
+    let chars = chart_chars(r);
+    let id_w = r.buffers.len().saturating_sub(1).to_string().len().max(2);
+    let name_w = r
+        .buffers
+        .iter()
+        .map(|b| b.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, 48);
+    writeln!(s)?;
+    writeln!(s, "buffers ({}):", r.buffers.len())?;
+    writeln!(
+        s,
+        "{:>id_w$}  {:<name_w$}  {:<15}  {:>10}  {:>10}  {:>11}  {:<6}  chr",
+        "id", "name", "kind", "MiB", "offset MiB", "steps", "sliced"
+    )?;
+    for (i, b) in r.buffers.iter().enumerate() {
+        writeln!(
+            s,
+            "{:>id_w$}  {:<name_w$}  {:<15}  {:>10.2}  {:>10.2}  {:>11}  {:<6}  {}",
+            i,
+            b.name,
+            b.kind.as_str(),
+            mib(b.bytes),
+            mib(r.offset(i)),
+            format!("{}..{}", b.first, b.last),
+            if b.sliced { "yes" } else { "no" },
+            chars[i]
+        )?;
+    }
+
+    // Chart: column c covers arena bytes [c*A/width, (c+1)*A/width).
+    let arena = r.arena_bytes as u128;
+    let wd = width as u128;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "chart: one row per step; {} columns cover arena offsets 0..{:.2} MiB ({:.3} MiB each); \
+         characters as in the chr column, '.' free; live MiB at the right",
+        width,
+        mib(r.arena_bytes),
+        mib(r.arena_bytes) / width as f64
+    )?;
+    let right = format!("{:.0} MiB", mib(r.arena_bytes));
+    let ruler = if width >= right.len() + 3 {
+        format!("0{}{}", "-".repeat(width - 1 - right.len()), right)
+    } else {
+        "-".repeat(width)
+    };
+    writeln!(
+        s,
+        "{:>5}  {:<24} +{}+ {:>9}",
+        "step", "op", ruler, "live MiB"
+    )?;
+    let live = r.live_per_step(r.steps.len());
+    let mut row = vec!['.'; width];
+    let mut cover = vec![0u128; width];
+    for (step, op) in r.steps.iter().enumerate() {
+        row.fill('.');
+        cover.fill(0);
+        if arena > 0 {
+            for (i, b) in r.buffers.iter().enumerate() {
+                if b.bytes == 0 || step < b.first || step > b.last {
+                    continue;
+                }
+                let lo = (r.offset(i) as u128).min(arena);
+                let hi = (r.offset(i) as u128 + b.bytes as u128).min(arena);
+                if lo >= hi {
+                    continue;
+                }
+                let c0 = (lo * wd / arena) as usize;
+                let c1 = (hi * wd).div_ceil(arena).min(wd) as usize;
+                // Each column shows the buffer covering most of it.
+                for c in c0..c1 {
+                    let (clo, chi) = (c as u128 * arena / wd, (c as u128 + 1) * arena / wd);
+                    let got = hi.min(chi).saturating_sub(lo.max(clo));
+                    if got > cover[c] {
+                        cover[c] = got;
+                        row[c] = chars[i];
+                    }
+                }
+            }
+        }
+        let bar: String = row.iter().collect();
+        writeln!(
+            s,
+            "{:>5}  {:<24} |{}| {:>9.2}",
+            step,
+            truncate(op, 24),
+            bar,
+            mib(live[step])
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct JsonBuffer<'a> {
+    name: &'a str,
+    kind: BufKind,
+    bytes: usize,
+    offset: usize,
+    first: usize,
+    last: usize,
+    sliced: bool,
+}
+
+#[derive(Serialize)]
+struct JsonBaseline {
+    keep: f64,
+    arena_bytes: usize,
+    naive_bytes: usize,
+    persistent_bytes: usize,
+}
+
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    model: &'a str,
+    batch: usize,
+    keep: f64,
+    mode: &'a str,
+    alignment: usize,
+    arena_bytes: usize,
+    naive_bytes: usize,
+    persistent_bytes: usize,
+    steps: &'a [String],
+    buffers: Vec<JsonBuffer<'a>>,
+    options: serde_json::Map<String, serde_json::Value>,
+    baseline: Option<JsonBaseline>,
+}
+
+/// The plan as JSON: model, batch, keep, mode, alignment, the byte totals, `steps` (op names),
+/// `buffers` (`first`/`last` index `steps`), `options` (an object) and `baseline` (or null).
+pub fn json(r: &PlanReport) -> String {
+    let plan = JsonPlan {
+        model: &r.model,
+        batch: r.batch,
+        keep: r.keep,
+        mode: &r.mode,
+        alignment: r.alignment,
+        arena_bytes: r.arena_bytes,
+        naive_bytes: r.naive_bytes,
+        persistent_bytes: r.persistent_bytes,
+        steps: &r.steps,
+        buffers: r
+            .buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| JsonBuffer {
+                name: &b.name,
+                kind: b.kind,
+                bytes: b.bytes,
+                offset: r.offset(i),
+                first: b.first,
+                last: b.last,
+                sliced: b.sliced,
+            })
+            .collect(),
+        options: r
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+        baseline: r.baseline.map(|b| JsonBaseline {
+            keep: b.keep,
+            arena_bytes: b.arena_bytes,
+            naive_bytes: b.naive_bytes,
+            persistent_bytes: b.persistent_bytes,
+        }),
+    };
+    // Plain structs with string keys always serialise (a NaN keep becomes null).
+    serde_json::to_string_pretty(&plan).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// `s` with the five XML special characters escaped.
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A round tick spacing (1, 2 or 5 times a power of ten) giving about `ticks` ticks over
+/// `range`.
+fn tick_step(range: f64, ticks: f64) -> f64 {
+    if range <= 0.0 || !range.is_finite() {
+        return 1.0;
+    }
+    let raw = range / ticks;
+    let mag = 10f64.powf(raw.log10().floor());
+    let norm = raw / mag;
+    let m = if norm <= 1.0 {
+        1.0
+    } else if norm <= 2.0 {
+        2.0
+    } else if norm <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    m * mag
+}
+
+const KINDS: [(BufKind, &str); 4] = [
+    (BufKind::Activation, "#4e79a7"),
+    (BufKind::Gradient, "#e15759"),
+    (BufKind::WeightGradient, "#f28e2b"),
+    (BufKind::Workspace, "#59a14f"),
+];
+
+fn kind_colour(k: BufKind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(kk, _)| *kk == k)
+        .map(|(_, c)| *c)
+        .unwrap_or("#888888")
+}
+
+/// The plan as an SVG picture: x = schedule step, y = arena offset (0 at the bottom), one
+/// `<rect>` per non-empty buffer coloured by kind, sliced buffers hatched, a hover `<title>`
+/// per buffer, and the live bytes per step as a dashed line (the lower bound any plan needs).
+/// Only buffers are drawn as `<rect>`; frames and swatches are paths.
+pub fn svg(r: &PlanReport) -> String {
+    let mut s = String::new();
+    let _ = write_svg(&mut s, r);
+    s
+}
+
+fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
+    const W: f64 = 1400.0;
+    const H: f64 = 800.0;
+    let (x0, y0) = (80.0, 64.0);
+    let (pw, ph) = (W - x0 - 300.0, H - y0 - 60.0);
+    let max_last = r.buffers.iter().map(|b| b.last + 1).max().unwrap_or(0);
+    let nsteps = r.steps.len().max(max_last).max(1) as f64;
+    let max_end = (0..r.buffers.len())
+        .map(|i| r.offset(i).saturating_add(r.buffers[i].bytes))
+        .max()
+        .unwrap_or(0);
+    let arena = r.arena_bytes.max(max_end).max(1) as f64;
+    let xs = |step: f64| x0 + step * pw / nsteps;
+    let ys = |bytes: f64| y0 + ph - bytes * ph / arena;
+
+    writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" \
+         height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">"
+    )?;
+    writeln!(
+        s,
+        "<style>.e{{stroke:#fff;stroke-width:0.5}}.alt{{fill-opacity:0.82}}\
+         .buf:hover{{stroke:#000;stroke-width:1.5;stroke-opacity:1}}\
+         .title{{font-size:16px;font-weight:bold}}.grid{{stroke:#ddd;stroke-width:0.6}}\
+         .live{{fill:none;stroke:#000;stroke-width:1;stroke-dasharray:4 3}}</style>"
+    )?;
+    writeln!(s, "<defs>")?;
+    for (k, c) in KINDS
+        .iter()
+        .map(|(k, c)| (k.as_str(), *c))
+        .chain([("legend", "#bbbbbb")])
+    {
+        writeln!(
+            s,
+            "<pattern id=\"sliced-{k}\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" \
+             patternTransform=\"rotate(45)\"><path d=\"M0 0H6V6H0Z\" fill=\"{c}\"/>\
+             <path d=\"M1.5 0V6\" stroke=\"#000\" stroke-opacity=\"0.5\" stroke-width=\"2.5\"/>\
+             </pattern>"
+        )?;
+    }
+    writeln!(s, "</defs>")?;
+    writeln!(s, "<path d=\"M0 0H{W}V{H}H0Z\" fill=\"#fff\"/>")?;
+
+    // Title lines.
+    let total = r.persistent_bytes + r.arena_bytes;
+    writeln!(
+        s,
+        "<text class=\"title\" x=\"{x0}\" y=\"26\">{}, batch {}, keep {:.2}, {}: arena {:.2} MiB</text>",
+        xml_escape(&r.model),
+        r.batch,
+        r.keep,
+        xml_escape(&r.mode),
+        mib(r.arena_bytes)
+    )?;
+    let mut sub = format!(
+        "naive {:.2} MiB, persistent {:.2} MiB, total {:.2} MiB, {} buffers, {} steps, alignment {} B",
+        mib(r.naive_bytes),
+        mib(r.persistent_bytes),
+        mib(total),
+        r.buffers.len(),
+        r.steps.len(),
+        r.alignment
+    );
+    if let Some(b) = &r.baseline {
+        let b_total = b.persistent_bytes + b.arena_bytes;
+        let save = b_total as f64 - total as f64;
+        write!(
+            sub,
+            "; keep {:.2} total {:.2} MiB, saving {:.2} MiB ({:.1}%)",
+            b.keep,
+            mib(b_total),
+            save / MIB,
+            pct(save, b_total as f64)
+        )?;
+    }
+    writeln!(s, "<text x=\"{x0}\" y=\"46\">{}</text>", xml_escape(&sub))?;
+
+    // Grid and y ticks (MiB).
+    let arena_mib = arena / MIB;
+    let ystep = tick_step(arena_mib, 6.0);
+    let ydec = if ystep >= 1.0 { 0 } else { 2 };
+    let mut t = 0.0;
+    while t <= arena_mib + 1e-9 {
+        let y = ys(t * MIB);
+        writeln!(
+            s,
+            "<path class=\"grid\" d=\"M{x0} {y:.2}H{:.2}\"/><text x=\"{:.2}\" y=\"{:.2}\" \
+             text-anchor=\"end\">{t:.ydec$}</text>",
+            x0 + pw,
+            x0 - 6.0,
+            y + 4.0
+        )?;
+        t += ystep;
+    }
+    // X ticks (steps).
+    let xstep = tick_step(nsteps, 10.0).max(1.0);
+    let mut t = 0.0;
+    while t <= nsteps + 1e-9 {
+        let x = xs(t);
+        writeln!(
+            s,
+            "<path d=\"M{x:.2} {:.2}v5\" stroke=\"#222\"/><text x=\"{x:.2}\" y=\"{:.2}\" \
+             text-anchor=\"middle\">{t:.0}</text>",
+            y0 + ph,
+            y0 + ph + 18.0
+        )?;
+        t += xstep;
+    }
+
+    // Buffers.
+    let mut per_kind = [(0usize, 0usize); 4];
+    let mut sliced_count = 0usize;
+    for (i, b) in r.buffers.iter().enumerate() {
+        if b.bytes == 0 {
+            continue;
+        }
+        let k = KINDS.iter().position(|(kk, _)| *kk == b.kind).unwrap_or(0);
+        per_kind[k].0 += 1;
+        per_kind[k].1 += b.bytes;
+        sliced_count += b.sliced as usize;
+        let off = r.offset(i) as f64;
+        let x = xs(b.first as f64);
+        let w = (xs(b.last as f64 + 1.0) - x).max(0.5);
+        let y = ys(off + b.bytes as f64);
+        let h = (ys(off) - y).max(0.5);
+        let fill = if b.sliced {
+            format!("url(#sliced-{})", b.kind.as_str())
+        } else {
+            kind_colour(b.kind).to_string()
+        };
+        // Outlines only where they fit; otherwise neighbours are told apart by alternating
+        // shade, so thousands of thin buffers do not wash out into the outline colour.
+        let class = match (w >= 4.0 && h >= 4.0, i % 2 == 1) {
+            (true, _) => "buf e",
+            (false, true) => "buf alt",
+            (false, false) => "buf",
+        };
+        writeln!(
+            s,
+            "<rect class=\"{class}\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{w:.2}\" height=\"{h:.2}\" \
+             fill=\"{fill}\"><title>{} ({}{}): {:.2} MiB at {:.2} MiB, steps {}..{}</title></rect>",
+            xml_escape(&b.name),
+            b.kind.as_str(),
+            if b.sliced { ", sliced" } else { "" },
+            mib(b.bytes),
+            mib(r.offset(i)),
+            b.first,
+            b.last
+        )?;
+    }
+
+    // Live bytes per step: a staircase, the lower bound on any arena.
+    let live = r.live_per_step(nsteps as usize);
+    if !live.is_empty() {
+        let mut d = String::new();
+        for (step, &l) in live.iter().enumerate() {
+            let y = ys(l as f64);
+            if step == 0 {
+                write!(d, "M{:.2} {y:.2}", xs(0.0))?;
+            } else {
+                write!(d, "V{y:.2}")?;
+            }
+            write!(d, "H{:.2}", xs(step as f64 + 1.0))?;
+        }
+        writeln!(s, "<path class=\"live\" d=\"{d}\"/>")?;
+    }
+
+    // Frame and axis labels.
+    writeln!(
+        s,
+        "<path d=\"M{x0} {y0}V{:.2}H{:.2}\" fill=\"none\" stroke=\"#222\"/>",
+        y0 + ph,
+        x0 + pw
+    )?;
+    writeln!(
+        s,
+        "<text x=\"{:.2}\" y=\"{:.2}\" text-anchor=\"middle\">schedule step</text>",
+        x0 + pw / 2.0,
+        y0 + ph + 40.0
+    )?;
+    writeln!(
+        s,
+        "<text transform=\"translate(24 {:.2}) rotate(-90)\" text-anchor=\"middle\">arena offset (MiB)</text>",
+        y0 + ph / 2.0
+    )?;
+
+    // Legend.
+    let lx = x0 + pw + 24.0;
+    let mut ly = y0 + 10.0;
+    writeln!(
+        s,
+        "<text x=\"{lx}\" y=\"{ly}\" font-weight=\"bold\">buffers</text>"
+    )?;
+    ly += 22.0;
+    let swatch = |s: &mut String, y: f64, fill: &str, label: &str| {
+        writeln!(
+            s,
+            "<path d=\"M{lx} {:.2}h14v14h-14Z\" fill=\"{fill}\"/><text x=\"{:.2}\" y=\"{y:.2}\">{}</text>",
+            y - 11.0,
+            lx + 20.0,
+            xml_escape(label)
+        )
+    };
+    for (k, (kind, colour)) in KINDS.iter().enumerate() {
+        let label = format!(
+            "{}: {} buffers, {:.1} MiB",
+            kind.as_str(),
+            per_kind[k].0,
+            mib(per_kind[k].1)
+        );
+        swatch(s, ly, colour, &label)?;
+        ly += 22.0;
+    }
+    swatch(
+        s,
+        ly,
+        "url(#sliced-legend)",
+        &format!("sliced, hatched ({sliced_count})"),
+    )?;
+    ly += 22.0;
+    writeln!(
+        s,
+        "<path class=\"live\" d=\"M{lx} {:.2}h14\"/><text x=\"{:.2}\" y=\"{ly:.2}\">live bytes per step</text>",
+        ly - 4.0,
+        lx + 20.0
+    )?;
+    writeln!(s, "</svg>")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{check, naive_bytes, plan_greedy, Lifetime, ALIGN};
+
+    const MB: usize = 1 << 20;
+
+    /// A small training-like plan, planned for real.
+    fn sample() -> PlanReport {
+        let steps: Vec<String> = [
+            "f0 stem.conv",
+            "f1 g0.b0.conv1 with a very long operator name",
+            "f2 g0.b0.conv2",
+            "b3 g0.b0.conv2",
+            "b4 g0.b0.conv1",
+            "u5 sgd",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mk = |name: &str, kind, bytes, first, last, sliced| BufferInfo {
+            name: name.to_string(),
+            kind,
+            bytes,
+            first,
+            last,
+            sliced,
+        };
+        let buffers = vec![
+            mk("x0", BufKind::Activation, 4 * MB, 0, 4, false),
+            mk("h1 <sliced> & co", BufKind::Activation, 2 * MB, 1, 3, true),
+            mk("col", BufKind::Workspace, 3 * MB, 1, 1, false),
+            mk("dh1", BufKind::Gradient, 2 * MB + 1000, 3, 4, true),
+            mk("dw conv1", BufKind::WeightGradient, MB / 2, 4, 5, false),
+            mk("empty", BufKind::Workspace, 0, 2, 2, false),
+        ];
+        let lts: Vec<Lifetime> = buffers
+            .iter()
+            .map(|b| Lifetime {
+                bytes: b.bytes,
+                first: b.first,
+                last: b.last,
+            })
+            .collect();
+        let p = plan_greedy(&lts, ALIGN);
+        check(&lts, &p, ALIGN).unwrap();
+        PlanReport {
+            model: "WRN-10-2".into(),
+            batch: 4,
+            keep: 0.5,
+            mode: "train".into(),
+            alignment: ALIGN,
+            steps,
+            buffers,
+            offsets: p.offsets,
+            arena_bytes: p.arena_bytes,
+            naive_bytes: naive_bytes(&lts),
+            persistent_bytes: 3 * MB,
+            persistent_parts: vec![
+                ("params".into(), MB + MB / 2),
+                ("momentum".into(), MB + MB / 2 - 4096),
+                ("bn stats".into(), 4096),
+            ],
+            options: vec![("recompute".into(), "bn-relu".into())],
+            baseline: Some(Baseline {
+                keep: 1.0,
+                arena_bytes: 16 * MB,
+                naive_bytes: 20 * MB,
+                persistent_bytes: 3 * MB,
+            }),
+        }
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = sample();
+        let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        for k in [
+            "model",
+            "batch",
+            "keep",
+            "mode",
+            "alignment",
+            "arena_bytes",
+            "naive_bytes",
+            "persistent_bytes",
+            "steps",
+            "buffers",
+            "options",
+            "baseline",
+        ] {
+            assert!(keys.contains(&k), "missing {k}");
+        }
+        assert_eq!(keys.len(), 12);
+        assert_eq!(v["model"], "WRN-10-2");
+        assert_eq!(v["batch"], 4);
+        assert_eq!(v["keep"], 0.5);
+        assert_eq!(v["mode"], "train");
+        assert_eq!(v["alignment"], 256);
+        assert_eq!(v["arena_bytes"], r.arena_bytes as u64);
+        assert_eq!(v["naive_bytes"], r.naive_bytes as u64);
+        assert_eq!(v["persistent_bytes"], 3 * MB as u64);
+        assert_eq!(v["steps"].as_array().unwrap().len(), 6);
+        assert_eq!(v["steps"][2], "f2 g0.b0.conv2");
+        let bufs = v["buffers"].as_array().unwrap();
+        assert_eq!(bufs.len(), r.buffers.len());
+        for (i, b) in bufs.iter().enumerate() {
+            assert_eq!(b.as_object().unwrap().len(), 7);
+            assert_eq!(b["name"], r.buffers[i].name.as_str());
+            assert_eq!(b["kind"], r.buffers[i].kind.as_str());
+            assert_eq!(b["bytes"], r.buffers[i].bytes as u64);
+            assert_eq!(b["offset"], r.offsets[i] as u64);
+            assert_eq!(b["first"], r.buffers[i].first as u64);
+            assert_eq!(b["last"], r.buffers[i].last as u64);
+            assert_eq!(b["sliced"], r.buffers[i].sliced);
+        }
+        assert_eq!(bufs[3]["kind"], "gradient");
+        assert_eq!(bufs[4]["kind"], "weight_gradient");
+        assert_eq!(v["options"]["recompute"], "bn-relu");
+        assert_eq!(v["baseline"]["keep"], 1.0);
+        assert_eq!(v["baseline"]["arena_bytes"], 16 * MB as u64);
+        let mut r2 = r.clone();
+        r2.baseline = None;
+        let v2: serde_json::Value = serde_json::from_str(&json(&r2)).unwrap();
+        assert!(v2["baseline"].is_null());
+    }
+
+    #[test]
+    fn text_has_summary_table_and_chart() {
+        let r = sample();
+        let t = text(&r, 40);
+        let total = mib(r.persistent_bytes + r.arena_bytes);
+        assert!(t.contains("WRN-10-2") && t.contains("batch 4") && t.contains("keep 0.50"));
+        assert!(t.contains("mode train"));
+        assert!(t.contains(&format!("{:.2} MiB", mib(r.arena_bytes))), "{t}");
+        assert!(t.contains(&format!("{:.2} MiB", mib(r.naive_bytes))));
+        assert!(t.contains(&format!("{total:.2} MiB")));
+        assert!(t.contains("params 1.50 MiB") && t.contains("bn stats 0.00 MiB"));
+        assert!(t.contains("recompute=bn-relu"));
+        // Baseline total 19 MiB against ours.
+        let save = 19.0 - total;
+        assert!(t.contains("total 19.00 MiB"), "{t}");
+        assert!(t.contains(&format!("{save:.2} MiB")), "{t}");
+        assert!(t.contains(&format!("{:.1}%", 100.0 * save / 19.0)));
+        // Table row for buffer 3.
+        let row3 = t
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("dh1"))
+            .unwrap();
+        assert!(row3.contains("gradient") && row3.contains("3..4") && row3.contains("yes"));
+        assert!(row3.contains(&format!("{:.2}", mib(2 * MB + 1000))));
+
+        // Chart rows: one per step, framed by '|', 40 columns, live MiB at the end.
+        let rows: Vec<&str> = t.lines().filter(|l| l.matches('|').count() == 2).collect();
+        assert_eq!(rows.len(), r.steps.len());
+        let chars = chart_chars(&r);
+        for (step, row) in rows.iter().enumerate() {
+            assert_eq!(row.split_whitespace().next().unwrap(), step.to_string());
+            let bar = row.split('|').nth(1).unwrap();
+            assert_eq!(bar.chars().count(), 40);
+            let live: usize = r
+                .buffers
+                .iter()
+                .filter(|b| b.first <= step && step <= b.last)
+                .map(|b| b.bytes)
+                .sum();
+            let shown: f64 = row.split_whitespace().last().unwrap().parse().unwrap();
+            assert!((shown - mib(live)).abs() < 0.006, "step {step}: {row}");
+            // Every live non-empty buffer's character appears on its rows, others do not
+            // unless a live buffer shares it.
+            for (i, b) in r.buffers.iter().enumerate() {
+                let is_live = b.bytes > 0 && b.first <= step && step <= b.last;
+                if is_live {
+                    assert!(bar.contains(chars[i]), "step {step} buffer {i}: {row}");
+                }
+            }
+        }
+        // Step 1: x0 (4 MiB) + h1 (2 MiB) + col (3 MiB) = 9 MiB.
+        assert!(rows[1].trim_end().ends_with("9.00"), "{}", rows[1]);
+        // Long op names are cut to 24 characters.
+        assert!(rows[1].contains("f1 g0.b0.conv1 with a v~"));
+        // Concurrently live buffers get distinct characters.
+        assert_eq!(chars.len(), r.buffers.len());
+        assert_ne!(chars[0], chars[1]);
+        assert_ne!(chars[1], chars[2]);
+        // Free space shows as '.': at step 5 only 0.5 MiB of the arena is live.
+        assert!(rows[5].split('|').nth(1).unwrap().contains('.'));
+    }
+
+    #[test]
+    fn chart_characters_cycle_and_avoid_live_clashes() {
+        let mut r = sample();
+        // 200 buffers all live together, each in its own slice of the arena.
+        r.buffers = (0..200)
+            .map(|i| BufferInfo {
+                name: format!("b{i}"),
+                kind: BufKind::Activation,
+                bytes: 1024,
+                first: 0,
+                last: 5,
+                sliced: false,
+            })
+            .collect();
+        r.offsets = (0..200).map(|i| i * 1024).collect();
+        r.arena_bytes = 200 * 1024;
+        let c = chart_chars(&r);
+        assert_eq!(
+            &c[..12],
+            &['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b']
+        );
+        assert_eq!(c[36], 'A');
+        assert!(c.iter().all(|&ch| ch != '.' && ch != '|' && ch != ' '));
+        // Memory neighbours always differ, even once characters must repeat.
+        for w in c.windows(2) {
+            assert_ne!(w[0], w[1]);
+        }
+        // A big plan's text stays one row per step.
+        let t = text(&r, 100);
+        assert_eq!(t.lines().filter(|l| l.matches('|').count() == 2).count(), 6);
+    }
+
+    #[test]
+    fn svg_draws_every_buffer_and_escapes_names() {
+        let r = sample();
+        let g = svg(&r);
+        assert!(g.starts_with("<svg"));
+        assert!(g.trim_end().ends_with("</svg>"));
+        let nonempty = r.buffers.iter().filter(|b| b.bytes > 0).count();
+        assert_eq!(g.matches("<rect").count(), nonempty);
+        assert_eq!(g.matches("<title>").count(), nonempty);
+        assert!(g.contains("h1 &lt;sliced&gt; &amp; co"));
+        assert!(!g.contains("<sliced>"));
+        // Sliced buffers are hatched, and the legend says so.
+        assert_eq!(g.matches("fill=\"url(#sliced-activation)\"").count(), 1);
+        assert_eq!(g.matches("fill=\"url(#sliced-gradient)\"").count(), 1);
+        assert!(g.contains("sliced, hatched (2)"));
+        for k in ["activation", "gradient", "weight_gradient", "workspace"] {
+            assert!(g.contains(&format!(">{k}: ")), "legend lacks {k}");
+        }
+        assert!(g.contains("schedule step") && g.contains("arena offset (MiB)"));
+        assert!(g.contains(&format!("arena {:.2} MiB", mib(r.arena_bytes))));
+        // Rects stay inside the plot: the buffer at offset 0 reaches the bottom axis.
+        let mut model = r.clone();
+        model.model = "W<R>N & co".into();
+        let g2 = svg(&model);
+        assert!(g2.contains("W&lt;R&gt;N &amp; co") && !g2.contains("W<R>N"));
+    }
+
+    #[test]
+    fn large_report_is_quick() {
+        let mut rng = crate::rng::Rng::new(3, 77);
+        let steps = 2000;
+        let lts: Vec<Lifetime> = (0..3000)
+            .map(|_| {
+                let first = rng.below(steps);
+                let len = rng.below(40).min(steps - 1 - first);
+                Lifetime {
+                    bytes: 256 * (1 + rng.below(8192)),
+                    first,
+                    last: first + len,
+                }
+            })
+            .collect();
+        let p = plan_greedy(&lts, ALIGN);
+        let mut r = sample();
+        r.steps = (0..steps).map(|i| format!("op{i}")).collect();
+        r.buffers = lts
+            .iter()
+            .enumerate()
+            .map(|(i, l)| BufferInfo {
+                name: format!("buf{i}"),
+                kind: KINDS[i % 4].0,
+                bytes: l.bytes,
+                first: l.first,
+                last: l.last,
+                sliced: i % 3 == 0,
+            })
+            .collect();
+        r.offsets = p.offsets;
+        r.arena_bytes = p.arena_bytes;
+        let t0 = std::time::Instant::now();
+        let t = text(&r, 120);
+        let g = svg(&r);
+        let j = json(&r);
+        assert!(t0.elapsed().as_secs_f64() < 10.0, "{:?}", t0.elapsed());
+        assert_eq!(
+            t.lines().filter(|l| l.matches('|').count() == 2).count(),
+            steps
+        );
+        assert_eq!(g.matches("<rect").count(), 3000);
+        assert!(serde_json::from_str::<serde_json::Value>(&j).is_ok());
+    }
+}

@@ -1,0 +1,310 @@
+//! `sliceout profile`: times a training step op by op and shows what each op's outputs take in
+//! the arena and how much of the arena is live at that op. The schedule is the table: one row
+//! per op, summed per layer, optionally beside the same network at another keep value, as text,
+//! JSON or a Chrome trace (one event per op plus a counter track of live arena bytes).
+
+use crate::backend::{Backend, StepCtx};
+use crate::cli::{self, Format, ProfileFlags};
+use crate::error::{Error, Result};
+use crate::exec::Program;
+use crate::model::{wrn, ModelConfig};
+use crate::ops::sgd::SgdParams;
+use crate::rng::{stream, Rng};
+use crate::schedule::{Mode, Phase};
+use crate::sliceout;
+use crate::train;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OpRow {
+    pub index: usize,
+    pub name: String,
+    pub layer: String,
+    pub phase: String,
+    /// Mean over the timed steps.
+    pub ms: f64,
+    /// Bytes of the buffers the op writes.
+    pub out_bytes: usize,
+    /// Bytes of all buffers live at this op.
+    pub live_bytes: usize,
+    pub macs: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerRow {
+    pub layer: String,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub update_ms: f64,
+    pub out_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Profile {
+    pub model: String,
+    pub keep: f64,
+    pub batch: usize,
+    pub device: String,
+    pub steps: usize,
+    pub step_ms: f64,
+    pub arena_bytes: usize,
+    pub ops: Vec<OpRow>,
+    pub layers: Vec<LayerRow>,
+}
+
+/// Profiles `steps` training steps (after one warm-up step).
+pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) -> Profile {
+    let s = &p.schedule;
+    let mut rng = Rng::new(seed, stream::SYNTH);
+    let x: Vec<f32> = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
+    let y: Vec<f32> = (0..s.batch)
+        .map(|_| rng.below(s.config.classes) as f32)
+        .collect();
+    backend
+        .set_persistent(&wrn::init_persistent(s, seed))
+        .expect("persistent region");
+    let sgd = SgdParams {
+        lr: 0.01,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        nesterov: true,
+    };
+    let mut slicer = Rng::new(seed, stream::SLICE);
+    let mut starts = vec![0; s.slices.len()];
+    let mut total = vec![0f64; s.steps.len()];
+    for step in 0..=steps {
+        for (st, spec) in starts.iter_mut().zip(&s.slices) {
+            *st = sliceout::sample_start(&mut slicer, spec.channels, 1);
+        }
+        backend.write(p, s.input, &x);
+        backend.write(p, s.labels, &y);
+        let ctx = StepCtx {
+            starts: &starts,
+            sgd,
+        };
+        for (i, t) in total.iter_mut().enumerate() {
+            let t0 = Instant::now();
+            backend.run_op(p, i, &ctx);
+            backend.synchronize();
+            if step > 0 {
+                *t += t0.elapsed().as_secs_f64() * 1e3;
+            }
+        }
+    }
+    let live: Vec<usize> = (0..s.steps.len())
+        .map(|i| {
+            p.lifetimes
+                .iter()
+                .filter(|l| l.first <= i && i <= l.last)
+                .map(|l| l.bytes)
+                .sum()
+        })
+        .collect();
+    let ops: Vec<OpRow> = s
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, st)| OpRow {
+            index: i,
+            name: st.name(),
+            layer: st.layer.clone(),
+            phase: format!("{:?}", st.phase).to_lowercase(),
+            ms: total[i] / steps.max(1) as f64,
+            out_bytes: st
+                .op
+                .buffers()
+                .1
+                .iter()
+                .map(|&b| s.buffers[b].len * 4)
+                .sum(),
+            live_bytes: live[i],
+            macs: st.op.macs(&s.slices),
+        })
+        .collect();
+    let mut layers: Vec<LayerRow> = vec![];
+    for (st, row) in s.steps.iter().zip(&ops) {
+        // Updates are named after their tensor (`block0.conv1.weight`): sum them into the layer.
+        let layer = match st.phase {
+            Phase::Update => st
+                .layer
+                .rsplit_once('.')
+                .map_or(st.layer.as_str(), |(l, _)| l)
+                .to_string(),
+            _ => st.layer.clone(),
+        };
+        let i = match layers.iter().position(|l| l.layer == layer) {
+            Some(i) => i,
+            None => {
+                layers.push(LayerRow {
+                    layer,
+                    forward_ms: 0.0,
+                    backward_ms: 0.0,
+                    update_ms: 0.0,
+                    out_bytes: 0,
+                });
+                layers.len() - 1
+            }
+        };
+        let l = &mut layers[i];
+        match st.phase {
+            Phase::Forward => {
+                l.forward_ms += row.ms;
+                l.out_bytes += row.out_bytes;
+            }
+            Phase::Backward => l.backward_ms += row.ms,
+            Phase::Update => l.update_ms += row.ms,
+        }
+    }
+    Profile {
+        model: s.config.name(),
+        keep: s.config.keep,
+        batch: s.batch,
+        device: backend.name(),
+        steps,
+        step_ms: ops.iter().map(|o| o.ms).sum(),
+        arena_bytes: p.arena_bytes(),
+        ops,
+        layers,
+    }
+}
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+/// Text: per-layer table (with the comparison beside), then per-op table.
+pub fn text(main: &Profile, other: Option<&Profile>) -> String {
+    let mut t = format!(
+        "{} keep {:.2}, batch {}, on {}: {:.1} ms per step (mean of {}), arena {:.1} MiB\n",
+        main.model,
+        main.keep,
+        main.batch,
+        main.device,
+        main.step_ms,
+        main.steps,
+        mib(main.arena_bytes)
+    );
+    if let Some(o) = other {
+        t += &format!(
+            "compared with keep {:.2}: {:.1} ms per step ({:.2}x), arena {:.1} MiB ({:.2}x)\n",
+            o.keep,
+            o.step_ms,
+            main.step_ms / o.step_ms,
+            mib(o.arena_bytes),
+            main.arena_bytes as f64 / o.arena_bytes as f64
+        );
+    }
+    t += "\nper layer                     fwd ms    bwd ms    upd ms   out MiB";
+    if let Some(o) = other {
+        t += &format!("  | keep {:.2}: fwd ms    bwd ms   out MiB", o.keep);
+    }
+    t += "\n";
+    for l in &main.layers {
+        t += &format!(
+            "{:<28} {:>8.2}  {:>8.2}  {:>8.2}  {:>8.2}",
+            l.layer,
+            l.forward_ms,
+            l.backward_ms,
+            l.update_ms,
+            mib(l.out_bytes)
+        );
+        if let Some(ol) = other.and_then(|o| o.layers.iter().find(|x| x.layer == l.layer)) {
+            t += &format!(
+                "  |            {:>8.2}  {:>8.2}  {:>8.2}",
+                ol.forward_ms,
+                ol.backward_ms,
+                mib(ol.out_bytes)
+            );
+        }
+        t += "\n";
+    }
+    t += "\nper op   op                              ms    out MiB   live MiB   GFLOP/s\n";
+    for o in &main.ops {
+        let rate = if o.macs > 0 && o.ms > 0.0 {
+            format!("{:>8.1}", 2.0 * o.macs as f64 / (o.ms * 1e6))
+        } else {
+            String::new()
+        };
+        t += &format!(
+            "{:>6}   {:<30} {:>7.3}  {:>9.2}  {:>9.1}  {}\n",
+            o.index,
+            o.name,
+            o.ms,
+            mib(o.out_bytes),
+            mib(o.live_bytes),
+            rate
+        );
+    }
+    t
+}
+
+/// Chrome trace-event JSON: one complete event per op (one step, timed as the mean), a counter
+/// track of live arena MiB.
+pub fn trace(profiles: &[&Profile]) -> String {
+    let mut events = vec![];
+    for (pid, p) in profiles.iter().enumerate() {
+        events.push(serde_json::json!({"name": "process_name", "ph": "M", "pid": pid + 1, "args": {"name": format!("{} keep {:.2}", p.model, p.keep)}}));
+        let mut ts = 0.0;
+        for o in &p.ops {
+            let dur = o.ms * 1e3;
+            events.push(serde_json::json!({"name": o.name, "cat": o.phase, "ph": "X", "ts": ts, "dur": dur, "pid": pid + 1, "tid": 1,
+                "args": {"out_MiB": mib(o.out_bytes), "live_MiB": mib(o.live_bytes), "macs": o.macs}}));
+            events.push(serde_json::json!({"name": "live arena", "ph": "C", "ts": ts, "pid": pid + 1, "args": {"MiB": mib(o.live_bytes)}}));
+            ts += dur;
+        }
+    }
+    serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"}).to_string()
+}
+
+pub fn command(f: &ProfileFlags) -> Result<()> {
+    let config = cli::model_config(&f.model, f.classes, 3)?;
+    let batch = cli::check_batch(f.batch)?;
+    if f.steps == 0 {
+        return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
+    }
+    if let Some(k) = f.compare {
+        if !(k > 0.0 && k <= 1.0) {
+            return Err(Error::flag("--compare", k, "a keep fraction in (0, 1]"));
+        }
+    }
+    let mut backend = train::backend(f.device.into(), f.format == Format::Text)?;
+    let options = f.memory.options();
+    let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
+    let main_p = build(&config);
+    let other_p = f.compare.map(|keep| build(&ModelConfig { keep, ..config }));
+    backend.reserve_arena(
+        main_p
+            .arena_bytes()
+            .max(other_p.as_ref().map_or(0, |p| p.arena_bytes())),
+    )?;
+    let main = profile(&mut *backend, &main_p, f.steps, f.seed);
+    let other = other_p
+        .as_ref()
+        .map(|p| profile(&mut *backend, p, f.steps, f.seed));
+    if let Some(path) = &f.trace {
+        let mut all = vec![&main];
+        all.extend(other.as_ref());
+        crate::checkpoint::write_atomic(path, trace(&all).as_bytes())?;
+    }
+    match f.format {
+        Format::Json => println!("{}", serde_json::json!({"profile": main, "compare": other})),
+        Format::Svg => {
+            return Err(Error::flag(
+                "--format",
+                "svg",
+                "text or json for profile (svg is for plan)",
+            ))
+        }
+        Format::Text => print!("{}", text(&main, other.as_ref())),
+    }
+    if let Some(path) = &f.trace {
+        if f.format == Format::Text {
+            println!(
+                "trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
