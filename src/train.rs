@@ -5,9 +5,10 @@
 //! block, run the training program, read back `[loss, correct]`. Every buffer the step touches
 //! was planned and allocated before the first step.
 
-use crate::backend::{cpu::CpuBackend, Backend, StepCtx};
+use crate::backend::{cpu::CpuBackend, Backend, SplitId, StepCtx};
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::{self, loader, Dataset, DatasetKind, Split};
+use crate::data::loader::{self, Crop};
+use crate::data::{self, Dataset, DatasetKind};
 use crate::error::{Error, Result};
 use crate::exec::Program;
 use crate::metrics::{self, EpochMetrics};
@@ -156,78 +157,44 @@ pub fn learning_rate(args: &TrainArgs, t: usize, total: usize, steps_per_epoch: 
     }
 }
 
-/// The persistent state and the test-set evaluator shared by `train` and `eval`.
+/// Runs the test split through eval programs (full batches, then the remainder).
 pub struct Evaluator {
     programs: Vec<Program>,
-    x: Vec<f32>,
-    y: Vec<f32>,
+    indices: Vec<usize>,
+    crops: Vec<Crop>,
 }
 
 impl Evaluator {
     /// Eval programs for full batches and for the remainder of a `len`-image split.
     pub fn new(config: &ModelConfig, batch: usize, len: usize) -> Evaluator {
         let batch = batch.min(len.max(1));
-        let mut programs = vec![Program::new(wrn::build(
-            config,
-            batch,
-            Mode::Eval,
-            Options::default(),
-        ))];
+        let build = |n| Program::new(wrn::build(config, n, Mode::Eval, Options::default()));
+        let mut programs = vec![build(batch)];
         if len % batch != 0 {
-            programs.push(Program::new(wrn::build(
-                config,
-                len % batch,
-                Mode::Eval,
-                Options::default(),
-            )));
+            programs.push(build(len % batch));
         }
-        let n = config.in_channels * batch * wrn::IMAGE * wrn::IMAGE;
-        Evaluator {
-            programs,
-            x: vec![0.0; n],
-            y: vec![0.0; batch],
-        }
+        Evaluator { programs, indices: (0..len).collect(), crops: vec![Crop::IDENTITY; batch] }
     }
 
     pub fn arena_bytes(&self) -> usize {
-        self.programs
-            .iter()
-            .map(|p| p.arena_bytes())
-            .max()
-            .unwrap_or(0)
+        self.programs.iter().map(|p| p.arena_bytes()).max().unwrap_or(0)
     }
 
-    /// (mean loss, accuracy) over the split.
-    pub fn run(
-        &mut self,
-        backend: &mut dyn Backend,
-        split: &Split,
-        channels: usize,
-        norm: &loader::Normalization,
-        sgd: SgdParams,
-    ) -> (f64, f64) {
+    /// (mean loss, accuracy) over the resident test split.
+    pub fn run(&mut self, backend: &mut dyn Backend) -> (f64, f64) {
         let batch = self.programs[0].schedule.batch;
+        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
         let (mut loss, mut correct) = (0f64, 0f64);
-        let indices: Vec<usize> = (0..split.len).collect();
-        for chunk in indices.chunks(batch) {
-            let p = if chunk.len() == batch {
-                &self.programs[0]
-            } else {
-                &self.programs[1]
-            };
-            let n = chunk.len();
-            let xs = &mut self.x[..channels * n * wrn::IMAGE * wrn::IMAGE];
-            loader::fill_batch(xs, &mut self.y[..n], split, chunk, channels, norm, None);
-            backend.write(p, p.schedule.input, xs);
-            backend.write(p, p.schedule.labels, &self.y[..n]);
-            let ctx = StepCtx { starts: &[], sgd };
-            backend.run(p, &ctx);
+        for chunk in self.indices.chunks(batch) {
+            let p = if chunk.len() == batch { &self.programs[0] } else { &self.programs[1] };
+            backend.fill_batch(p, SplitId::Test, chunk, &self.crops[..chunk.len()]);
+            backend.run(p, &StepCtx { starts: &[], sgd });
             let mut out = [0f32; 2];
             backend.read(p, p.schedule.loss, &mut out);
-            loss += out[0] as f64 * n as f64;
+            loss += out[0] as f64 * chunk.len() as f64;
             correct += out[1] as f64;
         }
-        let len = split.len.max(1) as f64;
+        let len = self.indices.len().max(1) as f64;
         (loss / len, correct / len)
     }
 }
@@ -266,11 +233,12 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     if let Some(n) = args.limit_test {
         ds.test.truncate(n);
     }
-    if ds.train.len < args.batch {
+    let (train_len, test_len, kind) = (ds.train.len, ds.test.len, ds.kind);
+    if train_len < args.batch {
         return Err(Error::flag(
             "--batch",
             args.batch,
-            format!("at most the {} training images", ds.train.len),
+            format!("at most the {} training images", train_len),
         ));
     }
     let config = args.config(ds.classes, ds.channels);
@@ -288,7 +256,9 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
 
     let mut backend = backend(args.device, args.verbose)?;
     let train_p = Program::new(wrn::build(&config, args.batch, Mode::Train, args.options));
-    let mut eval = Evaluator::new(&config, args.batch, ds.test.len);
+    let mut eval = Evaluator::new(&config, args.batch, test_len);
+    backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
+    backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
     backend.reserve_arena(train_p.arena_bytes().max(eval.arena_bytes()))?;
     let s = &train_p.schedule;
     let mut state = wrn::init_persistent(s, args.seed);
@@ -354,9 +324,9 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             "{} keep {:.2} on {} ({} train / {} test images, {} classes); {:.1} M parameters; arena {:.1} MiB; {:.2} GFLOP per image per step",
             config.name(),
             config.keep,
-            ds.kind,
-            ds.train.len,
-            ds.test.len,
+            kind,
+            train_len,
+            test_len,
             ds.classes,
             s.tensors.iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum::<usize>() as f64 / 1e6,
             backend_arena_mib(&train_p, &eval),
@@ -364,10 +334,9 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         );
     }
 
-    let steps_per_epoch = ds.train.len / args.batch;
+    let steps_per_epoch = train_len / args.batch;
     let total = steps_per_epoch * args.epochs;
-    let img = ds.channels * args.batch * wrn::IMAGE * wrn::IMAGE;
-    let (mut x, mut y) = (vec![0f32; img], vec![0f32; args.batch]);
+    let mut crops = vec![Crop::IDENTITY; args.batch];
     let mut starts = vec![0usize; s.slices.len()];
     let sgd_at = |t: usize| SgdParams {
         lr: learning_rate(args, t, total, steps_per_epoch) as f32,
@@ -379,7 +348,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     for epoch in start_epoch..args.epochs {
         // The shuffle state at the start of the epoch is what a mid-epoch checkpoint saves.
         let epoch_shuffle = shuffle.clone();
-        let order = loader::epoch_order(ds.train.len, &mut shuffle);
+        let order = loader::epoch_order(train_len, &mut shuffle);
         let first = step - epoch * steps_per_epoch;
         let bar = progress(args.verbose, epoch, args.epochs, steps_per_epoch as u64);
         bar.set_position(first as u64);
@@ -387,15 +356,10 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         let mut timed_images = 0usize;
         for b in first..steps_per_epoch {
             let idx = &order[b * args.batch..(b + 1) * args.batch];
-            loader::fill_batch(
-                &mut x,
-                &mut y,
-                &ds.train,
-                idx,
-                ds.channels,
-                &norm,
-                args.augment.then_some(&mut augment),
-            );
+            if args.augment {
+                crops.iter_mut().for_each(|c| *c = Crop::draw(&mut augment));
+            }
+            backend.fill_batch(&train_p, SplitId::Train, idx, &crops);
             for (start, spec) in starts.iter_mut().zip(&s.slices) {
                 *start = if spec.width < spec.channels {
                     sliceout::sample_start(&mut slicer, spec.channels, args.align)
@@ -403,8 +367,6 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
                     0
                 };
             }
-            backend.write(&train_p, s.input, &x);
-            backend.write(&train_p, s.labels, &y);
             backend.run(
                 &train_p,
                 &StepCtx {
@@ -442,7 +404,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
                     s,
                     &config,
                     &norm,
-                    &ds,
+                    kind,
                     step,
                     epoch,
                     &[
@@ -459,7 +421,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         let seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let (test_loss, test_acc) =
-            eval.run(&mut *backend, &ds.test, ds.channels, &norm, sgd_at(step));
+            eval.run(&mut *backend);
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: sums.loss / sums.seen.max(1.0),
@@ -486,7 +448,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         }
         metrics::append_jsonl(&args.out.join("metrics.jsonl"), &m)?;
         history.push(m.clone());
-        let title = format!("{} keep {:.2} on {}", config.name(), config.keep, ds.kind);
+        let title = format!("{} keep {:.2} on {}", config.name(), config.keep, kind);
         checkpoint::write_atomic(
             &args.out.join("curves.svg"),
             metrics::curves_svg(&history, &title).as_bytes(),
@@ -498,7 +460,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             s,
             &config,
             &norm,
-            &ds,
+            kind,
             step,
             epoch + 1,
             &[
@@ -545,7 +507,7 @@ fn snapshot(
     s: &crate::schedule::Schedule,
     config: &ModelConfig,
     norm: &loader::Normalization,
-    ds: &Dataset,
+    kind: DatasetKind,
     step: usize,
     epoch: usize,
     rngs: &[(&str, &Rng)],
@@ -574,7 +536,7 @@ fn snapshot(
         norm_mean: norm.mean.clone(),
         norm_std: norm.std.clone(),
         meta: vec![
-            ("dataset".into(), ds.kind.to_string()),
+            ("dataset".into(), kind.to_string()),
             ("best_acc".into(), best_acc.to_string()),
             ("epoch_loss".into(), sums.loss.to_string()),
             ("epoch_correct".into(), sums.correct.to_string()),
@@ -652,12 +614,6 @@ pub fn evaluate(
             "normalisation constants do not match the data's channels",
         ));
     }
-    let sgd = SgdParams {
-        lr: 0.0,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        nesterov: false,
-    };
-    let (loss, acc) = eval.run(&mut *backend, &ds.test, ds.channels, &norm, sgd);
+    let (loss, acc) = eval.run(&mut *backend);
     Ok((loss, acc, config))
 }

@@ -1,6 +1,8 @@
 //! The CPU backend: rayon-parallel ops over `Vec<f32>` regions. It is the reference.
 
-use super::{Backend, StepCtx};
+use super::{Backend, SplitId, StepCtx};
+use crate::data::loader::{self, Crop, Normalization};
+use crate::data::Split;
 use crate::error::Result;
 use crate::exec::Program;
 use crate::ops::{batchnorm, conv2d, linear, loss, pool, sgd};
@@ -10,6 +12,8 @@ use crate::schedule::{BufId, Op, TensorId};
 pub struct CpuBackend {
     arena: Vec<f32>,
     persistent: Vec<f32>,
+    /// Resident splits (train, test) with their channel count and normalisation.
+    splits: [Option<(Split, usize, Normalization)>; 2],
 }
 
 impl CpuBackend {
@@ -98,6 +102,40 @@ impl Backend for CpuBackend {
 
     fn get_persistent(&mut self, out: &mut [f32]) {
         out.copy_from_slice(&self.persistent[..out.len()]);
+    }
+
+    fn upload_split(
+        &mut self,
+        id: SplitId,
+        split: Split,
+        channels: usize,
+        norm: &Normalization,
+    ) -> Result<()> {
+        self.splits[id as usize] = Some((split, channels, norm.clone()));
+        Ok(())
+    }
+
+    fn split_len(&self, id: SplitId) -> usize {
+        self.splits[id as usize].as_ref().map_or(0, |s| s.0.len)
+    }
+
+    fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
+        let (split, channels, norm) = self.splits[id as usize]
+            .as_ref()
+            .expect("split uploaded before fill_batch");
+        let s = &p.schedule;
+        let ((xo, xl), (yo, yl)) = (p.locs[s.input], p.locs[s.labels]);
+        assert!(xo + xl <= yo || yo + yl <= xo, "input and labels overlap");
+        assert_eq!(crops.len(), indices.len());
+        // Input and labels are disjoint ranges of the arena (asserted): split it once.
+        let (x, y) = if xo < yo {
+            let (a, b) = self.arena.split_at_mut(yo);
+            (&mut a[xo..xo + xl], &mut b[..yl])
+        } else {
+            let (a, b) = self.arena.split_at_mut(xo);
+            (&mut b[..xl], &mut a[yo..yo + yl])
+        };
+        loader::fill_batch_with(x, y, split, indices, *channels, norm, |i| crops[i]);
     }
 
     fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {

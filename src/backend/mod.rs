@@ -5,9 +5,19 @@
 
 pub mod cpu;
 
+use crate::data::loader::{Crop, Normalization};
+use crate::data::Split;
 use crate::error::Result;
 use crate::exec::Program;
 use crate::ops::sgd::SgdParams;
+
+/// A dataset split kept resident by the backend (on a GPU: in device memory, so batches are
+/// gathered, cropped and normalised there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitId {
+    Train,
+    Test,
+}
 
 /// Run-time values of one step: the slice starts drawn for it (one per block) and the optimizer
 /// settings (the learning rate follows its schedule).
@@ -26,6 +36,19 @@ pub trait Backend {
     fn set_persistent(&mut self, data: &[f32]) -> Result<()>;
     /// Copies the persistent region out.
     fn get_persistent(&mut self, out: &mut [f32]);
+    /// Takes a split to keep resident, normalised with `norm` when batches are gathered.
+    fn upload_split(
+        &mut self,
+        id: SplitId,
+        split: Split,
+        channels: usize,
+        norm: &Normalization,
+    ) -> Result<()>;
+    /// Images in a resident split.
+    fn split_len(&self, id: SplitId) -> usize;
+    /// Gathers images `indices` of split `id`, each cropped/flipped by `crops[i]`, normalised,
+    /// into `program`'s input buffer `(C, N, 32, 32)` and their labels into its label buffer.
+    fn fill_batch(&mut self, program: &Program, id: SplitId, indices: &[usize], crops: &[Crop]);
     /// Writes `data` into buffer `buf` of `program` (the batch and its labels).
     fn write(&mut self, program: &Program, buf: usize, data: &[f32]);
     /// Reads buffer `buf` of `program` into `out`.

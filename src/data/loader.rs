@@ -168,6 +168,26 @@ pub fn fill_batch(
     norm: &Normalization,
     mut augment: Option<&mut Rng>,
 ) {
+    fill_batch_with(x, y, split, indices, channels, norm, |_| {
+        match augment.as_deref_mut() {
+            Some(rng) => Crop::draw(rng),
+            None => Crop::IDENTITY,
+        }
+    })
+}
+
+/// [`fill_batch`] with the crop of the `i`-th image of the batch given by `crop_of(i)` (called
+/// once per image, in order): backends that gather batches themselves take crops drawn by the
+/// trainer.
+pub fn fill_batch_with(
+    x: &mut [f32],
+    y: &mut [f32],
+    split: &Split,
+    indices: &[usize],
+    channels: usize,
+    norm: &Normalization,
+    mut crop_of: impl FnMut(usize) -> Crop,
+) {
     let n = indices.len();
     assert!(
         channels > 0 && channels <= MAX_CHANNELS,
@@ -184,10 +204,7 @@ pub fn fill_batch(
     }
     for (i, &idx) in indices.iter().enumerate() {
         assert!(idx < split.len, "index {idx} out of split of {}", split.len);
-        let crop = match augment.as_deref_mut() {
-            Some(rng) => Crop::draw(rng),
-            None => Crop::IDENTITY,
-        };
+        let crop = crop_of(i);
         let image = &split.images[idx * channels * PLANE..(idx + 1) * channels * PLANE];
         for c in 0..channels {
             let at = (c * n + i) * PLANE;
