@@ -173,20 +173,37 @@ impl Evaluator {
         if len % batch != 0 {
             programs.push(build(len % batch));
         }
-        Evaluator { programs, indices: (0..len).collect(), crops: vec![Crop::IDENTITY; batch] }
+        Evaluator {
+            programs,
+            indices: (0..len).collect(),
+            crops: vec![Crop::IDENTITY; batch],
+        }
     }
 
     pub fn arena_bytes(&self) -> usize {
-        self.programs.iter().map(|p| p.arena_bytes()).max().unwrap_or(0)
+        self.programs
+            .iter()
+            .map(|p| p.arena_bytes())
+            .max()
+            .unwrap_or(0)
     }
 
     /// (mean loss, accuracy) over the resident test split.
     pub fn run(&mut self, backend: &mut dyn Backend) -> (f64, f64) {
         let batch = self.programs[0].schedule.batch;
-        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        let sgd = SgdParams {
+            lr: 0.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        };
         let (mut loss, mut correct) = (0f64, 0f64);
         for chunk in self.indices.chunks(batch) {
-            let p = if chunk.len() == batch { &self.programs[0] } else { &self.programs[1] };
+            let p = if chunk.len() == batch {
+                &self.programs[0]
+            } else {
+                &self.programs[1]
+            };
             backend.fill_batch(p, SplitId::Test, chunk, &self.crops[..chunk.len()]);
             backend.run(p, &StepCtx { starts: &[], sgd });
             let mut out = [0f32; 2];
@@ -257,8 +274,18 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let mut backend = backend(args.device, args.verbose)?;
     let train_p = Program::new(wrn::build(&config, args.batch, Mode::Train, args.options));
     let mut eval = Evaluator::new(&config, args.batch, test_len);
-    backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
-    backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
+    backend.upload_split(
+        SplitId::Train,
+        std::mem::take(&mut ds.train),
+        ds.channels,
+        &norm,
+    )?;
+    backend.upload_split(
+        SplitId::Test,
+        std::mem::take(&mut ds.test),
+        ds.channels,
+        &norm,
+    )?;
     backend.reserve_arena(train_p.arena_bytes().max(eval.arena_bytes()))?;
     let s = &train_p.schedule;
     let mut state = wrn::init_persistent(s, args.seed);
@@ -420,8 +447,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         }
         let seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (test_loss, test_acc) =
-            eval.run(&mut *backend);
+        let (test_loss, test_acc) = eval.run(&mut *backend);
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: sums.loss / sums.seen.max(1.0),

@@ -1,0 +1,716 @@
+//! Checks of the im2col convolution against a direct nested-loop convolution in f64, for every
+//! geometry the WRNs use, chunkings that do not divide the batch, accumulation, and sliced
+//! (including wrapping) input and output channels; gradients against the reference backward,
+//! central differences and the adjoint identity.
+
+use super::*;
+use crate::rng::Rng;
+use std::time::Instant;
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed, 7);
+    (0..len).map(|_| rng.normal()).collect()
+}
+
+/// Direct convolution, f64 accumulation: `x (cin, N, H, W)`, `wt (cout, cin, K, K)` ->
+/// `(cout, N, Ho, Wo)`, using `p.cin` / `p.cout` as the dense widths.
+fn reference_forward(x: &[f32], wt: &[f32], p: &ConvShape) -> Vec<f64> {
+    let (ho, wo, k) = (p.ho(), p.wo(), p.k);
+    let mut y = vec![0f64; p.cout * p.n * ho * wo];
+    for o in 0..p.cout {
+        for n in 0..p.n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut s = 0f64;
+                    for c in 0..p.cin {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+                                let ix = (ox * p.stride + kx) as isize - p.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((c * p.n + n) * p.h + iy as usize) * p.w + ix as usize];
+                                let wv = wt[((o * p.cin + c) * k + ky) * k + kx];
+                                s += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((o * p.n + n) * ho + oy) * wo + ox] = s;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Direct gradients of `sum(r * conv(x, wt))`: `(d_x (cin, N, H, W), d_wt (cout, cin, K, K))`.
+fn reference_backward(r: &[f32], x: &[f32], wt: &[f32], p: &ConvShape) -> (Vec<f64>, Vec<f64>) {
+    let (ho, wo, k) = (p.ho(), p.wo(), p.k);
+    let mut dx = vec![0f64; p.cin * p.n * p.h * p.w];
+    let mut dw = vec![0f64; p.cout * p.cin * k * k];
+    for o in 0..p.cout {
+        for n in 0..p.n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let g = r[((o * p.n + n) * ho + oy) * wo + ox] as f64;
+                    for c in 0..p.cin {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+                                let ix = (ox * p.stride + kx) as isize - p.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                                    continue;
+                                }
+                                let xi = ((c * p.n + n) * p.h + iy as usize) * p.w + ix as usize;
+                                let wi = ((o * p.cin + c) * k + ky) * k + kx;
+                                dx[xi] += g * wt[wi] as f64;
+                                dw[wi] += g * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw)
+}
+
+/// The layer channels of a slice, in slice order.
+fn channels_of(s: &Slice) -> Vec<usize> {
+    (0..s.width).map(|i| (s.start + i) % s.channels).collect()
+}
+
+/// The dense `(w_out, w_in, K, K)` weight a sliced call must behave as.
+fn gather_weight(wt: &[f32], p: &ConvShape, out_slice: &Slice, in_slice: &Slice) -> Vec<f32> {
+    let kk = p.kk();
+    let mut g = Vec::new();
+    for &o in &channels_of(out_slice) {
+        for &c in &channels_of(in_slice) {
+            g.extend_from_slice(&wt[(o * p.cin + c) * kk..][..kk]);
+        }
+    }
+    g
+}
+
+/// The shape of the dense problem equivalent to a sliced call.
+fn dense_shape(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) -> ConvShape {
+    ConvShape {
+        cin: in_slice.width,
+        cout: out_slice.width,
+        ..*p
+    }
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+/// Geometries: (k, stride, pad), every combination the WRNs use plus unpadded 3x3 and a padded
+/// 1x1 (which is not direct).
+const GEOMETRIES: [(usize, usize, usize); 7] = [
+    (1, 1, 0),
+    (1, 2, 0),
+    (3, 1, 1),
+    (3, 2, 1),
+    (3, 1, 0),
+    (3, 2, 0),
+    (1, 1, 1),
+];
+
+fn shape(k: usize, stride: usize, pad: usize) -> ConvShape {
+    // Non-square input so that swapped H and W would show.
+    ConvShape {
+        n: 3,
+        cin: 5,
+        h: 7,
+        w: 9,
+        cout: 6,
+        k,
+        stride,
+        pad,
+    }
+}
+
+/// (out_slice, in_slice) pairs over cout = 6, cin = 5: full, non-wrapping and wrapping.
+fn slice_cases() -> Vec<(Slice, Slice)> {
+    vec![
+        (Slice::full(6), Slice::full(5)),
+        (Slice::new(1, 3, 6), Slice::full(5)),
+        (Slice::new(4, 4, 6), Slice::full(5)),
+        (Slice::full(6), Slice::new(1, 3, 5)),
+        (Slice::full(6), Slice::new(3, 4, 5)),
+        (Slice::new(5, 3, 6), Slice::new(4, 2, 5)),
+    ]
+}
+
+/// A full weight whose entries outside the slice are NaN: any read of them poisons the result.
+fn poisoned_weight(p: &ConvShape, out_slice: &Slice, in_slice: &Slice, seed: u64) -> Vec<f32> {
+    let kk = p.kk();
+    let mut wt = random(p.cout * p.cin * kk, seed);
+    let (outs, ins) = (channels_of(out_slice), channels_of(in_slice));
+    for o in 0..p.cout {
+        for c in 0..p.cin {
+            if !outs.contains(&o) || !ins.contains(&c) {
+                wt[(o * p.cin + c) * kk..][..kk].fill(f32::NAN);
+            }
+        }
+    }
+    wt
+}
+
+#[test]
+fn shape_arithmetic() {
+    let p = ConvShape {
+        n: 32,
+        cin: 64,
+        h: 32,
+        w: 32,
+        cout: 128,
+        k: 3,
+        stride: 2,
+        pad: 1,
+    };
+    assert_eq!((p.ho(), p.wo(), p.kk()), (16, 16, 9));
+    assert!(!p.direct());
+    assert_eq!(p.col_len(32, 4), 32 * 9 * 4 * 256);
+    assert_eq!(p.col_len(32, 0), 32 * 9 * 32 * 256);
+    assert_eq!(p.col_len(32, 100), p.col_len(32, 0));
+    assert_eq!(p.macs(64, 32), 64 * 32 * 9 * 32 * 256);
+    let q = ConvShape {
+        k: 1,
+        stride: 1,
+        pad: 0,
+        ..p
+    };
+    assert!(q.direct());
+    assert_eq!(q.col_len(64, 4), 0);
+    assert_eq!((q.ho(), q.wo()), (32, 32));
+}
+
+#[test]
+fn im2col_matches_its_definition_and_col2im_is_its_adjoint() {
+    for &(k, s, pad) in &GEOMETRIES {
+        let p = shape(k, s, pad);
+        let (ho, wo, kk) = (p.ho(), p.wo(), p.kk());
+        let ch = 4;
+        let x = random(ch * p.n * p.h * p.w, 1);
+        let (n0, nb) = (1, 2);
+        let mut col = vec![f32::NAN; ch * kk * nb * ho * wo + 5];
+        im2col(&mut col, &x, &p, ch, n0, nb);
+        assert!(col[ch * kk * nb * ho * wo..].iter().all(|v| v.is_nan()));
+        for c in 0..ch {
+            for t in 0..kk {
+                for i in 0..nb {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let iy = (oy * s + t / k) as isize - pad as isize;
+                            let ix = (ox * s + t % k) as isize - pad as isize;
+                            let want =
+                                if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                                    0.0
+                                } else {
+                                    x[((c * p.n + n0 + i) * p.h + iy as usize) * p.w + ix as usize]
+                                };
+                            let got = col[(c * kk + t) * nb * ho * wo + (i * ho + oy) * wo + ox];
+                            assert_eq!(got, want, "k{k} s{s} p{pad} c{c} t{t} i{i} {oy},{ox}");
+                        }
+                    }
+                }
+            }
+        }
+        // <col2im(g), x> == <g, im2col(x)> on the chunk's images; other images untouched.
+        let g = random(ch * kk * nb * ho * wo, 2);
+        let mut d = vec![3.0f32; x.len()];
+        let image_of = |j: usize| (j / (p.h * p.w)) % p.n;
+        col2im(&mut d, &g, &p, ch, n0, nb, false);
+        let lhs: f64 = d
+            .iter()
+            .zip(&x)
+            .enumerate()
+            .filter(|(j, _)| (n0..n0 + nb).contains(&image_of(*j)))
+            .map(|(_, (a, b))| *a as f64 * *b as f64)
+            .sum();
+        let rhs: f64 = g.iter().zip(&col).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!(
+            (lhs - rhs).abs() <= 1e-5 * (1.0 + rhs.abs()),
+            "{lhs} vs {rhs}"
+        );
+        for c in 0..ch {
+            assert!(d[c * p.n * p.h * p.w..][..p.h * p.w]
+                .iter()
+                .all(|&v| v == 3.0));
+        }
+        // Accumulating adds the same scatter on top.
+        let mut d2 = d.clone();
+        col2im(&mut d2, &g, &p, ch, n0, nb, true);
+        for (j, (a, b)) in d2.iter().zip(&d).enumerate() {
+            let want = if !(n0..n0 + nb).contains(&image_of(j)) {
+                *b
+            } else {
+                2.0 * b
+            };
+            assert!((a - want).abs() <= 1e-5 * (1.0 + want.abs()));
+        }
+    }
+}
+
+#[test]
+fn forward_matches_direct_convolution() {
+    for &(k, s, pad) in &GEOMETRIES {
+        let p = shape(k, s, pad);
+        for (si, (out_slice, in_slice)) in slice_cases().into_iter().enumerate() {
+            let dp = dense_shape(&p, &out_slice, &in_slice);
+            let wt = poisoned_weight(&p, &out_slice, &in_slice, 10 + si as u64);
+            let x = random(in_slice.width * p.n * p.h * p.w, 20 + si as u64);
+            let want = reference_forward(&x, &gather_weight(&wt, &p, &out_slice, &in_slice), &dp);
+            for chunk in [0, 1, 2] {
+                let mut col = vec![f32::NAN; p.col_len(in_slice.width, chunk)];
+                for accumulate in [false, true] {
+                    let base = random(want.len(), 30);
+                    let mut out = if accumulate {
+                        base.clone()
+                    } else {
+                        vec![f32::NAN; want.len()]
+                    };
+                    conv2d_forward(
+                        &mut out, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, accumulate,
+                    );
+                    let expect: Vec<f64> = if accumulate {
+                        want.iter().zip(&base).map(|(w, b)| w + *b as f64).collect()
+                    } else {
+                        want.clone()
+                    };
+                    assert_close(
+                        &out,
+                        &expect,
+                        1e-5,
+                        &format!(
+                            "forward k{k} s{s} p{pad} slices {si} chunk {chunk} acc {accumulate}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_matches_direct_gradients() {
+    for &(k, s, pad) in &GEOMETRIES {
+        let p = shape(k, s, pad);
+        for (si, (out_slice, in_slice)) in slice_cases().into_iter().enumerate() {
+            let dp = dense_shape(&p, &out_slice, &in_slice);
+            let wt = poisoned_weight(&p, &out_slice, &in_slice, 40 + si as u64);
+            let x = random(in_slice.width * p.n * p.h * p.w, 50 + si as u64);
+            let r = random(out_slice.width * p.n * p.ho() * p.wo(), 60 + si as u64);
+            let (want_dx, want_dw) =
+                reference_backward(&r, &x, &gather_weight(&wt, &p, &out_slice, &in_slice), &dp);
+            for chunk in [0, 1, 2] {
+                let mut col = vec![f32::NAN; p.col_len(in_slice.width, chunk)];
+                for accumulate in [false, true] {
+                    let base = random(x.len(), 70);
+                    let mut dx = if accumulate {
+                        base.clone()
+                    } else {
+                        vec![f32::NAN; x.len()]
+                    };
+                    let mut dw = vec![f32::NAN; want_dw.len()];
+                    conv2d_backward(
+                        Some(&mut dx),
+                        &mut dw,
+                        &r,
+                        &x,
+                        &wt,
+                        &mut col,
+                        &p,
+                        out_slice,
+                        in_slice,
+                        chunk,
+                        accumulate,
+                    );
+                    let what =
+                        format!("k{k} s{s} p{pad} slices {si} chunk {chunk} acc {accumulate}");
+                    assert_close(&dw, &want_dw, 1e-5, &format!("d_weight {what}"));
+                    let expect: Vec<f64> = if accumulate {
+                        want_dx
+                            .iter()
+                            .zip(&base)
+                            .map(|(w, b)| w + *b as f64)
+                            .collect()
+                    } else {
+                        want_dx.clone()
+                    };
+                    assert_close(&dx, &expect, 1e-5, &format!("d_inp {what}"));
+                }
+                // Without d_inp only the weight gradient is computed.
+                let mut dw = vec![f32::NAN; want_dw.len()];
+                conv2d_backward(
+                    None, &mut dw, &r, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, false,
+                );
+                assert_close(&dw, &want_dw, 1e-5, "d_weight without d_inp");
+            }
+        }
+    }
+}
+
+/// `sum(r * out)` in f64 for the conv of `x` with `wt` (f32 ops inside the convolution).
+#[allow(clippy::too_many_arguments)]
+fn loss(
+    r: &[f32],
+    x: &[f32],
+    wt: &[f32],
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+) -> f64 {
+    let mut out = vec![0f32; r.len()];
+    let mut col = vec![0f32; p.col_len(in_slice.width, chunk)];
+    conv2d_forward(
+        &mut out, x, wt, &mut col, p, out_slice, in_slice, chunk, false,
+    );
+    out.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
+}
+
+fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    let diff: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let norm: f64 = want.iter().map(|b| b * b).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+#[test]
+fn gradients_match_central_differences_and_the_adjoint_identity() {
+    let cases = [
+        ((3, 1, 1), Slice::full(6), Slice::full(5), 0),
+        ((3, 2, 1), Slice::new(4, 4, 6), Slice::new(3, 4, 5), 2),
+        ((1, 2, 0), Slice::new(1, 3, 6), Slice::new(4, 2, 5), 1),
+        ((1, 1, 0), Slice::new(5, 2, 6), Slice::new(2, 4, 5), 0),
+    ];
+    let eps = 1e-2f32;
+    for (ci, &((k, s, pad), out_slice, in_slice, chunk)) in cases.iter().enumerate() {
+        let p = shape(k, s, pad);
+        let kk = p.kk();
+        let mut wt = random(p.cout * p.cin * kk, 80 + ci as u64);
+        let mut x = random(in_slice.width * p.n * p.h * p.w, 90 + ci as u64);
+        let r = random(out_slice.width * p.n * p.ho() * p.wo(), 100 + ci as u64);
+        let mut dx = vec![0f32; x.len()];
+        let mut dw = vec![0f32; out_slice.width * in_slice.width * kk];
+        let mut col = vec![0f32; p.col_len(in_slice.width, chunk)];
+        conv2d_backward(
+            Some(&mut dx),
+            &mut dw,
+            &r,
+            &x,
+            &wt,
+            &mut col,
+            &p,
+            out_slice,
+            in_slice,
+            chunk,
+            false,
+        );
+
+        // Central differences over every input element.
+        let mut fd_x = Vec::with_capacity(x.len());
+        for j in 0..x.len() {
+            let v = x[j];
+            x[j] = v + eps;
+            let up = loss(&r, &x, &wt, &p, out_slice, in_slice, chunk);
+            x[j] = v - eps;
+            let down = loss(&r, &x, &wt, &p, out_slice, in_slice, chunk);
+            x[j] = v;
+            fd_x.push((up - down) / (2.0 * eps as f64));
+        }
+        let dx64: Vec<f64> = dx.iter().map(|&v| v as f64).collect();
+        let e = rel_err(&dx64, &fd_x);
+        assert!(e < 1e-2, "case {ci}: d_inp vs central differences: {e}");
+
+        // ... and over every weight of the slice, in d_weight's order.
+        let mut fd_w = Vec::with_capacity(dw.len());
+        for &o in &channels_of(&out_slice) {
+            for &c in &channels_of(&in_slice) {
+                for t in 0..kk {
+                    let j = (o * p.cin + c) * kk + t;
+                    let v = wt[j];
+                    wt[j] = v + eps;
+                    let up = loss(&r, &x, &wt, &p, out_slice, in_slice, chunk);
+                    wt[j] = v - eps;
+                    let down = loss(&r, &x, &wt, &p, out_slice, in_slice, chunk);
+                    wt[j] = v;
+                    fd_w.push((up - down) / (2.0 * eps as f64));
+                }
+            }
+        }
+        let dw64: Vec<f64> = dw.iter().map(|&v| v as f64).collect();
+        let e = rel_err(&dw64, &fd_w);
+        assert!(e < 1e-2, "case {ci}: d_weight vs central differences: {e}");
+
+        // Conv is bilinear: <r, conv(x, W)> = <d_inp, x> = <d_weight, W_slice>.
+        let l = loss(&r, &x, &wt, &p, out_slice, in_slice, chunk);
+        let via_x: f64 = dx.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let w_slice = gather_weight(&wt, &p, &out_slice, &in_slice);
+        let via_w: f64 = dw
+            .iter()
+            .zip(&w_slice)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let scale = l.abs().max(1.0);
+        assert!(
+            (l - via_x).abs() < 1e-5 * scale,
+            "case {ci}: {l} vs {via_x}"
+        );
+        assert!(
+            (l - via_w).abs() < 1e-5 * scale,
+            "case {ci}: {l} vs {via_w}"
+        );
+    }
+}
+
+#[test]
+fn output_runs_write_only_their_rows_and_other_images_stay() {
+    // A wrapping output slice writes rows in slice order: run 2's rows come first in the
+    // layer but after run 1's in the buffer. Check that a chunked call leaves no column
+    // block unwritten by filling the buffer with NaN first (done in the forward test) and that
+    // two calls on disjoint halves of the output slice equal one call on the whole slice.
+    let p = shape(3, 1, 1);
+    let wt = random(p.cout * p.cin * 9, 5);
+    let x = random(p.cin * p.n * p.h * p.w, 6);
+    let full = Slice::new(4, 4, 6);
+    let ncols = p.n * p.ho() * p.wo();
+    let mut col = vec![0f32; p.col_len(5, 2)];
+    let mut whole = vec![0f32; 4 * ncols];
+    conv2d_forward(
+        &mut whole,
+        &x,
+        &wt,
+        &mut col,
+        &p,
+        full,
+        Slice::full(5),
+        2,
+        false,
+    );
+    let mut a = vec![0f32; 2 * ncols];
+    let mut b = vec![0f32; 2 * ncols];
+    conv2d_forward(
+        &mut a,
+        &x,
+        &wt,
+        &mut col,
+        &p,
+        Slice::new(4, 2, 6),
+        Slice::full(5),
+        2,
+        false,
+    );
+    conv2d_forward(
+        &mut b,
+        &x,
+        &wt,
+        &mut col,
+        &p,
+        Slice::new(0, 2, 6),
+        Slice::full(5),
+        2,
+        false,
+    );
+    assert_eq!(&whole[..2 * ncols], &a[..]);
+    assert_eq!(&whole[2 * ncols..], &b[..]);
+}
+
+/// Seconds this process's threads have spent on a CPU (Linux schedstat; 0 elsewhere). On a
+/// shared machine wall time says little; CPU time says what the code costs.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ns = 0u64;
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 * 1e-9
+}
+
+/// Best-of-`reps` (wall, CPU) seconds of `f`.
+fn best_time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..reps {
+        let (t, c) = (Instant::now(), cpu_seconds());
+        f();
+        let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+        best = (best.0.min(wall), best.1.min(cpu));
+    }
+    best
+}
+
+#[test]
+#[ignore]
+fn timing_wrn16_4_layer() {
+    // The 64 -> 64, 32x32, 3x3 convolution of WRN-16-4's first group at batch 32.
+    let p = ConvShape {
+        n: 32,
+        cin: 64,
+        h: 32,
+        w: 32,
+        cout: 64,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let threads = rayon::current_num_threads() as f64;
+    let (full_in, full_out) = (Slice::full(64), Slice::full(64));
+    let wt = random(64 * 64 * 9, 1);
+    let x = random(64 * p.n * 32 * 32, 2);
+    let dy = random(64 * p.n * 32 * 32, 3);
+    let mut out = vec![0f32; dy.len()];
+    let mut dx = vec![0f32; x.len()];
+    let mut dw = vec![0f32; wt.len()];
+    let flop = 2.0 * p.macs(64, 64) as f64;
+    println!(
+        "WRN-16-4 layer: N={} {}->{} {}x{} k{}: {:.2} GFLOP per GEMM, {} threads",
+        p.n,
+        p.cin,
+        p.cout,
+        p.h,
+        p.w,
+        p.k,
+        flop * 1e-9,
+        threads
+    );
+    println!("  (ms: best wall / best CPU-time divided by the thread count, i.e. the wall time on idle cores)");
+    let ms = |t: (f64, f64)| format!("{:7.2} / {:7.2} ms", t.0 * 1e3, t.1 / threads * 1e3);
+    let rate = |f: f64, t: (f64, f64)| {
+        format!(
+            "{:6.1} / {:6.1} GFLOP/s",
+            f / t.0 * 1e-9,
+            f / (t.1 / threads) * 1e-9
+        )
+    };
+
+    // The bare products at the crate's best, whole batch: forward, dW and dcol shapes.
+    let mut col = vec![0f32; p.col_len(64, 0)];
+    im2col(&mut col, &x, &p, 64, 0, p.n);
+    let ncols = p.n * 1024;
+    let t = best_time(3, || {
+        gemm(
+            &mut out,
+            Layout::contiguous(&[64, ncols]),
+            &wt,
+            Layout::contiguous(&[64, 576]),
+            &col,
+            Layout::contiguous(&[576, ncols]),
+            false,
+        )
+    });
+    println!("  bare GEMM Y = W col   : {} {}", ms(t), rate(flop, t));
+    let t = best_time(3, || {
+        gemm(
+            &mut dw,
+            Layout::contiguous(&[64, 576]),
+            &dy,
+            Layout::contiguous(&[64, ncols]),
+            &col,
+            Layout::contiguous(&[576, ncols]).transpose(0, 1),
+            false,
+        )
+    });
+    println!("  bare GEMM dW = dY col^T: {} {}", ms(t), rate(flop, t));
+    let t = best_time(3, || {
+        gemm(
+            &mut col,
+            Layout::contiguous(&[576, ncols]),
+            &wt,
+            Layout::contiguous(&[64, 576]).transpose(0, 1),
+            &dy,
+            Layout::contiguous(&[64, ncols]),
+            false,
+        )
+    });
+    println!("  bare GEMM dcol = W^T dY: {} {}", ms(t), rate(flop, t));
+
+    for chunk in [0, 8, 4, 2, 1] {
+        let nb = p.chunk_images(chunk);
+        let chunks = (p.n / nb) as f64;
+        let mut col = vec![0f32; p.col_len(64, chunk)];
+        let t = best_time(3, || im2col(&mut col, &x, &p, 64, 0, nb));
+        let t_i2c = (t.0 * chunks, t.1 * chunks);
+        let t = best_time(3, || col2im(&mut dx, &col, &p, 64, 0, nb, false));
+        let t_c2i = (t.0 * chunks, t.1 * chunks);
+        let t_f = best_time(3, || {
+            conv2d_forward(
+                &mut out, &x, &wt, &mut col, &p, full_out, full_in, chunk, false,
+            )
+        });
+        let t_b = best_time(3, || {
+            conv2d_backward(
+                Some(&mut dx),
+                &mut dw,
+                &dy,
+                &x,
+                &wt,
+                &mut col,
+                &p,
+                full_out,
+                full_in,
+                chunk,
+                false,
+            )
+        });
+        let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
+        println!("  chunk {nb:2}: im2col {}, col2im {}", ms(t_i2c), ms(t_c2i));
+        println!("            forward  {} {}", ms(t_f), rate(flop, t_f));
+        println!("            backward {} {}", ms(t_b), rate(2.0 * flop, t_b));
+        println!(
+            "            fwd+bwd  {} {}",
+            ms(t_fb),
+            rate(3.0 * flop, t_fb)
+        );
+    }
+
+    // SliceOut at keep 0.5 on conv2's input (wrapping): half the work.
+    let in_half = Slice::new(48, 32, 64);
+    let xs = random(32 * p.n * 1024, 4);
+    let mut dxs = vec![0f32; xs.len()];
+    let mut dws = vec![0f32; 64 * 32 * 9];
+    let mut col = vec![0f32; p.col_len(32, 8)];
+    let t_f = best_time(3, || {
+        conv2d_forward(
+            &mut out, &xs, &wt, &mut col, &p, full_out, in_half, 8, false,
+        )
+    });
+    let t_b = best_time(3, || {
+        conv2d_backward(
+            Some(&mut dxs),
+            &mut dws,
+            &dy,
+            &xs,
+            &wt,
+            &mut col,
+            &p,
+            full_out,
+            in_half,
+            8,
+            false,
+        )
+    });
+    let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
+    println!(
+        "  keep 0.5 wrapping input slice, chunk 8: fwd+bwd {} {}",
+        ms(t_fb),
+        rate(1.5 * flop, t_fb)
+    );
+}

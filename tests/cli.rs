@@ -1,0 +1,229 @@
+//! The binary as a user meets it: every bad input gets one clear line naming the file or value
+//! and what was expected, a non-zero exit, no panic, and nothing in the output folder is lost.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sliceout(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+        .args(args)
+        .output()
+        .expect("binary runs");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(
+        !se.contains("panicked") && !so.contains("panicked"),
+        "panic for {args:?}: {se}"
+    );
+    (out.status.code().unwrap_or(-1), so, se)
+}
+
+/// Fails with a message containing every one of `needles`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (code, _, err) = sliceout(args);
+    assert_ne!(code, 0, "{args:?} should fail");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: message lacks '{n}':\n{err}");
+    }
+    assert!(
+        err.lines().filter(|l| !l.trim().is_empty()).count() <= 3,
+        "{args:?}: message too long:\n{err}"
+    );
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sliceout-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn synth(dir: &Path, train: usize, test: usize) {
+    let (code, _, err) = sliceout(&[
+        "data",
+        "synth",
+        "--out",
+        dir.to_str().unwrap(),
+        "--train",
+        &train.to_string(),
+        "--test",
+        &test.to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+const TINY: &[&str] = &[
+    "--depth", "10", "--widen", "1", "--batch", "16", "--epochs", "1", "--device", "cpu",
+];
+
+fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["train", "--data", data, "--out", out];
+    a.extend_from_slice(TINY);
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn bad_flag_values_are_named() {
+    let d = tmp("flags");
+    synth(&d, 40, 10);
+    let data = d.to_str().unwrap();
+    let out = d.join("run");
+    let out = out.to_str().unwrap();
+    let case = |flag: &str, value: &str, expected: &str| {
+        let mut args = train_args(data, out, &[]);
+        // A later flag overrides the default one in TINY.
+        args.extend_from_slice(&[flag, value]);
+        fails_with(&args, &[flag, value, expected]);
+    };
+    case("--depth", "12", "6n+4");
+    case("--keep", "0", "(0, 1]");
+    case("--keep", "1.5", "(0, 1]");
+    case("--batch", "0", ">= 1");
+    case("--lr", "-0.1", ">= 0");
+    case("--dataset", "imagenet", "cifar10");
+    fails_with(&["train", "--device", "tpu"], &["tpu", "--device"]);
+    fails_with(&["plan", "--depth", "11"], &["--depth", "11", "6n+4"]);
+    fails_with(&["bench", "--keep", "0.5,2"], &["--keep"]);
+}
+
+#[test]
+fn missing_and_corrupt_data_files_are_named() {
+    let missing = std::env::temp_dir().join("sliceout-no-such-folder");
+    fails_with(
+        &train_args(missing.to_str().unwrap(), "/tmp/x", &[]),
+        &["sliceout-no-such-folder"],
+    );
+
+    let d = tmp("data");
+    synth(&d, 40, 10);
+    let data = d.to_str().unwrap();
+    let out = d.join("run");
+    let out = out.to_str().unwrap();
+    // A truncated file: not a whole number of 3073-byte records.
+    let f = d.join("data_batch_2.bin");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    fails_with(&train_args(data, out, &[]), &["data_batch_2.bin", "3073"]);
+    std::fs::write(&f, &bytes).unwrap();
+    // A label out of range.
+    let t = d.join("test_batch.bin");
+    let mut tb = std::fs::read(&t).unwrap();
+    tb[3073] = 10;
+    std::fs::write(&t, &tb).unwrap();
+    fails_with(&train_args(data, out, &[]), &["test_batch.bin", "10"]);
+    // A missing file of a recognised set.
+    std::fs::remove_file(&t).unwrap();
+    fails_with(&train_args(data, out, &[]), &["test_batch.bin"]);
+
+    // IDX with a wrong magic number.
+    let m = tmp("idx");
+    for name in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(m.join(name), [0u8, 0, 8, 1, 0, 0, 0, 0]).unwrap();
+    }
+    fails_with(
+        &train_args(m.to_str().unwrap(), out, &[]),
+        &["idx", "magic"],
+    );
+}
+
+#[test]
+fn unwritable_output_folder_is_named() {
+    let d = tmp("out");
+    synth(&d, 40, 10);
+    let file = d.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let bad = file.join("run");
+    fails_with(
+        &train_args(d.to_str().unwrap(), bad.to_str().unwrap(), &[]),
+        &["a-file"],
+    );
+}
+
+#[test]
+fn corrupt_checkpoints_are_refused_and_nothing_is_lost() {
+    let d = tmp("ckpt");
+    synth(&d, 48, 16);
+    let data = d.to_str().unwrap();
+    let run = d.join("run");
+    let out = run.to_str().unwrap();
+    let (code, _, err) = sliceout(&train_args(data, out, &[]));
+    assert_eq!(code, 0, "{err}");
+    let last = run.join("last.ckpt");
+    let good = std::fs::read(&last).unwrap();
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    assert!(run.join("best.ckpt").exists() && run.join("curves.svg").exists());
+
+    let bad = d.join("bad.ckpt");
+    let bad_s = bad.to_str().unwrap();
+    let resume = |extra: &[&str]| {
+        let mut a = train_args(data, out, &["--resume", bad_s, "--epochs", "2"]);
+        a.extend_from_slice(extra);
+        a
+    };
+    std::fs::write(&bad, &good[..good.len() / 2]).unwrap();
+    fails_with(&resume(&[]), &["bad.ckpt"]);
+    let mut b = good.clone();
+    b[0] = b'X';
+    std::fs::write(&bad, &b).unwrap();
+    fails_with(&resume(&[]), &["bad.ckpt", "not a sliceout checkpoint"]);
+    let mut b = good.clone();
+    b[8] = 9;
+    std::fs::write(&bad, &b).unwrap();
+    fails_with(&resume(&[]), &["bad.ckpt", "version"]);
+    let mut b = good.clone();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x55;
+    std::fs::write(&bad, &b).unwrap();
+    fails_with(&resume(&[]), &["bad.ckpt", "CRC"]);
+    std::fs::write(&bad, &good).unwrap();
+    fails_with(&resume(&["--depth", "16"]), &["bad.ckpt", "depth"]);
+    fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            d.join("none.ckpt").to_str().unwrap(),
+            "--data",
+            data,
+        ],
+        &["none.ckpt"],
+    );
+
+    // Nothing in the run folder changed.
+    assert_eq!(std::fs::read(&last).unwrap(), good);
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
+
+    // And the good checkpoint evaluates, rebuilt from the checkpoint alone.
+    let (code, so, err) = sliceout(&[
+        "eval",
+        "--checkpoint",
+        last.to_str().unwrap(),
+        "--data",
+        data,
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        so.contains("WRN-10-1") && so.contains("test accuracy"),
+        "{so}"
+    );
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let (code, so, _) = sliceout(&["--help"]);
+    assert_eq!(code, 0);
+    for c in [
+        "train", "eval", "plan", "profile", "bench", "selftest", "data",
+    ] {
+        assert!(so.contains(c), "{c} missing from --help");
+    }
+}
