@@ -1,1 +1,21 @@
-fn main() {}
+//! A training step on the CPU, WRN-16-4, batch 32, at keep 1.0, 0.75 and 0.5, measured in one
+//! run (the same measurement as `sliceout bench --device cpu`). The bar: keep 0.5 at
+//! most 0.70 of keep 1.0, and keep 1.0 no slower than PyTorch on the same machine (465-513 ms
+//! on 2 cores, see BENCHMARKS.md).
+//!
+//! `cargo bench --bench step` (set RAYON_NUM_THREADS to pin the thread count).
+
+use sliceout::backend::cpu::CpuBackend;
+use sliceout::backend::Backend;
+use sliceout::bench;
+use sliceout::model::ModelConfig;
+
+fn main() {
+    let steps = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let config = ModelConfig { depth: 16, widen: 4, classes: 10, in_channels: 3, keep: 1.0 };
+    let mut cpu = CpuBackend::new();
+    let rows = bench::measure(&mut cpu, &config, 32, &[1.0, 0.75, 0.5], steps, 0);
+    print!("{}", bench::table(&config, 32, &cpu.name(), &rows));
+    let ratio = rows[2].median_ms / rows[0].median_ms;
+    println!("keep 0.5 / keep 1.0 = {ratio:.2} (bar: <= 0.70)");
+}

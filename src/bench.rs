@@ -36,38 +36,20 @@ pub fn measure(
 ) -> Vec<Row> {
     let programs: Vec<Program> = keeps
         .iter()
-        .map(|&keep| {
-            Program::new(wrn::build(
-                &ModelConfig { keep, ..*config },
-                batch,
-                Mode::Train,
-                Options::default(),
-            ))
-        })
+        .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, Options::default())))
         .collect();
     let arena = programs.iter().map(|p| p.arena_bytes()).max().unwrap_or(0);
     backend.reserve_arena(arena).expect("arena");
     let mut rng = Rng::new(seed, stream::SYNTH);
     let s0 = &programs[0].schedule;
-    let x: Vec<f32> = (0..s0.buffers[s0.input].len)
-        .map(|_| rng.normal())
-        .collect();
-    let y: Vec<f32> = (0..batch)
-        .map(|_| rng.below(config.classes) as f32)
-        .collect();
-    let sgd = SgdParams {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: true,
-    };
+    let x: Vec<f32> = (0..s0.buffers[s0.input].len).map(|_| rng.normal()).collect();
+    let y: Vec<f32> = (0..batch).map(|_| rng.below(config.classes) as f32).collect();
+    let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let mut slicer = Rng::new(seed, stream::SLICE);
     let mut rows = vec![];
     for (p, &keep) in programs.iter().zip(keeps) {
         let s = &p.schedule;
-        backend
-            .set_persistent(&wrn::init_persistent(s, seed))
-            .expect("persistent");
+        backend.set_persistent(&wrn::init_persistent(s, seed)).expect("persistent");
         let mut times = vec![];
         let mut starts = vec![0; s.slices.len()];
         for i in 0..=steps {
@@ -77,13 +59,7 @@ pub fn measure(
             let t0 = Instant::now();
             backend.write(p, s.input, &x);
             backend.write(p, s.labels, &y);
-            backend.run(
-                p,
-                &StepCtx {
-                    starts: &starts,
-                    sgd,
-                },
-            );
+            backend.run(p, &StepCtx { starts: &starts, sgd });
             let mut loss = [0f32; 2];
             backend.read(p, s.loss, &mut loss);
             if i > 0 {
@@ -130,19 +106,11 @@ pub fn table(config: &ModelConfig, batch: usize, device: &str, rows: &[Row]) -> 
 }
 
 pub fn command(f: &BenchFlags) -> Result<()> {
-    let model = cli::ModelFlags {
-        depth: f.depth,
-        widen: f.widen,
-        keep: None,
-    };
+    let model = cli::ModelFlags { depth: f.depth, widen: f.widen, keep: None };
     let config = cli::model_config(&model, f.classes, 3)?;
     let batch = cli::check_batch(f.batch)?;
     if f.keep.is_empty() || f.keep.iter().any(|&k| !(k > 0.0 && k <= 1.0)) {
-        return Err(Error::flag(
-            "--keep",
-            format!("{:?}", f.keep),
-            "comma-separated fractions in (0, 1]",
-        ));
+        return Err(Error::flag("--keep", format!("{:?}", f.keep), "comma-separated fractions in (0, 1]"));
     }
     if f.steps == 0 {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));

@@ -78,17 +78,11 @@ impl Checkpoint {
     }
 
     pub fn meta(&self, key: &str) -> Option<&str> {
-        self.meta
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn rng(&self, name: &str) -> Option<&[u8]> {
-        self.rngs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s.as_slice())
+        self.rngs.iter().find(|(n, _)| n == name).map(|(_, s)| s.as_slice())
     }
 }
 
@@ -124,23 +118,12 @@ pub fn check_config(path: &Path, found: &ModelConfig, expected: &ModelConfig) ->
     field("depth", f.depth != e.depth, &f.depth, &e.depth);
     field("widen", f.widen != e.widen, &f.widen, &e.widen);
     field("classes", f.classes != e.classes, &f.classes, &e.classes);
-    field(
-        "in_channels",
-        f.in_channels != e.in_channels,
-        &f.in_channels,
-        &e.in_channels,
-    );
+    field("in_channels", f.in_channels != e.in_channels, &f.in_channels, &e.in_channels);
     field("keep", f.keep != e.keep, &f.keep, &e.keep);
     if diffs.is_empty() {
         return Ok(());
     }
-    Err(Error::checkpoint(
-        path,
-        format!(
-            "model configuration does not match the flags: {}",
-            diffs.join("; ")
-        ),
-    ))
+    Err(Error::checkpoint(path, format!("model configuration does not match the flags: {}", diffs.join("; "))))
 }
 
 /// Replaces `path` with `bytes` so that a crash at any moment leaves either the old file or the
@@ -151,10 +134,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     // Distinct temp names per call, so two threads saving the same path never share one.
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let Some(name) = path.file_name() else {
-        return Err(Error::io(
-            path,
-            io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
-        ));
+        return Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, "not a file path")));
     };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -167,11 +147,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.flush()?;
         file.sync_all()?;
@@ -206,12 +182,7 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 /// The checks `decode` makes on content, made before writing, so every saved file loads.
 fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
     let c = &ck.config;
-    for (name, v) in [
-        ("depth", c.depth),
-        ("widen", c.widen),
-        ("classes", c.classes),
-        ("in_channels", c.in_channels),
-    ] {
+    for (name, v) in [("depth", c.depth), ("widen", c.widen), ("classes", c.classes), ("in_channels", c.in_channels)] {
         if u32::try_from(v).is_err() {
             return Err(format!("config.{name} {v} does not fit in 32 bits"));
         }
@@ -220,17 +191,12 @@ fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
         return Err(format!("config.keep {} is outside (0, 1]", c.keep));
     }
     let fits = |what: &dyn fmt::Display, n: usize| {
-        u32::try_from(n)
-            .map(|_| ())
-            .map_err(|_| format!("{what}: {n} does not fit in 32 bits"))
+        u32::try_from(n).map(|_| ()).map_err(|_| format!("{what}: {n} does not fit in 32 bits"))
     };
     fits(&"tensor count", ck.tensors.len())?;
     let mut names = HashSet::new();
     for t in &ck.tensors {
-        fits(
-            &format_args!("tensor {:?} name length", t.name),
-            t.name.len(),
-        )?;
+        fits(&format_args!("tensor {:?} name length", t.name), t.name.len())?;
         fits(&format_args!("tensor {:?} rank", t.name), t.shape.len())?;
         if !names.insert(t.name.as_str()) {
             return Err(format!("duplicate tensor name {:?}", t.name));
@@ -257,11 +223,7 @@ fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
     }
     fits(&"norm_mean length", ck.norm_mean.len())?;
     if ck.norm_mean.len() != ck.norm_std.len() {
-        return Err(format!(
-            "norm_mean has {} values but norm_std has {}",
-            ck.norm_mean.len(),
-            ck.norm_std.len()
-        ));
+        return Err(format!("norm_mean has {} values but norm_std has {}", ck.norm_mean.len(), ck.norm_std.len()));
     }
     fits(&"metadata count", ck.meta.len())?;
     let mut keys = HashSet::new();
@@ -278,16 +240,11 @@ fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
 /// The file's bytes, CRC included.
 fn encode(ck: &Checkpoint) -> std::result::Result<Vec<u8>, String> {
     validate(ck)?;
-    let data_bytes: usize = ck
-        .tensors
-        .iter()
-        .map(|t| 24 + t.name.len() + 8 * t.shape.len() + 4 * t.data.len())
-        .sum();
+    let data_bytes: usize = ck.tensors.iter().map(|t| 24 + t.name.len() + 8 * t.shape.len() + 4 * t.data.len()).sum();
     let mut out = Vec::with_capacity(data_bytes + 1024);
     write_body(&mut out, ck).map_err(|e| format!("cannot serialise: {e}"))?;
     let crc = crc32fast::hash(&out);
-    out.write_u32::<LE>(crc)
-        .map_err(|e| format!("cannot serialise: {e}"))?;
+    out.write_u32::<LE>(crc).map_err(|e| format!("cannot serialise: {e}"))?;
     Ok(out)
 }
 
@@ -430,8 +387,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &dyn fmt::Display) -> Parse<String> {
         let at = self.pos + 4;
         let raw = self.bytes(what)?;
-        String::from_utf8(raw.to_vec())
-            .map_err(|_| Fail::Bad(format!("{what} at offset {at} is not valid UTF-8")))
+        String::from_utf8(raw.to_vec()).map_err(|_| Fail::Bad(format!("{what} at offset {at} is not valid UTF-8")))
     }
 
     fn f32s(&mut self, n: usize, what: &dyn fmt::Display) -> Parse<Vec<f32>> {
@@ -462,6 +418,11 @@ fn decode(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
             HEADER_LEN + CRC_LEN
         ));
     }
+    // The version decides the layout (a later one may place its CRC differently): check it first.
+    let version = LE::read_u32(&bytes[MAGIC.len()..]);
+    if version != VERSION {
+        return Err(format!("unknown format version {version}; this build reads version {VERSION}"));
+    }
     let body_end = len - CRC_LEN;
     let stored = LE::read_u32(&bytes[body_end..]);
     let computed = crc32fast::hash(&bytes[..body_end]);
@@ -484,16 +445,10 @@ fn decode(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
 
 /// Parses `bytes[8..end]` (after the magic, up to the CRC).
 fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
-    let mut r = Reader {
-        bytes,
-        pos: MAGIC.len(),
-        end,
-    };
+    let mut r = Reader { bytes, pos: MAGIC.len(), end };
     let version = r.u32(&"format version")?;
     if version != VERSION {
-        return Err(Fail::Bad(format!(
-            "unknown format version {version}; this build reads version {VERSION}"
-        )));
+        return Err(Fail::Bad(format!("unknown format version {version}; this build reads version {VERSION}")));
     }
     let depth = r.u32(&"config.depth")? as usize;
     let widen = r.u32(&"config.widen")? as usize;
@@ -503,13 +458,7 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
     if !(keep > 0.0 && keep <= 1.0) {
         return Err(Fail::Bad(format!("config.keep {keep} is outside (0, 1]")));
     }
-    let config = ModelConfig {
-        depth,
-        widen,
-        classes,
-        in_channels,
-        keep,
-    };
+    let config = ModelConfig { depth, widen, classes, in_channels, keep };
     let step = r.u64(&"step")?;
     let epoch = r.u64(&"epoch")?;
 
@@ -526,9 +475,8 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
         let mut shape = Vec::with_capacity(ndim);
         for d in 0..ndim {
             let v = r.u64(&format_args!("tensor {name:?} dimension {d}"))?;
-            let v = usize::try_from(v).map_err(|_| {
-                Fail::Bad(format!("tensor {name:?} dimension {d} is {v}, too large"))
-            })?;
+            let v = usize::try_from(v)
+                .map_err(|_| Fail::Bad(format!("tensor {name:?} dimension {d} is {v}, too large")))?;
             shape.push(v);
         }
         let numel = r.u64(&format_args!("tensor {name:?} value count"))?;
@@ -560,11 +508,7 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
     let n = r.count(&"norm_std length", 4)?;
     let norm_std = r.f32s(n, &"norm_std values")?;
     if norm_mean.len() != norm_std.len() {
-        return Err(Fail::Bad(format!(
-            "norm_mean has {} values but norm_std has {}",
-            norm_mean.len(),
-            norm_std.len()
-        )));
+        return Err(Fail::Bad(format!("norm_mean has {} values but norm_std has {}", norm_mean.len(), norm_std.len())));
     }
 
     let n = r.count(&"metadata count", 4 + 4)?;
@@ -580,22 +524,9 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
     }
 
     if r.pos != end {
-        return Err(Fail::Bad(format!(
-            "{} unexpected bytes after the metadata, at offset {}",
-            end - r.pos,
-            r.pos
-        )));
+        return Err(Fail::Bad(format!("{} unexpected bytes after the metadata, at offset {}", end - r.pos, r.pos)));
     }
-    Ok(Checkpoint {
-        config,
-        step,
-        epoch,
-        tensors,
-        rngs,
-        norm_mean,
-        norm_std,
-        meta,
-    })
+    Ok(Checkpoint { config, step, epoch, tensors, rngs, norm_mean, norm_std, meta })
 }
 
 #[cfg(test)]
@@ -615,13 +546,7 @@ mod tests {
     }
 
     fn config() -> ModelConfig {
-        ModelConfig {
-            depth: 16,
-            widen: 4,
-            classes: 10,
-            in_channels: 3,
-            keep: 0.5,
-        }
+        ModelConfig { depth: 16, widen: 4, classes: 10, in_channels: 3, keep: 0.5 }
     }
 
     /// A small checkpoint with awkward values: NaN payloads, -0.0, infinities, a subnormal, a
@@ -636,11 +561,7 @@ mod tests {
         w[4] = f32::NEG_INFINITY;
         w[5] = f32::from_bits(1); // smallest subnormal
         let mut states = Vec::new();
-        for (name, s) in [
-            ("shuffle", stream::SHUFFLE),
-            ("augment", stream::AUGMENT),
-            ("slice", stream::SLICE),
-        ] {
+        for (name, s) in [("shuffle", stream::SHUFFLE), ("augment", stream::AUGMENT), ("slice", stream::SLICE)] {
             let mut r = Rng::new(42, s);
             r.next_u64();
             states.push((name.to_string(), r.state()));
@@ -650,26 +571,10 @@ mod tests {
             step: 123_456_789_012,
             epoch: 17,
             tensors: vec![
-                Tensor {
-                    name: "conv1.w".into(),
-                    shape: vec![4, 3, 3, 3],
-                    data: w,
-                },
-                Tensor {
-                    name: "bn1.running_var".into(),
-                    shape: vec![4],
-                    data: vec![1.0, 0.5, -0.0, 2.0],
-                },
-                Tensor {
-                    name: "scalar".into(),
-                    shape: vec![],
-                    data: vec![7.25],
-                },
-                Tensor {
-                    name: "empty".into(),
-                    shape: vec![0, 5],
-                    data: vec![],
-                },
+                Tensor { name: "conv1.w".into(), shape: vec![4, 3, 3, 3], data: w },
+                Tensor { name: "bn1.running_var".into(), shape: vec![4], data: vec![1.0, 0.5, -0.0, 2.0] },
+                Tensor { name: "scalar".into(), shape: vec![], data: vec![7.25] },
+                Tensor { name: "empty".into(), shape: vec![0, 5], data: vec![] },
             ],
             rngs: states,
             norm_mean: vec![0.4914, 0.4822, 0.4465],
@@ -777,18 +682,9 @@ mod tests {
         save(&path, &ck).unwrap();
         let back = load(&path).unwrap();
         assert_same(&ck, &back);
-        assert_eq!(
-            back.tensor("conv1.w").unwrap().data[0].to_bits(),
-            0x7fc0_1234
-        );
-        assert_eq!(
-            back.tensor("conv1.w").unwrap().data[1].to_bits(),
-            0xffa0_0001
-        );
-        assert_eq!(
-            back.tensor("conv1.w").unwrap().data[2].to_bits(),
-            0x8000_0000
-        );
+        assert_eq!(back.tensor("conv1.w").unwrap().data[0].to_bits(), 0x7fc0_1234);
+        assert_eq!(back.tensor("conv1.w").unwrap().data[1].to_bits(), 0xffa0_0001);
+        assert_eq!(back.tensor("conv1.w").unwrap().data[2].to_bits(), 0x8000_0000);
         assert!(back.tensor("nope").is_none());
         assert_eq!(back.meta("best_acc"), Some("0.9321"));
         assert_eq!(back.meta("missing"), None);
@@ -799,10 +695,7 @@ mod tests {
         assert!(back.rng("dropout").is_none());
         // Canonical: saving what was loaded gives the same bytes; no temp file is left behind.
         assert_eq!(encode(&back).unwrap(), fs::read(&path).unwrap());
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.ckpt")]);
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -812,10 +705,7 @@ mod tests {
         let b = encode(&sample()).unwrap();
         assert_eq!(&b[..8], b"SLCKPT\0\0");
         assert_eq!(LE::read_u32(&b[8..]), 1);
-        assert_eq!(
-            [12, 16, 20, 24].map(|o| LE::read_u32(&b[o..])),
-            [16, 4, 10, 3]
-        );
+        assert_eq!([12, 16, 20, 24].map(|o| LE::read_u32(&b[o..])), [16, 4, 10, 3]);
         assert_eq!(LE::read_f64(&b[28..]), 0.5);
         assert_eq!(LE::read_u64(&b[36..]), 123_456_789_012);
         assert_eq!(LE::read_u64(&b[44..]), 17);
@@ -830,10 +720,7 @@ mod tests {
         let dir = scratch("missing");
         let path = dir.join("nothing-here.ckpt");
         let msg = load(&path).unwrap_err().to_string();
-        assert!(
-            msg.contains("nothing-here.ckpt") && msg.contains("no such file"),
-            "{msg}"
-        );
+        assert!(msg.contains("nothing-here.ckpt") && msg.contains("no such file"), "{msg}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -862,10 +749,7 @@ mod tests {
         // Cut inside the data of the first tensor: the CRC fails, and the message says where.
         let cut = field_at(&fields, "tensor 0 numel") + 8 + 40;
         let msg = load_err(&dir, "cut.ckpt", &good[..cut]);
-        assert!(
-            msg.contains("truncated at tensor \"conv1.w\" data") && msg.contains("CRC mismatch"),
-            "{msg}"
-        );
+        assert!(msg.contains("truncated at tensor \"conv1.w\" data") && msg.contains("CRC mismatch"), "{msg}");
         // Cut in the config.
         let msg = load_err(&dir, "cut2.ckpt", &good[..22]);
         assert!(msg.contains("truncated at config.classes"), "{msg}");
@@ -875,10 +759,7 @@ mod tests {
         b.extend_from_slice(&[0; 4]);
         fix_crc(&mut b);
         let msg = load_err(&dir, "cut3.ckpt", &b);
-        assert!(
-            msg.contains("truncated at metadata \"best_acc\" value length") && !msg.contains("CRC"),
-            "{msg}"
-        );
+        assert!(msg.contains("truncated at metadata \"best_acc\" value length") && !msg.contains("CRC"), "{msg}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -892,10 +773,7 @@ mod tests {
         LE::write_u32(&mut b[8..], 7);
         fix_crc(&mut b);
         let msg = load_err(&dir, "v7.ckpt", &b);
-        assert!(
-            msg.contains("unknown format version 7") && msg.contains("reads version 1"),
-            "{msg}"
-        );
+        assert!(msg.contains("unknown format version 7") && msg.contains("reads version 1"), "{msg}");
 
         let mut b = good.clone();
         let at = field_at(&fields, "tensor 1 numel") + 8 + 3;
@@ -914,31 +792,19 @@ mod tests {
         LE::write_u32(&mut b[field_at(&fields, "tensor count")..], u32::MAX);
         fix_crc(&mut b);
         let msg = load_err(&dir, "count.ckpt", &b);
-        assert!(
-            msg.contains("tensor count 4294967295") && msg.contains("impossible"),
-            "{msg}"
-        );
+        assert!(msg.contains("tensor count 4294967295") && msg.contains("impossible"), "{msg}");
 
         let mut b = good.clone();
-        LE::write_u32(
-            &mut b[field_at(&fields, "RNG 1 state length")..],
-            0xffff_fff0,
-        );
+        LE::write_u32(&mut b[field_at(&fields, "RNG 1 state length")..], 0xffff_fff0);
         fix_crc(&mut b);
         let msg = load_err(&dir, "len.ckpt", &b);
-        assert!(
-            msg.contains("truncated at RNG \"augment\" state: needs 4294967280 bytes"),
-            "{msg}"
-        );
+        assert!(msg.contains("truncated at RNG \"augment\" state: needs 4294967280 bytes"), "{msg}");
 
         let mut b = good.clone();
         LE::write_u64(&mut b[field_at(&fields, "tensor 1 numel")..], 5);
         fix_crc(&mut b);
         let msg = load_err(&dir, "numel.ckpt", &b);
-        assert!(
-            msg.contains("tensor \"bn1.running_var\" holds 5 values but its shape [4] needs 4"),
-            "{msg}"
-        );
+        assert!(msg.contains("tensor \"bn1.running_var\" holds 5 values but its shape [4] needs 4"), "{msg}");
 
         let mut b = good.clone();
         LE::write_u64(&mut b[field_at(&fields, "tensor 0 dim 0")..], u64::MAX / 2);
@@ -951,10 +817,7 @@ mod tests {
         b[at] = 0xff;
         fix_crc(&mut b);
         let msg = load_err(&dir, "utf8.ckpt", &b);
-        assert!(
-            msg.contains("tensor 2 name") && msg.contains("not valid UTF-8"),
-            "{msg}"
-        );
+        assert!(msg.contains("tensor 2 name") && msg.contains("not valid UTF-8"), "{msg}");
 
         let mut b = good.clone();
         LE::write_f64(&mut b[28..], f64::NAN);
@@ -966,10 +829,7 @@ mod tests {
         b.extend_from_slice(&[1, 2, 3, 0, 0, 0, 0]);
         fix_crc(&mut b);
         let msg = load_err(&dir, "trailing.ckpt", &b);
-        assert!(
-            msg.contains("3 unexpected bytes after the metadata"),
-            "{msg}"
-        );
+        assert!(msg.contains("3 unexpected bytes after the metadata"), "{msg}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -980,17 +840,11 @@ mod tests {
         type Break = fn(&mut Checkpoint);
         let cases: Vec<(Break, &str)> = vec![
             (|c| c.tensors[1].data.push(1.0), "holds 5 values"),
-            (
-                |c| c.tensors[2].name = "conv1.w".into(),
-                "duplicate tensor name",
-            ),
+            (|c| c.tensors[2].name = "conv1.w".into(), "duplicate tensor name"),
             (|c| c.rngs[1].0 = "shuffle".into(), "duplicate RNG name"),
             (|c| c.meta[1].0 = "dataset".into(), "duplicate metadata key"),
             (|c| c.config.keep = 0.0, "config.keep 0 is outside"),
-            (
-                |c| c.norm_std.pop().map(drop).unwrap_or(()),
-                "norm_std has 2",
-            ),
+            (|c| c.norm_std.pop().map(drop).unwrap_or(()), "norm_std has 2"),
         ];
         for (break_it, expect) in cases {
             let mut ck = sample();
@@ -1007,23 +861,11 @@ mod tests {
         let path = Path::new("runs/wrn.ckpt");
         let found = config();
         assert!(check_config(path, &found, &found).is_ok());
-        let expected = ModelConfig {
-            depth: 28,
-            keep: 0.75,
-            ..found
-        };
-        let msg = check_config(path, &found, &expected)
-            .unwrap_err()
-            .to_string();
+        let expected = ModelConfig { depth: 28, keep: 0.75, ..found };
+        let msg = check_config(path, &found, &expected).unwrap_err().to_string();
         assert!(msg.contains("runs/wrn.ckpt"), "{msg}");
-        assert!(
-            msg.contains("depth 16 in the checkpoint, 28 from the flags"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("keep 0.5 in the checkpoint, 0.75 from the flags"),
-            "{msg}"
-        );
+        assert!(msg.contains("depth 16 in the checkpoint, 28 from the flags"), "{msg}");
+        assert!(msg.contains("keep 0.5 in the checkpoint, 0.75 from the flags"), "{msg}");
         assert!(!msg.contains("widen") && !msg.contains("classes"), "{msg}");
     }
 
@@ -1044,10 +886,8 @@ mod tests {
         fs::create_dir(&sub).unwrap();
         let err = write_atomic(&sub, b"x").unwrap_err();
         assert!(err.to_string().contains("sub"), "{err}");
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names: Vec<_> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["f.bin", "sub"]);
         fs::remove_dir_all(&dir).unwrap();
@@ -1079,18 +919,12 @@ mod tests {
                 4 => (0..1 + rng.below(64)).for_each(|_| b.push(rng.below(256) as u8)),
                 5 => {
                     let at = HEADER_LEN + rng.below(b.len() - HEADER_LEN - CRC_LEN + 1);
-                    let extra: Vec<u8> = (0..1 + rng.below(32))
-                        .map(|_| rng.below(256) as u8)
-                        .collect();
+                    let extra: Vec<u8> = (0..1 + rng.below(32)).map(|_| rng.below(256) as u8).collect();
                     b.splice(at..at, extra);
                 }
                 _ => {
                     let (_, at, width) = &fields[rng.below(fields.len())];
-                    let old = if *width == 4 {
-                        LE::read_u32(&b[*at..]) as u64
-                    } else {
-                        LE::read_u64(&b[*at..])
-                    };
+                    let old = if *width == 4 { LE::read_u32(&b[*at..]) as u64 } else { LE::read_u64(&b[*at..]) };
                     let v = match rng.below(8) {
                         0 => 0,
                         1 => old + 1,
@@ -1121,10 +955,7 @@ mod tests {
                 Err(msg) => assert!(!msg.is_empty()),
             }
         }
-        println!(
-            "checkpoint fuzz: {inputs} inputs (per kind {kinds:?}), {accepted} accepted, {:?}",
-            start.elapsed()
-        );
+        println!("checkpoint fuzz: {inputs} inputs (per kind {kinds:?}), {accepted} accepted, {:?}", start.elapsed());
         assert!(kinds.iter().all(|&k| k > 500));
     }
 
@@ -1140,11 +971,7 @@ mod tests {
         };
         let path = PathBuf::from(path);
         let mut ck = sample();
-        ck.tensors[0] = Tensor {
-            name: "big".into(),
-            shape: vec![1 << 20],
-            data: vec![0.0; 1 << 20],
-        };
+        ck.tensors[0] = Tensor { name: "big".into(), shape: vec![1 << 20], data: vec![0.0; 1 << 20] };
         let mut rng = Rng::new(std::process::id() as u64, 5);
         let deadline = Instant::now() + Duration::from_secs(20);
         for step in 0.. {
@@ -1229,10 +1056,7 @@ mod tests {
             }
         }
         // Each leftover temp file is a kill that landed in the middle of a save.
-        let torn = fs::read_dir(&dir)
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name() != "run.ckpt")
-            .count();
+        let torn = fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name() != "run.ckpt").count();
         println!(
             "crash test: {trials} kills ({torn} during a write), {valid} left a valid file, {:?}",
             start.elapsed()

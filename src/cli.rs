@@ -142,24 +142,31 @@ pub struct TrainFlags {
     /// Slice starts are multiples of this
     #[arg(long, default_value_t = 1)]
     pub align: usize,
-    /// Epochs [default: 200; 8 for the synthetic demo]
+    /// Epochs [default: 200; 4 for the synthetic demo]
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Images per step (the last partial batch of an epoch is dropped)
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
+    /// Peak learning rate
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub lr: f64,
+    /// SGD momentum
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f64,
     /// Weight decay
     #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     pub wd: f64,
+    /// Plain momentum instead of Nesterov's
     #[arg(long)]
     pub no_nesterov: bool,
+    /// Learning-rate schedule: cosine per step, or x0.2 at 30%, 60%, 80% of the epochs
     #[arg(long, value_enum, default_value_t = Sched::Cosine)]
     pub schedule: Sched,
+    /// Seeds weights, shuffling, augmentation and slice starts
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// auto picks CUDA when a GPU is usable, else the CPU
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     /// Output folder [default: runs/<timestamp>]
@@ -171,6 +178,7 @@ pub struct TrainFlags {
     /// Use only the first N test images
     #[arg(long)]
     pub limit_test: Option<usize>,
+    /// No random crop and flip
     #[arg(long)]
     pub no_augment: bool,
     /// Also checkpoint every N steps (0 = only at the end of each epoch)
@@ -318,41 +326,16 @@ impl TrainFlags {
 }
 
 /// The model flags with their defaults applied, checked.
-pub fn model_config(
-    m: &ModelFlags,
-    classes: usize,
-    in_channels: usize,
-) -> crate::Result<crate::model::ModelConfig> {
-    use crate::Error;
-    let depth = m.depth.unwrap_or(16);
-    let widen = m.widen.unwrap_or(4);
-    let keep = m.keep.unwrap_or(1.0);
-    if depth < 10 || (depth - 4) % 6 != 0 {
-        return Err(Error::flag(
-            "--depth",
-            depth,
-            "6n+4 with n >= 1 (10, 16, 22, 28, ...)",
-        ));
-    }
-    if widen == 0 {
-        return Err(Error::flag("--widen", widen, "an integer >= 1"));
-    }
-    if !(keep > 0.0 && keep <= 1.0) {
-        return Err(Error::flag("--keep", keep, "a fraction in (0, 1]"));
-    }
-    if classes < 2 {
-        return Err(Error::flag("--classes", classes, "an integer >= 2"));
-    }
-    if in_channels == 0 {
-        return Err(Error::flag("--in-channels", in_channels, "an integer >= 1"));
-    }
-    Ok(crate::model::ModelConfig {
-        depth,
-        widen,
+pub fn model_config(m: &ModelFlags, classes: usize, in_channels: usize) -> crate::Result<crate::model::ModelConfig> {
+    let config = crate::model::ModelConfig {
+        depth: m.depth.unwrap_or(16),
+        widen: m.widen.unwrap_or(4),
         classes,
         in_channels,
-        keep,
-    })
+        keep: m.keep.unwrap_or(1.0),
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 pub fn check_batch(batch: usize) -> crate::Result<usize> {

@@ -10,26 +10,15 @@ pub enum Error {
     /// A data file that is missing, malformed or holds out-of-range values.
     Data { path: PathBuf, msg: String },
     /// An I/O failure on a named file or folder.
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A checkpoint that cannot be used.
     Checkpoint { path: PathBuf, msg: String },
     /// A command-line value out of range.
-    Flag {
-        flag: String,
-        value: String,
-        expected: String,
-    },
+    Flag { flag: String, value: String, expected: String },
     /// A device that cannot be used (missing driver, plan too large, ...).
     Device(String),
     /// Training produced a non-finite loss.
-    Diverged {
-        epoch: usize,
-        step: usize,
-        loss: f32,
-    },
+    Diverged { epoch: usize, step: usize, loss: f32 },
     /// Anything else, said in words.
     Msg(String),
 }
@@ -42,11 +31,7 @@ impl fmt::Display for Error {
             Error::Checkpoint { path, msg } => {
                 write!(f, "checkpoint {}: {msg}", path.display())
             }
-            Error::Flag {
-                flag,
-                value,
-                expected,
-            } => {
+            Error::Flag { flag, value, expected } => {
                 write!(f, "invalid value '{value}' for {flag}: expected {expected}")
             }
             Error::Device(msg) => write!(f, "device: {msg}"),
@@ -66,28 +51,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Error {
-        Error::Data {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::Data { path: path.into(), msg: msg.into() }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Error {
-        Error::Checkpoint {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::Checkpoint { path: path.into(), msg: msg.into() }
     }
     pub fn flag(flag: &str, value: impl ToString, expected: impl Into<String>) -> Error {
-        Error::Flag {
-            flag: flag.to_string(),
-            value: value.to_string(),
-            expected: expected.into(),
-        }
+        Error::Flag { flag: flag.to_string(), value: value.to_string(), expected: expected.into() }
     }
 }

@@ -23,18 +23,8 @@ impl Program {
         if let Err(e) = plan::check(&lifetimes, &placement, plan::ALIGN) {
             panic!("planner produced overlapping buffers: {e}");
         }
-        let locs = placement
-            .offsets
-            .iter()
-            .zip(&schedule.buffers)
-            .map(|(&o, b)| (o / 4, b.len))
-            .collect();
-        Program {
-            schedule,
-            lifetimes,
-            placement,
-            locs,
-        }
+        let locs = placement.offsets.iter().zip(&schedule.buffers).map(|(&o, b)| (o / 4, b.len)).collect();
+        Program { schedule, lifetimes, placement, locs }
     }
 
     pub fn arena_bytes(&self) -> usize {

@@ -63,23 +63,13 @@ fn run(cli: Cli) -> Result<()> {
             let failed = reference::print(&rows);
             println!("{} passed, {} failed", rows.len() - failed, failed);
             if failed > 0 {
-                return Err(Error::Msg(format!(
-                    "selftest: {failed} tensors differ from the reference"
-                )));
+                return Err(Error::Msg(format!("selftest: {failed} tensors differ from the reference")));
             }
             Ok(())
         }
-        Some(Command::Data(DataCommand::Synth {
-            out,
-            train,
-            test,
-            seed,
-        })) => {
+        Some(Command::Data(DataCommand::Synth { out, train, test, seed })) => {
             data::synth::write_synthetic(&out, train, test, seed)?;
-            println!(
-                "wrote {train} training and {test} test images (CIFAR-10 binary format) to {}",
-                out.display()
-            );
+            println!("wrote {train} training and {test} test images (CIFAR-10 binary format) to {}", out.display());
             Ok(())
         }
     }
@@ -109,29 +99,20 @@ fn train_cmd(f: cli::TrainFlags) -> Result<()> {
                 );
                 data::synth::write_synthetic(synthetic, 5000, 1000, 0)?;
             }
-            println!("training a small WRN on {} (a demo of a couple of minutes; see data/README.md for CIFAR)", synthetic.display());
+            println!(
+                "training a small WRN on {} (a demo of a couple of minutes; see data/README.md for CIFAR)",
+                synthetic.display()
+            );
             synthetic.to_path_buf()
         }
     };
-    let from_ck =
-        |pick: fn(&sliceout::model::ModelConfig) -> f64| resumed.as_ref().map(|c| pick(&c.config));
-    let depth = f
-        .model
-        .depth
-        .or(from_ck(|c| c.depth as f64).map(|v| v as usize))
-        .unwrap_or(if demo { 10 } else { 16 });
-    let widen = f
-        .model
-        .widen
-        .or(from_ck(|c| c.widen as f64).map(|v| v as usize))
-        .unwrap_or(if demo { 2 } else { 4 });
+    let from_ck = |pick: fn(&sliceout::model::ModelConfig) -> f64| resumed.as_ref().map(|c| pick(&c.config));
+    let depth = f.model.depth.or(from_ck(|c| c.depth as f64).map(|v| v as usize)).unwrap_or(if demo { 10 } else { 16 });
+    let widen = f.model.widen.or(from_ck(|c| c.widen as f64).map(|v| v as usize)).unwrap_or(if demo { 2 } else { 4 });
     let keep = f.model.keep.or(from_ck(|c| c.keep)).unwrap_or(1.0);
     let out = match (&f.out, &f.resume) {
         (Some(o), _) => o.clone(),
-        (None, Some(r)) => r
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".")),
+        (None, Some(r)) => r.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
         (None, None) => PathBuf::from("runs").join(timestamp()),
     };
     let args = TrainArgs {
@@ -142,7 +123,7 @@ fn train_cmd(f: cli::TrainFlags) -> Result<()> {
         widen,
         keep,
         align: f.align,
-        epochs: f.epochs.unwrap_or(if demo { 8 } else { 200 }),
+        epochs: f.epochs.unwrap_or(if demo { 4 } else { 200 }),
         batch: f.batch,
         lr: f.lr,
         momentum: f.momentum,
@@ -159,9 +140,17 @@ fn train_cmd(f: cli::TrainFlags) -> Result<()> {
         resume: f.resume.clone(),
         options: f.memory.options(),
         verbose: true,
+        stop_after: None,
     };
     println!("output: {}", args.out.display());
+    train::catch_interrupt();
     let summary = train::train(&args)?;
+    if let Some(step) = summary.stopped_at {
+        let ck = args.out.join("last.ckpt");
+        println!("stopped after step {step}; checkpoint {}", ck.display());
+        println!("resume with: sliceout train --resume {} (plus the same --data and flags)", ck.display());
+        return Ok(());
+    }
     println!(
         "done: best test accuracy {:.2}%; metrics, curves.svg and checkpoints in {}",
         100.0 * summary.best_acc,
@@ -172,10 +161,7 @@ fn train_cmd(f: cli::TrainFlags) -> Result<()> {
 
 /// `YYYYMMDD-HHMMSS` (UTC) for the default run folder.
 fn timestamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86400, secs % 86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -187,10 +173,5 @@ fn timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }

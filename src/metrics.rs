@@ -46,18 +46,10 @@ fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::E
 
 /// Appends `m` as one line to `path` (created if missing), then flushes and syncs it.
 pub fn append_jsonl(path: &Path, m: &EpochMetrics) -> Result<()> {
-    let mut line = serde_json::to_string(m).map_err(|e| {
-        Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
-    })?;
+    let mut line = serde_json::to_string(m)
+        .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     line.push('\n');
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
+    let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
     // One write of the whole line, so the file never holds half of it unless the OS crashes.
     file.write_all(line.as_bytes())
         .and_then(|_| file.flush())
@@ -74,8 +66,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<EpochMetrics>> {
         if line.trim().is_empty() {
             continue;
         }
-        let m = serde_json::from_str(line)
-            .map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
+        let m = serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
         out.push(m);
     }
     Ok(out)
@@ -102,19 +93,9 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
     );
     s.push('\n');
-    let _ = writeln!(
-        s,
-        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#,
-        escape_xml(title)
-    );
-    for (i, (name, color)) in [("train", TRAIN_COLOR), ("test", TEST_COLOR)]
-        .iter()
-        .enumerate()
-    {
+    let _ = writeln!(s, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#, escape_xml(title));
+    for (i, (name, color)) in [("train", TRAIN_COLOR), ("test", TEST_COLOR)].iter().enumerate() {
         let x = 760.0 + 70.0 * i as f64;
         let _ = writeln!(
             s,
@@ -128,24 +109,14 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
     let series = |f: fn(&EpochMetrics) -> f64| -> Vec<f64> { history.iter().map(f).collect() };
     panel(
         &mut s,
-        Panel {
-            id: "loss-panel",
-            x0: 0.0,
-            heading: "loss",
-            percent: false,
-        },
+        Panel { id: "loss-panel", x0: 0.0, heading: "loss", percent: false },
         &epochs,
         &series(|m| m.train_loss),
         &series(|m| m.test_loss),
     );
     panel(
         &mut s,
-        Panel {
-            id: "accuracy-panel",
-            x0: WIDTH / 2.0,
-            heading: "accuracy (%)",
-            percent: true,
-        },
+        Panel { id: "accuracy-panel", x0: WIDTH / 2.0, heading: "accuracy (%)", percent: true },
         &epochs,
         &series(|m| 100.0 * m.train_acc),
         &series(|m| 100.0 * m.test_acc),
@@ -169,11 +140,7 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
     let plottable = |v: &f64| v.is_finite() && v.abs() < PLOTTABLE;
 
     // x: whole epochs; a single epoch gets a window around it.
-    let (mut xlo, mut xhi) = epochs
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &e| {
-            (a.min(e), b.max(e))
-        });
+    let (mut xlo, mut xhi) = epochs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &e| (a.min(e), b.max(e)));
     if epochs.is_empty() {
         (xlo, xhi) = (0.0, 1.0);
     } else if xlo == xhi {
@@ -183,17 +150,8 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
     let xaxis = Axis::new(xlo, xhi, 6, true);
 
     // y: the plottable values; losses from 0 (or below if negative).
-    let values: Vec<f64> = train
-        .iter()
-        .chain(test)
-        .copied()
-        .filter(plottable)
-        .collect();
-    let (mut ylo, mut yhi) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    let values: Vec<f64> = train.iter().chain(test).copied().filter(plottable).collect();
+    let (mut ylo, mut yhi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     if values.is_empty() {
         (ylo, yhi) = if p.percent { (0.0, 100.0) } else { (0.0, 1.0) };
     }
@@ -273,16 +231,10 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
     // Few points: mark each one; many: mark only those a line does not reach.
     let mark_all = epochs.len() <= 40;
     for (values, color) in [(train, TRAIN_COLOR), (test, TEST_COLOR)] {
-        let points: Vec<Option<(f64, f64)>> = epochs
-            .iter()
-            .zip(values)
-            .map(|(&e, v)| plottable(v).then(|| (sx(e), sy(*v))))
-            .collect();
+        let points: Vec<Option<(f64, f64)>> =
+            epochs.iter().zip(values).map(|(&e, v)| plottable(v).then(|| (sx(e), sy(*v)))).collect();
         // Runs of consecutive plottable points; a skipped value breaks the line.
-        let runs: Vec<&[Option<(f64, f64)>]> = points
-            .split(|p| p.is_none())
-            .filter(|r| !r.is_empty())
-            .collect();
+        let runs: Vec<&[Option<(f64, f64)>]> = points.split(|p| p.is_none()).filter(|r| !r.is_empty()).collect();
         let mut d = String::new();
         for run in runs.iter().filter(|r| r.len() >= 2) {
             for (i, (x, y)) in run.iter().flatten().enumerate() {
@@ -299,10 +251,7 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
         for run in &runs {
             if mark_all || run.len() == 1 {
                 for (x, y) in run.iter().flatten() {
-                    let _ = writeln!(
-                        s,
-                        r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#
-                    );
+                    let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#);
                 }
             }
         }
@@ -338,21 +287,13 @@ impl Axis {
         if integer {
             step = step.max(1.0);
         }
-        let mut axis = Axis {
-            lo: (lo / step).floor() * step,
-            hi: (hi / step).ceil() * step,
-            step,
-            ticks: Vec::new(),
-        };
+        let mut axis = Axis { lo: (lo / step).floor() * step, hi: (hi / step).ceil() * step, step, ticks: Vec::new() };
         axis.fill_ticks();
         axis
     }
 
     fn fill_ticks(&mut self) {
-        let (a, b) = (
-            (self.lo / self.step).round() as i64,
-            (self.hi / self.step).round() as i64,
-        );
+        let (a, b) = ((self.lo / self.step).round() as i64, (self.hi / self.step).round() as i64);
         self.ticks = (a..=b).map(|k| k as f64 * self.step).collect();
     }
 
@@ -413,8 +354,7 @@ mod tests {
     }
 
     fn scratch(tag: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("sliceout-metrics-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sliceout-metrics-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -433,25 +373,11 @@ mod tests {
         assert_eq!(text.lines().count(), 3);
         assert!(text.ends_with('\n'));
         let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        let mut keys: Vec<&str> = first
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(|k| k.as_str())
-            .collect();
+        let mut keys: Vec<&str> = first.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         keys.sort();
         assert_eq!(
             keys,
-            [
-                "epoch",
-                "images_per_s",
-                "keep",
-                "seconds",
-                "test_acc",
-                "test_loss",
-                "train_acc",
-                "train_loss"
-            ]
+            ["epoch", "images_per_s", "keep", "seconds", "test_acc", "test_loss", "train_acc", "train_loss"]
         );
         assert_eq!(first["epoch"], 1);
         assert_eq!(first["train_acc"], 0.75);
@@ -467,10 +393,7 @@ mod tests {
         m.test_loss = f64::INFINITY;
         append_jsonl(&path, &m).unwrap();
         let text = fs::read_to_string(&path).unwrap();
-        assert!(
-            !text.contains("NaN") && text.contains("\"train_loss\":null"),
-            "{text}"
-        );
+        assert!(!text.contains("NaN") && text.contains("\"train_loss\":null"), "{text}");
         let back = read_jsonl(&path).unwrap();
         assert!(back[0].train_loss.is_nan() && back[0].test_loss.is_nan());
         assert_eq!(back[0].test_acc, m.test_acc);
@@ -490,22 +413,13 @@ mod tests {
         let err = read_jsonl(&path).unwrap_err();
         assert!(matches!(err, Error::Data { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(
-            msg.contains("broken.jsonl") && msg.contains("line 4"),
-            "{msg}"
-        );
+        assert!(msg.contains("broken.jsonl") && msg.contains("line 4"), "{msg}");
 
         // An unknown key and a missing key are errors too.
-        fs::write(
-            &path,
-            text.lines().next().unwrap().replace("\"keep\"", "\"kept\""),
-        )
-        .unwrap();
+        fs::write(&path, text.lines().next().unwrap().replace("\"keep\"", "\"kept\"")).unwrap();
         let msg = read_jsonl(&path).unwrap_err().to_string();
         assert!(msg.contains("line 1") && msg.contains("kept"), "{msg}");
-        let msg = read_jsonl(&dir.join("absent.jsonl"))
-            .unwrap_err()
-            .to_string();
+        let msg = read_jsonl(&dir.join("absent.jsonl")).unwrap_err().to_string();
         assert!(msg.contains("absent.jsonl"), "{msg}");
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -538,10 +452,7 @@ mod tests {
         }
         // Round tick labels: the x axis of 30 epochs has 0, 5, ..., 30.
         for t in ["0", "10", "30"] {
-            assert!(
-                loss.contains(&format!(r#"text-anchor="middle">{t}</text>"#)),
-                "{t}"
-            );
+            assert!(loss.contains(&format!(r#"text-anchor="middle">{t}</text>"#)), "{t}");
         }
         // Accuracy is drawn in percent: 1 - 0.5/2 = 75% is the first train value, so 70 is a tick.
         assert!(acc.contains(">70</text>") && acc.contains(">accuracy (%)</text>"));
@@ -575,10 +486,7 @@ mod tests {
         assert_eq!(loss.matches("<path").count(), 2);
         assert_eq!(acc.matches("<path").count(), 2);
         // The train loss line breaks at epoch 3: two moves in one path.
-        let train_path = loss
-            .lines()
-            .find(|l| l.starts_with("<path") && l.contains(TRAIN_COLOR))
-            .unwrap();
+        let train_path = loss.lines().find(|l| l.starts_with("<path") && l.contains(TRAIN_COLOR)).unwrap();
         assert_eq!(train_path.matches('M').count(), 2, "{train_path}");
         // All values non-finite: nothing drawn, still a valid picture.
         let mut bad = history(3);
@@ -601,10 +509,7 @@ mod tests {
         assert_eq!(a.ticks, [0.0, 50.0, 100.0, 150.0, 200.0]);
         let mut a = Axis::new(62.0, 99.5, 5, false);
         a.clamp(0.0, 100.0, 62.0, 99.5);
-        assert_eq!(
-            (a.lo, a.hi, a.label(a.ticks[0])),
-            (60.0, 100.0, "60".to_string())
-        );
+        assert_eq!((a.lo, a.hi, a.label(a.ticks[0])), (60.0, 100.0, "60".to_string()));
         let a = Axis::new(0.0, 0.03, 5, false);
         assert_eq!(a.label(a.ticks[1]), "0.01");
     }

@@ -58,18 +58,9 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
     let s = &p.schedule;
     let mut rng = Rng::new(seed, stream::SYNTH);
     let x: Vec<f32> = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
-    let y: Vec<f32> = (0..s.batch)
-        .map(|_| rng.below(s.config.classes) as f32)
-        .collect();
-    backend
-        .set_persistent(&wrn::init_persistent(s, seed))
-        .expect("persistent region");
-    let sgd = SgdParams {
-        lr: 0.01,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: true,
-    };
+    let y: Vec<f32> = (0..s.batch).map(|_| rng.below(s.config.classes) as f32).collect();
+    backend.set_persistent(&wrn::init_persistent(s, seed)).expect("persistent region");
+    let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let mut slicer = Rng::new(seed, stream::SLICE);
     let mut starts = vec![0; s.slices.len()];
     let mut total = vec![0f64; s.steps.len()];
@@ -79,10 +70,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
         }
         backend.write(p, s.input, &x);
         backend.write(p, s.labels, &y);
-        let ctx = StepCtx {
-            starts: &starts,
-            sgd,
-        };
+        let ctx = StepCtx { starts: &starts, sgd };
         for (i, t) in total.iter_mut().enumerate() {
             let t0 = Instant::now();
             backend.run_op(p, i, &ctx);
@@ -93,13 +81,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
         }
     }
     let live: Vec<usize> = (0..s.steps.len())
-        .map(|i| {
-            p.lifetimes
-                .iter()
-                .filter(|l| l.first <= i && i <= l.last)
-                .map(|l| l.bytes)
-                .sum()
-        })
+        .map(|i| p.lifetimes.iter().filter(|l| l.first <= i && i <= l.last).map(|l| l.bytes).sum())
         .collect();
     let ops: Vec<OpRow> = s
         .steps
@@ -111,13 +93,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
             layer: st.layer.clone(),
             phase: format!("{:?}", st.phase).to_lowercase(),
             ms: total[i] / steps.max(1) as f64,
-            out_bytes: st
-                .op
-                .buffers()
-                .1
-                .iter()
-                .map(|&b| s.buffers[b].len * 4)
-                .sum(),
+            out_bytes: st.op.buffers().1.iter().map(|&b| s.buffers[b].len * 4).sum(),
             live_bytes: live[i],
             macs: st.op.macs(&s.slices),
         })
@@ -126,23 +102,13 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
     for (st, row) in s.steps.iter().zip(&ops) {
         // Updates are named after their tensor (`block0.conv1.weight`): sum them into the layer.
         let layer = match st.phase {
-            Phase::Update => st
-                .layer
-                .rsplit_once('.')
-                .map_or(st.layer.as_str(), |(l, _)| l)
-                .to_string(),
+            Phase::Update => st.layer.rsplit_once('.').map_or(st.layer.as_str(), |(l, _)| l).to_string(),
             _ => st.layer.clone(),
         };
         let i = match layers.iter().position(|l| l.layer == layer) {
             Some(i) => i,
             None => {
-                layers.push(LayerRow {
-                    layer,
-                    forward_ms: 0.0,
-                    backward_ms: 0.0,
-                    update_ms: 0.0,
-                    out_bytes: 0,
-                });
+                layers.push(LayerRow { layer, forward_ms: 0.0, backward_ms: 0.0, update_ms: 0.0, out_bytes: 0 });
                 layers.len() - 1
             }
         };
@@ -210,12 +176,7 @@ pub fn text(main: &Profile, other: Option<&Profile>) -> String {
             mib(l.out_bytes)
         );
         if let Some(ol) = other.and_then(|o| o.layers.iter().find(|x| x.layer == l.layer)) {
-            t += &format!(
-                "  |            {:>8.2}  {:>8.2}  {:>8.2}",
-                ol.forward_ms,
-                ol.backward_ms,
-                mib(ol.out_bytes)
-            );
+            t += &format!("  |            {:>8.2}  {:>8.2}  {:>8.2}", ol.forward_ms, ol.backward_ms, mib(ol.out_bytes));
         }
         t += "\n";
     }
@@ -273,15 +234,9 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
     let main_p = build(&config);
     let other_p = f.compare.map(|keep| build(&ModelConfig { keep, ..config }));
-    backend.reserve_arena(
-        main_p
-            .arena_bytes()
-            .max(other_p.as_ref().map_or(0, |p| p.arena_bytes())),
-    )?;
+    backend.reserve_arena(main_p.arena_bytes().max(other_p.as_ref().map_or(0, |p| p.arena_bytes())))?;
     let main = profile(&mut *backend, &main_p, f.steps, f.seed);
-    let other = other_p
-        .as_ref()
-        .map(|p| profile(&mut *backend, p, f.steps, f.seed));
+    let other = other_p.as_ref().map(|p| profile(&mut *backend, p, f.steps, f.seed));
     if let Some(path) = &f.trace {
         let mut all = vec![&main];
         all.extend(other.as_ref());
@@ -289,21 +244,12 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     }
     match f.format {
         Format::Json => println!("{}", serde_json::json!({"profile": main, "compare": other})),
-        Format::Svg => {
-            return Err(Error::flag(
-                "--format",
-                "svg",
-                "text or json for profile (svg is for plan)",
-            ))
-        }
+        Format::Svg => return Err(Error::flag("--format", "svg", "text or json for profile (svg is for plan)")),
         Format::Text => print!("{}", text(&main, other.as_ref())),
     }
     if let Some(path) = &f.trace {
         if f.format == Format::Text {
-            println!(
-                "trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)",
-                path.display()
-            );
+            println!("trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)", path.display());
         }
     }
     Ok(())

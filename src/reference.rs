@@ -30,51 +30,36 @@ pub fn parse(bytes: &[u8]) -> Result<HashMap<String, RefTensor>> {
     let bad = |m: &str| Error::Msg(format!("reference file: {m}"));
     let mut r = bytes;
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)
-        .map_err(|_| bad("truncated header"))?;
+    r.read_exact(&mut magic).map_err(|_| bad("truncated header"))?;
     if &magic != b"SOREF\0\0\0" {
         return Err(bad("bad magic"));
     }
-    let version = r
-        .read_u32::<LittleEndian>()
-        .map_err(|_| bad("truncated header"))?;
+    let version = r.read_u32::<LittleEndian>().map_err(|_| bad("truncated header"))?;
     if version != 1 {
         return Err(bad(&format!("version {version}, expected 1")));
     }
-    let count = r
-        .read_u32::<LittleEndian>()
-        .map_err(|_| bad("truncated header"))?;
+    let count = r.read_u32::<LittleEndian>().map_err(|_| bad("truncated header"))?;
     let mut out = HashMap::new();
     for _ in 0..count {
-        let mut rd = || {
-            r.read_u32::<LittleEndian>()
-                .map_err(|_| bad("truncated record"))
-        };
+        let mut rd = || r.read_u32::<LittleEndian>().map_err(|_| bad("truncated record"));
         let name_len = rd()? as usize;
         let _ = rd;
         if name_len > r.len() {
             return Err(bad("truncated name"));
         }
-        let name =
-            String::from_utf8(r[..name_len].to_vec()).map_err(|_| bad("name is not utf-8"))?;
+        let name = String::from_utf8(r[..name_len].to_vec()).map_err(|_| bad("name is not utf-8"))?;
         r = &r[name_len..];
-        let ndim = r
-            .read_u32::<LittleEndian>()
-            .map_err(|_| bad("truncated record"))? as usize;
+        let ndim = r.read_u32::<LittleEndian>().map_err(|_| bad("truncated record"))? as usize;
         let mut shape = vec![];
         for _ in 0..ndim {
-            shape.push(
-                r.read_u32::<LittleEndian>()
-                    .map_err(|_| bad("truncated dims"))? as usize,
-            );
+            shape.push(r.read_u32::<LittleEndian>().map_err(|_| bad("truncated dims"))? as usize);
         }
         let n: usize = shape.iter().product();
         if n * 4 > r.len() {
             return Err(bad(&format!("{name}: truncated data")));
         }
         let mut data = vec![0f32; n];
-        r.read_f32_into::<LittleEndian>(&mut data)
-            .map_err(|_| bad("truncated data"))?;
+        r.read_f32_into::<LittleEndian>(&mut data).map_err(|_| bad("truncated data"))?;
         out.insert(name, RefTensor { shape, data });
     }
     Ok(out)
@@ -111,13 +96,7 @@ pub fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
 }
 
 pub fn config() -> ModelConfig {
-    ModelConfig {
-        depth: 10,
-        widen: 2,
-        classes: 10,
-        in_channels: 3,
-        keep: 1.0,
-    }
+    ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 1.0 }
 }
 
 /// NCHW (PyTorch) -> CNHW (ours).
@@ -169,8 +148,7 @@ pub fn scatter_grad(grad: &[f32], full_len: usize, map: GradMap) -> Vec<f32> {
                 for run in slice.each_run() {
                     let dst = row * slice.channels * group + run.channel * group;
                     let src = row * slice.width * group + run.at * group;
-                    out[dst..dst + run.len * group]
-                        .copy_from_slice(&grad[src..src + run.len * group]);
+                    out[dst..dst + run.len * group].copy_from_slice(&grad[src..src + run.len * group]);
                 }
             }
         }
@@ -181,34 +159,19 @@ pub fn scatter_grad(grad: &[f32], full_len: usize, map: GradMap) -> Vec<f32> {
 /// Runs every reference case on `backend` (which it reserves and overwrites).
 pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
     let r = parse(REFERENCE)?;
-    let get = |k: &str| {
-        r.get(k)
-            .ok_or_else(|| Error::Msg(format!("reference file lacks {k}")))
-    };
+    let get = |k: &str| r.get(k).ok_or_else(|| Error::Msg(format!("reference file lacks {k}")));
     let x = get("x")?;
     let (n, c_in, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3]);
     let x = nchw_to_cnhw(&x.data, n, c_in, hw);
     let y = &get("y")?.data;
     let mut rows = vec![];
-    let sgd = SgdParams {
-        lr: 0.1,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: true,
-    };
-    let grads_only = Options {
-        update: UpdateAt::None,
-        ..Options::default()
-    };
+    let sgd = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+    let grads_only = Options { update: UpdateAt::None, ..Options::default() };
 
     for (case, keep) in [("full", 1.0), ("slice", 0.5), ("wrap", 0.5)] {
         let starts: Vec<usize> = match case {
             "full" => vec![0; 3],
-            _ => get(&format!("{case}.starts"))?
-                .data
-                .iter()
-                .map(|&s| s as usize)
-                .collect(),
+            _ => get(&format!("{case}.starts"))?.data.iter().map(|&s| s as usize).collect(),
         };
         let cfg = ModelConfig { keep, ..config() };
         let p = Program::new(wrn::build(&cfg, n, Mode::Train, grads_only));
@@ -217,10 +180,7 @@ pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
         backend.set_persistent(&init)?;
         backend.write(&p, p.schedule.input, &x);
         backend.write(&p, p.schedule.labels, y);
-        let ctx = StepCtx {
-            starts: &starts,
-            sgd,
-        };
+        let ctx = StepCtx { starts: &starts, sgd };
         backend.run(&p, &ctx);
         backend.synchronize();
         let s = &p.schedule;
@@ -242,107 +202,31 @@ pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
         });
         // Gradients: each parameter's gradient buffer is the one its (absent) update would read.
         for step in &s.steps {
-            if let Op::ConvBackward {
-                d_weight,
-                weight,
-                out_sel,
-                in_sel,
-                shape,
-                ..
-            } = step.op
-            {
-                let map =
-                    if s.slice(out_sel, &starts).is_full() && s.slice(in_sel, &starts).is_full() {
-                        GradSel::Full
-                    } else if !s.slice(out_sel, &starts).is_full() {
-                        GradSel::Rows {
-                            sel: out_sel,
-                            row_len: shape.cin * shape.kk(),
-                        }
-                    } else {
-                        GradSel::Cols {
-                            sel: in_sel,
-                            rows: shape.cout,
-                            group: shape.kk(),
-                        }
-                    };
-                rows.push(grad_row(
-                    backend,
-                    &p,
-                    case,
-                    weight,
-                    d_weight,
-                    s.grad_map(map, &starts),
-                    &r,
-                )?);
-            }
-            if let Op::BnReluBackward {
-                d_gamma,
-                d_beta,
-                bn,
-                sel,
-                ..
-            } = step.op
-            {
-                let map = if s.slice(sel, &starts).is_full() {
+            if let Op::ConvBackward { d_weight, weight, out_sel, in_sel, shape, .. } = step.op {
+                let map = if s.slice(out_sel, &starts).is_full() && s.slice(in_sel, &starts).is_full() {
                     GradSel::Full
+                } else if !s.slice(out_sel, &starts).is_full() {
+                    GradSel::Rows { sel: out_sel, row_len: shape.cin * shape.kk() }
                 } else {
-                    GradSel::Rows { sel, row_len: 1 }
+                    GradSel::Cols { sel: in_sel, rows: shape.cout, group: shape.kk() }
                 };
-                rows.push(grad_row(
-                    backend,
-                    &p,
-                    case,
-                    bn.gamma,
-                    d_gamma,
-                    s.grad_map(map, &starts),
-                    &r,
-                )?);
-                rows.push(grad_row(
-                    backend,
-                    &p,
-                    case,
-                    bn.beta,
-                    d_beta,
-                    s.grad_map(map, &starts),
-                    &r,
-                )?);
+                rows.push(grad_row(backend, &p, case, weight, d_weight, s.grad_map(map, &starts), &r)?);
             }
-            if let Op::LinearBackward {
-                d_weight,
-                d_bias,
-                weight,
-                ..
-            } = step.op
-            {
-                rows.push(grad_row(
-                    backend,
-                    &p,
-                    case,
-                    weight,
-                    d_weight,
-                    GradMap::Full,
-                    &r,
-                )?);
+            if let Op::BnReluBackward { d_gamma, d_beta, bn, sel, .. } = step.op {
+                let map =
+                    if s.slice(sel, &starts).is_full() { GradSel::Full } else { GradSel::Rows { sel, row_len: 1 } };
+                rows.push(grad_row(backend, &p, case, bn.gamma, d_gamma, s.grad_map(map, &starts), &r)?);
+                rows.push(grad_row(backend, &p, case, bn.beta, d_beta, s.grad_map(map, &starts), &r)?);
+            }
+            if let Op::LinearBackward { d_weight, d_bias, weight, .. } = step.op {
+                rows.push(grad_row(backend, &p, case, weight, d_weight, GradMap::Full, &r)?);
                 let bias = s.tensor("fc.bias").expect("fc.bias");
-                rows.push(grad_row(
-                    backend,
-                    &p,
-                    case,
-                    bias,
-                    d_bias,
-                    GradMap::Full,
-                    &r,
-                )?);
+                rows.push(grad_row(backend, &p, case, bias, d_bias, GradMap::Full, &r)?);
             }
         }
         let mut state = vec![0f32; s.persistent_len()];
         backend.get_persistent(&mut state);
-        for t in s
-            .tensors
-            .iter()
-            .filter(|t| matches!(t.role, Role::RunningMean | Role::RunningVar))
-        {
+        for t in s.tensors.iter().filter(|t| matches!(t.role, Role::RunningMean | Role::RunningVar)) {
             let want = &get(&format!("{case}.after1.{}", t.name))?.data;
             rows.push(Row {
                 case,
@@ -360,10 +244,7 @@ pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
     backend.reserve_arena(train.arena_bytes().max(eval.arena_bytes()))?;
     backend.set_persistent(&initial_state(&train, &r)?)?;
     let starts = [0usize; 3];
-    let ctx = StepCtx {
-        starts: &starts,
-        sgd,
-    };
+    let ctx = StepCtx { starts: &starts, sgd };
     let mut losses = vec![];
     for _ in 0..5 {
         backend.write(&train, train.schedule.input, &x);
@@ -381,12 +262,7 @@ pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
     });
     let mut state = vec![0f32; train.schedule.persistent_len()];
     backend.get_persistent(&mut state);
-    for t in train
-        .schedule
-        .tensors
-        .iter()
-        .filter(|t| t.role == Role::Param)
-    {
+    for t in train.schedule.tensors.iter().filter(|t| t.role == Role::Param) {
         let want = &get(&format!("sgd.after5.{}", t.name))?.data;
         rows.push(Row {
             case: "sgd",
@@ -424,15 +300,8 @@ fn grad_row(
     backend.read(p, grad, &mut g);
     let full = scatter_grad(&g, t.len(), map);
     let key = format!("{case}.grad.{}", t.name);
-    let want = r
-        .get(&key)
-        .ok_or_else(|| Error::Msg(format!("reference file lacks {key}")))?;
-    Ok(Row {
-        case,
-        name: format!("grad.{}", t.name),
-        rel_err: rel_err(&full, &want.data),
-        tol: 1e-3,
-    })
+    let want = r.get(&key).ok_or_else(|| Error::Msg(format!("reference file lacks {key}")))?;
+    Ok(Row { case, name: format!("grad.{}", t.name), rel_err: rel_err(&full, &want.data), tol: 1e-3 })
 }
 
 /// Prints rows as a table; returns the number of failures.

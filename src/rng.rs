@@ -24,8 +24,7 @@ impl Rng {
         bytes[..8].copy_from_slice(&seed.to_le_bytes());
         bytes[8..16].copy_from_slice(&stream.to_le_bytes());
         bytes[16..24].copy_from_slice(&0x5eed_51ce_0000_0001u64.to_le_bytes());
-        bytes[24..]
-            .copy_from_slice(&(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1).to_le_bytes());
+        bytes[24..].copy_from_slice(&(stream.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1).to_le_bytes());
         Rng(Pcg64::from_seed(bytes))
     }
 

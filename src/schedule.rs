@@ -181,7 +181,10 @@ pub enum Op {
         accumulate: bool,
     },
     /// `out += inp` (the identity shortcut).
-    Add { out: BufId, inp: BufId },
+    Add {
+        out: BufId,
+        inp: BufId,
+    },
     Pool {
         out: BufId,
         inp: BufId,
@@ -242,55 +245,25 @@ impl Op {
         let opt = |b: &Option<BufId>| b.iter().copied().collect::<Vec<_>>();
         match self {
             Conv { out, inp, col, .. } => (vec![*inp], [vec![*out], opt(col)].concat()),
-            ConvBackward {
-                d_inp,
-                d_weight,
-                d_out,
-                inp,
-                col,
-                ..
-            } => (
-                vec![*d_out, *inp],
-                [opt(d_inp), vec![*d_weight], opt(col)].concat(),
-            ),
-            BnReluTrain {
-                out, stats, inp, ..
-            } => (vec![*inp], vec![*out, *stats]),
-            BnReluApply {
-                out, inp, stats, ..
-            } => (vec![*inp, *stats], vec![*out]),
+            ConvBackward { d_inp, d_weight, d_out, inp, col, .. } => {
+                (vec![*d_out, *inp], [opt(d_inp), vec![*d_weight], opt(col)].concat())
+            }
+            BnReluTrain { out, stats, inp, .. } => (vec![*inp], vec![*out, *stats]),
+            BnReluApply { out, inp, stats, .. } => (vec![*inp, *stats], vec![*out]),
             BnReluEval { out, inp, .. } => (vec![*inp], vec![*out]),
-            BnReluBackward {
-                d_inp,
-                d_gamma,
-                d_beta,
-                d_out,
-                inp,
-                stats,
-                ..
-            } => (vec![*d_out, *inp, *stats], vec![*d_inp, *d_gamma, *d_beta]),
+            BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, .. } => {
+                (vec![*d_out, *inp, *stats], vec![*d_inp, *d_gamma, *d_beta])
+            }
             Add { out, inp } => (vec![*inp], vec![*out]),
             Pool { out, inp, .. } => (vec![*inp], vec![*out]),
             PoolBackward { d_inp, d_out, .. } => (vec![*d_out], vec![*d_inp]),
             Linear { out, inp, .. } => (vec![*inp], vec![*out]),
-            LinearBackward {
-                d_inp,
-                d_weight,
-                d_bias,
-                d_out,
-                inp,
-                ..
-            } => (vec![*d_out, *inp], vec![*d_inp, *d_weight, *d_bias]),
-            CrossEntropy {
-                stats,
-                d_logits,
-                logits,
-                labels,
-                ..
-            } => (
-                vec![*logits, *labels],
-                [vec![*stats], opt(d_logits)].concat(),
-            ),
+            LinearBackward { d_inp, d_weight, d_bias, d_out, inp, .. } => {
+                (vec![*d_out, *inp], vec![*d_inp, *d_weight, *d_bias])
+            }
+            CrossEntropy { stats, d_logits, logits, labels, .. } => {
+                (vec![*logits, *labels], [vec![*stats], opt(d_logits)].concat())
+            }
             Sgd { grad, .. } => (vec![*grad], vec![]),
         }
     }
@@ -302,19 +275,10 @@ impl Op {
             Sel::Block(b) => slices[*b].width,
         };
         match self {
-            Op::Conv {
-                shape,
-                out_sel,
-                in_sel,
-                ..
-            } => shape.macs(width(out_sel), width(in_sel)),
-            Op::ConvBackward {
-                shape,
-                out_sel,
-                in_sel,
-                d_inp,
-                ..
-            } => shape.macs(width(out_sel), width(in_sel)) * if d_inp.is_some() { 2 } else { 1 },
+            Op::Conv { shape, out_sel, in_sel, .. } => shape.macs(width(out_sel), width(in_sel)),
+            Op::ConvBackward { shape, out_sel, in_sel, d_inp, .. } => {
+                shape.macs(width(out_sel), width(in_sel)) * if d_inp.is_some() { 2 } else { 1 }
+            }
             Op::Linear { c, n, o, .. } => c * n * o,
             Op::LinearBackward { c, n, o, .. } => 2 * c * n * o,
             _ => 0,
@@ -399,13 +363,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options {
-            recompute: true,
-            in_place: true,
-            col_chunk: 0,
-            col_budget_mib: 32,
-            update: UpdateAt::Early,
-        }
+        Options { recompute: true, in_place: true, col_chunk: 0, col_budget_mib: 32, update: UpdateAt::Early }
     }
 }
 
@@ -454,11 +412,7 @@ pub struct Schedule {
 impl Schedule {
     /// Floats of the persistent region.
     pub fn persistent_len(&self) -> usize {
-        self.tensors
-            .iter()
-            .map(|t| t.offset + t.len())
-            .max()
-            .unwrap_or(0)
+        self.tensors.iter().map(|t| t.offset + t.len()).max().unwrap_or(0)
     }
 
     pub fn tensor(&self, name: &str) -> Option<TensorId> {
@@ -509,11 +463,7 @@ impl Schedule {
             .zip(&self.buffers)
             .map(|(l, b)| {
                 let (first, last) = l.unwrap_or((0, 0));
-                Lifetime {
-                    bytes: b.len * 4,
-                    first,
-                    last,
-                }
+                Lifetime { bytes: b.len * 4, first, last }
             })
             .collect()
     }
@@ -535,11 +485,7 @@ impl Schedule {
                     ));
                 }
                 if w.contains(&b) {
-                    return Err(format!(
-                        "step {i} ({}) reads and writes {}",
-                        step.name(),
-                        self.buffers[b].name
-                    ));
+                    return Err(format!("step {i} ({}) reads and writes {}", step.name(), self.buffers[b].name));
                 }
             }
             for &b in &w {
@@ -558,15 +504,8 @@ impl Schedule {
     pub fn grad_map(&self, map: GradSel, starts: &[usize]) -> GradMap {
         match map {
             GradSel::Full => GradMap::Full,
-            GradSel::Rows { sel, row_len } => GradMap::Rows {
-                slice: self.slice(sel, starts),
-                row_len,
-            },
-            GradSel::Cols { sel, rows, group } => GradMap::Cols {
-                slice: self.slice(sel, starts),
-                rows,
-                group,
-            },
+            GradSel::Rows { sel, row_len } => GradMap::Rows { slice: self.slice(sel, starts), row_len },
+            GradSel::Cols { sel, rows, group } => GradMap::Cols { slice: self.slice(sel, starts), rows, group },
         }
     }
 }

@@ -28,20 +28,12 @@ pub struct Slice {
 impl Slice {
     pub fn new(start: usize, width: usize, channels: usize) -> Slice {
         assert!(start < channels && width >= 1 && width <= channels);
-        Slice {
-            start,
-            width,
-            channels,
-        }
+        Slice { start, width, channels }
     }
 
     /// The whole layer (no slicing).
     pub fn full(channels: usize) -> Slice {
-        Slice {
-            start: 0,
-            width: channels,
-            channels,
-        }
+        Slice { start: 0, width: channels, channels }
     }
 
     pub fn is_full(&self) -> bool {
@@ -51,18 +43,7 @@ impl Slice {
     /// The one or two runs, in slice order. The second is empty when the slice does not wrap.
     pub fn runs(&self) -> [Run; 2] {
         let first = self.width.min(self.channels - self.start);
-        [
-            Run {
-                channel: self.start,
-                at: 0,
-                len: first,
-            },
-            Run {
-                channel: 0,
-                at: first,
-                len: self.width - first,
-            },
-        ]
+        [Run { channel: self.start, at: 0, len: first }, Run { channel: 0, at: first, len: self.width - first }]
     }
 
     /// Iterates the non-empty runs.
@@ -99,32 +80,11 @@ mod tests {
     fn runs_wrap_past_the_last_channel() {
         let s = Slice::new(25, 16, 32);
         let r = s.runs();
-        assert_eq!(
-            r[0],
-            Run {
-                channel: 25,
-                at: 0,
-                len: 7
-            }
-        );
-        assert_eq!(
-            r[1],
-            Run {
-                channel: 0,
-                at: 7,
-                len: 9
-            }
-        );
+        assert_eq!(r[0], Run { channel: 25, at: 0, len: 7 });
+        assert_eq!(r[1], Run { channel: 0, at: 7, len: 9 });
         let s = Slice::new(5, 16, 32);
         assert_eq!(s.each_run().count(), 1);
-        assert_eq!(
-            s.runs()[0],
-            Run {
-                channel: 5,
-                at: 0,
-                len: 16
-            }
-        );
+        assert_eq!(s.runs()[0], Run { channel: 5, at: 0, len: 16 });
     }
 
     #[test]

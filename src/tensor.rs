@@ -21,12 +21,7 @@ impl Layout {
     /// A row-major layout of `shape` starting at element 0.
     pub fn contiguous(shape: &[usize]) -> Layout {
         assert!(!shape.is_empty() && shape.len() <= MAX_DIMS);
-        let mut l = Layout {
-            ndim: shape.len(),
-            shape: [1; MAX_DIMS],
-            strides: [0; MAX_DIMS],
-            offset: 0,
-        };
+        let mut l = Layout { ndim: shape.len(), shape: [1; MAX_DIMS], strides: [0; MAX_DIMS], offset: 0 };
         let mut stride = 1;
         for d in (0..shape.len()).rev() {
             l.shape[d] = shape[d];
@@ -37,13 +32,7 @@ impl Layout {
     }
 
     /// A 2-D view: `rows x cols` at `offset` with the given row and column strides.
-    pub fn matrix(
-        offset: usize,
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Layout {
+    pub fn matrix(offset: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Layout {
         let mut l = Layout::contiguous(&[rows, cols]);
         l.strides[0] = row_stride;
         l.strides[1] = col_stride;
@@ -84,10 +73,7 @@ impl Layout {
 
     /// The sub-view `start..start + len` along dimension `d` (same strides, moved offset).
     pub fn narrow(&self, d: usize, start: usize, len: usize) -> Layout {
-        assert!(
-            d < self.ndim && start + len <= self.shape[d],
-            "narrow out of range"
-        );
+        assert!(d < self.ndim && start + len <= self.shape[d], "narrow out of range");
         let mut l = *self;
         l.offset += start * self.strides[d];
         l.shape[d] = len;
@@ -105,12 +91,7 @@ impl Layout {
     /// Element offset of a multi-index.
     pub fn index(&self, idx: &[usize]) -> usize {
         debug_assert_eq!(idx.len(), self.ndim);
-        self.offset
-            + idx
-                .iter()
-                .zip(self.strides())
-                .map(|(i, s)| i * s)
-                .sum::<usize>()
+        self.offset + idx.iter().zip(self.strides()).map(|(i, s)| i * s).sum::<usize>()
     }
 
     /// One past the largest element offset the view touches (0 for an empty view).
@@ -118,14 +99,7 @@ impl Layout {
         if self.numel() == 0 {
             return 0;
         }
-        self.offset
-            + self
-                .shape()
-                .iter()
-                .zip(self.strides())
-                .map(|(n, s)| (n - 1) * s)
-                .sum::<usize>()
-            + 1
+        self.offset + self.shape().iter().zip(self.strides()).map(|(n, s)| (n - 1) * s).sum::<usize>() + 1
     }
 }
 

@@ -19,6 +19,7 @@ use crate::schedule::{Mode, Options, Role};
 use crate::sliceout;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,24 +66,15 @@ pub struct TrainArgs {
     pub options: Options,
     /// Print per-epoch lines and progress bars.
     pub verbose: bool,
+    /// Stop (checkpointed, as on Ctrl-C) once this many steps are done: lets tests interrupt a
+    /// run at an exact step.
+    pub stop_after: Option<usize>,
 }
 
 impl TrainArgs {
     /// Flag values out of range, named.
     pub fn validate(&self) -> Result<()> {
-        if self.depth < 10 || (self.depth - 4) % 6 != 0 {
-            return Err(Error::flag(
-                "--depth",
-                self.depth,
-                "6n+4 with n >= 1 (10, 16, 22, 28, ...)",
-            ));
-        }
-        if self.widen == 0 {
-            return Err(Error::flag("--widen", self.widen, "an integer >= 1"));
-        }
-        if !(self.keep > 0.0 && self.keep <= 1.0) {
-            return Err(Error::flag("--keep", self.keep, "a fraction in (0, 1]"));
-        }
+        self.config(2, 1).validate()?;
         if self.batch == 0 {
             return Err(Error::flag("--batch", self.batch, "an integer >= 1"));
         }
@@ -90,11 +82,7 @@ impl TrainArgs {
             return Err(Error::flag("--lr", self.lr, "a learning rate >= 0"));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            return Err(Error::flag(
-                "--momentum",
-                self.momentum,
-                "a value in [0, 1)",
-            ));
+            return Err(Error::flag("--momentum", self.momentum, "a value in [0, 1)"));
         }
         if !(self.wd.is_finite() && self.wd >= 0.0) {
             return Err(Error::flag("--wd", self.wd, "a weight decay >= 0"));
@@ -109,32 +97,37 @@ impl TrainArgs {
     }
 
     pub fn config(&self, classes: usize, in_channels: usize) -> ModelConfig {
-        ModelConfig {
-            depth: self.depth,
-            widen: self.widen,
-            classes,
-            in_channels,
-            keep: self.keep,
-        }
+        ModelConfig { depth: self.depth, widen: self.widen, classes, in_channels, keep: self.keep }
     }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C (SIGINT) finish the current step, checkpoint and stop instead of killing the run.
+pub fn catch_interrupt() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: the user really wants out.
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the current step and writing a checkpoint (Ctrl-C again to quit now)");
+    });
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Picks the backend; says which on one line.
 pub fn backend(choice: DeviceChoice, verbose: bool) -> Result<Box<dyn Backend>> {
     let b: Box<dyn Backend> = match choice {
         DeviceChoice::Cuda => {
-            return Err(Error::Device(
-                "the CUDA backend is not built yet; use --device cpu".into(),
-            ));
+            return Err(Error::Device("the CUDA backend is not built yet; use --device cpu".into()));
         }
         DeviceChoice::Auto | DeviceChoice::Cpu => Box::new(CpuBackend::new()),
     };
     if verbose {
-        let why = if choice == DeviceChoice::Auto {
-            " (CUDA backend not built yet)"
-        } else {
-            ""
-        };
+        let why = if choice == DeviceChoice::Auto { " (CUDA backend not built yet)" } else { "" };
         println!("device: {}{why}", b.name());
     }
     Ok(b)
@@ -143,15 +136,10 @@ pub fn backend(choice: DeviceChoice, verbose: bool) -> Result<Box<dyn Backend>> 
 /// Learning rate at global step `t` of `total`.
 pub fn learning_rate(args: &TrainArgs, t: usize, total: usize, steps_per_epoch: usize) -> f64 {
     match args.schedule {
-        LrSchedule::Cosine => {
-            args.lr * 0.5 * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos())
-        }
+        LrSchedule::Cosine => args.lr * 0.5 * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos()),
         LrSchedule::Step => {
             let epoch = t / steps_per_epoch.max(1);
-            let passed = [0.3, 0.6, 0.8]
-                .iter()
-                .filter(|&&f| epoch as f64 >= (f * args.epochs as f64).round())
-                .count();
+            let passed = [0.3, 0.6, 0.8].iter().filter(|&&f| epoch as f64 >= (f * args.epochs as f64).round()).count();
             args.lr * 0.2f64.powi(passed as i32)
         }
     }
@@ -170,40 +158,23 @@ impl Evaluator {
         let batch = batch.min(len.max(1));
         let build = |n| Program::new(wrn::build(config, n, Mode::Eval, Options::default()));
         let mut programs = vec![build(batch)];
-        if len % batch != 0 {
+        if !len.is_multiple_of(batch) {
             programs.push(build(len % batch));
         }
-        Evaluator {
-            programs,
-            indices: (0..len).collect(),
-            crops: vec![Crop::IDENTITY; batch],
-        }
+        Evaluator { programs, indices: (0..len).collect(), crops: vec![Crop::IDENTITY; batch] }
     }
 
     pub fn arena_bytes(&self) -> usize {
-        self.programs
-            .iter()
-            .map(|p| p.arena_bytes())
-            .max()
-            .unwrap_or(0)
+        self.programs.iter().map(|p| p.arena_bytes()).max().unwrap_or(0)
     }
 
     /// (mean loss, accuracy) over the resident test split.
     pub fn run(&mut self, backend: &mut dyn Backend) -> (f64, f64) {
         let batch = self.programs[0].schedule.batch;
-        let sgd = SgdParams {
-            lr: 0.0,
-            momentum: 0.0,
-            weight_decay: 0.0,
-            nesterov: false,
-        };
+        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
         let (mut loss, mut correct) = (0f64, 0f64);
         for chunk in self.indices.chunks(batch) {
-            let p = if chunk.len() == batch {
-                &self.programs[0]
-            } else {
-                &self.programs[1]
-            };
+            let p = if chunk.len() == batch { &self.programs[0] } else { &self.programs[1] };
             backend.fill_batch(p, SplitId::Test, chunk, &self.crops[..chunk.len()]);
             backend.run(p, &StepCtx { starts: &[], sgd });
             let mut out = [0f32; 2];
@@ -222,6 +193,8 @@ pub struct Summary {
     pub history: Vec<EpochMetrics>,
     pub out: PathBuf,
     pub best_acc: f64,
+    /// The step after which the run stopped early (Ctrl-C or `stop_after`), checkpointed.
+    pub stopped_at: Option<usize>,
 }
 
 /// Partial-epoch sums kept across a mid-epoch checkpoint so a resumed run prints the same line.
@@ -252,18 +225,11 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     }
     let (train_len, test_len, kind) = (ds.train.len, ds.test.len, ds.kind);
     if train_len < args.batch {
-        return Err(Error::flag(
-            "--batch",
-            args.batch,
-            format!("at most the {} training images", train_len),
-        ));
+        return Err(Error::flag("--batch", args.batch, format!("at most the {} training images", train_len)));
     }
     let config = args.config(ds.classes, ds.channels);
     let norm = match &resume {
-        Some((_, ck)) => loader::Normalization {
-            mean: ck.norm_mean.clone(),
-            std: ck.norm_std.clone(),
-        },
+        Some((_, ck)) => loader::Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() },
         None => loader::Normalization::from_split(&ds.train, ds.channels),
     };
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
@@ -274,26 +240,15 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     let mut backend = backend(args.device, args.verbose)?;
     let train_p = Program::new(wrn::build(&config, args.batch, Mode::Train, args.options));
     let mut eval = Evaluator::new(&config, args.batch, test_len);
-    backend.upload_split(
-        SplitId::Train,
-        std::mem::take(&mut ds.train),
-        ds.channels,
-        &norm,
-    )?;
-    backend.upload_split(
-        SplitId::Test,
-        std::mem::take(&mut ds.test),
-        ds.channels,
-        &norm,
-    )?;
+    backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
+    backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
     backend.reserve_arena(train_p.arena_bytes().max(eval.arena_bytes()))?;
     let s = &train_p.schedule;
     let mut state = wrn::init_persistent(s, args.seed);
     let mut shuffle = Rng::new(args.seed, stream::SHUFFLE);
     let mut augment = Rng::new(args.seed, stream::AUGMENT);
     let mut slicer = Rng::new(args.seed, stream::SLICE);
-    let (mut step, mut start_epoch, mut best_acc, mut sums) =
-        (0usize, 0usize, 0f64, EpochSums::default());
+    let (mut step, mut start_epoch, mut best_acc, mut sums) = (0usize, 0usize, 0f64, EpochSums::default());
     let mut history = if args.resume.is_some() {
         metrics::read_jsonl(&args.out.join("metrics.jsonl")).unwrap_or_default()
     } else {
@@ -302,26 +257,19 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     if let Some((path, ck)) = &resume {
         checkpoint::check_config(path, &ck.config, &config)?;
         for t in &s.tensors {
-            let src = ck
-                .tensor(&t.name)
-                .ok_or_else(|| Error::checkpoint(path, format!("has no tensor {}", t.name)))?;
+            let src = ck.tensor(&t.name).ok_or_else(|| Error::checkpoint(path, format!("has no tensor {}", t.name)))?;
             if src.data.len() != t.len() {
                 return Err(Error::checkpoint(
                     path,
-                    format!(
-                        "tensor {} has {} values, the model needs {}",
-                        t.name,
-                        src.data.len(),
-                        t.len()
-                    ),
+                    format!("tensor {} has {} values, the model needs {}", t.name, src.data.len(), t.len()),
                 ));
             }
             state[t.range()].copy_from_slice(&src.data);
         }
         let rng = |name: &str| {
-            ck.rng(name).and_then(Rng::from_state).ok_or_else(|| {
-                Error::checkpoint(path, format!("has no valid '{name}' random state"))
-            })
+            ck.rng(name)
+                .and_then(Rng::from_state)
+                .ok_or_else(|| Error::checkpoint(path, format!("has no valid '{name}' random state")))
         };
         shuffle = rng("shuffle")?;
         augment = rng("augment")?;
@@ -334,14 +282,13 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             correct: meta_f64(ck, "epoch_correct"),
             seen: meta_f64(ck, "epoch_seen"),
         };
+        // Lines written after the checkpoint (a crash between the two) are redone: drop them.
         history.retain(|m| m.epoch <= start_epoch);
+        let lines: String =
+            history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
+        checkpoint::write_atomic(&args.out.join("metrics.jsonl"), lines.as_bytes())?;
         if args.verbose {
-            println!(
-                "resumed from {} at epoch {}, step {}",
-                path.display(),
-                start_epoch,
-                step
-            );
+            println!("resumed from {} at epoch {}, step {}", path.display(), start_epoch, step);
         }
     }
     backend.set_persistent(&state)?;
@@ -394,22 +341,12 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
                     0
                 };
             }
-            backend.run(
-                &train_p,
-                &StepCtx {
-                    starts: &starts,
-                    sgd: sgd_at(step),
-                },
-            );
+            backend.run(&train_p, &StepCtx { starts: &starts, sgd: sgd_at(step) });
             let mut out = [0f32; 2];
             backend.read(&train_p, s.loss, &mut out);
             if !out[0].is_finite() {
                 bar.abandon();
-                return Err(Error::Diverged {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    loss: out[0],
-                });
+                return Err(Error::Diverged { epoch: epoch + 1, step: step + 1, loss: out[0] });
             }
             step += 1;
             timed_images += args.batch;
@@ -422,27 +359,16 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
                 sums.loss / sums.seen,
                 timed_images as f64 / t0.elapsed().as_secs_f64()
             ));
-            if args.checkpoint_every > 0
-                && step % args.checkpoint_every == 0
-                && b + 1 < steps_per_epoch
-            {
-                let ck = snapshot(
-                    &mut *backend,
-                    s,
-                    &config,
-                    &norm,
-                    kind,
-                    step,
-                    epoch,
-                    &[
-                        ("shuffle", &epoch_shuffle),
-                        ("augment", &augment),
-                        ("slice", &slicer),
-                    ],
-                    best_acc,
-                    sums,
-                );
+            let stop = interrupted() || args.stop_after == Some(step);
+            let periodic = args.checkpoint_every > 0 && step % args.checkpoint_every == 0;
+            if (periodic || stop) && b + 1 < steps_per_epoch {
+                let rngs = [("shuffle", &epoch_shuffle), ("augment", &augment), ("slice", &slicer)];
+                let ck = snapshot(&mut *backend, s, &config, &norm, kind, step, epoch, &rngs, best_acc, sums);
                 checkpoint::save(&args.out.join("last.ckpt"), &ck)?;
+            }
+            if stop && b + 1 < steps_per_epoch {
+                bar.abandon();
+                return Ok(Summary { history, out: args.out.clone(), best_acc, stopped_at: Some(step) });
             }
         }
         let seconds = t0.elapsed().as_secs_f64();
@@ -475,10 +401,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         metrics::append_jsonl(&args.out.join("metrics.jsonl"), &m)?;
         history.push(m.clone());
         let title = format!("{} keep {:.2} on {}", config.name(), config.keep, kind);
-        checkpoint::write_atomic(
-            &args.out.join("curves.svg"),
-            metrics::curves_svg(&history, &title).as_bytes(),
-        )?;
+        checkpoint::write_atomic(&args.out.join("curves.svg"), metrics::curves_svg(&history, &title).as_bytes())?;
         let improved = test_acc > best_acc || epoch == 0 && best_acc == 0.0;
         best_acc = best_acc.max(test_acc);
         let ck = snapshot(
@@ -489,11 +412,7 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
             kind,
             step,
             epoch + 1,
-            &[
-                ("shuffle", &shuffle),
-                ("augment", &augment),
-                ("slice", &slicer),
-            ],
+            &[("shuffle", &shuffle), ("augment", &augment), ("slice", &slicer)],
             best_acc,
             sums,
         );
@@ -501,12 +420,11 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
         if improved {
             checkpoint::save(&args.out.join("best.ckpt"), &ck)?;
         }
+        if (interrupted() || args.stop_after == Some(step)) && epoch + 1 < args.epochs {
+            return Ok(Summary { history, out: args.out.clone(), best_acc, stopped_at: Some(step) });
+        }
     }
-    Ok(Summary {
-        history,
-        out: args.out.clone(),
-        best_acc,
-    })
+    Ok(Summary { history, out: args.out.clone(), best_acc, stopped_at: None })
 }
 
 fn backend_arena_mib(train: &Program, eval: &Evaluator) -> f64 {
@@ -555,10 +473,7 @@ fn snapshot(
                 data: state[t.range()].to_vec(),
             })
             .collect(),
-        rngs: rngs
-            .iter()
-            .map(|(n, r)| (n.to_string(), r.state()))
-            .collect(),
+        rngs: rngs.iter().map(|(n, r)| (n.to_string(), r.state())).collect(),
         norm_mean: norm.mean.clone(),
         norm_std: norm.std.clone(),
         meta: vec![
@@ -613,33 +528,24 @@ pub fn evaluate(
         if t.role == Role::Momentum {
             continue;
         }
-        let src = ck.tensor(&t.name).ok_or_else(|| {
-            Error::checkpoint(checkpoint_path, format!("has no tensor {}", t.name))
-        })?;
+        let src = ck
+            .tensor(&t.name)
+            .ok_or_else(|| Error::checkpoint(checkpoint_path, format!("has no tensor {}", t.name)))?;
         if src.data.len() != t.len() {
             return Err(Error::checkpoint(
                 checkpoint_path,
-                format!(
-                    "tensor {} has {} values, expected {}",
-                    t.name,
-                    src.data.len(),
-                    t.len()
-                ),
+                format!("tensor {} has {} values, expected {}", t.name, src.data.len(), t.len()),
             ));
         }
         state[t.range()].copy_from_slice(&src.data);
     }
     backend.set_persistent(&state)?;
-    let norm = loader::Normalization {
-        mean: ck.norm_mean.clone(),
-        std: ck.norm_std.clone(),
-    };
+    let norm = loader::Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() };
     if norm.mean.len() != ds.channels || norm.std.len() != ds.channels {
-        return Err(Error::checkpoint(
-            checkpoint_path,
-            "normalisation constants do not match the data's channels",
-        ));
+        return Err(Error::checkpoint(checkpoint_path, "normalisation constants do not match the data's channels"));
     }
+    let channels = ds.channels;
+    backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), channels, &norm)?;
     let (loss, acc) = eval.run(&mut *backend);
     Ok((loss, acc, config))
 }

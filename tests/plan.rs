@@ -10,13 +10,7 @@ use sliceout::schedule::{BufKind, Mode, Options, UpdateAt};
 const MIB: f64 = (1 << 20) as f64;
 
 fn wrn(depth: usize, widen: usize, keep: f64) -> ModelConfig {
-    ModelConfig {
-        depth,
-        widen,
-        classes: 10,
-        in_channels: 3,
-        keep,
-    }
+    ModelConfig { depth, widen, classes: 10, in_channels: 3, keep }
 }
 
 fn program(c: &ModelConfig, batch: usize, mode: Mode, o: Options) -> Program {
@@ -28,26 +22,10 @@ fn wrn_28_10_fits_the_issue_budget() {
     let full = program(&wrn(28, 10, 1.0), 128, Mode::Train, Options::default());
     let half = program(&wrn(28, 10, 0.5), 128, Mode::Train, Options::default());
     let total = |p: &Program| (p.arena_bytes() + p.schedule.persistent_len() * 4) as f64 / MIB;
-    println!(
-        "keep 1.0: arena {:.1} MiB, total {:.1} MiB",
-        full.arena_bytes() as f64 / MIB,
-        total(&full)
-    );
-    println!(
-        "keep 0.5: arena {:.1} MiB, total {:.1} MiB",
-        half.arena_bytes() as f64 / MIB,
-        total(&half)
-    );
-    assert!(
-        total(&full) <= 2400.0,
-        "keep 1.0 needs {:.1} MiB",
-        total(&full)
-    );
-    assert!(
-        total(&half) <= 1900.0,
-        "keep 0.5 needs {:.1} MiB",
-        total(&half)
-    );
+    println!("keep 1.0: arena {:.1} MiB, total {:.1} MiB", full.arena_bytes() as f64 / MIB, total(&full));
+    println!("keep 0.5: arena {:.1} MiB, total {:.1} MiB", half.arena_bytes() as f64 / MIB, total(&half));
+    assert!(total(&full) <= 2400.0, "keep 1.0 needs {:.1} MiB", total(&full));
+    assert!(total(&half) <= 1900.0, "keep 0.5 needs {:.1} MiB", total(&half));
     let ratio = half.arena_bytes() as f64 / full.arena_bytes() as f64;
     assert!(ratio <= 0.80, "arena ratio {ratio:.3}");
     // Parameters of WRN-28-10: 36.5 M (the paper's figure), stored with momentum.
@@ -58,37 +36,20 @@ fn wrn_28_10_fits_the_issue_budget() {
         .filter(|t| t.role == sliceout::schedule::Role::Param)
         .map(|t| t.len())
         .sum::<usize>();
-    assert!(
-        (36_400_000..36_600_000).contains(&params),
-        "{params} parameters"
-    );
+    assert!((36_400_000..36_600_000).contains(&params), "{params} parameters");
 }
 
 #[test]
 fn plans_of_real_schedules_pass_the_checker_and_beat_the_naive_sum() {
-    for (c, batch) in [
-        (wrn(10, 2, 1.0), 4),
-        (wrn(16, 4, 0.5), 32),
-        (wrn(22, 3, 0.75), 7),
-        (wrn(28, 10, 0.5), 128),
-    ] {
+    for (c, batch) in [(wrn(10, 2, 1.0), 4), (wrn(16, 4, 0.5), 32), (wrn(22, 3, 0.75), 7), (wrn(28, 10, 0.5), 128)] {
         for mode in [Mode::Train, Mode::Eval] {
             let p = program(&c, batch, mode, Options::default());
             plan::check(&p.lifetimes, &p.placement, plan::ALIGN).unwrap();
-            assert!(
-                p.arena_bytes()
-                    <= plan::naive_bytes(&p.lifetimes) + p.lifetimes.len() * plan::ALIGN
-            );
+            assert!(p.arena_bytes() <= plan::naive_bytes(&p.lifetimes) + p.lifetimes.len() * plan::ALIGN);
             assert!(p.arena_bytes() <= plan::plan_linear(&p.lifetimes, plan::ALIGN).arena_bytes);
             // Every buffer is used by some op, and the arena is at least the busiest step.
             let peak = (0..p.schedule.steps.len())
-                .map(|i| {
-                    p.lifetimes
-                        .iter()
-                        .filter(|l| l.first <= i && i <= l.last)
-                        .map(|l| l.bytes)
-                        .sum::<usize>()
-                })
+                .map(|i| p.lifetimes.iter().filter(|l| l.first <= i && i <= l.last).map(|l| l.bytes).sum::<usize>())
                 .max()
                 .unwrap();
             assert!(p.arena_bytes() >= peak);
@@ -107,13 +68,7 @@ fn sliced_buffers_are_sized_to_the_slice() {
         assert_eq!(x.name, y.name);
         if y.sliced {
             sliced += 1;
-            assert!(
-                y.len * 2 == x.len || y.kind == BufKind::Workspace,
-                "{}: {} vs {}",
-                y.name,
-                y.len,
-                x.len
-            );
+            assert!(y.len * 2 == x.len || y.kind == BufKind::Workspace, "{}: {} vs {}", y.name, y.len, x.len);
             assert!(!x.sliced);
         } else {
             assert_eq!(x.len, y.len, "{}", x.name);
@@ -141,34 +96,16 @@ fn each_memory_option_shows_its_effect() {
     let c = wrn(16, 4, 1.0);
     let arena = |o: Options| program(&c, 32, Mode::Train, o).arena_bytes();
     let base = arena(Options::default());
-    let stored = arena(Options {
-        recompute: false,
-        ..Options::default()
-    });
-    let fresh = arena(Options {
-        in_place: false,
-        ..Options::default()
-    });
-    let late = arena(Options {
-        update: UpdateAt::End,
-        ..Options::default()
-    });
-    let whole = arena(Options {
-        col_chunk: 32,
-        ..Options::default()
-    });
-    let tiny = arena(Options {
-        col_chunk: 1,
-        ..Options::default()
-    });
+    let stored = arena(Options { recompute: false, ..Options::default() });
+    let fresh = arena(Options { in_place: false, ..Options::default() });
+    let late = arena(Options { update: UpdateAt::End, ..Options::default() });
+    let whole = arena(Options { col_chunk: 32, ..Options::default() });
+    let tiny = arena(Options { col_chunk: 1, ..Options::default() });
     println!("default {base}, no recompute {stored}, no in-place {fresh}, update at end {late}, whole-batch im2col {whole}, 1-image im2col {tiny}");
     assert!(stored > base, "keeping BN outputs costs memory");
     assert!(fresh >= base);
     assert!(late > base, "all weight gradients live at once");
-    assert!(
-        whole > base && tiny <= base,
-        "im2col chunking bounds the workspace"
-    );
+    assert!(whole > base && tiny <= base, "im2col chunking bounds the workspace");
 }
 
 #[test]
@@ -182,9 +119,7 @@ fn report_json_lists_every_buffer_and_step() {
     assert_eq!(v["steps"].as_array().unwrap().len(), p.schedule.steps.len());
     let bufs = v["buffers"].as_array().unwrap();
     assert_eq!(bufs.len(), p.schedule.buffers.len());
-    assert!(bufs
-        .iter()
-        .any(|b| b["sliced"] == true && b["kind"] == "weight_gradient"));
+    assert!(bufs.iter().any(|b| b["sliced"] == true && b["kind"] == "weight_gradient"));
     for b in bufs {
         assert!(b["first"].as_u64().unwrap() <= b["last"].as_u64().unwrap());
     }

@@ -15,8 +15,5 @@ fn cpu_matches_pytorch_reference() {
     for case in ["full", "slice", "wrap", "sgd"] {
         assert!(rows.iter().any(|r| r.case == case));
     }
-    assert_eq!(
-        failed, 0,
-        "{failed} tensors differ from the PyTorch reference"
-    );
+    assert_eq!(failed, 0, "{failed} tensors differ from the PyTorch reference");
 }

@@ -104,13 +104,7 @@ impl Backend for CpuBackend {
         out.copy_from_slice(&self.persistent[..out.len()]);
     }
 
-    fn upload_split(
-        &mut self,
-        id: SplitId,
-        split: Split,
-        channels: usize,
-        norm: &Normalization,
-    ) -> Result<()> {
+    fn upload_split(&mut self, id: SplitId, split: Split, channels: usize, norm: &Normalization) -> Result<()> {
         self.splits[id as usize] = Some((split, channels, norm.clone()));
         Ok(())
     }
@@ -120,9 +114,7 @@ impl Backend for CpuBackend {
     }
 
     fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
-        let (split, channels, norm) = self.splits[id as usize]
-            .as_ref()
-            .expect("split uploaded before fill_batch");
+        let (split, channels, norm) = self.splits[id as usize].as_ref().expect("split uploaded before fill_batch");
         let s = &p.schedule;
         let ((xo, xl), (yo, yl)) = (p.locs[s.input], p.locs[s.labels]);
         assert!(xo + xl <= yo || yo + yl <= xo, "input and labels overlap");
@@ -149,14 +141,8 @@ impl Backend for CpuBackend {
     }
 
     fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
-        assert!(
-            p.arena_bytes() <= self.arena.len() * 4,
-            "arena smaller than the plan"
-        );
-        assert!(
-            p.schedule.persistent_len() <= self.persistent.len(),
-            "persistent region not set"
-        );
+        assert!(p.arena_bytes() <= self.arena.len() * 4, "arena smaller than the plan");
+        assert!(p.schedule.persistent_len() <= self.persistent.len(), "persistent region not set");
         let r = Regions {
             arena: self.arena.as_mut_ptr(),
             arena_len: self.arena.len(),
@@ -168,27 +154,19 @@ impl Backend for CpuBackend {
         // SAFETY (all buf_mut / t_mut below): see `Regions`.
         unsafe {
             match s.steps[step].op {
-                Op::Conv {
-                    out,
-                    inp,
-                    col,
-                    weight,
-                    ref shape,
-                    out_sel,
-                    in_sel,
-                    chunk,
-                    accumulate,
-                } => conv2d::conv2d_forward(
-                    r.buf_mut(p, out),
-                    r.buf(p, inp),
-                    r.t(p, weight),
-                    r.opt_mut(p, col),
-                    shape,
-                    sl(out_sel),
-                    sl(in_sel),
-                    chunk,
-                    accumulate,
-                ),
+                Op::Conv { out, inp, col, weight, ref shape, out_sel, in_sel, chunk, accumulate } => {
+                    conv2d::conv2d_forward(
+                        r.buf_mut(p, out),
+                        r.buf(p, inp),
+                        r.t(p, weight),
+                        r.opt_mut(p, col),
+                        shape,
+                        sl(out_sel),
+                        sl(in_sel),
+                        chunk,
+                        accumulate,
+                    )
+                }
                 Op::ConvBackward {
                     d_inp,
                     d_weight,
@@ -214,14 +192,7 @@ impl Backend for CpuBackend {
                     chunk,
                     accumulate_d_inp,
                 ),
-                Op::BnReluTrain {
-                    out,
-                    stats,
-                    inp,
-                    bn,
-                    sel,
-                    m,
-                } => {
+                Op::BnReluTrain { out, stats, inp, bn, sel, m } => {
                     let slice = sl(sel);
                     batchnorm::bn_relu_train(
                         r.buf_mut(p, out),
@@ -236,14 +207,7 @@ impl Backend for CpuBackend {
                         slice.scale(),
                     )
                 }
-                Op::BnReluApply {
-                    out,
-                    inp,
-                    stats,
-                    bn,
-                    sel,
-                    m,
-                } => {
+                Op::BnReluApply { out, inp, stats, bn, sel, m } => {
                     let slice = sl(sel);
                     batchnorm::bn_relu_apply(
                         r.buf_mut(p, out),
@@ -256,13 +220,7 @@ impl Backend for CpuBackend {
                         slice.scale(),
                     )
                 }
-                Op::BnReluEval {
-                    out,
-                    inp,
-                    bn,
-                    channels,
-                    m,
-                } => batchnorm::bn_relu_eval(
+                Op::BnReluEval { out, inp, bn, channels, m } => batchnorm::bn_relu_eval(
                     r.buf_mut(p, out),
                     r.buf(p, inp),
                     r.t(p, bn.gamma),
@@ -272,18 +230,7 @@ impl Backend for CpuBackend {
                     crate::sliceout::Slice::full(channels),
                     m,
                 ),
-                Op::BnReluBackward {
-                    d_inp,
-                    d_gamma,
-                    d_beta,
-                    d_out,
-                    inp,
-                    stats,
-                    bn,
-                    sel,
-                    m,
-                    accumulate,
-                } => {
+                Op::BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate } => {
                     let slice = sl(sel);
                     batchnorm::bn_relu_backward(
                         r.buf_mut(p, d_inp),
@@ -304,44 +251,14 @@ impl Backend for CpuBackend {
                     let (o, i) = (r.buf_mut(p, out), r.buf(p, inp));
                     crate::ops::add(o, i);
                 }
-                Op::Pool { out, inp, c, n, hw } => {
-                    pool::avgpool_forward(r.buf_mut(p, out), r.buf(p, inp), c, n, hw)
+                Op::Pool { out, inp, c, n, hw } => pool::avgpool_forward(r.buf_mut(p, out), r.buf(p, inp), c, n, hw),
+                Op::PoolBackward { d_inp, d_out, c, n, hw } => {
+                    pool::avgpool_backward(r.buf_mut(p, d_inp), r.buf(p, d_out), c, n, hw)
                 }
-                Op::PoolBackward {
-                    d_inp,
-                    d_out,
-                    c,
-                    n,
-                    hw,
-                } => pool::avgpool_backward(r.buf_mut(p, d_inp), r.buf(p, d_out), c, n, hw),
-                Op::Linear {
-                    out,
-                    inp,
-                    weight,
-                    bias,
-                    c,
-                    n,
-                    o,
-                } => linear::linear_forward(
-                    r.buf_mut(p, out),
-                    r.buf(p, inp),
-                    r.t(p, weight),
-                    r.t(p, bias),
-                    c,
-                    n,
-                    o,
-                ),
-                Op::LinearBackward {
-                    d_inp,
-                    d_weight,
-                    d_bias,
-                    d_out,
-                    inp,
-                    weight,
-                    c,
-                    n,
-                    o,
-                } => linear::linear_backward(
+                Op::Linear { out, inp, weight, bias, c, n, o } => {
+                    linear::linear_forward(r.buf_mut(p, out), r.buf(p, inp), r.t(p, weight), r.t(p, bias), c, n, o)
+                }
+                Op::LinearBackward { d_inp, d_weight, d_bias, d_out, inp, weight, c, n, o } => linear::linear_backward(
                     r.buf_mut(p, d_inp),
                     r.buf_mut(p, d_weight),
                     r.buf_mut(p, d_bias),
@@ -352,14 +269,7 @@ impl Backend for CpuBackend {
                     n,
                     o,
                 ),
-                Op::CrossEntropy {
-                    stats,
-                    d_logits,
-                    logits,
-                    labels,
-                    n,
-                    o,
-                } => loss::cross_entropy(
+                Op::CrossEntropy { stats, d_logits, logits, labels, n, o } => loss::cross_entropy(
                     r.buf_mut(p, stats),
                     d_logits.map(|b| r.buf_mut(p, b)),
                     r.buf(p, logits),
@@ -367,12 +277,7 @@ impl Backend for CpuBackend {
                     n,
                     o,
                 ),
-                Op::Sgd {
-                    param,
-                    momentum,
-                    grad,
-                    map,
-                } => sgd::sgd_update(
+                Op::Sgd { param, momentum, grad, map } => sgd::sgd_update(
                     r.t_mut(p, param),
                     r.t_mut(p, momentum),
                     r.buf(p, grad),

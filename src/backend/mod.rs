@@ -37,13 +37,7 @@ pub trait Backend {
     /// Copies the persistent region out.
     fn get_persistent(&mut self, out: &mut [f32]);
     /// Takes a split to keep resident, normalised with `norm` when batches are gathered.
-    fn upload_split(
-        &mut self,
-        id: SplitId,
-        split: Split,
-        channels: usize,
-        norm: &Normalization,
-    ) -> Result<()>;
+    fn upload_split(&mut self, id: SplitId, split: Split, channels: usize, norm: &Normalization) -> Result<()>;
     /// Images in a resident split.
     fn split_len(&self, id: SplitId) -> usize;
     /// Gathers images `indices` of split `id`, each cropped/flipped by `crops[i]`, normalised,

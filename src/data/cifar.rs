@@ -75,11 +75,7 @@ pub fn read_cifar10(paths: &[impl AsRef<Path>]) -> Result<Split> {
 /// fine (100-class) labels. Both labels are checked either way: a bad one means a bad record.
 pub(crate) fn parse_cifar100(path: &Path, bytes: &[u8], coarse: bool) -> Result<Split> {
     let n = check_records(path, bytes, CIFAR100_RECORD)?;
-    let mut split = Split {
-        images: Vec::with_capacity(n * IMAGE_BYTES),
-        labels: Vec::with_capacity(n),
-        len: n,
-    };
+    let mut split = Split { images: Vec::with_capacity(n * IMAGE_BYTES), labels: Vec::with_capacity(n), len: n };
     for (i, rec) in bytes.chunks_exact(CIFAR100_RECORD).enumerate() {
         check_label(path, i, "coarse label", rec[0], 20)?;
         check_label(path, i, "fine label", rec[1], 100)?;
@@ -150,11 +146,7 @@ pub(crate) mod tests {
         for c in 0..3 {
             for y in 0..32 {
                 for x in 0..32 {
-                    assert_eq!(
-                        img[c * PLANE + y * 32 + x],
-                        pixel(seed, c, y, x),
-                        "image {i} c{c} y{y} x{x}"
-                    );
+                    assert_eq!(img[c * PLANE + y * 32 + x], pixel(seed, c, y, x), "image {i} c{c} y{y} x{x}");
                 }
             }
         }
@@ -211,10 +203,7 @@ pub(crate) mod tests {
         std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
         assert!(msg.contains("data_batch_4.bin"), "{msg}");
-        assert!(
-            msg.contains(&format!("size {} bytes", 2 * 3073 - 100)),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("size {} bytes", 2 * 3073 - 100)), "{msg}");
         assert!(msg.contains("3073-byte records"), "{msg}");
 
         let tmp = TempDir::new("c100-trunc");
@@ -224,10 +213,7 @@ pub(crate) mod tests {
         bytes.push(0);
         std::fs::write(&p, bytes).unwrap();
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("test.bin") && msg.contains("3074-byte records"),
-            "{msg}"
-        );
+        assert!(msg.contains("test.bin") && msg.contains("3074-byte records"), "{msg}");
     }
 
     #[test]
@@ -236,16 +222,10 @@ pub(crate) mod tests {
         write_cifar10_dir(tmp.path(), 2, 2);
         std::fs::write(tmp.path().join("test_batch.bin"), b"").unwrap();
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("test_batch.bin") && msg.contains("empty file"),
-            "{msg}"
-        );
+        assert!(msg.contains("test_batch.bin") && msg.contains("empty file"), "{msg}");
         std::fs::remove_file(tmp.path().join("data_batch_2.bin")).unwrap();
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("data_batch_2.bin") && msg.contains("missing file"),
-            "{msg}"
-        );
+        assert!(msg.contains("data_batch_2.bin") && msg.contains("missing file"), "{msg}");
     }
 
     #[test]
@@ -258,10 +238,7 @@ pub(crate) mod tests {
         std::fs::write(&p, bytes).unwrap();
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
         assert!(msg.contains("data_batch_2.bin"), "{msg}");
-        assert!(
-            msg.contains("record 2") && msg.contains("label 10"),
-            "{msg}"
-        );
+        assert!(msg.contains("record 2") && msg.contains("label 10"), "{msg}");
         assert!(msg.contains("10 classes"), "{msg}");
 
         let tmp = TempDir::new("c100-label");
@@ -271,22 +248,13 @@ pub(crate) mod tests {
         bytes[CIFAR100_RECORD + 1] = 100;
         std::fs::write(&p, &bytes).unwrap();
         let msg = load(tmp.path(), None, true).unwrap_err().to_string();
-        assert!(
-            msg.contains("train.bin") && msg.contains("record 1"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("fine label 100") && msg.contains("100 classes"),
-            "{msg}"
-        );
+        assert!(msg.contains("train.bin") && msg.contains("record 1"), "{msg}");
+        assert!(msg.contains("fine label 100") && msg.contains("100 classes"), "{msg}");
         bytes[CIFAR100_RECORD + 1] = 0;
         bytes[0] = 20;
         std::fs::write(&p, &bytes).unwrap();
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("record 0") && msg.contains("coarse label 20"),
-            "{msg}"
-        );
+        assert!(msg.contains("record 0") && msg.contains("coarse label 20"), "{msg}");
         assert!(msg.contains("20 classes"), "{msg}");
     }
 }

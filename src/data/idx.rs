@@ -14,12 +14,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The four files, without the optional `.gz`.
-pub const FILES: [&str; 4] = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-];
+pub const FILES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -37,10 +33,7 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     if gz.is_file() {
         return Ok(gz);
     }
-    Err(Error::data(
-        raw,
-        format!("missing file (also looked for {name}.gz)"),
-    ))
+    Err(Error::data(raw, format!("missing file (also looked for {name}.gz)")))
 }
 
 /// The file's contents: `raw` itself, or its decompression when it is gzip (recognised by
@@ -70,10 +63,7 @@ fn check_magic(path: &Path, bytes: &[u8], header: usize, magic: u32, what: &str)
     if bytes.len() < header {
         return Err(Error::data(
             path,
-            format!(
-                "{} bytes is too short for an IDX {what} header ({header} bytes)",
-                bytes.len()
-            ),
+            format!("{} bytes is too short for an IDX {what} header ({header} bytes)", bytes.len()),
         ));
     }
     Ok(())
@@ -85,18 +75,13 @@ fn check_length(path: &Path, data: usize, expected: u64, what: &str) -> Result<(
     if data < expected {
         return Err(Error::data(
             path,
-            format!(
-                "truncated: the header announces {what} ({expected} bytes) but only {data} bytes follow"
-            ),
+            format!("truncated: the header announces {what} ({expected} bytes) but only {data} bytes follow"),
         ));
     }
     if data > expected {
         return Err(Error::data(
             path,
-            format!(
-                "{} unexpected bytes after the {what} the header announces ({expected} bytes)",
-                data - expected
-            ),
+            format!("{} unexpected bytes after the {what} the header announces ({expected} bytes)", data - expected),
         ));
     }
     Ok(())
@@ -126,64 +111,38 @@ pub(crate) fn parse_split(
     let rows = BigEndian::read_u32(&images[8..]) as usize;
     let cols = BigEndian::read_u32(&images[12..]) as usize;
     if rows != SIDE || cols != SIDE {
-        return Err(Error::data(
-            images_path,
-            format!("images are {rows}x{cols}, expected {SIDE}x{SIDE}"),
-        ));
+        return Err(Error::data(images_path, format!("images are {rows}x{cols}, expected {SIDE}x{SIDE}")));
     }
     let what = format!("{n} images of {SIDE}x{SIDE}");
-    check_length(
-        images_path,
-        images.len() - 16,
-        n as u64 * (SIDE * SIDE) as u64,
-        &what,
-    )?;
+    check_length(images_path, images.len() - 16, n as u64 * (SIDE * SIDE) as u64, &what)?;
 
     let labels = decode(labels_path, labels_raw)?;
     check_magic(labels_path, &labels, 8, LABELS_MAGIC, "labels")?;
     let nl = BigEndian::read_u32(&labels[4..]) as usize;
-    check_length(
-        labels_path,
-        labels.len() - 8,
-        nl as u64,
-        &format!("{nl} labels"),
-    )?;
+    check_length(labels_path, labels.len() - 8, nl as u64, &format!("{nl} labels"))?;
     if nl != n {
         return Err(Error::data(
             labels_path,
-            format!(
-                "{nl} labels, but {} holds {n} images (expected one label per image)",
-                images_path.display()
-            ),
+            format!("{nl} labels, but {} holds {n} images (expected one label per image)", images_path.display()),
         ));
     }
     let labels = &labels[8..];
     if let Some(i) = labels.iter().position(|&l| l >= 10) {
         return Err(Error::data(
             labels_path,
-            format!(
-                "record {i}: label {} is out of range (expected 0..10, 10 classes)",
-                labels[i]
-            ),
+            format!("record {i}: label {} is out of range (expected 0..10, 10 classes)", labels[i]),
         ));
     }
 
     // Zero-pad each 28x28 image into the middle of a 32x32 plane.
     let mut out = vec![0u8; n * PLANE];
-    for (dst, src) in out
-        .chunks_exact_mut(PLANE)
-        .zip(images[16..].chunks_exact(SIDE * SIDE))
-    {
+    for (dst, src) in out.chunks_exact_mut(PLANE).zip(images[16..].chunks_exact(SIDE * SIDE)) {
         for (y, row) in src.chunks_exact(SIDE).enumerate() {
             let at = (y + PAD) * 32 + PAD;
             dst[at..at + SIDE].copy_from_slice(row);
         }
     }
-    Ok(Split {
-        images: out,
-        labels: labels.to_vec(),
-        len: n,
-    })
+    Ok(Split { images: out, labels: labels.to_vec(), len: n })
 }
 
 #[cfg(test)]
@@ -285,10 +244,7 @@ pub(crate) mod tests {
         write(tmp.path(), FILES[0], &idx_labels(&[1, 2]), false);
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
         assert!(msg.contains("train-images-idx3-ubyte"), "{msg}");
-        assert!(
-            msg.contains("magic number 0x00000801, expected 0x00000803"),
-            "{msg}"
-        );
+        assert!(msg.contains("magic number 0x00000801, expected 0x00000803"), "{msg}");
         // Same through gzip.
         let tmp = TempDir::new("idx-magic-gz");
         write_idx_dir(tmp.path(), 2, 2, true);
@@ -305,10 +261,7 @@ pub(crate) mod tests {
         write(tmp.path(), FILES[2], &idx_images(2, 0, 32, 28), false);
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
         assert!(msg.contains("t10k-images-idx3-ubyte"), "{msg}");
-        assert!(
-            msg.contains("32x28") && msg.contains("expected 28x28"),
-            "{msg}"
-        );
+        assert!(msg.contains("32x28") && msg.contains("expected 28x28"), "{msg}");
     }
 
     #[test]
@@ -325,19 +278,13 @@ pub(crate) mod tests {
 
         write(tmp.path(), FILES[0], &bytes[..10], false);
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("too short") && msg.contains("16 bytes"),
-            "{msg}"
-        );
+        assert!(msg.contains("too short") && msg.contains("16 bytes"), "{msg}");
 
         write_idx_dir(tmp.path(), 3, 2, false);
         let labels = idx_labels(&[1, 2, 3]);
         write(tmp.path(), FILES[1], &labels[..9], false);
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("train-labels-idx1-ubyte") && msg.contains("truncated"),
-            "{msg}"
-        );
+        assert!(msg.contains("train-labels-idx1-ubyte") && msg.contains("truncated"), "{msg}");
         assert!(msg.contains("3 labels (3 bytes)"), "{msg}");
 
         // A cut gzip stream is reported as such.
@@ -358,18 +305,12 @@ pub(crate) mod tests {
         write(tmp.path(), FILES[1], &idx_labels(&[1, 2]), false);
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
         assert!(msg.contains("train-labels-idx1-ubyte"), "{msg}");
-        assert!(
-            msg.contains("2 labels") && msg.contains("holds 3 images"),
-            "{msg}"
-        );
+        assert!(msg.contains("2 labels") && msg.contains("holds 3 images"), "{msg}");
         assert!(msg.contains("train-images-idx3-ubyte"), "{msg}");
 
         write(tmp.path(), FILES[1], &idx_labels(&[1, 12, 3]), false);
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("record 1") && msg.contains("label 12"),
-            "{msg}"
-        );
+        assert!(msg.contains("record 1") && msg.contains("label 12"), "{msg}");
         assert!(msg.contains("10 classes"), "{msg}");
     }
 
@@ -379,10 +320,7 @@ pub(crate) mod tests {
         write_idx_dir(tmp.path(), 3, 2, false);
         std::fs::remove_file(tmp.path().join(FILES[3])).unwrap();
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("t10k-labels-idx1-ubyte") && msg.contains(".gz"),
-            "{msg}"
-        );
+        assert!(msg.contains("t10k-labels-idx1-ubyte") && msg.contains(".gz"), "{msg}");
         assert!(msg.contains("missing"), "{msg}");
     }
 }

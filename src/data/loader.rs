@@ -65,18 +65,8 @@ impl Normalization {
                 continue;
             }
             let n = n as f64;
-            let m = h
-                .iter()
-                .enumerate()
-                .map(|(v, &k)| k as f64 * (v as f64 / 255.0))
-                .sum::<f64>()
-                / n;
-            let var = h
-                .iter()
-                .enumerate()
-                .map(|(v, &k)| k as f64 * (v as f64 / 255.0 - m).powi(2))
-                .sum::<f64>()
-                / n;
+            let m = h.iter().enumerate().map(|(v, &k)| k as f64 * (v as f64 / 255.0)).sum::<f64>() / n;
+            let var = h.iter().enumerate().map(|(v, &k)| k as f64 * (v as f64 / 255.0 - m).powi(2)).sum::<f64>() / n;
             mean.push(m as f32);
             std.push(if var > 0.0 { var.sqrt() as f32 } else { 1.0 });
         }
@@ -111,11 +101,7 @@ pub struct Crop {
 
 impl Crop {
     /// No augmentation.
-    pub const IDENTITY: Crop = Crop {
-        dx: CROP_PAD,
-        dy: CROP_PAD,
-        flip: false,
-    };
+    pub const IDENTITY: Crop = Crop { dx: CROP_PAD, dy: CROP_PAD, flip: false };
 
     /// Draws one image's augmentation. Order, fixed: `dx = below(9)`, then `dy = below(9)`,
     /// then `flip = below(2) == 1`.
@@ -146,11 +132,7 @@ pub fn crop_plane(out: &mut [f32], src: &[u8], crop: Crop, table: &[f32; 256]) {
         for (x, v) in row.iter_mut().enumerate() {
             let xx = if crop.flip { 31 - x } else { x };
             let sx = xx + crop.dx;
-            *v = if (CROP_PAD..CROP_PAD + 32).contains(&sx) {
-                table[src_row[sx - CROP_PAD] as usize]
-            } else {
-                black
-            };
+            *v = if (CROP_PAD..CROP_PAD + 32).contains(&sx) { table[src_row[sx - CROP_PAD] as usize] } else { black };
         }
     }
 }
@@ -168,11 +150,9 @@ pub fn fill_batch(
     norm: &Normalization,
     mut augment: Option<&mut Rng>,
 ) {
-    fill_batch_with(x, y, split, indices, channels, norm, |_| {
-        match augment.as_deref_mut() {
-            Some(rng) => Crop::draw(rng),
-            None => Crop::IDENTITY,
-        }
+    fill_batch_with(x, y, split, indices, channels, norm, |_| match augment.as_deref_mut() {
+        Some(rng) => Crop::draw(rng),
+        None => Crop::IDENTITY,
     })
 }
 
@@ -189,10 +169,7 @@ pub fn fill_batch_with(
     mut crop_of: impl FnMut(usize) -> Crop,
 ) {
     let n = indices.len();
-    assert!(
-        channels > 0 && channels <= MAX_CHANNELS,
-        "channels {channels}"
-    );
+    assert!(channels > 0 && channels <= MAX_CHANNELS, "channels {channels}");
     assert_eq!(x.len(), channels * n * PLANE, "x must hold (C, N, 32, 32)");
     assert_eq!(y.len(), n, "y must hold one label per image");
     assert_eq!(split.images.len(), split.len * channels * PLANE);
@@ -208,12 +185,7 @@ pub fn fill_batch_with(
         let image = &split.images[idx * channels * PLANE..(idx + 1) * channels * PLANE];
         for c in 0..channels {
             let at = (c * n + i) * PLANE;
-            crop_plane(
-                &mut x[at..at + PLANE],
-                &image[c * PLANE..(c + 1) * PLANE],
-                crop,
-                &tables[c],
-            );
+            crop_plane(&mut x[at..at + PLANE], &image[c * PLANE..(c + 1) * PLANE], crop, &tables[c]);
         }
         y[i] = split.labels[idx] as f32;
     }
@@ -226,9 +198,7 @@ mod tests {
     fn split(n: usize, channels: usize, seed: u64) -> Split {
         let mut rng = Rng::new(seed, 99);
         Split {
-            images: (0..n * channels * PLANE)
-                .map(|_| rng.below(256) as u8)
-                .collect(),
+            images: (0..n * channels * PLANE).map(|_| rng.below(256) as u8).collect(),
             labels: (0..n).map(|i| (i * 3 % 10) as u8).collect(),
             len: n,
         }
@@ -240,19 +210,11 @@ mod tests {
         let norm = Normalization::from_split(&s, 3);
         for c in 0..3 {
             let vals: Vec<f64> = (0..70)
-                .flat_map(|i| {
-                    s.images[(i * 3 + c) * PLANE..(i * 3 + c + 1) * PLANE]
-                        .iter()
-                        .map(|&p| p as f64 / 255.0)
-                })
+                .flat_map(|i| s.images[(i * 3 + c) * PLANE..(i * 3 + c + 1) * PLANE].iter().map(|&p| p as f64 / 255.0))
                 .collect();
             let m = vals.iter().sum::<f64>() / vals.len() as f64;
             let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
-            assert!(
-                (norm.mean[c] as f64 - m).abs() < 1e-6,
-                "{} vs {m}",
-                norm.mean[c]
-            );
+            assert!((norm.mean[c] as f64 - m).abs() < 1e-6, "{} vs {m}", norm.mean[c]);
             assert!((norm.std[c] as f64 - v.sqrt()).abs() < 1e-6);
         }
         // Channels differ when their data do.
@@ -261,11 +223,7 @@ mod tests {
         let n2 = Normalization::from_split(&t, 2);
         assert!(n2.mean[0] > n2.mean[1]);
         // A constant channel gets std 1, not 0.
-        let flat = Split {
-            images: vec![7; 2 * PLANE],
-            labels: vec![0, 1],
-            len: 2,
-        };
+        let flat = Split { images: vec![7; 2 * PLANE], labels: vec![0, 1], len: 2 };
         let nf = Normalization::from_split(&flat, 1);
         assert_eq!(nf.std, vec![1.0]);
         assert!((nf.mean[0] - 7.0 / 255.0).abs() < 1e-7);
@@ -287,10 +245,7 @@ mod tests {
     #[test]
     fn fill_batch_layout_and_normalisation_exact() {
         let s = split(6, 3, 5);
-        let norm = Normalization {
-            mean: vec![0.5, 0.25, 0.1],
-            std: vec![0.2, 0.3, 0.4],
-        };
+        let norm = Normalization { mean: vec![0.5, 0.25, 0.1], std: vec![0.2, 0.3, 0.4] };
         let idx = [4, 1, 5];
         let n = idx.len();
         let mut x = vec![f32::NAN; 3 * n * PLANE];
@@ -326,32 +281,14 @@ mod tests {
         assert!((0..PLANE).all(|p| out[p] == src[p] as f32));
 
         // Offset (0, 0): the image shifted down-right by 4, black top/left border.
-        crop_plane(
-            &mut out,
-            &src,
-            Crop {
-                dx: 0,
-                dy: 0,
-                flip: false,
-            },
-            &t,
-        );
+        crop_plane(&mut out, &src, Crop { dx: 0, dy: 0, flip: false }, &t);
         assert_eq!(out[3 * 32 + 10], 0.0);
         assert_eq!(out[10 * 32 + 3], 0.0);
         assert_eq!(out[4 * 32 + 4], at(0, 0));
         assert_eq!(out[31 * 32 + 31], at(27, 27));
 
         // Offset (8, 6) with a flip: out(y, x) = padded(y + 6, 31 - x + 8).
-        crop_plane(
-            &mut out,
-            &src,
-            Crop {
-                dx: 8,
-                dy: 6,
-                flip: true,
-            },
-            &t,
-        );
+        crop_plane(&mut out, &src, Crop { dx: 8, dy: 6, flip: true }, &t);
         // x = 0 reads padded column 39 = image column 35: padding.
         assert_eq!(out[0], 0.0);
         assert_eq!(out[3], 0.0);
@@ -391,10 +328,7 @@ mod tests {
             for c in 0..3 {
                 let src = &s.images[(img * 3 + c) * PLANE..(img * 3 + c + 1) * PLANE];
                 crop_plane(&mut plane, src, crop, &norm.table(c));
-                assert_eq!(
-                    &x1[(c * n + i) * PLANE..(c * n + i + 1) * PLANE],
-                    &plane[..]
-                );
+                assert_eq!(&x1[(c * n + i) * PLANE..(c * n + i + 1) * PLANE], &plane[..]);
             }
         }
         assert!(any_changed);

@@ -40,11 +40,7 @@ impl FromStr for DatasetKind {
             "cifar100" => Ok(DatasetKind::Cifar100),
             // MNIST uses the same IDX files as Fashion-MNIST; one reader serves both.
             "fashion-mnist" | "mnist" => Ok(DatasetKind::FashionMnist),
-            _ => Err(Error::flag(
-                "--dataset",
-                s,
-                "cifar10, cifar100 or fashion-mnist",
-            )),
+            _ => Err(Error::flag("--dataset", s, "cifar10, cifar100 or fashion-mnist")),
         }
     }
 }
@@ -117,10 +113,7 @@ fn expected_files() -> String {
 /// "unrecognised folder".
 pub fn detect(dir: &Path) -> Result<DatasetKind> {
     if !dir.is_dir() {
-        return Err(Error::data(
-            dir,
-            format!("dataset folder not found; {}", expected_files()),
-        ));
+        return Err(Error::data(dir, format!("dataset folder not found; {}", expected_files())));
     }
     let has = |name: &str| dir.join(name).is_file();
     if CIFAR10_FILES.iter().any(|f| has(f)) {
@@ -132,20 +125,14 @@ pub fn detect(dir: &Path) -> Result<DatasetKind> {
     if idx::FILES.iter().any(|f| has(f) || has(&format!("{f}.gz"))) {
         return Ok(DatasetKind::FashionMnist);
     }
-    Err(Error::data(
-        dir,
-        format!("no recognised dataset files; {}", expected_files()),
-    ))
+    Err(Error::data(dir, format!("no recognised dataset files; {}", expected_files())))
 }
 
 /// Loads the dataset in `dir` (detected from its file names when `kind` is `None`). `coarse`
 /// selects CIFAR-100's 20 superclass labels instead of the 100 fine ones.
 pub fn load(dir: &Path, kind: Option<DatasetKind>, coarse: bool) -> Result<Dataset> {
     if !dir.is_dir() {
-        return Err(Error::data(
-            dir,
-            format!("dataset folder not found; {}", expected_files()),
-        ));
+        return Err(Error::data(dir, format!("dataset folder not found; {}", expected_files())));
     }
     let kind = match kind {
         Some(k) => k,
@@ -162,35 +149,17 @@ pub fn load(dir: &Path, kind: Option<DatasetKind>, coarse: bool) -> Result<Datas
             let train_paths: Vec<_> = CIFAR10_FILES[..5].iter().map(|f| dir.join(f)).collect();
             let train = cifar::read_cifar10(&train_paths)?;
             let test = cifar::read_cifar10(&[dir.join(CIFAR10_FILES[5])])?;
-            Ok(Dataset {
-                kind,
-                classes: 10,
-                channels: 3,
-                train,
-                test,
-            })
+            Ok(Dataset { kind, classes: 10, channels: 3, train, test })
         }
         DatasetKind::Cifar100 => {
             let train = cifar::read_cifar100(&dir.join("train.bin"), coarse)?;
             let test = cifar::read_cifar100(&dir.join("test.bin"), coarse)?;
-            Ok(Dataset {
-                kind,
-                classes: if coarse { 20 } else { 100 },
-                channels: 3,
-                train,
-                test,
-            })
+            Ok(Dataset { kind, classes: if coarse { 20 } else { 100 }, channels: 3, train, test })
         }
         DatasetKind::FashionMnist => {
             let train = idx::read_split(dir, "train")?;
             let test = idx::read_split(dir, "t10k")?;
-            Ok(Dataset {
-                kind,
-                classes: 10,
-                channels: 1,
-                train,
-                test,
-            })
+            Ok(Dataset { kind, classes: 10, channels: 1, train, test })
         }
     }
 }
@@ -200,9 +169,7 @@ pub fn load(dir: &Path, kind: Option<DatasetKind>, coarse: bool) -> Result<Datas
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::data(path, "missing file"))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::data(path, "missing file")),
         Err(e) => return Err(Error::io(path, e)),
     };
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -225,10 +192,8 @@ pub(crate) mod testutil {
     impl TempDir {
         pub fn new(tag: &str) -> TempDir {
             static COUNT: AtomicUsize = AtomicUsize::new(0);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
             let dir = std::env::temp_dir().join(format!(
                 "sliceout-data-{tag}-{}-{}-{nanos}",
                 std::process::id(),
@@ -271,25 +236,16 @@ mod tests {
             assert_eq!(s.parse::<DatasetKind>().unwrap(), k);
             assert_eq!(k.to_string(), s);
         }
-        assert_eq!(
-            "mnist".parse::<DatasetKind>().unwrap(),
-            DatasetKind::FashionMnist
-        );
+        assert_eq!("mnist".parse::<DatasetKind>().unwrap(), DatasetKind::FashionMnist);
         let msg = "imagenet".parse::<DatasetKind>().unwrap_err().to_string();
-        assert!(
-            msg.contains("--dataset") && msg.contains("imagenet"),
-            "{msg}"
-        );
+        assert!(msg.contains("--dataset") && msg.contains("imagenet"), "{msg}");
         assert!(msg.contains("cifar10, cifar100 or fashion-mnist"), "{msg}");
     }
 
     #[test]
     fn truncate_keeps_first_images() {
-        let mut s = Split {
-            images: (0..5 * 1024).map(|i| (i / 1024) as u8).collect(),
-            labels: vec![0, 1, 2, 3, 4],
-            len: 5,
-        };
+        let mut s =
+            Split { images: (0..5 * 1024).map(|i| (i / 1024) as u8).collect(), labels: vec![0, 1, 2, 3, 4], len: 5 };
         s.truncate(10);
         assert_eq!(s.len, 5);
         s.truncate(2);
@@ -302,10 +258,7 @@ mod tests {
     #[test]
     fn missing_folder_is_named_with_expected_files() {
         let dir = std::env::temp_dir().join("sliceout-data-surely-not-here-3141");
-        for msg in [
-            detect(&dir).unwrap_err().to_string(),
-            load(&dir, None, false).unwrap_err().to_string(),
-        ] {
+        for msg in [detect(&dir).unwrap_err().to_string(), load(&dir, None, false).unwrap_err().to_string()] {
             assert!(msg.contains("sliceout-data-surely-not-here-3141"), "{msg}");
             assert!(msg.contains("not found"), "{msg}");
             assert!(msg.contains("data_batch_1.bin"), "{msg}");
@@ -338,10 +291,7 @@ mod tests {
         assert_eq!(detect(d).unwrap(), DatasetKind::Cifar10);
         // A partial CIFAR-10 folder is detected, then load names the missing file.
         let msg = load(d, None, false).unwrap_err().to_string();
-        assert!(
-            msg.contains("data_batch_1.bin") && msg.contains("missing"),
-            "{msg}"
-        );
+        assert!(msg.contains("data_batch_1.bin") && msg.contains("missing"), "{msg}");
     }
 
     #[test]
@@ -373,11 +323,7 @@ mod tests {
     }
 
     /// What `load` does after reading the files, on in-memory contents (sorted by name).
-    fn load_mem(
-        kind: DatasetKind,
-        files: &[(std::path::PathBuf, Vec<u8>)],
-        coarse: bool,
-    ) -> Result<Dataset> {
+    fn load_mem(kind: DatasetKind, files: &[(std::path::PathBuf, Vec<u8>)], coarse: bool) -> Result<Dataset> {
         let (train, test, classes, channels) = match kind {
             DatasetKind::Cifar10 => {
                 // data_batch_1..5, then test_batch: the sorted order.
@@ -402,13 +348,7 @@ mod tests {
                 (train, test, 10, 1)
             }
         };
-        Ok(Dataset {
-            kind,
-            classes,
-            channels,
-            train,
-            test,
-        })
+        Ok(Dataset { kind, classes, channels, train, test })
     }
 
     fn check_ok(ds: &Dataset) {
@@ -481,13 +421,7 @@ mod tests {
                 files[which].1 = original;
             }
         }
-        println!(
-            "fuzz: {runs} mutated inputs, {errors} rejected, in {:.2?}",
-            start.elapsed()
-        );
-        assert!(
-            errors > runs / 4,
-            "most mutations should be caught: {errors}/{runs}"
-        );
+        println!("fuzz: {runs} mutated inputs, {errors} rejected, in {:.2?}", start.elapsed());
+        assert!(errors > runs / 4, "most mutations should be caught: {errors}/{runs}");
     }
 }

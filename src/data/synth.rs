@@ -91,11 +91,8 @@ fn draw_image(out: &mut [u8], class: usize, rng: &mut Rng) {
     // A greyish background of random brightness and a mild random cast, so the tinted shape
     // stands out but its colour is not the only bright thing in the image.
     let grey = rng.below(151) as f32;
-    let bg = [
-        grey + rng.below(61) as f32 - 30.0,
-        grey + rng.below(61) as f32 - 30.0,
-        grey + rng.below(61) as f32 - 30.0,
-    ];
+    let bg =
+        [grey + rng.below(61) as f32 - 30.0, grey + rng.below(61) as f32 - 30.0, grey + rng.below(61) as f32 - 30.0];
     let shape = Shape {
         class,
         cx: 16.0 + rng.below(9) as f32 - 4.0,
@@ -181,19 +178,12 @@ mod tests {
         let mut names: Vec<String> = (1..=5).map(|b| format!("data_batch_{b}.bin")).collect();
         names.push("test_batch.bin".into());
         names.push("batches.meta.txt".into());
-        names
-            .iter()
-            .map(|n| std::fs::read(dir.join(n)).unwrap())
-            .collect()
+        names.iter().map(|n| std::fs::read(dir.join(n)).unwrap()).collect()
     }
 
     #[test]
     fn deterministic_per_seed_and_loadable() {
-        let (a, b, c) = (
-            TempDir::new("syn-a"),
-            TempDir::new("syn-b"),
-            TempDir::new("syn-c"),
-        );
+        let (a, b, c) = (TempDir::new("syn-a"), TempDir::new("syn-b"), TempDir::new("syn-c"));
         let start = Instant::now();
         write_synthetic(a.path(), 5000, 1000, 7).unwrap();
         println!("synth 5000+1000 images in {:.2?}", start.elapsed());
@@ -219,12 +209,7 @@ mod tests {
             assert!(counts.iter().all(|&k| k == split.len / 10), "{counts:?}");
         }
         // Labels are shuffled, not in i mod 10 order.
-        assert!(ds
-            .train
-            .labels
-            .iter()
-            .enumerate()
-            .any(|(i, &l)| l as usize != i % 10));
+        assert!(ds.train.labels.iter().enumerate().any(|(i, &l)| l as usize != i % 10));
     }
 
     #[test]
@@ -232,13 +217,8 @@ mod tests {
         let tmp = TempDir::new("syn-uneven");
         let d = tmp.path().join("nested").join("synthetic");
         write_synthetic(&d, 13, 3, 1).unwrap();
-        let sizes: Vec<u64> = (1..=5)
-            .map(|b| {
-                std::fs::metadata(d.join(format!("data_batch_{b}.bin")))
-                    .unwrap()
-                    .len()
-            })
-            .collect();
+        let sizes: Vec<u64> =
+            (1..=5).map(|b| std::fs::metadata(d.join(format!("data_batch_{b}.bin"))).unwrap().len()).collect();
         let r = CIFAR10_RECORD as u64;
         assert_eq!(sizes, vec![3 * r, 3 * r, 3 * r, 2 * r, 2 * r]);
         let ds = load(&d, None, false).unwrap();
@@ -249,9 +229,7 @@ mod tests {
         // A folder that cannot be created is named.
         let blocker = tmp.path().join("file");
         std::fs::write(&blocker, b"x").unwrap();
-        let msg = write_synthetic(&blocker.join("sub"), 10, 2, 1)
-            .unwrap_err()
-            .to_string();
+        let msg = write_synthetic(&blocker.join("sub"), 10, 2, 1).unwrap_err().to_string();
         assert!(msg.contains("file") && msg.contains("sub"), "{msg}");
     }
 
@@ -282,11 +260,7 @@ mod tests {
             let img = pixels(&ds.test, i);
             let best = (0..10)
                 .map(|k| {
-                    let d: f64 = centroids[k]
-                        .iter()
-                        .zip(img)
-                        .map(|(c, &p)| (c - p as f64).powi(2))
-                        .sum();
+                    let d: f64 = centroids[k].iter().zip(img).map(|(c, &p)| (c - p as f64).powi(2)).sum();
                     (d, k)
                 })
                 .min_by(|a, b| a.0.total_cmp(&b.0))

@@ -43,23 +43,13 @@ struct Builder {
 
 impl Builder {
     fn buf(&mut self, name: impl Into<String>, kind: BufKind, len: usize, sliced: bool) -> BufId {
-        self.sched.buffers.push(Buffer {
-            name: name.into(),
-            kind,
-            len,
-            sliced,
-        });
+        self.sched.buffers.push(Buffer { name: name.into(), kind, len, sliced });
         self.sched.buffers.len() - 1
     }
 
     fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role) -> TensorId {
         let id = self.sched.tensors.len();
-        self.sched.tensors.push(TensorSpec {
-            name: name.into(),
-            shape: shape.to_vec(),
-            role,
-            offset: 0,
-        });
+        self.sched.tensors.push(TensorSpec { name: name.into(), shape: shape.to_vec(), role, offset: 0 });
         if role == Role::Param {
             self.params.push(id);
         }
@@ -67,11 +57,7 @@ impl Builder {
     }
 
     fn step(&mut self, layer: impl Into<String>, phase: Phase, op: Op) {
-        self.sched.steps.push(Step {
-            layer: layer.into(),
-            phase,
-            op,
-        });
+        self.sched.steps.push(Step { layer: layer.into(), phase, op });
     }
 
     fn bn(&mut self, name: &str, c: usize) -> BnRef {
@@ -88,16 +74,7 @@ impl Builder {
         let layer = self.sched.tensors[param].name.clone();
         // Momentum tensors are created in `finish`, one per parameter in order; the id is
         // patched there.
-        let step = Step {
-            layer,
-            phase: Phase::Update,
-            op: Op::Sgd {
-                param,
-                momentum: usize::MAX,
-                grad,
-                map,
-            },
-        };
+        let step = Step { layer, phase: Phase::Update, op: Op::Sgd { param, momentum: usize::MAX, grad, map } };
         match self.sched.options.update {
             UpdateAt::Early => self.sched.steps.push(step),
             UpdateAt::End => self.updates.push(step),
@@ -130,31 +107,10 @@ impl Builder {
         let in_width = self.width(in_sel);
         let chunk = self.chunk(&shape, in_width);
         let col = self.col(layer, &shape, in_sel, chunk, "col");
-        self.step(
-            layer,
-            Phase::Forward,
-            Op::Conv {
-                out,
-                inp,
-                col,
-                weight,
-                shape,
-                out_sel,
-                in_sel,
-                chunk,
-                accumulate,
-            },
-        );
+        self.step(layer, Phase::Forward, Op::Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate });
     }
 
-    fn col(
-        &mut self,
-        layer: &str,
-        shape: &ConvShape,
-        in_sel: Sel,
-        chunk: usize,
-        what: &str,
-    ) -> Option<BufId> {
+    fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
         let len = shape.col_len(self.width(in_sel), chunk);
         (len > 0).then(|| {
             self.buf(
@@ -183,12 +139,7 @@ impl Builder {
         let chunk = self.chunk(&shape, iw);
         let col = self.col(layer, &shape, in_sel, chunk, "col_b");
         let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
-        let d_weight = self.buf(
-            format!("{layer}.d_weight"),
-            BufKind::WeightGradient,
-            ow * iw * shape.kk(),
-            sliced,
-        );
+        let d_weight = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, ow * iw * shape.kk(), sliced);
         self.step(
             layer,
             Phase::Backward,
@@ -207,20 +158,18 @@ impl Builder {
             },
         );
         let map = match (out_sel, in_sel) {
-            (Sel::Block(_), _) if self.is_sliced(out_sel) => GradSel::Rows {
-                sel: out_sel,
-                row_len: shape.cin * shape.kk(),
-            },
-            (_, Sel::Block(_)) if self.is_sliced(in_sel) => GradSel::Cols {
-                sel: in_sel,
-                rows: shape.cout,
-                group: shape.kk(),
-            },
+            (Sel::Block(_), _) if self.is_sliced(out_sel) => {
+                GradSel::Rows { sel: out_sel, row_len: shape.cin * shape.kk() }
+            }
+            (_, Sel::Block(_)) if self.is_sliced(in_sel) => {
+                GradSel::Cols { sel: in_sel, rows: shape.cout, group: shape.kk() }
+            }
             _ => GradSel::Full,
         };
         self.update(weight, d_weight, map);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn bn_backward(
         &mut self,
         layer: &str,
@@ -235,39 +184,14 @@ impl Builder {
     ) {
         let w = self.width(sel);
         let sliced = self.is_sliced(sel);
-        let d_gamma = self.buf(
-            format!("{layer}.d_weight"),
-            BufKind::WeightGradient,
-            w,
-            sliced,
-        );
-        let d_beta = self.buf(
-            format!("{layer}.d_bias"),
-            BufKind::WeightGradient,
-            w,
-            sliced,
-        );
+        let d_gamma = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, w, sliced);
+        let d_beta = self.buf(format!("{layer}.d_bias"), BufKind::WeightGradient, w, sliced);
         self.step(
             layer,
             Phase::Backward,
-            Op::BnReluBackward {
-                d_inp,
-                d_gamma,
-                d_beta,
-                d_out,
-                inp,
-                stats,
-                bn,
-                sel,
-                m,
-                accumulate,
-            },
+            Op::BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate },
         );
-        let map = if sliced {
-            GradSel::Rows { sel, row_len: 1 }
-        } else {
-            GradSel::Full
-        };
+        let map = if sliced { GradSel::Rows { sel, row_len: 1 } } else { GradSel::Full };
         self.update(bn.gamma, d_gamma, map);
         self.update(bn.beta, d_beta, map);
     }
@@ -293,32 +217,17 @@ impl Builder {
         self.sched.steps.append(&mut self.updates);
         let mut momentum = Vec::with_capacity(self.params.len());
         for &p in &self.params.clone() {
-            let (name, shape) = (
-                self.sched.tensors[p].name.clone(),
-                self.sched.tensors[p].shape.clone(),
-            );
+            let (name, shape) = (self.sched.tensors[p].name.clone(), self.sched.tensors[p].shape.clone());
             momentum.push(self.tensor(format!("{name}.momentum"), &shape, Role::Momentum));
         }
         for step in &mut self.sched.steps {
-            if let Op::Sgd {
-                param, momentum: m, ..
-            } = &mut step.op
-            {
-                let i = self
-                    .params
-                    .iter()
-                    .position(|q| q == param)
-                    .expect("updated tensor is a parameter");
+            if let Op::Sgd { param, momentum: m, .. } = &mut step.op {
+                let i = self.params.iter().position(|q| q == param).expect("updated tensor is a parameter");
                 *m = momentum[i];
             }
         }
         let mut offset = 0;
-        for role in [
-            Role::Param,
-            Role::Momentum,
-            Role::RunningMean,
-            Role::RunningVar,
-        ] {
+        for role in [Role::Param, Role::Momentum, Role::RunningMean, Role::RunningVar] {
             for t in self.sched.tensors.iter_mut().filter(|t| t.role == role) {
                 t.offset = offset;
                 offset += t.len();
@@ -340,15 +249,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     let keep = if train { config.keep } else { 1.0 };
     let slices = widths
         .iter()
-        .flat_map(|&c| {
-            std::iter::repeat_n(
-                SliceSpec {
-                    channels: c,
-                    width: sliceout::width(keep, c),
-                },
-                per_group,
-            )
-        })
+        .flat_map(|&c| std::iter::repeat_n(SliceSpec { channels: c, width: sliceout::width(keep, c) }, per_group))
         .collect();
     let mut b = Builder {
         sched: Schedule {
@@ -377,28 +278,10 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
 
     // ---- forward ----
     let conv0_w = b.tensor("conv0.weight", &[16, cin0, 3, 3], Role::Param);
-    let conv0 = ConvShape {
-        n,
-        cin: cin0,
-        h: IMAGE,
-        w: IMAGE,
-        cout: 16,
-        k: 3,
-        stride: 1,
-        pad: 1,
-    };
+    let conv0 = ConvShape { n, cin: cin0, h: IMAGE, w: IMAGE, cout: 16, k: 3, stride: 1, pad: 1 };
     let h0 = b.buf("conv0.out", act, 16 * n * IMAGE * IMAGE, false);
     let input = b.sched.input;
-    b.conv(
-        "conv0",
-        h0,
-        input,
-        conv0_w,
-        conv0,
-        Sel::Full(16),
-        Sel::Full(cin0),
-        false,
-    );
+    b.conv("conv0", h0, input, conv0_w, conv0, Sel::Full(16), Sel::Full(cin0), false);
 
     struct Block {
         name: String,
@@ -438,27 +321,14 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
                 b.step(
                     format!("{name}.bn1"),
                     Phase::Forward,
-                    Op::BnReluTrain {
-                        out: bn1_out,
-                        stats,
-                        inp: h,
-                        bn: bn1,
-                        sel: Sel::Full(cin),
-                        m: m_in,
-                    },
+                    Op::BnReluTrain { out: bn1_out, stats, inp: h, bn: bn1, sel: Sel::Full(cin), m: m_in },
                 );
                 Some(stats)
             } else {
                 b.step(
                     format!("{name}.bn1"),
                     Phase::Forward,
-                    Op::BnReluEval {
-                        out: bn1_out,
-                        inp: h,
-                        bn: bn1,
-                        channels: cin,
-                        m: m_in,
-                    },
+                    Op::BnReluEval { out: bn1_out, inp: h, bn: bn1, channels: cin, m: m_in },
                 );
                 None
             };
@@ -467,110 +337,35 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
             let conv2_w = b.tensor(format!("{name}.conv2.weight"), &[c, c, 3, 3], Role::Param);
             let out = b.buf(format!("{name}.out"), act, c * m_out, false);
             let shortcut = (cin != c || stride != 1).then(|| {
-                let wt = b.tensor(
-                    format!("{name}.shortcut.weight"),
-                    &[c, cin, 1, 1],
-                    Role::Param,
-                );
-                let shape = ConvShape {
-                    n,
-                    cin,
-                    h: hw,
-                    w: hw,
-                    cout: c,
-                    k: 1,
-                    stride,
-                    pad: 0,
-                };
-                b.conv(
-                    &format!("{name}.shortcut"),
-                    out,
-                    bn1_out,
-                    wt,
-                    shape,
-                    Sel::Full(c),
-                    Sel::Full(cin),
-                    false,
-                );
+                let wt = b.tensor(format!("{name}.shortcut.weight"), &[c, cin, 1, 1], Role::Param);
+                let shape = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 1, stride, pad: 0 };
+                b.conv(&format!("{name}.shortcut"), out, bn1_out, wt, shape, Sel::Full(c), Sel::Full(cin), false);
                 (wt, shape)
             });
-            let conv1 = ConvShape {
-                n,
-                cin,
-                h: hw,
-                w: hw,
-                cout: c,
-                k: 3,
-                stride,
-                pad: 1,
-            };
+            let conv1 = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 3, stride, pad: 1 };
             let conv1_out = b.buf(format!("{name}.conv1.out"), act, w * m_out, sliced);
-            b.conv(
-                &format!("{name}.conv1"),
-                conv1_out,
-                bn1_out,
-                conv1_w,
-                conv1,
-                sel,
-                Sel::Full(cin),
-                false,
-            );
+            b.conv(&format!("{name}.conv1"), conv1_out, bn1_out, conv1_w, conv1, sel, Sel::Full(cin), false);
             let bn2_out = b.buf(format!("{name}.bn2.out"), act, w * m_out, sliced);
             let bn2_stats = if train {
                 let stats = b.buf(format!("{name}.bn2.stats"), act, 2 * w, sliced);
                 b.step(
                     format!("{name}.bn2"),
                     Phase::Forward,
-                    Op::BnReluTrain {
-                        out: bn2_out,
-                        stats,
-                        inp: conv1_out,
-                        bn: bn2,
-                        sel,
-                        m: m_out,
-                    },
+                    Op::BnReluTrain { out: bn2_out, stats, inp: conv1_out, bn: bn2, sel, m: m_out },
                 );
                 Some(stats)
             } else {
                 b.step(
                     format!("{name}.bn2"),
                     Phase::Forward,
-                    Op::BnReluEval {
-                        out: bn2_out,
-                        inp: conv1_out,
-                        bn: bn2,
-                        channels: c,
-                        m: m_out,
-                    },
+                    Op::BnReluEval { out: bn2_out, inp: conv1_out, bn: bn2, channels: c, m: m_out },
                 );
                 None
             };
-            let conv2 = ConvShape {
-                n,
-                cin: c,
-                h: ho,
-                w: ho,
-                cout: c,
-                k: 3,
-                stride: 1,
-                pad: 1,
-            };
-            b.conv(
-                &format!("{name}.conv2"),
-                out,
-                bn2_out,
-                conv2_w,
-                conv2,
-                Sel::Full(c),
-                sel,
-                shortcut.is_some(),
-            );
+            let conv2 = ConvShape { n, cin: c, h: ho, w: ho, cout: c, k: 3, stride: 1, pad: 1 };
+            b.conv(&format!("{name}.conv2"), out, bn2_out, conv2_w, conv2, Sel::Full(c), sel, shortcut.is_some());
             if shortcut.is_none() {
-                b.step(
-                    format!("{name}.add"),
-                    Phase::Forward,
-                    Op::Add { out, inp: h },
-                );
+                b.step(format!("{name}.add"), Phase::Forward, Op::Add { out, inp: h });
             }
             blocks.push(Block {
                 name,
@@ -601,42 +396,15 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
         b.step(
             "bn",
             Phase::Forward,
-            Op::BnReluTrain {
-                out: bn_out,
-                stats,
-                inp: h,
-                bn,
-                sel: Sel::Full(cin),
-                m: m_last,
-            },
+            Op::BnReluTrain { out: bn_out, stats, inp: h, bn, sel: Sel::Full(cin), m: m_last },
         );
         Some(stats)
     } else {
-        b.step(
-            "bn",
-            Phase::Forward,
-            Op::BnReluEval {
-                out: bn_out,
-                inp: h,
-                bn,
-                channels: cin,
-                m: m_last,
-            },
-        );
+        b.step("bn", Phase::Forward, Op::BnReluEval { out: bn_out, inp: h, bn, channels: cin, m: m_last });
         None
     };
     let pooled = b.buf("pool.out", act, cin * n, false);
-    b.step(
-        "pool",
-        Phase::Forward,
-        Op::Pool {
-            out: pooled,
-            inp: bn_out,
-            c: cin,
-            n,
-            hw: hw * hw,
-        },
-    );
+    b.step("pool", Phase::Forward, Op::Pool { out: pooled, inp: bn_out, c: cin, n, hw: hw * hw });
     let classes = config.classes;
     let fc_w = b.tensor("fc.weight", &[classes, cin], Role::Param);
     let fc_b = b.tensor("fc.bias", &[classes], Role::Param);
@@ -644,47 +412,21 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     b.step(
         "fc",
         Phase::Forward,
-        Op::Linear {
-            out: logits,
-            inp: pooled,
-            weight: fc_w,
-            bias: fc_b,
-            c: cin,
-            n,
-            o: classes,
-        },
+        Op::Linear { out: logits, inp: pooled, weight: fc_w, bias: fc_b, c: cin, n, o: classes },
     );
     let loss = b.buf("loss", act, 2, false);
     b.sched.logits = logits;
     b.sched.loss = loss;
     let labels = b.sched.labels;
     if !train {
-        b.step(
-            "loss",
-            Phase::Forward,
-            Op::CrossEntropy {
-                stats: loss,
-                d_logits: None,
-                logits,
-                labels,
-                n,
-                o: classes,
-            },
-        );
+        b.step("loss", Phase::Forward, Op::CrossEntropy { stats: loss, d_logits: None, logits, labels, n, o: classes });
         return b.finish();
     }
     let d_logits = b.buf("d_logits", grad, n * classes, false);
     b.step(
         "loss",
         Phase::Forward,
-        Op::CrossEntropy {
-            stats: loss,
-            d_logits: Some(d_logits),
-            logits,
-            labels,
-            n,
-            o: classes,
-        },
+        Op::CrossEntropy { stats: loss, d_logits: Some(d_logits), logits, labels, n, o: classes },
     );
 
     // ---- backward (and early updates) ----
@@ -709,34 +451,9 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     b.update(fc_w, d_fc_w, GradSel::Full);
     b.update(fc_b, d_fc_b, GradSel::Full);
     let d_bn_out = b.buf("bn.d_out", grad, cin * m_last, false);
-    b.step(
-        "pool",
-        Phase::Backward,
-        Op::PoolBackward {
-            d_inp: d_bn_out,
-            d_out: d_pooled,
-            c: cin,
-            n,
-            hw: hw * hw,
-        },
-    );
-    let mut d_h = b.buf(
-        format!("{}.d_out", blocks.last().map_or("conv0", |bl| &bl.name)),
-        grad,
-        cin * m_last,
-        false,
-    );
-    b.bn_backward(
-        "bn",
-        d_h,
-        d_bn_out,
-        h,
-        bn_stats.unwrap(),
-        bn,
-        Sel::Full(cin),
-        m_last,
-        false,
-    );
+    b.step("pool", Phase::Backward, Op::PoolBackward { d_inp: d_bn_out, d_out: d_pooled, c: cin, n, hw: hw * hw });
+    let mut d_h = b.buf(format!("{}.d_out", blocks.last().map_or("conv0", |bl| &bl.name)), grad, cin * m_last, false);
+    b.bn_backward("bn", d_h, d_bn_out, h, bn_stats.unwrap(), bn, Sel::Full(cin), m_last, false);
 
     let recompute = options.recompute;
     for (i, bl) in blocks.iter().enumerate().rev() {
@@ -753,14 +470,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
             b.step(
                 format!("{name}.bn2"),
                 Phase::Backward,
-                Op::BnReluApply {
-                    out: t,
-                    inp: bl.conv1_out,
-                    stats: bl.bn2_stats.unwrap(),
-                    bn: bl.bn2,
-                    sel,
-                    m: m_out,
-                },
+                Op::BnReluApply { out: t, inp: bl.conv1_out, stats: bl.bn2_stats.unwrap(), bn: bl.bn2, sel, m: m_out },
             );
             t
         } else {
@@ -833,11 +543,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
                 true,
             );
         }
-        let d_in_name = if i == 0 {
-            "conv0.d_out".to_string()
-        } else {
-            format!("{}.d_out", blocks[i - 1].name)
-        };
+        let d_in_name = if i == 0 { "conv0.d_out".to_string() } else { format!("{}.d_out", blocks[i - 1].name) };
         d_h = if bl.shortcut.is_some() {
             let d_in = b.buf(d_in_name, grad, bl.cin * m_in, false);
             b.bn_backward(
@@ -879,28 +585,11 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
                 m_in,
                 false,
             );
-            b.step(
-                format!("{name}.add"),
-                Phase::Backward,
-                Op::Add {
-                    out: d_in,
-                    inp: d_out,
-                },
-            );
+            b.step(format!("{name}.add"), Phase::Backward, Op::Add { out: d_in, inp: d_out });
             d_in
         };
     }
-    b.conv_backward(
-        "conv0",
-        None,
-        d_h,
-        input,
-        conv0_w,
-        conv0,
-        Sel::Full(16),
-        Sel::Full(cin0),
-        false,
-    );
+    b.conv_backward("conv0", None, d_h, input, conv0_w, conv0, Sel::Full(16), Sel::Full(cin0), false);
     b.finish()
 }
 
@@ -924,8 +613,7 @@ pub fn init_persistent(s: &Schedule, seed: u64) -> Vec<f32> {
                     v.iter_mut().for_each(|x| *x = rng.normal() * std);
                 } else if t.name == "fc.weight" {
                     let bound = 1.0 / (t.shape[1] as f32).sqrt();
-                    v.iter_mut()
-                        .for_each(|x| *x = (2.0 * rng.uniform() - 1.0) * bound);
+                    v.iter_mut().for_each(|x| *x = (2.0 * rng.uniform() - 1.0) * bound);
                 } else {
                     v.fill(0.0);
                 }

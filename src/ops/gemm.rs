@@ -34,19 +34,8 @@ fn tune_crate() {
 ///
 /// Panics when the shapes disagree, a view reaches past its slice, or the `C` view overlaps
 /// itself: these are planning bugs, never user input.
-pub fn gemm(
-    c: &mut [f32],
-    c_l: Layout,
-    a: &[f32],
-    a_l: Layout,
-    b: &[f32],
-    b_l: Layout,
-    accumulate: bool,
-) {
-    assert!(
-        c_l.ndim() == 2 && a_l.ndim() == 2 && b_l.ndim() == 2,
-        "gemm takes 2-D views"
-    );
+pub fn gemm(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32], b_l: Layout, accumulate: bool) {
+    assert!(c_l.ndim() == 2 && a_l.ndim() == 2 && b_l.ndim() == 2, "gemm takes 2-D views");
     let (m, k) = (a_l.dim(0), a_l.dim(1));
     let n = b_l.dim(1);
     assert_eq!(b_l.dim(0), k, "gemm: inner dimensions differ");
@@ -70,11 +59,8 @@ pub fn gemm(
         return;
     }
     tune_crate();
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) > PARALLEL_MACS {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
+    let parallelism =
+        if m.saturating_mul(n).saturating_mul(k) > PARALLEL_MACS { Parallelism::Rayon(0) } else { Parallelism::None };
     // SAFETY: each view lies inside its slice (checked above), strides are non-negative and fit
     // isize (slice lengths do), the C view names distinct elements, and `c` is borrowed mutably
     // while `a` and `b` are shared borrows, so C cannot alias A or B. With `read_dst == false`
@@ -133,15 +119,7 @@ mod tests {
 
     /// Naive triple loop in f64 on the same views.
     #[allow(clippy::too_many_arguments)]
-    fn naive(
-        c: &mut [f32],
-        c_l: Layout,
-        a: &[f32],
-        a_l: Layout,
-        b: &[f32],
-        b_l: Layout,
-        accumulate: bool,
-    ) {
+    fn naive(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32], b_l: Layout, accumulate: bool) {
         let (m, k, n) = (a_l.dim(0), a_l.dim(1), b_l.dim(1));
         for i in 0..m {
             for j in 0..n {
@@ -161,10 +139,7 @@ mod tests {
     fn assert_close(got: &[f32], want: &[f32], tol: f32) {
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g - w).abs() <= tol * (1.0 + w.abs()),
-                "element {i}: got {g}, want {w}"
-            );
+            assert!((g - w).abs() <= tol * (1.0 + w.abs()), "element {i}: got {g}, want {w}");
         }
     }
 
@@ -204,9 +179,7 @@ mod tests {
         let (m, k, n) = (23, 31, 45);
         // A: a column range of a wider matrix (full leading dimension 50), starting at row 2.
         let a = random(30 * 50, 3);
-        let a_l = Layout::contiguous(&[30, 50])
-            .narrow(0, 2, m)
-            .narrow(1, 7, k);
+        let a_l = Layout::contiguous(&[30, 50]).narrow(0, 2, m).narrow(1, 7, k);
         // B: stored transposed ([n, k] row-major, offset 11), read as [k, n].
         let b = random(11 + n * k, 4);
         let b_l = Layout::matrix(11, n, k, k, 1).transpose(0, 1);
@@ -231,15 +204,7 @@ mod tests {
         let b = random(k * n, 7);
         let mut c = vec![f32::NAN; m * n];
         let l = Layout::contiguous(&[m, n]);
-        gemm(
-            &mut c,
-            l,
-            &a,
-            Layout::contiguous(&[m, k]),
-            &b,
-            Layout::contiguous(&[k, n]),
-            false,
-        );
+        gemm(&mut c, l, &a, Layout::contiguous(&[m, k]), &b, Layout::contiguous(&[k, n]), false);
         assert!(c.iter().all(|v| v.is_finite()));
         let mut z = vec![5.0f32; 6];
         gemm(

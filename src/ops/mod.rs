@@ -61,22 +61,12 @@ pub(crate) mod testutil {
 
     /// Checks `analytic` against central differences of the f64 function `f` in every
     /// coordinate, panicking with the worst entry when one is off by more than `tol`.
-    pub fn check_grad(
-        what: &str,
-        mut f: impl FnMut(&[f64]) -> f64,
-        x: &[f64],
-        analytic: &[f32],
-        eps: f64,
-        tol: f64,
-    ) {
+    pub fn check_grad(what: &str, mut f: impl FnMut(&[f64]) -> f64, x: &[f64], analytic: &[f32], eps: f64, tol: f64) {
         assert_eq!(x.len(), analytic.len(), "{what}: length");
         for (i, &a) in analytic.iter().enumerate() {
             let fd = central_diff(&mut f, x, i, eps);
             let err = rel_err(fd, a as f64, 1e-3);
-            assert!(
-                err < tol,
-                "{what}[{i}]: analytic {a} vs finite difference {fd} (rel err {err})"
-            );
+            assert!(err < tol, "{what}[{i}]: analytic {a} vs finite difference {fd} (rel err {err})");
         }
     }
 }

@@ -10,21 +10,13 @@ use crate::schedule::{Mode, Role, Schedule};
 
 /// Persistent bytes by part. An eval step needs no momentum, so it is left out there.
 fn persistent_parts(s: &Schedule) -> Vec<(String, usize)> {
-    let bytes = |roles: &[Role]| {
-        s.tensors
-            .iter()
-            .filter(|t| roles.contains(&t.role))
-            .map(|t| t.len() * 4)
-            .sum::<usize>()
-    };
+    let bytes =
+        |roles: &[Role]| s.tensors.iter().filter(|t| roles.contains(&t.role)).map(|t| t.len() * 4).sum::<usize>();
     let mut parts = vec![("params".to_string(), bytes(&[Role::Param]))];
     if s.mode == Mode::Train {
         parts.push(("momentum".to_string(), bytes(&[Role::Momentum])));
     }
-    parts.push((
-        "bn stats".to_string(),
-        bytes(&[Role::RunningMean, Role::RunningVar]),
-    ));
+    parts.push(("bn stats".to_string(), bytes(&[Role::RunningMean, Role::RunningVar])));
     parts
 }
 
@@ -76,17 +68,8 @@ pub fn command(f: &PlanFlags) -> Result<String> {
     };
     let options = f.memory.options();
     let program = Program::new(wrn::build(&config, batch, mode, options));
-    let baseline = (mode == Mode::Train && config.keep < 1.0).then(|| {
-        Program::new(wrn::build(
-            &ModelConfig {
-                keep: 1.0,
-                ..config
-            },
-            batch,
-            mode,
-            options,
-        ))
-    });
+    let baseline = (mode == Mode::Train && config.keep < 1.0)
+        .then(|| Program::new(wrn::build(&ModelConfig { keep: 1.0, ..config }, batch, mode, options)));
     let r = report(&program, baseline.as_ref());
     Ok(match f.format {
         Format::Text => report::text(&r, f.width.clamp(16, 400)),

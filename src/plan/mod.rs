@@ -83,10 +83,7 @@ pub fn plan_greedy(bufs: &[Lifetime], align: usize) -> Placement {
         let pos = placed.partition_point(|&(off, _, _)| off <= at);
         placed.insert(pos, (at, end, i));
     }
-    Placement {
-        offsets,
-        arena_bytes: align_up(max_end, align),
-    }
+    Placement { offsets, arena_bytes: align_up(max_end, align) }
 }
 
 /// Every buffer after the previous one, in input order, no reuse: the baseline.
@@ -98,10 +95,7 @@ pub fn plan_linear(bufs: &[Lifetime], align: usize) -> Placement {
         offsets.push(at);
         cursor = at + b.bytes;
     }
-    Placement {
-        offsets,
-        arena_bytes: align_up(cursor, align),
-    }
+    Placement { offsets, arena_bytes: align_up(cursor, align) }
 }
 
 /// The bytes needed without any reuse or padding: the sum of the sizes.
@@ -116,18 +110,11 @@ pub fn check(bufs: &[Lifetime], placement: &Placement, align: usize) -> Result<(
     let a = align.max(1);
     let offs = &placement.offsets;
     if offs.len() != bufs.len() {
-        return Err(format!(
-            "placement has {} offsets for {} buffers",
-            offs.len(),
-            bufs.len()
-        ));
+        return Err(format!("placement has {} offsets for {} buffers", offs.len(), bufs.len()));
     }
     for (i, (b, &off)) in bufs.iter().zip(offs).enumerate() {
         if b.first > b.last {
-            return Err(format!(
-                "buffer {i}: lifetime {}..{} ends before it starts",
-                b.first, b.last
-            ));
+            return Err(format!("buffer {i}: lifetime {}..{} ends before it starts", b.first, b.last));
         }
         if off % a != 0 {
             return Err(format!("buffer {i}: offset {off} is not a multiple of {a}"));
@@ -259,11 +246,7 @@ mod tests {
     fn random_bufs(rng: &mut Rng, n: usize, steps: usize) -> Vec<Lifetime> {
         (0..n)
             .map(|_| {
-                let bytes = if rng.below(8) == 0 {
-                    0
-                } else {
-                    rng.below(1 << 20)
-                };
+                let bytes = if rng.below(8) == 0 { 0 } else { rng.below(1 << 20) };
                 let first = rng.below(steps);
                 let last = first + rng.below(steps - first);
                 lt(bytes, first, last)
@@ -288,12 +271,7 @@ mod tests {
             assert!(g.arena_bytes <= l.arena_bytes, "case {case}");
             // Lower bound: the bytes live at the busiest step.
             let peak = (0..steps)
-                .map(|s| {
-                    bufs.iter()
-                        .filter(|b| b.first <= s && s <= b.last)
-                        .map(|b| b.bytes)
-                        .sum::<usize>()
-                })
+                .map(|s| bufs.iter().filter(|b| b.first <= s && s <= b.last).map(|b| b.bytes).sum::<usize>())
                 .max()
                 .unwrap();
             assert!(g.arena_bytes >= peak, "case {case}");
@@ -308,11 +286,8 @@ mod tests {
         let bufs: Vec<Lifetime> = (0..3000)
             .map(|_| {
                 let first = rng.below(steps);
-                let len = if rng.below(10) == 0 {
-                    rng.below(steps - first)
-                } else {
-                    rng.below(20).min(steps - 1 - first)
-                };
+                let len =
+                    if rng.below(10) == 0 { rng.below(steps - first) } else { rng.below(20).min(steps - 1 - first) };
                 lt(256 * (1 + rng.below(4096)), first, first + len)
             })
             .collect();
@@ -331,41 +306,26 @@ mod tests {
         let good = plan_greedy(&bufs, ALIGN);
         check(&bufs, &good, ALIGN).unwrap();
 
-        let overlap = Placement {
-            offsets: vec![0, 768, 0],
-            arena_bytes: 2048,
-        };
+        let overlap = Placement { offsets: vec![0, 768, 0], arena_bytes: 2048 };
         let e = check(&bufs, &overlap, ALIGN).unwrap_err();
         assert!(e.contains("buffers 0 and 1"), "{e}");
         assert!(e.contains("[0, 1024)") && e.contains("[768, 1280)"), "{e}");
         assert!(e.contains("steps 0..4") && e.contains("steps 4..6"), "{e}");
 
-        let misaligned = Placement {
-            offsets: vec![0, 1100, 0],
-            arena_bytes: 2048,
-        };
+        let misaligned = Placement { offsets: vec![0, 1100, 0], arena_bytes: 2048 };
         let e = check(&bufs, &misaligned, ALIGN).unwrap_err();
         assert!(e.contains("buffer 1") && e.contains("1100"), "{e}");
 
-        let outside = Placement {
-            offsets: vec![0, 1024, 0],
-            arena_bytes: 1280,
-        };
+        let outside = Placement { offsets: vec![0, 1024, 0], arena_bytes: 1280 };
         let e = check(&bufs, &outside, ALIGN).unwrap_err();
         assert!(e.contains("buffer 1") && e.contains("outside"), "{e}");
 
-        let short = Placement {
-            offsets: vec![0],
-            arena_bytes: 4096,
-        };
+        let short = Placement { offsets: vec![0], arena_bytes: 4096 };
         assert!(check(&bufs, &short, ALIGN).is_err());
 
         // Zero-byte buffers never collide, wherever they sit.
         let z = [lt(0, 0, 9), lt(512, 0, 9)];
-        let p = Placement {
-            offsets: vec![256, 0],
-            arena_bytes: 512,
-        };
+        let p = Placement { offsets: vec![256, 0], arena_bytes: 512 };
         check(&z, &p, ALIGN).unwrap();
     }
 }

@@ -181,31 +181,16 @@ fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
         s,
         "  naive       {:>10.2} MiB  (no reuse; the plan saves {:.1}%)",
         mib(r.naive_bytes),
-        pct(
-            r.naive_bytes as f64 - r.arena_bytes as f64,
-            r.naive_bytes as f64
-        )
+        pct(r.naive_bytes as f64 - r.arena_bytes as f64, r.naive_bytes as f64)
     )?;
-    let parts: Vec<String> = r
-        .persistent_parts
-        .iter()
-        .map(|(name, b)| format!("{name} {:.2} MiB", mib(*b)))
-        .collect();
+    let parts: Vec<String> = r.persistent_parts.iter().map(|(name, b)| format!("{name} {:.2} MiB", mib(*b))).collect();
     writeln!(
         s,
         "  persistent  {:>10.2} MiB  ({})",
         mib(r.persistent_bytes),
-        if parts.is_empty() {
-            "no parts listed".to_string()
-        } else {
-            parts.join(", ")
-        }
+        if parts.is_empty() { "no parts listed".to_string() } else { parts.join(", ") }
     )?;
-    writeln!(
-        s,
-        "  total       {:>10.2} MiB  (persistent + arena)",
-        mib(total)
-    )?;
+    writeln!(s, "  total       {:>10.2} MiB  (persistent + arena)", mib(total))?;
     if let Some(b) = &r.baseline {
         let b_total = b.persistent_bytes + b.arena_bytes;
         let save_arena = b.arena_bytes as f64 - r.arena_bytes as f64;
@@ -227,26 +212,12 @@ fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
         )?;
     }
     let opts: Vec<String> = r.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    writeln!(
-        s,
-        "  options     {}",
-        if opts.is_empty() {
-            "none".to_string()
-        } else {
-            opts.join(", ")
-        }
-    )?;
+    writeln!(s, "  options     {}", if opts.is_empty() { "none".to_string() } else { opts.join(", ") })?;
 
     // Buffer table.
     let chars = chart_chars(r);
     let id_w = r.buffers.len().saturating_sub(1).to_string().len().max(2);
-    let name_w = r
-        .buffers
-        .iter()
-        .map(|b| b.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .clamp(4, 48);
+    let name_w = r.buffers.iter().map(|b| b.name.chars().count()).max().unwrap_or(0).clamp(4, 48);
     writeln!(s)?;
     writeln!(s, "buffers ({}):", r.buffers.len())?;
     writeln!(
@@ -287,11 +258,7 @@ fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
     } else {
         "-".repeat(width)
     };
-    writeln!(
-        s,
-        "{:>5}  {:<24} +{}+ {:>9}",
-        "step", "op", ruler, "live MiB"
-    )?;
+    writeln!(s, "{:>5}  {:<24} +{}+ {:>9}", "step", "op", ruler, "live MiB")?;
     let live = r.live_per_step(r.steps.len());
     let mut row = vec!['.'; width];
     let mut cover = vec![0u128; width];
@@ -322,14 +289,7 @@ fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
             }
         }
         let bar: String = row.iter().collect();
-        writeln!(
-            s,
-            "{:>5}  {:<24} |{}| {:>9.2}",
-            step,
-            truncate(op, 24),
-            bar,
-            mib(live[step])
-        )?;
+        writeln!(s, "{:>5}  {:<24} |{}| {:>9.2}", step, truncate(op, 24), bar, mib(live[step]))?;
     }
     Ok(())
 }
@@ -396,11 +356,7 @@ pub fn json(r: &PlanReport) -> String {
                 sliced: b.sliced,
             })
             .collect(),
-        options: r
-            .options
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect(),
+        options: r.options.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
         baseline: r.baseline.map(|b| JsonBaseline {
             keep: b.keep,
             arena_bytes: b.arena_bytes,
@@ -457,11 +413,7 @@ const KINDS: [(BufKind, &str); 4] = [
 ];
 
 fn kind_colour(k: BufKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(kk, _)| *kk == k)
-        .map(|(_, c)| *c)
-        .unwrap_or("#888888")
+    KINDS.iter().find(|(kk, _)| *kk == k).map(|(_, c)| *c).unwrap_or("#888888")
 }
 
 /// The plan as an SVG picture: x = schedule step, y = arena offset (0 at the bottom), one
@@ -481,10 +433,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
     let (pw, ph) = (W - x0 - 300.0, H - y0 - 60.0);
     let max_last = r.buffers.iter().map(|b| b.last + 1).max().unwrap_or(0);
     let nsteps = r.steps.len().max(max_last).max(1) as f64;
-    let max_end = (0..r.buffers.len())
-        .map(|i| r.offset(i).saturating_add(r.buffers[i].bytes))
-        .max()
-        .unwrap_or(0);
+    let max_end = (0..r.buffers.len()).map(|i| r.offset(i).saturating_add(r.buffers[i].bytes)).max().unwrap_or(0);
     let arena = r.arena_bytes.max(max_end).max(1) as f64;
     let xs = |step: f64| x0 + step * pw / nsteps;
     let ys = |bytes: f64| y0 + ph - bytes * ph / arena;
@@ -502,11 +451,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
          .live{{fill:none;stroke:#000;stroke-width:1;stroke-dasharray:4 3}}</style>"
     )?;
     writeln!(s, "<defs>")?;
-    for (k, c) in KINDS
-        .iter()
-        .map(|(k, c)| (k.as_str(), *c))
-        .chain([("legend", "#bbbbbb")])
-    {
+    for (k, c) in KINDS.iter().map(|(k, c)| (k.as_str(), *c)).chain([("legend", "#bbbbbb")]) {
         writeln!(
             s,
             "<pattern id=\"sliced-{k}\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" \
@@ -600,11 +545,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         let w = (xs(b.last as f64 + 1.0) - x).max(0.5);
         let y = ys(off + b.bytes as f64);
         let h = (ys(off) - y).max(0.5);
-        let fill = if b.sliced {
-            format!("url(#sliced-{})", b.kind.as_str())
-        } else {
-            kind_colour(b.kind).to_string()
-        };
+        let fill = if b.sliced { format!("url(#sliced-{})", b.kind.as_str()) } else { kind_colour(b.kind).to_string() };
         // Outlines only where they fit; otherwise neighbours are told apart by alternating
         // shade, so thousands of thin buffers do not wash out into the outline colour.
         let class = match (w >= 4.0 && h >= 4.0, i % 2 == 1) {
@@ -643,12 +584,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
     }
 
     // Frame and axis labels.
-    writeln!(
-        s,
-        "<path d=\"M{x0} {y0}V{:.2}H{:.2}\" fill=\"none\" stroke=\"#222\"/>",
-        y0 + ph,
-        x0 + pw
-    )?;
+    writeln!(s, "<path d=\"M{x0} {y0}V{:.2}H{:.2}\" fill=\"none\" stroke=\"#222\"/>", y0 + ph, x0 + pw)?;
     writeln!(
         s,
         "<text x=\"{:.2}\" y=\"{:.2}\" text-anchor=\"middle\">schedule step</text>",
@@ -664,10 +600,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
     // Legend.
     let lx = x0 + pw + 24.0;
     let mut ly = y0 + 10.0;
-    writeln!(
-        s,
-        "<text x=\"{lx}\" y=\"{ly}\" font-weight=\"bold\">buffers</text>"
-    )?;
+    writeln!(s, "<text x=\"{lx}\" y=\"{ly}\" font-weight=\"bold\">buffers</text>")?;
     ly += 22.0;
     let swatch = |s: &mut String, y: f64, fill: &str, label: &str| {
         writeln!(
@@ -679,21 +612,11 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         )
     };
     for (k, (kind, colour)) in KINDS.iter().enumerate() {
-        let label = format!(
-            "{}: {} buffers, {:.1} MiB",
-            kind.as_str(),
-            per_kind[k].0,
-            mib(per_kind[k].1)
-        );
+        let label = format!("{}: {} buffers, {:.1} MiB", kind.as_str(), per_kind[k].0, mib(per_kind[k].1));
         swatch(s, ly, colour, &label)?;
         ly += 22.0;
     }
-    swatch(
-        s,
-        ly,
-        "url(#sliced-legend)",
-        &format!("sliced, hatched ({sliced_count})"),
-    )?;
+    swatch(s, ly, "url(#sliced-legend)", &format!("sliced, hatched ({sliced_count})"))?;
     ly += 22.0;
     writeln!(
         s,
@@ -741,14 +664,8 @@ mod tests {
             mk("dw conv1", BufKind::WeightGradient, MB / 2, 4, 5, false),
             mk("empty", BufKind::Workspace, 0, 2, 2, false),
         ];
-        let lts: Vec<Lifetime> = buffers
-            .iter()
-            .map(|b| Lifetime {
-                bytes: b.bytes,
-                first: b.first,
-                last: b.last,
-            })
-            .collect();
+        let lts: Vec<Lifetime> =
+            buffers.iter().map(|b| Lifetime { bytes: b.bytes, first: b.first, last: b.last }).collect();
         let p = plan_greedy(&lts, ALIGN);
         check(&lts, &p, ALIGN).unwrap();
         PlanReport {
@@ -851,10 +768,7 @@ mod tests {
         assert!(t.contains(&format!("{save:.2} MiB")), "{t}");
         assert!(t.contains(&format!("{:.1}%", 100.0 * save / 19.0)));
         // Table row for buffer 3.
-        let row3 = t
-            .lines()
-            .find(|l| l.split_whitespace().nth(1) == Some("dh1"))
-            .unwrap();
+        let row3 = t.lines().find(|l| l.split_whitespace().nth(1) == Some("dh1")).unwrap();
         assert!(row3.contains("gradient") && row3.contains("3..4") && row3.contains("yes"));
         assert!(row3.contains(&format!("{:.2}", mib(2 * MB + 1000))));
 
@@ -866,12 +780,7 @@ mod tests {
             assert_eq!(row.split_whitespace().next().unwrap(), step.to_string());
             let bar = row.split('|').nth(1).unwrap();
             assert_eq!(bar.chars().count(), 40);
-            let live: usize = r
-                .buffers
-                .iter()
-                .filter(|b| b.first <= step && step <= b.last)
-                .map(|b| b.bytes)
-                .sum();
+            let live: usize = r.buffers.iter().filter(|b| b.first <= step && step <= b.last).map(|b| b.bytes).sum();
             let shown: f64 = row.split_whitespace().last().unwrap().parse().unwrap();
             assert!((shown - mib(live)).abs() < 0.006, "step {step}: {row}");
             // Every live non-empty buffer's character appears on its rows, others do not
@@ -912,10 +821,7 @@ mod tests {
         r.offsets = (0..200).map(|i| i * 1024).collect();
         r.arena_bytes = 200 * 1024;
         let c = chart_chars(&r);
-        assert_eq!(
-            &c[..12],
-            &['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b']
-        );
+        assert_eq!(&c[..12], &['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b']);
         assert_eq!(c[36], 'A');
         assert!(c.iter().all(|&ch| ch != '.' && ch != '|' && ch != ' '));
         // Memory neighbours always differ, even once characters must repeat.
@@ -962,11 +868,7 @@ mod tests {
             .map(|_| {
                 let first = rng.below(steps);
                 let len = rng.below(40).min(steps - 1 - first);
-                Lifetime {
-                    bytes: 256 * (1 + rng.below(8192)),
-                    first,
-                    last: first + len,
-                }
+                Lifetime { bytes: 256 * (1 + rng.below(8192)), first, last: first + len }
             })
             .collect();
         let p = plan_greedy(&lts, ALIGN);
@@ -991,10 +893,7 @@ mod tests {
         let g = svg(&r);
         let j = json(&r);
         assert!(t0.elapsed().as_secs_f64() < 10.0, "{:?}", t0.elapsed());
-        assert_eq!(
-            t.lines().filter(|l| l.matches('|').count() == 2).count(),
-            steps
-        );
+        assert_eq!(t.lines().filter(|l| l.matches('|').count() == 2).count(), steps);
         assert_eq!(g.matches("<rect").count(), 3000);
         assert!(serde_json::from_str::<serde_json::Value>(&j).is_ok());
     }

@@ -61,10 +61,7 @@ fn check_dims(slice: Slice, m: usize, act: &[usize], per_layer: &[usize]) {
         assert_eq!(len, slice.width * m, "activation length vs slice width * m");
     }
     for &len in per_layer {
-        assert_eq!(
-            len, slice.channels,
-            "per-channel vector length vs layer channels"
-        );
+        assert_eq!(len, slice.channels, "per-channel vector length vs layer channels");
     }
 }
 
@@ -85,26 +82,9 @@ pub fn bn_relu_train(
     m: usize,
     scale: f32,
 ) {
-    check_dims(
-        slice,
-        m,
-        &[out.len(), inp.len()],
-        &[
-            gamma.len(),
-            beta.len(),
-            running_mean.len(),
-            running_var.len(),
-        ],
-    );
-    assert!(
-        m > 1,
-        "training batch norm needs more than one value per channel"
-    );
-    assert_eq!(
-        stats.len(),
-        2 * slice.width,
-        "stats length vs 2 * slice width"
-    );
+    check_dims(slice, m, &[out.len(), inp.len()], &[gamma.len(), beta.len(), running_mean.len(), running_var.len()]);
+    assert!(m > 1, "training batch norm needs more than one value per channel");
+    assert_eq!(stats.len(), 2 * slice.width, "stats length vs 2 * slice width");
     let (mean, invstd) = stats.split_at_mut(slice.width);
     let mom = BN_MOMENTUM as f64;
     let unbias = m as f64 / (m - 1) as f64;
@@ -163,17 +143,8 @@ pub fn bn_relu_apply(
     m: usize,
     scale: f32,
 ) {
-    check_dims(
-        slice,
-        m,
-        &[out.len(), inp.len()],
-        &[gamma.len(), beta.len()],
-    );
-    assert_eq!(
-        stats.len(),
-        2 * slice.width,
-        "stats length vs 2 * slice width"
-    );
+    check_dims(slice, m, &[out.len(), inp.len()], &[gamma.len(), beta.len()]);
+    assert_eq!(stats.len(), 2 * slice.width, "stats length vs 2 * slice width");
     let (mean, invstd) = stats.split_at(slice.width);
     for run in slice.each_run() {
         let (a, c, l) = (run.at, run.channel, run.len);
@@ -204,17 +175,7 @@ pub fn bn_relu_eval(
     slice: Slice,
     m: usize,
 ) {
-    check_dims(
-        slice,
-        m,
-        &[out.len(), inp.len()],
-        &[
-            gamma.len(),
-            beta.len(),
-            running_mean.len(),
-            running_var.len(),
-        ],
-    );
+    check_dims(slice, m, &[out.len(), inp.len()], &[gamma.len(), beta.len(), running_mean.len(), running_var.len()]);
     for run in slice.each_run() {
         let (a, c, l) = (run.at, run.channel, run.len);
         (
@@ -253,17 +214,8 @@ pub fn bn_relu_backward(
     scale: f32,
     accumulate: bool,
 ) {
-    check_dims(
-        slice,
-        m,
-        &[d_inp.len(), d_out.len(), inp.len()],
-        &[gamma.len(), beta.len()],
-    );
-    assert_eq!(
-        stats.len(),
-        2 * slice.width,
-        "stats length vs 2 * slice width"
-    );
+    check_dims(slice, m, &[d_inp.len(), d_out.len(), inp.len()], &[gamma.len(), beta.len()]);
+    assert_eq!(stats.len(), 2 * slice.width, "stats length vs 2 * slice width");
     assert_eq!(d_gamma.len(), slice.width, "d_gamma length vs slice width");
     assert_eq!(d_beta.len(), slice.width, "d_beta length vs slice width");
     let (mean, invstd) = stats.split_at(slice.width);

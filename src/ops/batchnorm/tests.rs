@@ -14,14 +14,7 @@ fn layer_channel(slice: Slice, j: usize) -> usize {
 }
 
 /// f64 re-implementation of the train-mode forward: the output and the pre-activations.
-fn reference(
-    inp: &[f64],
-    gamma: &[f64],
-    beta: &[f64],
-    slice: Slice,
-    m: usize,
-    scale: f64,
-) -> (Vec<f64>, Vec<f64>) {
+fn reference(inp: &[f64], gamma: &[f64], beta: &[f64], slice: Slice, m: usize, scale: f64) -> (Vec<f64>, Vec<f64>) {
     let mut out = vec![0.0; inp.len()];
     let mut pre = vec![0.0; inp.len()];
     for j in 0..slice.width {
@@ -49,35 +42,18 @@ struct Case {
 
 fn case(rng: &mut Rng, slice: Slice, m: usize) -> Case {
     // Non-zero mean and non-unit spread so normalisation has work to do.
-    let inp = normals(rng, slice.width * m)
-        .into_iter()
-        .map(|v| 2.5 * v + 1.5)
-        .collect();
-    let gamma = normals(rng, slice.channels)
-        .into_iter()
-        .map(|v| 1.0 + 0.3 * v)
-        .collect();
-    let beta = normals(rng, slice.channels)
-        .into_iter()
-        .map(|v| 0.3 * v)
-        .collect();
+    let inp = normals(rng, slice.width * m).into_iter().map(|v| 2.5 * v + 1.5).collect();
+    let gamma = normals(rng, slice.channels).into_iter().map(|v| 1.0 + 0.3 * v).collect();
+    let beta = normals(rng, slice.channels).into_iter().map(|v| 0.3 * v).collect();
     let rm = normals(rng, slice.channels);
     let rv = (0..slice.channels).map(|_| 0.5 + rng.uniform()).collect();
-    Case {
-        inp,
-        gamma,
-        beta,
-        rm,
-        rv,
-    }
+    Case { inp, gamma, beta, rm, rv }
 }
 
 fn run_train(cs: &mut Case, slice: Slice, m: usize, scale: f32) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![f32::NAN; slice.width * m];
     let mut stats = vec![f32::NAN; 2 * slice.width];
-    bn_relu_train(
-        &mut out, &mut stats, &cs.inp, &cs.gamma, &cs.beta, &mut cs.rm, &mut cs.rv, slice, m, scale,
-    );
+    bn_relu_train(&mut out, &mut stats, &cs.inp, &cs.gamma, &cs.beta, &mut cs.rm, &mut cs.rv, slice, m, scale);
     (out, stats)
 }
 
@@ -89,19 +65,9 @@ fn train_matches_f64_formulas_and_updates_only_the_slice_running_stats() {
         let (rm0, rv0) = (cs.rm.clone(), cs.rv.clone());
         let scale = slice.scale();
         let (out, stats) = run_train(&mut cs, slice, M, scale);
-        let (want, _) = reference(
-            &to_f64(&cs.inp),
-            &to_f64(&cs.gamma),
-            &to_f64(&cs.beta),
-            slice,
-            M,
-            scale as f64,
-        );
+        let (want, _) = reference(&to_f64(&cs.inp), &to_f64(&cs.gamma), &to_f64(&cs.beta), slice, M, scale as f64);
         for (t, (&o, &w)) in out.iter().zip(&want).enumerate() {
-            assert!(
-                (o as f64 - w).abs() < 1e-5 * (1.0 + w.abs()),
-                "out[{t}] {o} vs {w}"
-            );
+            assert!((o as f64 - w).abs() < 1e-5 * (1.0 + w.abs()), "out[{t}] {o} vs {w}");
         }
         let mut kept = [false; C];
         for j in 0..slice.width {
@@ -115,21 +81,11 @@ fn train_matches_f64_formulas_and_updates_only_the_slice_running_stats() {
             assert!(rel_err(stats[slice.width + j] as f64, invstd, 1e-6) < 1e-6);
             let rm = 0.9 * rm0[ch] as f64 + 0.1 * mean;
             let rv = 0.9 * rv0[ch] as f64 + 0.1 * var * M as f64 / (M - 1) as f64;
-            assert!(
-                rel_err(cs.rm[ch] as f64, rm, 1e-6) < 1e-6,
-                "running mean {ch}"
-            );
-            assert!(
-                rel_err(cs.rv[ch] as f64, rv, 1e-6) < 1e-6,
-                "running var {ch}"
-            );
+            assert!(rel_err(cs.rm[ch] as f64, rm, 1e-6) < 1e-6, "running mean {ch}");
+            assert!(rel_err(cs.rv[ch] as f64, rv, 1e-6) < 1e-6, "running var {ch}");
         }
         for ch in (0..C).filter(|&ch| !kept[ch]) {
-            assert_eq!(
-                cs.rm[ch].to_bits(),
-                rm0[ch].to_bits(),
-                "untouched mean {ch}"
-            );
+            assert_eq!(cs.rm[ch].to_bits(), rm0[ch].to_bits(), "untouched mean {ch}");
             assert_eq!(cs.rv[ch].to_bits(), rv0[ch].to_bits(), "untouched var {ch}");
         }
         // Some outputs are clipped by ReLU and some are not: the test exercises both sides.
@@ -145,9 +101,7 @@ fn variance_is_exact_for_a_large_mean() {
     let (gamma, beta) = (vec![1.0], vec![0.0]);
     let (mut rm, mut rv) = (vec![0.0], vec![1.0]);
     let (mut out, mut stats) = (vec![0.0; M], vec![0.0; 2]);
-    bn_relu_train(
-        &mut out, &mut stats, &inp, &gamma, &beta, &mut rm, &mut rv, slice, M, 1.0,
-    );
+    bn_relu_train(&mut out, &mut stats, &inp, &gamma, &beta, &mut rm, &mut rv, slice, M, 1.0);
     let x = to_f64(&inp);
     let mean = x.iter().sum::<f64>() / M as f64;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / M as f64;
@@ -163,13 +117,8 @@ fn apply_reproduces_the_train_output_bitwise() {
         let scale = slice.scale();
         let (out, stats) = run_train(&mut cs, slice, m, scale);
         let mut again = vec![f32::NAN; out.len()];
-        bn_relu_apply(
-            &mut again, &cs.inp, &stats, &cs.gamma, &cs.beta, slice, m, scale,
-        );
-        assert!(out
-            .iter()
-            .zip(&again)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        bn_relu_apply(&mut again, &cs.inp, &stats, &cs.gamma, &cs.beta, slice, m, scale);
+        assert!(out.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
 
@@ -179,22 +128,15 @@ fn eval_uses_running_stats_without_scaling() {
     for slice in slices() {
         let cs = case(&mut rng, slice, M);
         let mut out = vec![f32::NAN; slice.width * M];
-        bn_relu_eval(
-            &mut out, &cs.inp, &cs.gamma, &cs.beta, &cs.rm, &cs.rv, slice, M,
-        );
+        bn_relu_eval(&mut out, &cs.inp, &cs.gamma, &cs.beta, &cs.rm, &cs.rv, slice, M);
         for j in 0..slice.width {
             let ch = layer_channel(slice, j);
             let invstd = 1.0 / (cs.rv[ch] as f64 + 1e-5).sqrt();
             for t in 0..M {
                 let x = cs.inp[j * M + t] as f64;
-                let want = (cs.gamma[ch] as f64 * (x - cs.rm[ch] as f64) * invstd
-                    + cs.beta[ch] as f64)
-                    .max(0.0);
+                let want = (cs.gamma[ch] as f64 * (x - cs.rm[ch] as f64) * invstd + cs.beta[ch] as f64).max(0.0);
                 let got = out[j * M + t] as f64;
-                assert!(
-                    (got - want).abs() < 1e-5 * (1.0 + want.abs()),
-                    "{got} vs {want}"
-                );
+                assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
             }
         }
     }
@@ -213,10 +155,7 @@ fn analytic(cs: &Case, r: &[f32], slice: Slice, scale: f32) -> (Vec<f32>, Vec<f3
     let (_, stats) = run_train(&mut cs2, slice, M, scale);
     let mut d_inp = vec![f32::NAN; cs.inp.len()];
     let (mut dg, mut db) = (vec![f32::NAN; slice.width], vec![f32::NAN; slice.width]);
-    bn_relu_backward(
-        &mut d_inp, &mut dg, &mut db, r, &cs.inp, &stats, &cs.gamma, &cs.beta, slice, M, scale,
-        false,
-    );
+    bn_relu_backward(&mut d_inp, &mut dg, &mut db, r, &cs.inp, &stats, &cs.gamma, &cs.beta, slice, M, scale, false);
     let (mut d_gamma, mut d_beta) = (vec![0.0; C], vec![0.0; C]);
     for j in 0..slice.width {
         d_gamma[layer_channel(slice, j)] = dg[j];
@@ -251,11 +190,7 @@ fn check_kinked(
         }
         let fd = (lp - lm) / (2.0 * eps);
         let err = rel_err(fd, analytic[i] as f64, floor);
-        assert!(
-            err < tol,
-            "{what}[{i}]: analytic {} vs fd {fd} (rel err {err})",
-            analytic[i]
-        );
+        assert!(err < tol, "{what}[{i}]: analytic {} vs fd {fd} (rel err {err})", analytic[i]);
         checked += 1;
     }
     checked
@@ -269,12 +204,7 @@ fn backward_matches_finite_differences_of_an_f64_reimplementation() {
         let r = normals(&mut rng, slice.width * M);
         let scale = if slice.is_full() { 1.0 } else { slice.scale() };
         let (d_inp, d_gamma, d_beta) = analytic(&cs, &r, slice, scale);
-        let (x, g, b, r64) = (
-            to_f64(&cs.inp),
-            to_f64(&cs.gamma),
-            to_f64(&cs.beta),
-            to_f64(&r),
-        );
+        let (x, g, b, r64) = (to_f64(&cs.inp), to_f64(&cs.gamma), to_f64(&cs.beta), to_f64(&r));
         let loss = |out: &[f64]| out.iter().zip(&r64).map(|(o, r)| o * r).sum::<f64>();
         let f_x = |v: &[f64]| {
             let (out, pre) = reference(v, &g, &b, slice, M, scale as f64);
@@ -291,10 +221,7 @@ fn backward_matches_finite_differences_of_an_f64_reimplementation() {
         let eps = 1e-6;
         let n = check_kinked("d_inp", f_x, &x, &d_inp, eps, 1e-3, 1e-3);
         assert!(n > x.len() * 9 / 10, "only {n} of {} checked", x.len());
-        assert_eq!(
-            check_kinked("d_gamma", f_g, &g, &d_gamma, eps, 1e-3, 1e-3),
-            C
-        );
+        assert_eq!(check_kinked("d_gamma", f_g, &g, &d_gamma, eps, 1e-3, 1e-3), C);
         assert_eq!(check_kinked("d_beta", f_b, &b, &d_beta, eps, 1e-3, 1e-3), C);
         // The gradient is not trivially zero anywhere it should not be.
         assert!(d_inp.iter().filter(|v| v.abs() > 1e-3).count() > d_inp.len() / 3);
@@ -321,13 +248,9 @@ fn backward_matches_finite_differences_of_the_f32_op() {
         for j in 0..slice.width {
             let ch = layer_channel(slice, j);
             for t in 0..M {
-                pre[j * M + t] = pre_activation(
-                    c2.inp[j * M + t],
-                    stats[j],
-                    stats[slice.width + j],
-                    cs.gamma[ch],
-                    cs.beta[ch],
-                ) as f64;
+                pre[j * M + t] =
+                    pre_activation(c2.inp[j * M + t], stats[j], stats[slice.width + j], cs.gamma[ch], cs.beta[ch])
+                        as f64;
             }
         }
         (loss, pre)
@@ -347,8 +270,7 @@ fn accumulate_adds_to_the_existing_gradient() {
     let run = |d_inp: &mut [f32], accumulate: bool| {
         let (mut dg, mut db) = (vec![0.0; 4], vec![0.0; 4]);
         bn_relu_backward(
-            d_inp, &mut dg, &mut db, &d_out, &cs.inp, &stats, &cs.gamma, &cs.beta, slice, M, 1.5,
-            accumulate,
+            d_inp, &mut dg, &mut db, &d_out, &cs.inp, &stats, &cs.gamma, &cs.beta, slice, M, 1.5, accumulate,
         );
         (dg, db)
     };
@@ -358,11 +280,7 @@ fn accumulate_adds_to_the_existing_gradient() {
     let params_summed = run(&mut summed, true);
     for t in 0..prior.len() {
         let want = prior[t] + fresh[t];
-        assert!(
-            (summed[t] - want).abs() < 1e-6,
-            "{t}: {} vs {want}",
-            summed[t]
-        );
+        assert!((summed[t] - want).abs() < 1e-6, "{t}: {} vs {want}", summed[t]);
     }
     assert!(fresh.iter().any(|v| v.abs() > 1e-2));
     // The parameter gradients are overwritten either way.

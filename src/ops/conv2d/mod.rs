@@ -81,10 +81,7 @@ impl ConvShape {
     }
 
     fn check(&self) {
-        assert!(
-            self.k >= 1 && self.stride >= 1,
-            "conv: kernel and stride must be at least 1"
-        );
+        assert!(self.k >= 1 && self.stride >= 1, "conv: kernel and stride must be at least 1");
         assert!(
             self.h + 2 * self.pad >= self.k && self.w + 2 * self.pad >= self.k,
             "conv: kernel larger than the padded input"
@@ -94,23 +91,9 @@ impl ConvShape {
 
 /// Output positions `[lo, hi)` along one axis whose input position `o*stride + tap - pad` lies
 /// in `[0, len_in)`; the others read padding.
-fn valid_range(
-    len_out: usize,
-    len_in: usize,
-    stride: usize,
-    tap: usize,
-    pad: usize,
-) -> (usize, usize) {
-    let lo = if tap >= pad {
-        0
-    } else {
-        (pad - tap).div_ceil(stride)
-    };
-    let hi = if len_in + pad > tap {
-        ((len_in - 1 + pad - tap) / stride + 1).min(len_out)
-    } else {
-        0
-    };
+fn valid_range(len_out: usize, len_in: usize, stride: usize, tap: usize, pad: usize) -> (usize, usize) {
+    let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
+    let hi = if len_in + pad > tap { ((len_in - 1 + pad - tap) / stride + 1).min(len_out) } else { 0 };
     (lo.min(hi), hi)
 }
 
@@ -134,116 +117,89 @@ pub fn im2col(col: &mut [f32], inp: &[f32], p: &ConvShape, channels: usize, n0: 
     if row_len == 0 || rows == 0 {
         return;
     }
-    col[..rows * row_len]
-        .par_chunks_mut(row_len)
-        .with_min_len(min_rows(row_len))
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (c, ky, kx) = (r / kk, (r % kk) / k, r % k);
-            let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
-            let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
-            for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
-                let src = &inp[(c * p.n + n0 + i) * hw..][..hw];
-                dst[..ylo * wo].fill(0.0);
-                dst[yhi * wo..].fill(0.0);
-                for oy in ylo..yhi {
-                    let iy = oy * s + ky - pad;
-                    let srow = &src[iy * w..][..w];
-                    let d = &mut dst[oy * wo..][..wo];
-                    d[..xlo].fill(0.0);
-                    d[xhi..].fill(0.0);
-                    if xlo == xhi {
-                        continue;
-                    }
-                    let x0 = xlo * s + kx - pad;
-                    if s == 1 {
-                        d[xlo..xhi].copy_from_slice(&srow[x0..x0 + (xhi - xlo)]);
-                    } else {
-                        for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
-                            *v = x;
-                        }
+    col[..rows * row_len].par_chunks_mut(row_len).with_min_len(min_rows(row_len)).enumerate().for_each(|(r, row)| {
+        let (c, ky, kx) = (r / kk, (r % kk) / k, r % k);
+        let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
+        let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
+        for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
+            let src = &inp[(c * p.n + n0 + i) * hw..][..hw];
+            dst[..ylo * wo].fill(0.0);
+            dst[yhi * wo..].fill(0.0);
+            for oy in ylo..yhi {
+                let iy = oy * s + ky - pad;
+                let srow = &src[iy * w..][..w];
+                let d = &mut dst[oy * wo..][..wo];
+                d[..xlo].fill(0.0);
+                d[xhi..].fill(0.0);
+                if xlo == xhi {
+                    continue;
+                }
+                let x0 = xlo * s + kx - pad;
+                if s == 1 {
+                    d[xlo..xhi].copy_from_slice(&srow[x0..x0 + (xhi - xlo)]);
+                } else {
+                    for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                        *v = x;
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// The adjoint of `im2col`: scatters `col[channels*K*K, nb*Ho*Wo]` back onto images
 /// `n0..n0+nb` of `d_inp` (`(channels, N, H, W)`), summing overlapping windows and dropping the
 /// padding. Those images are overwritten, or added to when `accumulate`; others are untouched.
-pub fn col2im(
-    d_inp: &mut [f32],
-    col: &[f32],
-    p: &ConvShape,
-    channels: usize,
-    n0: usize,
-    nb: usize,
-    accumulate: bool,
-) {
+pub fn col2im(d_inp: &mut [f32], col: &[f32], p: &ConvShape, channels: usize, n0: usize, nb: usize, accumulate: bool) {
     p.check();
     let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
     let (hw, howo, kk) = (h * w, ho * wo, p.kk());
     assert!(n0 + nb <= p.n, "col2im: images out of range");
     let plane = p.n * hw;
-    assert!(
-        d_inp.len() >= channels * plane,
-        "col2im: gradient too short"
-    );
+    assert!(d_inp.len() >= channels * plane, "col2im: gradient too short");
     let row_len = nb * howo;
-    assert!(
-        col.len() >= channels * kk * row_len,
-        "col2im: workspace too short"
-    );
+    assert!(col.len() >= channels * kk * row_len, "col2im: workspace too short");
     if hw == 0 || nb == 0 || channels == 0 {
         return;
     }
-    d_inp[..channels * plane]
-        .par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(c, d_channel)| {
-            d_channel[n0 * hw..(n0 + nb) * hw]
-                .par_chunks_mut(hw)
-                .enumerate()
-                .for_each(|(i, dst)| {
-                    if !accumulate {
-                        dst.fill(0.0);
+    d_inp[..channels * plane].par_chunks_mut(plane).enumerate().for_each(|(c, d_channel)| {
+        d_channel[n0 * hw..(n0 + nb) * hw].par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
+            if !accumulate {
+                dst.fill(0.0);
+            }
+            for ky in 0..k {
+                let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
+                for kx in 0..k {
+                    let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
+                    if xlo == xhi {
+                        continue;
                     }
-                    for ky in 0..k {
-                        let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
-                        for kx in 0..k {
-                            let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
-                            if xlo == xhi {
-                                continue;
+                    let x0 = xlo * s + kx - pad;
+                    let src = &col[(c * kk + ky * k + kx) * row_len + i * howo..][..howo];
+                    for oy in ylo..yhi {
+                        let iy = oy * s + ky - pad;
+                        let drow = &mut dst[iy * w..][..w];
+                        let srow = &src[oy * wo + xlo..oy * wo + xhi];
+                        if s == 1 {
+                            for (d, &v) in drow[x0..x0 + (xhi - xlo)].iter_mut().zip(srow) {
+                                *d += v;
                             }
-                            let x0 = xlo * s + kx - pad;
-                            let src = &col[(c * kk + ky * k + kx) * row_len + i * howo..][..howo];
-                            for oy in ylo..yhi {
-                                let iy = oy * s + ky - pad;
-                                let drow = &mut dst[iy * w..][..w];
-                                let srow = &src[oy * wo + xlo..oy * wo + xhi];
-                                if s == 1 {
-                                    for (d, &v) in drow[x0..x0 + (xhi - xlo)].iter_mut().zip(srow) {
-                                        *d += v;
-                                    }
-                                } else {
-                                    for (d, &v) in drow[x0..].iter_mut().step_by(s).zip(srow) {
-                                        *d += v;
-                                    }
-                                }
+                        } else {
+                            for (d, &v) in drow[x0..].iter_mut().step_by(s).zip(srow) {
+                                *d += v;
                             }
                         }
                     }
-                });
+                }
+            }
         });
+    });
 }
 
 /// Checks the slices against the layer and the buffers against the slices.
 fn check_call(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) {
     p.check();
-    for (s, c, what) in [
-        (out_slice, p.cout, "out_slice"),
-        (in_slice, p.cin, "in_slice"),
-    ] {
+    for (s, c, what) in [(out_slice, p.cout, "out_slice"), (in_slice, p.cin, "in_slice")] {
         assert!(
             s.channels == c && s.width >= 1 && s.width <= c && s.start < c,
             "conv: {what} {s:?} does not fit {c} channels"
@@ -253,21 +209,9 @@ fn check_call(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) {
 
 /// The weight block of output run `ro` and input run `ri`: rows `[ro.channel, +ro.len)`,
 /// columns `[ri.channel*kk, +ri.len*kk)` of the `[cout, cin*kk]` matrix, full leading dimension.
-fn weight_view(
-    p: &ConvShape,
-    ro_channel: usize,
-    ro_len: usize,
-    ri_channel: usize,
-    ri_len: usize,
-) -> Layout {
+fn weight_view(p: &ConvShape, ro_channel: usize, ro_len: usize, ri_channel: usize, ri_len: usize) -> Layout {
     let (kk, ld) = (p.kk(), p.cin * p.kk());
-    Layout::matrix(
-        ro_channel * ld + ri_channel * kk,
-        ro_len,
-        ri_len * kk,
-        ld,
-        1,
-    )
+    Layout::matrix(ro_channel * ld + ri_channel * kk, ro_len, ri_len * kk, ld, 1)
 }
 
 /// `out = conv(inp)` (or `out += conv(inp)` when `accumulate`) for the output channels of
@@ -294,14 +238,8 @@ pub fn conv2d_forward(
     let howo = p.ho() * p.wo();
     let ncols = p.n * howo;
     assert!(out.len() >= w_out * ncols, "conv forward: output too short");
-    assert!(
-        inp.len() >= w_in * p.n * p.h * p.w,
-        "conv forward: input too short"
-    );
-    assert!(
-        weight.len() >= p.cout * p.cin * kk,
-        "conv forward: weight too short"
-    );
+    assert!(inp.len() >= w_in * p.n * p.h * p.w, "conv forward: input too short");
+    assert!(weight.len() >= p.cout * p.cin * kk, "conv forward: weight too short");
     if p.direct() {
         // The input is col for the whole batch: `[w_in, N*H*W]`.
         for ro in out_slice.each_run() {
@@ -320,10 +258,7 @@ pub fn conv2d_forward(
         return;
     }
     let per_chunk = p.chunk_images(chunk).max(1);
-    assert!(
-        col.len() >= p.col_len(w_in, chunk),
-        "conv forward: workspace too short"
-    );
+    assert!(col.len() >= p.col_len(w_in, chunk), "conv forward: workspace too short");
     for n0 in (0..p.n).step_by(per_chunk) {
         let nb = per_chunk.min(p.n - n0);
         let cols = nb * howo;
@@ -370,19 +305,10 @@ pub fn conv2d_backward(
     let howo = p.ho() * p.wo();
     let ncols = p.n * howo;
     let in_len = w_in * p.n * p.h * p.w;
-    assert!(
-        d_out.len() >= w_out * ncols,
-        "conv backward: d_out too short"
-    );
+    assert!(d_out.len() >= w_out * ncols, "conv backward: d_out too short");
     assert!(inp.len() >= in_len, "conv backward: input too short");
-    assert!(
-        weight.len() >= p.cout * p.cin * kk,
-        "conv backward: weight too short"
-    );
-    assert!(
-        d_weight.len() >= w_out * w_in * kk,
-        "conv backward: d_weight too short"
-    );
+    assert!(weight.len() >= p.cout * p.cin * kk, "conv backward: weight too short");
+    assert!(d_weight.len() >= w_out * w_in * kk, "conv backward: d_weight too short");
     let dw_l = Layout::matrix(0, w_out, w_in * kk, w_in * kk, 1);
     let mut d_inp = d_inp;
     if let Some(d) = d_inp.as_deref() {
@@ -417,10 +343,7 @@ pub fn conv2d_backward(
         return;
     }
     let per_chunk = p.chunk_images(chunk).max(1);
-    assert!(
-        col.len() >= p.col_len(w_in, chunk),
-        "conv backward: workspace too short"
-    );
+    assert!(col.len() >= p.col_len(w_in, chunk), "conv backward: workspace too short");
     if p.n == 0 {
         // No chunk runs, but the gradient of an empty batch is still zero.
         d_weight[..w_out * w_in * kk].fill(0.0);

@@ -95,47 +95,24 @@ fn gather_weight(wt: &[f32], p: &ConvShape, out_slice: &Slice, in_slice: &Slice)
 
 /// The shape of the dense problem equivalent to a sliced call.
 fn dense_shape(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) -> ConvShape {
-    ConvShape {
-        cin: in_slice.width,
-        cout: out_slice.width,
-        ..*p
-    }
+    ConvShape { cin: in_slice.width, cout: out_slice.width, ..*p }
 }
 
 fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}: element {i}: got {g}, want {w}"
-        );
+        assert!((g as f64 - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w}");
     }
 }
 
 /// Geometries: (k, stride, pad), every combination the WRNs use plus unpadded 3x3 and a padded
 /// 1x1 (which is not direct).
-const GEOMETRIES: [(usize, usize, usize); 7] = [
-    (1, 1, 0),
-    (1, 2, 0),
-    (3, 1, 1),
-    (3, 2, 1),
-    (3, 1, 0),
-    (3, 2, 0),
-    (1, 1, 1),
-];
+const GEOMETRIES: [(usize, usize, usize); 7] =
+    [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (3, 1, 0), (3, 2, 0), (1, 1, 1)];
 
 fn shape(k: usize, stride: usize, pad: usize) -> ConvShape {
     // Non-square input so that swapped H and W would show.
-    ConvShape {
-        n: 3,
-        cin: 5,
-        h: 7,
-        w: 9,
-        cout: 6,
-        k,
-        stride,
-        pad,
-    }
+    ConvShape { n: 3, cin: 5, h: 7, w: 9, cout: 6, k, stride, pad }
 }
 
 /// (out_slice, in_slice) pairs over cout = 6, cin = 5: full, non-wrapping and wrapping.
@@ -167,28 +144,14 @@ fn poisoned_weight(p: &ConvShape, out_slice: &Slice, in_slice: &Slice, seed: u64
 
 #[test]
 fn shape_arithmetic() {
-    let p = ConvShape {
-        n: 32,
-        cin: 64,
-        h: 32,
-        w: 32,
-        cout: 128,
-        k: 3,
-        stride: 2,
-        pad: 1,
-    };
+    let p = ConvShape { n: 32, cin: 64, h: 32, w: 32, cout: 128, k: 3, stride: 2, pad: 1 };
     assert_eq!((p.ho(), p.wo(), p.kk()), (16, 16, 9));
     assert!(!p.direct());
     assert_eq!(p.col_len(32, 4), 32 * 9 * 4 * 256);
     assert_eq!(p.col_len(32, 0), 32 * 9 * 32 * 256);
     assert_eq!(p.col_len(32, 100), p.col_len(32, 0));
     assert_eq!(p.macs(64, 32), 64 * 32 * 9 * 32 * 256);
-    let q = ConvShape {
-        k: 1,
-        stride: 1,
-        pad: 0,
-        ..p
-    };
+    let q = ConvShape { k: 1, stride: 1, pad: 0, ..p };
     assert!(q.direct());
     assert_eq!(q.col_len(64, 4), 0);
     assert_eq!((q.ho(), q.wo()), (32, 32));
@@ -212,12 +175,11 @@ fn im2col_matches_its_definition_and_col2im_is_its_adjoint() {
                         for ox in 0..wo {
                             let iy = (oy * s + t / k) as isize - pad as isize;
                             let ix = (ox * s + t % k) as isize - pad as isize;
-                            let want =
-                                if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
-                                    0.0
-                                } else {
-                                    x[((c * p.n + n0 + i) * p.h + iy as usize) * p.w + ix as usize]
-                                };
+                            let want = if iy < 0 || ix < 0 || iy >= p.h as isize || ix >= p.w as isize {
+                                0.0
+                            } else {
+                                x[((c * p.n + n0 + i) * p.h + iy as usize) * p.w + ix as usize]
+                            };
                             let got = col[(c * kk + t) * nb * ho * wo + (i * ho + oy) * wo + ox];
                             assert_eq!(got, want, "k{k} s{s} p{pad} c{c} t{t} i{i} {oy},{ox}");
                         }
@@ -238,24 +200,15 @@ fn im2col_matches_its_definition_and_col2im_is_its_adjoint() {
             .map(|(_, (a, b))| *a as f64 * *b as f64)
             .sum();
         let rhs: f64 = g.iter().zip(&col).map(|(a, b)| *a as f64 * *b as f64).sum();
-        assert!(
-            (lhs - rhs).abs() <= 1e-5 * (1.0 + rhs.abs()),
-            "{lhs} vs {rhs}"
-        );
+        assert!((lhs - rhs).abs() <= 1e-5 * (1.0 + rhs.abs()), "{lhs} vs {rhs}");
         for c in 0..ch {
-            assert!(d[c * p.n * p.h * p.w..][..p.h * p.w]
-                .iter()
-                .all(|&v| v == 3.0));
+            assert!(d[c * p.n * p.h * p.w..][..p.h * p.w].iter().all(|&v| v == 3.0));
         }
         // Accumulating adds the same scatter on top.
         let mut d2 = d.clone();
         col2im(&mut d2, &g, &p, ch, n0, nb, true);
         for (j, (a, b)) in d2.iter().zip(&d).enumerate() {
-            let want = if !(n0..n0 + nb).contains(&image_of(j)) {
-                *b
-            } else {
-                2.0 * b
-            };
+            let want = if !(n0..n0 + nb).contains(&image_of(j)) { *b } else { 2.0 * b };
             assert!((a - want).abs() <= 1e-5 * (1.0 + want.abs()));
         }
     }
@@ -274,14 +227,8 @@ fn forward_matches_direct_convolution() {
                 let mut col = vec![f32::NAN; p.col_len(in_slice.width, chunk)];
                 for accumulate in [false, true] {
                     let base = random(want.len(), 30);
-                    let mut out = if accumulate {
-                        base.clone()
-                    } else {
-                        vec![f32::NAN; want.len()]
-                    };
-                    conv2d_forward(
-                        &mut out, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, accumulate,
-                    );
+                    let mut out = if accumulate { base.clone() } else { vec![f32::NAN; want.len()] };
+                    conv2d_forward(&mut out, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, accumulate);
                     let expect: Vec<f64> = if accumulate {
                         want.iter().zip(&base).map(|(w, b)| w + *b as f64).collect()
                     } else {
@@ -291,9 +238,7 @@ fn forward_matches_direct_convolution() {
                         &out,
                         &expect,
                         1e-5,
-                        &format!(
-                            "forward k{k} s{s} p{pad} slices {si} chunk {chunk} acc {accumulate}"
-                        ),
+                        &format!("forward k{k} s{s} p{pad} slices {si} chunk {chunk} acc {accumulate}"),
                     );
                 }
             }
@@ -310,17 +255,12 @@ fn backward_matches_direct_gradients() {
             let wt = poisoned_weight(&p, &out_slice, &in_slice, 40 + si as u64);
             let x = random(in_slice.width * p.n * p.h * p.w, 50 + si as u64);
             let r = random(out_slice.width * p.n * p.ho() * p.wo(), 60 + si as u64);
-            let (want_dx, want_dw) =
-                reference_backward(&r, &x, &gather_weight(&wt, &p, &out_slice, &in_slice), &dp);
+            let (want_dx, want_dw) = reference_backward(&r, &x, &gather_weight(&wt, &p, &out_slice, &in_slice), &dp);
             for chunk in [0, 1, 2] {
                 let mut col = vec![f32::NAN; p.col_len(in_slice.width, chunk)];
                 for accumulate in [false, true] {
                     let base = random(x.len(), 70);
-                    let mut dx = if accumulate {
-                        base.clone()
-                    } else {
-                        vec![f32::NAN; x.len()]
-                    };
+                    let mut dx = if accumulate { base.clone() } else { vec![f32::NAN; x.len()] };
                     let mut dw = vec![f32::NAN; want_dw.len()];
                     conv2d_backward(
                         Some(&mut dx),
@@ -335,15 +275,10 @@ fn backward_matches_direct_gradients() {
                         chunk,
                         accumulate,
                     );
-                    let what =
-                        format!("k{k} s{s} p{pad} slices {si} chunk {chunk} acc {accumulate}");
+                    let what = format!("k{k} s{s} p{pad} slices {si} chunk {chunk} acc {accumulate}");
                     assert_close(&dw, &want_dw, 1e-5, &format!("d_weight {what}"));
                     let expect: Vec<f64> = if accumulate {
-                        want_dx
-                            .iter()
-                            .zip(&base)
-                            .map(|(w, b)| w + *b as f64)
-                            .collect()
+                        want_dx.iter().zip(&base).map(|(w, b)| w + *b as f64).collect()
                     } else {
                         want_dx.clone()
                     };
@@ -351,9 +286,7 @@ fn backward_matches_direct_gradients() {
                 }
                 // Without d_inp only the weight gradient is computed.
                 let mut dw = vec![f32::NAN; want_dw.len()];
-                conv2d_backward(
-                    None, &mut dw, &r, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, false,
-                );
+                conv2d_backward(None, &mut dw, &r, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, false);
                 assert_close(&dw, &want_dw, 1e-5, "d_weight without d_inp");
             }
         }
@@ -362,20 +295,10 @@ fn backward_matches_direct_gradients() {
 
 /// `sum(r * out)` in f64 for the conv of `x` with `wt` (f32 ops inside the convolution).
 #[allow(clippy::too_many_arguments)]
-fn loss(
-    r: &[f32],
-    x: &[f32],
-    wt: &[f32],
-    p: &ConvShape,
-    out_slice: Slice,
-    in_slice: Slice,
-    chunk: usize,
-) -> f64 {
+fn loss(r: &[f32], x: &[f32], wt: &[f32], p: &ConvShape, out_slice: Slice, in_slice: Slice, chunk: usize) -> f64 {
     let mut out = vec![0f32; r.len()];
     let mut col = vec![0f32; p.col_len(in_slice.width, chunk)];
-    conv2d_forward(
-        &mut out, x, wt, &mut col, p, out_slice, in_slice, chunk, false,
-    );
+    conv2d_forward(&mut out, x, wt, &mut col, p, out_slice, in_slice, chunk, false);
     out.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
 
@@ -403,19 +326,7 @@ fn gradients_match_central_differences_and_the_adjoint_identity() {
         let mut dx = vec![0f32; x.len()];
         let mut dw = vec![0f32; out_slice.width * in_slice.width * kk];
         let mut col = vec![0f32; p.col_len(in_slice.width, chunk)];
-        conv2d_backward(
-            Some(&mut dx),
-            &mut dw,
-            &r,
-            &x,
-            &wt,
-            &mut col,
-            &p,
-            out_slice,
-            in_slice,
-            chunk,
-            false,
-        );
+        conv2d_backward(Some(&mut dx), &mut dw, &r, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, false);
 
         // Central differences over every input element.
         let mut fd_x = Vec::with_capacity(x.len());
@@ -456,20 +367,10 @@ fn gradients_match_central_differences_and_the_adjoint_identity() {
         let l = loss(&r, &x, &wt, &p, out_slice, in_slice, chunk);
         let via_x: f64 = dx.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
         let w_slice = gather_weight(&wt, &p, &out_slice, &in_slice);
-        let via_w: f64 = dw
-            .iter()
-            .zip(&w_slice)
-            .map(|(a, b)| *a as f64 * *b as f64)
-            .sum();
+        let via_w: f64 = dw.iter().zip(&w_slice).map(|(a, b)| *a as f64 * *b as f64).sum();
         let scale = l.abs().max(1.0);
-        assert!(
-            (l - via_x).abs() < 1e-5 * scale,
-            "case {ci}: {l} vs {via_x}"
-        );
-        assert!(
-            (l - via_w).abs() < 1e-5 * scale,
-            "case {ci}: {l} vs {via_w}"
-        );
+        assert!((l - via_x).abs() < 1e-5 * scale, "case {ci}: {l} vs {via_x}");
+        assert!((l - via_w).abs() < 1e-5 * scale, "case {ci}: {l} vs {via_w}");
     }
 }
 
@@ -486,41 +387,11 @@ fn output_runs_write_only_their_rows_and_other_images_stay() {
     let ncols = p.n * p.ho() * p.wo();
     let mut col = vec![0f32; p.col_len(5, 2)];
     let mut whole = vec![0f32; 4 * ncols];
-    conv2d_forward(
-        &mut whole,
-        &x,
-        &wt,
-        &mut col,
-        &p,
-        full,
-        Slice::full(5),
-        2,
-        false,
-    );
+    conv2d_forward(&mut whole, &x, &wt, &mut col, &p, full, Slice::full(5), 2, false);
     let mut a = vec![0f32; 2 * ncols];
     let mut b = vec![0f32; 2 * ncols];
-    conv2d_forward(
-        &mut a,
-        &x,
-        &wt,
-        &mut col,
-        &p,
-        Slice::new(4, 2, 6),
-        Slice::full(5),
-        2,
-        false,
-    );
-    conv2d_forward(
-        &mut b,
-        &x,
-        &wt,
-        &mut col,
-        &p,
-        Slice::new(0, 2, 6),
-        Slice::full(5),
-        2,
-        false,
-    );
+    conv2d_forward(&mut a, &x, &wt, &mut col, &p, Slice::new(4, 2, 6), Slice::full(5), 2, false);
+    conv2d_forward(&mut b, &x, &wt, &mut col, &p, Slice::new(0, 2, 6), Slice::full(5), 2, false);
     assert_eq!(&whole[..2 * ncols], &a[..]);
     assert_eq!(&whole[2 * ncols..], &b[..]);
 }
@@ -534,11 +405,7 @@ fn cpu_seconds() -> f64 {
     let mut ns = 0u64;
     for t in tasks.flatten() {
         if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            ns += s.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
         }
     }
     ns as f64 * 1e-9
@@ -561,16 +428,7 @@ fn best_time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 #[ignore]
 fn timing_wrn16_4_layer() {
     // The 64 -> 64, 32x32, 3x3 convolution of WRN-16-4's first group at batch 32.
-    let p = ConvShape {
-        n: 32,
-        cin: 64,
-        h: 32,
-        w: 32,
-        cout: 64,
-        k: 3,
-        stride: 1,
-        pad: 1,
-    };
+    let p = ConvShape { n: 32, cin: 64, h: 32, w: 32, cout: 64, k: 3, stride: 1, pad: 1 };
     let threads = rayon::current_num_threads() as f64;
     let (full_in, full_out) = (Slice::full(64), Slice::full(64));
     let wt = random(64 * 64 * 9, 1);
@@ -593,13 +451,7 @@ fn timing_wrn16_4_layer() {
     );
     println!("  (ms: best wall / best CPU-time divided by the thread count, i.e. the wall time on idle cores)");
     let ms = |t: (f64, f64)| format!("{:7.2} / {:7.2} ms", t.0 * 1e3, t.1 / threads * 1e3);
-    let rate = |f: f64, t: (f64, f64)| {
-        format!(
-            "{:6.1} / {:6.1} GFLOP/s",
-            f / t.0 * 1e-9,
-            f / (t.1 / threads) * 1e-9
-        )
-    };
+    let rate = |f: f64, t: (f64, f64)| format!("{:6.1} / {:6.1} GFLOP/s", f / t.0 * 1e-9, f / (t.1 / threads) * 1e-9);
 
     // The bare products at the crate's best, whole batch: forward, dW and dcol shapes.
     let mut col = vec![0f32; p.col_len(64, 0)];
@@ -650,35 +502,15 @@ fn timing_wrn16_4_layer() {
         let t_i2c = (t.0 * chunks, t.1 * chunks);
         let t = best_time(3, || col2im(&mut dx, &col, &p, 64, 0, nb, false));
         let t_c2i = (t.0 * chunks, t.1 * chunks);
-        let t_f = best_time(3, || {
-            conv2d_forward(
-                &mut out, &x, &wt, &mut col, &p, full_out, full_in, chunk, false,
-            )
-        });
+        let t_f = best_time(3, || conv2d_forward(&mut out, &x, &wt, &mut col, &p, full_out, full_in, chunk, false));
         let t_b = best_time(3, || {
-            conv2d_backward(
-                Some(&mut dx),
-                &mut dw,
-                &dy,
-                &x,
-                &wt,
-                &mut col,
-                &p,
-                full_out,
-                full_in,
-                chunk,
-                false,
-            )
+            conv2d_backward(Some(&mut dx), &mut dw, &dy, &x, &wt, &mut col, &p, full_out, full_in, chunk, false)
         });
         let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
         println!("  chunk {nb:2}: im2col {}, col2im {}", ms(t_i2c), ms(t_c2i));
         println!("            forward  {} {}", ms(t_f), rate(flop, t_f));
         println!("            backward {} {}", ms(t_b), rate(2.0 * flop, t_b));
-        println!(
-            "            fwd+bwd  {} {}",
-            ms(t_fb),
-            rate(3.0 * flop, t_fb)
-        );
+        println!("            fwd+bwd  {} {}", ms(t_fb), rate(3.0 * flop, t_fb));
     }
 
     // SliceOut at keep 0.5 on conv2's input (wrapping): half the work.
@@ -687,30 +519,10 @@ fn timing_wrn16_4_layer() {
     let mut dxs = vec![0f32; xs.len()];
     let mut dws = vec![0f32; 64 * 32 * 9];
     let mut col = vec![0f32; p.col_len(32, 8)];
-    let t_f = best_time(3, || {
-        conv2d_forward(
-            &mut out, &xs, &wt, &mut col, &p, full_out, in_half, 8, false,
-        )
-    });
+    let t_f = best_time(3, || conv2d_forward(&mut out, &xs, &wt, &mut col, &p, full_out, in_half, 8, false));
     let t_b = best_time(3, || {
-        conv2d_backward(
-            Some(&mut dxs),
-            &mut dws,
-            &dy,
-            &xs,
-            &wt,
-            &mut col,
-            &p,
-            full_out,
-            in_half,
-            8,
-            false,
-        )
+        conv2d_backward(Some(&mut dxs), &mut dws, &dy, &xs, &wt, &mut col, &p, full_out, in_half, 8, false)
     });
     let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
-    println!(
-        "  keep 0.5 wrapping input slice, chunk 8: fwd+bwd {} {}",
-        ms(t_fb),
-        rate(1.5 * flop, t_fb)
-    );
+    println!("  keep 0.5 wrapping input slice, chunk 8: fwd+bwd {} {}", ms(t_fb), rate(1.5 * flop, t_fb));
 }

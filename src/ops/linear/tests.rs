@@ -11,10 +11,7 @@ fn reference(inp: &[f64], weight: &[f64], bias: &[f64]) -> Vec<f64> {
     let mut out = vec![0.0; N * O];
     for i in 0..N {
         for k in 0..O {
-            out[i * O + k] = bias[k]
-                + (0..C)
-                    .map(|c| weight[k * C + c] * inp[c * N + i])
-                    .sum::<f64>();
+            out[i * O + k] = bias[k] + (0..C).map(|c| weight[k * C + c] * inp[c * N + i]).sum::<f64>();
         }
     }
     out
@@ -27,11 +24,7 @@ struct Case {
 }
 
 fn case(rng: &mut Rng) -> Case {
-    Case {
-        inp: normals(rng, C * N),
-        weight: normals(rng, O * C),
-        bias: normals(rng, O),
-    }
+    Case { inp: normals(rng, C * N), weight: normals(rng, O * C), bias: normals(rng, O) }
 }
 
 #[test]
@@ -42,10 +35,7 @@ fn forward_matches_the_definition() {
     linear_forward(&mut out, &cs.inp, &cs.weight, &cs.bias, C, N, O);
     let want = reference(&to_f64(&cs.inp), &to_f64(&cs.weight), &to_f64(&cs.bias));
     for (t, (&o, &w)) in out.iter().zip(&want).enumerate() {
-        assert!(
-            (o as f64 - w).abs() < 1e-5 * (1.0 + w.abs()),
-            "out[{t}] {o} vs {w}"
-        );
+        assert!((o as f64 - w).abs() < 1e-5 * (1.0 + w.abs()), "out[{t}] {o} vs {w}");
     }
 }
 
@@ -77,47 +67,11 @@ fn backward_matches_finite_differences() {
     let mut d_inp = vec![f32::NAN; C * N];
     let mut d_weight = vec![f32::NAN; O * C];
     let mut d_bias = vec![f32::NAN; O];
-    linear_backward(
-        &mut d_inp,
-        &mut d_weight,
-        &mut d_bias,
-        &r,
-        &cs.inp,
-        &cs.weight,
-        C,
-        N,
-        O,
-    );
-    let (x, w, b, r64) = (
-        to_f64(&cs.inp),
-        to_f64(&cs.weight),
-        to_f64(&cs.bias),
-        to_f64(&r),
-    );
+    linear_backward(&mut d_inp, &mut d_weight, &mut d_bias, &r, &cs.inp, &cs.weight, C, N, O);
+    let (x, w, b, r64) = (to_f64(&cs.inp), to_f64(&cs.weight), to_f64(&cs.bias), to_f64(&r));
     let loss = |out: Vec<f64>| out.iter().zip(&r64).map(|(o, r)| o * r).sum::<f64>();
     let (eps, tol) = (1e-4, 1e-5);
-    check_grad(
-        "d_inp",
-        |v| loss(reference(v, &w, &b)),
-        &x,
-        &d_inp,
-        eps,
-        tol,
-    );
-    check_grad(
-        "d_weight",
-        |v| loss(reference(&x, v, &b)),
-        &w,
-        &d_weight,
-        eps,
-        tol,
-    );
-    check_grad(
-        "d_bias",
-        |v| loss(reference(&x, &w, v)),
-        &b,
-        &d_bias,
-        eps,
-        tol,
-    );
+    check_grad("d_inp", |v| loss(reference(v, &w, &b)), &x, &d_inp, eps, tol);
+    check_grad("d_weight", |v| loss(reference(&x, v, &b)), &w, &d_weight, eps, tol);
+    check_grad("d_bias", |v| loss(reference(&x, &w, v)), &b, &d_bias, eps, tol);
 }

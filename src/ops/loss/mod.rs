@@ -52,11 +52,7 @@ pub fn cross_entropy(
             }
         }
     }
-    stats[0] = if n > 0 {
-        (total / n as f64) as f32
-    } else {
-        0.0
-    };
+    stats[0] = if n > 0 { (total / n as f64) as f32 } else { 0.0 };
     stats[1] = correct as f32;
 }
 

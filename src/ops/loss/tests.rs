@@ -5,11 +5,8 @@ use crate::rng::Rng;
 /// f64 mean cross-entropy from the definition (no max shift: the test logits are small).
 fn reference(logits: &[f64], labels: &[usize], o: usize) -> f64 {
     let n = labels.len();
-    let total: f64 = logits
-        .chunks(o)
-        .zip(labels)
-        .map(|(row, &y)| row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[y])
-        .sum();
+    let total: f64 =
+        logits.chunks(o).zip(labels).map(|(row, &y)| row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[y]).sum();
     total / n as f64
 }
 
@@ -21,11 +18,7 @@ fn uniform_logits_give_ln_of_the_class_count() {
     let mut stats = [f32::NAN; 2];
     let mut d = vec![f32::NAN; n * o];
     cross_entropy(&mut stats, Some(&mut d), &logits, &labels, n, o);
-    assert!(
-        (stats[0] as f64 - (o as f64).ln()).abs() < 1e-6,
-        "{}",
-        stats[0]
-    );
+    assert!((stats[0] as f64 - (o as f64).ln()).abs() < 1e-6, "{}", stats[0]);
     // All ties: argmax picks class 0, so the first two images count as correct.
     assert_eq!(stats[1], 2.0);
     for i in 0..n {

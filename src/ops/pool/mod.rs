@@ -22,17 +22,9 @@ pub fn avgpool_forward(out: &mut [f32], inp: &[f32], c: usize, n: usize, hw: usi
 pub fn avgpool_backward(d_inp: &mut [f32], d_out: &[f32], c: usize, n: usize, hw: usize) {
     assert!(hw > 0, "average pool over no positions");
     assert_eq!(d_out.len(), c * n, "pool output gradient length vs c * n");
-    assert_eq!(
-        d_inp.len(),
-        c * n * hw,
-        "pool input gradient length vs c * n * hw"
-    );
+    assert_eq!(d_inp.len(), c * n * hw, "pool input gradient length vs c * n * hw");
     let hw_f = hw as f32;
-    d_inp
-        .par_chunks_mut(hw)
-        .zip(d_out.par_iter())
-        .with_min_len(min_rows(hw))
-        .for_each(|(dx, &dy)| dx.fill(dy / hw_f));
+    d_inp.par_chunks_mut(hw).zip(d_out.par_iter()).with_min_len(min_rows(hw)).for_each(|(dx, &dy)| dx.fill(dy / hw_f));
 }
 
 #[cfg(test)]

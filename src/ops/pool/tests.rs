@@ -7,9 +7,7 @@ const N: usize = 2;
 const HW: usize = 5;
 
 fn reference(inp: &[f64]) -> Vec<f64> {
-    inp.chunks(HW)
-        .map(|x| x.iter().sum::<f64>() / HW as f64)
-        .collect()
+    inp.chunks(HW).map(|x| x.iter().sum::<f64>() / HW as f64).collect()
 }
 
 #[test]

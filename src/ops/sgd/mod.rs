@@ -26,11 +26,7 @@ pub enum GradMap {
     Rows { slice: Slice, row_len: usize },
     /// Parameter `[rows, slice.channels * group]`, gradient `[rows, slice.width * group]`
     /// (conv2's weight, `group = k * k`).
-    Cols {
-        slice: Slice,
-        rows: usize,
-        group: usize,
-    },
+    Cols { slice: Slice, rows: usize, group: usize },
 }
 
 /// Position of layer channel `ch` in the slice's buffer order, if the slice keeps it.
@@ -46,11 +42,7 @@ fn slot(slice: Slice, ch: usize) -> Option<usize> {
 fn step(param: &mut f32, buf: &mut f32, g0: f32, p: &SgdParams) {
     let g = g0 + p.weight_decay * *param;
     *buf = p.momentum * *buf + g;
-    let d = if p.nesterov {
-        g + p.momentum * *buf
-    } else {
-        *buf
-    };
+    let d = if p.nesterov { g + p.momentum * *buf } else { *buf };
     *param -= p.lr * d;
 }
 
@@ -72,18 +64,8 @@ fn step_row(param: &mut [f32], buf: &mut [f32], grad: Option<&[f32]>, p: &SgdPar
 
 /// One SGD step of `param` with its momentum buffer (zero before the first step, which gives
 /// PyTorch's `buf = g` on that step), reading the gradient through `map`.
-pub fn sgd_update(
-    param: &mut [f32],
-    momentum_buf: &mut [f32],
-    grad: &[f32],
-    map: GradMap,
-    p: &SgdParams,
-) {
-    assert_eq!(
-        param.len(),
-        momentum_buf.len(),
-        "momentum buffer length vs param"
-    );
+pub fn sgd_update(param: &mut [f32], momentum_buf: &mut [f32], grad: &[f32], map: GradMap, p: &SgdParams) {
+    assert_eq!(param.len(), momentum_buf.len(), "momentum buffer length vs param");
     match map {
         GradMap::Full => {
             assert_eq!(grad.len(), param.len(), "gradient length vs param");
@@ -96,16 +78,8 @@ pub fn sgd_update(
         }
         GradMap::Rows { slice, row_len } => {
             assert!(row_len > 0, "sgd rows of length zero");
-            assert_eq!(
-                param.len(),
-                slice.channels * row_len,
-                "param length vs rows"
-            );
-            assert_eq!(
-                grad.len(),
-                slice.width * row_len,
-                "gradient length vs slice rows"
-            );
+            assert_eq!(param.len(), slice.channels * row_len, "param length vs rows");
+            assert_eq!(grad.len(), slice.width * row_len, "gradient length vs slice rows");
             param
                 .par_chunks_mut(row_len)
                 .zip(momentum_buf.par_chunks_mut(row_len))
@@ -119,16 +93,8 @@ pub fn sgd_update(
         GradMap::Cols { slice, rows, group } => {
             assert!(group > 0, "sgd column groups of size zero");
             let (row_len, grad_len) = (slice.channels * group, slice.width * group);
-            assert_eq!(
-                param.len(),
-                rows * row_len,
-                "param length vs rows * columns"
-            );
-            assert_eq!(
-                grad.len(),
-                rows * grad_len,
-                "gradient length vs sliced columns"
-            );
+            assert_eq!(param.len(), rows * row_len, "param length vs rows * columns");
+            assert_eq!(grad.len(), rows * grad_len, "gradient length vs sliced columns");
             param
                 .par_chunks_mut(row_len)
                 .zip(momentum_buf.par_chunks_mut(row_len))

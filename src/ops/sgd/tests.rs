@@ -4,21 +4,14 @@ use crate::rng::Rng;
 
 /// The textbook dense update: scatter the sliced gradient into a zero full-size one, then
 /// PyTorch's SGD with the momentum buffer set to the first gradient on the first step.
-fn dense_step(
-    param: &mut [f32],
-    buf: &mut Option<Vec<f32>>,
-    grad: &[f32],
-    map: GradMap,
-    p: &SgdParams,
-) {
+fn dense_step(param: &mut [f32], buf: &mut Option<Vec<f32>>, grad: &[f32], map: GradMap, p: &SgdParams) {
     let mut full = vec![0.0f32; param.len()];
     match map {
         GradMap::Full => full.copy_from_slice(grad),
         GradMap::Rows { slice, row_len } => {
             for j in 0..slice.width {
                 let ch = (slice.start + j) % slice.channels;
-                full[ch * row_len..(ch + 1) * row_len]
-                    .copy_from_slice(&grad[j * row_len..(j + 1) * row_len]);
+                full[ch * row_len..(ch + 1) * row_len].copy_from_slice(&grad[j * row_len..(j + 1) * row_len]);
             }
         }
         GradMap::Cols { slice, rows, group } => {
@@ -33,11 +26,7 @@ fn dense_step(
             }
         }
     }
-    let d_p: Vec<f32> = full
-        .iter()
-        .zip(param.iter())
-        .map(|(g, w)| g + p.weight_decay * w)
-        .collect();
+    let d_p: Vec<f32> = full.iter().zip(param.iter()).map(|(g, w)| g + p.weight_decay * w).collect();
     let b = match buf {
         None => buf.insert(d_p.clone()),
         Some(b) => {
@@ -57,12 +46,7 @@ fn dense_step(
 fn check(map_of: impl Fn(Option<usize>) -> (GradMap, usize), starts: &[Option<usize>], len: usize) {
     let mut rng = Rng::new(51, 0);
     for nesterov in [false, true] {
-        let p = SgdParams {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            nesterov,
-        };
+        let p = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov };
         let mut param = normals(&mut rng, len);
         let mut want = param.clone();
         let mut buf = vec![0.0f32; len];
@@ -74,10 +58,7 @@ fn check(map_of: impl Fn(Option<usize>) -> (GradMap, usize), starts: &[Option<us
             sgd_update(&mut param, &mut buf, &grad, map, &p);
             dense_step(&mut want, &mut dense_buf, &grad, map, &p);
             for (t, (&a, &b)) in param.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
-                    "{map:?} nesterov {nesterov} [{t}]: {a} vs dense {b}"
-                );
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{map:?} nesterov {nesterov} [{t}]: {a} vs dense {b}");
             }
             // Every weight moves: the ones outside the slice through decay and momentum.
             assert!(param.iter().zip(&before).all(|(a, b)| a != b));
@@ -115,10 +96,7 @@ fn column_slices_match_dense_sgd_with_and_without_wrap() {
     let (rows, c, w, group) = (6, 10, 4, 9);
     let map_of = |start: Option<usize>| {
         let slice = start.map_or(Slice::full(c), |s| Slice::new(s, w, c));
-        (
-            GradMap::Cols { slice, rows, group },
-            rows * slice.width * group,
-        )
+        (GradMap::Cols { slice, rows, group }, rows * slice.width * group)
     };
     check(map_of, &[Some(7), Some(1), None, Some(9)], rows * c * group);
     // A wide conv2 weight, so the rows are split over rayon workers.
@@ -132,12 +110,7 @@ fn column_slices_match_dense_sgd_with_and_without_wrap() {
 
 #[test]
 fn zero_momentum_is_plain_sgd_with_decay() {
-    let p = SgdParams {
-        lr: 0.5,
-        momentum: 0.0,
-        weight_decay: 0.1,
-        nesterov: false,
-    };
+    let p = SgdParams { lr: 0.5, momentum: 0.0, weight_decay: 0.1, nesterov: false };
     let (mut w, mut buf) = (vec![2.0f32, -4.0], vec![0.0f32; 2]);
     for _ in 0..2 {
         sgd_update(&mut w, &mut buf, &[1.0, 0.0], GradMap::Full, &p);

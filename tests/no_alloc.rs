@@ -1,0 +1,104 @@
+//! Nothing is allocated inside a training step: every buffer comes from the arena planned and
+//! allocated before the first step. A counting global allocator watches every thread (rayon's
+//! workers included) while steps run.
+
+use sliceout::backend::{cpu::CpuBackend, Backend, SplitId, StepCtx};
+use sliceout::data::loader::{Crop, Normalization};
+use sliceout::data::Split;
+use sliceout::exec::Program;
+use sliceout::model::{wrn, ModelConfig};
+use sliceout::ops::sgd::SgdParams;
+use sliceout::rng::Rng;
+use sliceout::schedule::{Mode, Options};
+use sliceout::sliceout::sample_start;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+struct Counting;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(new_size, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn training_steps_allocate_nothing() {
+    let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+    let batch = 16;
+    let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default()));
+    let s = &p.schedule;
+    let mut cpu = CpuBackend::new();
+    cpu.reserve_arena(p.arena_bytes()).unwrap();
+    cpu.set_persistent(&wrn::init_persistent(s, 1)).unwrap();
+    let mut rng = Rng::new(5, 9);
+    let n = 64;
+    let split = Split {
+        images: (0..n * 3 * 1024).map(|_| rng.below(256) as u8).collect(),
+        labels: (0..n).map(|_| rng.below(10) as u8).collect(),
+        len: n,
+    };
+    let norm = Normalization::from_split(&split, 3);
+    cpu.upload_split(SplitId::Train, split, 3, &norm).unwrap();
+    let sgd = SgdParams { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+    let indices: Vec<usize> = (0..batch).collect();
+    let mut crops = vec![Crop::IDENTITY; batch];
+    let mut starts = vec![0; s.slices.len()];
+    let mut loss = [0f32; 2];
+    let mut step = |count: bool, cpu: &mut CpuBackend, rng: &mut Rng| {
+        COUNTING.store(count, Ordering::SeqCst);
+        crops.iter_mut().for_each(|c| *c = Crop::draw(rng));
+        for (st, spec) in starts.iter_mut().zip(&s.slices) {
+            *st = sample_start(rng, spec.channels, 1);
+        }
+        cpu.fill_batch(&p, SplitId::Train, &indices, &crops);
+        cpu.run(&p, &StepCtx { starts: &starts, sgd });
+        cpu.read(&p, s.loss, &mut loss);
+        COUNTING.store(false, Ordering::SeqCst);
+    };
+    // Warm-up: thread pools and the GEMM's per-thread packing buffers are set up once.
+    for _ in 0..2 {
+        step(false, &mut cpu, &mut rng);
+    }
+    for _ in 0..3 {
+        step(true, &mut cpu, &mut rng);
+    }
+    let (allocs, bytes) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+    {
+        cpu.fill_batch(&p, SplitId::Train, &indices, &vec![Crop::IDENTITY; batch]);
+        let ctx = StepCtx { starts: &starts, sgd };
+        let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+        for i in 0..s.steps.len() {
+            let before = ALLOCS.load(Ordering::SeqCst);
+            COUNTING.store(true, Ordering::SeqCst);
+            cpu.run_op(&p, i, &ctx);
+            COUNTING.store(false, Ordering::SeqCst);
+            let name = format!("{:?}", s.steps[i].op).split([' ', '{']).next().unwrap().to_string();
+            *per.entry(name).or_default() += ALLOCS.load(Ordering::SeqCst) - before;
+        }
+        println!("{per:?}");
+    }
+    println!("{allocs} allocations, {bytes} bytes in 3 steps; loss {}", loss[0]);
+    assert!(loss[0].is_finite());
+    assert_eq!(allocs, 0, "{allocs} allocations ({bytes} bytes) inside 3 training steps");
+}
