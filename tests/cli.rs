@@ -195,3 +195,46 @@ fn help_lists_the_commands() {
         assert!(so.contains(c), "{c} missing from --help");
     }
 }
+
+#[test]
+fn a_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint() {
+    let d = tmp("nan");
+    synth(&d, 64, 16);
+    let data = d.to_str().unwrap();
+    let run = d.join("run");
+    let out = run.to_str().unwrap();
+    let (code, _, err) = sliceout(&refs(&train_args(data, out, &[])));
+    assert_eq!(code, 0, "{err}");
+    let good = std::fs::read(run.join("last.ckpt")).unwrap();
+    let ck = run.join("last.ckpt");
+    let resume = train_args(data, out, &[("--resume", ck.to_str().unwrap()), ("--epochs", "3"), ("--lr", "1e30")]);
+    let (code, _, err) = sliceout(&refs(&resume));
+    assert_ne!(code, 0);
+    assert!(err.contains("diverged") && err.contains("epoch 2") && err.contains("step"), "{err}");
+    assert_eq!(std::fs::read(run.join("last.ckpt")).unwrap(), good, "the last good checkpoint changed");
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_says_how_to_resume() {
+    let d = tmp("sigint");
+    synth(&d, 400, 16);
+    let run = d.join("run");
+    let args = train_args(d.to_str().unwrap(), run.to_str().unwrap(), &[("--epochs", "50"), ("--widen", "2")]);
+    let child = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it start stepping, then interrupt it like a terminal's Ctrl-C.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
+    assert!(so.contains("resume with: sliceout train --resume"), "{so}\n{se}");
+    assert!(!se.contains("panicked"));
+    let ck = sliceout::checkpoint::load(&run.join("last.ckpt")).unwrap();
+    assert!(ck.step > 0 && ck.epoch < 50, "step {} epoch {}", ck.step, ck.epoch);
+}
