@@ -169,6 +169,9 @@ pub struct TrainFlags {
     /// auto picks CUDA when a GPU is usable, else the CPU
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// GPU GEMM math: tf32 or fp32 (the CPU always computes in fp32)
+    #[arg(long, default_value = "tf32")]
+    pub math: String,
     /// Output folder [default: runs/<timestamp>]
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -265,6 +268,9 @@ pub struct ProfileFlags {
     pub trace: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// GPU GEMM math: tf32 or fp32
+    #[arg(long, default_value = "tf32")]
+    pub math: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -302,6 +308,9 @@ pub struct BenchFlags {
 pub struct SelftestFlags {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// GPU GEMM math: tf32 or fp32 (tolerance 5e-3 or 1e-5 against the CPU)
+    #[arg(long, default_value = "fp32")]
+    pub math: String,
 }
 
 pub fn dataset(flag: &Option<String>) -> crate::Result<Option<DatasetKind>> {

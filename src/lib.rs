@@ -15,6 +15,7 @@ pub mod profile;
 pub mod reference;
 pub mod rng;
 pub mod schedule;
+pub mod selftest;
 pub mod sliceout;
 pub mod tensor;
 pub mod train;

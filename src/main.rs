@@ -2,6 +2,7 @@
 //! line and exits non-zero.
 
 use clap::Parser;
+use sliceout::backend::cuda::Math;
 use sliceout::cli::{self, Cli, Command, DataCommand};
 use sliceout::error::{Error, Result};
 use sliceout::train::{self, TrainArgs};
@@ -56,23 +57,36 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Profile(f)) => profile::command(&f),
         Some(Command::Bench(f)) => bench::command(&f),
-        Some(Command::Selftest(f)) => {
-            let mut backend = train::backend(f.device.into(), true)?;
-            println!("PyTorch reference (WRN-10-2, batch 4): relative error per tensor");
-            let rows = reference::check(&mut *backend)?;
-            let failed = reference::print(&rows);
-            println!("{} passed, {} failed", rows.len() - failed, failed);
-            if failed > 0 {
-                return Err(Error::Msg(format!("selftest: {failed} tensors differ from the reference")));
-            }
-            Ok(())
-        }
+        Some(Command::Selftest(f)) => selftest(&f),
         Some(Command::Data(DataCommand::Synth { out, train, test, seed })) => {
             data::synth::write_synthetic(&out, train, test, seed)?;
             println!("wrote {train} training and {test} test images (CIFAR-10 binary format) to {}", out.display());
             Ok(())
         }
     }
+}
+
+/// Every op on the chosen backend against the CPU, then the PyTorch reference on it.
+fn selftest(f: &cli::SelftestFlags) -> Result<()> {
+    let math = Math::parse(&f.math)?;
+    let mut backend = train::backend(f.device.into(), math, true)?;
+    let tol = if math == Math::Tf32 { 5e-3 } else { 1e-5 };
+    let mut cpu = sliceout::backend::cpu::CpuBackend::new();
+    println!("ops on {} against the CPU (max relative error, tolerance {tol:.0e})", backend.name());
+    let checks = sliceout::selftest::op_checks(&mut cpu, &mut *backend, tol);
+    for c in &checks {
+        println!("{:60} {:10.2e}  {}", c.op, c.max_rel_err, if c.pass { "ok" } else { "FAIL" });
+    }
+    let op_failed = checks.iter().filter(|c| !c.pass).count();
+    println!("\nPyTorch reference (WRN-10-2, batch 4) on {}: relative error per tensor", backend.name());
+    let rows = reference::check(&mut *backend)?;
+    let ref_failed = reference::print(&rows);
+    let (total, failed) = (checks.len() + rows.len(), op_failed + ref_failed);
+    println!("\nselftest: {} passed, {} failed", total - failed, failed);
+    if failed > 0 {
+        return Err(Error::Msg(format!("selftest: {op_failed} op checks and {ref_failed} reference tensors failed")));
+    }
+    Ok(())
 }
 
 fn train_cmd(f: cli::TrainFlags) -> Result<()> {
@@ -132,6 +146,7 @@ fn train_cmd(f: cli::TrainFlags) -> Result<()> {
         schedule: cli::lr_schedule(f.schedule),
         seed: f.seed,
         device: f.device.into(),
+        math: Math::parse(&f.math)?,
         out,
         limit_train: f.limit_train,
         limit_test: f.limit_test,

@@ -229,7 +229,8 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
             return Err(Error::flag("--compare", k, "a keep fraction in (0, 1]"));
         }
     }
-    let mut backend = train::backend(f.device.into(), f.format == Format::Text)?;
+    let mut backend =
+        train::backend(f.device.into(), crate::backend::cuda::Math::parse(&f.math)?, f.format == Format::Text)?;
     let options = f.memory.options();
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
     let main_p = build(&config);

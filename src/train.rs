@@ -5,6 +5,7 @@
 //! block, run the training program, read back `[loss, correct]`. Every buffer the step touches
 //! was planned and allocated before the first step.
 
+use crate::backend::cuda::{self, CudaBackend, Math};
 use crate::backend::{cpu::CpuBackend, Backend, SplitId, StepCtx};
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::loader::{self, Crop};
@@ -57,6 +58,8 @@ pub struct TrainArgs {
     pub schedule: LrSchedule,
     pub seed: u64,
     pub device: DeviceChoice,
+    /// GPU GEMM math (the CPU always computes in fp32).
+    pub math: Math,
     pub out: PathBuf,
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
@@ -118,16 +121,16 @@ fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Picks the backend; says which on one line.
-pub fn backend(choice: DeviceChoice, verbose: bool) -> Result<Box<dyn Backend>> {
-    let b: Box<dyn Backend> = match choice {
-        DeviceChoice::Cuda => {
-            return Err(Error::Device("the CUDA backend is not built yet; use --device cpu".into()));
-        }
-        DeviceChoice::Auto | DeviceChoice::Cpu => Box::new(CpuBackend::new()),
+/// Picks the backend and says which on one line: `auto` takes CUDA when the driver loads and a
+/// device exists, else the CPU; `cuda` without a usable GPU is an error.
+pub fn backend(choice: DeviceChoice, math: Math, verbose: bool) -> Result<Box<dyn Backend>> {
+    let (b, why): (Box<dyn Backend>, &str) = match choice {
+        DeviceChoice::Cuda => (Box::new(CudaBackend::new(math)?), ""),
+        DeviceChoice::Cpu => (Box::new(CpuBackend::new()), ""),
+        DeviceChoice::Auto if cuda::available() => (Box::new(CudaBackend::new(math)?), " (auto: GPU found)"),
+        DeviceChoice::Auto => (Box::new(CpuBackend::new()), " (auto: no usable CUDA driver or GPU)"),
     };
     if verbose {
-        let why = if choice == DeviceChoice::Auto { " (CUDA backend not built yet)" } else { "" };
         println!("device: {}{why}", b.name());
     }
     Ok(b)
@@ -212,6 +215,7 @@ fn meta_f64(ck: &Checkpoint, key: &str) -> f64 {
 /// Trains, writing `OUT/metrics.jsonl`, `OUT/curves.svg`, `OUT/last.ckpt` and `OUT/best.ckpt`.
 pub fn train(args: &TrainArgs) -> Result<Summary> {
     args.validate()?;
+    let mut backend = backend(args.device, args.math, args.verbose)?;
     let resume = match &args.resume {
         Some(path) => Some((path.clone(), checkpoint::load(path)?)),
         None => None,
@@ -237,7 +241,6 @@ pub fn train(args: &TrainArgs) -> Result<Summary> {
     std::fs::write(&probe, b"").map_err(|e| Error::io(&args.out, e))?;
     let _ = std::fs::remove_file(&probe);
 
-    let mut backend = backend(args.device, args.verbose)?;
     let train_p = Program::new(wrn::build(&config, args.batch, Mode::Train, args.options));
     let mut eval = Evaluator::new(&config, args.batch, test_len);
     backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
@@ -519,7 +522,7 @@ pub fn evaluate(
             ),
         ));
     }
-    let mut backend = backend(device, false)?;
+    let mut backend = backend(device, Math::Tf32, false)?;
     let mut eval = Evaluator::new(&config, batch, ds.test.len);
     backend.reserve_arena(eval.arena_bytes())?;
     let s = &eval.programs[0].schedule;

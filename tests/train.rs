@@ -33,6 +33,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
         schedule: LrSchedule::Cosine,
         seed: 3,
         device: DeviceChoice::Cpu,
+        math: sliceout::backend::cuda::Math::Fp32,
         out: out.to_path_buf(),
         limit_train: None,
         limit_test: None,

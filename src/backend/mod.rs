@@ -4,6 +4,7 @@
 //! time; the CPU backend is the numerical reference every other backend is checked against.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::data::loader::{Crop, Normalization};
 use crate::data::Split;
@@ -51,6 +52,10 @@ pub trait Backend {
     fn run_op(&mut self, program: &Program, step: usize, ctx: &StepCtx);
     /// Waits for queued work (a no-op on the CPU).
     fn synchronize(&mut self) {}
+    /// Device memory in use by the whole process (GPU backends), for comparison with the plan.
+    fn memory_in_use(&self) -> Option<usize> {
+        None
+    }
 
     /// Runs every op of `program` in order.
     fn run(&mut self, program: &Program, ctx: &StepCtx) {

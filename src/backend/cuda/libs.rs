@@ -1,0 +1,100 @@
+//! Finding the CUDA libraries at run time. cudarc (feature `dynamic-loading`) opens each library
+//! by bare names (`libcublas.so`, ..., `libcublas.so.13`), so only the loader's search path is
+//! searched (`LD_LIBRARY_PATH`, the ldconfig cache). A toolkit under `/usr/local/cuda/lib64`
+//! is usually on neither. Before cudarc first touches a library we therefore open the ones we
+//! find in the usual folders by full path: glibc's `dlopen` of a bare name returns an already
+//! loaded library whose SONAME matches (cudarc's candidate list includes `libX.so.13`, the
+//! SONAME), so cudarc then picks ours up without any environment set by hand.
+//!
+//! Folders searched, in order: `$SLICEOUT_CUDA_LIB_DIR` (colon-separated), `$CUDA_HOME/lib64`,
+//! `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`, `/usr/local/cuda/targets/x86_64-linux/lib`,
+//! then any folders the caller adds (the NVRTC test adds pip's `nvidia/cu13/lib`).
+//! The driver (`libcuda.so.1`) comes with the NVIDIA driver and is on the default path.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Libraries to preload, dependencies first, as (file name, what needs it).
+const LIBRARIES: &[&str] = &["libcublasLt.so.13", "libcublas.so.13", "libnvrtc-builtins.so.13.0", "libnvrtc.so.13"];
+
+const RTLD_NOW: c_int = 2;
+const RTLD_GLOBAL: c_int = 0x100;
+
+extern "C" {
+    // From libc (libloading, which cudarc uses, links the same symbol).
+    fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+}
+
+/// Folders tried, in order, before `extra`.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![];
+    if let Ok(v) = std::env::var("SLICEOUT_CUDA_LIB_DIR") {
+        dirs.extend(std::env::split_paths(&v));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Ok(v) = std::env::var(var) {
+            dirs.push(Path::new(&v).join("lib64"));
+        }
+    }
+    dirs.push("/usr/local/cuda/lib64".into());
+    dirs.push("/usr/local/cuda/targets/x86_64-linux/lib".into());
+    dirs
+}
+
+/// Libraries opened so far (full paths); a library is opened at most once.
+static LOADED: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Opens, by full path, each CUDA library not opened yet that exists in one of the search
+/// folders or `extra`. Returns the libraries opened by this process so far (name, path).
+/// Never fails: a library not found is left to cudarc's own search.
+pub fn preload(extra: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    let dirs: Vec<PathBuf> = search_dirs().into_iter().chain(extra.iter().cloned()).collect();
+    for name in LIBRARIES {
+        if loaded.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        for dir in &dirs {
+            let path = dir.join(name);
+            if !path.is_file() {
+                continue;
+            }
+            let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: a valid C string; the handle is kept open for the process's lifetime.
+            let handle = unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) };
+            if !handle.is_null() {
+                loaded.push((name.to_string(), path));
+                break;
+            }
+        }
+    }
+    loaded.clone()
+}
+
+/// Runs `f`, turning a panic (cudarc panics when a library or symbol is missing) into `None`.
+pub fn catch<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+/// Whether the driver library (`libcuda.so`) can be opened.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    catch(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// Whether cuBLAS can be opened (after [`preload`]).
+pub fn cublas_present() -> bool {
+    preload(&[]);
+    // SAFETY: only tries to open the library.
+    catch(|| unsafe { cudarc::cublas::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// Whether NVRTC can be opened (after [`preload`] with `extra` folders).
+pub fn nvrtc_present(extra: &[PathBuf]) -> bool {
+    preload(extra);
+    // SAFETY: only tries to open the library.
+    catch(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
+}

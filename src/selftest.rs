@@ -1,0 +1,713 @@
+//! Op-by-op comparison of two backends (the CPU reference and, say, CUDA). Every op kind runs
+//! as a tiny single-op program with odd sizes (N=3, 5..7 channels, 7x7 images), with sliced,
+//! wrapping and accumulating variants, on seeded random inputs; every buffer the op writes
+//! (and the persistent region, for ops that update it) is read back from both backends and
+//! compared as `||a - b|| / ||b||`, the worst buffer giving the row's error.
+//!
+//! A one-op schedule would not validate (its inputs are read before anything writes them), so
+//! each input buffer gets a "producer" step (`Add` from the dummy input) that is never run:
+//! it only makes the buffer count as written and keeps it alive, so the planner gives every
+//! buffer its own memory. Only the last step, the op under test, runs. Inputs, outputs
+//! (accumulating ops add to them) and persistent state are written identically to both
+//! backends first. A backend that panics in a case gives that row a NaN error.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::backend::{Backend, SplitId, StepCtx};
+use crate::data::loader::{Crop, Normalization};
+use crate::data::{Split, PLANE};
+use crate::exec::Program;
+use crate::model::ModelConfig;
+use crate::ops::conv2d::ConvShape;
+use crate::ops::sgd::SgdParams;
+use crate::rng::Rng;
+use crate::schedule::*;
+
+/// One row of the comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpCheck {
+    pub op: String,
+    pub max_rel_err: f64,
+    pub pass: bool,
+}
+
+/// Runs every check with `reference` as the truth; `pass` is `max_rel_err <= tol`.
+pub fn op_checks(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f64) -> Vec<OpCheck> {
+    let mut rows: Vec<OpCheck> = cases().into_iter().map(|c| check_case(reference, other, &c, tol)).collect();
+    rows.push(check_fill_batch(reference, other, tol));
+    rows
+}
+
+/// SGD settings of the update checks (Nesterov is set per case).
+const SGD: SgdParams = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+
+/// A single-op program with its data.
+struct Case {
+    name: String,
+    sched: Schedule,
+    /// Index of the op under test (the last step).
+    step: usize,
+    starts: Vec<usize>,
+    nesterov: bool,
+    persistent: Vec<f32>,
+    /// Initial contents of every buffer but the dummy input and labels.
+    fills: Vec<(BufId, Vec<f32>)>,
+    /// The op updates the persistent region (BN running stats, SGD).
+    check_persistent: bool,
+}
+
+/// Assembles a case: buffers, tensors, producers, then the op.
+struct Tiny {
+    s: Schedule,
+    rng: Rng,
+    persistent: Vec<f32>,
+    fills: Vec<(BufId, Vec<f32>)>,
+    producers: Vec<Step>,
+}
+
+impl Tiny {
+    fn new(seed: u64, slices: Vec<SliceSpec>) -> Tiny {
+        let config = ModelConfig { depth: 10, widen: 1, classes: 10, in_channels: 3, keep: 1.0 };
+        let mut s = Schedule {
+            config,
+            batch: 3,
+            mode: Mode::Train,
+            options: Options::default(),
+            buffers: vec![],
+            tensors: vec![],
+            steps: vec![],
+            slices,
+            input: 0,
+            labels: 1,
+            logits: 0,
+            loss: 0,
+            outputs: vec![],
+        };
+        for name in ["dummy.input", "dummy.labels"] {
+            s.buffers.push(Buffer { name: name.into(), kind: BufKind::Activation, len: 1, sliced: false });
+        }
+        Tiny { s, rng: Rng::new(seed, 7), persistent: vec![], fills: vec![], producers: vec![] }
+    }
+
+    fn add_buf(&mut self, name: &str, kind: BufKind, data: Vec<f32>) -> BufId {
+        self.s.buffers.push(Buffer { name: name.into(), kind, len: data.len(), sliced: false });
+        let id = self.s.buffers.len() - 1;
+        self.fills.push((id, data));
+        id
+    }
+
+    /// A buffer the op reads, filled with `data`.
+    fn input(&mut self, name: &str, data: Vec<f32>) -> BufId {
+        let id = self.add_buf(name, BufKind::Activation, data);
+        self.producers.push(Step {
+            layer: format!("produce {name}"),
+            phase: Phase::Forward,
+            op: Op::Add { out: id, inp: self.s.input },
+        });
+        id
+    }
+
+    /// A buffer the op writes (pre-filled with random values, which accumulating ops keep).
+    fn output(&mut self, name: &str, kind: BufKind, len: usize) -> BufId {
+        let data = self.normals(len, 1.0, 0.0);
+        self.add_buf(name, kind, data)
+    }
+
+    fn tensor(&mut self, name: &str, shape: &[usize], role: Role, data: Vec<f32>) -> TensorId {
+        assert_eq!(data.len(), shape.iter().product::<usize>());
+        self.s.tensors.push(TensorSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            role,
+            offset: self.persistent.len(),
+        });
+        self.persistent.extend(data);
+        self.s.tensors.len() - 1
+    }
+
+    fn normals(&mut self, len: usize, scale: f32, shift: f32) -> Vec<f32> {
+        (0..len).map(|_| self.rng.normal() * scale + shift).collect()
+    }
+
+    fn uniforms(&mut self, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..len).map(|_| lo + (hi - lo) * self.rng.uniform()).collect()
+    }
+
+    fn bn(&mut self, c: usize) -> BnRef {
+        let gamma = self.normals(c, 0.5, 1.0);
+        let beta = self.normals(c, 0.5, 0.0);
+        let mean = self.normals(c, 0.1, 0.0);
+        let var = self.uniforms(c, 0.5, 1.5);
+        BnRef {
+            gamma: self.tensor("bn.weight", &[c], Role::Param, gamma),
+            beta: self.tensor("bn.bias", &[c], Role::Param, beta),
+            mean: self.tensor("bn.running_mean", &[c], Role::RunningMean, mean),
+            var: self.tensor("bn.running_var", &[c], Role::RunningVar, var),
+        }
+    }
+
+    /// Saved BN statistics of `w` channels: means, then positive 1/std.
+    fn stats(&mut self, w: usize) -> BufId {
+        let mut v = self.normals(w, 0.3, 0.0);
+        v.extend(self.uniforms(w, 0.5, 1.5));
+        self.input("bn.stats", v)
+    }
+
+    fn finish(mut self, name: String, op: Op, starts: Vec<usize>, check_persistent: bool) -> Case {
+        self.s.steps = std::mem::take(&mut self.producers);
+        self.s.steps.push(Step { layer: name.clone(), phase: Phase::Forward, op });
+        Case {
+            name,
+            step: self.s.steps.len() - 1,
+            sched: self.s,
+            starts,
+            nesterov: true,
+            persistent: self.persistent,
+            fills: self.fills,
+            check_persistent,
+        }
+    }
+}
+
+/// Channel selection of a case: the whole layer, or a slice `(start, width)` of block 0.
+#[derive(Clone, Copy)]
+enum Pick {
+    Full,
+    Slice(usize, usize),
+}
+
+impl Pick {
+    fn width(&self, c: usize) -> usize {
+        match *self {
+            Pick::Full => c,
+            Pick::Slice(_, w) => w,
+        }
+    }
+    fn sel(&self, c: usize) -> Sel {
+        match self {
+            Pick::Full => Sel::Full(c),
+            Pick::Slice(..) => Sel::Block(0),
+        }
+    }
+    fn spec(&self, c: usize) -> Vec<SliceSpec> {
+        match *self {
+            Pick::Full => vec![SliceSpec { channels: c, width: c }],
+            Pick::Slice(_, w) => vec![SliceSpec { channels: c, width: w }],
+        }
+    }
+    fn starts(&self) -> Vec<usize> {
+        match *self {
+            Pick::Full => vec![0],
+            Pick::Slice(s, _) => vec![s],
+        }
+    }
+}
+
+const N: usize = 3;
+const HW: usize = 7;
+
+fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
+    let (cin, cout) = (5, 7);
+    let geometries = [("k3s1", 3, 1, 1), ("k3s2", 3, 2, 1), ("k1s1", 1, 1, 0), ("k1s2", 1, 2, 0)];
+    // (label, output pick, input pick, accumulate)
+    let variants = [
+        ("full", Pick::Full, Pick::Full, false),
+        ("out-slice", Pick::Slice(2, 4), Pick::Full, false),
+        ("out-wrap+acc", Pick::Slice(5, 4), Pick::Full, true),
+        ("in-slice", Pick::Full, Pick::Slice(1, 3), false),
+        ("in-wrap+acc", Pick::Full, Pick::Slice(4, 3), true),
+    ];
+    for (g, k, stride, pad) in geometries {
+        let shape = ConvShape { n: N, cin, h: HW, w: HW, cout, k, stride, pad };
+        let hw_out = shape.ho() * shape.wo();
+        for (label, op_pick, ip_pick, acc) in variants {
+            let (ow, iw) = (op_pick.width(cout), ip_pick.width(cin));
+            let chunk = if shape.direct() { N } else { 2 };
+            // A case slices at most one side; block 0 is that side's slice.
+            let (spec, starts) = match (op_pick, ip_pick) {
+                (Pick::Slice(..), _) => (op_pick.spec(cout), op_pick.starts()),
+                _ => (ip_pick.spec(cin), ip_pick.starts()),
+            };
+            for backward in [false, true] {
+                for with_d_inp in [true, false] {
+                    // Forward once; backward with d_inp always, without it for "full" only.
+                    if !with_d_inp && (!backward || label != "full") {
+                        continue;
+                    }
+                    *seed += 1;
+                    let mut t = Tiny::new(*seed, spec.clone());
+                    let wdata = t.normals(cout * cin * k * k, 0.3, 0.0);
+                    let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
+                    let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
+                    let inp = t.input("conv.inp", x);
+                    let col_len = shape.col_len(iw, chunk);
+                    let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
+                    let (name, op) = if !backward {
+                        let o = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
+                        let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
+                        (
+                            format!("conv fwd {g} {label}"),
+                            Op::Conv { out: o, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate: acc },
+                        )
+                    } else {
+                        let dy = t.normals(ow * N * hw_out, 1.0, 0.0);
+                        let d_out = t.input("conv.d_out", dy);
+                        let d_inp = with_d_inp.then(|| t.output("conv.d_inp", BufKind::Gradient, iw * N * HW * HW));
+                        let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
+                        let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
+                        let suffix = if with_d_inp { "" } else { " no-d_inp" };
+                        (
+                            format!("conv bwd {g} {label}{suffix}"),
+                            Op::ConvBackward {
+                                d_inp,
+                                d_weight,
+                                d_out,
+                                inp,
+                                col,
+                                weight,
+                                shape,
+                                out_sel,
+                                in_sel,
+                                chunk,
+                                accumulate_d_inp: acc,
+                            },
+                        )
+                    };
+                    out.push(t.finish(name, op, starts.clone(), false));
+                }
+            }
+        }
+    }
+}
+
+fn bn_cases(seed: &mut u64, out: &mut Vec<Case>) {
+    let c = 6;
+    let m = N * HW * HW;
+    let picks = [("full", Pick::Full), ("slice", Pick::Slice(1, 4)), ("wrap", Pick::Slice(4, 4))];
+    let mut next = |spec: Vec<SliceSpec>| {
+        *seed += 1;
+        Tiny::new(*seed, spec)
+    };
+    for (label, pick) in picks {
+        let w = pick.width(c);
+        let sel = pick.sel(c);
+        // train
+        let mut t = next(pick.spec(c));
+        let bn = t.bn(c);
+        let x = t.normals(w * m, 1.5, 0.3);
+        let inp = t.input("bn.inp", x);
+        let o = t.output("bn.out", BufKind::Activation, w * m);
+        let stats = t.output("bn.stats", BufKind::Activation, 2 * w);
+        let op = Op::BnReluTrain { out: o, stats, inp, bn, sel, m };
+        out.push(t.finish(format!("bn_relu train {label}"), op, pick.starts(), true));
+        // apply (full and wrapping only)
+        if label != "slice" {
+            let mut t = next(pick.spec(c));
+            let bn = t.bn(c);
+            let x = t.normals(w * m, 1.5, 0.3);
+            let inp = t.input("bn.inp", x);
+            let stats = t.stats(w);
+            let o = t.output("bn.out", BufKind::Activation, w * m);
+            let op = Op::BnReluApply { out: o, inp, stats, bn, sel, m };
+            out.push(t.finish(format!("bn_relu apply {label}"), op, pick.starts(), false));
+        }
+        // backward; the wrapping case accumulates into d_inp
+        let mut t = next(pick.spec(c));
+        let bn = t.bn(c);
+        let x = t.normals(w * m, 1.5, 0.3);
+        let inp = t.input("bn.inp", x);
+        let dy = t.normals(w * m, 1.0, 0.0);
+        let d_out = t.input("bn.d_out", dy);
+        let stats = t.stats(w);
+        let d_inp = t.output("bn.d_inp", BufKind::Gradient, w * m);
+        let d_gamma = t.output("bn.d_weight", BufKind::WeightGradient, w);
+        let d_beta = t.output("bn.d_bias", BufKind::WeightGradient, w);
+        let accumulate = label == "wrap";
+        let op = Op::BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate };
+        let name = format!("bn_relu bwd {label}{}", if accumulate { "+acc" } else { "" });
+        out.push(t.finish(name, op, pick.starts(), false));
+    }
+    let mut t = next(Pick::Full.spec(c));
+    let bn = t.bn(c);
+    let x = t.normals(c * m, 1.5, 0.3);
+    let inp = t.input("bn.inp", x);
+    let o = t.output("bn.out", BufKind::Activation, c * m);
+    let op = Op::BnReluEval { out: o, inp, bn, channels: c, m };
+    out.push(t.finish("bn_relu eval".into(), op, vec![0], false));
+}
+
+fn small_cases(seed: &mut u64, out: &mut Vec<Case>) {
+    let mut next = || {
+        *seed += 1;
+        Tiny::new(*seed, vec![])
+    };
+    // add
+    let len = N * 5 * HW * HW;
+    let mut t = next();
+    let x = t.normals(len, 1.0, 0.0);
+    let inp = t.input("add.inp", x);
+    let o = t.output("add.out", BufKind::Activation, len);
+    out.push(t.finish("add".into(), Op::Add { out: o, inp }, vec![], false));
+    // pool
+    let (c, hw) = (5, HW * HW);
+    let mut t = next();
+    let x = t.normals(c * N * hw, 1.0, 0.5);
+    let inp = t.input("pool.inp", x);
+    let o = t.output("pool.out", BufKind::Activation, c * N);
+    let op = Op::Pool { out: o, inp, c, n: N, hw };
+    out.push(t.finish("avgpool fwd".into(), op, vec![], false));
+    let mut t = next();
+    let dy = t.normals(c * N, 1.0, 0.0);
+    let d_out = t.input("pool.d_out", dy);
+    let d_inp = t.output("pool.d_inp", BufKind::Gradient, c * N * hw);
+    let op = Op::PoolBackward { d_inp, d_out, c, n: N, hw };
+    out.push(t.finish("avgpool bwd".into(), op, vec![], false));
+    // linear
+    let (c, o) = (7, 5);
+    let mut t = next();
+    let wd = t.normals(o * c, 0.4, 0.0);
+    let weight = t.tensor("fc.weight", &[o, c], Role::Param, wd);
+    let bd = t.normals(o, 0.1, 0.0);
+    let bias = t.tensor("fc.bias", &[o], Role::Param, bd);
+    let x = t.normals(c * N, 1.0, 0.0);
+    let inp = t.input("fc.inp", x);
+    let y = t.output("fc.out", BufKind::Activation, N * o);
+    let op = Op::Linear { out: y, inp, weight, bias, c, n: N, o };
+    out.push(t.finish("linear fwd".into(), op, vec![], false));
+    let mut t = next();
+    let wd = t.normals(o * c, 0.4, 0.0);
+    let weight = t.tensor("fc.weight", &[o, c], Role::Param, wd);
+    let x = t.normals(c * N, 1.0, 0.0);
+    let inp = t.input("fc.inp", x);
+    let dy = t.normals(N * o, 1.0, 0.0);
+    let d_out = t.input("fc.d_out", dy);
+    let d_inp = t.output("fc.d_inp", BufKind::Gradient, c * N);
+    let d_weight = t.output("fc.d_weight", BufKind::WeightGradient, o * c);
+    let d_bias = t.output("fc.d_bias", BufKind::WeightGradient, o);
+    let op = Op::LinearBackward { d_inp, d_weight, d_bias, d_out, inp, weight, c, n: N, o };
+    out.push(t.finish("linear bwd".into(), op, vec![], false));
+    // cross-entropy
+    let (n, o) = (5, 7);
+    for grad in [true, false] {
+        let mut t = next();
+        let l = t.normals(n * o, 3.0, 0.0);
+        let logits = t.input("logits", l);
+        let y: Vec<f32> = (0..n).map(|_| t.rng.below(o) as f32).collect();
+        let labels = t.input("labels", y);
+        let stats = t.output("loss", BufKind::Activation, 2);
+        let d_logits = grad.then(|| t.output("d_logits", BufKind::Gradient, n * o));
+        let op = Op::CrossEntropy { stats, d_logits, logits, labels, n, o };
+        let name = if grad { "cross_entropy +d_logits" } else { "cross_entropy loss only" };
+        out.push(t.finish(name.into(), op, vec![], false));
+    }
+}
+
+/// (name, param shape, slice spec, start, map, gradient length, nesterov)
+type SgdCase = (&'static str, Vec<usize>, Vec<SliceSpec>, usize, GradSel, usize, bool);
+
+fn sgd_cases(seed: &mut u64, out: &mut Vec<Case>) {
+    let cases: [SgdCase; 3] = [
+        ("sgd full", vec![5, 6], vec![], 0, GradSel::Full, 30, true),
+        (
+            "sgd rows wrap",
+            vec![6, 4],
+            vec![SliceSpec { channels: 6, width: 4 }],
+            4,
+            GradSel::Rows { sel: Sel::Block(0), row_len: 4 },
+            16,
+            false,
+        ),
+        (
+            "sgd cols wrap",
+            vec![3, 5, 3, 3],
+            vec![SliceSpec { channels: 5, width: 3 }],
+            3,
+            GradSel::Cols { sel: Sel::Block(0), rows: 3, group: 9 },
+            3 * 3 * 9,
+            true,
+        ),
+    ];
+    for (name, shape, spec, start, map, glen, nesterov) in cases {
+        *seed += 1;
+        let mut t = Tiny::new(*seed, spec);
+        let len = shape.iter().product();
+        let pd = t.normals(len, 1.0, 0.0);
+        let param = t.tensor("w", &shape, Role::Param, pd);
+        let md = t.normals(len, 0.1, 0.0);
+        let momentum = t.tensor("w.momentum", &shape, Role::Momentum, md);
+        let gd = t.normals(glen, 1.0, 0.0);
+        let grad = t.input("w.grad", gd);
+        let op = Op::Sgd { param, momentum, grad, map };
+        let mut c = t.finish(name.into(), op, vec![start], true);
+        c.nesterov = nesterov;
+        out.push(c);
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut seed = 1000;
+    let mut v = vec![];
+    conv_cases(&mut seed, &mut v);
+    bn_cases(&mut seed, &mut v);
+    small_cases(&mut seed, &mut v);
+    sgd_cases(&mut seed, &mut v);
+    v
+}
+
+/// Runs the case's op on `b`; returns every written buffer (workspaces aside) and, when the op
+/// updates it, the persistent region.
+fn run_case(b: &mut dyn Backend, c: &Case, p: &Program) -> crate::Result<Vec<Vec<f32>>> {
+    b.reserve_arena(p.arena_bytes())?;
+    b.set_persistent(&c.persistent)?;
+    for (buf, data) in &c.fills {
+        b.write(p, *buf, data);
+    }
+    let ctx = StepCtx { starts: &c.starts, sgd: SgdParams { nesterov: c.nesterov, ..SGD } };
+    b.run_op(p, c.step, &ctx);
+    let (_, written) = c.sched.steps[c.step].op.buffers();
+    let mut outs = vec![];
+    for w in written {
+        if c.sched.buffers[w].kind == BufKind::Workspace {
+            continue;
+        }
+        let mut v = vec![0.0; p.locs[w].1];
+        b.read(p, w, &mut v);
+        outs.push(v);
+    }
+    if c.check_persistent {
+        let mut v = vec![0.0; c.persistent.len()];
+        b.get_persistent(&mut v);
+        outs.push(v);
+    }
+    Ok(outs)
+}
+
+/// `||a - b|| / ||b||` (absolute when `b` is zero); NaN anywhere gives NaN.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::NAN;
+    }
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64, y as f64);
+        d += (x - y) * (x - y);
+        n += y * y;
+    }
+    if d.is_nan() || n.is_nan() {
+        return f64::NAN;
+    }
+    if n > 0.0 {
+        (d / n).sqrt()
+    } else {
+        d.sqrt()
+    }
+}
+
+fn max_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    if a.len() != b.len() {
+        return f64::NAN;
+    }
+    a.iter().zip(b).map(|(x, y)| rel_err(x, y)).fold(
+        0.0,
+        |m, e| {
+            if e.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.max(e)
+            }
+        },
+    )
+}
+
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| e.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Runs `f` on both backends, catching failures; `Err` names the side that failed and why.
+fn both<T>(
+    reference: &mut dyn Backend,
+    other: &mut dyn Backend,
+    mut f: impl FnMut(&mut dyn Backend) -> crate::Result<T>,
+) -> Result<(T, T), String> {
+    let mut side = |b: &mut dyn Backend, who: &str| -> Result<T, String> {
+        match catch_unwind(AssertUnwindSafe(|| f(b))) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{who}: {e}")),
+            Err(p) => Err(format!("{who} panicked: {}", panic_text(&*p))),
+        }
+    };
+    let r = side(reference, "reference")?;
+    let o = side(other, "other")?;
+    Ok((r, o))
+}
+
+/// Both backends' read-backs, or why one failed.
+type Outcome = Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), String>;
+
+fn row(op: String, result: Outcome, tol: f64) -> OpCheck {
+    match result {
+        Ok((r, o)) => {
+            let e = max_err(&o, &r);
+            OpCheck { op, max_rel_err: e, pass: e <= tol }
+        }
+        Err(why) => {
+            OpCheck { op: format!("{op} [{}]", why.lines().next().unwrap_or("")), max_rel_err: f64::NAN, pass: false }
+        }
+    }
+}
+
+fn check_case(reference: &mut dyn Backend, other: &mut dyn Backend, c: &Case, tol: f64) -> OpCheck {
+    let p = Program::new(c.sched.clone());
+    row(c.name.clone(), both(reference, other, |b| run_case(b, c, &p)), tol)
+}
+
+/// Gathers a batch with crops and flips from a resident split on both backends.
+fn check_fill_batch(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f64) -> OpCheck {
+    let (channels, len) = (3, 10);
+    let mut rng = Rng::new(77, 7);
+    let split = Split {
+        images: (0..len * channels * PLANE).map(|_| rng.below(256) as u8).collect(),
+        labels: (0..len).map(|_| rng.below(10) as u8).collect(),
+        len,
+    };
+    let norm = Normalization { mean: vec![0.49, 0.48, 0.45], std: vec![0.25, 0.24, 0.26] };
+    let indices = [7, 2, 9, 0, 2];
+    let crops = [
+        Crop { dx: 0, dy: 8, flip: true },
+        Crop::IDENTITY,
+        Crop { dx: 8, dy: 0, flip: false },
+        Crop { dx: 3, dy: 5, flip: true },
+        Crop { dx: 4, dy: 4, flip: true },
+    ];
+    let n = indices.len();
+    let mut t = Tiny::new(0, vec![]);
+    t.s.buffers[0].len = channels * n * PLANE;
+    t.s.buffers[1].len = n;
+    let p = Program::new(t.s);
+    let result = both(reference, other, |b| {
+        b.reserve_arena(p.arena_bytes())?;
+        b.upload_split(SplitId::Test, split.clone(), channels, &norm)?;
+        b.fill_batch(&p, SplitId::Test, &indices, &crops);
+        let mut x = vec![0.0; channels * n * PLANE];
+        let mut y = vec![0.0; n];
+        b.read(&p, p.schedule.input, &mut x);
+        b.read(&p, p.schedule.labels, &mut y);
+        Ok(vec![x, y])
+    });
+    row("fill_batch crop+flip".into(), result, tol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    #[test]
+    fn every_op_kind_is_covered_with_sliced_and_accumulating_variants() {
+        let cs = cases();
+        let kinds = |pred: fn(&Op) -> bool| cs.iter().filter(|c| pred(&c.sched.steps[c.step].op)).count();
+        assert_eq!(kinds(|o| matches!(o, Op::Conv { .. })), 20);
+        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward { .. })), 24);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain { .. })), 3);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluApply { .. })), 2);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluEval { .. })), 1);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluBackward { .. })), 3);
+        assert_eq!(kinds(|o| matches!(o, Op::Sgd { .. })), 3);
+        for op in ["add", "avgpool fwd", "avgpool bwd", "linear fwd", "linear bwd"] {
+            assert!(cs.iter().any(|c| c.name == op), "{op}");
+        }
+        // Names are unique, so table rows can be told apart.
+        let mut names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), cs.len());
+        // Every case's schedule is a valid program whose op under test is the last step.
+        for c in &cs {
+            assert_eq!(c.step, c.sched.steps.len() - 1);
+            let p = Program::new(c.sched.clone());
+            assert!(p.arena_bytes() > 0);
+        }
+    }
+
+    #[test]
+    fn rel_err_is_relative_and_catches_nan() {
+        assert_eq!(rel_err(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!((rel_err(&[3.0, 5.0], &[0.0, 5.0]) - 0.6).abs() < 1e-12);
+        assert_eq!(rel_err(&[0.5], &[0.0]), 0.5);
+        assert!(rel_err(&[f32::NAN], &[1.0]).is_nan());
+        assert!(max_err(&[vec![1.0], vec![f32::NAN]], &[vec![1.0], vec![1.0]]).is_nan());
+    }
+
+    /// A backend that perturbs one op kind must be caught by its rows only.
+    struct Skewed(CpuBackend);
+
+    impl Backend for Skewed {
+        fn name(&self) -> String {
+            "skewed".into()
+        }
+        fn reserve_arena(&mut self, bytes: usize) -> crate::Result<()> {
+            self.0.reserve_arena(bytes)
+        }
+        fn set_persistent(&mut self, data: &[f32]) -> crate::Result<()> {
+            self.0.set_persistent(data)
+        }
+        fn get_persistent(&mut self, out: &mut [f32]) {
+            self.0.get_persistent(out)
+        }
+        fn upload_split(
+            &mut self,
+            id: SplitId,
+            split: Split,
+            channels: usize,
+            norm: &Normalization,
+        ) -> crate::Result<()> {
+            self.0.upload_split(id, split, channels, norm)
+        }
+        fn split_len(&self, id: SplitId) -> usize {
+            self.0.split_len(id)
+        }
+        fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
+            self.0.fill_batch(p, id, indices, crops)
+        }
+        fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
+            self.0.write(p, buf, data)
+        }
+        fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
+            self.0.read(p, buf, out);
+            // Skew the pooled output: every pool fwd value off by 1%.
+            if p.schedule.buffers[buf].name == "pool.out" {
+                out.iter_mut().for_each(|v| *v *= 1.01);
+            }
+        }
+        fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
+            self.0.run_op(p, step, ctx)
+        }
+    }
+
+    /// The CPU against itself: every op, convolutions included, is exact.
+    #[test]
+    fn cpu_against_cpu_is_exact_for_every_op() {
+        let (mut a, mut b) = (CpuBackend::new(), CpuBackend::new());
+        let rows = op_checks(&mut a, &mut b, 0.0);
+        assert_eq!(rows.len(), cases().len() + 1);
+        for r in &rows {
+            assert!(r.pass && r.max_rel_err == 0.0, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_skewed_op_fails_only_its_row() {
+        let (mut a, mut b) = (CpuBackend::new(), Skewed(CpuBackend::new()));
+        let rows = op_checks(&mut a, &mut b, 1e-4);
+        for r in &rows {
+            if r.op == "avgpool fwd" {
+                assert!(!r.pass && (r.max_rel_err - 0.01).abs() < 1e-4, "{r:?}");
+            } else {
+                assert!(r.pass, "{r:?}");
+            }
+        }
+    }
+}
