@@ -35,6 +35,26 @@ fn tune_crate() {
 /// Panics when the shapes disagree, a view reaches past its slice, or the `C` view overlaps
 /// itself: these are planning bugs, never user input.
 pub fn gemm(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32], b_l: Layout, accumulate: bool) {
+    gemm_on(c, c_l, a, a_l, b, b_l, accumulate, true);
+}
+
+/// `gemm` on the calling thread only, for callers that already run many products in parallel
+/// (the crate's own threading scales poorly on the thin products of a convolution).
+pub fn gemm_serial(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32], b_l: Layout, accumulate: bool) {
+    gemm_on(c, c_l, a, a_l, b, b_l, accumulate, false);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_on(
+    c: &mut [f32],
+    c_l: Layout,
+    a: &[f32],
+    a_l: Layout,
+    b: &[f32],
+    b_l: Layout,
+    accumulate: bool,
+    threads: bool,
+) {
     assert!(c_l.ndim() == 2 && a_l.ndim() == 2 && b_l.ndim() == 2, "gemm takes 2-D views");
     let (m, k) = (a_l.dim(0), a_l.dim(1));
     let n = b_l.dim(1);
@@ -59,8 +79,11 @@ pub fn gemm(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32], b_l: 
         return;
     }
     tune_crate();
-    let parallelism =
-        if m.saturating_mul(n).saturating_mul(k) > PARALLEL_MACS { Parallelism::Rayon(0) } else { Parallelism::None };
+    let parallelism = if threads && m.saturating_mul(n).saturating_mul(k) > PARALLEL_MACS {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: each view lies inside its slice (checked above), strides are non-negative and fit
     // isize (slice lengths do), the C view names distinct elements, and `c` is borrowed mutably
     // while `a` and `b` are shared borrows, so C cannot alias A or B. With `read_dst == false`

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 #[cfg(test)]
 mod tests;
+mod winograd;
 
 /// The geometry of one convolution layer at full width. `cin` and `cout` are the layer's full
 /// channel counts; slices narrow them per call.
@@ -62,6 +63,9 @@ impl ConvShape {
     pub fn col_len(&self, in_width: usize, chunk: usize) -> usize {
         if self.direct() {
             return 0;
+        }
+        if winograd::eligible(self) {
+            return winograd::workspace_len(self, in_width, self.chunk_images(chunk));
         }
         in_width * self.kk() * self.chunk_images(chunk) * self.ho() * self.wo()
     }
@@ -257,8 +261,31 @@ pub fn conv2d_forward(
         }
         return;
     }
-    let per_chunk = p.chunk_images(chunk).max(1);
     assert!(col.len() >= p.col_len(w_in, chunk), "conv forward: workspace too short");
+    if winograd::eligible(p) {
+        winograd::forward(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
+        return;
+    }
+    forward_im2col(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
+}
+
+/// The im2col + GEMM forward for chunks of `chunk` images (`col` as in `conv2d_forward`).
+#[allow(clippy::too_many_arguments)]
+fn forward_im2col(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    col: &mut [f32],
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+    accumulate: bool,
+) {
+    let (w_in, kk) = (in_slice.width, p.kk());
+    let howo = p.ho() * p.wo();
+    let ncols = p.n * howo;
+    let per_chunk = p.chunk_images(chunk).max(1);
     for n0 in (0..p.n).step_by(per_chunk) {
         let nb = per_chunk.min(p.n - n0);
         let cols = nb * howo;
@@ -310,7 +337,6 @@ pub fn conv2d_backward(
     assert!(weight.len() >= p.cout * p.cin * kk, "conv backward: weight too short");
     assert!(d_weight.len() >= w_out * w_in * kk, "conv backward: d_weight too short");
     let dw_l = Layout::matrix(0, w_out, w_in * kk, w_in * kk, 1);
-    let mut d_inp = d_inp;
     if let Some(d) = d_inp.as_deref() {
         assert!(d.len() >= in_len, "conv backward: d_inp too short");
     }
@@ -342,8 +368,35 @@ pub fn conv2d_backward(
         }
         return;
     }
-    let per_chunk = p.chunk_images(chunk).max(1);
     assert!(col.len() >= p.col_len(w_in, chunk), "conv backward: workspace too short");
+    if winograd::eligible(p) {
+        winograd::backward(d_inp, d_weight, d_out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate_d_inp);
+        return;
+    }
+    backward_im2col(d_inp, d_weight, d_out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate_d_inp);
+}
+
+/// The im2col + GEMM gradients for chunks of `chunk` images (`col` as in `conv2d_backward`).
+#[allow(clippy::too_many_arguments)]
+fn backward_im2col(
+    d_inp: Option<&mut [f32]>,
+    d_weight: &mut [f32],
+    d_out: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    col: &mut [f32],
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+    accumulate_d_inp: bool,
+) {
+    let (w_out, w_in, kk) = (out_slice.width, in_slice.width, p.kk());
+    let howo = p.ho() * p.wo();
+    let ncols = p.n * howo;
+    let dw_l = Layout::matrix(0, w_out, w_in * kk, w_in * kk, 1);
+    let mut d_inp = d_inp;
+    let per_chunk = p.chunk_images(chunk).max(1);
     if p.n == 0 {
         // No chunk runs, but the gradient of an empty batch is still zero.
         d_weight[..w_out * w_in * kk].fill(0.0);
