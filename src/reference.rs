@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::exec::Program;
 use crate::model::{wrn, ModelConfig};
 use crate::ops::sgd::{GradMap, SgdParams};
-use crate::schedule::{GradSel, Mode, Op, Options, Role, UpdateAt};
+use crate::schedule::{Mode, Options, Role, UpdateAt};
 use byteorder::{LittleEndian, ReadBytesExt};
 use std::collections::HashMap;
 use std::io::Read;
@@ -201,28 +201,8 @@ pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
             tol: 1e-4,
         });
         // Gradients: each parameter's gradient buffer is the one its (absent) update would read.
-        for step in &s.steps {
-            if let Op::ConvBackward { d_weight, weight, out_sel, in_sel, shape, .. } = step.op {
-                let map = if s.slice(out_sel, &starts).is_full() && s.slice(in_sel, &starts).is_full() {
-                    GradSel::Full
-                } else if !s.slice(out_sel, &starts).is_full() {
-                    GradSel::Rows { sel: out_sel, row_len: shape.cin * shape.kk() }
-                } else {
-                    GradSel::Cols { sel: in_sel, rows: shape.cout, group: shape.kk() }
-                };
-                rows.push(grad_row(backend, &p, case, weight, d_weight, s.grad_map(map, &starts), &r)?);
-            }
-            if let Op::BnReluBackward { d_gamma, d_beta, bn, sel, .. } = step.op {
-                let map =
-                    if s.slice(sel, &starts).is_full() { GradSel::Full } else { GradSel::Rows { sel, row_len: 1 } };
-                rows.push(grad_row(backend, &p, case, bn.gamma, d_gamma, s.grad_map(map, &starts), &r)?);
-                rows.push(grad_row(backend, &p, case, bn.beta, d_beta, s.grad_map(map, &starts), &r)?);
-            }
-            if let Op::LinearBackward { d_weight, d_bias, weight, .. } = step.op {
-                rows.push(grad_row(backend, &p, case, weight, d_weight, GradMap::Full, &r)?);
-                let bias = s.tensor("fc.bias").expect("fc.bias");
-                rows.push(grad_row(backend, &p, case, bias, d_bias, GradMap::Full, &r)?);
-            }
+        for g in &s.gradients {
+            rows.push(grad_row(backend, &p, case, g.param, g.grad, s.grad_map(g.map, &starts), &r)?);
         }
         let mut state = vec![0f32; s.persistent_len()];
         backend.get_persistent(&mut state);

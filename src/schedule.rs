@@ -407,6 +407,16 @@ pub struct Schedule {
     pub loss: BufId,
     /// Buffers the host reads after the step: alive until the last op.
     pub outputs: Vec<BufId>,
+    /// Every parameter's gradient buffer and how it maps onto the parameter (training only).
+    pub gradients: Vec<Gradient>,
+}
+
+/// A parameter's (possibly sliced) gradient: what its SGD update reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gradient {
+    pub param: TensorId,
+    pub grad: BufId,
+    pub map: GradSel,
 }
 
 impl Schedule {

@@ -82,6 +82,7 @@ impl Tiny {
             logits: 0,
             loss: 0,
             outputs: vec![],
+            gradients: vec![],
         };
         for name in ["dummy.input", "dummy.labels"] {
             s.buffers.push(Buffer { name: name.into(), kind: BufKind::Activation, len: 1, sliced: false });

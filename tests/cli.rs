@@ -238,3 +238,52 @@ fn ctrl_c_checkpoints_and_says_how_to_resume() {
     let ck = sliceout::checkpoint::load(&run.join("last.ckpt")).unwrap();
     assert!(ck.step > 0 && ck.epoch < 50, "step {} epoch {}", ck.step, ck.epoch);
 }
+
+#[test]
+fn plan_and_profile_print_parseable_output() {
+    let (code, so, err) =
+        sliceout(&["plan", "--depth", "10", "--widen", "2", "--batch", "8", "--keep", "0.5", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&so).unwrap();
+    assert_eq!(v["keep"], 0.5);
+    assert!(v["arena_bytes"].as_u64().unwrap() < v["naive_bytes"].as_u64().unwrap());
+    let (code, so, _) = sliceout(&["plan", "--depth", "10", "--widen", "2", "--batch", "8", "--keep", "0.5"]);
+    assert_eq!(code, 0);
+    assert!(so.contains("baseline    keep 1.00") && so.contains("live MiB"), "{so}");
+    let (code, so, _) = sliceout(&["plan", "--depth", "10", "--batch", "8", "--format", "svg"]);
+    assert_eq!(code, 0);
+    assert!(so.starts_with("<svg") && so.trim_end().ends_with("</svg>"));
+
+    let d = tmp("profile");
+    let trace = d.join("trace.json");
+    let (code, so, err) = sliceout(&[
+        "profile",
+        "--depth",
+        "10",
+        "--widen",
+        "1",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--keep",
+        "0.5",
+        "--compare",
+        "1.0",
+        "--device",
+        "cpu",
+        "--format",
+        "json",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&so).unwrap();
+    let ops = v["profile"]["ops"].as_array().unwrap();
+    assert!(ops.len() > 50 && ops.iter().all(|o| o["ms"].as_f64().unwrap() >= 0.0));
+    assert_eq!(v["compare"]["keep"], 1.0);
+    let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = t["traceEvents"].as_array().unwrap();
+    assert_eq!(events.iter().filter(|e| e["ph"] == "X").count(), 2 * ops.len());
+    assert!(events.iter().any(|e| e["ph"] == "C" && e["args"]["MiB"].as_f64().unwrap() > 0.0));
+}

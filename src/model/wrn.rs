@@ -71,6 +71,7 @@ impl Builder {
 
     /// The SGD update of `param` from `grad`, now or at the end of backward.
     fn update(&mut self, param: TensorId, grad: BufId, map: GradSel) {
+        self.sched.gradients.push(Gradient { param, grad, map });
         let layer = self.sched.tensors[param].name.clone();
         // Momentum tensors are created in `finish`, one per parameter in order; the id is
         // patched there.
@@ -266,6 +267,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
             logits: 0,
             loss: 0,
             outputs: vec![],
+            gradients: vec![],
         },
         params: vec![],
         updates: vec![],
@@ -543,51 +545,22 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
                 true,
             );
         }
-        let d_in_name = if i == 0 { "conv0.d_out".to_string() } else { format!("{}.d_out", blocks[i - 1].name) };
-        d_h = if bl.shortcut.is_some() {
-            let d_in = b.buf(d_in_name, grad, bl.cin * m_in, false);
-            b.bn_backward(
-                &format!("{name}.bn1"),
-                d_in,
-                d_o,
-                bl.h,
-                bl.bn1_stats.unwrap(),
-                bl.bn1,
-                Sel::Full(bl.cin),
-                m_in,
-                false,
-            );
-            d_in
-        } else if options.in_place {
-            // d_in = d_out + bn1's backward: accumulate into the incoming gradient itself.
-            b.bn_backward(
-                &format!("{name}.bn1"),
-                d_out,
-                d_o,
-                bl.h,
-                bl.bn1_stats.unwrap(),
-                bl.bn1,
-                Sel::Full(bl.cin),
-                m_in,
-                true,
-            );
+        // The block input's gradient: bn1's backward, plus d_out itself for an identity
+        // shortcut, either accumulated in place into d_out or in a fresh buffer plus an add.
+        let identity = bl.shortcut.is_none();
+        let in_place = identity && options.in_place;
+        let d_in = if in_place {
             d_out
         } else {
-            let d_in = b.buf(d_in_name, grad, bl.cin * m_in, false);
-            b.bn_backward(
-                &format!("{name}.bn1"),
-                d_in,
-                d_o,
-                bl.h,
-                bl.bn1_stats.unwrap(),
-                bl.bn1,
-                Sel::Full(bl.cin),
-                m_in,
-                false,
-            );
-            b.step(format!("{name}.add"), Phase::Backward, Op::Add { out: d_in, inp: d_out });
-            d_in
+            let d_in_name = if i == 0 { "conv0.d_out".to_string() } else { format!("{}.d_out", blocks[i - 1].name) };
+            b.buf(d_in_name, grad, bl.cin * m_in, false)
         };
+        let (bn1, stats, full) = (bl.bn1, bl.bn1_stats.unwrap(), Sel::Full(bl.cin));
+        b.bn_backward(&format!("{name}.bn1"), d_in, d_o, bl.h, stats, bn1, full, m_in, in_place);
+        if identity && !in_place {
+            b.step(format!("{name}.add"), Phase::Backward, Op::Add { out: d_in, inp: d_out });
+        }
+        d_h = d_in;
     }
     b.conv_backward("conv0", None, d_h, input, conv0_w, conv0, Sel::Full(16), Sel::Full(cin0), false);
     b.finish()
