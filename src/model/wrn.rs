@@ -88,8 +88,9 @@ impl Builder {
         if o.col_chunk > 0 {
             return o.col_chunk.min(shape.n);
         }
-        let per_image = shape.col_len(in_width, 1).max(1) * 4;
-        (o.col_budget_mib * (1 << 20) / per_image).clamp(1, shape.n)
+        // The largest chunk whose workspace fits the budget (at least one image).
+        let budget = o.col_budget_mib << 20;
+        (1..=shape.n).rev().find(|&c| shape.col_len(in_width, c) * 4 <= budget).unwrap_or(1)
     }
 
     /// A convolution's forward op (with its workspace); returns the chunk size used.

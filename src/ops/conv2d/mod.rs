@@ -58,16 +58,18 @@ impl ConvShape {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// floats of the im2col workspace for `in_width` input channels and `chunk` images (0 when
-    /// direct()).
+    /// Floats of the workspace for `in_width` input channels and `chunk` images (0 when
+    /// direct()): im2col columns, or the Winograd path's buffers where it applies, whichever is
+    /// larger, so that one plan serves the CPU (Winograd) and the CUDA backend (im2col).
     pub fn col_len(&self, in_width: usize, chunk: usize) -> usize {
         if self.direct() {
             return 0;
         }
+        let im2col = in_width * self.kk() * self.chunk_images(chunk) * self.ho() * self.wo();
         if winograd::eligible(self) {
-            return winograd::workspace_len(self, in_width, self.chunk_images(chunk));
+            return im2col.max(winograd::workspace_len(self, in_width, self.chunk_images(chunk)));
         }
-        in_width * self.kk() * self.chunk_images(chunk) * self.ho() * self.wo()
+        im2col
     }
 
     /// Multiply-adds of one forward pass with `out_width` output and `in_width` input channels.
