@@ -48,8 +48,8 @@ echo
 echo "== summary"
 fails=$(grep -c -w "FAIL" "$LOG/selftest.txt" || true)
 echo "selftest: $(grep -E "passed|failed" "$LOG/selftest.txt" | tr '\n' ' ') (FAIL rows: $fails)"
-printf "%-10s %-5s %-5s %10s %9s %10s %10s %11s %10s\n" \
-    model math keep "ms/step" "img/s" "arena MiB" "time ratio" "arena ratio" "torch ms"
+printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s\n" \
+    model math keep "ms/step" "img/s" "arena MiB" "device MiB" "overhead MiB" "time ratio" "arena ratio" "torch ms"
 for f in "$LOG"/bench-wrn*.txt; do
     [ -f "$f" ] || continue
     tag=$(basename "$f" .txt)
@@ -65,6 +65,6 @@ for f in "$LOG"/bench-wrn*.txt; do
             t["WRN-16-4 tf32 1.00"]="8.8";   t["WRN-16-4 tf32 0.50"]="12.2"
         }
         { k = model " " math " " $1; ref = (k in t) ? t[k] : "-"
-          printf "%-10s %-5s %-5s %10s %9s %10s %10s %11s %10s\n", model, math, $1, $2, $3, $6, $8, $9, ref }'
+          printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s\n", model, math, $1, $2, $3, $6, $8, $9, $10, $11, ref }'
 done
 exit $status

@@ -71,7 +71,7 @@ fn selftest(f: &cli::SelftestFlags) -> Result<()> {
     let math = Math::parse(&f.math)?;
     let mut backend = train::backend(f.device.into(), math, true)?;
     let tol = if math == Math::Tf32 { 5e-3 } else { 1e-5 };
-    let mut cpu = sliceout::backend::cpu::CpuBackend::new();
+    let mut cpu = sliceout::backend::cpu::CpuBackend::reference();
     println!("ops on {} against the CPU (max relative error, tolerance {tol:.0e})", backend.name());
     let checks = sliceout::selftest::op_checks(&mut cpu, &mut *backend, tol);
     for c in &checks {

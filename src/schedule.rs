@@ -377,7 +377,7 @@ impl Options {
             (
                 "im2col chunk".into(),
                 if self.col_chunk == 0 {
-                    format!("auto (<= {} MiB)", self.col_budget_mib)
+                    format!("auto ({} MiB budget)", self.col_budget_mib)
                 } else {
                     format!("{} images", self.col_chunk)
                 },

@@ -10,6 +10,8 @@ use crate::schedule::{BufId, Op, TensorId};
 
 #[derive(Default)]
 pub struct CpuBackend {
+    /// `Im2col` for the reference other backends are checked against.
+    pub conv_algo: conv2d::Algo,
     arena: Vec<f32>,
     persistent: Vec<f32>,
     /// Resident splits (train, test) with their channel count and normalisation.
@@ -19,6 +21,11 @@ pub struct CpuBackend {
 impl CpuBackend {
     pub fn new() -> CpuBackend {
         CpuBackend::default()
+    }
+
+    /// The plainest CPU backend (im2col everywhere): the reference for `selftest`.
+    pub fn reference() -> CpuBackend {
+        CpuBackend { conv_algo: conv2d::Algo::Im2col, ..CpuBackend::default() }
     }
 
     pub fn arena_len(&self) -> usize {
@@ -165,6 +172,7 @@ impl Backend for CpuBackend {
                         sl(in_sel),
                         chunk,
                         accumulate,
+                        self.conv_algo,
                     )
                 }
                 Op::ConvBackward {
@@ -191,6 +199,7 @@ impl Backend for CpuBackend {
                     sl(in_sel),
                     chunk,
                     accumulate_d_inp,
+                    self.conv_algo,
                 ),
                 Op::BnReluTrain { out, stats, inp, bn, sel, m } => {
                     let slice = sl(sel);

@@ -228,6 +228,17 @@ fn weight_view(p: &ConvShape, ro_channel: usize, ro_len: usize, ri_channel: usiz
 /// `col` at a time (0 or >= N: the whole batch); `col` needs `p.col_len(in_slice.width, chunk)`
 /// floats and is unused when `p.direct()`.
 #[allow(clippy::too_many_arguments)]
+/// Which algorithm a convolution may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Algo {
+    /// Winograd F(2x2, 3x3) where it applies (3x3, stride 1, pad 1, at least 4 input channels),
+    /// im2col + GEMM elsewhere.
+    #[default]
+    Fast,
+    /// im2col + GEMM everywhere: the plainest method, the reference other backends are held to.
+    Im2col,
+}
+
 pub fn conv2d_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -238,6 +249,7 @@ pub fn conv2d_forward(
     in_slice: Slice,
     chunk: usize,
     accumulate: bool,
+    algo: Algo,
 ) {
     check_call(p, &out_slice, &in_slice);
     let (w_out, w_in, kk) = (out_slice.width, in_slice.width, p.kk());
@@ -264,7 +276,7 @@ pub fn conv2d_forward(
         return;
     }
     assert!(col.len() >= p.col_len(w_in, chunk), "conv forward: workspace too short");
-    if winograd::eligible(p) {
+    if algo == Algo::Fast && winograd::eligible(p) {
         winograd::forward(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
         return;
     }
@@ -328,6 +340,7 @@ pub fn conv2d_backward(
     in_slice: Slice,
     chunk: usize,
     accumulate_d_inp: bool,
+    algo: Algo,
 ) {
     check_call(p, &out_slice, &in_slice);
     let (w_out, w_in, kk) = (out_slice.width, in_slice.width, p.kk());
@@ -371,7 +384,7 @@ pub fn conv2d_backward(
         return;
     }
     assert!(col.len() >= p.col_len(w_in, chunk), "conv backward: workspace too short");
-    if winograd::eligible(p) {
+    if algo == Algo::Fast && winograd::eligible(p) {
         winograd::backward(d_inp, d_weight, d_out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate_d_inp);
         return;
     }

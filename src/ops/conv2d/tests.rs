@@ -228,7 +228,7 @@ fn forward_matches_direct_convolution() {
                 for accumulate in [false, true] {
                     let base = random(want.len(), 30);
                     let mut out = if accumulate { base.clone() } else { vec![f32::NAN; want.len()] };
-                    conv2d_forward(&mut out, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, accumulate);
+                    conv2d_forward(&mut out, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, accumulate, Algo::Fast);
                     let expect: Vec<f64> = if accumulate {
                         want.iter().zip(&base).map(|(w, b)| w + *b as f64).collect()
                     } else {
@@ -285,6 +285,7 @@ fn backward_matches_direct_gradients() {
                         in_slice,
                         chunk,
                         accumulate,
+                        Algo::Fast,
                     );
                     let what = format!("k{k} s{s} p{pad} slices {si} chunk {chunk} acc {accumulate}");
                     assert_close(&dw, &want_dw, dw_tol(&p), &format!("d_weight {what}"));
@@ -297,7 +298,20 @@ fn backward_matches_direct_gradients() {
                 }
                 // Without d_inp only the weight gradient is computed.
                 let mut dw = vec![f32::NAN; want_dw.len()];
-                conv2d_backward(None, &mut dw, &r, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, false);
+                conv2d_backward(
+                    None,
+                    &mut dw,
+                    &r,
+                    &x,
+                    &wt,
+                    &mut col,
+                    &p,
+                    out_slice,
+                    in_slice,
+                    chunk,
+                    false,
+                    Algo::Fast,
+                );
                 assert_close(&dw, &want_dw, dw_tol(&p), "d_weight without d_inp");
             }
         }
@@ -309,7 +323,7 @@ fn backward_matches_direct_gradients() {
 fn loss(r: &[f32], x: &[f32], wt: &[f32], p: &ConvShape, out_slice: Slice, in_slice: Slice, chunk: usize) -> f64 {
     let mut out = vec![0f32; r.len()];
     let mut col = vec![0f32; p.col_len(in_slice.width, chunk)];
-    conv2d_forward(&mut out, x, wt, &mut col, p, out_slice, in_slice, chunk, false);
+    conv2d_forward(&mut out, x, wt, &mut col, p, out_slice, in_slice, chunk, false, Algo::Fast);
     out.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
 
@@ -337,7 +351,20 @@ fn gradients_match_central_differences_and_the_adjoint_identity() {
         let mut dx = vec![0f32; x.len()];
         let mut dw = vec![0f32; out_slice.width * in_slice.width * kk];
         let mut col = vec![0f32; p.col_len(in_slice.width, chunk)];
-        conv2d_backward(Some(&mut dx), &mut dw, &r, &x, &wt, &mut col, &p, out_slice, in_slice, chunk, false);
+        conv2d_backward(
+            Some(&mut dx),
+            &mut dw,
+            &r,
+            &x,
+            &wt,
+            &mut col,
+            &p,
+            out_slice,
+            in_slice,
+            chunk,
+            false,
+            Algo::Fast,
+        );
 
         // Central differences over every input element.
         let mut fd_x = Vec::with_capacity(x.len());
@@ -398,11 +425,11 @@ fn output_runs_write_only_their_rows_and_other_images_stay() {
     let ncols = p.n * p.ho() * p.wo();
     let mut col = vec![0f32; p.col_len(5, 2)];
     let mut whole = vec![0f32; 4 * ncols];
-    conv2d_forward(&mut whole, &x, &wt, &mut col, &p, full, Slice::full(5), 2, false);
+    conv2d_forward(&mut whole, &x, &wt, &mut col, &p, full, Slice::full(5), 2, false, Algo::Fast);
     let mut a = vec![0f32; 2 * ncols];
     let mut b = vec![0f32; 2 * ncols];
-    conv2d_forward(&mut a, &x, &wt, &mut col, &p, Slice::new(4, 2, 6), Slice::full(5), 2, false);
-    conv2d_forward(&mut b, &x, &wt, &mut col, &p, Slice::new(0, 2, 6), Slice::full(5), 2, false);
+    conv2d_forward(&mut a, &x, &wt, &mut col, &p, Slice::new(4, 2, 6), Slice::full(5), 2, false, Algo::Fast);
+    conv2d_forward(&mut b, &x, &wt, &mut col, &p, Slice::new(0, 2, 6), Slice::full(5), 2, false, Algo::Fast);
     assert_eq!(&whole[..2 * ncols], &a[..]);
     assert_eq!(&whole[2 * ncols..], &b[..]);
 }
@@ -514,9 +541,24 @@ fn timing_wrn16_4_layer() {
         let t_i2c = (t.0 * chunks, t.1 * chunks);
         let t = best_time(3, || col2im(&mut dx, &col, &p, 64, 0, nb, false));
         let t_c2i = (t.0 * chunks, t.1 * chunks);
-        let t_f = best_time(3, || conv2d_forward(&mut out, &x, &wt, &mut col, &p, full_out, full_in, chunk, false));
+        let t_f = best_time(3, || {
+            conv2d_forward(&mut out, &x, &wt, &mut col, &p, full_out, full_in, chunk, false, Algo::Fast)
+        });
         let t_b = best_time(3, || {
-            conv2d_backward(Some(&mut dx), &mut dw, &dy, &x, &wt, &mut col, &p, full_out, full_in, chunk, false)
+            conv2d_backward(
+                Some(&mut dx),
+                &mut dw,
+                &dy,
+                &x,
+                &wt,
+                &mut col,
+                &p,
+                full_out,
+                full_in,
+                chunk,
+                false,
+                Algo::Fast,
+            )
         });
         let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
         println!("  chunk {nb:2}: im2col {}, col2im {}", ms(t_i2c), ms(t_c2i));
@@ -531,9 +573,10 @@ fn timing_wrn16_4_layer() {
     let mut dxs = vec![0f32; xs.len()];
     let mut dws = vec![0f32; 64 * 32 * 9];
     let mut col = vec![0f32; p.col_len(32, 8)];
-    let t_f = best_time(3, || conv2d_forward(&mut out, &xs, &wt, &mut col, &p, full_out, in_half, 8, false));
+    let t_f =
+        best_time(3, || conv2d_forward(&mut out, &xs, &wt, &mut col, &p, full_out, in_half, 8, false, Algo::Fast));
     let t_b = best_time(3, || {
-        conv2d_backward(Some(&mut dxs), &mut dws, &dy, &xs, &wt, &mut col, &p, full_out, in_half, 8, false)
+        conv2d_backward(Some(&mut dxs), &mut dws, &dy, &xs, &wt, &mut col, &p, full_out, in_half, 8, false, Algo::Fast)
     });
     let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
     println!("  keep 0.5 wrapping input slice, chunk 8: fwd+bwd {} {}", ms(t_fb), rate(1.5 * flop, t_fb));
@@ -552,10 +595,10 @@ fn winograd_large_layer_matches_direct() {
     let mut col = vec![f32::NAN; p.col_len(16, 0)];
     let mut y = vec![f32::NAN; want_y.len()];
     let (so, si) = (Slice::full(32), Slice::full(16));
-    conv2d_forward(&mut y, &x, &wt, &mut col, &p, so, si, 0, false);
+    conv2d_forward(&mut y, &x, &wt, &mut col, &p, so, si, 0, false, Algo::Fast);
     let mut dx = vec![f32::NAN; x.len()];
     let mut dw = vec![f32::NAN; wt.len()];
-    conv2d_backward(Some(&mut dx), &mut dw, &r, &x, &wt, &mut col, &p, so, si, 0, false);
+    conv2d_backward(Some(&mut dx), &mut dw, &r, &x, &wt, &mut col, &p, so, si, 0, false, Algo::Fast);
     let err = |g: &[f32], w: &[f64]| {
         let m = w.iter().fold(0f64, |a, b| a.max(b.abs()));
         g.iter().zip(w).fold(0f64, |a, (g, w)| a.max((*g as f64 - w).abs())) / m
@@ -570,4 +613,25 @@ fn winograd_large_layer_matches_direct() {
         |g: &[f32]| (g.iter().zip(&want_y).map(|(a, b)| (*a as f64 - b).powi(2)).sum::<f64>() / g.len() as f64).sqrt();
     println!("rms err winograd {:.2e} im2col {:.2e}", rms(&y), rms(&y2));
     assert!(ey < 1e-5 && edx < 1e-5 && edw < 1e-5);
+}
+
+/// On a layer where Winograd applies, both algorithms match the direct f64 convolution, and
+/// `Algo::Im2col` really takes the other path (the two differ in rounding).
+#[test]
+fn both_algorithms_match_the_direct_convolution() {
+    let mut rng = Rng::new(17, 1);
+    let p = ConvShape { n: 2, cin: 6, h: 8, w: 8, cout: 5, k: 3, stride: 1, pad: 1 };
+    let x: Vec<f32> = (0..6 * 2 * 64).map(|_| rng.normal()).collect();
+    let wt: Vec<f32> = (0..5 * 6 * 9).map(|_| rng.normal()).collect();
+    let want = reference_forward(&x, &wt, &p);
+    let mut col = vec![0f32; p.col_len(6, 0)];
+    let mut outs = vec![];
+    for algo in [Algo::Fast, Algo::Im2col] {
+        let mut out = vec![0f32; 5 * 2 * 64];
+        conv2d_forward(&mut out, &x, &wt, &mut col, &p, Slice::full(5), Slice::full(6), 0, false, algo);
+        let err = out.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-4, "{algo:?}: {err}");
+        outs.push(out);
+    }
+    assert_ne!(outs[0], outs[1], "Im2col took the Winograd path");
 }
