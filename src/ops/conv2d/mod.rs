@@ -239,6 +239,7 @@ pub enum Algo {
     Im2col,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     out: &mut [f32],
     inp: &[f32],
