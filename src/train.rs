@@ -213,7 +213,14 @@ fn meta_f64(ck: &Checkpoint, key: &str) -> f64 {
 }
 
 /// Trains, writing `OUT/metrics.jsonl`, `OUT/curves.svg`, `OUT/last.ckpt` and `OUT/best.ckpt`.
+///
+/// The run happens inside the CPU thread pool: the ops' parallel work then goes on the pool's
+/// own queues, which allocate nothing, instead of its global queue, which allocates now and then.
 pub fn train(args: &TrainArgs) -> Result<Summary> {
+    rayon::scope(|_| train_in_pool(args))
+}
+
+fn train_in_pool(args: &TrainArgs) -> Result<Summary> {
     args.validate()?;
     let mut backend = backend(args.device, args.math, args.verbose)?;
     let resume = match &args.resume {

@@ -95,6 +95,8 @@ impl Backend for CpuBackend {
     }
 
     fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
+        // The GEMM's per-thread packing buffers, made now rather than inside the first step.
+        crate::ops::gemm::prepare();
         let len = bytes.div_ceil(4);
         if self.arena.len() < len {
             self.arena = vec![0.0; len];
