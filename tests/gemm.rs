@@ -7,6 +7,7 @@ use sliceout::rng::Rng;
 use sliceout::tensor::Layout;
 
 /// `C = A * B` by the `gemm` crate, on row-major dense operands.
+#[allow(clippy::too_many_arguments)]
 fn crate_gemm(
     m: usize,
     n: usize,
