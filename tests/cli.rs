@@ -287,3 +287,36 @@ fn plan_and_profile_print_parseable_output() {
     assert_eq!(events.iter().filter(|e| e["ph"] == "X").count(), 2 * ops.len());
     assert!(events.iter().any(|e| e["ph"] == "C" && e["args"]["MiB"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn a_trainer_killed_at_random_moments_always_leaves_a_loadable_checkpoint() {
+    // Checkpoints every step, so kills land in the middle of writes too.
+    let d = tmp("kill");
+    synth(&d, 160, 16);
+    let mut rng = sliceout::rng::Rng::new(42, 1);
+    let mut loaded = 0;
+    for round in 0..8 {
+        let run = d.join(format!("run{round}"));
+        let args = train_args(
+            d.to_str().unwrap(),
+            run.to_str().unwrap(),
+            &[("--epochs", "20"), ("--checkpoint-every", "1"), ("--batch", "8")],
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300 + rng.below(1200) as u64));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let ck = run.join("last.ckpt");
+        if ck.exists() {
+            let c = sliceout::checkpoint::load(&ck).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(c.step > 0);
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 4, "only {loaded} of 8 runs got as far as a checkpoint");
+}
