@@ -60,14 +60,28 @@ pub fn append_jsonl(path: &Path, m: &EpochMetrics) -> Result<()> {
 /// Every record of `path`, in file order; blank lines are skipped. A bad line is an error
 /// naming the file and the (1-based) line number.
 pub fn read_jsonl(path: &Path) -> Result<Vec<EpochMetrics>> {
+    parse_lines(path, false)
+}
+
+/// The lines a resumed run keeps: like [`read_jsonl`], but a missing file is no line at all and
+/// a torn last line (a crash while appending it, so after the last checkpoint) is dropped.
+pub fn read_for_resume(path: &Path) -> Result<Vec<EpochMetrics>> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    parse_lines(path, true)
+}
+
+fn parse_lines(path: &Path, allow_torn_last: bool) -> Result<Vec<EpochMetrics>> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+    for (k, &(i, line)) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(m) => out.push(m),
+            Err(_) if allow_torn_last && k + 1 == lines.len() => break,
+            Err(e) => return Err(Error::data(path, format!("line {}: {e}", i + 1))),
         }
-        let m = serde_json::from_str(line).map_err(|e| Error::data(path, format!("line {}: {e}", i + 1)))?;
-        out.push(m);
     }
     Ok(out)
 }
@@ -330,6 +344,38 @@ fn escape_xml(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    #[test]
+    fn resume_drops_only_a_torn_last_line() {
+        let dir = std::env::temp_dir().join(format!("sliceout-metrics-resume-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        assert!(read_for_resume(&path).unwrap().is_empty());
+        let m = EpochMetrics {
+            epoch: 1,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            test_loss: 1.0,
+            test_acc: 0.5,
+            images_per_s: 9.0,
+            seconds: 1.0,
+            keep: 1.0,
+        };
+        append_jsonl(&path, &m).unwrap();
+        let good = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{good}{{\"epoch\": 2, \"train_lo")).unwrap();
+        assert_eq!(read_for_resume(&path).unwrap(), vec![m.clone()]);
+        assert!(read_jsonl(&path).is_err());
+        fs::write(&path, format!("garbage\n{good}")).unwrap();
+        let e = read_for_resume(&path).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("metrics.jsonl"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
 
 #[cfg(test)]

@@ -243,6 +243,13 @@ fn train_in_pool(args: &TrainArgs) -> Result<Summary> {
         Some((_, ck)) => loader::Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() },
         None => loader::Normalization::from_split(&ds.train, ds.channels),
     };
+    if args.resume.is_none() && ["last.ckpt", "metrics.jsonl"].iter().any(|f| args.out.join(f).exists()) {
+        return Err(Error::Msg(format!(
+            "{} already holds a run (last.ckpt or metrics.jsonl): continue it with --resume {}, or pick another --out",
+            args.out.display(),
+            args.out.join("last.ckpt").display()
+        )));
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     let probe = args.out.join(".write-test");
     std::fs::write(&probe, b"").map_err(|e| Error::io(&args.out, e))?;
@@ -259,11 +266,8 @@ fn train_in_pool(args: &TrainArgs) -> Result<Summary> {
     let mut augment = Rng::new(args.seed, stream::AUGMENT);
     let mut slicer = Rng::new(args.seed, stream::SLICE);
     let (mut step, mut start_epoch, mut best_acc, mut sums) = (0usize, 0usize, 0f64, EpochSums::default());
-    let mut history = if args.resume.is_some() {
-        metrics::read_jsonl(&args.out.join("metrics.jsonl")).unwrap_or_default()
-    } else {
-        vec![]
-    };
+    let mut history =
+        if args.resume.is_some() { metrics::read_for_resume(&args.out.join("metrics.jsonl"))? } else { vec![] };
     if let Some((path, ck)) = &resume {
         checkpoint::check_config(path, &ck.config, &config)?;
         for t in &s.tensors {

@@ -176,6 +176,9 @@ fn corrupt_checkpoints_are_refused_and_nothing_is_lost() {
     fails_with(&refs(&resume(&[("--depth", "16")])), &["bad.ckpt", "depth"]);
     fails_with(&["eval", "--checkpoint", d.join("none.ckpt").to_str().unwrap(), "--data", data], &["none.ckpt"]);
 
+    // A fresh run into the same folder is refused rather than overwriting it.
+    fails_with(&refs(&train_args(data, out, &[])), &["already holds a run", "--resume"]);
+
     // Nothing in the run folder changed.
     assert_eq!(std::fs::read(&last).unwrap(), good);
     assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics);
