@@ -2,7 +2,9 @@
 # GPU check of the CUDA backend, for a machine with an NVIDIA GPU (CUDA 13, driver 580) and no
 # Rust toolchain: the release binary is built elsewhere and carried in .gpu/sliceout.
 #
-#   scripts/gpu-check.sh            (from the repository root)
+#   here:   cargo build --release && mkdir -p .gpu && strip -o .gpu/sliceout target/release/sliceout
+#   there:  bash scripts/gpu-check.sh        (from the repository root; .gpu/ is git-ignored,
+#           so the device runner must carry it)
 #
 # Runs the op-by-op selftest against the CPU backend and the PyTorch reference, then the step
 # benchmark of WRN-28-10 and WRN-16-4 at keep 1.0/0.75/0.5 in tf32 and fp32, and ends with one
@@ -17,7 +19,7 @@ mkdir -p "$LOG"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 if [ ! -x "$BIN" ]; then
-    echo "no binary at $BIN (build with: cargo build --release && cp target/release/sliceout .gpu/)" >&2
+    echo "no binary at $BIN (build with: cargo build --release && mkdir -p .gpu && strip -o .gpu/sliceout target/release/sliceout)" >&2
     exit 2
 fi
 
