@@ -30,14 +30,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
 status=0
 echo
 echo "== selftest"
-timeout 300 "$BIN" selftest --device cuda 2>&1 | tee "$LOG/selftest.txt"
+timeout 120 "$BIN" selftest --device cuda 2>&1 | tee "$LOG/selftest.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 run_bench() { # depth widen math
     local tag="wrn$1-$2-$3"
     echo
     echo "== bench WRN-$1-$2 $3"
-    timeout 240 "$BIN" bench --device cuda --depth "$1" --widen "$2" --batch 128 \
+    timeout 90 "$BIN" bench --device cuda --depth "$1" --widen "$2" --batch 128 \
         --keep 1.0,0.75,0.5 --steps 10 --math "$3" 2>&1 | tee "$LOG/bench-$tag.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 }
