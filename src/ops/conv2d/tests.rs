@@ -635,3 +635,39 @@ fn both_algorithms_match_the_direct_convolution() {
     }
     assert_ne!(outs[0], outs[1], "Im2col took the Winograd path");
 }
+
+/// Winograd on shapes that exercise the transforms' blocking: a row of more tiles than one
+/// block (w = 131, odd, so its last tile is half outside) and odd heights, forward (written and
+/// accumulated) and both gradients against the direct f64 convolution.
+#[test]
+fn winograd_wide_and_odd_images_match_direct() {
+    for (h, w) in [(5usize, 131usize), (3, 5), (9, 2)] {
+        let p = ConvShape { n: 2, cin: 4, h, w, cout: 3, k: 3, stride: 1, pad: 1 };
+        let hw = h * w;
+        let wt = random(p.cout * p.cin * 9, 91);
+        let x = random(p.cin * p.n * hw, 92);
+        let r = random(p.cout * p.n * hw, 93);
+        let want_y = reference_forward(&x, &wt, &p);
+        let (want_dx, want_dw) = reference_backward(&r, &x, &wt, &p);
+        let mut col = vec![f32::NAN; p.col_len(4, 0)];
+        let (so, si) = (Slice::full(3), Slice::full(4));
+        let close = |got: &[f32], want: &[f64], what: &str| {
+            assert_eq!(got.len(), want.len());
+            for (k, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!((*g as f64 - w).abs() < 1e-4 * (1.0 + w.abs()), "{h}x{w} {what}[{k}]: {g} vs {w}");
+            }
+        };
+        let mut y = vec![f32::NAN; want_y.len()];
+        conv2d_forward(&mut y, &x, &wt, &mut col, &p, so, si, 0, false, Algo::Fast);
+        close(&y, &want_y, "y");
+        let mut y2 = vec![1f32; want_y.len()];
+        conv2d_forward(&mut y2, &x, &wt, &mut col, &p, so, si, 0, true, Algo::Fast);
+        let want_y2: Vec<f64> = want_y.iter().map(|v| v + 1.0).collect();
+        close(&y2, &want_y2, "y+=");
+        let mut dx = vec![f32::NAN; x.len()];
+        let mut dw = vec![f32::NAN; wt.len()];
+        conv2d_backward(Some(&mut dx), &mut dw, &r, &x, &wt, &mut col, &p, so, si, 0, false, Algo::Fast);
+        close(&dx, &want_dx, "dx");
+        close(&dw, &want_dw, "dw");
+    }
+}

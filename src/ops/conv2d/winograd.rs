@@ -18,6 +18,12 @@
 //! `[t][xi][c]` layout made the products themselves 1.3-1.6x faster but the scattered
 //! transforms slower, and lost overall when measured.)
 //!
+//! The transforms work on blocks of up to `TX_BLOCK` tiles that are contiguous in `t` (several
+//! whole tile rows of a small image), so every pass is a loop over contiguous arrays. Each has
+//! an AVX2 build chosen at run time (the crate is compiled for baseline x86-64, where those
+//! loops get only SSE), and the input transform's row pass deinterleaves even and odd columns
+//! in registers; measured, this halved the transforms' share of a WRN-16-4 step.
+//!
 //! Slices are handled while gathering the weight: `U` holds only the slice's channels, in slice
 //! order, so a wrapping slice costs nothing extra.
 
@@ -119,72 +125,186 @@ fn weight_tile_adjoint(du: &[f32; 16]) -> [f32; 9] {
     g
 }
 
+/// A run of tiles transformed together: tile rows `row0..row0 + rows` (row index `i * th + ty`
+/// over the sub-chunk), columns `tx0..tx0 + nt` of each. Its tiles are contiguous in `t` (whole
+/// tile rows when several, so small images still fill a block), starting at `base`.
+#[derive(Clone, Copy)]
+struct Block {
+    row0: usize,
+    rows: usize,
+    tx0: usize,
+    nt: usize,
+    base: usize,
+}
+
+impl Block {
+    /// Tiles in the block.
+    fn len(&self) -> usize {
+        self.rows * self.nt
+    }
+}
+
+/// The blocks of at most `TX_BLOCK` tiles covering `nb` images of `th x tw` tiles, in `t`
+/// order. (An iterator rather than a closure-taking helper: a closure would be compiled apart
+/// from the AVX2 caller, without its target features.)
+fn blocks(nb: usize, th: usize, tw: usize) -> impl Iterator<Item = Block> {
+    let seg = tw.clamp(1, TX_BLOCK);
+    let per = (TX_BLOCK / tw.max(1)).max(1);
+    let total_rows = nb * th;
+    (0..total_rows).step_by(per).flat_map(move |row0| {
+        let rows = per.min(total_rows - row0);
+        (0..tw).step_by(seg).map(move |tx0| Block { row0, rows, tx0, nt: seg.min(tw - tx0), base: row0 * tw + tx0 })
+    })
+}
+
+/// Splits padded row `P` (`P[x]` = `row[x - 1]` inside the image, else 0) into
+/// `e[j] = P[2 (tx0 + j)]` and `o[j] = P[2 (tx0 + j) + 1]` for `j` in `0..=nt`: tile `tx0 + j`
+/// reads `e[j], o[j], e[j + 1], o[j + 1]`, so the arithmetic afterwards runs on contiguous
+/// arrays.
+#[inline(always)]
+fn split_padded(e: &mut [f32], o: &mut [f32], row: &[f32], tx0: usize, nt: usize) {
+    let w = row.len();
+    let at = |x: usize| if x >= 1 && x <= w { row[x - 1] } else { 0.0 };
+    for j in [0, nt] {
+        let x = 2 * (tx0 + j);
+        e[j] = at(x);
+        o[j] = at(x + 1);
+    }
+    // Inside (1 <= j < nt) both values lie in the image: 2 <= x <= 2 (tw - 1) <= w - 1.
+    if nt > 1 {
+        let s = &row[2 * tx0 + 1..2 * (tx0 + nt) - 1];
+        for ((pair, ej), oj) in s.chunks_exact(2).zip(&mut e[1..nt]).zip(&mut o[1..nt]) {
+            *ej = pair[0];
+            *oj = pair[1];
+        }
+    }
+}
+
 /// `B^T d B` of every tile of images `0..nb` of one channel `plane` (`nb` images of `h x w`),
 /// into `v` laid out `[xi][t]`.
 fn input_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { input_transform_avx2(v, plane, nb, h, w) };
+    }
+    input_transform_body::<false>(v, plane, nb, h, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_transform_avx2(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+    input_transform_body::<true>(v, plane, nb, h, w)
+}
+
+/// Masked load of `row[first..first + 8]`, lanes outside the row read as 0 (the padding).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn load_padded(row: &[f32], first: isize) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let idx = _mm256_add_epi32(_mm256_set1_epi32(first as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    let inside = _mm256_and_si256(
+        _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(-1)),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(row.len() as i32), idx),
+    );
+    // Masked-off lanes are not read, so the pointer may point outside the row.
+    _mm256_maskload_ps(row.as_ptr().wrapping_offset(first), inside)
+}
+
+/// Row pass of one padded image row for tiles `tx0..tx0 + nt`, 8 tiles per step: the 18 padded
+/// values of 8 tiles are deinterleaved into even/odd columns in registers. Writes up to 7
+/// values past `nt` in each `hx` (room the caller leaves).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn row_pass_avx2(hx: [&mut [f32]; 4], row: &[f32], tx0: usize, nt: usize) {
+    use std::arch::x86_64::*;
+    let [h0, h1, h2, h3] = hx;
+    let n8 = nt.div_ceil(8) * 8;
+    assert!(h0.len() >= n8 && h1.len() >= n8 && h2.len() >= n8 && h3.len() >= n8);
+    // shuffle 0x88 / 0xDD picks even / odd lanes per 128-bit half; the permute joins the halves.
+    macro_rules! split {
+        ($a:expr, $b:expr, $imm:literal) => {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(_mm256_shuffle_ps::<$imm>($a, $b))))
+        };
+    }
+    for j in (0..nt).step_by(8) {
+        // Padded column 2(tx0 + j) + c is row[2(tx0 + j) + c - 1].
+        let first = 2 * (tx0 + j) as isize - 1;
+        let (l0, l1) = (load_padded(row, first), load_padded(row, first + 8));
+        let (l2, l3) = (load_padded(row, first + 2), load_padded(row, first + 10));
+        let (e0, o0) = (split!(l0, l1, 0x88), split!(l0, l1, 0xDD));
+        let (e1, o1) = (split!(l2, l3, 0x88), split!(l2, l3, 0xDD));
+        _mm256_storeu_ps(h0.as_mut_ptr().add(j), _mm256_sub_ps(e0, e1));
+        _mm256_storeu_ps(h1.as_mut_ptr().add(j), _mm256_add_ps(o0, e1));
+        _mm256_storeu_ps(h2.as_mut_ptr().add(j), _mm256_sub_ps(e1, o0));
+        _mm256_storeu_ps(h3.as_mut_ptr().add(j), _mm256_sub_ps(o0, o1));
+    }
+}
+
+#[inline(always)]
+fn input_transform_body<const AVX2: bool>(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let t_total = nb * th * tw;
-    let mut hb = [[[0f32; TX_BLOCK]; 4]; 4];
-    for i in 0..nb {
-        let img = &plane[i * h * w..][..h * w];
-        for ty in 0..th {
-            for tx0 in (0..tw).step_by(TX_BLOCK) {
-                let nt = TX_BLOCK.min(tw - tx0);
-                // Row pass: each of the 4 input rows of the tile row, transformed along x.
-                for (r, hr) in hb.iter_mut().enumerate() {
-                    // Padded row 2*ty + r holds image row 2*ty + r - 1.
-                    let y = 2 * ty + r;
-                    if y == 0 || y > h {
-                        for b in hr.iter_mut() {
-                            b[..nt].fill(0.0);
-                        }
-                        continue;
+    // hb[r][b][k]: row pass of padded tile row r, value b, tile k of the block (plus room for
+    // the vector row pass's overhang).
+    let mut hb = [[[0f32; TX_BLOCK + 8]; 4]; 4];
+    let mut e = [0f32; TX_BLOCK + 1];
+    let mut o = [0f32; TX_BLOCK + 1];
+    for blk in blocks(nb, th, tw) {
+        let nt = blk.nt;
+        for k in 0..blk.rows {
+            let (i, ty) = ((blk.row0 + k) / th, (blk.row0 + k) % th);
+            let img = &plane[i * h * w..][..h * w];
+            for (r, hr) in hb.iter_mut().enumerate() {
+                let [h0, h1, h2, h3] = hr;
+                let (h0, h1, h2, h3) = (&mut h0[k * nt..], &mut h1[k * nt..], &mut h2[k * nt..], &mut h3[k * nt..]);
+                // Padded row 2*ty + r holds image row 2*ty + r - 1.
+                let y = 2 * ty + r;
+                if y == 0 || y > h {
+                    for hx in [h0, h1, h2, h3] {
+                        hx[..nt].fill(0.0);
                     }
-                    let row = &img[(y - 1) * w..][..w];
-                    let at = |x: usize| {
-                        if x >= 1 && x <= w {
-                            row[x - 1]
-                        } else {
-                            0.0
-                        }
-                    };
-                    let [h0, h1, h2, h3] = hr;
-                    for j in 0..nt {
-                        // Padded column x0 = 2*tx holds image column 2*tx - 1.
-                        let x0 = 2 * (tx0 + j);
-                        let (d0, d1, d2, d3) = if x0 >= 1 && x0 + 3 <= w {
-                            let s = &row[x0 - 1..x0 + 3];
-                            (s[0], s[1], s[2], s[3])
-                        } else {
-                            (at(x0), at(x0 + 1), at(x0 + 2), at(x0 + 3))
-                        };
-                        h0[j] = d0 - d2;
-                        h1[j] = d1 + d2;
-                        h2[j] = d2 - d1;
-                        h3[j] = d1 - d3;
-                    }
+                    continue;
                 }
-                // Column pass, contiguous across the tiles of the row.
-                let base = (i * th + ty) * tw + tx0;
-                for b in 0..4 {
-                    let (r0, r1, r2, r3) = (&hb[0][b][..nt], &hb[1][b][..nt], &hb[2][b][..nt], &hb[3][b][..nt]);
-                    let d = &mut v[b * t_total + base..][..nt];
-                    for j in 0..nt {
-                        d[j] = r0[j] - r2[j];
-                    }
-                    let d = &mut v[(4 + b) * t_total + base..][..nt];
-                    for j in 0..nt {
-                        d[j] = r1[j] + r2[j];
-                    }
-                    let d = &mut v[(8 + b) * t_total + base..][..nt];
-                    for j in 0..nt {
-                        d[j] = r2[j] - r1[j];
-                    }
-                    let d = &mut v[(12 + b) * t_total + base..][..nt];
-                    for j in 0..nt {
-                        d[j] = r1[j] - r3[j];
-                    }
+                #[cfg(target_arch = "x86_64")]
+                if AVX2 {
+                    // SAFETY: AVX2 was checked by the caller (`AVX2` is only true there).
+                    unsafe { row_pass_avx2([h0, h1, h2, h3], &img[(y - 1) * w..][..w], blk.tx0, nt) };
+                    continue;
                 }
+                let (h0, h1, h2, h3) = (&mut h0[..nt], &mut h1[..nt], &mut h2[..nt], &mut h3[..nt]);
+                split_padded(&mut e, &mut o, &img[(y - 1) * w..][..w], blk.tx0, nt);
+                let (e0, e1, o0, o1) = (&e[..nt], &e[1..nt + 1], &o[..nt], &o[1..nt + 1]);
+                for j in 0..nt {
+                    // (d0, d1, d2, d3) = (e0, o0, e1, o1).
+                    h0[j] = e0[j] - e1[j];
+                    h1[j] = o0[j] + e1[j];
+                    h2[j] = e1[j] - o0[j];
+                    h3[j] = o0[j] - o1[j];
+                }
+            }
+        }
+        // Column pass, contiguous across the block's tiles.
+        let n = blk.len();
+        for b in 0..4 {
+            let (r0, r1, r2, r3) = (&hb[0][b][..n], &hb[1][b][..n], &hb[2][b][..n], &hb[3][b][..n]);
+            let d = &mut v[b * t_total + blk.base..][..n];
+            for j in 0..n {
+                d[j] = r0[j] - r2[j];
+            }
+            let d = &mut v[(4 + b) * t_total + blk.base..][..n];
+            for j in 0..n {
+                d[j] = r1[j] + r2[j];
+            }
+            let d = &mut v[(8 + b) * t_total + blk.base..][..n];
+            for j in 0..n {
+                d[j] = r2[j] - r1[j];
+            }
+            let d = &mut v[(12 + b) * t_total + blk.base..][..n];
+            for j in 0..n {
+                d[j] = r1[j] - r3[j];
             }
         }
     }
@@ -193,28 +313,76 @@ fn input_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) 
 /// `A dY A^T` of every 2x2 tile of one channel of `d_out` (`nb` images of `h x w`; outputs past
 /// the edge of an odd image count as 0), into `v` laid out `[xi][t]`.
 fn grad_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { grad_transform_avx2(v, plane, nb, h, w) };
+    }
+    grad_transform_body(v, plane, nb, h, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_transform_avx2(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+    grad_transform_body(v, plane, nb, h, w)
+}
+
+#[inline(always)]
+fn grad_transform_body(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let t_total = nb * th * tw;
-    for i in 0..nb {
-        let img = &plane[i * h * w..][..h * w];
-        for ty in 0..th {
-            let y0 = 2 * ty;
-            let row0 = &img[y0 * w..][..w];
-            let row1 = (y0 + 1 < h).then(|| &img[(y0 + 1) * w..][..w]);
-            let base = (i * th + ty) * tw;
-            for tx in 0..tw {
-                let x0 = 2 * tx;
-                let get = |row: &[f32], x: usize| if x < w { row[x] } else { 0.0 };
-                let (a, b) = (get(row0, x0), get(row0, x0 + 1));
-                let (c, d) = row1.map_or((0.0, 0.0), |r| (get(r, x0), get(r, x0 + 1)));
-                // Rows of A [y0; y1]: (y0, y0 + y1, y0 - y1, -y1); the same on columns.
-                let rows = [[a, b], [a + c, b + d], [a - c, b - d], [-c, -d]];
-                let t = base + tx;
-                for (r, [p, q]) in rows.into_iter().enumerate() {
-                    v[(r * 4) * t_total + t] = p;
-                    v[(r * 4 + 1) * t_total + t] = p + q;
-                    v[(r * 4 + 2) * t_total + t] = p - q;
-                    v[(r * 4 + 3) * t_total + t] = -q;
+    // lr[dy][0][j] / lr[dy][1][j + 1]: left / right value of output row dy of tile j.
+    let mut lr = [[[0f32; TX_BLOCK + 1]; 2]; 2];
+    // pq[r]: row r of A dY (two values per tile), before the column pass.
+    let mut pq = [[[0f32; TX_BLOCK]; 2]; 4];
+    for blk in blocks(nb, th, tw) {
+        let nt = blk.nt;
+        for k in 0..blk.rows {
+            let (i, ty) = ((blk.row0 + k) / th, (blk.row0 + k) % th);
+            let img = &plane[i * h * w..][..h * w];
+            for (dy, [l, r]) in lr.iter_mut().enumerate() {
+                let y = 2 * ty + dy;
+                if y >= h {
+                    l[..nt + 1].fill(0.0);
+                    r[..nt + 1].fill(0.0);
+                    continue;
+                }
+                // With P[x] = row[x - 1]: o[j] = row[2(tx0 + j)] (left) and e[j + 1] =
+                // row[2(tx0 + j) + 1] (right, 0 past the edge of an odd image).
+                split_padded(r, l, &img[y * w..][..w], blk.tx0, nt);
+            }
+            let [[a, b], [c, d]] = &lr;
+            let (a, b, c, d) = (&a[..nt], &b[1..nt + 1], &c[..nt], &d[1..nt + 1]);
+            // Rows of A [y0; y1]: (y0, y0 + y1, y0 - y1, -y1).
+            {
+                let [[p0, q0], [p1, q1], [p2, q2], [p3, q3]] = &mut pq;
+                for j in 0..nt {
+                    p0[j] = a[j];
+                    q0[j] = b[j];
+                    p1[j] = a[j] + c[j];
+                    q1[j] = b[j] + d[j];
+                    p2[j] = a[j] - c[j];
+                    q2[j] = b[j] - d[j];
+                    p3[j] = -c[j];
+                    q3[j] = -d[j];
+                }
+            }
+            // The same on columns, written contiguously per value.
+            let t0 = blk.base + k * nt;
+            for (r, [p, q]) in pq.iter().enumerate() {
+                let (p, q) = (&p[..nt], &q[..nt]);
+                v[(4 * r) * t_total + t0..][..nt].copy_from_slice(p);
+                let dst = &mut v[(4 * r + 1) * t_total + t0..][..nt];
+                for j in 0..nt {
+                    dst[j] = p[j] + q[j];
+                }
+                let dst = &mut v[(4 * r + 2) * t_total + t0..][..nt];
+                for j in 0..nt {
+                    dst[j] = p[j] - q[j];
+                }
+                let dst = &mut v[(4 * r + 3) * t_total + t0..][..nt];
+                for j in 0..nt {
+                    dst[j] = -q[j];
                 }
             }
         }
@@ -232,54 +400,90 @@ fn output_transform<'a>(
     w: usize,
     accumulate: bool,
 ) {
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let mut s = [[[0f32; TX_BLOCK]; 4]; 2];
     let ms: [&[f32]; 16] = std::array::from_fn(&m);
-    for i in 0..nb {
-        for ty in 0..th {
-            for tx0 in (0..tw).step_by(TX_BLOCK) {
-                let nt = TX_BLOCK.min(tw - tx0);
-                let base = (i * th + ty) * tw + tx0;
-                // Columns first: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (per column b).
-                for b in 0..4 {
-                    let (m0, m1, m2, m3) = (
-                        &ms[b][base..base + nt],
-                        &ms[4 + b][base..base + nt],
-                        &ms[8 + b][base..base + nt],
-                        &ms[12 + b][base..base + nt],
-                    );
-                    let [s0, s1] = &mut s;
-                    for j in 0..nt {
-                        s0[b][j] = m0[j] + m1[j] + m2[j];
-                        s1[b][j] = m1[j] - m2[j] - m3[j];
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { output_transform_avx2(plane, &ms, nb, h, w, accumulate) };
+    }
+    output_transform_body(plane, &ms, nb, h, w, accumulate)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_transform_avx2(plane: &mut [f32], ms: &[&[f32]; 16], nb: usize, h: usize, w: usize, accumulate: bool) {
+    output_transform_body(plane, ms, nb, h, w, accumulate)
+}
+
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn output_transform_body(plane: &mut [f32], ms: &[&[f32]; 16], nb: usize, h: usize, w: usize, accumulate: bool) {
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    // s[dy][b]: column pass; y[dy][c]: output value (dy, c) of each tile of the block.
+    let mut s = [[[0f32; TX_BLOCK]; 4]; 2];
+    let mut y = [[[0f32; TX_BLOCK]; 2]; 2];
+    for blk in blocks(nb, th, tw) {
+        let (n, base, nt) = (blk.len(), blk.base, blk.nt);
+        // Columns first: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (per column b).
+        for b in 0..4 {
+            let (m0, m1, m2, m3) =
+                (&ms[b][base..][..n], &ms[4 + b][base..][..n], &ms[8 + b][base..][..n], &ms[12 + b][base..][..n]);
+            let [s0, s1] = &mut s;
+            let (s0, s1) = (&mut s0[b][..n], &mut s1[b][..n]);
+            for j in 0..n {
+                s0[j] = m0[j] + m1[j] + m2[j];
+                s1[j] = m1[j] - m2[j] - m3[j];
+            }
+        }
+        for (sr, [y0, y1]) in s.iter().zip(&mut y) {
+            let (a, b, c, d) = (&sr[0][..n], &sr[1][..n], &sr[2][..n], &sr[3][..n]);
+            let (y0, y1) = (&mut y0[..n], &mut y1[..n]);
+            for j in 0..n {
+                y0[j] = a[j] + b[j] + c[j];
+                y1[j] = b[j] - c[j] - d[j];
+            }
+        }
+        for k in 0..blk.rows {
+            let (i, ty) = ((blk.row0 + k) / th, (blk.row0 + k) % th);
+            for (dy, [y0, y1]) in y.iter().enumerate() {
+                let yy = 2 * ty + dy;
+                if yy >= h {
+                    continue;
+                }
+                let (y0, y1) = (&y0[k * nt..][..nt], &y1[k * nt..][..nt]);
+                let row = &mut plane[(i * h + yy) * w..][..w];
+                // Whole pairs inside the image, then a lone last column of an odd image.
+                let x0 = 2 * blk.tx0;
+                let pairs = nt.min((w - x0) / 2);
+                let dst = &mut row[x0..x0 + 2 * pairs];
+                if accumulate {
+                    for ((pair, &v0), &v1) in dst.chunks_exact_mut(2).zip(y0).zip(y1) {
+                        pair[0] += v0;
+                        pair[1] += v1;
+                    }
+                } else {
+                    for ((pair, &v0), &v1) in dst.chunks_exact_mut(2).zip(y0).zip(y1) {
+                        pair[0] = v0;
+                        pair[1] = v1;
                     }
                 }
-                for (dy, sr) in s.iter().enumerate() {
-                    let y = 2 * ty + dy;
-                    if y >= h {
-                        continue;
-                    }
-                    let row = &mut plane[(i * h + y) * w..][..w];
-                    for j in 0..nt {
-                        let x = 2 * (tx0 + j);
-                        let v0 = sr[0][j] + sr[1][j] + sr[2][j];
-                        let v1 = sr[1][j] - sr[2][j] - sr[3][j];
-                        if accumulate {
-                            row[x] += v0;
-                            if x + 1 < w {
-                                row[x + 1] += v1;
-                            }
-                        } else {
-                            row[x] = v0;
-                            if x + 1 < w {
-                                row[x + 1] = v1;
-                            }
-                        }
+                if pairs < nt {
+                    let x = x0 + 2 * pairs;
+                    if accumulate {
+                        row[x] += y0[pairs];
+                    } else {
+                        row[x] = y0[pairs];
                     }
                 }
             }
         }
     }
+}
+
+/// true where the AVX2+FMA builds of the transforms can run (the check is cached by std).
+#[cfg(target_arch = "x86_64")]
+fn simd() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 /// `M[xi] = K[xi] * X[xi]` for the 16 values, one per task: `kern` is `[o][xi][k]` (`odim` rows,
@@ -504,6 +708,31 @@ mod tests {
         let lhs: f32 = weight_tile(&g, false).iter().zip(&du).map(|(a, b)| a * b).sum();
         let rhs: f32 = g.iter().zip(&weight_tile_adjoint(&du)).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-5, "{lhs} vs {rhs}");
+    }
+
+    /// The portable transforms and the dispatched (AVX2 where the CPU has it) ones agree
+    /// exactly, on images narrower and wider than a block and of odd sizes.
+    #[test]
+    fn portable_and_dispatched_transforms_agree() {
+        for (nb, h, w) in [(3usize, 7usize, 9usize), (2, 4, 150), (1, 1, 1), (5, 8, 8), (2, 3, 33)] {
+            let plane: Vec<f32> = (0..nb * h * w).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+            let t = nb * h.div_ceil(2) * w.div_ceil(2);
+            let (mut a, mut b) = (vec![f32::NAN; XI * t], vec![f32::NAN; XI * t]);
+            input_transform(&mut a, &plane, nb, h, w);
+            input_transform_body::<false>(&mut b, &plane, nb, h, w);
+            assert_eq!(a, b, "input {nb}x{h}x{w}");
+            let (mut a, mut b) = (vec![f32::NAN; XI * t], vec![f32::NAN; XI * t]);
+            grad_transform(&mut a, &plane, nb, h, w);
+            grad_transform_body(&mut b, &plane, nb, h, w);
+            assert_eq!(a, b, "grad {nb}x{h}x{w}");
+            let m: Vec<f32> = (0..XI * t).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.1).collect();
+            let ms: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * t..][..t]);
+            let (mut a, mut b) = (plane.clone(), plane.clone());
+            output_transform(&mut a, |xi| ms[xi], nb, h, w, true);
+            output_transform_body(&mut b, &ms, nb, h, w, true);
+            assert_eq!(a, b, "output {nb}x{h}x{w}");
+            assert!(a.iter().zip(&plane).any(|(x, y)| x != y));
+        }
     }
 }
 #[cfg(test)]
