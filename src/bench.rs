@@ -34,8 +34,12 @@ impl Row {
     }
 }
 
-/// Times `steps` training steps (after one warm-up step) of `config` at each keep value, each on
-/// a fresh backend from `make` so that device memory in use is that keep value's plan alone.
+/// Times `steps` training steps (after one warm-up step) of `config` at each keep value.
+///
+/// With `interleave` (a shared, noisy CPU), every keep value has its own backend and the steps
+/// go round-robin across them, so a slow spell of the machine hits all of them alike. Without
+/// it (a GPU), each keep value runs alone on a fresh backend, so that the device memory in use
+/// is that keep value's plan alone.
 pub fn measure(
     make: &mut dyn FnMut() -> Result<Box<dyn Backend>>,
     config: &ModelConfig,
@@ -43,50 +47,88 @@ pub fn measure(
     keeps: &[f64],
     steps: usize,
     seed: u64,
+    interleave: bool,
 ) -> Result<Vec<Row>> {
     let mut rng = Rng::new(seed, stream::SYNTH);
-    let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let mut slicer = Rng::new(seed, stream::SLICE);
-    let mut rows = vec![];
-    for &keep in keeps {
-        let p = Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, Options::default()));
-        let s = &p.schedule;
-        let mut backend = make()?;
-        backend.reserve_arena(p.arena_bytes())?;
-        backend.set_persistent(&wrn::init_persistent(s, seed))?;
-        let x: Vec<f32> = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
-        let y: Vec<f32> = (0..batch).map(|_| rng.below(config.classes) as f32).collect();
-        let mut times = vec![];
-        let mut starts = vec![0; s.slices.len()];
+    let programs: Vec<Program> = keeps
+        .iter()
+        .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, Options::default())))
+        .collect();
+    let inputs: Vec<(Vec<f32>, Vec<f32>)> = programs
+        .iter()
+        .map(|p| {
+            let s = &p.schedule;
+            let x = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
+            let y = (0..batch).map(|_| rng.below(config.classes) as f32).collect();
+            (x, y)
+        })
+        .collect();
+    let mut ready = |p: &Program| -> Result<Box<dyn Backend>> {
+        let mut b = make()?;
+        b.reserve_arena(p.arena_bytes())?;
+        b.set_persistent(&wrn::init_persistent(&p.schedule, seed))?;
+        Ok(b)
+    };
+    let mut times = vec![vec![]; keeps.len()];
+    let mut device = vec![None; keeps.len()];
+    if interleave {
+        let mut backends = programs.iter().map(&mut ready).collect::<Result<Vec<_>>>()?;
         for i in 0..=steps {
-            for (st, spec) in starts.iter_mut().zip(&s.slices) {
-                *st = sliceout::sample_start(&mut slicer, spec.channels, 1);
-            }
-            let t0 = Instant::now();
-            backend.write(&p, s.input, &x);
-            backend.write(&p, s.labels, &y);
-            backend.run(&p, &StepCtx { starts: &starts, sgd });
-            let mut loss = [0f32; 2];
-            backend.read(&p, s.loss, &mut loss);
-            if i > 0 {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            for (k, b) in backends.iter_mut().enumerate() {
+                let ms = timed_step(&mut **b, &programs[k], &inputs[k], &mut slicer);
+                if i > 0 {
+                    times[k].push(ms);
+                }
             }
         }
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        rows.push(Row {
-            keep,
-            median_ms: median,
-            min_ms: times[0],
-            max_ms: times[times.len() - 1],
-            images_per_s: batch as f64 / (median / 1e3),
-            arena_bytes: p.arena_bytes(),
-            persistent_bytes: s.persistent_len() * 4,
-            gflop: 2.0 * s.macs() as f64 / 1e9,
-            device_bytes: backend.memory_in_use(),
-        });
+    } else {
+        for (k, p) in programs.iter().enumerate() {
+            let mut b = ready(p)?;
+            for i in 0..=steps {
+                let ms = timed_step(&mut *b, p, &inputs[k], &mut slicer);
+                if i > 0 {
+                    times[k].push(ms);
+                }
+            }
+            device[k] = b.memory_in_use();
+        }
     }
+    let rows = programs
+        .iter()
+        .zip(keeps)
+        .zip(times.iter_mut().zip(device))
+        .map(|((p, &keep), (t, device_bytes))| {
+            t.sort_by(f64::total_cmp);
+            let median = t[t.len() / 2];
+            Row {
+                keep,
+                median_ms: median,
+                min_ms: t[0],
+                max_ms: t[t.len() - 1],
+                images_per_s: batch as f64 / (median / 1e3),
+                arena_bytes: p.arena_bytes(),
+                persistent_bytes: p.schedule.persistent_len() * 4,
+                gflop: 2.0 * p.schedule.macs() as f64 / 1e9,
+                device_bytes,
+            }
+        })
+        .collect();
     Ok(rows)
+}
+
+/// One training step on random data with fresh slice starts, in milliseconds.
+fn timed_step(backend: &mut dyn Backend, p: &Program, (x, y): &(Vec<f32>, Vec<f32>), slicer: &mut Rng) -> f64 {
+    let s = &p.schedule;
+    let starts: Vec<usize> = s.slices.iter().map(|spec| sliceout::sample_start(slicer, spec.channels, 1)).collect();
+    let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+    let t0 = Instant::now();
+    backend.write(p, s.input, x);
+    backend.write(p, s.labels, y);
+    backend.run(p, &StepCtx { starts: &starts, sgd });
+    let mut loss = [0f32; 2];
+    backend.read(p, s.loss, &mut loss);
+    t0.elapsed().as_secs_f64() * 1e3
 }
 
 pub fn table(config: &ModelConfig, batch: usize, device: &str, rows: &[Row]) -> String {
@@ -126,9 +168,11 @@ pub fn command(f: &BenchFlags) -> Result<()> {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
     }
     let math = crate::backend::cuda::Math::parse(&f.math)?;
-    let name = train::backend(f.device.into(), math, true)?.name();
+    let probe = train::backend(f.device.into(), math, true)?;
+    let (name, interleave) = (probe.name(), probe.memory_in_use().is_none());
+    drop(probe);
     let mut make = || train::backend(f.device.into(), math, false);
-    let rows = measure(&mut make, &config, batch, &f.keep, f.steps, f.seed)?;
+    let rows = measure(&mut make, &config, batch, &f.keep, f.steps, f.seed, interleave)?;
     print!("{}", table(&config, batch, &name, &rows));
     Ok(())
 }
