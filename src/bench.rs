@@ -55,15 +55,13 @@ pub fn measure(
         .iter()
         .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, Options::default())))
         .collect();
-    let inputs: Vec<(Vec<f32>, Vec<f32>)> = programs
-        .iter()
-        .map(|p| {
-            let s = &p.schedule;
-            let x = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
-            let y = (0..batch).map(|_| rng.below(config.classes) as f32).collect();
-            (x, y)
-        })
-        .collect();
+    // Random batches, made once the arenas exist (so a plan too large fails before this).
+    let mut input = |p: &Program| -> (Vec<f32>, Vec<f32>) {
+        let s = &p.schedule;
+        let x = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
+        let y = (0..batch).map(|_| rng.below(config.classes) as f32).collect();
+        (x, y)
+    };
     let mut ready = |p: &Program| -> Result<Box<dyn Backend>> {
         let mut b = make()?;
         b.reserve_arena(p.arena_bytes())?;
@@ -74,6 +72,7 @@ pub fn measure(
     let mut device = vec![None; keeps.len()];
     if interleave {
         let mut backends = programs.iter().map(&mut ready).collect::<Result<Vec<_>>>()?;
+        let inputs: Vec<_> = programs.iter().map(&mut input).collect();
         for i in 0..=steps {
             for (k, b) in backends.iter_mut().enumerate() {
                 let ms = timed_step(&mut **b, &programs[k], &inputs[k], &mut slicer);
@@ -85,8 +84,9 @@ pub fn measure(
     } else {
         for (k, p) in programs.iter().enumerate() {
             let mut b = ready(p)?;
+            let batch_data = input(p);
             for i in 0..=steps {
-                let ms = timed_step(&mut *b, p, &inputs[k], &mut slicer);
+                let ms = timed_step(&mut *b, p, &batch_data, &mut slicer);
                 if i > 0 {
                     times[k].push(ms);
                 }

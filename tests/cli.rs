@@ -323,3 +323,15 @@ fn a_trainer_killed_at_random_moments_always_leaves_a_loadable_checkpoint() {
     }
     assert!(loaded >= 4, "only {loaded} of 8 runs got as far as a checkpoint");
 }
+
+#[test]
+fn a_plan_too_large_for_memory_is_a_clear_error() {
+    // WRN-28-10 at batch 1,000,000 plans an arena of terabytes.
+    fails_with(
+        &[
+            "bench", "--device", "cpu", "--depth", "28", "--widen", "10", "--batch", "1000000", "--steps", "1",
+            "--keep", "1.0",
+        ],
+        &["arena", "MiB", "--batch"],
+    );
+}

@@ -99,7 +99,15 @@ impl Backend for CpuBackend {
         crate::ops::gemm::prepare();
         let len = bytes.div_ceil(4);
         if self.arena.len() < len {
-            self.arena = vec![0.0; len];
+            let mut arena = Vec::new();
+            arena.try_reserve_exact(len).map_err(|_| {
+                crate::Error::Device(format!(
+                    "the memory plan needs a {:.1} MiB arena and the host cannot allocate it; lower --batch (or --keep)",
+                    bytes as f64 / (1 << 20) as f64
+                ))
+            })?;
+            arena.resize(len, 0.0);
+            self.arena = arena;
         }
         Ok(())
     }

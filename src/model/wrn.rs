@@ -90,7 +90,18 @@ impl Builder {
         }
         // The largest chunk whose workspace fits the budget (at least one image).
         let budget = o.col_budget_mib << 20;
-        (1..=shape.n).rev().find(|&c| shape.col_len(in_width, c) * 4 <= budget).unwrap_or(1)
+        let fits = |c: usize| shape.col_len(in_width, c) * 4 <= budget;
+        // The workspace grows with the chunk: binary search for the last chunk that fits.
+        let (mut lo, mut hi) = (1, shape.n);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
     }
 
     /// A convolution's forward op (with its workspace); returns the chunk size used.
