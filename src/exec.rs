@@ -3,7 +3,7 @@
 //! live at the same step never overlap.
 
 use crate::plan::{self, Lifetime, Placement};
-use crate::schedule::{BufId, Schedule};
+use crate::schedule::Schedule;
 
 pub struct Program {
     pub schedule: Schedule,
@@ -29,9 +29,5 @@ impl Program {
 
     pub fn arena_bytes(&self) -> usize {
         self.placement.arena_bytes
-    }
-
-    pub fn buffer(&self, name: &str) -> Option<BufId> {
-        self.schedule.buffer(name)
     }
 }

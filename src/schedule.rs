@@ -429,10 +429,6 @@ impl Schedule {
         self.tensors.iter().position(|t| t.name == name)
     }
 
-    pub fn buffer(&self, name: &str) -> Option<BufId> {
-        self.buffers.iter().position(|b| b.name == name)
-    }
-
     /// The slice each block uses this step, from the drawn starts.
     pub fn slice(&self, sel: Sel, starts: &[usize]) -> Slice {
         match sel {

@@ -16,7 +16,7 @@ use crate::metrics::{self, EpochMetrics};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::sgd::SgdParams;
 use crate::rng::{stream, Rng};
-use crate::schedule::{Mode, Options, Role};
+use crate::schedule::{Mode, Options, Role, Schedule};
 use crate::sliceout;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -259,7 +259,8 @@ fn train_in_pool(args: &TrainArgs) -> Result<Summary> {
     let mut eval = Evaluator::new(&config, args.batch, test_len);
     backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
     backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
-    backend.reserve_arena(train_p.arena_bytes().max(eval.arena_bytes()))?;
+    let arena_bytes = train_p.arena_bytes().max(eval.arena_bytes());
+    backend.reserve_arena(arena_bytes)?;
     let s = &train_p.schedule;
     let mut state = wrn::init_persistent(s, args.seed);
     let mut shuffle = Rng::new(args.seed, stream::SHUFFLE);
@@ -270,16 +271,7 @@ fn train_in_pool(args: &TrainArgs) -> Result<Summary> {
         if args.resume.is_some() { metrics::read_for_resume(&args.out.join("metrics.jsonl"))? } else { vec![] };
     if let Some((path, ck)) = &resume {
         checkpoint::check_config(path, &ck.config, &config)?;
-        for t in &s.tensors {
-            let src = ck.tensor(&t.name).ok_or_else(|| Error::checkpoint(path, format!("has no tensor {}", t.name)))?;
-            if src.data.len() != t.len() {
-                return Err(Error::checkpoint(
-                    path,
-                    format!("tensor {} has {} values, the model needs {}", t.name, src.data.len(), t.len()),
-                ));
-            }
-            state[t.range()].copy_from_slice(&src.data);
-        }
+        restore_state(&mut state, s, path, ck, true)?;
         let rng = |name: &str| {
             ck.rng(name)
                 .and_then(Rng::from_state)
@@ -317,7 +309,7 @@ fn train_in_pool(args: &TrainArgs) -> Result<Summary> {
             test_len,
             ds.classes,
             s.tensors.iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum::<usize>() as f64 / 1e6,
-            backend_arena_mib(&train_p, &eval),
+            arena_bytes as f64 / (1 << 20) as f64,
             2.0 * macs / 1e9,
         );
     }
@@ -441,8 +433,20 @@ fn train_in_pool(args: &TrainArgs) -> Result<Summary> {
     Ok(Summary { history, out: args.out.clone(), best_acc, stopped_at: None })
 }
 
-fn backend_arena_mib(train: &Program, eval: &Evaluator) -> f64 {
-    train.arena_bytes().max(eval.arena_bytes()) as f64 / (1 << 20) as f64
+/// Copies a checkpoint's tensors into the persistent region `state` laid out by `s` (momentum
+/// too when resuming training; evaluation needs none).
+fn restore_state(state: &mut [f32], s: &Schedule, path: &Path, ck: &Checkpoint, momentum: bool) -> Result<()> {
+    for t in s.tensors.iter().filter(|t| momentum || t.role != Role::Momentum) {
+        let src = ck.tensor(&t.name).ok_or_else(|| Error::checkpoint(path, format!("has no tensor {}", t.name)))?;
+        if src.data.len() != t.len() {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor {} has {} values, the model needs {}", t.name, src.data.len(), t.len()),
+            ));
+        }
+        state[t.range()].copy_from_slice(&src.data);
+    }
+    Ok(())
 }
 
 fn progress(verbose: bool, epoch: usize, epochs: usize, len: u64) -> ProgressBar {
@@ -538,21 +542,7 @@ pub fn evaluate(
     backend.reserve_arena(eval.arena_bytes())?;
     let s = &eval.programs[0].schedule;
     let mut state = vec![0f32; s.persistent_len()];
-    for t in &s.tensors {
-        if t.role == Role::Momentum {
-            continue;
-        }
-        let src = ck
-            .tensor(&t.name)
-            .ok_or_else(|| Error::checkpoint(checkpoint_path, format!("has no tensor {}", t.name)))?;
-        if src.data.len() != t.len() {
-            return Err(Error::checkpoint(
-                checkpoint_path,
-                format!("tensor {} has {} values, expected {}", t.name, src.data.len(), t.len()),
-            ));
-        }
-        state[t.range()].copy_from_slice(&src.data);
-    }
+    restore_state(&mut state, s, checkpoint_path, &ck, false)?;
     backend.set_persistent(&state)?;
     let norm = loader::Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() };
     if norm.mean.len() != ds.channels || norm.std.len() != ds.channels {

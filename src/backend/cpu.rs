@@ -27,10 +27,6 @@ impl CpuBackend {
     pub fn reference() -> CpuBackend {
         CpuBackend { conv_algo: conv2d::Algo::Im2col, ..CpuBackend::default() }
     }
-
-    pub fn arena_len(&self) -> usize {
-        self.arena.len()
-    }
 }
 
 /// Raw views into the two regions for the duration of one op.
