@@ -1,8 +1,8 @@
 //! Our GEMM beside the `gemm` crate on the products of a WRN-16-4 step at batch 32, both on
 //! all threads, in one run: `cargo bench --bench gemm`.
 
-use sliceout::ops::gemm::gemm;
-use sliceout::tensor::Layout;
+use sliceout::blas::gemm;
+use sliceout::ir::Layout;
 use std::time::Instant;
 
 fn best_ms(mut f: impl FnMut()) -> f64 {
@@ -17,7 +17,7 @@ fn best_ms(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    sliceout::ops::gemm::prepare();
+    sliceout::blas::prepare();
     println!("product              m      k      n   ours ms  GFLOP/s   crate ms  GFLOP/s");
     for (what, m, k, n) in [
         ("forward 64@32", 64, 576, 32768),

@@ -7,7 +7,7 @@
 
 use sliceout::backend::cpu::CpuBackend;
 use sliceout::backend::Backend;
-use sliceout::bench;
+use sliceout::cmd::bench;
 use sliceout::model::ModelConfig;
 
 fn main() {

@@ -238,7 +238,7 @@ fn ctrl_c_checkpoints_and_says_how_to_resume() {
     assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
     assert!(so.contains("resume with: sliceout train --resume"), "{so}\n{se}");
     assert!(!se.contains("panicked"));
-    let ck = sliceout::checkpoint::load(&run.join("last.ckpt")).unwrap();
+    let ck = sliceout::io::checkpoint::load(&run.join("last.ckpt")).unwrap();
     assert!(ck.step > 0 && ck.epoch < 50, "step {} epoch {}", ck.step, ck.epoch);
 }
 
@@ -316,7 +316,7 @@ fn a_trainer_killed_at_random_moments_always_leaves_a_loadable_checkpoint() {
         child.wait().unwrap();
         let ck = run.join("last.ckpt");
         if ck.exists() {
-            let c = sliceout::checkpoint::load(&ck).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let c = sliceout::io::checkpoint::load(&ck).unwrap_or_else(|e| panic!("round {round}: {e}"));
             assert!(c.step > 0);
             loaded += 1;
         }

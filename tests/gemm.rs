@@ -2,9 +2,9 @@
 //! products a WRN-16-4 step at batch 32 runs: forward `W * col`, weight gradient `dY * col^T`,
 //! data gradient `W^T * dY`, with strided and offset views.
 
-use sliceout::ops::gemm::{gemm, gemm_serial};
+use sliceout::blas::{gemm, gemm_serial};
+use sliceout::ir::Layout;
 use sliceout::rng::Rng;
-use sliceout::tensor::Layout;
 
 /// `C = A * B` by the `gemm` crate, on row-major dense operands.
 #[allow(clippy::too_many_arguments)]

@@ -2,15 +2,15 @@
 //! allocated before the first step. A counting global allocator watches every thread (rayon's
 //! workers included) while steps run.
 
-use sliceout::backend::{cpu::CpuBackend, Backend, SplitId, StepCtx};
+use sliceout::backend::{Batches, CpuBackend, Execute, Memory, SplitId, StepCtx};
 use sliceout::data::loader::{Crop, Normalization};
 use sliceout::data::Split;
-use sliceout::exec::Program;
+use sliceout::ir::slice::sample_start;
 use sliceout::model::{wrn, ModelConfig};
 use sliceout::ops::sgd::SgdParams;
+use sliceout::plan::Program;
 use sliceout::rng::Rng;
 use sliceout::schedule::{Mode, Options};
-use sliceout::sliceout::sample_start;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -9,7 +9,8 @@
 
 use std::path::PathBuf;
 
-use sliceout::backend::cuda::{self, libs};
+use sliceout::gpu::{self, libs};
+use sliceout::ops::KERNEL_FILES;
 
 /// Folders that may hold pip's NVRTC wheel, from `$SLICEOUT_NVRTC_LIB` and `python3`.
 fn extra_dirs() -> Vec<PathBuf> {
@@ -48,13 +49,12 @@ fn every_kernel_file_compiles_with_nvrtc() {
         eprintln!("skipped: {msg}");
         return;
     }
-    let ptx = cuda::compile_all("compute_90").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(ptx.len(), cuda::KERNEL_FILES.len());
+    let ptx = gpu::compile_all("compute_90", KERNEL_FILES).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ptx.len(), KERNEL_FILES.len());
     // Every `extern "C" __global__ void name(` of a file is an entry of its PTX.
-    for ((name, src), (ptx_name, ptx)) in cuda::KERNEL_FILES.iter().zip(&ptx) {
+    for ((name, src), (ptx_name, ptx)) in KERNEL_FILES.iter().zip(&ptx) {
         assert_eq!(name, ptx_name);
-        let kernels: Vec<&str> =
-            src.split("extern \"C\" __global__ void ").skip(1).map(|s| s.split('(').next().unwrap().trim()).collect();
+        let kernels = gpu::kernel_names(src);
         assert!(!kernels.is_empty(), "{name} has no kernels");
         for k in kernels {
             assert!(ptx.contains(&format!(".entry {k}(")), "{name}: kernel {k} missing from the PTX");
@@ -69,8 +69,8 @@ fn compile_errors_come_back_with_the_log() {
     if !libs::nvrtc_present(&extra_dirs()) {
         return; // the test above reports the missing library
     }
-    let src = cuda::kernel_source("extern \"C\" __global__ void broken(float* x) { x[0] = y; }");
-    let r = cudarc::nvrtc::compile_ptx_with_opts(src, cuda::compile_options("compute_90", "b.cu"));
+    let src = gpu::kernel_source("extern \"C\" __global__ void broken(float* x) { x[0] = y; }");
+    let r = cudarc::nvrtc::compile_ptx_with_opts(src, gpu::compile_options("compute_90", "b.cu"));
     match r {
         Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
             assert!(log.to_string_lossy().contains("y"), "{log:?}")

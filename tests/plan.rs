@@ -2,10 +2,11 @@
 //! (WRN-28-10, batch 128, train: persistent + arena <= 2400 MiB at keep 1.0 and <= 1900 MiB at
 //! keep 0.5, arena at keep 0.5 <= 0.80 of keep 1.0), and each memory option shows its effect.
 
-use sliceout::exec::Program;
+use sliceout::ir::{BufKind, Role};
 use sliceout::model::{wrn, ModelConfig};
+use sliceout::plan::Program;
 use sliceout::plan::{self, report};
-use sliceout::schedule::{BufKind, Mode, Options, UpdateAt};
+use sliceout::schedule::{Mode, Options, UpdateAt};
 
 const MIB: f64 = (1 << 20) as f64;
 
@@ -29,13 +30,7 @@ fn wrn_28_10_fits_the_issue_budget() {
     let ratio = half.arena_bytes() as f64 / full.arena_bytes() as f64;
     assert!(ratio <= 0.80, "arena ratio {ratio:.3}");
     // Parameters of WRN-28-10: 36.5 M (the paper's figure), stored with momentum.
-    let params = full
-        .schedule
-        .tensors
-        .iter()
-        .filter(|t| t.role == sliceout::schedule::Role::Param)
-        .map(|t| t.len())
-        .sum::<usize>();
+    let params = full.schedule.tensors.iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum::<usize>();
     assert!((36_400_000..36_600_000).contains(&params), "{params} parameters");
 }
 
@@ -111,7 +106,7 @@ fn each_memory_option_shows_its_effect() {
 #[test]
 fn report_json_lists_every_buffer_and_step() {
     let p = program(&wrn(10, 2, 0.5), 8, Mode::Train, Options::default());
-    let r = plan::report(&p, None);
+    let r = plan::report::report(&p, None);
     let v: serde_json::Value = serde_json::from_str(&report::json(&r)).unwrap();
     assert_eq!(v["model"], "WRN-10-2");
     assert_eq!(v["mode"], "train");

@@ -3,7 +3,7 @@
 //! 1e-3, in the full network and both SliceOut cases; five SGD steps and eval logits within 1e-3.
 
 use sliceout::backend::cpu::CpuBackend;
-use sliceout::reference;
+use sliceout::verify::reference;
 
 #[test]
 fn cpu_matches_pytorch_reference() {

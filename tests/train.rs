@@ -1,11 +1,12 @@
 //! Training end to end on generated CIFAR-format data: a small WRN learns (far above chance),
 //! and an interrupted run resumed from its checkpoint ends bit-identical to an uninterrupted one.
 
-use sliceout::checkpoint;
+use sliceout::backend::DeviceChoice;
 use sliceout::data::synth::write_synthetic;
-use sliceout::metrics::{self, EpochMetrics};
+use sliceout::io::checkpoint;
+use sliceout::io::metrics::{self, EpochMetrics};
 use sliceout::schedule::Options;
-use sliceout::train::{self, DeviceChoice, LrSchedule, TrainArgs};
+use sliceout::train::{self, LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
@@ -33,7 +34,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
         schedule: LrSchedule::Cosine,
         seed: 3,
         device: DeviceChoice::Cpu,
-        math: sliceout::backend::cuda::Math::Fp32,
+        math: sliceout::gpu::Math::Fp32,
         out: out.to_path_buf(),
         limit_train: None,
         limit_test: None,

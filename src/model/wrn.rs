@@ -24,11 +24,15 @@
 //! blockB.*.d_weight weight_gradient              sliced for conv1, conv2, bn2
 //! ```
 
-use super::ModelConfig;
-use crate::ops::conv2d::ConvShape;
+use crate::ir::{
+    slice, BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, ModelConfig, Role, Sel, SliceSpec, TensorId, TensorSpec,
+};
+use crate::ops::{
+    Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
+    LinearBackward, Op, Pool, PoolBackward, Sgd,
+};
 use crate::rng::Rng;
-use crate::schedule::*;
-use crate::sliceout;
+use crate::schedule::{Gradient, Mode, Options, Phase, Schedule, Step, UpdateAt};
 
 /// Image side of every dataset here (CIFAR; MNIST-like images are padded to it).
 pub const IMAGE: usize = 32;
@@ -75,7 +79,7 @@ impl Builder {
         let layer = self.sched.tensors[param].name.clone();
         // Momentum tensors are created in `finish`, one per parameter in order; the id is
         // patched there.
-        let step = Step { layer, phase: Phase::Update, op: Op::Sgd { param, momentum: usize::MAX, grad, map } };
+        let step = Step { layer, phase: Phase::Update, op: Op::Sgd(Sgd { param, momentum: usize::MAX, grad, map }) };
         match self.sched.options.update {
             UpdateAt::Early => self.sched.steps.push(step),
             UpdateAt::End => self.updates.push(step),
@@ -90,7 +94,7 @@ impl Builder {
         }
         // The largest chunk whose workspace fits the budget (at least one image).
         let budget = o.col_budget_mib << 20;
-        let fits = |c: usize| shape.col_len(in_width, c) * 4 <= budget;
+        let fits = |c: usize| crate::ops::conv2d::workspace_len(shape, in_width, c) * 4 <= budget;
         // The workspace grows with the chunk: binary search for the last chunk that fits.
         let (mut lo, mut hi) = (1, shape.n);
         while lo < hi {
@@ -120,11 +124,15 @@ impl Builder {
         let in_width = self.width(in_sel);
         let chunk = self.chunk(&shape, in_width);
         let col = self.col(layer, &shape, in_sel, chunk, "col");
-        self.step(layer, Phase::Forward, Op::Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate });
+        self.step(
+            layer,
+            Phase::Forward,
+            Op::Conv(Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate }),
+        );
     }
 
     fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
-        let len = shape.col_len(self.width(in_sel), chunk);
+        let len = crate::ops::conv2d::workspace_len(shape, self.width(in_sel), chunk);
         (len > 0).then(|| {
             self.buf(
                 format!("{layer}.{what}"),
@@ -156,7 +164,7 @@ impl Builder {
         self.step(
             layer,
             Phase::Backward,
-            Op::ConvBackward {
+            Op::ConvBackward(ConvBackward {
                 d_inp,
                 d_weight,
                 d_out,
@@ -168,7 +176,7 @@ impl Builder {
                 in_sel,
                 chunk,
                 accumulate_d_inp,
-            },
+            }),
         );
         let map = match (out_sel, in_sel) {
             (Sel::Block(_), _) if self.is_sliced(out_sel) => {
@@ -202,7 +210,7 @@ impl Builder {
         self.step(
             layer,
             Phase::Backward,
-            Op::BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate },
+            Op::BnReluBackward(BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate }),
         );
         let map = if sliced { GradSel::Rows { sel, row_len: 1 } } else { GradSel::Full };
         self.update(bn.gamma, d_gamma, map);
@@ -234,7 +242,7 @@ impl Builder {
             momentum.push(self.tensor(format!("{name}.momentum"), &shape, Role::Momentum));
         }
         for step in &mut self.sched.steps {
-            if let Op::Sgd { param, momentum: m, .. } = &mut step.op {
+            if let Op::Sgd(Sgd { param, momentum: m, .. }) = &mut step.op {
                 let i = self.params.iter().position(|q| q == param).expect("updated tensor is a parameter");
                 *m = momentum[i];
             }
@@ -262,7 +270,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     let keep = if train { config.keep } else { 1.0 };
     let slices = widths
         .iter()
-        .flat_map(|&c| std::iter::repeat_n(SliceSpec { channels: c, width: sliceout::width(keep, c) }, per_group))
+        .flat_map(|&c| std::iter::repeat_n(SliceSpec { channels: c, width: slice::width(keep, c) }, per_group))
         .collect();
     let mut b = Builder {
         sched: Schedule {
@@ -335,14 +343,14 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
                 b.step(
                     format!("{name}.bn1"),
                     Phase::Forward,
-                    Op::BnReluTrain { out: bn1_out, stats, inp: h, bn: bn1, sel: Sel::Full(cin), m: m_in },
+                    Op::BnReluTrain(BnReluTrain { out: bn1_out, stats, inp: h, bn: bn1, sel: Sel::Full(cin), m: m_in }),
                 );
                 Some(stats)
             } else {
                 b.step(
                     format!("{name}.bn1"),
                     Phase::Forward,
-                    Op::BnReluEval { out: bn1_out, inp: h, bn: bn1, channels: cin, m: m_in },
+                    Op::BnReluEval(BnReluEval { out: bn1_out, inp: h, bn: bn1, channels: cin, m: m_in }),
                 );
                 None
             };
@@ -365,21 +373,21 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
                 b.step(
                     format!("{name}.bn2"),
                     Phase::Forward,
-                    Op::BnReluTrain { out: bn2_out, stats, inp: conv1_out, bn: bn2, sel, m: m_out },
+                    Op::BnReluTrain(BnReluTrain { out: bn2_out, stats, inp: conv1_out, bn: bn2, sel, m: m_out }),
                 );
                 Some(stats)
             } else {
                 b.step(
                     format!("{name}.bn2"),
                     Phase::Forward,
-                    Op::BnReluEval { out: bn2_out, inp: conv1_out, bn: bn2, channels: c, m: m_out },
+                    Op::BnReluEval(BnReluEval { out: bn2_out, inp: conv1_out, bn: bn2, channels: c, m: m_out }),
                 );
                 None
             };
             let conv2 = ConvShape { n, cin: c, h: ho, w: ho, cout: c, k: 3, stride: 1, pad: 1 };
             b.conv(&format!("{name}.conv2"), out, bn2_out, conv2_w, conv2, Sel::Full(c), sel, shortcut.is_some());
             if shortcut.is_none() {
-                b.step(format!("{name}.add"), Phase::Forward, Op::Add { out, inp: h });
+                b.step(format!("{name}.add"), Phase::Forward, Op::Add(Add { out, inp: h }));
             }
             blocks.push(Block {
                 name,
@@ -410,15 +418,15 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
         b.step(
             "bn",
             Phase::Forward,
-            Op::BnReluTrain { out: bn_out, stats, inp: h, bn, sel: Sel::Full(cin), m: m_last },
+            Op::BnReluTrain(BnReluTrain { out: bn_out, stats, inp: h, bn, sel: Sel::Full(cin), m: m_last }),
         );
         Some(stats)
     } else {
-        b.step("bn", Phase::Forward, Op::BnReluEval { out: bn_out, inp: h, bn, channels: cin, m: m_last });
+        b.step("bn", Phase::Forward, Op::BnReluEval(BnReluEval { out: bn_out, inp: h, bn, channels: cin, m: m_last }));
         None
     };
     let pooled = b.buf("pool.out", act, cin * n, false);
-    b.step("pool", Phase::Forward, Op::Pool { out: pooled, inp: bn_out, c: cin, n, hw: hw * hw });
+    b.step("pool", Phase::Forward, Op::Pool(Pool { out: pooled, inp: bn_out, c: cin, n, hw: hw * hw }));
     let classes = config.classes;
     let fc_w = b.tensor("fc.weight", &[classes, cin], Role::Param);
     let fc_b = b.tensor("fc.bias", &[classes], Role::Param);
@@ -426,21 +434,25 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     b.step(
         "fc",
         Phase::Forward,
-        Op::Linear { out: logits, inp: pooled, weight: fc_w, bias: fc_b, c: cin, n, o: classes },
+        Op::Linear(Linear { out: logits, inp: pooled, weight: fc_w, bias: fc_b, c: cin, n, o: classes }),
     );
     let loss = b.buf("loss", act, 2, false);
     b.sched.logits = logits;
     b.sched.loss = loss;
     let labels = b.sched.labels;
     if !train {
-        b.step("loss", Phase::Forward, Op::CrossEntropy { stats: loss, d_logits: None, logits, labels, n, o: classes });
+        b.step(
+            "loss",
+            Phase::Forward,
+            Op::CrossEntropy(CrossEntropy { stats: loss, d_logits: None, logits, labels, n, o: classes }),
+        );
         return b.finish();
     }
     let d_logits = b.buf("d_logits", grad, n * classes, false);
     b.step(
         "loss",
         Phase::Forward,
-        Op::CrossEntropy { stats: loss, d_logits: Some(d_logits), logits, labels, n, o: classes },
+        Op::CrossEntropy(CrossEntropy { stats: loss, d_logits: Some(d_logits), logits, labels, n, o: classes }),
     );
 
     // ---- backward (and early updates) ----
@@ -450,7 +462,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     b.step(
         "fc",
         Phase::Backward,
-        Op::LinearBackward {
+        Op::LinearBackward(LinearBackward {
             d_inp: d_pooled,
             d_weight: d_fc_w,
             d_bias: d_fc_b,
@@ -460,12 +472,16 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
             c: cin,
             n,
             o: classes,
-        },
+        }),
     );
     b.update(fc_w, d_fc_w, GradSel::Full);
     b.update(fc_b, d_fc_b, GradSel::Full);
     let d_bn_out = b.buf("bn.d_out", grad, cin * m_last, false);
-    b.step("pool", Phase::Backward, Op::PoolBackward { d_inp: d_bn_out, d_out: d_pooled, c: cin, n, hw: hw * hw });
+    b.step(
+        "pool",
+        Phase::Backward,
+        Op::PoolBackward(PoolBackward { d_inp: d_bn_out, d_out: d_pooled, c: cin, n, hw: hw * hw }),
+    );
     let mut d_h = b.buf(format!("{}.d_out", blocks.last().map_or("conv0", |bl| &bl.name)), grad, cin * m_last, false);
     b.bn_backward("bn", d_h, d_bn_out, h, bn_stats.unwrap(), bn, Sel::Full(cin), m_last, false);
 
@@ -484,7 +500,14 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
             b.step(
                 format!("{name}.bn2"),
                 Phase::Backward,
-                Op::BnReluApply { out: t, inp: bl.conv1_out, stats: bl.bn2_stats.unwrap(), bn: bl.bn2, sel, m: m_out },
+                Op::BnReluApply(BnReluApply {
+                    out: t,
+                    inp: bl.conv1_out,
+                    stats: bl.bn2_stats.unwrap(),
+                    bn: bl.bn2,
+                    sel,
+                    m: m_out,
+                }),
             );
             t
         } else {
@@ -519,14 +542,14 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
             b.step(
                 format!("{name}.bn1"),
                 Phase::Backward,
-                Op::BnReluApply {
+                Op::BnReluApply(BnReluApply {
                     out: o,
                     inp: bl.h,
                     stats: bl.bn1_stats.unwrap(),
                     bn: bl.bn1,
                     sel: Sel::Full(bl.cin),
                     m: m_in,
-                },
+                }),
             );
             o
         } else {
@@ -570,7 +593,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
         let (bn1, stats, full) = (bl.bn1, bl.bn1_stats.unwrap(), Sel::Full(bl.cin));
         b.bn_backward(&format!("{name}.bn1"), d_in, d_o, bl.h, stats, bn1, full, m_in, in_place);
         if identity && !in_place {
-            b.step(format!("{name}.add"), Phase::Backward, Op::Add { out: d_in, inp: d_out });
+            b.step(format!("{name}.add"), Phase::Backward, Op::Add(Add { out: d_in, inp: d_out }));
         }
         d_h = d_in;
     }

@@ -1,17 +1,134 @@
-//! CPU reference ops of the WRN trainer: convolution as im2col + GEMM, batch norm fused with
-//! ReLU and SliceOut's scale, global average pooling, the linear classifier, softmax cross-entropy
-//! and the slice-aware SGD update. They are the numerical reference the CUDA ops are checked
-//! against, so they follow PyTorch's semantics exactly. Activations are channel-major
-//! `(C, N, H, W)`: one channel is one contiguous row, which is what the ops parallelise over
-//! (with rayon). None of them allocates: they run inside a training step over a static arena.
+//! The ops of a WRN training step, one folder each. A folder holds the op's contract (a plain
+//! struct naming the buffers it reads and writes, the persistent tensors it uses and its
+//! dimensions, with [`Kernel`] implemented on it), its CPU kernel (`cpu.rs`, the numerical
+//! reference, following PyTorch's semantics), its CUDA launch (`cuda.rs`) and kernel source
+//! (`<op>.cu`), and its tests.
+//!
+//! [`Op`] is the closed set a schedule is made of; [`Op::run_cpu`] and [`Op::run_cuda`] are the
+//! two backends' whole dispatch. Adding an op: a folder, a variant, and a line in `each_op!`.
+//!
+//! Activations are channel-major `(C, N, H, W)`: one channel is one contiguous row, which is
+//! what the CPU kernels parallelise over (with rayon). No kernel allocates: they run inside a
+//! training step over a static arena.
 
+pub mod add;
 pub mod batchnorm;
 pub mod conv2d;
-pub mod gemm;
+pub mod gather;
 pub mod linear;
 pub mod loss;
+pub mod memory;
 pub mod pool;
 pub mod sgd;
+
+pub use add::Add;
+pub use batchnorm::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
+pub use conv2d::{Conv, ConvBackward};
+pub use linear::{Linear, LinearBackward};
+pub use loss::CrossEntropy;
+pub use memory::{DeviceView, HostView, Tables};
+pub use pool::{Pool, PoolBackward};
+pub use sgd::{Sgd, SgdParams};
+
+use crate::gpu::KernelFile;
+use crate::ir::{BufId, SliceSpec};
+
+/// Run-time values of one step: the slice starts drawn for it (one per block) and the optimizer
+/// settings (the learning rate follows its schedule).
+#[derive(Clone, Copy, Debug)]
+pub struct StepCtx<'a> {
+    pub starts: &'a [usize],
+    pub sgd: SgdParams,
+}
+
+/// What every op provides.
+pub trait Kernel {
+    /// (buffers read, buffers written). A buffer both read and written (accumulation) is listed
+    /// as written only.
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>);
+    /// Multiply-accumulates, given the slice widths (0 for element-wise ops).
+    fn macs(&self, _slices: &[SliceSpec]) -> usize {
+        0
+    }
+    /// Runs on the CPU.
+    fn run_cpu(&self, m: &HostView);
+    /// Queues on the GPU.
+    fn run_cuda(&self, d: &DeviceView);
+}
+
+/// One op of a schedule.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Conv(Conv),
+    ConvBackward(ConvBackward),
+    BnReluTrain(BnReluTrain),
+    BnReluApply(BnReluApply),
+    BnReluEval(BnReluEval),
+    BnReluBackward(BnReluBackward),
+    Add(Add),
+    Pool(Pool),
+    PoolBackward(PoolBackward),
+    Linear(Linear),
+    LinearBackward(LinearBackward),
+    CrossEntropy(CrossEntropy),
+    Sgd(Sgd),
+}
+
+/// `$body` with `$o` bound to the op inside whichever variant `$op` is.
+macro_rules! each_op {
+    ($op:expr, $o:ident => $body:expr) => {
+        match $op {
+            Op::Conv($o) => $body,
+            Op::ConvBackward($o) => $body,
+            Op::BnReluTrain($o) => $body,
+            Op::BnReluApply($o) => $body,
+            Op::BnReluEval($o) => $body,
+            Op::BnReluBackward($o) => $body,
+            Op::Add($o) => $body,
+            Op::Pool($o) => $body,
+            Op::PoolBackward($o) => $body,
+            Op::Linear($o) => $body,
+            Op::LinearBackward($o) => $body,
+            Op::CrossEntropy($o) => $body,
+            Op::Sgd($o) => $body,
+        }
+    };
+}
+
+impl Op {
+    /// The op's kind, e.g. `Conv`.
+    pub fn kind(&self) -> &'static str {
+        each_op!(self, o => std::any::type_name_of_val(o).rsplit("::").next().unwrap_or("op"))
+    }
+
+    pub fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        each_op!(self, o => o.buffers())
+    }
+
+    pub fn macs(&self, slices: &[SliceSpec]) -> usize {
+        each_op!(self, o => o.macs(slices))
+    }
+
+    pub fn run_cpu(&self, m: &HostView) {
+        each_op!(self, o => o.run_cpu(m))
+    }
+
+    pub fn run_cuda(&self, d: &DeviceView) {
+        each_op!(self, o => o.run_cuda(d))
+    }
+}
+
+/// Every op folder's CUDA source, compiled together when a GPU backend starts.
+pub const KERNEL_FILES: &[KernelFile] = &[
+    ("conv2d.cu", include_str!("conv2d/conv2d.cu")),
+    ("batchnorm.cu", include_str!("batchnorm/batchnorm.cu")),
+    ("add.cu", include_str!("add/add.cu")),
+    ("pool.cu", include_str!("pool/pool.cu")),
+    ("linear.cu", include_str!("linear/linear.cu")),
+    ("loss.cu", include_str!("loss/loss.cu")),
+    ("sgd.cu", include_str!("sgd/sgd.cu")),
+    ("gather.cu", include_str!("gather/gather.cu")),
+];
 
 /// Smallest amount of element work worth handing to another rayon worker; below it the
 /// fork/join overhead costs more than it saves.
@@ -20,15 +137,6 @@ pub(crate) const PAR_MIN_ELEMS: usize = 1 << 14;
 /// Minimum number of `row_len`-long rows one rayon task should take.
 pub(crate) fn min_rows(row_len: usize) -> usize {
     (PAR_MIN_ELEMS / row_len.max(1)).max(1)
-}
-
-/// `out += inp`, element-wise (the identity shortcut).
-pub fn add(out: &mut [f32], inp: &[f32]) {
-    use rayon::prelude::*;
-    assert_eq!(out.len(), inp.len());
-    out.par_chunks_mut(PAR_MIN_ELEMS)
-        .zip(inp.par_chunks(PAR_MIN_ELEMS))
-        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, i)| *o += i));
 }
 
 /// Shared helpers of the ops' tests: random data and gradient comparison.
@@ -68,5 +176,41 @@ pub(crate) mod testutil {
             let err = rel_err(fd, a as f64, 1e-3);
             assert!(err < tol, "{what}[{i}]: analytic {a} vs finite difference {fd} (rel err {err})");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `.cu` file in an op folder is compiled, and each holds at least one kernel.
+    #[test]
+    fn every_kernel_file_is_listed_and_has_kernels() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ops");
+        let mut on_disk = vec![];
+        for op in std::fs::read_dir(&dir).unwrap() {
+            let op = op.unwrap().path();
+            if op.is_dir() {
+                for f in std::fs::read_dir(&op).unwrap() {
+                    let name = f.unwrap().file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".cu") {
+                        on_disk.push(name);
+                    }
+                }
+            }
+        }
+        on_disk.sort();
+        let mut listed: Vec<String> = KERNEL_FILES.iter().map(|(n, _)| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(on_disk, listed);
+        for (name, src) in KERNEL_FILES {
+            assert!(!crate::gpu::kernel_names(src).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn op_kind_names_the_variant() {
+        let op = Op::Add(Add { out: 1, inp: 0 });
+        assert_eq!(op.kind(), "Add");
     }
 }

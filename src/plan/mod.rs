@@ -19,27 +19,14 @@
 //! [`plan_linear`] places every buffer after the previous one (no reuse): the baseline that
 //! shows what reuse saves. [`check`] verifies any placement independently of how it was made.
 
+pub mod program;
 pub mod report;
+
+pub use crate::ir::Lifetime;
+pub use program::Program;
 
 /// Default offset alignment in bytes (covers every GPU vector load and cache line).
 pub const ALIGN: usize = 256;
-
-/// One buffer: its size and the inclusive range of schedule steps during which it is live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lifetime {
-    pub bytes: usize,
-    /// First step that writes (or reads) it.
-    pub first: usize,
-    /// Last step that reads it; `first <= last`.
-    pub last: usize,
-}
-
-impl Lifetime {
-    /// Whether the two are live at a common step (inclusive ends).
-    pub fn overlaps(&self, other: &Lifetime) -> bool {
-        self.first <= other.last && other.first <= self.last
-    }
-}
 
 /// A plan: one offset per buffer (same order as the input) and the arena size.
 #[derive(Clone, Debug)]
@@ -329,6 +316,3 @@ mod tests {
         check(&z, &p, ALIGN).unwrap();
     }
 }
-
-mod command;
-pub use command::{command, report};

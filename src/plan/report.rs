@@ -10,7 +10,9 @@ use std::fmt::{self, Write};
 
 use serde::Serialize;
 
-use crate::schedule::BufKind;
+use super::Program;
+use crate::ir::{mib, BufKind, Role};
+use crate::schedule::{Mode, Schedule};
 
 /// One arena buffer as the printouts show it.
 #[derive(Clone, Debug)]
@@ -61,16 +63,63 @@ pub struct PlanReport {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / MIB
-}
-
 /// `part / whole` in percent, 0 when the whole is 0.
 fn pct(part: f64, whole: f64) -> f64 {
     if whole > 0.0 {
         100.0 * part / whole
     } else {
         0.0
+    }
+}
+
+/// Persistent bytes by part. An eval step needs no momentum, so it is left out there.
+fn persistent_parts(s: &Schedule) -> Vec<(String, usize)> {
+    let bytes =
+        |roles: &[Role]| s.tensors.iter().filter(|t| roles.contains(&t.role)).map(|t| t.len() * 4).sum::<usize>();
+    let mut parts = vec![("params".to_string(), bytes(&[Role::Param]))];
+    if s.mode == Mode::Train {
+        parts.push(("momentum".to_string(), bytes(&[Role::Momentum])));
+    }
+    parts.push(("bn stats".to_string(), bytes(&[Role::RunningMean, Role::RunningVar])));
+    parts
+}
+
+/// The report of a planned program, with an optional baseline program beside it.
+pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
+    let s = &p.schedule;
+    let parts = persistent_parts(s);
+    PlanReport {
+        model: s.config.name(),
+        batch: s.batch,
+        keep: s.config.keep,
+        mode: s.mode.as_str().to_string(),
+        alignment: super::ALIGN,
+        steps: s.steps.iter().map(|st| st.name()).collect(),
+        buffers: s
+            .buffers
+            .iter()
+            .zip(&p.lifetimes)
+            .map(|(b, l)| BufferInfo {
+                name: b.name.clone(),
+                kind: b.kind,
+                bytes: l.bytes,
+                first: l.first,
+                last: l.last,
+                sliced: b.sliced,
+            })
+            .collect(),
+        offsets: p.placement.offsets.clone(),
+        arena_bytes: p.arena_bytes(),
+        naive_bytes: super::naive_bytes(&p.lifetimes),
+        persistent_bytes: parts.iter().map(|(_, b)| b).sum(),
+        persistent_parts: parts,
+        options: s.options.describe(),
+        baseline: baseline.map(|b| Baseline {
+            keep: b.schedule.config.keep,
+            arena_bytes: b.arena_bytes(),
+            naive_bytes: super::naive_bytes(&b.lifetimes),
+            persistent_bytes: persistent_parts(&b.schedule).iter().map(|(_, x)| x).sum(),
+        }),
     }
 }
 
@@ -368,43 +417,6 @@ pub fn json(r: &PlanReport) -> String {
     serde_json::to_string_pretty(&plan).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// `s` with the five XML special characters escaped.
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A round tick spacing (1, 2 or 5 times a power of ten) giving about `ticks` ticks over
-/// `range`.
-fn tick_step(range: f64, ticks: f64) -> f64 {
-    if range <= 0.0 || !range.is_finite() {
-        return 1.0;
-    }
-    let raw = range / ticks;
-    let mag = 10f64.powf(raw.log10().floor());
-    let norm = raw / mag;
-    let m = if norm <= 1.0 {
-        1.0
-    } else if norm <= 2.0 {
-        2.0
-    } else if norm <= 5.0 {
-        5.0
-    } else {
-        10.0
-    };
-    m * mag
-}
-
 const KINDS: [(BufKind, &str); 4] = [
     (BufKind::Activation, "#4e79a7"),
     (BufKind::Gradient, "#e15759"),
@@ -468,10 +480,10 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
     writeln!(
         s,
         "<text class=\"title\" x=\"{x0}\" y=\"26\">{}, batch {}, keep {:.2}, {}: arena {:.2} MiB</text>",
-        xml_escape(&r.model),
+        crate::io::svg::escape(&r.model),
         r.batch,
         r.keep,
-        xml_escape(&r.mode),
+        crate::io::svg::escape(&r.mode),
         mib(r.arena_bytes)
     )?;
     let mut sub = format!(
@@ -495,11 +507,11 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
             pct(save, b_total as f64)
         )?;
     }
-    writeln!(s, "<text x=\"{x0}\" y=\"46\">{}</text>", xml_escape(&sub))?;
+    writeln!(s, "<text x=\"{x0}\" y=\"46\">{}</text>", crate::io::svg::escape(&sub))?;
 
     // Grid and y ticks (MiB).
     let arena_mib = arena / MIB;
-    let ystep = tick_step(arena_mib, 6.0);
+    let ystep = crate::io::svg::nice_step(arena_mib, 6.0);
     let ydec = if ystep >= 1.0 { 0 } else { 2 };
     let mut t = 0.0;
     while t <= arena_mib + 1e-9 {
@@ -515,7 +527,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         t += ystep;
     }
     // X ticks (steps).
-    let xstep = tick_step(nsteps, 10.0).max(1.0);
+    let xstep = crate::io::svg::nice_step(nsteps, 10.0).max(1.0);
     let mut t = 0.0;
     while t <= nsteps + 1e-9 {
         let x = xs(t);
@@ -557,7 +569,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
             s,
             "<rect class=\"{class}\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{w:.2}\" height=\"{h:.2}\" \
              fill=\"{fill}\"><title>{} ({}{}): {:.2} MiB at {:.2} MiB, steps {}..{}</title></rect>",
-            xml_escape(&b.name),
+            crate::io::svg::escape(&b.name),
             b.kind.as_str(),
             if b.sliced { ", sliced" } else { "" },
             mib(b.bytes),
@@ -608,7 +620,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
             "<path d=\"M{lx} {:.2}h14v14h-14Z\" fill=\"{fill}\"/><text x=\"{:.2}\" y=\"{y:.2}\">{}</text>",
             y - 11.0,
             lx + 20.0,
-            xml_escape(label)
+            crate::io::svg::escape(label)
         )
     };
     for (k, (kind, colour)) in KINDS.iter().enumerate() {

@@ -10,261 +10,128 @@
 //! output need not be kept alive until backward. Forward and backward build the pre-activation
 //! with the same expression (`pre_activation`), so the recomputed mask is bit-identical.
 
-use rayon::prelude::*;
-
-use super::min_rows;
-use crate::sliceout::Slice;
-
-pub const BN_EPS: f32 = 1e-5;
-pub const BN_MOMENTUM: f32 = 0.1;
-
-/// PyTorch adds `eps` as a double; keep it exact rather than widening the f32 constant.
-const EPS_F64: f64 = 1e-5;
-
-/// `gamma * xhat + beta`, the value ReLU sees. The single definition keeps forward, apply and
-/// backward's mask in agreement to the bit.
-#[inline(always)]
-fn pre_activation(x: f32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
-    gamma * ((x - mean) * invstd) + beta
-}
-
-/// Sums `f(x, dy) = (a, b)` over a channel: eight f32 lanes over blocks of 512 elements (so the
-/// loop vectorises), each block's total added in f64 (so long channels stay accurate).
-#[inline(always)]
-fn channel_sums(x: &[f32], dy: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
-    let (mut sa, mut sb) = (0f64, 0f64);
-    for (xb, db) in x.chunks(512).zip(dy.chunks(512)) {
-        let (mut la, mut lb) = ([0f32; 8], [0f32; 8]);
-        let (xc, dc) = (xb.chunks_exact(8), db.chunks_exact(8));
-        let (xr, dr) = (xc.remainder(), dc.remainder());
-        for (x8, d8) in xc.zip(dc) {
-            for i in 0..8 {
-                let (a, b) = f(x8[i], d8[i]);
-                la[i] += a;
-                lb[i] += b;
-            }
-        }
-        for (&x, &d) in xr.iter().zip(dr) {
-            let (a, b) = f(x, d);
-            la[0] += a;
-            lb[0] += b;
-        }
-        sa += la.iter().map(|&v| v as f64).sum::<f64>();
-        sb += lb.iter().map(|&v| v as f64).sum::<f64>();
-    }
-    (sa, sb)
-}
-
-fn check_dims(slice: Slice, m: usize, act: &[usize], per_layer: &[usize]) {
-    assert!(m > 0, "batch norm over empty channels");
-    for &len in act {
-        assert_eq!(len, slice.width * m, "activation length vs slice width * m");
-    }
-    for &len in per_layer {
-        assert_eq!(len, slice.channels, "per-channel vector length vs layer channels");
-    }
-}
-
-/// Training-mode forward: batch statistics of each of the slice's channels, normalise, affine,
-/// ReLU, times `scale`. `stats` receives `mean[w]` then `invstd[w]` (kept for backward and
-/// `bn_relu_apply`); the running stats of the slice's channels are updated as PyTorch does
-/// (momentum 0.1, unbiased variance), the other channels' are left untouched.
-#[allow(clippy::too_many_arguments)]
-pub fn bn_relu_train(
-    out: &mut [f32],
-    stats: &mut [f32],
-    inp: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
-    slice: Slice,
-    m: usize,
-    scale: f32,
-) {
-    check_dims(slice, m, &[out.len(), inp.len()], &[gamma.len(), beta.len(), running_mean.len(), running_var.len()]);
-    assert!(m > 1, "training batch norm needs more than one value per channel");
-    assert_eq!(stats.len(), 2 * slice.width, "stats length vs 2 * slice width");
-    let (mean, invstd) = stats.split_at_mut(slice.width);
-    let mom = BN_MOMENTUM as f64;
-    let unbias = m as f64 / (m - 1) as f64;
-    for run in slice.each_run() {
-        let (a, c, l) = (run.at, run.channel, run.len);
-        (
-            out[a * m..(a + l) * m].par_chunks_mut(m),
-            inp[a * m..(a + l) * m].par_chunks(m),
-            mean[a..a + l].par_iter_mut(),
-            invstd[a..a + l].par_iter_mut(),
-            running_mean[c..c + l].par_iter_mut(),
-            running_var[c..c + l].par_iter_mut(),
-            gamma[c..c + l].par_iter(),
-            beta[c..c + l].par_iter(),
-        )
-            .into_par_iter()
-            .with_min_len(min_rows(m))
-            .for_each(|(o, x, mu, is, rm, rv, &g, &b)| {
-                // Two passes in f64: exact enough that the mean never swamps the variance.
-                let mean64 = x.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
-                let var64 = x
-                    .iter()
-                    .map(|&v| {
-                        let d = v as f64 - mean64;
-                        d * d
-                    })
-                    .sum::<f64>()
-                    / m as f64;
-                *mu = mean64 as f32;
-                *is = (1.0 / (var64 + EPS_F64).sqrt()) as f32;
-                *rm = ((1.0 - mom) * *rm as f64 + mom * mean64) as f32;
-                *rv = ((1.0 - mom) * *rv as f64 + mom * var64 * unbias) as f32;
-                normalize_row(o, x, *mu, *is, g, b, scale);
-            });
-    }
-}
-
-/// `relu(pre_activation) * scale` over one channel.
-#[inline(always)]
-fn normalize_row(o: &mut [f32], x: &[f32], mean: f32, invstd: f32, g: f32, b: f32, scale: f32) {
-    for (o, &x) in o.iter_mut().zip(x) {
-        *o = pre_activation(x, mean, invstd, g, b).max(0.0) * scale;
-    }
-}
-
-/// Recomputes the training-mode output from the saved `stats` (bit-identical to what
-/// `bn_relu_train` wrote), for schedules that drop the BN output and rebuild it later.
-#[allow(clippy::too_many_arguments)]
-pub fn bn_relu_apply(
-    out: &mut [f32],
-    inp: &[f32],
-    stats: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    slice: Slice,
-    m: usize,
-    scale: f32,
-) {
-    check_dims(slice, m, &[out.len(), inp.len()], &[gamma.len(), beta.len()]);
-    assert_eq!(stats.len(), 2 * slice.width, "stats length vs 2 * slice width");
-    let (mean, invstd) = stats.split_at(slice.width);
-    for run in slice.each_run() {
-        let (a, c, l) = (run.at, run.channel, run.len);
-        (
-            out[a * m..(a + l) * m].par_chunks_mut(m),
-            inp[a * m..(a + l) * m].par_chunks(m),
-            mean[a..a + l].par_iter(),
-            invstd[a..a + l].par_iter(),
-            gamma[c..c + l].par_iter(),
-            beta[c..c + l].par_iter(),
-        )
-            .into_par_iter()
-            .with_min_len(min_rows(m))
-            .for_each(|(o, x, &mu, &is, &g, &b)| normalize_row(o, x, mu, is, g, b, scale));
-    }
-}
-
-/// Eval-mode forward: normalise with the running stats (no update), affine, ReLU. At test time
-/// the full network runs unscaled, so there is no `scale`.
-#[allow(clippy::too_many_arguments)]
-pub fn bn_relu_eval(
-    out: &mut [f32],
-    inp: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
-    slice: Slice,
-    m: usize,
-) {
-    check_dims(slice, m, &[out.len(), inp.len()], &[gamma.len(), beta.len(), running_mean.len(), running_var.len()]);
-    for run in slice.each_run() {
-        let (a, c, l) = (run.at, run.channel, run.len);
-        (
-            out[a * m..(a + l) * m].par_chunks_mut(m),
-            inp[a * m..(a + l) * m].par_chunks(m),
-            running_mean[c..c + l].par_iter(),
-            running_var[c..c + l].par_iter(),
-            gamma[c..c + l].par_iter(),
-            beta[c..c + l].par_iter(),
-        )
-            .into_par_iter()
-            .with_min_len(min_rows(m))
-            .for_each(|(o, x, &rm, &rv, &g, &b)| {
-                let is = (1.0 / (rv as f64 + EPS_F64).sqrt()) as f32;
-                normalize_row(o, x, rm, is, g, b, 1.0);
-            });
-    }
-}
-
-/// Training-mode backward through `relu(bn(x)) * scale`. The ReLU mask is recomputed from
-/// `inp` and `stats`. `d_gamma`, `d_beta` (slice order, `w` entries) are overwritten; `d_inp`
-/// is overwritten, or added to when `accumulate` (a residual input that already holds the
-/// shortcut's gradient).
-#[allow(clippy::too_many_arguments)]
-pub fn bn_relu_backward(
-    d_inp: &mut [f32],
-    d_gamma: &mut [f32],
-    d_beta: &mut [f32],
-    d_out: &[f32],
-    inp: &[f32],
-    stats: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    slice: Slice,
-    m: usize,
-    scale: f32,
-    accumulate: bool,
-) {
-    check_dims(slice, m, &[d_inp.len(), d_out.len(), inp.len()], &[gamma.len(), beta.len()]);
-    assert_eq!(stats.len(), 2 * slice.width, "stats length vs 2 * slice width");
-    assert_eq!(d_gamma.len(), slice.width, "d_gamma length vs slice width");
-    assert_eq!(d_beta.len(), slice.width, "d_beta length vs slice width");
-    let (mean, invstd) = stats.split_at(slice.width);
-    for run in slice.each_run() {
-        let (a, c, l) = (run.at, run.channel, run.len);
-        (
-            d_inp[a * m..(a + l) * m].par_chunks_mut(m),
-            d_gamma[a..a + l].par_iter_mut(),
-            d_beta[a..a + l].par_iter_mut(),
-            d_out[a * m..(a + l) * m].par_chunks(m),
-            inp[a * m..(a + l) * m].par_chunks(m),
-            mean[a..a + l].par_iter(),
-            invstd[a..a + l].par_iter(),
-            gamma[c..c + l].par_iter(),
-            beta[c..c + l].par_iter(),
-        )
-            .into_par_iter()
-            .with_min_len(min_rows(m))
-            .for_each(|(dx, dg, db, dy, x, &mu, &is, &g, &b)| {
-                // Gradient reaching the pre-activation: d_out * scale where ReLU let it through.
-                // Written as a select, not a branch: the mask is data-dependent and a branch
-                // mispredicts half the time.
-                let grad = |x: f32, dy: f32| {
-                    let keep = pre_activation(x, mu, is, g, b) > 0.0;
-                    f32::from(u8::from(keep)) * dy * scale
-                };
-                let (sum_g, sum_gx) = channel_sums(x, dy, |x, dy| {
-                    let gr = grad(x, dy);
-                    (gr, gr * ((x - mu) * is))
-                });
-                *db = sum_g as f32;
-                *dg = sum_gx as f32;
-                // d_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)).
-                let k = g * is;
-                let mean_g = (sum_g / m as f64) as f32;
-                let mean_gx = (sum_gx / m as f64) as f32;
-                let rows = dx.iter_mut().zip(x.iter().zip(dy));
-                if accumulate {
-                    for (d, (&x, &dy)) in rows {
-                        *d += k * (grad(x, dy) - mean_g - (x - mu) * is * mean_gx);
-                    }
-                } else {
-                    for (d, (&x, &dy)) in rows {
-                        *d = k * (grad(x, dy) - mean_g - (x - mu) * is * mean_gx);
-                    }
-                }
-            });
-    }
-}
-
+mod cpu;
+mod cuda;
 #[cfg(test)]
 mod tests;
+
+pub use cpu::{bn_relu_apply, bn_relu_backward, bn_relu_eval, bn_relu_train, BN_EPS, BN_MOMENTUM};
+
+use super::{DeviceView, HostView, Kernel};
+use crate::ir::{BnRef, BufId, Sel, Slice};
+
+/// Train-mode BN (batch statistics, running-stat update) + ReLU + SliceOut's scale `c / w`
+/// over the channels `sel` covers; `stats` keeps `[mean; w, invstd; w]` for backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnReluTrain {
+    pub out: BufId,
+    pub stats: BufId,
+    pub inp: BufId,
+    pub bn: BnRef,
+    pub sel: Sel,
+    /// Values per channel, `N*H*W`.
+    pub m: usize,
+}
+
+/// Recomputes a train-mode BN + ReLU output from its input and saved statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnReluApply {
+    pub out: BufId,
+    pub inp: BufId,
+    pub stats: BufId,
+    pub bn: BnRef,
+    pub sel: Sel,
+    pub m: usize,
+}
+
+/// Eval-mode BN (running statistics) + ReLU over all `channels`, unscaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnReluEval {
+    pub out: BufId,
+    pub inp: BufId,
+    pub bn: BnRef,
+    pub channels: usize,
+    pub m: usize,
+}
+
+/// Gradients of `BnReluTrain`: `d_inp` (overwritten, or added to when `accumulate`), and the
+/// slice's `d_gamma`, `d_beta`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnReluBackward {
+    pub d_inp: BufId,
+    pub d_gamma: BufId,
+    pub d_beta: BufId,
+    pub d_out: BufId,
+    pub inp: BufId,
+    pub stats: BufId,
+    pub bn: BnRef,
+    pub sel: Sel,
+    pub m: usize,
+    pub accumulate: bool,
+}
+
+impl Kernel for BnReluTrain {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.inp], vec![self.out, self.stats])
+    }
+    fn run_cpu(&self, m: &HostView) {
+        let (slice, bn) = (m.t.slice(self.sel), self.bn);
+        // SAFETY: see `HostView`; the running mean and variance are distinct tensors.
+        let (out, stats, rm, rv) =
+            unsafe { (m.buf_mut(self.out), m.buf_mut(self.stats), m.tensor_mut(bn.mean), m.tensor_mut(bn.var)) };
+        let (g, b) = (m.tensor(bn.gamma), m.tensor(bn.beta));
+        bn_relu_train(out, stats, m.buf(self.inp), g, b, rm, rv, slice, self.m, slice.scale())
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::train(self, d)
+    }
+}
+
+impl Kernel for BnReluApply {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.inp, self.stats], vec![self.out])
+    }
+    fn run_cpu(&self, m: &HostView) {
+        let slice = m.t.slice(self.sel);
+        let (g, b) = (m.tensor(self.bn.gamma), m.tensor(self.bn.beta));
+        // SAFETY: see `HostView`.
+        let out = unsafe { m.buf_mut(self.out) };
+        bn_relu_apply(out, m.buf(self.inp), m.buf(self.stats), g, b, slice, self.m, slice.scale())
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::apply(self, d)
+    }
+}
+
+impl Kernel for BnReluEval {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.inp], vec![self.out])
+    }
+    fn run_cpu(&self, m: &HostView) {
+        let bn = self.bn;
+        let (g, b, rm, rv) = (m.tensor(bn.gamma), m.tensor(bn.beta), m.tensor(bn.mean), m.tensor(bn.var));
+        // SAFETY: see `HostView`.
+        let out = unsafe { m.buf_mut(self.out) };
+        bn_relu_eval(out, m.buf(self.inp), g, b, rm, rv, Slice::full(self.channels), self.m)
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::eval(self, d)
+    }
+}
+
+impl Kernel for BnReluBackward {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.d_out, self.inp, self.stats], vec![self.d_inp, self.d_gamma, self.d_beta])
+    }
+    fn run_cpu(&self, m: &HostView) {
+        let slice = m.t.slice(self.sel);
+        // SAFETY: see `HostView`.
+        let (dx, dg, db) = unsafe { (m.buf_mut(self.d_inp), m.buf_mut(self.d_gamma), m.buf_mut(self.d_beta)) };
+        let (dy, x, st) = (m.buf(self.d_out), m.buf(self.inp), m.buf(self.stats));
+        let (g, b) = (m.tensor(self.bn.gamma), m.tensor(self.bn.beta));
+        bn_relu_backward(dx, dg, db, dy, x, st, g, b, slice, self.m, slice.scale(), self.accumulate)
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::backward(self, d)
+    }
+}

@@ -1,3 +1,4 @@
+use super::cpu::*;
 use super::*;
 use crate::ops::testutil::{normals, rel_err, to_f64};
 use crate::rng::Rng;

@@ -28,9 +28,9 @@
 //! order, so a wrapping slice costs nothing extra.
 
 use super::ConvShape;
-use crate::ops::gemm::gemm_serial;
-use crate::sliceout::Slice;
-use crate::tensor::Layout;
+use crate::blas::gemm_serial;
+use crate::ir::Layout;
+use crate::ir::Slice;
 use rayon::prelude::*;
 
 /// Values per transformed tile (4x4).
@@ -750,7 +750,7 @@ mod ab {
             let wt: Vec<f32> = (0..c * c * 9).map(|i| (i % 5) as f32 - 2.0).collect();
             let mut out = vec![0f32; x.len()];
             let chunk = (8 << 20) / (c * 9 * hw * hw);
-            let mut col = vec![0f32; (c * 9 * hw * hw * chunk).max(p.col_len(c, 0))];
+            let mut col = vec![0f32; (c * 9 * hw * hw * chunk).max(workspace_len(&p, c, 0))];
             let flop = 2.0 * p.macs(c, c) as f64;
             let (mut bw, mut bi) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..5 {
@@ -758,7 +758,18 @@ mod ab {
                 forward(&mut out, &x, &wt, &mut col, &p, s, s, 0, false);
                 bw = bw.min(t.elapsed().as_secs_f64());
                 let t = Instant::now();
-                super::super::forward_im2col(&mut out, &x, &wt, &mut col, &p, s, s, chunk, false);
+                super::super::conv2d_forward(
+                    &mut out,
+                    &x,
+                    &wt,
+                    &mut col,
+                    &p,
+                    s,
+                    s,
+                    chunk,
+                    false,
+                    super::super::Algo::Im2col,
+                );
                 bi = bi.min(t.elapsed().as_secs_f64());
             }
             let mut dx = vec![0f32; x.len()];
@@ -769,7 +780,20 @@ mod ab {
                 backward(Some(&mut dx), &mut dw, &out, &x, &wt, &mut col, &p, s, s, 0, false);
                 cw = cw.min(t.elapsed().as_secs_f64());
                 let t = Instant::now();
-                super::super::backward_im2col(Some(&mut dx), &mut dw, &out, &x, &wt, &mut col, &p, s, s, chunk, false);
+                super::super::conv2d_backward(
+                    Some(&mut dx),
+                    &mut dw,
+                    &out,
+                    &x,
+                    &wt,
+                    &mut col,
+                    &p,
+                    s,
+                    s,
+                    chunk,
+                    false,
+                    super::super::Algo::Im2col,
+                );
                 ci = ci.min(t.elapsed().as_secs_f64());
             }
             println!(

@@ -4,63 +4,73 @@
 //! The layer is small (`C*N*O` is about a million MACs for WRN-28-10 at batch 128), so plain
 //! f64 dot products parallelised over output entries are fast enough and exact.
 
-use rayon::prelude::*;
+mod cpu;
+mod cuda;
+#[cfg(test)]
+mod tests;
 
-use super::min_rows;
+pub use cpu::{linear_backward, linear_forward};
 
-fn check_dims(inp: usize, weight: usize, out: usize, c: usize, n: usize, o: usize) {
-    assert_eq!(inp, c * n, "linear input length vs c * n");
-    assert_eq!(weight, o * c, "linear weight length vs o * c");
-    assert_eq!(out, n * o, "linear output length vs n * o");
+use super::{DeviceView, HostView, Kernel};
+use crate::ir::{BufId, SliceSpec, TensorId};
+
+/// `out[N, O] = inp[C, N]^T weight[O, C]^T + bias[O]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Linear {
+    pub out: BufId,
+    pub inp: BufId,
+    pub weight: TensorId,
+    pub bias: TensorId,
+    pub c: usize,
+    pub n: usize,
+    pub o: usize,
 }
 
-/// `out[i, k] = bias[k] + sum_ch weight[k, ch] * inp[ch, i]`.
-pub fn linear_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], c: usize, n: usize, o: usize) {
-    check_dims(inp.len(), weight.len(), out.len(), c, n, o);
-    assert_eq!(bias.len(), o, "linear bias length vs o");
-    out.par_iter_mut().enumerate().with_min_len(min_rows(c)).for_each(|(idx, y)| {
-        let (i, k) = (idx / o, idx % o);
-        let w = &weight[k * c..(k + 1) * c];
-        let dot: f64 = w.iter().enumerate().map(|(ch, &wv)| wv as f64 * inp[ch * n + i] as f64).sum();
-        *y = (dot + bias[k] as f64) as f32;
-    });
+/// The classifier's three gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearBackward {
+    pub d_inp: BufId,
+    pub d_weight: BufId,
+    pub d_bias: BufId,
+    pub d_out: BufId,
+    pub inp: BufId,
+    pub weight: TensorId,
+    pub c: usize,
+    pub n: usize,
+    pub o: usize,
 }
 
-/// Gradients of the classifier: `d_inp[ch, i] = sum_k d_out[i, k] * weight[k, ch]`,
-/// `d_weight[k, ch] = sum_i d_out[i, k] * inp[ch, i]`, `d_bias[k] = sum_i d_out[i, k]`.
-/// All three are overwritten.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_backward(
-    d_inp: &mut [f32],
-    d_weight: &mut [f32],
-    d_bias: &mut [f32],
-    d_out: &[f32],
-    inp: &[f32],
-    weight: &[f32],
-    c: usize,
-    n: usize,
-    o: usize,
-) {
-    check_dims(inp.len(), weight.len(), d_out.len(), c, n, o);
-    assert_eq!(d_inp.len(), c * n, "linear input gradient length vs c * n");
-    assert_eq!(d_weight.len(), o * c, "linear weight gradient length vs o * c");
-    assert_eq!(d_bias.len(), o, "linear bias gradient length vs o");
-    d_inp.par_iter_mut().enumerate().with_min_len(min_rows(o)).for_each(|(idx, dx)| {
-        let (ch, i) = (idx / n, idx % n);
-        let dy = &d_out[i * o..(i + 1) * o];
-        let dot: f64 = dy.iter().enumerate().map(|(k, &g)| g as f64 * weight[k * c + ch] as f64).sum();
-        *dx = dot as f32;
-    });
-    d_weight.par_iter_mut().enumerate().with_min_len(min_rows(n)).for_each(|(idx, dw)| {
-        let (k, ch) = (idx / c, idx % c);
-        let x = &inp[ch * n..(ch + 1) * n];
-        let dot: f64 = x.iter().enumerate().map(|(i, &xv)| d_out[i * o + k] as f64 * xv as f64).sum();
-        *dw = dot as f32;
-    });
-    for (k, db) in d_bias.iter_mut().enumerate() {
-        *db = (0..n).map(|i| d_out[i * o + k] as f64).sum::<f64>() as f32;
+impl Kernel for Linear {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.inp], vec![self.out])
+    }
+    fn macs(&self, _: &[SliceSpec]) -> usize {
+        self.c * self.n * self.o
+    }
+    fn run_cpu(&self, m: &HostView) {
+        let (w, b) = (m.tensor(self.weight), m.tensor(self.bias));
+        // SAFETY: see `HostView`.
+        linear_forward(unsafe { m.buf_mut(self.out) }, m.buf(self.inp), w, b, self.c, self.n, self.o)
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::forward(self, d)
     }
 }
 
-#[cfg(test)]
-mod tests;
+impl Kernel for LinearBackward {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.d_out, self.inp], vec![self.d_inp, self.d_weight, self.d_bias])
+    }
+    fn macs(&self, _: &[SliceSpec]) -> usize {
+        2 * self.c * self.n * self.o
+    }
+    fn run_cpu(&self, m: &HostView) {
+        // SAFETY: see `HostView`.
+        let (dx, dw, db) = unsafe { (m.buf_mut(self.d_inp), m.buf_mut(self.d_weight), m.buf_mut(self.d_bias)) };
+        let (dy, x, w) = (m.buf(self.d_out), m.buf(self.inp), m.tensor(self.weight));
+        linear_backward(dx, dw, db, dy, x, w, self.c, self.n, self.o)
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::backward(self, d)
+    }
+}

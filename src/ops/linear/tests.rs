@@ -1,4 +1,4 @@
-use super::*;
+use super::cpu::*;
 use crate::ops::testutil::{check_grad, normals, to_f64};
 use crate::rng::Rng;
 

@@ -2,30 +2,58 @@
 //! giving pooled features `[C, N]` (still channel-major, which the classifier reads as is).
 //! Every `(c, n)` pair is one contiguous run of `hw` inputs.
 
-use rayon::prelude::*;
-
-use super::min_rows;
-
-/// `out[c*n + i] = mean(inp[c, i, :, :])`, summed in f64.
-pub fn avgpool_forward(out: &mut [f32], inp: &[f32], c: usize, n: usize, hw: usize) {
-    assert!(hw > 0, "average pool over no positions");
-    assert_eq!(out.len(), c * n, "pool output length vs c * n");
-    assert_eq!(inp.len(), c * n * hw, "pool input length vs c * n * hw");
-    let inv = 1.0 / hw as f64;
-    out.par_iter_mut()
-        .zip(inp.par_chunks(hw))
-        .with_min_len(min_rows(hw))
-        .for_each(|(o, x)| *o = (x.iter().map(|&v| v as f64).sum::<f64>() * inv) as f32);
-}
-
-/// Spreads each pooled gradient evenly over its `hw` positions (overwrites `d_inp`).
-pub fn avgpool_backward(d_inp: &mut [f32], d_out: &[f32], c: usize, n: usize, hw: usize) {
-    assert!(hw > 0, "average pool over no positions");
-    assert_eq!(d_out.len(), c * n, "pool output gradient length vs c * n");
-    assert_eq!(d_inp.len(), c * n * hw, "pool input gradient length vs c * n * hw");
-    let hw_f = hw as f32;
-    d_inp.par_chunks_mut(hw).zip(d_out.par_iter()).with_min_len(min_rows(hw)).for_each(|(dx, &dy)| dx.fill(dy / hw_f));
-}
-
+mod cpu;
+mod cuda;
 #[cfg(test)]
 mod tests;
+
+pub use cpu::{avgpool_backward, avgpool_forward};
+
+use super::{DeviceView, HostView, Kernel};
+use crate::ir::BufId;
+
+/// `out[C, N]` = the mean of each `(c, n)` plane of `inp` (`hw` positions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub out: BufId,
+    pub inp: BufId,
+    pub c: usize,
+    pub n: usize,
+    pub hw: usize,
+}
+
+/// `d_inp` = `d_out` spread evenly over each plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolBackward {
+    pub d_inp: BufId,
+    pub d_out: BufId,
+    pub c: usize,
+    pub n: usize,
+    pub hw: usize,
+}
+
+impl Kernel for Pool {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.inp], vec![self.out])
+    }
+    fn run_cpu(&self, m: &HostView) {
+        // SAFETY: see `HostView`.
+        avgpool_forward(unsafe { m.buf_mut(self.out) }, m.buf(self.inp), self.c, self.n, self.hw)
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::forward(self, d)
+    }
+}
+
+impl Kernel for PoolBackward {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.d_out], vec![self.d_inp])
+    }
+    fn run_cpu(&self, m: &HostView) {
+        // SAFETY: see `HostView`.
+        avgpool_backward(unsafe { m.buf_mut(self.d_inp) }, m.buf(self.d_out), self.c, self.n, self.hw)
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::backward(self, d)
+    }
+}

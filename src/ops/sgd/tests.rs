@@ -1,4 +1,5 @@
-use super::*;
+use super::cpu::*;
+use crate::ir::Slice;
 use crate::ops::testutil::normals;
 use crate::rng::Rng;
 

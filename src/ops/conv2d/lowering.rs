@@ -1,17 +1,17 @@
-//! How a (sliced) convolution becomes im2col/col2im launches and cuBLAS calls, as pure host
-//! data: the CUDA backend executes these commands, and the tests here execute the very same
-//! commands with host versions of the kernels and a host column-major GEMM, against a naive
-//! convolution. So the whole mapping (slices as offset views with the full leading dimension,
-//! wrapping slices as two GEMMs, chunks, the row-major -> column-major swap) is tested on a
-//! machine without a GPU.
+//! The one lowering of a (sliced) convolution into commands: im2col of a chunk of images, a
+//! GEMM on offset, strided views, col2im. Both backends run it: the CPU with its own im2col,
+//! col2im and GEMM (`cpu.rs`; its Winograd path aside), the GPU with kernels and cuBLAS
+//! (`cuda.rs`). The tests here run the very commands through the CPU's im2col and col2im and a
+//! column-major GEMM that follows cuBLAS's conventions, against a naive convolution, so the
+//! whole mapping (slices as offset views with the full leading dimension, wrapping slices as two
+//! GEMMs, chunks, the row-major -> column-major swap) is tested on a machine without a GPU.
 //!
 //! Weights are row-major `[cout, cin*k*k]` (OIHW); activations channel-major `(C, N, H, W)`,
 //! so a convolution over images `[n0, n0+nc)` is `Y[:, n0*HoWo..] = W * col` with `Y`'s leading
 //! dimension `N*Ho*Wo`. An output-channel run is a row range of `W`; an input-channel run is
 //! the column range `[ch*kk, (ch+len)*kk)` of `W` with the full leading dimension `cin*kk`.
 
-use crate::ops::conv2d::ConvShape;
-use crate::sliceout::Slice;
+use crate::ir::{ConvShape, Layout, Slice};
 
 /// The memory a GEMM operand lives in; the backend turns it into a device pointer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +105,17 @@ pub enum ConvCmd {
     },
 }
 
+impl View {
+    /// The CPU layout of `op(X)` as a `rows x cols` matrix.
+    pub fn layout(&self, rows: usize, cols: usize) -> Layout {
+        if self.trans {
+            Layout::matrix(self.offset, cols, rows, self.ld, 1).transpose(0, 1)
+        } else {
+            Layout::matrix(self.offset, rows, cols, self.ld, 1)
+        }
+    }
+}
+
 fn view(operand: Operand, offset: usize, ld: usize) -> View {
     View { operand, offset, ld, trans: false }
 }
@@ -116,7 +127,7 @@ fn transposed(operand: Operand, offset: usize, ld: usize) -> View {
 /// Image chunks `(n0, nc)`; a direct (1x1, stride 1, unpadded) convolution needs no columns,
 /// so it runs as one chunk over the whole batch.
 fn chunks(p: &ConvShape, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
-    let step = if p.direct() { p.n } else { chunk.clamp(1, p.n.max(1)) };
+    let step = if p.direct() { p.n } else { p.chunk_images(chunk) };
     let n = p.n;
     (0..n).step_by(step.max(1)).map(move |n0| (n0, step.min(n - n0)))
 }
@@ -226,65 +237,10 @@ pub fn conv_backward(
     }
 }
 
-/// Host versions of the device's conv kernels and of a column-major GEMM, index for index;
-/// the tests run the command lists through them.
+/// A column-major GEMM with cuBLAS's conventions; the tests run the command lists through it.
 #[cfg(test)]
 pub(crate) mod host {
     use super::*;
-
-    /// Mirrors `im2col` in kernels/conv.cu; `c` is the buffer's channel count.
-    pub fn im2col(col: &mut [f32], inp: &[f32], p: &ConvShape, c: usize, n0: usize, nc: usize) {
-        let (k, ho, wo) = (p.k, p.ho(), p.wo());
-        let cols = nc * ho * wo;
-        for (idx, v) in col.iter_mut().enumerate().take(c * k * k * cols) {
-            let (row, cx) = (idx / cols, idx % cols);
-            let (ci, r) = (row / (k * k), row % (k * k));
-            let (kh, kw) = (r / k, r % k);
-            let (i, q) = (cx / (ho * wo), cx % (ho * wo));
-            let (oh, ow) = (q / wo, q % wo);
-            let ih = (oh * p.stride + kh) as isize - p.pad as isize;
-            let iw = (ow * p.stride + kw) as isize - p.pad as isize;
-            *v = if ih >= 0 && (ih as usize) < p.h && iw >= 0 && (iw as usize) < p.w {
-                inp[((ci * p.n + n0 + i) * p.h + ih as usize) * p.w + iw as usize]
-            } else {
-                0.0
-            };
-        }
-    }
-
-    /// Mirrors `col2im` in kernels/conv.cu.
-    #[allow(clippy::too_many_arguments)]
-    pub fn col2im(d_inp: &mut [f32], col: &[f32], p: &ConvShape, c: usize, n0: usize, nc: usize, accumulate: bool) {
-        let (k, ho, wo) = (p.k, p.ho(), p.wo());
-        let cols = nc * ho * wo;
-        for ci in 0..c {
-            for i in 0..nc {
-                for ih in 0..p.h {
-                    for iw in 0..p.w {
-                        let mut s = 0.0f32;
-                        for kh in 0..k {
-                            let y = ih as isize + p.pad as isize - kh as isize;
-                            if y < 0 || !(y as usize).is_multiple_of(p.stride) || y as usize / p.stride >= ho {
-                                continue;
-                            }
-                            let oh = y as usize / p.stride;
-                            for kw in 0..k {
-                                let x = iw as isize + p.pad as isize - kw as isize;
-                                if x < 0 || !(x as usize).is_multiple_of(p.stride) || x as usize / p.stride >= wo {
-                                    continue;
-                                }
-                                let ow = x as usize / p.stride;
-                                let row = (ci * k + kh) * k + kw;
-                                s += col[row * cols + (i * ho + oh) * wo + ow];
-                            }
-                        }
-                        let d = &mut d_inp[((ci * p.n + n0 + i) * p.h + ih) * p.w + iw];
-                        *d = if accumulate { *d + s } else { s };
-                    }
-                }
-            }
-        }
-    }
 
     /// Column-major BLAS semantics: `A` is `lda`-strided columns, op by the flags.
     pub fn gemm_colmajor(g: &CublasGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
@@ -317,6 +273,7 @@ pub(crate) mod host {
 mod tests {
     use super::host::*;
     use super::*;
+    use crate::ops::conv2d::{col2im, im2col};
     use crate::rng::Rng;
 
     /// The host memory behind each operand.
@@ -489,7 +446,7 @@ mod tests {
             weight: randn(rng, p.cout * p.cin * p.kk()),
             inp: randn(rng, is.width * p.n * p.h * p.w),
             out: randn(rng, os.width * p.n * hw),
-            col: vec![f32::NAN; p.col_len(is.width, chunk)],
+            col: vec![f32::NAN; p.im2col_len(is.width, chunk)],
             d_out: randn(rng, os.width * p.n * hw),
             d_inp: randn(rng, is.width * p.n * p.h * p.w),
             d_weight: vec![f32::NAN; os.width * is.width * p.kk()],

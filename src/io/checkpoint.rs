@@ -9,7 +9,7 @@
 //!   CRC-32 over the whole file, then parses, checking every count and length against the bytes
 //!   left *before* allocating. Every problem is an `Error::Checkpoint` naming the file and saying
 //!   precisely what is wrong (which field is truncated, both CRCs, both version numbers, ...).
-//! - A crash while saving must never cost the last good checkpoint: [`write_atomic`] writes a
+//! - A crash while saving must never cost the last good checkpoint: [`write_atomic`](super::atomic::write_atomic) writes a
 //!   temporary file beside the target, syncs it, renames it over the target and syncs the folder.
 //! - The encoding is canonical (one byte string per checkpoint): `save` checks what `load` checks,
 //!   so anything saved loads, and anything loaded saves to the same bytes.
@@ -29,15 +29,14 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use byteorder::{ByteOrder, LittleEndian as LE, WriteBytesExt};
 
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
+use crate::ir::ModelConfig;
 
 /// The first 8 bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"SLCKPT\0\0";
@@ -89,7 +88,7 @@ impl Checkpoint {
 /// Serialises `ck` and writes it atomically to `path`.
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
     let bytes = encode(ck).map_err(|msg| Error::checkpoint(path, format!("cannot save: {msg}")))?;
-    write_atomic(path, &bytes)
+    super::atomic::write_atomic(path, &bytes)
 }
 
 /// Reads and fully validates the checkpoint at `path`.
@@ -124,56 +123,6 @@ pub fn check_config(path: &Path, found: &ModelConfig, expected: &ModelConfig) ->
         return Ok(());
     }
     Err(Error::checkpoint(path, format!("model configuration does not match the flags: {}", diffs.join("; "))))
-}
-
-/// Replaces `path` with `bytes` so that a crash at any moment leaves either the old file or the
-/// new one: write a temporary file in the same folder (same file system, so the rename is
-/// atomic), flush and `sync_all` it, rename it over `path`, then sync the folder so the rename
-/// itself is durable. On failure the temporary file is removed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    // Distinct temp names per call, so two threads saving the same path never share one.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let Some(name) = path.file_name() else {
-        return Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, "not a file path")));
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| -> io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.flush()?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        let msg = format!("writing through temporary file {}: {e}", tmp.display());
-        return Err(Error::io(path, io::Error::new(e.kind(), msg)));
-    }
-    sync_dir(dir).map_err(|e| {
-        let msg = format!("syncing folder {} after the rename: {e}", dir.display());
-        Error::io(path, io::Error::new(e.kind(), msg))
-    })
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    // Folders cannot be opened for syncing here; the rename is as durable as the OS makes it.
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -867,30 +816,6 @@ mod tests {
         assert!(msg.contains("depth 16 in the checkpoint, 28 from the flags"), "{msg}");
         assert!(msg.contains("keep 0.5 in the checkpoint, 0.75 from the flags"), "{msg}");
         assert!(!msg.contains("widen") && !msg.contains("classes"), "{msg}");
-    }
-
-    #[test]
-    fn write_atomic_replaces_and_cleans_up() {
-        let dir = scratch("atomic");
-        let path = dir.join("f.bin");
-        write_atomic(&path, b"old").unwrap();
-        write_atomic(&path, b"new contents").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"new contents");
-        // A missing folder: an I/O error naming the path.
-        let bad = dir.join("no-such-dir").join("f.bin");
-        let err = write_atomic(&bad, b"x").unwrap_err();
-        assert!(matches!(err, Error::Io { .. }), "{err:?}");
-        assert!(err.to_string().contains("no-such-dir"), "{err}");
-        // The target is a folder: the rename fails and the temp file is removed.
-        let sub = dir.join("sub");
-        fs::create_dir(&sub).unwrap();
-        let err = write_atomic(&sub, b"x").unwrap_err();
-        assert!(err.to_string().contains("sub"), "{err}");
-        let mut names: Vec<_> =
-            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
-        assert_eq!(names, ["f.bin", "sub"]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Mutations of a valid file: byte flips, truncations, extensions, with and without the CRC

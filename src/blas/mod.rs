@@ -21,7 +21,7 @@
 mod kernel;
 
 use self::kernel::{gemm_blocked, Kernel, MatMut, MatRef, PackBuf, MR, NR};
-use crate::tensor::Layout;
+use crate::ir::Layout;
 use rayon::prelude::*;
 use std::cell::RefCell;
 

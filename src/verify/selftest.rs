@@ -13,15 +13,21 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use super::rel_err;
 use crate::backend::{Backend, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::{Split, PLANE};
-use crate::exec::Program;
-use crate::model::ModelConfig;
-use crate::ops::conv2d::ConvShape;
+use crate::ir::{
+    BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, ModelConfig, Role, Sel, SliceSpec, TensorId, TensorSpec,
+};
 use crate::ops::sgd::SgdParams;
+use crate::ops::{
+    Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
+    LinearBackward, Op, Pool, PoolBackward, Sgd,
+};
+use crate::plan::Program;
 use crate::rng::Rng;
-use crate::schedule::*;
+use crate::schedule::{Mode, Options, Phase, Schedule, Step};
 
 /// One row of the comparison.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,7 +109,7 @@ impl Tiny {
         self.producers.push(Step {
             layer: format!("produce {name}"),
             phase: Phase::Forward,
-            op: Op::Add { out: id, inp: self.s.input },
+            op: Op::Add(Add { out: id, inp: self.s.input }),
         });
         id
     }
@@ -241,14 +247,14 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                     let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
                     let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
                     let inp = t.input("conv.inp", x);
-                    let col_len = shape.col_len(iw, chunk);
+                    let col_len = crate::ops::conv2d::workspace_len(&shape, iw, chunk);
                     let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
                     let (name, op) = if !backward {
                         let o = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
                         let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
                         (
                             format!("conv fwd {g} {label}"),
-                            Op::Conv { out: o, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate: acc },
+                            Op::Conv(Conv { out: o, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate: acc }),
                         )
                     } else {
                         let dy = t.normals(ow * N * hw_out, 1.0, 0.0);
@@ -259,7 +265,7 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                         let suffix = if with_d_inp { "" } else { " no-d_inp" };
                         (
                             format!("conv bwd {g} {label}{suffix}"),
-                            Op::ConvBackward {
+                            Op::ConvBackward(ConvBackward {
                                 d_inp,
                                 d_weight,
                                 d_out,
@@ -271,7 +277,7 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                                 in_sel,
                                 chunk,
                                 accumulate_d_inp: acc,
-                            },
+                            }),
                         )
                     };
                     out.push(t.finish(name, op, starts.clone(), false));
@@ -299,7 +305,7 @@ fn bn_cases(seed: &mut u64, out: &mut Vec<Case>) {
         let inp = t.input("bn.inp", x);
         let o = t.output("bn.out", BufKind::Activation, w * m);
         let stats = t.output("bn.stats", BufKind::Activation, 2 * w);
-        let op = Op::BnReluTrain { out: o, stats, inp, bn, sel, m };
+        let op = Op::BnReluTrain(BnReluTrain { out: o, stats, inp, bn, sel, m });
         out.push(t.finish(format!("bn_relu train {label}"), op, pick.starts(), true));
         // apply (full and wrapping only)
         if label != "slice" {
@@ -309,7 +315,7 @@ fn bn_cases(seed: &mut u64, out: &mut Vec<Case>) {
             let inp = t.input("bn.inp", x);
             let stats = t.stats(w);
             let o = t.output("bn.out", BufKind::Activation, w * m);
-            let op = Op::BnReluApply { out: o, inp, stats, bn, sel, m };
+            let op = Op::BnReluApply(BnReluApply { out: o, inp, stats, bn, sel, m });
             out.push(t.finish(format!("bn_relu apply {label}"), op, pick.starts(), false));
         }
         // backward; the wrapping case accumulates into d_inp
@@ -324,7 +330,8 @@ fn bn_cases(seed: &mut u64, out: &mut Vec<Case>) {
         let d_gamma = t.output("bn.d_weight", BufKind::WeightGradient, w);
         let d_beta = t.output("bn.d_bias", BufKind::WeightGradient, w);
         let accumulate = label == "wrap";
-        let op = Op::BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate };
+        let op =
+            Op::BnReluBackward(BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate });
         let name = format!("bn_relu bwd {label}{}", if accumulate { "+acc" } else { "" });
         out.push(t.finish(name, op, pick.starts(), false));
     }
@@ -333,7 +340,7 @@ fn bn_cases(seed: &mut u64, out: &mut Vec<Case>) {
     let x = t.normals(c * m, 1.5, 0.3);
     let inp = t.input("bn.inp", x);
     let o = t.output("bn.out", BufKind::Activation, c * m);
-    let op = Op::BnReluEval { out: o, inp, bn, channels: c, m };
+    let op = Op::BnReluEval(BnReluEval { out: o, inp, bn, channels: c, m });
     out.push(t.finish("bn_relu eval".into(), op, vec![0], false));
 }
 
@@ -348,20 +355,20 @@ fn small_cases(seed: &mut u64, out: &mut Vec<Case>) {
     let x = t.normals(len, 1.0, 0.0);
     let inp = t.input("add.inp", x);
     let o = t.output("add.out", BufKind::Activation, len);
-    out.push(t.finish("add".into(), Op::Add { out: o, inp }, vec![], false));
+    out.push(t.finish("add".into(), Op::Add(Add { out: o, inp }), vec![], false));
     // pool
     let (c, hw) = (5, HW * HW);
     let mut t = next();
     let x = t.normals(c * N * hw, 1.0, 0.5);
     let inp = t.input("pool.inp", x);
     let o = t.output("pool.out", BufKind::Activation, c * N);
-    let op = Op::Pool { out: o, inp, c, n: N, hw };
+    let op = Op::Pool(Pool { out: o, inp, c, n: N, hw });
     out.push(t.finish("avgpool fwd".into(), op, vec![], false));
     let mut t = next();
     let dy = t.normals(c * N, 1.0, 0.0);
     let d_out = t.input("pool.d_out", dy);
     let d_inp = t.output("pool.d_inp", BufKind::Gradient, c * N * hw);
-    let op = Op::PoolBackward { d_inp, d_out, c, n: N, hw };
+    let op = Op::PoolBackward(PoolBackward { d_inp, d_out, c, n: N, hw });
     out.push(t.finish("avgpool bwd".into(), op, vec![], false));
     // linear
     let (c, o) = (7, 5);
@@ -373,7 +380,7 @@ fn small_cases(seed: &mut u64, out: &mut Vec<Case>) {
     let x = t.normals(c * N, 1.0, 0.0);
     let inp = t.input("fc.inp", x);
     let y = t.output("fc.out", BufKind::Activation, N * o);
-    let op = Op::Linear { out: y, inp, weight, bias, c, n: N, o };
+    let op = Op::Linear(Linear { out: y, inp, weight, bias, c, n: N, o });
     out.push(t.finish("linear fwd".into(), op, vec![], false));
     let mut t = next();
     let wd = t.normals(o * c, 0.4, 0.0);
@@ -385,7 +392,7 @@ fn small_cases(seed: &mut u64, out: &mut Vec<Case>) {
     let d_inp = t.output("fc.d_inp", BufKind::Gradient, c * N);
     let d_weight = t.output("fc.d_weight", BufKind::WeightGradient, o * c);
     let d_bias = t.output("fc.d_bias", BufKind::WeightGradient, o);
-    let op = Op::LinearBackward { d_inp, d_weight, d_bias, d_out, inp, weight, c, n: N, o };
+    let op = Op::LinearBackward(LinearBackward { d_inp, d_weight, d_bias, d_out, inp, weight, c, n: N, o });
     out.push(t.finish("linear bwd".into(), op, vec![], false));
     // cross-entropy
     let (n, o) = (5, 7);
@@ -397,7 +404,7 @@ fn small_cases(seed: &mut u64, out: &mut Vec<Case>) {
         let labels = t.input("labels", y);
         let stats = t.output("loss", BufKind::Activation, 2);
         let d_logits = grad.then(|| t.output("d_logits", BufKind::Gradient, n * o));
-        let op = Op::CrossEntropy { stats, d_logits, logits, labels, n, o };
+        let op = Op::CrossEntropy(CrossEntropy { stats, d_logits, logits, labels, n, o });
         let name = if grad { "cross_entropy +d_logits" } else { "cross_entropy loss only" };
         out.push(t.finish(name.into(), op, vec![], false));
     }
@@ -438,7 +445,7 @@ fn sgd_cases(seed: &mut u64, out: &mut Vec<Case>) {
         let momentum = t.tensor("w.momentum", &shape, Role::Momentum, md);
         let gd = t.normals(glen, 1.0, 0.0);
         let grad = t.input("w.grad", gd);
-        let op = Op::Sgd { param, momentum, grad, map };
+        let op = Op::Sgd(Sgd { param, momentum, grad, map });
         let mut c = t.finish(name.into(), op, vec![start], true);
         c.nesterov = nesterov;
         out.push(c);
@@ -481,27 +488,6 @@ fn run_case(b: &mut dyn Backend, c: &Case, p: &Program) -> crate::Result<Vec<Vec
         outs.push(v);
     }
     Ok(outs)
-}
-
-/// `||a - b|| / ||b||` (absolute when `b` is zero); NaN anywhere gives NaN.
-pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() {
-        return f64::NAN;
-    }
-    let (mut d, mut n) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (x as f64, y as f64);
-        d += (x - y) * (x - y);
-        n += y * y;
-    }
-    if d.is_nan() || n.is_nan() {
-        return f64::NAN;
-    }
-    if n > 0.0 {
-        (d / n).sqrt()
-    } else {
-        d.sqrt()
-    }
 }
 
 fn max_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
@@ -604,19 +590,19 @@ fn check_fill_batch(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::CpuBackend;
+    use crate::backend::{Batches, CpuBackend, Execute, Memory};
 
     #[test]
     fn every_op_kind_is_covered_with_sliced_and_accumulating_variants() {
         let cs = cases();
         let kinds = |pred: fn(&Op) -> bool| cs.iter().filter(|c| pred(&c.sched.steps[c.step].op)).count();
-        assert_eq!(kinds(|o| matches!(o, Op::Conv { .. })), 20);
-        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward { .. })), 24);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain { .. })), 3);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluApply { .. })), 2);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluEval { .. })), 1);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluBackward { .. })), 3);
-        assert_eq!(kinds(|o| matches!(o, Op::Sgd { .. })), 3);
+        assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 20);
+        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 24);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain(BnReluTrain { .. }))), 3);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluApply(BnReluApply { .. }))), 2);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluEval(BnReluEval { .. }))), 1);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluBackward(BnReluBackward { .. }))), 3);
+        assert_eq!(kinds(|o| matches!(o, Op::Sgd(Sgd { .. }))), 3);
         for op in ["add", "avgpool fwd", "avgpool bwd", "linear fwd", "linear bwd"] {
             assert!(cs.iter().any(|c| c.name == op), "{op}");
         }
@@ -645,10 +631,7 @@ mod tests {
     /// A backend that perturbs one op kind must be caught by its rows only.
     struct Skewed(CpuBackend);
 
-    impl Backend for Skewed {
-        fn name(&self) -> String {
-            "skewed".into()
-        }
+    impl Memory for Skewed {
         fn reserve_arena(&mut self, bytes: usize) -> crate::Result<()> {
             self.0.reserve_arena(bytes)
         }
@@ -658,6 +641,19 @@ mod tests {
         fn get_persistent(&mut self, out: &mut [f32]) {
             self.0.get_persistent(out)
         }
+        fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
+            self.0.write(p, buf, data)
+        }
+        fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
+            self.0.read(p, buf, out);
+            // Skew the pooled output: every pool fwd value off by 1%.
+            if p.schedule.buffers[buf].name == "pool.out" {
+                out.iter_mut().for_each(|v| *v *= 1.01);
+            }
+        }
+    }
+
+    impl Batches for Skewed {
         fn upload_split(
             &mut self,
             id: SplitId,
@@ -673,18 +669,17 @@ mod tests {
         fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
             self.0.fill_batch(p, id, indices, crops)
         }
-        fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
-            self.0.write(p, buf, data)
-        }
-        fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
-            self.0.read(p, buf, out);
-            // Skew the pooled output: every pool fwd value off by 1%.
-            if p.schedule.buffers[buf].name == "pool.out" {
-                out.iter_mut().for_each(|v| *v *= 1.01);
-            }
-        }
+    }
+
+    impl Execute for Skewed {
         fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
             self.0.run_op(p, step, ctx)
+        }
+    }
+
+    impl Backend for Skewed {
+        fn name(&self) -> String {
+            "skewed".into()
         }
     }
 

@@ -8,17 +8,19 @@
 //! File format (little-endian): `b"SOREF\0\0\0"`, u32 version 1, u32 count, then `count`
 //! records `u32 name_len, name, u32 ndim, u32 dims[ndim], f32 data[...]` (row-major).
 
+use super::rel_err;
 use crate::backend::{Backend, StepCtx};
 use crate::error::{Error, Result};
-use crate::exec::Program;
+use crate::ir::Role;
 use crate::model::{wrn, ModelConfig};
 use crate::ops::sgd::{GradMap, SgdParams};
-use crate::schedule::{Mode, Options, Role, UpdateAt};
+use crate::plan::Program;
+use crate::schedule::{Mode, Options, UpdateAt};
 use byteorder::{LittleEndian, ReadBytesExt};
 use std::collections::HashMap;
 use std::io::Read;
 
-pub const REFERENCE: &[u8] = include_bytes!("../tests/data/wrn10_2_reference.bin");
+pub const REFERENCE: &[u8] = include_bytes!("../../tests/data/wrn10_2_reference.bin");
 
 pub struct RefTensor {
     pub shape: Vec<usize>,
@@ -77,22 +79,6 @@ impl Row {
     pub fn pass(&self) -> bool {
         self.rel_err <= self.tol
     }
-}
-
-pub fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let (mut d, mut n) = (0f64, 0f64);
-    for (a, b) in ours.iter().zip(reference) {
-        d += (*a as f64 - *b as f64).powi(2);
-        n += (*b as f64).powi(2);
-    }
-    if !d.is_finite() {
-        return f64::INFINITY;
-    }
-    if n == 0.0 {
-        return d.sqrt();
-    }
-    (d / n).sqrt()
 }
 
 pub fn config() -> ModelConfig {

@@ -3,16 +3,15 @@
 //! per op, summed per layer, optionally beside the same network at another keep value, as text,
 //! JSON or a Chrome trace (one event per op plus a counter track of live arena bytes).
 
-use crate::backend::{Backend, StepCtx};
-use crate::cli::{self, Format, ProfileFlags};
+use crate::backend::{self, Backend, StepCtx};
+use crate::cmd::flags::{self, Format, ProfileFlags};
 use crate::error::{Error, Result};
-use crate::exec::Program;
+use crate::ir::slice;
 use crate::model::{wrn, ModelConfig};
 use crate::ops::sgd::SgdParams;
+use crate::plan::Program;
 use crate::rng::{stream, Rng};
 use crate::schedule::{Mode, Phase};
-use crate::sliceout;
-use crate::train;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -66,7 +65,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
     let mut total = vec![0f64; s.steps.len()];
     for step in 0..=steps {
         for (st, spec) in starts.iter_mut().zip(&s.slices) {
-            *st = sliceout::sample_start(&mut slicer, spec.channels, 1);
+            *st = slice::sample_start(&mut slicer, spec.channels, 1);
         }
         backend.write(p, s.input, &x);
         backend.write(p, s.labels, &y);
@@ -219,8 +218,8 @@ pub fn trace(profiles: &[&Profile]) -> String {
 }
 
 pub fn command(f: &ProfileFlags) -> Result<()> {
-    let config = cli::model_config(&f.model, f.classes, 3)?;
-    let batch = cli::check_batch(f.batch)?;
+    let config = flags::model_config(&f.model, f.classes, 3)?;
+    let batch = flags::check_batch(f.batch)?;
     if f.steps == 0 {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
     }
@@ -229,8 +228,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
             return Err(Error::flag("--compare", k, "a keep fraction in (0, 1]"));
         }
     }
-    let mut backend =
-        train::backend(f.device.into(), crate::backend::cuda::Math::parse(&f.math)?, f.format == Format::Text)?;
+    let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
     let options = f.memory.options();
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
     let main_p = build(&config);
@@ -241,7 +239,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     if let Some(path) = &f.trace {
         let mut all = vec![&main];
         all.extend(other.as_ref());
-        crate::checkpoint::write_atomic(path, trace(&all).as_bytes())?;
+        crate::io::write_atomic(path, trace(&all).as_bytes())?;
     }
     match f.format {
         Format::Json => println!("{}", serde_json::json!({"profile": main, "compare": other})),

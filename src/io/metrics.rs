@@ -108,7 +108,8 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
     );
     s.push('\n');
     let _ = writeln!(s, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#, escape_xml(title));
+    let _ =
+        writeln!(s, r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#, super::svg::escape(title));
     for (i, (name, color)) in [("train", TRAIN_COLOR), ("test", TEST_COLOR)].iter().enumerate() {
         let x = 760.0 + 70.0 * i as f64;
         let _ = writeln!(
@@ -285,19 +286,7 @@ impl Axis {
     /// About `target` intervals of 1, 2 or 5 times a power of ten covering `[lo, hi]` (lo < hi);
     /// `integer` forces a step of at least 1.
     fn new(lo: f64, hi: f64, target: usize, integer: bool) -> Axis {
-        let raw = (hi - lo) / target as f64;
-        let mag = 10f64.powf(raw.log10().floor());
-        let f = raw / mag;
-        let nice = if f <= 1.0 {
-            1.0
-        } else if f <= 2.0 {
-            2.0
-        } else if f <= 5.0 {
-            5.0
-        } else {
-            10.0
-        };
-        let mut step = nice * mag;
+        let mut step = super::svg::nice_step(hi - lo, target as f64);
         if integer {
             step = step.max(1.0);
         }
@@ -327,23 +316,6 @@ impl Axis {
         let decimals = (-self.step.log10().floor()).max(0.0) as usize;
         format!("{v:.decimals$}")
     }
-}
-
-fn escape_xml(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Control characters are not allowed in XML 1.0 at all.
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

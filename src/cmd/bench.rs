@@ -2,16 +2,15 @@
 //! measured in one run on one backend, with ratios to the first keep value. `benches/step.rs`
 //! runs the same measurement.
 
-use crate::backend::{Backend, StepCtx};
-use crate::cli::{self, BenchFlags};
+use crate::backend::{self, Backend, StepCtx};
+use crate::cmd::flags::{self, BenchFlags};
 use crate::error::{Error, Result};
-use crate::exec::Program;
+use crate::ir::slice;
 use crate::model::{wrn, ModelConfig};
 use crate::ops::sgd::SgdParams;
+use crate::plan::Program;
 use crate::rng::{stream, Rng};
 use crate::schedule::{Mode, Options};
-use crate::sliceout;
-use crate::train;
 use std::time::Instant;
 
 pub struct Row {
@@ -120,7 +119,7 @@ pub fn measure(
 /// One training step on random data with fresh slice starts, in milliseconds.
 fn timed_step(backend: &mut dyn Backend, p: &Program, (x, y): &(Vec<f32>, Vec<f32>), slicer: &mut Rng) -> f64 {
     let s = &p.schedule;
-    let starts: Vec<usize> = s.slices.iter().map(|spec| sliceout::sample_start(slicer, spec.channels, 1)).collect();
+    let starts: Vec<usize> = s.slices.iter().map(|spec| slice::sample_start(slicer, spec.channels, 1)).collect();
     let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let t0 = Instant::now();
     backend.write(p, s.input, x);
@@ -158,20 +157,20 @@ pub fn table(config: &ModelConfig, batch: usize, device: &str, rows: &[Row]) -> 
 }
 
 pub fn command(f: &BenchFlags) -> Result<()> {
-    let model = cli::ModelFlags { depth: f.depth, widen: f.widen, keep: None };
-    let config = cli::model_config(&model, f.classes, 3)?;
-    let batch = cli::check_batch(f.batch)?;
+    let model = flags::ModelFlags { depth: f.depth, widen: f.widen, keep: None };
+    let config = flags::model_config(&model, f.classes, 3)?;
+    let batch = flags::check_batch(f.batch)?;
     if f.keep.is_empty() || f.keep.iter().any(|&k| !(k > 0.0 && k <= 1.0)) {
         return Err(Error::flag("--keep", format!("{:?}", f.keep), "comma-separated fractions in (0, 1]"));
     }
     if f.steps == 0 {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
     }
-    let math = crate::backend::cuda::Math::parse(&f.math)?;
-    let probe = train::backend(f.device.into(), math, true)?;
+    let math = crate::gpu::Math::parse(&f.math)?;
+    let probe = backend::open(f.device.into(), math, true)?;
     let (name, interleave) = (probe.name(), probe.memory_in_use().is_none());
     drop(probe);
-    let mut make = || train::backend(f.device.into(), math, false);
+    let mut make = || backend::open(f.device.into(), math, false);
     let rows = measure(&mut make, &config, batch, &f.keep, f.steps, f.seed, interleave)?;
     print!("{}", table(&config, batch, &name, &rows));
     Ok(())

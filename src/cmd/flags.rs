@@ -1,9 +1,10 @@
 //! The command line: `train`, `eval`, `plan`, `profile`, `bench`, `selftest`, `data synth`.
 //! Parsing only; each command calls into the library and returns its error for `main` to print.
 
+use crate::backend::DeviceChoice;
 use crate::data::DatasetKind;
 use crate::schedule::{Options, UpdateAt};
-use crate::train::{DeviceChoice, LrSchedule};
+use crate::train::LrSchedule;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 

@@ -1,0 +1,243 @@
+//! The CUDA backend: the same ops as the CPU reference, on one GPU through the `gpu` runtime.
+//!
+//! Memory follows principle 2, one device allocation each: the arena (checked against the
+//! device's free memory first), the persistent region, and each resident dataset split
+//! (normalisation table, image bytes and labels together). Besides those: a small index buffer
+//! for batch gathers and cuBLAS's workspace, both made before the first step.
+
+use super::{Backend, Batches, Execute, Memory, SplitId, StepCtx};
+use crate::data::loader::{Crop, Normalization, MAX_CHANNELS};
+use crate::data::Split;
+use crate::error::{Error, Result};
+use crate::gpu::{DevMem, Gpu, Math};
+use crate::ir::mib;
+use crate::ops::{gather, DeviceView, Tables, KERNEL_FILES};
+use crate::plan::Program;
+
+/// A resident split: `[table: channels*256 f32][images: len*channels*1024 u8][labels: len u8]`.
+struct DevSplit {
+    mem: DevMem<u8>,
+    len: usize,
+    channels: usize,
+}
+
+impl DevSplit {
+    fn addrs(&self) -> gather::SplitAddrs {
+        let table = self.mem.ptr;
+        let images = table + (self.channels * 256 * 4) as u64;
+        let labels = images + (self.len * self.channels * 1024) as u64;
+        gather::SplitAddrs { table, images, labels, channels: self.channels }
+    }
+}
+
+pub struct CudaBackend {
+    arena: Option<DevMem<f32>>,
+    persistent: Option<DevMem<f32>>,
+    splits: [Option<DevSplit>; 2],
+    /// Image indices and packed crops of the batch being gathered.
+    selection: Option<DevMem<u32>>,
+    selection_host: Vec<u32>,
+    /// Dropped last: the allocations above are freed while the context lives.
+    gpu: Gpu,
+}
+
+impl CudaBackend {
+    /// Opens device 0 with every op's kernels. `Error::Device` when there is no usable GPU.
+    pub fn new(math: Math) -> Result<CudaBackend> {
+        let gpu = Gpu::new(math, KERNEL_FILES)?;
+        Ok(CudaBackend {
+            arena: None,
+            persistent: None,
+            splits: [None, None],
+            selection: None,
+            selection_host: vec![],
+            gpu,
+        })
+    }
+
+    pub fn math(&self) -> Math {
+        self.gpu.math()
+    }
+
+    /// Bytes of the arena allocation (0 before `reserve_arena`).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena.as_ref().map_or(0, |a| a.len() * 4)
+    }
+
+    fn arena_ptr(&self, p: &Program, b: usize) -> u64 {
+        let a = self.arena.as_ref().expect("arena reserved before use");
+        let (off, len) = p.locs[b];
+        assert!(off + len <= a.len(), "buffer outside the arena");
+        crate::gpu::f32_at(a.ptr, off)
+    }
+}
+
+impl Memory for CudaBackend {
+    fn memory_in_use(&self) -> Option<usize> {
+        self.gpu.memory().ok().map(|(free, total)| total - free)
+    }
+
+    fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
+        let len = bytes.div_ceil(4);
+        if self.arena.as_ref().is_some_and(|a| a.len() >= len) {
+            return Ok(());
+        }
+        self.gpu.bind();
+        // The old arena (if any) is freed before the new one is made, so it counts as free.
+        let old = self.arena_bytes();
+        self.gpu.synchronize();
+        let (free, total) = self.gpu.memory()?;
+        if bytes > free + old {
+            return Err(Error::Device(format!(
+                "the memory plan needs a {:.0} MiB arena but the GPU has {:.0} MiB free of {:.0} MiB; \
+                 lower --batch (or --keep)",
+                mib(bytes),
+                mib(free + old),
+                mib(total)
+            )));
+        }
+        self.arena = None;
+        self.gpu.synchronize();
+        self.arena = Some(self.gpu.alloc(len, "the arena")?);
+        Ok(())
+    }
+
+    fn set_persistent(&mut self, data: &[f32]) -> Result<()> {
+        if self.persistent.as_ref().is_none_or(|p| p.len() != data.len()) {
+            self.persistent = None;
+            self.persistent = Some(self.gpu.alloc(data.len(), "the persistent region")?);
+        }
+        let ptr = self.persistent.as_ref().map_or(0, |p| p.ptr);
+        if !data.is_empty() {
+            self.gpu.htod(ptr, data);
+        }
+        Ok(())
+    }
+
+    fn get_persistent(&mut self, out: &mut [f32]) {
+        let p = self.persistent.as_ref().expect("persistent region set");
+        assert!(out.len() <= p.len(), "more floats asked than persistent");
+        if !out.is_empty() {
+            self.gpu.dtoh(out, p.ptr);
+        }
+    }
+
+    fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
+        assert_eq!(data.len(), p.locs[buf].1, "write length vs buffer");
+        let dst = self.arena_ptr(p, buf);
+        if !data.is_empty() {
+            self.gpu.htod(dst, data);
+        }
+    }
+
+    fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), p.locs[buf].1, "read length vs buffer");
+        let src = self.arena_ptr(p, buf);
+        if !out.is_empty() {
+            self.gpu.dtoh(out, src);
+        }
+    }
+}
+
+impl Batches for CudaBackend {
+    fn upload_split(&mut self, id: SplitId, split: Split, channels: usize, norm: &Normalization) -> Result<()> {
+        if channels == 0 || channels > MAX_CHANNELS {
+            return Err(Error::Device(format!(
+                "splits of {channels} channels are not supported (1 to {MAX_CHANNELS})"
+            )));
+        }
+        if split.images.len() != split.len * channels * 1024 || split.labels.len() != split.len {
+            return Err(Error::Device("split images/labels do not match its length".into()));
+        }
+        let table: Vec<u8> = (0..channels).flat_map(|c| norm.table(c)).flat_map(f32::to_le_bytes).collect();
+        let bytes = table.len() + split.images.len() + split.labels.len();
+        self.splits[id as usize] = None;
+        let mem = self.gpu.alloc::<u8>(bytes, "a resident split")?;
+        let s = DevSplit { mem, len: split.len, channels };
+        let a = s.addrs();
+        self.gpu.htod(a.table, &table);
+        if split.len > 0 {
+            self.gpu.htod(a.images, &split.images);
+            self.gpu.htod(a.labels, &split.labels);
+        }
+        self.gpu.synchronize();
+        self.splits[id as usize] = Some(s);
+        Ok(())
+    }
+
+    fn split_len(&self, id: SplitId) -> usize {
+        self.splits[id as usize].as_ref().map_or(0, |s| s.len)
+    }
+
+    fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
+        let s = self.splits[id as usize].as_ref().expect("split uploaded before fill_batch");
+        let n = indices.len();
+        assert_eq!(crops.len(), n);
+        let sched = &p.schedule;
+        assert_eq!(p.locs[sched.input].1, s.channels * n * 1024, "input buffer size");
+        assert_eq!(p.locs[sched.labels].1, n, "label buffer size");
+        let mut sel = std::mem::take(&mut self.selection_host);
+        sel.clear();
+        for &i in indices {
+            assert!(i < s.len, "index {i} out of split of {}", s.len);
+            sel.push(i as u32);
+        }
+        sel.extend(crops.iter().map(gather::pack));
+        if self.selection.as_ref().is_none_or(|m| m.len() < sel.len()) {
+            self.selection = None;
+            self.selection = Some(match self.gpu.alloc(sel.len(), "the batch indices") {
+                Ok(m) => m,
+                Err(e) => panic!("{e}"),
+            });
+        }
+        let dsel = self.selection.as_ref().map_or(0, |m| m.ptr);
+        if n > 0 {
+            self.gpu.htod(dsel, &sel);
+            let (x, y) = (self.arena_ptr(p, sched.input), self.arena_ptr(p, sched.labels));
+            gather::gather_cuda(&self.gpu, x, y, s.addrs(), dsel, n);
+        }
+        self.selection_host = sel;
+    }
+}
+
+impl Execute for CudaBackend {
+    fn synchronize(&mut self) {
+        self.gpu.synchronize();
+    }
+
+    fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
+        self.gpu.bind();
+        assert!(p.arena_bytes() <= self.arena_bytes(), "arena smaller than the plan");
+        let arena = self.arena.as_ref().map_or((0, 0), |a| (a.ptr, a.len()));
+        let persistent = match &self.persistent {
+            Some(m) if p.schedule.persistent_len() <= m.len() => (m.ptr, m.len()),
+            _ => panic!("persistent region not set"),
+        };
+        let s = &p.schedule;
+        let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
+        s.steps[step].op.run_cuda(&DeviceView::new(tables, &self.gpu, arena, persistent));
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda ({})", self.gpu.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_gpu_the_backend_is_a_clear_error() {
+        if crate::gpu::available() {
+            return;
+        }
+        match CudaBackend::new(Math::Tf32) {
+            Err(Error::Device(msg)) => assert!(!msg.is_empty()),
+            Err(e) => panic!("wrong error kind: {e}"),
+            Ok(_) => panic!("a backend without a device"),
+        }
+    }
+}

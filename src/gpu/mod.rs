@@ -1,0 +1,495 @@
+//! The CUDA runtime the ops launch on: one device, one stream, one cuBLAS handle, and the NVRTC
+//! kernels of every op folder, all through `cudarc` with every CUDA library opened at run time,
+//! so the binary builds and runs where no CUDA is installed (every entry point then returns
+//! `Error::Device`; nothing here panics for want of a driver).
+//!
+//! This layer knows nothing of schedules or ops: it compiles the kernel sources it is handed
+//! (each op folder ships its own `.cu`, after [`COMMON`]), launches kernels by name, runs
+//! `cublasGemmEx` on raw device addresses and moves bytes. The ops (`ops/<op>/cuda.rs`) turn
+//! their buffers into addresses and call it; `backend::cuda` owns the memory regions.
+//!
+//! Work is queued on one stream and never waits for the device; only `dtoh` and `synchronize`
+//! do. With `SLICEOUT_CUDA_SYNC=1` every launch and GEMM is followed by a synchronisation, so an
+//! asynchronous fault is reported against the kernel that caused it. A failing CUDA call inside
+//! a step cannot be returned through the `Backend` trait: it panics with the call and the
+//! driver's error.
+
+pub mod libs;
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::sys as cb;
+use cudarc::driver::{
+    result as dr, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use crate::error::{Error, Result};
+use crate::ir::mib;
+
+/// GEMM arithmetic: TF32 tensor cores (inputs rounded to 10-bit mantissas, f32 accumulation)
+/// or full f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Math {
+    Tf32,
+    Fp32,
+}
+
+impl Math {
+    /// Parses `--math`.
+    pub fn parse(s: &str) -> Result<Math> {
+        match s {
+            "tf32" => Ok(Math::Tf32),
+            "fp32" => Ok(Math::Fp32),
+            _ => Err(Error::flag("--math", s, "tf32 or fp32")),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Math::Tf32 => "tf32",
+            Math::Fp32 => "fp32",
+        }
+    }
+
+    fn compute_type(&self) -> cb::cublasComputeType_t {
+        match self {
+            Math::Tf32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            Math::Fp32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        }
+    }
+}
+
+/// Helpers prepended to every kernel file.
+pub const COMMON: &str = include_str!("common.cu");
+
+/// A kernel file: its name (for messages) and its source, without [`COMMON`].
+pub type KernelFile = (&'static str, &'static str);
+
+/// The full source NVRTC compiles for one kernel file.
+pub fn kernel_source(file: &str) -> String {
+    format!("{COMMON}\n{file}")
+}
+
+/// The names of the `extern "C" __global__` kernels a source defines.
+pub fn kernel_names(source: &str) -> Vec<&str> {
+    source.split("extern \"C\" __global__ void ").skip(1).filter_map(|s| s.split('(').next()).map(str::trim).collect()
+}
+
+/// NVRTC options: the virtual architecture (e.g. `compute_90`) and no FMA contraction, so the
+/// kernels' f32 expressions round as the CPU's do.
+pub fn compile_options(arch: &str, name: &str) -> CompileOptions {
+    CompileOptions {
+        fmad: Some(false),
+        options: vec![format!("--gpu-architecture={arch}")],
+        name: Some(name.to_string()),
+        ..Default::default()
+    }
+}
+
+/// `(file name, PTX)` of every kernel file.
+pub type Ptxs = Vec<(String, String)>;
+
+/// Compiles every kernel file for `arch` (e.g. `compute_90`) to PTX. Call after
+/// [`libs::nvrtc_present`]; a compile error comes back with NVRTC's log.
+pub fn compile_all(arch: &str, files: &[KernelFile]) -> Result<Ptxs> {
+    files
+        .iter()
+        .map(|(name, src)| {
+            let ptx =
+                cudarc::nvrtc::compile_ptx_with_opts(kernel_source(src), compile_options(arch, name)).map_err(|e| {
+                    match e {
+                        cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::Device(format!(
+                            "NVRTC could not compile {name} for {arch}:\n{}",
+                            log.to_string_lossy()
+                        )),
+                        e => Error::Device(format!("NVRTC failed on {name}: {e:?}")),
+                    }
+                })?;
+            Ok((name.to_string(), ptx.to_src()))
+        })
+        .collect()
+}
+
+/// PTX per architecture, compiled once per process.
+static PTX_CACHE: Mutex<Vec<(String, Ptxs)>> = Mutex::new(Vec::new());
+
+fn cached_ptx(arch: &str, files: &[KernelFile]) -> Result<Ptxs> {
+    let mut cache = PTX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, ptx)) = cache.iter().find(|(a, _)| a == arch) {
+        return Ok(ptx.clone());
+    }
+    if !libs::nvrtc_present(&[]) {
+        return Err(Error::Device(format!(
+            "cannot load NVRTC (libnvrtc.so.13); searched the loader path and {:?} \
+             (set SLICEOUT_CUDA_LIB_DIR or LD_LIBRARY_PATH to the folder holding it)",
+            libs::search_dirs()
+        )));
+    }
+    let ptx = libs::catch(|| compile_all(arch, files))
+        .ok_or_else(|| Error::Device("NVRTC panicked while compiling the kernels".into()))??;
+    cache.push((arch.to_string(), ptx.clone()));
+    Ok(ptx)
+}
+
+fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+/// Checks that the driver library loads and that a device exists, without panicking.
+fn probe() -> Result<()> {
+    libs::preload(&[]);
+    if !libs::driver_present() {
+        return Err(Error::Device("no NVIDIA driver: libcuda.so could not be loaded (use --device cpu)".into()));
+    }
+    match libs::catch(CudaContext::device_count) {
+        None => Err(Error::Device("the NVIDIA driver library is missing functions this build needs (CUDA 13)".into())),
+        Some(Err(e)) => Err(Error::Device(format!("the NVIDIA driver did not initialise: {e:?}"))),
+        Some(Ok(0)) => Err(Error::Device("no CUDA device found".into())),
+        Some(Ok(_)) => Ok(()),
+    }
+}
+
+fn context() -> Result<Arc<CudaContext>> {
+    probe()?;
+    libs::catch(|| CudaContext::new(0))
+        .ok_or_else(|| Error::Device("creating a CUDA context panicked".into()))?
+        .map_err(|e| dev_err("creating a CUDA context on device 0", e))
+}
+
+/// Whether a CUDA device can be used: the driver loads and reports at least one device.
+/// Never panics.
+pub fn available() -> bool {
+    probe().is_ok()
+}
+
+/// `(free, total)` bytes of device 0's memory.
+pub fn device_memory() -> Result<(usize, usize)> {
+    let ctx = context()?;
+    ctx.mem_get_info().map_err(|e| dev_err("reading device memory", e))
+}
+
+/// A device allocation with its base address (event tracking is off, so raw addresses are
+/// safe to hold for as long as the slice lives).
+pub struct DevMem<T> {
+    slice: CudaSlice<T>,
+    pub ptr: u64,
+}
+
+impl<T: cudarc::driver::DeviceRepr> DevMem<T> {
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+}
+
+/// cuBLAS's workspace (its recommendation for Hopper), given to it up front so it never
+/// allocates inside a step.
+pub const CUBLAS_WORKSPACE: usize = 32 << 20;
+
+/// Launch geometry of a grid-stride loop over `total` elements: one thread per element up to
+/// 65,536 blocks of 256, so no block is launched without work.
+pub fn grid(total: usize) -> LaunchConfig {
+    let blocks = total.div_ceil(256).clamp(1, 1 << 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One block per channel (reductions), `channels` blocks of 512 threads.
+pub fn per_channel(channels: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (channels as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Element-wise over `channels` rows of `m`: y = channel.
+pub fn rows(channels: usize, m: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (m.div_ceil(256).clamp(1, 1024) as u32, channels as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block of 256 threads.
+pub fn one_block() -> LaunchConfig {
+    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn ok<T>(r: std::result::Result<T, impl std::fmt::Debug>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("CUDA: {what} failed: {e:?}"),
+    }
+}
+
+/// The address `floats` f32 elements past `base`.
+pub fn f32_at(base: u64, floats: usize) -> u64 {
+    base + 4 * floats as u64
+}
+
+/// A dimension as the kernels' `int`.
+pub fn int(v: usize) -> i32 {
+    i32::try_from(v).expect("dimension fits in i32")
+}
+
+/// A kernel argument (device pointers are passed as their `u64` address).
+pub trait Arg {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+}
+
+macro_rules! impl_arg {
+    ($($t:ty),*) => {$(
+        impl Arg for $t {
+            fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+                b.arg(self);
+            }
+        }
+    )*};
+}
+impl_arg!(u64, i64, i32, f32, f64);
+
+/// One row-major-agnostic `cublasGemmEx` in BLAS's own column-major terms:
+/// `C = op(A) op(B) + beta C`, `C` `m x n`, all operands f32 at device addresses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmCall {
+    pub transa: bool,
+    pub transb: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub b: u64,
+    pub ldb: usize,
+    pub c: u64,
+    pub ldc: usize,
+    pub beta: f32,
+}
+
+/// One GPU: context, stream, cuBLAS handle with its workspace, and the loaded kernels.
+pub struct Gpu {
+    math: Math,
+    device_name: String,
+    arch: String,
+    /// Every kernel of every file, by name.
+    kernels: Vec<(String, CudaFunction)>,
+    /// Synchronise after every launch (`SLICEOUT_CUDA_SYNC=1`).
+    sync_each: bool,
+    workspace: DevMem<u8>,
+    blas: cb::cublasHandle_t,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by us and is destroyed once; errors are moot here.
+        unsafe {
+            let _ = self.stream.synchronize();
+            let _ = cudarc::cublas::result::destroy_handle(self.blas);
+        }
+    }
+}
+
+impl Gpu {
+    /// Opens device 0, compiles `files` (once per process) and loads their kernels, makes a
+    /// cuBLAS handle with its workspace. `Error::Device` when there is no usable GPU.
+    pub fn new(math: Math, files: &[KernelFile]) -> Result<Gpu> {
+        let ctx = context()?;
+        if !libs::cublas_present() {
+            return Err(Error::Device(format!(
+                "cannot load cuBLAS (libcublas.so.13); searched the loader path and {:?} \
+                 (set SLICEOUT_CUDA_LIB_DIR or LD_LIBRARY_PATH to the folder holding it)",
+                libs::search_dirs()
+            )));
+        }
+        // One stream, no cross-stream events: work is ordered by the stream alone.
+        // SAFETY: nothing was allocated on this context by us before this call.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| dev_err("reading the compute capability", e))?;
+        let arch = format!("compute_{major}{minor}");
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let mut kernels = vec![];
+        for ((name, src), (_, ptx)) in files.iter().zip(cached_ptx(&arch, files)?) {
+            let module =
+                ctx.load_module(Ptx::from_src(ptx)).map_err(|e| dev_err(&format!("loading the PTX of {name}"), e))?;
+            for k in kernel_names(src) {
+                let f = module.load_function(k).map_err(|e| dev_err(&format!("loading kernel {k} of {name}"), e))?;
+                kernels.push((k.to_string(), f));
+            }
+        }
+        let workspace = alloc::<u8>(&stream, CUBLAS_WORKSPACE, "the cuBLAS workspace")?;
+        let blas = libs::catch(cudarc::cublas::result::create_handle)
+            .ok_or_else(|| Error::Device("cuBLAS panicked while starting".into()))?
+            .map_err(|e| dev_err("creating a cuBLAS handle", e))?;
+        let sync_each = std::env::var("SLICEOUT_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let gpu = Gpu { math, device_name, arch, kernels, sync_each, workspace, blas, stream, ctx };
+        // SAFETY: valid handle, stream and workspace (kept alive by `gpu`).
+        unsafe {
+            cudarc::cublas::result::set_stream(gpu.blas, gpu.stream.cu_stream() as _)
+                .map_err(|e| dev_err("binding cuBLAS to the stream", e))?;
+            cb::cublasSetWorkspace_v2(gpu.blas, gpu.workspace.ptr as *mut std::ffi::c_void, CUBLAS_WORKSPACE)
+                .result()
+                .map_err(|e| dev_err("giving cuBLAS its workspace", e))?;
+        }
+        Ok(gpu)
+    }
+
+    /// E.g. `NVIDIA H100 80GB HBM3, sm_90, tf32`.
+    pub fn name(&self) -> String {
+        format!("{}, {}, {}", self.device_name, self.arch.replace("compute_", "sm_"), self.math.as_str())
+    }
+
+    pub fn math(&self) -> Math {
+        self.math
+    }
+
+    /// `(free, total)` device memory now.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(|e| dev_err("reading device memory", e))
+    }
+
+    /// A device allocation of `len` elements (`what` names it in the error).
+    pub fn alloc<T: cudarc::driver::DeviceRepr>(&self, len: usize, what: &str) -> Result<DevMem<T>> {
+        self.bind();
+        alloc(&self.stream, len, what)
+    }
+
+    /// Makes our context current on the calling thread (raw driver and cuBLAS calls need it;
+    /// the backend may be driven from a thread other than the one that made it).
+    pub fn bind(&self) {
+        ok(self.ctx.bind_to_thread(), "binding the CUDA context");
+    }
+
+    /// Queues a copy of `src` to device address `dst`.
+    pub fn htod<T>(&self, dst: u64, src: &[T]) {
+        self.bind();
+        // SAFETY: callers pass a destination inside one of our allocations, sized for `src`.
+        ok(unsafe { dr::memcpy_htod_async(dst, src, self.stream.cu_stream()) }, "host-to-device copy");
+    }
+
+    /// Copies device address `src` into `dst` and waits for it.
+    pub fn dtoh<T>(&self, dst: &mut [T], src: u64) {
+        self.bind();
+        // SAFETY: as `htod`; the stream is synchronised before `dst` is used.
+        ok(unsafe { dr::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }, "device-to-host copy");
+        self.synchronize();
+    }
+
+    pub fn synchronize(&self) {
+        ok(self.stream.synchronize(), "stream synchronise");
+    }
+
+    /// Queues kernel `name` (a kernel of one of the files given to [`Gpu::new`]).
+    pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[&dyn Arg]) {
+        let f = match self.kernels.iter().find(|(n, _)| n == name) {
+            Some((_, f)) => f,
+            None => panic!("CUDA: kernel {name} is not in any kernel file"),
+        };
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            a.push(&mut b);
+        }
+        // SAFETY: argument lists match the kernels' signatures (ops/*/*.cu); pointers are
+        // inside our allocations (the ops check lengths against the plan before launching).
+        ok(unsafe { b.launch(cfg) }, &format!("launching kernel {name}"));
+        if self.sync_each {
+            ok(self.stream.synchronize(), &format!("kernel {name} (SLICEOUT_CUDA_SYNC)"));
+        }
+    }
+
+    /// Queues one `cublasGemmEx` in the backend's math.
+    pub fn gemm(&self, g: &GemmCall) {
+        let alpha = 1.0f32;
+        let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
+        let p = |a: u64| a as *mut std::ffi::c_void;
+        // SAFETY: the views lie inside the operands (by construction of the conv lowering, which
+        // its tests check against a host GEMM); scalars are host pointers.
+        ok(
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    self.blas,
+                    op(g.transa),
+                    op(g.transb),
+                    int(g.m),
+                    int(g.n),
+                    int(g.k),
+                    &alpha as *const f32 as *const _,
+                    p(g.a),
+                    cb::cudaDataType::CUDA_R_32F,
+                    int(g.lda),
+                    p(g.b),
+                    cb::cudaDataType::CUDA_R_32F,
+                    int(g.ldb),
+                    &g.beta as *const f32 as *const _,
+                    p(g.c),
+                    cb::cudaDataType::CUDA_R_32F,
+                    int(g.ldc),
+                    self.math.compute_type(),
+                    cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            },
+            "cublasGemmEx",
+        );
+        if self.sync_each {
+            ok(self.stream.synchronize(), "cublasGemmEx (SLICEOUT_CUDA_SYNC)");
+        }
+    }
+}
+
+fn alloc<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, len: usize, what: &str) -> Result<DevMem<T>> {
+    // SAFETY: every byte is written before it is read (uploads, or ops of a valid plan).
+    let slice = unsafe { stream.alloc::<T>(len.max(1)) }
+        .map_err(|e| dev_err(&format!("allocating {what} ({:.0} MiB)", mib(len * std::mem::size_of::<T>())), e))?;
+    let ptr = {
+        let (ptr, _sync) = slice.device_ptr(stream);
+        ptr
+    };
+    Ok(DevMem { slice, ptr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn math_parses_the_flag_values() {
+        assert_eq!(Math::parse("tf32").unwrap(), Math::Tf32);
+        assert_eq!(Math::parse("fp32").unwrap(), Math::Fp32);
+        assert!(matches!(Math::parse("fp16"), Err(Error::Flag { .. })));
+    }
+
+    /// On a machine without the driver (this one while developing) every entry point says so
+    /// with `Error::Device` instead of panicking; with a GPU, they succeed.
+    #[test]
+    fn entry_points_fail_cleanly_without_a_gpu() {
+        if available() {
+            assert!(device_memory().is_ok());
+            return;
+        }
+        match Gpu::new(Math::Tf32, &[]) {
+            Err(Error::Device(msg)) => assert!(!msg.is_empty()),
+            Err(e) => panic!("wrong error kind: {e}"),
+            Ok(_) => panic!("a GPU without a device"),
+        }
+        assert!(matches!(device_memory(), Err(Error::Device(_))));
+    }
+
+    #[test]
+    fn kernel_names_are_read_from_the_source() {
+        let src = "extern \"C\" __global__ void a(int x) {}\n__device__ int h() {}\nextern \"C\" __global__ void b_2 (float* y) {}";
+        assert_eq!(kernel_names(src), ["a", "b_2"]);
+    }
+
+    #[test]
+    fn grids_never_launch_more_blocks_than_the_work_needs() {
+        for total in [1, 255, 256, 257, 1 << 20] {
+            let g = grid(total);
+            assert_eq!(g.grid_dim.0 as usize, total.div_ceil(256));
+        }
+        assert_eq!(grid(usize::MAX / 2).grid_dim.0, 1 << 16);
+        assert_eq!(grid(0).grid_dim.0, 1);
+    }
+}

@@ -1,0 +1,9 @@
+//! What a run leaves on disk: files written atomically, checkpoints, the per-epoch metrics and
+//! the pictures (learning curves, plan charts) drawn with the shared SVG helpers.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod metrics;
+pub mod svg;
+
+pub use atomic::write_atomic;

@@ -1,0 +1,48 @@
+//! The identity shortcut: `out += inp`, element-wise (forward, and the gradient's add when it
+//! is not accumulated in place).
+
+mod cuda;
+
+use rayon::prelude::*;
+
+use super::{DeviceView, HostView, Kernel, PAR_MIN_ELEMS};
+use crate::ir::BufId;
+
+/// `out += inp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Add {
+    pub out: BufId,
+    pub inp: BufId,
+}
+
+impl Kernel for Add {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (vec![self.inp], vec![self.out])
+    }
+    fn run_cpu(&self, m: &HostView) {
+        // SAFETY: see `HostView`.
+        add(unsafe { m.buf_mut(self.out) }, m.buf(self.inp))
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::add(self, d)
+    }
+}
+
+/// `out += inp`, element-wise.
+pub fn add(out: &mut [f32], inp: &[f32]) {
+    assert_eq!(out.len(), inp.len(), "add: lengths");
+    out.par_chunks_mut(PAR_MIN_ELEMS)
+        .zip(inp.par_chunks(PAR_MIN_ELEMS))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, i)| *o += i));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn adds_element_wise() {
+        let mut out: Vec<f32> = (0..40_000).map(|i| i as f32).collect();
+        let inp: Vec<f32> = (0..40_000).map(|i| 0.5 * i as f32).collect();
+        super::add(&mut out, &inp);
+        assert!(out.iter().enumerate().all(|(i, &v)| v == 1.5 * i as f32));
+    }
+}

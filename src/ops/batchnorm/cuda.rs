@@ -1,0 +1,84 @@
+//! Launches of `batchnorm.cu`: one launch per contiguous run of the slice (two when it wraps),
+//! with the per-channel vectors offset to the run's layer channels and the buffers to its rows.
+
+use super::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, BN_MOMENTUM};
+use crate::gpu::{f32_at, per_channel, rows};
+use crate::ir::{BufId, Slice};
+use crate::ops::DeviceView;
+
+/// Checks activations (`w * m` floats) and per-channel vectors (`per * w` floats).
+fn check(d: &DeviceView, slice: Slice, m: usize, acts: &[BufId], vecs: &[(BufId, usize)]) {
+    for &b in acts {
+        d.check_len(b, slice.width * m, "batch norm activation");
+    }
+    for &(b, per) in vecs {
+        d.check_len(b, per * slice.width, "batch norm per-channel vector");
+    }
+}
+
+pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
+    let (slice, m) = (d.t.slice(op.sel), op.m);
+    assert!(m > 1, "training batch norm needs more than one value per channel");
+    check(d, slice, m, &[op.out, op.inp], &[(op.stats, 2)]);
+    let (o, st, x) = (d.buf(op.out), d.buf(op.stats), d.buf(op.inp));
+    let bn = op.bn;
+    let (g, b, rm, rv) = (d.tensor(bn.gamma), d.tensor(bn.beta), d.tensor(bn.mean), d.tensor(bn.var));
+    let (mi, scale) = (m as i64, slice.scale());
+    // eps as the exact double PyTorch (and the CPU op) add, not the widened f32.
+    let (mom, unbias, eps) = (BN_MOMENTUM as f64, m as f64 / (m - 1) as f64, 1e-5);
+    for r in slice.each_run() {
+        let (o, x) = (f32_at(o, r.at * m), f32_at(x, r.at * m));
+        let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
+        let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
+        let (rm, rv) = (f32_at(rm, r.channel), f32_at(rv, r.channel));
+        d.gpu.launch(
+            "bn_relu_train",
+            per_channel(r.len),
+            &[&o, &mu, &is, &x, &g, &b, &rm, &rv, &mi, &scale, &mom, &unbias, &eps],
+        );
+    }
+}
+
+pub(super) fn apply(op: &BnReluApply, d: &DeviceView) {
+    let (slice, m) = (d.t.slice(op.sel), op.m);
+    check(d, slice, m, &[op.out, op.inp], &[(op.stats, 2)]);
+    let (o, st, x) = (d.buf(op.out), d.buf(op.stats), d.buf(op.inp));
+    let (g, b) = (d.tensor(op.bn.gamma), d.tensor(op.bn.beta));
+    let (mi, scale) = (m as i64, slice.scale());
+    for r in slice.each_run() {
+        let (o, x) = (f32_at(o, r.at * m), f32_at(x, r.at * m));
+        let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
+        let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
+        d.gpu.launch("bn_relu_apply", rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
+    }
+}
+
+pub(super) fn eval(op: &BnReluEval, d: &DeviceView) {
+    let m = op.m;
+    check(d, Slice::full(op.channels), m, &[op.out, op.inp], &[]);
+    let (o, x) = (d.buf(op.out), d.buf(op.inp));
+    let bn = op.bn;
+    let (g, b, rm, rv) = (d.tensor(bn.gamma), d.tensor(bn.beta), d.tensor(bn.mean), d.tensor(bn.var));
+    let (mi, eps) = (m as i64, 1e-5f64);
+    d.gpu.launch("bn_relu_eval", rows(op.channels, m), &[&o, &x, &g, &b, &rm, &rv, &mi, &eps]);
+}
+
+pub(super) fn backward(op: &BnReluBackward, d: &DeviceView) {
+    let (slice, m) = (d.t.slice(op.sel), op.m);
+    check(d, slice, m, &[op.d_inp, op.d_out, op.inp], &[(op.stats, 2), (op.d_gamma, 1), (op.d_beta, 1)]);
+    let (dx, dg, db, dy) = (d.buf(op.d_inp), d.buf(op.d_gamma), d.buf(op.d_beta), d.buf(op.d_out));
+    let (x, st) = (d.buf(op.inp), d.buf(op.stats));
+    let (g, b) = (d.tensor(op.bn.gamma), d.tensor(op.bn.beta));
+    let (mi, scale, acc) = (m as i64, slice.scale(), op.accumulate as i32);
+    for r in slice.each_run() {
+        let (dx, dy, x) = (f32_at(dx, r.at * m), f32_at(dy, r.at * m), f32_at(x, r.at * m));
+        let (dg, db) = (f32_at(dg, r.at), f32_at(db, r.at));
+        let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
+        let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
+        d.gpu.launch(
+            "bn_relu_backward",
+            per_channel(r.len),
+            &[&dx, &dg, &db, &dy, &x, &mu, &is, &g, &b, &mi, &scale, &acc],
+        );
+    }
+}

@@ -1,0 +1,284 @@
+use rayon::prelude::*;
+
+use super::lowering::{self, ConvCmd, Operand};
+use super::{winograd, workspace_len, Algo};
+use crate::blas::gemm;
+use crate::ir::{ConvShape, Slice};
+
+/// Output positions `[lo, hi)` along one axis whose input position `o*stride + tap - pad` lies
+/// in `[0, len_in)`; the others read padding.
+fn valid_range(len_out: usize, len_in: usize, stride: usize, tap: usize, pad: usize) -> (usize, usize) {
+    let lo = if tap >= pad { 0 } else { (pad - tap).div_ceil(stride) };
+    let hi = if len_in + pad > tap { ((len_in - 1 + pad - tap) / stride + 1).min(len_out) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// Enough rows per rayon task that tiny rows do not drown in scheduling.
+fn min_rows(row_len: usize) -> usize {
+    (4096 / row_len.max(1)).max(1)
+}
+
+/// Builds `col[channels*K*K, nb*Ho*Wo]` for images `n0..n0+nb` of `inp` (`(channels, N, H, W)`):
+/// row `c*K*K + ky*K + kx`, column `i*Ho*Wo + oy*Wo + ox` holds
+/// `inp[c, n0+i, oy*stride + ky - pad, ox*stride + kx - pad]`, or 0 in the padding.
+pub fn im2col(col: &mut [f32], inp: &[f32], p: &ConvShape, channels: usize, n0: usize, nb: usize) {
+    p.check();
+    let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
+    let (hw, howo, kk) = (h * w, ho * wo, p.kk());
+    assert!(n0 + nb <= p.n, "im2col: images out of range");
+    assert!(inp.len() >= channels * p.n * hw, "im2col: input too short");
+    let row_len = nb * howo;
+    let rows = channels * kk;
+    assert!(col.len() >= rows * row_len, "im2col: workspace too short");
+    if row_len == 0 || rows == 0 {
+        return;
+    }
+    col[..rows * row_len].par_chunks_mut(row_len).with_min_len(min_rows(row_len)).enumerate().for_each(|(r, row)| {
+        let (c, ky, kx) = (r / kk, (r % kk) / k, r % k);
+        let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
+        let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
+        for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
+            let src = &inp[(c * p.n + n0 + i) * hw..][..hw];
+            dst[..ylo * wo].fill(0.0);
+            dst[yhi * wo..].fill(0.0);
+            for oy in ylo..yhi {
+                let iy = oy * s + ky - pad;
+                let srow = &src[iy * w..][..w];
+                let d = &mut dst[oy * wo..][..wo];
+                d[..xlo].fill(0.0);
+                d[xhi..].fill(0.0);
+                if xlo == xhi {
+                    continue;
+                }
+                let x0 = xlo * s + kx - pad;
+                if s == 1 {
+                    d[xlo..xhi].copy_from_slice(&srow[x0..x0 + (xhi - xlo)]);
+                } else {
+                    for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                        *v = x;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The adjoint of `im2col`: scatters `col[channels*K*K, nb*Ho*Wo]` back onto images
+/// `n0..n0+nb` of `d_inp` (`(channels, N, H, W)`), summing overlapping windows and dropping the
+/// padding. Those images are overwritten, or added to when `accumulate`; others are untouched.
+pub fn col2im(d_inp: &mut [f32], col: &[f32], p: &ConvShape, channels: usize, n0: usize, nb: usize, accumulate: bool) {
+    p.check();
+    let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
+    let (hw, howo, kk) = (h * w, ho * wo, p.kk());
+    assert!(n0 + nb <= p.n, "col2im: images out of range");
+    let plane = p.n * hw;
+    assert!(d_inp.len() >= channels * plane, "col2im: gradient too short");
+    let row_len = nb * howo;
+    assert!(col.len() >= channels * kk * row_len, "col2im: workspace too short");
+    if hw == 0 || nb == 0 || channels == 0 {
+        return;
+    }
+    d_inp[..channels * plane].par_chunks_mut(plane).enumerate().for_each(|(c, d_channel)| {
+        d_channel[n0 * hw..(n0 + nb) * hw].par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
+            if !accumulate {
+                dst.fill(0.0);
+            }
+            for ky in 0..k {
+                let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
+                for kx in 0..k {
+                    let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
+                    if xlo == xhi {
+                        continue;
+                    }
+                    let x0 = xlo * s + kx - pad;
+                    let src = &col[(c * kk + ky * k + kx) * row_len + i * howo..][..howo];
+                    for oy in ylo..yhi {
+                        let iy = oy * s + ky - pad;
+                        let drow = &mut dst[iy * w..][..w];
+                        let srow = &src[oy * wo + xlo..oy * wo + xhi];
+                        if s == 1 {
+                            for (d, &v) in drow[x0..x0 + (xhi - xlo)].iter_mut().zip(srow) {
+                                *d += v;
+                            }
+                        } else {
+                            for (d, &v) in drow[x0..].iter_mut().step_by(s).zip(srow) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// Checks the slices against the layer and the buffers against the slices.
+fn check_call(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) {
+    p.check();
+    for (s, c, what) in [(out_slice, p.cout, "out_slice"), (in_slice, p.cin, "in_slice")] {
+        assert!(
+            s.channels == c && s.width >= 1 && s.width <= c && s.start < c,
+            "conv: {what} {s:?} does not fit {c} channels"
+        );
+    }
+}
+
+/// `out = conv(inp)` (or `out += conv(inp)` when `accumulate`) for the output channels of
+/// `out_slice` and the input channels of `in_slice`.
+///
+/// `out` holds `(out_slice.width, N, Ho, Wo)` and `inp` holds `(in_slice.width, N, H, W)`, both
+/// in slice order; `weight` is the full `[cout, cin*K*K]` matrix. `chunk` images go through
+/// `col` at a time (0 or >= N: the whole batch); `col` needs `workspace_len(p, in_slice.width, chunk)`
+/// floats and is unused when `p.direct()`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    col: &mut [f32],
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+    accumulate: bool,
+    algo: Algo,
+) {
+    check_call(p, &out_slice, &in_slice);
+    let (w_out, w_in, kk) = (out_slice.width, in_slice.width, p.kk());
+    let howo = p.ho() * p.wo();
+    let ncols = p.n * howo;
+    assert!(out.len() >= w_out * ncols, "conv forward: output too short");
+    assert!(inp.len() >= w_in * p.n * p.h * p.w, "conv forward: input too short");
+    assert!(weight.len() >= p.cout * p.cin * kk, "conv forward: weight too short");
+    if !p.direct() {
+        assert!(col.len() >= workspace_len(p, w_in, chunk), "conv forward: workspace too short");
+        if algo == Algo::Fast && winograd::eligible(p) {
+            winograd::forward(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
+            return;
+        }
+    }
+    let mut ops = Operands { weight, inp, out, col, ..Operands::default() };
+    lowering::conv_forward(p, out_slice, in_slice, chunk, accumulate, |cmd| ops.run(cmd, p, w_in));
+}
+
+/// Gradients of `conv2d_forward` given `d_out` (`(out_slice.width, N, Ho, Wo)`).
+///
+/// `d_weight` is overwritten with `[out_slice.width, in_slice.width*K*K]` in slice order (rows
+/// follow `out_slice`, column groups of `K*K` follow `in_slice`). `d_inp`, when wanted, gets
+/// `(in_slice.width, N, H, W)`, overwritten or added to when `accumulate_d_inp`. Each chunk
+/// rebuilds its column matrix in `col`, uses it for `dW += dY * col^T`, then reuses `col` for
+/// `dcol = W^T * dY` and scatters that back with col2im.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    d_inp: Option<&mut [f32]>,
+    d_weight: &mut [f32],
+    d_out: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    col: &mut [f32],
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+    accumulate_d_inp: bool,
+    algo: Algo,
+) {
+    check_call(p, &out_slice, &in_slice);
+    let (w_out, w_in, kk) = (out_slice.width, in_slice.width, p.kk());
+    let howo = p.ho() * p.wo();
+    let ncols = p.n * howo;
+    let in_len = w_in * p.n * p.h * p.w;
+    assert!(d_out.len() >= w_out * ncols, "conv backward: d_out too short");
+    assert!(inp.len() >= in_len, "conv backward: input too short");
+    assert!(weight.len() >= p.cout * p.cin * kk, "conv backward: weight too short");
+    assert!(d_weight.len() >= w_out * w_in * kk, "conv backward: d_weight too short");
+    if let Some(d) = d_inp.as_deref() {
+        assert!(d.len() >= in_len, "conv backward: d_inp too short");
+    }
+    if !p.direct() {
+        assert!(col.len() >= workspace_len(p, w_in, chunk), "conv backward: workspace too short");
+        if algo == Algo::Fast && winograd::eligible(p) {
+            winograd::backward(
+                d_inp,
+                d_weight,
+                d_out,
+                inp,
+                weight,
+                col,
+                p,
+                out_slice,
+                in_slice,
+                chunk,
+                accumulate_d_inp,
+            );
+            return;
+        }
+    }
+    if p.n == 0 {
+        // No chunk runs, but the gradient of an empty batch is still zero.
+        d_weight[..w_out * w_in * kk].fill(0.0);
+    }
+    let wants_d_inp = d_inp.is_some();
+    let mut ops =
+        Operands { weight, inp, col, d_out, d_weight, d_inp: d_inp.unwrap_or_default(), ..Operands::default() };
+    lowering::conv_backward(p, out_slice, in_slice, chunk, wants_d_inp, accumulate_d_inp, |cmd| ops.run(cmd, p, w_in));
+}
+
+/// The memory behind each operand of a lowered convolution on the host.
+#[derive(Default)]
+struct Operands<'a> {
+    weight: &'a [f32],
+    inp: &'a [f32],
+    out: &'a mut [f32],
+    col: &'a mut [f32],
+    d_out: &'a [f32],
+    d_inp: &'a mut [f32],
+    d_weight: &'a mut [f32],
+}
+
+impl<'a> Operands<'a> {
+    fn read(&self, o: Operand) -> &[f32] {
+        match o {
+            Operand::Weight => self.weight,
+            Operand::Inp => self.inp,
+            Operand::Out => self.out,
+            Operand::Col => self.col,
+            Operand::DOut => self.d_out,
+            Operand::DInp => self.d_inp,
+            Operand::DWeight => self.d_weight,
+        }
+    }
+
+    fn written(&mut self, o: Operand) -> &mut &'a mut [f32] {
+        match o {
+            Operand::Out => &mut self.out,
+            Operand::Col => &mut self.col,
+            Operand::DInp => &mut self.d_inp,
+            Operand::DWeight => &mut self.d_weight,
+            _ => unreachable!("the lowering never writes {o:?}"),
+        }
+    }
+
+    /// Runs one command of the lowering with the CPU's im2col, col2im and GEMM.
+    fn run(&mut self, cmd: ConvCmd, p: &ConvShape, in_width: usize) {
+        match cmd {
+            ConvCmd::Im2col { n0, nc } => im2col(self.col, self.inp, p, in_width, n0, nc),
+            ConvCmd::Col2im { n0, nc, accumulate } => col2im(self.d_inp, self.col, p, in_width, n0, nc, accumulate),
+            ConvCmd::Gemm(g) => {
+                // The output operand is never an input of the same product: take it out while the
+                // inputs are read.
+                let c = std::mem::take(self.written(g.c.operand));
+                gemm(
+                    c,
+                    g.c.layout(g.m, g.n),
+                    self.read(g.a.operand),
+                    g.a.layout(g.m, g.k),
+                    self.read(g.b.operand),
+                    g.b.layout(g.k, g.n),
+                    g.accumulate,
+                );
+                *self.written(g.c.operand) = c;
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The GPU's run of the lowering: `im2col` / `col2im` of `conv2d.cu` and `cublasGemmEx` on
+//! offset, strided views of the weight (no weight copies; a wrapping slice is two GEMMs).
+
+use super::lowering::{self, ConvCmd, Operand};
+use super::{Conv, ConvBackward};
+use crate::gpu::{f32_at, grid, int, GemmCall};
+use crate::ir::ConvShape;
+use crate::ops::DeviceView;
+
+/// Runs one command; `addr` maps operands to device addresses.
+fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl Fn(Operand) -> u64) {
+    let (c, n, h, w) = (int(in_width), int(p.n), int(p.h), int(p.w));
+    let (k, s, pad) = (int(p.k), int(p.stride), int(p.pad));
+    let (ho, wo) = (int(p.ho()), int(p.wo()));
+    match cmd {
+        ConvCmd::Im2col { n0, nc } => {
+            let (col, inp) = (addr(Operand::Col), addr(Operand::Inp));
+            let total = p.im2col_len(in_width, nc);
+            let (n0, nc) = (int(n0), int(nc));
+            d.gpu.launch("im2col", grid(total), &[&col, &inp, &c, &n, &h, &w, &k, &s, &pad, &ho, &wo, &n0, &nc]);
+        }
+        ConvCmd::Col2im { n0, nc, accumulate } => {
+            let (d_inp, col) = (addr(Operand::DInp), addr(Operand::Col));
+            let total = in_width * nc * p.h * p.w;
+            let (n0, nc, acc) = (int(n0), int(nc), accumulate as i32);
+            d.gpu.launch(
+                "col2im",
+                grid(total),
+                &[&d_inp, &col, &c, &n, &h, &w, &k, &s, &pad, &ho, &wo, &n0, &nc, &acc],
+            );
+        }
+        ConvCmd::Gemm(g) => {
+            let b = g.to_cublas();
+            let at = |(o, off): (Operand, usize)| f32_at(addr(o), off);
+            d.gpu.gemm(&GemmCall {
+                transa: b.transa,
+                transb: b.transb,
+                m: b.m,
+                n: b.n,
+                k: b.k,
+                a: at(b.a),
+                lda: b.lda,
+                b: at(b.b),
+                ldb: b.ldb,
+                c: at(b.c),
+                ldc: b.ldc,
+                beta: b.beta,
+            });
+        }
+    }
+}
+
+pub(super) fn forward(op: &Conv, d: &DeviceView) {
+    let (os, is, p) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel), &op.shape);
+    d.check_len(op.out, os.width * p.n * p.ho() * p.wo(), "conv out");
+    d.check_len(op.inp, is.width * p.n * p.h * p.w, "conv inp");
+    assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
+    let (o, i, w, c) = (d.buf(op.out), d.buf(op.inp), d.tensor(op.weight), d.opt(op.col));
+    let addr = |x: Operand| match x {
+        Operand::Weight => w,
+        Operand::Inp => i,
+        Operand::Out => o,
+        Operand::Col => c,
+        _ => unreachable!("forward uses no gradients"),
+    };
+    lowering::conv_forward(p, os, is, op.chunk, op.accumulate, |cmd| run(d, cmd, p, is.width, &addr));
+}
+
+pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
+    let (os, is, p) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel), &op.shape);
+    let (in_len, out_len) = (is.width * p.n * p.h * p.w, os.width * p.n * p.ho() * p.wo());
+    d.check_len(op.d_out, out_len, "conv d_out");
+    d.check_len(op.inp, in_len, "conv inp");
+    if let Some(b) = op.d_inp {
+        d.check_len(b, in_len, "conv d_inp");
+    }
+    d.check_len(op.d_weight, os.width * is.width * p.kk(), "conv d_weight");
+    assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
+    let (dw, dy, i, w) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp), d.tensor(op.weight));
+    let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
+    let addr = |x: Operand| match x {
+        Operand::Weight => w,
+        Operand::Inp => i,
+        Operand::Col => c,
+        Operand::DOut => dy,
+        Operand::DInp => dx,
+        Operand::DWeight => dw,
+        Operand::Out => unreachable!("backward writes no output"),
+    };
+    let wants_d_inp = op.d_inp.is_some();
+    lowering::conv_backward(p, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, |cmd| {
+        run(d, cmd, p, is.width, &addr)
+    });
+}

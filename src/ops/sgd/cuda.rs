@@ -1,0 +1,30 @@
+//! Launch of `sgd.cu`.
+
+use super::{grad_map, GradMap, Sgd};
+use crate::gpu::{grid, int};
+use crate::ops::DeviceView;
+
+pub(super) fn update(op: &Sgd, d: &DeviceView) {
+    let (w, mb, g) = (d.tensor(op.param), d.tensor(op.momentum), d.buf(op.grad));
+    let len = d.t.tensors[op.param].len();
+    assert_eq!(d.t.tensors[op.momentum].len(), len, "sgd momentum length");
+    let (mode, start, width, channels, group, grad_len) = match grad_map(op.map, d.t.slices, d.t.starts) {
+        GradMap::Full => (0, 0, 1, 1, 1, len),
+        GradMap::Rows { slice, row_len } => {
+            (1, slice.start, slice.width, slice.channels, row_len, slice.width * row_len)
+        }
+        GradMap::Cols { slice, group, rows } => {
+            (2, slice.start, slice.width, slice.channels, group, rows * slice.width * group)
+        }
+    };
+    d.check_len(op.grad, grad_len, "sgd gradient");
+    let sp = &d.t.sgd;
+    let l = len as i64;
+    let (start, width, channels, group) = (int(start), int(width), int(channels), int(group));
+    let nesterov = sp.nesterov as i32;
+    d.gpu.launch(
+        "sgd",
+        grid(len),
+        &[&w, &mb, &g, &l, &mode, &start, &width, &channels, &group, &sp.lr, &sp.momentum, &sp.weight_decay, &nesterov],
+    );
+}
