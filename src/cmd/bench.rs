@@ -2,15 +2,16 @@
 //! measured in one run on one backend, with ratios to the first keep value. `benches/step.rs`
 //! runs the same measurement.
 
-use crate::backend::{self, Backend, StepCtx};
+use crate::backend::{self, Backend, SplitId};
 use crate::cmd::flags::{self, BenchFlags};
+use crate::data::loader::Normalization;
 use crate::error::{Error, Result};
-use crate::ir::slice;
+use crate::ir::mib;
 use crate::model::{wrn, ModelConfig};
-use crate::ops::sgd::SgdParams;
+use crate::ops::SgdParams;
 use crate::plan::Program;
-use crate::rng::{stream, Rng};
 use crate::schedule::{Mode, Options};
+use crate::train::{StepRngs, Stepper};
 use std::time::Instant;
 
 pub struct Row {
@@ -33,6 +34,16 @@ impl Row {
     }
 }
 
+/// Uploads `batch` synthetic images (labels folded into `classes`) as the training split of
+/// `backend`: what `bench` and `profile` step on. Returns the batch's image indices.
+pub fn upload_timing_batch(backend: &mut dyn Backend, classes: usize, batch: usize, seed: u64) -> Result<Vec<usize>> {
+    let mut split = crate::data::synth::split(batch, seed);
+    split.labels.iter_mut().for_each(|l| *l = (*l as usize % classes) as u8);
+    let norm = Normalization::from_split(&split, 3);
+    backend.upload_split(SplitId::Train, split, 3, &norm)?;
+    Ok((0..batch).collect())
+}
+
 /// Times `steps` training steps (after one warm-up step) of `config` at each keep value.
 ///
 /// With `interleave` (a shared, noisy CPU), every keep value has its own backend and the steps
@@ -48,33 +59,24 @@ pub fn measure(
     seed: u64,
     interleave: bool,
 ) -> Result<Vec<Row>> {
-    let mut rng = Rng::new(seed, stream::SYNTH);
-    let mut slicer = Rng::new(seed, stream::SLICE);
     let programs: Vec<Program> = keeps
         .iter()
         .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, Options::default())))
         .collect();
-    // Random batches, made once the arenas exist (so a plan too large fails before this).
-    let mut input = |p: &Program| -> (Vec<f32>, Vec<f32>) {
-        let s = &p.schedule;
-        let x = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
-        let y = (0..batch).map(|_| rng.below(config.classes) as f32).collect();
-        (x, y)
-    };
-    let mut ready = |p: &Program| -> Result<Box<dyn Backend>> {
-        let mut b = make()?;
-        b.reserve_arena(p.arena_bytes())?;
-        b.set_persistent(&wrn::init_persistent(&p.schedule, seed))?;
-        Ok(b)
+    let mut ready = |p: &Program| -> Result<Timed> {
+        let mut backend = make()?;
+        backend.reserve_arena(p.arena_bytes())?;
+        backend.set_persistent(&wrn::init_persistent(&p.schedule, seed))?;
+        let images = upload_timing_batch(&mut *backend, config.classes, batch, seed)?;
+        Ok(Timed { backend, stepper: Stepper::new(p, 1, true), rngs: StepRngs::new(seed), images })
     };
     let mut times = vec![vec![]; keeps.len()];
     let mut device = vec![None; keeps.len()];
     if interleave {
-        let mut backends = programs.iter().map(&mut ready).collect::<Result<Vec<_>>>()?;
-        let inputs: Vec<_> = programs.iter().map(&mut input).collect();
+        let mut all = programs.iter().map(&mut ready).collect::<Result<Vec<_>>>()?;
         for i in 0..=steps {
-            for (k, b) in backends.iter_mut().enumerate() {
-                let ms = timed_step(&mut **b, &programs[k], &inputs[k], &mut slicer);
+            for (k, t) in all.iter_mut().enumerate() {
+                let ms = t.step(&programs[k]);
                 if i > 0 {
                     times[k].push(ms);
                 }
@@ -82,15 +84,14 @@ pub fn measure(
         }
     } else {
         for (k, p) in programs.iter().enumerate() {
-            let mut b = ready(p)?;
-            let batch_data = input(p);
+            let mut t = ready(p)?;
             for i in 0..=steps {
-                let ms = timed_step(&mut *b, p, &batch_data, &mut slicer);
+                let ms = t.step(p);
                 if i > 0 {
                     times[k].push(ms);
                 }
             }
-            device[k] = b.memory_in_use();
+            device[k] = t.backend.memory_in_use();
         }
     }
     let rows = programs
@@ -116,22 +117,25 @@ pub fn measure(
     Ok(rows)
 }
 
-/// One training step on random data with fresh slice starts, in milliseconds.
-fn timed_step(backend: &mut dyn Backend, p: &Program, (x, y): &(Vec<f32>, Vec<f32>), slicer: &mut Rng) -> f64 {
-    let s = &p.schedule;
-    let starts: Vec<usize> = s.slices.iter().map(|spec| slice::sample_start(slicer, spec.channels, 1)).collect();
-    let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
-    let t0 = Instant::now();
-    backend.write(p, s.input, x);
-    backend.write(p, s.labels, y);
-    backend.run(p, &StepCtx { starts: &starts, sgd });
-    let mut loss = [0f32; 2];
-    backend.read(p, s.loss, &mut loss);
-    t0.elapsed().as_secs_f64() * 1e3
+/// One keep value's backend and step state.
+struct Timed {
+    backend: Box<dyn Backend>,
+    stepper: Stepper,
+    rngs: StepRngs,
+    images: Vec<usize>,
+}
+
+impl Timed {
+    /// One training step (the loss read back, so the device has finished), in milliseconds.
+    fn step(&mut self, p: &Program) -> f64 {
+        let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+        let t0 = Instant::now();
+        self.stepper.step(&mut *self.backend, p, &self.images, &mut self.rngs, sgd);
+        t0.elapsed().as_secs_f64() * 1e3
+    }
 }
 
 pub fn table(config: &ModelConfig, batch: usize, device: &str, rows: &[Row]) -> String {
-    let mib = |b: usize| b as f64 / (1 << 20) as f64;
     let mut t = format!("{} batch {batch} on {device}\n", config.name());
     t += "keep   median ms   (min..max)        img/s  GFLOP/step  GFLOP/s  arena MiB  persist MiB  device MiB  overhead MiB  time ratio  arena ratio\n";
     for r in rows {

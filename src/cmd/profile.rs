@@ -6,12 +6,12 @@
 use crate::backend::{self, Backend, StepCtx};
 use crate::cmd::flags::{self, Format, ProfileFlags};
 use crate::error::{Error, Result};
-use crate::ir::slice;
+use crate::ir::{live_bytes, mib};
 use crate::model::{wrn, ModelConfig};
-use crate::ops::sgd::SgdParams;
+use crate::ops::SgdParams;
 use crate::plan::Program;
-use crate::rng::{stream, Rng};
 use crate::schedule::{Mode, Phase};
+use crate::train::{StepRngs, Stepper};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -53,23 +53,16 @@ pub struct Profile {
 }
 
 /// Profiles `steps` training steps (after one warm-up step).
-pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) -> Profile {
+pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) -> Result<Profile> {
     let s = &p.schedule;
-    let mut rng = Rng::new(seed, stream::SYNTH);
-    let x: Vec<f32> = (0..s.buffers[s.input].len).map(|_| rng.normal()).collect();
-    let y: Vec<f32> = (0..s.batch).map(|_| rng.below(s.config.classes) as f32).collect();
-    backend.set_persistent(&wrn::init_persistent(s, seed)).expect("persistent region");
+    backend.set_persistent(&wrn::init_persistent(s, seed))?;
+    let images = super::bench::upload_timing_batch(backend, s.config.classes, s.batch, seed)?;
     let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
-    let mut slicer = Rng::new(seed, stream::SLICE);
-    let mut starts = vec![0; s.slices.len()];
+    let (mut stepper, mut rngs) = (Stepper::new(p, 1, true), StepRngs::new(seed));
     let mut total = vec![0f64; s.steps.len()];
     for step in 0..=steps {
-        for (st, spec) in starts.iter_mut().zip(&s.slices) {
-            *st = slice::sample_start(&mut slicer, spec.channels, 1);
-        }
-        backend.write(p, s.input, &x);
-        backend.write(p, s.labels, &y);
-        let ctx = StepCtx { starts: &starts, sgd };
+        stepper.prepare(backend, p, &images, &mut rngs);
+        let ctx = StepCtx { starts: stepper.starts(), sgd };
         for (i, t) in total.iter_mut().enumerate() {
             let t0 = Instant::now();
             backend.run_op(p, i, &ctx);
@@ -79,9 +72,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
             }
         }
     }
-    let live: Vec<usize> = (0..s.steps.len())
-        .map(|i| p.lifetimes.iter().filter(|l| l.first <= i && i <= l.last).map(|l| l.bytes).sum())
-        .collect();
+    let live = live_bytes(&p.lifetimes, s.steps.len());
     let ops: Vec<OpRow> = s
         .steps
         .iter()
@@ -121,7 +112,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
             Phase::Update => l.update_ms += row.ms,
         }
     }
-    Profile {
+    Ok(Profile {
         model: s.config.name(),
         keep: s.config.keep,
         batch: s.batch,
@@ -131,11 +122,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
         arena_bytes: p.arena_bytes(),
         ops,
         layers,
-    }
-}
-
-fn mib(b: usize) -> f64 {
-    b as f64 / (1 << 20) as f64
+    })
 }
 
 /// Text: per-layer table (with the comparison beside), then per-op table.
@@ -234,8 +221,8 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     let main_p = build(&config);
     let other_p = f.compare.map(|keep| build(&ModelConfig { keep, ..config }));
     backend.reserve_arena(main_p.arena_bytes().max(other_p.as_ref().map_or(0, |p| p.arena_bytes())))?;
-    let main = profile(&mut *backend, &main_p, f.steps, f.seed);
-    let other = other_p.as_ref().map(|p| profile(&mut *backend, p, f.steps, f.seed));
+    let main = profile(&mut *backend, &main_p, f.steps, f.seed)?;
+    let other = other_p.as_ref().map(|p| profile(&mut *backend, p, f.steps, f.seed)).transpose()?;
     if let Some(path) = &f.trace {
         let mut all = vec![&main];
         all.extend(other.as_ref());

@@ -9,7 +9,7 @@
 //! seeded stream, in a fixed order, so the bytes depend only on (train, test, seed).
 
 use super::cifar::{CIFAR10_RECORD, IMAGE_BYTES};
-use super::PLANE;
+use super::{Split, PLANE};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
 use std::path::Path;
@@ -132,6 +132,16 @@ fn records(labels: &[u8], rng: &mut Rng) -> Vec<u8> {
     bytes
 }
 
+/// `len` images of the synthetic classes (three channels) kept in memory, labels `i mod 10`
+/// shuffled: the batch source of `bench` and `profile`, which time steps, not learning.
+pub fn split(len: usize, seed: u64) -> Split {
+    let mut rng = Rng::new(seed, stream::SYNTH);
+    let labels = labels(len, &mut rng);
+    let bytes = records(&labels, &mut rng);
+    let images = bytes.chunks_exact(CIFAR10_RECORD).flat_map(|r| &r[1..]).copied().collect();
+    Split { images, labels, len }
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
@@ -170,7 +180,7 @@ pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::super::testutil::TempDir;
-    use super::super::{load, DatasetKind, Split};
+    use super::super::{load, DatasetKind};
     use super::*;
     use std::time::Instant;
 
@@ -272,5 +282,17 @@ mod tests {
         println!("nearest-centroid test accuracy {:.1}%", 100.0 * acc);
         assert!(acc > 0.30, "accuracy {acc}");
         assert!(acc < 0.99, "too easy: {acc}");
+    }
+
+    #[test]
+    fn the_in_memory_split_is_seeded_balanced_and_varied() {
+        let s = split(20, 3);
+        assert_eq!((s.len, s.labels.len(), s.images.len()), (20, 20, 20 * IMAGE_BYTES));
+        assert_eq!(s, split(20, 3));
+        assert_ne!(s, split(20, 4));
+        let mut counts = [0; 10];
+        s.labels.iter().for_each(|&l| counts[l as usize] += 1);
+        assert_eq!(counts, [2; 10]);
+        assert!(s.images.iter().any(|&b| b != s.images[0]));
     }
 }

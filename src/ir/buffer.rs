@@ -53,11 +53,25 @@ pub enum Role {
     RunningVar,
 }
 
+/// How a fresh run fills a persistent tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Normal with std `sqrt(2 / fan_out)`, fan-out = `shape[0] * shape[2] * shape[3]` (a conv
+    /// weight, as in the WRN paper's code).
+    KaimingFanOut,
+    /// Uniform in `+-1/sqrt(fan_in)`, fan-in = `shape[1]` (the classifier's weight).
+    UniformFanIn,
+}
+
 #[derive(Clone, Debug)]
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<usize>,
     pub role: Role,
+    /// How a fresh run fills it.
+    pub init: Init,
     /// Offset in the persistent region, in floats.
     pub offset: usize,
 }
@@ -96,7 +110,37 @@ impl Lifetime {
     }
 }
 
-/// Bytes of the buffers live at each of `steps` steps.
+/// Bytes of the buffers live at each of steps `0..steps` (a buffer whose first step is past
+/// its last is never live; steps past the end are cut off).
 pub fn live_bytes(lifetimes: &[Lifetime], steps: usize) -> Vec<usize> {
-    (0..steps).map(|i| lifetimes.iter().filter(|l| l.live_at(i)).map(|l| l.bytes).sum()).collect()
+    // Difference array: +bytes at the first step, -bytes after the last.
+    let mut diff = vec![0i128; steps + 1];
+    for l in lifetimes.iter().filter(|l| l.first < steps && l.first <= l.last) {
+        diff[l.first] += l.bytes as i128;
+        diff[(l.last + 1).min(steps)] -= l.bytes as i128;
+    }
+    let mut acc = 0i128;
+    diff[..steps]
+        .iter()
+        .map(|d| {
+            acc += d;
+            acc as usize
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_bytes_sum_the_buffers_live_at_each_step() {
+        let l = |bytes, first, last| Lifetime { bytes, first, last };
+        let lives = [l(10, 0, 2), l(5, 1, 1), l(7, 2, 9), l(3, 4, 1)];
+        assert_eq!(live_bytes(&lives, 4), [10, 15, 17, 7]);
+        for step in 0..4 {
+            let direct: usize = lives.iter().filter(|x| x.live_at(step)).map(|x| x.bytes).sum();
+            assert_eq!(live_bytes(&lives, 4)[step], direct);
+        }
+    }
 }

@@ -14,7 +14,7 @@ pub mod sel;
 pub mod shape;
 pub mod slice;
 
-pub use buffer::{BufId, BufKind, Buffer, Lifetime, Role, TensorId, TensorSpec};
+pub use buffer::{live_bytes, BufId, BufKind, Buffer, Init, Lifetime, Role, TensorId, TensorSpec};
 pub use config::ModelConfig;
 pub use layout::Layout;
 pub use sel::{BnRef, GradSel, Sel, SliceSpec};

@@ -25,7 +25,8 @@
 //! ```
 
 use crate::ir::{
-    slice, BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, ModelConfig, Role, Sel, SliceSpec, TensorId, TensorSpec,
+    slice, BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId,
+    TensorSpec,
 };
 use crate::ops::{
     Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
@@ -51,9 +52,9 @@ impl Builder {
         self.sched.buffers.len() - 1
     }
 
-    fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role) -> TensorId {
+    fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role, init: Init) -> TensorId {
         let id = self.sched.tensors.len();
-        self.sched.tensors.push(TensorSpec { name: name.into(), shape: shape.to_vec(), role, offset: 0 });
+        self.sched.tensors.push(TensorSpec { name: name.into(), shape: shape.to_vec(), role, init, offset: 0 });
         if role == Role::Param {
             self.params.push(id);
         }
@@ -66,10 +67,10 @@ impl Builder {
 
     fn bn(&mut self, name: &str, c: usize) -> BnRef {
         BnRef {
-            gamma: self.tensor(format!("{name}.weight"), &[c], Role::Param),
-            beta: self.tensor(format!("{name}.bias"), &[c], Role::Param),
-            mean: self.tensor(format!("{name}.running_mean"), &[c], Role::RunningMean),
-            var: self.tensor(format!("{name}.running_var"), &[c], Role::RunningVar),
+            gamma: self.tensor(format!("{name}.weight"), &[c], Role::Param, Init::Ones),
+            beta: self.tensor(format!("{name}.bias"), &[c], Role::Param, Init::Zeros),
+            mean: self.tensor(format!("{name}.running_mean"), &[c], Role::RunningMean, Init::Zeros),
+            var: self.tensor(format!("{name}.running_var"), &[c], Role::RunningVar, Init::Ones),
         }
     }
 
@@ -218,10 +219,7 @@ impl Builder {
     }
 
     fn width(&self, sel: Sel) -> usize {
-        match sel {
-            Sel::Full(c) => c,
-            Sel::Block(b) => self.sched.slices[b].width,
-        }
+        sel.width(&self.sched.slices)
     }
 
     fn sliced(&self, block: usize) -> bool {
@@ -239,7 +237,7 @@ impl Builder {
         let mut momentum = Vec::with_capacity(self.params.len());
         for &p in &self.params.clone() {
             let (name, shape) = (self.sched.tensors[p].name.clone(), self.sched.tensors[p].shape.clone());
-            momentum.push(self.tensor(format!("{name}.momentum"), &shape, Role::Momentum));
+            momentum.push(self.tensor(format!("{name}.momentum"), &shape, Role::Momentum, Init::Zeros));
         }
         for step in &mut self.sched.steps {
             if let Op::Sgd(Sgd { param, momentum: m, .. }) = &mut step.op {
@@ -260,20 +258,82 @@ impl Builder {
     }
 }
 
+/// The forward values of one residual block that its backward needs.
+struct Block {
+    name: String,
+    /// The block's input `h`, its output, and its geometry.
+    h: BufId,
+    out: BufId,
+    cin: usize,
+    c: usize,
+    hw: usize,
+    stride: usize,
+    bn1: BnRef,
+    bn1_out: BufId,
+    bn1_stats: Option<BufId>,
+    conv1: (TensorId, ConvShape),
+    conv1_out: BufId,
+    bn2: BnRef,
+    bn2_out: BufId,
+    bn2_stats: Option<BufId>,
+    conv2: (TensorId, ConvShape),
+    shortcut: Option<(TensorId, ConvShape)>,
+}
+
+/// The classifier head's forward values: final BN + ReLU, pool, fc, loss.
+struct Head {
+    bn: BnRef,
+    bn_stats: Option<BufId>,
+    pooled: BufId,
+    fc_w: TensorId,
+    fc_b: TensorId,
+    d_logits: Option<BufId>,
+}
+
 /// Compiles a WRN step: forward (and, in training, backward and updates).
 pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -> Schedule {
-    let n = batch;
     let k = config.widen;
     let per_group = config.blocks_per_group();
     let widths = [16 * k, 32 * k, 64 * k];
-    let train = mode == Mode::Train;
-    let keep = if train { config.keep } else { 1.0 };
+    let keep = if mode == Mode::Train { config.keep } else { 1.0 };
     let slices = widths
         .iter()
         .flat_map(|&c| std::iter::repeat_n(SliceSpec { channels: c, width: slice::width(keep, c) }, per_group))
         .collect();
-    let mut b = Builder {
-        sched: Schedule {
+    let mut b = Builder::new(config, batch, mode, options, slices);
+
+    // ---- forward ----
+    let (conv0_w, conv0, mut h) = b.stem();
+    let (mut cin, mut hw) = (16, IMAGE);
+    let mut blocks: Vec<Block> = vec![];
+    for (g, &c) in widths.iter().enumerate() {
+        for j in 0..per_group {
+            let stride = if j == 0 && g > 0 { 2 } else { 1 };
+            let block = b.block_forward(blocks.len(), h, cin, c, hw, stride);
+            (h, cin, hw) = (block.out, c, hw / stride);
+            blocks.push(block);
+        }
+    }
+    let head = b.head_forward(h, cin, hw);
+    if mode == Mode::Eval {
+        return b.finish();
+    }
+
+    // ---- backward (and early updates) ----
+    let last = blocks.last().map_or("conv0", |bl| &bl.name).to_string();
+    let mut d_h = b.head_backward(&head, h, cin, hw, &last);
+    for (i, bl) in blocks.iter().enumerate().rev() {
+        let input_name = if i == 0 { "conv0" } else { &blocks[i - 1].name };
+        d_h = b.block_backward(i, bl, d_h, input_name);
+    }
+    let input = b.sched.input;
+    b.conv_backward("conv0", None, d_h, input, conv0_w, conv0, Sel::Full(16), Sel::Full(config.in_channels), false);
+    b.finish()
+}
+
+impl Builder {
+    fn new(config: &ModelConfig, batch: usize, mode: Mode, options: Options, slices: Vec<SliceSpec>) -> Builder {
+        let sched = Schedule {
             config: *config,
             batch,
             mode,
@@ -288,317 +348,214 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
             loss: 0,
             outputs: vec![],
             gradients: vec![],
-        },
-        params: vec![],
-        updates: vec![],
-    };
-    let act = BufKind::Activation;
-    let grad = BufKind::Gradient;
-    let cin0 = config.in_channels;
-    b.sched.input = b.buf("input", act, cin0 * n * IMAGE * IMAGE, false);
-    b.sched.labels = b.buf("labels", act, n, false);
-
-    // ---- forward ----
-    let conv0_w = b.tensor("conv0.weight", &[16, cin0, 3, 3], Role::Param);
-    let conv0 = ConvShape { n, cin: cin0, h: IMAGE, w: IMAGE, cout: 16, k: 3, stride: 1, pad: 1 };
-    let h0 = b.buf("conv0.out", act, 16 * n * IMAGE * IMAGE, false);
-    let input = b.sched.input;
-    b.conv("conv0", h0, input, conv0_w, conv0, Sel::Full(16), Sel::Full(cin0), false);
-
-    struct Block {
-        name: String,
-        h: BufId,
-        cin: usize,
-        c: usize,
-        hw: usize,
-        stride: usize,
-        bn1: BnRef,
-        bn1_out: BufId,
-        bn1_stats: Option<BufId>,
-        conv1: (TensorId, ConvShape),
-        conv1_out: BufId,
-        bn2: BnRef,
-        bn2_out: BufId,
-        bn2_stats: Option<BufId>,
-        conv2: (TensorId, ConvShape),
-        shortcut: Option<(TensorId, ConvShape)>,
+        };
+        let mut b = Builder { sched, params: vec![], updates: vec![] };
+        let cin0 = config.in_channels;
+        b.sched.input = b.buf("input", BufKind::Activation, cin0 * batch * IMAGE * IMAGE, false);
+        b.sched.labels = b.buf("labels", BufKind::Activation, batch, false);
+        b
     }
-    let mut blocks: Vec<Block> = vec![];
-    let (mut h, mut cin, mut hw) = (h0, 16, IMAGE);
-    for (g, &c) in widths.iter().enumerate() {
-        for j in 0..per_group {
-            let i = blocks.len();
-            let name = format!("block{i}");
-            let stride = if j == 0 && g > 0 { 2 } else { 1 };
-            let ho = hw / stride;
-            let sel = Sel::Block(i);
-            let w = b.width(sel);
-            let sliced = b.sliced(i);
-            let (m_in, m_out) = (n * hw * hw, n * ho * ho);
 
-            let bn1 = b.bn(&format!("{name}.bn1"), cin);
-            let bn1_out = b.buf(format!("{name}.bn1.out"), act, cin * m_in, false);
-            let bn1_stats = if train {
-                let stats = b.buf(format!("{name}.bn1.stats"), act, 2 * cin, false);
-                b.step(
-                    format!("{name}.bn1"),
-                    Phase::Forward,
-                    Op::BnReluTrain(BnReluTrain { out: bn1_out, stats, inp: h, bn: bn1, sel: Sel::Full(cin), m: m_in }),
-                );
-                Some(stats)
-            } else {
-                b.step(
-                    format!("{name}.bn1"),
-                    Phase::Forward,
-                    Op::BnReluEval(BnReluEval { out: bn1_out, inp: h, bn: bn1, channels: cin, m: m_in }),
-                );
-                None
-            };
-            let conv1_w = b.tensor(format!("{name}.conv1.weight"), &[c, cin, 3, 3], Role::Param);
-            let bn2 = b.bn(&format!("{name}.bn2"), c);
-            let conv2_w = b.tensor(format!("{name}.conv2.weight"), &[c, c, 3, 3], Role::Param);
-            let out = b.buf(format!("{name}.out"), act, c * m_out, false);
-            let shortcut = (cin != c || stride != 1).then(|| {
-                let wt = b.tensor(format!("{name}.shortcut.weight"), &[c, cin, 1, 1], Role::Param);
-                let shape = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 1, stride, pad: 0 };
-                b.conv(&format!("{name}.shortcut"), out, bn1_out, wt, shape, Sel::Full(c), Sel::Full(cin), false);
-                (wt, shape)
-            });
-            let conv1 = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 3, stride, pad: 1 };
-            let conv1_out = b.buf(format!("{name}.conv1.out"), act, w * m_out, sliced);
-            b.conv(&format!("{name}.conv1"), conv1_out, bn1_out, conv1_w, conv1, sel, Sel::Full(cin), false);
-            let bn2_out = b.buf(format!("{name}.bn2.out"), act, w * m_out, sliced);
-            let bn2_stats = if train {
-                let stats = b.buf(format!("{name}.bn2.stats"), act, 2 * w, sliced);
-                b.step(
-                    format!("{name}.bn2"),
-                    Phase::Forward,
-                    Op::BnReluTrain(BnReluTrain { out: bn2_out, stats, inp: conv1_out, bn: bn2, sel, m: m_out }),
-                );
-                Some(stats)
-            } else {
-                b.step(
-                    format!("{name}.bn2"),
-                    Phase::Forward,
-                    Op::BnReluEval(BnReluEval { out: bn2_out, inp: conv1_out, bn: bn2, channels: c, m: m_out }),
-                );
-                None
-            };
-            let conv2 = ConvShape { n, cin: c, h: ho, w: ho, cout: c, k: 3, stride: 1, pad: 1 };
-            b.conv(&format!("{name}.conv2"), out, bn2_out, conv2_w, conv2, Sel::Full(c), sel, shortcut.is_some());
-            if shortcut.is_none() {
-                b.step(format!("{name}.add"), Phase::Forward, Op::Add(Add { out, inp: h }));
-            }
-            blocks.push(Block {
-                name,
-                h,
-                cin,
-                c,
-                hw,
-                stride,
-                bn1,
-                bn1_out,
-                bn1_stats,
-                conv1: (conv1_w, conv1),
-                conv1_out,
-                bn2,
-                bn2_out,
-                bn2_stats,
-                conv2: (conv2_w, conv2),
-                shortcut,
-            });
-            (h, cin, hw) = (out, c, ho);
+    fn train(&self) -> bool {
+        self.sched.mode == Mode::Train
+    }
+
+    /// `conv0`: the input's channels to 16. Returns its weight, shape and output.
+    fn stem(&mut self) -> (TensorId, ConvShape, BufId) {
+        let (n, cin0) = (self.sched.batch, self.sched.config.in_channels);
+        let w = self.tensor("conv0.weight", &[16, cin0, 3, 3], Role::Param, Init::KaimingFanOut);
+        let shape = ConvShape { n, cin: cin0, h: IMAGE, w: IMAGE, cout: 16, k: 3, stride: 1, pad: 1 };
+        let out = self.buf("conv0.out", BufKind::Activation, 16 * n * IMAGE * IMAGE, false);
+        let input = self.sched.input;
+        self.conv("conv0", out, input, w, shape, Sel::Full(16), Sel::Full(cin0), false);
+        (w, shape, out)
+    }
+
+    /// BN + ReLU forward of `inp` into `out` over the channels `sel` covers (`c` in eval,
+    /// where the full network runs); the statistics buffer in training.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_forward(
+        &mut self,
+        layer: &str,
+        out: BufId,
+        inp: BufId,
+        bn: BnRef,
+        sel: Sel,
+        c: usize,
+        m: usize,
+    ) -> Option<BufId> {
+        if !self.train() {
+            self.step(layer, Phase::Forward, Op::BnReluEval(BnReluEval { out, inp, bn, channels: c, m }));
+            return None;
+        }
+        let sliced = self.is_sliced(sel);
+        let stats = self.buf(format!("{layer}.stats"), BufKind::Activation, 2 * self.width(sel), sliced);
+        self.step(layer, Phase::Forward, Op::BnReluTrain(BnReluTrain { out, stats, inp, bn, sel, m }));
+        Some(stats)
+    }
+
+    /// Residual block `i`: `h` (`cin` channels, `hw` square) to `c` channels at `hw / stride`.
+    fn block_forward(&mut self, i: usize, h: BufId, cin: usize, c: usize, hw: usize, stride: usize) -> Block {
+        let (n, act) = (self.sched.batch, BufKind::Activation);
+        let name = format!("block{i}");
+        let ho = hw / stride;
+        let sel = Sel::Block(i);
+        let (w, sliced) = (self.width(sel), self.sliced(i));
+        let (m_in, m_out) = (n * hw * hw, n * ho * ho);
+
+        let bn1 = self.bn(&format!("{name}.bn1"), cin);
+        let bn1_out = self.buf(format!("{name}.bn1.out"), act, cin * m_in, false);
+        let bn1_stats = self.bn_forward(&format!("{name}.bn1"), bn1_out, h, bn1, Sel::Full(cin), cin, m_in);
+        let conv1_w = self.tensor(format!("{name}.conv1.weight"), &[c, cin, 3, 3], Role::Param, Init::KaimingFanOut);
+        let bn2 = self.bn(&format!("{name}.bn2"), c);
+        let conv2_w = self.tensor(format!("{name}.conv2.weight"), &[c, c, 3, 3], Role::Param, Init::KaimingFanOut);
+        let out = self.buf(format!("{name}.out"), act, c * m_out, false);
+        let shortcut = (cin != c || stride != 1).then(|| {
+            let wt = self.tensor(format!("{name}.shortcut.weight"), &[c, cin, 1, 1], Role::Param, Init::KaimingFanOut);
+            let shape = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 1, stride, pad: 0 };
+            self.conv(&format!("{name}.shortcut"), out, bn1_out, wt, shape, Sel::Full(c), Sel::Full(cin), false);
+            (wt, shape)
+        });
+        let conv1 = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 3, stride, pad: 1 };
+        let conv1_out = self.buf(format!("{name}.conv1.out"), act, w * m_out, sliced);
+        self.conv(&format!("{name}.conv1"), conv1_out, bn1_out, conv1_w, conv1, sel, Sel::Full(cin), false);
+        let bn2_out = self.buf(format!("{name}.bn2.out"), act, w * m_out, sliced);
+        let bn2_stats = self.bn_forward(&format!("{name}.bn2"), bn2_out, conv1_out, bn2, sel, c, m_out);
+        let conv2 = ConvShape { n, cin: c, h: ho, w: ho, cout: c, k: 3, stride: 1, pad: 1 };
+        self.conv(&format!("{name}.conv2"), out, bn2_out, conv2_w, conv2, Sel::Full(c), sel, shortcut.is_some());
+        if shortcut.is_none() {
+            self.step(format!("{name}.add"), Phase::Forward, Op::Add(Add { out, inp: h }));
+        }
+        Block {
+            name,
+            h,
+            out,
+            cin,
+            c,
+            hw,
+            stride,
+            bn1,
+            bn1_out,
+            bn1_stats,
+            conv1: (conv1_w, conv1),
+            conv1_out,
+            bn2,
+            bn2_out,
+            bn2_stats,
+            conv2: (conv2_w, conv2),
+            shortcut,
         }
     }
-    let m_last = n * hw * hw;
-    let bn = b.bn("bn", cin);
-    let bn_out = b.buf("bn.out", act, cin * m_last, false);
-    let bn_stats = if train {
-        let stats = b.buf("bn.stats", act, 2 * cin, false);
-        b.step(
-            "bn",
-            Phase::Forward,
-            Op::BnReluTrain(BnReluTrain { out: bn_out, stats, inp: h, bn, sel: Sel::Full(cin), m: m_last }),
-        );
-        Some(stats)
-    } else {
-        b.step("bn", Phase::Forward, Op::BnReluEval(BnReluEval { out: bn_out, inp: h, bn, channels: cin, m: m_last }));
-        None
-    };
-    let pooled = b.buf("pool.out", act, cin * n, false);
-    b.step("pool", Phase::Forward, Op::Pool(Pool { out: pooled, inp: bn_out, c: cin, n, hw: hw * hw }));
-    let classes = config.classes;
-    let fc_w = b.tensor("fc.weight", &[classes, cin], Role::Param);
-    let fc_b = b.tensor("fc.bias", &[classes], Role::Param);
-    let logits = b.buf("logits", act, n * classes, false);
-    b.step(
-        "fc",
-        Phase::Forward,
-        Op::Linear(Linear { out: logits, inp: pooled, weight: fc_w, bias: fc_b, c: cin, n, o: classes }),
-    );
-    let loss = b.buf("loss", act, 2, false);
-    b.sched.logits = logits;
-    b.sched.loss = loss;
-    let labels = b.sched.labels;
-    if !train {
-        b.step(
-            "loss",
-            Phase::Forward,
-            Op::CrossEntropy(CrossEntropy { stats: loss, d_logits: None, logits, labels, n, o: classes }),
-        );
-        return b.finish();
-    }
-    let d_logits = b.buf("d_logits", grad, n * classes, false);
-    b.step(
-        "loss",
-        Phase::Forward,
-        Op::CrossEntropy(CrossEntropy { stats: loss, d_logits: Some(d_logits), logits, labels, n, o: classes }),
-    );
 
-    // ---- backward (and early updates) ----
-    let d_pooled = b.buf("pool.d_out", grad, cin * n, false);
-    let d_fc_w = b.buf("fc.d_weight", BufKind::WeightGradient, classes * cin, false);
-    let d_fc_b = b.buf("fc.d_bias", BufKind::WeightGradient, classes, false);
-    b.step(
-        "fc",
-        Phase::Backward,
-        Op::LinearBackward(LinearBackward {
+    /// Final BN + ReLU of `h` (`cin` channels, `hw` square), global average pool, classifier and
+    /// loss (with the logits' gradient in training).
+    fn head_forward(&mut self, h: BufId, cin: usize, hw: usize) -> Head {
+        let (n, act, classes) = (self.sched.batch, BufKind::Activation, self.sched.config.classes);
+        let m_last = n * hw * hw;
+        let bn = self.bn("bn", cin);
+        let bn_out = self.buf("bn.out", act, cin * m_last, false);
+        let bn_stats = self.bn_forward("bn", bn_out, h, bn, Sel::Full(cin), cin, m_last);
+        let pooled = self.buf("pool.out", act, cin * n, false);
+        self.step("pool", Phase::Forward, Op::Pool(Pool { out: pooled, inp: bn_out, c: cin, n, hw: hw * hw }));
+        let fc_w = self.tensor("fc.weight", &[classes, cin], Role::Param, Init::UniformFanIn);
+        let fc_b = self.tensor("fc.bias", &[classes], Role::Param, Init::Zeros);
+        let logits = self.buf("logits", act, n * classes, false);
+        let fc = Linear { out: logits, inp: pooled, weight: fc_w, bias: fc_b, c: cin, n, o: classes };
+        self.step("fc", Phase::Forward, Op::Linear(fc));
+        let loss = self.buf("loss", act, 2, false);
+        (self.sched.logits, self.sched.loss) = (logits, loss);
+        let labels = self.sched.labels;
+        let d_logits = self.train().then(|| self.buf("d_logits", BufKind::Gradient, n * classes, false));
+        let ce = CrossEntropy { stats: loss, d_logits, logits, labels, n, o: classes };
+        self.step("loss", Phase::Forward, Op::CrossEntropy(ce));
+        Head { bn, bn_stats, pooled, fc_w, fc_b, d_logits }
+    }
+
+    /// Backward through the head down to the last block's output gradient (named after
+    /// `last`, the last block), which it returns.
+    fn head_backward(&mut self, head: &Head, h: BufId, cin: usize, hw: usize, last: &str) -> BufId {
+        let (n, grad, classes) = (self.sched.batch, BufKind::Gradient, self.sched.config.classes);
+        let m_last = n * hw * hw;
+        let d_pooled = self.buf("pool.d_out", grad, cin * n, false);
+        let d_fc_w = self.buf("fc.d_weight", BufKind::WeightGradient, classes * cin, false);
+        let d_fc_b = self.buf("fc.d_bias", BufKind::WeightGradient, classes, false);
+        let d_logits = head.d_logits.expect("a training head has the logits' gradient");
+        let fc = LinearBackward {
             d_inp: d_pooled,
             d_weight: d_fc_w,
             d_bias: d_fc_b,
             d_out: d_logits,
-            inp: pooled,
-            weight: fc_w,
+            inp: head.pooled,
+            weight: head.fc_w,
             c: cin,
             n,
             o: classes,
-        }),
-    );
-    b.update(fc_w, d_fc_w, GradSel::Full);
-    b.update(fc_b, d_fc_b, GradSel::Full);
-    let d_bn_out = b.buf("bn.d_out", grad, cin * m_last, false);
-    b.step(
-        "pool",
-        Phase::Backward,
-        Op::PoolBackward(PoolBackward { d_inp: d_bn_out, d_out: d_pooled, c: cin, n, hw: hw * hw }),
-    );
-    let mut d_h = b.buf(format!("{}.d_out", blocks.last().map_or("conv0", |bl| &bl.name)), grad, cin * m_last, false);
-    b.bn_backward("bn", d_h, d_bn_out, h, bn_stats.unwrap(), bn, Sel::Full(cin), m_last, false);
+        };
+        self.step("fc", Phase::Backward, Op::LinearBackward(fc));
+        self.update(head.fc_w, d_fc_w, GradSel::Full);
+        self.update(head.fc_b, d_fc_b, GradSel::Full);
+        let d_bn_out = self.buf("bn.d_out", grad, cin * m_last, false);
+        let pool = PoolBackward { d_inp: d_bn_out, d_out: d_pooled, c: cin, n, hw: hw * hw };
+        self.step("pool", Phase::Backward, Op::PoolBackward(pool));
+        let d_h = self.buf(format!("{last}.d_out"), grad, cin * m_last, false);
+        let stats = head.bn_stats.expect("training BN keeps its statistics");
+        self.bn_backward("bn", d_h, d_bn_out, h, stats, head.bn, Sel::Full(cin), m_last, false);
+        d_h
+    }
 
-    let recompute = options.recompute;
-    for (i, bl) in blocks.iter().enumerate().rev() {
+    /// Backward through residual block `i` from its output's gradient `d_out`; returns its
+    /// input's gradient (named after `input_name`, the layer that produced the input).
+    fn block_backward(&mut self, i: usize, bl: &Block, d_out: BufId, input_name: &str) -> BufId {
+        let (n, act, grad) = (self.sched.batch, BufKind::Activation, BufKind::Gradient);
         let name = &bl.name;
         let sel = Sel::Block(i);
-        let w = b.width(sel);
-        let sliced = b.sliced(i);
+        let (w, sliced) = (self.width(sel), self.sliced(i));
         let ho = bl.hw / bl.stride;
         let (m_in, m_out) = (n * bl.hw * bl.hw, n * ho * ho);
-        let d_out = d_h;
+        let recompute = self.sched.options.recompute;
+        let (bn1_stats, bn2_stats) = (bl.bn1_stats.expect("bn1 statistics"), bl.bn2_stats.expect("bn2 statistics"));
         // conv2: needs bn2's output.
         let t = if recompute {
-            let t = b.buf(format!("{name}.bn2.out_re"), act, w * m_out, sliced);
-            b.step(
-                format!("{name}.bn2"),
-                Phase::Backward,
-                Op::BnReluApply(BnReluApply {
-                    out: t,
-                    inp: bl.conv1_out,
-                    stats: bl.bn2_stats.unwrap(),
-                    bn: bl.bn2,
-                    sel,
-                    m: m_out,
-                }),
-            );
+            let t = self.buf(format!("{name}.bn2.out_re"), act, w * m_out, sliced);
+            let re = BnReluApply { out: t, inp: bl.conv1_out, stats: bn2_stats, bn: bl.bn2, sel, m: m_out };
+            self.step(format!("{name}.bn2"), Phase::Backward, Op::BnReluApply(re));
             t
         } else {
             bl.bn2_out
         };
-        let d_t = b.buf(format!("{name}.bn2.d_out"), grad, w * m_out, sliced);
-        b.conv_backward(
-            &format!("{name}.conv2"),
-            Some(d_t),
-            d_out,
-            t,
-            bl.conv2.0,
-            bl.conv2.1,
-            Sel::Full(bl.c),
-            sel,
-            false,
-        );
-        let d_c1 = b.buf(format!("{name}.conv1.d_out"), grad, w * m_out, sliced);
-        b.bn_backward(
-            &format!("{name}.bn2"),
-            d_c1,
-            d_t,
-            bl.conv1_out,
-            bl.bn2_stats.unwrap(),
-            bl.bn2,
-            sel,
-            m_out,
-            false,
-        );
+        let d_t = self.buf(format!("{name}.bn2.d_out"), grad, w * m_out, sliced);
+        let (conv2_w, conv2) = bl.conv2;
+        self.conv_backward(&format!("{name}.conv2"), Some(d_t), d_out, t, conv2_w, conv2, Sel::Full(bl.c), sel, false);
+        let d_c1 = self.buf(format!("{name}.conv1.d_out"), grad, w * m_out, sliced);
+        self.bn_backward(&format!("{name}.bn2"), d_c1, d_t, bl.conv1_out, bn2_stats, bl.bn2, sel, m_out, false);
+        // conv1 (and the projection shortcut): need bn1's output.
+        let full_in = Sel::Full(bl.cin);
         let o = if recompute {
-            let o = b.buf(format!("{name}.bn1.out_re"), act, bl.cin * m_in, false);
-            b.step(
-                format!("{name}.bn1"),
-                Phase::Backward,
-                Op::BnReluApply(BnReluApply {
-                    out: o,
-                    inp: bl.h,
-                    stats: bl.bn1_stats.unwrap(),
-                    bn: bl.bn1,
-                    sel: Sel::Full(bl.cin),
-                    m: m_in,
-                }),
-            );
+            let o = self.buf(format!("{name}.bn1.out_re"), act, bl.cin * m_in, false);
+            let re = BnReluApply { out: o, inp: bl.h, stats: bn1_stats, bn: bl.bn1, sel: full_in, m: m_in };
+            self.step(format!("{name}.bn1"), Phase::Backward, Op::BnReluApply(re));
             o
         } else {
             bl.bn1_out
         };
-        let d_o = b.buf(format!("{name}.bn1.d_out"), grad, bl.cin * m_in, false);
-        b.conv_backward(
-            &format!("{name}.conv1"),
-            Some(d_o),
-            d_c1,
-            o,
-            bl.conv1.0,
-            bl.conv1.1,
-            sel,
-            Sel::Full(bl.cin),
-            false,
-        );
+        let d_o = self.buf(format!("{name}.bn1.d_out"), grad, bl.cin * m_in, false);
+        let (conv1_w, conv1) = bl.conv1;
+        self.conv_backward(&format!("{name}.conv1"), Some(d_o), d_c1, o, conv1_w, conv1, sel, full_in, false);
         if let Some((wt, shape)) = bl.shortcut {
-            b.conv_backward(
-                &format!("{name}.shortcut"),
-                Some(d_o),
-                d_out,
-                o,
-                wt,
-                shape,
-                Sel::Full(bl.c),
-                Sel::Full(bl.cin),
-                true,
-            );
+            let layer = format!("{name}.shortcut");
+            self.conv_backward(&layer, Some(d_o), d_out, o, wt, shape, Sel::Full(bl.c), full_in, true);
         }
         // The block input's gradient: bn1's backward, plus d_out itself for an identity
         // shortcut, either accumulated in place into d_out or in a fresh buffer plus an add.
         let identity = bl.shortcut.is_none();
-        let in_place = identity && options.in_place;
-        let d_in = if in_place {
-            d_out
-        } else {
-            let d_in_name = if i == 0 { "conv0.d_out".to_string() } else { format!("{}.d_out", blocks[i - 1].name) };
-            b.buf(d_in_name, grad, bl.cin * m_in, false)
-        };
-        let (bn1, stats, full) = (bl.bn1, bl.bn1_stats.unwrap(), Sel::Full(bl.cin));
-        b.bn_backward(&format!("{name}.bn1"), d_in, d_o, bl.h, stats, bn1, full, m_in, in_place);
+        let in_place = identity && self.sched.options.in_place;
+        let d_in = if in_place { d_out } else { self.buf(format!("{input_name}.d_out"), grad, bl.cin * m_in, false) };
+        self.bn_backward(&format!("{name}.bn1"), d_in, d_o, bl.h, bn1_stats, bl.bn1, full_in, m_in, in_place);
         if identity && !in_place {
-            b.step(format!("{name}.add"), Phase::Backward, Op::Add(Add { out: d_in, inp: d_out }));
+            self.step(format!("{name}.add"), Phase::Backward, Op::Add(Add { out: d_in, inp: d_out }));
         }
-        d_h = d_in;
+        d_in
     }
-    b.conv_backward("conv0", None, d_h, input, conv0_w, conv0, Sel::Full(16), Sel::Full(cin0), false);
-    b.finish()
 }
 
 /// Fresh parameters (the persistent region, momentum zero, running var one): conv weights
@@ -609,22 +566,17 @@ pub fn init_persistent(s: &Schedule, seed: u64) -> Vec<f32> {
     let mut p = vec![0.0f32; s.persistent_len()];
     for t in &s.tensors {
         let v = &mut p[t.range()];
-        match t.role {
-            Role::Momentum | Role::RunningMean => v.fill(0.0),
-            Role::RunningVar => v.fill(1.0),
-            Role::Param => {
-                if t.shape.len() == 1 && t.name.ends_with(".weight") {
-                    v.fill(1.0);
-                } else if t.shape.len() == 4 {
-                    let fan_out = t.shape[0] * t.shape[2] * t.shape[3];
-                    let std = (2.0 / fan_out as f32).sqrt();
-                    v.iter_mut().for_each(|x| *x = rng.normal() * std);
-                } else if t.name == "fc.weight" {
-                    let bound = 1.0 / (t.shape[1] as f32).sqrt();
-                    v.iter_mut().for_each(|x| *x = (2.0 * rng.uniform() - 1.0) * bound);
-                } else {
-                    v.fill(0.0);
-                }
+        match t.init {
+            Init::Zeros => v.fill(0.0),
+            Init::Ones => v.fill(1.0),
+            Init::KaimingFanOut => {
+                let fan_out = t.shape[0] * t.shape[2] * t.shape[3];
+                let std = (2.0 / fan_out as f32).sqrt();
+                v.iter_mut().for_each(|x| *x = rng.normal() * std);
+            }
+            Init::UniformFanIn => {
+                let bound = 1.0 / (t.shape[1] as f32).sqrt();
+                v.iter_mut().for_each(|x| *x = (2.0 * rng.uniform() - 1.0) * bound);
             }
         }
     }

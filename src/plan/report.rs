@@ -11,7 +11,7 @@ use std::fmt::{self, Write};
 use serde::Serialize;
 
 use super::Program;
-use crate::ir::{mib, BufKind, Role};
+use crate::ir::{live_bytes, mib, BufKind, Lifetime, Role};
 use crate::schedule::{Mode, Schedule};
 
 /// One arena buffer as the printouts show it.
@@ -130,22 +130,9 @@ impl PlanReport {
 
     /// Bytes live at each step (index = step), over `n` steps.
     fn live_per_step(&self, n: usize) -> Vec<usize> {
-        // Difference array: +bytes at first, -bytes after last.
-        let mut diff = vec![0i128; n + 1];
-        for b in &self.buffers {
-            if b.first < n && b.first <= b.last {
-                diff[b.first] += b.bytes as i128;
-                diff[(b.last + 1).min(n)] -= b.bytes as i128;
-            }
-        }
-        let mut acc = 0i128;
-        diff[..n]
-            .iter()
-            .map(|d| {
-                acc += d;
-                acc.max(0) as usize
-            })
-            .collect()
+        let lives: Vec<Lifetime> =
+            self.buffers.iter().map(|b| Lifetime { bytes: b.bytes, first: b.first, last: b.last }).collect();
+        live_bytes(&lives, n)
     }
 }
 

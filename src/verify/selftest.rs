@@ -18,7 +18,7 @@ use crate::backend::{Backend, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::{Split, PLANE};
 use crate::ir::{
-    BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, ModelConfig, Role, Sel, SliceSpec, TensorId, TensorSpec,
+    BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId, TensorSpec,
 };
 use crate::ops::sgd::SgdParams;
 use crate::ops::{
@@ -126,6 +126,8 @@ impl Tiny {
             name: name.into(),
             shape: shape.to_vec(),
             role,
+            // The data is given: no initialisation happens here.
+            init: Init::Zeros,
             offset: self.persistent.len(),
         });
         self.persistent.extend(data);
