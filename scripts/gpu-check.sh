@@ -8,7 +8,7 @@
 #
 # Runs the op-by-op selftest against the CPU backend and the PyTorch reference, then the step
 # benchmark of WRN-28-10 and WRN-16-4 at keep 1.0/0.75/0.5 in tf32 and fp32, and ends with one
-# summary table (PyTorch's H100 step times from DESIGN.md beside ours). Full logs go to
+# summary table (the team's PyTorch 2.11 step times on an H100 beside ours). Full logs go to
 # $OUT (when set, e.g. by the device runner) or ./gpu-check-logs.
 set -u
 cd "$(dirname "$0")/.."

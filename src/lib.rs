@@ -1,18 +1,20 @@
 //! sliceout: a Wide ResNet trainer with SliceOut, a static memory plan and CPU/CUDA backends.
 //!
-//! Layers, each using only those listed above it (`docs/DESIGN.md` has the map):
+//! Layers, each using only those listed above it (`docs/DESIGN.md` has the map, `tests/layers.rs`
+//! enforces it):
 //!
 //! ```text
 //! error, rng   the error type; seeded random streams
 //! ir/          slices, layouts, conv shapes, model config, buffer and tensor descriptions
-//! blas/        the CPU's GEMM          gpu/   the CUDA runtime (device, NVRTC, cuBLAS, launches)
+//! io/          atomic writes, checkpoints, metrics, SVG
+//! blas/        the CPU's GEMM
+//! gpu/         the CUDA runtime (device, NVRTC, cuBLAS, launches)
 //! data/        dataset readers, normalisation, shuffles, crops, synthetic CIFAR
 //! ops/<op>/    one folder per op: contract, CPU kernel, CUDA launch + .cu, tests
 //! schedule     a step as an ordered list of ops over named buffers
 //! plan/        lifetimes -> arena offsets, the checker, programs, plan reports
 //! model/       WRN-d-k -> schedule (forward, backward, updates)
-//! backend/     where a program runs: the trait, the CPU reference, CUDA
-//! io/          atomic writes, checkpoints, metrics, SVG
+//! backend/     where a program runs: the traits, the CPU reference, CUDA
 //! train/       one step (train/step.rs), the loop, evaluation, resume
 //! verify/      selftest (every op against the CPU), the PyTorch reference
 //! cmd/         one file per command of the binary

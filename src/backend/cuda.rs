@@ -1,6 +1,6 @@
 //! The CUDA backend: the same ops as the CPU reference, on one GPU through the `gpu` runtime.
 //!
-//! Memory follows principle 2, one device allocation each: the arena (checked against the
+//! Memory follows docs/DESIGN.md, principle 2, one device allocation each: the arena (checked against the
 //! device's free memory first), the persistent region, and each resident dataset split
 //! (normalisation table, image bytes and labels together). Besides those: a small index buffer
 //! for batch gathers and cuBLAS's workspace, both made before the first step.

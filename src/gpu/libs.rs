@@ -15,7 +15,7 @@ use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Libraries to preload, dependencies first, as (file name, what needs it).
+/// Libraries to preload, dependencies first.
 const LIBRARIES: &[&str] = &["libcublasLt.so.13", "libcublas.so.13", "libnvrtc-builtins.so.13.0", "libnvrtc.so.13"];
 
 const RTLD_NOW: c_int = 2;

@@ -26,37 +26,13 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use crate::error::{Error, Result};
 use crate::ir::mib;
+pub use crate::ir::Math;
 
-/// GEMM arithmetic: TF32 tensor cores (inputs rounded to 10-bit mantissas, f32 accumulation)
-/// or full f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Math {
-    Tf32,
-    Fp32,
-}
-
-impl Math {
-    /// Parses `--math`.
-    pub fn parse(s: &str) -> Result<Math> {
-        match s {
-            "tf32" => Ok(Math::Tf32),
-            "fp32" => Ok(Math::Fp32),
-            _ => Err(Error::flag("--math", s, "tf32 or fp32")),
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Math::Tf32 => "tf32",
-            Math::Fp32 => "fp32",
-        }
-    }
-
-    fn compute_type(&self) -> cb::cublasComputeType_t {
-        match self {
-            Math::Tf32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-            Math::Fp32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-        }
+/// cuBLAS's compute type for the GEMM math.
+fn compute_type(math: Math) -> cb::cublasComputeType_t {
+    match math {
+        Math::Tf32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        Math::Fp32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
     }
 }
 
@@ -427,7 +403,7 @@ impl Gpu {
                     p(g.c),
                     cb::cudaDataType::CUDA_R_32F,
                     int(g.ldc),
-                    self.math.compute_type(),
+                    compute_type(self.math),
                     cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 )
             },
@@ -453,13 +429,6 @@ fn alloc<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, len: usize, wh
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn math_parses_the_flag_values() {
-        assert_eq!(Math::parse("tf32").unwrap(), Math::Tf32);
-        assert_eq!(Math::parse("fp32").unwrap(), Math::Fp32);
-        assert!(matches!(Math::parse("fp16"), Err(Error::Flag { .. })));
-    }
 
     /// On a machine without the driver (this one while developing) every entry point says so
     /// with `Error::Device` instead of panicking; with a GPU, they succeed.

@@ -149,12 +149,56 @@ struct Panel {
     percent: bool,
 }
 
+/// A value the picture can show: finite and not so large it would squash the others flat.
+fn plottable(v: &f64) -> bool {
+    v.is_finite() && v.abs() < PLOTTABLE
+}
+
+/// The plot area of a panel in picture coordinates, and its axes.
+struct PlotArea {
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    x: Axis,
+    y: Axis,
+}
+
+impl PlotArea {
+    /// Picture x of epoch `v`.
+    fn sx(&self, v: f64) -> f64 {
+        self.left + (v - self.x.lo) / (self.x.hi - self.x.lo) * (self.right - self.left)
+    }
+
+    /// Picture y of value `v`.
+    fn sy(&self, v: f64) -> f64 {
+        self.bottom - (v - self.y.lo) / (self.y.hi - self.y.lo) * (self.bottom - self.top)
+    }
+}
+
 /// One panel: frame, grid, ticks, labels, then a path and markers per series.
 fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) {
-    let (left, right, top, bottom) = (p.x0 + 62.0, p.x0 + WIDTH / 2.0 - 18.0, 58.0, 340.0);
-    let plottable = |v: &f64| v.is_finite() && v.abs() < PLOTTABLE;
+    let values: Vec<f64> = train.iter().chain(test).copied().filter(plottable).collect();
+    let area = PlotArea {
+        left: p.x0 + 62.0,
+        right: p.x0 + WIDTH / 2.0 - 18.0,
+        top: 58.0,
+        bottom: 340.0,
+        x: epoch_axis(epochs),
+        y: value_axis(&values, p.percent),
+    };
+    let _ = writeln!(s, r#"<g id="{}">"#, p.id);
+    panel_frame(s, &p, &area, values.is_empty());
+    // Few points: mark each one; many: mark only those a line does not reach.
+    let mark_all = epochs.len() <= 40;
+    for (values, color) in [(train, TRAIN_COLOR), (test, TEST_COLOR)] {
+        draw_series(s, &area, epochs, values, color, mark_all);
+    }
+    s.push_str("</g>\n");
+}
 
-    // x: whole epochs; a single epoch gets a window around it.
+/// The x axis: whole epochs; a single epoch gets a window around it.
+fn epoch_axis(epochs: &[f64]) -> Axis {
     let (mut xlo, mut xhi) = epochs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &e| (a.min(e), b.max(e)));
     if epochs.is_empty() {
         (xlo, xhi) = (0.0, 1.0);
@@ -162,33 +206,37 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
         xlo = (xlo - 1.0).max(0.0);
         xhi = xlo + 2.0;
     }
-    let xaxis = Axis::new(xlo, xhi, 6, true);
+    Axis::new(xlo, xhi, 6, true)
+}
 
-    // y: the plottable values; losses from 0 (or below if negative).
-    let values: Vec<f64> = train.iter().chain(test).copied().filter(plottable).collect();
+/// The y axis over the plottable `values`: losses from 0 (or below if negative), percentages
+/// kept within [0, 100] when the data is.
+fn value_axis(values: &[f64], percent: bool) -> Axis {
     let (mut ylo, mut yhi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     if values.is_empty() {
-        (ylo, yhi) = if p.percent { (0.0, 100.0) } else { (0.0, 1.0) };
+        (ylo, yhi) = if percent { (0.0, 100.0) } else { (0.0, 1.0) };
     }
-    if !p.percent {
+    if !percent {
         ylo = ylo.min(0.0);
     }
     if ylo == yhi {
         let pad = if ylo == 0.0 { 1.0 } else { 0.1 * ylo.abs() };
         (ylo, yhi) = (ylo - pad, yhi + pad);
-        if !p.percent && ylo < 0.0 && yhi > 0.0 {
+        if !percent && ylo < 0.0 && yhi > 0.0 {
             ylo = 0.0;
         }
     }
     let mut yaxis = Axis::new(ylo, yhi, 5, false);
-    if p.percent {
+    if percent {
         yaxis.clamp(0.0, 100.0, ylo, yhi);
     }
+    yaxis
+}
 
-    let sx = |v: f64| left + (v - xaxis.lo) / (xaxis.hi - xaxis.lo) * (right - left);
-    let sy = |v: f64| bottom - (v - yaxis.lo) / (yaxis.hi - yaxis.lo) * (bottom - top);
-
-    let _ = writeln!(s, r#"<g id="{}">"#, p.id);
+/// A panel's heading, grid lines with y ticks, x ticks, frame and axis labels, and "no data"
+/// when nothing is plottable.
+fn panel_frame(s: &mut String, p: &Panel, a: &PlotArea, no_data: bool) {
+    let (left, right, top, bottom) = (a.left, a.right, a.top, a.bottom);
     let _ = writeln!(
         s,
         r#"<text x="{:.1}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
@@ -196,24 +244,24 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
         top - 8.0,
         p.heading
     );
-    for &v in &yaxis.ticks {
-        let y = sy(v);
+    for &v in &a.y.ticks {
+        let y = a.sy(v);
         let _ = writeln!(
             s,
             r##"<line x1="{left:.1}" y1="{y:.1}" x2="{right:.1}" y2="{y:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
             left - 6.0,
             y + 4.0,
-            yaxis.label(v)
+            a.y.label(v)
         );
     }
-    for &v in &xaxis.ticks {
-        let x = sx(v);
+    for &v in &a.x.ticks {
+        let x = a.sx(v);
         let _ = writeln!(
             s,
             r##"<line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#333"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
             bottom + 5.0,
             bottom + 19.0,
-            xaxis.label(v)
+            a.x.label(v)
         );
     }
     let _ = writeln!(
@@ -234,7 +282,7 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
         r#"<text x="{lx:.1}" y="{ly:.1}" text-anchor="middle" transform="rotate(-90 {lx:.1} {ly:.1})">{}</text>"#,
         p.heading
     );
-    if values.is_empty() {
+    if no_data {
         let _ = writeln!(
             s,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888">no data</text>"##,
@@ -242,36 +290,35 @@ fn panel(s: &mut String, p: Panel, epochs: &[f64], train: &[f64], test: &[f64]) 
             ly
         );
     }
+}
 
-    // Few points: mark each one; many: mark only those a line does not reach.
-    let mark_all = epochs.len() <= 40;
-    for (values, color) in [(train, TRAIN_COLOR), (test, TEST_COLOR)] {
-        let points: Vec<Option<(f64, f64)>> =
-            epochs.iter().zip(values).map(|(&e, v)| plottable(v).then(|| (sx(e), sy(*v)))).collect();
-        // Runs of consecutive plottable points; a skipped value breaks the line.
-        let runs: Vec<&[Option<(f64, f64)>]> = points.split(|p| p.is_none()).filter(|r| !r.is_empty()).collect();
-        let mut d = String::new();
-        for run in runs.iter().filter(|r| r.len() >= 2) {
-            for (i, (x, y)) in run.iter().flatten().enumerate() {
-                let _ = write!(d, "{}{x:.1},{y:.1} ", if i == 0 { "M" } else { "L" });
-            }
+/// One series: a path through each run of consecutive plottable points, and markers on every
+/// point when `mark_all`, else only on isolated ones.
+fn draw_series(s: &mut String, a: &PlotArea, epochs: &[f64], values: &[f64], color: &str, mark_all: bool) {
+    let points: Vec<Option<(f64, f64)>> =
+        epochs.iter().zip(values).map(|(&e, v)| plottable(v).then(|| (a.sx(e), a.sy(*v)))).collect();
+    // A skipped value breaks the line.
+    let runs: Vec<&[Option<(f64, f64)>]> = points.split(|p| p.is_none()).filter(|r| !r.is_empty()).collect();
+    let mut d = String::new();
+    for run in runs.iter().filter(|r| r.len() >= 2) {
+        for (i, (x, y)) in run.iter().flatten().enumerate() {
+            let _ = write!(d, "{}{x:.1},{y:.1} ", if i == 0 { "M" } else { "L" });
         }
-        if !d.is_empty() {
-            let _ = writeln!(
-                s,
-                r#"<path d="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"/>"#,
-                d.trim_end()
-            );
-        }
-        for run in &runs {
-            if mark_all || run.len() == 1 {
-                for (x, y) in run.iter().flatten() {
-                    let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#);
-                }
+    }
+    if !d.is_empty() {
+        let _ = writeln!(
+            s,
+            r#"<path d="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"/>"#,
+            d.trim_end()
+        );
+    }
+    for run in &runs {
+        if mark_all || run.len() == 1 {
+            for (x, y) in run.iter().flatten() {
+                let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#);
             }
         }
     }
-    s.push_str("</g>\n");
 }
 
 /// An axis range expanded to round numbers, and its ticks.

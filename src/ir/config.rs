@@ -1,4 +1,4 @@
-//! What defines a WRN-d-k with SliceOut, checked like a flag.
+//! What defines a run's network and arithmetic: the WRN-d-k with SliceOut, and the GEMM math.
 
 /// What defines a WRN-d-k with SliceOut: saved in checkpoints, printed in plans.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,8 +40,46 @@ impl ModelConfig {
         (self.depth - 4) / 6
     }
 
-    /// `WRN-28-10`, or `WRN-28-10 keep 0.50` when sliced.
+    /// `WRN-28-10` (the keep value is printed beside it where it matters).
     pub fn name(&self) -> String {
         format!("WRN-{}-{}", self.depth, self.widen)
+    }
+}
+
+/// GEMM arithmetic: TF32 tensor cores (inputs rounded to 10-bit mantissas, f32 accumulation)
+/// or full f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Math {
+    Tf32,
+    Fp32,
+}
+
+impl Math {
+    /// Parses `--math`.
+    pub fn parse(s: &str) -> crate::Result<Math> {
+        match s {
+            "tf32" => Ok(Math::Tf32),
+            "fp32" => Ok(Math::Fp32),
+            _ => Err(crate::Error::flag("--math", s, "tf32 or fp32")),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Math::Tf32 => "tf32",
+            Math::Fp32 => "fp32",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn math_parses_the_flag_values() {
+        assert_eq!(Math::parse("tf32").unwrap(), Math::Tf32);
+        assert_eq!(Math::parse("fp32").unwrap(), Math::Fp32);
+        assert!(matches!(Math::parse("fp16"), Err(crate::Error::Flag { .. })));
     }
 }

@@ -1,4 +1,4 @@
-//! SliceOut's rules (DESIGN.md): the slice width of a layer, the draw of slice starts, and the
+//! SliceOut's rules (docs/DESIGN.md): the slice width of a layer, the draw of slice starts, and the
 //! one or two contiguous channel ranges a slice covers when it wraps past the last channel.
 
 use crate::rng::Rng;

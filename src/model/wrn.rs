@@ -38,226 +38,6 @@ use crate::schedule::{Gradient, Mode, Options, Phase, Schedule, Step, UpdateAt};
 /// Image side of every dataset here (CIFAR; MNIST-like images are padded to it).
 pub const IMAGE: usize = 32;
 
-/// Assembles buffers, tensors and steps.
-struct Builder {
-    sched: Schedule,
-    params: Vec<TensorId>,
-    /// Pending SGD updates when `UpdateAt::End`.
-    updates: Vec<Step>,
-}
-
-impl Builder {
-    fn buf(&mut self, name: impl Into<String>, kind: BufKind, len: usize, sliced: bool) -> BufId {
-        self.sched.buffers.push(Buffer { name: name.into(), kind, len, sliced });
-        self.sched.buffers.len() - 1
-    }
-
-    fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role, init: Init) -> TensorId {
-        let id = self.sched.tensors.len();
-        self.sched.tensors.push(TensorSpec { name: name.into(), shape: shape.to_vec(), role, init, offset: 0 });
-        if role == Role::Param {
-            self.params.push(id);
-        }
-        id
-    }
-
-    fn step(&mut self, layer: impl Into<String>, phase: Phase, op: Op) {
-        self.sched.steps.push(Step { layer: layer.into(), phase, op });
-    }
-
-    fn bn(&mut self, name: &str, c: usize) -> BnRef {
-        BnRef {
-            gamma: self.tensor(format!("{name}.weight"), &[c], Role::Param, Init::Ones),
-            beta: self.tensor(format!("{name}.bias"), &[c], Role::Param, Init::Zeros),
-            mean: self.tensor(format!("{name}.running_mean"), &[c], Role::RunningMean, Init::Zeros),
-            var: self.tensor(format!("{name}.running_var"), &[c], Role::RunningVar, Init::Ones),
-        }
-    }
-
-    /// The SGD update of `param` from `grad`, now or at the end of backward.
-    fn update(&mut self, param: TensorId, grad: BufId, map: GradSel) {
-        self.sched.gradients.push(Gradient { param, grad, map });
-        let layer = self.sched.tensors[param].name.clone();
-        // Momentum tensors are created in `finish`, one per parameter in order; the id is
-        // patched there.
-        let step = Step { layer, phase: Phase::Update, op: Op::Sgd(Sgd { param, momentum: usize::MAX, grad, map }) };
-        match self.sched.options.update {
-            UpdateAt::Early => self.sched.steps.push(step),
-            UpdateAt::End => self.updates.push(step),
-            UpdateAt::None => self.sched.outputs.push(grad),
-        }
-    }
-
-    fn chunk(&self, shape: &ConvShape, in_width: usize) -> usize {
-        let o = self.sched.options;
-        if o.col_chunk > 0 {
-            return o.col_chunk.min(shape.n);
-        }
-        // The largest chunk whose workspace fits the budget (at least one image).
-        let budget = o.col_budget_mib << 20;
-        let fits = |c: usize| crate::ops::conv2d::workspace_len(shape, in_width, c) * 4 <= budget;
-        // The workspace grows with the chunk: binary search for the last chunk that fits.
-        let (mut lo, mut hi) = (1, shape.n);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        lo
-    }
-
-    /// A convolution's forward op (with its workspace); returns the chunk size used.
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        &mut self,
-        layer: &str,
-        out: BufId,
-        inp: BufId,
-        weight: TensorId,
-        shape: ConvShape,
-        out_sel: Sel,
-        in_sel: Sel,
-        accumulate: bool,
-    ) {
-        let in_width = self.width(in_sel);
-        let chunk = self.chunk(&shape, in_width);
-        let col = self.col(layer, &shape, in_sel, chunk, "col");
-        self.step(
-            layer,
-            Phase::Forward,
-            Op::Conv(Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate }),
-        );
-    }
-
-    fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
-        let len = crate::ops::conv2d::workspace_len(shape, self.width(in_sel), chunk);
-        (len > 0).then(|| {
-            self.buf(
-                format!("{layer}.{what}"),
-                BufKind::Workspace,
-                len,
-                matches!(in_sel, Sel::Block(b) if self.sliced(b)),
-            )
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv_backward(
-        &mut self,
-        layer: &str,
-        d_inp: Option<BufId>,
-        d_out: BufId,
-        inp: BufId,
-        weight: TensorId,
-        shape: ConvShape,
-        out_sel: Sel,
-        in_sel: Sel,
-        accumulate_d_inp: bool,
-    ) {
-        let (ow, iw) = (self.width(out_sel), self.width(in_sel));
-        let chunk = self.chunk(&shape, iw);
-        let col = self.col(layer, &shape, in_sel, chunk, "col_b");
-        let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
-        let d_weight = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, ow * iw * shape.kk(), sliced);
-        self.step(
-            layer,
-            Phase::Backward,
-            Op::ConvBackward(ConvBackward {
-                d_inp,
-                d_weight,
-                d_out,
-                inp,
-                col,
-                weight,
-                shape,
-                out_sel,
-                in_sel,
-                chunk,
-                accumulate_d_inp,
-            }),
-        );
-        let map = match (out_sel, in_sel) {
-            (Sel::Block(_), _) if self.is_sliced(out_sel) => {
-                GradSel::Rows { sel: out_sel, row_len: shape.cin * shape.kk() }
-            }
-            (_, Sel::Block(_)) if self.is_sliced(in_sel) => {
-                GradSel::Cols { sel: in_sel, rows: shape.cout, group: shape.kk() }
-            }
-            _ => GradSel::Full,
-        };
-        self.update(weight, d_weight, map);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn bn_backward(
-        &mut self,
-        layer: &str,
-        d_inp: BufId,
-        d_out: BufId,
-        inp: BufId,
-        stats: BufId,
-        bn: BnRef,
-        sel: Sel,
-        m: usize,
-        accumulate: bool,
-    ) {
-        let w = self.width(sel);
-        let sliced = self.is_sliced(sel);
-        let d_gamma = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, w, sliced);
-        let d_beta = self.buf(format!("{layer}.d_bias"), BufKind::WeightGradient, w, sliced);
-        self.step(
-            layer,
-            Phase::Backward,
-            Op::BnReluBackward(BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate }),
-        );
-        let map = if sliced { GradSel::Rows { sel, row_len: 1 } } else { GradSel::Full };
-        self.update(bn.gamma, d_gamma, map);
-        self.update(bn.beta, d_beta, map);
-    }
-
-    fn width(&self, sel: Sel) -> usize {
-        sel.width(&self.sched.slices)
-    }
-
-    fn sliced(&self, block: usize) -> bool {
-        let s = self.sched.slices[block];
-        s.width < s.channels
-    }
-
-    fn is_sliced(&self, sel: Sel) -> bool {
-        matches!(sel, Sel::Block(b) if self.sliced(b))
-    }
-
-    /// Lays out the persistent region: parameters, then their momentum, then BN statistics.
-    fn finish(mut self) -> Schedule {
-        self.sched.steps.append(&mut self.updates);
-        let mut momentum = Vec::with_capacity(self.params.len());
-        for &p in &self.params.clone() {
-            let (name, shape) = (self.sched.tensors[p].name.clone(), self.sched.tensors[p].shape.clone());
-            momentum.push(self.tensor(format!("{name}.momentum"), &shape, Role::Momentum, Init::Zeros));
-        }
-        for step in &mut self.sched.steps {
-            if let Op::Sgd(Sgd { param, momentum: m, .. }) = &mut step.op {
-                let i = self.params.iter().position(|q| q == param).expect("updated tensor is a parameter");
-                *m = momentum[i];
-            }
-        }
-        let mut offset = 0;
-        for role in [Role::Param, Role::Momentum, Role::RunningMean, Role::RunningVar] {
-            for t in self.sched.tensors.iter_mut().filter(|t| t.role == role) {
-                t.offset = offset;
-                offset += t.len();
-            }
-        }
-        self.sched.outputs.push(self.sched.loss);
-        self.sched.outputs.push(self.sched.logits);
-        self.sched
-    }
-}
-
 /// The forward values of one residual block that its backward needs.
 struct Block {
     name: String,
@@ -331,6 +111,15 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     b.finish()
 }
 
+/// Assembles buffers, tensors and steps.
+struct Builder {
+    sched: Schedule,
+    params: Vec<TensorId>,
+    /// Pending SGD updates when `UpdateAt::End`.
+    updates: Vec<Step>,
+}
+
+/// The network, layer by layer, in the order the schedule runs it.
 impl Builder {
     fn new(config: &ModelConfig, batch: usize, mode: Mode, options: Options, slices: Vec<SliceSpec>) -> Builder {
         let sched = Schedule {
@@ -555,6 +344,222 @@ impl Builder {
             self.step(format!("{name}.add"), Phase::Backward, Op::Add(Add { out: d_in, inp: d_out }));
         }
         d_in
+    }
+}
+
+/// The primitives the layers are built from: buffers, tensors, steps, convolutions, BN
+/// backward, SGD updates, and the persistent region's layout.
+impl Builder {
+    fn buf(&mut self, name: impl Into<String>, kind: BufKind, len: usize, sliced: bool) -> BufId {
+        self.sched.buffers.push(Buffer { name: name.into(), kind, len, sliced });
+        self.sched.buffers.len() - 1
+    }
+
+    fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role, init: Init) -> TensorId {
+        let id = self.sched.tensors.len();
+        self.sched.tensors.push(TensorSpec { name: name.into(), shape: shape.to_vec(), role, init, offset: 0 });
+        if role == Role::Param {
+            self.params.push(id);
+        }
+        id
+    }
+
+    fn step(&mut self, layer: impl Into<String>, phase: Phase, op: Op) {
+        self.sched.steps.push(Step { layer: layer.into(), phase, op });
+    }
+
+    fn bn(&mut self, name: &str, c: usize) -> BnRef {
+        BnRef {
+            gamma: self.tensor(format!("{name}.weight"), &[c], Role::Param, Init::Ones),
+            beta: self.tensor(format!("{name}.bias"), &[c], Role::Param, Init::Zeros),
+            mean: self.tensor(format!("{name}.running_mean"), &[c], Role::RunningMean, Init::Zeros),
+            var: self.tensor(format!("{name}.running_var"), &[c], Role::RunningVar, Init::Ones),
+        }
+    }
+
+    /// The SGD update of `param` from `grad`, now or at the end of backward.
+    fn update(&mut self, param: TensorId, grad: BufId, map: GradSel) {
+        self.sched.gradients.push(Gradient { param, grad, map });
+        let layer = self.sched.tensors[param].name.clone();
+        // Momentum tensors are created in `finish`, one per parameter in order; the id is
+        // patched there.
+        let step = Step { layer, phase: Phase::Update, op: Op::Sgd(Sgd { param, momentum: usize::MAX, grad, map }) };
+        match self.sched.options.update {
+            UpdateAt::Early => self.sched.steps.push(step),
+            UpdateAt::End => self.updates.push(step),
+            UpdateAt::None => self.sched.outputs.push(grad),
+        }
+    }
+
+    /// Images per im2col chunk: `--col-chunk`, or the most whose workspace fits the budget.
+    fn chunk(&self, shape: &ConvShape, in_width: usize) -> usize {
+        let o = self.sched.options;
+        if o.col_chunk > 0 {
+            return o.col_chunk.min(shape.n);
+        }
+        // The largest chunk whose workspace fits the budget (at least one image).
+        let budget = o.col_budget_mib << 20;
+        let fits = |c: usize| crate::ops::conv2d::workspace_len(shape, in_width, c) * 4 <= budget;
+        // The workspace grows with the chunk: binary search for the last chunk that fits.
+        let (mut lo, mut hi) = (1, shape.n);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        lo
+    }
+
+    /// A convolution's forward op, with its workspace sized for the chunk the options allow.
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        layer: &str,
+        out: BufId,
+        inp: BufId,
+        weight: TensorId,
+        shape: ConvShape,
+        out_sel: Sel,
+        in_sel: Sel,
+        accumulate: bool,
+    ) {
+        let in_width = self.width(in_sel);
+        let chunk = self.chunk(&shape, in_width);
+        let col = self.col(layer, &shape, in_sel, chunk, "col");
+        self.step(
+            layer,
+            Phase::Forward,
+            Op::Conv(Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate }),
+        );
+    }
+
+    /// The workspace buffer of a convolution (none for a direct 1x1 conv).
+    fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
+        let len = crate::ops::conv2d::workspace_len(shape, self.width(in_sel), chunk);
+        (len > 0).then(|| {
+            self.buf(
+                format!("{layer}.{what}"),
+                BufKind::Workspace,
+                len,
+                matches!(in_sel, Sel::Block(b) if self.sliced(b)),
+            )
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv_backward(
+        &mut self,
+        layer: &str,
+        d_inp: Option<BufId>,
+        d_out: BufId,
+        inp: BufId,
+        weight: TensorId,
+        shape: ConvShape,
+        out_sel: Sel,
+        in_sel: Sel,
+        accumulate_d_inp: bool,
+    ) {
+        let (ow, iw) = (self.width(out_sel), self.width(in_sel));
+        let chunk = self.chunk(&shape, iw);
+        let col = self.col(layer, &shape, in_sel, chunk, "col_b");
+        let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
+        let d_weight = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, ow * iw * shape.kk(), sliced);
+        self.step(
+            layer,
+            Phase::Backward,
+            Op::ConvBackward(ConvBackward {
+                d_inp,
+                d_weight,
+                d_out,
+                inp,
+                col,
+                weight,
+                shape,
+                out_sel,
+                in_sel,
+                chunk,
+                accumulate_d_inp,
+            }),
+        );
+        let map = match (out_sel, in_sel) {
+            (Sel::Block(_), _) if self.is_sliced(out_sel) => {
+                GradSel::Rows { sel: out_sel, row_len: shape.cin * shape.kk() }
+            }
+            (_, Sel::Block(_)) if self.is_sliced(in_sel) => {
+                GradSel::Cols { sel: in_sel, rows: shape.cout, group: shape.kk() }
+            }
+            _ => GradSel::Full,
+        };
+        self.update(weight, d_weight, map);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        &mut self,
+        layer: &str,
+        d_inp: BufId,
+        d_out: BufId,
+        inp: BufId,
+        stats: BufId,
+        bn: BnRef,
+        sel: Sel,
+        m: usize,
+        accumulate: bool,
+    ) {
+        let w = self.width(sel);
+        let sliced = self.is_sliced(sel);
+        let d_gamma = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, w, sliced);
+        let d_beta = self.buf(format!("{layer}.d_bias"), BufKind::WeightGradient, w, sliced);
+        self.step(
+            layer,
+            Phase::Backward,
+            Op::BnReluBackward(BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate }),
+        );
+        let map = if sliced { GradSel::Rows { sel, row_len: 1 } } else { GradSel::Full };
+        self.update(bn.gamma, d_gamma, map);
+        self.update(bn.beta, d_beta, map);
+    }
+
+    fn width(&self, sel: Sel) -> usize {
+        sel.width(&self.sched.slices)
+    }
+
+    fn sliced(&self, block: usize) -> bool {
+        let s = self.sched.slices[block];
+        s.width < s.channels
+    }
+
+    fn is_sliced(&self, sel: Sel) -> bool {
+        matches!(sel, Sel::Block(b) if self.sliced(b))
+    }
+
+    /// Lays out the persistent region: parameters, then their momentum, then BN statistics.
+    fn finish(mut self) -> Schedule {
+        self.sched.steps.append(&mut self.updates);
+        let mut momentum = Vec::with_capacity(self.params.len());
+        for &p in &self.params.clone() {
+            let (name, shape) = (self.sched.tensors[p].name.clone(), self.sched.tensors[p].shape.clone());
+            momentum.push(self.tensor(format!("{name}.momentum"), &shape, Role::Momentum, Init::Zeros));
+        }
+        for step in &mut self.sched.steps {
+            if let Op::Sgd(Sgd { param, momentum: m, .. }) = &mut step.op {
+                let i = self.params.iter().position(|q| q == param).expect("updated tensor is a parameter");
+                *m = momentum[i];
+            }
+        }
+        let mut offset = 0;
+        for role in [Role::Param, Role::Momentum, Role::RunningMean, Role::RunningVar] {
+            for t in self.sched.tensors.iter_mut().filter(|t| t.role == role) {
+                t.offset = offset;
+                offset += t.len();
+            }
+        }
+        self.sched.outputs.push(self.sched.loss);
+        self.sched.outputs.push(self.sched.logits);
+        self.sched
     }
 }
 

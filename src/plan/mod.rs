@@ -1,7 +1,7 @@
 //! The static memory planner: buffer lifetimes in, arena offsets out.
 //!
 //! Every activation, gradient and workspace buffer of a step lives in one arena, at an offset
-//! fixed before the first step (DESIGN principle 1). Two buffers may share bytes when their
+//! fixed before the first step (docs/DESIGN.md, principle 1). Two buffers may share bytes when their
 //! lifetimes (inclusive step ranges) do not overlap. The greedy planner, in the spirit of
 //! TensorFlow Lite Micro's greedy memory planner:
 //!

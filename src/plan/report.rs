@@ -199,7 +199,15 @@ pub fn text(r: &PlanReport, width: usize) -> String {
 }
 
 fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
-    // Summary.
+    write_summary(s, r)?;
+    // The table's chr column and the chart must use the same characters.
+    let chars = chart_chars(r);
+    write_buffer_table(s, r, &chars)?;
+    write_chart(s, r, width, &chars)
+}
+
+/// The summary: model line, arena, naive, persistent and total sizes, baseline saving, options.
+fn write_summary(s: &mut String, r: &PlanReport) -> fmt::Result {
     let total = r.persistent_bytes + r.arena_bytes;
     writeln!(
         s,
@@ -248,10 +256,11 @@ fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
         )?;
     }
     let opts: Vec<String> = r.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    writeln!(s, "  options     {}", if opts.is_empty() { "none".to_string() } else { opts.join(", ") })?;
+    writeln!(s, "  options     {}", if opts.is_empty() { "none".to_string() } else { opts.join(", ") })
+}
 
-    // Buffer table.
-    let chars = chart_chars(r);
+/// The buffer table: one row per buffer with its size, offset, live steps and chart character.
+fn write_buffer_table(s: &mut String, r: &PlanReport, chars: &[char]) -> fmt::Result {
     let id_w = r.buffers.len().saturating_sub(1).to_string().len().max(2);
     let name_w = r.buffers.iter().map(|b| b.name.chars().count()).max().unwrap_or(0).clamp(4, 48);
     writeln!(s)?;
@@ -275,10 +284,11 @@ fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
             chars[i]
         )?;
     }
+    Ok(())
+}
 
-    // Chart: column c covers arena bytes [c*A/width, (c+1)*A/width).
-    let arena = r.arena_bytes as u128;
-    let wd = width as u128;
+/// The chart: its heading and ruler, then one row per step of `width` columns and live MiB.
+fn write_chart(s: &mut String, r: &PlanReport, width: usize, chars: &[char]) -> fmt::Result {
     writeln!(s)?;
     writeln!(
         s,
@@ -299,35 +309,43 @@ fn write_text(s: &mut String, r: &PlanReport, width: usize) -> fmt::Result {
     let mut row = vec!['.'; width];
     let mut cover = vec![0u128; width];
     for (step, op) in r.steps.iter().enumerate() {
-        row.fill('.');
-        cover.fill(0);
-        if arena > 0 {
-            for (i, b) in r.buffers.iter().enumerate() {
-                if b.bytes == 0 || step < b.first || step > b.last {
-                    continue;
-                }
-                let lo = (r.offset(i) as u128).min(arena);
-                let hi = (r.offset(i) as u128 + b.bytes as u128).min(arena);
-                if lo >= hi {
-                    continue;
-                }
-                let c0 = (lo * wd / arena) as usize;
-                let c1 = (hi * wd).div_ceil(arena).min(wd) as usize;
-                // Each column shows the buffer covering most of it.
-                for c in c0..c1 {
-                    let (clo, chi) = (c as u128 * arena / wd, (c as u128 + 1) * arena / wd);
-                    let got = hi.min(chi).saturating_sub(lo.max(clo));
-                    if got > cover[c] {
-                        cover[c] = got;
-                        row[c] = chars[i];
-                    }
-                }
-            }
-        }
+        fill_chart_row(&mut row, &mut cover, r, step, chars);
         let bar: String = row.iter().collect();
         writeln!(s, "{:>5}  {:<24} |{}| {:>9.2}", step, truncate(op, 24), bar, mib(live[step]))?;
     }
     Ok(())
+}
+
+/// Fills `row` for `step`: column c covers arena bytes [c*A/width, (c+1)*A/width) and shows the
+/// character of the live buffer covering most of it, '.' if none; `cover` holds that overlap.
+fn fill_chart_row(row: &mut [char], cover: &mut [u128], r: &PlanReport, step: usize, chars: &[char]) {
+    let arena = r.arena_bytes as u128;
+    let wd = row.len() as u128;
+    row.fill('.');
+    cover.fill(0);
+    if arena == 0 {
+        return;
+    }
+    for (i, b) in r.buffers.iter().enumerate() {
+        if b.bytes == 0 || step < b.first || step > b.last {
+            continue;
+        }
+        let lo = (r.offset(i) as u128).min(arena);
+        let hi = (r.offset(i) as u128 + b.bytes as u128).min(arena);
+        if lo >= hi {
+            continue;
+        }
+        let c0 = (lo * wd / arena) as usize;
+        let c1 = (hi * wd).div_ceil(arena).min(wd) as usize;
+        for c in c0..c1 {
+            let (clo, chi) = (c as u128 * arena / wd, (c as u128 + 1) * arena / wd);
+            let got = hi.min(chi).saturating_sub(lo.max(clo));
+            if got > cover[c] {
+                cover[c] = got;
+                row[c] = chars[i];
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -425,22 +443,65 @@ pub fn svg(r: &PlanReport) -> String {
     s
 }
 
-fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
-    const W: f64 = 1400.0;
-    const H: f64 = 800.0;
-    let (x0, y0) = (80.0, 64.0);
-    let (pw, ph) = (W - x0 - 300.0, H - y0 - 60.0);
-    let max_last = r.buffers.iter().map(|b| b.last + 1).max().unwrap_or(0);
-    let nsteps = r.steps.len().max(max_last).max(1) as f64;
-    let max_end = (0..r.buffers.len()).map(|i| r.offset(i).saturating_add(r.buffers[i].bytes)).max().unwrap_or(0);
-    let arena = r.arena_bytes.max(max_end).max(1) as f64;
-    let xs = |step: f64| x0 + step * pw / nsteps;
-    let ys = |bytes: f64| y0 + ph - bytes * ph / arena;
+/// The SVG picture's width and height.
+const SVG_W: f64 = 1400.0;
+const SVG_H: f64 = 800.0;
 
+/// The SVG's plot area (top-left corner `x0`, `y0`, size `pw` by `ph`) and its scales: `nsteps`
+/// steps across, `arena` bytes from bottom to top. The scales reach past the last step and the
+/// arena's end when buffers do, so inconsistent input still stays inside the plot.
+struct Plot {
+    x0: f64,
+    y0: f64,
+    pw: f64,
+    ph: f64,
+    nsteps: f64,
+    arena: f64,
+}
+
+impl Plot {
+    /// The plot area with scales that fit every step and buffer of `r`.
+    fn new(r: &PlanReport) -> Plot {
+        let (x0, y0) = (80.0, 64.0);
+        let (pw, ph) = (SVG_W - x0 - 300.0, SVG_H - y0 - 60.0);
+        let max_last = r.buffers.iter().map(|b| b.last + 1).max().unwrap_or(0);
+        let nsteps = r.steps.len().max(max_last).max(1) as f64;
+        let max_end = (0..r.buffers.len()).map(|i| r.offset(i).saturating_add(r.buffers[i].bytes)).max().unwrap_or(0);
+        let arena = r.arena_bytes.max(max_end).max(1) as f64;
+        Plot { x0, y0, pw, ph, nsteps, arena }
+    }
+
+    /// x of the start of `step`.
+    fn xs(&self, step: f64) -> f64 {
+        self.x0 + step * self.pw / self.nsteps
+    }
+
+    /// y of arena offset `bytes` (0 at the bottom).
+    fn ys(&self, bytes: f64) -> f64 {
+        self.y0 + self.ph - bytes * self.ph / self.arena
+    }
+}
+
+fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
+    let g = Plot::new(r);
+    // Drawing order is stacking order: grid under the buffers, the live line and frame over them.
+    write_svg_head(s)?;
+    write_svg_titles(s, r, &g)?;
+    write_svg_grid(s, &g)?;
+    write_svg_buffers(s, r, &g)?;
+    write_svg_live(s, r, &g)?;
+    write_svg_frame(s, &g)?;
+    write_svg_legend(s, r, &g)?;
+    writeln!(s, "</svg>")
+}
+
+/// The `<svg>` opening tag, styles, the hatch patterns of sliced buffers and a white background.
+fn write_svg_head(s: &mut String) -> fmt::Result {
+    let (w, h) = (SVG_W, SVG_H);
     writeln!(
         s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" \
-         height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" \
+         height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">"
     )?;
     writeln!(
         s,
@@ -460,9 +521,12 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         )?;
     }
     writeln!(s, "</defs>")?;
-    writeln!(s, "<path d=\"M0 0H{W}V{H}H0Z\" fill=\"#fff\"/>")?;
+    writeln!(s, "<path d=\"M0 0H{w}V{h}H0Z\" fill=\"#fff\"/>")
+}
 
-    // Title lines.
+/// The title line (model, batch, keep, mode, arena) and the line of totals under it.
+fn write_svg_titles(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
+    let x0 = g.x0;
     let total = r.persistent_bytes + r.arena_bytes;
     writeln!(
         s,
@@ -494,15 +558,18 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
             pct(save, b_total as f64)
         )?;
     }
-    writeln!(s, "<text x=\"{x0}\" y=\"46\">{}</text>", crate::io::svg::escape(&sub))?;
+    writeln!(s, "<text x=\"{x0}\" y=\"46\">{}</text>", crate::io::svg::escape(&sub))
+}
 
-    // Grid and y ticks (MiB).
-    let arena_mib = arena / MIB;
+/// The horizontal grid with its y ticks (MiB), and the x ticks (steps).
+fn write_svg_grid(s: &mut String, g: &Plot) -> fmt::Result {
+    let (x0, y0, pw, ph) = (g.x0, g.y0, g.pw, g.ph);
+    let arena_mib = g.arena / MIB;
     let ystep = crate::io::svg::nice_step(arena_mib, 6.0);
     let ydec = if ystep >= 1.0 { 0 } else { 2 };
     let mut t = 0.0;
     while t <= arena_mib + 1e-9 {
-        let y = ys(t * MIB);
+        let y = g.ys(t * MIB);
         writeln!(
             s,
             "<path class=\"grid\" d=\"M{x0} {y:.2}H{:.2}\"/><text x=\"{:.2}\" y=\"{:.2}\" \
@@ -513,11 +580,10 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         )?;
         t += ystep;
     }
-    // X ticks (steps).
-    let xstep = crate::io::svg::nice_step(nsteps, 10.0).max(1.0);
+    let xstep = crate::io::svg::nice_step(g.nsteps, 10.0).max(1.0);
     let mut t = 0.0;
-    while t <= nsteps + 1e-9 {
-        let x = xs(t);
+    while t <= g.nsteps + 1e-9 {
+        let x = g.xs(t);
         writeln!(
             s,
             "<path d=\"M{x:.2} {:.2}v5\" stroke=\"#222\"/><text x=\"{x:.2}\" y=\"{:.2}\" \
@@ -527,23 +593,20 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         )?;
         t += xstep;
     }
+    Ok(())
+}
 
-    // Buffers.
-    let mut per_kind = [(0usize, 0usize); 4];
-    let mut sliced_count = 0usize;
+/// One `<rect>` per non-empty buffer, coloured by kind (hatched if sliced), with a hover title.
+fn write_svg_buffers(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
     for (i, b) in r.buffers.iter().enumerate() {
         if b.bytes == 0 {
             continue;
         }
-        let k = KINDS.iter().position(|(kk, _)| *kk == b.kind).unwrap_or(0);
-        per_kind[k].0 += 1;
-        per_kind[k].1 += b.bytes;
-        sliced_count += b.sliced as usize;
         let off = r.offset(i) as f64;
-        let x = xs(b.first as f64);
-        let w = (xs(b.last as f64 + 1.0) - x).max(0.5);
-        let y = ys(off + b.bytes as f64);
-        let h = (ys(off) - y).max(0.5);
+        let x = g.xs(b.first as f64);
+        let w = (g.xs(b.last as f64 + 1.0) - x).max(0.5);
+        let y = g.ys(off + b.bytes as f64);
+        let h = (g.ys(off) - y).max(0.5);
         let fill = if b.sliced { format!("url(#sliced-{})", b.kind.as_str()) } else { kind_colour(b.kind).to_string() };
         // Outlines only where they fit; otherwise neighbours are told apart by alternating
         // shade, so thousands of thin buffers do not wash out into the outline colour.
@@ -565,24 +628,31 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
             b.last
         )?;
     }
+    Ok(())
+}
 
-    // Live bytes per step: a staircase, the lower bound on any arena.
-    let live = r.live_per_step(nsteps as usize);
-    if !live.is_empty() {
-        let mut d = String::new();
-        for (step, &l) in live.iter().enumerate() {
-            let y = ys(l as f64);
-            if step == 0 {
-                write!(d, "M{:.2} {y:.2}", xs(0.0))?;
-            } else {
-                write!(d, "V{y:.2}")?;
-            }
-            write!(d, "H{:.2}", xs(step as f64 + 1.0))?;
-        }
-        writeln!(s, "<path class=\"live\" d=\"{d}\"/>")?;
+/// Live bytes per step as a dashed staircase: the lower bound on any arena.
+fn write_svg_live(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
+    let live = r.live_per_step(g.nsteps as usize);
+    if live.is_empty() {
+        return Ok(());
     }
+    let mut d = String::new();
+    for (step, &l) in live.iter().enumerate() {
+        let y = g.ys(l as f64);
+        if step == 0 {
+            write!(d, "M{:.2} {y:.2}", g.xs(0.0))?;
+        } else {
+            write!(d, "V{y:.2}")?;
+        }
+        write!(d, "H{:.2}", g.xs(step as f64 + 1.0))?;
+    }
+    writeln!(s, "<path class=\"live\" d=\"{d}\"/>")
+}
 
-    // Frame and axis labels.
+/// The left and bottom axis lines and the axis labels.
+fn write_svg_frame(s: &mut String, g: &Plot) -> fmt::Result {
+    let (x0, y0, pw, ph) = (g.x0, g.y0, g.pw, g.ph);
     writeln!(s, "<path d=\"M{x0} {y0}V{:.2}H{:.2}\" fill=\"none\" stroke=\"#222\"/>", y0 + ph, x0 + pw)?;
     writeln!(
         s,
@@ -594,11 +664,28 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         s,
         "<text transform=\"translate(24 {:.2}) rotate(-90)\" text-anchor=\"middle\">arena offset (MiB)</text>",
         y0 + ph / 2.0
-    )?;
+    )
+}
 
-    // Legend.
-    let lx = x0 + pw + 24.0;
-    let mut ly = y0 + 10.0;
+/// Number and bytes of the non-empty buffers of each kind (in [`KINDS`] order), and how many
+/// of them are sliced.
+fn kind_totals(r: &PlanReport) -> ([(usize, usize); 4], usize) {
+    let mut per_kind = [(0usize, 0usize); 4];
+    let mut sliced_count = 0usize;
+    for b in r.buffers.iter().filter(|b| b.bytes > 0) {
+        let k = KINDS.iter().position(|(kk, _)| *kk == b.kind).unwrap_or(0);
+        per_kind[k].0 += 1;
+        per_kind[k].1 += b.bytes;
+        sliced_count += b.sliced as usize;
+    }
+    (per_kind, sliced_count)
+}
+
+/// The legend right of the plot: a swatch per kind with its totals, the sliced hatch, the live line.
+fn write_svg_legend(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
+    let (per_kind, sliced_count) = kind_totals(r);
+    let lx = g.x0 + g.pw + 24.0;
+    let mut ly = g.y0 + 10.0;
     writeln!(s, "<text x=\"{lx}\" y=\"{ly}\" font-weight=\"bold\">buffers</text>")?;
     ly += 22.0;
     let swatch = |s: &mut String, y: f64, fill: &str, label: &str| {
@@ -622,9 +709,7 @@ fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
         "<path class=\"live\" d=\"M{lx} {:.2}h14\"/><text x=\"{:.2}\" y=\"{ly:.2}\">live bytes per step</text>",
         ly - 4.0,
         lx + 20.0
-    )?;
-    writeln!(s, "</svg>")?;
-    Ok(())
+    )
 }
 
 #[cfg(test)]

@@ -142,94 +142,126 @@ pub fn scatter_grad(grad: &[f32], full_len: usize, map: GradMap) -> Vec<f32> {
     out
 }
 
+/// The reference's SGD settings (the one-step cases pass them too, but run no update).
+const SGD: SgdParams = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+
+/// The reference batch: images in our CNHW layout, labels, and the number of images.
+struct Batch<'a> {
+    x: Vec<f32>,
+    y: &'a [f32],
+    n: usize,
+}
+
+/// The reference tensor `k`, or an error naming it.
+fn lookup<'a>(r: &'a HashMap<String, RefTensor>, k: &str) -> Result<&'a RefTensor> {
+    r.get(k).ok_or_else(|| Error::Msg(format!("reference file lacks {k}")))
+}
+
 /// Runs every reference case on `backend` (which it reserves and overwrites).
 pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
     let r = parse(REFERENCE)?;
-    let get = |k: &str| r.get(k).ok_or_else(|| Error::Msg(format!("reference file lacks {k}")));
-    let x = get("x")?;
+    let x = lookup(&r, "x")?;
     let (n, c_in, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3]);
     let x = nchw_to_cnhw(&x.data, n, c_in, hw);
-    let y = &get("y")?.data;
+    let batch = Batch { x, y: &lookup(&r, "y")?.data, n };
     let mut rows = vec![];
-    let sgd = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
-    let grads_only = Options { update: UpdateAt::None, ..Options::default() };
-
     for (case, keep) in [("full", 1.0), ("slice", 0.5), ("wrap", 0.5)] {
-        let starts: Vec<usize> = match case {
-            "full" => vec![0; 3],
-            _ => get(&format!("{case}.starts"))?.data.iter().map(|&s| s as usize).collect(),
-        };
-        let cfg = ModelConfig { keep, ..config() };
-        let p = Program::new(wrn::build(&cfg, n, Mode::Train, grads_only));
-        backend.reserve_arena(p.arena_bytes())?;
-        let init = initial_state(&p, &r)?;
-        backend.set_persistent(&init)?;
-        backend.write(&p, p.schedule.input, &x);
-        backend.write(&p, p.schedule.labels, y);
-        let ctx = StepCtx { starts: &starts, sgd };
-        backend.run(&p, &ctx);
-        backend.synchronize();
-        let s = &p.schedule;
-        let mut logits = vec![0f32; n * cfg.classes];
-        backend.read(&p, s.logits, &mut logits);
-        rows.push(Row {
-            case,
-            name: "logits".into(),
-            rel_err: rel_err(&logits, &get(&format!("{case}.logits"))?.data),
-            tol: 1e-4,
-        });
-        let mut loss = [0f32; 2];
-        backend.read(&p, s.loss, &mut loss);
-        rows.push(Row {
-            case,
-            name: "loss".into(),
-            rel_err: rel_err(&loss[..1], &get(&format!("{case}.loss"))?.data),
-            tol: 1e-4,
-        });
-        // Gradients: each parameter's gradient buffer is the one its (absent) update would read.
-        for g in &s.gradients {
-            rows.push(grad_row(backend, &p, case, g.param, g.grad, s.grad_map(g.map, &starts), &r)?);
-        }
-        let mut state = vec![0f32; s.persistent_len()];
-        backend.get_persistent(&mut state);
-        for t in s.tensors.iter().filter(|t| matches!(t.role, Role::RunningMean | Role::RunningVar)) {
-            let want = &get(&format!("{case}.after1.{}", t.name))?.data;
-            rows.push(Row {
-                case,
-                name: format!("after1.{}", t.name),
-                rel_err: rel_err(&state[t.range()], want),
-                tol: 1e-3,
-            });
-        }
+        rows.extend(one_step_case(backend, &r, &batch, case, keep)?);
     }
+    rows.extend(sgd_case(backend, &r, &batch)?);
+    Ok(rows)
+}
 
-    // Five SGD steps on the full network, then eval-mode logits.
+/// One training step without an update at `keep` (SliceOut starts from the file, all 0 for
+/// "full"): rows for the logits, the loss, every gradient and the running statistics after it.
+fn one_step_case(
+    backend: &mut dyn Backend,
+    r: &HashMap<String, RefTensor>,
+    batch: &Batch,
+    case: &'static str,
+    keep: f64,
+) -> Result<Vec<Row>> {
+    let starts: Vec<usize> = match case {
+        "full" => vec![0; 3],
+        _ => lookup(r, &format!("{case}.starts"))?.data.iter().map(|&s| s as usize).collect(),
+    };
+    let cfg = ModelConfig { keep, ..config() };
+    let grads_only = Options { update: UpdateAt::None, ..Options::default() };
+    let p = Program::new(wrn::build(&cfg, batch.n, Mode::Train, grads_only));
+    backend.reserve_arena(p.arena_bytes())?;
+    let init = initial_state(&p, r)?;
+    backend.set_persistent(&init)?;
+    backend.write(&p, p.schedule.input, &batch.x);
+    backend.write(&p, p.schedule.labels, batch.y);
+    let ctx = StepCtx { starts: &starts, sgd: SGD };
+    backend.run(&p, &ctx);
+    backend.synchronize();
+    let s = &p.schedule;
+    let mut rows = vec![];
+    let mut logits = vec![0f32; batch.n * cfg.classes];
+    backend.read(&p, s.logits, &mut logits);
+    rows.push(Row {
+        case,
+        name: "logits".into(),
+        rel_err: rel_err(&logits, &lookup(r, &format!("{case}.logits"))?.data),
+        tol: 1e-4,
+    });
+    let mut loss = [0f32; 2];
+    backend.read(&p, s.loss, &mut loss);
+    rows.push(Row {
+        case,
+        name: "loss".into(),
+        rel_err: rel_err(&loss[..1], &lookup(r, &format!("{case}.loss"))?.data),
+        tol: 1e-4,
+    });
+    // Gradients: each parameter's gradient buffer is the one its (absent) update would read.
+    for g in &s.gradients {
+        rows.push(grad_row(backend, &p, case, g.param, g.grad, s.grad_map(g.map, &starts), r)?);
+    }
+    let mut state = vec![0f32; s.persistent_len()];
+    backend.get_persistent(&mut state);
+    for t in s.tensors.iter().filter(|t| matches!(t.role, Role::RunningMean | Role::RunningVar)) {
+        let want = &lookup(r, &format!("{case}.after1.{}", t.name))?.data;
+        rows.push(Row {
+            case,
+            name: format!("after1.{}", t.name),
+            rel_err: rel_err(&state[t.range()], want),
+            tol: 1e-3,
+        });
+    }
+    Ok(rows)
+}
+
+/// Five SGD steps on the full network, then eval-mode logits: rows for the five losses, every
+/// parameter after them, and the logits.
+fn sgd_case(backend: &mut dyn Backend, r: &HashMap<String, RefTensor>, batch: &Batch) -> Result<Vec<Row>> {
+    let (x, y, n) = (&batch.x, batch.y, batch.n);
     let cfg = config();
     let train = Program::new(wrn::build(&cfg, n, Mode::Train, Options::default()));
     let eval = Program::new(wrn::build(&cfg, n, Mode::Eval, Options::default()));
     backend.reserve_arena(train.arena_bytes().max(eval.arena_bytes()))?;
-    backend.set_persistent(&initial_state(&train, &r)?)?;
+    backend.set_persistent(&initial_state(&train, r)?)?;
     let starts = [0usize; 3];
-    let ctx = StepCtx { starts: &starts, sgd };
+    let ctx = StepCtx { starts: &starts, sgd: SGD };
     let mut losses = vec![];
     for _ in 0..5 {
-        backend.write(&train, train.schedule.input, &x);
+        backend.write(&train, train.schedule.input, x);
         backend.write(&train, train.schedule.labels, y);
         backend.run(&train, &ctx);
         let mut loss = [0f32; 2];
         backend.read(&train, train.schedule.loss, &mut loss);
         losses.push(loss[0]);
     }
-    rows.push(Row {
+    let mut rows = vec![Row {
         case: "sgd",
         name: "losses".into(),
-        rel_err: rel_err(&losses, &get("sgd.losses")?.data),
+        rel_err: rel_err(&losses, &lookup(r, "sgd.losses")?.data),
         tol: 1e-3,
-    });
+    }];
     let mut state = vec![0f32; train.schedule.persistent_len()];
     backend.get_persistent(&mut state);
     for t in train.schedule.tensors.iter().filter(|t| t.role == Role::Param) {
-        let want = &get(&format!("sgd.after5.{}", t.name))?.data;
+        let want = &lookup(r, &format!("sgd.after5.{}", t.name))?.data;
         rows.push(Row {
             case: "sgd",
             name: format!("after5.{}", t.name),
@@ -237,7 +269,7 @@ pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
             tol: 1e-3,
         });
     }
-    backend.write(&eval, eval.schedule.input, &x);
+    backend.write(&eval, eval.schedule.input, x);
     backend.write(&eval, eval.schedule.labels, y);
     backend.run(&eval, &ctx);
     backend.synchronize();
@@ -246,7 +278,7 @@ pub fn check(backend: &mut dyn Backend) -> Result<Vec<Row>> {
     rows.push(Row {
         case: "sgd",
         name: "eval_logits".into(),
-        rel_err: rel_err(&logits, &get("sgd.eval_logits")?.data),
+        rel_err: rel_err(&logits, &lookup(r, "sgd.eval_logits")?.data),
         tol: 1e-3,
     });
     Ok(rows)
@@ -265,8 +297,7 @@ fn grad_row(
     let mut g = vec![0f32; p.schedule.buffers[grad].len];
     backend.read(p, grad, &mut g);
     let full = scatter_grad(&g, t.len(), map);
-    let key = format!("{case}.grad.{}", t.name);
-    let want = r.get(&key).ok_or_else(|| Error::Msg(format!("reference file lacks {key}")))?;
+    let want = lookup(r, &format!("{case}.grad.{}", t.name))?;
     Ok(Row { case, name: format!("grad.{}", t.name), rel_err: rel_err(&full, &want.data), tol: 1e-3 })
 }
 

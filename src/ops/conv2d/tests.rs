@@ -465,20 +465,54 @@ fn best_time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
     best
 }
 
+/// The layer the timing test measures, its tensors, and the figures every timing line needs.
+struct TimedLayer {
+    p: ConvShape,
+    wt: Vec<f32>,
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    out: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    /// FLOPs of one full-width product (forward, dW or dcol).
+    flop: f64,
+    threads: f64,
+}
+
+impl TimedLayer {
+    /// The 64 -> 64, 32x32, 3x3 convolution of WRN-16-4's first group at batch 32.
+    fn wrn16_4() -> TimedLayer {
+        let p = ConvShape { n: 32, cin: 64, h: 32, w: 32, cout: 64, k: 3, stride: 1, pad: 1 };
+        let (wt, x, dy) = (random(64 * 64 * 9, 1), random(64 * p.n * 32 * 32, 2), random(64 * p.n * 32 * 32, 3));
+        TimedLayer {
+            out: vec![0f32; dy.len()],
+            dx: vec![0f32; x.len()],
+            dw: vec![0f32; wt.len()],
+            flop: 2.0 * p.macs(64, 64) as f64,
+            threads: rayon::current_num_threads() as f64,
+            p,
+            wt,
+            x,
+            dy,
+        }
+    }
+
+    /// A (wall, CPU) time in ms: best wall / CPU time per thread.
+    fn ms(&self, t: (f64, f64)) -> String {
+        format!("{:7.2} / {:7.2} ms", t.0 * 1e3, t.1 / self.threads * 1e3)
+    }
+
+    /// `f` FLOPs over a (wall, CPU) time, as GFLOP/s both ways.
+    fn rate(&self, f: f64, t: (f64, f64)) -> String {
+        format!("{:6.1} / {:6.1} GFLOP/s", f / t.0 * 1e-9, f / (t.1 / self.threads) * 1e-9)
+    }
+}
+
 #[test]
 #[ignore]
 fn timing_wrn16_4_layer() {
-    // The 64 -> 64, 32x32, 3x3 convolution of WRN-16-4's first group at batch 32.
-    let p = ConvShape { n: 32, cin: 64, h: 32, w: 32, cout: 64, k: 3, stride: 1, pad: 1 };
-    let threads = rayon::current_num_threads() as f64;
-    let (full_in, full_out) = (Slice::full(64), Slice::full(64));
-    let wt = random(64 * 64 * 9, 1);
-    let x = random(64 * p.n * 32 * 32, 2);
-    let dy = random(64 * p.n * 32 * 32, 3);
-    let mut out = vec![0f32; dy.len()];
-    let mut dx = vec![0f32; x.len()];
-    let mut dw = vec![0f32; wt.len()];
-    let flop = 2.0 * p.macs(64, 64) as f64;
+    let mut l = TimedLayer::wrn16_4();
+    let p = &l.p;
     println!(
         "WRN-16-4 layer: N={} {}->{} {}x{} k{}: {:.2} GFLOP per GEMM, {} threads",
         p.n,
@@ -487,102 +521,128 @@ fn timing_wrn16_4_layer() {
         p.h,
         p.w,
         p.k,
-        flop * 1e-9,
-        threads
+        l.flop * 1e-9,
+        l.threads
     );
     println!("  (ms: best wall / best CPU-time divided by the thread count, i.e. the wall time on idle cores)");
-    let ms = |t: (f64, f64)| format!("{:7.2} / {:7.2} ms", t.0 * 1e3, t.1 / threads * 1e3);
-    let rate = |f: f64, t: (f64, f64)| format!("{:6.1} / {:6.1} GFLOP/s", f / t.0 * 1e-9, f / (t.1 / threads) * 1e-9);
+    time_bare_gemms(&mut l);
+    for chunk in [0, 8, 4, 2, 1] {
+        time_chunked_conv(&mut l, chunk);
+    }
+    time_sliced_input(&mut l);
+}
 
-    // The bare products at the crate's best, whole batch: forward, dW and dcol shapes.
+/// The bare products at the crate's best, whole batch: forward, dW and dcol shapes.
+fn time_bare_gemms(l: &mut TimedLayer) {
+    let p = l.p;
     // im2col columns of the whole batch (more than col_len, which sizes Winograd's workspace).
     let mut col = vec![0f32; 576 * p.n * 1024];
-    im2col(&mut col, &x, &p, 64, 0, p.n);
+    im2col(&mut col, &l.x, &p, 64, 0, p.n);
     let ncols = p.n * 1024;
     let t = best_time(3, || {
         gemm(
-            &mut out,
+            &mut l.out,
             Layout::contiguous(&[64, ncols]),
-            &wt,
+            &l.wt,
             Layout::contiguous(&[64, 576]),
             &col,
             Layout::contiguous(&[576, ncols]),
             false,
         )
     });
-    println!("  bare GEMM Y = W col   : {} {}", ms(t), rate(flop, t));
+    println!("  bare GEMM Y = W col   : {} {}", l.ms(t), l.rate(l.flop, t));
     let t = best_time(3, || {
         gemm(
-            &mut dw,
+            &mut l.dw,
             Layout::contiguous(&[64, 576]),
-            &dy,
+            &l.dy,
             Layout::contiguous(&[64, ncols]),
             &col,
             Layout::contiguous(&[576, ncols]).transpose(0, 1),
             false,
         )
     });
-    println!("  bare GEMM dW = dY col^T: {} {}", ms(t), rate(flop, t));
+    println!("  bare GEMM dW = dY col^T: {} {}", l.ms(t), l.rate(l.flop, t));
     let t = best_time(3, || {
         gemm(
             &mut col,
             Layout::contiguous(&[576, ncols]),
-            &wt,
+            &l.wt,
             Layout::contiguous(&[64, 576]).transpose(0, 1),
-            &dy,
+            &l.dy,
             Layout::contiguous(&[64, ncols]),
             false,
         )
     });
-    println!("  bare GEMM dcol = W^T dY: {} {}", ms(t), rate(flop, t));
+    println!("  bare GEMM dcol = W^T dY: {} {}", l.ms(t), l.rate(l.flop, t));
+}
 
-    for chunk in [0, 8, 4, 2, 1] {
-        let nb = p.chunk_images(chunk);
-        let chunks = (p.n / nb) as f64;
-        let mut col = vec![0f32; workspace_len(&p, 64, chunk).max(576 * nb * 1024)];
-        let t = best_time(3, || im2col(&mut col, &x, &p, 64, 0, nb));
-        let t_i2c = (t.0 * chunks, t.1 * chunks);
-        let t = best_time(3, || col2im(&mut dx, &col, &p, 64, 0, nb, false));
-        let t_c2i = (t.0 * chunks, t.1 * chunks);
-        let t_f = best_time(3, || {
-            conv2d_forward(&mut out, &x, &wt, &mut col, &p, full_out, full_in, chunk, false, Algo::Fast)
-        });
-        let t_b = best_time(3, || {
-            conv2d_backward(
-                Some(&mut dx),
-                &mut dw,
-                &dy,
-                &x,
-                &wt,
-                &mut col,
-                &p,
-                full_out,
-                full_in,
-                chunk,
-                false,
-                Algo::Fast,
-            )
-        });
-        let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
-        println!("  chunk {nb:2}: im2col {}, col2im {}", ms(t_i2c), ms(t_c2i));
-        println!("            forward  {} {}", ms(t_f), rate(flop, t_f));
-        println!("            backward {} {}", ms(t_b), rate(2.0 * flop, t_b));
-        println!("            fwd+bwd  {} {}", ms(t_fb), rate(3.0 * flop, t_fb));
-    }
+/// im2col, col2im, forward and backward of the whole layer with `chunk` images per product.
+fn time_chunked_conv(l: &mut TimedLayer, chunk: usize) {
+    let p = l.p;
+    let (full_in, full_out) = (Slice::full(64), Slice::full(64));
+    let nb = p.chunk_images(chunk);
+    let chunks = (p.n / nb) as f64;
+    let mut col = vec![0f32; workspace_len(&p, 64, chunk).max(576 * nb * 1024)];
+    let t = best_time(3, || im2col(&mut col, &l.x, &p, 64, 0, nb));
+    let t_i2c = (t.0 * chunks, t.1 * chunks);
+    let t = best_time(3, || col2im(&mut l.dx, &col, &p, 64, 0, nb, false));
+    let t_c2i = (t.0 * chunks, t.1 * chunks);
+    let t_f = best_time(3, || {
+        conv2d_forward(&mut l.out, &l.x, &l.wt, &mut col, &p, full_out, full_in, chunk, false, Algo::Fast)
+    });
+    let t_b = best_time(3, || {
+        conv2d_backward(
+            Some(&mut l.dx),
+            &mut l.dw,
+            &l.dy,
+            &l.x,
+            &l.wt,
+            &mut col,
+            &p,
+            full_out,
+            full_in,
+            chunk,
+            false,
+            Algo::Fast,
+        )
+    });
+    let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
+    println!("  chunk {nb:2}: im2col {}, col2im {}", l.ms(t_i2c), l.ms(t_c2i));
+    println!("            forward  {} {}", l.ms(t_f), l.rate(l.flop, t_f));
+    println!("            backward {} {}", l.ms(t_b), l.rate(2.0 * l.flop, t_b));
+    println!("            fwd+bwd  {} {}", l.ms(t_fb), l.rate(3.0 * l.flop, t_fb));
+}
 
-    // SliceOut at keep 0.5 on conv2's input (wrapping): half the work.
+/// SliceOut at keep 0.5 on conv2's input (wrapping): half the work.
+fn time_sliced_input(l: &mut TimedLayer) {
+    let p = l.p;
+    let full_out = Slice::full(64);
     let in_half = Slice::new(48, 32, 64);
     let xs = random(32 * p.n * 1024, 4);
     let mut dxs = vec![0f32; xs.len()];
     let mut dws = vec![0f32; 64 * 32 * 9];
     let mut col = vec![0f32; workspace_len(&p, 32, 8)];
     let t_f =
-        best_time(3, || conv2d_forward(&mut out, &xs, &wt, &mut col, &p, full_out, in_half, 8, false, Algo::Fast));
+        best_time(3, || conv2d_forward(&mut l.out, &xs, &l.wt, &mut col, &p, full_out, in_half, 8, false, Algo::Fast));
     let t_b = best_time(3, || {
-        conv2d_backward(Some(&mut dxs), &mut dws, &dy, &xs, &wt, &mut col, &p, full_out, in_half, 8, false, Algo::Fast)
+        conv2d_backward(
+            Some(&mut dxs),
+            &mut dws,
+            &l.dy,
+            &xs,
+            &l.wt,
+            &mut col,
+            &p,
+            full_out,
+            in_half,
+            8,
+            false,
+            Algo::Fast,
+        )
     });
     let t_fb = (t_f.0 + t_b.0, t_f.1 + t_b.1);
-    println!("  keep 0.5 wrapping input slice, chunk 8: fwd+bwd {} {}", ms(t_fb), rate(1.5 * flop, t_fb));
+    println!("  keep 0.5 wrapping input slice, chunk 8: fwd+bwd {} {}", l.ms(t_fb), l.rate(1.5 * l.flop, t_fb));
 }
 
 #[test]
