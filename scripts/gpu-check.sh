@@ -1,55 +1,93 @@
 #!/usr/bin/env bash
-# GPU check of the CUDA backend, for a machine with an NVIDIA GPU (CUDA 13, driver 580) and no
-# Rust toolchain: the release binary is built elsewhere and carried in .gpu/sliceout.
+# The GPU check of the CUDA backend, for a machine with an NVIDIA GPU (CUDA 13, driver 580) and
+# no Rust toolchain: the release binary is built elsewhere and carried in .gpu/ together with
+# Fashion-MNIST's four IDX files.
 #
-#   here:   cargo build --release && mkdir -p .gpu && strip -o .gpu/sliceout target/release/sliceout
+#   here:   cargo build --release && mkdir -p .gpu/fashion-mnist \
+#             && strip -o .gpu/sliceout target/release/sliceout \
+#             && cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fashion-mnist/
+#           (Debian's dataset-fashion-mnist package installs them there)
 #   there:  bash scripts/gpu-check.sh        (from the repository root; .gpu/ is git-ignored,
 #           so the device runner must carry it)
 #
-# Runs the op-by-op selftest against the CPU backend and the PyTorch reference, then the step
-# benchmark of WRN-28-10 and WRN-16-4 at keep 1.0/0.75/0.5 in tf32 and fp32, and ends with one
-# summary table (the team's PyTorch 2.11 step times on an H100 beside ours). Full logs go to
-# $OUT (when set, e.g. by the device runner) or ./gpu-check-logs.
+# In order, each with its own time limit (about 7 minutes in all on an H100):
+#   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
+#      its op and kernel), then in tf32; the PyTorch reference runs inside each;
+#   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32;
+#   3. the GPU plan of WRN-28-10 (launch counts, memory);
+#   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32 and fp32, with the
+#      device memory in use beside the plan;
+#   5. two epochs of WRN-16-4 on Fashion-MNIST at keep 1.0 and 0.5;
+# and ends with one summary table. Full logs go to $OUT (when set, e.g. by the device runner) or
+# ./gpu-check-logs. DEVICE=cpu runs the same script on the CPU (with QUICK=1: small models and
+# short runs), to check the script itself where there is no GPU.
 set -u
 cd "$(dirname "$0")/.."
 
 BIN=${SLICEOUT_BIN:-.gpu/sliceout}
+DATA=${FASHION_MNIST:-.gpu/fashion-mnist}
 LOG=${OUT:-gpu-check-logs}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$LOG"
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
+if [ "${QUICK:-0}" = 1 ]; then
+    MODELS=("10 2"); BATCH=8; STEPS=2; EPOCHS=1; LIMIT=(--limit-train 256 --limit-test 128)
+else
+    MODELS=("28 10" "16 4"); BATCH=128; STEPS=10; EPOCHS=2; LIMIT=()
+fi
+
 if [ ! -x "$BIN" ]; then
-    echo "no binary at $BIN (build with: cargo build --release && mkdir -p .gpu && strip -o .gpu/sliceout target/release/sliceout)" >&2
+    echo "no binary at $BIN (see the top of this script for how to build and carry it)" >&2
     exit 2
 fi
 
-echo "== GPU"
-nvidia-smi -L
-nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
-
 status=0
-echo
-echo "== selftest"
-timeout 120 "$BIN" selftest --device cuda 2>&1 | tee "$LOG/selftest.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
-run_bench() { # depth widen math
-    local tag="wrn$1-$2-$3"
+# run NAME SECONDS COMMAND...: runs a step with a time limit, logs it to $LOG/NAME.txt, and
+# marks the check failed when it fails.
+run() {
+    local name=$1 limit=$2
+    shift 2
     echo
-    echo "== bench WRN-$1-$2 $3"
-    timeout 90 "$BIN" bench --device cuda --depth "$1" --widen "$2" --batch 128 \
-        --keep 1.0,0.75,0.5 --steps 10 --math "$3" 2>&1 | tee "$LOG/bench-$tag.txt"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    echo "== $name"
+    timeout "$limit" "$@" 2>&1 | tee "$LOG/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || { status=1; echo "($name exited $rc)"; }
 }
-run_bench 28 10 tf32
-run_bench 28 10 fp32
-run_bench 16 4 tf32
-run_bench 16 4 fp32
+
+echo "== machine"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi -L
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
+fi
+
+SLICEOUT_CUDA_SYNC=1 run selftest-fp32-sync 150 "$BIN" selftest --device "$DEVICE" --math fp32
+run selftest-tf32 120 "$BIN" selftest --device "$DEVICE" --math tf32
+run full-fp32 120 "$BIN" selftest --full --device "$DEVICE" --math fp32
+run full-tf32 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
+run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
+
+for model in "${MODELS[@]}"; do
+    read -r depth widen <<<"$model"
+    for math in tf32 fp32; do
+        run "bench-wrn$depth-$widen-$math" 120 "$BIN" bench --device "$DEVICE" --depth "$depth" --widen "$widen" \
+            --batch "$BATCH" --keep 1.0,0.75,0.5 --steps "$STEPS" --math "$math"
+    done
+done
+
+for keep in 1.0 0.5; do
+    rm -rf "$LOG/run-keep$keep"
+    run "train-keep$keep" 240 "$BIN" train --device "$DEVICE" --data "$DATA" --depth 16 --widen 4 --keep "$keep" \
+        --epochs "$EPOCHS" --batch 128 "${LIMIT[@]}" --out "$LOG/run-keep$keep"
+done
 
 echo
-echo "== summary"
-fails=$(grep -c -w "FAIL" "$LOG/selftest.txt" || true)
-echo "selftest: $(grep -E "passed|failed" "$LOG/selftest.txt" | tr '\n' ' ') (FAIL rows: $fails)"
+echo "== summary ($DEVICE)"
+for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt; do
+    [ -f "$f" ] || continue
+    printf "%-22s %s\n" "$(basename "$f" .txt)" "$(grep -E "^selftest.*passed" "$f" | tail -1)"
+done
+grep -E "gpu step|total " "$LOG/plan-wrn28-10.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5:   /'
 printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s\n" \
     model math keep "ms/step" "img/s" "arena MiB" "device MiB" "overhead MiB" "time ratio" "arena ratio" "torch ms"
 for f in "$LOG"/bench-wrn*.txt; do
@@ -62,11 +100,17 @@ for f in "$LOG"/bench-wrn*.txt; do
     grep -E '^[0-9]\.[0-9]{2} ' "$f" | sed 's/([^)]*)//' |
         awk -v model="$model" -v math="$math" '
         BEGIN {
+            # PyTorch 2.11 + cuDNN on one H100, batch 128, measured by the team (for scale only).
             t["WRN-28-10 fp32 1.00"]="96.6"; t["WRN-28-10 fp32 0.75"]="77.1"; t["WRN-28-10 fp32 0.50"]="61.6"
             t["WRN-28-10 tf32 1.00"]="36.0"; t["WRN-28-10 tf32 0.75"]="31.0"; t["WRN-28-10 tf32 0.50"]="27.2"
             t["WRN-16-4 tf32 1.00"]="8.8";   t["WRN-16-4 tf32 0.50"]="12.2"
         }
         { k = model " " math " " $1; ref = (k in t) ? t[k] : "-"
           printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s\n", model, math, $1, $2, $3, $6, $8, $9, $10, $11, ref }'
+done
+grep -h "context with the kernels" "$LOG"/bench-*.txt 2>/dev/null | head -1
+for keep in 1.0 0.5; do
+    line=$(grep -E "^epoch" "$LOG/train-keep$keep.txt" 2>/dev/null | tail -1)
+    echo "Fashion-MNIST WRN-16-4 keep $keep: ${line:-no epoch finished}"
 done
 exit $status

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use sliceout::gpu::{self, libs};
+use sliceout::gpu::{self, libs, Image};
 use sliceout::ops::KERNEL_FILES;
 
 /// Folders that may hold pip's NVRTC wheel, from `$SLICEOUT_NVRTC_LIB` and `python3`.
@@ -33,30 +33,57 @@ fn extra_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-#[test]
-fn every_kernel_file_compiles_with_nvrtc() {
+/// Whether NVRTC can be used here; without it the tests pass after saying why (and fail in CI).
+fn nvrtc_or_skip() -> bool {
     let dirs = extra_dirs();
-    if !libs::nvrtc_present(&dirs) {
-        let msg = format!(
-            "NVRTC (libnvrtc.so.13) not found in {:?}, {:?} or the loader path; \
-             `pip install nvidia-cuda-nvrtc==13.0.88` or set SLICEOUT_NVRTC_LIB",
-            libs::search_dirs(),
-            dirs
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
-        eprintln!("skipped: {msg}");
+    if libs::nvrtc_present(&dirs) {
+        return true;
+    }
+    let msg = format!(
+        "NVRTC (libnvrtc.so.13) not found in {}, {:?} or the loader path; \
+         `pip install nvidia-cuda-nvrtc==13.0.88` or set SLICEOUT_NVRTC_LIB",
+        libs::describe_search(),
+        dirs
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("skipped: {msg}");
+    false
+}
+
+/// Every kernel file compiles to a cubin for the H100 (sm_90), the form the backend loads,
+/// and every `extern "C" __global__` kernel of the file is a symbol of it.
+#[test]
+fn every_kernel_file_compiles_to_a_cubin() {
+    if !nvrtc_or_skip() {
         return;
     }
-    let ptx = gpu::compile_all("compute_90", KERNEL_FILES).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(ptx.len(), KERNEL_FILES.len());
-    // Every `extern "C" __global__ void name(` of a file is an entry of its PTX.
-    for ((name, src), (ptx_name, ptx)) in KERNEL_FILES.iter().zip(&ptx) {
-        assert_eq!(name, ptx_name);
+    let images = gpu::compile_all("sm_90", KERNEL_FILES).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(images.len(), KERNEL_FILES.len());
+    for ((name, src), (image_name, image)) in KERNEL_FILES.iter().zip(&images) {
+        assert_eq!(name, image_name);
+        let Image::Cubin(bytes) = image else { panic!("{name}: not a cubin") };
+        assert_eq!(&bytes[..4], b"\x7fELF", "{name}: not an ELF image");
         let kernels = gpu::kernel_names(src);
         assert!(!kernels.is_empty(), "{name} has no kernels");
         for k in kernels {
+            let symbol = [k.as_bytes(), b"\0"].concat();
+            assert!(bytes.windows(symbol.len()).any(|w| w == symbol), "{name}: kernel {k} missing from the cubin");
+        }
+    }
+}
+
+/// The fallback: PTX for the virtual architecture, which the driver compiles when loading.
+#[test]
+fn every_kernel_file_compiles_to_ptx() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let images = gpu::compile_all("compute_90", KERNEL_FILES).unwrap_or_else(|e| panic!("{e}"));
+    for ((name, src), (_, image)) in KERNEL_FILES.iter().zip(&images) {
+        let Image::Ptx(ptx) = image else { panic!("{name}: not PTX") };
+        for k in gpu::kernel_names(src) {
             assert!(ptx.contains(&format!(".entry {k}(")), "{name}: kernel {k} missing from the PTX");
         }
         assert!(ptx.contains(".target sm_90"), "{name}: not compiled for sm_90");
@@ -66,14 +93,13 @@ fn every_kernel_file_compiles_with_nvrtc() {
 /// A deliberately broken source is reported as an error carrying NVRTC's log, not a panic.
 #[test]
 fn compile_errors_come_back_with_the_log() {
-    if !libs::nvrtc_present(&extra_dirs()) {
-        return; // the test above reports the missing library
+    if !nvrtc_or_skip() {
+        return;
     }
-    let src = gpu::kernel_source("extern \"C\" __global__ void broken(float* x) { x[0] = y; }");
-    let r = cudarc::nvrtc::compile_ptx_with_opts(src, gpu::compile_options("compute_90", "b.cu"));
-    match r {
-        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
-            assert!(log.to_string_lossy().contains("y"), "{log:?}")
+    let err = gpu::compile("broken.cu", "extern \"C\" __global__ void broken(float* x) { x[0] = y; }", "sm_90");
+    match err {
+        Err(sliceout::Error::Device(msg)) => {
+            assert!(msg.contains("broken.cu") && msg.contains("\"y\""), "{msg}")
         }
         other => panic!("expected a compile error, got {other:?}"),
     }

@@ -119,3 +119,70 @@ fn report_json_lists_every_buffer_and_step() {
         assert!(b["first"].as_u64().unwrap() <= b["last"].as_u64().unwrap());
     }
 }
+
+/// Each convolution's workspace and chunk, from the schedule: (workspace floats, in width,
+/// shape, chunk).
+fn conv_workspaces(p: &Program) -> Vec<(usize, usize, sliceout::ir::ConvShape, usize)> {
+    use sliceout::ops::Op;
+    let s = &p.schedule;
+    let mut out = vec![];
+    for step in &s.steps {
+        let (col, shape, in_sel, chunk) = match &step.op {
+            Op::Conv(c) => (c.col, c.shape, c.in_sel, c.chunk),
+            Op::ConvBackward(c) => (c.col, c.shape, c.in_sel, c.chunk),
+            _ => continue,
+        };
+        if let Some(b) = col {
+            out.push((s.buffers[b].len, in_sel.width(&s.slices), shape, chunk));
+        }
+    }
+    out
+}
+
+/// A plan is made for the backend that runs it: on the GPU the workspaces hold im2col columns
+/// alone and each chunk is the largest whose columns fit the GPU's budget; the CPU's plan makes
+/// room for Winograd on the 3x3 stride-1 layers. Both keep the invariant.
+#[test]
+fn the_gpu_plan_sizes_workspaces_and_chunks_for_im2col_alone() {
+    use sliceout::ir::Target;
+    for keep in [1.0, 0.5] {
+        let c = wrn(28, 10, keep);
+        let gpu_options = Options { target: Target::Cuda, ..Options::default() };
+        let gpu = program(&c, 128, Mode::Train, gpu_options);
+        let cpu = program(&c, 128, Mode::Train, Options::default());
+        plan::check(&gpu.lifetimes, &gpu.placement, plan::ALIGN).unwrap();
+        let budget = gpu_options.col_budget() * (1 << 20);
+        assert_eq!(budget, 128 << 20);
+        for (len, width, shape, chunk) in conv_workspaces(&gpu) {
+            assert_eq!(len, shape.im2col_len(width, chunk), "{shape:?}");
+            assert!(len * 4 <= budget || chunk == 1, "{shape:?} chunk {chunk}");
+            assert!(chunk == shape.n || shape.im2col_len(width, chunk + 1) * 4 > budget, "{shape:?} chunk {chunk}");
+        }
+        let larger = conv_workspaces(&cpu).iter().filter(|(len, w, s, ch)| *len > s.im2col_len(*w, *ch)).count();
+        assert!(larger > 0, "the CPU plan sizes some workspaces for Winograd");
+        println!(
+            "keep {keep}: arena {:.1} MiB on the GPU, {:.1} MiB on the CPU",
+            gpu.arena_bytes() as f64 / MIB,
+            cpu.arena_bytes() as f64 / MIB
+        );
+    }
+}
+
+/// The GPU plan of a WRN-28-10 step at batch 128, keep 1.0, queues at most 1,000 kernel launches
+/// and cuBLAS calls, counted from the program.
+#[test]
+fn a_gpu_step_of_wrn_28_10_queues_under_a_thousand_calls() {
+    use sliceout::ir::Target;
+    let options = Options { target: Target::Cuda, ..Options::default() };
+    for keep in [1.0, 0.5] {
+        let p = program(&wrn(28, 10, keep), 128, Mode::Train, options);
+        let starts: Vec<usize> = p.schedule.slices.iter().map(|s| s.channels - 1).collect();
+        let rec = sliceout::backend::cuda::record_step(&p, &starts);
+        let (launches, gemms) = (rec.launches.borrow().len(), rec.gemms.borrow().len());
+        println!("keep {keep}: {launches} launches + {gemms} GEMMs");
+        assert!(launches + gemms <= 1000 || keep < 1.0, "{launches} + {gemms}");
+        // Wrapping slices (every start is the last channel) add one GEMM per sliced product at
+        // most, never a chunk.
+        assert!(launches + gemms <= 1300, "{launches} + {gemms}");
+    }
+}

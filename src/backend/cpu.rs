@@ -4,7 +4,7 @@ use super::{Backend, Batches, Execute, Memory, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::ir::mib;
+use crate::ir::{mib, Target};
 use crate::ops::{conv2d, gather, HostView, Tables};
 use crate::plan::Program;
 
@@ -112,5 +112,9 @@ impl Execute for CpuBackend {
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn target(&self) -> Target {
+        Target::Cpu
     }
 }

@@ -5,13 +5,13 @@
 //! (normalisation table, image bytes and labels together). Besides those: a small index buffer
 //! for batch gathers and cuBLAS's workspace, both made before the first step.
 
-use super::{Backend, Batches, Execute, Memory, SplitId, StepCtx};
+use super::{Backend, Batches, DeviceOverheads, Execute, Memory, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization, MAX_CHANNELS};
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::gpu::{DevMem, Gpu, Math};
-use crate::ir::mib;
-use crate::ops::{gather, DeviceView, Tables, KERNEL_FILES};
+use crate::gpu::{DevMem, Gpu, Math, Recorder};
+use crate::ir::{mib, Target};
+use crate::ops::{gather, DeviceView, SgdParams, Tables, KERNEL_FILES};
 use crate::plan::Program;
 
 /// A resident split: `[table: channels*256 f32][images: len*channels*1024 u8][labels: len u8]`.
@@ -75,6 +75,10 @@ impl CudaBackend {
 impl Memory for CudaBackend {
     fn memory_in_use(&self) -> Option<usize> {
         self.gpu.memory().ok().map(|(free, total)| total - free)
+    }
+
+    fn device_overheads(&self) -> Option<DeviceOverheads> {
+        Some(DeviceOverheads { context: self.gpu.context_bytes(), gemm_workspace: crate::gpu::CUBLAS_WORKSPACE })
     }
 
     fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
@@ -214,6 +218,9 @@ impl Execute for CudaBackend {
             _ => panic!("persistent region not set"),
         };
         let s = &p.schedule;
+        if self.gpu.sync_each() {
+            self.gpu.set_op(s.steps[step].name());
+        }
         let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
         s.steps[step].op.run_cuda(&DeviceView::new(tables, &self.gpu, arena, persistent));
     }
@@ -223,6 +230,32 @@ impl Backend for CudaBackend {
     fn name(&self) -> String {
         format!("cuda ({})", self.gpu.name())
     }
+
+    fn target(&self) -> Target {
+        Target::Cuda
+    }
+}
+
+/// What one training step of `program` queues on a GPU with slice starts `starts`: the batch
+/// gather, then every kernel launch and GEMM of its ops, recorded without a GPU (addresses are
+/// placeholders inside regions of the program's sizes).
+pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
+    let rec = Recorder::default();
+    let s = &program.schedule;
+    let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+    let ctx = StepCtx { starts, sgd };
+    let tables = Tables::new(&program.locs, &s.tensors, &s.slices, &ctx);
+    let (arena, persistent) = (1u64 << 40, 1u64 << 44);
+    let input = crate::gpu::f32_at(arena, program.locs[s.input].0);
+    let labels = crate::gpu::f32_at(arena, program.locs[s.labels].0);
+    let split = gather::SplitAddrs { table: 1 << 46, images: 1 << 46, labels: 1 << 46, channels: s.config.in_channels };
+    gather::gather_cuda(&rec, input, labels, split, 1 << 47, s.batch);
+    let view =
+        DeviceView::new(tables, &rec, (arena, program.arena_bytes().div_ceil(4)), (persistent, s.persistent_len()));
+    for step in &s.steps {
+        step.op.run_cuda(&view);
+    }
+    rec
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub use crate::ops::StepCtx;
 use crate::data::loader::{Crop, Normalization};
 use crate::data::Split;
 use crate::error::Result;
+use crate::ir::Target;
 use crate::plan::Program;
 
 /// A dataset split kept resident by the backend (on a GPU: in device memory, so batches are
@@ -47,6 +48,20 @@ pub trait Memory {
     fn memory_in_use(&self) -> Option<usize> {
         None
     }
+    /// What the device holds besides the plan (GPU backends): the CUDA context with the loaded
+    /// kernels, and the GEMM library's workspace, in bytes.
+    fn device_overheads(&self) -> Option<DeviceOverheads> {
+        None
+    }
+}
+
+/// Device memory a GPU backend uses outside its plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceOverheads {
+    /// In use once the context exists and the kernels are loaded, before our first allocation.
+    pub context: usize,
+    /// cuBLAS's workspace, allocated by us up front.
+    pub gemm_workspace: usize,
 }
 
 /// The data pipeline: resident splits and batch gathers.
@@ -78,6 +93,8 @@ pub trait Execute {
 pub trait Backend: Memory + Batches + Execute {
     /// E.g. `cpu (2 threads)`.
     fn name(&self) -> String;
+    /// What its programs' workspaces are sized for.
+    fn target(&self) -> Target;
 }
 
 /// `--device`.

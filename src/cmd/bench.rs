@@ -2,15 +2,15 @@
 //! measured in one run on one backend, with ratios to the first keep value. `benches/step.rs`
 //! runs the same measurement.
 
-use crate::backend::{self, Backend, SplitId};
+use crate::backend::{self, Backend};
 use crate::cmd::flags::{self, BenchFlags};
-use crate::data::loader::Normalization;
 use crate::error::{Error, Result};
-use crate::ir::mib;
+use crate::ir::{mib, Target};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::schedule::{Mode, Options};
+use crate::train::step::upload_synthetic_batch;
 use crate::train::{StepRngs, Stepper};
 use std::time::Instant;
 
@@ -34,22 +34,12 @@ impl Row {
     }
 }
 
-/// Uploads `batch` synthetic images (labels folded into `classes`) as the training split of
-/// `backend`: what `bench` and `profile` step on. Returns the batch's image indices.
-pub fn upload_timing_batch(backend: &mut dyn Backend, classes: usize, batch: usize, seed: u64) -> Result<Vec<usize>> {
-    let mut split = crate::data::synth::split(batch, seed);
-    split.labels.iter_mut().for_each(|l| *l = (*l as usize % classes) as u8);
-    let norm = Normalization::from_split(&split, 3);
-    backend.upload_split(SplitId::Train, split, 3, &norm)?;
-    Ok((0..batch).collect())
-}
-
 /// Times `steps` training steps (after one warm-up step) of `config` at each keep value.
 ///
-/// With `interleave` (a shared, noisy CPU), every keep value has its own backend and the steps
-/// go round-robin across them, so a slow spell of the machine hits all of them alike. Without
-/// it (a GPU), each keep value runs alone on a fresh backend, so that the device memory in use
-/// is that keep value's plan alone.
+/// On the CPU (shared and noisy) every keep value has its own backend and the steps go
+/// round-robin across them, so a slow spell of the machine hits all of them alike. On a GPU each
+/// keep value runs alone on a fresh backend, so that the device memory in use is that keep
+/// value's plan alone. `make` opens a backend for `target`.
 pub fn measure(
     make: &mut dyn FnMut() -> Result<Box<dyn Backend>>,
     config: &ModelConfig,
@@ -57,17 +47,19 @@ pub fn measure(
     keeps: &[f64],
     steps: usize,
     seed: u64,
-    interleave: bool,
+    target: Target,
 ) -> Result<Vec<Row>> {
+    let interleave = target == Target::Cpu;
+    let options = Options { target, ..Options::default() };
     let programs: Vec<Program> = keeps
         .iter()
-        .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, Options::default())))
+        .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, options)))
         .collect();
     let mut ready = |p: &Program| -> Result<Timed> {
         let mut backend = make()?;
         backend.reserve_arena(p.arena_bytes())?;
         backend.set_persistent(&wrn::init_persistent(&p.schedule, seed))?;
-        let images = upload_timing_batch(&mut *backend, config.classes, batch, seed)?;
+        let images = upload_synthetic_batch(&mut *backend, config.classes, batch, seed)?;
         Ok(Timed { backend, stepper: Stepper::new(p, 1, true), rngs: StepRngs::new(seed), images })
     };
     let mut times = vec![vec![]; keeps.len()];
@@ -172,10 +164,20 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     }
     let math = crate::gpu::Math::parse(&f.math)?;
     let probe = backend::open(f.device.into(), math, true)?;
-    let (name, interleave) = (probe.name(), probe.memory_in_use().is_none());
+    let (name, target) = (probe.name(), probe.target());
+    let overheads = probe.device_overheads();
     drop(probe);
     let mut make = || backend::open(f.device.into(), math, false);
-    let rows = measure(&mut make, &config, batch, &f.keep, f.steps, f.seed, interleave)?;
+    let rows = measure(&mut make, &config, batch, &f.keep, f.steps, f.seed, target)?;
     print!("{}", table(&config, batch, &name, &rows));
+    if let Some(o) = overheads {
+        println!(
+            "device MiB = plan (arena + persistent) + overhead; overhead = CUDA context with the kernels \
+             ({:.1} MiB in use before our first allocation) + cuBLAS workspace ({:.1} MiB) + the resident \
+             batch and its indices",
+            mib(o.context),
+            mib(o.gemm_workspace)
+        );
+    }
     Ok(())
 }

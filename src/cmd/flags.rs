@@ -3,6 +3,7 @@
 
 use crate::backend::DeviceChoice;
 use crate::data::DatasetKind;
+use crate::ir::Target;
 use crate::schedule::{Options, UpdateAt};
 use crate::train::LrSchedule;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -104,9 +105,9 @@ pub struct MemoryFlags {
     /// Images per im2col chunk (0 = auto, within --col-budget)
     #[arg(long, default_value_t = 0)]
     pub col_chunk: usize,
-    /// MiB an im2col workspace may take when --col-chunk is auto
-    #[arg(long, default_value_t = 32)]
-    pub col_budget: usize,
+    /// MiB an im2col workspace may take when --col-chunk is auto [default: 32 on the CPU, 128 on the GPU]
+    #[arg(long)]
+    pub col_budget: Option<usize>,
     /// Where SGD updates go: right after each gradient, or after the whole backward pass
     #[arg(long, value_enum, default_value_t = Update::Early)]
     pub update: Update,
@@ -118,11 +119,13 @@ impl MemoryFlags {
             recompute: !self.no_recompute,
             in_place: !self.no_in_place,
             col_chunk: self.col_chunk,
-            col_budget_mib: self.col_budget.max(1),
+            col_budget_mib: self.col_budget.map_or(0, |mib| mib.max(1)),
             update: match self.update {
                 Update::Early => UpdateAt::Early,
                 Update::End => UpdateAt::End,
             },
+            // The command sets the backend it builds for.
+            target: Target::Cpu,
         }
     }
 }
@@ -244,6 +247,9 @@ pub struct PlanFlags {
     /// Chart width in columns (text format)
     #[arg(long, default_value_t = 64)]
     pub width: usize,
+    /// The backend to plan for (workspace sizes differ): auto follows `--device auto` of train
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
     #[command(flatten)]
     pub memory: MemoryFlags,
 }
@@ -309,9 +315,13 @@ pub struct BenchFlags {
 pub struct SelftestFlags {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// GPU GEMM math: tf32 or fp32 (tolerance 5e-3 or 1e-5 against the CPU)
+    /// GPU GEMM math: tf32 or fp32 (op checks: tolerance 5e-3 or 1e-5 against the CPU)
     #[arg(long, default_value = "fp32")]
     pub math: String,
+    /// Instead of the op checks: one WRN-16-4 training step (batch 32, keep 0.5, wrapping
+    /// slices) against the CPU, op by op from the same inputs (tolerance 1e-4 fp32, 5e-3 tf32)
+    #[arg(long)]
+    pub full: bool,
 }
 
 pub fn dataset(flag: &Option<String>) -> crate::Result<Option<DatasetKind>> {

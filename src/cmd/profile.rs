@@ -10,7 +10,8 @@ use crate::ir::{live_bytes, mib};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
-use crate::schedule::{Mode, Phase};
+use crate::schedule::{Mode, Options, Phase};
+use crate::train::step::upload_synthetic_batch;
 use crate::train::{StepRngs, Stepper};
 use serde::Serialize;
 use std::time::Instant;
@@ -56,7 +57,7 @@ pub struct Profile {
 pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) -> Result<Profile> {
     let s = &p.schedule;
     backend.set_persistent(&wrn::init_persistent(s, seed))?;
-    let images = super::bench::upload_timing_batch(backend, s.config.classes, s.batch, seed)?;
+    let images = upload_synthetic_batch(backend, s.config.classes, s.batch, seed)?;
     let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let (mut stepper, mut rngs) = (Stepper::new(p, 1, true), StepRngs::new(seed));
     let mut total = vec![0f64; s.steps.len()];
@@ -216,7 +217,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         }
     }
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
-    let options = f.memory.options();
+    let options = Options { target: backend.target(), ..f.memory.options() };
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
     let main_p = build(&config);
     let other_p = f.compare.map(|keep| build(&ModelConfig { keep, ..config }));

@@ -2,15 +2,19 @@
 //! PyTorch reference on that backend; one row per check.
 
 use super::flags::SelftestFlags;
-use crate::backend::{self, CpuBackend};
+use crate::backend::{self, Backend, CpuBackend};
 use crate::error::{Error, Result};
-use crate::gpu::Math;
-use crate::verify::{reference, selftest};
+use crate::ir::{Math, Target};
+use crate::verify::{full, reference, selftest};
 
-/// Every op on the chosen backend against the CPU, then the PyTorch reference on it.
+/// Every op on the chosen backend against the CPU, then the PyTorch reference on it; with
+/// `--full`, one full-size training step against the CPU instead.
 pub fn command(f: &SelftestFlags) -> Result<()> {
     let math = Math::parse(&f.math)?;
     let mut backend = backend::open(f.device.into(), math, true)?;
+    if f.full {
+        return full(&mut *backend, math);
+    }
     let tol = if math == Math::Tf32 { 5e-3 } else { 1e-5 };
     let mut cpu = CpuBackend::reference();
     println!("ops on {} against the CPU (max relative error, tolerance {tol:.0e})", backend.name());
@@ -26,6 +30,52 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
     println!("\nselftest: {} passed, {} failed", total - failed, failed);
     if failed > 0 {
         return Err(Error::Msg(format!("selftest: {op_failed} op checks and {ref_failed} reference tensors failed")));
+    }
+    Ok(())
+}
+
+/// Tolerance of the full-step check (`||a - b|| / ||b||` per op, from the same inputs). fp32:
+/// the GPU sums in another order than the CPU (and the CPU's Winograd rounds otherwise than its
+/// im2col), about 1e-6 per op, well inside 1e-4. tf32 rounds every GEMM input to 10 mantissa
+/// bits: each product is off by up to two units of 2^-11 = 4.9e-4, and a sum of them by about
+/// that much relative to its norm; 5e-3 (ten units, as the op checks) leaves room for the
+/// element-wise ops that follow a GEMM in the same comparison, never for a wrong index.
+fn full_tolerance(math: Math, target: Target) -> f64 {
+    match (target, math) {
+        (Target::Cuda, Math::Tf32) => 5e-3,
+        _ => 1e-4,
+    }
+}
+
+fn full(backend: &mut dyn Backend, math: Math) -> Result<()> {
+    let (config, batch) = full::config();
+    let tol = full_tolerance(math, backend.target());
+    let mut cpu = CpuBackend::reference();
+    println!(
+        "{} batch {batch} keep {:.2} (every slice wrapping), one training step on {} against the CPU \
+         (relative error per op, tolerance {tol:.0e})",
+        config.name(),
+        config.keep,
+        backend.name()
+    );
+    let rows = full::full_step(&mut cpu, backend, &config, batch)?;
+    let failed: Vec<&full::FullRow> = rows.iter().filter(|r| r.max_rel_err.is_nan() || r.max_rel_err > tol).collect();
+    for r in &rows {
+        println!(
+            "{:44} {:10.2e}  {}",
+            r.name,
+            r.max_rel_err,
+            if r.max_rel_err.is_nan() || r.max_rel_err > tol { "FAIL" } else { "ok" }
+        );
+    }
+    let worst = rows.iter().map(|r| r.max_rel_err).fold(0f64, f64::max);
+    println!("\nselftest --full: {} passed, {} failed (worst {worst:.2e})", rows.len() - failed.len(), failed.len());
+    if !failed.is_empty() {
+        return Err(Error::Msg(format!(
+            "selftest --full: {} of {} comparisons over {tol:.0e}",
+            failed.len(),
+            rows.len()
+        )));
     }
     Ok(())
 }

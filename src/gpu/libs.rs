@@ -8,15 +8,17 @@
 //!
 //! Folders searched, in order: `$SLICEOUT_CUDA_LIB_DIR` (colon-separated), `$CUDA_HOME/lib64`,
 //! `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`, `/usr/local/cuda/targets/x86_64-linux/lib`,
-//! then any folders the caller adds (the NVRTC test adds pip's `nvidia/cu13/lib`).
-//! The driver (`libcuda.so.1`) comes with the NVIDIA driver and is on the default path.
+//! `/usr/local/nvidia/lib64` (where container runtimes mount the driver), the `nvidia/*/lib`
+//! folders of pip's NVIDIA wheels in the usual Python package folders (a virtual environment's
+//! first), then any folders the caller adds.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Libraries to preload, dependencies first.
-const LIBRARIES: &[&str] = &["libcublasLt.so.13", "libcublas.so.13", "libnvrtc-builtins.so.13.0", "libnvrtc.so.13"];
+const LIBRARIES: &[&str] =
+    &["libcuda.so.1", "libcublasLt.so.13", "libcublas.so.13", "libnvrtc-builtins.so.13.0", "libnvrtc.so.13"];
 
 const RTLD_NOW: c_int = 2;
 const RTLD_GLOBAL: c_int = 0x100;
@@ -39,7 +41,44 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     dirs.push("/usr/local/cuda/lib64".into());
     dirs.push("/usr/local/cuda/targets/x86_64-linux/lib".into());
+    dirs.push("/usr/local/nvidia/lib64".into());
+    dirs.extend(pip_dirs());
     dirs
+}
+
+/// The `nvidia/*/lib` folders of pip's NVIDIA wheels (`nvidia/cu13/lib`, `nvidia/cublas/lib`,
+/// ...) under the Python package folders that exist here.
+fn pip_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = vec![];
+    let mut prefixes: Vec<PathBuf> = vec![];
+    if let Ok(venv) = std::env::var("VIRTUAL_ENV") {
+        prefixes.push(Path::new(&venv).join("lib"));
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        prefixes.push(Path::new(&home).join(".local/lib"));
+        prefixes.extend(subdirs(&Path::new(&home).join(".pyenv/versions")).map(|v| v.join("lib")));
+    }
+    prefixes.extend(["/usr/local/lib", "/usr/lib", "/opt/conda/lib"].map(PathBuf::from));
+    for prefix in prefixes {
+        // python3.X/{site,dist}-packages, and Debian's python3/dist-packages.
+        for python in
+            subdirs(&prefix).filter(|d| d.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python3")))
+        {
+            roots.extend(["site-packages", "dist-packages"].map(|p| python.join(p)));
+        }
+    }
+    roots.iter().flat_map(|r| subdirs(&r.join("nvidia")).map(|d| d.join("lib"))).filter(|d| d.is_dir()).collect()
+}
+
+/// The folders directly inside `dir` (none when it cannot be read).
+fn subdirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir())
+}
+
+/// The folders searched, for error messages.
+pub fn describe_search() -> String {
+    let dirs: Vec<String> = search_dirs().iter().map(|d| d.display().to_string()).collect();
+    dirs.join(", ")
 }
 
 /// Libraries opened so far (full paths); a library is opened at most once.
@@ -97,4 +136,24 @@ pub fn nvrtc_present(extra: &[PathBuf]) -> bool {
     preload(extra);
     // SAFETY: only tries to open the library.
     catch(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pip's NVIDIA wheels in a virtual environment are found, and error messages list them.
+    #[test]
+    fn pip_wheel_folders_are_searched() {
+        let venv = std::env::temp_dir().join(format!("sliceout-venv-{}", std::process::id()));
+        let lib = venv.join("lib/python3.12/site-packages/nvidia/cu13/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::env::set_var("VIRTUAL_ENV", &venv);
+        let dirs = search_dirs();
+        std::env::remove_var("VIRTUAL_ENV");
+        assert!(dirs.contains(&lib), "{dirs:?}");
+        assert!(dirs.contains(&PathBuf::from("/usr/local/nvidia/lib64")));
+        assert!(describe_search().contains("/usr/local/cuda/lib64"));
+        std::fs::remove_dir_all(&venv).unwrap();
+    }
 }

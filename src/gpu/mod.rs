@@ -22,7 +22,7 @@ use cudarc::cublas::sys as cb;
 use cudarc::driver::{
     result as dr, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 use crate::ir::mib;
@@ -52,60 +52,100 @@ pub fn kernel_names(source: &str) -> Vec<&str> {
     source.split("extern \"C\" __global__ void ").skip(1).filter_map(|s| s.split('(').next()).map(str::trim).collect()
 }
 
-/// NVRTC options: the virtual architecture (e.g. `compute_90`) and no FMA contraction, so the
-/// kernels' f32 expressions round as the CPU's do.
-pub fn compile_options(arch: &str, name: &str) -> CompileOptions {
-    CompileOptions {
-        fmad: Some(false),
-        options: vec![format!("--gpu-architecture={arch}")],
-        name: Some(name.to_string()),
-        ..Default::default()
+/// NVRTC options for `arch`: `sm_90` compiles to a cubin for that chip, `compute_90` to PTX the
+/// driver compiles when loading; no FMA contraction, so the kernels' f32 expressions round as
+/// the CPU's do.
+pub fn nvrtc_options(arch: &str) -> Vec<String> {
+    vec![format!("--gpu-architecture={arch}"), "--fmad=false".into()]
+}
+
+/// A compiled kernel file: machine code for one chip, or PTX for the driver to compile.
+#[derive(Clone, Debug)]
+pub enum Image {
+    Cubin(Vec<u8>),
+    Ptx(String),
+}
+
+impl Image {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Image::Cubin(_) => "cubin",
+            Image::Ptx(_) => "ptx",
+        }
     }
 }
 
-/// `(file name, PTX)` of every kernel file.
-pub type Ptxs = Vec<(String, String)>;
-
-/// Compiles every kernel file for `arch` (e.g. `compute_90`) to PTX. Call after
-/// [`libs::nvrtc_present`]; a compile error comes back with NVRTC's log.
-pub fn compile_all(arch: &str, files: &[KernelFile]) -> Result<Ptxs> {
-    files
-        .iter()
-        .map(|(name, src)| {
-            let ptx =
-                cudarc::nvrtc::compile_ptx_with_opts(kernel_source(src), compile_options(arch, name)).map_err(|e| {
-                    match e {
-                        cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::Device(format!(
-                            "NVRTC could not compile {name} for {arch}:\n{}",
-                            log.to_string_lossy()
-                        )),
-                        e => Error::Device(format!("NVRTC failed on {name}: {e:?}")),
-                    }
-                })?;
-            Ok((name.to_string(), ptx.to_src()))
-        })
-        .collect()
+/// Compiles one kernel file (after [`COMMON`]) for `arch`: `sm_XY` gives a cubin, `compute_XY`
+/// PTX. A compile error comes back with NVRTC's log. Call after [`libs::nvrtc_present`].
+pub fn compile(name: &str, src: &str, arch: &str) -> Result<Image> {
+    use cudarc::nvrtc::{result, sys};
+    let fail = |what: &str, e: &dyn std::fmt::Debug| Error::Device(format!("NVRTC {what} {name} for {arch}: {e:?}"));
+    let (source, cname) = match (std::ffi::CString::new(kernel_source(src)), std::ffi::CString::new(name)) {
+        (Ok(s), Ok(n)) => (s, n),
+        _ => return Err(Error::Device(format!("kernel file {name} holds a NUL byte"))),
+    };
+    let prog = result::create_program(&source, Some(&cname)).map_err(|e| fail("could not start on", &e))?;
+    // SAFETY: `prog` is live until destroyed below; `source` and `cname` outlive it.
+    let image = unsafe {
+        let compiled = match result::compile_program(prog, &nvrtc_options(arch)) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let log = result::get_program_log(prog).unwrap_or_default();
+                let log = std::ffi::CStr::from_ptr(log.as_ptr()).to_string_lossy().into_owned();
+                Err(Error::Device(format!("NVRTC could not compile {name} for {arch}:\n{log}")))
+            }
+        };
+        let image = compiled.and_then(|()| {
+            if arch.starts_with("sm_") {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| fail("gave no cubin size for", &e))?;
+                let mut bytes = vec![0u8; size];
+                sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast())
+                    .result()
+                    .map_err(|e| fail("gave no cubin for", &e))?;
+                Ok(Image::Cubin(bytes))
+            } else {
+                let ptx = result::get_ptx(prog).map_err(|e| fail("gave no PTX for", &e))?;
+                Ok(Image::Ptx(std::ffi::CStr::from_ptr(ptx.as_ptr()).to_string_lossy().into_owned()))
+            }
+        });
+        let _ = result::destroy_program(prog);
+        image
+    };
+    image
 }
 
-/// PTX per architecture, compiled once per process.
-static PTX_CACHE: Mutex<Vec<(String, Ptxs)>> = Mutex::new(Vec::new());
+/// `(file name, image)` of every kernel file.
+pub type Images = Vec<(String, Image)>;
 
-fn cached_ptx(arch: &str, files: &[KernelFile]) -> Result<Ptxs> {
-    let mut cache = PTX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, ptx)) = cache.iter().find(|(a, _)| a == arch) {
-        return Ok(ptx.clone());
+/// Compiles every kernel file for `arch`.
+pub fn compile_all(arch: &str, files: &[KernelFile]) -> Result<Images> {
+    files.iter().map(|(name, src)| Ok((name.to_string(), compile(name, src, arch)?))).collect()
+}
+
+/// Images per device architecture (`XY` of compute capability X.Y), compiled once per process:
+/// cubins for `sm_XY`, or PTX for `compute_XY` where this NVRTC cannot target the chip itself.
+static IMAGE_CACHE: Mutex<Vec<(String, Images)>> = Mutex::new(Vec::new());
+
+fn cached_images(cc: &str, files: &[KernelFile]) -> Result<Images> {
+    let mut cache = IMAGE_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, images)) = cache.iter().find(|(c, _)| c == cc) {
+        return Ok(images.clone());
     }
     if !libs::nvrtc_present(&[]) {
         return Err(Error::Device(format!(
-            "cannot load NVRTC (libnvrtc.so.13); searched the loader path and {:?} \
+            "cannot load NVRTC (libnvrtc.so.13); searched the loader path and {} \
              (set SLICEOUT_CUDA_LIB_DIR or LD_LIBRARY_PATH to the folder holding it)",
-            libs::search_dirs()
+            libs::describe_search()
         )));
     }
-    let ptx = libs::catch(|| compile_all(arch, files))
-        .ok_or_else(|| Error::Device("NVRTC panicked while compiling the kernels".into()))??;
-    cache.push((arch.to_string(), ptx.clone()));
-    Ok(ptx)
+    let panicked = || Error::Device("NVRTC panicked while compiling the kernels".into());
+    let images = match libs::catch(|| compile_all(&format!("sm_{cc}"), files)).ok_or_else(panicked)? {
+        Ok(cubins) => cubins,
+        Err(_) => libs::catch(|| compile_all(&format!("compute_{cc}"), files)).ok_or_else(panicked)??,
+    };
+    cache.push((cc.to_string(), images.clone()));
+    Ok(images)
 }
 
 fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -116,7 +156,10 @@ fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
 fn probe() -> Result<()> {
     libs::preload(&[]);
     if !libs::driver_present() {
-        return Err(Error::Device("no NVIDIA driver: libcuda.so could not be loaded (use --device cpu)".into()));
+        return Err(Error::Device(format!(
+            "no NVIDIA driver: libcuda.so.1 could not be loaded from the loader path or {} (use --device cpu)",
+            libs::describe_search()
+        )));
     }
     match libs::catch(CudaContext::device_count) {
         None => Err(Error::Device("the NVIDIA driver library is missing functions this build needs (CUDA 13)".into())),
@@ -243,6 +286,31 @@ pub struct GemmCall {
     pub beta: f32,
 }
 
+/// What ops queue on a GPU: kernel launches (by kernel name) and GEMMs. [`Gpu`] runs them;
+/// [`Recorder`] writes them down, so what a program queues is known, and tested, without a GPU.
+pub trait Launcher {
+    /// Queues kernel `kernel` of the loaded kernel files.
+    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]);
+    /// Queues one `cublasGemmEx`.
+    fn gemm(&self, g: &GemmCall);
+}
+
+/// Records launches and GEMMs instead of running them.
+#[derive(Default)]
+pub struct Recorder {
+    pub launches: std::cell::RefCell<Vec<(&'static str, LaunchConfig)>>,
+    pub gemms: std::cell::RefCell<Vec<GemmCall>>,
+}
+
+impl Launcher for Recorder {
+    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, _args: &[&dyn Arg]) {
+        self.launches.borrow_mut().push((kernel, cfg));
+    }
+    fn gemm(&self, g: &GemmCall) {
+        self.gemms.borrow_mut().push(*g);
+    }
+}
+
 /// One GPU: context, stream, cuBLAS handle with its workspace, and the loaded kernels.
 pub struct Gpu {
     math: Math,
@@ -252,6 +320,10 @@ pub struct Gpu {
     kernels: Vec<(String, CudaFunction)>,
     /// Synchronise after every launch (`SLICEOUT_CUDA_SYNC=1`).
     sync_each: bool,
+    /// Device memory in use once the context existed and the kernels were loaded.
+    context_bytes: usize,
+    /// The op being queued, named in a synchronised launch's failure.
+    op: std::cell::RefCell<String>,
     workspace: DevMem<u8>,
     blas: cb::cublasHandle_t,
     stream: Arc<CudaStream>,
@@ -275,9 +347,9 @@ impl Gpu {
         let ctx = context()?;
         if !libs::cublas_present() {
             return Err(Error::Device(format!(
-                "cannot load cuBLAS (libcublas.so.13); searched the loader path and {:?} \
+                "cannot load cuBLAS (libcublas.so.13); searched the loader path and {} \
                  (set SLICEOUT_CUDA_LIB_DIR or LD_LIBRARY_PATH to the folder holding it)",
-                libs::search_dirs()
+                libs::describe_search()
             )));
         }
         // One stream, no cross-stream events: work is ordered by the stream alone.
@@ -285,23 +357,31 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| dev_err("reading the compute capability", e))?;
-        let arch = format!("compute_{major}{minor}");
+        let cc = format!("{major}{minor}");
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let mut kernels = vec![];
-        for ((name, src), (_, ptx)) in files.iter().zip(cached_ptx(&arch, files)?) {
-            let module =
-                ctx.load_module(Ptx::from_src(ptx)).map_err(|e| dev_err(&format!("loading the PTX of {name}"), e))?;
+        let images = cached_images(&cc, files)?;
+        let arch = format!("sm_{cc} {}", images.first().map_or("", |(_, i)| i.kind()));
+        for ((name, src), (_, image)) in files.iter().zip(images) {
+            let what = format!("loading the {} of {name}", image.kind());
+            let module = match image {
+                Image::Cubin(bytes) => ctx.load_module(Ptx::from_binary(bytes)),
+                Image::Ptx(text) => ctx.load_module(Ptx::from_src(text)),
+            }
+            .map_err(|e| dev_err(&what, e))?;
             for k in kernel_names(src) {
                 let f = module.load_function(k).map_err(|e| dev_err(&format!("loading kernel {k} of {name}"), e))?;
                 kernels.push((k.to_string(), f));
             }
         }
+        let context_bytes = ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0);
         let workspace = alloc::<u8>(&stream, CUBLAS_WORKSPACE, "the cuBLAS workspace")?;
         let blas = libs::catch(cudarc::cublas::result::create_handle)
             .ok_or_else(|| Error::Device("cuBLAS panicked while starting".into()))?
             .map_err(|e| dev_err("creating a cuBLAS handle", e))?;
         let sync_each = std::env::var("SLICEOUT_CUDA_SYNC").is_ok_and(|v| v == "1");
-        let gpu = Gpu { math, device_name, arch, kernels, sync_each, workspace, blas, stream, ctx };
+        let op = std::cell::RefCell::new(String::new());
+        let gpu = Gpu { math, device_name, arch, kernels, sync_each, context_bytes, op, workspace, blas, stream, ctx };
         // SAFETY: valid handle, stream and workspace (kept alive by `gpu`).
         unsafe {
             cudarc::cublas::result::set_stream(gpu.blas, gpu.stream.cu_stream() as _)
@@ -313,13 +393,19 @@ impl Gpu {
         Ok(gpu)
     }
 
-    /// E.g. `NVIDIA H100 80GB HBM3, sm_90, tf32`.
+    /// E.g. `NVIDIA H100 80GB HBM3, sm_90 cubin, tf32`.
     pub fn name(&self) -> String {
-        format!("{}, {}, {}", self.device_name, self.arch.replace("compute_", "sm_"), self.math.as_str())
+        format!("{}, {}, {}", self.device_name, self.arch, self.math.as_str())
     }
 
     pub fn math(&self) -> Math {
         self.math
+    }
+
+    /// Device memory the process used once the context existed and the kernels were loaded,
+    /// before any allocation of ours (the whole device's use, so other processes count too).
+    pub fn context_bytes(&self) -> usize {
+        self.context_bytes
     }
 
     /// `(free, total)` device memory now.
@@ -358,8 +444,29 @@ impl Gpu {
         ok(self.stream.synchronize(), "stream synchronise");
     }
 
-    /// Queues kernel `name` (a kernel of one of the files given to [`Gpu::new`]).
-    pub fn launch(&self, name: &str, cfg: LaunchConfig, args: &[&dyn Arg]) {
+    /// Whether every launch is synchronised (`SLICEOUT_CUDA_SYNC=1`), so a fault is reported
+    /// against the op and kernel that caused it.
+    pub fn sync_each(&self) -> bool {
+        self.sync_each
+    }
+
+    /// Names the op whose work is queued next (shown when a synchronised launch fails).
+    pub fn set_op(&self, name: String) {
+        *self.op.borrow_mut() = name;
+    }
+
+    /// With `SLICEOUT_CUDA_SYNC=1`, waits for the kernel or GEMM just queued, naming it (`what`)
+    /// and the op on failure.
+    fn check_each(&self, what: impl FnOnce() -> String) {
+        if self.sync_each {
+            let op = self.op.borrow();
+            ok(self.stream.synchronize(), &format!("{} of op `{op}` (SLICEOUT_CUDA_SYNC)", what()));
+        }
+    }
+}
+
+impl Launcher for Gpu {
+    fn launch(&self, name: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]) {
         let f = match self.kernels.iter().find(|(n, _)| n == name) {
             Some((_, f)) => f,
             None => panic!("CUDA: kernel {name} is not in any kernel file"),
@@ -370,14 +477,14 @@ impl Gpu {
         }
         // SAFETY: argument lists match the kernels' signatures (ops/*/*.cu); pointers are
         // inside our allocations (the ops check lengths against the plan before launching).
-        ok(unsafe { b.launch(cfg) }, &format!("launching kernel {name}"));
-        if self.sync_each {
-            ok(self.stream.synchronize(), &format!("kernel {name} (SLICEOUT_CUDA_SYNC)"));
+        if let Err(e) = unsafe { b.launch(cfg) } {
+            panic!("CUDA: launching kernel {name} failed: {e:?}");
         }
+        self.check_each(|| format!("kernel {name}"));
     }
 
-    /// Queues one `cublasGemmEx` in the backend's math.
-    pub fn gemm(&self, g: &GemmCall) {
+    /// In the GPU's math.
+    fn gemm(&self, g: &GemmCall) {
         let alpha = 1.0f32;
         let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
         let p = |a: u64| a as *mut std::ffi::c_void;
@@ -409,9 +516,7 @@ impl Gpu {
             },
             "cublasGemmEx",
         );
-        if self.sync_each {
-            ok(self.stream.synchronize(), "cublasGemmEx (SLICEOUT_CUDA_SYNC)");
-        }
+        self.check_each(|| "cublasGemmEx".to_string());
     }
 }
 

@@ -72,6 +72,24 @@ impl Math {
     }
 }
 
+/// The backend a program is built for: it decides how convolution workspaces are sized (the
+/// CPU's Winograd path needs more than im2col; the GPU runs im2col alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Target {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl Target {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

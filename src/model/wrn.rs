@@ -398,8 +398,9 @@ impl Builder {
             return o.col_chunk.min(shape.n);
         }
         // The largest chunk whose workspace fits the budget (at least one image).
-        let budget = o.col_budget_mib << 20;
-        let fits = |c: usize| crate::ops::conv2d::workspace_len(shape, in_width, c) * 4 <= budget;
+        let budget = o.col_budget() << 20;
+        let fits =
+            |c: usize| crate::ops::conv2d::workspace_len(shape, in_width, c, self.sched.options.target) * 4 <= budget;
         // The workspace grows with the chunk: binary search for the last chunk that fits.
         let (mut lo, mut hi) = (1, shape.n);
         while lo < hi {
@@ -438,7 +439,7 @@ impl Builder {
 
     /// The workspace buffer of a convolution (none for a direct 1x1 conv).
     fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
-        let len = crate::ops::conv2d::workspace_len(shape, self.width(in_sel), chunk);
+        let len = crate::ops::conv2d::workspace_len(shape, self.width(in_sel), chunk, self.sched.options.target);
         (len > 0).then(|| {
             self.buf(
                 format!("{layer}.{what}"),

@@ -7,7 +7,7 @@
 use super::conv2d::Algo;
 use super::sgd::SgdParams;
 use super::StepCtx;
-use crate::gpu::{f32_at, Gpu};
+use crate::gpu::{f32_at, Launcher};
 use crate::ir::{BufId, Sel, Slice, SliceSpec, TensorId, TensorSpec};
 
 /// The program's tables and the step's values.
@@ -130,7 +130,8 @@ impl<'a> HostView<'a> {
 /// check buffer lengths against their dimensions before launching.
 pub struct DeviceView<'a> {
     pub t: Tables<'a>,
-    pub gpu: &'a Gpu,
+    /// The GPU (or a recorder of what would run on it).
+    pub gpu: &'a dyn Launcher,
     arena: u64,
     arena_len: usize,
     persistent: u64,
@@ -139,7 +140,7 @@ pub struct DeviceView<'a> {
 
 impl<'a> DeviceView<'a> {
     /// `arena` and `persistent` are base addresses with their lengths in floats.
-    pub fn new(t: Tables<'a>, gpu: &'a Gpu, arena: (u64, usize), persistent: (u64, usize)) -> DeviceView<'a> {
+    pub fn new(t: Tables<'a>, gpu: &'a dyn Launcher, arena: (u64, usize), persistent: (u64, usize)) -> DeviceView<'a> {
         DeviceView {
             t,
             gpu,

@@ -31,7 +31,7 @@ pub use pool::{Pool, PoolBackward};
 pub use sgd::{Sgd, SgdParams};
 
 use crate::gpu::KernelFile;
-use crate::ir::{BufId, SliceSpec};
+use crate::ir::{BufId, SliceSpec, TensorId};
 
 /// Run-time values of one step: the slice starts drawn for it (one per block) and the optimizer
 /// settings (the learning rate follows its schedule).
@@ -46,6 +46,11 @@ pub trait Kernel {
     /// (buffers read, buffers written). A buffer both read and written (accumulation) is listed
     /// as written only.
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>);
+    /// Persistent tensors the op changes (parameters and momentum in SGD, BN running
+    /// statistics in training); none for most ops.
+    fn updates(&self) -> Vec<TensorId> {
+        vec![]
+    }
     /// Multiply-accumulates, given the slice widths (0 for element-wise ops).
     fn macs(&self, _slices: &[SliceSpec]) -> usize {
         0
@@ -103,6 +108,10 @@ impl Op {
 
     pub fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         each_op!(self, o => o.buffers())
+    }
+
+    pub fn updates(&self) -> Vec<TensorId> {
+        each_op!(self, o => o.updates())
     }
 
     pub fn macs(&self, slices: &[SliceSpec]) -> usize {

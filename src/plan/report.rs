@@ -59,6 +59,15 @@ pub struct PlanReport {
     /// Planner options in force, e.g. ("recompute", "bn-relu").
     pub options: Vec<(String, String)>,
     pub baseline: Option<Baseline>,
+    /// For a GPU plan: kernel launches and cuBLAS GEMMs one training step queues.
+    pub gpu_calls: Option<GpuCalls>,
+}
+
+/// What one step queues on a GPU, counted from the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GpuCalls {
+    pub launches: usize,
+    pub gemms: usize,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -120,6 +129,7 @@ pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
             naive_bytes: super::naive_bytes(&b.lifetimes),
             persistent_bytes: persistent_parts(&b.schedule).iter().map(|(_, x)| x).sum(),
         }),
+        gpu_calls: None,
     }
 }
 
@@ -256,7 +266,11 @@ fn write_summary(s: &mut String, r: &PlanReport) -> fmt::Result {
         )?;
     }
     let opts: Vec<String> = r.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    writeln!(s, "  options     {}", if opts.is_empty() { "none".to_string() } else { opts.join(", ") })
+    writeln!(s, "  options     {}", if opts.is_empty() { "none".to_string() } else { opts.join(", ") })?;
+    if let Some(g) = r.gpu_calls {
+        writeln!(s, "  gpu step    {} kernel launches + {} cuBLAS GEMMs (batch gather included)", g.launches, g.gemms)?;
+    }
+    Ok(())
 }
 
 /// The buffer table: one row per buffer with its size, offset, live steps and chart character.
@@ -381,10 +395,13 @@ struct JsonPlan<'a> {
     buffers: Vec<JsonBuffer<'a>>,
     options: serde_json::Map<String, serde_json::Value>,
     baseline: Option<JsonBaseline>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_calls: Option<GpuCalls>,
 }
 
 /// The plan as JSON: model, batch, keep, mode, alignment, the byte totals, `steps` (op names),
-/// `buffers` (`first`/`last` index `steps`), `options` (an object) and `baseline` (or null).
+/// `buffers` (`first`/`last` index `steps`), `options` (an object), `baseline` (or null) and,
+/// for a GPU plan, `gpu_calls` (`launches`, `gemms`).
 pub fn json(r: &PlanReport) -> String {
     let plan = JsonPlan {
         model: &r.model,
@@ -417,6 +434,7 @@ pub fn json(r: &PlanReport) -> String {
             naive_bytes: b.naive_bytes,
             persistent_bytes: b.persistent_bytes,
         }),
+        gpu_calls: r.gpu_calls,
     };
     // Plain structs with string keys always serialise (a NaN keep becomes null).
     serde_json::to_string_pretty(&plan).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
@@ -776,6 +794,7 @@ mod tests {
                 naive_bytes: 20 * MB,
                 persistent_bytes: 3 * MB,
             }),
+            gpu_calls: None,
         }
     }
 

@@ -7,7 +7,7 @@ use crate::data::loader::{Crop, Normalization};
 use crate::data::{self, DatasetKind};
 use crate::error::{Error, Result};
 use crate::io::checkpoint;
-use crate::ir::ModelConfig;
+use crate::ir::{ModelConfig, Target};
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -22,10 +22,12 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Eval programs for full batches and for the remainder of a `len`-image split.
-    pub fn new(config: &ModelConfig, batch: usize, len: usize) -> Evaluator {
+    /// Eval programs for full batches and for the remainder of a `len`-image split, built for
+    /// `target`.
+    pub fn new(config: &ModelConfig, batch: usize, len: usize, target: Target) -> Evaluator {
         let batch = batch.min(len.max(1));
-        let build = |n| Program::new(wrn::build(config, n, Mode::Eval, Options::default()));
+        let options = Options { target, ..Options::default() };
+        let build = |n| Program::new(wrn::build(config, n, Mode::Eval, options));
         let mut programs = vec![build(batch)];
         if !len.is_multiple_of(batch) {
             programs.push(build(len % batch));
@@ -95,7 +97,7 @@ pub fn evaluate(
         ));
     }
     let mut backend = backend::open(device, Math::Tf32, false)?;
-    let mut eval = Evaluator::new(&config, batch, ds.test.len);
+    let mut eval = Evaluator::new(&config, batch, ds.test.len, backend.target());
     backend.reserve_arena(eval.arena_bytes())?;
     let s = &eval.program().schedule;
     let mut region = vec![0f32; s.persistent_len()];

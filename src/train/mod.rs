@@ -209,8 +209,9 @@ impl<'a> Run<'a> {
         };
         prepare_out_folder(args)?;
 
-        let program = Program::new(wrn::build(&config, args.batch, Mode::Train, args.options));
-        let eval = Evaluator::new(&config, args.batch, test_len);
+        let options = Options { target: backend.target(), ..args.options };
+        let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
+        let eval = Evaluator::new(&config, args.batch, test_len, backend.target());
         backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
         backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
         let arena_bytes = program.arena_bytes().max(eval.arena_bytes());

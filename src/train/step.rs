@@ -6,7 +6,8 @@
 //! persistent region by the backend, the crops and starts here.
 
 use crate::backend::{Backend, SplitId, StepCtx};
-use crate::data::loader::Crop;
+use crate::data::loader::{Crop, Normalization};
+use crate::error::Result;
 use crate::ir::{slice, SliceSpec};
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -77,6 +78,21 @@ impl Stepper {
     pub fn starts(&self) -> &[usize] {
         &self.starts
     }
+}
+
+/// Uploads `batch` synthetic images (labels folded into `classes`) as the training split of
+/// `backend`: what `bench`, `profile` and the full selftest step on. Returns the batch's image indices.
+pub fn upload_synthetic_batch(
+    backend: &mut dyn Backend,
+    classes: usize,
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<usize>> {
+    let mut split = crate::data::synth::split(batch, seed);
+    split.labels.iter_mut().for_each(|l| *l = (*l as usize % classes) as u8);
+    let norm = Normalization::from_split(&split, 3);
+    backend.upload_split(SplitId::Train, split, 3, &norm)?;
+    Ok((0..batch).collect())
 }
 
 /// One start per block, uniform over `{0, align, 2*align, ...} < channels`; 0 (and no draw)

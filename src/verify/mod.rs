@@ -1,6 +1,7 @@
 //! Checks a user can run on any backend: every op against the CPU reference (`selftest`) and the
 //! network against PyTorch's numbers (`reference`).
 
+pub mod full;
 pub mod reference;
 pub mod selftest;
 

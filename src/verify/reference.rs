@@ -186,7 +186,7 @@ fn one_step_case(
         _ => lookup(r, &format!("{case}.starts"))?.data.iter().map(|&s| s as usize).collect(),
     };
     let cfg = ModelConfig { keep, ..config() };
-    let grads_only = Options { update: UpdateAt::None, ..Options::default() };
+    let grads_only = Options { update: UpdateAt::None, target: backend.target(), ..Options::default() };
     let p = Program::new(wrn::build(&cfg, batch.n, Mode::Train, grads_only));
     backend.reserve_arena(p.arena_bytes())?;
     let init = initial_state(&p, r)?;
@@ -237,8 +237,9 @@ fn one_step_case(
 fn sgd_case(backend: &mut dyn Backend, r: &HashMap<String, RefTensor>, batch: &Batch) -> Result<Vec<Row>> {
     let (x, y, n) = (&batch.x, batch.y, batch.n);
     let cfg = config();
-    let train = Program::new(wrn::build(&cfg, n, Mode::Train, Options::default()));
-    let eval = Program::new(wrn::build(&cfg, n, Mode::Eval, Options::default()));
+    let options = Options { target: backend.target(), ..Options::default() };
+    let train = Program::new(wrn::build(&cfg, n, Mode::Train, options));
+    let eval = Program::new(wrn::build(&cfg, n, Mode::Eval, options));
     backend.reserve_arena(train.arena_bytes().max(eval.arena_bytes()))?;
     backend.set_persistent(&initial_state(&train, r)?)?;
     let starts = [0usize; 3];

@@ -249,7 +249,7 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                     let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
                     let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
                     let inp = t.input("conv.inp", x);
-                    let col_len = crate::ops::conv2d::workspace_len(&shape, iw, chunk);
+                    let col_len = crate::ops::conv2d::workspace_len(&shape, iw, chunk, crate::ir::Target::Cpu);
                     let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
                     let (name, op) = if !backward {
                         let o = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
@@ -682,6 +682,9 @@ mod tests {
     impl Backend for Skewed {
         fn name(&self) -> String {
             "skewed".into()
+        }
+        fn target(&self) -> crate::ir::Target {
+            crate::ir::Target::Cpu
         }
     }
 

@@ -18,7 +18,7 @@ mod tests;
 pub use cpu::{bn_relu_apply, bn_relu_backward, bn_relu_eval, bn_relu_train, BN_EPS, BN_MOMENTUM};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BnRef, BufId, Sel, Slice};
+use crate::ir::{BnRef, BufId, Sel, Slice, TensorId};
 
 /// Train-mode BN (batch statistics, running-stat update) + ReLU + SliceOut's scale `c / w`
 /// over the channels `sel` covers; `stats` keeps `[mean; w, invstd; w]` for backward.
@@ -73,6 +73,9 @@ pub struct BnReluBackward {
 impl Kernel for BnReluTrain {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.inp], vec![self.out, self.stats])
+    }
+    fn updates(&self) -> Vec<TensorId> {
+        vec![self.bn.mean, self.bn.var]
     }
     fn run_cpu(&self, m: &HostView) {
         let (slice, bn) = (m.t.slice(self.sel), self.bn);

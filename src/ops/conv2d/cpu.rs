@@ -3,7 +3,7 @@ use rayon::prelude::*;
 use super::lowering::{self, ConvCmd, Operand};
 use super::{winograd, workspace_len, Algo};
 use crate::blas::gemm;
-use crate::ir::{ConvShape, Slice};
+use crate::ir::{ConvShape, Slice, Target};
 
 /// Output positions `[lo, hi)` along one axis whose input position `o*stride + tap - pad` lies
 /// in `[0, len_in)`; the others read padding.
@@ -128,8 +128,9 @@ fn check_call(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) {
 ///
 /// `out` holds `(out_slice.width, N, Ho, Wo)` and `inp` holds `(in_slice.width, N, H, W)`, both
 /// in slice order; `weight` is the full `[cout, cin*K*K]` matrix. `chunk` images go through
-/// `col` at a time (0 or >= N: the whole batch); `col` needs `workspace_len(p, in_slice.width, chunk)`
-/// floats and is unused when `p.direct()`.
+/// `col` at a time (0 or >= N: the whole batch); `col` needs at least the im2col columns of a
+/// chunk (`workspace_len` for the CPU to run Winograd where it applies) and is unused when
+/// `p.direct()`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     out: &mut [f32],
@@ -151,8 +152,8 @@ pub fn conv2d_forward(
     assert!(inp.len() >= w_in * p.n * p.h * p.w, "conv forward: input too short");
     assert!(weight.len() >= p.cout * p.cin * kk, "conv forward: weight too short");
     if !p.direct() {
-        assert!(col.len() >= workspace_len(p, w_in, chunk), "conv forward: workspace too short");
-        if algo == Algo::Fast && winograd::eligible(p) {
+        assert!(col.len() >= p.im2col_len(w_in, chunk), "conv forward: workspace too short");
+        if use_winograd(p, w_in, chunk, col.len(), algo) {
             winograd::forward(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
             return;
         }
@@ -196,8 +197,8 @@ pub fn conv2d_backward(
         assert!(d.len() >= in_len, "conv backward: d_inp too short");
     }
     if !p.direct() {
-        assert!(col.len() >= workspace_len(p, w_in, chunk), "conv backward: workspace too short");
-        if algo == Algo::Fast && winograd::eligible(p) {
+        assert!(col.len() >= p.im2col_len(w_in, chunk), "conv backward: workspace too short");
+        if use_winograd(p, w_in, chunk, col.len(), algo) {
             winograd::backward(
                 d_inp,
                 d_weight,
@@ -222,6 +223,12 @@ pub fn conv2d_backward(
     let mut ops =
         Operands { weight, inp, col, d_out, d_weight, d_inp: d_inp.unwrap_or_default(), ..Operands::default() };
     lowering::conv_backward(p, out_slice, in_slice, chunk, wants_d_inp, accumulate_d_inp, |cmd| ops.run(cmd, p, w_in));
+}
+
+/// Winograd where `algo` allows it, the layer is eligible and the workspace was sized for it (a
+/// program planned for the GPU sizes workspaces for im2col alone: it then runs im2col here).
+fn use_winograd(p: &ConvShape, in_width: usize, chunk: usize, col_len: usize, algo: Algo) -> bool {
+    algo == Algo::Fast && winograd::eligible(p) && col_len >= workspace_len(p, in_width, chunk, Target::Cpu)
 }
 
 /// The memory behind each operand of a lowered convolution on the host.

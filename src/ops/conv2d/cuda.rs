@@ -92,3 +92,55 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
         run(d, cmd, p, is.width, &addr)
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{grid, Recorder};
+    use crate::ir::{Init, Role, Sel, Slice, SliceSpec, TensorSpec};
+    use crate::ops::{SgdParams, StepCtx, Tables};
+
+    /// A 3x3 conv of 40 input channels over 13 images in chunks of 4 (sliced input, wrapping):
+    /// one im2col per chunk, each launched over exactly its own columns, and the GEMMs per chunk
+    /// the lowering asks for.
+    #[test]
+    fn launches_follow_the_chunks_and_grids_their_own_work() {
+        let shape = ConvShape { n: 13, cin: 40, h: 9, w: 9, cout: 24, k: 3, stride: 1, pad: 1 };
+        let (chunk, slices) = (4, [SliceSpec { channels: 40, width: 20 }]);
+        let is = Slice::new(30, 20, 40);
+        let in_len = 20 * 13 * 81;
+        let out_len = 24 * 13 * shape.ho() * shape.wo();
+        let col_len = shape.im2col_len(20, chunk);
+        let locs = [(0, out_len), (out_len, in_len), (out_len + in_len, col_len)];
+        let w =
+            TensorSpec { name: "w".into(), shape: vec![24, 40, 3, 3], role: Role::Param, init: Init::Zeros, offset: 0 };
+        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        let ctx = StepCtx { starts: &[is.start], sgd };
+        let tensors = [w];
+        let tables = Tables::new(&locs, &tensors, &slices, &ctx);
+        let rec = Recorder::default();
+        let arena = out_len + in_len + col_len;
+        let view = DeviceView::new(tables, &rec, (1 << 40, arena), (1 << 44, 24 * 40 * 9));
+        let op = Conv {
+            out: 0,
+            inp: 1,
+            col: Some(2),
+            weight: 0,
+            shape,
+            out_sel: Sel::Full(24),
+            in_sel: Sel::Block(0),
+            chunk,
+            accumulate: false,
+        };
+        forward(&op, &view);
+        let launches = rec.launches.borrow();
+        let images = [4, 4, 4, 1];
+        assert_eq!(launches.len(), images.len());
+        for ((name, cfg), nc) in launches.iter().zip(images) {
+            assert_eq!(*name, "im2col");
+            assert_eq!(cfg.grid_dim, grid(shape.im2col_len(20, nc)).grid_dim);
+        }
+        // Two input runs (the slice wraps) per chunk.
+        assert_eq!(rec.gemms.borrow().len(), 2 * images.len());
+    }
+}

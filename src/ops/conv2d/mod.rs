@@ -29,7 +29,7 @@ mod winograd;
 pub use cpu::{col2im, conv2d_backward, conv2d_forward, im2col};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BufId, ConvShape, Sel, SliceSpec, TensorId};
+use crate::ir::{BufId, ConvShape, Sel, SliceSpec, Target, TensorId};
 
 /// Which algorithm a CPU convolution may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -43,11 +43,11 @@ pub enum Algo {
 }
 
 /// Floats of a convolution's workspace for `in_width` input channels and `chunk` images (0 when
-/// direct): im2col columns, or the Winograd path's buffers where it applies, whichever is
-/// larger, so that one plan serves the CPU (Winograd) and the CUDA backend (im2col).
-pub fn workspace_len(p: &ConvShape, in_width: usize, chunk: usize) -> usize {
+/// direct) on `target`: the im2col columns, and on the CPU, where a 3x3 stride-1 layer runs
+/// Winograd, the larger of those and Winograd's buffers.
+pub fn workspace_len(p: &ConvShape, in_width: usize, chunk: usize, target: Target) -> usize {
     let im2col = p.im2col_len(in_width, chunk);
-    if im2col > 0 && winograd::eligible(p) {
+    if im2col > 0 && target == Target::Cpu && winograd::eligible(p) {
         return im2col.max(winograd::workspace_len(p, in_width, p.chunk_images(chunk)));
     }
     im2col

@@ -6,7 +6,7 @@
 use super::cpu::*;
 use super::*;
 use crate::blas::gemm;
-use crate::ir::{ConvShape, Layout, Slice};
+use crate::ir::{ConvShape, Layout, Slice, Target};
 use crate::rng::Rng;
 use std::time::Instant;
 
@@ -150,13 +150,13 @@ fn shape_arithmetic() {
     let p = ConvShape { n: 32, cin: 64, h: 32, w: 32, cout: 128, k: 3, stride: 2, pad: 1 };
     assert_eq!((p.ho(), p.wo(), p.kk()), (16, 16, 9));
     assert!(!p.direct());
-    assert_eq!(workspace_len(&p, 32, 4), 32 * 9 * 4 * 256);
-    assert_eq!(workspace_len(&p, 32, 0), 32 * 9 * 32 * 256);
-    assert_eq!(workspace_len(&p, 32, 100), workspace_len(&p, 32, 0));
+    assert_eq!(workspace_len(&p, 32, 4, Target::Cpu), 32 * 9 * 4 * 256);
+    assert_eq!(workspace_len(&p, 32, 0, Target::Cpu), 32 * 9 * 32 * 256);
+    assert_eq!(workspace_len(&p, 32, 100, Target::Cpu), workspace_len(&p, 32, 0, Target::Cpu));
     assert_eq!(p.macs(64, 32), 64 * 32 * 9 * 32 * 256);
     let q = ConvShape { k: 1, stride: 1, pad: 0, ..p };
     assert!(q.direct());
-    assert_eq!(workspace_len(&q, 64, 4), 0);
+    assert_eq!(workspace_len(&q, 64, 4, Target::Cpu), 0);
     assert_eq!((q.ho(), q.wo()), (32, 32));
 }
 
@@ -227,7 +227,7 @@ fn forward_matches_direct_convolution() {
             let x = random(in_slice.width * p.n * p.h * p.w, 20 + si as u64);
             let want = reference_forward(&x, &gather_weight(&wt, &p, &out_slice, &in_slice), &dp);
             for chunk in [0, 1, 2] {
-                let mut col = vec![f32::NAN; workspace_len(&p, in_slice.width, chunk)];
+                let mut col = vec![f32::NAN; workspace_len(&p, in_slice.width, chunk, Target::Cpu)];
                 for accumulate in [false, true] {
                     let base = random(want.len(), 30);
                     let mut out = if accumulate { base.clone() } else { vec![f32::NAN; want.len()] };
@@ -271,7 +271,7 @@ fn backward_matches_direct_gradients() {
             let r = random(out_slice.width * p.n * p.ho() * p.wo(), 60 + si as u64);
             let (want_dx, want_dw) = reference_backward(&r, &x, &gather_weight(&wt, &p, &out_slice, &in_slice), &dp);
             for chunk in [0, 1, 2] {
-                let mut col = vec![f32::NAN; workspace_len(&p, in_slice.width, chunk)];
+                let mut col = vec![f32::NAN; workspace_len(&p, in_slice.width, chunk, Target::Cpu)];
                 for accumulate in [false, true] {
                     let base = random(x.len(), 70);
                     let mut dx = if accumulate { base.clone() } else { vec![f32::NAN; x.len()] };
@@ -325,7 +325,7 @@ fn backward_matches_direct_gradients() {
 #[allow(clippy::too_many_arguments)]
 fn loss(r: &[f32], x: &[f32], wt: &[f32], p: &ConvShape, out_slice: Slice, in_slice: Slice, chunk: usize) -> f64 {
     let mut out = vec![0f32; r.len()];
-    let mut col = vec![0f32; workspace_len(p, in_slice.width, chunk)];
+    let mut col = vec![0f32; workspace_len(p, in_slice.width, chunk, Target::Cpu)];
     conv2d_forward(&mut out, x, wt, &mut col, p, out_slice, in_slice, chunk, false, Algo::Fast);
     out.iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
@@ -353,7 +353,7 @@ fn gradients_match_central_differences_and_the_adjoint_identity() {
         let r = random(out_slice.width * p.n * p.ho() * p.wo(), 100 + ci as u64);
         let mut dx = vec![0f32; x.len()];
         let mut dw = vec![0f32; out_slice.width * in_slice.width * kk];
-        let mut col = vec![0f32; workspace_len(&p, in_slice.width, chunk)];
+        let mut col = vec![0f32; workspace_len(&p, in_slice.width, chunk, Target::Cpu)];
         conv2d_backward(
             Some(&mut dx),
             &mut dw,
@@ -426,7 +426,7 @@ fn output_runs_write_only_their_rows_and_other_images_stay() {
     let x = random(p.cin * p.n * p.h * p.w, 6);
     let full = Slice::new(4, 4, 6);
     let ncols = p.n * p.ho() * p.wo();
-    let mut col = vec![0f32; workspace_len(&p, 5, 2)];
+    let mut col = vec![0f32; workspace_len(&p, 5, 2, Target::Cpu)];
     let mut whole = vec![0f32; 4 * ncols];
     conv2d_forward(&mut whole, &x, &wt, &mut col, &p, full, Slice::full(5), 2, false, Algo::Fast);
     let mut a = vec![0f32; 2 * ncols];
@@ -583,7 +583,7 @@ fn time_chunked_conv(l: &mut TimedLayer, chunk: usize) {
     let (full_in, full_out) = (Slice::full(64), Slice::full(64));
     let nb = p.chunk_images(chunk);
     let chunks = (p.n / nb) as f64;
-    let mut col = vec![0f32; workspace_len(&p, 64, chunk).max(576 * nb * 1024)];
+    let mut col = vec![0f32; workspace_len(&p, 64, chunk, Target::Cpu).max(576 * nb * 1024)];
     let t = best_time(3, || im2col(&mut col, &l.x, &p, 64, 0, nb));
     let t_i2c = (t.0 * chunks, t.1 * chunks);
     let t = best_time(3, || col2im(&mut l.dx, &col, &p, 64, 0, nb, false));
@@ -622,7 +622,7 @@ fn time_sliced_input(l: &mut TimedLayer) {
     let xs = random(32 * p.n * 1024, 4);
     let mut dxs = vec![0f32; xs.len()];
     let mut dws = vec![0f32; 64 * 32 * 9];
-    let mut col = vec![0f32; workspace_len(&p, 32, 8)];
+    let mut col = vec![0f32; workspace_len(&p, 32, 8, Target::Cpu)];
     let t_f =
         best_time(3, || conv2d_forward(&mut l.out, &xs, &l.wt, &mut col, &p, full_out, in_half, 8, false, Algo::Fast));
     let t_b = best_time(3, || {
@@ -655,7 +655,7 @@ fn winograd_large_layer_matches_direct() {
     let r = random(p.cout * p.n * 1024, 83);
     let (want_dx, want_dw) = reference_backward(&r, &x, &wt, &p);
     let want_y = reference_forward(&x, &wt, &p);
-    let mut col = vec![f32::NAN; workspace_len(&p, 16, 0)];
+    let mut col = vec![f32::NAN; workspace_len(&p, 16, 0, Target::Cpu)];
     let mut y = vec![f32::NAN; want_y.len()];
     let (so, si) = (Slice::full(32), Slice::full(16));
     conv2d_forward(&mut y, &x, &wt, &mut col, &p, so, si, 0, false, Algo::Fast);
@@ -668,7 +668,7 @@ fn winograd_large_layer_matches_direct() {
     };
     let (ey, edx, edw) = (err(&y, &want_y), err(&dx, &want_dx), err(&dw, &want_dw));
     println!("winograd rel err: y {ey:.2e} dx {edx:.2e} dw {edw:.2e}");
-    let mut col2 = vec![0f32; workspace_len(&p, si.width, 0)];
+    let mut col2 = vec![0f32; workspace_len(&p, si.width, 0, Target::Cpu)];
     let mut y2 = vec![f32::NAN; want_y.len()];
     conv2d_forward(&mut y2, &x, &wt, &mut col2, &p, so, si, 0, false, Algo::Im2col);
     println!("im2col rel err: y {:.2e}", err(&y2, &want_y));
@@ -687,7 +687,7 @@ fn both_algorithms_match_the_direct_convolution() {
     let x: Vec<f32> = (0..6 * 2 * 64).map(|_| rng.normal()).collect();
     let wt: Vec<f32> = (0..5 * 6 * 9).map(|_| rng.normal()).collect();
     let want = reference_forward(&x, &wt, &p);
-    let mut col = vec![0f32; workspace_len(&p, 6, 0)];
+    let mut col = vec![0f32; workspace_len(&p, 6, 0, Target::Cpu)];
     let mut outs = vec![];
     for algo in [Algo::Fast, Algo::Im2col] {
         let mut out = vec![0f32; 5 * 2 * 64];
@@ -712,7 +712,7 @@ fn winograd_wide_and_odd_images_match_direct() {
         let r = random(p.cout * p.n * hw, 93);
         let want_y = reference_forward(&x, &wt, &p);
         let (want_dx, want_dw) = reference_backward(&r, &x, &wt, &p);
-        let mut col = vec![f32::NAN; workspace_len(&p, 4, 0)];
+        let mut col = vec![f32::NAN; workspace_len(&p, 4, 0, Target::Cpu)];
         let (so, si) = (Slice::full(3), Slice::full(4));
         let close = |got: &[f32], want: &[f64], what: &str| {
             assert_eq!(got.len(), want.len());

@@ -750,7 +750,11 @@ mod ab {
             let wt: Vec<f32> = (0..c * c * 9).map(|i| (i % 5) as f32 - 2.0).collect();
             let mut out = vec![0f32; x.len()];
             let chunk = (8 << 20) / (c * 9 * hw * hw);
-            let mut col = vec![0f32; (c * 9 * hw * hw * chunk).max(workspace_len(&p, c, 0))];
+            let mut col =
+                vec![
+                    0f32;
+                    (c * 9 * hw * hw * chunk).max(super::super::workspace_len(&p, c, 0, crate::ir::Target::Cpu))
+                ];
             let flop = 2.0 * p.macs(c, c) as f64;
             let (mut bw, mut bi) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..5 {

@@ -1,6 +1,6 @@
 //! Launch of `gather.cu`.
 
-use crate::gpu::{grid, int, Gpu};
+use crate::gpu::{grid, int, Launcher};
 
 /// Addresses of one resident split: the per-channel normalisation tables (`channels * 256`
 /// f32), the image bytes and the label bytes.
@@ -14,7 +14,7 @@ pub struct SplitAddrs {
 
 /// Gathers `n` images into `x` and their labels into `y`; `sel` holds the `n` image indices
 /// then the `n` packed crops, already on the device.
-pub fn gather(gpu: &Gpu, x: u64, y: u64, split: SplitAddrs, sel: u64, n: usize) {
+pub fn gather(gpu: &dyn Launcher, x: u64, y: u64, split: SplitAddrs, sel: u64, n: usize) {
     let (images, labels, table) = (split.images, split.labels, split.table);
     let (c, ni) = (int(split.channels), int(n));
     gpu.launch("gather_batch", grid(split.channels * n * 1024), &[&x, &y, &images, &labels, &table, &sel, &c, &ni]);

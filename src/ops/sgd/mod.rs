@@ -35,6 +35,9 @@ impl Kernel for Sgd {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.grad], vec![])
     }
+    fn updates(&self) -> Vec<TensorId> {
+        vec![self.param, self.momentum]
+    }
     fn run_cpu(&self, m: &HostView) {
         let map = grad_map(self.map, m.t.slices, m.t.starts);
         // SAFETY: see `HostView`; a parameter and its momentum are distinct tensors.

@@ -1,0 +1,234 @@
+//! The full-size check (`sliceout selftest --full`): one real training step, WRN-16-4 at batch
+//! 32 with SliceOut at keep 0.5 and every slice wrapping past its last channel, on a backend
+//! and on the CPU reference from the same state and batch. Where the op checks of `selftest`
+//! use tiny odd shapes, this one runs the shapes training runs: many-image chunks, 256-channel
+//! slices, wide grids.
+//!
+//! Both backends run the same program (planned for the backend under test) op by op, each op
+//! from the same inputs: before it runs, the buffers it reads or accumulates into and the
+//! persistent tensors it changes are copied from the reference to the other backend. After it,
+//! every buffer it wrote (workspaces aside: each algorithm keeps its own intermediates there)
+//! and every tensor it changed (parameters and momentum in SGD, BN running statistics) is read
+//! back from both and compared as `||a - b|| / ||b||`.
+//!
+//! Why each op from the reference's inputs: differences carried from op to op are amplified
+//! where a step is badly conditioned (BN backward subtracts nearly equal terms when the
+//! gradient is nearly constant over a channel, as after global pooling), so two correct fp32
+//! implementations drift apart by 5e-3 over a WRN-16-4 step. Per op, fp32 implementations agree
+//! to about 1e-6.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::rel_err;
+use crate::backend::{Backend, StepCtx};
+use crate::data::loader::Crop;
+use crate::error::Result;
+use crate::ir::{BufKind, ModelConfig};
+use crate::model::wrn;
+use crate::ops::SgdParams;
+use crate::plan::Program;
+use crate::rng::{stream, Rng};
+use crate::schedule::{Mode, Options};
+use crate::train::step::upload_synthetic_batch;
+
+/// One compared op (or region): its name and the worst relative error over what it wrote.
+#[derive(Clone, Debug)]
+pub struct FullRow {
+    pub name: String,
+    pub max_rel_err: f64,
+}
+
+/// The model and batch of the check.
+pub fn config() -> (ModelConfig, usize) {
+    (ModelConfig { depth: 16, widen: 4, classes: 10, in_channels: 3, keep: 0.5 }, 32)
+}
+
+/// Starts that make every sliced block wrap: half the slice before the last channel.
+pub fn wrapping_starts(p: &Program) -> Vec<usize> {
+    p.schedule.slices.iter().map(|s| if s.width < s.channels { s.channels - s.width / 2 } else { 0 }).collect()
+}
+
+/// Runs one training step of `config` at `batch` on both backends and compares every op's
+/// outputs and then the persistent region. A backend that panics ends the check with an error
+/// naming the op.
+pub fn full_step(
+    reference: &mut dyn Backend,
+    other: &mut dyn Backend,
+    config: &ModelConfig,
+    batch: usize,
+) -> Result<Vec<FullRow>> {
+    let options = Options { target: other.target(), ..Options::default() };
+    let p = Program::new(wrn::build(config, batch, Mode::Train, options));
+    let s = &p.schedule;
+    let starts = wrapping_starts(&p);
+    let seed = 7;
+    let mut augment = Rng::new(seed, stream::AUGMENT);
+    let crops: Vec<Crop> = (0..batch).map(|_| Crop::draw(&mut augment)).collect();
+    let sgd = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+    let ctx = StepCtx { starts: &starts, sgd };
+    let state = wrn::init_persistent(s, seed);
+    let prepare = |b: &mut dyn Backend| -> Result<()> {
+        b.reserve_arena(p.arena_bytes())?;
+        b.set_persistent(&state)?;
+        let images = upload_synthetic_batch(b, config.classes, batch, seed)?;
+        b.fill_batch(&p, crate::backend::SplitId::Train, &images, &crops);
+        Ok(())
+    };
+    prepare(reference)?;
+    prepare(other)?;
+    let mut rows =
+        vec![FullRow { name: "batch gather".into(), max_rel_err: compare(reference, other, &p, &[s.input, s.labels]) }];
+    let (mut ref_state, mut other_state) = (vec![0f32; s.persistent_len()], vec![0f32; s.persistent_len()]);
+    for (i, step) in s.steps.iter().enumerate() {
+        let (read, written) = step.op.buffers();
+        let written: Vec<usize> = written.into_iter().filter(|&b| s.buffers[b].kind != BufKind::Workspace).collect();
+        for &b in read.iter().chain(&written) {
+            let mut v = vec![0f32; p.locs[b].1];
+            reference.read(&p, b, &mut v);
+            other.write(&p, b, &v);
+        }
+        let updates = step.op.updates();
+        if !updates.is_empty() {
+            reference.get_persistent(&mut ref_state);
+            other.set_persistent(&ref_state)?;
+        }
+        let run = |b: &mut dyn Backend| match catch_unwind(AssertUnwindSafe(|| b.run_op(&p, i, &ctx))) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(crate::Error::Device(format!("{} panicked in op {i} ({})", b.name(), step.name()))),
+        };
+        run(reference)?;
+        run(other)?;
+        let mut worst = compare(reference, other, &p, &written);
+        if !updates.is_empty() {
+            reference.get_persistent(&mut ref_state);
+            other.get_persistent(&mut other_state);
+            for t in updates {
+                let r = s.tensors[t].range();
+                worst = nan_max(worst, rel_err(&other_state[r.clone()], &ref_state[r]));
+            }
+        }
+        rows.push(FullRow { name: step.name(), max_rel_err: worst });
+    }
+    Ok(rows)
+}
+
+/// The worst relative error over `buffers` between the two backends' copies.
+fn compare(reference: &mut dyn Backend, other: &mut dyn Backend, p: &Program, buffers: &[usize]) -> f64 {
+    buffers
+        .iter()
+        .map(|&buf| {
+            let len = p.locs[buf].1;
+            let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
+            reference.read(p, buf, &mut a);
+            other.read(p, buf, &mut b);
+            rel_err(&b, &a)
+        })
+        .fold(0f64, nan_max)
+}
+
+/// The larger of the two, NaN when either is NaN (so a NaN is never hidden by a later value).
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Batches, CpuBackend, Execute, Memory, SplitId};
+    use crate::data::loader::Normalization;
+    use crate::data::Split;
+
+    /// The CPU's fast path (Winograd) against its plain im2col reference on a smaller network:
+    /// every op agrees to fp32 rounding, and every op and region gets a row.
+    #[test]
+    fn the_cpu_agrees_with_its_reference_over_a_whole_step() {
+        let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+        let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
+        let rows = full_step(&mut a, &mut b, &config, 8).unwrap();
+        let p = Program::new(wrn::build(&config, 8, Mode::Train, Options::default()));
+        assert_eq!(rows.len(), p.schedule.steps.len() + 1);
+        for r in &rows {
+            assert!(r.max_rel_err <= 1e-4, "{r:?}");
+        }
+        // Winograd and im2col round differently: the check sees real differences.
+        assert!(rows.iter().any(|r| r.max_rel_err > 0.0));
+    }
+
+    #[test]
+    fn every_slice_wraps() {
+        let (config, batch) = config();
+        let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default()));
+        for (start, s) in wrapping_starts(&p).iter().zip(&p.schedule.slices) {
+            assert!(s.width < s.channels && start + s.width > s.channels, "{start} {s:?}");
+        }
+    }
+
+    /// A backend whose persistent region drifts is caught in the ops that change it (SGD, BN's
+    /// running statistics) and nowhere else.
+    struct Drifting(CpuBackend);
+
+    impl Memory for Drifting {
+        fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
+            self.0.reserve_arena(bytes)
+        }
+        fn set_persistent(&mut self, data: &[f32]) -> Result<()> {
+            self.0.set_persistent(data)
+        }
+        fn get_persistent(&mut self, out: &mut [f32]) {
+            self.0.get_persistent(out);
+            out.iter_mut().for_each(|v| *v *= 1.001);
+        }
+        fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
+            self.0.write(p, buf, data)
+        }
+        fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
+            self.0.read(p, buf, out)
+        }
+    }
+
+    impl Batches for Drifting {
+        fn upload_split(&mut self, id: SplitId, split: Split, c: usize, norm: &Normalization) -> Result<()> {
+            self.0.upload_split(id, split, c, norm)
+        }
+        fn split_len(&self, id: SplitId) -> usize {
+            self.0.split_len(id)
+        }
+        fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
+            self.0.fill_batch(p, id, indices, crops)
+        }
+    }
+
+    impl Execute for Drifting {
+        fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
+            self.0.run_op(p, step, ctx)
+        }
+    }
+
+    impl Backend for Drifting {
+        fn name(&self) -> String {
+            "drifting".into()
+        }
+        fn target(&self) -> crate::ir::Target {
+            crate::ir::Target::Cpu
+        }
+    }
+
+    #[test]
+    fn a_drifting_backend_fails_the_regions_it_touches() {
+        let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+        let (mut a, mut b) = (CpuBackend::reference(), Drifting(CpuBackend::reference()));
+        let rows = full_step(&mut a, &mut b, &config, 4).unwrap();
+        let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
+        for (r, step) in rows[1..].iter().zip(&p.schedule.steps) {
+            if step.op.updates().is_empty() {
+                assert_eq!(r.max_rel_err, 0.0, "{r:?}");
+            } else {
+                assert!((r.max_rel_err - 1e-3).abs() < 1e-5, "{r:?}");
+            }
+        }
+    }
+}
