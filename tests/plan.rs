@@ -186,3 +186,35 @@ fn a_gpu_step_of_wrn_28_10_queues_under_a_thousand_calls() {
         assert!(launches + gemms <= 1300, "{launches} + {gemms}");
     }
 }
+
+/// `plan --fit` through the command line: the batch it reports fits the budget with everything
+/// counted, one more image does not, and a batch that cannot fit is a clear error.
+#[test]
+fn plan_fit_reports_the_largest_batch_and_refuses_what_cannot_fit() {
+    use clap::Parser;
+    use sliceout::cmd::flags::{Cli, Command};
+    use sliceout::data::DatasetKind;
+    use sliceout::ir::Target;
+    use sliceout::model::fit;
+    let run = |args: &[&str]| {
+        let cli = Cli::parse_from([&["sliceout", "plan"], args].concat());
+        let Some(Command::Plan(f)) = cli.command else { unreachable!() };
+        sliceout::cmd::plan::command(&f)
+    };
+    let text = run(&["--fit", "3GiB", "--depth", "16", "--widen", "4", "--keep", "0.5", "--device", "cuda"]).unwrap();
+    let line = text.lines().find(|l| l.starts_with("largest batch:")).expect("a largest batch line");
+    let batch: usize = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let c = wrn(16, 4, 0.5);
+    let fixed: usize = fit::overheads(Target::Cuda, DatasetKind::Cifar10).iter().map(|t| t.bytes).sum();
+    let best = fit::option_ladder(Target::Cuda).iter().map(|(_, o)| fit::step_bytes(&c, batch, *o)).min().unwrap();
+    assert!(best + fixed <= 3 << 30, "{line}");
+    for (_, o) in fit::option_ladder(Target::Cuda) {
+        assert!(fit::step_bytes(&c, batch + 1, o) + fixed > 3 << 30, "{line}: batch + 1 fits");
+    }
+    assert!(text.contains(&format!("memory plan: WRN-16-4  batch {batch}")), "the plan follows");
+    let err =
+        run(&["--fit", "1GiB", "--batch", "100000", "--depth", "16", "--widen", "4", "--device", "cuda"]).unwrap_err();
+    assert!(err.to_string().starts_with("does not fit:") && err.to_string().contains("have 1.00 GiB"), "{err}");
+    let err = run(&["--fit", "lots"]).unwrap_err();
+    assert!(err.to_string().contains("--fit"), "{err}");
+}

@@ -238,8 +238,9 @@ pub struct PlanFlags {
     /// Input channels (3 for CIFAR, 1 for Fashion-MNIST)
     #[arg(long, default_value_t = 3)]
     pub in_channels: usize,
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
+    /// Images per step [default: 128; with --fit: the largest that fits]
+    #[arg(long)]
+    pub batch: Option<usize>,
     #[arg(long, value_enum, default_value_t = PlanMode::Train)]
     pub mode: PlanMode,
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -250,8 +251,25 @@ pub struct PlanFlags {
     /// The backend to plan for (workspace sizes differ): auto follows `--device auto` of train
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// A memory budget (e.g. 80GiB, 1536M): the largest batch that fits, or with --batch the
+    /// options that fit; the dataset, CUDA context and cuBLAS workspace count too
+    #[arg(long)]
+    pub fit: Option<String>,
+    /// The dataset kept resident, for --fit: cifar10, cifar100 or fashion-mnist
+    #[arg(long, default_value = "cifar10")]
+    pub dataset: String,
+    /// Memory against keep (1.0 to 0.25) or against batch (16 to 1024), as a table or (--format
+    /// svg) a chart, with the largest batch within --fit (default 80GiB)
+    #[arg(long, value_enum)]
+    pub sweep: Option<Sweep>,
     #[command(flatten)]
     pub memory: MemoryFlags,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sweep {
+    Keep,
+    Batch,
 }
 
 #[derive(Args, Debug, Clone)]

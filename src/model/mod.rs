@@ -1,5 +1,6 @@
 //! The model family: Wide ResNets (WRN-d-k) with SliceOut, compiled to a schedule.
 
+pub mod fit;
 pub mod wrn;
 
 pub use crate::ir::ModelConfig;
