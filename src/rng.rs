@@ -12,6 +12,7 @@ pub mod stream {
     pub const AUGMENT: u64 = 3;
     pub const SLICE: u64 = 4;
     pub const SYNTH: u64 = 5;
+    pub const RECAL: u64 = 6;
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -48,6 +48,9 @@ pub enum Mode {
     Train,
     /// Forward with running statistics, the full network, loss only.
     Eval,
+    /// Forward of the full network with batch statistics, updating BN's running statistics
+    /// only: recalibrating them for the full network after SliceOut training.
+    Calibrate,
 }
 
 impl Mode {
@@ -55,6 +58,7 @@ impl Mode {
         match self {
             Mode::Train => "train",
             Mode::Eval => "eval",
+            Mode::Calibrate => "calibrate",
         }
     }
 }

@@ -72,7 +72,7 @@ fn training_steps_allocate_nothing() {
             *st = sample_start(rng, spec.channels, 1);
         }
         cpu.fill_batch(&p, SplitId::Train, &indices, &crops);
-        cpu.run(&p, &StepCtx { starts: &starts, sgd });
+        cpu.run(&p, &StepCtx::new(&starts, sgd));
         cpu.read(&p, s.loss, &mut loss);
         COUNTING.store(false, Ordering::SeqCst);
     };

@@ -42,6 +42,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
         checkpoint_every: 0,
         resume: None,
         options: Options::default(),
+        bn_recal: 0,
         verbose: false,
         stop_after: None,
     }

@@ -243,7 +243,7 @@ pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
     let rec = Recorder::default();
     let s = &program.schedule;
     let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
-    let ctx = StepCtx { starts, sgd };
+    let ctx = StepCtx::new(starts, sgd);
     let tables = Tables::new(&program.locs, &s.tensors, &s.slices, &ctx);
     let (arena, persistent) = (1u64 << 40, 1u64 << 44);
     let input = crate::gpu::f32_at(arena, program.locs[s.input].0);

@@ -194,6 +194,10 @@ pub struct TrainFlags {
     /// Continue a run from a checkpoint (in its folder unless --out says otherwise)
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Before each epoch's test, also test with BN's running statistics recalibrated for the full
+    /// network over N training batches (0 = off); the metrics get test_acc_recal
+    #[arg(long, default_value_t = 0)]
+    pub bn_recal: usize,
     #[command(flatten)]
     pub memory: MemoryFlags,
 }

@@ -63,7 +63,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
     let mut total = vec![0f64; s.steps.len()];
     for step in 0..=steps {
         stepper.prepare(backend, p, &images, &mut rngs);
-        let ctx = StepCtx { starts: stepper.starts(), sgd };
+        let ctx = StepCtx::new(stepper.starts(), sgd);
         for (i, t) in total.iter_mut().enumerate() {
             let t0 = Instant::now();
             backend.run_op(p, i, &ctx);

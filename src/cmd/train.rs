@@ -75,6 +75,7 @@ pub fn command(f: TrainFlags) -> Result<()> {
         checkpoint_every: f.checkpoint_every,
         resume: f.resume.clone(),
         options: f.memory.options(),
+        bn_recal: f.bn_recal,
         verbose: true,
         stop_after: None,
     };

@@ -37,6 +37,12 @@ pub struct EpochMetrics {
     pub seconds: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub keep: f64,
+    /// Test loss and accuracy with BN's running statistics recalibrated for the full network
+    /// (`--bn-recal`); absent without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss_recal: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc_recal: Option<f64>,
 }
 
 /// serde_json writes non-finite floats as `null`; read them back as NaN rather than failing.
@@ -384,6 +390,8 @@ mod resume_tests {
             images_per_s: 9.0,
             seconds: 1.0,
             keep: 1.0,
+            test_loss_recal: None,
+            test_acc_recal: None,
         };
         append_jsonl(&path, &m).unwrap();
         let good = fs::read_to_string(&path).unwrap();
@@ -411,6 +419,8 @@ mod tests {
             images_per_s: 1234.5,
             seconds: 41.25,
             keep: 0.5,
+            test_loss_recal: None,
+            test_acc_recal: None,
         }
     }
 

@@ -95,7 +95,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
         }
     }
     let head = b.head_forward(h, cin, hw);
-    if mode == Mode::Eval {
+    if mode != Mode::Train {
         return b.finish();
     }
 
@@ -145,8 +145,9 @@ impl Builder {
         b
     }
 
-    fn train(&self) -> bool {
-        self.sched.mode == Mode::Train
+    /// Whether BN uses batch statistics (training and calibration) rather than running ones.
+    fn batch_stats(&self) -> bool {
+        self.sched.mode != Mode::Eval
     }
 
     /// `conv0`: the input's channels to 16. Returns its weight, shape and output.
@@ -173,7 +174,7 @@ impl Builder {
         c: usize,
         m: usize,
     ) -> Option<BufId> {
-        if !self.train() {
+        if !self.batch_stats() {
             self.step(layer, Phase::Forward, Op::BnReluEval(BnReluEval { out, inp, bn, channels: c, m }));
             return None;
         }
@@ -254,7 +255,8 @@ impl Builder {
         let loss = self.buf("loss", act, 2, false);
         (self.sched.logits, self.sched.loss) = (logits, loss);
         let labels = self.sched.labels;
-        let d_logits = self.train().then(|| self.buf("d_logits", BufKind::Gradient, n * classes, false));
+        let train = self.sched.mode == Mode::Train;
+        let d_logits = train.then(|| self.buf("d_logits", BufKind::Gradient, n * classes, false));
         let ce = CrossEntropy { stats: loss, d_logits, logits, labels, n, o: classes };
         self.step("loss", Phase::Forward, Op::CrossEntropy(ce));
         Head { bn, bn_stats, pooled, fc_w, fc_b, d_logits }

@@ -19,6 +19,7 @@ pub struct Tables<'a> {
     pub slices: &'a [SliceSpec],
     pub starts: &'a [usize],
     pub sgd: SgdParams,
+    pub bn_momentum: f64,
 }
 
 impl<'a> Tables<'a> {
@@ -28,7 +29,7 @@ impl<'a> Tables<'a> {
         slices: &'a [SliceSpec],
         ctx: &StepCtx<'a>,
     ) -> Tables<'a> {
-        Tables { locs, tensors, slices, starts: ctx.starts, sgd: ctx.sgd }
+        Tables { locs, tensors, slices, starts: ctx.starts, sgd: ctx.sgd, bn_momentum: ctx.bn_momentum }
     }
 
     /// The channels `sel` covers at this step.

@@ -33,12 +33,23 @@ pub use sgd::{Sgd, SgdParams};
 use crate::gpu::KernelFile;
 use crate::ir::{BufId, SliceSpec, TensorId};
 
-/// Run-time values of one step: the slice starts drawn for it (one per block) and the optimizer
-/// settings (the learning rate follows its schedule).
+/// Run-time values of one step: the slice starts drawn for it (one per block), the optimizer
+/// settings (the learning rate follows its schedule) and the weight of this step's batch
+/// statistics in BN's running statistics.
 #[derive(Clone, Copy, Debug)]
 pub struct StepCtx<'a> {
     pub starts: &'a [usize],
     pub sgd: SgdParams,
+    /// PyTorch's BN momentum: 0.1 in training; `1/k` for the `k`-th batch of a recalibration,
+    /// which makes the running statistics the plain average over the batches.
+    pub bn_momentum: f64,
+}
+
+impl<'a> StepCtx<'a> {
+    /// A training step's values (BN momentum 0.1).
+    pub fn new(starts: &'a [usize], sgd: SgdParams) -> StepCtx<'a> {
+        StepCtx { starts, sgd, bn_momentum: batchnorm::BN_MOMENTUM as f64 }
+    }
 }
 
 /// What every op provides.

@@ -52,7 +52,7 @@ impl Evaluator {
         for chunk in self.indices.chunks(batch) {
             let p = if chunk.len() == batch { &self.programs[0] } else { &self.programs[1] };
             backend.fill_batch(p, SplitId::Test, chunk, &self.crops[..chunk.len()]);
-            backend.run(p, &StepCtx { starts: &[], sgd });
+            backend.run(p, &StepCtx::new(&[], sgd));
             let mut out = [0f32; 2];
             backend.read(p, p.schedule.loss, &mut out);
             loss += out[0] as f64 * chunk.len() as f64;

@@ -5,6 +5,7 @@
 //! - `lr.rs`: the learning-rate schedules.
 //! - `eval.rs`: the test split through eval programs; `sliceout eval`.
 //! - `state.rs`: the run's state as a checkpoint and back.
+//! - `recal.rs`: BN statistics recalibrated for the full network (`--bn-recal`).
 //!
 //! A run: [`Run::start`] loads the data, builds and plans the programs, reserves the arena and
 //! restores a checkpoint when resuming; [`Run::epoch`] steps through one shuffled epoch;
@@ -13,11 +14,13 @@
 
 pub mod eval;
 pub mod lr;
+pub mod recal;
 pub mod state;
 pub mod step;
 
 pub use eval::{evaluate, Evaluator};
 pub use lr::{learning_rate, LrSchedule};
+pub use recal::Recalibrator;
 pub use step::{StepRngs, Stepper};
 
 use self::state::{EpochSums, RunState};
@@ -67,6 +70,9 @@ pub struct TrainArgs {
     pub checkpoint_every: usize,
     pub resume: Option<PathBuf>,
     pub options: Options,
+    /// Recalibrate BN's running statistics over this many training batches before each
+    /// epoch's test and report both accuracies (0: off).
+    pub bn_recal: usize,
     /// Print per-epoch lines and progress bars.
     pub verbose: bool,
     /// Stop (checkpointed, as on Ctrl-C) once this many steps are done: lets tests interrupt a
@@ -166,6 +172,7 @@ pub struct Run<'a> {
     backend: Box<dyn Backend>,
     program: Program,
     eval: Evaluator,
+    recal: Option<Recalibrator>,
     stepper: Stepper,
     config: ModelConfig,
     norm: Normalization,
@@ -212,15 +219,19 @@ impl<'a> Run<'a> {
         let options = Options { target: backend.target(), ..args.options };
         let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
         let eval = Evaluator::new(&config, args.batch, test_len, backend.target());
+        let recal = (args.bn_recal > 0)
+            .then(|| Recalibrator::new(&config, args.batch, backend.target(), args.bn_recal, train_len, args.seed));
         backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
         backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
-        let arena_bytes = program.arena_bytes().max(eval.arena_bytes());
+        let arena_bytes =
+            program.arena_bytes().max(eval.arena_bytes()).max(recal.as_ref().map_or(0, |r| r.arena_bytes()));
         backend.reserve_arena(arena_bytes)?;
         let stepper = Stepper::new(&program, args.align, args.augment);
         let mut run = Run {
             args,
             backend,
             eval,
+            recal,
             stepper,
             config,
             norm,
@@ -355,6 +366,7 @@ impl<'a> Run<'a> {
     pub fn end_epoch(&mut self, epoch: usize, seconds: f64, images: usize) -> Result<()> {
         let args = self.args;
         let (test_loss, test_acc) = self.eval.run(&mut *self.backend);
+        let recalibrated = self.recalibrated_test();
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: self.sums.loss / self.sums.seen.max(1.0),
@@ -364,11 +376,14 @@ impl<'a> Run<'a> {
             images_per_s: images as f64 / seconds.max(1e-9),
             seconds,
             keep: self.config.keep,
+            test_loss_recal: recalibrated.map(|r| r.0),
+            test_acc_recal: recalibrated.map(|r| r.1),
         };
         self.sums = EpochSums::default();
         if args.verbose {
+            let recal = m.test_acc_recal.map_or(String::new(), |a| format!(" (BN recalibrated {:5.2}%)", 100.0 * a));
             println!(
-                "epoch {:>3}/{}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%  {:.0} img/s  {:.1} s",
+                "epoch {:>3}/{}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%{recal}  {:.0} img/s  {:.1} s",
                 m.epoch,
                 args.epochs,
                 m.train_loss,
@@ -387,6 +402,19 @@ impl<'a> Run<'a> {
         self.best_acc = self.best_acc.max(test_acc);
         let shuffle = self.shuffle.clone();
         self.save(&shuffle, epoch + 1, improved)
+    }
+
+    /// With `--bn-recal`: the test loss and accuracy with BN's running statistics recalibrated
+    /// for the full network; the training statistics are put back afterwards, so training and
+    /// its checkpoints go on as without it.
+    fn recalibrated_test(&mut self) -> Option<(f64, f64)> {
+        let recal = self.recal.as_ref()?;
+        let mut region = vec![0f32; self.program.schedule.persistent_len()];
+        self.backend.get_persistent(&mut region);
+        recal.run(&mut *self.backend);
+        let result = self.eval.run(&mut *self.backend);
+        self.backend.set_persistent(&region).ok()?;
+        Some(result)
     }
 
     /// Writes `last.ckpt` (and `best.ckpt` when `best`) with the shuffle state `shuffle` and the

@@ -58,7 +58,7 @@ impl Stepper {
         sgd: SgdParams,
     ) -> StepLoss {
         self.prepare(backend, program, images, rngs);
-        backend.run(program, &StepCtx { starts: &self.starts, sgd });
+        backend.run(program, &StepCtx::new(&self.starts, sgd));
         let mut loss = [0f32; 2];
         backend.read(program, program.schedule.loss, &mut loss);
         loss

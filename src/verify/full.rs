@@ -65,7 +65,7 @@ pub fn full_step(
     let mut augment = Rng::new(seed, stream::AUGMENT);
     let crops: Vec<Crop> = (0..batch).map(|_| Crop::draw(&mut augment)).collect();
     let sgd = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
-    let ctx = StepCtx { starts: &starts, sgd };
+    let ctx = StepCtx::new(&starts, sgd);
     let state = wrn::init_persistent(s, seed);
     let prepare = |b: &mut dyn Backend| -> Result<()> {
         b.reserve_arena(p.arena_bytes())?;

@@ -193,7 +193,7 @@ fn one_step_case(
     backend.set_persistent(&init)?;
     backend.write(&p, p.schedule.input, &batch.x);
     backend.write(&p, p.schedule.labels, batch.y);
-    let ctx = StepCtx { starts: &starts, sgd: SGD };
+    let ctx = StepCtx::new(&starts, SGD);
     backend.run(&p, &ctx);
     backend.synchronize();
     let s = &p.schedule;
@@ -243,7 +243,7 @@ fn sgd_case(backend: &mut dyn Backend, r: &HashMap<String, RefTensor>, batch: &B
     backend.reserve_arena(train.arena_bytes().max(eval.arena_bytes()))?;
     backend.set_persistent(&initial_state(&train, r)?)?;
     let starts = [0usize; 3];
-    let ctx = StepCtx { starts: &starts, sgd: SGD };
+    let ctx = StepCtx::new(&starts, SGD);
     let mut losses = vec![];
     for _ in 0..5 {
         backend.write(&train, train.schedule.input, x);

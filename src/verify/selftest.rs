@@ -472,7 +472,7 @@ fn run_case(b: &mut dyn Backend, c: &Case, p: &Program) -> crate::Result<Vec<Vec
     for (buf, data) in &c.fills {
         b.write(p, *buf, data);
     }
-    let ctx = StepCtx { starts: &c.starts, sgd: SgdParams { nesterov: c.nesterov, ..SGD } };
+    let ctx = StepCtx::new(&c.starts, SgdParams { nesterov: c.nesterov, ..SGD });
     b.run_op(p, c.step, &ctx);
     let (_, written) = c.sched.steps[c.step].op.buffers();
     let mut outs = vec![];

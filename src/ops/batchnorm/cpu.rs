@@ -56,7 +56,7 @@ fn check_dims(slice: Slice, m: usize, act: &[usize], per_layer: &[usize]) {
 /// Training-mode forward: batch statistics of each of the slice's channels, normalise, affine,
 /// ReLU, times `scale`. `stats` receives `mean[w]` then `invstd[w]` (kept for backward and
 /// `bn_relu_apply`); the running stats of the slice's channels are updated as PyTorch does
-/// (momentum 0.1, unbiased variance), the other channels' are left untouched.
+/// (`momentum`, 0.1 in training; unbiased variance), the other channels' are left untouched.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_train(
     out: &mut [f32],
@@ -69,12 +69,13 @@ pub fn bn_relu_train(
     slice: Slice,
     m: usize,
     scale: f32,
+    momentum: f64,
 ) {
     check_dims(slice, m, &[out.len(), inp.len()], &[gamma.len(), beta.len(), running_mean.len(), running_var.len()]);
     assert!(m > 1, "training batch norm needs more than one value per channel");
     assert_eq!(stats.len(), 2 * slice.width, "stats length vs 2 * slice width");
     let (mean, invstd) = stats.split_at_mut(slice.width);
-    let mom = BN_MOMENTUM as f64;
+    let mom = momentum;
     let unbias = m as f64 / (m - 1) as f64;
     for run in slice.each_run() {
         let (a, c, l) = (run.at, run.channel, run.len);

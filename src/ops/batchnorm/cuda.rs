@@ -1,7 +1,7 @@
 //! Launches of `batchnorm.cu`: one launch per contiguous run of the slice (two when it wraps),
 //! with the per-channel vectors offset to the run's layer channels and the buffers to its rows.
 
-use super::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, BN_MOMENTUM};
+use super::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
 use crate::gpu::{f32_at, per_channel, rows};
 use crate::ir::{BufId, Slice};
 use crate::ops::DeviceView;
@@ -25,7 +25,7 @@ pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
     let (g, b, rm, rv) = (d.tensor(bn.gamma), d.tensor(bn.beta), d.tensor(bn.mean), d.tensor(bn.var));
     let (mi, scale) = (m as i64, slice.scale());
     // eps as the exact double PyTorch (and the CPU op) add, not the widened f32.
-    let (mom, unbias, eps) = (BN_MOMENTUM as f64, m as f64 / (m - 1) as f64, 1e-5);
+    let (mom, unbias, eps) = (d.t.bn_momentum, m as f64 / (m - 1) as f64, 1e-5);
     for r in slice.each_run() {
         let (o, x) = (f32_at(o, r.at * m), f32_at(x, r.at * m));
         let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));

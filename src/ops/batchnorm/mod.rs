@@ -83,7 +83,7 @@ impl Kernel for BnReluTrain {
         let (out, stats, rm, rv) =
             unsafe { (m.buf_mut(self.out), m.buf_mut(self.stats), m.tensor_mut(bn.mean), m.tensor_mut(bn.var)) };
         let (g, b) = (m.tensor(bn.gamma), m.tensor(bn.beta));
-        bn_relu_train(out, stats, m.buf(self.inp), g, b, rm, rv, slice, self.m, slice.scale())
+        bn_relu_train(out, stats, m.buf(self.inp), g, b, rm, rv, slice, self.m, slice.scale(), m.t.bn_momentum)
     }
     fn run_cuda(&self, d: &DeviceView) {
         cuda::train(self, d)

@@ -54,7 +54,19 @@ fn case(rng: &mut Rng, slice: Slice, m: usize) -> Case {
 fn run_train(cs: &mut Case, slice: Slice, m: usize, scale: f32) -> (Vec<f32>, Vec<f32>) {
     let mut out = vec![f32::NAN; slice.width * m];
     let mut stats = vec![f32::NAN; 2 * slice.width];
-    bn_relu_train(&mut out, &mut stats, &cs.inp, &cs.gamma, &cs.beta, &mut cs.rm, &mut cs.rv, slice, m, scale);
+    bn_relu_train(
+        &mut out,
+        &mut stats,
+        &cs.inp,
+        &cs.gamma,
+        &cs.beta,
+        &mut cs.rm,
+        &mut cs.rv,
+        slice,
+        m,
+        scale,
+        BN_MOMENTUM as f64,
+    );
     (out, stats)
 }
 
@@ -102,7 +114,7 @@ fn variance_is_exact_for_a_large_mean() {
     let (gamma, beta) = (vec![1.0], vec![0.0]);
     let (mut rm, mut rv) = (vec![0.0], vec![1.0]);
     let (mut out, mut stats) = (vec![0.0; M], vec![0.0; 2]);
-    bn_relu_train(&mut out, &mut stats, &inp, &gamma, &beta, &mut rm, &mut rv, slice, M, 1.0);
+    bn_relu_train(&mut out, &mut stats, &inp, &gamma, &beta, &mut rm, &mut rv, slice, M, 1.0, BN_MOMENTUM as f64);
     let x = to_f64(&inp);
     let mean = x.iter().sum::<f64>() / M as f64;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / M as f64;
@@ -286,4 +298,34 @@ fn accumulate_adds_to_the_existing_gradient() {
     assert!(fresh.iter().any(|v| v.abs() > 1e-2));
     // The parameter gradients are overwritten either way.
     assert_eq!(params_fresh, params_summed);
+}
+
+/// With momentum `1/k` for the `k`-th batch (recalibration), the running statistics become the
+/// plain average of the batches' means and unbiased variances, whatever they held before.
+#[test]
+fn momentum_one_over_k_averages_the_batches() {
+    let mut rng = Rng::new(31, 0);
+    let slice = Slice::new(3, 2, 5);
+    let (gamma, beta) = (vec![1.0; 5], vec![0.0; 5]);
+    let (mut rm, mut rv) = (vec![7.0; 5], vec![9.0; 5]);
+    let (mut want_mean, mut want_var) = (vec![0f64; 2], vec![0f64; 2]);
+    let batches = 4;
+    for k in 1..=batches {
+        let inp: Vec<f32> = normals(&mut rng, 2 * M).iter().map(|v| v * k as f32 + 0.5).collect();
+        for j in 0..2 {
+            let x = to_f64(&inp[j * M..(j + 1) * M]);
+            let mean = x.iter().sum::<f64>() / M as f64;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (M - 1) as f64;
+            want_mean[j] += mean / batches as f64;
+            want_var[j] += var / batches as f64;
+        }
+        let (mut out, mut stats) = (vec![0.0; 2 * M], vec![0.0; 4]);
+        bn_relu_train(&mut out, &mut stats, &inp, &gamma, &beta, &mut rm, &mut rv, slice, M, 1.0, 1.0 / k as f64);
+    }
+    for (j, ch) in [3, 4].into_iter().enumerate() {
+        assert!(rel_err(rm[ch] as f64, want_mean[j], 1e-6) < 1e-5, "mean {} vs {}", rm[ch], want_mean[j]);
+        assert!(rel_err(rv[ch] as f64, want_var[j], 1e-6) < 1e-5, "var {} vs {}", rv[ch], want_var[j]);
+    }
+    // Channels outside the slice are untouched.
+    assert_eq!((rm[0], rv[0]), (7.0, 9.0));
 }

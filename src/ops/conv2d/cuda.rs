@@ -115,7 +115,8 @@ mod tests {
         let w =
             TensorSpec { name: "w".into(), shape: vec![24, 40, 3, 3], role: Role::Param, init: Init::Zeros, offset: 0 };
         let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
-        let ctx = StepCtx { starts: &[is.start], sgd };
+        let starts = [is.start];
+        let ctx = StepCtx::new(&starts, sgd);
         let tensors = [w];
         let tables = Tables::new(&locs, &tensors, &slices, &ctx);
         let rec = Recorder::default();
