@@ -6,7 +6,7 @@
 //! ```text
 //! error, rng   the error type; seeded random streams
 //! ir/          slices, layouts, conv shapes, model config, buffer and tensor descriptions
-//! io/          atomic writes, checkpoints, metrics, SVG
+//! io/          atomic writes, checkpoints, safetensors, metrics, SVG
 //! blas/        the CPU's GEMM
 //! gpu/         the CUDA runtime (device, NVRTC, cuBLAS, launches)
 //! data/        dataset readers, normalisation, shuffles, crops, synthetic CIFAR
@@ -14,6 +14,7 @@
 //! schedule     a step as an ordered list of ops over named buffers
 //! plan/        lifetimes -> arena offsets, the checker, programs, plan reports
 //! model/       WRN-d-k -> schedule (forward, backward, updates)
+//! export/      the model as safetensors and ONNX, and safetensors read back and checked
 //! backend/     where a program runs: the traits, the CPU reference, CUDA
 //! train/       one step (train/step.rs), the loop, evaluation, resume
 //! verify/      selftest (every op against the CPU), the PyTorch reference
@@ -25,6 +26,7 @@ pub mod blas;
 pub mod cmd;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod gpu;
 pub mod io;
 pub mod ir;

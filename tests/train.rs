@@ -41,6 +41,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
         augment: true,
         checkpoint_every: 0,
         resume: None,
+        init: None,
         options: Options::default(),
         bn_recal: 0,
         verbose: false,
@@ -70,8 +71,9 @@ fn a_small_wrn_learns_the_synthetic_classes() {
     assert_eq!((ck.epoch, ck.step), (3, 3 * 30));
     assert!(d.join("run/best.ckpt").exists());
     // eval rebuilds the model from the checkpoint and agrees with the last epoch's test figures.
-    let (loss, acc, config) =
+    let e =
         train::evaluate(&d.join("run/last.ckpt"), &d.join("data"), None, false, 64, DeviceChoice::Cpu, None).unwrap();
+    let (loss, acc, config) = (e.loss, e.acc, e.config);
     assert_eq!(config.widen, 2);
     assert!((acc - last.test_acc).abs() < 1e-9, "{acc} vs {}", last.test_acc);
     assert!((loss - last.test_loss).abs() < 1e-4 * last.test_loss.max(1.0), "{loss} vs {}", last.test_loss);

@@ -1,12 +1,33 @@
-//! `sliceout eval`: test loss and accuracy of a checkpoint; the model is rebuilt from it alone.
+//! `sliceout eval`: test loss and accuracy of a checkpoint or a safetensors model; the model is
+//! rebuilt from the file alone. `--logits FILE` also writes every test image's logits.
 
 use super::flags::{self, EvalFlags};
 use crate::error::Result;
+use crate::io::safetensors::{self, Entry, TensorFile, Values};
 
 pub fn command(f: &EvalFlags) -> Result<()> {
     let dataset = flags::dataset(&f.dataset)?;
-    let (loss, acc, config) =
-        crate::train::evaluate(&f.checkpoint, &f.data, dataset, f.coarse, f.batch, f.device.into(), f.limit_test)?;
-    println!("{} keep {:.2}: test loss {:.4}  test accuracy {:.2}%", config.name(), config.keep, loss, 100.0 * acc);
+    if let Some(path) = &f.logits {
+        flags::check_not_input("--logits", path, &f.checkpoint)?;
+    }
+    let e = crate::train::evaluate(&f.checkpoint, &f.data, dataset, f.coarse, f.batch, f.device.into(), f.limit_test)?;
+    let config = e.config;
+    println!("{} keep {:.2}: test loss {:.4}  test accuracy {:.2}%", config.name(), config.keep, e.loss, 100.0 * e.acc);
+    if let Some(path) = &f.logits {
+        let images = e.labels.len();
+        let file = TensorFile {
+            entries: vec![
+                Entry { name: "logits".into(), shape: vec![images, config.classes], values: Values::F32(e.logits) },
+                Entry {
+                    name: "labels".into(),
+                    shape: vec![images],
+                    values: Values::I64(e.labels.iter().map(|&l| l as i64).collect()),
+                },
+            ],
+            metadata: Default::default(),
+        };
+        safetensors::save(path, &file)?;
+        println!("logits of {images} test images written to {}", path.display());
+    }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The command line: `train`, `eval`, `plan`, `profile`, `bench`, `selftest`, `data synth`.
+//! The command line: `train`, `eval`, `export`, `plan`, `profile`, `bench`, `selftest`, `data synth`.
 //! Parsing only; each command calls into the library and returns its error for `main` to print.
 
 use crate::backend::DeviceChoice;
@@ -20,8 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Train a WRN (no flags: CIFAR-10 from data/cifar-10-batches-bin, or a synthetic demo).
     Train(TrainFlags),
-    /// Test loss and accuracy of a checkpoint.
+    /// Test loss and accuracy of a checkpoint (or a safetensors model).
     Eval(EvalFlags),
+    /// Write a model as safetensors (PyTorch's tensor names) or its test-time network as ONNX.
+    Export(ExportFlags),
     /// Print the memory plan of a step.
     Plan(PlanFlags),
     /// Time each op of a step and show what it allocates.
@@ -198,6 +200,9 @@ pub struct TrainFlags {
     /// network over N training batches (0 = off); the metrics get test_acc_recal
     #[arg(long, default_value_t = 0)]
     pub bn_recal: usize,
+    /// Start from these weights (a checkpoint or a safetensors file) with fresh optimizer state
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
     #[command(flatten)]
     pub memory: MemoryFlags,
 }
@@ -218,6 +223,28 @@ pub struct EvalFlags {
     pub limit_test: Option<usize>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Also write each test image's logits and label to this safetensors file
+    #[arg(long)]
+    pub logits: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Safetensors,
+    Onnx,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportFlags {
+    /// The model: a sliceout checkpoint, or a safetensors file with sliceout's metadata
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The file to write
+    #[arg(long)]
+    pub out: PathBuf,
+    /// safetensors (parameters, BN statistics, metadata) or onnx (the test-time network) [default: from --out's extension]
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -385,4 +412,14 @@ pub fn check_batch(batch: usize) -> crate::Result<usize> {
         return Err(crate::Error::flag("--batch", batch, "an integer >= 1"));
     }
     Ok(batch)
+}
+
+/// Refuses an output file (`flag`) that is the input `input`: writing it would lose the input.
+pub fn check_not_input(flag: &str, out: &std::path::Path, input: &std::path::Path) -> crate::Result<()> {
+    match (out.canonicalize(), input.canonicalize()) {
+        (Ok(a), Ok(b)) if a == b => {
+            Err(crate::Error::flag(flag, out.display(), format!("a file other than {}", input.display())))
+        }
+        _ => Ok(()),
+    }
 }

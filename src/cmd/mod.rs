@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod flags;
 pub mod plan;
 pub mod profile;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> Result<()> {
         None => train::command(flags::TrainFlags::default_flags()),
         Some(Command::Train(f)) => train::command(f),
         Some(Command::Eval(f)) => eval::command(&f),
+        Some(Command::Export(f)) => export::command(&f),
         Some(Command::Plan(f)) => {
             print!("{}", plan::command(&f)?);
             Ok(())

@@ -4,9 +4,9 @@
 use super::flags::{self, TrainFlags};
 use crate::data;
 use crate::error::Result;
+use crate::export::{self, Stated};
 use crate::gpu::Math;
 use crate::io::checkpoint;
-use crate::model::ModelConfig;
 use crate::train::{self, TrainArgs};
 use std::path::{Path, PathBuf};
 
@@ -41,10 +41,15 @@ pub fn command(f: TrainFlags) -> Result<()> {
             synthetic.to_path_buf()
         }
     };
-    let from_ck = |pick: fn(&ModelConfig) -> f64| resumed.as_ref().map(|c| pick(&c.config));
-    let depth = f.model.depth.or(from_ck(|c| c.depth as f64).map(|v| v as usize)).unwrap_or(if demo { 10 } else { 16 });
-    let widen = f.model.widen.or(from_ck(|c| c.widen as f64).map(|v| v as usize)).unwrap_or(if demo { 2 } else { 4 });
-    let keep = f.model.keep.or(from_ck(|c| c.keep)).unwrap_or(1.0);
+    // Model flags default to what the resumed checkpoint or the initial weights state.
+    let stated = match (&f.init, &resumed) {
+        (Some(p), _) => export::read(p)?.stated(p)?,
+        (None, Some(ck)) => Stated::of_checkpoint(ck),
+        (None, None) => Stated::default(),
+    };
+    let depth = f.model.depth.or(stated.depth).unwrap_or(if demo { 10 } else { 16 });
+    let widen = f.model.widen.or(stated.widen).unwrap_or(if demo { 2 } else { 4 });
+    let keep = f.model.keep.or(stated.keep).unwrap_or(1.0);
     let out = match (&f.out, &f.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(r)) => r.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
@@ -74,12 +79,16 @@ pub fn command(f: TrainFlags) -> Result<()> {
         augment: !f.no_augment,
         checkpoint_every: f.checkpoint_every,
         resume: f.resume.clone(),
+        init: f.init.clone(),
         options: f.memory.options(),
         bn_recal: f.bn_recal,
         verbose: true,
         stop_after: None,
     };
     println!("output: {}", args.out.display());
+    if let Some(init) = &args.init {
+        println!("initial weights: {}", init.display());
+    }
     train::catch_interrupt();
     let summary = train::train(&args)?;
     if let Some(step) = summary.stopped_at {

@@ -1,12 +1,11 @@
 //! Evaluation: the test split through eval programs (full batches, then the remainder), and
-//! `sliceout eval`'s whole run from a checkpoint.
+//! `sliceout eval`'s whole run from a model file.
 
 use super::state;
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::{self, DatasetKind};
 use crate::error::{Error, Result};
-use crate::io::checkpoint;
 use crate::ir::{ModelConfig, Target};
 use crate::model::wrn;
 use crate::ops::SgdParams;
@@ -46,6 +45,12 @@ impl Evaluator {
 
     /// (mean loss, accuracy) over the resident test split.
     pub fn run(&mut self, backend: &mut dyn Backend) -> (f64, f64) {
+        self.run_with_logits(backend, None)
+    }
+
+    /// As [`Evaluator::run`], appending each image's logits (`classes` values, in the split's
+    /// order) to `logits` when given.
+    pub fn run_with_logits(&mut self, backend: &mut dyn Backend, mut logits: Option<&mut Vec<f32>>) -> (f64, f64) {
         let batch = self.programs[0].schedule.batch;
         let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
         let (mut loss, mut correct) = (0f64, 0f64);
@@ -57,14 +62,29 @@ impl Evaluator {
             backend.read(p, p.schedule.loss, &mut out);
             loss += out[0] as f64 * chunk.len() as f64;
             correct += out[1] as f64;
+            if let Some(all) = logits.as_deref_mut() {
+                let at = all.len();
+                all.resize(at + p.schedule.buffers[p.schedule.logits].len, 0.0);
+                backend.read(p, p.schedule.logits, &mut all[at..]);
+            }
         }
         let len = self.indices.len().max(1) as f64;
         (loss / len, correct / len)
     }
 }
 
-/// Test loss and accuracy of a checkpoint on a dataset's test split; the model is rebuilt from
-/// the checkpoint alone.
+/// What `sliceout eval` measured.
+pub struct Evaluation {
+    pub loss: f64,
+    pub acc: f64,
+    pub config: ModelConfig,
+    /// `(images, classes)`, row-major, in the test split's order.
+    pub logits: Vec<f32>,
+    pub labels: Vec<u8>,
+}
+
+/// Test loss, accuracy and logits of a model (a checkpoint, or a safetensors file with
+/// sliceout's metadata) on a dataset's test split; the model is rebuilt from the file alone.
 pub fn evaluate(
     checkpoint_path: &Path,
     data_dir: &Path,
@@ -73,11 +93,11 @@ pub fn evaluate(
     batch: usize,
     device: DeviceChoice,
     limit_test: Option<usize>,
-) -> Result<(f64, f64, ModelConfig)> {
+) -> Result<Evaluation> {
     if batch == 0 {
         return Err(Error::flag("--batch", batch, "an integer >= 1"));
     }
-    let ck = checkpoint::load(checkpoint_path)?;
+    let ck = crate::export::load_model(checkpoint_path)?;
     let mut ds = data::load(data_dir, dataset, coarse)?;
     if let Some(n) = limit_test {
         ds.test.truncate(n);
@@ -107,8 +127,9 @@ pub fn evaluate(
     if norm.mean.len() != ds.channels || norm.std.len() != ds.channels {
         return Err(Error::checkpoint(checkpoint_path, "normalisation constants do not match the data's channels"));
     }
-    let channels = ds.channels;
+    let (channels, labels) = (ds.channels, ds.test.labels.clone());
     backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), channels, &norm)?;
-    let (loss, acc) = eval.run(&mut *backend);
-    Ok((loss, acc, config))
+    let mut logits = Vec::with_capacity(labels.len() * config.classes);
+    let (loss, acc) = eval.run_with_logits(&mut *backend, Some(&mut logits));
+    Ok(Evaluation { loss, acc, config, logits, labels })
 }

@@ -18,7 +18,7 @@ pub mod recal;
 pub mod state;
 pub mod step;
 
-pub use eval::{evaluate, Evaluator};
+pub use eval::{evaluate, Evaluation, Evaluator};
 pub use lr::{learning_rate, LrSchedule};
 pub use recal::Recalibrator;
 pub use step::{StepRngs, Stepper};
@@ -69,6 +69,8 @@ pub struct TrainArgs {
     pub augment: bool,
     pub checkpoint_every: usize,
     pub resume: Option<PathBuf>,
+    /// Start from these weights (checkpoint or safetensors) instead of fresh ones.
+    pub init: Option<PathBuf>,
     pub options: Options,
     /// Recalibrate BN's running statistics over this many training batches before each
     /// epoch's test and report both accuracies (0: off).
@@ -210,9 +212,18 @@ impl<'a> Run<'a> {
             return Err(Error::flag("--batch", args.batch, format!("at most the {} training images", train_len)));
         }
         let config = args.config(ds.classes, ds.channels);
-        let norm = match &resume {
-            Some((_, ck)) => Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() },
-            None => Normalization::from_split(&ds.train, ds.channels),
+        let init = match &args.init {
+            Some(path) => Some((path, crate::export::load_init(path, &config)?)),
+            None => None,
+        };
+        // A resumed run, and initial weights that state theirs, keep the normalisation they
+        // were trained with.
+        let norm = match (&resume, &init) {
+            (Some((_, ck)), _) => Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() },
+            (None, Some((_, ck))) if !ck.norm_mean.is_empty() => {
+                Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() }
+            }
+            _ => Normalization::from_split(&ds.train, ds.channels),
         };
         prepare_out_folder(args)?;
 
@@ -248,6 +259,9 @@ impl<'a> Run<'a> {
         };
         let s = &run.program.schedule;
         let mut region = wrn::init_persistent(s, args.seed);
+        if let Some((path, ck)) = &init {
+            state::restore(&mut region, s, path, ck, false)?;
+        }
         if let Some((path, ck)) = &resume {
             run.resume_from(&mut region, path, ck)?;
         }

@@ -1,0 +1,53 @@
+//! `sliceout export`: a model as safetensors (for PyTorch and other loaders) or its test-time
+//! network as ONNX (for ONNX Runtime and other servers).
+
+use super::flags::{self, ExportFlags, ExportFormat};
+use crate::error::{Error, Result};
+use crate::export::{self, onnx};
+use crate::ir::Role;
+
+pub fn command(f: &ExportFlags) -> Result<()> {
+    let format = match (f.format, f.out.extension().and_then(|e| e.to_str())) {
+        (Some(format), _) => format,
+        (None, Some("safetensors")) => ExportFormat::Safetensors,
+        (None, Some("onnx")) => ExportFormat::Onnx,
+        (None, _) => {
+            return Err(Error::flag(
+                "--out",
+                f.out.display(),
+                "a .safetensors or .onnx file name (or say which with --format)",
+            ))
+        }
+    };
+    flags::check_not_input("--out", &f.out, &f.checkpoint)?;
+    let ck = export::load_model(&f.checkpoint)?;
+    let c = ck.config;
+    match format {
+        ExportFormat::Safetensors => {
+            export::save_safetensors(&f.out, &f.checkpoint, &ck)?;
+            let params: usize =
+                export::weights::model_tensors(&c).iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum();
+            println!(
+                "wrote {}: {} ({:.2} M parameters, BN running statistics, metadata), keep {:.2}",
+                f.out.display(),
+                c.name(),
+                params as f64 / 1e6,
+                c.keep
+            );
+        }
+        ExportFormat::Onnx => {
+            export::save_onnx(&f.out, &f.checkpoint, &ck)?;
+            println!(
+                "wrote {}: {} test-time network, ONNX opset {}; input {} float32 (N, {}, 32, 32) in 0..1, output {} (N, {})",
+                f.out.display(),
+                c.name(),
+                onnx::OPSET,
+                onnx::INPUT,
+                c.in_channels,
+                onnx::OUTPUT,
+                c.classes
+            );
+        }
+    }
+    Ok(())
+}

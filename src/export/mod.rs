@@ -1,0 +1,119 @@
+//! A trained model leaving sliceout and coming back: the model as a safetensors file (tensor
+//! names and shapes of `scripts/torch/wrn.py`'s PyTorch module, metadata for a loader), the
+//! test-time network as an ONNX graph, and the reading side, where a safetensors file is checked
+//! against the network it is meant for.
+//!
+//! - `weights.rs`: checkpoint -> safetensors and back, the metadata, the checks.
+//! - `onnx.rs`: the eval schedule -> an ONNX graph; `proto.rs`: the ONNX messages for `prost`.
+//!
+//! Every command that reads a model (`eval`, `export`, `train --init`) takes either format: a
+//! sliceout checkpoint is told apart by its magic bytes, anything else is read as safetensors.
+
+pub mod onnx;
+pub mod proto;
+pub mod weights;
+
+pub use weights::{Stated, FORMAT};
+
+use crate::error::{Error, Result};
+use crate::io::checkpoint::{self, Checkpoint};
+use crate::io::safetensors::{self, TensorFile};
+use crate::ir::ModelConfig;
+use prost::Message;
+use std::io::Read;
+use std::path::Path;
+
+/// A file holding a model.
+pub enum ModelFile {
+    Checkpoint(Checkpoint),
+    SafeTensors(TensorFile),
+}
+
+/// Reads a sliceout checkpoint or a safetensors file.
+pub fn read(path: &Path) -> Result<ModelFile> {
+    let mut magic = [0u8; 8];
+    let is_checkpoint =
+        std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == checkpoint::MAGIC;
+    if is_checkpoint || !path.is_file() {
+        // A missing file gets the checkpoint reader's message.
+        return checkpoint::load(path).map(ModelFile::Checkpoint);
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    safetensors::decode(&bytes).map(ModelFile::SafeTensors).map_err(|msg| {
+        Error::checkpoint(path, format!("not a sliceout checkpoint, and not a usable safetensors file: {msg}"))
+    })
+}
+
+impl ModelFile {
+    /// The model configuration and normalisation the file states.
+    pub fn stated(&self, path: &Path) -> Result<Stated> {
+        match self {
+            ModelFile::Checkpoint(ck) => Ok(Stated::of_checkpoint(ck)),
+            ModelFile::SafeTensors(f) => Stated::of_metadata(path, &f.metadata),
+        }
+    }
+}
+
+/// A model that describes itself, as `eval` and `export` need it: a checkpoint, or a
+/// safetensors file whose metadata states the model and its normalisation and whose tensors
+/// are exactly that model's.
+pub fn load_model(path: &Path) -> Result<Checkpoint> {
+    let file = read(path)?;
+    let stated = file.stated(path)?;
+    match file {
+        ModelFile::Checkpoint(ck) => Ok(ck),
+        ModelFile::SafeTensors(f) => {
+            let config = stated.config(path)?;
+            stated.check(path, &config)?;
+            if stated.norm.is_none() {
+                return Err(Error::checkpoint(
+                    path,
+                    "metadata has no norm_mean and norm_std: the normalisation the model was trained with is needed",
+                ));
+            }
+            weights_checkpoint(path, &f, config, stated)
+        }
+    }
+}
+
+/// Weights to start training the network `config` from (`train --init`): every tensor is
+/// checked against it, and so is what the file states about the model, `keep` aside. The
+/// momentum is not taken; the normalisation is, when the file states it (else it is empty).
+pub fn load_init(path: &Path, config: &ModelConfig) -> Result<Checkpoint> {
+    let file = read(path)?;
+    let stated = file.stated(path)?;
+    stated.check(path, config)?;
+    match file {
+        // Its momentum stays behind: `state::restore` copies it only when resuming.
+        ModelFile::Checkpoint(ck) => Ok(Checkpoint { config: *config, ..ck }),
+        ModelFile::SafeTensors(f) => weights_checkpoint(path, &f, *config, stated),
+    }
+}
+
+/// The weights of a safetensors file as a checkpoint of `config` (no optimizer state).
+fn weights_checkpoint(path: &Path, file: &TensorFile, config: ModelConfig, stated: Stated) -> Result<Checkpoint> {
+    let tensors = weights::weights(path, file, &config)?;
+    let norm = stated.norm.unwrap_or(crate::data::loader::Normalization { mean: vec![], std: vec![] });
+    let meta = file.metadata.get("dataset").map(|d| vec![("dataset".to_string(), d.clone())]).unwrap_or_default();
+    Ok(Checkpoint {
+        config,
+        step: stated.step.unwrap_or(0),
+        epoch: 0,
+        tensors,
+        rngs: vec![],
+        norm_mean: norm.mean,
+        norm_std: norm.std,
+        meta,
+    })
+}
+
+/// Writes `ck`'s model (read from `source`) as safetensors to `out`.
+pub fn save_safetensors(out: &Path, source: &Path, ck: &Checkpoint) -> Result<()> {
+    safetensors::save(out, &weights::to_tensor_file(source, ck)?)
+}
+
+/// Writes `ck`'s test-time network (read from `source`) as an ONNX model to `out`.
+pub fn save_onnx(out: &Path, source: &Path, ck: &Checkpoint) -> Result<()> {
+    let model = onnx::model(ck, &weights::metadata(ck)).map_err(|msg| Error::checkpoint(source, msg))?;
+    crate::io::write_atomic(out, &model.encode_to_vec())
+}
