@@ -54,7 +54,7 @@ fn a_small_wrn_learns_the_synthetic_classes() {
     // WRN-10-2 with SliceOut keep 0.5, 1500 images, 3 epochs: well under two minutes on 2 cores.
     let d = tmp("learn");
     write_synthetic(&d.join("data"), 1500, 300, 0).unwrap();
-    let a = TrainArgs { widen: 2, batch: 50, lr: 0.1, ..args(&d.join("data"), &d.join("run")) };
+    let a = TrainArgs { widen: 2, batch: 50, lr: 0.1, bn_recal: 4, ..args(&d.join("data"), &d.join("run")) };
     let t0 = std::time::Instant::now();
     let s = train::train(&a).unwrap();
     let last = s.history.last().unwrap();
@@ -62,6 +62,11 @@ fn a_small_wrn_learns_the_synthetic_classes() {
     assert_eq!(s.history.len(), 3);
     assert!(last.test_acc > 0.5, "test accuracy {:.3} (chance is 0.1)", last.test_acc);
     assert!(last.train_loss < s.history[0].train_loss);
+    // --bn-recal: every epoch is also tested with BN recalibrated for the full network.
+    for m in &s.history {
+        assert!(m.test_acc_recal.is_some_and(|a| (0.0..=1.0).contains(&a)), "{m:?}");
+    }
+    assert!(last.test_acc_recal.unwrap() > 0.5, "{last:?}");
     // What the run leaves behind.
     let lines = metrics::read_jsonl(&d.join("run/metrics.jsonl")).unwrap();
     assert_eq!(lines, s.history);
@@ -71,12 +76,24 @@ fn a_small_wrn_learns_the_synthetic_classes() {
     assert_eq!((ck.epoch, ck.step), (3, 3 * 30));
     assert!(d.join("run/best.ckpt").exists());
     // eval rebuilds the model from the checkpoint and agrees with the last epoch's test figures.
-    let e =
-        train::evaluate(&d.join("run/last.ckpt"), &d.join("data"), None, false, 64, DeviceChoice::Cpu, None).unwrap();
+    let e = train::evaluate(&train::EvalRequest {
+        model: &d.join("run/last.ckpt"),
+        data: &d.join("data"),
+        dataset: None,
+        coarse: false,
+        batch: 64,
+        device: DeviceChoice::Cpu,
+        limit_test: None,
+        bn_recal: 4,
+    })
+    .unwrap();
     let (loss, acc, config) = (e.loss, e.acc, e.config);
     assert_eq!(config.widen, 2);
     assert!((acc - last.test_acc).abs() < 1e-9, "{acc} vs {}", last.test_acc);
     assert!((loss - last.test_loss).abs() < 1e-4 * last.test_loss.max(1.0), "{loss} vs {}", last.test_loss);
+    let (_, recal_acc, batches) = e.recalibrated.expect("eval --bn-recal reports both");
+    assert_eq!(batches, 4);
+    assert!(recal_acc > 0.5, "recalibrated test accuracy {recal_acc}");
 }
 
 /// Metrics without the wall-clock fields.

@@ -4,15 +4,31 @@
 use super::flags::{self, EvalFlags};
 use crate::error::Result;
 use crate::io::safetensors::{self, Entry, TensorFile, Values};
+use crate::train::{evaluate, EvalRequest};
 
 pub fn command(f: &EvalFlags) -> Result<()> {
     let dataset = flags::dataset(&f.dataset)?;
     if let Some(path) = &f.logits {
         flags::check_not_input("--logits", path, &f.checkpoint)?;
     }
-    let e = crate::train::evaluate(&f.checkpoint, &f.data, dataset, f.coarse, f.batch, f.device.into(), f.limit_test)?;
+    let e = evaluate(&EvalRequest {
+        model: &f.checkpoint,
+        data: &f.data,
+        dataset,
+        coarse: f.coarse,
+        batch: f.batch,
+        device: f.device.into(),
+        limit_test: f.limit_test,
+        bn_recal: f.bn_recal,
+    })?;
     let config = e.config;
     println!("{} keep {:.2}: test loss {:.4}  test accuracy {:.2}%", config.name(), config.keep, e.loss, 100.0 * e.acc);
+    if let Some((loss, acc, batches)) = e.recalibrated {
+        println!(
+            "with BN recalibrated over {batches} training batches: test loss {loss:.4}  test accuracy {:.2}%",
+            100.0 * acc
+        );
+    }
     if let Some(path) = &f.logits {
         let images = e.labels.len();
         let file = TensorFile {

@@ -226,6 +226,10 @@ pub struct EvalFlags {
     /// Also write each test image's logits and label to this safetensors file
     #[arg(long)]
     pub logits: Option<PathBuf>,
+    /// Also test with BN's running statistics recalibrated for the full network over N
+    /// training batches of --data (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub bn_recal: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

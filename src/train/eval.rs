@@ -2,6 +2,7 @@
 //! `sliceout eval`'s whole run from a model file.
 
 use super::state;
+use super::Recalibrator;
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::{self, DatasetKind};
@@ -81,25 +82,35 @@ pub struct Evaluation {
     /// `(images, classes)`, row-major, in the test split's order.
     pub logits: Vec<f32>,
     pub labels: Vec<u8>,
+    /// With `bn_recal`: the test loss and accuracy once BN's running statistics were
+    /// recalibrated for the full network, and over how many training batches.
+    pub recalibrated: Option<(f64, f64, usize)>,
+}
+
+/// What to evaluate, and how.
+pub struct EvalRequest<'a> {
+    /// A checkpoint, or a safetensors file with sliceout's metadata.
+    pub model: &'a Path,
+    pub data: &'a Path,
+    pub dataset: Option<DatasetKind>,
+    pub coarse: bool,
+    pub batch: usize,
+    pub device: DeviceChoice,
+    pub limit_test: Option<usize>,
+    /// Also evaluate after recalibrating BN over this many training batches (0: no).
+    pub bn_recal: usize,
 }
 
 /// Test loss, accuracy and logits of a model (a checkpoint, or a safetensors file with
 /// sliceout's metadata) on a dataset's test split; the model is rebuilt from the file alone.
-pub fn evaluate(
-    checkpoint_path: &Path,
-    data_dir: &Path,
-    dataset: Option<DatasetKind>,
-    coarse: bool,
-    batch: usize,
-    device: DeviceChoice,
-    limit_test: Option<usize>,
-) -> Result<Evaluation> {
+pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
+    let (checkpoint_path, data_dir, batch) = (r.model, r.data, r.batch);
     if batch == 0 {
         return Err(Error::flag("--batch", batch, "an integer >= 1"));
     }
     let ck = crate::export::load_model(checkpoint_path)?;
-    let mut ds = data::load(data_dir, dataset, coarse)?;
-    if let Some(n) = limit_test {
+    let mut ds = data::load(data_dir, r.dataset, r.coarse)?;
+    if let Some(n) = r.limit_test {
         ds.test.truncate(n);
     }
     let config = ck.config;
@@ -116,9 +127,11 @@ pub fn evaluate(
             ),
         ));
     }
-    let mut backend = backend::open(device, Math::Tf32, false)?;
+    let mut backend = backend::open(r.device, Math::Tf32, false)?;
     let mut eval = Evaluator::new(&config, batch, ds.test.len, backend.target());
-    backend.reserve_arena(eval.arena_bytes())?;
+    let recal =
+        (r.bn_recal > 0).then(|| Recalibrator::new(&config, batch, backend.target(), r.bn_recal, ds.train.len, 0));
+    backend.reserve_arena(eval.arena_bytes().max(recal.as_ref().map_or(0, |c| c.arena_bytes())))?;
     let s = &eval.program().schedule;
     let mut region = vec![0f32; s.persistent_len()];
     state::restore(&mut region, s, checkpoint_path, &ck, false)?;
@@ -131,5 +144,14 @@ pub fn evaluate(
     backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), channels, &norm)?;
     let mut logits = Vec::with_capacity(labels.len() * config.classes);
     let (loss, acc) = eval.run_with_logits(&mut *backend, Some(&mut logits));
-    Ok(Evaluation { loss, acc, config, logits, labels })
+    let recalibrated = match recal {
+        Some(recal) => {
+            backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), channels, &norm)?;
+            recal.run(&mut *backend);
+            let (loss, acc) = eval.run(&mut *backend);
+            Some((loss, acc, recal.batches()))
+        }
+        None => None,
+    };
+    Ok(Evaluation { loss, acc, config, logits, labels, recalibrated })
 }

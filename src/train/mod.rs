@@ -18,7 +18,7 @@ pub mod recal;
 pub mod state;
 pub mod step;
 
-pub use eval::{evaluate, Evaluation, Evaluator};
+pub use eval::{evaluate, EvalRequest, Evaluation, Evaluator};
 pub use lr::{learning_rate, LrSchedule};
 pub use recal::Recalibrator;
 pub use step::{StepRngs, Stepper};
