@@ -41,6 +41,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
         augment: true,
         checkpoint_every: 0,
         resume: None,
+        force: false,
         options: Options::default(),
         verbose: false,
         stop_after: None,
@@ -51,7 +52,7 @@ fn args(data: &Path, out: &Path) -> TrainArgs {
 fn a_small_wrn_learns_the_synthetic_classes() {
     // WRN-10-2 with SliceOut keep 0.5, 1500 images, 3 epochs: well under two minutes on 2 cores.
     let d = tmp("learn");
-    write_synthetic(&d.join("data"), 1500, 300, 0).unwrap();
+    write_synthetic(&d.join("data"), 1500, 300, 0, false).unwrap();
     let a = TrainArgs { widen: 2, batch: 50, lr: 0.1, ..args(&d.join("data"), &d.join("run")) };
     let t0 = std::time::Instant::now();
     let s = train::train(&a).unwrap();
@@ -92,7 +93,7 @@ fn params(path: &Path) -> Vec<(String, Vec<u32>)> {
 fn resumed_runs_end_bit_identical() {
     let d = tmp("resume");
     let data = d.join("data");
-    write_synthetic(&data, 200, 40, 1).unwrap();
+    write_synthetic(&data, 200, 40, 1, false).unwrap();
     // Uninterrupted: 3 epochs of 10 steps.
     let full = train::train(&args(&data, &d.join("full"))).unwrap();
     assert_eq!(full.stopped_at, None);

@@ -40,12 +40,17 @@ pub enum DataCommand {
     Synth {
         #[arg(long)]
         out: PathBuf,
+        /// Training images (at most 1,000,000)
         #[arg(long, default_value_t = 5000)]
         train: usize,
+        /// Test images (at most 1,000,000)
         #[arg(long, default_value_t = 1000)]
         test: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Replace the dataset files already in --out
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -88,7 +93,7 @@ pub struct ModelFlags {
     #[arg(long)]
     pub widen: Option<usize>,
     /// Fraction of each sliced layer's channels kept per step, in (0, 1]; 1.0 = no SliceOut [default: 1.0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub keep: Option<f64>,
 }
 
@@ -104,7 +109,7 @@ pub struct MemoryFlags {
     /// Images per im2col chunk (0 = auto, within --col-budget)
     #[arg(long, default_value_t = 0)]
     pub col_chunk: usize,
-    /// MiB an im2col workspace may take when --col-chunk is auto
+    /// MiB an im2col workspace may take when --col-chunk is auto (1 to 1048576)
     #[arg(long, default_value_t = 32)]
     pub col_budget: usize,
     /// Where SGD updates go: right after each gradient, or after the whole backward pass
@@ -112,18 +117,25 @@ pub struct MemoryFlags {
     pub update: Update,
 }
 
+/// The largest `--col-budget`: 1 TiB in MiB, so that the budget in bytes fits any `usize`.
+const MAX_COL_BUDGET_MIB: usize = 1 << 20;
+
 impl MemoryFlags {
-    pub fn options(&self) -> Options {
-        Options {
+    pub fn options(&self) -> crate::Result<Options> {
+        if !(1..=MAX_COL_BUDGET_MIB).contains(&self.col_budget) {
+            let expected = format!("a number of MiB from 1 to {MAX_COL_BUDGET_MIB}");
+            return Err(crate::Error::flag("--col-budget", self.col_budget, expected));
+        }
+        Ok(Options {
             recompute: !self.no_recompute,
             in_place: !self.no_in_place,
             col_chunk: self.col_chunk,
-            col_budget_mib: self.col_budget.max(1),
+            col_budget_mib: self.col_budget,
             update: match self.update {
                 Update::Early => UpdateAt::Early,
                 Update::End => UpdateAt::End,
             },
-        }
+        })
     }
 }
 
@@ -140,15 +152,15 @@ pub struct TrainFlags {
     pub coarse: bool,
     #[command(flatten)]
     pub model: ModelFlags,
-    /// Slice starts are multiples of this
+    /// Slice starts are multiples of this (at most the narrowest block's 16k channels)
     #[arg(long, default_value_t = 1)]
     pub align: usize,
-    /// Epochs [default: 200; 4 for the synthetic demo]
+    /// Epochs [default: 200; 4 for the synthetic demo; the run's when resuming]
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Images per step (the last partial batch of an epoch is dropped)
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
+    /// Images per step; the last partial batch of an epoch is dropped [default: 128; the run's when resuming]
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Peak learning rate
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub lr: f64,
@@ -161,9 +173,9 @@ pub struct TrainFlags {
     /// Plain momentum instead of Nesterov's
     #[arg(long)]
     pub no_nesterov: bool,
-    /// Learning-rate schedule: cosine per step, or x0.2 at 30%, 60%, 80% of the epochs
-    #[arg(long, value_enum, default_value_t = Sched::Cosine)]
-    pub schedule: Sched,
+    /// Learning-rate schedule: cosine per step, or x0.2 at 30%, 60%, 80% of the epochs [default: cosine; the run's when resuming]
+    #[arg(long, value_enum)]
+    pub schedule: Option<Sched>,
     /// Seeds weights, shuffling, augmentation and slice starts
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -173,10 +185,13 @@ pub struct TrainFlags {
     /// GPU GEMM math: tf32 or fp32 (the CPU always computes in fp32)
     #[arg(long, default_value = "tf32")]
     pub math: String,
-    /// Output folder [default: runs/<timestamp>]
+    /// Output folder [default: runs/<timestamp>; the checkpoint's folder when resuming]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Use only the first N training images
+    /// Replace the files of another run in --out instead of refusing
+    #[arg(long)]
+    pub force: bool,
+    /// Use only the first N training images [default: all; the run's when resuming]
     #[arg(long)]
     pub limit_train: Option<usize>,
     /// Use only the first N test images
@@ -260,7 +275,7 @@ pub struct ProfileFlags {
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// Put the network at this keep beside the profiled one (e.g. --compare 1.0)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub compare: Option<f64>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -290,8 +305,8 @@ pub struct BenchFlags {
     pub classes: usize,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Comma-separated keep values, all measured in this one run
-    #[arg(long, default_value = "1.0,0.75,0.5", value_delimiter = ',')]
+    /// Comma-separated keep values (at most 16), all measured in this one run
+    #[arg(long, default_value = "1.0,0.75,0.5", value_delimiter = ',', allow_hyphen_values = true)]
     pub keep: Vec<f64>,
     /// Timed steps per keep value (after one warm-up step)
     #[arg(long, default_value_t = 5)]

@@ -10,11 +10,12 @@ use crate::schedule::Mode;
 pub fn command(f: &PlanFlags) -> Result<String> {
     let config = flags::model_config(&f.model, f.classes, f.in_channels)?;
     let batch = flags::check_batch(f.batch)?;
+    config.footprint(batch).map_err(crate::ir::Invalid::flag)?;
     let mode = match f.mode {
         PlanMode::Train => Mode::Train,
         PlanMode::Eval => Mode::Eval,
     };
-    let options = f.memory.options();
+    let options = f.memory.options()?;
     let program = Program::new(wrn::build(&config, batch, mode, options));
     let baseline = (mode == Mode::Train && config.keep < 1.0)
         .then(|| Program::new(wrn::build(&ModelConfig { keep: 1.0, ..config }, batch, mode, options)));

@@ -3,11 +3,11 @@
 
 use super::state;
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId, StepCtx};
-use crate::data::loader::{Crop, Normalization};
-use crate::data::{self, DatasetKind};
+use crate::data::loader::Crop;
+use crate::data::{self, DatasetKind, Limits};
 use crate::error::{Error, Result};
 use crate::io::checkpoint;
-use crate::ir::ModelConfig;
+use crate::ir::{Invalid, ModelConfig};
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -62,7 +62,8 @@ impl Evaluator {
 }
 
 /// Test loss and accuracy of a checkpoint on a dataset's test split; the model is rebuilt from
-/// the checkpoint alone.
+/// the checkpoint alone. Every check (flags, checkpoint, data, tensors) comes before the arena
+/// is allocated.
 pub fn evaluate(
     checkpoint_path: &Path,
     data_dir: &Path,
@@ -75,11 +76,13 @@ pub fn evaluate(
     if batch == 0 {
         return Err(Error::flag("--batch", batch, "an integer >= 1"));
     }
-    let ck = checkpoint::load(checkpoint_path)?;
-    let mut ds = data::load(data_dir, dataset, coarse)?;
-    if let Some(n) = limit_test {
-        ds.test.truncate(n);
+    if limit_test == Some(0) {
+        return Err(Error::flag("--limit-test", 0, "an integer >= 1 (a number of images)"));
     }
+    let ck = checkpoint::load(checkpoint_path)?;
+    // The training split is not needed: read none of it.
+    let limits = Limits { train: Some(0), test: limit_test };
+    let mut ds = data::load_limited(data_dir, dataset, coarse, limits)?;
     let config = ck.config;
     if ds.classes != config.classes || ds.channels != config.in_channels {
         return Err(Error::checkpoint(
@@ -94,17 +97,13 @@ pub fn evaluate(
             ),
         ));
     }
-    let mut backend = backend::open(device, Math::Tf32, false)?;
+    config.footprint(batch.min(ds.test.len)).map_err(Invalid::flag)?;
     let mut eval = Evaluator::new(&config, batch, ds.test.len);
+    let region = state::restore(&eval.program().schedule, checkpoint_path, &ck, false)?;
+    let norm = state::normalization(checkpoint_path, &ck, ds.channels)?;
+    let mut backend = backend::open(device, Math::Tf32, false)?;
     backend.reserve_arena(eval.arena_bytes())?;
-    let s = &eval.program().schedule;
-    let mut region = vec![0f32; s.persistent_len()];
-    state::restore(&mut region, s, checkpoint_path, &ck, false)?;
     backend.set_persistent(&region)?;
-    let norm = Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() };
-    if norm.mean.len() != ds.channels || norm.std.len() != ds.channels {
-        return Err(Error::checkpoint(checkpoint_path, "normalisation constants do not match the data's channels"));
-    }
     let channels = ds.channels;
     backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), channels, &norm)?;
     let (loss, acc) = eval.run(&mut *backend);
