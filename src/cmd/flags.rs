@@ -41,12 +41,12 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
         /// Training images (at most 1,000,000)
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 5000, allow_negative_numbers = true)]
         train: usize,
         /// Test images (at most 1,000,000)
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
         test: usize,
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         seed: u64,
         /// Replace the dataset files already in --out
         #[arg(long)]
@@ -87,10 +87,10 @@ pub enum Update {
 #[derive(Args, Debug, Clone)]
 pub struct ModelFlags {
     /// WRN depth, 6n+4 [default: 16]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub depth: Option<usize>,
     /// Widen factor k [default: 4]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub widen: Option<usize>,
     /// Fraction of each sliced layer's channels kept per step, in (0, 1]; 1.0 = no SliceOut [default: 1.0]
     #[arg(long, allow_negative_numbers = true)]
@@ -107,10 +107,10 @@ pub struct MemoryFlags {
     #[arg(long)]
     pub no_in_place: bool,
     /// Images per im2col chunk (0 = auto, within --col-budget)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub col_chunk: usize,
     /// MiB an im2col workspace may take when --col-chunk is auto (1 to 1048576)
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     pub col_budget: usize,
     /// Where SGD updates go: right after each gradient, or after the whole backward pass
     #[arg(long, value_enum, default_value_t = Update::Early)]
@@ -153,13 +153,13 @@ pub struct TrainFlags {
     #[command(flatten)]
     pub model: ModelFlags,
     /// Slice starts are multiples of this (at most the narrowest block's 16k channels)
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub align: usize,
     /// Epochs [default: 200; 4 for the synthetic demo; the run's when resuming]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Images per step; the last partial batch of an epoch is dropped [default: 128; the run's when resuming]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch: Option<usize>,
     /// Peak learning rate
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
@@ -177,7 +177,7 @@ pub struct TrainFlags {
     #[arg(long, value_enum)]
     pub schedule: Option<Sched>,
     /// Seeds weights, shuffling, augmentation and slice starts
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// auto picks CUDA when a GPU is usable, else the CPU
     #[arg(long, value_enum, default_value_t = Device::Auto)]
@@ -192,16 +192,16 @@ pub struct TrainFlags {
     #[arg(long)]
     pub force: bool,
     /// Use only the first N training images [default: all; the run's when resuming]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit_train: Option<usize>,
     /// Use only the first N test images
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit_test: Option<usize>,
     /// No random crop and flip
     #[arg(long)]
     pub no_augment: bool,
     /// Also checkpoint every N steps (0 = only at the end of each epoch)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub checkpoint_every: usize,
     /// Continue a run from a checkpoint (in its folder unless --out says otherwise)
     #[arg(long)]
@@ -220,9 +220,9 @@ pub struct EvalFlags {
     pub dataset: Option<String>,
     #[arg(long)]
     pub coarse: bool,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub batch: usize,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit_test: Option<usize>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
@@ -245,19 +245,19 @@ pub enum PlanMode {
 pub struct PlanFlags {
     #[command(flatten)]
     pub model: ModelFlags,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub classes: usize,
     /// Input channels (3 for CIFAR, 1 for Fashion-MNIST)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub in_channels: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub batch: usize,
     #[arg(long, value_enum, default_value_t = PlanMode::Train)]
     pub mode: PlanMode,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Chart width in columns (text format)
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub width: usize,
     #[command(flatten)]
     pub memory: MemoryFlags,
@@ -267,12 +267,12 @@ pub struct PlanFlags {
 pub struct ProfileFlags {
     #[command(flatten)]
     pub model: ModelFlags,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub classes: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub batch: usize,
     /// Timed steps (after one warm-up step)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub steps: usize,
     /// Put the network at this keep beside the profiled one (e.g. --compare 1.0)
     #[arg(long, allow_negative_numbers = true)]
@@ -287,7 +287,7 @@ pub struct ProfileFlags {
     /// GPU GEMM math: tf32 or fp32
     #[arg(long, default_value = "tf32")]
     pub math: String,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
     pub memory: MemoryFlags,
@@ -296,27 +296,27 @@ pub struct ProfileFlags {
 #[derive(Args, Debug, Clone)]
 pub struct BenchFlags {
     /// WRN depth [default: 16]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub depth: Option<usize>,
     /// Widen factor [default: 4]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub widen: Option<usize>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub classes: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     pub batch: usize,
     /// Comma-separated keep values (at most 16), all measured in this one run
     #[arg(long, default_value = "1.0,0.75,0.5", value_delimiter = ',', allow_hyphen_values = true)]
     pub keep: Vec<f64>,
     /// Timed steps per keep value (after one warm-up step)
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     pub steps: usize,
     /// GPU math: tf32 or fp32 (the CPU always computes in fp32)
     #[arg(long, default_value = "tf32")]
     pub math: String,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
 }
 

@@ -13,10 +13,7 @@ use crate::train::{self, folder, LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
 
 pub fn command(f: TrainFlags) -> Result<Done> {
-    let (data_dir, demo) = data_folder(&f);
-    let mut args = train_args(&f, data_dir, demo)?;
-    // Flags are checked before anything is generated or created.
-    args.validate()?;
+    let (mut args, demo) = checked_args(&f)?;
     if demo {
         prepare_demo_data(&args.data)?;
     }
@@ -76,6 +73,15 @@ fn prepare_demo_data(dir: &Path) -> Result<()> {
     }
     println!("training a small WRN on {} (a demo of a couple of minutes; see data/README.md for CIFAR)", dir.display());
     Ok(())
+}
+
+/// The run the flags describe, its flags checked (what needs the data is checked as the run
+/// starts), and whether it is the demo. Nothing is generated or created yet.
+pub fn checked_args(f: &TrainFlags) -> Result<(TrainArgs, bool)> {
+    let (data_dir, demo) = data_folder(f);
+    let args = train_args(f, data_dir, demo)?;
+    args.validate()?;
+    Ok((args, demo))
 }
 
 /// The run the flags describe. Resuming, the model and what fixes the step count (batch,

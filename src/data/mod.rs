@@ -81,7 +81,8 @@ pub struct Dataset {
     pub test: Split,
 }
 
-const CIFAR10_FILES: [&str; 6] = [
+/// The five training batches, then the test batch.
+pub(crate) const CIFAR10_FILES: [&str; 6] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
     "data_batch_3.bin",

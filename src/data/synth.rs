@@ -9,7 +9,7 @@
 //! seeded stream, in a fixed order, so the bytes depend only on (train, test, seed).
 
 use super::cifar::CIFAR10_RECORD;
-use super::{Split, PLANE};
+use super::{Split, CIFAR10_FILES, PLANE};
 use crate::io::{write_atomic, write_atomic_with};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
@@ -150,16 +150,8 @@ pub fn split(len: usize, seed: u64) -> Split {
 /// files and about 25 s of drawing.
 pub const MAX_IMAGES: usize = 1_000_000;
 
-/// The files a synthetic dataset consists of.
-const FILES: [&str; 7] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-    "test_batch.bin",
-    "batches.meta.txt",
-];
+/// The class names file written beside CIFAR-10's batches.
+const META: &str = "batches.meta.txt";
 
 /// Writes a synthetic dataset of `train` + `test` images into `dir` in the CIFAR-10 binary
 /// format: `data_batch_1.bin`..`data_batch_5.bin` (the training images split as evenly as
@@ -178,7 +170,8 @@ pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64, replace
     if dir.exists() && !dir.is_dir() {
         return Err(Error::flag("--out", dir.display(), "a folder for the dataset (this is a file)"));
     }
-    let found: Vec<&str> = FILES.iter().copied().filter(|f| dir.join(f).exists()).collect();
+    let files = CIFAR10_FILES.iter().chain(&[META]);
+    let found: Vec<&str> = files.copied().filter(|f| dir.join(f).exists()).collect();
     if !found.is_empty() && !replace {
         return Err(Error::Msg(format!(
             "{} already holds dataset files ({}): pass --force to replace them, or pick another --out",
@@ -204,19 +197,19 @@ fn write_files(dir: &Path, train: usize, test: usize, seed: u64, written: &mut V
     let train_labels = labels(train, &mut rng);
     let test_labels = labels(test, &mut rng);
     let mut start = 0;
-    for (b, name) in FILES[..5].iter().enumerate() {
+    for (b, name) in CIFAR10_FILES[..5].iter().enumerate() {
         let count = train / 5 + usize::from(b < train % 5);
         let path = dir.join(name);
         write_atomic_with(&path, |w| write_records(w, &train_labels[start..start + count], &mut rng))?;
         written.push(path);
         start += count;
     }
-    let path = dir.join(FILES[5]);
+    let path = dir.join(CIFAR10_FILES[5]);
     write_atomic_with(&path, |w| write_records(w, &test_labels, &mut rng))?;
     written.push(path);
     let mut meta = CLASS_NAMES.join("\n");
     meta.push('\n');
-    let path = dir.join(FILES[6]);
+    let path = dir.join(META);
     write_atomic(&path, meta.as_bytes())?;
     written.push(path);
     Ok(())

@@ -32,7 +32,7 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::R
     ));
     let written = (|| -> io::Result<()> {
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        let mut w = io::BufWriter::with_capacity(1 << 20, file);
+        let mut w = io::BufWriter::with_capacity(64 << 10, file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
         file.sync_all()?;
@@ -92,17 +92,11 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("sliceout-atomic-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::io::scratch;
 
     #[test]
     fn write_atomic_replaces_and_cleans_up() {
-        let dir = scratch("atomic");
+        let dir = scratch("atomic-atomic");
         let path = dir.join("f.bin");
         write_atomic(&path, b"old").unwrap();
         write_atomic(&path, b"new contents").unwrap();
@@ -126,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_failing_writer_leaves_the_old_file() {
-        let dir = scratch("fill");
+        let dir = scratch("atomic-fill");
         let path = dir.join("f.bin");
         write_atomic(&path, b"old").unwrap();
         let err = write_atomic_with(&path, |w| {
@@ -142,7 +136,7 @@ mod tests {
 
     #[test]
     fn stale_temps_of_the_named_files_are_removed() {
-        let dir = scratch("stale");
+        let dir = scratch("atomic-stale");
         for f in [".last.ckpt.tmp-123-0", ".curves.svg.tmp-9-4", ".other.tmp-1-1", "last.ckpt", "notes.txt"] {
             fs::write(dir.join(f), b"x").unwrap();
         }

@@ -513,18 +513,11 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::scratch;
     use crate::rng::{stream, Rng};
     use std::path::PathBuf;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
-
-    /// A fresh, empty folder for one test.
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sliceout-ckpt-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     fn config() -> ModelConfig {
         ModelConfig { depth: 16, widen: 4, classes: 10, in_channels: 3, keep: 0.5 }
@@ -657,7 +650,7 @@ mod tests {
 
     #[test]
     fn round_trip_is_bit_exact() {
-        let dir = scratch("roundtrip");
+        let dir = scratch("ckpt-roundtrip");
         let path = dir.join("a.ckpt");
         let ck = sample();
         save(&path, &ck).unwrap();
@@ -704,7 +697,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let dir = scratch("missing");
+        let dir = scratch("ckpt-missing");
         let path = dir.join("nothing-here.ckpt");
         let msg = load(&path).unwrap_err().to_string();
         assert!(msg.contains("nothing-here.ckpt") && msg.contains("no such file"), "{msg}");
@@ -713,7 +706,7 @@ mod tests {
 
     #[test]
     fn bad_magic_and_tiny_files() {
-        let dir = scratch("magic");
+        let dir = scratch("ckpt-magic");
         let good = encode(&sample()).unwrap();
         let mut b = good.clone();
         b[..8].copy_from_slice(b"PK\x03\x04abcd");
@@ -730,7 +723,7 @@ mod tests {
 
     #[test]
     fn truncation_names_the_field() {
-        let dir = scratch("trunc");
+        let dir = scratch("ckpt-trunc");
         let good = encode(&sample()).unwrap();
         let fields = length_fields(&good);
         // Cut inside the data of the first tensor: the CRC fails, and the message says where.
@@ -752,7 +745,7 @@ mod tests {
 
     #[test]
     fn version_crc_and_bad_fields() {
-        let dir = scratch("fields");
+        let dir = scratch("ckpt-fields");
         let good = encode(&sample()).unwrap();
         let fields = length_fields(&good);
 
@@ -838,7 +831,7 @@ mod tests {
 
     #[test]
     fn save_refuses_what_load_would_refuse() {
-        let dir = scratch("refuse");
+        let dir = scratch("ckpt-refuse");
         let path = dir.join("x.ckpt");
         type Break = fn(&mut Checkpoint);
         let cases: Vec<(Break, &str)> = vec![
@@ -1052,7 +1045,7 @@ mod tests {
         if std::env::var_os(CRASH_ENV).is_some() {
             return;
         }
-        let dir = scratch("crash");
+        let dir = scratch("ckpt-crash");
         let path = dir.join("run.ckpt");
         let module = module_path!();
         let test = format!("{}::crash_child", &module[module.find("::").unwrap() + 2..]);

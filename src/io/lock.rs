@@ -87,17 +87,11 @@ fn same_file(_file: &File, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sliceout-lock-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::io::scratch;
 
     #[test]
     fn one_holder_at_a_time_and_released_on_drop() {
-        let dir = scratch("held");
+        let dir = scratch("lock-held");
         let lock = FolderLock::acquire(&dir, ".lock").unwrap();
         assert_eq!(fs::read_to_string(lock.path()).unwrap().trim(), std::process::id().to_string());
         // A second open file description conflicts even within one process.
@@ -113,7 +107,7 @@ mod tests {
     #[test]
     fn a_stale_lock_file_is_taken_over() {
         // What a killed holder leaves: the file with its pid, no lock on it.
-        let dir = scratch("stale");
+        let dir = scratch("lock-stale");
         fs::write(dir.join(".lock"), "4000000000\n").unwrap();
         let lock = FolderLock::acquire(&dir, ".lock").unwrap();
         assert_eq!(fs::read_to_string(lock.path()).unwrap().trim(), std::process::id().to_string());
@@ -123,7 +117,7 @@ mod tests {
 
     #[test]
     fn an_unwritable_place_is_named() {
-        let dir = scratch("nowhere");
+        let dir = scratch("lock-nowhere");
         let missing = dir.join("no-such-folder");
         let msg = FolderLock::acquire(&missing, ".lock").unwrap_err().to_string();
         assert!(msg.contains("no-such-folder"), "{msg}");

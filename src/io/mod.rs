@@ -9,3 +9,12 @@ pub mod metrics;
 pub mod svg;
 
 pub use atomic::{write_atomic, write_atomic_with};
+
+/// A fresh, empty folder for one test, named after `tag` and the process.
+#[cfg(test)]
+pub(crate) fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sliceout-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -106,31 +106,25 @@ impl ModelConfig {
             return Err(Invalid::new("batch", batch, "an integer >= 1"));
         }
         let fits = |bytes: Option<u64>| bytes.is_some_and(|b| b <= MAX_BYTES);
+        let refuse = |field: &'static str, what: &str, subject: String, needs: Option<u64>| {
+            let limit = size_text(Some(MAX_BYTES));
+            let expected = format!("{what} fit in {limit} ({subject} needs {})", size_text(needs));
+            Err(Invalid::new(field, self.value_of(field, batch), expected))
+        };
         let persistent = self.persistent_bytes();
         if !fits(persistent) {
             let field = self.culprit(&["widen", "depth", "classes", "in_channels"], |c| fits(c.persistent_bytes()));
-            let expected = format!(
-                "a network whose parameters, momentum and BN statistics fit in {} ({} needs {})",
-                size_text(Some(MAX_BYTES)),
-                self.name(),
-                size_text(persistent)
-            );
-            return Err(Invalid::new(field, self.value_of(field, batch), expected));
+            let what = "a network whose parameters, momentum and BN statistics";
+            return refuse(field, what, self.name(), persistent);
         }
         let largest = self.largest_buffer_bytes(batch);
         if !fits(largest) {
-            let field = if fits(self.largest_buffer_bytes(1)) {
-                "batch"
-            } else {
-                self.culprit(&["widen", "in_channels", "classes"], |c| fits(c.largest_buffer_bytes(1)))
+            let field = match fits(self.largest_buffer_bytes(1)) {
+                true => "batch",
+                false => self.culprit(&["widen", "in_channels", "classes"], |c| fits(c.largest_buffer_bytes(1))),
             };
-            let expected = format!(
-                "a size whose largest buffer fits in {} ({} at batch {batch} needs {} for one activation)",
-                size_text(Some(MAX_BYTES)),
-                self.name(),
-                size_text(largest)
-            );
-            return Err(Invalid::new(field, self.value_of(field, batch), expected));
+            let what = "sizes whose largest activation would";
+            return refuse(field, what, format!("{} at batch {batch}", self.name()), largest);
         }
         let (persistent_bytes, largest_buffer_bytes) = (persistent.unwrap_or(0), largest.unwrap_or(0));
         Ok(Footprint { persistent_bytes, largest_buffer_bytes })

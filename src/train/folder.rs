@@ -123,17 +123,11 @@ fn timestamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sliceout-folder-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::io::scratch;
 
     #[test]
     fn any_run_file_is_protected_and_force_replaces() {
-        let dir = scratch("protect");
+        let dir = scratch("folder-protect");
         for f in RUN_FILES {
             let out = dir.join(f.replace('.', "-"));
             fs::create_dir_all(&out).unwrap();
@@ -159,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_run_continues_in_its_own_folder_after_its_stale_temps_are_removed() {
-        let dir = scratch("continue");
+        let dir = scratch("folder-continue");
         fs::write(dir.join("last.ckpt"), b"ck").unwrap();
         fs::write(dir.join(".last.ckpt.tmp-77-0"), b"torn").unwrap();
         fs::write(dir.join("notes.txt"), b"mine").unwrap();
@@ -176,7 +170,7 @@ mod tests {
 
     #[test]
     fn a_file_as_out_is_named_as_such() {
-        let dir = scratch("file");
+        let dir = scratch("folder-file");
         let file = dir.join("a-file");
         fs::write(&file, b"x").unwrap();
         let msg = claim(&file, None, false).unwrap_err().to_string();
@@ -186,7 +180,7 @@ mod tests {
 
     #[test]
     fn timestamped_folders_never_collide() {
-        let dir = scratch("stamps");
+        let dir = scratch("folder-stamps");
         let made: Vec<PathBuf> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8).map(|_| s.spawn(|| new_timestamped(&dir).unwrap())).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()

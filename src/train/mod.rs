@@ -251,7 +251,11 @@ impl<'a> Run<'a> {
         };
         let lock = folder::claim(&args.out, args.resume.as_deref(), args.force)?;
         let history = match &resumed {
-            Some(r) => r.continue_files(args, &config, kind)?,
+            Some(r) => {
+                let history = r.rebuild_files(&args.out, &config, kind)?;
+                r.check_epochs_left(args)?;
+                history
+            }
             None => vec![],
         };
 
@@ -539,11 +543,11 @@ impl Resumed {
         Ok(())
     }
 
-    /// Rebuilds `metrics.jsonl` and `curves.svg` in the run folder from the checkpoint's
-    /// history (repairing a crash between the checkpoint and them), then refuses to go on when
-    /// no epoch is left to train. Returns the history.
-    fn continue_files(&self, args: &TrainArgs, config: &ModelConfig, kind: DatasetKind) -> Result<Vec<EpochMetrics>> {
-        let metrics_path = args.out.join("metrics.jsonl");
+    /// Rebuilds `metrics.jsonl` and `curves.svg` in `out` from the checkpoint's history, which
+    /// repairs a crash between the checkpoint and them (or fills a new folder). Returns the
+    /// history.
+    fn rebuild_files(&self, out: &Path, config: &ModelConfig, kind: DatasetKind) -> Result<Vec<EpochMetrics>> {
+        let metrics_path = out.join("metrics.jsonl");
         let history = match &self.meta.history {
             Some(h) => h.clone(),
             // A checkpoint from before histories were stored: keep the file's lines up to it.
@@ -556,7 +560,13 @@ impl Resumed {
         let lines: String =
             history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
         crate::io::write_atomic(&metrics_path, lines.as_bytes())?;
-        write_curves(&args.out, &history, config, kind)?;
+        write_curves(out, &history, config, kind)?;
+        Ok(history)
+    }
+
+    /// Refuses an `--epochs` that leaves nothing to train (no epoch is ever logged that did
+    /// not run); says so when it changes the run's schedule length.
+    fn check_epochs_left(&self, args: &TrainArgs) -> Result<()> {
         if self.ck.epoch >= args.epochs as u64 {
             let expected = format!(
                 "more than the {} epochs {} has finished (nothing is left to train)",
@@ -567,11 +577,11 @@ impl Resumed {
         }
         if let Some(e) = self.meta.epochs.filter(|&e| e != args.epochs && args.verbose) {
             println!(
-                "--epochs {} instead of the run's {e}: the learning-rate schedule now spans {} epochs",
-                args.epochs, args.epochs
+                "--epochs {} instead of the run's {e}: the learning-rate schedule now spans {0} epochs",
+                args.epochs
             );
         }
-        Ok(history)
+        Ok(())
     }
 }
 

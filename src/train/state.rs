@@ -186,7 +186,7 @@ impl Snapshot {
             norm_std: run.norm.std.clone(),
             meta: run.meta(),
         };
-        let room = checkpoint::encoded_len(&ck) + HISTORY_ROOM.min(256 * run.epochs.saturating_add(64));
+        let room = checkpoint::encoded_len(&ck) + HISTORY_ROOM.min(run.epochs.saturating_add(64).saturating_mul(256));
         let mut bytes = Vec::new();
         bytes.try_reserve_exact(room).map_err(|_| short(room))?;
         Ok(Snapshot { region, ck, bytes })
