@@ -661,6 +661,13 @@ fn empty_and_unbounded_inputs_are_refused() {
         let (code, err) = sliceout_within(&refs(&train_args(data, out, &[])), 20);
         assert_ne!(code, 0);
         assert!(err.contains("data_batch_2.bin") && err.contains("not a regular file"), "{err}");
+        // Nor is a FIFO or an endless device read as a checkpoint.
+        for ck in [f.to_str().unwrap(), "/dev/zero"] {
+            let (code, err) = sliceout_within(&["eval", "--checkpoint", ck, "--data", data], 20);
+            assert!(code != 0 && err.contains("not a regular file"), "{err}");
+            let (code, err) = sliceout_within(&refs(&train_args(data, out, &[("--resume", ck)])), 20);
+            assert!(code != 0 && err.contains("not a regular file"), "{err}");
+        }
     }
 }
 

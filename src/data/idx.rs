@@ -181,6 +181,9 @@ pub(crate) fn parse_split(
     if rows != SIDE || cols != SIDE {
         return Err(Error::data(images_path, format!("images are {rows}x{cols}, expected {SIDE}x{SIDE}")));
     }
+    if n == 0 {
+        return Err(Error::data(images_path, "the header announces no images (expected at least one)"));
+    }
     let what = format!("{n} images of {SIDE}x{SIDE}");
     let expected = n as u64 * (SIDE * SIDE) as u64;
     let keep = n.min(limit);
@@ -459,6 +462,16 @@ pub(crate) mod tests {
         assert!(msg.contains("--limit-train or --limit-test"), "{msg}");
         let msg = super::super::reserve_images(Path::new("big.bin"), &mut v, usize::MAX, 2).unwrap_err().to_string();
         assert!(msg.contains("more than 16 EiB"), "{msg}");
+    }
+
+    #[test]
+    fn a_split_without_images_is_refused() {
+        let tmp = TempDir::new("idx-none");
+        write_idx_dir(tmp.path(), 2, 2, false);
+        write(tmp.path(), FILES[2], &idx_images(0, 0, 28, 28), false);
+        write(tmp.path(), FILES[3], &idx_labels(&[]), false);
+        let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+        assert!(msg.contains("t10k-images-idx3-ubyte") && msg.contains("no images"), "{msg}");
     }
 
     #[test]

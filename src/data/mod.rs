@@ -16,6 +16,7 @@ pub mod idx;
 pub mod loader;
 pub mod synth;
 
+use crate::io::NotAFile;
 use crate::{Error, Result};
 use std::fmt;
 use std::fs::File;
@@ -172,16 +173,10 @@ pub fn load_limited(dir: &Path, kind: Option<DatasetKind>, coarse: bool, limits:
 /// systems; opening a FIFO would wait forever for a writer, and a folder or a device (say
 /// `/dev/zero`) is not a data file whatever its size reads as.
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::data(path, "missing file")),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    if meta.is_dir() {
-        return Err(Error::data(path, "is a folder, expected a data file"));
-    }
-    if !meta.is_file() {
-        return Err(Error::data(path, "is not a regular file (a FIFO, socket or device), expected a data file"));
+    match crate::io::regular_file_len(path, "data file") {
+        Ok(_) => {}
+        Err(NotAFile::Missing) => return Err(Error::data(path, "missing file")),
+        Err(NotAFile::Other(msg)) => return Err(Error::data(path, msg)),
     }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();

@@ -10,6 +10,7 @@
 
 use super::cifar::CIFAR10_RECORD;
 use super::{Split, CIFAR10_FILES, PLANE};
+use crate::io::atomic::remove_stale_temps;
 use crate::io::{write_atomic, write_atomic_with};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
@@ -180,6 +181,8 @@ pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64, replace
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // What a generation killed mid-write left.
+    remove_stale_temps(dir, &CIFAR10_FILES)?;
     let mut written = Vec::new();
     let result = write_files(dir, train, test, seed, &mut written);
     if result.is_err() {
@@ -308,6 +311,8 @@ mod tests {
         let msg = write_synthetic(d, 20, 4, 2, false).unwrap_err().to_string();
         assert!(msg.contains("already holds dataset files") && msg.contains("--force"), "{msg}");
         assert_eq!(read_all(d), before);
+        // What a killed generation left goes too.
+        std::fs::write(d.join(".test_batch.bin.tmp-1-0"), b"torn").unwrap();
         write_synthetic(d, 20, 4, 2, true).unwrap();
         assert_ne!(read_all(d), before);
         // No temporary file is left.

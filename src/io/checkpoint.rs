@@ -114,15 +114,21 @@ pub fn encoded_len(ck: &Checkpoint) -> usize {
     HEADER_LEN + CONFIG_LEN + 16 + 4 + tensors + 4 + rngs + norm + 4 + meta + CRC_LEN
 }
 
-/// Reads and fully validates the checkpoint at `path`.
+/// Reads and fully validates the checkpoint at `path`: a regular file (a FIFO or a device is
+/// refused before it is opened), read into memory only if the memory can be had.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = fs::read(path).map_err(|e| {
-        let msg = match e.kind() {
-            io::ErrorKind::NotFound => "no such file".to_string(),
-            _ => format!("cannot read: {e}"),
-        };
-        Error::checkpoint(path, msg)
+    let len = super::regular_file_len(path, "checkpoint file").map_err(|e| match e {
+        super::NotAFile::Missing => Error::checkpoint(path, "no such file"),
+        super::NotAFile::Other(msg) => Error::checkpoint(path, msg),
     })?;
+    let mut bytes = Vec::new();
+    let size = usize::try_from(len).ok().filter(|&n| bytes.try_reserve_exact(n).is_ok());
+    if size.is_none() {
+        let msg = format!("cannot allocate {} to read it", crate::ir::config::size_text(Some(len)));
+        return Err(Error::checkpoint(path, msg));
+    }
+    let read = fs::File::open(path).and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes));
+    read.map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
     decode(&bytes).map_err(|msg| Error::checkpoint(path, msg))
 }
 
@@ -701,6 +707,14 @@ mod tests {
         let path = dir.join("nothing-here.ckpt");
         let msg = load(&path).unwrap_err().to_string();
         assert!(msg.contains("nothing-here.ckpt") && msg.contains("no such file"), "{msg}");
+        // A folder, or a device that never ends, is refused before it is read.
+        let msg = load(&dir).unwrap_err().to_string();
+        assert!(msg.contains("is a folder, expected a checkpoint file"), "{msg}");
+        #[cfg(unix)]
+        {
+            let msg = load(Path::new("/dev/zero")).unwrap_err().to_string();
+            assert!(msg.contains("/dev/zero") && msg.contains("not a regular file"), "{msg}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -73,6 +73,9 @@ pub fn read_for_resume(path: &Path) -> Result<Vec<EpochMetrics>> {
 }
 
 fn parse_lines(path: &Path, allow_torn_last: bool) -> Result<Vec<EpochMetrics>> {
+    if let Err(super::NotAFile::Other(msg)) = super::regular_file_len(path, "metrics file") {
+        return Err(Error::data(path, msg));
+    }
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let mut out = Vec::new();

@@ -90,6 +90,9 @@ fn same_folder(a: &Path, b: &Path) -> bool {
 /// when that is taken: made with one `mkdir` each, which fails if the name exists, so two runs
 /// started in the same second never share a folder.
 pub fn new_timestamped(base: &Path) -> Result<PathBuf> {
+    if base.exists() && !base.is_dir() {
+        return Err(Error::Msg(format!("{} is a file, not a folder for runs: pass --out", base.display())));
+    }
     fs::create_dir_all(base).map_err(|e| Error::io(base, e))?;
     let stamp = timestamp();
     for i in 1..10_000 {
@@ -193,6 +196,10 @@ mod tests {
         let stamp = timestamp();
         assert_eq!(stamp.len(), 15);
         assert_eq!(&stamp[8..9], "-");
+        let file = dir.join("runs-file");
+        fs::write(&file, b"x").unwrap();
+        let msg = new_timestamped(&file).unwrap_err().to_string();
+        assert!(msg.contains("runs-file is a file") && msg.contains("--out"), "{msg}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
