@@ -17,8 +17,8 @@ pub enum Error {
     Flag { flag: String, value: String, expected: String },
     /// A device that cannot be used (missing driver, plan too large, ...).
     Device(String),
-    /// Training produced a non-finite loss.
-    Diverged { epoch: usize, step: usize, loss: f32 },
+    /// Training produced a non-finite loss, parameter or statistic (`what` says which).
+    Diverged { epoch: usize, step: usize, what: String },
     /// Anything else, said in words.
     Msg(String),
 }
@@ -35,10 +35,10 @@ impl fmt::Display for Error {
                 write!(f, "invalid value '{value}' for {flag}: expected {expected}")
             }
             Error::Device(msg) => write!(f, "device: {msg}"),
-            Error::Diverged { epoch, step, loss } => write!(
+            Error::Diverged { epoch, step, what } => write!(
                 f,
-                "training diverged: loss is {loss} at epoch {epoch}, step {step}; \
-                 the last good checkpoint is kept (try a lower --lr)"
+                "training diverged: {what} at epoch {epoch}, step {step}; nothing non-finite was saved, \
+                 the checkpoints written before are kept (try a lower --lr)"
             ),
             Error::Msg(msg) => f.write_str(msg),
         }

@@ -1,5 +1,5 @@
 //! The `sliceout` binary: parses the command line, runs the command, prints any error on one
-//! line and exits non-zero.
+//! line and exits non-zero (130 after a Ctrl-C that stopped training).
 
 use clap::Parser;
 use sliceout::cmd::{self, flags::Cli};
@@ -16,7 +16,8 @@ fn main() -> ExitCode {
         }
     };
     match cmd::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(cmd::Done::Finished) => ExitCode::SUCCESS,
+        Ok(cmd::Done::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

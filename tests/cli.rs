@@ -42,6 +42,26 @@ fn synth(dir: &Path, train: usize, test: usize) {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A fresh folder holding a synthetic dataset, and the path of a run folder inside it.
+struct Scene {
+    dir: PathBuf,
+    data: String,
+    out: String,
+}
+
+fn scene(name: &str, train: usize, test: usize) -> Scene {
+    let dir = tmp(name);
+    synth(&dir, train, test);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    Scene { data: s(&dir), out: s(&dir.join("run")), dir }
+}
+
+/// `train --resume CK --data DATA --device cpu`, then `extra`: a resume that needs no other flag.
+fn resume_args(ck: &Path, data: &str, extra: &[&str]) -> Vec<String> {
+    let base = ["train", "--resume", ck.to_str().unwrap(), "--data", data, "--device", "cpu"];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -71,11 +91,8 @@ fn train_args(data: &str, out: &str, extra: &[(&str, &str)]) -> Vec<String> {
 
 #[test]
 fn bad_flag_values_are_named() {
-    let d = tmp("flags");
-    synth(&d, 40, 10);
-    let data = d.to_str().unwrap();
-    let out = d.join("run");
-    let out = out.to_str().unwrap();
+    let s = scene("flags", 40, 10);
+    let (data, out) = (s.data.as_str(), s.out.as_str());
     let case = |flag: &str, value: &str, expected: &str| {
         fails_with(&refs(&train_args(data, out, &[(flag, value)])), &[flag, value, expected]);
     };
@@ -95,11 +112,8 @@ fn missing_and_corrupt_data_files_are_named() {
     let missing = std::env::temp_dir().join("sliceout-no-such-folder");
     fails_with(&refs(&train_args(missing.to_str().unwrap(), "/tmp/x", &[])), &["sliceout-no-such-folder"]);
 
-    let d = tmp("data");
-    synth(&d, 40, 10);
-    let data = d.to_str().unwrap();
-    let out = d.join("run");
-    let out = out.to_str().unwrap();
+    let s = scene("data", 40, 10);
+    let (d, data, out) = (&s.dir, s.data.as_str(), s.out.as_str());
     // A truncated file: not a whole number of 3073-byte records.
     let f = d.join("data_batch_2.bin");
     let bytes = std::fs::read(&f).unwrap();
@@ -138,11 +152,9 @@ fn unwritable_output_folder_is_named() {
 
 #[test]
 fn corrupt_checkpoints_are_refused_and_nothing_is_lost() {
-    let d = tmp("ckpt");
-    synth(&d, 48, 16);
-    let data = d.to_str().unwrap();
+    let s = scene("ckpt", 48, 16);
+    let (d, data, out) = (&s.dir, s.data.as_str(), s.out.as_str());
     let run = d.join("run");
-    let out = run.to_str().unwrap();
     let (code, _, err) = sliceout(&refs(&train_args(data, out, &[])));
     assert_eq!(code, 0, "{err}");
     let last = run.join("last.ckpt");
@@ -201,11 +213,9 @@ fn help_lists_the_commands() {
 
 #[test]
 fn a_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint() {
-    let d = tmp("nan");
-    synth(&d, 64, 16);
-    let data = d.to_str().unwrap();
+    let s = scene("nan", 64, 16);
+    let (d, data, out) = (&s.dir, s.data.as_str(), s.out.as_str());
     let run = d.join("run");
-    let out = run.to_str().unwrap();
     let (code, _, err) = sliceout(&refs(&train_args(data, out, &[])));
     assert_eq!(code, 0, "{err}");
     let good = std::fs::read(run.join("last.ckpt")).unwrap();
@@ -235,7 +245,8 @@ fn ctrl_c_checkpoints_and_says_how_to_resume() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
+    // 130, as for any program Ctrl-C stops: `train && eval` does not go on.
+    assert_eq!(out.status.code(), Some(130), "{so}\n{se}");
     assert!(so.contains("resume with: sliceout train --resume"), "{so}\n{se}");
     assert!(!se.contains("panicked"));
     let ck = sliceout::io::checkpoint::load(&run.join("last.ckpt")).unwrap();
@@ -291,37 +302,73 @@ fn plan_and_profile_print_parseable_output() {
     assert!(events.iter().any(|e| e["ph"] == "C" && e["args"]["MiB"].as_f64().unwrap() > 0.0));
 }
 
+/// The parameters of a checkpoint, bit for bit.
+fn params(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let ck = sliceout::io::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}"));
+    ck.tensors.iter().map(|t| (t.name.clone(), t.data.iter().map(|x| x.to_bits()).collect())).collect()
+}
+
+/// The lines of `metrics.jsonl` without the wall-clock fields.
+fn metrics_lines(run: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("images_per_s");
+            v.to_string()
+        })
+        .collect()
+}
+
 #[test]
-fn a_trainer_killed_at_random_moments_always_leaves_a_loadable_checkpoint() {
-    // Checkpoints every step, so kills land in the middle of writes too.
+fn a_trainer_killed_at_random_moments_always_resumes_to_the_same_run() {
+    // Checkpoints every step, so kills land in the middle of writes too, and between the
+    // checkpoints and the metrics of an epoch's end.
     let d = tmp("kill");
-    synth(&d, 160, 16);
+    synth(&d, 64, 16);
+    let data = d.to_str().unwrap();
+    let flags = [("--epochs", "2"), ("--checkpoint-every", "1"), ("--batch", "8")];
+    let reference = d.join("reference");
+    let t0 = std::time::Instant::now();
+    let (code, _, err) = sliceout(&refs(&train_args(data, reference.to_str().unwrap(), &flags)));
+    assert_eq!(code, 0, "{err}");
+    // Kills spread over the run's own duration.
+    let ms = (t0.elapsed().as_millis() as usize * 9 / 10).max(100);
     let mut rng = sliceout::rng::Rng::new(42, 1);
-    let mut loaded = 0;
-    for round in 0..8 {
+    for round in 0..10 {
         let run = d.join(format!("run{round}"));
-        let args = train_args(
-            d.to_str().unwrap(),
-            run.to_str().unwrap(),
-            &[("--epochs", "20"), ("--checkpoint-every", "1"), ("--batch", "8")],
-        );
+        let out = run.to_str().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sliceout"))
-            .args(&args)
+            .args(train_args(data, out, &flags))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300 + rng.below(1200) as u64));
+        std::thread::sleep(std::time::Duration::from_millis((20 + rng.below(ms)) as u64));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let ck = run.join("last.ckpt");
-        if ck.exists() {
-            let c = sliceout::io::checkpoint::load(&ck).unwrap_or_else(|e| panic!("round {round}: {e}"));
-            assert!(c.step > 0);
-            loaded += 1;
+        // Whatever the kill left: continue from the checkpoint there is, or start afresh when
+        // there is none; never a dead end. Resuming needs no flag but the data's.
+        let (last, best) = (run.join("last.ckpt"), run.join("best.ckpt"));
+        let args: Vec<String> = match [&last, &best].into_iter().find(|p| p.exists()) {
+            Some(ck) => resume_args(ck, data, &["--checkpoint-every", "1"]),
+            None => train_args(data, out, &flags),
+        };
+        let (code, so, err) = sliceout(&refs(&args));
+        if code != 0 {
+            // Killed after its last epoch's checkpoint: the run is complete.
+            assert!(err.contains("nothing is left to train"), "round {round}: {so}\n{err}");
         }
+        assert_eq!(params(&last), params(&reference.join("last.ckpt")), "round {round}: last.ckpt differs");
+        assert_eq!(params(&best), params(&reference.join("best.ckpt")), "round {round}: best.ckpt differs");
+        assert_eq!(metrics_lines(&run), metrics_lines(&reference), "round {round}: metrics differ");
+        let mut left: Vec<_> =
+            std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["best.ckpt", "curves.svg", "last.ckpt", "metrics.jsonl"], "round {round}");
     }
-    assert!(loaded >= 4, "only {loaded} of 8 runs got as far as a checkpoint");
 }
 
 #[test]
@@ -334,4 +381,329 @@ fn a_plan_too_large_for_memory_is_a_clear_error() {
         ],
         &["arena", "MiB", "--batch"],
     );
+}
+
+#[test]
+fn sizes_that_overflow_are_refused_naming_the_flag() {
+    let s = scene("sizes", 40, 10);
+    let (data, out) = (s.data.as_str(), s.out.as_str());
+    fails_with(&["plan", "--widen", "20000000"], &["--widen", "'20000000'", "1.0 TiB"]);
+    fails_with(&["plan", "--widen", "4294967296"], &["--widen", "'4294967296'"]);
+    fails_with(&["plan", "--batch", "1000000000000000"], &["--batch", "'1000000000000000'", "1.0 TiB"]);
+    fails_with(&["plan", "--depth", "1006"], &["--depth", "at most 1000"]);
+    fails_with(&["plan", "--classes", "4000000000000"], &["--classes"]);
+    fails_with(&["plan", "--col-budget", "18446744073709551615"], &["--col-budget"]);
+    fails_with(&["profile", "--depth", "10", "--batch", "1000000000000000"], &["--batch"]);
+    fails_with(&["bench", "--widen", "18446744073709551615"], &["--widen"]);
+    fails_with(&refs(&train_args(data, out, &[("--widen", "18446744073709551615")])), &["--widen"]);
+    fails_with(&refs(&train_args(data, out, &[("--epochs", "18446744073709551615")])), &["--epochs"]);
+    fails_with(&refs(&train_args(data, out, &[("--batch", "18446744073709551615")])), &["--batch"]);
+    assert!(!Path::new(out).join("last.ckpt").exists());
+}
+
+/// A copy of the checkpoint at `good` with `change` applied to it, saved under a valid CRC; with
+/// `config`, that u32 of the stored configuration (at its byte offset) is overwritten too.
+fn forge(
+    good: &Path,
+    to: &Path,
+    change: impl FnOnce(&mut sliceout::io::checkpoint::Checkpoint),
+    config: Option<(usize, u32)>,
+) {
+    let mut ck = sliceout::io::checkpoint::load(good).unwrap();
+    change(&mut ck);
+    sliceout::io::checkpoint::save(to, &ck).unwrap();
+    if let Some((at, v)) = config {
+        let mut b = std::fs::read(to).unwrap();
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let n = b.len() - 4;
+        let crc = crc32fast::hash(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(to, b).unwrap();
+    }
+}
+
+#[test]
+fn forged_checkpoints_are_refused_naming_the_checkpoint() {
+    let s = scene("forged", 48, 16);
+    let (d, data, run) = (&s.dir, s.data.as_str(), Path::new(&s.out));
+    let (code, _, err) = sliceout(&refs(&train_args(data, &s.out, &[])));
+    assert_eq!(code, 0, "{err}");
+    let good = run.join("last.ckpt");
+    let forged = d.join("forged.ckpt");
+    let (f, elsewhere) = (forged.to_str().unwrap(), d.join("b"));
+    let check = |needles: &[&str]| {
+        let eval = ["eval", "--checkpoint", f, "--data", data, "--device", "cpu"].map(String::from).to_vec();
+        let resume = resume_args(&forged, data, &["--epochs", "3", "--out", elsewhere.to_str().unwrap()]);
+        for args in [refs(&eval), refs(&resume)] {
+            fails_with(&args, needles);
+            let (_, _, err) = sliceout(&args);
+            assert!(!err.contains("--depth") && !err.contains("--widen"), "{args:?} blames a flag never given: {err}");
+        }
+    };
+    forge(&good, &forged, |_| {}, Some((12, 0)));
+    check(&["forged.ckpt", "config.depth 0"]);
+    forge(&good, &forged, |_| {}, Some((16, u32::MAX)));
+    check(&["forged.ckpt", "config.widen 4294967295"]);
+    forge(&good, &forged, |ck| ck.tensors[3].data[1] = f32::NAN, None);
+    check(&["forged.ckpt", "NaN", "diverged"]);
+    forge(&good, &forged, |ck| ck.norm_std[0] = 0.0, None);
+    check(&["forged.ckpt", "normalisation"]);
+    forge(
+        &good,
+        &forged,
+        |ck| ck.meta.iter_mut().filter(|(k, _)| k == "batch").for_each(|(_, v)| *v = "0".into()),
+        None,
+    );
+    fails_with(&refs(&resume_args(&forged, data, &["--epochs", "3"])), &["forged.ckpt", "batch"]);
+}
+
+#[test]
+fn a_resumed_run_keeps_the_step_count_it_was_made_with() {
+    let s = scene("steps", 40, 8);
+    let (d, data, out) = (&s.dir, s.data.as_str(), s.out.as_str());
+    let run = d.join("run");
+    let (code, _, err) = sliceout(&refs(&train_args(data, out, &[("--limit-train", "24"), ("--batch", "8")])));
+    assert_eq!(code, 0, "{err}");
+    let ck = run.join("last.ckpt");
+    let resume = |extra: &[&str]| resume_args(&ck, data, extra);
+    fails_with(&refs(&resume(&["--epochs", "2", "--batch", "16"])), &["--batch", "'16'", "8, the batch of the run"]);
+    fails_with(
+        &refs(&resume(&["--epochs", "2", "--limit-train", "32"])),
+        &["--limit-train", "'32'", "24 training images"],
+    );
+    fails_with(&refs(&resume(&["--epochs", "2", "--schedule", "step"])), &["--schedule", "cosine"]);
+    // A finished run resumed with its own --epochs: nothing to train, nothing logged.
+    fails_with(&refs(&resume(&[])), &["--epochs", "nothing is left to train"]);
+    assert_eq!(metrics_lines(&run).len(), 1);
+    // Without the flags, the run's own batch and images: epoch 2 really trains.
+    let (code, so, err) = sliceout(&refs(&resume(&["--epochs", "2"])));
+    assert_eq!(code, 0, "{so}\n{err}");
+    let line = so.lines().find(|l| l.starts_with("epoch   2/2")).unwrap_or_else(|| panic!("{so}"));
+    assert!(!line.contains("loss 0.0000") && !line.contains(" 0 img/s"), "{line}");
+    assert!(so.contains("24 train"), "{so}");
+    assert_eq!(metrics_lines(&run).len(), 2);
+    // A checkpoint without the stored values (from an older build) still cannot be resumed
+    // with a batch that makes its step and epoch meaningless.
+    let old = d.join("old.ckpt");
+    forge(
+        &ck,
+        &old,
+        |c| c.meta.retain(|(k, _)| !["batch", "train_images", "epochs", "schedule", "history"].contains(&k.as_str())),
+        None,
+    );
+    let args = resume_args(&old, data, &["--epochs", "3", "--batch", "16"]);
+    fails_with(&refs(&args), &["old.ckpt", "do not fit", "--batch"]);
+}
+
+#[test]
+fn run_folders_are_never_overwritten_or_shared() {
+    let d = tmp("folders");
+    synth(&d, 400, 16);
+    let data = d.to_str().unwrap();
+    let (a, b) = (d.join("a"), d.join("b"));
+    for run in [&a, &b] {
+        let (code, _, err) = sliceout(&refs(&train_args(data, run.to_str().unwrap(), &[])));
+        assert_eq!(code, 0, "{err}");
+    }
+    let b_before = std::fs::read(b.join("last.ckpt")).unwrap();
+    // Resuming A into B would replace B's run.
+    let args = train_args(
+        data,
+        b.to_str().unwrap(),
+        &[("--resume", a.join("last.ckpt").to_str().unwrap()), ("--epochs", "2")],
+    );
+    fails_with(&refs(&args), &["already holds another run", "--force"]);
+    assert_eq!(std::fs::read(b.join("last.ckpt")).unwrap(), b_before);
+    // A folder holding only the curves (or only best.ckpt) is a run's too; --force replaces it.
+    let c = d.join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(c.join("curves.svg"), b"<svg/>").unwrap();
+    fails_with(&refs(&train_args(data, c.to_str().unwrap(), &[])), &["curves.svg", "--force"]);
+    assert_eq!(std::fs::read(c.join("curves.svg")).unwrap(), b"<svg/>");
+    std::fs::write(c.join("best.ckpt"), b"mine").unwrap();
+    fails_with(&refs(&train_args(data, c.to_str().unwrap(), &[])), &["best.ckpt", "--resume"]);
+    let mut forced = train_args(data, c.to_str().unwrap(), &[]);
+    forced.push("--force".into());
+    let (code, _, err) = sliceout(&refs(&forced));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(metrics_lines(&c).len(), 1);
+
+    // Two trainers into one folder: the second is refused while the first runs.
+    let shared = d.join("shared");
+    let args = train_args(data, shared.to_str().unwrap(), &[("--epochs", "50"), ("--widen", "2")]);
+    let first = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = shared.join(".sliceout.lock");
+    let t0 = std::time::Instant::now();
+    while !lock.exists() && t0.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    fails_with(&refs(&args), &["in use by another sliceout process", &format!("pid {}", first.id())]);
+    let _ = Command::new("kill").args(["-INT", &first.id().to_string()]).status();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(!lock.exists());
+
+    // Runs started together without --out get folders of their own.
+    let cwd = d.join("sweep");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            let mut args = train_args(data, "unused", &[("--limit-train", "32"), ("--batch", "16")]);
+            let at = args.iter().position(|a| a == "--out").unwrap();
+            args.drain(at..at + 2);
+            Command::new(env!("CARGO_BIN_EXE_sliceout"))
+                .args(&args)
+                .current_dir(&cwd)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let runs: Vec<_> = std::fs::read_dir(cwd.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(runs.iter().all(|r| r.join("last.ckpt").exists() && metrics_lines(r).len() == 1));
+
+    // `data synth` keeps an existing dataset unless --force.
+    let before = std::fs::read(d.join("data_batch_1.bin")).unwrap();
+    fails_with(
+        &["data", "synth", "--out", data, "--train", "10", "--test", "2"],
+        &["already holds dataset files", "--force"],
+    );
+    assert_eq!(std::fs::read(d.join("data_batch_1.bin")).unwrap(), before);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_failed_first_checkpoint_leaves_no_dead_end() {
+    // A disk that fills at the first checkpoint, played by a file-size limit (with SIGXFSZ
+    // ignored, a write past it fails with EFBIG, as one past a full disk fails with ENOSPC).
+    let d = tmp("full");
+    synth(&d, 40, 8);
+    let run = d.join("run");
+    let args = train_args(d.to_str().unwrap(), run.to_str().unwrap(), &[]);
+    let line = "trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"";
+    let out = Command::new("sh").arg("-c").arg(line).arg(env!("CARGO_BIN_EXE_sliceout")).args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("best.ckpt") && !err.contains("panicked"), "{err}");
+    // Nothing claims to be a run: no checkpoint, no metrics pointing at one, no temporary file.
+    assert_eq!(std::fs::read_dir(&run).unwrap().count(), 0);
+    let (code, _, err) = sliceout(&refs(&args));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn non_finite_parameters_are_never_saved() {
+    let s = scene("nonfinite", 64, 16);
+    let (data, run) = (s.data.as_str(), Path::new(&s.out));
+    let (code, _, err) = sliceout(&refs(&train_args(data, &s.out, &[("--lr", "1000"), ("--epochs", "4")])));
+    assert_ne!(code, 0);
+    assert!(err.contains("training diverged") && err.contains("nothing non-finite was saved"), "{err}");
+    // What was saved before is whole and finite, and evaluates.
+    for name in ["last.ckpt", "best.ckpt"] {
+        let path = run.join(name);
+        if path.exists() {
+            let ck = sliceout::io::checkpoint::load(&path).unwrap();
+            assert!(ck.tensors.iter().all(|t| t.data.iter().all(|x| x.is_finite())), "{name} holds a non-finite value");
+            let (code, _, err) =
+                sliceout(&["eval", "--checkpoint", path.to_str().unwrap(), "--data", data, "--device", "cpu"]);
+            assert_eq!(code, 0, "{err}");
+        }
+    }
+}
+
+/// Runs the binary, failing the test (after killing it) if it takes more than `limit` seconds.
+fn sliceout_within(args: &[&str], limit: u64) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed().as_secs() >= limit {
+            child.kill().unwrap();
+            panic!("{args:?} still running after {limit} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn empty_and_unbounded_inputs_are_refused() {
+    let s = scene("unbounded", 40, 8);
+    let (d, data, out) = (&s.dir, s.data.as_str(), s.out.as_str());
+    fails_with(&refs(&train_args(data, out, &[("--limit-test", "0")])), &["--limit-test", "'0'", ">= 1"]);
+    fails_with(&["eval", "--checkpoint", "x.ckpt", "--data", data, "--limit-test", "0"], &["--limit-test", "'0'"]);
+    fails_with(
+        &["data", "synth", "--out", d.join("big").to_str().unwrap(), "--train", "1000000000"],
+        &["--train", "1000000"],
+    );
+    #[cfg(unix)]
+    {
+        // A FIFO where a data file should be would block a reader forever.
+        let f = d.join("data_batch_2.bin");
+        std::fs::remove_file(&f).unwrap();
+        assert!(Command::new("mkfifo").arg(&f).status().unwrap().success());
+        let (code, err) = sliceout_within(&refs(&train_args(data, out, &[])), 20);
+        assert_ne!(code, 0);
+        assert!(err.contains("data_batch_2.bin") && err.contains("not a regular file"), "{err}");
+        // Nor is a FIFO or an endless device read as a checkpoint.
+        for ck in [f.to_str().unwrap(), "/dev/zero"] {
+            let (code, err) = sliceout_within(&["eval", "--checkpoint", ck, "--data", data], 20);
+            assert!(code != 0 && err.contains("not a regular file"), "{err}");
+            let (code, err) = sliceout_within(&refs(&train_args(data, out, &[("--resume", ck)])), 20);
+            assert!(code != 0 && err.contains("not a regular file"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn messages_name_what_is_wrong() {
+    let s = scene("messages", 40, 8);
+    let (d, data, out) = (&s.dir, s.data.as_str(), s.out.as_str());
+    let (code, _, err) = sliceout(&refs(&train_args(data, out, &[("--limit-train", "0")])));
+    assert!(code != 0 && err.contains("--limit-train") && !err.contains("--batch"), "{err}");
+    fails_with(&refs(&train_args(data, out, &[("--limit-train", "8")])), &["--batch", "'16'", "--limit-train 8"]);
+    fails_with(&refs(&train_args(data, out, &[("--keep", "-0.1")])), &["--keep", "'-0.1'"]);
+    fails_with(&refs(&train_args(data, out, &[("--align", "17")])), &["--align", "'17'", "1 to 16"]);
+    fails_with(&refs(&train_args(data, out, &[("--batch", "-1")])), &["--batch", "'-1'"]);
+    fails_with(
+        &refs(&train_args(data, d.join("data_batch_1.bin").to_str().unwrap(), &[])),
+        &["--out", "this is a file"],
+    );
+    // A folder, and a device, where a data file should be.
+    let f = d.join("data_batch_3.bin");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    std::fs::create_dir(&f).unwrap();
+    fails_with(&refs(&train_args(data, out, &[])), &["data_batch_3.bin", "is a folder, expected a data file"]);
+    std::fs::remove_dir(&f).unwrap();
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("/dev/zero", &f).unwrap();
+        fails_with(&refs(&train_args(data, out, &[])), &["data_batch_3.bin", "not a regular file"]);
+        std::fs::remove_file(&f).unwrap();
+    }
+    std::fs::write(&f, bytes).unwrap();
+    // Flags that only matter after the work are checked before it (a WRN-28-10 profile would
+    // take minutes here).
+    let big = ["profile", "--device", "cpu", "--depth", "28", "--widen", "10", "--batch", "128"];
+    let (code, err) = sliceout_within(&[&big[..], &["--format", "svg"]].concat(), 5);
+    assert!(code != 0 && err.contains("--format"), "{err}");
+    let (code, err) = sliceout_within(&[&big[..], &["--trace", "/nonexistent/t.json"]].concat(), 5);
+    assert!(code != 0 && err.contains("--trace") && err.contains("/nonexistent"), "{err}");
 }

@@ -87,7 +87,7 @@ fn reference_checkpoint() -> Checkpoint {
 /// checkpoint and its safetensors export: (folder, checkpoint, safetensors file).
 fn setup(name: &str, train: usize, test: usize) -> (PathBuf, PathBuf, PathBuf) {
     let dir = tmp(name);
-    sliceout::data::synth::write_synthetic(&dir.join("data"), train, test, 3).unwrap();
+    sliceout::data::synth::write_synthetic(&dir.join("data"), train, test, 3, false).unwrap();
     let (ck, model) = (dir.join("ref.ckpt"), dir.join("model.safetensors"));
     checkpoint::save(&ck, &reference_checkpoint()).unwrap();
     succeeds(&["export", "--checkpoint", s(&ck), "--out", s(&model)]);

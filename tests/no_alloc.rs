@@ -1,5 +1,6 @@
 //! Nothing is allocated inside a training step: every buffer comes from the arena planned and
-//! allocated before the first step. A counting global allocator watches every thread (rayon's
+//! allocated before the first step. Saving a checkpoint allocates nothing of the model's size:
+//! its buffers were reserved before the first step too. A counting global allocator watches every thread (rayon's
 //! workers included) while steps run.
 
 use sliceout::backend::{Batches, CpuBackend, Execute, Memory, SplitId, StepCtx};
@@ -13,6 +14,7 @@ use sliceout::rng::Rng;
 use sliceout::schedule::{Mode, Options};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
@@ -42,8 +44,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The tests here share the counter: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn training_steps_allocate_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    ALLOCS.store(0, Ordering::SeqCst);
+    BYTES.store(0, Ordering::SeqCst);
     let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
     let batch = 16;
     let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default()));
@@ -92,4 +100,56 @@ fn training_steps_allocate_nothing() {
     println!("{allocs} allocations, {bytes} bytes in 3 steps; loss {}", loss[0]);
     assert!(loss[0].is_finite());
     assert_eq!(allocs, 0, "{allocs} allocations ({bytes} bytes) inside 3 training steps");
+}
+
+#[test]
+fn saving_a_checkpoint_allocates_nothing_large() {
+    use sliceout::train::state::{EpochSums, RunState, Snapshot};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+    let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
+    let s = &p.schedule;
+    let mut cpu = CpuBackend::new();
+    cpu.reserve_arena(p.arena_bytes()).unwrap();
+    cpu.set_persistent(&wrn::init_persistent(s, 1)).unwrap();
+    let norm = Normalization { mean: vec![0.5; 3], std: vec![0.25; 3] };
+    let (shuffle, rngs) = (Rng::new(1, 2), sliceout::train::StepRngs::new(1));
+    let state = RunState {
+        config: &config,
+        norm: &norm,
+        kind: sliceout::data::DatasetKind::Cifar10,
+        step: 7,
+        epoch: 0,
+        rngs: [("shuffle", &shuffle), ("augment", &rngs.augment), ("slice", &rngs.slice)],
+        best_acc: 0.0,
+        sums: EpochSums::default(),
+        batch: 4,
+        train_images: 64,
+        epochs: 200,
+        schedule: sliceout::train::LrSchedule::Cosine,
+        history: &[],
+    };
+    let mut snapshot = Snapshot::reserve(s, &state).unwrap();
+    let dir = std::env::temp_dir().join(format!("sliceout-noalloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("last.ckpt");
+    let mut save = |count: bool| {
+        COUNTING.store(count, Ordering::SeqCst);
+        snapshot.capture(&mut cpu, s, &state).unwrap();
+        snapshot.save(&path).unwrap();
+        COUNTING.store(false, Ordering::SeqCst);
+    };
+    save(false);
+    ALLOCS.store(0, Ordering::SeqCst);
+    BYTES.store(0, Ordering::SeqCst);
+    save(true);
+    let (allocs, bytes) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+    let size = std::fs::metadata(&path).unwrap().len() as usize;
+    println!("{allocs} allocations, {bytes} bytes to save a {size}-byte checkpoint");
+    assert!(size > 2 << 20, "{size}");
+    assert!(bytes < 256 << 10, "{bytes} bytes allocated to save a {size}-byte checkpoint");
+    let ck = sliceout::io::checkpoint::load(&path).unwrap();
+    assert_eq!(ck.step, 7);
+    assert_eq!(ck.tensors.len(), s.tensors.len());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

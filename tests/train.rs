@@ -1,11 +1,13 @@
 //! Training end to end on generated CIFAR-format data: a small WRN learns (far above chance),
 //! and an interrupted run resumed from its checkpoint ends bit-identical to an uninterrupted one.
 
+mod common;
+
+use common::args;
 use sliceout::backend::DeviceChoice;
 use sliceout::data::synth::write_synthetic;
 use sliceout::io::checkpoint;
 use sliceout::io::metrics::{self, EpochMetrics};
-use sliceout::schedule::Options;
 use sliceout::train::{self, LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
 
@@ -16,44 +18,11 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-fn args(data: &Path, out: &Path) -> TrainArgs {
-    TrainArgs {
-        data: data.to_path_buf(),
-        dataset: None,
-        coarse: false,
-        depth: 10,
-        widen: 1,
-        keep: 0.5,
-        align: 1,
-        epochs: 3,
-        batch: 20,
-        lr: 0.05,
-        momentum: 0.9,
-        wd: 5e-4,
-        nesterov: true,
-        schedule: LrSchedule::Cosine,
-        seed: 3,
-        device: DeviceChoice::Cpu,
-        math: sliceout::gpu::Math::Fp32,
-        out: out.to_path_buf(),
-        limit_train: None,
-        limit_test: None,
-        augment: true,
-        checkpoint_every: 0,
-        resume: None,
-        init: None,
-        options: Options::default(),
-        bn_recal: 0,
-        verbose: false,
-        stop_after: None,
-    }
-}
-
 #[test]
 fn a_small_wrn_learns_the_synthetic_classes() {
     // WRN-10-2 with SliceOut keep 0.5, 1500 images, 3 epochs: well under two minutes on 2 cores.
     let d = tmp("learn");
-    write_synthetic(&d.join("data"), 1500, 300, 0).unwrap();
+    write_synthetic(&d.join("data"), 1500, 300, 0, false).unwrap();
     let a = TrainArgs { widen: 2, batch: 50, lr: 0.1, bn_recal: 4, ..args(&d.join("data"), &d.join("run")) };
     let t0 = std::time::Instant::now();
     let s = train::train(&a).unwrap();
@@ -112,7 +81,7 @@ fn params(path: &Path) -> Vec<(String, Vec<u32>)> {
 fn resumed_runs_end_bit_identical() {
     let d = tmp("resume");
     let data = d.join("data");
-    write_synthetic(&data, 200, 40, 1).unwrap();
+    write_synthetic(&data, 200, 40, 1, false).unwrap();
     // Uninterrupted: 3 epochs of 10 steps.
     let full = train::train(&args(&data, &d.join("full"))).unwrap();
     assert_eq!(full.stopped_at, None);
@@ -129,4 +98,39 @@ fn resumed_runs_end_bit_identical() {
         let lines = metrics::read_jsonl(&out.join("metrics.jsonl")).unwrap();
         assert_eq!(comparable(&lines), comparable(&full.history), "{name}: metrics differ");
     }
+}
+
+/// A run resumed with nothing but `--resume`, `--data` and the optimiser's flags takes its
+/// model, batch, epochs, schedule and training images from the checkpoint and ends exactly
+/// where the uninterrupted run ends.
+#[test]
+fn a_run_resumed_from_the_checkpoint_alone_ends_bit_identical() {
+    use clap::Parser;
+    use sliceout::cmd::flags::{Cli, Command};
+    let d = tmp("resume-defaults");
+    let data = d.join("data");
+    write_synthetic(&data, 200, 40, 1, false).unwrap();
+    let a = |out: &str| TrainArgs {
+        limit_train: Some(100),
+        schedule: LrSchedule::Step,
+        batch: 10,
+        ..args(&data, &d.join(out))
+    };
+    let full = train::train(&a("full")).unwrap();
+    let first = train::train(&TrainArgs { stop_after: Some(17), ..a("split") }).unwrap();
+    assert_eq!(first.stopped_at, Some(17));
+    let ck = d.join("split/last.ckpt");
+    let argv = ["sliceout", "train", "--resume", ck.to_str().unwrap(), "--data", data.to_str().unwrap()];
+    let argv = [&argv[..], &["--device", "cpu", "--lr", "0.05", "--seed", "3"]].concat();
+    let Some(Command::Train(f)) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
+    let (mut resumed, demo) = sliceout::cmd::train::checked_args(&f).unwrap();
+    assert!(!demo);
+    assert_eq!((resumed.batch, resumed.epochs, resumed.limit_train), (10, 3, Some(100)));
+    assert_eq!((resumed.schedule, resumed.depth, resumed.keep), (LrSchedule::Step, 10, 0.5));
+    resumed.verbose = false;
+    resumed.math = sliceout::gpu::Math::Fp32;
+    train::train(&resumed).unwrap();
+    assert_eq!(params(&d.join("split/last.ckpt")), params(&d.join("full/last.ckpt")));
+    let lines = metrics::read_jsonl(&d.join("split/metrics.jsonl")).unwrap();
+    assert_eq!(comparable(&lines), comparable(&full.history));
 }

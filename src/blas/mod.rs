@@ -164,19 +164,22 @@ unsafe fn gemm_parallel(
     // B on every thread; cutting k shares the packing and costs one m*n sum per extra part.
     let parts_k = nthreads.min(by_work).min(k / 256);
     if parts_k >= 2 && k >= 4 * (m + n) && m * n * (parts_k - 1) <= PARTIAL_LEN {
-        let done = PARTIAL.with(|p| match p.try_borrow_mut() {
+        PARTIAL.with(|p| match p.try_borrow_mut() {
             Ok(mut v) => {
                 if v.len() < PARTIAL_LEN {
                     *v = vec![0.0; PARTIAL_LEN];
                 }
                 unsafe { gemm_split_k(kern, c, a, b, m, n, k, accumulate, parts_k, &mut v) };
-                true
             }
-            Err(_) => false,
+            // This thread is inside another k-split product (a worker waiting in one picked
+            // this one up: two runs sharing the pool). Cutting the same way into a fresh buffer
+            // keeps the result's bits independent of scheduling; a lone run never gets here.
+            Err(_) => {
+                let mut v = vec![0.0; m * n * (parts_k - 1)];
+                unsafe { gemm_split_k(kern, c, a, b, m, n, k, accumulate, parts_k, &mut v) };
+            }
         });
-        if done {
-            return;
-        }
+        return;
     }
     // Cut the longer side: the uncut operand (re-packed by every block) is then the smaller.
     let (tiles, tile, len) = if n >= m { (tiles_n, NR, n) } else { (tiles_m, MR, m) };

@@ -233,3 +233,23 @@ fn rejects_an_overlapping_destination() {
         false,
     );
 }
+
+/// A k-split product started while this thread's partial-sum buffer is in use (as when a
+/// worker waiting inside one product picks up another: two runs sharing the pool) cuts and
+/// sums exactly as one started alone: its bits never depend on scheduling.
+#[test]
+fn a_product_started_inside_another_gives_the_same_bits() {
+    let (m, k, n) = (16, 4096, 32);
+    let a = random(m * k, 21);
+    let b = random(k * n, 22);
+    let (cl, al, bl) = (Layout::contiguous(&[m, n]), Layout::contiguous(&[m, k]), Layout::contiguous(&[k, n]));
+    let mut alone = vec![0.0; m * n];
+    gemm(&mut alone, cl, &a, al, &b, bl, false);
+    let mut nested = vec![0.0; m * n];
+    PARTIAL.with(|p| {
+        let _in_use = p.borrow_mut();
+        gemm(&mut nested, cl, &a, al, &b, bl, false);
+    });
+    let same = nested.iter().zip(&alone).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same, "a product started inside another differs in its bits");
+}

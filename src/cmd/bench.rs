@@ -5,7 +5,7 @@
 use crate::backend::{self, Backend};
 use crate::cmd::flags::{self, BenchFlags};
 use crate::error::{Error, Result};
-use crate::ir::{mib, Target};
+use crate::ir::{mib, Invalid, Target};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -156,8 +156,10 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let model = flags::ModelFlags { depth: f.depth, widen: f.widen, keep: None };
     let config = flags::model_config(&model, f.classes, 3)?;
     let batch = flags::check_batch(f.batch)?;
-    if f.keep.is_empty() || f.keep.iter().any(|&k| !(k > 0.0 && k <= 1.0)) {
-        return Err(Error::flag("--keep", format!("{:?}", f.keep), "comma-separated fractions in (0, 1]"));
+    config.footprint(batch).map_err(Invalid::flag)?;
+    if f.keep.is_empty() || f.keep.len() > 16 || f.keep.iter().any(|&k| !(k > 0.0 && k <= 1.0)) {
+        let keeps: Vec<String> = f.keep.iter().map(|k| k.to_string()).collect();
+        return Err(Error::flag("--keep", keeps.join(","), "1 to 16 comma-separated fractions in (0, 1]"));
     }
     if f.steps == 0 {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));

@@ -43,12 +43,17 @@ pub enum DataCommand {
     Synth {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 5000)]
+        /// Training images (at most 1,000,000)
+        #[arg(long, default_value_t = 5000, allow_negative_numbers = true)]
         train: usize,
-        #[arg(long, default_value_t = 1000)]
+        /// Test images (at most 1,000,000)
+        #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
         test: usize,
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         seed: u64,
+        /// Replace the dataset files already in --out
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -85,13 +90,13 @@ pub enum Update {
 #[derive(Args, Debug, Clone)]
 pub struct ModelFlags {
     /// WRN depth, 6n+4 [default: 16]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub depth: Option<usize>,
     /// Widen factor k [default: 4]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub widen: Option<usize>,
     /// Fraction of each sliced layer's channels kept per step, in (0, 1]; 1.0 = no SliceOut [default: 1.0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub keep: Option<f64>,
 }
 
@@ -105,30 +110,38 @@ pub struct MemoryFlags {
     #[arg(long)]
     pub no_in_place: bool,
     /// Images per im2col chunk (0 = auto, within --col-budget)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub col_chunk: usize,
-    /// MiB an im2col workspace may take when --col-chunk is auto [default: 32 on the CPU, 128 on the GPU]
-    #[arg(long)]
+    /// MiB an im2col workspace may take when --col-chunk is auto, 1 to 1048576 [default: 32 on
+    /// the CPU, 128 on the GPU]
+    #[arg(long, allow_negative_numbers = true)]
     pub col_budget: Option<usize>,
     /// Where SGD updates go: right after each gradient, or after the whole backward pass
     #[arg(long, value_enum, default_value_t = Update::Early)]
     pub update: Update,
 }
 
+/// The largest `--col-budget`: 1 TiB in MiB, so that the budget in bytes fits any `usize`.
+const MAX_COL_BUDGET_MIB: usize = 1 << 20;
+
 impl MemoryFlags {
-    pub fn options(&self) -> Options {
-        Options {
+    pub fn options(&self) -> crate::Result<Options> {
+        if let Some(mib) = self.col_budget.filter(|mib| !(1..=MAX_COL_BUDGET_MIB).contains(mib)) {
+            let expected = format!("a number of MiB from 1 to {MAX_COL_BUDGET_MIB}");
+            return Err(crate::Error::flag("--col-budget", mib, expected));
+        }
+        Ok(Options {
             recompute: !self.no_recompute,
             in_place: !self.no_in_place,
             col_chunk: self.col_chunk,
-            col_budget_mib: self.col_budget.map_or(0, |mib| mib.max(1)),
+            col_budget_mib: self.col_budget.unwrap_or(0),
             update: match self.update {
                 Update::Early => UpdateAt::Early,
                 Update::End => UpdateAt::End,
             },
             // The command sets the backend it builds for.
             target: Target::Cpu,
-        }
+        })
     }
 }
 
@@ -145,15 +158,15 @@ pub struct TrainFlags {
     pub coarse: bool,
     #[command(flatten)]
     pub model: ModelFlags,
-    /// Slice starts are multiples of this
-    #[arg(long, default_value_t = 1)]
+    /// Slice starts are multiples of this (at most the narrowest block's 16k channels)
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub align: usize,
-    /// Epochs [default: 200; 4 for the synthetic demo]
-    #[arg(long)]
+    /// Epochs [default: 200; 4 for the synthetic demo; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    /// Images per step (the last partial batch of an epoch is dropped)
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
+    /// Images per step; the last partial batch of an epoch is dropped [default: 128; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
+    pub batch: Option<usize>,
     /// Peak learning rate
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub lr: f64,
@@ -166,11 +179,11 @@ pub struct TrainFlags {
     /// Plain momentum instead of Nesterov's
     #[arg(long)]
     pub no_nesterov: bool,
-    /// Learning-rate schedule: cosine per step, or x0.2 at 30%, 60%, 80% of the epochs
-    #[arg(long, value_enum, default_value_t = Sched::Cosine)]
-    pub schedule: Sched,
+    /// Learning-rate schedule: cosine per step, or x0.2 at 30%, 60%, 80% of the epochs [default: cosine; the run's when resuming]
+    #[arg(long, value_enum)]
+    pub schedule: Option<Sched>,
     /// Seeds weights, shuffling, augmentation and slice starts
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// auto picks CUDA when a GPU is usable, else the CPU
     #[arg(long, value_enum, default_value_t = Device::Auto)]
@@ -178,20 +191,23 @@ pub struct TrainFlags {
     /// GPU GEMM math: tf32 or fp32 (the CPU always computes in fp32)
     #[arg(long, default_value = "tf32")]
     pub math: String,
-    /// Output folder [default: runs/<timestamp>]
+    /// Output folder [default: runs/<timestamp>; the checkpoint's folder when resuming]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Use only the first N training images
+    /// Replace the files of another run in --out instead of refusing
     #[arg(long)]
+    pub force: bool,
+    /// Use only the first N training images [default: all; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit_train: Option<usize>,
     /// Use only the first N test images
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit_test: Option<usize>,
     /// No random crop and flip
     #[arg(long)]
     pub no_augment: bool,
     /// Also checkpoint every N steps (0 = only at the end of each epoch)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub checkpoint_every: usize,
     /// Continue a run from a checkpoint (in its folder unless --out says otherwise)
     #[arg(long)]
@@ -217,9 +233,9 @@ pub struct EvalFlags {
     pub dataset: Option<String>,
     #[arg(long)]
     pub coarse: bool,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub batch: usize,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit_test: Option<usize>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
@@ -268,20 +284,20 @@ pub enum PlanMode {
 pub struct PlanFlags {
     #[command(flatten)]
     pub model: ModelFlags,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub classes: usize,
     /// Input channels (3 for CIFAR, 1 for Fashion-MNIST)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub in_channels: usize,
     /// Images per step [default: 128; with --fit: the largest that fits]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch: Option<usize>,
     #[arg(long, value_enum, default_value_t = PlanMode::Train)]
     pub mode: PlanMode,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Chart width in columns (text format)
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub width: usize,
     /// The backend to plan for (workspace sizes differ): auto follows `--device auto` of train
     #[arg(long, value_enum, default_value_t = Device::Auto)]
@@ -311,15 +327,15 @@ pub enum Sweep {
 pub struct ProfileFlags {
     #[command(flatten)]
     pub model: ModelFlags,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub classes: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub batch: usize,
     /// Timed steps (after one warm-up step)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub steps: usize,
     /// Put the network at this keep beside the profiled one (e.g. --compare 1.0)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub compare: Option<f64>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -331,7 +347,7 @@ pub struct ProfileFlags {
     /// GPU GEMM math: tf32 or fp32
     #[arg(long, default_value = "tf32")]
     pub math: String,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     #[command(flatten)]
     pub memory: MemoryFlags,
@@ -340,27 +356,27 @@ pub struct ProfileFlags {
 #[derive(Args, Debug, Clone)]
 pub struct BenchFlags {
     /// WRN depth [default: 16]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub depth: Option<usize>,
     /// Widen factor [default: 4]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub widen: Option<usize>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub classes: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     pub batch: usize,
-    /// Comma-separated keep values, all measured in this one run
-    #[arg(long, default_value = "1.0,0.75,0.5", value_delimiter = ',')]
+    /// Comma-separated keep values (at most 16), all measured in this one run
+    #[arg(long, default_value = "1.0,0.75,0.5", value_delimiter = ',', allow_hyphen_values = true)]
     pub keep: Vec<f64>,
     /// Timed steps per keep value (after one warm-up step)
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     pub steps: usize,
     /// GPU math: tf32 or fp32 (the CPU always computes in fp32)
     #[arg(long, default_value = "tf32")]
     pub math: String,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
 }
 

@@ -14,20 +14,30 @@ pub mod train;
 use crate::error::Result;
 use flags::{Cli, Command, DataCommand};
 
+/// How a command ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// Everything asked for was done.
+    Finished,
+    /// Stopped early by Ctrl-C with its work checkpointed: the binary exits with status 130, as
+    /// a program stopped by Ctrl-C does, so that `train && eval` does not go on.
+    Interrupted,
+}
+
 /// Runs one parsed command line (no command: `train` with its defaults).
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli) -> Result<Done> {
+    let finished = |r: Result<()>| r.map(|()| Done::Finished);
     match cli.command {
         None => train::command(flags::TrainFlags::default_flags()),
         Some(Command::Train(f)) => train::command(f),
-        Some(Command::Eval(f)) => eval::command(&f),
-        Some(Command::Export(f)) => export::command(&f),
-        Some(Command::Plan(f)) => {
-            print!("{}", plan::command(&f)?);
-            Ok(())
+        Some(Command::Eval(f)) => finished(eval::command(&f)),
+        Some(Command::Export(f)) => finished(export::command(&f)),
+        Some(Command::Plan(f)) => finished(plan::command(&f).map(|text| print!("{text}"))),
+        Some(Command::Profile(f)) => finished(profile::command(&f)),
+        Some(Command::Bench(f)) => finished(bench::command(&f)),
+        Some(Command::Selftest(f)) => finished(selftest::command(&f)),
+        Some(Command::Data(DataCommand::Synth { out, train, test, seed, force })) => {
+            finished(data::synth(&out, train, test, seed, force))
         }
-        Some(Command::Profile(f)) => profile::command(&f),
-        Some(Command::Bench(f)) => bench::command(&f),
-        Some(Command::Selftest(f)) => selftest::command(&f),
-        Some(Command::Data(DataCommand::Synth { out, train, test, seed })) => data::synth(&out, train, test, seed),
     }
 }

@@ -10,7 +10,7 @@ use crate::backend::cuda::record_step;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::io::svg;
-use crate::ir::{mib, ModelConfig, Target};
+use crate::ir::{mib, Invalid, ModelConfig, Target};
 use crate::model::fit::{self, SweepPoint, Term};
 use crate::model::wrn;
 use crate::plan::report::{self, GpuCalls};
@@ -34,10 +34,11 @@ pub fn command(f: &PlanFlags) -> Result<String> {
         Device::Auto if crate::gpu::available() => Target::Cuda,
         Device::Auto => Target::Cpu,
     };
-    let options = Options { target, ..f.memory.options() };
+    let options = Options { target, ..f.memory.options()? };
     let budget = f.fit.as_deref().map(budget).transpose()?;
     if let Some(batch) = f.batch {
         flags::check_batch(batch)?;
+        config.footprint(batch).map_err(Invalid::flag)?;
     }
     if let Some(sweep) = f.sweep {
         let dataset: DatasetKind = f.dataset.parse()?;
@@ -68,6 +69,7 @@ fn device_name(target: Target) -> &'static str {
 
 /// The plan of one step, in the chosen format.
 fn render(config: &ModelConfig, batch: usize, mode: Mode, options: Options, f: &PlanFlags) -> Result<String> {
+    config.footprint(batch).map_err(Invalid::flag)?;
     let program = Program::new(wrn::build(config, batch, mode, options));
     let baseline = (mode == Mode::Train && config.keep < 1.0)
         .then(|| Program::new(wrn::build(&ModelConfig { keep: 1.0, ..*config }, batch, mode, options)));

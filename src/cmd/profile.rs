@@ -6,7 +6,7 @@
 use crate::backend::{self, Backend, StepCtx};
 use crate::cmd::flags::{self, Format, ProfileFlags};
 use crate::error::{Error, Result};
-use crate::ir::{live_bytes, mib};
+use crate::ir::{live_bytes, mib, Invalid};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -205,9 +205,12 @@ pub fn trace(profiles: &[&Profile]) -> String {
     serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"}).to_string()
 }
 
+/// Every flag checked before any step is timed: a bad `--format` or `--trace` should not cost
+/// the profile.
 pub fn command(f: &ProfileFlags) -> Result<()> {
     let config = flags::model_config(&f.model, f.classes, 3)?;
     let batch = flags::check_batch(f.batch)?;
+    config.footprint(batch).map_err(Invalid::flag)?;
     if f.steps == 0 {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
     }
@@ -216,8 +219,14 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
             return Err(Error::flag("--compare", k, "a keep fraction in (0, 1]"));
         }
     }
+    if f.format == Format::Svg {
+        return Err(Error::flag("--format", "svg", "text or json for profile (svg is for plan)"));
+    }
+    if let Some(path) = &f.trace {
+        check_writable_file(path)?;
+    }
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
-    let options = Options { target: backend.target(), ..f.memory.options() };
+    let options = Options { target: backend.target(), ..f.memory.options()? };
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
     let main_p = build(&config);
     let other_p = f.compare.map(|keep| build(&ModelConfig { keep, ..config }));
@@ -231,13 +240,31 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     }
     match f.format {
         Format::Json => println!("{}", serde_json::json!({"profile": main, "compare": other})),
-        Format::Svg => return Err(Error::flag("--format", "svg", "text or json for profile (svg is for plan)")),
-        Format::Text => print!("{}", text(&main, other.as_ref())),
+        Format::Text | Format::Svg => print!("{}", text(&main, other.as_ref())),
     }
     if let Some(path) = &f.trace {
         if f.format == Format::Text {
             println!("trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)", path.display());
         }
+    }
+    Ok(())
+}
+
+/// `--trace`'s file can be written: its folder exists and it is not itself a folder.
+fn check_writable_file(path: &std::path::Path) -> Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if path.is_dir() {
+        return Err(Error::flag("--trace", path.display(), "a file to write (this is a folder)"));
+    }
+    if !folder.is_dir() {
+        return Err(Error::flag(
+            "--trace",
+            path.display(),
+            format!("a file in an existing folder ({} is none)", folder.display()),
+        ));
     }
     Ok(())
 }

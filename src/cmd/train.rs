@@ -1,123 +1,151 @@
-//! `sliceout train`: flags -> `TrainArgs`, the no-argument demo (CIFAR-10 when present, else a
-//! generated synthetic set), Ctrl-C handling, and the closing lines.
+//! `sliceout train`: flags -> `TrainArgs` (a resumed run's own model and step-count values
+//! where flags leave them out), the no-argument demo (CIFAR-10 when present, else a generated
+//! synthetic set), the default `runs/<timestamp>` folder, Ctrl-C handling, and the closing lines.
 
 use super::flags::{self, TrainFlags};
+use super::Done;
 use crate::data;
 use crate::error::Result;
 use crate::export::{self, Stated};
 use crate::gpu::Math;
 use crate::io::checkpoint;
-use crate::train::{self, TrainArgs};
+use crate::train::state::RunMeta;
+use crate::train::{self, folder, LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
 
-pub fn command(f: TrainFlags) -> Result<()> {
-    let resumed = match &f.resume {
-        Some(p) => Some(checkpoint::load(p)?),
-        None => None,
-    };
-    let cifar = Path::new("data/cifar-10-batches-bin");
-    let synthetic = Path::new("data/synthetic");
-    let mut demo = false;
-    let data_dir = match &f.data {
-        Some(d) => d.clone(),
-        None if cifar.join("data_batch_1.bin").exists() => {
-            println!("using CIFAR-10 from {}", cifar.display());
-            cifar.to_path_buf()
-        }
-        None => {
-            demo = true;
-            if !synthetic.join("test_batch.bin").exists() {
-                println!(
-                    "no --data and no {}: generating a synthetic CIFAR-format dataset in {}",
-                    cifar.display(),
-                    synthetic.display()
-                );
-                data::synth::write_synthetic(synthetic, 5000, 1000, 0)?;
-            }
-            println!(
-                "training a small WRN on {} (a demo of a couple of minutes; see data/README.md for CIFAR)",
-                synthetic.display()
-            );
-            synthetic.to_path_buf()
-        }
-    };
-    // Model flags default to what the resumed checkpoint or the initial weights state.
-    let stated = match (&f.init, &resumed) {
-        (Some(p), _) => export::read(p)?.stated(p)?,
-        (None, Some(ck)) => Stated::of_checkpoint(ck),
-        (None, None) => Stated::default(),
-    };
-    let depth = f.model.depth.or(stated.depth).unwrap_or(if demo { 10 } else { 16 });
-    let widen = f.model.widen.or(stated.widen).unwrap_or(if demo { 2 } else { 4 });
-    let keep = f.model.keep.or(stated.keep).unwrap_or(1.0);
-    let out = match (&f.out, &f.resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(r)) => r.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
-        (None, None) => PathBuf::from("runs").join(timestamp()),
-    };
-    let args = TrainArgs {
-        data: data_dir,
-        dataset: flags::dataset(&f.dataset)?,
-        coarse: f.coarse,
-        depth,
-        widen,
-        keep,
-        align: f.align,
-        epochs: f.epochs.unwrap_or(if demo { 4 } else { 200 }),
-        batch: f.batch,
-        lr: f.lr,
-        momentum: f.momentum,
-        wd: f.wd,
-        nesterov: !f.no_nesterov,
-        schedule: flags::lr_schedule(f.schedule),
-        seed: f.seed,
-        device: f.device.into(),
-        math: Math::parse(&f.math)?,
-        out,
-        limit_train: f.limit_train,
-        limit_test: f.limit_test,
-        augment: !f.no_augment,
-        checkpoint_every: f.checkpoint_every,
-        resume: f.resume.clone(),
-        init: f.init.clone(),
-        options: f.memory.options(),
-        bn_recal: f.bn_recal,
-        verbose: true,
-        stop_after: None,
-    };
+pub fn command(f: TrainFlags) -> Result<Done> {
+    let (mut args, demo) = checked_args(&f)?;
+    if demo {
+        prepare_demo_data(&args.data)?;
+    }
+    // The default folder is claimed (made, never shared) once the flags are known to be sane,
+    // and removed again if the run stops before writing anything into it.
+    let fresh_folder = f.out.is_none() && f.resume.is_none();
+    if fresh_folder {
+        args.out = folder::new_timestamped(Path::new("runs"))?;
+    }
     println!("output: {}", args.out.display());
     if let Some(init) = &args.init {
         println!("initial weights: {}", init.display());
     }
     train::catch_interrupt();
-    let summary = train::train(&args)?;
+    let summary = match train::train(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            if fresh_folder {
+                let _ = std::fs::remove_dir(&args.out);
+            }
+            return Err(e);
+        }
+    };
     if let Some(step) = summary.stopped_at {
         let ck = args.out.join("last.ckpt");
         println!("stopped after step {step}; checkpoint {}", ck.display());
-        println!("resume with: sliceout train --resume {} (plus the same --data and flags)", ck.display());
-        return Ok(());
+        println!("resume with: sliceout train --resume {} (plus the same --data)", ck.display());
+        return Ok(Done::Interrupted);
     }
     println!(
         "done: best test accuracy {:.2}%; metrics, curves.svg and checkpoints in {}",
         100.0 * summary.best_acc,
         summary.out.display()
     );
+    Ok(Done::Finished)
+}
+
+const CIFAR: &str = "data/cifar-10-batches-bin";
+const SYNTHETIC: &str = "data/synthetic";
+
+/// `--data`, else CIFAR-10 in `data/cifar-10-batches-bin`, else the synthetic demo set; and
+/// whether it is the demo.
+fn data_folder(f: &TrainFlags) -> (PathBuf, bool) {
+    match &f.data {
+        Some(d) => (d.clone(), false),
+        None if Path::new(CIFAR).join("data_batch_1.bin").exists() => {
+            println!("using CIFAR-10 from {CIFAR}");
+            (PathBuf::from(CIFAR), false)
+        }
+        None => (PathBuf::from(SYNTHETIC), true),
+    }
+}
+
+/// Generates the demo's synthetic set in `dir` unless it is complete.
+fn prepare_demo_data(dir: &Path) -> Result<()> {
+    if !dir.join("test_batch.bin").exists() {
+        println!("no --data and no {CIFAR}: generating a synthetic CIFAR-format dataset in {}", dir.display());
+        // The demo's own folder: what an interrupted generation left is replaced.
+        data::synth::write_synthetic(dir, 5000, 1000, 0, true)?;
+    }
+    println!("training a small WRN on {} (a demo of a couple of minutes; see data/README.md for CIFAR)", dir.display());
     Ok(())
 }
 
-/// `YYYYMMDD-HHMMSS` (UTC) for the default run folder.
-fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+/// The run the flags describe, its flags checked (what needs the data is checked as the run
+/// starts), and whether it is the demo. Nothing is generated or created yet.
+pub fn checked_args(f: &TrainFlags) -> Result<(TrainArgs, bool)> {
+    let (data_dir, demo) = data_folder(f);
+    let args = train_args(f, data_dir, demo)?;
+    args.validate()?;
+    Ok((args, demo))
+}
+
+/// The run the flags describe. Resuming, the model and what fixes the step count (batch,
+/// epochs, schedule, training images) default to the checkpoint's; the output folder to the
+/// checkpoint's folder. Starting from given weights (`--init`), the model defaults to what the
+/// file states.
+fn train_args(f: &TrainFlags, data: PathBuf, demo: bool) -> Result<TrainArgs> {
+    let resumed = match &f.resume {
+        Some(p) => {
+            let ck = checkpoint::load(p)?;
+            let meta = RunMeta::read(p, &ck)?;
+            Some((ck.config, meta))
+        }
+        None => None,
+    };
+    let (config, meta) = (resumed.as_ref().map(|r| r.0), resumed.map(|r| r.1).unwrap_or_default());
+    let stated = match (&f.init, config) {
+        (Some(p), _) => export::read(p)?.stated(p)?,
+        (None, Some(c)) => {
+            Stated { depth: Some(c.depth), widen: Some(c.widen), keep: Some(c.keep), ..Stated::default() }
+        }
+        (None, None) => Stated::default(),
+    };
+    let out = match (&f.out, &f.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(r)) => {
+            r.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        }
+        // Claimed by `command` once the flags check out.
+        (None, None) => PathBuf::new(),
+    };
+    Ok(TrainArgs {
+        data,
+        dataset: flags::dataset(&f.dataset)?,
+        coarse: f.coarse,
+        depth: f.model.depth.or(stated.depth).unwrap_or(if demo { 10 } else { 16 }),
+        widen: f.model.widen.or(stated.widen).unwrap_or(if demo { 2 } else { 4 }),
+        keep: f.model.keep.or(stated.keep).unwrap_or(1.0),
+        align: f.align,
+        epochs: f.epochs.or(meta.epochs).unwrap_or(if demo { 4 } else { 200 }),
+        batch: f.batch.or(meta.batch).unwrap_or(128),
+        lr: f.lr,
+        momentum: f.momentum,
+        wd: f.wd,
+        nesterov: !f.no_nesterov,
+        schedule: f.schedule.map(flags::lr_schedule).or(meta.schedule).unwrap_or(LrSchedule::Cosine),
+        seed: f.seed,
+        device: f.device.into(),
+        math: Math::parse(&f.math)?,
+        out,
+        limit_train: f.limit_train.or(meta.train_images),
+        limit_test: f.limit_test,
+        augment: !f.no_augment,
+        checkpoint_every: f.checkpoint_every,
+        resume: f.resume.clone(),
+        init: f.init.clone(),
+        force: f.force,
+        options: f.memory.options()?,
+        bn_recal: f.bn_recal,
+        verbose: true,
+        stop_after: None,
+    })
 }

@@ -3,7 +3,8 @@
 //! CIFAR-10 records are 3073 bytes: a label (0..10) then 3072 pixel bytes (1024 red, 1024 green,
 //! 1024 blue, rows top to bottom). CIFAR-100 records are 3074 bytes: a coarse label (0..20), a
 //! fine label (0..100), then the same 3072 pixels. The pixel planes are already in the layout a
-//! `Split` stores, so reading is one copy per record out of a memory map.
+//! `Split` stores, so reading is one copy per record out of a memory map, and only the records
+//! a limit asks for are touched.
 
 use super::{map_file, Split};
 use crate::{Error, Result};
@@ -47,12 +48,13 @@ fn check_label(path: &Path, index: usize, what: &str, label: u8, classes: usize)
     Ok(())
 }
 
-/// Appends the CIFAR-10 records in `bytes` (the contents of `path`) to `split`.
-pub(crate) fn parse_cifar10(split: &mut Split, path: &Path, bytes: &[u8]) -> Result<()> {
-    let n = check_records(path, bytes, CIFAR10_RECORD)?;
-    split.images.reserve(n * IMAGE_BYTES);
+/// Appends the first `limit` CIFAR-10 records in `bytes` (the contents of `path`) to `split`;
+/// the file's size is checked whole, the labels of the records read.
+pub(crate) fn parse_cifar10(split: &mut Split, path: &Path, bytes: &[u8], limit: usize) -> Result<()> {
+    let n = check_records(path, bytes, CIFAR10_RECORD)?.min(limit);
+    super::reserve_images(path, &mut split.images, n, IMAGE_BYTES)?;
     split.labels.reserve(n);
-    for (i, rec) in bytes.chunks_exact(CIFAR10_RECORD).enumerate() {
+    for (i, rec) in bytes.chunks_exact(CIFAR10_RECORD).take(n).enumerate() {
         check_label(path, i, "label", rec[0], 10)?;
         split.labels.push(rec[0]);
         split.images.extend_from_slice(&rec[1..]);
@@ -61,22 +63,26 @@ pub(crate) fn parse_cifar10(split: &mut Split, path: &Path, bytes: &[u8]) -> Res
     Ok(())
 }
 
-/// Reads and concatenates CIFAR-10 batch files, in the order given.
-pub fn read_cifar10(paths: &[impl AsRef<Path>]) -> Result<Split> {
+/// Reads and concatenates the first `limit` images of CIFAR-10 batch files, in the order given
+/// (every file must be there and whole; the pages of images past the limit are never read).
+pub fn read_cifar10(paths: &[impl AsRef<Path>], limit: usize) -> Result<Split> {
     let mut split = Split::default();
     for p in paths {
         let map = map_file(p.as_ref())?;
-        parse_cifar10(&mut split, p.as_ref(), &map)?;
+        let left = limit - split.len;
+        parse_cifar10(&mut split, p.as_ref(), &map, left)?;
     }
     Ok(split)
 }
 
-/// The CIFAR-100 records in `bytes` (the contents of `path`), keeping the coarse (20-class) or
-/// fine (100-class) labels. Both labels are checked either way: a bad one means a bad record.
-pub(crate) fn parse_cifar100(path: &Path, bytes: &[u8], coarse: bool) -> Result<Split> {
-    let n = check_records(path, bytes, CIFAR100_RECORD)?;
-    let mut split = Split { images: Vec::with_capacity(n * IMAGE_BYTES), labels: Vec::with_capacity(n), len: n };
-    for (i, rec) in bytes.chunks_exact(CIFAR100_RECORD).enumerate() {
+/// The first `limit` CIFAR-100 records in `bytes` (the contents of `path`), keeping the coarse
+/// (20-class) or fine (100-class) labels. Both labels are checked either way: a bad one means a
+/// bad record.
+pub(crate) fn parse_cifar100(path: &Path, bytes: &[u8], coarse: bool, limit: usize) -> Result<Split> {
+    let n = check_records(path, bytes, CIFAR100_RECORD)?.min(limit);
+    let mut split = Split { images: Vec::new(), labels: Vec::with_capacity(n), len: n };
+    super::reserve_images(path, &mut split.images, n, IMAGE_BYTES)?;
+    for (i, rec) in bytes.chunks_exact(CIFAR100_RECORD).take(n).enumerate() {
         check_label(path, i, "coarse label", rec[0], 20)?;
         check_label(path, i, "fine label", rec[1], 100)?;
         split.labels.push(if coarse { rec[0] } else { rec[1] });
@@ -85,10 +91,10 @@ pub(crate) fn parse_cifar100(path: &Path, bytes: &[u8], coarse: bool) -> Result<
     Ok(split)
 }
 
-/// Reads one CIFAR-100 file (`train.bin` or `test.bin`).
-pub fn read_cifar100(path: &Path, coarse: bool) -> Result<Split> {
+/// Reads the first `limit` images of one CIFAR-100 file (`train.bin` or `test.bin`).
+pub fn read_cifar100(path: &Path, coarse: bool, limit: usize) -> Result<Split> {
     let map = map_file(path)?;
-    parse_cifar100(path, &map, coarse)
+    parse_cifar100(path, &map, coarse, limit)
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 //! `0x00000801, n`, then `n` bytes. Only 28x28 images are accepted; each is zero-padded by 2
 //! pixels on every side to 32x32 with one channel, so the rest of the crate sees the CIFAR
 //! geometry. Raw files are memory-mapped; gzip is recognised by its magic bytes (whatever the
-//! name) and decompressed into memory.
+//! name) and decompressed as a stream, image by image, never past what the header announces.
+//! Only the images a limit asks for are kept (and their labels checked).
 
 use super::{map_file, Split, PLANE};
 use crate::{Error, Result};
 use byteorder::{BigEndian, ByteOrder};
-use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -23,30 +23,94 @@ const SIDE: usize = 28;
 /// Zero border added on each side to reach 32x32.
 const PAD: usize = (32 - SIDE) / 2;
 
-/// `dir/name`, else `dir/name.gz`; missing if neither exists.
+/// `dir/name`, else `dir/name.gz`; missing if neither exists. Anything at the path counts, so
+/// that a folder or a FIFO of that name is reported as such by [`map_file`].
 fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     let raw = dir.join(name);
-    if raw.is_file() {
+    if raw.exists() {
         return Ok(raw);
     }
     let gz = dir.join(format!("{name}.gz"));
-    if gz.is_file() {
+    if gz.exists() {
         return Ok(gz);
     }
     Err(Error::data(raw, format!("missing file (also looked for {name}.gz)")))
 }
 
-/// The file's contents: `raw` itself, or its decompression when it is gzip (recognised by
-/// its magic bytes, whatever the name).
-fn decode<'a>(path: &Path, raw: &'a [u8]) -> Result<Cow<'a, [u8]>> {
-    if !raw.starts_with(&[0x1f, 0x8b]) {
-        return Ok(Cow::Borrowed(raw));
+/// Bytes past the announced data read to say how many there are (when there are more, the
+/// message says "at least").
+const EXTRA_PROBE: u64 = 1 << 20;
+
+/// A file's contents as a stream: the bytes themselves, or their decompression when they are
+/// gzip (recognised by the magic bytes, whatever the name). Reading stops at what the header
+/// announces, so a small file that inflates to gigabytes costs no more than its header says.
+struct Body<'a> {
+    path: &'a Path,
+    reader: Box<dyn Read + 'a>,
+    /// The file's length when it is not compressed: its size checks need no reading.
+    raw_len: Option<u64>,
+}
+
+impl<'a> Body<'a> {
+    fn new(path: &'a Path, raw: &'a [u8]) -> Body<'a> {
+        if raw.starts_with(&[0x1f, 0x8b]) {
+            Body { path, reader: Box::new(flate2::read::GzDecoder::new(raw)), raw_len: None }
+        } else {
+            Body { path, reader: Box::new(raw), raw_len: Some(raw.len() as u64) }
+        }
     }
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(raw)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::data(path, format!("cannot decompress gzip data: {e}")))?;
-    Ok(Cow::Owned(out))
+
+    /// Fills as much of `buf` as the stream holds; returns how much that was.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.reader.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::data(self.path, format!("cannot decompress gzip data: {e}"))),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Reads and discards up to `n` bytes; returns how many there were.
+    fn skip(&mut self, n: u64) -> Result<u64> {
+        std::io::copy(&mut (&mut self.reader).take(n), &mut std::io::sink())
+            .map_err(|e| Error::data(self.path, format!("cannot decompress gzip data: {e}")))
+    }
+
+    /// The error for a stream that ended after `read` of the `expected` data bytes.
+    fn truncated(&self, header: u64, read: u64, expected: u64, what: &str) -> Error {
+        truncated(self.path, self.raw_len.map_or(read, |len| len - header), expected, what)
+    }
+
+    /// Checks that `expected` data bytes follow a `header`-byte header, of which `read` have
+    /// been read. With `whole`, every byte is checked (reading what is left of a compressed
+    /// stream); without it, only an uncompressed file's size is, so that a limited read of a
+    /// compressed file stops at what it needs.
+    fn check_rest(&mut self, header: u64, read: u64, expected: u64, what: &str, whole: bool) -> Result<()> {
+        if let Some(len) = self.raw_len {
+            return check_length(self.path, len - header, expected, what);
+        }
+        if !whole {
+            return Ok(());
+        }
+        let data = read + self.skip(expected - read)?;
+        check_length(self.path, data, expected, what)?;
+        match self.skip(EXTRA_PROBE)? {
+            0 => Ok(()),
+            extra => {
+                let at_least = if extra == EXTRA_PROBE { "at least " } else { "" };
+                Err(Error::data(
+                    self.path,
+                    format!(
+                        "{at_least}{extra} unexpected bytes after the {what} the header announces ({expected} bytes)"
+                    ),
+                ))
+            }
+        }
+    }
 }
 
 fn check_magic(path: &Path, bytes: &[u8], header: usize, magic: u32, what: &str) -> Result<()> {
@@ -70,13 +134,9 @@ fn check_magic(path: &Path, bytes: &[u8], header: usize, magic: u32, what: &str)
 }
 
 /// Checks that exactly `expected` data bytes follow the header.
-fn check_length(path: &Path, data: usize, expected: u64, what: &str) -> Result<()> {
-    let data = data as u64;
+fn check_length(path: &Path, data: u64, expected: u64, what: &str) -> Result<()> {
     if data < expected {
-        return Err(Error::data(
-            path,
-            format!("truncated: the header announces {what} ({expected} bytes) but only {data} bytes follow"),
-        ));
+        return Err(truncated(path, data, expected, what));
     }
     if data > expected {
         return Err(Error::data(
@@ -87,62 +147,97 @@ fn check_length(path: &Path, data: usize, expected: u64, what: &str) -> Result<(
     Ok(())
 }
 
+fn truncated(path: &Path, data: u64, expected: u64, what: &str) -> Error {
+    Error::data(path, format!("truncated: the header announces {what} ({expected} bytes) but only {data} bytes follow"))
+}
+
 /// Reads `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte` (each optionally .gz)
-/// from `dir`; `prefix` is `train` or `t10k`.
-pub fn read_split(dir: &Path, prefix: &str) -> Result<Split> {
+/// from `dir`, at most `limit` images; `prefix` is `train` or `t10k`.
+pub fn read_split(dir: &Path, prefix: &str, limit: usize) -> Result<Split> {
     let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
     let images = map_file(&images_path)?;
     let labels = map_file(&labels_path)?;
-    parse_split(&images_path, &images, &labels_path, &labels)
+    parse_split(&images_path, &images, &labels_path, &labels, limit)
 }
 
-/// The split held by an images file and a labels file (raw or gzip contents, with their paths
-/// for messages): checks headers, sizes and labels, and pads the images to 32x32.
+/// The first `limit` images of the split held by an images file and a labels file (raw or
+/// gzip contents, with their paths for messages), padded to 32x32: checks headers, sizes and
+/// the labels read.
 pub(crate) fn parse_split(
     images_path: &Path,
     images_raw: &[u8],
     labels_path: &Path,
     labels_raw: &[u8],
+    limit: usize,
 ) -> Result<Split> {
-    let images = decode(images_path, images_raw)?;
-    check_magic(images_path, &images, 16, IMAGES_MAGIC, "images")?;
-    let n = BigEndian::read_u32(&images[4..]) as usize;
-    let rows = BigEndian::read_u32(&images[8..]) as usize;
-    let cols = BigEndian::read_u32(&images[12..]) as usize;
+    let mut body = Body::new(images_path, images_raw);
+    let mut head = [0u8; 16];
+    let got = body.fill(&mut head)?;
+    check_magic(images_path, &head[..got], 16, IMAGES_MAGIC, "images")?;
+    let n = BigEndian::read_u32(&head[4..]) as usize;
+    let rows = BigEndian::read_u32(&head[8..]) as usize;
+    let cols = BigEndian::read_u32(&head[12..]) as usize;
     if rows != SIDE || cols != SIDE {
         return Err(Error::data(images_path, format!("images are {rows}x{cols}, expected {SIDE}x{SIDE}")));
     }
+    if n == 0 {
+        return Err(Error::data(images_path, "the header announces no images (expected at least one)"));
+    }
     let what = format!("{n} images of {SIDE}x{SIDE}");
-    check_length(images_path, images.len() - 16, n as u64 * (SIDE * SIDE) as u64, &what)?;
+    let expected = n as u64 * (SIDE * SIDE) as u64;
+    let keep = n.min(limit);
+    let mut out = Vec::new();
+    // An uncompressed file's size is known: check it before reserving for its images. A
+    // compressed one's is not: memory then grows with the images actually read.
+    if let Some(len) = body.raw_len {
+        check_length(images_path, len - 16, expected, &what)?;
+        super::reserve_images(images_path, &mut out, keep, PLANE)?;
+    }
+    let mut image = [0u8; SIDE * SIDE];
+    for i in 0..keep {
+        let got = body.fill(&mut image)?;
+        if got < image.len() {
+            return Err(body.truncated(16, (i * image.len() + got) as u64, expected, &what));
+        }
+        if out.try_reserve(PLANE).is_err() {
+            super::reserve_images(images_path, &mut out, keep, PLANE)?;
+        }
+        // Zero-pad the 28x28 image into the middle of a 32x32 plane.
+        let at = out.len();
+        out.resize(at + PLANE, 0);
+        for (y, row) in image.chunks_exact(SIDE).enumerate() {
+            let to = at + (y + PAD) * 32 + PAD;
+            out[to..to + SIDE].copy_from_slice(row);
+        }
+    }
+    body.check_rest(16, (keep * SIDE * SIDE) as u64, expected, &what, keep == n)?;
 
-    let labels = decode(labels_path, labels_raw)?;
-    check_magic(labels_path, &labels, 8, LABELS_MAGIC, "labels")?;
-    let nl = BigEndian::read_u32(&labels[4..]) as usize;
-    check_length(labels_path, labels.len() - 8, nl as u64, &format!("{nl} labels"))?;
+    let mut body = Body::new(labels_path, labels_raw);
+    let mut head = [0u8; 8];
+    let got = body.fill(&mut head)?;
+    check_magic(labels_path, &head[..got], 8, LABELS_MAGIC, "labels")?;
+    let nl = BigEndian::read_u32(&head[4..]) as usize;
+    let what = format!("{nl} labels");
+    let mut labels = vec![0u8; nl.min(keep)];
+    let got = body.fill(&mut labels)?;
+    if got < labels.len() {
+        return Err(body.truncated(8, got as u64, nl as u64, &what));
+    }
+    body.check_rest(8, got as u64, nl as u64, &what, nl <= keep)?;
     if nl != n {
         return Err(Error::data(
             labels_path,
             format!("{nl} labels, but {} holds {n} images (expected one label per image)", images_path.display()),
         ));
     }
-    let labels = &labels[8..];
     if let Some(i) = labels.iter().position(|&l| l >= 10) {
         return Err(Error::data(
             labels_path,
             format!("record {i}: label {} is out of range (expected 0..10, 10 classes)", labels[i]),
         ));
     }
-
-    // Zero-pad each 28x28 image into the middle of a 32x32 plane.
-    let mut out = vec![0u8; n * PLANE];
-    for (dst, src) in out.chunks_exact_mut(PLANE).zip(images[16..].chunks_exact(SIDE * SIDE)) {
-        for (y, row) in src.chunks_exact(SIDE).enumerate() {
-            let at = (y + PAD) * 32 + PAD;
-            dst[at..at + SIDE].copy_from_slice(row);
-        }
-    }
-    Ok(Split { images: out, labels: labels.to_vec(), len: n })
+    Ok(Split { images: out, labels, len: keep })
 }
 
 #[cfg(test)]
@@ -312,6 +407,71 @@ pub(crate) mod tests {
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
         assert!(msg.contains("record 1") && msg.contains("label 12"), "{msg}");
         assert!(msg.contains("10 classes"), "{msg}");
+    }
+
+    /// A small gzip file that inflates far past what its header announces is read only up to
+    /// that: the message says so without inflating the rest.
+    #[test]
+    fn a_gzip_bomb_stops_at_the_announced_size() {
+        let tmp = TempDir::new("idx-bomb");
+        write_idx_dir(tmp.path(), 2, 2, true);
+        let mut bytes = idx_images(2, 0, 28, 28);
+        bytes.resize(bytes.len() + (128 << 20), 0);
+        write(tmp.path(), FILES[0], &bytes, true);
+        let size = std::fs::metadata(tmp.path().join(format!("{}.gz", FILES[0]))).unwrap().len();
+        assert!(size < 1 << 20, "{size}");
+        let t0 = std::time::Instant::now();
+        let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+        assert!(msg.contains("at least 1048576 unexpected bytes after the 2 images"), "{msg}");
+        assert!(t0.elapsed().as_secs_f64() < 0.2, "{:?}", t0.elapsed());
+    }
+
+    /// A header announcing billions of images: memory grows only with the images actually
+    /// there (a raw file's size is checked first), so the file is reported as truncated; with a
+    /// limit it is read only as far as the limit.
+    #[test]
+    fn an_absurd_image_count_costs_no_memory() {
+        for gz in [true, false] {
+            let tmp = TempDir::new("idx-huge");
+            write_idx_dir(tmp.path(), 2, 2, gz);
+            let mut bytes = idx_images(2, 0, 28, 28);
+            bytes[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+            write(tmp.path(), FILES[0], &bytes, gz);
+            let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+            assert!(msg.contains("truncated") && msg.contains("4294967295 images"), "{msg}");
+            let limits = super::super::Limits { train: Some(3), test: None };
+            let msg = super::super::load_limited(tmp.path(), None, false, limits).unwrap_err().to_string();
+            assert!(msg.contains("truncated") && msg.contains("4294967295 images"), "{msg}");
+        }
+        // Within the limit a compressed file is fine as far as it is read.
+        let tmp = TempDir::new("idx-huge-limit");
+        write_idx_dir(tmp.path(), 2, 2, true);
+        let mut bytes = idx_images(2, 0, 28, 28);
+        bytes[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        write(tmp.path(), FILES[0], &bytes, true);
+        let limits = super::super::Limits { train: Some(2), test: None };
+        let msg = super::super::load_limited(tmp.path(), None, false, limits).unwrap_err().to_string();
+        assert!(msg.contains("2 labels, but") && msg.contains("4294967295 images"), "{msg}");
+    }
+
+    #[test]
+    fn memory_refused_is_named_with_the_limit_flags() {
+        let mut v = Vec::new();
+        let msg = super::super::reserve_images(Path::new("big.bin"), &mut v, 1 << 40, 3072).unwrap_err().to_string();
+        assert!(msg.contains("big.bin") && msg.contains("cannot allocate 3.0 PiB"), "{msg}");
+        assert!(msg.contains("--limit-train or --limit-test"), "{msg}");
+        let msg = super::super::reserve_images(Path::new("big.bin"), &mut v, usize::MAX, 2).unwrap_err().to_string();
+        assert!(msg.contains("more than 16 EiB"), "{msg}");
+    }
+
+    #[test]
+    fn a_split_without_images_is_refused() {
+        let tmp = TempDir::new("idx-none");
+        write_idx_dir(tmp.path(), 2, 2, false);
+        write(tmp.path(), FILES[2], &idx_images(0, 0, 28, 28), false);
+        write(tmp.path(), FILES[3], &idx_labels(&[]), false);
+        let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+        assert!(msg.contains("t10k-images-idx3-ubyte") && msg.contains("no images"), "{msg}");
     }
 
     #[test]

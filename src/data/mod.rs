@@ -16,6 +16,7 @@ pub mod idx;
 pub mod loader;
 pub mod synth;
 
+use crate::io::NotAFile;
 use crate::{Error, Result};
 use std::fmt;
 use std::fs::File;
@@ -64,18 +65,12 @@ pub struct Split {
     pub len: usize,
 }
 
-impl Split {
-    /// Keeps the first `n` images (all of them if there are fewer).
-    pub fn truncate(&mut self, n: usize) {
-        if n >= self.len {
-            return;
-        }
-        // n < len, so len > 0 here.
-        let per_image = self.images.len() / self.len;
-        self.images.truncate(n * per_image);
-        self.labels.truncate(n);
-        self.len = n;
-    }
+/// How many images of each split to read (`None`: all of them), as `--limit-train` and
+/// `--limit-test` say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub train: Option<usize>,
+    pub test: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,7 +82,8 @@ pub struct Dataset {
     pub test: Split,
 }
 
-const CIFAR10_FILES: [&str; 6] = [
+/// The five training batches, then the test batch.
+pub(crate) const CIFAR10_FILES: [&str; 6] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
     "data_batch_3.bin",
@@ -115,7 +111,8 @@ pub fn detect(dir: &Path) -> Result<DatasetKind> {
     if !dir.is_dir() {
         return Err(Error::data(dir, format!("dataset folder not found; {}", expected_files())));
     }
-    let has = |name: &str| dir.join(name).is_file();
+    // Anything at a data file's path counts: a folder or FIFO there is then named by `load`.
+    let has = |name: &str| dir.join(name).exists();
     if CIFAR10_FILES.iter().any(|f| has(f)) {
         return Ok(DatasetKind::Cifar10);
     }
@@ -131,6 +128,13 @@ pub fn detect(dir: &Path) -> Result<DatasetKind> {
 /// Loads the dataset in `dir` (detected from its file names when `kind` is `None`). `coarse`
 /// selects CIFAR-100's 20 superclass labels instead of the 100 fine ones.
 pub fn load(dir: &Path, kind: Option<DatasetKind>, coarse: bool) -> Result<Dataset> {
+    load_limited(dir, kind, coarse, Limits::default())
+}
+
+/// [`load`], reading only the first images of each split that `limits` allows: the rest of a
+/// file is never read, so a limit makes any file size usable.
+pub fn load_limited(dir: &Path, kind: Option<DatasetKind>, coarse: bool, limits: Limits) -> Result<Dataset> {
+    let (train_limit, test_limit) = (limits.train.unwrap_or(usize::MAX), limits.test.unwrap_or(usize::MAX));
     if !dir.is_dir() {
         return Err(Error::data(dir, format!("dataset folder not found; {}", expected_files())));
     }
@@ -147,31 +151,34 @@ pub fn load(dir: &Path, kind: Option<DatasetKind>, coarse: bool) -> Result<Datas
     match kind {
         DatasetKind::Cifar10 => {
             let train_paths: Vec<_> = CIFAR10_FILES[..5].iter().map(|f| dir.join(f)).collect();
-            let train = cifar::read_cifar10(&train_paths)?;
-            let test = cifar::read_cifar10(&[dir.join(CIFAR10_FILES[5])])?;
+            let train = cifar::read_cifar10(&train_paths, train_limit)?;
+            let test = cifar::read_cifar10(&[dir.join(CIFAR10_FILES[5])], test_limit)?;
             Ok(Dataset { kind, classes: 10, channels: 3, train, test })
         }
         DatasetKind::Cifar100 => {
-            let train = cifar::read_cifar100(&dir.join("train.bin"), coarse)?;
-            let test = cifar::read_cifar100(&dir.join("test.bin"), coarse)?;
+            let train = cifar::read_cifar100(&dir.join("train.bin"), coarse, train_limit)?;
+            let test = cifar::read_cifar100(&dir.join("test.bin"), coarse, test_limit)?;
             Ok(Dataset { kind, classes: if coarse { 20 } else { 100 }, channels: 3, train, test })
         }
         DatasetKind::FashionMnist => {
-            let train = idx::read_split(dir, "train")?;
-            let test = idx::read_split(dir, "t10k")?;
+            let train = idx::read_split(dir, "train", train_limit)?;
+            let test = idx::read_split(dir, "t10k", test_limit)?;
             Ok(Dataset { kind, classes: 10, channels: 1, train, test })
         }
     }
 }
 
-/// A read-only, memory-mapped file. Empty and missing files are reported here (mapping an
-/// empty file fails on some systems, and "missing" should read as such, not as an OS error).
+/// A read-only, memory-mapped file. Missing, empty and non-regular files are reported here:
+/// "missing" should read as such, not as an OS error; mapping an empty file fails on some
+/// systems; opening a FIFO would wait forever for a writer, and a folder or a device (say
+/// `/dev/zero`) is not a data file whatever its size reads as.
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::data(path, "missing file")),
-        Err(e) => return Err(Error::io(path, e)),
-    };
+    match crate::io::regular_file_len(path, "data file") {
+        Ok(_) => {}
+        Err(NotAFile::Missing) => return Err(Error::data(path, "missing file")),
+        Err(NotAFile::Other(msg)) => return Err(Error::data(path, msg)),
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len == 0 {
         return Err(Error::data(path, "empty file"));
@@ -179,6 +186,21 @@ pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     // SAFETY: the map is read-only and copied out at once; a file changed by another process
     // while it is read can give wrong bytes, which the readers' checks treat like bad data.
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// Reserves room in `images` for `count` more images of `each` bytes, or says that memory is
+/// short, naming the file and the flags that read fewer.
+pub(crate) fn reserve_images(path: &Path, images: &mut Vec<u8>, count: usize, each: usize) -> Result<()> {
+    let bytes = count.checked_mul(each);
+    let reserved = bytes.map(|b| images.try_reserve_exact(b));
+    if matches!(reserved, Some(Ok(()))) {
+        return Ok(());
+    }
+    let size = crate::ir::config::size_text(bytes.map(|b| b as u64));
+    Err(Error::data(
+        path,
+        format!("cannot allocate {size} for its {count} images; read fewer with --limit-train or --limit-test"),
+    ))
 }
 
 #[cfg(test)]
@@ -242,17 +264,68 @@ mod tests {
         assert!(msg.contains("cifar10, cifar100 or fashion-mnist"), "{msg}");
     }
 
+    /// The first images of every format, across CIFAR-10's batch files too; the same bytes as
+    /// the start of a full read.
     #[test]
-    fn truncate_keeps_first_images() {
-        let mut s =
-            Split { images: (0..5 * 1024).map(|i| (i / 1024) as u8).collect(), labels: vec![0, 1, 2, 3, 4], len: 5 };
-        s.truncate(10);
-        assert_eq!(s.len, 5);
-        s.truncate(2);
-        assert_eq!(s.len, 2);
-        assert_eq!(s.labels, vec![0, 1]);
-        assert_eq!(s.images.len(), 2 * 1024);
-        assert_eq!(s.images[2047], 1);
+    fn limits_read_only_the_first_images() {
+        let dirs = [TempDir::new("lim-c10"), TempDir::new("lim-c100"), TempDir::new("lim-idx"), TempDir::new("lim-gz")];
+        cifar::tests::write_cifar10_dir(dirs[0].path(), 3, 4);
+        cifar::tests::write_cifar100_dir(dirs[1].path(), 9, 4);
+        idx::tests::write_idx_dir(dirs[2].path(), 9, 4, false);
+        idx::tests::write_idx_dir(dirs[3].path(), 9, 4, true);
+        for d in &dirs {
+            let full = load(d.path(), None, false).unwrap();
+            for (train, test) in [(1, 1), (4, 2), (7, 4), (100, 100)] {
+                let limits = Limits { train: Some(train), test: Some(test) };
+                let part = load_limited(d.path(), None, false, limits).unwrap();
+                for (got, all, n) in [(&part.train, &full.train, train), (&part.test, &full.test, test)] {
+                    let n = n.min(all.len);
+                    let each = all.images.len() / all.len;
+                    assert_eq!(got.len, n);
+                    assert_eq!(got.labels, all.labels[..n]);
+                    assert_eq!(got.images, all.images[..n * each]);
+                }
+            }
+        }
+        // Past the limit nothing is read: a bad label there goes unnoticed, one within is named.
+        let p = dirs[0].path().join("data_batch_3.bin");
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[cifar::CIFAR10_RECORD] = 99;
+        std::fs::write(&p, bytes).unwrap();
+        assert!(load_limited(dirs[0].path(), None, false, Limits { train: Some(7), test: None }).is_ok());
+        let msg = load_limited(dirs[0].path(), None, false, Limits { train: Some(8), test: None }).unwrap_err();
+        assert!(msg.to_string().contains("data_batch_3.bin") && msg.to_string().contains("label 99"), "{msg}");
+    }
+
+    #[test]
+    fn folders_fifos_and_devices_are_not_data_files() {
+        let tmp = TempDir::new("kinds");
+        let d = tmp.path();
+        cifar::tests::write_cifar10_dir(d, 2, 2);
+        let p = d.join("data_batch_2.bin");
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        let msg = load(d, None, false).unwrap_err().to_string();
+        assert!(msg.contains("data_batch_2.bin: is a folder, expected a data file"), "{msg}");
+        std::fs::remove_dir(&p).unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+            let msg = load(d, None, false).unwrap_err().to_string();
+            assert!(msg.contains("data_batch_2.bin: is not a regular file"), "{msg}");
+            std::fs::remove_file(&p).unwrap();
+            // A FIFO would block `open` until a writer came: it is refused without opening it.
+            let made = std::process::Command::new("mkfifo").arg(&p).status();
+            if made.is_ok_and(|s| s.success()) {
+                let msg = load(d, None, false).unwrap_err().to_string();
+                assert!(msg.contains("data_batch_2.bin: is not a regular file (a FIFO"), "{msg}");
+            }
+        }
+        // Even when it is the only file of its format: detection finds it, loading names it.
+        let tmp = TempDir::new("kinds-only");
+        std::fs::create_dir(tmp.path().join("train.bin")).unwrap();
+        let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+        assert!(msg.contains("train.bin: is a folder"), "{msg}");
     }
 
     #[test]
@@ -322,29 +395,35 @@ mod tests {
         }
     }
 
-    /// What `load` does after reading the files, on in-memory contents (sorted by name).
-    fn load_mem(kind: DatasetKind, files: &[(std::path::PathBuf, Vec<u8>)], coarse: bool) -> Result<Dataset> {
+    /// What `load_limited` does after reading the files, on in-memory contents (sorted by name).
+    fn load_mem(
+        kind: DatasetKind,
+        files: &[(std::path::PathBuf, Vec<u8>)],
+        coarse: bool,
+        limit: usize,
+    ) -> Result<Dataset> {
         let (train, test, classes, channels) = match kind {
             DatasetKind::Cifar10 => {
                 // data_batch_1..5, then test_batch: the sorted order.
                 let mut train = Split::default();
                 for (p, b) in &files[..5] {
-                    cifar::parse_cifar10(&mut train, p, b)?;
+                    let left = limit - train.len;
+                    cifar::parse_cifar10(&mut train, p, b, left)?;
                 }
                 let mut test = Split::default();
-                cifar::parse_cifar10(&mut test, &files[5].0, &files[5].1)?;
+                cifar::parse_cifar10(&mut test, &files[5].0, &files[5].1, limit)?;
                 (train, test, 10, 3)
             }
             DatasetKind::Cifar100 => {
                 // test.bin, train.bin
-                let test = cifar::parse_cifar100(&files[0].0, &files[0].1, coarse)?;
-                let train = cifar::parse_cifar100(&files[1].0, &files[1].1, coarse)?;
+                let test = cifar::parse_cifar100(&files[0].0, &files[0].1, coarse, limit)?;
+                let train = cifar::parse_cifar100(&files[1].0, &files[1].1, coarse, limit)?;
                 (train, test, if coarse { 20 } else { 100 }, 3)
             }
             DatasetKind::FashionMnist => {
                 // t10k-images, t10k-labels, train-images, train-labels
-                let test = idx::parse_split(&files[0].0, &files[0].1, &files[1].0, &files[1].1)?;
-                let train = idx::parse_split(&files[2].0, &files[2].1, &files[3].0, &files[3].1)?;
+                let test = idx::parse_split(&files[0].0, &files[0].1, &files[1].0, &files[1].1, limit)?;
+                let train = idx::parse_split(&files[2].0, &files[2].1, &files[3].0, &files[3].1, limit)?;
                 (train, test, 10, 1)
             }
         };
@@ -393,7 +472,7 @@ mod tests {
                 .collect();
             files.sort();
             let is100 = kind == DatasetKind::Cifar100;
-            check_ok(&load_mem(kind, &files, is100).unwrap());
+            check_ok(&load_mem(kind, &files, is100, usize::MAX).unwrap());
             check_ok(&load(d, None, is100).unwrap());
             for round in 0..1000 {
                 let which = rng.below(files.len());
@@ -408,7 +487,9 @@ mod tests {
                     std::fs::write(&files[which].0, &original).unwrap();
                     r
                 } else {
-                    load_mem(kind, &files, coarse)
+                    // A quarter of the inputs read only the first images, as a limit does.
+                    let limit = if rng.below(4) == 0 { rng.below(4) } else { usize::MAX };
+                    load_mem(kind, &files, coarse, limit)
                 };
                 match result {
                     Ok(ds) => check_ok(&ds),

@@ -8,11 +8,14 @@
 //! picks up colour within an epoch and needs the shape for the rest. Everything comes from one
 //! seeded stream, in a fixed order, so the bytes depend only on (train, test, seed).
 
-use super::cifar::{CIFAR10_RECORD, IMAGE_BYTES};
-use super::{Split, PLANE};
+use super::cifar::CIFAR10_RECORD;
+use super::{Split, CIFAR10_FILES, PLANE};
+use crate::io::atomic::remove_stale_temps;
+use crate::io::{write_atomic, write_atomic_with};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 pub const CLASS_NAMES: [&str; 10] = [
     "disc",
@@ -122,14 +125,15 @@ fn labels(n: usize, rng: &mut Rng) -> Vec<u8> {
     l
 }
 
-/// CIFAR-10 records for `labels`, images drawn in order.
-fn records(labels: &[u8], rng: &mut Rng) -> Vec<u8> {
-    let mut bytes = vec![0u8; labels.len() * CIFAR10_RECORD];
-    for (rec, &l) in bytes.chunks_exact_mut(CIFAR10_RECORD).zip(labels) {
+/// Writes the CIFAR-10 records for `labels` to `w`, images drawn in order, one at a time.
+fn write_records(w: &mut dyn Write, labels: &[u8], rng: &mut Rng) -> std::io::Result<()> {
+    let mut rec = [0u8; CIFAR10_RECORD];
+    for &l in labels {
         rec[0] = l;
-        draw_image(&mut rec[1..1 + IMAGE_BYTES], l as usize, rng);
+        draw_image(&mut rec[1..], l as usize, rng);
+        w.write_all(&rec)?;
     }
-    bytes
+    Ok(())
 }
 
 /// `len` images of the synthetic classes (three channels) kept in memory, labels `i mod 10`
@@ -137,48 +141,86 @@ fn records(labels: &[u8], rng: &mut Rng) -> Vec<u8> {
 pub fn split(len: usize, seed: u64) -> Split {
     let mut rng = Rng::new(seed, stream::SYNTH);
     let labels = labels(len, &mut rng);
-    let bytes = records(&labels, &mut rng);
+    let mut bytes = Vec::with_capacity(len * CIFAR10_RECORD);
+    write_records(&mut bytes, &labels, &mut rng).expect("writing to memory cannot fail");
     let images = bytes.chunks_exact(CIFAR10_RECORD).flat_map(|r| &r[1..]).copied().collect();
     Split { images, labels, len }
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
-}
+/// The most images of either split `write_synthetic` makes (CIFAR-10 has 50,000): 3 GB of
+/// files and about 25 s of drawing.
+pub const MAX_IMAGES: usize = 1_000_000;
+
+/// The class names file written beside CIFAR-10's batches.
+const META: &str = "batches.meta.txt";
 
 /// Writes a synthetic dataset of `train` + `test` images into `dir` in the CIFAR-10 binary
 /// format: `data_batch_1.bin`..`data_batch_5.bin` (the training images split as evenly as
 /// possible, in order), `test_batch.bin` and `batches.meta.txt`. Same bytes for the same
-/// arguments. Each batch file needs at least one image, so `train >= 5` and `test >= 1`.
-pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64) -> Result<()> {
-    if train < 5 || test < 1 {
+/// arguments. Each batch file needs at least one image, so `train >= 5` and `test >= 1`; each
+/// split is at most [`MAX_IMAGES`]. A folder already holding any of these files is refused
+/// unless `replace`. Files are drawn image by image into temporary files renamed into place;
+/// on an error (a full disk, say) the files written so far are removed again.
+pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64, replace: bool) -> Result<()> {
+    if !(5..=MAX_IMAGES).contains(&train) {
+        return Err(Error::flag("--train", train, format!("5 to {MAX_IMAGES} images (one or more per batch file)")));
+    }
+    if !(1..=MAX_IMAGES).contains(&test) {
+        return Err(Error::flag("--test", test, format!("1 to {MAX_IMAGES} images")));
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::flag("--out", dir.display(), "a folder for the dataset (this is a file)"));
+    }
+    let files = CIFAR10_FILES.iter().chain(&[META]);
+    let found: Vec<&str> = files.copied().filter(|f| dir.join(f).exists()).collect();
+    if !found.is_empty() && !replace {
         return Err(Error::Msg(format!(
-            "a synthetic dataset needs at least 5 training images (one per batch file) and 1 \
-             test image, got {train} and {test}"
+            "{} already holds dataset files ({}): pass --force to replace them, or pick another --out",
+            dir.display(),
+            found.join(", ")
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // What a generation killed mid-write left.
+    remove_stale_temps(dir, &CIFAR10_FILES)?;
+    let mut written = Vec::new();
+    let result = write_files(dir, train, test, seed, &mut written);
+    if result.is_err() {
+        for path in &written {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+/// The files of [`write_synthetic`], each path pushed to `written` once it is in place.
+fn write_files(dir: &Path, train: usize, test: usize, seed: u64, written: &mut Vec<PathBuf>) -> Result<()> {
     let mut rng = Rng::new(seed, stream::SYNTH);
     // Draw order: train labels, test labels, train images, test images.
     let train_labels = labels(train, &mut rng);
     let test_labels = labels(test, &mut rng);
-    let train_bytes = records(&train_labels, &mut rng);
-    let test_bytes = records(&test_labels, &mut rng);
     let mut start = 0;
-    for b in 0..5 {
+    for (b, name) in CIFAR10_FILES[..5].iter().enumerate() {
         let count = train / 5 + usize::from(b < train % 5);
-        let bytes = &train_bytes[start * CIFAR10_RECORD..(start + count) * CIFAR10_RECORD];
-        write_file(&dir.join(format!("data_batch_{}.bin", b + 1)), bytes)?;
+        let path = dir.join(name);
+        write_atomic_with(&path, |w| write_records(w, &train_labels[start..start + count], &mut rng))?;
+        written.push(path);
         start += count;
     }
-    write_file(&dir.join("test_batch.bin"), &test_bytes)?;
+    let path = dir.join(CIFAR10_FILES[5]);
+    write_atomic_with(&path, |w| write_records(w, &test_labels, &mut rng))?;
+    written.push(path);
     let mut meta = CLASS_NAMES.join("\n");
     meta.push('\n');
-    write_file(&dir.join("batches.meta.txt"), meta.as_bytes())
+    let path = dir.join(META);
+    write_atomic(&path, meta.as_bytes())?;
+    written.push(path);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::cifar::IMAGE_BYTES;
     use super::super::testutil::TempDir;
     use super::super::{load, DatasetKind};
     use super::*;
@@ -195,10 +237,10 @@ mod tests {
     fn deterministic_per_seed_and_loadable() {
         let (a, b, c) = (TempDir::new("syn-a"), TempDir::new("syn-b"), TempDir::new("syn-c"));
         let start = Instant::now();
-        write_synthetic(a.path(), 5000, 1000, 7).unwrap();
+        write_synthetic(a.path(), 5000, 1000, 7, false).unwrap();
         println!("synth 5000+1000 images in {:.2?}", start.elapsed());
-        write_synthetic(b.path(), 5000, 1000, 7).unwrap();
-        write_synthetic(c.path(), 5000, 1000, 8).unwrap();
+        write_synthetic(b.path(), 5000, 1000, 7, false).unwrap();
+        write_synthetic(c.path(), 5000, 1000, 8, false).unwrap();
         let (fa, fb, fc) = (read_all(a.path()), read_all(b.path()), read_all(c.path()));
         assert_eq!(fa, fb);
         assert_ne!(fa[0], fc[0]);
@@ -226,21 +268,55 @@ mod tests {
     fn uneven_split_over_batches_and_bad_sizes() {
         let tmp = TempDir::new("syn-uneven");
         let d = tmp.path().join("nested").join("synthetic");
-        write_synthetic(&d, 13, 3, 1).unwrap();
+        write_synthetic(&d, 13, 3, 1, false).unwrap();
         let sizes: Vec<u64> =
             (1..=5).map(|b| std::fs::metadata(d.join(format!("data_batch_{b}.bin"))).unwrap().len()).collect();
         let r = CIFAR10_RECORD as u64;
         assert_eq!(sizes, vec![3 * r, 3 * r, 3 * r, 2 * r, 2 * r]);
         let ds = load(&d, None, false).unwrap();
         assert_eq!((ds.train.len, ds.test.len), (13, 3));
-        let msg = write_synthetic(&d, 4, 1, 1).unwrap_err().to_string();
-        assert!(msg.contains("at least 5 training images"), "{msg}");
+        let msg = write_synthetic(&d, 4, 1, 1, true).unwrap_err().to_string();
+        assert!(msg.contains("--train") && msg.contains("'4'") && msg.contains("5 to 1000000"), "{msg}");
+        for (train, test, flag) in
+            [(MAX_IMAGES + 1, 1, "--train"), (usize::MAX, 1, "--train"), (5, 0, "--test"), (5, 1 << 40, "--test")]
+        {
+            let msg = write_synthetic(&d, train, test, 1, true).unwrap_err().to_string();
+            assert!(msg.contains(flag), "{msg}");
+        }
 
         // A folder that cannot be created is named.
         let blocker = tmp.path().join("file");
         std::fs::write(&blocker, b"x").unwrap();
-        let msg = write_synthetic(&blocker.join("sub"), 10, 2, 1).unwrap_err().to_string();
+        let msg = write_synthetic(&blocker.join("sub"), 10, 2, 1, false).unwrap_err().to_string();
         assert!(msg.contains("file") && msg.contains("sub"), "{msg}");
+        let msg = write_synthetic(&blocker, 10, 2, 1, false).unwrap_err().to_string();
+        assert!(msg.contains("--out") && msg.contains("this is a file"), "{msg}");
+    }
+
+    #[test]
+    fn an_existing_dataset_is_kept_unless_replaced() {
+        let tmp = TempDir::new("syn-keep");
+        let d = tmp.path();
+        write_synthetic(d, 10, 2, 1, false).unwrap();
+        let before = read_all(d);
+        // Any one of its files is enough to refuse.
+        for keep in ["data_batch_3.bin", "batches.meta.txt"] {
+            let only = d.join("only");
+            std::fs::create_dir_all(&only).unwrap();
+            std::fs::copy(d.join(keep), only.join(keep)).unwrap();
+            let msg = write_synthetic(&only, 10, 2, 2, false).unwrap_err().to_string();
+            assert!(msg.contains(keep) && msg.contains("--force"), "{msg}");
+            std::fs::remove_dir_all(&only).unwrap();
+        }
+        let msg = write_synthetic(d, 20, 4, 2, false).unwrap_err().to_string();
+        assert!(msg.contains("already holds dataset files") && msg.contains("--force"), "{msg}");
+        assert_eq!(read_all(d), before);
+        // What a killed generation left goes too.
+        std::fs::write(d.join(".test_batch.bin.tmp-1-0"), b"torn").unwrap();
+        write_synthetic(d, 20, 4, 2, true).unwrap();
+        assert_ne!(read_all(d), before);
+        // No temporary file is left.
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 7);
     }
 
     fn pixels(split: &Split, i: usize) -> &[u8] {
@@ -251,7 +327,7 @@ mod tests {
     #[test]
     fn learnable_by_nearest_centroid() {
         let tmp = TempDir::new("syn-learn");
-        write_synthetic(tmp.path(), 2000, 500, 3).unwrap();
+        write_synthetic(tmp.path(), 2000, 500, 3, false).unwrap();
         let ds = load(tmp.path(), None, false).unwrap();
         let mut centroids = vec![[0f64; IMAGE_BYTES]; 10];
         let mut counts = [0f64; 10];

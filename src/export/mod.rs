@@ -31,14 +31,23 @@ pub enum ModelFile {
 
 /// Reads a sliceout checkpoint or a safetensors file.
 pub fn read(path: &Path) -> Result<ModelFile> {
+    // Anything but a regular file (missing, a folder, a FIFO that would block the read, an
+    // endless device) gets the checkpoint reader's message without being opened.
+    let Ok(len) = crate::io::regular_file_len(path, "model file") else {
+        return checkpoint::load(path).map(ModelFile::Checkpoint);
+    };
     let mut magic = [0u8; 8];
     let is_checkpoint =
         std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == checkpoint::MAGIC;
-    if is_checkpoint || !path.is_file() {
-        // A missing file gets the checkpoint reader's message.
+    if is_checkpoint {
         return checkpoint::load(path).map(ModelFile::Checkpoint);
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    let size = usize::try_from(len).ok().filter(|&n| bytes.try_reserve_exact(n).is_ok());
+    if size.is_none() {
+        return Err(Error::checkpoint(path, format!("{len} bytes do not fit in memory")));
+    }
+    std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
     safetensors::decode(&bytes).map(ModelFile::SafeTensors).map_err(|msg| {
         Error::checkpoint(path, format!("not a sliceout checkpoint, and not a usable safetensors file: {msg}"))
     })

@@ -13,11 +13,16 @@
 //!   temporary file beside the target, syncs it, renames it over the target and syncs the folder.
 //! - The encoding is canonical (one byte string per checkpoint): `save` checks what `load` checks,
 //!   so anything saved loads, and anything loaded saves to the same bytes.
+//! - The stored model configuration is judged like flags ([`ModelConfig::check`] and
+//!   [`ModelConfig::footprint`]), so a forged or damaged file with a valid CRC is refused naming
+//!   the checkpoint and the field, before anything is built from it.
+//! - A trainer serialises into a buffer it reserved before the first step
+//!   ([`encoded_len`], [`save_with`]): saving allocates nothing large.
 //!
 //! Layout (little-endian; `str` is `u32 length` + UTF-8 bytes):
 //! ```text
 //! magic  b"SLCKPT\0\0"            u32 version (1)
-//! config u32 depth, u32 widen, u32 classes, u32 in_channels, f64 keep (in (0, 1])
+//! config u32 depth, u32 widen, u32 classes, u32 in_channels, f64 keep (all as ModelConfig::check)
 //! u64 step, u64 epoch
 //! u32 tensor count;  each: str name, u32 ndim, u64 dims[ndim], u64 numel, f32 data[numel]
 //! u32 RNG count;     each: str name, u32 length, u8 state[length]
@@ -44,6 +49,8 @@ pub const MAGIC: [u8; 8] = *b"SLCKPT\0\0";
 pub const VERSION: u32 = 1;
 /// Magic + version.
 const HEADER_LEN: usize = 12;
+/// Four u32 and the f64 keep.
+const CONFIG_LEN: usize = 24;
 const CRC_LEN: usize = 4;
 
 /// One named array: a parameter, a momentum buffer or a BN running statistic.
@@ -87,19 +94,41 @@ impl Checkpoint {
 
 /// Serialises `ck` and writes it atomically to `path`.
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
-    let bytes = encode(ck).map_err(|msg| Error::checkpoint(path, format!("cannot save: {msg}")))?;
-    super::atomic::write_atomic(path, &bytes)
+    save_with(path, ck, &mut Vec::new())
 }
 
-/// Reads and fully validates the checkpoint at `path`.
+/// Like [`save`], serialising into `scratch` (cleared first; with [`encoded_len`] bytes
+/// reserved, nothing is allocated).
+pub fn save_with(path: &Path, ck: &Checkpoint, scratch: &mut Vec<u8>) -> Result<()> {
+    encode_into(ck, scratch).map_err(|msg| Error::checkpoint(path, format!("cannot save: {msg}")))?;
+    super::atomic::write_atomic(path, scratch)
+}
+
+/// The size of `ck`'s file in bytes.
+pub fn encoded_len(ck: &Checkpoint) -> usize {
+    let tensors: usize =
+        ck.tensors.iter().map(|t| 4 + t.name.len() + 4 + 8 * t.shape.len() + 8 + 4 * t.data.len()).sum();
+    let rngs: usize = ck.rngs.iter().map(|(n, s)| 8 + n.len() + s.len()).sum();
+    let meta: usize = ck.meta.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    let norm = 8 + 4 * (ck.norm_mean.len() + ck.norm_std.len());
+    HEADER_LEN + CONFIG_LEN + 16 + 4 + tensors + 4 + rngs + norm + 4 + meta + CRC_LEN
+}
+
+/// Reads and fully validates the checkpoint at `path`: a regular file (a FIFO or a device is
+/// refused before it is opened), read into memory only if the memory can be had.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = fs::read(path).map_err(|e| {
-        let msg = match e.kind() {
-            io::ErrorKind::NotFound => "no such file".to_string(),
-            _ => format!("cannot read: {e}"),
-        };
-        Error::checkpoint(path, msg)
+    let len = super::regular_file_len(path, "checkpoint file").map_err(|e| match e {
+        super::NotAFile::Missing => Error::checkpoint(path, "no such file"),
+        super::NotAFile::Other(msg) => Error::checkpoint(path, msg),
     })?;
+    let mut bytes = Vec::new();
+    let size = usize::try_from(len).ok().filter(|&n| bytes.try_reserve_exact(n).is_ok());
+    if size.is_none() {
+        let msg = format!("cannot allocate {} to read it", crate::ir::config::size_text(Some(len)));
+        return Err(Error::checkpoint(path, msg));
+    }
+    let read = fs::File::open(path).and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes));
+    read.map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
     decode(&bytes).map_err(|msg| Error::checkpoint(path, msg))
 }
 
@@ -136,9 +165,7 @@ fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
             return Err(format!("config.{name} {v} does not fit in 32 bits"));
         }
     }
-    if !(c.keep > 0.0 && c.keep <= 1.0) {
-        return Err(format!("config.keep {} is outside (0, 1]", c.keep));
-    }
+    check_model(c)?;
     let fits = |what: &dyn fmt::Display, n: usize| {
         u32::try_from(n).map(|_| ()).map_err(|_| format!("{what}: {n} does not fit in 32 bits"))
     };
@@ -186,15 +213,28 @@ fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// A stored configuration judged as flags are: any value out of range, or sizes past
+/// [`crate::ir::config::MAX_BYTES`] for one image.
+fn check_model(c: &ModelConfig) -> std::result::Result<(), String> {
+    c.footprint(1).map(|_| ()).map_err(|e| e.stored())
+}
+
 /// The file's bytes, CRC included.
+#[cfg(test)]
 fn encode(ck: &Checkpoint) -> std::result::Result<Vec<u8>, String> {
-    validate(ck)?;
-    let data_bytes: usize = ck.tensors.iter().map(|t| 24 + t.name.len() + 8 * t.shape.len() + 4 * t.data.len()).sum();
-    let mut out = Vec::with_capacity(data_bytes + 1024);
-    write_body(&mut out, ck).map_err(|e| format!("cannot serialise: {e}"))?;
-    let crc = crc32fast::hash(&out);
-    out.write_u32::<LE>(crc).map_err(|e| format!("cannot serialise: {e}"))?;
+    let mut out = Vec::with_capacity(encoded_len(ck));
+    encode_into(ck, &mut out)?;
     Ok(out)
+}
+
+/// The file's bytes, CRC included, into `out` (cleared first).
+fn encode_into(ck: &Checkpoint, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+    validate(ck)?;
+    out.clear();
+    write_body(out, ck).map_err(|e| format!("cannot serialise: {e}"))?;
+    let crc = crc32fast::hash(out);
+    out.write_u32::<LE>(crc).map_err(|e| format!("cannot serialise: {e}"))?;
+    Ok(())
 }
 
 /// Everything before the CRC. Lengths were checked by `validate`, so the `as u32` casts are exact.
@@ -404,10 +444,8 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
     let classes = r.u32(&"config.classes")? as usize;
     let in_channels = r.u32(&"config.in_channels")? as usize;
     let keep = r.f64(&"config.keep")?;
-    if !(keep > 0.0 && keep <= 1.0) {
-        return Err(Fail::Bad(format!("config.keep {keep} is outside (0, 1]")));
-    }
     let config = ModelConfig { depth, widen, classes, in_channels, keep };
+    check_model(&config).map_err(Fail::Bad)?;
     let step = r.u64(&"step")?;
     let epoch = r.u64(&"epoch")?;
 
@@ -481,18 +519,11 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::scratch;
     use crate::rng::{stream, Rng};
     use std::path::PathBuf;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
-
-    /// A fresh, empty folder for one test.
-    fn scratch(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sliceout-ckpt-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     fn config() -> ModelConfig {
         ModelConfig { depth: 16, widen: 4, classes: 10, in_channels: 3, keep: 0.5 }
@@ -625,7 +656,7 @@ mod tests {
 
     #[test]
     fn round_trip_is_bit_exact() {
-        let dir = scratch("roundtrip");
+        let dir = scratch("ckpt-roundtrip");
         let path = dir.join("a.ckpt");
         let ck = sample();
         save(&path, &ck).unwrap();
@@ -644,6 +675,12 @@ mod tests {
         assert!(back.rng("dropout").is_none());
         // Canonical: saving what was loaded gives the same bytes; no temp file is left behind.
         assert_eq!(encode(&back).unwrap(), fs::read(&path).unwrap());
+        assert_eq!(encoded_len(&ck), fs::read(&path).unwrap().len());
+        // Saving through a reserved buffer writes the same bytes without growing it.
+        let mut scratch = Vec::with_capacity(encoded_len(&ck));
+        let at = scratch.as_ptr();
+        save_with(&path, &ck, &mut scratch).unwrap();
+        assert_eq!((scratch.as_ptr(), &scratch), (at, &fs::read(&path).unwrap()));
         let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.ckpt")]);
         fs::remove_dir_all(&dir).unwrap();
@@ -666,16 +703,24 @@ mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let dir = scratch("missing");
+        let dir = scratch("ckpt-missing");
         let path = dir.join("nothing-here.ckpt");
         let msg = load(&path).unwrap_err().to_string();
         assert!(msg.contains("nothing-here.ckpt") && msg.contains("no such file"), "{msg}");
+        // A folder, or a device that never ends, is refused before it is read.
+        let msg = load(&dir).unwrap_err().to_string();
+        assert!(msg.contains("is a folder, expected a checkpoint file"), "{msg}");
+        #[cfg(unix)]
+        {
+            let msg = load(Path::new("/dev/zero")).unwrap_err().to_string();
+            assert!(msg.contains("/dev/zero") && msg.contains("not a regular file"), "{msg}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn bad_magic_and_tiny_files() {
-        let dir = scratch("magic");
+        let dir = scratch("ckpt-magic");
         let good = encode(&sample()).unwrap();
         let mut b = good.clone();
         b[..8].copy_from_slice(b"PK\x03\x04abcd");
@@ -692,7 +737,7 @@ mod tests {
 
     #[test]
     fn truncation_names_the_field() {
-        let dir = scratch("trunc");
+        let dir = scratch("ckpt-trunc");
         let good = encode(&sample()).unwrap();
         let fields = length_fields(&good);
         // Cut inside the data of the first tensor: the CRC fails, and the message says where.
@@ -714,7 +759,7 @@ mod tests {
 
     #[test]
     fn version_crc_and_bad_fields() {
-        let dir = scratch("fields");
+        let dir = scratch("ckpt-fields");
         let good = encode(&sample()).unwrap();
         let fields = length_fields(&good);
 
@@ -772,7 +817,23 @@ mod tests {
         LE::write_f64(&mut b[28..], f64::NAN);
         fix_crc(&mut b);
         let msg = load_err(&dir, "keep.ckpt", &b);
-        assert!(msg.contains("config.keep NaN is outside (0, 1]"), "{msg}");
+        assert!(msg.contains("config.keep NaN is out of range: expected a fraction in (0, 1]"), "{msg}");
+
+        // A valid CRC over a configuration nothing could build: refused, naming the field.
+        for (at, value, expect) in [
+            (12, 0u32, "config.depth 0 is out of range"),
+            (12, 1006, "config.depth 1006 is out of range"),
+            (16, 0, "config.widen 0 is out of range"),
+            (16, u32::MAX, "config.widen 4294967295 is out of range"),
+            (20, 1, "config.classes 1 is out of range"),
+            (24, u32::MAX, "config.in_channels 4294967295 is out of range"),
+        ] {
+            let mut b = good.clone();
+            LE::write_u32(&mut b[at..], value);
+            fix_crc(&mut b);
+            let msg = load_err(&dir, "config.ckpt", &b);
+            assert!(msg.contains(expect) && !msg.contains("--"), "{msg}");
+        }
 
         let mut b = good[..good.len() - 4].to_vec();
         b.extend_from_slice(&[1, 2, 3, 0, 0, 0, 0]);
@@ -784,7 +845,7 @@ mod tests {
 
     #[test]
     fn save_refuses_what_load_would_refuse() {
-        let dir = scratch("refuse");
+        let dir = scratch("ckpt-refuse");
         let path = dir.join("x.ckpt");
         type Break = fn(&mut Checkpoint);
         let cases: Vec<(Break, &str)> = vec![
@@ -792,7 +853,9 @@ mod tests {
             (|c| c.tensors[2].name = "conv1.w".into(), "duplicate tensor name"),
             (|c| c.rngs[1].0 = "shuffle".into(), "duplicate RNG name"),
             (|c| c.meta[1].0 = "dataset".into(), "duplicate metadata key"),
-            (|c| c.config.keep = 0.0, "config.keep 0 is outside"),
+            (|c| c.config.keep = 0.0, "config.keep 0 is out of range"),
+            (|c| c.config.depth = 0, "config.depth 0 is out of range"),
+            (|c| c.config.widen = 1 << 31, "config.widen 2147483648 is out of range"),
             (|c| c.norm_std.pop().map(drop).unwrap_or(()), "norm_std has 2"),
         ];
         for (break_it, expect) in cases {
@@ -884,6 +947,68 @@ mod tests {
         assert!(kinds.iter().all(|&k| k > 500));
     }
 
+    /// Random model configurations under a valid CRC: every field drawn from awkward values
+    /// (0, 1, boundaries, 6n+4 and not, huge, random; NaN and signed zeros for keep). Nothing
+    /// may panic; exactly the configurations `ModelConfig::footprint(1)` accepts load.
+    #[test]
+    fn random_configs_under_a_valid_crc_load_only_when_valid() {
+        let good = encode(&sample()).unwrap();
+        let mut rng = Rng::new(11, 4321);
+        let start = Instant::now();
+        let inputs = 5000;
+        let mut accepted = 0;
+        let field = |rng: &mut Rng| -> u32 {
+            match rng.below(8) {
+                0 => 0,
+                1 => 1 + rng.below(3) as u32,
+                2 => 10 + 6 * rng.below(200) as u32,
+                3 => rng.below(2000) as u32,
+                4 => u32::MAX - rng.below(2) as u32,
+                5 => 1 << (16 + rng.below(16)),
+                6 => rng.below(64) as u32,
+                _ => rng.next_u64() as u32,
+            }
+        };
+        for _ in 0..inputs {
+            let mut b = good.clone();
+            for (i, at) in [12, 16, 20, 24].into_iter().enumerate() {
+                if rng.below(2) == 0 || i < 2 {
+                    LE::write_u32(&mut b[at..], field(&mut rng));
+                }
+            }
+            let keep = match rng.below(8) {
+                0 => f64::NAN,
+                1 => -0.0,
+                2 => 1.0 + f64::EPSILON,
+                3 => f64::MIN_POSITIVE,
+                4 => f64::from_bits(rng.next_u64()),
+                _ => 1.0 - rng.uniform() as f64,
+            };
+            LE::write_f64(&mut b[28..], keep);
+            fix_crc(&mut b);
+            let c = ModelConfig {
+                depth: LE::read_u32(&b[12..]) as usize,
+                widen: LE::read_u32(&b[16..]) as usize,
+                classes: LE::read_u32(&b[20..]) as usize,
+                in_channels: LE::read_u32(&b[24..]) as usize,
+                keep,
+            };
+            match decode(&b) {
+                Ok(ck) => {
+                    accepted += 1;
+                    assert!(c.footprint(1).is_ok(), "{c:?} loaded");
+                    assert_eq!(encode(&ck).unwrap(), b);
+                }
+                Err(msg) => {
+                    let why = c.footprint(1).expect_err(&msg);
+                    assert!(msg.contains(&format!("config.{}", why.field)), "{c:?}: {msg}");
+                }
+            }
+        }
+        println!("config fuzz: {inputs} configurations, {accepted} accepted, {:?}", start.elapsed());
+        assert!(accepted > inputs / 100 && accepted < inputs / 2, "{accepted}");
+    }
+
     const CRASH_ENV: &str = "SLICEOUT_CKPT_CRASH_CHILD";
 
     /// Only runs when re-executed by `crash_during_save_keeps_a_valid_file`: saves ~4 MB
@@ -934,7 +1059,7 @@ mod tests {
         if std::env::var_os(CRASH_ENV).is_some() {
             return;
         }
-        let dir = scratch("crash");
+        let dir = scratch("ckpt-crash");
         let path = dir.join("run.ckpt");
         let module = module_path!();
         let test = format!("{}::crash_child", &module[module.find("::").unwrap() + 2..]);

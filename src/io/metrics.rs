@@ -79,6 +79,9 @@ pub fn read_for_resume(path: &Path) -> Result<Vec<EpochMetrics>> {
 }
 
 fn parse_lines(path: &Path, allow_torn_last: bool) -> Result<Vec<EpochMetrics>> {
+    if let Err(super::NotAFile::Other(msg)) = super::regular_file_len(path, "metrics file") {
+        return Err(Error::data(path, msg));
+    }
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let mut out = Vec::new();
@@ -374,11 +377,11 @@ impl Axis {
 #[cfg(test)]
 mod resume_tests {
     use super::*;
+    use crate::io::scratch;
 
     #[test]
     fn resume_drops_only_a_torn_last_line() {
-        let dir = std::env::temp_dir().join(format!("sliceout-metrics-resume-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("metrics-resume");
         let path = dir.join("metrics.jsonl");
         assert!(read_for_resume(&path).unwrap().is_empty());
         let m = EpochMetrics {
@@ -408,6 +411,7 @@ mod resume_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::scratch;
 
     fn record(epoch: usize, f: f64) -> EpochMetrics {
         EpochMetrics {
@@ -428,16 +432,9 @@ mod tests {
         (1..=n).map(|e| record(e, e as f64 + 1.0)).collect()
     }
 
-    fn scratch(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("sliceout-metrics-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn jsonl_round_trip_and_keys() {
-        let dir = scratch("roundtrip");
+        let dir = scratch("metrics-roundtrip");
         let path = dir.join("metrics.jsonl");
         let h = history(3);
         for m in &h {
@@ -461,7 +458,7 @@ mod tests {
 
     #[test]
     fn non_finite_values_survive_as_nan() {
-        let dir = scratch("nan");
+        let dir = scratch("metrics-nan");
         let path = dir.join("m.jsonl");
         let mut m = record(1, 2.0);
         m.train_loss = f64::NAN;
@@ -477,7 +474,7 @@ mod tests {
 
     #[test]
     fn bad_line_names_file_and_line() {
-        let dir = scratch("bad");
+        let dir = scratch("metrics-bad");
         let path = dir.join("broken.jsonl");
         append_jsonl(&path, &record(1, 2.0)).unwrap();
         append_jsonl(&path, &record(2, 3.0)).unwrap();

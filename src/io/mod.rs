@@ -1,11 +1,51 @@
 //! What a run leaves on disk: files written atomically, checkpoints, safetensors files, the
-//! per-epoch metrics and the pictures (learning curves, plan charts) drawn with the shared SVG
-//! helpers.
+//! per-epoch metrics, the pictures (learning curves, plan charts) drawn with the shared SVG
+//! helpers, and the lock that keeps two processes out of one folder.
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod lock;
 pub mod metrics;
 pub mod safetensors;
 pub mod svg;
 
-pub use atomic::write_atomic;
+pub use atomic::{write_atomic, write_atomic_with};
+
+use std::path::Path;
+
+/// Why a path is not a file a reader can take.
+#[derive(Debug)]
+pub enum NotAFile {
+    Missing,
+    /// A folder, a FIFO (which would block a reader forever), a socket or a device
+    /// (`/dev/zero` never ends), or metadata that cannot be read: said in words.
+    Other(String),
+}
+
+/// The length of the regular file at `path`, or why it is none; `expected` names what should
+/// be there ("data file", "checkpoint file").
+pub fn regular_file_len(path: &Path, expected: &str) -> std::result::Result<u64, NotAFile> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NotAFile::Missing),
+        Err(e) => return Err(NotAFile::Other(format!("cannot read: {e}"))),
+    };
+    if meta.is_dir() {
+        return Err(NotAFile::Other(format!("is a folder, expected a {expected}")));
+    }
+    if !meta.is_file() {
+        return Err(NotAFile::Other(format!(
+            "is not a regular file (a FIFO, socket or device), expected a {expected}"
+        )));
+    }
+    Ok(meta.len())
+}
+
+/// A fresh, empty folder for one test, named after `tag` and the process.
+#[cfg(test)]
+pub(crate) fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sliceout-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

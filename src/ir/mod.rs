@@ -15,7 +15,7 @@ pub mod shape;
 pub mod slice;
 
 pub use buffer::{live_bytes, BufId, BufKind, Buffer, Init, Lifetime, Role, TensorId, TensorSpec};
-pub use config::{Math, ModelConfig, Target};
+pub use config::{Footprint, Invalid, Math, ModelConfig, Target};
 pub use layout::Layout;
 pub use sel::{BnRef, GradSel, Sel, SliceSpec};
 pub use shape::ConvShape;

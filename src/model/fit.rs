@@ -71,8 +71,12 @@ pub fn option_ladder(target: Target) -> Vec<(&'static str, Options)> {
     ]
 }
 
-/// Persistent region plus arena of a training step (no allocation of the sizes is made).
+/// Persistent region plus arena of a training step (no allocation of the sizes is made);
+/// `usize::MAX` for a batch whose sizes cannot even be counted (past what any machine holds).
 pub fn step_bytes(config: &ModelConfig, batch: usize, options: Options) -> usize {
+    if config.footprint(batch).is_err() {
+        return usize::MAX;
+    }
     let p = Program::new(wrn::build(config, batch, Mode::Train, options));
     p.arena_bytes() + p.schedule.persistent_len() * 4
 }

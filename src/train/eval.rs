@@ -4,10 +4,10 @@
 use super::state;
 use super::Recalibrator;
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId, StepCtx};
-use crate::data::loader::{Crop, Normalization};
-use crate::data::{self, DatasetKind};
+use crate::data::loader::Crop;
+use crate::data::{self, DatasetKind, Limits};
 use crate::error::{Error, Result};
-use crate::ir::{ModelConfig, Target};
+use crate::ir::{Invalid, ModelConfig, Target};
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -103,16 +103,19 @@ pub struct EvalRequest<'a> {
 
 /// Test loss, accuracy and logits of a model (a checkpoint, or a safetensors file with
 /// sliceout's metadata) on a dataset's test split; the model is rebuilt from the file alone.
+/// Every check (flags, model file, data, tensors) comes before the arena is allocated.
 pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
     let (checkpoint_path, data_dir, batch) = (r.model, r.data, r.batch);
     if batch == 0 {
         return Err(Error::flag("--batch", batch, "an integer >= 1"));
     }
-    let ck = crate::export::load_model(checkpoint_path)?;
-    let mut ds = data::load(data_dir, r.dataset, r.coarse)?;
-    if let Some(n) = r.limit_test {
-        ds.test.truncate(n);
+    if r.limit_test == Some(0) {
+        return Err(Error::flag("--limit-test", 0, "an integer >= 1 (a number of images)"));
     }
+    let ck = crate::export::load_model(checkpoint_path)?;
+    // The training split is needed only to recalibrate: otherwise read none of it.
+    let limits = Limits { train: if r.bn_recal > 0 { None } else { Some(0) }, test: r.limit_test };
+    let mut ds = data::load_limited(data_dir, r.dataset, r.coarse, limits)?;
     let config = ck.config;
     if ds.classes != config.classes || ds.channels != config.in_channels {
         return Err(Error::checkpoint(
@@ -127,19 +130,15 @@ pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
             ),
         ));
     }
+    config.footprint(batch.min(ds.test.len)).map_err(Invalid::flag)?;
     let mut backend = backend::open(r.device, Math::Tf32, false)?;
     let mut eval = Evaluator::new(&config, batch, ds.test.len, backend.target());
     let recal =
         (r.bn_recal > 0).then(|| Recalibrator::new(&config, batch, backend.target(), r.bn_recal, ds.train.len, 0));
+    let region = state::restore(&eval.program().schedule, checkpoint_path, &ck, false)?;
+    let norm = state::normalization(checkpoint_path, &ck, ds.channels)?;
     backend.reserve_arena(eval.arena_bytes().max(recal.as_ref().map_or(0, |c| c.arena_bytes())))?;
-    let s = &eval.program().schedule;
-    let mut region = vec![0f32; s.persistent_len()];
-    state::restore(&mut region, s, checkpoint_path, &ck, false)?;
     backend.set_persistent(&region)?;
-    let norm = Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() };
-    if norm.mean.len() != ds.channels || norm.std.len() != ds.channels {
-        return Err(Error::checkpoint(checkpoint_path, "normalisation constants do not match the data's channels"));
-    }
     let (channels, labels) = (ds.channels, ds.test.labels.clone());
     backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), channels, &norm)?;
     let mut logits = Vec::with_capacity(labels.len() * config.classes);

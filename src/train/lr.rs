@@ -9,6 +9,20 @@ pub enum LrSchedule {
     Step,
 }
 
+impl LrSchedule {
+    /// The name `--schedule` takes and checkpoints store.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LrSchedule::Cosine => "cosine",
+            LrSchedule::Step => "step",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LrSchedule> {
+        [LrSchedule::Cosine, LrSchedule::Step].into_iter().find(|l| l.as_str() == s)
+    }
+}
+
 /// Learning rate at global step `t` of `total` for a peak `lr` over `epochs` epochs.
 pub fn learning_rate(
     schedule: LrSchedule,

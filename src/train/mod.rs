@@ -5,6 +5,7 @@
 //! - `lr.rs`: the learning-rate schedules.
 //! - `eval.rs`: the test split through eval programs; `sliceout eval`.
 //! - `state.rs`: the run's state as a checkpoint and back.
+//! - `folder.rs`: the run folder: its lock and what may be written there.
 //! - `recal.rs`: BN statistics recalibrated for the full network (`--bn-recal`).
 //!
 //! A run: [`Run::start`] loads the data, builds and plans the programs, reserves the arena and
@@ -13,6 +14,7 @@
 //! and allocated before the first step.
 
 pub mod eval;
+pub mod folder;
 pub mod lr;
 pub mod recal;
 pub mod state;
@@ -23,21 +25,22 @@ pub use lr::{learning_rate, LrSchedule};
 pub use recal::Recalibrator;
 pub use step::{StepRngs, Stepper};
 
-use self::state::{EpochSums, RunState};
+use self::state::{EpochSums, RunMeta, RunState, Snapshot};
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId};
 use crate::data::loader::{self, Normalization};
-use crate::data::{self, DatasetKind};
+use crate::data::{self, DatasetKind, Limits};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, Checkpoint};
+use crate::io::lock::FolderLock;
 use crate::io::metrics::{self, EpochMetrics};
-use crate::ir::{ModelConfig, Role};
+use crate::ir::{Invalid, ModelConfig, Role};
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::rng::{stream, Rng};
 use crate::schedule::{Mode, Options};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -71,6 +74,8 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// Start from these weights (checkpoint or safetensors) instead of fresh ones.
     pub init: Option<PathBuf>,
+    /// Replace another run's files in `out` instead of refusing (`--force`).
+    pub force: bool,
     pub options: Options,
     /// Recalibrate BN's running statistics over this many training batches before each
     /// epoch's test and report both accuracies (0: off).
@@ -83,7 +88,7 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// Flag values out of range, named.
+    /// Flag values out of range, named; those that need the data are checked by [`Run::start`].
     pub fn validate(&self) -> Result<()> {
         self.config(2, 1).validate()?;
         if self.batch == 0 {
@@ -101,14 +106,37 @@ impl TrainArgs {
         if self.epochs == 0 {
             return Err(Error::flag("--epochs", self.epochs, "an integer >= 1"));
         }
-        if self.align == 0 {
-            return Err(Error::flag("--align", self.align, "an integer >= 1"));
+        let narrowest = self.widen.saturating_mul(16);
+        if self.align == 0 || self.align > narrowest {
+            let expected = format!(
+                "an integer from 1 to {narrowest}, the channels of the narrowest block of {}",
+                self.config(2, 1).name()
+            );
+            return Err(Error::flag("--align", self.align, expected));
+        }
+        for (flag, limit) in [("--limit-train", self.limit_train), ("--limit-test", self.limit_test)] {
+            if limit == Some(0) {
+                return Err(Error::flag(flag, 0, "an integer >= 1 (a number of images)"));
+            }
         }
         Ok(())
     }
 
     pub fn config(&self, classes: usize, in_channels: usize) -> ModelConfig {
         ModelConfig { depth: self.depth, widen: self.widen, classes, in_channels, keep: self.keep }
+    }
+
+    /// Full batches per epoch of `train_len` images (the last partial batch is dropped): at
+    /// least one, or an error naming the flag to change.
+    fn steps_per_epoch(&self, train_len: usize) -> Result<usize> {
+        if train_len >= self.batch {
+            return Ok(train_len / self.batch);
+        }
+        let source = match self.limit_train {
+            Some(n) if n == train_len => format!("--limit-train {n} leaves"),
+            _ => format!("{} holds", self.data.display()),
+        };
+        Err(Error::flag("--batch", self.batch, format!("at most the {train_len} training images {source}")))
     }
 }
 
@@ -180,6 +208,8 @@ pub struct Run<'a> {
     norm: Normalization,
     kind: DatasetKind,
     train_len: usize,
+    /// Steps of the whole run (every epoch), for the learning-rate schedule.
+    total_steps: usize,
     shuffle: Rng,
     rngs: StepRngs,
     /// Steps done (over all epochs).
@@ -188,47 +218,71 @@ pub struct Run<'a> {
     best_acc: f64,
     sums: EpochSums,
     history: Vec<EpochMetrics>,
+    /// The checkpoint's buffers, reserved before the first step.
+    snapshot: Snapshot,
+    /// Held while the run writes its folder.
+    _lock: FolderLock,
 }
 
 impl<'a> Run<'a> {
     /// Everything before the first step: backend, data, programs, arena, initial or restored
-    /// state, and the run folder (refused when it already holds another run).
+    /// state, and the run folder (locked; refused when it holds another run). Every check that
+    /// can fail comes before the folder is touched, except those that need it.
     pub fn start(args: &'a TrainArgs) -> Result<Run<'a>> {
         args.validate()?;
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
-        let resume = match &args.resume {
-            Some(path) => Some((path.clone(), checkpoint::load(path)?)),
-            None => None,
-        };
-        let mut ds = data::load(&args.data, args.dataset, args.coarse)?;
-        if let Some(n) = args.limit_train {
-            ds.train.truncate(n);
-        }
-        if let Some(n) = args.limit_test {
-            ds.test.truncate(n);
-        }
+        let resumed = args.resume.as_deref().map(Resumed::load).transpose()?;
+        let limits = Limits { train: args.limit_train, test: args.limit_test };
+        let mut ds = data::load_limited(&args.data, args.dataset, args.coarse, limits)?;
         let (train_len, test_len, kind) = (ds.train.len, ds.test.len, ds.kind);
-        if train_len < args.batch {
-            return Err(Error::flag("--batch", args.batch, format!("at most the {} training images", train_len)));
-        }
         let config = args.config(ds.classes, ds.channels);
+        config.footprint(args.batch).map_err(Invalid::flag)?;
+        let per_epoch = args.steps_per_epoch(train_len)?;
+        let total_steps = per_epoch.checked_mul(args.epochs).ok_or_else(|| {
+            Error::flag(
+                "--epochs",
+                args.epochs,
+                format!("at most {} epochs of {per_epoch} steps", usize::MAX / per_epoch),
+            )
+        })?;
+        let options = Options { target: backend.target(), ..args.options };
+        let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
         let init = match &args.init {
             Some(path) => Some((path, crate::export::load_init(path, &config)?)),
             None => None,
         };
         // A resumed run, and initial weights that state theirs, keep the normalisation they
-        // were trained with.
-        let norm = match (&resume, &init) {
-            (Some((_, ck)), _) => Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() },
-            (None, Some((_, ck))) if !ck.norm_mean.is_empty() => {
-                Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() }
+        // were trained with; initial weights start with fresh momentum.
+        let (region, norm) = match (&resumed, &init) {
+            (Some(r), _) => {
+                r.check(args, &config, train_len, per_epoch)?;
+                (
+                    state::restore(&program.schedule, &r.path, &r.ck, true)?,
+                    state::normalization(&r.path, &r.ck, ds.channels)?,
+                )
             }
-            _ => Normalization::from_split(&ds.train, ds.channels),
+            (None, Some((path, ck))) => {
+                let norm = if ck.norm_mean.is_empty() {
+                    Normalization::from_split(&ds.train, ds.channels)
+                } else {
+                    state::normalization(path, ck, ds.channels)?
+                };
+                (state::restore(&program.schedule, path, ck, false)?, norm)
+            }
+            (None, None) => {
+                (wrn::init_persistent(&program.schedule, args.seed), Normalization::from_split(&ds.train, ds.channels))
+            }
         };
-        prepare_out_folder(args)?;
+        let lock = folder::claim(&args.out, args.resume.as_deref(), args.force)?;
+        let history = match &resumed {
+            Some(r) => {
+                let history = r.rebuild_files(&args.out, &config, kind)?;
+                r.check_epochs_left(args)?;
+                history
+            }
+            None => vec![],
+        };
 
-        let options = Options { target: backend.target(), ..args.options };
-        let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
         let eval = Evaluator::new(&config, args.batch, test_len, backend.target());
         let recal = (args.bn_recal > 0)
             .then(|| Recalibrator::new(&config, args.batch, backend.target(), args.bn_recal, train_len, args.seed));
@@ -238,6 +292,25 @@ impl<'a> Run<'a> {
             program.arena_bytes().max(eval.arena_bytes()).max(recal.as_ref().map_or(0, |r| r.arena_bytes()));
         backend.reserve_arena(arena_bytes)?;
         let stepper = Stepper::new(&program, args.align, args.augment);
+        let (shuffle, rngs) = (Rng::new(args.seed, stream::SHUFFLE), StepRngs::new(args.seed));
+        let state = RunState {
+            config: &config,
+            norm: &norm,
+            kind,
+            step: 0,
+            epoch: 0,
+            rngs: [("shuffle", &shuffle), ("augment", &rngs.augment), ("slice", &rngs.slice)],
+            best_acc: 0.0,
+            sums: EpochSums::default(),
+            batch: args.batch,
+            train_images: train_len,
+            epochs: args.epochs,
+            schedule: args.schedule,
+            history: &history,
+        };
+        let snapshot = Snapshot::reserve(&program.schedule, &state)?;
+        backend.set_persistent(&region)?;
+        drop(region);
         let mut run = Run {
             args,
             backend,
@@ -248,73 +321,62 @@ impl<'a> Run<'a> {
             norm,
             kind,
             train_len,
-            shuffle: Rng::new(args.seed, stream::SHUFFLE),
-            rngs: StepRngs::new(args.seed),
+            total_steps,
+            shuffle,
+            rngs,
             step: 0,
             start_epoch: 0,
             best_acc: 0.0,
             sums: EpochSums::default(),
-            history: vec![],
+            history,
             program,
+            snapshot,
+            _lock: lock,
         };
-        let s = &run.program.schedule;
-        let mut region = wrn::init_persistent(s, args.seed);
-        if let Some((path, ck)) = &init {
-            state::restore(&mut region, s, path, ck, false)?;
+        if let Some(r) = &resumed {
+            run.resume_from(r)?;
         }
-        if let Some((path, ck)) = &resume {
-            run.resume_from(&mut region, path, ck)?;
-        }
-        run.backend.set_persistent(&region)?;
-        if args.verbose {
-            let s = &run.program.schedule;
-            println!(
-                "{} keep {:.2} on {} ({} train / {} test images, {} classes); {:.1} M parameters; arena {:.1} MiB; {:.2} GFLOP per image per step",
-                config.name(),
-                config.keep,
-                kind,
-                train_len,
-                test_len,
-                config.classes,
-                s.tensors.iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum::<usize>() as f64 / 1e6,
-                crate::ir::mib(arena_bytes),
-                2.0 * s.macs() as f64 / args.batch as f64 / 1e9,
-            );
-        }
+        run.describe(test_len, arena_bytes);
         Ok(run)
     }
 
-    /// Restores the persistent region, the random streams, the counters and the metrics file
-    /// from a checkpoint of this run.
-    fn resume_from(&mut self, region: &mut [f32], path: &std::path::Path, ck: &Checkpoint) -> Result<()> {
-        checkpoint::check_config(path, &ck.config, &self.config)?;
-        state::restore(region, &self.program.schedule, path, ck, true)?;
+    /// Continues the random streams, the counters and the sums of the checkpoint.
+    fn resume_from(&mut self, r: &Resumed) -> Result<()> {
         let rng = |name: &str| {
-            ck.rng(name)
+            r.ck.rng(name)
                 .and_then(Rng::from_state)
-                .ok_or_else(|| Error::checkpoint(path, format!("has no valid '{name}' random state")))
+                .ok_or_else(|| Error::checkpoint(&r.path, format!("has no valid '{name}' random state")))
         };
         self.shuffle = rng("shuffle")?;
         self.rngs = StepRngs { augment: rng("augment")?, slice: rng("slice")? };
-        self.step = ck.step as usize;
-        self.start_epoch = ck.epoch as usize;
-        self.best_acc = state::meta_f64(ck, "best_acc");
-        self.sums = EpochSums {
-            loss: state::meta_f64(ck, "epoch_loss"),
-            correct: state::meta_f64(ck, "epoch_correct"),
-            seen: state::meta_f64(ck, "epoch_seen"),
-        };
-        // Lines written after the checkpoint (a crash between the two) are redone: drop them.
-        let metrics_path = self.args.out.join("metrics.jsonl");
-        self.history = metrics::read_for_resume(&metrics_path)?;
-        self.history.retain(|m| m.epoch <= self.start_epoch);
-        let lines: String =
-            self.history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
-        crate::io::write_atomic(&metrics_path, lines.as_bytes())?;
+        self.step = r.ck.step as usize;
+        self.start_epoch = r.ck.epoch as usize;
+        self.best_acc = r.meta.best_acc;
+        self.sums = r.meta.sums;
         if self.args.verbose {
-            println!("resumed from {} at epoch {}, step {}", path.display(), self.start_epoch, self.step);
+            println!("resumed from {} at epoch {}, step {}", r.path.display(), self.start_epoch, self.step);
         }
         Ok(())
+    }
+
+    /// The line saying what trains on what.
+    fn describe(&self, test_len: usize, arena_bytes: usize) {
+        if !self.args.verbose {
+            return;
+        }
+        let (s, c) = (&self.program.schedule, &self.config);
+        println!(
+            "{} keep {:.2} on {} ({} train / {} test images, {} classes); {:.1} M parameters; arena {:.1} MiB; {:.2} GFLOP per image per step",
+            c.name(),
+            c.keep,
+            self.kind,
+            self.train_len,
+            test_len,
+            c.classes,
+            s.tensors.iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum::<usize>() as f64 / 1e6,
+            crate::ir::mib(arena_bytes),
+            2.0 * s.macs() as f64 / self.args.batch as f64 / 1e9,
+        );
     }
 
     fn steps_per_epoch(&self) -> usize {
@@ -326,7 +388,7 @@ impl<'a> Run<'a> {
         let a = self.args;
         let per_epoch = self.steps_per_epoch();
         SgdParams {
-            lr: learning_rate(a.schedule, a.lr, a.epochs, t, per_epoch * a.epochs, per_epoch) as f32,
+            lr: learning_rate(a.schedule, a.lr, a.epochs, t, self.total_steps, per_epoch) as f32,
             momentum: a.momentum as f32,
             weight_decay: a.wd as f32,
             nesterov: a.nesterov,
@@ -339,6 +401,7 @@ impl<'a> Run<'a> {
         // The shuffle state at the start of the epoch is what a mid-epoch checkpoint saves.
         let epoch_shuffle = self.shuffle.clone();
         let order = loader::epoch_order(self.train_len, &mut self.shuffle);
+        // `Run::start` checked that a resumed step lies inside its epoch.
         let first = self.step - epoch * per_epoch;
         let bar = progress(args.verbose, epoch, args.epochs, per_epoch as u64);
         bar.set_position(first as u64);
@@ -350,7 +413,8 @@ impl<'a> Run<'a> {
             let loss = self.stepper.step(&mut *self.backend, &self.program, images, &mut self.rngs, sgd);
             if !loss[0].is_finite() {
                 bar.abandon();
-                return Err(Error::Diverged { epoch: epoch + 1, step: self.step + 1, loss: loss[0] });
+                let what = format!("the loss is {}", loss[0]);
+                return Err(Error::Diverged { epoch: epoch + 1, step: self.step + 1, what });
             }
             self.step += 1;
             timed_images += args.batch;
@@ -376,11 +440,15 @@ impl<'a> Run<'a> {
         Ok(EpochEnd::Finished { seconds, images: timed_images })
     }
 
-    /// After an epoch's steps: test, log the line and the curves, checkpoint (and keep the best).
+    /// After an epoch's steps: test, print the line, checkpoint (`best.ckpt` first, then
+    /// `last.ckpt`), then log the metrics and redraw the curves. In that order a crash at any
+    /// point leaves a folder that resumes: a `best.ckpt` ahead of `last.ckpt` is redone
+    /// identically, and the checkpoint holds the history that `metrics.jsonl` and `curves.svg`
+    /// are rebuilt from.
     pub fn end_epoch(&mut self, epoch: usize, seconds: f64, images: usize) -> Result<()> {
         let args = self.args;
         let (test_loss, test_acc) = self.eval.run(&mut *self.backend);
-        let recalibrated = self.recalibrated_test();
+        let recalibrated = self.recalibrated_test()?;
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: self.sums.loss / self.sums.seen.max(1.0),
@@ -408,31 +476,32 @@ impl<'a> Run<'a> {
                 m.seconds
             );
         }
-        metrics::append_jsonl(&args.out.join("metrics.jsonl"), &m)?;
-        self.history.push(m);
-        let title = format!("{} keep {:.2} on {}", self.config.name(), self.config.keep, self.kind);
-        crate::io::write_atomic(&args.out.join("curves.svg"), metrics::curves_svg(&self.history, &title).as_bytes())?;
+        self.history.push(m.clone());
         let improved = test_acc > self.best_acc || epoch == 0 && self.best_acc == 0.0;
         self.best_acc = self.best_acc.max(test_acc);
         let shuffle = self.shuffle.clone();
-        self.save(&shuffle, epoch + 1, improved)
+        self.save(&shuffle, epoch + 1, improved)?;
+        metrics::append_jsonl(&args.out.join("metrics.jsonl"), &m)?;
+        write_curves(&args.out, &self.history, &self.config, self.kind)
     }
 
     /// With `--bn-recal`: the test loss and accuracy with BN's running statistics recalibrated
     /// for the full network; the training statistics are put back afterwards, so training and
     /// its checkpoints go on as without it.
-    fn recalibrated_test(&mut self) -> Option<(f64, f64)> {
-        let recal = self.recal.as_ref()?;
+    fn recalibrated_test(&mut self) -> Result<Option<(f64, f64)>> {
+        let Some(recal) = self.recal.as_ref() else {
+            return Ok(None);
+        };
         let mut region = vec![0f32; self.program.schedule.persistent_len()];
         self.backend.get_persistent(&mut region);
         recal.run(&mut *self.backend);
         let result = self.eval.run(&mut *self.backend);
-        self.backend.set_persistent(&region).ok()?;
-        Some(result)
+        self.backend.set_persistent(&region)?;
+        Ok(Some(result))
     }
 
-    /// Writes `last.ckpt` (and `best.ckpt` when `best`) with the shuffle state `shuffle` and the
-    /// epoch counter `epoch`.
+    /// Writes `best.ckpt` (when `best`), then `last.ckpt`, with the shuffle state `shuffle` and
+    /// the epoch counter `epoch`. A non-finite parameter or statistic stops the run instead.
     fn save(&mut self, shuffle: &Rng, epoch: usize, best: bool) -> Result<()> {
         let run = RunState {
             config: &self.config,
@@ -443,13 +512,20 @@ impl<'a> Run<'a> {
             rngs: [("shuffle", shuffle), ("augment", &self.rngs.augment), ("slice", &self.rngs.slice)],
             best_acc: self.best_acc,
             sums: self.sums,
+            batch: self.args.batch,
+            train_images: self.train_len,
+            epochs: self.args.epochs,
+            schedule: self.args.schedule,
+            history: &self.history,
         };
-        let ck = state::snapshot(&mut *self.backend, &self.program.schedule, &run);
-        checkpoint::save(&self.args.out.join("last.ckpt"), &ck)?;
-        if best {
-            checkpoint::save(&self.args.out.join("best.ckpt"), &ck)?;
+        if let Err(what) = self.snapshot.capture(&mut *self.backend, &self.program.schedule, &run) {
+            let in_epoch = (self.step.max(1) - 1) / (self.train_len / self.args.batch) + 1;
+            return Err(Error::Diverged { epoch: in_epoch, step: self.step, what });
         }
-        Ok(())
+        if best {
+            self.snapshot.save(&self.args.out.join("best.ckpt"))?;
+        }
+        self.snapshot.save(&self.args.out.join("last.ckpt"))
     }
 
     fn summary(&mut self, stopped_at: Option<usize>) -> Summary {
@@ -462,21 +538,104 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Refuses a folder that already holds a run (unless resuming), then makes it and checks that
-/// it can be written.
-fn prepare_out_folder(args: &TrainArgs) -> Result<()> {
-    if args.resume.is_none() && ["last.ckpt", "metrics.jsonl"].iter().any(|f| args.out.join(f).exists()) {
-        return Err(Error::Msg(format!(
-            "{} already holds a run (last.ckpt or metrics.jsonl): continue it with --resume {}, or pick another --out",
-            args.out.display(),
-            args.out.join("last.ckpt").display()
-        )));
+/// A checkpoint to resume from, read and its metadata checked.
+struct Resumed {
+    path: PathBuf,
+    ck: Checkpoint,
+    meta: RunMeta,
+}
+
+impl Resumed {
+    fn load(path: &Path) -> Result<Resumed> {
+        let ck = checkpoint::load(path)?;
+        let meta = RunMeta::read(path, &ck)?;
+        Ok(Resumed { path: path.to_path_buf(), ck, meta })
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
-    let probe = args.out.join(".write-test");
-    std::fs::write(&probe, b"").map_err(|e| Error::io(&args.out, e))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+
+    /// The run in the checkpoint against the flags: the same model, and what fixes the step
+    /// count (batch, training images, schedule) unchanged, so that its step and epoch mean what
+    /// they meant; a mismatch names the flag to fix.
+    fn check(&self, args: &TrainArgs, config: &ModelConfig, train_len: usize, per_epoch: usize) -> Result<()> {
+        let (path, meta) = (self.path.display(), &self.meta);
+        checkpoint::check_config(&self.path, &self.ck.config, config)?;
+        if let Some(b) = meta.batch.filter(|&b| b != args.batch) {
+            let expected = format!("{b}, the batch of the run in {path} (leave --batch out to use it)");
+            return Err(Error::flag("--batch", args.batch, expected));
+        }
+        if let Some(n) = meta.train_images.filter(|&n| n != train_len) {
+            let value = args.limit_train.map_or("(none)".to_string(), |l| l.to_string());
+            let expected = format!(
+                "a limit that keeps the {n} training images of the run in {path} ({} gives {train_len}; leave --limit-train out to use the run's)",
+                args.data.display()
+            );
+            return Err(Error::flag("--limit-train", value, expected));
+        }
+        if let Some(s) = meta.schedule.filter(|&s| s != args.schedule) {
+            let expected =
+                format!("{}, the schedule of the run in {path} (leave --schedule out to use it)", s.as_str());
+            return Err(Error::flag("--schedule", args.schedule.as_str(), expected));
+        }
+        let (step, epoch) = (self.ck.step, self.ck.epoch);
+        let start = epoch.checked_mul(per_epoch as u64);
+        if !start.is_some_and(|s| s <= step && step - s < per_epoch as u64) {
+            return Err(Error::checkpoint(
+                &self.path,
+                format!(
+                    "its step {step} and epoch {epoch} do not fit {per_epoch} steps per epoch (--batch {}, {train_len} training \
+                     images): resume with the --batch and --limit-train of the run that wrote it",
+                    args.batch
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds `metrics.jsonl` and `curves.svg` in `out` from the checkpoint's history, which
+    /// repairs a crash between the checkpoint and them (or fills a new folder). Returns the
+    /// history.
+    fn rebuild_files(&self, out: &Path, config: &ModelConfig, kind: DatasetKind) -> Result<Vec<EpochMetrics>> {
+        let metrics_path = out.join("metrics.jsonl");
+        let history = match &self.meta.history {
+            Some(h) => h.clone(),
+            // A checkpoint from before histories were stored: keep the file's lines up to it.
+            None => {
+                let mut h = metrics::read_for_resume(&metrics_path)?;
+                h.retain(|m| m.epoch as u64 <= self.ck.epoch);
+                h
+            }
+        };
+        let lines: String =
+            history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
+        crate::io::write_atomic(&metrics_path, lines.as_bytes())?;
+        write_curves(out, &history, config, kind)?;
+        Ok(history)
+    }
+
+    /// Refuses an `--epochs` that leaves nothing to train (no epoch is ever logged that did
+    /// not run); says so when it changes the run's schedule length.
+    fn check_epochs_left(&self, args: &TrainArgs) -> Result<()> {
+        if self.ck.epoch >= args.epochs as u64 {
+            let expected = format!(
+                "more than the {} epochs {} has finished (nothing is left to train)",
+                self.ck.epoch,
+                self.path.display()
+            );
+            return Err(Error::flag("--epochs", args.epochs, expected));
+        }
+        if let Some(e) = self.meta.epochs.filter(|&e| e != args.epochs && args.verbose) {
+            println!(
+                "--epochs {} instead of the run's {e}: the learning-rate schedule now spans {0} epochs",
+                args.epochs
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Draws `curves.svg` in `out` from `history`.
+fn write_curves(out: &Path, history: &[EpochMetrics], config: &ModelConfig, kind: DatasetKind) -> Result<()> {
+    let title = format!("{} keep {:.2} on {}", config.name(), config.keep, kind);
+    crate::io::write_atomic(&out.join("curves.svg"), metrics::curves_svg(history, &title).as_bytes())
 }
 
 fn progress(verbose: bool, epoch: usize, epochs: usize, len: u64) -> ProgressBar {
