@@ -104,7 +104,7 @@ impl TrainArgs {
         if self.align == 0 {
             return Err(Error::flag("--align", self.align, "an integer >= 1"));
         }
-        Ok(())
+        crate::backend::check_precision(self.options.precision)
     }
 
     pub fn config(&self, classes: usize, in_channels: usize) -> ModelConfig {
