@@ -2,11 +2,13 @@
 //! arena buffers it reads and writes and the persistent tensors it uses. One list, three uses:
 //! the planner reads buffer lifetimes off it, the executor runs it, the profiler times it.
 //!
-//! Buffers are described here (name, kind, size in floats, whether sized to a slice); where they
-//! live is the plan's business. Persistent tensors (parameters, momentum, BN running statistics)
+//! Buffers are described here (name, kind, element type, length, whether sized to a slice);
+//! where they live is the plan's business. Persistent tensors (parameters, momentum, BN running statistics)
 //! live outside the arena, at fixed offsets of one persistent region laid out here.
 
-use crate::ir::{BufId, Buffer, GradSel, Lifetime, ModelConfig, Sel, Slice, SliceSpec, Target, TensorId, TensorSpec};
+use crate::ir::{
+    BufId, Buffer, GradSel, Lifetime, ModelConfig, Precision, Sel, Slice, SliceSpec, Target, TensorId, TensorSpec,
+};
 use crate::ops::sgd::{grad_map, GradMap};
 use crate::ops::Op;
 
@@ -91,6 +93,8 @@ pub struct Options {
     pub update: UpdateAt,
     /// The backend the workspaces are sized for.
     pub target: Target,
+    /// The element type of activations, their gradients and workspaces (`ir::Precision`).
+    pub precision: Precision,
 }
 
 impl Default for Options {
@@ -102,6 +106,7 @@ impl Default for Options {
             col_budget_mib: 0,
             update: UpdateAt::Early,
             target: Target::Cpu,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -210,7 +215,7 @@ impl Schedule {
             .zip(&self.buffers)
             .map(|(l, b)| {
                 let (first, last) = l.unwrap_or((0, 0));
-                Lifetime { bytes: b.len * 4, first, last }
+                Lifetime { bytes: b.bytes(), first, last }
             })
             .collect()
     }

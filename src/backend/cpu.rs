@@ -98,6 +98,7 @@ impl Batches for CpuBackend {
 
 impl Execute for CpuBackend {
     fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
+        super::assert_runnable(p);
         assert!(p.arena_bytes() <= self.arena.len() * 4, "arena smaller than the plan");
         assert!(p.schedule.persistent_len() <= self.persistent.len(), "persistent region not set");
         let s = &p.schedule;

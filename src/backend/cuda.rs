@@ -210,6 +210,7 @@ impl Execute for CudaBackend {
     }
 
     fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
+        super::assert_runnable(p);
         self.gpu.bind();
         assert!(p.arena_bytes() <= self.arena_bytes(), "arena smaller than the plan");
         let arena = self.arena.as_ref().map_or((0, 0), |a| (a.ptr, a.len()));
@@ -238,8 +239,9 @@ impl Backend for CudaBackend {
 
 /// What one training step of `program` queues on a GPU with slice starts `starts`: the batch
 /// gather, then every kernel launch and GEMM of its ops, recorded without a GPU (addresses are
-/// placeholders inside regions of the program's sizes).
+/// placeholders inside regions of the program's sizes). An fp32 program only, as for running.
 pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
+    super::assert_runnable(program);
     let rec = Recorder::default();
     let s = &program.schedule;
     let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };

@@ -9,6 +9,9 @@
 //!
 //! - `cpu.rs`: the reference, rayon over host memory.
 //! - `cuda.rs`: one GPU through the `gpu` runtime; a clear `Error::Device` where there is none.
+//!
+//! Both run fp32 programs only: a bf16 program can be planned but not run until the bf16
+//! kernels exist ([`check_precision`]).
 
 pub mod cpu;
 pub mod cuda;
@@ -20,8 +23,8 @@ pub use crate::ops::StepCtx;
 
 use crate::data::loader::{Crop, Normalization};
 use crate::data::Split;
-use crate::error::Result;
-use crate::ir::Target;
+use crate::error::{Error, Result};
+use crate::ir::{Precision, Target};
 use crate::plan::Program;
 
 /// A dataset split kept resident by the backend (on a GPU: in device memory, so batches are
@@ -95,6 +98,28 @@ pub trait Backend: Memory + Batches + Execute {
     fn name(&self) -> String;
     /// What its programs' workspaces are sized for.
     fn target(&self) -> Target;
+}
+
+/// Refuses a precision no backend has kernels for: today bf16, whose steps `sliceout plan
+/// --precision bf16` plans but nothing runs. Commands that run steps call it before anything
+/// else; both backends' run paths hold to it (a program that slips past panics with the same
+/// line rather than read bf16 buffers as f32).
+pub fn check_precision(precision: Precision) -> Result<()> {
+    match precision {
+        Precision::Fp32 => Ok(()),
+        Precision::Bf16 => Err(Error::flag(
+            "--precision",
+            precision.as_str(),
+            "fp32 (bf16 steps can be planned with `sliceout plan --precision bf16`, but no backend runs them yet)",
+        )),
+    }
+}
+
+/// Panics with [`check_precision`]'s line unless a backend can run `program`.
+fn assert_runnable(program: &Program) {
+    if let Err(e) = check_precision(program.schedule.options.precision) {
+        panic!("{e}");
+    }
 }
 
 /// `--device`.

@@ -86,6 +86,21 @@ pub enum Update {
     End,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl From<Precision> for crate::ir::Precision {
+    fn from(p: Precision) -> crate::ir::Precision {
+        match p {
+            Precision::Fp32 => crate::ir::Precision::Fp32,
+            Precision::Bf16 => crate::ir::Precision::Bf16,
+        }
+    }
+}
+
 /// The model's shape.
 #[derive(Args, Debug, Clone)]
 pub struct ModelFlags {
@@ -119,6 +134,10 @@ pub struct MemoryFlags {
     /// Where SGD updates go: right after each gradient, or after the whole backward pass
     #[arg(long, value_enum, default_value_t = Update::Early)]
     pub update: Update,
+    /// Element type of activations, their gradients and im2col workspaces (bf16 can be planned
+    /// but not yet run)
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
 }
 
 /// The largest `--col-budget`: 1 TiB in MiB, so that the budget in bytes fits any `usize`.
@@ -141,6 +160,7 @@ impl MemoryFlags {
             },
             // The command sets the backend it builds for.
             target: Target::Cpu,
+            precision: self.precision.into(),
         })
     }
 }

@@ -1,7 +1,8 @@
 //! `sliceout plan`: builds the schedule for the flags and the backend it is for, plans it, and
-//! prints the plan (text, JSON or SVG), with the keep-1.0 plan's figures beside a sliced one and,
-//! for the GPU, the kernel launches and GEMMs a step queues. `--fit` answers what fits in a
-//! memory budget; `--sweep` shows the memory against keep or batch.
+//! prints the plan (text, JSON or SVG), with the keep-1.0 plan's figures beside a sliced one, the
+//! same step's totals in the other precision and, for an fp32 GPU plan, the kernel launches and
+//! GEMMs a step queues. `--fit` answers what fits in a memory budget; `--sweep` shows the memory
+//! against keep or batch.
 
 use std::fmt::Write;
 
@@ -10,7 +11,7 @@ use crate::backend::cuda::record_step;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::io::svg;
-use crate::ir::{mib, Invalid, ModelConfig, Target};
+use crate::ir::{mib, Invalid, ModelConfig, Precision, Target};
 use crate::model::fit::{self, SweepPoint, Term};
 use crate::model::wrn;
 use crate::plan::report::{self, GpuCalls};
@@ -49,7 +50,7 @@ pub fn command(f: &PlanFlags) -> Result<String> {
             return Err(Error::flag("--mode", "eval", "train with --fit (a training step is what must fit)"));
         }
         let dataset: DatasetKind = f.dataset.parse()?;
-        let (text, batch, options) = fit_command(&config, f.batch, target, budget, dataset)?;
+        let (text, batch, options) = fit_command(&config, f.batch, options, budget, dataset)?;
         return Ok(text + &render(&config, batch, mode, options, f)?);
     }
     render(&config, f.batch.unwrap_or(DEFAULT_BATCH), mode, options, f)
@@ -60,10 +61,16 @@ fn budget(text: &str) -> Result<usize> {
     fit::parse_size(text).ok_or_else(|| Error::flag("--fit", text, "a memory size such as 80GiB, 1536MiB or 512M"))
 }
 
-fn device_name(target: Target) -> &'static str {
-    match target {
+/// Where a step runs, as the `--fit` and `--sweep` headings say it, with its precision when that
+/// is not the default fp32.
+fn device_name(options: Options) -> String {
+    let device = match options.target {
         Target::Cpu => "the CPU (host memory)",
         Target::Cuda => "the GPU",
+    };
+    match options.precision {
+        Precision::Fp32 => device.to_string(),
+        Precision::Bf16 => format!("{device} in bf16"),
     }
 }
 
@@ -74,7 +81,12 @@ fn render(config: &ModelConfig, batch: usize, mode: Mode, options: Options, f: &
     let baseline = (mode == Mode::Train && config.keep < 1.0)
         .then(|| Program::new(wrn::build(&ModelConfig { keep: 1.0, ..*config }, batch, mode, options)));
     let mut r = report::report(&program, baseline.as_ref());
-    if options.target == Target::Cuda {
+    for precision in Precision::ALL.into_iter().filter(|&p| p != options.precision) {
+        let other = Program::new(wrn::build(config, batch, mode, Options { precision, ..options }));
+        r.precisions.push(report::totals(&other));
+    }
+    // What a step queues is counted by running the CUDA code, which has no bf16 kernels yet.
+    if options.target == Target::Cuda && crate::backend::check_precision(options.precision).is_ok() {
         let starts = vec![0; program.schedule.slices.len()];
         let rec = record_step(&program, &starts);
         r.gpu_calls = Some(GpuCalls { launches: rec.launches.borrow().len(), gemms: rec.gemms.borrow().len() });
@@ -96,22 +108,24 @@ fn describe_terms(terms: &[Term]) -> String {
 }
 
 /// `--fit`: with a batch, the fastest options that fit it; without, the largest batch per rung
-/// of options. Returns the text, and the batch and options whose plan follows it.
+/// of options (for the target and precision of `options`). Returns the text, and the batch and
+/// options whose plan follows it.
 fn fit_command(
     config: &ModelConfig,
     batch: Option<usize>,
-    target: Target,
+    options: Options,
     budget: usize,
     dataset: DatasetKind,
 ) -> Result<(String, usize, Options)> {
+    let target = options.target;
     let terms = fit::overheads(target, dataset);
     let fixed: usize = terms.iter().map(|t| t.bytes).sum();
-    let ladder = fit::option_ladder(target);
+    let ladder = fit::option_ladder(target, options.precision);
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     let mut s = format!(
         "what fits in {:.2} GiB on {}: {} keep {:.2}\n",
         gib(budget),
-        device_name(target),
+        device_name(options),
         config.name(),
         config.keep
     );
@@ -137,7 +151,7 @@ fn fit_command(
              ({:.2} GiB plan + {:.2} GiB besides), have {:.2} GiB",
             config.name(),
             config.keep,
-            device_name(target),
+            device_name(options),
             gib(needs),
             gib(needs - fixed),
             gib(fixed),
@@ -165,7 +179,7 @@ fn fit_command(
             config.name(),
             config.keep,
             gib(budget),
-            device_name(target)
+            device_name(options)
         )));
     };
     let _ = writeln!(s, "largest batch: {b} with the options \"{name}\"; its plan:\n");
@@ -201,7 +215,7 @@ fn sweep_command(
     let title = format!(
         "memory against {} on {}: {what}; largest batch within {:.0} GiB",
         if sweep == Sweep::Keep { "keep" } else { "batch" },
-        device_name(options.target),
+        device_name(options),
         budget as f64 / (1u64 << 30) as f64
     );
     match format {

@@ -84,7 +84,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) 
             layer: st.layer.clone(),
             phase: format!("{:?}", st.phase).to_lowercase(),
             ms: total[i] / steps.max(1) as f64,
-            out_bytes: st.op.buffers().1.iter().map(|&b| s.buffers[b].len * 4).sum(),
+            out_bytes: st.op.buffers().1.iter().map(|&b| s.buffers[b].bytes()).sum(),
             live_bytes: live[i],
             macs: st.op.macs(&s.slices),
         })
@@ -225,6 +225,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     if let Some(path) = &f.trace {
         check_writable_file(path)?;
     }
+    backend::check_precision(f.memory.options()?.precision)?;
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
     let options = Options { target: backend.target(), ..f.memory.options()? };
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));

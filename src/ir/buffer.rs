@@ -1,8 +1,10 @@
-//! Arena buffers and persistent tensors as ops name them: ids, sizes, kinds and roles. Where a
-//! buffer lives is the planner's business ([`Lifetime`] is what it reads); where a persistent
-//! tensor lives is fixed by its offset in the persistent region.
+//! Arena buffers and persistent tensors as ops name them: ids, sizes, element types, kinds and
+//! roles. Where a buffer lives is the planner's business ([`Lifetime`] is what it reads); where
+//! a persistent tensor lives is fixed by its offset in the persistent region.
 
 use serde::Serialize;
+
+use super::Dtype;
 
 /// Index of a buffer in [`Schedule::buffers`].
 pub type BufId = usize;
@@ -21,6 +23,9 @@ pub enum BufKind {
     WeightGradient,
     /// Scratch: im2col columns.
     Workspace,
+    /// A parameter in the GEMMs' element type (bf16): made once per step by its layer's forward
+    /// op from the f32 parameter, alive until the layer's last GEMM that reads it.
+    WeightCopy,
 }
 
 impl BufKind {
@@ -30,6 +35,7 @@ impl BufKind {
             BufKind::Gradient => "gradient",
             BufKind::WeightGradient => "weight_gradient",
             BufKind::Workspace => "workspace",
+            BufKind::WeightCopy => "weight_copy",
         }
     }
 }
@@ -38,10 +44,18 @@ impl BufKind {
 pub struct Buffer {
     pub name: String,
     pub kind: BufKind,
-    /// Size in f32 elements.
+    pub dtype: Dtype,
+    /// Size in elements of `dtype`.
     pub len: usize,
     /// Sized to a SliceOut slice (smaller than the full layer would need).
     pub sliced: bool,
+}
+
+impl Buffer {
+    /// Bytes of its elements: what the planner places.
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size()
+    }
 }
 
 /// What a persistent tensor is for.
@@ -88,7 +102,8 @@ impl TensorSpec {
     }
 }
 
-/// One buffer: its size and the inclusive range of schedule steps during which it is live.
+/// One buffer: its size in bytes (of its element type) and the inclusive range of schedule
+/// steps during which it is live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lifetime {
     pub bytes: usize,
@@ -132,6 +147,14 @@ pub fn live_bytes(lifetimes: &[Lifetime], steps: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_counts_bytes_of_its_element_type() {
+        let b = |dtype, len| Buffer { name: "x".into(), kind: BufKind::Activation, dtype, len, sliced: false };
+        assert_eq!(b(Dtype::F32, 1001).bytes(), 4004);
+        assert_eq!(b(Dtype::Bf16, 1001).bytes(), 2002);
+        assert_eq!(b(Dtype::Bf16, 0).bytes(), 0);
+    }
 
     #[test]
     fn live_bytes_sum_the_buffers_live_at_each_step() {

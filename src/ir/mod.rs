@@ -1,6 +1,6 @@
 //! The vocabulary every other layer speaks, and nothing else: SliceOut's slices, tensor
-//! layouts, convolution geometry, the model's configuration, and the descriptions of arena
-//! buffers and persistent tensors that ops name and the planner places. Plain data; it imports
+//! layouts, convolution geometry, the model's configuration, element types and precisions, and
+//! the descriptions of arena buffers and persistent tensors that ops name and the planner places. Plain data; it imports
 //! nothing of the crate but the error type and the random streams.
 //!
 //! Dimension letters used across the crate: N batch, C channels, H height, W width, K kernel
@@ -9,6 +9,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod dtype;
 pub mod layout;
 pub mod sel;
 pub mod shape;
@@ -16,6 +17,7 @@ pub mod slice;
 
 pub use buffer::{live_bytes, BufId, BufKind, Buffer, Init, Lifetime, Role, TensorId, TensorSpec};
 pub use config::{Footprint, Invalid, Math, ModelConfig, Target};
+pub use dtype::{Dtype, Precision};
 pub use layout::Layout;
 pub use sel::{BnRef, GradSel, Sel, SliceSpec};
 pub use shape::ConvShape;

@@ -10,7 +10,7 @@
 
 use super::wrn;
 use crate::data::DatasetKind;
-use crate::ir::{ModelConfig, Target};
+use crate::ir::{ModelConfig, Precision, Target};
 use crate::plan::Program;
 use crate::schedule::{Mode, Options};
 
@@ -60,9 +60,10 @@ pub fn resident_bytes(dataset: DatasetKind) -> usize {
     images * (channels * 1024 + 1) + 2 * channels * 256 * 4
 }
 
-/// Named rungs of memory options, from the fastest (most memory) to the leanest.
-pub fn option_ladder(target: Target) -> Vec<(&'static str, Options)> {
-    let base = Options { target, ..Options::default() };
+/// Named rungs of memory options for `target` and `precision`, from the fastest (most memory) to
+/// the leanest.
+pub fn option_ladder(target: Target, precision: Precision) -> Vec<(&'static str, Options)> {
+    let base = Options { target, precision, ..Options::default() };
     vec![
         ("fastest: keep BN outputs, 512 MiB im2col", Options { recompute: false, col_budget_mib: 512, ..base }),
         ("default", base),
@@ -235,9 +236,13 @@ mod tests {
     fn the_ladder_goes_down() {
         let c = wrn(16, 4, 1.0);
         for target in [Target::Cpu, Target::Cuda] {
-            let bytes: Vec<usize> = option_ladder(target).iter().map(|(_, o)| step_bytes(&c, 64, *o)).collect();
-            assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "{target:?}: {bytes:?}");
-            assert!(bytes[0] > bytes[3]);
+            for precision in Precision::ALL {
+                let ladder = option_ladder(target, precision);
+                let bytes: Vec<usize> = ladder.iter().map(|(_, o)| step_bytes(&c, 64, *o)).collect();
+                assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "{target:?} {precision:?}: {bytes:?}");
+                assert!(bytes[0] > bytes[3]);
+                assert!(ladder.iter().all(|(_, o)| o.precision == precision && o.target == target));
+            }
         }
     }
 

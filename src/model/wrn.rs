@@ -22,11 +22,40 @@
 //! blockB.*.col      workspace   im2col columns of a chunk of images
 //! blockB.d_*        gradient    one per activation above
 //! blockB.*.d_weight weight_gradient              sliced for conv1, conv2, bn2
+//! blockB.*.weight_bf16 weight_copy               bf16 programs only; sliced for conv1, conv2
 //! ```
+//!
+//! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
+//! stores as bf16 what is big and feeds or leaves a GEMM: the batch, every activation, every
+//! activation's gradient and the im2col workspaces. It keeps as f32:
+//!
+//! - parameters, momentum and BN running statistics (the persistent region, master weights);
+//! - the weight gradients: the GEMM that makes one accumulates in f32 and SGD reads it in f32,
+//!   so storing the f32 result costs no conversion and no second rounding of an update that is
+//!   already small next to its weight; with updates right after each gradient only one or two
+//!   of them are alive at a time, so bf16 would save under 1% of the arena;
+//! - BN's batch statistics (`*.stats`: mean and 1/std, reduced in f32, tiny);
+//! - the head after the pool (`pool.out`, `logits`, `loss`, `d_logits`, `pool.d_out`): one value
+//!   per channel and image, so its products are tiny, and the loss, its softmax and the logits
+//!   the host reads stay f32;
+//! - the labels (class indices, exact in f32; bf16 holds integers exactly only up to 256).
+//!
+//! Each convolution's GEMMs read a bf16 copy of its weight (`*.weight_bf16`, kind
+//! `weight_copy`): only the rows or column groups of the step's slice, in slice order, so sized
+//! to the slice. The forward op makes it from the f32 parameter, which is after the previous
+//! step's updates and once per step; it stays alive until the backward op's `dcol` product, the
+//! last GEMM that reads it (a layer whose backward computes no input gradient, `conv0`, frees it
+//! after forward). Making it at the step's start instead would keep every copy alive through
+//! the whole forward pass; making it again in backward would convert twice a step.
+//!
+//! Workspaces: a bf16 step runs im2col + GEMM on either backend, so its workspaces hold im2col
+//! columns alone even on the CPU: the CPU's Winograd path is f32 only, and the CPU's bf16 path
+//! is the reference the GPU's is checked against, so it must round where the GPU's does. The
+//! im2col chunk is picked against the same byte budget, so a bf16 chunk takes twice the images.
 
 use crate::ir::{
-    slice, BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId,
-    TensorSpec,
+    slice, BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Precision, Role, Sel,
+    SliceSpec, TensorId, TensorSpec,
 };
 use crate::ops::{
     Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
@@ -37,6 +66,15 @@ use crate::schedule::{Gradient, Mode, Options, Phase, Schedule, Step, UpdateAt};
 
 /// Image side of every dataset here (CIFAR; MNIST-like images are padded to it).
 pub const IMAGE: usize = 32;
+
+/// A convolution's weight as its GEMMs read it: the f32 parameter, its shape, and in a bf16
+/// step the bf16 copy the forward op makes.
+#[derive(Clone, Copy)]
+struct ConvWeight {
+    tensor: TensorId,
+    shape: ConvShape,
+    copy: Option<BufId>,
+}
 
 /// The forward values of one residual block that its backward needs.
 struct Block {
@@ -51,13 +89,13 @@ struct Block {
     bn1: BnRef,
     bn1_out: BufId,
     bn1_stats: Option<BufId>,
-    conv1: (TensorId, ConvShape),
+    conv1: ConvWeight,
     conv1_out: BufId,
     bn2: BnRef,
     bn2_out: BufId,
     bn2_stats: Option<BufId>,
-    conv2: (TensorId, ConvShape),
-    shortcut: Option<(TensorId, ConvShape)>,
+    conv2: ConvWeight,
+    shortcut: Option<ConvWeight>,
 }
 
 /// The classifier head's forward values: final BN + ReLU, pool, fc, loss.
@@ -83,7 +121,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
     let mut b = Builder::new(config, batch, mode, options, slices);
 
     // ---- forward ----
-    let (conv0_w, conv0, mut h) = b.stem();
+    let (conv0, mut h) = b.stem();
     let (mut cin, mut hw) = (16, IMAGE);
     let mut blocks: Vec<Block> = vec![];
     for (g, &c) in widths.iter().enumerate() {
@@ -107,7 +145,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
         d_h = b.block_backward(i, bl, d_h, input_name);
     }
     let input = b.sched.input;
-    b.conv_backward("conv0", None, d_h, input, conv0_w, conv0, Sel::Full(16), Sel::Full(config.in_channels), false);
+    b.conv_backward("conv0", None, d_h, input, conv0, Sel::Full(16), Sel::Full(config.in_channels), false);
     b.finish()
 }
 
@@ -139,9 +177,9 @@ impl Builder {
             gradients: vec![],
         };
         let mut b = Builder { sched, params: vec![], updates: vec![] };
-        let cin0 = config.in_channels;
-        b.sched.input = b.buf("input", BufKind::Activation, cin0 * batch * IMAGE * IMAGE, false);
-        b.sched.labels = b.buf("labels", BufKind::Activation, batch, false);
+        let (cin0, x) = (config.in_channels, b.storage());
+        b.sched.input = b.buf("input", BufKind::Activation, x, cin0 * batch * IMAGE * IMAGE, false);
+        b.sched.labels = b.buf("labels", BufKind::Activation, Dtype::F32, batch, false);
         b
     }
 
@@ -150,15 +188,15 @@ impl Builder {
         self.sched.mode != Mode::Eval
     }
 
-    /// `conv0`: the input's channels to 16. Returns its weight, shape and output.
-    fn stem(&mut self) -> (TensorId, ConvShape, BufId) {
+    /// `conv0`: the input's channels to 16. Returns its weight and output.
+    fn stem(&mut self) -> (ConvWeight, BufId) {
         let (n, cin0) = (self.sched.batch, self.sched.config.in_channels);
         let w = self.tensor("conv0.weight", &[16, cin0, 3, 3], Role::Param, Init::KaimingFanOut);
         let shape = ConvShape { n, cin: cin0, h: IMAGE, w: IMAGE, cout: 16, k: 3, stride: 1, pad: 1 };
-        let out = self.buf("conv0.out", BufKind::Activation, 16 * n * IMAGE * IMAGE, false);
+        let out = self.buf("conv0.out", BufKind::Activation, self.storage(), 16 * n * IMAGE * IMAGE, false);
         let input = self.sched.input;
-        self.conv("conv0", out, input, w, shape, Sel::Full(16), Sel::Full(cin0), false);
-        (w, shape, out)
+        let conv0 = self.conv("conv0", out, input, w, shape, Sel::Full(16), Sel::Full(cin0), false);
+        (conv0, out)
     }
 
     /// BN + ReLU forward of `inp` into `out` over the channels `sel` covers (`c` in eval,
@@ -179,14 +217,14 @@ impl Builder {
             return None;
         }
         let sliced = self.is_sliced(sel);
-        let stats = self.buf(format!("{layer}.stats"), BufKind::Activation, 2 * self.width(sel), sliced);
+        let stats = self.buf(format!("{layer}.stats"), BufKind::Activation, Dtype::F32, 2 * self.width(sel), sliced);
         self.step(layer, Phase::Forward, Op::BnReluTrain(BnReluTrain { out, stats, inp, bn, sel, m }));
         Some(stats)
     }
 
     /// Residual block `i`: `h` (`cin` channels, `hw` square) to `c` channels at `hw / stride`.
     fn block_forward(&mut self, i: usize, h: BufId, cin: usize, c: usize, hw: usize, stride: usize) -> Block {
-        let (n, act) = (self.sched.batch, BufKind::Activation);
+        let (n, act, x) = (self.sched.batch, BufKind::Activation, self.storage());
         let name = format!("block{i}");
         let ho = hw / stride;
         let sel = Sel::Block(i);
@@ -194,25 +232,34 @@ impl Builder {
         let (m_in, m_out) = (n * hw * hw, n * ho * ho);
 
         let bn1 = self.bn(&format!("{name}.bn1"), cin);
-        let bn1_out = self.buf(format!("{name}.bn1.out"), act, cin * m_in, false);
+        let bn1_out = self.buf(format!("{name}.bn1.out"), act, x, cin * m_in, false);
         let bn1_stats = self.bn_forward(&format!("{name}.bn1"), bn1_out, h, bn1, Sel::Full(cin), cin, m_in);
         let conv1_w = self.tensor(format!("{name}.conv1.weight"), &[c, cin, 3, 3], Role::Param, Init::KaimingFanOut);
         let bn2 = self.bn(&format!("{name}.bn2"), c);
         let conv2_w = self.tensor(format!("{name}.conv2.weight"), &[c, c, 3, 3], Role::Param, Init::KaimingFanOut);
-        let out = self.buf(format!("{name}.out"), act, c * m_out, false);
+        let out = self.buf(format!("{name}.out"), act, x, c * m_out, false);
         let shortcut = (cin != c || stride != 1).then(|| {
             let wt = self.tensor(format!("{name}.shortcut.weight"), &[c, cin, 1, 1], Role::Param, Init::KaimingFanOut);
             let shape = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 1, stride, pad: 0 };
-            self.conv(&format!("{name}.shortcut"), out, bn1_out, wt, shape, Sel::Full(c), Sel::Full(cin), false);
-            (wt, shape)
+            self.conv(&format!("{name}.shortcut"), out, bn1_out, wt, shape, Sel::Full(c), Sel::Full(cin), false)
         });
-        let conv1 = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 3, stride, pad: 1 };
-        let conv1_out = self.buf(format!("{name}.conv1.out"), act, w * m_out, sliced);
-        self.conv(&format!("{name}.conv1"), conv1_out, bn1_out, conv1_w, conv1, sel, Sel::Full(cin), false);
-        let bn2_out = self.buf(format!("{name}.bn2.out"), act, w * m_out, sliced);
+        let conv1_shape = ConvShape { n, cin, h: hw, w: hw, cout: c, k: 3, stride, pad: 1 };
+        let conv1_out = self.buf(format!("{name}.conv1.out"), act, x, w * m_out, sliced);
+        let conv1 =
+            self.conv(&format!("{name}.conv1"), conv1_out, bn1_out, conv1_w, conv1_shape, sel, Sel::Full(cin), false);
+        let bn2_out = self.buf(format!("{name}.bn2.out"), act, x, w * m_out, sliced);
         let bn2_stats = self.bn_forward(&format!("{name}.bn2"), bn2_out, conv1_out, bn2, sel, c, m_out);
-        let conv2 = ConvShape { n, cin: c, h: ho, w: ho, cout: c, k: 3, stride: 1, pad: 1 };
-        self.conv(&format!("{name}.conv2"), out, bn2_out, conv2_w, conv2, Sel::Full(c), sel, shortcut.is_some());
+        let conv2_shape = ConvShape { n, cin: c, h: ho, w: ho, cout: c, k: 3, stride: 1, pad: 1 };
+        let conv2 = self.conv(
+            &format!("{name}.conv2"),
+            out,
+            bn2_out,
+            conv2_w,
+            conv2_shape,
+            Sel::Full(c),
+            sel,
+            shortcut.is_some(),
+        );
         if shortcut.is_none() {
             self.step(format!("{name}.add"), Phase::Forward, Op::Add(Add { out, inp: h }));
         }
@@ -227,12 +274,12 @@ impl Builder {
             bn1,
             bn1_out,
             bn1_stats,
-            conv1: (conv1_w, conv1),
+            conv1,
             conv1_out,
             bn2,
             bn2_out,
             bn2_stats,
-            conv2: (conv2_w, conv2),
+            conv2,
             shortcut,
         }
     }
@@ -243,20 +290,21 @@ impl Builder {
         let (n, act, classes) = (self.sched.batch, BufKind::Activation, self.sched.config.classes);
         let m_last = n * hw * hw;
         let bn = self.bn("bn", cin);
-        let bn_out = self.buf("bn.out", act, cin * m_last, false);
+        let bn_out = self.buf("bn.out", act, self.storage(), cin * m_last, false);
         let bn_stats = self.bn_forward("bn", bn_out, h, bn, Sel::Full(cin), cin, m_last);
-        let pooled = self.buf("pool.out", act, cin * n, false);
+        // From here on f32 (see the module doc).
+        let pooled = self.buf("pool.out", act, Dtype::F32, cin * n, false);
         self.step("pool", Phase::Forward, Op::Pool(Pool { out: pooled, inp: bn_out, c: cin, n, hw: hw * hw }));
         let fc_w = self.tensor("fc.weight", &[classes, cin], Role::Param, Init::UniformFanIn);
         let fc_b = self.tensor("fc.bias", &[classes], Role::Param, Init::Zeros);
-        let logits = self.buf("logits", act, n * classes, false);
+        let logits = self.buf("logits", act, Dtype::F32, n * classes, false);
         let fc = Linear { out: logits, inp: pooled, weight: fc_w, bias: fc_b, c: cin, n, o: classes };
         self.step("fc", Phase::Forward, Op::Linear(fc));
-        let loss = self.buf("loss", act, 2, false);
+        let loss = self.buf("loss", act, Dtype::F32, 2, false);
         (self.sched.logits, self.sched.loss) = (logits, loss);
         let labels = self.sched.labels;
         let train = self.sched.mode == Mode::Train;
-        let d_logits = train.then(|| self.buf("d_logits", BufKind::Gradient, n * classes, false));
+        let d_logits = train.then(|| self.buf("d_logits", BufKind::Gradient, Dtype::F32, n * classes, false));
         let ce = CrossEntropy { stats: loss, d_logits, logits, labels, n, o: classes };
         self.step("loss", Phase::Forward, Op::CrossEntropy(ce));
         Head { bn, bn_stats, pooled, fc_w, fc_b, d_logits }
@@ -267,9 +315,9 @@ impl Builder {
     fn head_backward(&mut self, head: &Head, h: BufId, cin: usize, hw: usize, last: &str) -> BufId {
         let (n, grad, classes) = (self.sched.batch, BufKind::Gradient, self.sched.config.classes);
         let m_last = n * hw * hw;
-        let d_pooled = self.buf("pool.d_out", grad, cin * n, false);
-        let d_fc_w = self.buf("fc.d_weight", BufKind::WeightGradient, classes * cin, false);
-        let d_fc_b = self.buf("fc.d_bias", BufKind::WeightGradient, classes, false);
+        let d_pooled = self.buf("pool.d_out", grad, Dtype::F32, cin * n, false);
+        let d_fc_w = self.buf("fc.d_weight", BufKind::WeightGradient, Dtype::F32, classes * cin, false);
+        let d_fc_b = self.buf("fc.d_bias", BufKind::WeightGradient, Dtype::F32, classes, false);
         let d_logits = head.d_logits.expect("a training head has the logits' gradient");
         let fc = LinearBackward {
             d_inp: d_pooled,
@@ -285,10 +333,10 @@ impl Builder {
         self.step("fc", Phase::Backward, Op::LinearBackward(fc));
         self.update(head.fc_w, d_fc_w, GradSel::Full);
         self.update(head.fc_b, d_fc_b, GradSel::Full);
-        let d_bn_out = self.buf("bn.d_out", grad, cin * m_last, false);
+        let d_bn_out = self.buf("bn.d_out", grad, self.storage(), cin * m_last, false);
         let pool = PoolBackward { d_inp: d_bn_out, d_out: d_pooled, c: cin, n, hw: hw * hw };
         self.step("pool", Phase::Backward, Op::PoolBackward(pool));
-        let d_h = self.buf(format!("{last}.d_out"), grad, cin * m_last, false);
+        let d_h = self.buf(format!("{last}.d_out"), grad, self.storage(), cin * m_last, false);
         let stats = head.bn_stats.expect("training BN keeps its statistics");
         self.bn_backward("bn", d_h, d_bn_out, h, stats, head.bn, Sel::Full(cin), m_last, false);
         d_h
@@ -297,7 +345,7 @@ impl Builder {
     /// Backward through residual block `i` from its output's gradient `d_out`; returns its
     /// input's gradient (named after `input_name`, the layer that produced the input).
     fn block_backward(&mut self, i: usize, bl: &Block, d_out: BufId, input_name: &str) -> BufId {
-        let (n, act, grad) = (self.sched.batch, BufKind::Activation, BufKind::Gradient);
+        let (n, act, grad, x) = (self.sched.batch, BufKind::Activation, BufKind::Gradient, self.storage());
         let name = &bl.name;
         let sel = Sel::Block(i);
         let (w, sliced) = (self.width(sel), self.sliced(i));
@@ -307,40 +355,39 @@ impl Builder {
         let (bn1_stats, bn2_stats) = (bl.bn1_stats.expect("bn1 statistics"), bl.bn2_stats.expect("bn2 statistics"));
         // conv2: needs bn2's output.
         let t = if recompute {
-            let t = self.buf(format!("{name}.bn2.out_re"), act, w * m_out, sliced);
+            let t = self.buf(format!("{name}.bn2.out_re"), act, x, w * m_out, sliced);
             let re = BnReluApply { out: t, inp: bl.conv1_out, stats: bn2_stats, bn: bl.bn2, sel, m: m_out };
             self.step(format!("{name}.bn2"), Phase::Backward, Op::BnReluApply(re));
             t
         } else {
             bl.bn2_out
         };
-        let d_t = self.buf(format!("{name}.bn2.d_out"), grad, w * m_out, sliced);
-        let (conv2_w, conv2) = bl.conv2;
-        self.conv_backward(&format!("{name}.conv2"), Some(d_t), d_out, t, conv2_w, conv2, Sel::Full(bl.c), sel, false);
-        let d_c1 = self.buf(format!("{name}.conv1.d_out"), grad, w * m_out, sliced);
+        let d_t = self.buf(format!("{name}.bn2.d_out"), grad, x, w * m_out, sliced);
+        self.conv_backward(&format!("{name}.conv2"), Some(d_t), d_out, t, bl.conv2, Sel::Full(bl.c), sel, false);
+        let d_c1 = self.buf(format!("{name}.conv1.d_out"), grad, x, w * m_out, sliced);
         self.bn_backward(&format!("{name}.bn2"), d_c1, d_t, bl.conv1_out, bn2_stats, bl.bn2, sel, m_out, false);
         // conv1 (and the projection shortcut): need bn1's output.
         let full_in = Sel::Full(bl.cin);
         let o = if recompute {
-            let o = self.buf(format!("{name}.bn1.out_re"), act, bl.cin * m_in, false);
+            let o = self.buf(format!("{name}.bn1.out_re"), act, x, bl.cin * m_in, false);
             let re = BnReluApply { out: o, inp: bl.h, stats: bn1_stats, bn: bl.bn1, sel: full_in, m: m_in };
             self.step(format!("{name}.bn1"), Phase::Backward, Op::BnReluApply(re));
             o
         } else {
             bl.bn1_out
         };
-        let d_o = self.buf(format!("{name}.bn1.d_out"), grad, bl.cin * m_in, false);
-        let (conv1_w, conv1) = bl.conv1;
-        self.conv_backward(&format!("{name}.conv1"), Some(d_o), d_c1, o, conv1_w, conv1, sel, full_in, false);
-        if let Some((wt, shape)) = bl.shortcut {
+        let d_o = self.buf(format!("{name}.bn1.d_out"), grad, x, bl.cin * m_in, false);
+        self.conv_backward(&format!("{name}.conv1"), Some(d_o), d_c1, o, bl.conv1, sel, full_in, false);
+        if let Some(shortcut) = bl.shortcut {
             let layer = format!("{name}.shortcut");
-            self.conv_backward(&layer, Some(d_o), d_out, o, wt, shape, Sel::Full(bl.c), full_in, true);
+            self.conv_backward(&layer, Some(d_o), d_out, o, shortcut, Sel::Full(bl.c), full_in, true);
         }
         // The block input's gradient: bn1's backward, plus d_out itself for an identity
         // shortcut, either accumulated in place into d_out or in a fresh buffer plus an add.
         let identity = bl.shortcut.is_none();
         let in_place = identity && self.sched.options.in_place;
-        let d_in = if in_place { d_out } else { self.buf(format!("{input_name}.d_out"), grad, bl.cin * m_in, false) };
+        let d_in =
+            if in_place { d_out } else { self.buf(format!("{input_name}.d_out"), grad, x, bl.cin * m_in, false) };
         self.bn_backward(&format!("{name}.bn1"), d_in, d_o, bl.h, bn1_stats, bl.bn1, full_in, m_in, in_place);
         if identity && !in_place {
             self.step(format!("{name}.add"), Phase::Backward, Op::Add(Add { out: d_in, inp: d_out }));
@@ -352,9 +399,14 @@ impl Builder {
 /// The primitives the layers are built from: buffers, tensors, steps, convolutions, BN
 /// backward, SGD updates, and the persistent region's layout.
 impl Builder {
-    fn buf(&mut self, name: impl Into<String>, kind: BufKind, len: usize, sliced: bool) -> BufId {
-        self.sched.buffers.push(Buffer { name: name.into(), kind, len, sliced });
+    fn buf(&mut self, name: impl Into<String>, kind: BufKind, dtype: Dtype, len: usize, sliced: bool) -> BufId {
+        self.sched.buffers.push(Buffer { name: name.into(), kind, dtype, len, sliced });
         self.sched.buffers.len() - 1
+    }
+
+    /// The element type of activations, their gradients and workspaces.
+    fn storage(&self) -> Dtype {
+        self.sched.options.precision.storage()
     }
 
     fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role, init: Init) -> TensorId {
@@ -393,6 +445,17 @@ impl Builder {
         }
     }
 
+    /// Elements of a convolution's workspace for `in_width` input channels and `chunk` images:
+    /// im2col columns, or what the target's algorithms need in an fp32 step (the module doc
+    /// says why a bf16 step holds im2col columns alone).
+    fn workspace_len(&self, shape: &ConvShape, in_width: usize, chunk: usize) -> usize {
+        let o = self.sched.options;
+        match o.precision {
+            Precision::Fp32 => crate::ops::conv2d::workspace_len(shape, in_width, chunk, o.target),
+            Precision::Bf16 => shape.im2col_len(in_width, chunk),
+        }
+    }
+
     /// Images per im2col chunk: `--col-chunk`, or the most whose workspace fits the budget.
     fn chunk(&self, shape: &ConvShape, in_width: usize) -> usize {
         let o = self.sched.options;
@@ -401,8 +464,7 @@ impl Builder {
         }
         // The largest chunk whose workspace fits the budget (at least one image).
         let budget = o.col_budget() << 20;
-        let fits =
-            |c: usize| crate::ops::conv2d::workspace_len(shape, in_width, c, self.sched.options.target) * 4 <= budget;
+        let fits = |c: usize| self.workspace_len(shape, in_width, c) * self.storage().size() <= budget;
         // The workspace grows with the chunk: binary search for the last chunk that fits.
         let (mut lo, mut hi) = (1, shape.n);
         while lo < hi {
@@ -416,7 +478,8 @@ impl Builder {
         lo
     }
 
-    /// A convolution's forward op, with its workspace sized for the chunk the options allow.
+    /// A convolution's forward op, with its workspace sized for the chunk the options allow and,
+    /// in a bf16 step, the bf16 copy of its weight's slice. Returns the weight as its GEMMs read it.
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
@@ -428,28 +491,25 @@ impl Builder {
         out_sel: Sel,
         in_sel: Sel,
         accumulate: bool,
-    ) {
+    ) -> ConvWeight {
         let in_width = self.width(in_sel);
         let chunk = self.chunk(&shape, in_width);
         let col = self.col(layer, &shape, in_sel, chunk, "col");
-        self.step(
-            layer,
-            Phase::Forward,
-            Op::Conv(Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate }),
-        );
+        let copy = (self.sched.options.precision == Precision::Bf16).then(|| {
+            let len = self.width(out_sel) * in_width * shape.kk();
+            let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
+            self.buf(format!("{layer}.weight_bf16"), BufKind::WeightCopy, Dtype::Bf16, len, sliced)
+        });
+        let op = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy: copy };
+        self.step(layer, Phase::Forward, Op::Conv(op));
+        ConvWeight { tensor: weight, shape, copy }
     }
 
     /// The workspace buffer of a convolution (none for a direct 1x1 conv).
     fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
-        let len = crate::ops::conv2d::workspace_len(shape, self.width(in_sel), chunk, self.sched.options.target);
-        (len > 0).then(|| {
-            self.buf(
-                format!("{layer}.{what}"),
-                BufKind::Workspace,
-                len,
-                matches!(in_sel, Sel::Block(b) if self.sliced(b)),
-            )
-        })
+        let len = self.workspace_len(shape, self.width(in_sel), chunk);
+        let sliced = self.is_sliced(in_sel);
+        (len > 0).then(|| self.buf(format!("{layer}.{what}"), BufKind::Workspace, self.storage(), len, sliced))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -459,17 +519,17 @@ impl Builder {
         d_inp: Option<BufId>,
         d_out: BufId,
         inp: BufId,
-        weight: TensorId,
-        shape: ConvShape,
+        w: ConvWeight,
         out_sel: Sel,
         in_sel: Sel,
         accumulate_d_inp: bool,
     ) {
-        let (ow, iw) = (self.width(out_sel), self.width(in_sel));
+        let (ow, iw, shape) = (self.width(out_sel), self.width(in_sel), w.shape);
         let chunk = self.chunk(&shape, iw);
         let col = self.col(layer, &shape, in_sel, chunk, "col_b");
         let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
-        let d_weight = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, ow * iw * shape.kk(), sliced);
+        let d_weight =
+            self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, ow * iw * shape.kk(), sliced);
         self.step(
             layer,
             Phase::Backward,
@@ -479,12 +539,14 @@ impl Builder {
                 d_out,
                 inp,
                 col,
-                weight,
+                weight: w.tensor,
                 shape,
                 out_sel,
                 in_sel,
                 chunk,
                 accumulate_d_inp,
+                // Only the `dcol` product (the input's gradient) reads the weight.
+                weight_copy: w.copy.filter(|_| d_inp.is_some()),
             }),
         );
         let map = match (out_sel, in_sel) {
@@ -496,7 +558,7 @@ impl Builder {
             }
             _ => GradSel::Full,
         };
-        self.update(weight, d_weight, map);
+        self.update(w.tensor, d_weight, map);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -514,8 +576,8 @@ impl Builder {
     ) {
         let w = self.width(sel);
         let sliced = self.is_sliced(sel);
-        let d_gamma = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, w, sliced);
-        let d_beta = self.buf(format!("{layer}.d_bias"), BufKind::WeightGradient, w, sliced);
+        let d_gamma = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, w, sliced);
+        let d_beta = self.buf(format!("{layer}.d_bias"), BufKind::WeightGradient, Dtype::F32, w, sliced);
         self.step(
             layer,
             Phase::Backward,

@@ -230,6 +230,8 @@ mod tests {
         assert_eq!(e.arena_bytes, 0);
     }
 
+    /// Random lifetimes of arbitrary byte sizes (odd ones included), so buffers of any element
+    /// type mix, as f32 and bf16 ones do in a bf16 step.
     fn random_bufs(rng: &mut Rng, n: usize, steps: usize) -> Vec<Lifetime> {
         (0..n)
             .map(|_| {

@@ -1,6 +1,7 @@
 //! A program: a schedule with its memory plan, ready to run on a backend. Building one runs the
 //! planner and (always, it is cheap) the invariant checker, so a backend may trust that buffers
-//! live at the same step never overlap.
+//! live at the same step never overlap. Sizes and offsets are bytes of each buffer's element
+//! type, so fp32 and bf16 steps are planned alike.
 
 use crate::plan::{self, Lifetime, Placement};
 use crate::schedule::Schedule;
@@ -9,7 +10,9 @@ pub struct Program {
     pub schedule: Schedule,
     pub lifetimes: Vec<Lifetime>,
     pub placement: Placement,
-    /// (offset, len) of each buffer in the arena, in floats.
+    /// (offset, len) of each buffer: the offset in 4-byte words (offsets are 256-byte aligned),
+    /// the length in elements of the buffer's dtype; in floats for the fp32 programs the
+    /// backends run (a bf16 program is planned only, `backend::check_precision`).
     pub locs: Vec<(usize, usize)>,
 }
 

@@ -1,5 +1,7 @@
 //! Printouts of a memory plan: a text report (summary, buffer table, one chart row per step),
-//! JSON for tools, and an SVG picture (step by offset, one rectangle per buffer).
+//! JSON for tools, and an SVG picture (step by offset, one rectangle per buffer). Sizes are
+//! bytes of each buffer's element type; the summary puts the plan's totals in both precisions
+//! side by side when the caller gives the other one.
 //!
 //! They all read one [`PlanReport`], a plain record filled by whoever built the plan (the
 //! `plan` command), so the printouts depend on nothing but the planner's outputs. Nothing here
@@ -11,7 +13,7 @@ use std::fmt::{self, Write};
 use serde::Serialize;
 
 use super::Program;
-use crate::ir::{live_bytes, mib, BufKind, Lifetime, Role};
+use crate::ir::{live_bytes, mib, BufKind, Dtype, Lifetime, Precision, Role};
 use crate::schedule::{Mode, Schedule};
 
 /// One arena buffer as the printouts show it.
@@ -19,6 +21,7 @@ use crate::schedule::{Mode, Schedule};
 pub struct BufferInfo {
     pub name: String,
     pub kind: BufKind,
+    pub dtype: Dtype,
     pub bytes: usize,
     /// First and last live step (inclusive), indices into [`PlanReport::steps`].
     pub first: usize,
@@ -36,6 +39,14 @@ pub struct Baseline {
     pub persistent_bytes: usize,
 }
 
+/// A plan's arena and total (persistent + arena) in one precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrecisionTotals {
+    pub precision: Precision,
+    pub arena_bytes: usize,
+    pub total_bytes: usize,
+}
+
 /// Everything the printouts show about one plan.
 #[derive(Clone, Debug)]
 pub struct PlanReport {
@@ -45,6 +56,7 @@ pub struct PlanReport {
     pub keep: f64,
     /// "train" or "eval".
     pub mode: String,
+    pub precision: Precision,
     pub alignment: usize,
     /// Op names in schedule order, e.g. "f12 g0.b0.conv1".
     pub steps: Vec<String>,
@@ -59,6 +71,9 @@ pub struct PlanReport {
     /// Planner options in force, e.g. ("recompute", "bn-relu").
     pub options: Vec<(String, String)>,
     pub baseline: Option<Baseline>,
+    /// This plan's totals first, then the same step's in the other precision when the caller
+    /// planned it ([`totals`]).
+    pub precisions: Vec<PrecisionTotals>,
     /// For a GPU plan: kernel launches and cuBLAS GEMMs one training step queues.
     pub gpu_calls: Option<GpuCalls>,
 }
@@ -93,6 +108,16 @@ fn persistent_parts(s: &Schedule) -> Vec<(String, usize)> {
     parts
 }
 
+/// A program's arena and total, labelled with its precision.
+pub fn totals(p: &Program) -> PrecisionTotals {
+    let persistent: usize = persistent_parts(&p.schedule).iter().map(|(_, b)| b).sum();
+    PrecisionTotals {
+        precision: p.schedule.options.precision,
+        arena_bytes: p.arena_bytes(),
+        total_bytes: persistent + p.arena_bytes(),
+    }
+}
+
 /// The report of a planned program, with an optional baseline program beside it.
 pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
     let s = &p.schedule;
@@ -102,6 +127,7 @@ pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
         batch: s.batch,
         keep: s.config.keep,
         mode: s.mode.as_str().to_string(),
+        precision: s.options.precision,
         alignment: super::ALIGN,
         steps: s.steps.iter().map(|st| st.name()).collect(),
         buffers: s
@@ -111,6 +137,7 @@ pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
             .map(|(b, l)| BufferInfo {
                 name: b.name.clone(),
                 kind: b.kind,
+                dtype: b.dtype,
                 bytes: l.bytes,
                 first: l.first,
                 last: l.last,
@@ -129,6 +156,7 @@ pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
             naive_bytes: super::naive_bytes(&b.lifetimes),
             persistent_bytes: persistent_parts(&b.schedule).iter().map(|(_, x)| x).sum(),
         }),
+        precisions: vec![totals(p)],
         gpu_calls: None,
     }
 }
@@ -265,6 +293,21 @@ fn write_summary(s: &mut String, r: &PlanReport) -> fmt::Result {
             pct(save_arena, b.arena_bytes as f64)
         )?;
     }
+    if r.precisions.len() > 1 {
+        let each: Vec<String> = r
+            .precisions
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: arena {:.2} MiB, total {:.2} MiB",
+                    t.precision.as_str(),
+                    mib(t.arena_bytes),
+                    mib(t.total_bytes)
+                )
+            })
+            .collect();
+        writeln!(s, "  precision   {}", each.join("; "))?;
+    }
     let opts: Vec<String> = r.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
     writeln!(s, "  options     {}", if opts.is_empty() { "none".to_string() } else { opts.join(", ") })?;
     if let Some(g) = r.gpu_calls {
@@ -273,7 +316,8 @@ fn write_summary(s: &mut String, r: &PlanReport) -> fmt::Result {
     Ok(())
 }
 
-/// The buffer table: one row per buffer with its size, offset, live steps and chart character.
+/// The buffer table: one row per buffer with its kind, element type, size, offset, live steps
+/// and chart character.
 fn write_buffer_table(s: &mut String, r: &PlanReport, chars: &[char]) -> fmt::Result {
     let id_w = r.buffers.len().saturating_sub(1).to_string().len().max(2);
     let name_w = r.buffers.iter().map(|b| b.name.chars().count()).max().unwrap_or(0).clamp(4, 48);
@@ -281,16 +325,17 @@ fn write_buffer_table(s: &mut String, r: &PlanReport, chars: &[char]) -> fmt::Re
     writeln!(s, "buffers ({}):", r.buffers.len())?;
     writeln!(
         s,
-        "{:>id_w$}  {:<name_w$}  {:<15}  {:>10}  {:>10}  {:>11}  {:<6}  chr",
-        "id", "name", "kind", "MiB", "offset MiB", "steps", "sliced"
+        "{:>id_w$}  {:<name_w$}  {:<15}  {:<4}  {:>10}  {:>10}  {:>11}  {:<6}  chr",
+        "id", "name", "kind", "type", "MiB", "offset MiB", "steps", "sliced"
     )?;
     for (i, b) in r.buffers.iter().enumerate() {
         writeln!(
             s,
-            "{:>id_w$}  {:<name_w$}  {:<15}  {:>10.2}  {:>10.2}  {:>11}  {:<6}  {}",
+            "{:>id_w$}  {:<name_w$}  {:<15}  {:<4}  {:>10.2}  {:>10.2}  {:>11}  {:<6}  {}",
             i,
             b.name,
             b.kind.as_str(),
+            b.dtype.as_str(),
             mib(b.bytes),
             mib(r.offset(i)),
             format!("{}..{}", b.first, b.last),
@@ -366,6 +411,7 @@ fn fill_chart_row(row: &mut [char], cover: &mut [u128], r: &PlanReport, step: us
 struct JsonBuffer<'a> {
     name: &'a str,
     kind: BufKind,
+    dtype: Dtype,
     bytes: usize,
     offset: usize,
     first: usize,
@@ -382,11 +428,19 @@ struct JsonBaseline {
 }
 
 #[derive(Serialize)]
+struct JsonTotals {
+    precision: &'static str,
+    arena_bytes: usize,
+    total_bytes: usize,
+}
+
+#[derive(Serialize)]
 struct JsonPlan<'a> {
     model: &'a str,
     batch: usize,
     keep: f64,
     mode: &'a str,
+    precision: &'static str,
     alignment: usize,
     arena_bytes: usize,
     naive_bytes: usize,
@@ -395,19 +449,22 @@ struct JsonPlan<'a> {
     buffers: Vec<JsonBuffer<'a>>,
     options: serde_json::Map<String, serde_json::Value>,
     baseline: Option<JsonBaseline>,
+    precisions: Vec<JsonTotals>,
     #[serde(skip_serializing_if = "Option::is_none")]
     gpu_calls: Option<GpuCalls>,
 }
 
-/// The plan as JSON: model, batch, keep, mode, alignment, the byte totals, `steps` (op names),
-/// `buffers` (`first`/`last` index `steps`), `options` (an object), `baseline` (or null) and,
-/// for a GPU plan, `gpu_calls` (`launches`, `gemms`).
+/// The plan as JSON: model, batch, keep, mode, precision, alignment, the byte totals, `steps`
+/// (op names), `buffers` (with `dtype`; `first`/`last` index `steps`), `options` (an object),
+/// `baseline` (or null), `precisions` (`precision`, `arena_bytes`, `total_bytes` of this plan and
+/// of the other precision when given) and, for a GPU plan, `gpu_calls` (`launches`, `gemms`).
 pub fn json(r: &PlanReport) -> String {
     let plan = JsonPlan {
         model: &r.model,
         batch: r.batch,
         keep: r.keep,
         mode: &r.mode,
+        precision: r.precision.as_str(),
         alignment: r.alignment,
         arena_bytes: r.arena_bytes,
         naive_bytes: r.naive_bytes,
@@ -420,6 +477,7 @@ pub fn json(r: &PlanReport) -> String {
             .map(|(i, b)| JsonBuffer {
                 name: &b.name,
                 kind: b.kind,
+                dtype: b.dtype,
                 bytes: b.bytes,
                 offset: r.offset(i),
                 first: b.first,
@@ -434,17 +492,27 @@ pub fn json(r: &PlanReport) -> String {
             naive_bytes: b.naive_bytes,
             persistent_bytes: b.persistent_bytes,
         }),
+        precisions: r
+            .precisions
+            .iter()
+            .map(|t| JsonTotals {
+                precision: t.precision.as_str(),
+                arena_bytes: t.arena_bytes,
+                total_bytes: t.total_bytes,
+            })
+            .collect(),
         gpu_calls: r.gpu_calls,
     };
     // Plain structs with string keys always serialise (a NaN keep becomes null).
     serde_json::to_string_pretty(&plan).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-const KINDS: [(BufKind, &str); 4] = [
+const KINDS: [(BufKind, &str); 5] = [
     (BufKind::Activation, "#4e79a7"),
     (BufKind::Gradient, "#e15759"),
     (BufKind::WeightGradient, "#f28e2b"),
     (BufKind::Workspace, "#59a14f"),
+    (BufKind::WeightCopy, "#b07aa1"),
 ];
 
 fn kind_colour(k: BufKind) -> &'static str {
@@ -687,8 +755,8 @@ fn write_svg_frame(s: &mut String, g: &Plot) -> fmt::Result {
 
 /// Number and bytes of the non-empty buffers of each kind (in [`KINDS`] order), and how many
 /// of them are sliced.
-fn kind_totals(r: &PlanReport) -> ([(usize, usize); 4], usize) {
-    let mut per_kind = [(0usize, 0usize); 4];
+fn kind_totals(r: &PlanReport) -> ([(usize, usize); KINDS.len()], usize) {
+    let mut per_kind = [(0usize, 0usize); KINDS.len()];
     let mut sliced_count = 0usize;
     for b in r.buffers.iter().filter(|b| b.bytes > 0) {
         let k = KINDS.iter().position(|(kk, _)| *kk == b.kind).unwrap_or(0);
@@ -699,7 +767,8 @@ fn kind_totals(r: &PlanReport) -> ([(usize, usize); 4], usize) {
     (per_kind, sliced_count)
 }
 
-/// The legend right of the plot: a swatch per kind with its totals, the sliced hatch, the live line.
+/// The legend right of the plot: a swatch per kind present with its totals, the sliced hatch,
+/// the live line.
 fn write_svg_legend(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
     let (per_kind, sliced_count) = kind_totals(r);
     let lx = g.x0 + g.pw + 24.0;
@@ -715,7 +784,8 @@ fn write_svg_legend(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
             crate::io::svg::escape(label)
         )
     };
-    for (k, (kind, colour)) in KINDS.iter().enumerate() {
+    // Kinds a plan lacks (weight copies outside bf16 plans) are left out.
+    for (k, (kind, colour)) in KINDS.iter().enumerate().filter(|(k, _)| per_kind[*k].0 > 0) {
         let label = format!("{}: {} buffers, {:.1} MiB", kind.as_str(), per_kind[k].0, mib(per_kind[k].1));
         swatch(s, ly, colour, &label)?;
         ly += 22.0;
@@ -737,7 +807,8 @@ mod tests {
 
     const MB: usize = 1 << 20;
 
-    /// A small training-like plan, planned for real.
+    /// A small training-like bf16 plan (f32 weight gradient), planned for real, with its fp32
+    /// totals beside it.
     fn sample() -> PlanReport {
         let steps: Vec<String> = [
             "f0 stem.conv",
@@ -753,6 +824,7 @@ mod tests {
         let mk = |name: &str, kind, bytes, first, last, sliced| BufferInfo {
             name: name.to_string(),
             kind,
+            dtype: if kind == BufKind::WeightGradient { Dtype::F32 } else { Dtype::Bf16 },
             bytes,
             first,
             last,
@@ -775,6 +847,7 @@ mod tests {
             batch: 4,
             keep: 0.5,
             mode: "train".into(),
+            precision: Precision::Bf16,
             alignment: ALIGN,
             steps,
             buffers,
@@ -794,6 +867,14 @@ mod tests {
                 naive_bytes: 20 * MB,
                 persistent_bytes: 3 * MB,
             }),
+            precisions: vec![
+                PrecisionTotals {
+                    precision: Precision::Bf16,
+                    arena_bytes: p.arena_bytes,
+                    total_bytes: p.arena_bytes + 3 * MB,
+                },
+                PrecisionTotals { precision: Precision::Fp32, arena_bytes: 17 * MB, total_bytes: 20 * MB },
+            ],
             gpu_calls: None,
         }
     }
@@ -808,6 +889,7 @@ mod tests {
             "batch",
             "keep",
             "mode",
+            "precision",
             "alignment",
             "arena_bytes",
             "naive_bytes",
@@ -816,10 +898,17 @@ mod tests {
             "buffers",
             "options",
             "baseline",
+            "precisions",
         ] {
             assert!(keys.contains(&k), "missing {k}");
         }
-        assert_eq!(keys.len(), 12);
+        assert_eq!(keys.len(), 14);
+        assert_eq!(v["precision"], "bf16");
+        assert_eq!(v["precisions"][0]["precision"], "bf16");
+        assert_eq!(v["precisions"][0]["arena_bytes"], r.arena_bytes as u64);
+        assert_eq!(v["precisions"][0]["total_bytes"], (r.arena_bytes + 3 * MB) as u64);
+        assert_eq!(v["precisions"][1]["precision"], "fp32");
+        assert_eq!(v["precisions"][1]["total_bytes"], 20 * MB as u64);
         assert_eq!(v["model"], "WRN-10-2");
         assert_eq!(v["batch"], 4);
         assert_eq!(v["keep"], 0.5);
@@ -833,9 +922,10 @@ mod tests {
         let bufs = v["buffers"].as_array().unwrap();
         assert_eq!(bufs.len(), r.buffers.len());
         for (i, b) in bufs.iter().enumerate() {
-            assert_eq!(b.as_object().unwrap().len(), 7);
+            assert_eq!(b.as_object().unwrap().len(), 8);
             assert_eq!(b["name"], r.buffers[i].name.as_str());
             assert_eq!(b["kind"], r.buffers[i].kind.as_str());
+            assert_eq!(b["dtype"], r.buffers[i].dtype.as_str());
             assert_eq!(b["bytes"], r.buffers[i].bytes as u64);
             assert_eq!(b["offset"], r.offsets[i] as u64);
             assert_eq!(b["first"], r.buffers[i].first as u64);
@@ -843,7 +933,10 @@ mod tests {
             assert_eq!(b["sliced"], r.buffers[i].sliced);
         }
         assert_eq!(bufs[3]["kind"], "gradient");
-        assert_eq!(bufs[4]["kind"], "weight_gradient");
+        assert_eq!(
+            (&bufs[3]["dtype"], &bufs[4]["kind"], &bufs[4]["dtype"]),
+            (&"bf16".into(), &"weight_gradient".into(), &"f32".into())
+        );
         assert_eq!(v["options"]["recompute"], "bn-relu");
         assert_eq!(v["baseline"]["keep"], 1.0);
         assert_eq!(v["baseline"]["arena_bytes"], 16 * MB as u64);
@@ -870,8 +963,24 @@ mod tests {
         assert!(t.contains("total 19.00 MiB"), "{t}");
         assert!(t.contains(&format!("{save:.2} MiB")), "{t}");
         assert!(t.contains(&format!("{:.1}%", 100.0 * save / 19.0)));
-        // Table row for buffer 3.
-        let row3 = t.lines().find(|l| l.split_whitespace().nth(1) == Some("dh1")).unwrap();
+        // Both precisions' totals on one line, this plan's first.
+        let line = t.lines().find(|l| l.trim_start().starts_with("precision")).expect("a precision line");
+        let want = format!(
+            "bf16: arena {:.2} MiB, total {total:.2} MiB; fp32: arena 17.00 MiB, total 20.00 MiB",
+            mib(r.arena_bytes)
+        );
+        assert!(line.ends_with(&want), "{line}");
+        let mut one = r.clone();
+        one.precisions.truncate(1);
+        assert!(!text(&one, 40).contains("  precision "), "a lone precision is not repeated");
+        // Table rows for buffers 3 and 4: kind, element type, steps, sliced.
+        let row = |name: &str| t.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap().to_string();
+        let row3 = row("dh1");
+        assert_eq!(row3.split_whitespace().take(4).collect::<Vec<_>>(), ["3", "dh1", "gradient", "bf16"]);
+        assert_eq!(
+            row("dw").split_whitespace().take(5).collect::<Vec<_>>(),
+            ["4", "dw", "conv1", "weight_gradient", "f32"]
+        );
         assert!(row3.contains("gradient") && row3.contains("3..4") && row3.contains("yes"));
         assert!(row3.contains(&format!("{:.2}", mib(2 * MB + 1000))));
 
@@ -915,6 +1024,7 @@ mod tests {
             .map(|i| BufferInfo {
                 name: format!("b{i}"),
                 kind: BufKind::Activation,
+                dtype: Dtype::F32,
                 bytes: 1024,
                 first: 0,
                 last: 5,
@@ -954,6 +1064,12 @@ mod tests {
         for k in ["activation", "gradient", "weight_gradient", "workspace"] {
             assert!(g.contains(&format!(">{k}: ")), "legend lacks {k}");
         }
+        // A kind the plan lacks is left out of the legend; once present it is drawn in.
+        assert!(!g.contains(">weight_copy: "));
+        let mut with_copy = r.clone();
+        with_copy.buffers[0].kind = BufKind::WeightCopy;
+        let g3 = svg(&with_copy);
+        assert!(g3.contains(">weight_copy: 1 buffers, 4.0 MiB") && g3.contains("fill=\"#b07aa1\""), "{g3}");
         assert!(g.contains("schedule step") && g.contains("arena offset (MiB)"));
         assert!(g.contains(&format!("arena {:.2} MiB", mib(r.arena_bytes))));
         // Rects stay inside the plot: the buffer at offset 0 reaches the bottom axis.
@@ -982,7 +1098,8 @@ mod tests {
             .enumerate()
             .map(|(i, l)| BufferInfo {
                 name: format!("buf{i}"),
-                kind: KINDS[i % 4].0,
+                kind: KINDS[i % KINDS.len()].0,
+                dtype: if i % 2 == 0 { Dtype::F32 } else { Dtype::Bf16 },
                 bytes: l.bytes,
                 first: l.first,
                 last: l.last,

@@ -119,7 +119,7 @@ impl TrainArgs {
                 return Err(Error::flag(flag, 0, "an integer >= 1 (a number of images)"));
             }
         }
-        Ok(())
+        crate::backend::check_precision(self.options.precision)
     }
 
     pub fn config(&self, classes: usize, in_channels: usize) -> ModelConfig {

@@ -18,7 +18,8 @@ use crate::backend::{Backend, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::{Split, PLANE};
 use crate::ir::{
-    BnRef, BufId, BufKind, Buffer, ConvShape, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId, TensorSpec,
+    BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId,
+    TensorSpec,
 };
 use crate::ops::sgd::SgdParams;
 use crate::ops::{
@@ -91,13 +92,19 @@ impl Tiny {
             gradients: vec![],
         };
         for name in ["dummy.input", "dummy.labels"] {
-            s.buffers.push(Buffer { name: name.into(), kind: BufKind::Activation, len: 1, sliced: false });
+            s.buffers.push(Buffer {
+                name: name.into(),
+                kind: BufKind::Activation,
+                dtype: Dtype::F32,
+                len: 1,
+                sliced: false,
+            });
         }
         Tiny { s, rng: Rng::new(seed, 7), persistent: vec![], fills: vec![], producers: vec![] }
     }
 
     fn add_buf(&mut self, name: &str, kind: BufKind, data: Vec<f32>) -> BufId {
-        self.s.buffers.push(Buffer { name: name.into(), kind, len: data.len(), sliced: false });
+        self.s.buffers.push(Buffer { name: name.into(), kind, dtype: Dtype::F32, len: data.len(), sliced: false });
         let id = self.s.buffers.len() - 1;
         self.fills.push((id, data));
         id
@@ -252,12 +259,12 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                     let col_len = crate::ops::conv2d::workspace_len(&shape, iw, chunk, crate::ir::Target::Cpu);
                     let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
                     let (name, op) = if !backward {
-                        let o = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
+                        let out = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
                         let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
-                        (
-                            format!("conv fwd {g} {label}"),
-                            Op::Conv(Conv { out: o, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate: acc }),
-                        )
+                        let (accumulate, weight_copy) = (acc, None);
+                        let conv =
+                            Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy };
+                        (format!("conv fwd {g} {label}"), Op::Conv(conv))
                     } else {
                         let dy = t.normals(ow * N * hw_out, 1.0, 0.0);
                         let d_out = t.input("conv.d_out", dy);
@@ -279,6 +286,7 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                                 in_sel,
                                 chunk,
                                 accumulate_d_inp: acc,
+                                weight_copy: None,
                             }),
                         )
                     };

@@ -132,6 +132,7 @@ mod tests {
             in_sel: Sel::Block(0),
             chunk,
             accumulate: false,
+            weight_copy: None,
         };
         forward(&op, &view);
         let launches = rec.launches.borrow();

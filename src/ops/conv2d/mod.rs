@@ -13,6 +13,11 @@
 //! slice is two runs and therefore two GEMMs (input runs accumulate, output runs write their own
 //! rows). Sliced buffers hold only the slice's channels, in slice order.
 //!
+//! A bf16 program (`ir::Precision::Bf16`) also names `weight_copy`: the rows or column groups of
+//! the weight that the step's GEMMs read, as bf16 in slice order, written by the forward op from
+//! the f32 parameter and read again by the backward op's `dcol` product. It is planned; no
+//! backend runs a bf16 program yet (`backend::check_precision`).
+//!
 //! - `lowering.rs`: the walk over slice runs x weight views x image chunks, as commands; both
 //!   backends run it.
 //! - `cpu.rs`: im2col, col2im (rayon) and the CPU's run of the lowering with our GEMM.
@@ -66,6 +71,8 @@ pub struct Conv {
     pub in_sel: Sel,
     pub chunk: usize,
     pub accumulate: bool,
+    /// The bf16 copy of the weight's slice this op writes for its GEMMs (bf16 programs only).
+    pub weight_copy: Option<BufId>,
 }
 
 /// Gradients of [`Conv`]: `d_weight` (the slice's block, overwritten) and, when wanted,
@@ -83,11 +90,15 @@ pub struct ConvBackward {
     pub in_sel: Sel,
     pub chunk: usize,
     pub accumulate_d_inp: bool,
+    /// The bf16 copy of the weight's slice the forward op made, read by the `dcol` product
+    /// (bf16 programs that compute `d_inp` only).
+    pub weight_copy: Option<BufId>,
 }
 
 impl Kernel for Conv {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
-        (vec![self.inp], [vec![self.out], self.col.into_iter().collect()].concat())
+        let written = [vec![self.out], self.col.into_iter().collect(), self.weight_copy.into_iter().collect()];
+        (vec![self.inp], written.concat())
     }
     fn macs(&self, slices: &[SliceSpec]) -> usize {
         self.shape.macs(self.out_sel.width(slices), self.in_sel.width(slices))
@@ -107,7 +118,8 @@ impl Kernel for Conv {
 impl Kernel for ConvBackward {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         let written = [self.d_inp.into_iter().collect(), vec![self.d_weight], self.col.into_iter().collect()];
-        (vec![self.d_out, self.inp], written.concat())
+        let read = [vec![self.d_out, self.inp], self.weight_copy.into_iter().collect()];
+        (read.concat(), written.concat())
     }
     fn macs(&self, slices: &[SliceSpec]) -> usize {
         let passes = if self.d_inp.is_some() { 2 } else { 1 };
