@@ -233,9 +233,10 @@ pub struct TrainFlags {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Before each epoch's test, also test with BN's running statistics recalibrated for the full
-    /// network over N training batches (0 = off); the metrics get test_acc_recal
-    #[arg(long, default_value_t = 0)]
-    pub bn_recal: usize,
+    /// network over N training batches (0 = off); the metrics get test_acc_recal [default: 50
+    /// with SliceOut (keep < 1), 0 at keep 1.0]
+    #[arg(long)]
+    pub bn_recal: Option<usize>,
     /// Start from these weights (a checkpoint or a safetensors file) with fresh optimizer state
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
