@@ -707,3 +707,21 @@ fn messages_name_what_is_wrong() {
     let (code, err) = sliceout_within(&[&big[..], &["--trace", "/nonexistent/t.json"]].concat(), 5);
     assert!(code != 0 && err.contains("--trace") && err.contains("/nonexistent"), "{err}");
 }
+
+/// `--batch auto` picks the largest power of two that fits (capped here, and by the training
+/// images), says so in one line, and trains with it; a resumed run keeps its own batch.
+#[test]
+fn batch_auto_picks_a_power_of_two_and_says_which() {
+    let s = scene("batch-auto", 40, 8);
+    let (data, out) = (s.data.as_str(), s.out.as_str());
+    let (code, so, err) = sliceout(&refs(&train_args(data, out, &[("--batch", "auto:32"), ("--epochs", "1")])));
+    assert_eq!(code, 0, "{err}");
+    let line = so.lines().find(|l| l.starts_with("batch auto:")).expect("a line saying the batch");
+    assert!(line.starts_with("batch auto: 32,"), "{line}");
+    let ck = sliceout::io::checkpoint::load(&s.dir.join("run/last.ckpt")).unwrap();
+    assert_eq!(ck.step, 1, "40 images at batch 32: one step");
+    let last = s.dir.join("run/last.ckpt");
+    let resume = [("--batch", "auto"), ("--resume", last.to_str().unwrap())];
+    fails_with(&refs(&train_args(data, out, &resume)), &["--batch", "'auto'", "--resume"]);
+    fails_with(&refs(&train_args(data, out, &[("--batch", "auto:0")])), &["--batch", "auto:CAP"]);
+}

@@ -130,6 +130,26 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// The memory a run on `choice` can take now, and the backend it is for: the free memory of
+/// device 0 for a GPU, the kernel's estimate of available memory (`MemAvailable`) on the CPU.
+pub fn free_memory(choice: DeviceChoice) -> Result<(Target, usize)> {
+    let gpu = match choice {
+        DeviceChoice::Cuda => true,
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Auto => crate::gpu::available(),
+    };
+    if gpu {
+        return crate::gpu::device_memory().map(|(free, _)| (Target::Cuda, free));
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| crate::Error::io("/proc/meminfo", e))?;
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .ok_or_else(|| crate::Error::data("/proc/meminfo", "has no MemAvailable line"))?;
+    Ok((Target::Cpu, kib.saturating_mul(1024)))
+}
+
 /// Picks the backend and says which on one line: `auto` takes CUDA when the driver loads and a
 /// device exists, else the CPU; `cuda` without a usable GPU is an error.
 pub fn open(choice: DeviceChoice, math: Math, verbose: bool) -> Result<Box<dyn Backend>> {

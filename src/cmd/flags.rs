@@ -165,6 +165,32 @@ impl MemoryFlags {
     }
 }
 
+/// `train --batch`: a number of images, or the largest power of two that fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchFlag {
+    Images(usize),
+    /// `auto` or `auto:CAP`.
+    Auto {
+        cap: Option<usize>,
+    },
+}
+
+impl std::str::FromStr for BatchFlag {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<BatchFlag, String> {
+        let expected = "a number of images >= 1, auto, or auto:CAP";
+        match s.strip_prefix("auto") {
+            Some("") => Ok(BatchFlag::Auto { cap: None }),
+            Some(rest) => match rest.strip_prefix(':').and_then(|c| c.parse::<usize>().ok()) {
+                Some(cap) if cap >= 1 => Ok(BatchFlag::Auto { cap: Some(cap) }),
+                _ => Err(expected.into()),
+            },
+            None => s.parse().map(BatchFlag::Images).map_err(|_| expected.into()),
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct TrainFlags {
     /// Dataset folder (CIFAR-10/100 binary or Fashion-MNIST IDX files)
@@ -184,9 +210,11 @@ pub struct TrainFlags {
     /// Epochs [default: 200; 4 for the synthetic demo; the run's when resuming]
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    /// Images per step; the last partial batch of an epoch is dropped [default: 128; the run's when resuming]
+    /// Images per step, or `auto` (`auto:CAP`): the largest power of two (up to CAP) whose plan
+    /// fits the free memory of the device with a margin; the last partial batch of an epoch is
+    /// dropped [default: 128; the run's when resuming]
     #[arg(long, allow_negative_numbers = true)]
-    pub batch: Option<usize>,
+    pub batch: Option<BatchFlag>,
     /// Peak learning rate
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub lr: f64,

@@ -2,13 +2,18 @@
 //! where flags leave them out), the no-argument demo (CIFAR-10 when present, else a generated
 //! synthetic set), the default `runs/<timestamp>` folder, Ctrl-C handling, and the closing lines.
 
-use super::flags::{self, TrainFlags};
+use super::flags::{self, BatchFlag, TrainFlags};
 use super::Done;
+use crate::backend;
 use crate::data;
-use crate::error::Result;
+use crate::data::Limits;
+use crate::error::{Error, Result};
 use crate::export::{self, Stated};
 use crate::gpu::Math;
 use crate::io::checkpoint;
+use crate::ir::{mib, Target};
+use crate::model::fit;
+use crate::schedule::Options;
 use crate::train::state::RunMeta;
 use crate::train::{self, folder, LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
@@ -17,6 +22,13 @@ pub fn command(f: TrainFlags) -> Result<Done> {
     let (mut args, demo) = checked_args(&f)?;
     if demo {
         prepare_demo_data(&args.data)?;
+    }
+    if let Some(BatchFlag::Auto { cap }) = f.batch {
+        if args.resume.is_some() {
+            return Err(Error::flag("--batch", "auto", "a number with --resume: a resumed run keeps its batch"));
+        }
+        args.batch = auto_batch(&args, cap)?;
+        args.validate()?;
     }
     // The default folder is claimed (made, never shared) once the flags are known to be sane,
     // and removed again if the run stops before writing anything into it.
@@ -127,7 +139,13 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool) -> Result<TrainArgs> {
         keep,
         align: f.align,
         epochs: f.epochs.or(meta.epochs).unwrap_or(if demo { 4 } else { 200 }),
-        batch: f.batch.or(meta.batch).unwrap_or(128),
+        // `auto` is resolved once the flags check out (`command`).
+        batch: match f.batch {
+            Some(BatchFlag::Images(n)) => Some(n),
+            _ => None,
+        }
+        .or(meta.batch)
+        .unwrap_or(128),
         lr: f.lr,
         momentum: f.momentum,
         wd: f.wd,
@@ -159,5 +177,44 @@ fn default_bn_recal(keep: f64) -> usize {
         50
     } else {
         0
+    }
+}
+
+/// `--batch auto`: the largest power of two (at most `cap` and the training images) whose plan
+/// fits what the device has free now, less the resident dataset, cuBLAS's workspace on a GPU,
+/// and a margin of a tenth plus 256 MiB for what the plan does not count. Said in one line.
+fn auto_batch(args: &TrainArgs, cap: Option<usize>) -> Result<usize> {
+    let limits = Limits { train: args.limit_train, test: args.limit_test };
+    let ds = data::load_limited(&args.data, args.dataset, args.coarse, limits)?;
+    let config = args.config(ds.classes, ds.channels);
+    let resident = [&ds.train, &ds.test].iter().map(|s| s.images.len() + s.labels.len()).sum::<usize>();
+    let train_len = ds.train.len;
+    drop(ds);
+    let (target, free) = backend::free_memory(args.device)?;
+    let options = Options { target, ..args.options };
+    let margin = free / 10 + (256 << 20);
+    let workspace = if target == Target::Cuda { crate::gpu::CUBLAS_WORKSPACE } else { 0 };
+    let cap = cap.unwrap_or(usize::MAX).min(train_len).min(1 << 16);
+    let place = if target == Target::Cuda { "free on the GPU" } else { "available in host memory" };
+    match fit::largest_power_of_two(&config, options, free, resident + workspace + margin, cap) {
+        Some((batch, bytes)) => {
+            println!(
+                "batch auto: {batch}, the largest power of two up to {cap} whose step ({:.0} MiB planned) fits the \
+                 {:.0} MiB {place} less the dataset ({:.0} MiB) and a margin ({:.0} MiB)",
+                mib(bytes),
+                mib(free),
+                mib(resident),
+                mib(margin + workspace)
+            );
+            Ok(batch)
+        }
+        None => Err(Error::flag(
+            "--batch",
+            "auto",
+            format!(
+                "a number: not even one image's step fits the {:.0} MiB {place} less the dataset and a margin",
+                mib(free)
+            ),
+        )),
     }
 }
