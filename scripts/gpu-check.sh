@@ -16,7 +16,8 @@
 #   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32;
 #   3. the GPU plan of WRN-28-10 (launch counts, memory);
 #   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32 and fp32, with the
-#      device memory in use beside the plan;
+#      device memory in use beside the plan, and PyTorch's step on the same card right after each
+#      (scripts/torch/bench_peer.py: the same network and SliceOut rules; skipped without torch);
 #   5. two epochs of WRN-16-4 on Fashion-MNIST at keep 1.0 and 0.5;
 # and ends with one summary table. Full logs go to $OUT (when set, e.g. by the device runner) or
 # ./gpu-check-logs. DEVICE=cpu runs the same script on the CPU (with QUICK=1: small models and
@@ -72,6 +73,12 @@ for model in "${MODELS[@]}"; do
     for math in tf32 fp32; do
         run "bench-wrn$depth-$widen-$math" 120 "$BIN" bench --device "$DEVICE" --depth "$depth" --widen "$widen" \
             --batch "$BATCH" --keep 1.0,0.75,0.5 --steps "$STEPS" --math "$math"
+        if python3 -c "import torch" 2>/dev/null; then
+            run "peer-wrn$depth-$widen-$math" 150 python3 scripts/torch/bench_peer.py --device "$DEVICE" \
+                --depth "$depth" --widen "$widen" --batch "$BATCH" --keep 1.0,0.75,0.5 --steps "$STEPS" --math "$math"
+        else
+            echo "(no PyTorch here: the peer column stays empty)"
+        fi
     done
 done
 
@@ -88,8 +95,10 @@ for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt; do
     printf "%-22s %s\n" "$(basename "$f" .txt)" "$(grep -E "^selftest.*passed" "$f" | tail -1)"
 done
 grep -E "gpu step|total " "$LOG/plan-wrn28-10.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5:   /'
-printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s\n" \
-    model math keep "ms/step" "img/s" "arena MiB" "device MiB" "overhead MiB" "time ratio" "arena ratio" "torch ms"
+# PyTorch's medians from this run, "WRN-28-10 tf32 0.50=27.20;...".
+peers=$(cat "$LOG"/peer-*.txt 2>/dev/null | sed -n 's/^torch \(WRN-[0-9]*-[0-9]*\) \([a-z0-9]*\) keep \([0-9.]*\): median \([0-9.]*\) ms.*/\1 \2 \3=\4/p' | paste -sd ';')
+printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s %10s\n" \
+    model math keep "ms/step" "img/s" "arena MiB" "device MiB" "overhead MiB" "time ratio" "arena ratio" "torch ms" "anchor ms"
 for f in "$LOG"/bench-wrn*.txt; do
     [ -f "$f" ] || continue
     tag=$(basename "$f" .txt)
@@ -98,15 +107,17 @@ for f in "$LOG"/bench-wrn*.txt; do
     math=${tag##*-}
     # Table rows start with the keep value; drop the "(min..max)" column before splitting.
     grep -E '^[0-9]\.[0-9]{2} ' "$f" | sed 's/([^)]*)//' |
-        awk -v model="$model" -v math="$math" '
+        awk -v model="$model" -v math="$math" -v peers="$peers" '
         BEGIN {
-            # PyTorch 2.11 + cuDNN on one H100, batch 128, measured by the team (for scale only).
+            n = split(peers, kv, ";")
+            for (i = 1; i <= n; i++) { split(kv[i], p, "="); torch[p[1]] = p[2] }
+            # Anchors: PyTorch 2.11 + cuDNN on one H100, batch 128, measured by the team earlier.
             t["WRN-28-10 fp32 1.00"]="96.6"; t["WRN-28-10 fp32 0.75"]="77.1"; t["WRN-28-10 fp32 0.50"]="61.6"
             t["WRN-28-10 tf32 1.00"]="36.0"; t["WRN-28-10 tf32 0.75"]="31.0"; t["WRN-28-10 tf32 0.50"]="27.2"
             t["WRN-16-4 tf32 1.00"]="8.8";   t["WRN-16-4 tf32 0.50"]="12.2"
         }
-        { k = model " " math " " $1; ref = (k in t) ? t[k] : "-"
-          printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s\n", model, math, $1, $2, $3, $6, $8, $9, $10, $11, ref }'
+        { k = model " " math " " $1; ref = (k in t) ? t[k] : "-"; peer = (k in torch) ? torch[k] : "-"
+          printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s %10s\n", model, math, $1, $2, $3, $6, $8, $9, $10, $11, peer, ref }'
 done
 grep -h "context with the kernels" "$LOG"/bench-*.txt 2>/dev/null | head -1
 for keep in 1.0 0.5; do
