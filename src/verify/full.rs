@@ -138,12 +138,11 @@ fn nan_max(a: f64, b: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Batches, CpuBackend, Execute, Memory, SplitId};
-    use crate::data::loader::Normalization;
-    use crate::data::Split;
+    use crate::backend::CpuBackend;
+    use crate::verify::tampered::Tampered;
 
     /// The CPU's fast path (Winograd) against its plain im2col reference on a smaller network:
-    /// every op agrees to fp32 rounding, and every op and region gets a row.
+    /// every op agrees to fp32 rounding, and every op gets a row.
     #[test]
     fn the_cpu_agrees_with_its_reference_over_a_whole_step() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
@@ -169,58 +168,13 @@ mod tests {
 
     /// A backend whose persistent region drifts is caught in the ops that change it (SGD, BN's
     /// running statistics) and nowhere else.
-    struct Drifting(CpuBackend);
-
-    impl Memory for Drifting {
-        fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
-            self.0.reserve_arena(bytes)
-        }
-        fn set_persistent(&mut self, data: &[f32]) -> Result<()> {
-            self.0.set_persistent(data)
-        }
-        fn get_persistent(&mut self, out: &mut [f32]) {
-            self.0.get_persistent(out);
-            out.iter_mut().for_each(|v| *v *= 1.001);
-        }
-        fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
-            self.0.write(p, buf, data)
-        }
-        fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
-            self.0.read(p, buf, out)
-        }
-    }
-
-    impl Batches for Drifting {
-        fn upload_split(&mut self, id: SplitId, split: Split, c: usize, norm: &Normalization) -> Result<()> {
-            self.0.upload_split(id, split, c, norm)
-        }
-        fn split_len(&self, id: SplitId) -> usize {
-            self.0.split_len(id)
-        }
-        fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
-            self.0.fill_batch(p, id, indices, crops)
-        }
-    }
-
-    impl Execute for Drifting {
-        fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
-            self.0.run_op(p, step, ctx)
-        }
-    }
-
-    impl Backend for Drifting {
-        fn name(&self) -> String {
-            "drifting".into()
-        }
-        fn target(&self) -> crate::ir::Target {
-            crate::ir::Target::Cpu
-        }
-    }
-
     #[test]
     fn a_drifting_backend_fails_the_regions_it_touches() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
-        let (mut a, mut b) = (CpuBackend::reference(), Drifting(CpuBackend::reference()));
+        let drift = |out: &mut [f32]| out.iter_mut().for_each(|v| *v *= 1.001);
+        let mut b = Tampered::new(|_, _| {}, drift);
+        b.inner = CpuBackend::reference();
+        let mut a = CpuBackend::reference();
         let rows = full_step(&mut a, &mut b, &config, 4).unwrap();
         let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
         for (r, step) in rows[1..].iter().zip(&p.schedule.steps) {

@@ -26,3 +26,80 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         d.sqrt()
     }
 }
+
+/// A CPU backend whose reads are tampered with, for tests that must see a wrong backend caught.
+#[cfg(test)]
+pub(crate) mod tampered {
+    use crate::backend::{Backend, Batches, CpuBackend, Execute, Memory, SplitId, StepCtx};
+    use crate::data::loader::{Crop, Normalization};
+    use crate::data::Split;
+    use crate::ir::Target;
+    use crate::plan::Program;
+
+    /// The CPU backend, with `on_read` applied to every buffer read back (with the buffer's
+    /// name) and `on_persistent` to every read of the persistent region.
+    pub struct Tampered {
+        pub inner: CpuBackend,
+        pub on_read: fn(&str, &mut [f32]),
+        pub on_persistent: fn(&mut [f32]),
+    }
+
+    impl Tampered {
+        pub fn new(on_read: fn(&str, &mut [f32]), on_persistent: fn(&mut [f32])) -> Tampered {
+            Tampered { inner: CpuBackend::new(), on_read, on_persistent }
+        }
+    }
+
+    impl Memory for Tampered {
+        fn reserve_arena(&mut self, bytes: usize) -> crate::Result<()> {
+            self.inner.reserve_arena(bytes)
+        }
+        fn set_persistent(&mut self, data: &[f32]) -> crate::Result<()> {
+            self.inner.set_persistent(data)
+        }
+        fn get_persistent(&mut self, out: &mut [f32]) {
+            self.inner.get_persistent(out);
+            (self.on_persistent)(out);
+        }
+        fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
+            self.inner.write(p, buf, data)
+        }
+        fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
+            self.inner.read(p, buf, out);
+            (self.on_read)(&p.schedule.buffers[buf].name, out);
+        }
+    }
+
+    impl Batches for Tampered {
+        fn upload_split(
+            &mut self,
+            id: SplitId,
+            split: Split,
+            channels: usize,
+            norm: &Normalization,
+        ) -> crate::Result<()> {
+            self.inner.upload_split(id, split, channels, norm)
+        }
+        fn split_len(&self, id: SplitId) -> usize {
+            self.inner.split_len(id)
+        }
+        fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
+            self.inner.fill_batch(p, id, indices, crops)
+        }
+    }
+
+    impl Execute for Tampered {
+        fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
+            self.inner.run_op(p, step, ctx)
+        }
+    }
+
+    impl Backend for Tampered {
+        fn name(&self) -> String {
+            "tampered".into()
+        }
+        fn target(&self) -> Target {
+            Target::Cpu
+        }
+    }
+}
