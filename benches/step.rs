@@ -15,7 +15,15 @@ fn main() {
     let steps = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let config = ModelConfig { depth: 16, widen: 4, classes: 10, in_channels: 3, keep: 1.0 };
     let mut make = || Ok(Box::new(CpuBackend::new()) as Box<dyn Backend>);
-    let rows = bench::measure(&mut make, &config, 32, &[1.0, 0.75, 0.5], steps, 0, Target::Cpu).expect("bench runs");
+    let rows = bench::measure(
+        &mut make,
+        &config,
+        32,
+        &[1.0, 0.75, 0.5],
+        bench::Timing { steps, seed: 0, align: 1 },
+        Target::Cpu,
+    )
+    .expect("bench runs");
     print!("{}", bench::table(&config, 32, &CpuBackend::new().name(), &rows));
     let ratio = rows[2].median_ms / rows[0].median_ms;
     println!("keep 0.5 / keep 1.0 = {ratio:.2} (bar: <= 0.70)");

@@ -34,6 +34,15 @@ impl Row {
     }
 }
 
+/// How the steps of a measurement are drawn: `steps` timed after one warm-up, from `seed`, with
+/// slice starts on multiples of `align` (`--align`, as in training).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub steps: usize,
+    pub seed: u64,
+    pub align: usize,
+}
+
 /// Times `steps` training steps (after one warm-up step) of `config` at each keep value.
 ///
 /// On the CPU (shared and noisy) every keep value has its own backend and the steps go
@@ -45,10 +54,10 @@ pub fn measure(
     config: &ModelConfig,
     batch: usize,
     keeps: &[f64],
-    steps: usize,
-    seed: u64,
+    timing: Timing,
     target: Target,
 ) -> Result<Vec<Row>> {
+    let Timing { steps, seed, align } = timing;
     let interleave = target == Target::Cpu;
     let options = Options { target, ..Options::default() };
     let programs: Vec<Program> = keeps
@@ -60,7 +69,7 @@ pub fn measure(
         backend.reserve_arena(p.arena_bytes())?;
         backend.set_persistent(&wrn::init_persistent(&p.schedule, seed))?;
         let images = upload_synthetic_batch(&mut *backend, config.classes, batch, seed)?;
-        Ok(Timed { backend, stepper: Stepper::new(p, 1, true), rngs: StepRngs::new(seed), images })
+        Ok(Timed { backend, stepper: Stepper::new(p, align, true), rngs: StepRngs::new(seed), images })
     };
     let mut times = vec![vec![]; keeps.len()];
     let mut device = vec![None; keeps.len()];
@@ -170,7 +179,9 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let overheads = probe.device_overheads();
     drop(probe);
     let mut make = || backend::open(f.device.into(), math, false);
-    let rows = measure(&mut make, &config, batch, &f.keep, f.steps, f.seed, target)?;
+    config.check_align(f.align)?;
+    let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
+    let rows = measure(&mut make, &config, batch, &f.keep, timing, target)?;
     print!("{}", table(&config, batch, &name, &rows));
     if let Some(o) = overheads {
         println!(

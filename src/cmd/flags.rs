@@ -398,6 +398,9 @@ pub struct ProfileFlags {
     pub math: String,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
+    /// Slice starts are multiples of this, as `train --align`
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub align: usize,
     #[command(flatten)]
     pub memory: MemoryFlags,
 }
@@ -427,6 +430,9 @@ pub struct BenchFlags {
     pub device: Device,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
+    /// Slice starts are multiples of this, as `train --align`
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub align: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,6 +3,7 @@
 //! per op, summed per layer, optionally beside the same network at another keep value, as text,
 //! JSON or a Chrome trace (one event per op plus a counter track of live arena bytes).
 
+use super::bench::Timing;
 use crate::backend::{self, Backend, StepCtx};
 use crate::cmd::flags::{self, Format, ProfileFlags};
 use crate::error::{Error, Result};
@@ -54,12 +55,13 @@ pub struct Profile {
 }
 
 /// Profiles `steps` training steps (after one warm-up step).
-pub fn profile(backend: &mut dyn Backend, p: &Program, steps: usize, seed: u64) -> Result<Profile> {
+pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result<Profile> {
+    let Timing { steps, seed, align } = timing;
     let s = &p.schedule;
     backend.set_persistent(&wrn::init_persistent(s, seed))?;
     let images = upload_synthetic_batch(backend, s.config.classes, s.batch, seed)?;
     let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
-    let (mut stepper, mut rngs) = (Stepper::new(p, 1, true), StepRngs::new(seed));
+    let (mut stepper, mut rngs) = (Stepper::new(p, align, true), StepRngs::new(seed));
     let mut total = vec![0f64; s.steps.len()];
     for step in 0..=steps {
         stepper.prepare(backend, p, &images, &mut rngs);
@@ -209,6 +211,7 @@ pub fn trace(profiles: &[&Profile]) -> String {
 /// the profile.
 pub fn command(f: &ProfileFlags) -> Result<()> {
     let config = flags::model_config(&f.model, f.classes, 3)?;
+    config.check_align(f.align)?;
     let batch = flags::check_batch(f.batch)?;
     config.footprint(batch).map_err(Invalid::flag)?;
     if f.steps == 0 {
@@ -232,8 +235,9 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     let main_p = build(&config);
     let other_p = f.compare.map(|keep| build(&ModelConfig { keep, ..config }));
     backend.reserve_arena(main_p.arena_bytes().max(other_p.as_ref().map_or(0, |p| p.arena_bytes())))?;
-    let main = profile(&mut *backend, &main_p, f.steps, f.seed)?;
-    let other = other_p.as_ref().map(|p| profile(&mut *backend, p, f.steps, f.seed)).transpose()?;
+    let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
+    let main = profile(&mut *backend, &main_p, timing)?;
+    let other = other_p.as_ref().map(|p| profile(&mut *backend, p, timing)).transpose()?;
     if let Some(path) = &f.trace {
         let mut all = vec![&main];
         all.extend(other.as_ref());

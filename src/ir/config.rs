@@ -71,6 +71,18 @@ pub struct Footprint {
 }
 
 impl ModelConfig {
+    /// `--align`: slice starts are multiples of it, so it is at most the narrowest block's
+    /// channels (16k).
+    pub fn check_align(&self, align: usize) -> crate::Result<()> {
+        let narrowest = self.widen.saturating_mul(16);
+        if align == 0 || align > narrowest {
+            let expected =
+                format!("an integer from 1 to {narrowest}, the channels of the narrowest block of {}", self.name());
+            return Err(Error::flag("--align", align, expected));
+        }
+        Ok(())
+    }
+
     /// Values out of range, named by their flag.
     pub fn validate(&self) -> crate::Result<()> {
         self.check().map_err(Invalid::flag)

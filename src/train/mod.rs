@@ -106,14 +106,7 @@ impl TrainArgs {
         if self.epochs == 0 {
             return Err(Error::flag("--epochs", self.epochs, "an integer >= 1"));
         }
-        let narrowest = self.widen.saturating_mul(16);
-        if self.align == 0 || self.align > narrowest {
-            let expected = format!(
-                "an integer from 1 to {narrowest}, the channels of the narrowest block of {}",
-                self.config(2, 1).name()
-            );
-            return Err(Error::flag("--align", self.align, expected));
-        }
+        self.config(2, 1).check_align(self.align)?;
         for (flag, limit) in [("--limit-train", self.limit_train), ("--limit-test", self.limit_test)] {
             if limit == Some(0) {
                 return Err(Error::flag(flag, 0, "an integer >= 1 (a number of images)"));
