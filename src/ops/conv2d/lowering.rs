@@ -337,74 +337,14 @@ mod tests {
         }
     }
 
-    fn layer_channel(s: Slice, j: usize) -> usize {
-        (s.start + j) % s.channels
-    }
-
-    /// Naive sliced convolution: out[oj, i, oh, ow] = sum W[oc(oj), ic(ij), kh, kw] x[ij, ...].
-    fn naive_forward(m: &Mem, p: &ConvShape, os: Slice, is: Slice) -> Vec<f32> {
-        let (ho, wo, k) = (p.ho(), p.wo(), p.k);
-        let mut out = vec![0.0f32; os.width * p.n * ho * wo];
-        for oj in 0..os.width {
-            for i in 0..p.n {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let mut s = 0.0f64;
-                        for ij in 0..is.width {
-                            for kh in 0..k {
-                                for kw in 0..k {
-                                    let ih = (oh * p.stride + kh) as isize - p.pad as isize;
-                                    let iw = (ow * p.stride + kw) as isize - p.pad as isize;
-                                    if ih < 0 || iw < 0 || ih as usize >= p.h || iw as usize >= p.w {
-                                        continue;
-                                    }
-                                    let wv = m.weight
-                                        [((layer_channel(os, oj) * p.cin + layer_channel(is, ij)) * k + kh) * k + kw];
-                                    let xv = m.inp[((ij * p.n + i) * p.h + ih as usize) * p.w + iw as usize];
-                                    s += wv as f64 * xv as f64;
-                                }
-                            }
-                        }
-                        out[((oj * p.n + i) * ho + oh) * wo + ow] = s as f32;
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Naive gradients: (d_inp, d_weight[ow, iw, k, k]).
-    fn naive_backward(m: &Mem, p: &ConvShape, os: Slice, is: Slice) -> (Vec<f32>, Vec<f32>) {
-        let (ho, wo, k) = (p.ho(), p.wo(), p.k);
-        let mut d_inp = vec![0.0f64; is.width * p.n * p.h * p.w];
-        let mut d_w = vec![0.0f64; os.width * is.width * k * k];
-        for oj in 0..os.width {
-            for i in 0..p.n {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        let g = m.d_out[((oj * p.n + i) * ho + oh) * wo + ow] as f64;
-                        for ij in 0..is.width {
-                            for kh in 0..k {
-                                for kw in 0..k {
-                                    let ih = (oh * p.stride + kh) as isize - p.pad as isize;
-                                    let iw = (ow * p.stride + kw) as isize - p.pad as isize;
-                                    if ih < 0 || iw < 0 || ih as usize >= p.h || iw as usize >= p.w {
-                                        continue;
-                                    }
-                                    let xi = ((ij * p.n + i) * p.h + ih as usize) * p.w + iw as usize;
-                                    let wv = m.weight
-                                        [((layer_channel(os, oj) * p.cin + layer_channel(is, ij)) * k + kh) * k + kw];
-                                    d_inp[xi] += wv as f64 * g;
-                                    d_w[((oj * is.width + ij) * k + kh) * k + kw] += m.inp[xi] as f64 * g;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    /// The sliced convolution through its dense twin: the slice's weight gathered, then the
+    /// direct f64 convolution of the conv tests. Returns `(out, d_inp, d_weight)`.
+    fn naive(m: &Mem, p: &ConvShape, os: Slice, is: Slice) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        use crate::ops::conv2d::tests::{dense_shape, gather_weight, reference_backward, reference_forward};
+        let (wt, dense) = (gather_weight(&m.weight, p, &os, &is), dense_shape(p, &os, &is));
         let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-        (f(d_inp), f(d_w))
+        let (dx, dw) = reference_backward(&m.d_out, &m.inp, &wt, &dense);
+        (f(reference_forward(&m.inp, &wt, &dense)), f(dx), f(dw))
     }
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -529,7 +469,7 @@ mod tests {
                     for accumulate in [false, true] {
                         let mut m = setup(&mut rng, &p, os, is, chunk);
                         let before = m.out.clone();
-                        let mut want = naive_forward(&m, &p, os, is);
+                        let mut want = naive(&m, &p, os, is).0;
                         if accumulate {
                             want.iter_mut().zip(&before).for_each(|(w, b)| *w += b);
                         }
@@ -559,7 +499,7 @@ mod tests {
                     for (d_inp, acc) in [(true, false), (true, true), (false, false)] {
                         let mut m = setup(&mut rng, &p, os, is, chunk);
                         let before = m.d_inp.clone();
-                        let (mut want_dx, want_dw) = naive_backward(&m, &p, os, is);
+                        let (_, mut want_dx, want_dw) = naive(&m, &p, os, is);
                         if acc {
                             want_dx.iter_mut().zip(&before).for_each(|(w, b)| *w += b);
                         }

@@ -17,7 +17,7 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
 
 /// Direct convolution, f64 accumulation: `x (cin, N, H, W)`, `wt (cout, cin, K, K)` ->
 /// `(cout, N, Ho, Wo)`, using `p.cin` / `p.cout` as the dense widths.
-fn reference_forward(x: &[f32], wt: &[f32], p: &ConvShape) -> Vec<f64> {
+pub(super) fn reference_forward(x: &[f32], wt: &[f32], p: &ConvShape) -> Vec<f64> {
     let (ho, wo, k) = (p.ho(), p.wo(), p.k);
     let mut y = vec![0f64; p.cout * p.n * ho * wo];
     for o in 0..p.cout {
@@ -48,7 +48,7 @@ fn reference_forward(x: &[f32], wt: &[f32], p: &ConvShape) -> Vec<f64> {
 }
 
 /// Direct gradients of `sum(r * conv(x, wt))`: `(d_x (cin, N, H, W), d_wt (cout, cin, K, K))`.
-fn reference_backward(r: &[f32], x: &[f32], wt: &[f32], p: &ConvShape) -> (Vec<f64>, Vec<f64>) {
+pub(super) fn reference_backward(r: &[f32], x: &[f32], wt: &[f32], p: &ConvShape) -> (Vec<f64>, Vec<f64>) {
     let (ho, wo, k) = (p.ho(), p.wo(), p.k);
     let mut dx = vec![0f64; p.cin * p.n * p.h * p.w];
     let mut dw = vec![0f64; p.cout * p.cin * k * k];
@@ -85,7 +85,7 @@ fn channels_of(s: &Slice) -> Vec<usize> {
 }
 
 /// The dense `(w_out, w_in, K, K)` weight a sliced call must behave as.
-fn gather_weight(wt: &[f32], p: &ConvShape, out_slice: &Slice, in_slice: &Slice) -> Vec<f32> {
+pub(super) fn gather_weight(wt: &[f32], p: &ConvShape, out_slice: &Slice, in_slice: &Slice) -> Vec<f32> {
     let kk = p.kk();
     let mut g = Vec::new();
     for &o in &channels_of(out_slice) {
@@ -97,7 +97,7 @@ fn gather_weight(wt: &[f32], p: &ConvShape, out_slice: &Slice, in_slice: &Slice)
 }
 
 /// The shape of the dense problem equivalent to a sliced call.
-fn dense_shape(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) -> ConvShape {
+pub(super) fn dense_shape(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) -> ConvShape {
     ConvShape { cin: in_slice.width, cout: out_slice.width, ..*p }
 }
 
