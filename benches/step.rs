@@ -10,6 +10,7 @@ use sliceout::backend::Backend;
 use sliceout::cmd::bench;
 use sliceout::ir::Target;
 use sliceout::model::ModelConfig;
+use sliceout::schedule::Options;
 
 fn main() {
     let steps = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -21,7 +22,7 @@ fn main() {
         32,
         &[1.0, 0.75, 0.5],
         bench::Timing { steps, seed: 0, align: 1 },
-        Target::Cpu,
+        Options { target: Target::Cpu, ..Options::default() },
     )
     .expect("bench runs");
     print!("{}", bench::table(&config, 32, &CpuBackend::new().name(), &rows));

@@ -14,7 +14,8 @@
 #   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
 #      its op and kernel), then in tf32; the PyTorch reference runs inside each;
 #   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32;
-#   3. the GPU plan of WRN-28-10 (launch counts, memory);
+#   3. the GPU plan of WRN-28-10 (launch counts, memory) and its profile at keep 0.5 (device
+#      time per op and per kernel, from CUDA events);
 #   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32 and fp32, with the
 #      device memory in use beside the plan, and PyTorch's step on the same card right after each
 #      (scripts/torch/bench_peer.py: the same network and SliceOut rules; skipped without torch);
@@ -67,6 +68,9 @@ run selftest-tf32 120 "$BIN" selftest --device "$DEVICE" --math tf32
 run full-fp32 120 "$BIN" selftest --full --device "$DEVICE" --math fp32
 run full-tf32 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
 run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
+read -r pdepth pwiden <<<"${MODELS[0]}"
+run "profile-wrn$pdepth-$pwiden" 60 "$BIN" profile --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" --batch "$BATCH" \
+    --keep 0.5 --steps 3
 
 for model in "${MODELS[@]}"; do
     read -r depth widen <<<"$model"
@@ -95,6 +99,9 @@ for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt; do
     printf "%-22s %s\n" "$(basename "$f" .txt)" "$(grep -E "^selftest.*passed" "$f" | tail -1)"
 done
 grep -E "gpu step|total " "$LOG/plan-wrn28-10.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5:   /'
+# The profile's step time and its five most expensive kernels.
+head -n 2 "$LOG/profile-wrn$pdepth-$pwiden.txt" 2>/dev/null | grep "per step"
+sed -n '/^per kernel/,/^$/p' "$LOG/profile-wrn$pdepth-$pwiden.txt" 2>/dev/null | head -n 6
 # PyTorch's medians from this run, "WRN-28-10 tf32 0.50=27.20;...".
 peers=$(cat "$LOG"/peer-*.txt 2>/dev/null | sed -n 's/^torch \(WRN-[0-9]*-[0-9]*\) \([a-z0-9]*\) keep \([0-9.]*\): median \([0-9.]*\) ms.*/\1 \2 \3=\4/p' | paste -sd ';')
 printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s %10s\n" \

@@ -78,7 +78,7 @@ impl Memory for CudaBackend {
     }
 
     fn device_overheads(&self) -> Option<DeviceOverheads> {
-        Some(DeviceOverheads { context: self.gpu.context_bytes(), gemm_workspace: crate::gpu::CUBLAS_WORKSPACE })
+        Some(DeviceOverheads { context: self.gpu.context_bytes(), workspaces: crate::gpu::WORKSPACES })
     }
 
     fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
@@ -209,6 +209,15 @@ impl Execute for CudaBackend {
         self.gpu.synchronize();
     }
 
+    fn start_timing(&mut self) -> bool {
+        self.gpu.start_timing();
+        true
+    }
+
+    fn take_timings(&mut self) -> Vec<crate::gpu::KernelTime> {
+        self.gpu.take_timings()
+    }
+
     fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
         super::assert_runnable(p);
         self.gpu.bind();
@@ -219,9 +228,7 @@ impl Execute for CudaBackend {
             _ => panic!("persistent region not set"),
         };
         let s = &p.schedule;
-        if self.gpu.sync_each() {
-            self.gpu.set_op(s.steps[step].name());
-        }
+        self.gpu.set_op(step, || s.steps[step].name());
         let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
         s.steps[step].op.run_cuda(&DeviceView::new(tables, &self.gpu, arena, persistent));
     }

@@ -24,6 +24,7 @@ pub use crate::ops::StepCtx;
 use crate::data::loader::{Crop, Normalization};
 use crate::data::Split;
 use crate::error::{Error, Result};
+use crate::gpu::KernelTime;
 use crate::ir::{Precision, Target};
 use crate::plan::Program;
 
@@ -63,8 +64,8 @@ pub trait Memory {
 pub struct DeviceOverheads {
     /// In use once the context exists and the kernels are loaded, before our first allocation.
     pub context: usize,
-    /// cuBLAS's workspace, allocated by us up front.
-    pub gemm_workspace: usize,
+    /// cuBLAS's workspace and the reductions' scratch, allocated by us up front.
+    pub workspaces: usize,
 }
 
 /// The data pipeline: resident splits and batch gathers.
@@ -84,6 +85,16 @@ pub trait Execute {
     fn run_op(&mut self, program: &Program, step: usize, ctx: &StepCtx);
     /// Waits for queued work (a no-op on the CPU).
     fn synchronize(&mut self) {}
+    /// Starts timing each kernel and GEMM on the device (CUDA events, no synchronisation);
+    /// false where the backend has no device timer (the caller then times ops on the host).
+    fn start_timing(&mut self) -> bool {
+        false
+    }
+    /// The device time of each kernel and GEMM queued since `start_timing`, in queue order
+    /// (waits for the device; timing stops).
+    fn take_timings(&mut self) -> Vec<KernelTime> {
+        vec![]
+    }
     /// Runs every op of `program` in order.
     fn run(&mut self, program: &Program, ctx: &StepCtx) {
         for i in 0..program.schedule.steps.len() {

@@ -55,11 +55,10 @@ pub fn measure(
     batch: usize,
     keeps: &[f64],
     timing: Timing,
-    target: Target,
+    options: Options,
 ) -> Result<Vec<Row>> {
     let Timing { steps, seed, align } = timing;
-    let interleave = target == Target::Cpu;
-    let options = Options { target, ..Options::default() };
+    let interleave = options.target == Target::Cpu;
     let programs: Vec<Program> = keeps
         .iter()
         .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, options)))
@@ -174,6 +173,8 @@ pub fn command(f: &BenchFlags) -> Result<()> {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
     }
     let math = crate::gpu::Math::parse(&f.math)?;
+    let memory = f.memory.options()?;
+    backend::check_precision(memory.precision)?;
     let probe = backend::open(f.device.into(), math, true)?;
     let (name, target) = (probe.name(), probe.target());
     let overheads = probe.device_overheads();
@@ -181,15 +182,16 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let mut make = || backend::open(f.device.into(), math, false);
     config.check_align(f.align)?;
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
-    let rows = measure(&mut make, &config, batch, &f.keep, timing, target)?;
+    let options = Options { target, ..memory };
+    let rows = measure(&mut make, &config, batch, &f.keep, timing, options)?;
     print!("{}", table(&config, batch, &name, &rows));
     if let Some(o) = overheads {
         println!(
             "device MiB = plan (arena + persistent) + overhead; overhead = CUDA context with the kernels \
-             ({:.1} MiB in use before our first allocation) + cuBLAS workspace ({:.1} MiB) + the resident \
-             batch and its indices",
+             ({:.1} MiB in use before our first allocation) + cuBLAS workspace and reduction scratch ({:.1} MiB) \
+             + the resident batch and its indices",
             mib(o.context),
-            mib(o.gemm_workspace)
+            mib(o.workspaces)
         );
     }
     Ok(())

@@ -433,6 +433,8 @@ pub struct BenchFlags {
     /// Slice starts are multiples of this, as `train --align`
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub align: usize,
+    #[command(flatten)]
+    pub memory: MemoryFlags,
 }
 
 #[derive(Args, Debug, Clone)]

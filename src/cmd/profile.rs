@@ -41,6 +41,14 @@ pub struct LayerRow {
     pub out_bytes: usize,
 }
 
+/// Device time per kernel name, per step (GPU only).
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelRow {
+    pub kernel: String,
+    pub calls: usize,
+    pub ms: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Profile {
     pub model: String,
@@ -48,10 +56,13 @@ pub struct Profile {
     pub batch: usize,
     pub device: String,
     pub steps: usize,
+    /// How op times were taken.
+    pub timer: String,
     pub step_ms: f64,
     pub arena_bytes: usize,
     pub ops: Vec<OpRow>,
     pub layers: Vec<LayerRow>,
+    pub kernels: Vec<KernelRow>,
 }
 
 /// Profiles `steps` training steps (after one warm-up step).
@@ -63,18 +74,38 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result
     let sgd = SgdParams { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let (mut stepper, mut rngs) = (Stepper::new(p, align, true), StepRngs::new(seed));
     let mut total = vec![0f64; s.steps.len()];
+    let mut kernels: Vec<KernelRow> = vec![];
+    let mut timer = "host clock, synchronised after each op";
     for step in 0..=steps {
         stepper.prepare(backend, p, &images, &mut rngs);
         let ctx = StepCtx::new(stepper.starts(), sgd);
+        let on_device = backend.start_timing();
         for (i, t) in total.iter_mut().enumerate() {
             let t0 = Instant::now();
             backend.run_op(p, i, &ctx);
-            backend.synchronize();
-            if step > 0 {
-                *t += t0.elapsed().as_secs_f64() * 1e3;
+            if !on_device {
+                backend.synchronize();
+                if step > 0 {
+                    *t += t0.elapsed().as_secs_f64() * 1e3;
+                }
+            }
+        }
+        if on_device {
+            timer = "CUDA events around each kernel and GEMM, summed per op";
+            for k in backend.take_timings().into_iter().filter(|_| step > 0) {
+                total[k.op] += k.ms;
+                match kernels.iter_mut().find(|r| r.kernel == k.kernel) {
+                    Some(r) => (r.calls, r.ms) = (r.calls + 1, r.ms + k.ms),
+                    None => kernels.push(KernelRow { kernel: k.kernel.to_string(), calls: 1, ms: k.ms }),
+                }
             }
         }
     }
+    let per_step = steps.max(1) as f64;
+    for r in &mut kernels {
+        (r.calls, r.ms) = (r.calls / steps.max(1), r.ms / per_step);
+    }
+    kernels.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     let live = live_bytes(&p.lifetimes, s.steps.len());
     let ops: Vec<OpRow> = s
         .steps
@@ -85,7 +116,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result
             name: st.name(),
             layer: st.layer.clone(),
             phase: format!("{:?}", st.phase).to_lowercase(),
-            ms: total[i] / steps.max(1) as f64,
+            ms: total[i] / per_step,
             out_bytes: st.op.buffers().1.iter().map(|&b| s.buffers[b].bytes()).sum(),
             live_bytes: live[i],
             macs: st.op.macs(&s.slices),
@@ -121,23 +152,26 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result
         batch: s.batch,
         device: backend.name(),
         steps,
+        timer: timer.to_string(),
         step_ms: ops.iter().map(|o| o.ms).sum(),
         arena_bytes: p.arena_bytes(),
         ops,
         layers,
+        kernels,
     })
 }
 
 /// Text: per-layer table (with the comparison beside), then per-op table.
 pub fn text(main: &Profile, other: Option<&Profile>) -> String {
     let mut t = format!(
-        "{} keep {:.2}, batch {}, on {}: {:.1} ms per step (mean of {}), arena {:.1} MiB\n",
+        "{} keep {:.2}, batch {}, on {}: {:.1} ms per step (mean of {}; {}), arena {:.1} MiB\n",
         main.model,
         main.keep,
         main.batch,
         main.device,
         main.step_ms,
         main.steps,
+        main.timer,
         mib(main.arena_bytes)
     );
     if let Some(o) = other {
@@ -168,6 +202,12 @@ pub fn text(main: &Profile, other: Option<&Profile>) -> String {
             t += &format!("  |            {:>8.2}  {:>8.2}  {:>8.2}", ol.forward_ms, ol.backward_ms, mib(ol.out_bytes));
         }
         t += "\n";
+    }
+    if !main.kernels.is_empty() {
+        t += "\nper kernel (device time per step)   calls        ms   share\n";
+        for k in &main.kernels {
+            t += &format!("{:<34} {:>6}  {:>8.3}  {:>5.1}%\n", k.kernel, k.calls, k.ms, 100.0 * k.ms / main.step_ms);
+        }
     }
     t += "\nper op   op                              ms    out MiB   live MiB   GFLOP/s\n";
     for o in &main.ops {

@@ -24,3 +24,39 @@ __device__ double block_sum(double v, double* sh) {
 
 __device__ __forceinline__ i64 global_id() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ i64 global_stride() { return (i64)gridDim.x * blockDim.x; }
+
+// x / d for 0 <= x < 2^31, with (magic, shift) of d computed by the host (gpu::FastDiv).
+__device__ __forceinline__ unsigned div_by(unsigned x, unsigned magic, unsigned shift) {
+    return (__umulhi(x, magic) + x) >> shift;
+}
+
+// Multi-block reductions over channel rows: block (part, channel) of a grid (parts, channels)
+// writes its partial sums to `part[channel * parts + part]`; `last_block_of` then tells
+// whether this block is the channel's last to finish (the counter, per channel, is reset by
+// that block). The last block adds the parts in order, so the total does not depend on which
+// block finished last. Call from thread 0 after the partial sums are stored.
+__device__ __forceinline__ bool last_block_of(unsigned* count, int channel) {
+    __threadfence();  // the partial sums are visible device-wide before the count says so
+    bool last = atomicAdd(&count[channel], 1u) == gridDim.x - 1;
+    if (last) count[channel] = 0;
+    return last;
+}
+
+// Sum of the parts' pairs (a, b) of `channel`, in part order (L2 reads: other blocks wrote them).
+__device__ __forceinline__ void sum_parts(const double* part, int channel, double* a, double* b) {
+    const double* p = part + 2 * (i64)channel * gridDim.x;
+    double sa = 0.0, sb = 0.0;
+    for (unsigned j = 0; j < gridDim.x; ++j) {
+        sa += __ldcg(p + 2 * j);
+        sb += __ldcg(p + 2 * j + 1);
+    }
+    *a = sa;
+    *b = sb;
+}
+
+// This block's range [lo, hi) of a row of m values split into gridDim.x parts.
+__device__ __forceinline__ void part_range(i64 m, i64* lo, i64* hi) {
+    i64 len = (m + gridDim.x - 1) / gridDim.x;
+    *lo = (i64)blockIdx.x * len;
+    *hi = min(m, *lo + len);
+}

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys as cb;
 use cudarc::driver::{
-    result as dr, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result as dr, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -209,6 +210,60 @@ impl<T: cudarc::driver::DeviceRepr> DevMem<T> {
 /// allocates inside a step.
 pub const CUBLAS_WORKSPACE: usize = 32 << 20;
 
+/// Channels (per launch) and partial sums the multi-block reductions' scratch has room for:
+/// partial sums `[channel][part]` (two f64 each), finished sums `[channel]` (two f64 each) and
+/// a completion counter per channel (`common.cu`, `last_block_of`).
+pub const REDUCTION_CHANNELS: usize = 1 << 15;
+pub const REDUCTION_PARTS: usize = 1 << 15;
+
+/// The reductions' scratch, allocated (zeroed) with the cuBLAS workspace.
+pub const REDUCTION_SCRATCH: usize = REDUCTION_PARTS * 16 + REDUCTION_CHANNELS * (16 + 4);
+
+/// Device memory the runtime takes besides the plan and the context: the cuBLAS workspace and
+/// the reductions' scratch.
+pub const WORKSPACES: usize = CUBLAS_WORKSPACE + REDUCTION_SCRATCH;
+
+/// The reduction scratch's regions as addresses: (partial sums, finished sums, counters).
+pub fn reduction_regions(base: u64) -> (u64, u64, u64) {
+    let parts = base;
+    let sums = parts + 16 * REDUCTION_PARTS as u64;
+    (parts, sums, sums + 16 * REDUCTION_CHANNELS as u64)
+}
+
+/// How many blocks share each of `channels` rows of `m` values in a multi-block reduction:
+/// about 8,192 values a block (so a 128-image 32x32 channel takes 16 blocks and a layer fills
+/// the GPU), at most 64, and never more than the scratch holds.
+pub fn reduction_parts(channels: usize, m: usize) -> usize {
+    assert!((1..=REDUCTION_CHANNELS).contains(&channels), "a reduction over {channels} channels");
+    m.div_ceil(8192).clamp(1, 64).min(REDUCTION_PARTS / channels).max(1)
+}
+
+/// Unsigned division by a divisor fixed at launch, for dividends below 2^31: the kernel computes
+/// `(umulhi(x, magic) + x) >> shift` (`div_by` in `common.cu`) instead of a division, which a
+/// GPU does in about twenty instructions. `shift = ceil(log2 d)` and
+/// `magic = floor(2^32 (2^shift - d) / d) + 1` (Granlund and Montgomery's round-up method).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastDiv {
+    pub magic: u32,
+    pub shift: u32,
+}
+
+impl FastDiv {
+    pub fn new(d: usize) -> FastDiv {
+        assert!((1..1 << 31).contains(&d), "divisor {d} out of range");
+        let d = d as u64;
+        let shift = 64 - (d - 1).leading_zeros();
+        let magic = ((1u64 << 32) * ((1u64 << shift) - d) / d + 1) as u32;
+        FastDiv { magic, shift }
+    }
+
+    /// What the kernel computes: `x / d` for `x < 2^31`.
+    pub fn div(&self, x: u32) -> u32 {
+        let hi = ((x as u64 * self.magic as u64) >> 32) as u32;
+        (hi + x) >> self.shift
+    }
+}
+
 /// Launch geometry of a grid-stride loop over `total` elements: one thread per element up to
 /// 65,536 blocks of 256, so no block is launched without work.
 pub fn grid(total: usize) -> LaunchConfig {
@@ -216,15 +271,21 @@ pub fn grid(total: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// One block per channel (reductions), `channels` blocks of 512 threads.
-pub fn per_channel(channels: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (channels as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 }
-}
-
 /// Element-wise over `channels` rows of `m`: y = channel.
 pub fn rows(channels: usize, m: usize) -> LaunchConfig {
+    assert!(channels <= 65_535, "{channels} rows exceed a grid's y dimension");
     LaunchConfig {
         grid_dim: (m.div_ceil(256).clamp(1, 1024) as u32, channels as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A multi-block reduction over `channels` rows of `m`: x = part of the row, y = channel.
+pub fn reduction(channels: usize, m: usize) -> LaunchConfig {
+    assert!(channels <= 65_535, "{channels} rows exceed a grid's y dimension");
+    LaunchConfig {
+        grid_dim: (reduction_parts(channels, m) as u32, channels as u32, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -266,7 +327,7 @@ macro_rules! impl_arg {
         }
     )*};
 }
-impl_arg!(u64, i64, i32, f32, f64);
+impl_arg!(u64, i64, i32, u32, f32, f64);
 
 /// One row-major-agnostic `cublasGemmEx` in BLAS's own column-major terms:
 /// `C = op(A) op(B) + beta C`, `C` `m x n`, all operands f32 at device addresses.
@@ -286,6 +347,23 @@ pub struct GemmCall {
     pub beta: f32,
 }
 
+/// The device time of one kernel or GEMM queued while timing (`Gpu::start_timing`), with the
+/// op (its index in the schedule) that queued it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    pub op: usize,
+    pub kernel: &'static str,
+    pub ms: f64,
+}
+
+/// Event pairs around each launch and GEMM while timing; the events are kept between steps.
+#[derive(Default)]
+struct Timing {
+    on: bool,
+    pairs: Vec<(CudaEvent, CudaEvent)>,
+    queued: Vec<(usize, &'static str)>,
+}
+
 /// What ops queue on a GPU: kernel launches (by kernel name) and GEMMs. [`Gpu`] runs them;
 /// [`Recorder`] writes them down, so what a program queues is known, and tested, without a GPU.
 pub trait Launcher {
@@ -293,6 +371,8 @@ pub trait Launcher {
     fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]);
     /// Queues one `cublasGemmEx`.
     fn gemm(&self, g: &GemmCall);
+    /// Base address of the multi-block reductions' scratch ([`REDUCTION_SCRATCH`] bytes).
+    fn reduction_scratch(&self) -> u64;
 }
 
 /// Records launches and GEMMs instead of running them.
@@ -309,6 +389,9 @@ impl Launcher for Recorder {
     fn gemm(&self, g: &GemmCall) {
         self.gemms.borrow_mut().push(*g);
     }
+    fn reduction_scratch(&self) -> u64 {
+        1 << 48
+    }
 }
 
 /// One GPU: context, stream, cuBLAS handle with its workspace, and the loaded kernels.
@@ -322,9 +405,14 @@ pub struct Gpu {
     sync_each: bool,
     /// Device memory in use once the context existed and the kernels were loaded.
     context_bytes: usize,
-    /// The op being queued, named in a synchronised launch's failure.
-    op: std::cell::RefCell<String>,
+    /// The op being queued (index, name): named in a synchronised launch's failure, and the op
+    /// a timed kernel is counted to.
+    op: std::cell::RefCell<(usize, String)>,
+    timing: std::cell::RefCell<Timing>,
     workspace: DevMem<u8>,
+    /// The multi-block reductions' partial sums and counters (zeroed once; each reduction
+    /// leaves its counters at zero).
+    scratch: DevMem<u8>,
     blas: cb::cublasHandle_t,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -376,12 +464,18 @@ impl Gpu {
         }
         let context_bytes = ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0);
         let workspace = alloc::<u8>(&stream, CUBLAS_WORKSPACE, "the cuBLAS workspace")?;
+        let scratch = alloc::<u8>(&stream, REDUCTION_SCRATCH, "the reductions' scratch")?;
+        // SAFETY: the scratch was just allocated with exactly this many bytes.
+        unsafe { dr::memset_d8_async(scratch.ptr, 0, REDUCTION_SCRATCH, stream.cu_stream()) }
+            .map_err(|e| dev_err("zeroing the reductions' scratch", e))?;
         let blas = libs::catch(cudarc::cublas::result::create_handle)
             .ok_or_else(|| Error::Device("cuBLAS panicked while starting".into()))?
             .map_err(|e| dev_err("creating a cuBLAS handle", e))?;
         let sync_each = std::env::var("SLICEOUT_CUDA_SYNC").is_ok_and(|v| v == "1");
-        let op = std::cell::RefCell::new(String::new());
-        let gpu = Gpu { math, device_name, arch, kernels, sync_each, context_bytes, op, workspace, blas, stream, ctx };
+        let op = std::cell::RefCell::new((0, String::new()));
+        let timing = std::cell::RefCell::new(Timing::default());
+        let gpu =
+            Gpu { math, device_name, arch, kernels, sync_each, context_bytes, op, timing, workspace, scratch, blas, stream, ctx };
         // SAFETY: valid handle, stream and workspace (kept alive by `gpu`).
         unsafe {
             cudarc::cublas::result::set_stream(gpu.blas, gpu.stream.cu_stream() as _)
@@ -450,17 +544,56 @@ impl Gpu {
         self.sync_each
     }
 
-    /// Names the op whose work is queued next (shown when a synchronised launch fails).
-    pub fn set_op(&self, name: String) {
-        *self.op.borrow_mut() = name;
+    /// Names the op whose work is queued next (shown when a synchronised launch fails, and the
+    /// op timed kernels are counted to).
+    pub fn set_op(&self, index: usize, name: impl FnOnce() -> String) {
+        if self.sync_each || self.timing.borrow().on {
+            *self.op.borrow_mut() = (index, name());
+        }
     }
 
-    /// With `SLICEOUT_CUDA_SYNC=1`, waits for the kernel or GEMM just queued, naming it (`what`)
-    /// and the op on failure.
-    fn check_each(&self, what: impl FnOnce() -> String) {
+    /// Starts timing every launch and GEMM with a pair of CUDA events (no synchronisation, so
+    /// the work runs as it would untimed, less the cost of recording two events).
+    pub fn start_timing(&self) {
+        let mut t = self.timing.borrow_mut();
+        t.on = true;
+        t.queued.clear();
+    }
+
+    /// Waits for the device and returns the time of everything queued since `start_timing`,
+    /// in queue order; timing stops.
+    pub fn take_timings(&self) -> Vec<KernelTime> {
+        self.synchronize();
+        let mut t = self.timing.borrow_mut();
+        t.on = false;
+        let queued = std::mem::take(&mut t.queued);
+        let times = queued.iter().zip(&t.pairs).map(|(&(op, kernel), (start, end))| {
+            let ms = ok(start.elapsed_ms(end), "reading a CUDA event") as f64;
+            KernelTime { op, kernel, ms }
+        });
+        times.collect()
+    }
+
+    /// Queues `work` (one launch or GEMM named `what`), between two events when timing, then
+    /// checks it with `SLICEOUT_CUDA_SYNC=1`.
+    fn queue(&self, what: &'static str, work: impl FnOnce()) {
+        let mut t = self.timing.borrow_mut();
+        if t.on {
+            let i = t.queued.len();
+            if i == t.pairs.len() {
+                let event = || ok(self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)), "creating a CUDA event");
+                t.pairs.push((event(), event()));
+            }
+            t.queued.push((self.op.borrow().0, what));
+            ok(t.pairs[i].0.record(&self.stream), "recording a CUDA event");
+            work();
+            ok(t.pairs[i].1.record(&self.stream), "recording a CUDA event");
+        } else {
+            work();
+        }
         if self.sync_each {
-            let op = self.op.borrow();
-            ok(self.stream.synchronize(), &format!("{} of op `{op}` (SLICEOUT_CUDA_SYNC)", what()));
+            let op = &self.op.borrow().1;
+            ok(self.stream.synchronize(), &format!("{what} of op `{op}` (SLICEOUT_CUDA_SYNC)"));
         }
     }
 }
@@ -471,16 +604,17 @@ impl Launcher for Gpu {
             Some((_, f)) => f,
             None => panic!("CUDA: kernel {name} is not in any kernel file"),
         };
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            a.push(&mut b);
-        }
-        // SAFETY: argument lists match the kernels' signatures (ops/*/*.cu); pointers are
-        // inside our allocations (the ops check lengths against the plan before launching).
-        if let Err(e) = unsafe { b.launch(cfg) } {
-            panic!("CUDA: launching kernel {name} failed: {e:?}");
-        }
-        self.check_each(|| format!("kernel {name}"));
+        self.queue(name, || {
+            let mut b = self.stream.launch_builder(f);
+            for a in args {
+                a.push(&mut b);
+            }
+            // SAFETY: argument lists match the kernels' signatures (ops/*/*.cu); pointers are
+            // inside our allocations (the ops check lengths against the plan before launching).
+            if let Err(e) = unsafe { b.launch(cfg) } {
+                panic!("CUDA: launching kernel {name} failed: {e:?}");
+            }
+        });
     }
 
     /// In the GPU's math.
@@ -490,33 +624,38 @@ impl Launcher for Gpu {
         let p = |a: u64| a as *mut std::ffi::c_void;
         // SAFETY: the views lie inside the operands (by construction of the conv lowering, which
         // its tests check against a host GEMM); scalars are host pointers.
-        ok(
-            unsafe {
-                cudarc::cublas::result::gemm_ex(
-                    self.blas,
-                    op(g.transa),
-                    op(g.transb),
-                    int(g.m),
-                    int(g.n),
-                    int(g.k),
-                    &alpha as *const f32 as *const _,
-                    p(g.a),
-                    cb::cudaDataType::CUDA_R_32F,
-                    int(g.lda),
-                    p(g.b),
-                    cb::cudaDataType::CUDA_R_32F,
-                    int(g.ldb),
-                    &g.beta as *const f32 as *const _,
-                    p(g.c),
-                    cb::cudaDataType::CUDA_R_32F,
-                    int(g.ldc),
-                    compute_type(self.math),
-                    cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            },
-            "cublasGemmEx",
-        );
-        self.check_each(|| "cublasGemmEx".to_string());
+        self.queue("cublasGemmEx", || {
+            ok(
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        self.blas,
+                        op(g.transa),
+                        op(g.transb),
+                        int(g.m),
+                        int(g.n),
+                        int(g.k),
+                        &alpha as *const f32 as *const _,
+                        p(g.a),
+                        cb::cudaDataType::CUDA_R_32F,
+                        int(g.lda),
+                        p(g.b),
+                        cb::cudaDataType::CUDA_R_32F,
+                        int(g.ldb),
+                        &g.beta as *const f32 as *const _,
+                        p(g.c),
+                        cb::cudaDataType::CUDA_R_32F,
+                        int(g.ldc),
+                        compute_type(self.math),
+                        cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                },
+                "cublasGemmEx",
+            );
+        });
+    }
+
+    fn reduction_scratch(&self) -> u64 {
+        self.scratch.ptr
     }
 }
 
@@ -555,6 +694,41 @@ mod tests {
     fn kernel_names_are_read_from_the_source() {
         let src = "extern \"C\" __global__ void a(int x) {}\n__device__ int h() {}\nextern \"C\" __global__ void b_2 (float* y) {}";
         assert_eq!(kernel_names(src), ["a", "b_2"]);
+    }
+
+    /// The kernels' division by multiply-and-shift against `/`, for every divisor the models
+    /// use and random ones, at dividends around multiples of the divisor and near 2^31.
+    #[test]
+    fn fast_division_is_exact_below_two_to_the_31() {
+        let mut rng = crate::rng::Rng::new(7, 0);
+        let mut divisors: Vec<usize> = (1..=2048).collect();
+        divisors.extend((0..2000).map(|_| 1 + rng.below((1 << 31) - 1)));
+        divisors.extend([(1 << 31) - 1, 1 << 30, 3 << 29]);
+        for d in divisors {
+            let f = FastDiv::new(d);
+            let mut xs: Vec<u32> = vec![0, 1, (1 << 31) - 1, (1 << 31) - 2];
+            for q in [1usize, 2, 3, 1000, (1 << 31) / d] {
+                let x = q * d;
+                xs.extend([x.saturating_sub(1), x, x + 1].iter().filter(|&&x| x < 1 << 31).map(|&x| x as u32));
+            }
+            xs.extend((0..64).map(|_| rng.below(1 << 31) as u32));
+            for x in xs {
+                assert_eq!(f.div(x), x / d as u32, "{x} / {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn reductions_fill_the_gpu_within_the_scratch() {
+        assert_eq!(reduction_parts(80, 128 * 32 * 32), 16);
+        assert_eq!(reduction_parts(320, 128 * 8 * 8), 1);
+        assert_eq!(reduction_parts(1, 1 << 30), 64);
+        assert_eq!(reduction_parts(REDUCTION_CHANNELS, 1 << 30), 1);
+        for (c, m) in [(640, 1 << 24), (3000, 1 << 20), (17, 5)] {
+            assert!(c * reduction_parts(c, m) <= REDUCTION_PARTS);
+        }
+        let (p, s, n) = reduction_regions(0);
+        assert_eq!((p, s, n as usize + 4 * REDUCTION_CHANNELS), (0, 16 * REDUCTION_PARTS as u64, REDUCTION_SCRATCH));
     }
 
     #[test]

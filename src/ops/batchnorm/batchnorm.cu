@@ -10,38 +10,39 @@ __device__ __forceinline__ float pre_activation(float x, float mean, float invst
     return g * ((x - mean) * invstd) + b;
 }
 
-// One block per channel: two passes in f64 for mean and variance, running-stat update, then
-// out = relu(pre) * scale. mean/invstd (f32) go to `mean_out`/`invstd_out`.
-extern "C" __global__ void bn_relu_train(float* out, float* mean_out, float* invstd_out,
-                                         const float* inp, const float* gamma,
-                                         const float* beta, float* running_mean,
-                                         float* running_var, i64 m, float scale,
-                                         double momentum, double unbias, double eps) {
+// Batch statistics, multi-block (grid: parts of the row, channel): f64 sums of x and x^2 per
+// part, then the channel's last block adds the parts in order and writes mean/invstd (f32, to
+// `mean_out`/`invstd_out`) and the running statistics. var = E[x^2] - mean^2 in f64 loses about
+// 1e-16 * (mean/std)^2 relative, far below f32's rounding of the result.
+extern "C" __global__ void bn_stats(float* mean_out, float* invstd_out, float* running_mean,
+                                    float* running_var, double* part, unsigned* count,
+                                    const float* inp, i64 m, double momentum, double unbias,
+                                    double eps) {
     __shared__ double sh[32];
-    int c = blockIdx.x;
+    int c = blockIdx.y;
     const float* x = inp + (i64)c * m;
-    float* o = out + (i64)c * m;
-    double s = 0.0;
-    for (i64 i = threadIdx.x; i < m; i += blockDim.x) s += (double)x[i];
-    double mean64 = block_sum(s, sh) / (double)m;
-    double q = 0.0;
-    for (i64 i = threadIdx.x; i < m; i += blockDim.x) {
-        double d = (double)x[i] - mean64;
-        q += d * d;
+    i64 lo, hi;
+    part_range(m, &lo, &hi);
+    double s = 0.0, q = 0.0;
+    for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        double v = (double)x[i];
+        s += v;
+        q += v * v;
     }
-    double var64 = block_sum(q, sh) / (double)m;
-    float mu = (float)mean64;
-    float is = (float)(1.0 / sqrt(var64 + eps));
-    if (threadIdx.x == 0) {
-        mean_out[c] = mu;
-        invstd_out[c] = is;
-        running_mean[c] = (float)((1.0 - momentum) * (double)running_mean[c] + momentum * mean64);
-        running_var[c] =
-            (float)((1.0 - momentum) * (double)running_var[c] + momentum * var64 * unbias);
-    }
-    float g = gamma[c], b = beta[c];
-    for (i64 i = threadIdx.x; i < m; i += blockDim.x)
-        o[i] = fmaxf(pre_activation(x[i], mu, is, g, b), 0.0f) * scale;
+    s = block_sum(s, sh);
+    q = block_sum(q, sh);
+    if (threadIdx.x != 0) return;
+    double* mine = part + 2 * ((i64)c * gridDim.x + blockIdx.x);
+    mine[0] = s;
+    mine[1] = q;
+    if (!last_block_of(count, c)) return;
+    sum_parts(part, c, &s, &q);
+    double mean64 = s / (double)m;
+    double var64 = fmax(q / (double)m - mean64 * mean64, 0.0);
+    mean_out[c] = (float)mean64;
+    invstd_out[c] = (float)(1.0 / sqrt(var64 + eps));
+    running_mean[c] = (float)((1.0 - momentum) * (double)running_mean[c] + momentum * mean64);
+    running_var[c] = (float)((1.0 - momentum) * (double)running_var[c] + momentum * var64 * unbias);
 }
 
 // Element-wise: out = relu(pre) * scale from saved statistics. Grid: x over m, y = channel.
@@ -72,39 +73,66 @@ extern "C" __global__ void bn_relu_eval(float* out, const float* inp, const floa
         o[i] = fmaxf(pre_activation(x[i], mu, is, g, b), 0.0f);
 }
 
-// One block per channel: f64 sums of the gradient reaching the pre-activation and of it times
-// xhat, then d_x = gamma*invstd*(g - mean(g) - xhat*mean(g*xhat)), written or added.
-extern "C" __global__ void bn_relu_backward(float* d_inp, float* d_gamma, float* d_beta,
-                                            const float* d_out, const float* inp,
-                                            const float* mean, const float* invstd,
-                                            const float* gamma, const float* beta, i64 m,
-                                            float scale, int accumulate) {
+// The gradient reaching the pre-activation (ReLU's mask recomputed, SliceOut's scale applied).
+__device__ __forceinline__ float pre_grad(float dy, float x, float mu, float is, float g, float b,
+                                          float scale) {
+    return pre_activation(x, mu, is, g, b) > 0.0f ? dy * scale : 0.0f;
+}
+
+// Backward sums, multi-block as bn_stats: f64 sums of the pre-activation gradient g and of
+// g * xhat; the last block writes d_beta, d_gamma and the two means (f64) to `means[2c..]`.
+extern "C" __global__ void bn_backward_sums(float* d_gamma, float* d_beta, double* means,
+                                            double* part, unsigned* count, const float* d_out,
+                                            const float* inp, const float* mean,
+                                            const float* invstd, const float* gamma,
+                                            const float* beta, i64 m, float scale) {
     __shared__ double sh[32];
-    int c = blockIdx.x;
+    int c = blockIdx.y;
     const float* x = inp + (i64)c * m;
     const float* dy = d_out + (i64)c * m;
-    float* dx = d_inp + (i64)c * m;
     float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
+    i64 lo, hi;
+    part_range(m, &lo, &hi);
     double sg = 0.0, sgx = 0.0;
-    for (i64 i = threadIdx.x; i < m; i += blockDim.x) {
+    for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         float xv = x[i];
-        float gr = pre_activation(xv, mu, is, g, b) > 0.0f ? dy[i] * scale : 0.0f;
+        float gr = pre_grad(dy[i], xv, mu, is, g, b, scale);
         sg += (double)gr;
         sgx += (double)gr * (double)((xv - mu) * is);
     }
     sg = block_sum(sg, sh);
     sgx = block_sum(sgx, sh);
-    if (threadIdx.x == 0) {
-        d_beta[c] = (float)sg;
-        d_gamma[c] = (float)sgx;
-    }
+    if (threadIdx.x != 0) return;
+    double* mine = part + 2 * ((i64)c * gridDim.x + blockIdx.x);
+    mine[0] = sg;
+    mine[1] = sgx;
+    if (!last_block_of(count, c)) return;
+    sum_parts(part, c, &sg, &sgx);
+    d_beta[c] = (float)sg;
+    d_gamma[c] = (float)sgx;
+    means[2 * c] = sg / (double)m;
+    means[2 * c + 1] = sgx / (double)m;
+}
+
+// d_x = gamma*invstd*(g - mean(g) - xhat*mean(g*xhat)), written or added, with the means of
+// bn_backward_sums. Grid: x over m, y = channel.
+extern "C" __global__ void bn_relu_backward(float* d_inp, const double* means, const float* d_out,
+                                            const float* inp, const float* mean,
+                                            const float* invstd, const float* gamma,
+                                            const float* beta, i64 m, float scale,
+                                            int accumulate) {
+    int c = blockIdx.y;
+    const float* x = inp + (i64)c * m;
+    const float* dy = d_out + (i64)c * m;
+    float* dx = d_inp + (i64)c * m;
+    float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
     float k = g * is;
-    float mean_g = (float)(sg / (double)m);
-    float mean_gx = (float)(sgx / (double)m);
-    for (i64 i = threadIdx.x; i < m; i += blockDim.x) {
+    float mean_g = (float)means[2 * c];
+    float mean_gx = (float)means[2 * c + 1];
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < m;
+         i += (i64)gridDim.x * blockDim.x) {
         float xv = x[i];
-        float gr = pre_activation(xv, mu, is, g, b) > 0.0f ? dy[i] * scale : 0.0f;
-        float v = k * (gr - mean_g - (xv - mu) * is * mean_gx);
+        float v = k * (pre_grad(dy[i], xv, mu, is, g, b, scale) - mean_g - (xv - mu) * is * mean_gx);
         dx[i] = accumulate ? dx[i] + v : v;
     }
 }

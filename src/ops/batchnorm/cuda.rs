@@ -1,8 +1,10 @@
-//! Launches of `batchnorm.cu`: one launch per contiguous run of the slice (two when it wraps),
-//! with the per-channel vectors offset to the run's layer channels and the buffers to its rows.
+//! Launches of `batchnorm.cu`: per contiguous run of the slice (two when it wraps), with the
+//! per-channel vectors offset to the run's layer channels and the buffers to its rows. Training
+//! and backward are a multi-block reduction (`gpu::reduction`, partial sums in the runtime's
+//! scratch) followed by an element-wise pass.
 
 use super::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
-use crate::gpu::{f32_at, per_channel, rows};
+use crate::gpu::{f32_at, reduction, reduction_regions, rows};
 use crate::ir::{BufId, Slice};
 use crate::ops::DeviceView;
 
@@ -26,16 +28,18 @@ pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
     let (mi, scale) = (m as i64, slice.scale());
     // eps as the exact double PyTorch (and the CPU op) add, not the widened f32.
     let (mom, unbias, eps) = (d.t.bn_momentum, m as f64 / (m - 1) as f64, 1e-5);
+    let (part, _, count) = reduction_regions(d.gpu.reduction_scratch());
     for r in slice.each_run() {
         let (o, x) = (f32_at(o, r.at * m), f32_at(x, r.at * m));
         let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
         let (rm, rv) = (f32_at(rm, r.channel), f32_at(rv, r.channel));
         d.gpu.launch(
-            "bn_relu_train",
-            per_channel(r.len),
-            &[&o, &mu, &is, &x, &g, &b, &rm, &rv, &mi, &scale, &mom, &unbias, &eps],
+            "bn_stats",
+            reduction(r.len, m),
+            &[&mu, &is, &rm, &rv, &part, &count, &x, &mi, &mom, &unbias, &eps],
         );
+        d.gpu.launch("bn_relu_apply", rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
     }
 }
 
@@ -70,15 +74,17 @@ pub(super) fn backward(op: &BnReluBackward, d: &DeviceView) {
     let (x, st) = (d.buf(op.inp), d.buf(op.stats));
     let (g, b) = (d.tensor(op.bn.gamma), d.tensor(op.bn.beta));
     let (mi, scale, acc) = (m as i64, slice.scale(), op.accumulate as i32);
+    let (part, means, count) = reduction_regions(d.gpu.reduction_scratch());
     for r in slice.each_run() {
         let (dx, dy, x) = (f32_at(dx, r.at * m), f32_at(dy, r.at * m), f32_at(x, r.at * m));
         let (dg, db) = (f32_at(dg, r.at), f32_at(db, r.at));
         let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
         d.gpu.launch(
-            "bn_relu_backward",
-            per_channel(r.len),
-            &[&dx, &dg, &db, &dy, &x, &mu, &is, &g, &b, &mi, &scale, &acc],
+            "bn_backward_sums",
+            reduction(r.len, m),
+            &[&dg, &db, &means, &part, &count, &dy, &x, &mu, &is, &g, &b, &mi, &scale],
         );
+        d.gpu.launch("bn_relu_backward", rows(r.len, m), &[&dx, &means, &dy, &x, &mu, &is, &g, &b, &mi, &scale, &acc]);
     }
 }

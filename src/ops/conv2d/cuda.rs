@@ -3,30 +3,49 @@
 
 use super::lowering::{self, ConvCmd, Operand};
 use super::{Conv, ConvBackward};
-use crate::gpu::{f32_at, grid, int, GemmCall};
+use crate::gpu::{f32_at, int, rows, FastDiv, GemmCall};
 use crate::ir::ConvShape;
 use crate::ops::DeviceView;
 
+/// A row length the kernels index with `int` and split with `div_by` (kept below 2^30, so a
+/// grid-stride index never overflows).
+fn columns(len: usize) -> usize {
+    assert!(len < 1 << 30, "{len} columns in one im2col chunk; a smaller --col-budget keeps them below 2^30");
+    len
+}
+
 /// Runs one command; `addr` maps operands to device addresses.
 fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl Fn(Operand) -> u64) {
-    let (c, n, h, w) = (int(in_width), int(p.n), int(p.h), int(p.w));
+    let (n, h, w) = (int(p.n), int(p.h), int(p.w));
     let (k, s, pad) = (int(p.k), int(p.stride), int(p.pad));
     let (ho, wo) = (int(p.ho()), int(p.wo()));
     match cmd {
         ConvCmd::Im2col { n0, nc } => {
             let (col, inp) = (addr(Operand::Col), addr(Operand::Inp));
-            let total = p.im2col_len(in_width, nc);
+            let cfg = rows(in_width * p.kk(), columns(nc * p.ho() * p.wo()));
+            let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
             let (n0, nc) = (int(n0), int(nc));
-            d.gpu.launch("im2col", grid(total), &[&col, &inp, &c, &n, &h, &w, &k, &s, &pad, &ho, &wo, &n0, &nc]);
+            d.gpu.launch(
+                "im2col",
+                cfg,
+                &[
+                    &col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo, &by_hwo.magic, &by_hwo.shift, &by_wo.magic,
+                    &by_wo.shift, &n0, &nc,
+                ],
+            );
         }
         ConvCmd::Col2im { n0, nc, accumulate } => {
             let (d_inp, col) = (addr(Operand::DInp), addr(Operand::Col));
-            let total = in_width * nc * p.h * p.w;
+            let cfg = rows(in_width, columns(nc * p.h * p.w));
+            let (by_hw, by_w) = (FastDiv::new(p.h * p.w), FastDiv::new(p.w));
             let (n0, nc, acc) = (int(n0), int(nc), accumulate as i32);
             d.gpu.launch(
                 "col2im",
-                grid(total),
-                &[&d_inp, &col, &c, &n, &h, &w, &k, &s, &pad, &ho, &wo, &n0, &nc, &acc],
+                cfg,
+                &[
+                    &d_inp, &col, &n, &h, &w, &k, &s, &pad, &ho, &wo, &by_hw.magic, &by_hw.shift, &by_w.magic,
+                    &by_w.shift, &n0, &nc, &acc,
+                ],
             );
         }
         ConvCmd::Gemm(g) => {
@@ -96,12 +115,12 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{grid, Recorder};
+    use crate::gpu::Recorder;
     use crate::ir::{Init, Role, Sel, Slice, SliceSpec, TensorSpec};
     use crate::ops::{SgdParams, StepCtx, Tables};
 
     /// A 3x3 conv of 40 input channels over 13 images in chunks of 4 (sliced input, wrapping):
-    /// one im2col per chunk, each launched over exactly its own columns, and the GEMMs per chunk
+    /// one im2col per chunk, each launched over exactly its own rows and columns, and the GEMMs per chunk
     /// the lowering asks for.
     #[test]
     fn launches_follow_the_chunks_and_grids_their_own_work() {
@@ -136,11 +155,12 @@ mod tests {
         };
         forward(&op, &view);
         let launches = rec.launches.borrow();
-        let images = [4, 4, 4, 1];
+        let images = [4usize, 4, 4, 1];
         assert_eq!(launches.len(), images.len());
         for ((name, cfg), nc) in launches.iter().zip(images) {
             assert_eq!(*name, "im2col");
-            assert_eq!(cfg.grid_dim, grid(shape.im2col_len(20, nc)).grid_dim);
+            // One row of blocks per (input channel, kh, kw), each just covering the chunk's columns.
+            assert_eq!(cfg.grid_dim, ((nc * 81).div_ceil(256) as u32, 20 * 9, 1));
         }
         // Two input runs (the slice wraps) per chunk.
         assert_eq!(rec.gemms.borrow().len(), 2 * images.len());
