@@ -186,12 +186,20 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let rows = measure(&mut make, &config, batch, &f.keep, timing, options)?;
     print!("{}", table(&config, batch, &name, &rows));
     if let Some(o) = overheads {
+        // What is left once the context and our workspaces are counted: cuBLAS's handle and the
+        // GEMM kernels it loads when a shape first needs them (CUDA loads modules lazily), and
+        // the resident batch.
+        let rest: Vec<f64> =
+            rows.iter().filter_map(|r| r.overhead_bytes()).map(|b| mib(b) - mib(o.context + o.workspaces)).collect();
+        let (lo, hi) = rest.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         println!(
-            "device MiB = plan (arena + persistent) + overhead; overhead = CUDA context with the kernels \
+            "device MiB = plan (arena + persistent) + overhead; overhead = CUDA context with our kernels \
              ({:.1} MiB in use before our first allocation) + cuBLAS workspace and reduction scratch ({:.1} MiB) \
-             + the resident batch and its indices",
+             + cuBLAS's handle and the GEMM kernels it loads on first use, with the resident batch ({:.1} to {:.1} MiB)",
             mib(o.context),
-            mib(o.workspaces)
+            mib(o.workspaces),
+            lo,
+            hi
         );
     }
     Ok(())

@@ -193,7 +193,7 @@ fn auto_batch(args: &TrainArgs, cap: Option<usize>) -> Result<usize> {
     let (target, free) = backend::free_memory(args.device)?;
     let options = Options { target, ..args.options };
     let margin = free / 10 + (256 << 20);
-    let workspace = if target == Target::Cuda { crate::gpu::WORKSPACES } else { 0 };
+    let workspace = if target == Target::Cuda { crate::gpu::WORKSPACES + fit::CUBLAS_LOADED } else { 0 };
     let cap = cap.unwrap_or(usize::MAX).min(train_len).min(1 << 16);
     let place = if target == Target::Cuda { "free on the GPU" } else { "available in host memory" };
     match fit::largest_power_of_two(&config, options, free, resident + workspace + margin, cap) {

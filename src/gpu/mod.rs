@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys as cb;
 use cudarc::driver::{
-    result as dr, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PushKernelArg,
+    result as dr, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -281,6 +280,12 @@ pub fn rows(channels: usize, m: usize) -> LaunchConfig {
     }
 }
 
+/// Element-wise work over `channels` rows of `m` (y = channel), four elements a thread in a
+/// grid-stride loop: the per-channel parameters a thread loads once serve four elements.
+pub fn elementwise_rows(channels: usize, m: usize) -> LaunchConfig {
+    rows(channels, m.div_ceil(4))
+}
+
 /// A multi-block reduction over `channels` rows of `m`: x = part of the row, y = channel.
 pub fn reduction(channels: usize, m: usize) -> LaunchConfig {
     assert!(channels <= 65_535, "{channels} rows exceed a grid's y dimension");
@@ -333,6 +338,8 @@ impl_arg!(u64, i64, i32, u32, f32, f64);
 /// `C = op(A) op(B) + beta C`, `C` `m x n`, all operands f32 at device addresses.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmCall {
+    /// What the product computes (kernel timings are grouped by it).
+    pub label: &'static str,
     pub transa: bool,
     pub transb: bool,
     pub m: usize,
@@ -474,8 +481,21 @@ impl Gpu {
         let sync_each = std::env::var("SLICEOUT_CUDA_SYNC").is_ok_and(|v| v == "1");
         let op = std::cell::RefCell::new((0, String::new()));
         let timing = std::cell::RefCell::new(Timing::default());
-        let gpu =
-            Gpu { math, device_name, arch, kernels, sync_each, context_bytes, op, timing, workspace, scratch, blas, stream, ctx };
+        let gpu = Gpu {
+            math,
+            device_name,
+            arch,
+            kernels,
+            sync_each,
+            context_bytes,
+            op,
+            timing,
+            workspace,
+            scratch,
+            blas,
+            stream,
+            ctx,
+        };
         // SAFETY: valid handle, stream and workspace (kept alive by `gpu`).
         unsafe {
             cudarc::cublas::result::set_stream(gpu.blas, gpu.stream.cu_stream() as _)
@@ -581,7 +601,12 @@ impl Gpu {
         if t.on {
             let i = t.queued.len();
             if i == t.pairs.len() {
-                let event = || ok(self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)), "creating a CUDA event");
+                let event = || {
+                    ok(
+                        self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)),
+                        "creating a CUDA event",
+                    )
+                };
                 t.pairs.push((event(), event()));
             }
             t.queued.push((self.op.borrow().0, what));
@@ -624,7 +649,7 @@ impl Launcher for Gpu {
         let p = |a: u64| a as *mut std::ffi::c_void;
         // SAFETY: the views lie inside the operands (by construction of the conv lowering, which
         // its tests check against a host GEMM); scalars are host pointers.
-        self.queue("cublasGemmEx", || {
+        self.queue(g.label, || {
             ok(
                 unsafe {
                     cudarc::cublas::result::gemm_ex(

@@ -29,6 +29,11 @@ pub struct Term {
 /// (2026-11-27, `scripts/gpu-check.sh`). Other cards and drivers differ by some MiB.
 pub const CUDA_CONTEXT: usize = 527 * MIB;
 
+/// cuBLAS's handle and the GEMM kernels it loads when a shape first needs them: what `bench`
+/// found in use beyond the context, the plan and our workspaces, 81 to 99 MiB on an H200 for
+/// WRN-28-10 and WRN-16-4 (2026-11-27), rounded up.
+pub const CUBLAS_LOADED: usize = 100 * MIB;
+
 /// The memory outside the plan on `target` with `dataset` resident.
 pub fn overheads(target: Target, dataset: DatasetKind) -> Vec<Term> {
     let mut terms = vec![Term {
@@ -41,6 +46,11 @@ pub fn overheads(target: Target, dataset: DatasetKind) -> Vec<Term> {
             what: "CUDA context".into(),
             bytes: CUDA_CONTEXT,
             source: "measured on an H200 (driver 580, CUDA 13) with our kernels loaded".into(),
+        });
+        terms.push(Term {
+            what: "cuBLAS kernels".into(),
+            bytes: CUBLAS_LOADED,
+            source: "cuBLAS's handle and the GEMM kernels it loads on first use (measured 81-99 MiB)".into(),
         });
         terms.push(Term {
             what: "cuBLAS workspace".into(),

@@ -4,7 +4,7 @@
 //! scratch) followed by an element-wise pass.
 
 use super::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
-use crate::gpu::{f32_at, reduction, reduction_regions, rows};
+use crate::gpu::{elementwise_rows, f32_at, reduction, reduction_regions};
 use crate::ir::{BufId, Slice};
 use crate::ops::DeviceView;
 
@@ -39,7 +39,7 @@ pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
             reduction(r.len, m),
             &[&mu, &is, &rm, &rv, &part, &count, &x, &mi, &mom, &unbias, &eps],
         );
-        d.gpu.launch("bn_relu_apply", rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
+        d.gpu.launch("bn_relu_apply", elementwise_rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
     }
 }
 
@@ -53,7 +53,7 @@ pub(super) fn apply(op: &BnReluApply, d: &DeviceView) {
         let (o, x) = (f32_at(o, r.at * m), f32_at(x, r.at * m));
         let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
-        d.gpu.launch("bn_relu_apply", rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
+        d.gpu.launch("bn_relu_apply", elementwise_rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
     }
 }
 
@@ -64,7 +64,7 @@ pub(super) fn eval(op: &BnReluEval, d: &DeviceView) {
     let bn = op.bn;
     let (g, b, rm, rv) = (d.tensor(bn.gamma), d.tensor(bn.beta), d.tensor(bn.mean), d.tensor(bn.var));
     let (mi, eps) = (m as i64, 1e-5f64);
-    d.gpu.launch("bn_relu_eval", rows(op.channels, m), &[&o, &x, &g, &b, &rm, &rv, &mi, &eps]);
+    d.gpu.launch("bn_relu_eval", elementwise_rows(op.channels, m), &[&o, &x, &g, &b, &rm, &rv, &mi, &eps]);
 }
 
 pub(super) fn backward(op: &BnReluBackward, d: &DeviceView) {
@@ -85,6 +85,10 @@ pub(super) fn backward(op: &BnReluBackward, d: &DeviceView) {
             reduction(r.len, m),
             &[&dg, &db, &means, &part, &count, &dy, &x, &mu, &is, &g, &b, &mi, &scale],
         );
-        d.gpu.launch("bn_relu_backward", rows(r.len, m), &[&dx, &means, &dy, &x, &mu, &is, &g, &b, &mi, &scale, &acc]);
+        d.gpu.launch(
+            "bn_relu_backward",
+            elementwise_rows(r.len, m),
+            &[&dx, &means, &dy, &x, &mu, &is, &g, &b, &mi, &scale, &acc],
+        );
     }
 }

@@ -1,41 +1,74 @@
 // im2col / col2im for convolutions over channel-major (C, N, H, W) activations, one chunk of
 // images at a time. The column matrix of a chunk is row-major [c*k*k, nc*ho*wo]: row
 // (ci, kh, kw), column (image, oh, ow), exactly what the GEMM `W[cout, c*k*k] * col` wants.
-// Both are memory-bound: a column index is split with `div_by` (no divisions), and a row's
-// (ci, kh, kw) is fixed per block (grid y), so every thread does one load and one store.
+//
+// Both are memory-bound. A thread takes one column (im2col) or one input pixel (col2im) of one
+// channel (grid y) and walks all k*k taps of it, so a column index is split (with `div_by`, no
+// divisions) once per k*k elements. For k = 3 and k = 1 the taps are a compile-time loop that
+// unrolls, so a thread's k*k loads are in flight together.
 
-// col = columns of images [n0, n0 + nc) of `inp` (n images, h x w). Grid: x over the row's
-// nc*ho*wo columns (fewer than 2^31), y = row. `hwo` divides column indices into images.
-extern "C" __global__ void im2col(float* col, const float* inp, int n, int h, int w, int k,
-                                  int stride, int pad, int wo, int hwo, unsigned hwo_magic,
-                                  unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
-                                  int n0, int nc) {
-    int row = blockIdx.y;
-    int ci = row / (k * k), r = row - ci * k * k;
-    int kh = r / k, kw = r - (r / k) * k;
+// The kernel width as a compile-time constant (K > 0) or the launch's (K = 0).
+#define TAPS(K, k_arg) ((K) > 0 ? (K) : (k_arg))
+
+template <int K>
+__device__ __forceinline__ void im2col_channel(float* __restrict__ col,
+                                               const float* __restrict__ inp, int n, int h,
+                                               int w, int k_arg, int stride, int pad, int wo,
+                                               int hwo, unsigned hwo_magic, unsigned hwo_shift,
+                                               unsigned wo_magic, unsigned wo_shift, int n0,
+                                               int nc) {
+    const int k = TAPS(K, k_arg);
+    int ci = blockIdx.y;
     int cols = nc * hwo;
     const float* src = inp + ((i64)ci * n + n0) * h * w;
-    float* dst = col + (i64)row * cols;
+    float* dst = col + (i64)ci * k * k * cols;
     for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < cols; x += gridDim.x * blockDim.x) {
         int i = (int)div_by(x, hwo_magic, hwo_shift);
         int p = x - i * hwo;
         int oh = (int)div_by(p, wo_magic, wo_shift);
         int ow = p - oh * wo;
-        int ih = oh * stride - pad + kh, iw = ow * stride - pad + kw;
-        float v = 0.0f;
-        if ((unsigned)ih < (unsigned)h && (unsigned)iw < (unsigned)w)
-            v = src[((i64)i * h + ih) * w + iw];
-        dst[x] = v;
+        int ih0 = oh * stride - pad, iw0 = ow * stride - pad;
+        const float* img = src + (i64)i * h * w;
+#pragma unroll
+        for (int kh = 0; kh < k; ++kh) {
+            int ih = ih0 + kh;
+            bool row_in = (unsigned)ih < (unsigned)h;
+#pragma unroll
+            for (int kw = 0; kw < k; ++kw) {
+                int iw = iw0 + kw;
+                float v = 0.0f;
+                if (row_in && (unsigned)iw < (unsigned)w) v = img[ih * w + iw];
+                dst[(i64)(kh * k + kw) * cols + x] = v;
+            }
+        }
     }
 }
 
-// d_inp (+)= col2im(col) for images [n0, n0 + nc): every input pixel gathers the column
-// entries that read it, kh then kw (no atomics, deterministic). Pixels no window reads get 0.
-// Grid: x over the channel's nc*h*w pixels, y = channel.
-extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, int w, int k,
-                                  int stride, int pad, int ho, int wo, unsigned hw_magic,
-                                  unsigned hw_shift, unsigned w_magic, unsigned w_shift, int n0,
-                                  int nc, int accumulate) {
+// col = columns of images [n0, n0 + nc) of `inp` (n images, h x w). Grid: x over the chunk's
+// nc*ho*wo columns (fewer than 2^30), y = input channel. `hwo` splits a column into images.
+extern "C" __global__ void im2col(float* col, const float* inp, int n, int h, int w, int k,
+                                  int stride, int pad, int wo, int hwo, unsigned hwo_magic,
+                                  unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
+                                  int n0, int nc) {
+    if (k == 3)
+        im2col_channel<3>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                          wo_magic, wo_shift, n0, nc);
+    else if (k == 1)
+        im2col_channel<1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                          wo_magic, wo_shift, n0, nc);
+    else
+        im2col_channel<0>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                          wo_magic, wo_shift, n0, nc);
+}
+
+template <int K>
+__device__ __forceinline__ void col2im_channel(float* __restrict__ d_inp,
+                                               const float* __restrict__ col, int n, int h,
+                                               int w, int k_arg, int stride, int pad, int ho,
+                                               int wo, unsigned hw_magic, unsigned hw_shift,
+                                               unsigned w_magic, unsigned w_shift, int n0, int nc,
+                                               int accumulate) {
+    const int k = TAPS(K, k_arg);
     int ci = blockIdx.y;
     int hw = h * w, hwo = ho * wo, cols = nc * hwo, len = nc * hw;
     const float* rows = col + (i64)ci * k * k * cols;
@@ -47,19 +80,37 @@ extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, 
         int iw = q - ih * w;
         const float* img = rows + (i64)i * hwo;
         float s = 0.0f;
+#pragma unroll
         for (int kh = 0; kh < k; ++kh) {
             int y = ih + pad - kh;
-            if (y < 0 || (stride > 1 && y % stride != 0)) continue;
             int oh = stride == 1 ? y : y / stride;
-            if (oh >= ho) continue;
+            bool row_in = y >= 0 && (stride == 1 || y % stride == 0) && oh < ho;
+#pragma unroll
             for (int kw = 0; kw < k; ++kw) {
                 int xx = iw + pad - kw;
-                if (xx < 0 || (stride > 1 && xx % stride != 0)) continue;
                 int ow = stride == 1 ? xx : xx / stride;
-                if (ow >= wo) continue;
-                s += img[(i64)(kh * k + kw) * cols + oh * wo + ow];
+                if (row_in && xx >= 0 && (stride == 1 || xx % stride == 0) && ow < wo)
+                    s += img[(i64)(kh * k + kw) * cols + oh * wo + ow];
             }
         }
         dst[x] = accumulate ? dst[x] + s : s;
     }
+}
+
+// d_inp (+)= col2im(col) for images [n0, n0 + nc): every input pixel gathers the column
+// entries that read it, kh then kw (no atomics, deterministic). Pixels no window reads get 0.
+// Grid: x over the channel's nc*h*w pixels, y = channel.
+extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, int w, int k,
+                                  int stride, int pad, int ho, int wo, unsigned hw_magic,
+                                  unsigned hw_shift, unsigned w_magic, unsigned w_shift, int n0,
+                                  int nc, int accumulate) {
+    if (k == 3)
+        col2im_channel<3>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+                          w_magic, w_shift, n0, nc, accumulate);
+    else if (k == 1)
+        col2im_channel<1>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+                          w_magic, w_shift, n0, nc, accumulate);
+    else
+        col2im_channel<0>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+                          w_magic, w_shift, n0, nc, accumulate);
 }

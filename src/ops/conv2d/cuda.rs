@@ -22,15 +22,29 @@ fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl
     match cmd {
         ConvCmd::Im2col { n0, nc } => {
             let (col, inp) = (addr(Operand::Col), addr(Operand::Inp));
-            let cfg = rows(in_width * p.kk(), columns(nc * p.ho() * p.wo()));
+            let cfg = rows(in_width, columns(nc * p.ho() * p.wo()));
             let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
             let (n0, nc) = (int(n0), int(nc));
             d.gpu.launch(
                 "im2col",
                 cfg,
                 &[
-                    &col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo, &by_hwo.magic, &by_hwo.shift, &by_wo.magic,
-                    &by_wo.shift, &n0, &nc,
+                    &col,
+                    &inp,
+                    &n,
+                    &h,
+                    &w,
+                    &k,
+                    &s,
+                    &pad,
+                    &wo,
+                    &hwo,
+                    &by_hwo.magic,
+                    &by_hwo.shift,
+                    &by_wo.magic,
+                    &by_wo.shift,
+                    &n0,
+                    &nc,
                 ],
             );
         }
@@ -43,15 +57,36 @@ fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl
                 "col2im",
                 cfg,
                 &[
-                    &d_inp, &col, &n, &h, &w, &k, &s, &pad, &ho, &wo, &by_hw.magic, &by_hw.shift, &by_w.magic,
-                    &by_w.shift, &n0, &nc, &acc,
+                    &d_inp,
+                    &col,
+                    &n,
+                    &h,
+                    &w,
+                    &k,
+                    &s,
+                    &pad,
+                    &ho,
+                    &wo,
+                    &by_hw.magic,
+                    &by_hw.shift,
+                    &by_w.magic,
+                    &by_w.shift,
+                    &n0,
+                    &nc,
+                    &acc,
                 ],
             );
         }
         ConvCmd::Gemm(g) => {
             let b = g.to_cublas();
             let at = |(o, off): (Operand, usize)| f32_at(addr(o), off);
+            let label = match g.c.operand {
+                Operand::Out => "gemm: forward",
+                Operand::DWeight => "gemm: weight gradient",
+                _ => "gemm: input gradient",
+            };
             d.gpu.gemm(&GemmCall {
+                label,
                 transa: b.transa,
                 transb: b.transb,
                 m: b.m,
@@ -120,7 +155,7 @@ mod tests {
     use crate::ops::{SgdParams, StepCtx, Tables};
 
     /// A 3x3 conv of 40 input channels over 13 images in chunks of 4 (sliced input, wrapping):
-    /// one im2col per chunk, each launched over exactly its own rows and columns, and the GEMMs per chunk
+    /// one im2col per chunk, each launched over exactly its own channels and columns, and the GEMMs per chunk
     /// the lowering asks for.
     #[test]
     fn launches_follow_the_chunks_and_grids_their_own_work() {
@@ -159,8 +194,8 @@ mod tests {
         assert_eq!(launches.len(), images.len());
         for ((name, cfg), nc) in launches.iter().zip(images) {
             assert_eq!(*name, "im2col");
-            // One row of blocks per (input channel, kh, kw), each just covering the chunk's columns.
-            assert_eq!(cfg.grid_dim, ((nc * 81).div_ceil(256) as u32, 20 * 9, 1));
+            // One row of blocks per input channel, just covering the chunk's columns.
+            assert_eq!(cfg.grid_dim, ((nc * 81).div_ceil(256) as u32, 20, 1));
         }
         // Two input runs (the slice wraps) per chunk.
         assert_eq!(rec.gemms.borrow().len(), 2 * images.len());
