@@ -394,6 +394,7 @@ fn random_checkpoints_with_a_valid_crc_never_panic_or_hang() {
             device: DeviceChoice::Cpu,
             limit_test: None,
             bn_recal: 0,
+            precision: sliceout::ir::Precision::Fp32,
         };
         if let Ok(e) = train::evaluate(&request) {
             let (loss, acc) = (e.loss, e.acc);

@@ -3,7 +3,7 @@
 
 use crate::backend::DeviceChoice;
 use crate::data::DatasetKind;
-use crate::ir::Target;
+use crate::ir::{Precision, Target};
 use crate::schedule::{Options, UpdateAt};
 use crate::train::LrSchedule;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -86,21 +86,6 @@ pub enum Update {
     End,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Precision {
-    Fp32,
-    Bf16,
-}
-
-impl From<Precision> for crate::ir::Precision {
-    fn from(p: Precision) -> crate::ir::Precision {
-        match p {
-            Precision::Fp32 => crate::ir::Precision::Fp32,
-            Precision::Bf16 => crate::ir::Precision::Bf16,
-        }
-    }
-}
-
 /// The model's shape.
 #[derive(Args, Debug, Clone)]
 pub struct ModelFlags {
@@ -134,10 +119,11 @@ pub struct MemoryFlags {
     /// Where SGD updates go: right after each gradient, or after the whole backward pass
     #[arg(long, value_enum, default_value_t = Update::Early)]
     pub update: Update,
-    /// Element type of activations, their gradients and im2col workspaces (bf16 can be planned
-    /// but not yet run)
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
-    pub precision: Precision,
+    /// Element type of activations, their gradients and im2col workspaces: fp32 or bf16
+    /// (parameters, momentum, BN statistics, weight gradients and the loss stay f32; bf16 runs
+    /// on the CPU, the GPU's bf16 kernels do not exist yet)
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
 }
 
 /// The largest `--col-budget`: 1 TiB in MiB, so that the budget in bytes fits any `usize`.
@@ -160,7 +146,7 @@ impl MemoryFlags {
             },
             // The command sets the backend it builds for.
             target: Target::Cpu,
-            precision: self.precision.into(),
+            precision: Precision::parse(&self.precision)?,
         })
     }
 }
@@ -295,6 +281,9 @@ pub struct EvalFlags {
     /// training batches of --data (0 = off)
     #[arg(long, default_value_t = 0)]
     pub bn_recal: usize,
+    /// Element type of activations: fp32 or bf16 (bf16 on the CPU only, as for train)
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -433,6 +422,9 @@ pub struct BenchFlags {
     /// Slice starts are multiples of this, as `train --align`
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub align: usize,
+    /// Comma-separated precisions (fp32, bf16), each measured at every keep value in this run
+    #[arg(long, default_value = "fp32", value_delimiter = ',')]
+    pub precision: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,7 +6,7 @@ mod cuda;
 use rayon::prelude::*;
 
 use super::{DeviceView, HostView, Kernel, PAR_MIN_ELEMS};
-use crate::ir::BufId;
+use crate::ir::{BufId, Elem};
 
 /// `out += inp`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,9 +19,9 @@ impl Kernel for Add {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.inp], vec![self.out])
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         // SAFETY: see `HostView`.
-        add(unsafe { m.buf_mut(self.out) }, m.buf(self.inp))
+        add::<T>(unsafe { m.buf_mut(self.out) }, m.buf(self.inp))
     }
     fn run_cuda(&self, d: &DeviceView) {
         cuda::add(self, d)
@@ -29,11 +29,11 @@ impl Kernel for Add {
 }
 
 /// `out += inp`, element-wise.
-pub fn add(out: &mut [f32], inp: &[f32]) {
+pub fn add<T: Elem>(out: &mut [T], inp: &[T]) {
     assert_eq!(out.len(), inp.len(), "add: lengths");
     out.par_chunks_mut(PAR_MIN_ELEMS)
         .zip(inp.par_chunks(PAR_MIN_ELEMS))
-        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, i)| *o += i));
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, i)| *o = T::from_f32(o.to_f32() + i.to_f32())));
 }
 
 #[cfg(test)]
