@@ -346,6 +346,25 @@ mod tests {
         assert_eq!(x2, x3);
     }
 
+    /// A bf16 batch is the f32 batch rounded once per value (the normalised pixel values are
+    /// rounded in the table), crops and labels alike.
+    #[test]
+    fn a_bf16_batch_is_the_f32_batch_rounded() {
+        use crate::ir::Bf16;
+        let s = split(6, 3, 4);
+        let norm = Normalization::from_split(&s, 3);
+        let (idx, n) = ([5, 1, 1, 0], 4);
+        let crops =
+            [Crop { dx: 3, dy: 7, flip: true }, Crop::IDENTITY, Crop { dx: 8, dy: 0, flip: false }, Crop::IDENTITY];
+        let (mut x32, mut y32) = (vec![0f32; 3 * n * PLANE], vec![0f32; n]);
+        let (mut x16, mut y16) = (vec![Bf16::default(); 3 * n * PLANE], vec![0f32; n]);
+        fill_batch_with(&mut x32, &mut y32, &s, &idx, 3, &norm, |i| crops[i]);
+        fill_batch_with(&mut x16, &mut y16, &s, &idx, 3, &norm, |i| crops[i]);
+        assert_eq!(y16, y32);
+        assert!(x16.iter().zip(&x32).all(|(a, &b)| *a == Bf16::from_f32(b)));
+        assert!(x16.iter().zip(&x32).any(|(a, &b)| a.to_f32() != b), "normalised values need rounding");
+    }
+
     #[test]
     fn crop_draws_cover_the_range() {
         let mut rng = Rng::new(1, 3);

@@ -173,10 +173,35 @@ pub(crate) fn min_rows(row_len: usize) -> usize {
 /// Shared helpers of the ops' tests: random data and gradient comparison.
 #[cfg(test)]
 pub(crate) mod testutil {
+    use crate::ir::{Bf16, Elem};
     use crate::rng::Rng;
 
     pub fn normals(rng: &mut Rng, len: usize) -> Vec<f32> {
         (0..len).map(|_| rng.normal()).collect()
+    }
+
+    /// Normals rounded to bf16, as f32: values both precisions hold exactly, so a bf16 kernel
+    /// and its f32 twin start from the same inputs.
+    pub fn bf16_normals(rng: &mut Rng, len: usize) -> Vec<f32> {
+        normals(rng, len).into_iter().map(|x| Bf16::from_f32(x).to_f32()).collect()
+    }
+
+    pub fn to_bf16(v: &[f32]) -> Vec<Bf16> {
+        v.iter().map(|&x| Bf16::from_f32(x)).collect()
+    }
+
+    pub fn widen(v: &[Bf16]) -> Vec<f32> {
+        v.iter().map(|x| x.to_f32()).collect()
+    }
+
+    /// Panics unless `got` is `want` rounded to bf16 once, element by element: a bf16 kernel
+    /// whose f32 arithmetic is its twin's, from the same inputs, differs by its stores alone
+    /// (at most u = 2^-8 relative each).
+    pub fn assert_rounded(what: &str, got: &[Bf16], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, &w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(*g, Bf16::from_f32(w), "{what}[{i}]: bf16 {g:?} is not f32 {w} rounded");
+        }
     }
 
     pub fn to_f64(v: &[f32]) -> Vec<f64> {

@@ -45,4 +45,17 @@ mod tests {
         super::add(&mut out, &inp);
         assert!(out.iter().enumerate().all(|(i, &v)| v == 1.5 * i as f32));
     }
+
+    /// bf16: the f32 sum of the same (bf16) values, rounded once.
+    #[test]
+    fn bf16_adds_in_f32_and_rounds_once() {
+        use crate::ops::testutil::{assert_rounded, bf16_normals, to_bf16, widen};
+        let mut rng = crate::rng::Rng::new(3, 0);
+        let (a, b) = (bf16_normals(&mut rng, 40_000), bf16_normals(&mut rng, 40_000));
+        let (mut out16, mut out32) = (to_bf16(&a), a.clone());
+        super::add(&mut out16, &to_bf16(&b));
+        super::add(&mut out32, &b);
+        assert_rounded("add", &out16, &out32);
+        assert_ne!(widen(&out16), out32, "some sums need rounding");
+    }
 }
