@@ -59,7 +59,7 @@ fn bf16_pools_like_f32_from_the_same_values() {
     avgpool_forward(&mut out32, &inp, C, N, HW);
     assert!(out16.iter().zip(&out32).all(|(a, b)| a.to_bits() == b.to_bits()));
     let d_out = normals(&mut rng, C * N);
-    let (mut d16, mut d32) = (to_bf16(&vec![f32::NAN; C * N * HW]), vec![0f32; C * N * HW]);
+    let (mut d16, mut d32) = (to_bf16(&[f32::NAN; C * N * HW]), vec![0f32; C * N * HW]);
     avgpool_backward(&mut d16, &d_out, C, N, HW);
     avgpool_backward(&mut d32, &d_out, C, N, HW);
     assert_rounded("pool d_inp", &d16, &d32);
