@@ -8,7 +8,7 @@
 use sliceout::backend::cpu::CpuBackend;
 use sliceout::backend::Backend;
 use sliceout::cmd::bench;
-use sliceout::ir::Target;
+use sliceout::ir::{Precision, Target};
 use sliceout::model::ModelConfig;
 use sliceout::schedule::Options;
 
@@ -20,7 +20,7 @@ fn main() {
         &mut make,
         &config,
         32,
-        &[1.0, 0.75, 0.5],
+        &[(1.0, Precision::Fp32), (0.75, Precision::Fp32), (0.5, Precision::Fp32)],
         bench::Timing { steps, seed: 0, align: 1 },
         Options { target: Target::Cpu, ..Options::default() },
     )

@@ -10,7 +10,7 @@
 #   there:  bash scripts/gpu-check.sh        (from the repository root; .gpu/ is git-ignored,
 #           so the device runner must carry it)
 #
-# In order, each with its own time limit (about 7 minutes in all on an H100):
+# In order, each with its own time limit (about 2.5 minutes in all on an H200):
 #   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
 #      its op and kernel), then in tf32; the PyTorch reference runs inside each;
 #   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32;
@@ -20,17 +20,18 @@
 #      device memory in use beside the plan, and PyTorch's step on the same card right after each
 #      (scripts/torch/bench_peer.py: the same network and SliceOut rules; skipped without torch);
 #   5. two epochs of WRN-16-4 on Fashion-MNIST at keep 1.0 and 0.5;
-# and ends with one summary table. Full logs go to $OUT (when set, e.g. by the device runner) or
-# ./gpu-check-logs. DEVICE=cpu runs the same script on the CPU (with QUICK=1: small models and
+# and ends with one summary table. Full logs go to ./gpu-check-logs; when $OUT is set (by the
+# device runner, which brings back a few files only) they are also packed, checkpoints left out,
+# into $OUT/gpu-check.tgz. DEVICE=cpu runs the same script on the CPU (with QUICK=1: small models and
 # short runs), to check the script itself where there is no GPU.
 set -u
 cd "$(dirname "$0")/.."
 
 BIN=${SLICEOUT_BIN:-.gpu/sliceout}
 DATA=${FASHION_MNIST:-.gpu/fashion-mnist}
-LOG=${OUT:-gpu-check-logs}
+LOG=gpu-check-logs
 DEVICE=${DEVICE:-cuda}
-mkdir -p "$LOG"
+rm -rf "$LOG" && mkdir -p "$LOG"    # this run's logs only
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 if [ "${QUICK:-0}" = 1 ]; then
@@ -126,9 +127,12 @@ for f in "$LOG"/bench-wrn*.txt; do
         { k = model " " math " " $1; ref = (k in t) ? t[k] : "-"; peer = (k in torch) ? torch[k] : "-"
           printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s %10s\n", model, math, $1, $2, $3, $6, $8, $9, $10, $11, peer, ref }'
 done
-grep -h "context with the kernels" "$LOG"/bench-*.txt 2>/dev/null | head -1
+grep -h "context with our kernels" "$LOG"/bench-*.txt 2>/dev/null | head -1
 for keep in 1.0 0.5; do
     line=$(grep -E "^epoch" "$LOG/train-keep$keep.txt" 2>/dev/null | tail -1)
     echo "Fashion-MNIST WRN-16-4 keep $keep: ${line:-no epoch finished}"
 done
+if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/gpu-check.tgz" --exclude='*.ckpt' -C "$LOG" .
+fi
 exit $status

@@ -168,6 +168,7 @@ fn random_train_command_lines_never_panic_or_hang() {
                 ("--col-budget", col),
                 ("--update", &["early", "end", "late"]),
                 ("--math", &["tf32", "fp32", "fp16"]),
+                ("--precision", &["fp32", "bf16", "fp16"]),
                 ("--dataset", &["cifar10", "cifar100", "fashion-mnist", "imagenet"]),
                 ("--seed", &["0", "18446744073709551615", "-1"]),
                 ("--resume", &[&resume]),
@@ -208,6 +209,7 @@ fn random_plan_and_eval_command_lines_never_panic_or_hang() {
                 ("--col-budget", col),
                 ("--no-recompute", &[]),
                 ("--no-in-place", &[]),
+                ("--precision", &["fp32", "bf16", "bf8"]),
             ],
             0.5,
         )
@@ -224,6 +226,7 @@ fn random_plan_and_eval_command_lines_never_panic_or_hang() {
                 ("--limit-test", count),
                 ("--dataset", &["cifar10", "cifar100", "mnist"]),
                 ("--coarse", &[]),
+                ("--precision", &["fp32", "bf16", "f32"]),
             ],
             0.4,
         )
@@ -261,8 +264,11 @@ fn random_profile_bench_and_synth_command_lines_never_panic_or_hang() {
                 ("--format", &["text", "json", "svg"]),
                 ("--trace", &trace),
                 ("--col-budget", col),
+                ("--precision", &["fp32", "bf16", "fp16"]),
             ],
-            _ => vec![("--steps", steps), ("--keep", bench_keeps)],
+            _ => {
+                vec![("--steps", steps), ("--keep", bench_keeps), ("--precision", &["bf16", "fp32,bf16", "bf16,x", ""])]
+            }
         };
         command_line(rng, &words, &flags, 0.4)
     });
@@ -394,6 +400,7 @@ fn random_checkpoints_with_a_valid_crc_never_panic_or_hang() {
             device: DeviceChoice::Cpu,
             limit_test: None,
             bn_recal: 0,
+            precision: sliceout::ir::Precision::Fp32,
         };
         if let Ok(e) = train::evaluate(&request) {
             let (loss, acc) = (e.loss, e.acc);

@@ -54,6 +54,7 @@ fn a_small_wrn_learns_the_synthetic_classes() {
         device: DeviceChoice::Cpu,
         limit_test: None,
         bn_recal: 4,
+        precision: sliceout::ir::Precision::Fp32,
     })
     .unwrap();
     let (loss, acc, config) = (e.loss, e.acc, e.config);

@@ -1,18 +1,20 @@
-//! The CPU backend: rayon-parallel ops over two `Vec<f32>` regions. It is the reference.
+//! The CPU backend: rayon-parallel ops over two host regions, the persistent one (f32) and the
+//! arena (bytes, each buffer viewed as its element type: a bf16 program's arena is the size its
+//! plan says). It is the reference, in fp32 and in bf16.
 
 use super::{Backend, Batches, Execute, Memory, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::ir::{mib, Target};
-use crate::ops::{conv2d, gather, HostView, Tables};
+use crate::ir::{elem, mib, Bf16, Dtype, Target};
+use crate::ops::{conv2d, gather, HostArena, HostView, Tables};
 use crate::plan::Program;
 
 #[derive(Default)]
 pub struct CpuBackend {
     /// `Im2col` for the reference other backends are checked against.
     pub conv_algo: conv2d::Algo,
-    arena: Vec<f32>,
+    arena: HostArena,
     persistent: Vec<f32>,
     /// Resident splits (train, test) with their channel count and normalisation.
     splits: [Option<(Split, usize, Normalization)>; 2],
@@ -33,19 +35,12 @@ impl Memory for CpuBackend {
     fn reserve_arena(&mut self, bytes: usize) -> Result<()> {
         // The GEMM's per-thread packing buffers, made now rather than inside the first step.
         crate::blas::prepare();
-        let len = bytes.div_ceil(4);
-        if self.arena.len() < len {
-            let mut arena = Vec::new();
-            arena.try_reserve_exact(len).map_err(|_| {
-                Error::Device(format!(
-                    "the memory plan needs a {:.1} MiB arena and the host cannot allocate it; lower --batch (or --keep)",
-                    mib(bytes)
-                ))
-            })?;
-            arena.resize(len, 0.0);
-            self.arena = arena;
-        }
-        Ok(())
+        self.arena.reserve(bytes).map_err(|_| {
+            Error::Device(format!(
+                "the memory plan needs a {:.1} MiB arena and the host cannot allocate it; lower --batch (or --keep)",
+                mib(bytes)
+            ))
+        })
     }
 
     fn set_persistent(&mut self, data: &[f32]) -> Result<()> {
@@ -57,14 +52,22 @@ impl Memory for CpuBackend {
         out.copy_from_slice(&self.persistent[..out.len()]);
     }
 
+    /// Rounds `data` to the buffer's element type.
     fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
-        let (off, len) = p.locs[buf];
-        self.arena[off..off + len].copy_from_slice(data);
+        let (at, len) = span(p, buf);
+        match p.schedule.buffers[buf].dtype {
+            Dtype::F32 => elem::convert(self.arena.get_mut::<f32>(at, len), data),
+            Dtype::Bf16 => elem::convert(self.arena.get_mut::<Bf16>(at, len), data),
+        }
     }
 
+    /// Widens the buffer's elements to f32.
     fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
-        let (off, len) = p.locs[buf];
-        out.copy_from_slice(&self.arena[off..off + len]);
+        let (at, len) = span(p, buf);
+        match p.schedule.buffers[buf].dtype {
+            Dtype::F32 => elem::convert(out, self.arena.get::<f32>(at, len)),
+            Dtype::Bf16 => elem::convert(out, self.arena.get::<Bf16>(at, len)),
+        }
     }
 }
 
@@ -81,33 +84,40 @@ impl Batches for CpuBackend {
     fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
         let (split, channels, norm) = self.splits[id as usize].as_ref().expect("split uploaded before fill_batch");
         let s = &p.schedule;
-        let ((xo, xl), (yo, yl)) = (p.locs[s.input], p.locs[s.labels]);
-        assert!(xo + xl <= yo || yo + yl <= xo, "input and labels overlap");
+        let (x, y) = (span(p, s.input), span(p, s.labels));
         assert_eq!(crops.len(), indices.len());
-        // Input and labels are disjoint ranges of the arena (asserted): split it once.
-        let (x, y) = if xo < yo {
-            let (a, b) = self.arena.split_at_mut(yo);
-            (&mut a[xo..xo + xl], &mut b[..yl])
-        } else {
-            let (a, b) = self.arena.split_at_mut(xo);
-            (&mut b[..xl], &mut a[yo..yo + yl])
-        };
-        gather::gather_cpu(x, y, split, indices, *channels, norm, |i| crops[i]);
+        let crop = |i| crops[i];
+        match s.buffers[s.input].dtype {
+            Dtype::F32 => {
+                let (x, y) = self.arena.get_two_mut::<f32, f32>(x, y);
+                gather::gather_cpu(x, y, split, indices, *channels, norm, crop)
+            }
+            Dtype::Bf16 => {
+                let (x, y) = self.arena.get_two_mut::<Bf16, f32>(x, y);
+                gather::gather_cpu(x, y, split, indices, *channels, norm, crop)
+            }
+        }
     }
 }
 
 impl Execute for CpuBackend {
     fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
-        super::assert_runnable(p);
-        assert!(p.arena_bytes() <= self.arena.len() * 4, "arena smaller than the plan");
+        assert!(p.arena_bytes() <= self.arena.bytes(), "arena smaller than the plan");
         assert!(p.schedule.persistent_len() <= self.persistent.len(), "persistent region not set");
         let s = &p.schedule;
         let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
+        let (algo, precision) = (self.conv_algo, s.options.precision);
         // SAFETY: both regions are ours and untouched while the op runs; the program's plan
         // passed the checker when it was built.
-        let view = unsafe { HostView::new(tables, self.conv_algo, &mut self.arena, &mut self.persistent) };
+        let view = unsafe { HostView::new(tables, algo, &s.buffers, precision, &mut self.arena, &mut self.persistent) };
         s.steps[step].op.run_cpu(&view);
     }
+}
+
+/// Byte offset and length (in elements of its type) of buffer `buf`.
+fn span(p: &Program, buf: usize) -> (usize, usize) {
+    let (words, len) = p.locs[buf];
+    (words * 4, len)
 }
 
 impl Backend for CpuBackend {

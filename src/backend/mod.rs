@@ -10,8 +10,8 @@
 //! - `cpu.rs`: the reference, rayon over host memory.
 //! - `cuda.rs`: one GPU through the `gpu` runtime; a clear `Error::Device` where there is none.
 //!
-//! Both run fp32 programs only: a bf16 program can be planned but not run until the bf16
-//! kernels exist ([`check_precision`]).
+//! The CPU runs fp32 and bf16 programs; the GPU runs fp32 programs only until its bf16 kernels
+//! exist ([`check_precision`]).
 
 pub mod cpu;
 pub mod cuda;
@@ -111,24 +111,26 @@ pub trait Backend: Memory + Batches + Execute {
     fn target(&self) -> Target;
 }
 
-/// Refuses a precision no backend has kernels for: today bf16, whose steps `sliceout plan
-/// --precision bf16` plans but nothing runs. Commands that run steps call it before anything
-/// else; both backends' run paths hold to it (a program that slips past panics with the same
-/// line rather than read bf16 buffers as f32).
-pub fn check_precision(precision: Precision) -> Result<()> {
-    match precision {
-        Precision::Fp32 => Ok(()),
-        Precision::Bf16 => Err(Error::flag(
+/// Refuses a precision the backend for `target` has no kernels for: bf16 on the GPU, whose
+/// CUDA kernels do not exist yet (the CPU runs both). Commands that run steps call it as soon
+/// as the backend is chosen, before reading data or touching a folder; the CUDA backend's run
+/// paths hold to it (a program that slips past panics with the same line rather than read bf16
+/// buffers as f32).
+pub fn check_precision(precision: Precision, target: Target) -> Result<()> {
+    match (precision, target) {
+        (Precision::Bf16, Target::Cuda) => Err(Error::flag(
             "--precision",
             precision.as_str(),
-            "fp32 (bf16 steps can be planned with `sliceout plan --precision bf16`, but no backend runs them yet)",
+            "fp32 on the GPU: its bf16 kernels (bf16 GEMMs, the weight-copy kernel, bf16 element-wise ops) \
+             do not exist yet; bf16 runs on the CPU (--device cpu)",
         )),
+        _ => Ok(()),
     }
 }
 
-/// Panics with [`check_precision`]'s line unless a backend can run `program`.
+/// Panics with [`check_precision`]'s line unless the CUDA backend can run `program`.
 fn assert_runnable(program: &Program) {
-    if let Err(e) = check_precision(program.schedule.options.precision) {
+    if let Err(e) = check_precision(program.schedule.options.precision, Target::Cuda) {
         panic!("{e}");
     }
 }

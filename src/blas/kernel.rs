@@ -6,6 +6,13 @@
 //! lives in L3). Panels are zero-padded to whole tiles, so the kernels always compute a full
 //! `MR x NR` tile and only the write-back knows about edges. Everything here works on raw
 //! pointers and strides; `super` checks the views before anything reaches this file.
+//!
+//! `A` and `B` may hold any [`Elem`]: packing converts to f32 on the fly, so a bf16 operand is
+//! never copied whole. The tiles accumulate and write f32; a `C` of another type goes through
+//! `gemm_any`'s f32 stage and is rounded once, after the whole sum over `k`.
+
+use crate::ir::Elem;
+use std::any::TypeId;
 
 /// Rows of the register tile: 6 rows x 2 vectors of 8 = 12 accumulators, leaving registers for
 /// the two `B` vectors and one broadcast `A` value (16 `ymm` registers in all).
@@ -19,53 +26,70 @@ pub const MC: usize = 144;
 /// Columns of one packed `B` block: `KC x NC` floats = 2 MiB, a share of L3.
 pub const NC: usize = 2048;
 
-/// A read-only strided matrix: element `(i, j)` lives at `ptr + i*rs + j*cs`.
-#[derive(Clone, Copy)]
-pub struct MatRef {
-    pub ptr: *const f32,
+/// A read-only strided matrix: element `(i, j)` lives at `ptr + i*rs + j*cs`, of any element
+/// type: packing converts it to f32.
+pub struct MatRef<T = f32> {
+    pub ptr: *const T,
     pub rs: usize,
     pub cs: usize,
 }
 
-/// A writable strided matrix, as `MatRef`.
-#[derive(Clone, Copy)]
-pub struct MatMut {
-    pub ptr: *mut f32,
+/// A writable strided matrix, as `MatRef`. The micro-kernels write f32; `gemm_any` stages any
+/// other element type.
+pub struct MatMut<T = f32> {
+    pub ptr: *mut T,
     pub rs: usize,
     pub cs: usize,
 }
+
+impl<T> Clone for MatRef<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for MatRef<T> {}
+impl<T> Clone for MatMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for MatMut<T> {}
 
 // SAFETY: the views are plain addresses; `super` hands disjoint `MatMut` blocks to threads and
 // keeps the borrows they came from alive until every thread has joined.
-unsafe impl Send for MatRef {}
-unsafe impl Sync for MatRef {}
-unsafe impl Send for MatMut {}
-unsafe impl Sync for MatMut {}
+unsafe impl<T> Send for MatRef<T> {}
+unsafe impl<T> Sync for MatRef<T> {}
+unsafe impl<T> Send for MatMut<T> {}
+unsafe impl<T> Sync for MatMut<T> {}
 
-impl MatRef {
+impl<T> MatRef<T> {
     /// The view starting at element `(i, j)`.
     ///
     /// # Safety
     /// `(i, j)` must lie inside the viewed matrix.
-    pub unsafe fn at(self, i: usize, j: usize) -> MatRef {
+    pub unsafe fn at(self, i: usize, j: usize) -> MatRef<T> {
         MatRef { ptr: unsafe { self.ptr.add(i * self.rs + j * self.cs) }, ..self }
     }
     /// The transpose: rows become columns.
-    pub fn t(self) -> MatRef {
+    pub fn t(self) -> MatRef<T> {
         MatRef { ptr: self.ptr, rs: self.cs, cs: self.rs }
     }
 }
 
-impl MatMut {
+impl<T: 'static> MatMut<T> {
     /// The view starting at element `(i, j)`.
     ///
     /// # Safety
     /// `(i, j)` must lie inside the viewed matrix.
-    pub unsafe fn at(self, i: usize, j: usize) -> MatMut {
+    pub unsafe fn at(self, i: usize, j: usize) -> MatMut<T> {
         MatMut { ptr: unsafe { self.ptr.add(i * self.rs + j * self.cs) }, ..self }
     }
-    pub fn t(self) -> MatMut {
+    pub fn t(self) -> MatMut<T> {
         MatMut { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+    /// The same view typed as f32 when its elements are f32.
+    pub fn as_f32(self) -> Option<MatMut<f32>> {
+        (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| MatMut { ptr: self.ptr.cast(), rs: self.rs, cs: self.cs })
     }
 }
 
@@ -93,23 +117,65 @@ impl Kernel {
 
 /// Floats in one packing buffer: an `A` block, a `B` block and slack to align both to 64 bytes.
 const PACK_LEN: usize = MC * KC + KC * NC + 16;
+/// Floats of the stage a non-f32 `C` is computed in: one `MC x NC` block.
+const STAGE_LEN: usize = MC * NC;
 
-/// One thread's packing space, fixed in size so that no product ever grows it.
+/// One thread's packing space and stage, fixed in size so that no product ever grows them.
 pub struct PackBuf {
     data: Vec<f32>,
+    stage: Vec<f32>,
 }
 
 impl PackBuf {
     pub fn new() -> PackBuf {
         super::note_pack_alloc();
-        PackBuf { data: vec![0.0; PACK_LEN] }
+        PackBuf { data: vec![0.0; PACK_LEN], stage: vec![0.0; STAGE_LEN] }
     }
 
-    /// The `A` and `B` areas, both starting on a cache line.
-    fn split(&mut self) -> (&mut [f32], &mut [f32]) {
+    /// The `A` and `B` areas, both starting on a cache line, and the stage.
+    fn split(&mut self) -> (&mut [f32], &mut [f32], &mut [f32]) {
         let skip = self.data.as_ptr().align_offset(64).min(16);
         let (a, b) = self.data[skip..].split_at_mut(MC * KC);
-        (a, &mut b[..KC * NC])
+        (a, &mut b[..KC * NC], &mut self.stage)
+    }
+}
+
+/// `C (+)= A*B` for a `C` of any element type, on the calling thread. An f32 `C` is the tiles'
+/// own; any other is computed in `MC x NC` blocks into the f32 stage over the whole of `k`,
+/// then each element is rounded into `C` once (after adding `C`'s value when accumulating), as
+/// a GPU GEMM with an f32 accumulator and a bf16 output does.
+///
+/// # Safety
+/// As [`gemm_blocked`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_any<C: Elem, A: Elem, B: Elem>(
+    kern: Kernel,
+    c: MatMut<C>,
+    a: MatRef<A>,
+    b: MatRef<B>,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    buf: &mut PackBuf,
+) {
+    let (apack, bpack, stage) = buf.split();
+    if let Some(c) = c.as_f32() {
+        return unsafe { gemm_blocked(kern, c, a, b, m, n, k, accumulate, apack, bpack) };
+    }
+    for ic in (0..m).step_by(MC) {
+        let mc = MC.min(m - ic);
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let st = MatMut { ptr: stage.as_mut_ptr(), rs: nc, cs: 1 };
+            unsafe { gemm_blocked(kern, st, a.at(ic, 0), b.at(0, jc), mc, nc, k, false, apack, bpack) };
+            for (i, row) in stage.chunks_exact(nc).take(mc).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    let p = unsafe { c.ptr.add((ic + i) * c.rs + (jc + j) * c.cs) };
+                    unsafe { *p = C::from_f32(if accumulate { (*p).to_f32() + v } else { v }) };
+                }
+            }
+        }
     }
 }
 
@@ -117,23 +183,25 @@ impl PackBuf {
 ///
 /// # Safety
 /// The views must cover `m x k`, `k x n` and `m x n` valid elements, `C` must name each element
-/// once and must not overlap `A` or `B`, and `k > 0`.
+/// once and must not overlap `A` or `B`, and `k > 0`; `apack` and `bpack` are a [`PackBuf`]'s.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_blocked(
+unsafe fn gemm_blocked<A: Elem, B: Elem>(
     kern: Kernel,
     c: MatMut,
-    a: MatRef,
-    b: MatRef,
+    a: MatRef<A>,
+    b: MatRef<B>,
     m: usize,
     n: usize,
     k: usize,
     accumulate: bool,
-    buf: &mut PackBuf,
+    apack: &mut [f32],
+    bpack: &mut [f32],
 ) {
     // Row-contiguous writes are the fast write-back; a column-major C is the same product
     // transposed (C^T = B^T A^T).
-    let (c, a, b, m, n) = if c.cs != 1 && c.rs == 1 && n > 1 { (c.t(), b.t(), a.t(), n, m) } else { (c, a, b, m, n) };
-    let (apack, bpack) = buf.split();
+    if c.cs != 1 && c.rs == 1 && n > 1 {
+        return unsafe { gemm_blocked(kern, c.t(), b.t(), a.t(), n, m, k, accumulate, apack, bpack) };
+    }
     // Even k blocks: 300 splits as 150 + 150, not 256 + 44.
     let kc_step = k.div_ceil(k.div_ceil(KC));
     for jc in (0..n).step_by(NC) {
@@ -194,7 +262,7 @@ unsafe fn run_tiles(
 }
 
 /// Packs `mc x kc` of `A` into micro-panels of `MR` rows, `[panel][p][i]`, zero-padding the last.
-unsafe fn pack_a(dst: &mut [f32], a: MatRef, mc: usize, kc: usize) {
+unsafe fn pack_a<T: Elem>(dst: &mut [f32], a: MatRef<T>, mc: usize, kc: usize) {
     for (q, r0) in (0..mc).step_by(MR).enumerate() {
         let mr = MR.min(mc - r0);
         let panel = &mut dst[q * MR * kc..(q + 1) * MR * kc];
@@ -206,7 +274,7 @@ unsafe fn pack_a(dst: &mut [f32], a: MatRef, mc: usize, kc: usize) {
             for i in 0..mr {
                 let src = unsafe { std::slice::from_raw_parts(a.ptr.add((r0 + i) * a.rs), kc) };
                 for (p, &v) in src.iter().enumerate() {
-                    panel[p * MR + i] = v;
+                    panel[p * MR + i] = v.to_f32();
                 }
             }
         } else {
@@ -214,7 +282,7 @@ unsafe fn pack_a(dst: &mut [f32], a: MatRef, mc: usize, kc: usize) {
                 let col = unsafe { a.ptr.add(r0 * a.rs + p * a.cs) };
                 let out = &mut panel[p * MR..p * MR + mr];
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = unsafe { *col.add(i * a.rs) };
+                    *o = unsafe { *col.add(i * a.rs) }.to_f32();
                 }
             }
         }
@@ -222,7 +290,7 @@ unsafe fn pack_a(dst: &mut [f32], a: MatRef, mc: usize, kc: usize) {
 }
 
 /// Packs `kc x nc` of `B` into micro-panels of `NR` columns, `[panel][p][j]`, zero-padding.
-unsafe fn pack_b(dst: &mut [f32], b: MatRef, kc: usize, nc: usize) {
+unsafe fn pack_b<T: Elem>(dst: &mut [f32], b: MatRef<T>, kc: usize, nc: usize) {
     for (q, c0) in (0..nc).step_by(NR).enumerate() {
         let nr = NR.min(nc - c0);
         let panel = &mut dst[q * NR * kc..(q + 1) * NR * kc];
@@ -233,7 +301,7 @@ unsafe fn pack_b(dst: &mut [f32], b: MatRef, kc: usize, nc: usize) {
             // Row-major B: each k step is one contiguous run of nr floats.
             for p in 0..kc {
                 let src = unsafe { std::slice::from_raw_parts(b.ptr.add(p * b.rs + c0), nr) };
-                panel[p * NR..p * NR + nr].copy_from_slice(src);
+                panel[p * NR..p * NR + nr].iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
             }
         } else if b.rs == 1 {
             // Column-major B: read each column in order, write with stride NR (the panel is
@@ -241,13 +309,13 @@ unsafe fn pack_b(dst: &mut [f32], b: MatRef, kc: usize, nc: usize) {
             for j in 0..nr {
                 let src = unsafe { std::slice::from_raw_parts(b.ptr.add((c0 + j) * b.cs), kc) };
                 for (p, &v) in src.iter().enumerate() {
-                    panel[p * NR + j] = v;
+                    panel[p * NR + j] = v.to_f32();
                 }
             }
         } else {
             for p in 0..kc {
                 for j in 0..nr {
-                    panel[p * NR + j] = unsafe { *b.ptr.add(p * b.rs + (c0 + j) * b.cs) };
+                    panel[p * NR + j] = unsafe { *b.ptr.add(p * b.rs + (c0 + j) * b.cs) }.to_f32();
                 }
             }
         }

@@ -17,11 +17,15 @@
 //! `n` = tens of thousands of pixels) and their transposes keep every thread busy; a product
 //! whose `k` dwarfs `m` and `n` (a weight gradient) cuts `k` instead, into per-thread partial
 //! results that are summed afterwards.
+//!
+//! Operands may be f32 or bf16 ([`Elem`]), each on its own: packing converts `A` and `B` to
+//! f32 as it copies them, the sums are f32, and a bf16 `C` is rounded once per element after
+//! the whole sum (never k-split: the parts' sum would round twice).
 
 mod kernel;
 
-use self::kernel::{gemm_blocked, Kernel, MatMut, MatRef, PackBuf, MR, NR};
-use crate::ir::Layout;
+use self::kernel::{gemm_any, Kernel, MatMut, MatRef, PackBuf, MR, NR};
+use crate::ir::{Elem, Layout};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -82,7 +86,15 @@ fn with_pack<R>(f: impl FnOnce(&mut PackBuf) -> R) -> R {
 ///
 /// Panics when the shapes disagree, a view reaches past its slice, or the `C` view overlaps
 /// itself: these are planning bugs, never user input.
-pub fn gemm(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32], b_l: Layout, accumulate: bool) {
+pub fn gemm<C: Elem, A: Elem, B: Elem>(
+    c: &mut [C],
+    c_l: Layout,
+    a: &[A],
+    a_l: Layout,
+    b: &[B],
+    b_l: Layout,
+    accumulate: bool,
+) {
     gemm_on(c, c_l, a, a_l, b, b_l, accumulate, true, Kernel::detect());
 }
 
@@ -92,12 +104,12 @@ pub fn gemm_serial(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32]
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_on(
-    c: &mut [f32],
+fn gemm_on<C: Elem, A: Elem, B: Elem>(
+    c: &mut [C],
     c_l: Layout,
-    a: &[f32],
+    a: &[A],
     a_l: Layout,
-    b: &[f32],
+    b: &[B],
     b_l: Layout,
     accumulate: bool,
     threads: bool,
@@ -118,7 +130,7 @@ fn gemm_on(
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    c[c_l.index(&[i, j])] = 0.0;
+                    c[c_l.index(&[i, j])] = C::from_f32(0.0);
                 }
             }
         }
@@ -135,7 +147,7 @@ fn gemm_on(
     let macs = m.saturating_mul(n).saturating_mul(k);
     let nthreads = rayon::current_num_threads();
     if !threads || nthreads == 1 || macs <= PARALLEL_MACS {
-        with_pack(|buf| unsafe { gemm_blocked(kern, cm, am, bm, m, n, k, accumulate, buf) });
+        with_pack(|buf| unsafe { gemm_any(kern, cm, am, bm, m, n, k, accumulate, buf) });
         return;
     }
     unsafe { gemm_parallel(kern, cm, am, bm, m, n, k, accumulate, nthreads) };
@@ -144,13 +156,13 @@ fn gemm_on(
 /// Splits one checked product over rayon's threads (see the module comment for the cuts).
 ///
 /// # Safety
-/// As `gemm_blocked`.
+/// As `gemm_any`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parallel(
+unsafe fn gemm_parallel<C: Elem, A: Elem, B: Elem>(
     kern: Kernel,
-    c: MatMut,
-    a: MatRef,
-    b: MatRef,
+    c: MatMut<C>,
+    a: MatRef<A>,
+    b: MatRef<B>,
     m: usize,
     n: usize,
     k: usize,
@@ -163,7 +175,8 @@ unsafe fn gemm_parallel(
     // k-heavy: cutting C would give each thread a sliver of a small C and re-pack most of A or
     // B on every thread; cutting k shares the packing and costs one m*n sum per extra part.
     let parts_k = nthreads.min(by_work).min(k / 256);
-    if parts_k >= 2 && k >= 4 * (m + n) && m * n * (parts_k - 1) <= PARTIAL_LEN {
+    let f32_c = c.as_f32().filter(|_| parts_k >= 2 && k >= 4 * (m + n) && m * n * (parts_k - 1) <= PARTIAL_LEN);
+    if let Some(c) = f32_c {
         PARTIAL.with(|p| match p.try_borrow_mut() {
             Ok(mut v) => {
                 if v.len() < PARTIAL_LEN {
@@ -185,7 +198,7 @@ unsafe fn gemm_parallel(
     let (tiles, tile, len) = if n >= m { (tiles_n, NR, n) } else { (tiles_m, MR, m) };
     let blocks = (nthreads * BLOCKS_PER_THREAD).min(tiles).min(by_work);
     if blocks < 2 {
-        with_pack(|buf| unsafe { gemm_blocked(kern, c, a, b, m, n, k, accumulate, buf) });
+        with_pack(|buf| unsafe { gemm_any(kern, c, a, b, m, n, k, accumulate, buf) });
         return;
     }
     (0..blocks).into_par_iter().for_each(|q| {
@@ -196,9 +209,9 @@ unsafe fn gemm_parallel(
         }
         with_pack(|buf| unsafe {
             if n >= m {
-                gemm_blocked(kern, c.at(0, lo), a, b.at(0, lo), m, hi - lo, k, accumulate, buf)
+                gemm_any(kern, c.at(0, lo), a, b.at(0, lo), m, hi - lo, k, accumulate, buf)
             } else {
-                gemm_blocked(kern, c.at(lo, 0), a.at(lo, 0), b, hi - lo, n, k, accumulate, buf)
+                gemm_any(kern, c.at(lo, 0), a.at(lo, 0), b, hi - lo, n, k, accumulate, buf)
             }
         });
     });
@@ -208,13 +221,13 @@ unsafe fn gemm_parallel(
 /// of `partial`, and the blocks are then added into C.
 ///
 /// # Safety
-/// As `gemm_blocked`; `partial` holds at least `(parts - 1) * m * n` floats.
+/// As `gemm_any`; `partial` holds at least `(parts - 1) * m * n` floats.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_split_k(
+unsafe fn gemm_split_k<A: Elem, B: Elem>(
     kern: Kernel,
     c: MatMut,
-    a: MatRef,
-    b: MatRef,
+    a: MatRef<A>,
+    b: MatRef<B>,
     m: usize,
     n: usize,
     k: usize,
@@ -229,7 +242,7 @@ unsafe fn gemm_split_k(
         let hi = (q + 1) * k / parts;
         // Part q > 0 owns rows [(q-1)*m, q*m) of `base`, i.e. floats [(q-1)*mn, q*mn) of `partial`; part 0 owns C.
         let (dst, acc) = if q == 0 { (c, accumulate) } else { (unsafe { base.at((q - 1) * m, 0) }, false) };
-        with_pack(|buf| unsafe { gemm_blocked(kern, dst, a.at(0, lo), b.at(lo, 0), m, n, hi - lo, acc, buf) });
+        with_pack(|buf| unsafe { gemm_any(kern, dst, a.at(0, lo), b.at(lo, 0), m, n, hi - lo, acc, buf) });
     });
     let sums = &partial[..(parts - 1) * mn];
     for i in 0..m {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::ir::Bf16;
 use crate::rng::Rng;
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
@@ -166,20 +167,17 @@ fn overwrite_ignores_stale_contents_and_empty_k_zeroes() {
         gemm_on(&mut c, l, &a, Layout::contiguous(&[m, k]), &b, Layout::contiguous(&[k, n]), false, true, kern);
         assert!(c.iter().all(|v| v.is_finite()));
     }
+    let empty: &[f32] = &[];
+    let (cl, al, bl) = (Layout::contiguous(&[2, 3]), Layout::contiguous(&[2, 0]), Layout::contiguous(&[0, 3]));
     let mut z = vec![5.0f32; 6];
-    gemm(
-        &mut z,
-        Layout::contiguous(&[2, 3]),
-        &[],
-        Layout::contiguous(&[2, 0]),
-        &[],
-        Layout::contiguous(&[0, 3]),
-        false,
-    );
+    gemm(&mut z, cl, empty, al, empty, bl, false);
     assert_eq!(z, vec![0.0; 6]);
     let mut z = vec![5.0f32; 6];
-    gemm(&mut z, Layout::contiguous(&[2, 3]), &[], Layout::contiguous(&[2, 0]), &[], Layout::contiguous(&[0, 3]), true);
+    gemm(&mut z, cl, empty, al, empty, bl, true);
     assert_eq!(z, vec![5.0; 6]);
+    let mut z = vec![Bf16::from_f32(5.0); 6];
+    gemm(&mut z, cl, empty, al, empty, bl, false);
+    assert_eq!(z, vec![Bf16::default(); 6]);
 }
 
 /// Packing buffers made so far on every pool thread and this one.
@@ -252,4 +250,60 @@ fn a_product_started_inside_another_gives_the_same_bits() {
     });
     let same = nested.iter().zip(&alone).all(|(x, y)| x.to_bits() == y.to_bits());
     assert!(same, "a product started inside another differs in its bits");
+}
+
+fn to_bf16(v: &[f32]) -> Vec<Bf16> {
+    v.iter().map(|&x| Bf16::from_f32(x)).collect()
+}
+
+fn widen(v: &[Bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+/// bf16 operands are widened as they are packed, so a product on them gives the very bits of
+/// the f32 product on their widened values; a bf16 `C` is that f32 sum (plus `C`'s old value
+/// when accumulating) rounded once. Shapes cross every block size and force a k-split in f32,
+/// which a bf16 `C` must not take; views are offset, strided and transposed.
+#[test]
+fn bf16_operands_convert_while_packing_and_a_bf16_c_rounds_once() {
+    for &(m, k, n) in &[(7, 9, 17), (150, 300, 2100), (16, 4096, 32), (700, 64, 30), (5, 3, 4)] {
+        let a32 = random(1 + m * (k + 2), 41);
+        let b32 = random(2 + n * k, 42);
+        let (a16, b16) = (to_bf16(&a32), to_bf16(&b32));
+        let (aw, bw) = (widen(&a16), widen(&b16));
+        // A row-major with padded rows, B stored transposed.
+        let al = Layout::matrix(1, m, k, k + 2, 1);
+        let bl = Layout::matrix(2, n, k, k, 1).transpose(0, 1);
+        let cl = Layout::matrix(3, m, n, n + 1, 1);
+        let c_len = 3 + m * (n + 1);
+        let c0 = to_bf16(&random(c_len, 43));
+        for kern in kernels() {
+            // The f32 reference, on one thread (no k-split): the order of the sums the bf16
+            // products keep.
+            let mut sum = vec![0f32; c_len];
+            gemm_on(&mut sum, cl, &aw, al, &bw, bl, false, false, kern);
+            for threads in [false, true] {
+                let mut mixed = vec![0f32; c_len];
+                gemm_on(&mut mixed, cl, &a16, al, &b32, bl, false, threads, kern);
+                if !threads {
+                    let mut want = vec![0f32; c_len];
+                    gemm_on(&mut want, cl, &aw, al, &b32, bl, false, false, kern);
+                    assert!(mixed.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n}");
+                }
+                for acc in [false, true] {
+                    let mut c = c0.clone();
+                    gemm_on(&mut c, cl, &a16, al, &b16, bl, acc, threads, kern);
+                    for i in 0..c_len {
+                        let inside = i >= 3 && (i - 3) % (n + 1) < n;
+                        let want = match (inside, acc) {
+                            (false, _) => c0[i],
+                            (true, false) => Bf16::from_f32(sum[i]),
+                            (true, true) => Bf16::from_f32(c0[i].to_f32() + sum[i]),
+                        };
+                        assert_eq!(c[i], want, "{m}x{k}x{n} threads {threads} acc {acc} element {i}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,11 +1,11 @@
-//! `sliceout bench`: median training-step time, images/s and memory for several keep values,
-//! measured in one run on one backend, with ratios to the first keep value. `benches/step.rs`
-//! runs the same measurement.
+//! `sliceout bench`: median training-step time, images/s and memory for several keep values
+//! (and precisions), measured in one run on one backend, with ratios to the first row.
+//! `benches/step.rs` runs the same measurement.
 
 use crate::backend::{self, Backend};
 use crate::cmd::flags::{self, BenchFlags};
 use crate::error::{Error, Result};
-use crate::ir::{mib, Invalid, Target};
+use crate::ir::{mib, Invalid, Precision, Target};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -16,6 +16,7 @@ use std::time::Instant;
 
 pub struct Row {
     pub keep: f64,
+    pub precision: Precision,
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
@@ -43,25 +44,29 @@ pub struct Timing {
     pub align: usize,
 }
 
-/// Times `steps` training steps (after one warm-up step) of `config` at each keep value.
+/// Times `steps` training steps (after one warm-up step) of `config` at each (keep value,
+/// precision) of `runs`.
 ///
-/// On the CPU (shared and noisy) every keep value has its own backend and the steps go
-/// round-robin across them, so a slow spell of the machine hits all of them alike. On a GPU each
-/// keep value runs alone on a fresh backend, so that the device memory in use is that keep
-/// value's plan alone. `make` opens a backend for `target`.
+/// On the CPU (shared and noisy) every run has its own backend and the steps go round-robin
+/// across them, so a slow spell of the machine hits all of them alike. On a GPU each run goes
+/// alone on a fresh backend, so that the device memory in use is that run's plan alone. `make`
+/// opens a backend for `target`.
 pub fn measure(
     make: &mut dyn FnMut() -> Result<Box<dyn Backend>>,
     config: &ModelConfig,
     batch: usize,
-    keeps: &[f64],
+    runs: &[(f64, Precision)],
     timing: Timing,
     options: Options,
 ) -> Result<Vec<Row>> {
     let Timing { steps, seed, align } = timing;
     let interleave = options.target == Target::Cpu;
-    let programs: Vec<Program> = keeps
+    let programs: Vec<Program> = runs
         .iter()
-        .map(|&keep| Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, options)))
+        .map(|&(keep, precision)| {
+            let options = Options { precision, ..options };
+            Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, options))
+        })
         .collect();
     let mut ready = |p: &Program| -> Result<Timed> {
         let mut backend = make()?;
@@ -70,8 +75,8 @@ pub fn measure(
         let images = upload_synthetic_batch(&mut *backend, config.classes, batch, seed)?;
         Ok(Timed { backend, stepper: Stepper::new(p, align, true), rngs: StepRngs::new(seed), images })
     };
-    let mut times = vec![vec![]; keeps.len()];
-    let mut device = vec![None; keeps.len()];
+    let mut times = vec![vec![]; runs.len()];
+    let mut device = vec![None; runs.len()];
     if interleave {
         let mut all = programs.iter().map(&mut ready).collect::<Result<Vec<_>>>()?;
         for i in 0..=steps {
@@ -96,13 +101,14 @@ pub fn measure(
     }
     let rows = programs
         .iter()
-        .zip(keeps)
+        .zip(runs)
         .zip(times.iter_mut().zip(device))
-        .map(|((p, &keep), (t, device_bytes))| {
+        .map(|((p, &(keep, precision)), (t, device_bytes))| {
             t.sort_by(f64::total_cmp);
             let median = t[t.len() / 2];
             Row {
                 keep,
+                precision,
                 median_ms: median,
                 min_ms: t[0],
                 max_ms: t[t.len() - 1],
@@ -117,7 +123,7 @@ pub fn measure(
     Ok(rows)
 }
 
-/// One keep value's backend and step state.
+/// One run's backend and step state.
 struct Timed {
     backend: Box<dyn Backend>,
     stepper: Stepper,
@@ -137,11 +143,12 @@ impl Timed {
 
 pub fn table(config: &ModelConfig, batch: usize, device: &str, rows: &[Row]) -> String {
     let mut t = format!("{} batch {batch} on {device}\n", config.name());
-    t += "keep   median ms   (min..max)        img/s  GFLOP/step  GFLOP/s  arena MiB  persist MiB  device MiB  overhead MiB  time ratio  arena ratio\n";
+    // The precision goes last: scripts/gpu-check.sh reads the other columns by position.
+    t += "keep   median ms   (min..max)        img/s  GFLOP/step  GFLOP/s  arena MiB  persist MiB  device MiB  overhead MiB  time ratio  arena ratio  precision\n";
     for r in rows {
         let dev = |v: Option<usize>| v.map_or("-".to_string(), |b| format!("{:.1}", mib(b)));
         t += &format!(
-            "{:<5.2}  {:>9.1}   ({:>6.1}..{:<6.1})  {:>7.1}  {:>10.1}  {:>7.1}  {:>9.1}  {:>11.1}  {:>10}  {:>12}  {:>10.2}  {:>11.2}\n",
+            "{:<5.2}  {:>9.1}   ({:>6.1}..{:<6.1})  {:>7.1}  {:>10.1}  {:>7.1}  {:>9.1}  {:>11.1}  {:>10}  {:>12}  {:>10.2}  {:>11.2}  {}\n",
             r.keep,
             r.median_ms,
             r.min_ms,
@@ -154,7 +161,8 @@ pub fn table(config: &ModelConfig, batch: usize, device: &str, rows: &[Row]) -> 
             dev(r.device_bytes),
             dev(r.overhead_bytes()),
             r.median_ms / rows[0].median_ms,
-            r.arena_bytes as f64 / rows[0].arena_bytes as f64
+            r.arena_bytes as f64 / rows[0].arena_bytes as f64,
+            r.precision.as_str()
         );
     }
     t
@@ -172,18 +180,22 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     if f.steps == 0 {
         return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
     }
+    let precisions = f.memory.precisions()?;
     let math = crate::gpu::Math::parse(&f.math)?;
-    let memory = f.memory.options()?;
-    backend::check_precision(memory.precision)?;
+    let memory = f.memory.options_at(precisions[0])?;
     let probe = backend::open(f.device.into(), math, true)?;
     let (name, target) = (probe.name(), probe.target());
+    for &p in &precisions {
+        backend::check_precision(p, target)?;
+    }
     let overheads = probe.device_overheads();
     drop(probe);
     let mut make = || backend::open(f.device.into(), math, false);
     config.check_align(f.align)?;
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
-    let options = Options { target, ..memory };
-    let rows = measure(&mut make, &config, batch, &f.keep, timing, options)?;
+    let runs: Vec<(f64, Precision)> =
+        precisions.iter().flat_map(|&p| f.keep.iter().map(move |&keep| (keep, p))).collect();
+    let rows = measure(&mut make, &config, batch, &runs, timing, Options { target, ..memory })?;
     print!("{}", table(&config, batch, &name, &rows));
     if let Some(o) = overheads {
         // What is left once the context and our workspaces are counted: cuBLAS's handle and the

@@ -4,6 +4,7 @@
 use super::flags::{self, EvalFlags};
 use crate::error::Result;
 use crate::io::safetensors::{self, Entry, TensorFile, Values};
+use crate::ir::Precision;
 use crate::train::{evaluate, EvalRequest};
 
 pub fn command(f: &EvalFlags) -> Result<()> {
@@ -20,6 +21,7 @@ pub fn command(f: &EvalFlags) -> Result<()> {
         device: f.device.into(),
         limit_test: f.limit_test,
         bn_recal: f.bn_recal,
+        precision: Precision::parse(&f.precision)?,
     })?;
     let config = e.config;
     println!("{} keep {:.2}: test loss {:.4}  test accuracy {:.2}%", config.name(), config.keep, e.loss, 100.0 * e.acc);

@@ -86,7 +86,7 @@ fn render(config: &ModelConfig, batch: usize, mode: Mode, options: Options, f: &
         r.precisions.push(report::totals(&other));
     }
     // What a step queues is counted by running the CUDA code, which has no bf16 kernels yet.
-    if options.target == Target::Cuda && crate::backend::check_precision(options.precision).is_ok() {
+    if options.target == Target::Cuda && crate::backend::check_precision(options.precision, Target::Cuda).is_ok() {
         let starts = vec![0; program.schedule.slices.len()];
         let rec = record_step(&program, &starts);
         r.gpu_calls = Some(GpuCalls { launches: rec.launches.borrow().len(), gemms: rec.gemms.borrow().len() });

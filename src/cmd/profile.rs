@@ -268,9 +268,10 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     if let Some(path) = &f.trace {
         check_writable_file(path)?;
     }
-    backend::check_precision(f.memory.options()?.precision)?;
+    let memory = f.memory.options()?;
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
-    let options = Options { target: backend.target(), ..f.memory.options()? };
+    backend::check_precision(memory.precision, backend.target())?;
+    let options = Options { target: backend.target(), ..memory };
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
     let main_p = build(&config);
     let other_p = f.compare.map(|keep| build(&ModelConfig { keep, ..config }));

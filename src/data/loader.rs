@@ -9,6 +9,7 @@
 //! directly, with pad pixels taken as raw 0 (black) before normalisation.
 
 use super::{Split, PLANE};
+use crate::ir::Elem;
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -116,7 +117,7 @@ impl Crop {
 /// Writes one 32x32 plane: output pixel `(y, x)` is the padded image's pixel
 /// `(y + dy, x' + dx)` with `x' = 31 - x` when flipped, else `x`; pixels of the padding read as
 /// raw 0. Values go through `table` (the normalisation of each byte).
-pub fn crop_plane(out: &mut [f32], src: &[u8], crop: Crop, table: &[f32; 256]) {
+pub fn crop_plane<T: Elem>(out: &mut [T], src: &[u8], crop: Crop, table: &[T; 256]) {
     assert_eq!(out.len(), PLANE);
     assert_eq!(src.len(), PLANE);
     assert!(crop.dx <= 2 * CROP_PAD && crop.dy <= 2 * CROP_PAD);
@@ -159,8 +160,8 @@ pub fn fill_batch(
 /// [`fill_batch`] with the crop of the `i`-th image of the batch given by `crop_of(i)` (called
 /// once per image, in order): backends that gather batches themselves take crops drawn by the
 /// trainer.
-pub fn fill_batch_with(
-    x: &mut [f32],
+pub fn fill_batch_with<T: Elem>(
+    x: &mut [T],
     y: &mut [f32],
     split: &Split,
     indices: &[usize],
@@ -175,9 +176,10 @@ pub fn fill_batch_with(
     assert_eq!(split.images.len(), split.len * channels * PLANE);
     assert_eq!(split.labels.len(), split.len);
     assert!(norm.mean.len() == channels && norm.std.len() == channels);
-    let mut tables = [[0f32; 256]; MAX_CHANNELS];
+    // Each pixel value's normalised value in the buffer's type (rounded once, when narrower).
+    let mut tables = [[T::default(); 256]; MAX_CHANNELS];
     for (c, t) in tables.iter_mut().enumerate().take(channels) {
-        *t = norm.table(c);
+        *t = norm.table(c).map(T::from_f32);
     }
     for (i, &idx) in indices.iter().enumerate() {
         assert!(idx < split.len, "index {idx} out of split of {}", split.len);
@@ -342,6 +344,25 @@ mod tests {
         let (mut x3, mut y3) = (vec![0f32; 3 * n * PLANE], vec![0f32; n]);
         fill_batch(&mut x3, &mut y3, &s, &idx, 3, &norm, None);
         assert_eq!(x2, x3);
+    }
+
+    /// A bf16 batch is the f32 batch rounded once per value (the normalised pixel values are
+    /// rounded in the table), crops and labels alike.
+    #[test]
+    fn a_bf16_batch_is_the_f32_batch_rounded() {
+        use crate::ir::Bf16;
+        let s = split(6, 3, 4);
+        let norm = Normalization::from_split(&s, 3);
+        let (idx, n) = ([5, 1, 1, 0], 4);
+        let crops =
+            [Crop { dx: 3, dy: 7, flip: true }, Crop::IDENTITY, Crop { dx: 8, dy: 0, flip: false }, Crop::IDENTITY];
+        let (mut x32, mut y32) = (vec![0f32; 3 * n * PLANE], vec![0f32; n]);
+        let (mut x16, mut y16) = (vec![Bf16::default(); 3 * n * PLANE], vec![0f32; n]);
+        fill_batch_with(&mut x32, &mut y32, &s, &idx, 3, &norm, |i| crops[i]);
+        fill_batch_with(&mut x16, &mut y16, &s, &idx, 3, &norm, |i| crops[i]);
+        assert_eq!(y16, y32);
+        assert!(x16.iter().zip(&x32).all(|(a, &b)| *a == Bf16::from_f32(b)));
+        assert!(x16.iter().zip(&x32).any(|(a, &b)| a.to_f32() != b), "normalised values need rounding");
     }
 
     #[test]

@@ -57,6 +57,14 @@ impl Precision {
             Precision::Bf16 => "bf16",
         }
     }
+
+    /// Parses `--precision`.
+    pub fn parse(s: &str) -> crate::Result<Precision> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| crate::Error::flag("--precision", s, "fp32 or bf16"))
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +80,16 @@ mod tests {
         assert_eq!(Precision::default(), Precision::Fp32);
         assert_eq!(serde_json::to_string(&Dtype::Bf16).unwrap(), "\"bf16\"");
         assert_eq!(serde_json::to_string(&Dtype::F32).unwrap(), "\"f32\"");
+    }
+
+    #[test]
+    fn precision_parses_its_two_names_and_refuses_others_in_one_line() {
+        for p in Precision::ALL {
+            assert_eq!(Precision::parse(p.as_str()).unwrap(), p);
+        }
+        for bad in ["fp16", "BF16", "", "bf16 "] {
+            let e = Precision::parse(bad).unwrap_err().to_string();
+            assert_eq!(e, format!("invalid value '{bad}' for --precision: expected fp32 or bf16"));
+        }
     }
 }

@@ -10,6 +10,7 @@
 pub mod buffer;
 pub mod config;
 pub mod dtype;
+pub mod elem;
 pub mod layout;
 pub mod sel;
 pub mod shape;
@@ -18,6 +19,7 @@ pub mod slice;
 pub use buffer::{live_bytes, BufId, BufKind, Buffer, Init, Lifetime, Role, TensorId, TensorSpec};
 pub use config::{Footprint, Invalid, Math, ModelConfig, Target};
 pub use dtype::{Dtype, Precision};
+pub use elem::{Bf16, Elem};
 pub use layout::Layout;
 pub use sel::{BnRef, GradSel, Sel, SliceSpec};
 pub use shape::ConvShape;

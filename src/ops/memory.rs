@@ -1,19 +1,20 @@
 //! How an op sees memory while it runs: the program's tables (where each buffer lives, where
 //! each persistent tensor lives, each block's slice geometry) plus the step's slice starts and
-//! optimizer settings, and the two regions themselves: host slices on the CPU ([`HostView`]),
-//! device addresses on the GPU ([`DeviceView`]). A backend builds one view per op; views
-//! allocate nothing.
+//! optimizer settings, and the two regions themselves: host slices on the CPU ([`HostView`] over
+//! a [`HostArena`], each buffer typed as it is stored), device addresses on the GPU
+//! ([`DeviceView`]). A backend builds one view per op; views allocate nothing.
 
 use super::conv2d::Algo;
 use super::sgd::SgdParams;
 use super::StepCtx;
 use crate::gpu::{f32_at, Launcher};
-use crate::ir::{BufId, Sel, Slice, SliceSpec, TensorId, TensorSpec};
+use crate::ir::{BufId, Buffer, Dtype, Elem, Precision, Sel, Slice, SliceSpec, TensorId, TensorSpec};
 
 /// The program's tables and the step's values.
 #[derive(Clone, Copy)]
 pub struct Tables<'a> {
-    /// `(offset, len)` of each buffer in the arena, in floats.
+    /// `(offset, len)` of each buffer in the arena: the offset in 4-byte words (every buffer
+    /// starts on a 256-byte boundary), the length in elements of the buffer's type.
     pub locs: &'a [(usize, usize)],
     pub tensors: &'a [TensorSpec],
     pub slices: &'a [SliceSpec],
@@ -37,10 +38,81 @@ impl<'a> Tables<'a> {
         sel.resolve(self.slices, self.starts)
     }
 
-    /// Floats of buffer `b`.
+    /// Elements of buffer `b`.
     pub fn len(&self, b: BufId) -> usize {
         self.locs[b].1
     }
+}
+
+/// The CPU's arena: bytes on 64-byte lines (so every 256-byte-aligned buffer starts on a cache
+/// line), each buffer viewed as its own element type.
+#[derive(Default)]
+pub struct HostArena {
+    lines: Vec<Line>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+impl HostArena {
+    pub fn bytes(&self) -> usize {
+        self.lines.len() * 64
+    }
+
+    /// Grows the arena to at least `bytes` (zeroed), or says the host cannot allocate it.
+    pub fn reserve(&mut self, bytes: usize) -> Result<(), std::collections::TryReserveError> {
+        let lines = bytes.div_ceil(64);
+        if self.lines.len() < lines {
+            let mut grown = Vec::new();
+            grown.try_reserve_exact(lines)?;
+            grown.resize(lines, Line([0; 64]));
+            self.lines = grown;
+        }
+        Ok(())
+    }
+
+    fn base(&mut self) -> *mut u8 {
+        self.lines.as_mut_ptr().cast()
+    }
+
+    /// `len` elements of `T` from byte `at`.
+    pub fn get<T: Elem>(&self, at: usize, len: usize) -> &[T] {
+        check_span::<T>(at, len, self.bytes());
+        // SAFETY: inside the allocation (checked), aligned (the base is 64-byte aligned and `at`
+        // a multiple of the element size), and any bit pattern is a valid f32 or bf16.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>().add(at).cast(), len) }
+    }
+
+    /// `len` elements of `T` from byte `at`, written.
+    pub fn get_mut<T: Elem>(&mut self, at: usize, len: usize) -> &mut [T] {
+        check_span::<T>(at, len, self.bytes());
+        // SAFETY: as `get`, and `&mut self` makes it the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.base().add(at).cast(), len) }
+    }
+
+    /// Two disjoint spans `(byte, len)`, written (e.g. the batch and its labels).
+    pub fn get_two_mut<A: Elem, B: Elem>(&mut self, a: (usize, usize), b: (usize, usize)) -> (&mut [A], &mut [B]) {
+        let (bytes, (a_end, b_end)) = (self.bytes(), (a.0 + a.1 * A::DTYPE.size(), b.0 + b.1 * B::DTYPE.size()));
+        assert!(a_end <= b.0 || b_end <= a.0, "two spans of the arena overlap");
+        check_span::<A>(a.0, a.1, bytes);
+        check_span::<B>(b.0, b.1, bytes);
+        let base = self.base();
+        // SAFETY: each as `get_mut`, and the spans are disjoint (asserted).
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(base.add(a.0).cast(), a.1),
+                std::slice::from_raw_parts_mut(base.add(b.0).cast(), b.1),
+            )
+        }
+    }
+}
+
+/// Panics unless `len` elements of `T` from byte `at` lie inside `bytes` and are aligned.
+fn check_span<T: Elem>(at: usize, len: usize, bytes: usize) {
+    let end = len.checked_mul(T::DTYPE.size()).and_then(|l| l.checked_add(at));
+    assert!(end.is_some_and(|e| e <= bytes), "buffer outside the arena");
+    assert_eq!(at % std::mem::align_of::<T>(), 0, "misaligned buffer");
 }
 
 /// The CPU's view: raw pointers into the arena and the persistent region.
@@ -50,12 +122,18 @@ impl<'a> Tables<'a> {
 /// `plan::check` when a program is built), an op lists a buffer it accumulates into as written
 /// only (`Schedule::validate`), and persistent tensors are laid end to end. So handing out one
 /// `&mut` per written buffer and `&` per read buffer, all live at this step, never aliases.
+///
+/// Each buffer is viewed as its element type, which the caller names and the view checks against
+/// the schedule's: a bf16 buffer is never read as f32.
 pub struct HostView<'a> {
     pub t: Tables<'a>,
     /// The CPU convolution algorithm.
     pub algo: Algo,
-    arena: *mut f32,
-    arena_len: usize,
+    /// The schedule's buffers (their element types).
+    buffers: &'a [Buffer],
+    storage: Dtype,
+    arena: *mut u8,
+    arena_bytes: usize,
     persistent: *mut f32,
     persistent_len: usize,
 }
@@ -63,24 +141,47 @@ pub struct HostView<'a> {
 impl<'a> HostView<'a> {
     /// # Safety
     /// `arena` and `persistent` must stay valid, and untouched by anyone else, while the view is
-    /// used; the tables must come from a program whose plan passed `plan::check`.
-    pub unsafe fn new(t: Tables<'a>, algo: Algo, arena: &mut [f32], persistent: &mut [f32]) -> HostView<'a> {
+    /// used; the tables and buffers must come from a program whose plan passed `plan::check`.
+    pub unsafe fn new(
+        t: Tables<'a>,
+        algo: Algo,
+        buffers: &'a [Buffer],
+        precision: Precision,
+        arena: &mut HostArena,
+        persistent: &mut [f32],
+    ) -> HostView<'a> {
         HostView {
             t,
             algo,
-            arena: arena.as_mut_ptr(),
-            arena_len: arena.len(),
+            buffers,
+            storage: precision.storage(),
+            arena: arena.base(),
+            arena_bytes: arena.bytes(),
             persistent: persistent.as_mut_ptr(),
             persistent_len: persistent.len(),
         }
     }
 
+    /// What the program's activations, their gradients and workspaces hold.
+    pub fn storage(&self) -> Dtype {
+        self.storage
+    }
+
+    /// Byte offset and length of buffer `b`, checked against the arena and its type against `T`.
+    fn span<T: Elem>(&self, b: BufId) -> (usize, usize) {
+        let buf = &self.buffers[b];
+        assert_eq!(buf.dtype, T::DTYPE, "buffer {} holds {}", buf.name, buf.dtype.as_str());
+        let (words, len) = self.t.locs[b];
+        let at = words * 4;
+        check_span::<T>(at, len, self.arena_bytes);
+        (at, len)
+    }
+
     /// Buffer `b`, read.
-    pub fn buf(&self, b: BufId) -> &'a [f32] {
-        let (off, len) = self.t.locs[b];
-        assert!(off + len <= self.arena_len, "buffer outside the arena");
-        // SAFETY: in bounds (asserted); no live &mut overlaps it (see the type's comment).
-        unsafe { std::slice::from_raw_parts(self.arena.add(off), len) }
+    pub fn buf<T: Elem>(&self, b: BufId) -> &'a [T] {
+        let (at, len) = self.span::<T>(b);
+        // SAFETY: in bounds and aligned (checked); no live &mut overlaps it (see the type's comment).
+        unsafe { std::slice::from_raw_parts(self.arena.add(at).cast(), len) }
     }
 
     /// Buffer `b`, written.
@@ -88,10 +189,9 @@ impl<'a> HostView<'a> {
     /// # Safety
     /// No other reference to the buffer's memory may be live (see the type's comment).
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn buf_mut(&self, b: BufId) -> &'a mut [f32] {
-        let (off, len) = self.t.locs[b];
-        assert!(off + len <= self.arena_len, "buffer outside the arena");
-        unsafe { std::slice::from_raw_parts_mut(self.arena.add(off), len) }
+    pub unsafe fn buf_mut<T: Elem>(&self, b: BufId) -> &'a mut [T] {
+        let (at, len) = self.span::<T>(b);
+        unsafe { std::slice::from_raw_parts_mut(self.arena.add(at).cast(), len) }
     }
 
     /// An optional workspace, written (empty when absent).
@@ -99,7 +199,7 @@ impl<'a> HostView<'a> {
     /// # Safety
     /// As [`HostView::buf_mut`].
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn opt_mut(&self, b: Option<BufId>) -> &'a mut [f32] {
+    pub unsafe fn opt_mut<T: Elem>(&self, b: Option<BufId>) -> &'a mut [T] {
         match b {
             Some(b) => unsafe { self.buf_mut(b) },
             None => &mut [],

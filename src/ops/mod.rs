@@ -10,6 +10,12 @@
 //! Activations are channel-major `(C, N, H, W)`: one channel is one contiguous row, which is
 //! what the CPU kernels parallelise over (with rayon). No kernel allocates: they run inside a
 //! training step over a static arena.
+//!
+//! A CPU kernel is written once, generic over the element type it loads and stores
+//! (`ir::Elem`: f32, or bf16 in a bf16 program): loads widen to f32, arithmetic is f32 (f64
+//! where the f32 kernels already sum in f64), and each stored value is rounded to nearest even
+//! once. Parameters, momentum, BN statistics, weight gradients, the head after the pool and
+//! the loss are f32 in every program.
 
 pub mod add;
 pub mod batchnorm;
@@ -26,12 +32,12 @@ pub use batchnorm::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
 pub use conv2d::{Conv, ConvBackward};
 pub use linear::{Linear, LinearBackward};
 pub use loss::CrossEntropy;
-pub use memory::{DeviceView, HostView, Tables};
+pub use memory::{DeviceView, HostArena, HostView, Tables};
 pub use pool::{Pool, PoolBackward};
 pub use sgd::{Sgd, SgdParams};
 
 use crate::gpu::KernelFile;
-use crate::ir::{BufId, SliceSpec, TensorId};
+use crate::ir::{Bf16, BufId, Dtype, Elem, SliceSpec, TensorId};
 
 /// Run-time values of one step: the slice starts drawn for it (one per block), the optimizer
 /// settings (the learning rate follows its schedule) and the weight of this step's batch
@@ -66,8 +72,10 @@ pub trait Kernel {
     fn macs(&self, _slices: &[SliceSpec]) -> usize {
         0
     }
-    /// Runs on the CPU.
-    fn run_cpu(&self, m: &HostView);
+    /// Runs on the CPU, with `T` the program's storage type: what its activations, their
+    /// gradients and workspaces hold (f32, or bf16 in a bf16 program). Every other buffer is
+    /// f32, and every kernel computes in f32 whatever it stores.
+    fn run_cpu<T: Elem>(&self, m: &HostView);
     /// Queues on the GPU.
     fn run_cuda(&self, d: &DeviceView);
 }
@@ -130,7 +138,10 @@ impl Op {
     }
 
     pub fn run_cpu(&self, m: &HostView) {
-        each_op!(self, o => o.run_cpu(m))
+        match m.storage() {
+            Dtype::F32 => each_op!(self, o => o.run_cpu::<f32>(m)),
+            Dtype::Bf16 => each_op!(self, o => o.run_cpu::<Bf16>(m)),
+        }
     }
 
     pub fn run_cuda(&self, d: &DeviceView) {
@@ -162,10 +173,35 @@ pub(crate) fn min_rows(row_len: usize) -> usize {
 /// Shared helpers of the ops' tests: random data and gradient comparison.
 #[cfg(test)]
 pub(crate) mod testutil {
+    use crate::ir::{Bf16, Elem};
     use crate::rng::Rng;
 
     pub fn normals(rng: &mut Rng, len: usize) -> Vec<f32> {
         (0..len).map(|_| rng.normal()).collect()
+    }
+
+    /// Normals rounded to bf16, as f32: values both precisions hold exactly, so a bf16 kernel
+    /// and its f32 twin start from the same inputs.
+    pub fn bf16_normals(rng: &mut Rng, len: usize) -> Vec<f32> {
+        normals(rng, len).into_iter().map(|x| Bf16::from_f32(x).to_f32()).collect()
+    }
+
+    pub fn to_bf16(v: &[f32]) -> Vec<Bf16> {
+        v.iter().map(|&x| Bf16::from_f32(x)).collect()
+    }
+
+    pub fn widen(v: &[Bf16]) -> Vec<f32> {
+        v.iter().map(|x| x.to_f32()).collect()
+    }
+
+    /// Panics unless `got` is `want` rounded to bf16 once, element by element: a bf16 kernel
+    /// whose f32 arithmetic is its twin's, from the same inputs, differs by its stores alone
+    /// (at most u = 2^-8 relative each).
+    pub fn assert_rounded(what: &str, got: &[Bf16], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, &w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(*g, Bf16::from_f32(w), "{what}[{i}]: bf16 {g:?} is not f32 {w} rounded");
+        }
     }
 
     pub fn to_f64(v: &[f32]) -> Vec<f64> {

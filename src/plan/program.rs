@@ -11,8 +11,7 @@ pub struct Program {
     pub lifetimes: Vec<Lifetime>,
     pub placement: Placement,
     /// (offset, len) of each buffer: the offset in 4-byte words (offsets are 256-byte aligned),
-    /// the length in elements of the buffer's dtype; in floats for the fp32 programs the
-    /// backends run (a bf16 program is planned only, `backend::check_precision`).
+    /// the length in elements of the buffer's dtype (floats in an fp32 program).
     pub locs: Vec<(usize, usize)>,
 }
 

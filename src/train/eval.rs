@@ -7,7 +7,7 @@ use crate::backend::{self, Backend, DeviceChoice, Math, SplitId, StepCtx};
 use crate::data::loader::Crop;
 use crate::data::{self, DatasetKind, Limits};
 use crate::error::{Error, Result};
-use crate::ir::{Invalid, ModelConfig, Target};
+use crate::ir::{Invalid, ModelConfig, Precision};
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -22,11 +22,10 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Eval programs for full batches and for the remainder of a `len`-image split, built for
-    /// `target`.
-    pub fn new(config: &ModelConfig, batch: usize, len: usize, target: Target) -> Evaluator {
+    /// Eval programs for full batches and for the remainder of a `len`-image split, with
+    /// `options` (the backend's target, the run's precision).
+    pub fn new(config: &ModelConfig, batch: usize, len: usize, options: Options) -> Evaluator {
         let batch = batch.min(len.max(1));
-        let options = Options { target, ..Options::default() };
         let build = |n| Program::new(wrn::build(config, n, Mode::Eval, options));
         let mut programs = vec![build(batch)];
         if !len.is_multiple_of(batch) {
@@ -99,6 +98,8 @@ pub struct EvalRequest<'a> {
     pub limit_test: Option<usize>,
     /// Also evaluate after recalibrating BN over this many training batches (0: no).
     pub bn_recal: usize,
+    /// What activations are stored as (on the CPU; the GPU runs fp32 only).
+    pub precision: Precision,
 }
 
 /// Test loss, accuracy and logits of a model (a checkpoint, or a safetensors file with
@@ -112,6 +113,8 @@ pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
     if r.limit_test == Some(0) {
         return Err(Error::flag("--limit-test", 0, "an integer >= 1 (a number of images)"));
     }
+    let mut backend = backend::open(r.device, Math::Tf32, false)?;
+    backend::check_precision(r.precision, backend.target())?;
     let ck = crate::export::load_model(checkpoint_path)?;
     // The training split is needed only to recalibrate: otherwise read none of it.
     let limits = Limits { train: if r.bn_recal > 0 { None } else { Some(0) }, test: r.limit_test };
@@ -131,10 +134,9 @@ pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
         ));
     }
     config.footprint(batch.min(ds.test.len)).map_err(Invalid::flag)?;
-    let mut backend = backend::open(r.device, Math::Tf32, false)?;
-    let mut eval = Evaluator::new(&config, batch, ds.test.len, backend.target());
-    let recal =
-        (r.bn_recal > 0).then(|| Recalibrator::new(&config, batch, backend.target(), r.bn_recal, ds.train.len, 0));
+    let options = Options { target: backend.target(), precision: r.precision, ..Options::default() };
+    let mut eval = Evaluator::new(&config, batch, ds.test.len, options);
+    let recal = (r.bn_recal > 0).then(|| Recalibrator::new(&config, batch, options, r.bn_recal, ds.train.len, 0));
     let region = state::restore(&eval.program().schedule, checkpoint_path, &ck, false)?;
     let norm = state::normalization(checkpoint_path, &ck, ds.channels)?;
     backend.reserve_arena(eval.arena_bytes().max(recal.as_ref().map_or(0, |c| c.arena_bytes())))?;

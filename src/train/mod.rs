@@ -112,7 +112,7 @@ impl TrainArgs {
                 return Err(Error::flag(flag, 0, "an integer >= 1 (a number of images)"));
             }
         }
-        crate::backend::check_precision(self.options.precision)
+        Ok(())
     }
 
     pub fn config(&self, classes: usize, in_channels: usize) -> ModelConfig {
@@ -224,6 +224,7 @@ impl<'a> Run<'a> {
     pub fn start(args: &'a TrainArgs) -> Result<Run<'a>> {
         args.validate()?;
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
+        backend::check_precision(args.options.precision, backend.target())?;
         let resumed = args.resume.as_deref().map(Resumed::load).transpose()?;
         let limits = Limits { train: args.limit_train, test: args.limit_test };
         let mut ds = data::load_limited(&args.data, args.dataset, args.coarse, limits)?;
@@ -276,9 +277,11 @@ impl<'a> Run<'a> {
             None => vec![],
         };
 
-        let eval = Evaluator::new(&config, args.batch, test_len, backend.target());
+        // Testing and recalibration store what training stores.
+        let eval_options = Options { target: backend.target(), precision: options.precision, ..Options::default() };
+        let eval = Evaluator::new(&config, args.batch, test_len, eval_options);
         let recal = (args.bn_recal > 0)
-            .then(|| Recalibrator::new(&config, args.batch, backend.target(), args.bn_recal, train_len, args.seed));
+            .then(|| Recalibrator::new(&config, args.batch, eval_options, args.bn_recal, train_len, args.seed));
         backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
         backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
         let arena_bytes =

@@ -10,7 +10,7 @@
 
 use crate::backend::{Backend, SplitId, StepCtx};
 use crate::data::loader::{epoch_order, Crop};
-use crate::ir::{ModelConfig, Target};
+use crate::ir::ModelConfig;
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -30,14 +30,13 @@ impl Recalibrator {
     pub fn new(
         config: &ModelConfig,
         batch: usize,
-        target: Target,
+        options: Options,
         batches: usize,
         train_len: usize,
         seed: u64,
     ) -> Self {
         let batch = batch.min(train_len).max(1);
         let batches = batches.clamp(1, (train_len / batch).max(1));
-        let options = Options { target, ..Options::default() };
         let program = Program::new(wrn::build(config, batch, Mode::Calibrate, options));
         let mut images = epoch_order(train_len, &mut Rng::new(seed, stream::RECAL));
         images.truncate(batches * batch);
@@ -77,7 +76,7 @@ mod tests {
     #[test]
     fn recalibration_replaces_only_the_running_statistics() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
-        let r = Recalibrator::new(&config, 8, Target::Cpu, 3, 40, 1);
+        let r = Recalibrator::new(&config, 8, Options::default(), 3, 40, 1);
         assert_eq!(r.batches(), 3);
         let s = &r.program.schedule;
         let mut cpu = CpuBackend::new();

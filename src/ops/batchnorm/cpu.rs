@@ -1,6 +1,6 @@
 use rayon::prelude::*;
 
-use crate::ir::Slice;
+use crate::ir::{Elem, Slice};
 use crate::ops::min_rows;
 
 pub const BN_EPS: f32 = 1e-5;
@@ -19,7 +19,7 @@ pub(super) fn pre_activation(x: f32, mean: f32, invstd: f32, gamma: f32, beta: f
 /// Sums `f(x, dy) = (a, b)` over a channel: eight f32 lanes over blocks of 512 elements (so the
 /// loop vectorises), each block's total added in f64 (so long channels stay accurate).
 #[inline(always)]
-fn channel_sums(x: &[f32], dy: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+fn channel_sums<T: Elem>(x: &[T], dy: &[T], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
     let (mut sa, mut sb) = (0f64, 0f64);
     for (xb, db) in x.chunks(512).zip(dy.chunks(512)) {
         let (mut la, mut lb) = ([0f32; 8], [0f32; 8]);
@@ -27,13 +27,13 @@ fn channel_sums(x: &[f32], dy: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f
         let (xr, dr) = (xc.remainder(), dc.remainder());
         for (x8, d8) in xc.zip(dc) {
             for i in 0..8 {
-                let (a, b) = f(x8[i], d8[i]);
+                let (a, b) = f(x8[i].to_f32(), d8[i].to_f32());
                 la[i] += a;
                 lb[i] += b;
             }
         }
         for (&x, &d) in xr.iter().zip(dr) {
-            let (a, b) = f(x, d);
+            let (a, b) = f(x.to_f32(), d.to_f32());
             la[0] += a;
             lb[0] += b;
         }
@@ -58,10 +58,10 @@ fn check_dims(slice: Slice, m: usize, act: &[usize], per_layer: &[usize]) {
 /// `bn_relu_apply`); the running stats of the slice's channels are updated as PyTorch does
 /// (`momentum`, 0.1 in training; unbiased variance), the other channels' are left untouched.
 #[allow(clippy::too_many_arguments)]
-pub fn bn_relu_train(
-    out: &mut [f32],
+pub fn bn_relu_train<T: Elem>(
+    out: &mut [T],
     stats: &mut [f32],
-    inp: &[f32],
+    inp: &[T],
     gamma: &[f32],
     beta: &[f32],
     running_mean: &mut [f32],
@@ -93,11 +93,11 @@ pub fn bn_relu_train(
             .with_min_len(min_rows(m))
             .for_each(|(o, x, mu, is, rm, rv, &g, &b)| {
                 // Two passes in f64: exact enough that the mean never swamps the variance.
-                let mean64 = x.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
+                let mean64 = x.iter().map(|&v| v.to_f32() as f64).sum::<f64>() / m as f64;
                 let var64 = x
                     .iter()
                     .map(|&v| {
-                        let d = v as f64 - mean64;
+                        let d = v.to_f32() as f64 - mean64;
                         d * d
                     })
                     .sum::<f64>()
@@ -113,18 +113,18 @@ pub fn bn_relu_train(
 
 /// `relu(pre_activation) * scale` over one channel.
 #[inline(always)]
-fn normalize_row(o: &mut [f32], x: &[f32], mean: f32, invstd: f32, g: f32, b: f32, scale: f32) {
+fn normalize_row<T: Elem>(o: &mut [T], x: &[T], mean: f32, invstd: f32, g: f32, b: f32, scale: f32) {
     for (o, &x) in o.iter_mut().zip(x) {
-        *o = pre_activation(x, mean, invstd, g, b).max(0.0) * scale;
+        *o = T::from_f32(pre_activation(x.to_f32(), mean, invstd, g, b).max(0.0) * scale);
     }
 }
 
 /// Recomputes the training-mode output from the saved `stats` (bit-identical to what
 /// `bn_relu_train` wrote), for schedules that drop the BN output and rebuild it later.
 #[allow(clippy::too_many_arguments)]
-pub fn bn_relu_apply(
-    out: &mut [f32],
-    inp: &[f32],
+pub fn bn_relu_apply<T: Elem>(
+    out: &mut [T],
+    inp: &[T],
     stats: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -154,9 +154,9 @@ pub fn bn_relu_apply(
 /// Eval-mode forward: normalise with the running stats (no update), affine, ReLU. At test time
 /// the full network runs unscaled, so there is no `scale`.
 #[allow(clippy::too_many_arguments)]
-pub fn bn_relu_eval(
-    out: &mut [f32],
-    inp: &[f32],
+pub fn bn_relu_eval<T: Elem>(
+    out: &mut [T],
+    inp: &[T],
     gamma: &[f32],
     beta: &[f32],
     running_mean: &[f32],
@@ -189,12 +189,12 @@ pub fn bn_relu_eval(
 /// is overwritten, or added to when `accumulate` (a residual input that already holds the
 /// shortcut's gradient).
 #[allow(clippy::too_many_arguments)]
-pub fn bn_relu_backward(
-    d_inp: &mut [f32],
+pub fn bn_relu_backward<T: Elem>(
+    d_inp: &mut [T],
     d_gamma: &mut [f32],
     d_beta: &mut [f32],
-    d_out: &[f32],
-    inp: &[f32],
+    d_out: &[T],
+    inp: &[T],
     stats: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -241,14 +241,18 @@ pub fn bn_relu_backward(
                 let k = g * is;
                 let mean_g = (sum_g / m as f64) as f32;
                 let mean_gx = (sum_gx / m as f64) as f32;
+                let d_x = |x: T, dy: T| {
+                    let x = x.to_f32();
+                    k * (grad(x, dy.to_f32()) - mean_g - (x - mu) * is * mean_gx)
+                };
                 let rows = dx.iter_mut().zip(x.iter().zip(dy));
                 if accumulate {
                     for (d, (&x, &dy)) in rows {
-                        *d += k * (grad(x, dy) - mean_g - (x - mu) * is * mean_gx);
+                        *d = T::from_f32(d.to_f32() + d_x(x, dy));
                     }
                 } else {
                     for (d, (&x, &dy)) in rows {
-                        *d = k * (grad(x, dy) - mean_g - (x - mu) * is * mean_gx);
+                        *d = T::from_f32(d_x(x, dy));
                     }
                 }
             });

@@ -18,7 +18,7 @@ mod tests;
 pub use cpu::{bn_relu_apply, bn_relu_backward, bn_relu_eval, bn_relu_train, BN_EPS, BN_MOMENTUM};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BnRef, BufId, Sel, Slice, TensorId};
+use crate::ir::{BnRef, BufId, Elem, Sel, Slice, TensorId};
 
 /// Train-mode BN (batch statistics, running-stat update) + ReLU + SliceOut's scale `c / w`
 /// over the channels `sel` covers; `stats` keeps `[mean; w, invstd; w]` for backward.
@@ -77,11 +77,11 @@ impl Kernel for BnReluTrain {
     fn updates(&self) -> Vec<TensorId> {
         vec![self.bn.mean, self.bn.var]
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         let (slice, bn) = (m.t.slice(self.sel), self.bn);
         // SAFETY: see `HostView`; the running mean and variance are distinct tensors.
         let (out, stats, rm, rv) =
-            unsafe { (m.buf_mut(self.out), m.buf_mut(self.stats), m.tensor_mut(bn.mean), m.tensor_mut(bn.var)) };
+            unsafe { (m.buf_mut::<T>(self.out), m.buf_mut(self.stats), m.tensor_mut(bn.mean), m.tensor_mut(bn.var)) };
         let (g, b) = (m.tensor(bn.gamma), m.tensor(bn.beta));
         bn_relu_train(out, stats, m.buf(self.inp), g, b, rm, rv, slice, self.m, slice.scale(), m.t.bn_momentum)
     }
@@ -94,11 +94,11 @@ impl Kernel for BnReluApply {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.inp, self.stats], vec![self.out])
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         let slice = m.t.slice(self.sel);
         let (g, b) = (m.tensor(self.bn.gamma), m.tensor(self.bn.beta));
         // SAFETY: see `HostView`.
-        let out = unsafe { m.buf_mut(self.out) };
+        let out = unsafe { m.buf_mut::<T>(self.out) };
         bn_relu_apply(out, m.buf(self.inp), m.buf(self.stats), g, b, slice, self.m, slice.scale())
     }
     fn run_cuda(&self, d: &DeviceView) {
@@ -110,11 +110,11 @@ impl Kernel for BnReluEval {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.inp], vec![self.out])
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         let bn = self.bn;
         let (g, b, rm, rv) = (m.tensor(bn.gamma), m.tensor(bn.beta), m.tensor(bn.mean), m.tensor(bn.var));
         // SAFETY: see `HostView`.
-        let out = unsafe { m.buf_mut(self.out) };
+        let out = unsafe { m.buf_mut::<T>(self.out) };
         bn_relu_eval(out, m.buf(self.inp), g, b, rm, rv, Slice::full(self.channels), self.m)
     }
     fn run_cuda(&self, d: &DeviceView) {
@@ -126,10 +126,10 @@ impl Kernel for BnReluBackward {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.d_out, self.inp, self.stats], vec![self.d_inp, self.d_gamma, self.d_beta])
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         let slice = m.t.slice(self.sel);
         // SAFETY: see `HostView`.
-        let (dx, dg, db) = unsafe { (m.buf_mut(self.d_inp), m.buf_mut(self.d_gamma), m.buf_mut(self.d_beta)) };
+        let (dx, dg, db) = unsafe { (m.buf_mut::<T>(self.d_inp), m.buf_mut(self.d_gamma), m.buf_mut(self.d_beta)) };
         let (dy, x, st) = (m.buf(self.d_out), m.buf(self.inp), m.buf(self.stats));
         let (g, b) = (m.tensor(self.bn.gamma), m.tensor(self.bn.beta));
         bn_relu_backward(dx, dg, db, dy, x, st, g, b, slice, self.m, slice.scale(), self.accumulate)

@@ -329,3 +329,53 @@ fn momentum_one_over_k_averages_the_batches() {
     // Channels outside the slice are untouched.
     assert_eq!((rm[0], rv[0]), (7.0, 9.0));
 }
+
+/// bf16 storage from the same (bf16) inputs: every BN kernel reduces and normalises in the f32
+/// or f64 arithmetic of its f32 twin, so the f32 results (batch and running statistics, the
+/// parameter gradients) are the same bits and each stored activation or gradient is the f32
+/// value rounded once (error at most u = 2^-8 relative): the tolerance is exact equality with
+/// that rounding. Wrapping and plain slices, with SliceOut's scale and an accumulated gradient.
+#[test]
+fn bf16_kernels_round_their_f32_twins_results_once() {
+    use crate::ir::Bf16;
+    use crate::ops::testutil::{assert_rounded, to_bf16, widen};
+    let mut rng = Rng::new(17, 0);
+    let bf = |v: Vec<f32>| widen(&to_bf16(&v));
+    for slice in slices() {
+        let mut cs = case(&mut rng, slice, M);
+        cs.inp = bf(cs.inp.clone());
+        let scale = slice.scale();
+        let (mut rm, mut rv) = (cs.rm.clone(), cs.rv.clone());
+        let (out32, stats32) = run_train(&mut cs, slice, M, scale);
+        let mut out16 = vec![Bf16::default(); out32.len()];
+        let mut stats16 = vec![f32::NAN; stats32.len()];
+        let x16 = to_bf16(&cs.inp);
+        let (g, b) = (&cs.gamma, &cs.beta);
+        bn_relu_train(&mut out16, &mut stats16, &x16, g, b, &mut rm, &mut rv, slice, M, scale, BN_MOMENTUM as f64);
+        assert_rounded("train out", &out16, &out32);
+        assert_eq!((&stats16, &rm, &rv), (&stats32, &cs.rm, &cs.rv), "statistics");
+
+        let mut again = vec![Bf16::default(); out16.len()];
+        bn_relu_apply(&mut again, &x16, &stats16, g, b, slice, M, scale);
+        assert_eq!(again, out16, "apply recomputes train's bits");
+
+        let (mut e32, mut e16) = (vec![0f32; out32.len()], vec![Bf16::default(); out32.len()]);
+        bn_relu_eval(&mut e32, &cs.inp, g, b, &cs.rm, &cs.rv, slice, M);
+        bn_relu_eval(&mut e16, &x16, g, b, &cs.rm, &cs.rv, slice, M);
+        assert_rounded("eval out", &e16, &e32);
+
+        let d_out = bf(normals(&mut rng, slice.width * M));
+        let prior = bf(normals(&mut rng, slice.width * M));
+        for accumulate in [false, true] {
+            let w = slice.width;
+            let (mut dx32, mut dg32, mut db32) = (prior.clone(), vec![0f32; w], vec![0f32; w]);
+            let (mut dx16, mut dg16, mut db16) = (to_bf16(&prior), vec![0f32; w], vec![0f32; w]);
+            let (dy32, dy16) = (&d_out, &to_bf16(&d_out));
+            let st = &stats32;
+            bn_relu_backward(&mut dx32, &mut dg32, &mut db32, dy32, &cs.inp, st, g, b, slice, M, scale, accumulate);
+            bn_relu_backward(&mut dx16, &mut dg16, &mut db16, dy16, &x16, st, g, b, slice, M, scale, accumulate);
+            assert_rounded("d_inp", &dx16, &dx32);
+            assert_eq!((dg16, db16), (dg32, db32), "parameter gradients");
+        }
+    }
+}

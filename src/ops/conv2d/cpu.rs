@@ -3,7 +3,7 @@ use rayon::prelude::*;
 use super::lowering::{self, ConvCmd, Operand};
 use super::{winograd, workspace_len, Algo};
 use crate::blas::gemm;
-use crate::ir::{ConvShape, Slice, Target};
+use crate::ir::{ConvShape, Elem, Slice, Target};
 
 /// Output positions `[lo, hi)` along one axis whose input position `o*stride + tap - pad` lies
 /// in `[0, len_in)`; the others read padding.
@@ -21,7 +21,7 @@ fn min_rows(row_len: usize) -> usize {
 /// Builds `col[channels*K*K, nb*Ho*Wo]` for images `n0..n0+nb` of `inp` (`(channels, N, H, W)`):
 /// row `c*K*K + ky*K + kx`, column `i*Ho*Wo + oy*Wo + ox` holds
 /// `inp[c, n0+i, oy*stride + ky - pad, ox*stride + kx - pad]`, or 0 in the padding.
-pub fn im2col(col: &mut [f32], inp: &[f32], p: &ConvShape, channels: usize, n0: usize, nb: usize) {
+pub fn im2col<T: Elem>(col: &mut [T], inp: &[T], p: &ConvShape, channels: usize, n0: usize, nb: usize) {
     p.check();
     let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
     let (hw, howo, kk) = (h * w, ho * wo, p.kk());
@@ -39,14 +39,14 @@ pub fn im2col(col: &mut [f32], inp: &[f32], p: &ConvShape, channels: usize, n0: 
         let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
         for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
             let src = &inp[(c * p.n + n0 + i) * hw..][..hw];
-            dst[..ylo * wo].fill(0.0);
-            dst[yhi * wo..].fill(0.0);
+            dst[..ylo * wo].fill(T::default());
+            dst[yhi * wo..].fill(T::default());
             for oy in ylo..yhi {
                 let iy = oy * s + ky - pad;
                 let srow = &src[iy * w..][..w];
                 let d = &mut dst[oy * wo..][..wo];
-                d[..xlo].fill(0.0);
-                d[xhi..].fill(0.0);
+                d[..xlo].fill(T::default());
+                d[xhi..].fill(T::default());
                 if xlo == xhi {
                     continue;
                 }
@@ -63,10 +63,23 @@ pub fn im2col(col: &mut [f32], inp: &[f32], p: &ConvShape, channels: usize, n0: 
     });
 }
 
+/// Columns of an input row `col2im` sums at a time, in f32 on the stack.
+const ROW_TILE: usize = 64;
+
 /// The adjoint of `im2col`: scatters `col[channels*K*K, nb*Ho*Wo]` back onto images
 /// `n0..n0+nb` of `d_inp` (`(channels, N, H, W)`), summing overlapping windows and dropping the
 /// padding. Those images are overwritten, or added to when `accumulate`; others are untouched.
-pub fn col2im(d_inp: &mut [f32], col: &[f32], p: &ConvShape, channels: usize, n0: usize, nb: usize, accumulate: bool) {
+/// Each element's windows are summed in f32 (a tile of a row at a time) and the sum, plus the
+/// old value when accumulating, is stored once: a bf16 gradient is rounded once per element.
+pub fn col2im<T: Elem>(
+    d_inp: &mut [T],
+    col: &[T],
+    p: &ConvShape,
+    channels: usize,
+    n0: usize,
+    nb: usize,
+    accumulate: bool,
+) {
     p.check();
     let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
     let (hw, howo, kk) = (h * w, ho * wo, p.kk());
@@ -78,33 +91,38 @@ pub fn col2im(d_inp: &mut [f32], col: &[f32], p: &ConvShape, channels: usize, n0
     if hw == 0 || nb == 0 || channels == 0 {
         return;
     }
+    // The first output position of tap `t` (along an axis) whose input position is at least `x`.
+    let first = |x: usize, t: usize| (x + pad).saturating_sub(t).div_ceil(s);
     d_inp[..channels * plane].par_chunks_mut(plane).enumerate().for_each(|(c, d_channel)| {
         d_channel[n0 * hw..(n0 + nb) * hw].par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
-            if !accumulate {
-                dst.fill(0.0);
-            }
-            for ky in 0..k {
-                let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
-                for kx in 0..k {
-                    let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
-                    if xlo == xhi {
-                        continue;
-                    }
-                    let x0 = xlo * s + kx - pad;
-                    let src = &col[(c * kk + ky * k + kx) * row_len + i * howo..][..howo];
-                    for oy in ylo..yhi {
-                        let iy = oy * s + ky - pad;
-                        let drow = &mut dst[iy * w..][..w];
-                        let srow = &src[oy * wo + xlo..oy * wo + xhi];
-                        if s == 1 {
-                            for (d, &v) in drow[x0..x0 + (xhi - xlo)].iter_mut().zip(srow) {
-                                *d += v;
+            let mut tile = [0f32; ROW_TILE];
+            for (iy, drow) in dst.chunks_exact_mut(w).enumerate() {
+                for (x0, dseg) in (0..w).step_by(ROW_TILE).zip(drow.chunks_mut(ROW_TILE)) {
+                    let acc = &mut tile[..dseg.len()];
+                    acc.fill(0.0);
+                    // Taps ky whose window row oy lands on input row iy: oy*s + ky - pad = iy.
+                    for ky in (0..k).filter(|&ky| iy + pad >= ky && (iy + pad - ky) % s == 0) {
+                        let oy = (iy + pad - ky) / s;
+                        if oy >= ho {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
+                            let (lo, hi) = (xlo.max(first(x0, kx)), xhi.min(first(x0 + dseg.len(), kx)));
+                            if lo >= hi {
+                                continue;
                             }
-                        } else {
-                            for (d, &v) in drow[x0..].iter_mut().step_by(s).zip(srow) {
-                                *d += v;
+                            let src = &col[(c * kk + ky * k + kx) * row_len + i * howo + oy * wo..][lo..hi];
+                            let a0 = lo * s + kx - pad - x0;
+                            if s == 1 {
+                                acc[a0..a0 + (hi - lo)].iter_mut().zip(src).for_each(|(a, v)| *a += v.to_f32());
+                            } else {
+                                acc[a0..].iter_mut().step_by(s).zip(src).for_each(|(a, v)| *a += v.to_f32());
                             }
                         }
+                    }
+                    for (d, &v) in dseg.iter_mut().zip(acc.iter()) {
+                        *d = T::from_f32(if accumulate { d.to_f32() + v } else { v });
                     }
                 }
             }
@@ -130,13 +148,13 @@ fn check_call(p: &ConvShape, out_slice: &Slice, in_slice: &Slice) {
 /// in slice order; `weight` is the full `[cout, cin*K*K]` matrix. `chunk` images go through
 /// `col` at a time (0 or >= N: the whole batch); `col` needs at least the im2col columns of a
 /// chunk (`workspace_len` for the CPU to run Winograd where it applies) and is unused when
-/// `p.direct()`.
+/// `p.direct()`. Winograd runs on f32 only; other element types take im2col + GEMM.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward(
-    out: &mut [f32],
-    inp: &[f32],
-    weight: &[f32],
-    col: &mut [f32],
+pub fn conv2d_forward<T: Elem, W: Elem>(
+    out: &mut [T],
+    inp: &[T],
+    weight: &[W],
+    col: &mut [T],
     p: &ConvShape,
     out_slice: Slice,
     in_slice: Slice,
@@ -154,8 +172,12 @@ pub fn conv2d_forward(
     if !p.direct() {
         assert!(col.len() >= p.im2col_len(w_in, chunk), "conv forward: workspace too short");
         if use_winograd(p, w_in, chunk, col.len(), algo) {
-            winograd::forward(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
-            return;
+            if let (Some(out), Some(inp), Some(weight), Some(col)) =
+                (T::as_f32_mut(out), T::as_f32(inp), W::as_f32(weight), T::as_f32_mut(col))
+            {
+                winograd::forward(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
+                return;
+            }
         }
     }
     let mut ops = Operands { weight, inp, out, col, ..Operands::default() };
@@ -170,13 +192,13 @@ pub fn conv2d_forward(
 /// rebuilds its column matrix in `col`, uses it for `dW += dY * col^T`, then reuses `col` for
 /// `dcol = W^T * dY` and scatters that back with col2im.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward(
-    d_inp: Option<&mut [f32]>,
+pub fn conv2d_backward<T: Elem, W: Elem>(
+    d_inp: Option<&mut [T]>,
     d_weight: &mut [f32],
-    d_out: &[f32],
-    inp: &[f32],
-    weight: &[f32],
-    col: &mut [f32],
+    d_out: &[T],
+    inp: &[T],
+    weight: &[W],
+    col: &mut [T],
     p: &ConvShape,
     out_slice: Slice,
     in_slice: Slice,
@@ -198,7 +220,10 @@ pub fn conv2d_backward(
     }
     if !p.direct() {
         assert!(col.len() >= p.im2col_len(w_in, chunk), "conv backward: workspace too short");
-        if use_winograd(p, w_in, chunk, col.len(), algo) {
+        let f32s = (T::as_f32(d_out), T::as_f32(inp), W::as_f32(weight));
+        if let (true, (Some(d_out), Some(inp), Some(weight))) = (use_winograd(p, w_in, chunk, col.len(), algo), f32s) {
+            let d_inp = d_inp.map(|d| T::as_f32_mut(d).expect("f32 like d_out"));
+            let col = T::as_f32_mut(col).expect("f32 like d_out");
             winograd::backward(
                 d_inp,
                 d_weight,
@@ -231,38 +256,38 @@ fn use_winograd(p: &ConvShape, in_width: usize, chunk: usize, col_len: usize, al
     algo == Algo::Fast && winograd::eligible(p) && col_len >= workspace_len(p, in_width, chunk, Target::Cpu)
 }
 
-/// The memory behind each operand of a lowered convolution on the host.
+/// The memory behind each operand of a lowered convolution on the host: the weight (f32, or a
+/// bf16 copy of its slice) and its f32 gradient, the rest of the storage type `T`.
 #[derive(Default)]
-struct Operands<'a> {
-    weight: &'a [f32],
-    inp: &'a [f32],
-    out: &'a mut [f32],
-    col: &'a mut [f32],
-    d_out: &'a [f32],
-    d_inp: &'a mut [f32],
+struct Operands<'a, T, W> {
+    weight: &'a [W],
+    inp: &'a [T],
+    out: &'a mut [T],
+    col: &'a mut [T],
+    d_out: &'a [T],
+    d_inp: &'a mut [T],
     d_weight: &'a mut [f32],
 }
 
-impl<'a> Operands<'a> {
-    fn read(&self, o: Operand) -> &[f32] {
+impl<'a, T: Elem, W: Elem> Operands<'a, T, W> {
+    /// An operand of the storage type, read.
+    fn read(&self, o: Operand) -> &[T] {
         match o {
-            Operand::Weight => self.weight,
             Operand::Inp => self.inp,
             Operand::Out => self.out,
             Operand::Col => self.col,
             Operand::DOut => self.d_out,
             Operand::DInp => self.d_inp,
-            Operand::DWeight => self.d_weight,
+            Operand::Weight | Operand::DWeight => unreachable!("{o:?} is not of the storage type"),
         }
     }
 
-    fn written(&mut self, o: Operand) -> &mut &'a mut [f32] {
+    fn written(&mut self, o: Operand) -> &mut &'a mut [T] {
         match o {
             Operand::Out => &mut self.out,
             Operand::Col => &mut self.col,
             Operand::DInp => &mut self.d_inp,
-            Operand::DWeight => &mut self.d_weight,
-            _ => unreachable!("the lowering never writes {o:?}"),
+            _ => unreachable!("the lowering never writes {o:?} as an activation"),
         }
     }
 
@@ -272,20 +297,48 @@ impl<'a> Operands<'a> {
             ConvCmd::Im2col { n0, nc } => im2col(self.col, self.inp, p, in_width, n0, nc),
             ConvCmd::Col2im { n0, nc, accumulate } => col2im(self.d_inp, self.col, p, in_width, n0, nc, accumulate),
             ConvCmd::Gemm(g) => {
+                let (cl, al, bl) = (g.c.layout(g.m, g.n), g.a.layout(g.m, g.k), g.b.layout(g.k, g.n));
                 // The output operand is never an input of the same product: take it out while the
-                // inputs are read.
-                let c = std::mem::take(self.written(g.c.operand));
-                gemm(
-                    c,
-                    g.c.layout(g.m, g.n),
-                    self.read(g.a.operand),
-                    g.a.layout(g.m, g.k),
-                    self.read(g.b.operand),
-                    g.b.layout(g.k, g.n),
-                    g.accumulate,
-                );
-                *self.written(g.c.operand) = c;
+                // inputs are read. The lowering's products are `dW = dY col^T` (into the f32
+                // gradient), and `Y = W col`, `dcol = W^T dY` (the weight times activations).
+                if g.c.operand == Operand::DWeight {
+                    let c = std::mem::take(&mut self.d_weight);
+                    gemm(c, cl, self.read(g.a.operand), al, self.read(g.b.operand), bl, g.accumulate);
+                    self.d_weight = c;
+                } else {
+                    assert_eq!(g.a.operand, Operand::Weight, "an activation product reads the weight");
+                    let c = std::mem::take(self.written(g.c.operand));
+                    gemm(c, cl, self.weight, al, self.read(g.b.operand), bl, g.accumulate);
+                    *self.written(g.c.operand) = c;
+                }
             }
         }
+    }
+}
+
+/// The dense convolution a sliced one becomes once its weight's slice is copied out
+/// ([`copy_weight`]): `out_slice.width` outputs from `in_slice.width` inputs, full slices. Its
+/// buffers are the sliced one's (slice order), so it runs with a single GEMM per chunk.
+pub fn dense_twin(p: &ConvShape, out_slice: Slice, in_slice: Slice) -> (ConvShape, Slice, Slice) {
+    let (o, i) = (out_slice.width, in_slice.width);
+    (ConvShape { cout: o, cin: i, ..*p }, Slice::full(o), Slice::full(i))
+}
+
+/// `copy` = the rows of `out_slice` and column groups of `in_slice` of `weight` (`[cout, cin*K*K]`),
+/// in slice order: `[out_slice.width, in_slice.width*K*K]`, each value rounded to `T` once.
+pub fn copy_weight<T: Elem>(copy: &mut [T], weight: &[f32], p: &ConvShape, out_slice: Slice, in_slice: Slice) {
+    check_call(p, &out_slice, &in_slice);
+    let (kk, ld) = (p.kk(), p.cin * p.kk());
+    let ldc = in_slice.width * kk;
+    assert_eq!(copy.len(), out_slice.width * ldc, "weight copy length vs the slice");
+    assert!(weight.len() >= p.cout * ld, "weight copy: weight too short");
+    for ro in out_slice.each_run() {
+        copy[ro.at * ldc..(ro.at + ro.len) * ldc].par_chunks_mut(ldc).enumerate().for_each(|(r, row)| {
+            let src = &weight[(ro.channel + r) * ld..][..ld];
+            for ri in in_slice.each_run() {
+                let (dst, from) = (&mut row[ri.at * kk..(ri.at + ri.len) * kk], &src[ri.channel * kk..]);
+                dst.iter_mut().zip(from).for_each(|(d, &w)| *d = T::from_f32(w));
+            }
+        });
     }
 }

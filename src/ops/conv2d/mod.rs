@@ -15,8 +15,10 @@
 //!
 //! A bf16 program (`ir::Precision::Bf16`) also names `weight_copy`: the rows or column groups of
 //! the weight that the step's GEMMs read, as bf16 in slice order, written by the forward op from
-//! the f32 parameter and read again by the backward op's `dcol` product. It is planned; no
-//! backend runs a bf16 program yet (`backend::check_precision`).
+//! the f32 parameter and read again by the backward op's `dcol` product. With it, the sliced
+//! convolution is the dense one of its slice widths ([`dense_twin`]): its buffers are already in
+//! slice order, so each chunk is one GEMM even when a slice wraps. The CPU runs it; the GPU's
+//! bf16 kernels do not exist yet (`backend::check_precision`).
 //!
 //! - `lowering.rs`: the walk over slice runs x weight views x image chunks, as commands; both
 //!   backends run it.
@@ -31,10 +33,10 @@ pub mod lowering;
 mod tests;
 mod winograd;
 
-pub use cpu::{col2im, conv2d_backward, conv2d_forward, im2col};
+pub use cpu::{col2im, conv2d_backward, conv2d_forward, copy_weight, dense_twin, im2col};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BufId, ConvShape, Sel, SliceSpec, Target, TensorId};
+use crate::ir::{BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
 
 /// Which algorithm a CPU convolution may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -103,12 +105,23 @@ impl Kernel for Conv {
     fn macs(&self, slices: &[SliceSpec]) -> usize {
         self.shape.macs(self.out_sel.width(slices), self.in_sel.width(slices))
     }
-    fn run_cpu(&self, m: &HostView) {
-        let (os, is) = (m.t.slice(self.out_sel), m.t.slice(self.in_sel));
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
+        let (os, is, p) = (m.t.slice(self.out_sel), m.t.slice(self.in_sel), &self.shape);
         // SAFETY: see `HostView`.
-        let (out, col) = unsafe { (m.buf_mut(self.out), m.opt_mut(self.col)) };
-        let (inp, w) = (m.buf(self.inp), m.tensor(self.weight));
-        conv2d_forward(out, inp, w, col, &self.shape, os, is, self.chunk, self.accumulate, m.algo)
+        let (out, col) = unsafe { (m.buf_mut::<T>(self.out), m.opt_mut::<T>(self.col)) };
+        let (inp, w) = (m.buf::<T>(self.inp), m.tensor(self.weight));
+        let (chunk, acc) = (self.chunk, self.accumulate);
+        match self.weight_copy {
+            // The slice's weight, rounded once per step, and the dense convolution it makes.
+            Some(copy) => {
+                // SAFETY: see `HostView`.
+                let copy = unsafe { m.buf_mut::<T>(copy) };
+                copy_weight(copy, w, p, os, is);
+                let (dense, os, is) = dense_twin(p, os, is);
+                conv2d_forward(out, inp, &*copy, col, &dense, os, is, chunk, acc, m.algo)
+            }
+            None => conv2d_forward(out, inp, w, col, p, os, is, chunk, acc, m.algo),
+        }
     }
     fn run_cuda(&self, d: &DeviceView) {
         cuda::forward(self, d)
@@ -125,13 +138,22 @@ impl Kernel for ConvBackward {
         let passes = if self.d_inp.is_some() { 2 } else { 1 };
         passes * self.shape.macs(self.out_sel.width(slices), self.in_sel.width(slices))
     }
-    fn run_cpu(&self, m: &HostView) {
-        let (os, is) = (m.t.slice(self.out_sel), m.t.slice(self.in_sel));
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
+        let (os, is, p) = (m.t.slice(self.out_sel), m.t.slice(self.in_sel), &self.shape);
         // SAFETY: see `HostView`.
         let (dx, dw, col) =
-            unsafe { (self.d_inp.map(|b| m.buf_mut(b)), m.buf_mut(self.d_weight), m.opt_mut(self.col)) };
-        let (dy, x, w) = (m.buf(self.d_out), m.buf(self.inp), m.tensor(self.weight));
-        conv2d_backward(dx, dw, dy, x, w, col, &self.shape, os, is, self.chunk, self.accumulate_d_inp, m.algo)
+            unsafe { (self.d_inp.map(|b| m.buf_mut::<T>(b)), m.buf_mut(self.d_weight), m.opt_mut::<T>(self.col)) };
+        let (dy, x) = (m.buf::<T>(self.d_out), m.buf::<T>(self.inp));
+        let (chunk, acc) = (self.chunk, self.accumulate_d_inp);
+        match self.weight_copy {
+            // The copy the forward op made: the same dense convolution, whose weight gradient
+            // is the sliced one's, in slice order.
+            Some(copy) => {
+                let (dense, os, is) = dense_twin(p, os, is);
+                conv2d_backward(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, m.algo)
+            }
+            None => conv2d_backward(dx, dw, dy, x, m.tensor(self.weight), col, p, os, is, chunk, acc, m.algo),
+        }
     }
     fn run_cuda(&self, d: &DeviceView) {
         cuda::backward(self, d)

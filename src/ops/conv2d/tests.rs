@@ -734,3 +734,119 @@ fn winograd_wide_and_odd_images_match_direct() {
         close(&dw, &want_dw, "dw");
     }
 }
+
+/// bf16 convolutions against the f32 ones from the same inputs (activations and gradients
+/// bf16-exact, the weight f32 as stored). The bf16 op rounds the slice of its weight once
+/// (`copy_weight`) and runs the dense twin with bf16 columns; the f32 op reads the weight
+/// through strided views. With u = 2^-8, per element (the sums `S` are the f32 ops on |x|, |w|
+/// and |dy|, so each bound is the element's own):
+///
+/// - forward: the rounded weight errs by at most u S(|w||x|), the stored output by u of
+///   itself, so |y16 - y32| <= 2.01 u (S(|w||x|) + |prior|) when accumulating onto `prior`;
+/// - d_inp: the rounded weight u S(|w||dy|), the bf16 columns of W^T dY u each (col2im adds up
+///   at most S(|w||dy|) of them), the stored result u: 3.01 u (S(|w||dy|) + |prior|);
+/// - d_weight: exact products of the same values summed in f32 in other orders (dense twin vs
+///   views): 2 n 2^-24 S(|dy||x|) for sums of n = N*Ho*Wo terms.
+///
+/// The 0.01 covers the f32 sums' own roundoff. The bf16 path is asked for Winograd (`Fast`),
+/// which it must not take. Without a copy (a layer whose backward makes no input gradient) the
+/// weight gradient is the f32 one's bits: packing widens bf16 values exactly.
+#[test]
+fn bf16_convolution_is_within_its_rounding_bounds_of_f32() {
+    use crate::ir::Bf16;
+    use crate::ops::testutil::{to_bf16, widen};
+    let u = 2f64.powi(-8);
+    let bf = |v: Vec<f32>| widen(&to_bf16(&v));
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+    let mut seed = 500;
+    for (k, stride, pad) in GEOMETRIES {
+        let p = shape(k, stride, pad);
+        for (os, is) in slice_cases() {
+            seed += 1;
+            let (ow, iw, kk) = (os.width, is.width, p.kk());
+            let (in_len, out_len) = (iw * p.n * p.h * p.w, ow * p.n * p.ho() * p.wo());
+            let (x, w) = (bf(random(in_len, seed)), random(p.cout * p.cin * kk, seed + 1000));
+            let (dy, prior_y, prior_x) =
+                (bf(random(out_len, seed + 2000)), bf(random(out_len, seed + 3000)), bf(random(in_len, seed + 4000)));
+            let (x16, dy16) = (to_bf16(&x), to_bf16(&dy));
+            let chunk = 2;
+            let mut col = vec![0f32; p.im2col_len(iw, chunk).max(1)];
+            let mut col16 = vec![Bf16::default(); col.len()];
+            let mut copy = vec![Bf16::default(); ow * iw * kk];
+            copy_weight(&mut copy, &w, &p, os, is);
+            assert_eq!(copy, to_bf16(&gather_weight(&w, &p, &os, &is)), "the copy is the rounded slice");
+            let (dense, fo, fi) = dense_twin(&p, os, is);
+            let what = format!("{p:?} {os:?} {is:?}");
+
+            let mut s_y = vec![0f32; out_len];
+            conv2d_forward(&mut s_y, &abs(&x), &abs(&w), &mut col, &p, os, is, chunk, false, Algo::Im2col);
+            let mut s_dx = vec![0f32; in_len];
+            let mut s_dw = vec![0f32; ow * iw * kk];
+            let (ax, aw, ady) = (abs(&x), abs(&w), abs(&dy));
+            conv2d_backward(
+                Some(&mut s_dx),
+                &mut s_dw,
+                &ady,
+                &ax,
+                &aw,
+                &mut col,
+                &p,
+                os,
+                is,
+                chunk,
+                false,
+                Algo::Im2col,
+            );
+
+            for accumulate in [false, true] {
+                let (mut y32, mut y16) = (prior_y.clone(), to_bf16(&prior_y));
+                conv2d_forward(&mut y32, &x, &w, &mut col, &p, os, is, chunk, accumulate, Algo::Im2col);
+                conv2d_forward(&mut y16, &x16, &copy, &mut col16, &dense, fo, fi, chunk, accumulate, Algo::Fast);
+                for i in 0..out_len {
+                    let prior = if accumulate { prior_y[i].abs() as f64 } else { 0.0 };
+                    let bound = 2.01 * u * (s_y[i] as f64 + prior);
+                    let err = (y16[i].to_f32() as f64 - y32[i] as f64).abs();
+                    assert!(err <= bound, "forward {what} acc {accumulate} [{i}]: {err} > {bound}");
+                }
+
+                let (mut dx32, mut dx16) = (prior_x.clone(), to_bf16(&prior_x));
+                let (mut dw32, mut dw16) = (vec![0f32; ow * iw * kk], vec![0f32; ow * iw * kk]);
+                let acc = accumulate;
+                conv2d_backward(
+                    Some(&mut dx32),
+                    &mut dw32,
+                    &dy,
+                    &x,
+                    &w,
+                    &mut col,
+                    &p,
+                    os,
+                    is,
+                    chunk,
+                    acc,
+                    Algo::Im2col,
+                );
+                let dx = Some(&mut dx16[..]);
+                conv2d_backward(dx, &mut dw16, &dy16, &x16, &copy, &mut col16, &dense, fo, fi, chunk, acc, Algo::Fast);
+                for i in 0..in_len {
+                    let prior = if accumulate { prior_x[i].abs() as f64 } else { 0.0 };
+                    let bound = 3.01 * u * (s_dx[i] as f64 + prior);
+                    let err = (dx16[i].to_f32() as f64 - dx32[i] as f64).abs();
+                    assert!(err <= bound, "d_inp {what} acc {accumulate} [{i}]: {err} > {bound}");
+                }
+                let n_terms = (p.n * p.ho() * p.wo()) as f64;
+                for i in 0..dw32.len() {
+                    let bound = 2.0 * n_terms * 2f64.powi(-24) * s_dw[i] as f64;
+                    let err = (dw16[i] as f64 - dw32[i] as f64).abs();
+                    assert!(err <= bound, "d_weight {what} [{i}]: {err} > {bound}");
+                }
+            }
+
+            let mut dw_views = vec![0f32; ow * iw * kk];
+            conv2d_backward(None, &mut dw_views, &dy16, &x16, &w, &mut col16, &p, os, is, chunk, false, Algo::Fast);
+            let mut dw32 = vec![0f32; ow * iw * kk];
+            conv2d_backward(None, &mut dw32, &dy, &x, &w, &mut col, &p, os, is, chunk, false, Algo::Im2col);
+            assert!(dw_views.iter().zip(&dw32).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: dW without a copy");
+        }
+    }
+}

@@ -12,7 +12,7 @@ mod tests;
 pub use cpu::{linear_backward, linear_forward};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BufId, SliceSpec, TensorId};
+use crate::ir::{BufId, Elem, SliceSpec, TensorId};
 
 /// `out[N, O] = inp[C, N]^T weight[O, C]^T + bias[O]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl Kernel for Linear {
     fn macs(&self, _: &[SliceSpec]) -> usize {
         self.c * self.n * self.o
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         let (w, b) = (m.tensor(self.weight), m.tensor(self.bias));
         // SAFETY: see `HostView`.
         linear_forward(unsafe { m.buf_mut(self.out) }, m.buf(self.inp), w, b, self.c, self.n, self.o)
@@ -64,7 +64,7 @@ impl Kernel for LinearBackward {
     fn macs(&self, _: &[SliceSpec]) -> usize {
         2 * self.c * self.n * self.o
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         // SAFETY: see `HostView`.
         let (dx, dw, db) = unsafe { (m.buf_mut(self.d_inp), m.buf_mut(self.d_weight), m.buf_mut(self.d_bias)) };
         let (dy, x, w) = (m.buf(self.d_out), m.buf(self.inp), m.tensor(self.weight));

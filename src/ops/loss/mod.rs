@@ -10,7 +10,7 @@ mod tests;
 pub use cpu::cross_entropy;
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::BufId;
+use crate::ir::{BufId, Elem};
 
 /// Mean softmax cross-entropy of `logits[N, O]` against `labels[N]`: `stats = [loss, correct]`,
 /// and the logits' gradient when training.
@@ -28,7 +28,7 @@ impl Kernel for CrossEntropy {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.logits, self.labels], [vec![self.stats], self.d_logits.into_iter().collect()].concat())
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         // SAFETY: see `HostView`.
         let (stats, d_logits) = unsafe { (m.buf_mut(self.stats), self.d_logits.map(|b| m.buf_mut(b))) };
         cross_entropy(stats, d_logits, m.buf(self.logits), m.buf(self.labels), self.n, self.o)

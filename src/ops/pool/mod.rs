@@ -10,7 +10,7 @@ mod tests;
 pub use cpu::{avgpool_backward, avgpool_forward};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::BufId;
+use crate::ir::{BufId, Elem};
 
 /// `out[C, N]` = the mean of each `(c, n)` plane of `inp` (`hw` positions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,9 +36,9 @@ impl Kernel for Pool {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.inp], vec![self.out])
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         // SAFETY: see `HostView`.
-        avgpool_forward(unsafe { m.buf_mut(self.out) }, m.buf(self.inp), self.c, self.n, self.hw)
+        avgpool_forward::<T>(unsafe { m.buf_mut(self.out) }, m.buf(self.inp), self.c, self.n, self.hw)
     }
     fn run_cuda(&self, d: &DeviceView) {
         cuda::forward(self, d)
@@ -49,9 +49,9 @@ impl Kernel for PoolBackward {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         (vec![self.d_out], vec![self.d_inp])
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         // SAFETY: see `HostView`.
-        avgpool_backward(unsafe { m.buf_mut(self.d_inp) }, m.buf(self.d_out), self.c, self.n, self.hw)
+        avgpool_backward::<T>(unsafe { m.buf_mut(self.d_inp) }, m.buf(self.d_out), self.c, self.n, self.hw)
     }
     fn run_cuda(&self, d: &DeviceView) {
         cuda::backward(self, d)

@@ -46,3 +46,21 @@ fn backward_matches_finite_differences() {
     let loss = |v: &[f64]| reference(v).iter().zip(&r64).map(|(o, r)| o * r).sum();
     check_grad("d_inp", loss, &to_f64(&inp), &d_inp, 1e-3, 1e-6);
 }
+
+/// bf16 input: the pool sums in f64 what the f32 pool sums, so its f32 output is the same bits;
+/// backward stores each f32 share rounded once.
+#[test]
+fn bf16_pools_like_f32_from_the_same_values() {
+    use crate::ops::testutil::{assert_rounded, bf16_normals, to_bf16};
+    let mut rng = Rng::new(23, 0);
+    let inp = bf16_normals(&mut rng, C * N * HW);
+    let (mut out16, mut out32) = (vec![f32::NAN; C * N], vec![0f32; C * N]);
+    avgpool_forward(&mut out16, &to_bf16(&inp), C, N, HW);
+    avgpool_forward(&mut out32, &inp, C, N, HW);
+    assert!(out16.iter().zip(&out32).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let d_out = normals(&mut rng, C * N);
+    let (mut d16, mut d32) = (to_bf16(&[f32::NAN; C * N * HW]), vec![0f32; C * N * HW]);
+    avgpool_backward(&mut d16, &d_out, C, N, HW);
+    avgpool_backward(&mut d32, &d_out, C, N, HW);
+    assert_rounded("pool d_inp", &d16, &d32);
+}

@@ -11,7 +11,7 @@ mod tests;
 pub use cpu::{sgd_update, GradMap, SgdParams};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BufId, GradSel, SliceSpec, TensorId};
+use crate::ir::{BufId, Elem, GradSel, SliceSpec, TensorId};
 
 /// One parameter's SGD update from its (possibly sliced) gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl Kernel for Sgd {
     fn updates(&self) -> Vec<TensorId> {
         vec![self.param, self.momentum]
     }
-    fn run_cpu(&self, m: &HostView) {
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
         let map = grad_map(self.map, m.t.slices, m.t.starts);
         // SAFETY: see `HostView`; a parameter and its momentum are distinct tensors.
         let (w, b) = unsafe { (m.tensor_mut(self.param), m.tensor_mut(self.momentum)) };
