@@ -23,6 +23,8 @@
 //! blockB.d_*        gradient    one per activation above
 //! blockB.*.d_weight weight_gradient              sliced for conv1, conv2, bn2
 //! blockB.*.weight_bf16 weight_copy               bf16 programs only; sliced for conv1, conv2
+//! blockB.*.weight_slice(_b) weight_copy          the GPU's fp32 programs: the sliced conv's
+//!                                                 weight slice, made by its forward (backward) op
 //! ```
 //!
 //! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
@@ -55,7 +57,7 @@
 
 use crate::ir::{
     slice, BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Precision, Role, Sel,
-    SliceSpec, TensorId, TensorSpec,
+    SliceSpec, Target, TensorId, TensorSpec,
 };
 use crate::ops::{
     Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
@@ -495,14 +497,26 @@ impl Builder {
         let in_width = self.width(in_sel);
         let chunk = self.chunk(&shape, in_width);
         let col = self.col(layer, &shape, in_sel, chunk, "col");
-        let copy = (self.sched.options.precision == Precision::Bf16).then(|| {
-            let len = self.width(out_sel) * in_width * shape.kk();
-            let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
-            self.buf(format!("{layer}.weight_bf16"), BufKind::WeightCopy, Dtype::Bf16, len, sliced)
-        });
+        let len = self.width(out_sel) * in_width * shape.kk();
+        let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
+        let bf16 = self.sched.options.precision == Precision::Bf16;
+        let copy = if bf16 {
+            Some(self.buf(format!("{layer}.weight_bf16"), BufKind::WeightCopy, Dtype::Bf16, len, sliced))
+        } else {
+            self.f32_weight_slice(layer, "weight_slice", len, sliced)
+        };
         let op = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy: copy };
         self.step(layer, Phase::Forward, Op::Conv(op));
-        ConvWeight { tensor: weight, shape, copy }
+        // Only a bf16 copy outlives its op (the backward op reads it); an f32 one is made again.
+        ConvWeight { tensor: weight, shape, copy: copy.filter(|_| bf16) }
+    }
+
+    /// The GPU's f32 copy of a sliced convolution's weight slice, for one op (see `ops::conv2d`):
+    /// aligned operands and one GEMM per chunk when the slice wraps. None on the CPU, whose GEMM
+    /// reads offset views at full speed, and for unsliced convolutions.
+    fn f32_weight_slice(&mut self, layer: &str, what: &str, len: usize, sliced: bool) -> Option<BufId> {
+        (self.sched.options.target == Target::Cuda && sliced)
+            .then(|| self.buf(format!("{layer}.{what}"), BufKind::WeightCopy, Dtype::F32, len, true))
     }
 
     /// The workspace buffer of a convolution (none for a direct 1x1 conv).
@@ -530,6 +544,11 @@ impl Builder {
         let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
         let d_weight =
             self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, ow * iw * shape.kk(), sliced);
+        let (copy, copy_here) = match (w.copy, d_inp.is_some()) {
+            (_, false) => (None, false),
+            (Some(bf16), true) => (Some(bf16), false),
+            (None, true) => (self.f32_weight_slice(layer, "weight_slice_b", ow * iw * shape.kk(), sliced), true),
+        };
         self.step(
             layer,
             Phase::Backward,
@@ -546,7 +565,8 @@ impl Builder {
                 chunk,
                 accumulate_d_inp,
                 // Only the `dcol` product (the input's gradient) reads the weight.
-                weight_copy: w.copy.filter(|_| d_inp.is_some()),
+                weight_copy: copy,
+                copy_here,
             }),
         );
         let map = match (out_sel, in_sel) {

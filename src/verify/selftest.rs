@@ -244,54 +244,65 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                 (Pick::Slice(..), _) => (op_pick.spec(cout), op_pick.starts()),
                 _ => (ip_pick.spec(cin), ip_pick.starts()),
             };
-            for backward in [false, true] {
-                for with_d_inp in [true, false] {
-                    // Forward once; backward with d_inp always, without it for "full" only.
-                    if !with_d_inp && (!backward || label != "full") {
-                        continue;
-                    }
-                    *seed += 1;
-                    let mut t = Tiny::new(*seed, spec.clone());
-                    let wdata = t.normals(cout * cin * k * k, 0.3, 0.0);
-                    let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
-                    let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
-                    let inp = t.input("conv.inp", x);
-                    let col_len = crate::ops::conv2d::workspace_len(&shape, iw, chunk, crate::ir::Target::Cpu);
-                    let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
-                    let (name, op) = if !backward {
-                        let out = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
-                        let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
-                        let (accumulate, weight_copy) = (acc, None);
-                        let conv =
-                            Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy };
-                        (format!("conv fwd {g} {label}"), Op::Conv(conv))
-                    } else {
-                        let dy = t.normals(ow * N * hw_out, 1.0, 0.0);
-                        let d_out = t.input("conv.d_out", dy);
-                        let d_inp = with_d_inp.then(|| t.output("conv.d_inp", BufKind::Gradient, iw * N * HW * HW));
-                        let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
-                        let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
-                        let suffix = if with_d_inp { "" } else { " no-d_inp" };
-                        (
-                            format!("conv bwd {g} {label}{suffix}"),
-                            Op::ConvBackward(ConvBackward {
-                                d_inp,
-                                d_weight,
-                                d_out,
-                                inp,
-                                col,
-                                weight,
-                                shape,
-                                out_sel,
-                                in_sel,
-                                chunk,
-                                accumulate_d_inp: acc,
-                                weight_copy: None,
-                            }),
-                        )
-                    };
-                    out.push(t.finish(name, op, starts.clone(), false));
+            // (backward, with d_inp, through an f32 copy of the weight's slice as the GPU's plan
+            // gives sliced convolutions): forward once; backward with d_inp always, without it
+            // for "full" only; the copy for the wrapping slices.
+            let copies: &[bool] = if label.contains("wrap") { &[false, true] } else { &[false] };
+            let runs = [(false, true), (true, true), (true, false)];
+            for (backward, with_d_inp, copied) in runs.iter().flat_map(|&(b, d)| copies.iter().map(move |&c| (b, d, c)))
+            {
+                if !with_d_inp && label != "full" {
+                    continue;
                 }
+                *seed += 1;
+                let mut t = Tiny::new(*seed, spec.clone());
+                let wdata = t.normals(cout * cin * k * k, 0.3, 0.0);
+                let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
+                let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
+                let inp = t.input("conv.inp", x);
+                let col_len = crate::ops::conv2d::workspace_len(&shape, iw, chunk, crate::ir::Target::Cpu);
+                let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
+                let (name, op) = if !backward {
+                    let out = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
+                    let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
+                    let weight_copy =
+                        copied.then(|| t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k));
+                    let accumulate = acc;
+                    let conv = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy };
+                    (format!("conv fwd {g} {label}{}", if copied { " copy" } else { "" }), Op::Conv(conv))
+                } else {
+                    let dy = t.normals(ow * N * hw_out, 1.0, 0.0);
+                    let d_out = t.input("conv.d_out", dy);
+                    let d_inp = with_d_inp.then(|| t.output("conv.d_inp", BufKind::Gradient, iw * N * HW * HW));
+                    let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
+                    let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
+                    let weight_copy =
+                        copied.then(|| t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k));
+                    let suffix = match (with_d_inp, copied) {
+                        (false, _) => " no-d_inp",
+                        (true, true) => " copy",
+                        (true, false) => "",
+                    };
+                    (
+                        format!("conv bwd {g} {label}{suffix}"),
+                        Op::ConvBackward(ConvBackward {
+                            d_inp,
+                            d_weight,
+                            d_out,
+                            inp,
+                            col,
+                            weight,
+                            shape,
+                            out_sel,
+                            in_sel,
+                            chunk,
+                            accumulate_d_inp: acc,
+                            weight_copy,
+                            copy_here: copied,
+                        }),
+                    )
+                };
+                out.push(t.finish(name, op, starts.clone(), false));
             }
         }
     }
@@ -607,8 +618,11 @@ mod tests {
     fn every_op_kind_is_covered_with_sliced_and_accumulating_variants() {
         let cs = cases();
         let kinds = |pred: fn(&Op) -> bool| cs.iter().filter(|c| pred(&c.sched.steps[c.step].op)).count();
-        assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 20);
-        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 24);
+        // 4 geometries x 5 slicings, and the 2 wrapping slicings again through a weight copy.
+        assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 20 + 8);
+        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 24 + 8);
+        let copied = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { weight_copy: Some(_), copy_here: true, .. }));
+        assert_eq!(cs.iter().filter(|c| copied(&c.sched.steps[c.step].op)).count(), 8);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain(BnReluTrain { .. }))), 3);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluApply(BnReluApply { .. }))), 2);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluEval(BnReluEval { .. }))), 1);

@@ -114,3 +114,20 @@ extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, 
         col2im_channel<0>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
                           w_magic, w_shift, n0, nc, accumulate);
 }
+
+// copy = the rows of the output slice and the column groups of the input slice of the weight
+// [cout, cin*kk], in slice order: [ow, iw*kk]. Slices wrap: copy row r is layer channel
+// (out_start + r) mod cout, column group j input channel (in_start + j) mod cin. Small (a few
+// MiB at most), so plain index arithmetic. Mirrors ops/conv2d/cpu.rs `copy_weight`.
+extern "C" __global__ void weight_slice(float* copy, const float* w, int cout, int cin, int kk,
+                                        int out_start, int ow, int in_start, int iw) {
+    int ldc = iw * kk, total = ow * ldc;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+        int r = e / ldc, c = e - r * ldc;
+        int j = c / kk, tap = c - j * kk;
+        int row = out_start + r, ch = in_start + j;
+        if (row >= cout) row -= cout;
+        if (ch >= cin) ch -= cin;
+        copy[e] = w[((i64)row * cin + ch) * kk + tap];
+    }
+}

@@ -1,10 +1,12 @@
-//! The GPU's run of the lowering: `im2col` / `col2im` of `conv2d.cu` and `cublasGemmEx` on
-//! offset, strided views of the weight (no weight copies; a wrapping slice is two GEMMs).
+//! The GPU's run of the lowering: `im2col` / `col2im` of `conv2d.cu` and `cublasGemmEx`, on
+//! offset, strided views of the weight, or, where the plan gives the op a `weight_copy`, on the
+//! slice's weight copied out (`weight_slice`) and the dense convolution it makes (one aligned
+//! GEMM per chunk even when a slice wraps).
 
 use super::lowering::{self, ConvCmd, Operand};
-use super::{Conv, ConvBackward};
-use crate::gpu::{f32_at, int, rows, FastDiv, GemmCall};
-use crate::ir::ConvShape;
+use super::{dense_twin, Conv, ConvBackward};
+use crate::gpu::{f32_at, grid, int, rows, FastDiv, GemmCall};
+use crate::ir::{ConvShape, Slice};
 use crate::ops::DeviceView;
 
 /// A row length the kernels index with `int` and split with `div_by` (kept below 2^30, so a
@@ -104,12 +106,26 @@ fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl
     }
 }
 
+/// `copy` = the weight's slice in slice order (`[os.width, is.width*kk]`), from the f32 weight.
+fn copy_weight(d: &DeviceView, copy: u64, weight: u64, p: &ConvShape, os: Slice, is: Slice) {
+    let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
+    let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
+    let total = os.width * is.width * p.kk();
+    d.gpu.launch("weight_slice", grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+}
+
 pub(super) fn forward(op: &Conv, d: &DeviceView) {
     let (os, is, p) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel), &op.shape);
     d.check_len(op.out, os.width * p.n * p.ho() * p.wo(), "conv out");
     d.check_len(op.inp, is.width * p.n * p.h * p.w, "conv inp");
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
-    let (o, i, w, c) = (d.buf(op.out), d.buf(op.inp), d.tensor(op.weight), d.opt(op.col));
+    let (o, i, mut w, c) = (d.buf(op.out), d.buf(op.inp), d.tensor(op.weight), d.opt(op.col));
+    let (mut shape, mut os, mut is) = (*p, os, is);
+    if let Some(copy) = op.weight_copy {
+        d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
+        copy_weight(d, d.buf(copy), w, p, os, is);
+        (w, (shape, os, is)) = (d.buf(copy), dense_twin(p, os, is));
+    }
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => i,
@@ -117,7 +133,7 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
         Operand::Col => c,
         _ => unreachable!("forward uses no gradients"),
     };
-    lowering::conv_forward(p, os, is, op.chunk, op.accumulate, |cmd| run(d, cmd, p, is.width, &addr));
+    lowering::conv_forward(&shape, os, is, op.chunk, op.accumulate, |cmd| run(d, cmd, &shape, is.width, &addr));
 }
 
 pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
@@ -130,8 +146,16 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     }
     d.check_len(op.d_weight, os.width * is.width * p.kk(), "conv d_weight");
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
-    let (dw, dy, i, w) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp), d.tensor(op.weight));
+    let (dw, dy, i, mut w) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp), d.tensor(op.weight));
     let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
+    let (mut shape, mut os, mut is) = (*p, os, is);
+    if let Some(copy) = op.weight_copy {
+        d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
+        if op.copy_here {
+            copy_weight(d, d.buf(copy), w, p, os, is);
+        }
+        (w, (shape, os, is)) = (d.buf(copy), dense_twin(p, os, is));
+    }
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => i,
@@ -142,8 +166,8 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
         Operand::Out => unreachable!("backward writes no output"),
     };
     let wants_d_inp = op.d_inp.is_some();
-    lowering::conv_backward(p, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, |cmd| {
-        run(d, cmd, p, is.width, &addr)
+    lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, |cmd| {
+        run(d, cmd, &shape, is.width, &addr)
     });
 }
 
@@ -155,17 +179,44 @@ mod tests {
     use crate::ops::{SgdParams, StepCtx, Tables};
 
     /// A 3x3 conv of 40 input channels over 13 images in chunks of 4 (sliced input, wrapping):
-    /// one im2col per chunk, each launched over exactly its own channels and columns, and the GEMMs per chunk
-    /// the lowering asks for.
+    /// one im2col per chunk, each launched over exactly its own channels and columns, and the
+    /// GEMMs per chunk the lowering asks for: two for the wrapping input without a weight copy,
+    /// one with it (after one `weight_slice` launch over the copy's elements).
     #[test]
     fn launches_follow_the_chunks_and_grids_their_own_work() {
+        for copied in [false, true] {
+            let rec = record_wrapping_forward(copied);
+            let launches = rec.launches.borrow();
+            let (copies, im2cols) = launches.split_at(copied as usize);
+            if copied {
+                assert_eq!(copies[0].0, "weight_slice");
+                assert_eq!(copies[0].1.grid_dim, grid(24 * 20 * 9).grid_dim);
+            }
+            let images = [4usize, 4, 4, 1];
+            assert_eq!(im2cols.len(), images.len());
+            for ((name, cfg), nc) in im2cols.iter().zip(images) {
+                assert_eq!(*name, "im2col");
+                // One row of blocks per input channel, just covering the chunk's columns.
+                assert_eq!(cfg.grid_dim, ((nc * 81).div_ceil(256) as u32, 20, 1));
+            }
+            let gemms = rec.gemms.borrow();
+            assert_eq!(gemms.len(), if copied { 1 } else { 2 } * images.len());
+            if copied {
+                // The dense twin's weight: the copy in the arena (not the parameter), leading dimension 20*9.
+                assert!(gemms.iter().all(|g| (1 << 40..1 << 44).contains(&g.b) && g.ldb == 20 * 9), "{gemms:?}");
+            }
+        }
+    }
+
+    fn record_wrapping_forward(copied: bool) -> Recorder {
         let shape = ConvShape { n: 13, cin: 40, h: 9, w: 9, cout: 24, k: 3, stride: 1, pad: 1 };
         let (chunk, slices) = (4, [SliceSpec { channels: 40, width: 20 }]);
         let is = Slice::new(30, 20, 40);
         let in_len = 20 * 13 * 81;
         let out_len = 24 * 13 * shape.ho() * shape.wo();
         let col_len = shape.im2col_len(20, chunk);
-        let locs = [(0, out_len), (out_len, in_len), (out_len + in_len, col_len)];
+        let copy_at = out_len + in_len + col_len;
+        let locs = [(0, out_len), (out_len, in_len), (out_len + in_len, col_len), (copy_at, 24 * 20 * 9)];
         let w =
             TensorSpec { name: "w".into(), shape: vec![24, 40, 3, 3], role: Role::Param, init: Init::Zeros, offset: 0 };
         let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
@@ -174,7 +225,7 @@ mod tests {
         let tensors = [w];
         let tables = Tables::new(&locs, &tensors, &slices, &ctx);
         let rec = Recorder::default();
-        let arena = out_len + in_len + col_len;
+        let arena = copy_at + 24 * 20 * 9;
         let view = DeviceView::new(tables, &rec, (1 << 40, arena), (1 << 44, 24 * 40 * 9));
         let op = Conv {
             out: 0,
@@ -186,18 +237,9 @@ mod tests {
             in_sel: Sel::Block(0),
             chunk,
             accumulate: false,
-            weight_copy: None,
+            weight_copy: copied.then_some(3),
         };
         forward(&op, &view);
-        let launches = rec.launches.borrow();
-        let images = [4usize, 4, 4, 1];
-        assert_eq!(launches.len(), images.len());
-        for ((name, cfg), nc) in launches.iter().zip(images) {
-            assert_eq!(*name, "im2col");
-            // One row of blocks per input channel, just covering the chunk's columns.
-            assert_eq!(cfg.grid_dim, ((nc * 81).div_ceil(256) as u32, 20, 1));
-        }
-        // Two input runs (the slice wraps) per chunk.
-        assert_eq!(rec.gemms.borrow().len(), 2 * images.len());
+        rec
     }
 }

@@ -13,12 +13,17 @@
 //! slice is two runs and therefore two GEMMs (input runs accumulate, output runs write their own
 //! rows). Sliced buffers hold only the slice's channels, in slice order.
 //!
-//! A bf16 program (`ir::Precision::Bf16`) also names `weight_copy`: the rows or column groups of
-//! the weight that the step's GEMMs read, as bf16 in slice order, written by the forward op from
-//! the f32 parameter and read again by the backward op's `dcol` product. With it, the sliced
-//! convolution is the dense one of its slice widths ([`dense_twin`]): its buffers are already in
-//! slice order, so each chunk is one GEMM even when a slice wraps. The CPU runs it; the GPU's
-//! bf16 kernels do not exist yet (`backend::check_precision`).
+//! A convolution may also name `weight_copy`: the rows or column groups of the weight that the
+//! step's GEMMs read, in slice order. With it, the sliced convolution is the dense one of its
+//! slice widths ([`dense_twin`]): its buffers are already in slice order, so each chunk is one
+//! GEMM even when a slice wraps, and every operand starts where cuBLAS's fast kernels want it
+//! (a slice starting at channel c puts the weight's view `9c` floats in, rarely 16-byte aligned).
+//! - A bf16 program copies as bf16, in the forward op, and the backward op's `dcol` product reads
+//!   the same copy (`copy_here` false): one conversion a step. The CPU runs it; the GPU's bf16
+//!   kernels do not exist yet (`backend::check_precision`).
+//! - The GPU's fp32 program copies each sliced convolution's weight in f32 in each op that reads
+//!   it (`copy_here` true in backward): a copy lives only through its op, so the plan barely
+//!   grows, and the copy (a few MiB) costs microseconds.
 //!
 //! - `lowering.rs`: the walk over slice runs x weight views x image chunks, as commands; both
 //!   backends run it.
@@ -73,7 +78,8 @@ pub struct Conv {
     pub in_sel: Sel,
     pub chunk: usize,
     pub accumulate: bool,
-    /// The bf16 copy of the weight's slice this op writes for its GEMMs (bf16 programs only).
+    /// The copy of the weight's slice this op writes for its GEMMs (bf16 programs; the GPU's
+    /// fp32 programs for sliced convolutions).
     pub weight_copy: Option<BufId>,
 }
 
@@ -92,9 +98,11 @@ pub struct ConvBackward {
     pub in_sel: Sel,
     pub chunk: usize,
     pub accumulate_d_inp: bool,
-    /// The bf16 copy of the weight's slice the forward op made, read by the `dcol` product
-    /// (bf16 programs that compute `d_inp` only).
+    /// The copy of the weight's slice the `dcol` product reads (programs that compute `d_inp`
+    /// only): the forward op's (bf16), or this op's own when `copy_here`.
     pub weight_copy: Option<BufId>,
+    /// This op writes `weight_copy` from the f32 weight before its GEMMs (the GPU's fp32 programs).
+    pub copy_here: bool,
 }
 
 impl Kernel for Conv {
@@ -130,9 +138,13 @@ impl Kernel for Conv {
 
 impl Kernel for ConvBackward {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        let (made, read_copy) = match self.copy_here {
+            true => (self.weight_copy, None),
+            false => (None, self.weight_copy),
+        };
         let written = [self.d_inp.into_iter().collect(), vec![self.d_weight], self.col.into_iter().collect()];
-        let read = [vec![self.d_out, self.inp], self.weight_copy.into_iter().collect()];
-        (read.concat(), written.concat())
+        let read = [vec![self.d_out, self.inp], read_copy.into_iter().collect()];
+        (read.concat(), [written.concat(), made.into_iter().collect()].concat())
     }
     fn macs(&self, slices: &[SliceSpec]) -> usize {
         let passes = if self.d_inp.is_some() { 2 } else { 1 };
@@ -146,9 +158,13 @@ impl Kernel for ConvBackward {
         let (dy, x) = (m.buf::<T>(self.d_out), m.buf::<T>(self.inp));
         let (chunk, acc) = (self.chunk, self.accumulate_d_inp);
         match self.weight_copy {
-            // The copy the forward op made: the same dense convolution, whose weight gradient
-            // is the sliced one's, in slice order.
+            // The copy (the forward op's, or made here): the same dense convolution, whose weight
+            // gradient is the sliced one's, in slice order.
             Some(copy) => {
+                if self.copy_here {
+                    // SAFETY: see `HostView`.
+                    copy_weight(unsafe { m.buf_mut::<T>(copy) }, m.tensor(self.weight), p, os, is);
+                }
                 let (dense, os, is) = dense_twin(p, os, is);
                 conv2d_backward(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, m.algo)
             }
