@@ -266,6 +266,9 @@ impl Backend for CudaBackend {
     }
 }
 
+/// The arena's base address in [`record_step`]'s recording (the persistent region's is 2^44).
+pub const RECORD_ARENA: u64 = 1 << 40;
+
 /// What one training step of `program` queues on a GPU with slice starts `starts`: the batch
 /// gather, then every kernel launch and GEMM of its ops, recorded without a GPU (addresses are
 /// placeholders inside regions of the program's sizes), in the program's precision.
@@ -275,7 +278,7 @@ pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
     let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
     let ctx = StepCtx::new(starts, sgd);
     let tables = Tables::new(&program.locs, &s.tensors, &s.slices, &ctx);
-    let (arena, persistent) = (1u64 << 40, 1u64 << 44);
+    let (arena, persistent) = (RECORD_ARENA, 1u64 << 44);
     let input = crate::gpu::f32_at(arena, program.locs[s.input].0);
     let labels = crate::gpu::f32_at(arena, program.locs[s.labels].0);
     let split = gather::SplitAddrs { table: 1 << 46, images: 1 << 46, labels: 1 << 46, channels: s.config.in_channels };
