@@ -574,7 +574,7 @@ fn a_bf16_gpu_step_queues_bf16_kernels_and_gemms_inside_their_buffers() {
                     b.dtype == t
                         && base <= start
                         && end <= base + (len * t.size()) as u64
-                        && (start - base) % t.size() as u64 == 0
+                        && (start - base).is_multiple_of(t.size() as u64)
                 });
                 assert!(
                     inside,
