@@ -329,3 +329,51 @@ impl<'a> DeviceView<'a> {
         assert_eq!(self.t.len(b), expected, "{what}: buffer length");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::Recorder;
+    use crate::ir::BufKind;
+
+    fn buffer(name: &str, dtype: Dtype, len: usize) -> Buffer {
+        Buffer { name: name.into(), kind: BufKind::Activation, dtype, len, sliced: false }
+    }
+
+    /// A bf16 buffer's elements are 2 bytes apart and an f32 one's 4, from the buffer's offset
+    /// in words; a buffer reaching past the arena's bytes, or an op mixing storage types, panics.
+    #[test]
+    fn device_addresses_step_by_each_buffers_element_size() {
+        let buffers = [buffer("a", Dtype::Bf16, 10), buffer("b", Dtype::F32, 3), buffer("c", Dtype::Bf16, 7)];
+        let locs = [(0, 10), (5, 3), (8, 7)];
+        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        let ctx = StepCtx::new(&[], sgd);
+        let t = Tables::new(&locs, &[], &[], &ctx);
+        let rec = Recorder::default();
+        let base = 1u64 << 40;
+        // "c" ends at byte 8*4 + 7*2 = 46.
+        let view = DeviceView::new(t, &rec, &buffers, (base, 46), (0, 0));
+        assert_eq!(view.at(0, 3), base + 6);
+        assert_eq!(view.at(1, 2), base + 20 + 8);
+        assert_eq!(view.at(2, 7), base + 46);
+        assert_eq!(view.storage(&[0, 2]), Dtype::Bf16);
+        let short = DeviceView::new(t, &rec, &buffers, (base, 45), (0, 0));
+        let caught = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+        assert!(!caught(&|| {
+            short.buf(1);
+        }));
+        assert!(
+            caught(&|| {
+                short.buf(2);
+            }),
+            "past the arena"
+        );
+        assert!(
+            caught(&|| {
+                view.storage(&[0, 1]);
+            }),
+            "bf16 and f32 in one kernel"
+        );
+        assert!(caught(&|| view.f32_only(&[1, 2], "test")), "an f32 kernel on bf16");
+    }
+}

@@ -264,6 +264,41 @@ mod tests {
         }
     }
 
+    /// The kernels' naming convention: every kernel that touches a buffer a bf16 program stores
+    /// as bf16 has an f32 entry point `k` and a bf16 one `k_bf16` in the same file, and the
+    /// kernels of the f32-only ops (the head, the loss, SGD) have none.
+    #[test]
+    fn every_storage_kernel_has_a_bf16_twin_beside_it() {
+        let mut bf16 = vec![];
+        for (file, src) in KERNEL_FILES {
+            let names = crate::gpu::kernel_names(src);
+            for k in &names {
+                if let Some(base) = k.strip_suffix("_bf16") {
+                    assert!(names.contains(&base), "{file}: {k} without {base}");
+                    bf16.push(base);
+                }
+            }
+        }
+        bf16.sort();
+        let want = [
+            "add",
+            "avgpool_backward",
+            "avgpool_forward",
+            "bn_backward_sums",
+            "bn_relu_apply",
+            "bn_relu_backward",
+            "bn_relu_eval",
+            "bn_stats",
+            "col2im",
+            "gather_batch",
+            "im2col",
+            "weight_slice",
+        ];
+        assert_eq!(bf16, want);
+        assert_eq!(crate::gpu::kernel!("im2col", Dtype::Bf16), "im2col_bf16");
+        assert_eq!(crate::gpu::kernel!("im2col", Dtype::F32), "im2col");
+    }
+
     #[test]
     fn op_kind_names_the_variant() {
         let op = Op::Add(Add { out: 1, inp: 0 });
