@@ -4,6 +4,12 @@
 //! device's free memory first), the persistent region, and each resident dataset split
 //! (normalisation table, image bytes and labels together). Besides those: a small index buffer
 //! for batch gathers and cuBLAS's workspace, both made before the first step.
+//!
+//! A bf16 program's bf16 buffers hold 2-byte elements: `write` rounds the host's f32 values to
+//! bf16 (as the CPU backend does) before copying them up, `read` widens what it copies down,
+//! and the ops launch the kernels' `_bf16` entry points on them. Until those have passed
+//! `selftest --precision bf16` on a card, only `selftest` hands this backend bf16 programs
+//! (`backend::check_precision`).
 
 use super::{Backend, Batches, DeviceOverheads, Execute, Memory, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization, MAX_CHANNELS};

@@ -16,6 +16,13 @@
 //! where the f32 kernels already sum in f64), and each stored value is rounded to nearest even
 //! once. Parameters, momentum, BN statistics, weight gradients, the head after the pool and
 //! the loss are f32 in every program.
+//!
+//! A CUDA kernel is written once in the same way: a C++ template over the storage type (`float`
+//! or `common.cu`'s `bf16`, loads through `widen`, stores through `narrow<T>`, which rounds to
+//! nearest even as `ir::elem` does), with one `extern "C"` entry point per type: `k` for f32
+//! storage, `k_bf16` for bf16. An op's `cuda.rs` picks the entry point from its buffers' element
+//! types (`DeviceView::storage`, `gpu::kernel!`). The f32-only ops (linear, loss, SGD) have
+//! one entry point each.
 
 pub mod add;
 pub mod batchnorm;
