@@ -101,13 +101,13 @@ fn run(
                 let (base, dtype) = addr(o);
                 (base + (off * dtype.size()) as u64, dtype)
             };
-            let (a, b_, c) = (at(b.a), at(b.b), at(b.c));
+            let (a, bm, c) = (at(b.a), at(b.b), at(b.c));
             assert_eq!(
                 a.1,
-                b_.1,
+                bm.1,
                 "a GEMM of {} by {}: a bf16 program's convolutions read the weight through its bf16 copy",
                 a.1.as_str(),
-                b_.1.as_str()
+                bm.1.as_str()
             );
             let label = match g.c.operand {
                 Operand::Out => "gemm: forward",
@@ -123,7 +123,7 @@ fn run(
                 k: b.k,
                 a: a.0,
                 lda: b.lda,
-                b: b_.0,
+                b: bm.0,
                 ldb: b.ldb,
                 c: c.0,
                 ldc: b.ldc,
