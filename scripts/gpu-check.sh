@@ -14,6 +14,9 @@
 #   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
 #      its op and kernel), then in tf32; the PyTorch reference runs inside each;
 #   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32;
+#   2b. the bf16 kernels against the CPU's bf16 ops (selftest --precision bf16, synchronised)
+#      and the bf16 WRN-16-4 step (--full --precision bf16): until these pass on a card, bf16
+#      runs on the GPU in selftest only;
 #   3. the GPU plan of WRN-28-10 (launch counts, memory) and its profile at keep 0.5 (device
 #      time per op and per kernel, from CUDA events);
 #   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32 and fp32, with the
@@ -68,6 +71,10 @@ SLICEOUT_CUDA_SYNC=1 run selftest-fp32-sync 150 "$BIN" selftest --device "$DEVIC
 run selftest-tf32 120 "$BIN" selftest --device "$DEVICE" --math tf32
 run full-fp32 120 "$BIN" selftest --full --device "$DEVICE" --math fp32
 run full-tf32 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
+SLICEOUT_CUDA_SYNC=1 run selftest-bf16-sync 120 "$BIN" selftest --device "$DEVICE" --precision bf16
+run full-bf16 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16
+run plan-wrn28-10-bf16 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16 \
+    --precision bf16
 run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
 read -r pdepth pwiden <<<"${MODELS[0]}"
 run "profile-wrn$pdepth-$pwiden" 60 "$BIN" profile --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" --batch "$BATCH" \
@@ -100,6 +107,7 @@ for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt; do
     printf "%-22s %s\n" "$(basename "$f" .txt)" "$(grep -E "^selftest.*passed" "$f" | tail -1)"
 done
 grep -E "gpu step|total " "$LOG/plan-wrn28-10.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5:   /'
+grep -E "gpu step|total " "$LOG/plan-wrn28-10-bf16.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5 bf16: /'
 # The profile's step time and its five most expensive kernels.
 head -n 2 "$LOG/profile-wrn$pdepth-$pwiden.txt" 2>/dev/null | grep "per step"
 sed -n '/^per kernel/,/^$/p' "$LOG/profile-wrn$pdepth-$pwiden.txt" 2>/dev/null | head -n 6

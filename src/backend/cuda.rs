@@ -4,13 +4,19 @@
 //! device's free memory first), the persistent region, and each resident dataset split
 //! (normalisation table, image bytes and labels together). Besides those: a small index buffer
 //! for batch gathers and cuBLAS's workspace, both made before the first step.
+//!
+//! A bf16 program's bf16 buffers hold 2-byte elements: `write` rounds the host's f32 values to
+//! bf16 (as the CPU backend does) before copying them up, `read` widens what it copies down,
+//! and the ops launch the kernels' `_bf16` entry points on them. Until those have passed
+//! `selftest --precision bf16` on a card, only `selftest` hands this backend bf16 programs
+//! (`backend::check_precision`).
 
 use super::{Backend, Batches, DeviceOverheads, Execute, Memory, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization, MAX_CHANNELS};
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::gpu::{DevMem, Gpu, Math, Recorder};
-use crate::ir::{mib, Target};
+use crate::ir::{elem, mib, Bf16, Dtype, Target};
 use crate::ops::{gather, DeviceView, SgdParams, Tables, KERNEL_FILES};
 use crate::plan::Program;
 
@@ -64,11 +70,12 @@ impl CudaBackend {
         self.arena.as_ref().map_or(0, |a| a.len() * 4)
     }
 
+    /// Address of buffer `b` (offsets are in 4-byte words, lengths in the buffer's elements).
     fn arena_ptr(&self, p: &Program, b: usize) -> u64 {
         let a = self.arena.as_ref().expect("arena reserved before use");
-        let (off, len) = p.locs[b];
-        assert!(off + len <= a.len(), "buffer outside the arena");
-        crate::gpu::f32_at(a.ptr, off)
+        let (words, len) = p.locs[b];
+        assert!(words * 4 + len * p.schedule.buffers[b].dtype.size() <= a.len() * 4, "buffer outside the arena");
+        crate::gpu::f32_at(a.ptr, words)
     }
 }
 
@@ -126,19 +133,39 @@ impl Memory for CudaBackend {
         }
     }
 
+    /// Rounds `data` to the buffer's element type on the host (as the CPU backend's `write`).
     fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
         assert_eq!(data.len(), p.locs[buf].1, "write length vs buffer");
         let dst = self.arena_ptr(p, buf);
-        if !data.is_empty() {
-            self.gpu.htod(dst, data);
+        if data.is_empty() {
+            return;
+        }
+        match p.schedule.buffers[buf].dtype {
+            Dtype::F32 => self.gpu.htod(dst, data),
+            Dtype::Bf16 => {
+                let mut bits = vec![Bf16::default(); data.len()];
+                elem::convert(&mut bits, data);
+                self.gpu.htod(dst, &bits);
+                // `htod` only queues the copy: keep the host bits alive until it is done.
+                self.gpu.synchronize();
+            }
         }
     }
 
+    /// Widens the buffer's elements to f32.
     fn read(&mut self, p: &Program, buf: usize, out: &mut [f32]) {
         assert_eq!(out.len(), p.locs[buf].1, "read length vs buffer");
         let src = self.arena_ptr(p, buf);
-        if !out.is_empty() {
-            self.gpu.dtoh(out, src);
+        if out.is_empty() {
+            return;
+        }
+        match p.schedule.buffers[buf].dtype {
+            Dtype::F32 => self.gpu.dtoh(out, src),
+            Dtype::Bf16 => {
+                let mut bits = vec![Bf16::default(); out.len()];
+                self.gpu.dtoh(&mut bits, src);
+                elem::convert(out, &bits);
+            }
         }
     }
 }
@@ -198,6 +225,8 @@ impl Batches for CudaBackend {
         if n > 0 {
             self.gpu.htod(dsel, &sel);
             let (x, y) = (self.arena_ptr(p, sched.input), self.arena_ptr(p, sched.labels));
+            assert_eq!(sched.buffers[sched.labels].dtype, Dtype::F32, "labels are f32");
+            let x = (x, sched.buffers[sched.input].dtype);
             gather::gather_cuda(&self.gpu, x, y, s.addrs(), dsel, n);
         }
         self.selection_host = sel;
@@ -219,10 +248,9 @@ impl Execute for CudaBackend {
     }
 
     fn run_op(&mut self, p: &Program, step: usize, ctx: &StepCtx) {
-        super::assert_runnable(p);
         self.gpu.bind();
         assert!(p.arena_bytes() <= self.arena_bytes(), "arena smaller than the plan");
-        let arena = self.arena.as_ref().map_or((0, 0), |a| (a.ptr, a.len()));
+        let arena = self.arena.as_ref().map_or((0, 0), |a| (a.ptr, a.len() * 4));
         let persistent = match &self.persistent {
             Some(m) if p.schedule.persistent_len() <= m.len() => (m.ptr, m.len()),
             _ => panic!("persistent region not set"),
@@ -230,7 +258,7 @@ impl Execute for CudaBackend {
         let s = &p.schedule;
         self.gpu.set_op(step, || s.steps[step].name());
         let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
-        s.steps[step].op.run_cuda(&DeviceView::new(tables, &self.gpu, arena, persistent));
+        s.steps[step].op.run_cuda(&DeviceView::new(tables, &self.gpu, &s.buffers, arena, persistent));
     }
 }
 
@@ -244,23 +272,26 @@ impl Backend for CudaBackend {
     }
 }
 
+/// The arena's base address in [`record_step`]'s recording (the persistent region's is 2^44).
+pub const RECORD_ARENA: u64 = 1 << 40;
+
 /// What one training step of `program` queues on a GPU with slice starts `starts`: the batch
 /// gather, then every kernel launch and GEMM of its ops, recorded without a GPU (addresses are
-/// placeholders inside regions of the program's sizes). An fp32 program only, as for running.
+/// placeholders inside regions of the program's sizes), in the program's precision.
 pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
-    super::assert_runnable(program);
     let rec = Recorder::default();
     let s = &program.schedule;
     let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
     let ctx = StepCtx::new(starts, sgd);
     let tables = Tables::new(&program.locs, &s.tensors, &s.slices, &ctx);
-    let (arena, persistent) = (1u64 << 40, 1u64 << 44);
+    let (arena, persistent) = (RECORD_ARENA, 1u64 << 44);
     let input = crate::gpu::f32_at(arena, program.locs[s.input].0);
     let labels = crate::gpu::f32_at(arena, program.locs[s.labels].0);
     let split = gather::SplitAddrs { table: 1 << 46, images: 1 << 46, labels: 1 << 46, channels: s.config.in_channels };
+    let input = (input, s.buffers[s.input].dtype);
     gather::gather_cuda(&rec, input, labels, split, 1 << 47, s.batch);
-    let view =
-        DeviceView::new(tables, &rec, (arena, program.arena_bytes().div_ceil(4)), (persistent, s.persistent_len()));
+    let regions = ((arena, program.arena_bytes()), (persistent, s.persistent_len()));
+    let view = DeviceView::new(tables, &rec, &s.buffers, regions.0, regions.1);
     for step in &s.steps {
         step.op.run_cuda(&view);
     }

@@ -121,8 +121,8 @@ pub struct MemoryFlags {
     pub update: Update,
     /// Element type of activations, their gradients and im2col workspaces: fp32 or bf16
     /// (parameters, momentum, BN statistics, weight gradients and the loss stay f32; bf16 runs
-    /// on the CPU, the GPU's bf16 kernels do not exist yet); `bench` takes fp32,bf16 to measure
-    /// both in one run
+    /// on the CPU, and on the GPU only in `selftest` until its bf16 kernels have passed there on
+    /// a card); `bench` takes fp32,bf16 to measure both in one run
     #[arg(long, default_value = "fp32", value_delimiter = ',')]
     pub precision: Vec<String>,
 }
@@ -453,9 +453,15 @@ pub struct SelftestFlags {
     #[arg(long, default_value = "fp32")]
     pub math: String,
     /// Instead of the op checks: one WRN-16-4 training step (batch 32, keep 0.5, wrapping
-    /// slices) against the CPU, op by op from the same inputs (tolerance 1e-4 fp32, 5e-3 tf32)
+    /// slices) against the CPU, op by op from the same inputs (tolerance 1e-4 fp32, 5e-3 tf32,
+    /// 2^-8 bf16)
     #[arg(long)]
     pub full: bool,
+    /// Element type of activations in the checked programs: fp32, or bf16 (each op's bf16
+    /// kernels against the CPU's bf16 ops, tolerance 2^-8; the GPU's only bf16 runs until they
+    /// pass there)
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
 }
 
 pub fn dataset(flag: &Option<String>) -> crate::Result<Option<DatasetKind>> {

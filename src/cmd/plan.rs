@@ -85,8 +85,8 @@ fn render(config: &ModelConfig, batch: usize, mode: Mode, options: Options, f: &
         let other = Program::new(wrn::build(config, batch, mode, Options { precision, ..options }));
         r.precisions.push(report::totals(&other));
     }
-    // What a step queues is counted by running the CUDA code, which has no bf16 kernels yet.
-    if options.target == Target::Cuda && crate::backend::check_precision(options.precision, Target::Cuda).is_ok() {
+    // What a step queues is counted by running the CUDA code on a recorder.
+    if options.target == Target::Cuda {
         let starts = vec![0; program.schedule.slices.len()];
         let rec = record_step(&program, &starts);
         r.gpu_calls = Some(GpuCalls { launches: rec.launches.borrow().len(), gemms: rec.gemms.borrow().len() });

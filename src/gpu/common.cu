@@ -60,3 +60,42 @@ __device__ __forceinline__ void part_range(i64 m, i64* lo, i64* hi) {
     *lo = (i64)blockIdx.x * len;
     *hi = min(m, *lo + len);
 }
+
+// bf16 storage: our own 16-bit type (NVRTC finds no cuda_bf16.h without include paths), f32's
+// upper half. Kernels are written once as templates over the storage type T (float or bf16),
+// load with `widen`, compute in f32 and store with `narrow<T>`: one rounding per store, the
+// CPU's (src/ir/elem.rs). For T = float both are the identity, so an f32 kernel is unchanged.
+struct bf16 {
+    unsigned short bits;
+};
+
+__device__ __forceinline__ float bf16_to_f32(bf16 x) {
+    return __uint_as_float((unsigned)x.bits << 16);
+}
+
+// Round to nearest, ties to even; a NaN stays a NaN (quiet bit set, sign kept), exactly as
+// `ir::elem::f32_to_bf16`: adding 0x7fff plus the lowest kept bit carries into the kept half
+// exactly when the dropped half is above 0x8000, or equal to it with an odd kept half.
+__device__ __forceinline__ bf16 f32_to_bf16_rne(float x) {
+    unsigned b = __float_as_uint(x);
+    bf16 r;
+    if (x != x)
+        r.bits = (unsigned short)((b >> 16) | 0x0040u);
+    else
+        r.bits = (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+    return r;
+}
+
+__device__ __forceinline__ float widen(float x) { return x; }
+__device__ __forceinline__ float widen(bf16 x) { return bf16_to_f32(x); }
+
+template <typename T>
+__device__ __forceinline__ T narrow(float x);
+template <>
+__device__ __forceinline__ float narrow<float>(float x) {
+    return x;
+}
+template <>
+__device__ __forceinline__ bf16 narrow<bf16>(float x) {
+    return f32_to_bf16_rne(x);
+}

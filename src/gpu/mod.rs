@@ -25,8 +25,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
-use crate::ir::mib;
 pub use crate::ir::Math;
+use crate::ir::{mib, Dtype};
 
 /// cuBLAS's compute type for the GEMM math.
 fn compute_type(math: Math) -> cb::cublasComputeType_t {
@@ -313,6 +313,18 @@ pub fn f32_at(base: u64, floats: usize) -> u64 {
     base + 4 * floats as u64
 }
 
+/// The kernel `name` over storage `dtype`: `name` itself for f32, `name_bf16` for bf16 (the
+/// convention of every `.cu` file: one template, one `extern "C"` entry point per type).
+macro_rules! kernel {
+    ($name:literal, $dtype:expr) => {
+        match $dtype {
+            $crate::ir::Dtype::F32 => $name,
+            $crate::ir::Dtype::Bf16 => concat!($name, "_bf16"),
+        }
+    };
+}
+pub(crate) use kernel;
+
 /// A dimension as the kernels' `int`.
 pub fn int(v: usize) -> i32 {
     i32::try_from(v).expect("dimension fits in i32")
@@ -335,7 +347,7 @@ macro_rules! impl_arg {
 impl_arg!(u64, i64, i32, u32, f32, f64);
 
 /// One row-major-agnostic `cublasGemmEx` in BLAS's own column-major terms:
-/// `C = op(A) op(B) + beta C`, `C` `m x n`, all operands f32 at device addresses.
+/// `C = op(A) op(B) + beta C`, `C` `m x n`, operands at device addresses, of the types it names.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmCall {
     /// What the product computes (kernel timings are grouped by it).
@@ -352,6 +364,28 @@ pub struct GemmCall {
     pub c: u64,
     pub ldc: usize,
     pub beta: f32,
+    /// Element types of the operands `a`, `b` (the same: cuBLAS multiplies f32 by f32 or bf16
+    /// by bf16) and of the output `c` (f32 or bf16; a bf16 product's weight gradient is f32).
+    pub ab_type: Dtype,
+    pub c_type: Dtype,
+}
+
+/// cuBLAS's name for an element type.
+pub fn data_type(d: Dtype) -> cb::cudaDataType {
+    match d {
+        Dtype::F32 => cb::cudaDataType::CUDA_R_32F,
+        Dtype::Bf16 => cb::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+/// cuBLAS's compute type for a product of `ab` operands in the GPU's `math`: bf16 operands
+/// always accumulate in plain f32 (`CUBLAS_COMPUTE_32F`; tf32 would change nothing, bf16's 8
+/// significant bits are exact in tf32's 11), f32 ones follow `--math`.
+pub fn gemm_compute_type(ab: Dtype, math: Math) -> cb::cublasComputeType_t {
+    match ab {
+        Dtype::Bf16 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        Dtype::F32 => compute_type(math),
+    }
 }
 
 /// The device time of one kernel or GEMM queued while timing (`Gpu::start_timing`), with the
@@ -642,7 +676,8 @@ impl Launcher for Gpu {
         });
     }
 
-    /// In the GPU's math.
+    /// In the GPU's math (f32 operands) or plain f32 accumulation (bf16 operands); the scalars
+    /// are f32 either way, as `CUBLAS_COMPUTE_32F*` wants.
     fn gemm(&self, g: &GemmCall) {
         let alpha = 1.0f32;
         let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
@@ -661,16 +696,16 @@ impl Launcher for Gpu {
                         int(g.k),
                         &alpha as *const f32 as *const _,
                         p(g.a),
-                        cb::cudaDataType::CUDA_R_32F,
+                        data_type(g.ab_type),
                         int(g.lda),
                         p(g.b),
-                        cb::cudaDataType::CUDA_R_32F,
+                        data_type(g.ab_type),
                         int(g.ldb),
                         &g.beta as *const f32 as *const _,
                         p(g.c),
-                        cb::cudaDataType::CUDA_R_32F,
+                        data_type(g.c_type),
                         int(g.ldc),
-                        compute_type(self.math),
+                        gemm_compute_type(g.ab_type, self.math),
                         cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                     )
                 },

@@ -229,34 +229,87 @@ impl<'a> HostView<'a> {
 /// The GPU's view: device addresses of the arena and the persistent region. Device code cannot
 /// bounds-check, so every address handed out is checked against its region here, and the ops
 /// check buffer lengths against their dimensions before launching.
+///
+/// Each buffer's element type is the schedule's, as on the CPU: a bf16 buffer's elements step 2
+/// bytes ([`DeviceView::at`]), and an op picks its kernels' variant from its buffers' types
+/// ([`DeviceView::storage`]).
 pub struct DeviceView<'a> {
     pub t: Tables<'a>,
     /// The GPU (or a recorder of what would run on it).
     pub gpu: &'a dyn Launcher,
+    /// The schedule's buffers (their element types).
+    buffers: &'a [Buffer],
     arena: u64,
-    arena_len: usize,
+    arena_bytes: usize,
     persistent: u64,
     persistent_len: usize,
 }
 
 impl<'a> DeviceView<'a> {
-    /// `arena` and `persistent` are base addresses with their lengths in floats.
-    pub fn new(t: Tables<'a>, gpu: &'a dyn Launcher, arena: (u64, usize), persistent: (u64, usize)) -> DeviceView<'a> {
+    /// `arena` is a base address with its length in bytes, `persistent` one with its length in
+    /// floats; `buffers` are the program's.
+    pub fn new(
+        t: Tables<'a>,
+        gpu: &'a dyn Launcher,
+        buffers: &'a [Buffer],
+        arena: (u64, usize),
+        persistent: (u64, usize),
+    ) -> DeviceView<'a> {
+        assert_eq!(buffers.len(), t.locs.len(), "one location per buffer");
         DeviceView {
             t,
             gpu,
+            buffers,
             arena: arena.0,
-            arena_len: arena.1,
+            arena_bytes: arena.1,
             persistent: persistent.0,
             persistent_len: persistent.1,
         }
     }
 
+    /// What buffer `b` stores.
+    pub fn dtype(&self, b: BufId) -> Dtype {
+        self.buffers[b].dtype
+    }
+
+    /// The one element type of `bufs` (an op's activations, their gradients and workspaces),
+    /// which picks its kernels' variant; panics when they differ.
+    pub fn storage(&self, bufs: &[BufId]) -> Dtype {
+        let dtype = self.dtype(bufs[0]);
+        for &b in bufs {
+            let buf = &self.buffers[b];
+            assert_eq!(buf.dtype, dtype, "buffer {} holds {}, not {}", buf.name, buf.dtype.as_str(), dtype.as_str());
+        }
+        dtype
+    }
+
+    /// Panics unless every buffer of `bufs` is f32: the ops whose kernels have no bf16 variant
+    /// (the head after the pool, the loss, SGD) read and write f32 in every program.
+    pub fn f32_only(&self, bufs: &[BufId], what: &str) {
+        for &b in bufs {
+            let buf = &self.buffers[b];
+            assert_eq!(
+                buf.dtype,
+                Dtype::F32,
+                "{what}: buffer {} holds {}; its kernel reads f32",
+                buf.name,
+                buf.dtype.as_str()
+            );
+        }
+    }
+
     /// Address of buffer `b`.
     pub fn buf(&self, b: BufId) -> u64 {
-        let (off, len) = self.t.locs[b];
-        assert!(off + len <= self.arena_len, "buffer outside the arena");
-        f32_at(self.arena, off)
+        self.at(b, 0)
+    }
+
+    /// Address of element `elems` of buffer `b` (in its element type).
+    pub fn at(&self, b: BufId, elems: usize) -> u64 {
+        let (words, len) = self.t.locs[b];
+        let size = self.dtype(b).size();
+        assert!(words * 4 + len * size <= self.arena_bytes, "buffer outside the arena");
+        assert!(elems <= len, "element {elems} of a buffer of {len}");
+        self.arena + (words * 4 + elems * size) as u64
     }
 
     /// Address of an optional buffer, 0 (a null pointer for the kernel) when absent.
@@ -271,8 +324,56 @@ impl<'a> DeviceView<'a> {
         f32_at(self.persistent, r.start)
     }
 
-    /// Panics unless buffer `b` holds `expected` floats (`what` names it).
+    /// Panics unless buffer `b` holds `expected` elements (`what` names it).
     pub fn check_len(&self, b: BufId, expected: usize, what: &str) {
         assert_eq!(self.t.len(b), expected, "{what}: buffer length");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::Recorder;
+    use crate::ir::BufKind;
+
+    fn buffer(name: &str, dtype: Dtype, len: usize) -> Buffer {
+        Buffer { name: name.into(), kind: BufKind::Activation, dtype, len, sliced: false }
+    }
+
+    /// A bf16 buffer's elements are 2 bytes apart and an f32 one's 4, from the buffer's offset
+    /// in words; a buffer reaching past the arena's bytes, or an op mixing storage types, panics.
+    #[test]
+    fn device_addresses_step_by_each_buffers_element_size() {
+        let buffers = [buffer("a", Dtype::Bf16, 10), buffer("b", Dtype::F32, 3), buffer("c", Dtype::Bf16, 7)];
+        let locs = [(0, 10), (5, 3), (8, 7)];
+        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        let ctx = StepCtx::new(&[], sgd);
+        let t = Tables::new(&locs, &[], &[], &ctx);
+        let rec = Recorder::default();
+        let base = 1u64 << 40;
+        // "c" ends at byte 8*4 + 7*2 = 46.
+        let view = DeviceView::new(t, &rec, &buffers, (base, 46), (0, 0));
+        assert_eq!(view.at(0, 3), base + 6);
+        assert_eq!(view.at(1, 2), base + 20 + 8);
+        assert_eq!(view.at(2, 7), base + 46);
+        assert_eq!(view.storage(&[0, 2]), Dtype::Bf16);
+        let short = DeviceView::new(t, &rec, &buffers, (base, 45), (0, 0));
+        let caught = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+        assert!(!caught(&|| {
+            short.buf(1);
+        }));
+        assert!(
+            caught(&|| {
+                short.buf(2);
+            }),
+            "past the arena"
+        );
+        assert!(
+            caught(&|| {
+                view.storage(&[0, 1]);
+            }),
+            "bf16 and f32 in one kernel"
+        );
+        assert!(caught(&|| view.f32_only(&[1, 2], "test")), "an f32 kernel on bf16");
     }
 }

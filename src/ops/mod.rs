@@ -16,6 +16,13 @@
 //! where the f32 kernels already sum in f64), and each stored value is rounded to nearest even
 //! once. Parameters, momentum, BN statistics, weight gradients, the head after the pool and
 //! the loss are f32 in every program.
+//!
+//! A CUDA kernel is written once in the same way: a C++ template over the storage type (`float`
+//! or `common.cu`'s `bf16`, loads through `widen`, stores through `narrow<T>`, which rounds to
+//! nearest even as `ir::elem` does), with one `extern "C"` entry point per type: `k` for f32
+//! storage, `k_bf16` for bf16. An op's `cuda.rs` picks the entry point from its buffers' element
+//! types (`DeviceView::storage`, `gpu::kernel!`). The f32-only ops (linear, loss, SGD) have
+//! one entry point each.
 
 pub mod add;
 pub mod batchnorm;
@@ -262,6 +269,41 @@ mod tests {
         for (name, src) in KERNEL_FILES {
             assert!(!crate::gpu::kernel_names(src).is_empty(), "{name}");
         }
+    }
+
+    /// The kernels' naming convention: every kernel that touches a buffer a bf16 program stores
+    /// as bf16 has an f32 entry point `k` and a bf16 one `k_bf16` in the same file, and the
+    /// kernels of the f32-only ops (the head, the loss, SGD) have none.
+    #[test]
+    fn every_storage_kernel_has_a_bf16_twin_beside_it() {
+        let mut bf16 = vec![];
+        for (file, src) in KERNEL_FILES {
+            let names = crate::gpu::kernel_names(src);
+            for k in &names {
+                if let Some(base) = k.strip_suffix("_bf16") {
+                    assert!(names.contains(&base), "{file}: {k} without {base}");
+                    bf16.push(base);
+                }
+            }
+        }
+        bf16.sort();
+        let want = [
+            "add",
+            "avgpool_backward",
+            "avgpool_forward",
+            "bn_backward_sums",
+            "bn_relu_apply",
+            "bn_relu_backward",
+            "bn_relu_eval",
+            "bn_stats",
+            "col2im",
+            "gather_batch",
+            "im2col",
+            "weight_slice",
+        ];
+        assert_eq!(bf16, want);
+        assert_eq!(crate::gpu::kernel!("im2col", Dtype::Bf16), "im2col_bf16");
+        assert_eq!(crate::gpu::kernel!("im2col", Dtype::F32), "im2col");
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! gradient is nearly constant over a channel, as after global pooling), so two correct fp32
 //! implementations drift apart by 5e-3 over a WRN-16-4 step. Per op, fp32 implementations agree
 //! to about 1e-6.
+//!
+//! With `Precision::Bf16` both run the bf16 program (planned for the backend under test): the
+//! values copied between them are bf16 where the plan stores bf16 (a read widens exactly, a
+//! write rounds back to the same value), so each op still starts from identical inputs.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -23,7 +27,7 @@ use super::rel_err;
 use crate::backend::{Backend, StepCtx};
 use crate::data::loader::Crop;
 use crate::error::Result;
-use crate::ir::{BufKind, ModelConfig};
+use crate::ir::{BufKind, ModelConfig, Precision};
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
@@ -48,16 +52,17 @@ pub fn wrapping_starts(p: &Program) -> Vec<usize> {
     p.schedule.slices.iter().map(|s| if s.width < s.channels { s.channels - s.width / 2 } else { 0 }).collect()
 }
 
-/// Runs one training step of `config` at `batch` on both backends and compares every op's
-/// outputs and then the persistent region. A backend that panics ends the check with an error
-/// naming the op.
+/// Runs one training step of `config` at `batch` in `precision` on both backends and compares
+/// every op's outputs and then the persistent region. A backend that panics ends the check with
+/// an error naming the op.
 pub fn full_step(
     reference: &mut dyn Backend,
     other: &mut dyn Backend,
     config: &ModelConfig,
     batch: usize,
+    precision: Precision,
 ) -> Result<Vec<FullRow>> {
-    let options = Options { target: other.target(), ..Options::default() };
+    let options = Options { target: other.target(), precision, ..Options::default() };
     let p = Program::new(wrn::build(config, batch, Mode::Train, options));
     let s = &p.schedule;
     let starts = wrapping_starts(&p);
@@ -147,7 +152,7 @@ mod tests {
     fn the_cpu_agrees_with_its_reference_over_a_whole_step() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
         let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
-        let rows = full_step(&mut a, &mut b, &config, 8).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 8, Precision::Fp32).unwrap();
         let p = Program::new(wrn::build(&config, 8, Mode::Train, Options::default()));
         assert_eq!(rows.len(), p.schedule.steps.len() + 1);
         for r in &rows {
@@ -155,6 +160,25 @@ mod tests {
         }
         // Winograd and im2col round differently: the check sees real differences.
         assert!(rows.iter().any(|r| r.max_rel_err > 0.0));
+    }
+
+    /// The bf16 step: the CPU against its reference, every op exact (both round at the same
+    /// points), and every op gets a row.
+    #[test]
+    fn a_bf16_step_agrees_with_the_cpu_reference_op_by_op() {
+        let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+        let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
+        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Bf16).unwrap();
+        let p = Program::new(wrn::build(
+            &config,
+            4,
+            Mode::Train,
+            Options { precision: Precision::Bf16, ..Options::default() },
+        ));
+        assert_eq!(rows.len(), p.schedule.steps.len() + 1);
+        for r in &rows {
+            assert_eq!(r.max_rel_err, 0.0, "{r:?}");
+        }
     }
 
     #[test]
@@ -175,7 +199,7 @@ mod tests {
         let mut b = Tampered::new(|_, _| {}, drift);
         b.inner = CpuBackend::reference();
         let mut a = CpuBackend::reference();
-        let rows = full_step(&mut a, &mut b, &config, 4).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Fp32).unwrap();
         let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
         for (r, step) in rows[1..].iter().zip(&p.schedule.steps) {
             if step.op.updates().is_empty() {

@@ -10,6 +10,12 @@
 //! buffer its own memory. Only the last step, the op under test, runs. Inputs, outputs
 //! (accumulating ops add to them) and persistent state are written identically to both
 //! backends first. A backend that panics in a case gives that row a NaN error.
+//!
+//! In a bf16 check (`--precision bf16`) every case is a bf16 program: the buffers a bf16 step
+//! stores as bf16 (activations, their gradients, workspaces, weight copies) are bf16, the rest
+//! f32 as in `model/wrn.rs`, and every convolution reads its weight through a bf16 copy (made by
+//! the forward op, read by the backward op, or made there with `copy_here`), as the GPU needs.
+//! Both backends get the same values (written through `Memory::write`, which rounds).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -18,8 +24,8 @@ use crate::backend::{Backend, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
 use crate::data::{Split, PLANE};
 use crate::ir::{
-    BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId,
-    TensorSpec,
+    BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Precision, Role, Sel, Slice,
+    SliceSpec, TensorId, TensorSpec,
 };
 use crate::ops::sgd::SgdParams;
 use crate::ops::{
@@ -38,12 +44,22 @@ pub struct OpCheck {
     pub pass: bool,
 }
 
-/// Runs every check with `reference` as the truth; `pass` is `max_rel_err <= tol`.
-pub fn op_checks(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f64) -> Vec<OpCheck> {
-    let mut rows: Vec<OpCheck> = cases().into_iter().map(|c| check_case(reference, other, &c, tol)).collect();
-    rows.push(check_fill_batch(reference, other, tol));
+/// Runs every check of `precision`'s programs with `reference` as the truth; `pass` is
+/// `max_rel_err <= tol`.
+pub fn op_checks(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f64, precision: Precision) -> Vec<OpCheck> {
+    let mut rows: Vec<OpCheck> = cases(precision).into_iter().map(|c| check_case(reference, other, &c, tol)).collect();
+    rows.push(check_fill_batch(reference, other, tol, precision));
     rows
 }
+
+/// Tolerance of the bf16 op checks: a quarter of bf16's unit roundoff, u/4 = 2^-10. Both
+/// backends round at the same points from the same bf16 values and compute in f32, so they
+/// differ only where f32 sums run in another order (GEMMs, BN's reductions: relative 1e-6) and
+/// an element's f32 value then lies on the other side of a rounding boundary: that element is
+/// one bf16 ulp (2u relative at most) off, a fraction of about 1e-6/u of them, far inside the
+/// tolerance. A kernel that rounded otherwise (truncating, say: half the elements one ulp off,
+/// about 0.7 ulp in norm, 2.8e-3) or read a wrong element fails it.
+pub const BF16_OP_TOL: f64 = 1.0 / 1024.0;
 
 /// SGD settings of the update checks (Nesterov is set per case).
 const SGD: SgdParams = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
@@ -73,13 +89,13 @@ struct Tiny {
 }
 
 impl Tiny {
-    fn new(seed: u64, slices: Vec<SliceSpec>) -> Tiny {
+    fn new(seed: u64, slices: Vec<SliceSpec>, precision: Precision) -> Tiny {
         let config = ModelConfig { depth: 10, widen: 1, classes: 10, in_channels: 3, keep: 1.0 };
         let mut s = Schedule {
             config,
             batch: 3,
             mode: Mode::Train,
-            options: Options::default(),
+            options: Options { precision, ..Options::default() },
             buffers: vec![],
             tensors: vec![],
             steps: vec![],
@@ -103,8 +119,24 @@ impl Tiny {
         Tiny { s, rng: Rng::new(seed, 7), persistent: vec![], fills: vec![], producers: vec![] }
     }
 
+    /// What a step of this precision stores buffer `name` of `kind` as: weight gradients, BN
+    /// statistics, the head after the pool, labels and SGD's gradient are f32 in every program.
+    fn dtype(&self, name: &str, kind: BufKind) -> Dtype {
+        let head = ["bn.stats", "pool.out", "pool.d_out", "logits", "labels", "loss", "d_logits", "w.grad"];
+        if kind == BufKind::WeightGradient || name.starts_with("fc.") || head.contains(&name) {
+            Dtype::F32
+        } else {
+            self.s.options.precision.storage()
+        }
+    }
+
+    fn bf16(&self) -> bool {
+        self.s.options.precision == Precision::Bf16
+    }
+
     fn add_buf(&mut self, name: &str, kind: BufKind, data: Vec<f32>) -> BufId {
-        self.s.buffers.push(Buffer { name: name.into(), kind, dtype: Dtype::F32, len: data.len(), sliced: false });
+        let dtype = self.dtype(name, kind);
+        self.s.buffers.push(Buffer { name: name.into(), kind, dtype, len: data.len(), sliced: false });
         let id = self.s.buffers.len() - 1;
         self.fills.push((id, data));
         id
@@ -222,7 +254,7 @@ impl Pick {
 const N: usize = 3;
 const HW: usize = 7;
 
-fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
+fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
     let (cin, cout) = (5, 7);
     let geometries = [("k3s1", 3, 1, 1), ("k3s2", 3, 2, 1), ("k1s1", 1, 1, 0), ("k1s2", 1, 2, 0)];
     // (label, output pick, input pick, accumulate)
@@ -255,7 +287,12 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                     continue;
                 }
                 *seed += 1;
-                let mut t = Tiny::new(*seed, spec.clone());
+                let mut t = Tiny::new(*seed, spec.clone(), precision);
+                let bf16 = t.bf16();
+                // A bf16 forward op always makes its copy: its "copy" case would repeat another.
+                if bf16 && !backward && copied {
+                    continue;
+                }
                 let wdata = t.normals(cout * cin * k * k, 0.3, 0.0);
                 let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
                 let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
@@ -266,7 +303,7 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                     let out = t.output("conv.out", BufKind::Activation, ow * N * hw_out);
                     let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
                     let weight_copy =
-                        copied.then(|| t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k));
+                        (copied || bf16).then(|| t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k));
                     let accumulate = acc;
                     let conv = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy };
                     (format!("conv fwd {g} {label}{}", if copied { " copy" } else { "" }), Op::Conv(conv))
@@ -276,8 +313,18 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
                     let d_inp = with_d_inp.then(|| t.output("conv.d_inp", BufKind::Gradient, iw * N * HW * HW));
                     let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
                     let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
-                    let weight_copy =
-                        copied.then(|| t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k));
+                    // bf16: the forward op's copy, an input here, unless this op makes it.
+                    let weight_copy = match (bf16 && with_d_inp, copied) {
+                        (_, true) => Some(t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k)),
+                        (true, false) => {
+                            let w = &t.persistent[t.s.tensors[weight].range()];
+                            let (os, is) = (pick_slice(op_pick, cout), pick_slice(ip_pick, cin));
+                            let mut copy = vec![0f32; ow * iw * k * k];
+                            crate::ops::conv2d::copy_weight(&mut copy, w, &shape, os, is);
+                            Some(t.input("conv.weight_bf16", copy))
+                        }
+                        (false, false) => None,
+                    };
                     let suffix = match (with_d_inp, copied) {
                         (false, _) => " no-d_inp",
                         (true, true) => " copy",
@@ -308,13 +355,13 @@ fn conv_cases(seed: &mut u64, out: &mut Vec<Case>) {
     }
 }
 
-fn bn_cases(seed: &mut u64, out: &mut Vec<Case>) {
+fn bn_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
     let c = 6;
     let m = N * HW * HW;
     let picks = [("full", Pick::Full), ("slice", Pick::Slice(1, 4)), ("wrap", Pick::Slice(4, 4))];
     let mut next = |spec: Vec<SliceSpec>| {
         *seed += 1;
-        Tiny::new(*seed, spec)
+        Tiny::new(*seed, spec, precision)
     };
     for (label, pick) in picks {
         let w = pick.width(c);
@@ -365,10 +412,10 @@ fn bn_cases(seed: &mut u64, out: &mut Vec<Case>) {
     out.push(t.finish("bn_relu eval".into(), op, vec![0], false));
 }
 
-fn small_cases(seed: &mut u64, out: &mut Vec<Case>) {
+fn small_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
     let mut next = || {
         *seed += 1;
-        Tiny::new(*seed, vec![])
+        Tiny::new(*seed, vec![], precision)
     };
     // add
     let len = N * 5 * HW * HW;
@@ -434,7 +481,7 @@ fn small_cases(seed: &mut u64, out: &mut Vec<Case>) {
 /// (name, param shape, slice spec, start, map, gradient length, nesterov)
 type SgdCase = (&'static str, Vec<usize>, Vec<SliceSpec>, usize, GradSel, usize, bool);
 
-fn sgd_cases(seed: &mut u64, out: &mut Vec<Case>) {
+fn sgd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
     let cases: [SgdCase; 3] = [
         ("sgd full", vec![5, 6], vec![], 0, GradSel::Full, 30, true),
         (
@@ -458,7 +505,7 @@ fn sgd_cases(seed: &mut u64, out: &mut Vec<Case>) {
     ];
     for (name, shape, spec, start, map, glen, nesterov) in cases {
         *seed += 1;
-        let mut t = Tiny::new(*seed, spec);
+        let mut t = Tiny::new(*seed, spec, precision);
         let len = shape.iter().product();
         let pd = t.normals(len, 1.0, 0.0);
         let param = t.tensor("w", &shape, Role::Param, pd);
@@ -473,14 +520,22 @@ fn sgd_cases(seed: &mut u64, out: &mut Vec<Case>) {
     }
 }
 
-fn cases() -> Vec<Case> {
+fn cases(precision: Precision) -> Vec<Case> {
     let mut seed = 1000;
     let mut v = vec![];
-    conv_cases(&mut seed, &mut v);
-    bn_cases(&mut seed, &mut v);
-    small_cases(&mut seed, &mut v);
-    sgd_cases(&mut seed, &mut v);
+    conv_cases(&mut seed, precision, &mut v);
+    bn_cases(&mut seed, precision, &mut v);
+    small_cases(&mut seed, precision, &mut v);
+    sgd_cases(&mut seed, precision, &mut v);
     v
+}
+
+/// The channels a pick covers at its start.
+fn pick_slice(pick: Pick, channels: usize) -> Slice {
+    match pick {
+        Pick::Full => Slice::full(channels),
+        Pick::Slice(start, width) => Slice::new(start, width, channels),
+    }
 }
 
 /// Runs the case's op on `b`; returns every written buffer (workspaces aside) and, when the op
@@ -573,7 +628,7 @@ fn check_case(reference: &mut dyn Backend, other: &mut dyn Backend, c: &Case, to
 }
 
 /// Gathers a batch with crops and flips from a resident split on both backends.
-fn check_fill_batch(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f64) -> OpCheck {
+fn check_fill_batch(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f64, precision: Precision) -> OpCheck {
     let (channels, len) = (3, 10);
     let mut rng = Rng::new(77, 7);
     let split = Split {
@@ -591,8 +646,9 @@ fn check_fill_batch(reference: &mut dyn Backend, other: &mut dyn Backend, tol: f
         Crop { dx: 4, dy: 4, flip: true },
     ];
     let n = indices.len();
-    let mut t = Tiny::new(0, vec![]);
+    let mut t = Tiny::new(0, vec![], precision);
     t.s.buffers[0].len = channels * n * PLANE;
+    t.s.buffers[0].dtype = precision.storage();
     t.s.buffers[1].len = n;
     let p = Program::new(t.s);
     let result = both(reference, other, |b| {
@@ -616,7 +672,7 @@ mod tests {
 
     #[test]
     fn every_op_kind_is_covered_with_sliced_and_accumulating_variants() {
-        let cs = cases();
+        let cs = cases(Precision::Fp32);
         let kinds = |pred: fn(&Op) -> bool| cs.iter().filter(|c| pred(&c.sched.steps[c.step].op)).count();
         // 4 geometries x 5 slicings, and the 2 wrapping slicings again through a weight copy.
         assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 20 + 8);
@@ -657,10 +713,65 @@ mod tests {
     #[test]
     fn cpu_against_cpu_is_exact_for_every_op() {
         let (mut a, mut b) = (CpuBackend::new(), CpuBackend::new());
-        let rows = op_checks(&mut a, &mut b, 0.0);
-        assert_eq!(rows.len(), cases().len() + 1);
+        let rows = op_checks(&mut a, &mut b, 0.0, Precision::Fp32);
+        assert_eq!(rows.len(), cases(Precision::Fp32).len() + 1);
         for r in &rows {
             assert!(r.pass && r.max_rel_err == 0.0, "{r:?}");
+        }
+    }
+
+    /// The bf16 cases are bf16 programs: what a bf16 step stores as bf16 is bf16 here (and the
+    /// rest f32), every convolution whose GEMMs read the weight reads a bf16 copy, and the CPU
+    /// against itself is exact for every op.
+    #[test]
+    fn bf16_cases_are_bf16_programs_and_the_cpu_agrees_with_itself() {
+        let cs = cases(Precision::Bf16);
+        assert_eq!(cs.len(), cases(Precision::Fp32).len() - 8, "the fp32 forward copy cases have no twin");
+        for c in &cs {
+            assert_eq!(c.sched.options.precision, Precision::Bf16);
+            let (read, written) = c.sched.steps[c.step].op.buffers();
+            for b in read.iter().chain(&written).map(|&b| &c.sched.buffers[b]) {
+                let f32_kind = b.kind == BufKind::WeightGradient
+                    || b.name.ends_with("stats")
+                    || ["pool.out", "pool.d_out", "logits", "labels", "loss", "d_logits", "w.grad"]
+                        .contains(&b.name.as_str())
+                    || b.name.starts_with("fc.");
+                assert_eq!(b.dtype, if f32_kind { Dtype::F32 } else { Dtype::Bf16 }, "{}: {}", c.name, b.name);
+            }
+            match &c.sched.steps[c.step].op {
+                Op::Conv(conv) => assert!(conv.weight_copy.is_some(), "{}", c.name),
+                Op::ConvBackward(conv) => assert_eq!(conv.weight_copy.is_some(), conv.d_inp.is_some(), "{}", c.name),
+                _ => {}
+            }
+        }
+        let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
+        for r in op_checks(&mut a, &mut b, 0.0, Precision::Bf16) {
+            assert!(r.pass && r.max_rel_err == 0.0, "{r:?}");
+        }
+    }
+
+    /// The bf16 tolerance catches a kernel that rounds otherwise: a convolution whose stored
+    /// outputs are one ulp smaller in magnitude wherever the ulp is odd (half of them, as a
+    /// truncating store would be) fails its rows, and every other row still passes.
+    #[test]
+    fn the_bf16_tolerance_catches_a_kernel_that_rounds_otherwise() {
+        let skew = |name: &str, out: &mut [f32]| {
+            if name == "conv.out" {
+                for v in out.iter_mut() {
+                    let bits = v.to_bits();
+                    if (bits >> 16) & 1 == 1 {
+                        *v = f32::from_bits(bits - (1 << 16));
+                    }
+                }
+            }
+        };
+        let (mut a, mut b) = (CpuBackend::new(), Tampered::new(skew, |_| {}));
+        for r in op_checks(&mut a, &mut b, BF16_OP_TOL, Precision::Bf16) {
+            if r.op.starts_with("conv fwd") {
+                assert!(!r.pass && r.max_rel_err > 2.0 * BF16_OP_TOL, "{r:?}");
+            } else {
+                assert!(r.pass, "{r:?}");
+            }
         }
     }
 
@@ -674,7 +785,7 @@ mod tests {
             }
         };
         let (mut a, mut b) = (CpuBackend::new(), Tampered::new(skew, |_| {}));
-        let rows = op_checks(&mut a, &mut b, 1e-4);
+        let rows = op_checks(&mut a, &mut b, 1e-4, Precision::Fp32);
         for r in &rows {
             if r.op == "avgpool fwd" {
                 assert!(!r.pass && (r.max_rel_err - 0.01).abs() < 1e-4, "{r:?}");

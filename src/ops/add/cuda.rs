@@ -1,12 +1,13 @@
-//! Launch of `add.cu`.
+//! Launch of `add.cu` (`add` over f32, `add_bf16` over bf16).
 
 use super::Add;
-use crate::gpu::grid;
+use crate::gpu::{grid, kernel};
 use crate::ops::DeviceView;
 
 pub(super) fn add(op: &Add, d: &DeviceView) {
     let len = d.t.len(op.out);
     d.check_len(op.inp, len, "add inp");
+    let name = kernel!("add", d.storage(&[op.out, op.inp]));
     let (o, i, l) = (d.buf(op.out), d.buf(op.inp), len as i64);
-    d.gpu.launch("add", grid(len), &[&o, &i, &l]);
+    d.gpu.launch(name, grid(len), &[&o, &i, &l]);
 }

@@ -4,6 +4,10 @@
 // run.channel), so the kernels see plain contiguous channels. Expressions follow
 // src/ops/batchnorm exactly (the module is compiled with --fmad=false), so the ReLU mask a
 // backward pass recomputes is the one forward used.
+//
+// Activations and their gradients are the storage type T (each kernel `k` stores f32, `k_bf16`
+// bf16); statistics, parameters and their gradients are f32 in every program. Sums are of the
+// stored values widened, and each stored value is rounded once, as the CPU op does.
 
 __device__ __forceinline__ float pre_activation(float x, float mean, float invstd, float g,
                                                 float b) {
@@ -14,18 +18,19 @@ __device__ __forceinline__ float pre_activation(float x, float mean, float invst
 // part, then the channel's last block adds the parts in order and writes mean/invstd (f32, to
 // `mean_out`/`invstd_out`) and the running statistics. var = E[x^2] - mean^2 in f64 loses about
 // 1e-16 * (mean/std)^2 relative, far below f32's rounding of the result.
-extern "C" __global__ void bn_stats(float* mean_out, float* invstd_out, float* running_mean,
-                                    float* running_var, double* part, unsigned* count,
-                                    const float* inp, i64 m, double momentum, double unbias,
-                                    double eps) {
+template <typename T>
+__device__ __forceinline__ void bn_stats_t(float* mean_out, float* invstd_out,
+                                           float* running_mean, float* running_var, double* part,
+                                           unsigned* count, const T* inp, i64 m, double momentum,
+                                           double unbias, double eps) {
     __shared__ double sh[32];
     int c = blockIdx.y;
-    const float* x = inp + (i64)c * m;
+    const T* x = inp + (i64)c * m;
     i64 lo, hi;
     part_range(m, &lo, &hi);
     double s = 0.0, q = 0.0;
     for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        double v = (double)x[i];
+        double v = (double)widen(x[i]);
         s += v;
         q += v * v;
     }
@@ -46,31 +51,33 @@ extern "C" __global__ void bn_stats(float* mean_out, float* invstd_out, float* r
 }
 
 // Element-wise: out = relu(pre) * scale from saved statistics. Grid: x over m, y = channel.
-extern "C" __global__ void bn_relu_apply(float* out, const float* inp, const float* mean,
-                                         const float* invstd, const float* gamma,
-                                         const float* beta, i64 m, float scale) {
+template <typename T>
+__device__ __forceinline__ void bn_relu_apply_t(T* out, const T* inp, const float* mean,
+                                                const float* invstd, const float* gamma,
+                                                const float* beta, i64 m, float scale) {
     int c = blockIdx.y;
     float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
-    const float* x = inp + (i64)c * m;
-    float* o = out + (i64)c * m;
+    const T* x = inp + (i64)c * m;
+    T* o = out + (i64)c * m;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < m;
          i += (i64)gridDim.x * blockDim.x)
-        o[i] = fmaxf(pre_activation(x[i], mu, is, g, b), 0.0f) * scale;
+        o[i] = narrow<T>(fmaxf(pre_activation(widen(x[i]), mu, is, g, b), 0.0f) * scale);
 }
 
 // Eval mode: running statistics, no scale. Grid: x over m, y = channel.
-extern "C" __global__ void bn_relu_eval(float* out, const float* inp, const float* gamma,
-                                        const float* beta, const float* running_mean,
-                                        const float* running_var, i64 m, double eps) {
+template <typename T>
+__device__ __forceinline__ void bn_relu_eval_t(T* out, const T* inp, const float* gamma,
+                                               const float* beta, const float* running_mean,
+                                               const float* running_var, i64 m, double eps) {
     int c = blockIdx.y;
     float mu = running_mean[c];
     float is = (float)(1.0 / sqrt((double)running_var[c] + eps));
     float g = gamma[c], b = beta[c];
-    const float* x = inp + (i64)c * m;
-    float* o = out + (i64)c * m;
+    const T* x = inp + (i64)c * m;
+    T* o = out + (i64)c * m;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < m;
          i += (i64)gridDim.x * blockDim.x)
-        o[i] = fmaxf(pre_activation(x[i], mu, is, g, b), 0.0f);
+        o[i] = narrow<T>(fmaxf(pre_activation(widen(x[i]), mu, is, g, b), 0.0f));
 }
 
 // The gradient reaching the pre-activation (ReLU's mask recomputed, SliceOut's scale applied).
@@ -81,22 +88,23 @@ __device__ __forceinline__ float pre_grad(float dy, float x, float mu, float is,
 
 // Backward sums, multi-block as bn_stats: f64 sums of the pre-activation gradient g and of
 // g * xhat; the last block writes d_beta, d_gamma and the two means (f64) to `means[2c..]`.
-extern "C" __global__ void bn_backward_sums(float* d_gamma, float* d_beta, double* means,
-                                            double* part, unsigned* count, const float* d_out,
-                                            const float* inp, const float* mean,
-                                            const float* invstd, const float* gamma,
-                                            const float* beta, i64 m, float scale) {
+template <typename T>
+__device__ __forceinline__ void bn_backward_sums_t(float* d_gamma, float* d_beta, double* means,
+                                                   double* part, unsigned* count, const T* d_out,
+                                                   const T* inp, const float* mean,
+                                                   const float* invstd, const float* gamma,
+                                                   const float* beta, i64 m, float scale) {
     __shared__ double sh[32];
     int c = blockIdx.y;
-    const float* x = inp + (i64)c * m;
-    const float* dy = d_out + (i64)c * m;
+    const T* x = inp + (i64)c * m;
+    const T* dy = d_out + (i64)c * m;
     float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
     i64 lo, hi;
     part_range(m, &lo, &hi);
     double sg = 0.0, sgx = 0.0;
     for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        float xv = x[i];
-        float gr = pre_grad(dy[i], xv, mu, is, g, b, scale);
+        float xv = widen(x[i]);
+        float gr = pre_grad(widen(dy[i]), xv, mu, is, g, b, scale);
         sg += (double)gr;
         sgx += (double)gr * (double)((xv - mu) * is);
     }
@@ -116,23 +124,102 @@ extern "C" __global__ void bn_backward_sums(float* d_gamma, float* d_beta, doubl
 
 // d_x = gamma*invstd*(g - mean(g) - xhat*mean(g*xhat)), written or added, with the means of
 // bn_backward_sums. Grid: x over m, y = channel.
-extern "C" __global__ void bn_relu_backward(float* d_inp, const double* means, const float* d_out,
-                                            const float* inp, const float* mean,
-                                            const float* invstd, const float* gamma,
-                                            const float* beta, i64 m, float scale,
-                                            int accumulate) {
+template <typename T>
+__device__ __forceinline__ void bn_relu_backward_t(T* d_inp, const double* means, const T* d_out,
+                                                   const T* inp, const float* mean,
+                                                   const float* invstd, const float* gamma,
+                                                   const float* beta, i64 m, float scale,
+                                                   int accumulate) {
     int c = blockIdx.y;
-    const float* x = inp + (i64)c * m;
-    const float* dy = d_out + (i64)c * m;
-    float* dx = d_inp + (i64)c * m;
+    const T* x = inp + (i64)c * m;
+    const T* dy = d_out + (i64)c * m;
+    T* dx = d_inp + (i64)c * m;
     float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
     float k = g * is;
     float mean_g = (float)means[2 * c];
     float mean_gx = (float)means[2 * c + 1];
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < m;
          i += (i64)gridDim.x * blockDim.x) {
-        float xv = x[i];
-        float v = k * (pre_grad(dy[i], xv, mu, is, g, b, scale) - mean_g - (xv - mu) * is * mean_gx);
-        dx[i] = accumulate ? dx[i] + v : v;
+        float xv = widen(x[i]);
+        float v = k * (pre_grad(widen(dy[i]), xv, mu, is, g, b, scale) - mean_g -
+                       (xv - mu) * is * mean_gx);
+        dx[i] = narrow<T>(accumulate ? widen(dx[i]) + v : v);
     }
+}
+
+// The entry points: `k` over f32 storage, `k_bf16` over bf16 storage.
+
+extern "C" __global__ void bn_stats(float* mean_out, float* invstd_out, float* running_mean,
+                                    float* running_var, double* part, unsigned* count,
+                                    const float* inp, i64 m, double momentum, double unbias,
+                                    double eps) {
+    bn_stats_t(mean_out, invstd_out, running_mean, running_var, part, count, inp, m, momentum,
+               unbias, eps);
+}
+
+extern "C" __global__ void bn_stats_bf16(float* mean_out, float* invstd_out,
+                                         float* running_mean, float* running_var, double* part,
+                                         unsigned* count, const bf16* inp, i64 m,
+                                         double momentum, double unbias, double eps) {
+    bn_stats_t(mean_out, invstd_out, running_mean, running_var, part, count, inp, m, momentum,
+               unbias, eps);
+}
+
+extern "C" __global__ void bn_relu_apply(float* out, const float* inp, const float* mean,
+                                         const float* invstd, const float* gamma,
+                                         const float* beta, i64 m, float scale) {
+    bn_relu_apply_t(out, inp, mean, invstd, gamma, beta, m, scale);
+}
+
+extern "C" __global__ void bn_relu_apply_bf16(bf16* out, const bf16* inp, const float* mean,
+                                              const float* invstd, const float* gamma,
+                                              const float* beta, i64 m, float scale) {
+    bn_relu_apply_t(out, inp, mean, invstd, gamma, beta, m, scale);
+}
+
+extern "C" __global__ void bn_relu_eval(float* out, const float* inp, const float* gamma,
+                                        const float* beta, const float* running_mean,
+                                        const float* running_var, i64 m, double eps) {
+    bn_relu_eval_t(out, inp, gamma, beta, running_mean, running_var, m, eps);
+}
+
+extern "C" __global__ void bn_relu_eval_bf16(bf16* out, const bf16* inp, const float* gamma,
+                                             const float* beta, const float* running_mean,
+                                             const float* running_var, i64 m, double eps) {
+    bn_relu_eval_t(out, inp, gamma, beta, running_mean, running_var, m, eps);
+}
+
+extern "C" __global__ void bn_backward_sums(float* d_gamma, float* d_beta, double* means,
+                                            double* part, unsigned* count, const float* d_out,
+                                            const float* inp, const float* mean,
+                                            const float* invstd, const float* gamma,
+                                            const float* beta, i64 m, float scale) {
+    bn_backward_sums_t(d_gamma, d_beta, means, part, count, d_out, inp, mean, invstd, gamma, beta,
+                       m, scale);
+}
+
+extern "C" __global__ void bn_backward_sums_bf16(float* d_gamma, float* d_beta, double* means,
+                                                 double* part, unsigned* count,
+                                                 const bf16* d_out, const bf16* inp,
+                                                 const float* mean, const float* invstd,
+                                                 const float* gamma, const float* beta, i64 m,
+                                                 float scale) {
+    bn_backward_sums_t(d_gamma, d_beta, means, part, count, d_out, inp, mean, invstd, gamma, beta,
+                       m, scale);
+}
+
+extern "C" __global__ void bn_relu_backward(float* d_inp, const double* means, const float* d_out,
+                                            const float* inp, const float* mean,
+                                            const float* invstd, const float* gamma,
+                                            const float* beta, i64 m, float scale,
+                                            int accumulate) {
+    bn_relu_backward_t(d_inp, means, d_out, inp, mean, invstd, gamma, beta, m, scale, accumulate);
+}
+
+extern "C" __global__ void bn_relu_backward_bf16(bf16* d_inp, const double* means,
+                                                 const bf16* d_out, const bf16* inp,
+                                                 const float* mean, const float* invstd,
+                                                 const float* gamma, const float* beta, i64 m,
+                                                 float scale, int accumulate) {
+    bn_relu_backward_t(d_inp, means, d_out, inp, mean, invstd, gamma, beta, m, scale, accumulate);
 }

@@ -1,20 +1,23 @@
 //! Launches of `batchnorm.cu`: per contiguous run of the slice (two when it wraps), with the
 //! per-channel vectors offset to the run's layer channels and the buffers to its rows. Training
 //! and backward are a multi-block reduction (`gpu::reduction`, partial sums in the runtime's
-//! scratch) followed by an element-wise pass.
+//! scratch) followed by an element-wise pass. Activations and their gradients pick the kernels'
+//! variant (`bn_stats` f32, `bn_stats_bf16` bf16, ...); statistics and parameters are f32.
 
 use super::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
-use crate::gpu::{elementwise_rows, f32_at, reduction, reduction_regions};
-use crate::ir::{BufId, Slice};
+use crate::gpu::{elementwise_rows, f32_at, kernel, reduction, reduction_regions};
+use crate::ir::{BufId, Dtype, Slice};
 use crate::ops::DeviceView;
 
-/// Checks activations (`w * m` floats) and per-channel vectors (`per * w` floats).
+/// Checks activations (`w * m` elements) and per-channel vectors (`per * w` floats: f32 in
+/// every program, as the kernels read them).
 fn check(d: &DeviceView, slice: Slice, m: usize, acts: &[BufId], vecs: &[(BufId, usize)]) {
     for &b in acts {
         d.check_len(b, slice.width * m, "batch norm activation");
     }
     for &(b, per) in vecs {
         d.check_len(b, per * slice.width, "batch norm per-channel vector");
+        assert_eq!(d.dtype(b), Dtype::F32, "batch norm per-channel vectors are f32");
     }
 }
 
@@ -22,7 +25,7 @@ pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
     let (slice, m) = (d.t.slice(op.sel), op.m);
     assert!(m > 1, "training batch norm needs more than one value per channel");
     check(d, slice, m, &[op.out, op.inp], &[(op.stats, 2)]);
-    let (o, st, x) = (d.buf(op.out), d.buf(op.stats), d.buf(op.inp));
+    let dtype = d.storage(&[op.out, op.inp]);
     let bn = op.bn;
     let (g, b, rm, rv) = (d.tensor(bn.gamma), d.tensor(bn.beta), d.tensor(bn.mean), d.tensor(bn.var));
     let (mi, scale) = (m as i64, slice.scale());
@@ -30,30 +33,31 @@ pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
     let (mom, unbias, eps) = (d.t.bn_momentum, m as f64 / (m - 1) as f64, 1e-5);
     let (part, _, count) = reduction_regions(d.gpu.reduction_scratch());
     for r in slice.each_run() {
-        let (o, x) = (f32_at(o, r.at * m), f32_at(x, r.at * m));
-        let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
+        let (o, x) = (d.at(op.out, r.at * m), d.at(op.inp, r.at * m));
+        let (mu, is) = (d.at(op.stats, r.at), d.at(op.stats, slice.width + r.at));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
         let (rm, rv) = (f32_at(rm, r.channel), f32_at(rv, r.channel));
         d.gpu.launch(
-            "bn_stats",
+            kernel!("bn_stats", dtype),
             reduction(r.len, m),
             &[&mu, &is, &rm, &rv, &part, &count, &x, &mi, &mom, &unbias, &eps],
         );
-        d.gpu.launch("bn_relu_apply", elementwise_rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
+        let apply = kernel!("bn_relu_apply", dtype);
+        d.gpu.launch(apply, elementwise_rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
     }
 }
 
 pub(super) fn apply(op: &BnReluApply, d: &DeviceView) {
     let (slice, m) = (d.t.slice(op.sel), op.m);
     check(d, slice, m, &[op.out, op.inp], &[(op.stats, 2)]);
-    let (o, st, x) = (d.buf(op.out), d.buf(op.stats), d.buf(op.inp));
+    let apply = kernel!("bn_relu_apply", d.storage(&[op.out, op.inp]));
     let (g, b) = (d.tensor(op.bn.gamma), d.tensor(op.bn.beta));
     let (mi, scale) = (m as i64, slice.scale());
     for r in slice.each_run() {
-        let (o, x) = (f32_at(o, r.at * m), f32_at(x, r.at * m));
-        let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
+        let (o, x) = (d.at(op.out, r.at * m), d.at(op.inp, r.at * m));
+        let (mu, is) = (d.at(op.stats, r.at), d.at(op.stats, slice.width + r.at));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
-        d.gpu.launch("bn_relu_apply", elementwise_rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
+        d.gpu.launch(apply, elementwise_rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
     }
 }
 
@@ -64,29 +68,29 @@ pub(super) fn eval(op: &BnReluEval, d: &DeviceView) {
     let bn = op.bn;
     let (g, b, rm, rv) = (d.tensor(bn.gamma), d.tensor(bn.beta), d.tensor(bn.mean), d.tensor(bn.var));
     let (mi, eps) = (m as i64, 1e-5f64);
-    d.gpu.launch("bn_relu_eval", elementwise_rows(op.channels, m), &[&o, &x, &g, &b, &rm, &rv, &mi, &eps]);
+    let eval = kernel!("bn_relu_eval", d.storage(&[op.out, op.inp]));
+    d.gpu.launch(eval, elementwise_rows(op.channels, m), &[&o, &x, &g, &b, &rm, &rv, &mi, &eps]);
 }
 
 pub(super) fn backward(op: &BnReluBackward, d: &DeviceView) {
     let (slice, m) = (d.t.slice(op.sel), op.m);
     check(d, slice, m, &[op.d_inp, op.d_out, op.inp], &[(op.stats, 2), (op.d_gamma, 1), (op.d_beta, 1)]);
-    let (dx, dg, db, dy) = (d.buf(op.d_inp), d.buf(op.d_gamma), d.buf(op.d_beta), d.buf(op.d_out));
-    let (x, st) = (d.buf(op.inp), d.buf(op.stats));
+    let dtype = d.storage(&[op.d_inp, op.d_out, op.inp]);
     let (g, b) = (d.tensor(op.bn.gamma), d.tensor(op.bn.beta));
     let (mi, scale, acc) = (m as i64, slice.scale(), op.accumulate as i32);
     let (part, means, count) = reduction_regions(d.gpu.reduction_scratch());
     for r in slice.each_run() {
-        let (dx, dy, x) = (f32_at(dx, r.at * m), f32_at(dy, r.at * m), f32_at(x, r.at * m));
-        let (dg, db) = (f32_at(dg, r.at), f32_at(db, r.at));
-        let (mu, is) = (f32_at(st, r.at), f32_at(st, slice.width + r.at));
+        let (dx, dy, x) = (d.at(op.d_inp, r.at * m), d.at(op.d_out, r.at * m), d.at(op.inp, r.at * m));
+        let (dg, db) = (d.at(op.d_gamma, r.at), d.at(op.d_beta, r.at));
+        let (mu, is) = (d.at(op.stats, r.at), d.at(op.stats, slice.width + r.at));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
         d.gpu.launch(
-            "bn_backward_sums",
+            kernel!("bn_backward_sums", dtype),
             reduction(r.len, m),
             &[&dg, &db, &means, &part, &count, &dy, &x, &mu, &is, &g, &b, &mi, &scale],
         );
         d.gpu.launch(
-            "bn_relu_backward",
+            kernel!("bn_relu_backward", dtype),
             elementwise_rows(r.len, m),
             &[&dx, &means, &dy, &x, &mu, &is, &g, &b, &mi, &scale, &acc],
         );

@@ -6,13 +6,18 @@
 // channel (grid y) and walks all k*k taps of it, so a column index is split (with `div_by`, no
 // divisions) once per k*k elements. For k = 3 and k = 1 the taps are a compile-time loop that
 // unrolls, so a thread's k*k loads are in flight together.
+//
+// Columns and activations are the storage type T: `im2col`, `col2im`, `weight_slice` store f32,
+// `*_bf16` bf16. im2col copies stored values (no rounding); col2im sums a pixel's window
+// entries in f32, kh then kw (the CPU's order), and rounds the result once; the weight copy
+// rounds each f32 weight once.
 
 // The kernel width as a compile-time constant (K > 0) or the launch's (K = 0).
 #define TAPS(K, k_arg) ((K) > 0 ? (K) : (k_arg))
 
-template <int K>
-__device__ __forceinline__ void im2col_channel(float* __restrict__ col,
-                                               const float* __restrict__ inp, int n, int h,
+template <typename T, int K>
+__device__ __forceinline__ void im2col_channel(T* __restrict__ col,
+                                               const T* __restrict__ inp, int n, int h,
                                                int w, int k_arg, int stride, int pad, int wo,
                                                int hwo, unsigned hwo_magic, unsigned hwo_shift,
                                                unsigned wo_magic, unsigned wo_shift, int n0,
@@ -20,15 +25,15 @@ __device__ __forceinline__ void im2col_channel(float* __restrict__ col,
     const int k = TAPS(K, k_arg);
     int ci = blockIdx.y;
     int cols = nc * hwo;
-    const float* src = inp + ((i64)ci * n + n0) * h * w;
-    float* dst = col + (i64)ci * k * k * cols;
+    const T* src = inp + ((i64)ci * n + n0) * h * w;
+    T* dst = col + (i64)ci * k * k * cols;
     for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < cols; x += gridDim.x * blockDim.x) {
         int i = (int)div_by(x, hwo_magic, hwo_shift);
         int p = x - i * hwo;
         int oh = (int)div_by(p, wo_magic, wo_shift);
         int ow = p - oh * wo;
         int ih0 = oh * stride - pad, iw0 = ow * stride - pad;
-        const float* img = src + (i64)i * h * w;
+        const T* img = src + (i64)i * h * w;
 #pragma unroll
         for (int kh = 0; kh < k; ++kh) {
             int ih = ih0 + kh;
@@ -36,7 +41,7 @@ __device__ __forceinline__ void im2col_channel(float* __restrict__ col,
 #pragma unroll
             for (int kw = 0; kw < k; ++kw) {
                 int iw = iw0 + kw;
-                float v = 0.0f;
+                T v = narrow<T>(0.0f);
                 if (row_in && (unsigned)iw < (unsigned)w) v = img[ih * w + iw];
                 dst[(i64)(kh * k + kw) * cols + x] = v;
             }
@@ -46,24 +51,25 @@ __device__ __forceinline__ void im2col_channel(float* __restrict__ col,
 
 // col = columns of images [n0, n0 + nc) of `inp` (n images, h x w). Grid: x over the chunk's
 // nc*ho*wo columns (fewer than 2^30), y = input channel. `hwo` splits a column into images.
-extern "C" __global__ void im2col(float* col, const float* inp, int n, int h, int w, int k,
-                                  int stride, int pad, int wo, int hwo, unsigned hwo_magic,
-                                  unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
-                                  int n0, int nc) {
+template <typename T>
+__device__ __forceinline__ void im2col_t(T* col, const T* inp, int n, int h, int w, int k,
+                                         int stride, int pad, int wo, int hwo,
+                                         unsigned hwo_magic, unsigned hwo_shift, unsigned wo_magic,
+                                         unsigned wo_shift, int n0, int nc) {
     if (k == 3)
-        im2col_channel<3>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+        im2col_channel<T, 3>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
                           wo_magic, wo_shift, n0, nc);
     else if (k == 1)
-        im2col_channel<1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+        im2col_channel<T, 1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
                           wo_magic, wo_shift, n0, nc);
     else
-        im2col_channel<0>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+        im2col_channel<T, 0>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
                           wo_magic, wo_shift, n0, nc);
 }
 
-template <int K>
-__device__ __forceinline__ void col2im_channel(float* __restrict__ d_inp,
-                                               const float* __restrict__ col, int n, int h,
+template <typename T, int K>
+__device__ __forceinline__ void col2im_channel(T* __restrict__ d_inp,
+                                               const T* __restrict__ col, int n, int h,
                                                int w, int k_arg, int stride, int pad, int ho,
                                                int wo, unsigned hw_magic, unsigned hw_shift,
                                                unsigned w_magic, unsigned w_shift, int n0, int nc,
@@ -71,14 +77,14 @@ __device__ __forceinline__ void col2im_channel(float* __restrict__ d_inp,
     const int k = TAPS(K, k_arg);
     int ci = blockIdx.y;
     int hw = h * w, hwo = ho * wo, cols = nc * hwo, len = nc * hw;
-    const float* rows = col + (i64)ci * k * k * cols;
-    float* dst = d_inp + ((i64)ci * n + n0) * hw;
+    const T* rows = col + (i64)ci * k * k * cols;
+    T* dst = d_inp + ((i64)ci * n + n0) * hw;
     for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < len; x += gridDim.x * blockDim.x) {
         int i = (int)div_by(x, hw_magic, hw_shift);
         int q = x - i * hw;
         int ih = (int)div_by(q, w_magic, w_shift);
         int iw = q - ih * w;
-        const float* img = rows + (i64)i * hwo;
+        const T* img = rows + (i64)i * hwo;
         float s = 0.0f;
 #pragma unroll
         for (int kh = 0; kh < k; ++kh) {
@@ -90,28 +96,29 @@ __device__ __forceinline__ void col2im_channel(float* __restrict__ d_inp,
                 int xx = iw + pad - kw;
                 int ow = stride == 1 ? xx : xx / stride;
                 if (row_in && xx >= 0 && (stride == 1 || xx % stride == 0) && ow < wo)
-                    s += img[(i64)(kh * k + kw) * cols + oh * wo + ow];
+                    s += widen(img[(i64)(kh * k + kw) * cols + oh * wo + ow]);
             }
         }
-        dst[x] = accumulate ? dst[x] + s : s;
+        dst[x] = narrow<T>(accumulate ? widen(dst[x]) + s : s);
     }
 }
 
 // d_inp (+)= col2im(col) for images [n0, n0 + nc): every input pixel gathers the column
 // entries that read it, kh then kw (no atomics, deterministic). Pixels no window reads get 0.
 // Grid: x over the channel's nc*h*w pixels, y = channel.
-extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, int w, int k,
-                                  int stride, int pad, int ho, int wo, unsigned hw_magic,
-                                  unsigned hw_shift, unsigned w_magic, unsigned w_shift, int n0,
-                                  int nc, int accumulate) {
+template <typename T>
+__device__ __forceinline__ void col2im_t(T* d_inp, const T* col, int n, int h, int w, int k,
+                                         int stride, int pad, int ho, int wo, unsigned hw_magic,
+                                         unsigned hw_shift, unsigned w_magic, unsigned w_shift,
+                                         int n0, int nc, int accumulate) {
     if (k == 3)
-        col2im_channel<3>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+        col2im_channel<T, 3>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
                           w_magic, w_shift, n0, nc, accumulate);
     else if (k == 1)
-        col2im_channel<1>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+        col2im_channel<T, 1>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
                           w_magic, w_shift, n0, nc, accumulate);
     else
-        col2im_channel<0>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+        col2im_channel<T, 0>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
                           w_magic, w_shift, n0, nc, accumulate);
 }
 
@@ -119,8 +126,9 @@ extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, 
 // [cout, cin*kk], in slice order: [ow, iw*kk]. Slices wrap: copy row r is layer channel
 // (out_start + r) mod cout, column group j input channel (in_start + j) mod cin. Small (a few
 // MiB at most), so plain index arithmetic. Mirrors ops/conv2d/cpu.rs `copy_weight`.
-extern "C" __global__ void weight_slice(float* copy, const float* w, int cout, int cin, int kk,
-                                        int out_start, int ow, int in_start, int iw) {
+template <typename T>
+__device__ __forceinline__ void weight_slice_t(T* copy, const float* w, int cout, int cin, int kk,
+                                               int out_start, int ow, int in_start, int iw) {
     int ldc = iw * kk, total = ow * ldc;
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
         int r = e / ldc, c = e - r * ldc;
@@ -128,6 +136,52 @@ extern "C" __global__ void weight_slice(float* copy, const float* w, int cout, i
         int row = out_start + r, ch = in_start + j;
         if (row >= cout) row -= cout;
         if (ch >= cin) ch -= cin;
-        copy[e] = w[((i64)row * cin + ch) * kk + tap];
+        copy[e] = narrow<T>(w[((i64)row * cin + ch) * kk + tap]);
     }
+}
+
+// The entry points: f32 storage, then bf16 (`*_bf16`).
+
+extern "C" __global__ void im2col(float* col, const float* inp, int n, int h, int w, int k,
+                                  int stride, int pad, int wo, int hwo, unsigned hwo_magic,
+                                  unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
+                                  int n0, int nc) {
+    im2col_t(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
+             wo_shift, n0, nc);
+}
+
+extern "C" __global__ void im2col_bf16(bf16* col, const bf16* inp, int n, int h, int w, int k,
+                                       int stride, int pad, int wo, int hwo, unsigned hwo_magic,
+                                       unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
+                                       int n0, int nc) {
+    im2col_t(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
+             wo_shift, n0, nc);
+}
+
+extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, int w, int k,
+                                  int stride, int pad, int ho, int wo, unsigned hw_magic,
+                                  unsigned hw_shift, unsigned w_magic, unsigned w_shift, int n0,
+                                  int nc, int accumulate) {
+    col2im_t(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift, w_magic, w_shift,
+             n0, nc, accumulate);
+}
+
+extern "C" __global__ void col2im_bf16(bf16* d_inp, const bf16* col, int n, int h, int w, int k,
+                                       int stride, int pad, int ho, int wo, unsigned hw_magic,
+                                       unsigned hw_shift, unsigned w_magic, unsigned w_shift,
+                                       int n0, int nc, int accumulate) {
+    col2im_t(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift, w_magic, w_shift,
+             n0, nc, accumulate);
+}
+
+extern "C" __global__ void weight_slice(float* copy, const float* w, int cout, int cin, int kk,
+                                        int out_start, int ow, int in_start, int iw) {
+    weight_slice_t(copy, w, cout, cin, kk, out_start, ow, in_start, iw);
+}
+
+// The bf16 copy a bf16 program's GEMMs read: each f32 weight rounded once (`copy_weight`).
+extern "C" __global__ void weight_slice_bf16(bf16* copy, const float* w, int cout, int cin,
+                                             int kk, int out_start, int ow, int in_start,
+                                             int iw) {
+    weight_slice_t(copy, w, cout, cin, kk, out_start, ow, in_start, iw);
 }

@@ -2,11 +2,18 @@
 //! offset, strided views of the weight, or, where the plan gives the op a `weight_copy`, on the
 //! slice's weight copied out (`weight_slice`) and the dense convolution it makes (one aligned
 //! GEMM per chunk even when a slice wraps).
+//!
+//! Element types follow the plan: activations, columns and gradients are the program's storage
+//! type, which picks `im2col` / `im2col_bf16` and `col2im` / `col2im_bf16`; the weight is the
+//! f32 parameter or its copy (`weight_slice` f32, `weight_slice_bf16` bf16, each weight rounded
+//! once); the weight gradient is f32. A bf16 program's GEMMs read bf16 (the weight through its
+//! bf16 copy, the dense twin, as the CPU's bf16 lowering does) and accumulate in f32
+//! (`CUDA_R_16BF` operands, `CUBLAS_COMPUTE_32F`), writing bf16 activations or the f32 gradient.
 
 use super::lowering::{self, ConvCmd, Operand};
 use super::{dense_twin, Conv, ConvBackward};
-use crate::gpu::{f32_at, grid, int, rows, FastDiv, GemmCall};
-use crate::ir::{ConvShape, Slice};
+use crate::gpu::{grid, int, kernel, rows, FastDiv, GemmCall};
+use crate::ir::{BufId, ConvShape, Dtype, Slice};
 use crate::ops::DeviceView;
 
 /// A row length the kernels index with `int` and split with `div_by` (kept below 2^30, so a
@@ -16,19 +23,27 @@ fn columns(len: usize) -> usize {
     len
 }
 
-/// Runs one command; `addr` maps operands to device addresses.
-fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl Fn(Operand) -> u64) {
+/// Runs one command; `addr` maps operands to device addresses and element types, `store` is
+/// the activations' type.
+fn run(
+    d: &DeviceView,
+    cmd: ConvCmd,
+    p: &ConvShape,
+    in_width: usize,
+    store: Dtype,
+    addr: &impl Fn(Operand) -> (u64, Dtype),
+) {
     let (n, h, w) = (int(p.n), int(p.h), int(p.w));
     let (k, s, pad) = (int(p.k), int(p.stride), int(p.pad));
     let (ho, wo) = (int(p.ho()), int(p.wo()));
     match cmd {
         ConvCmd::Im2col { n0, nc } => {
-            let (col, inp) = (addr(Operand::Col), addr(Operand::Inp));
+            let (col, inp) = (addr(Operand::Col).0, addr(Operand::Inp).0);
             let cfg = rows(in_width, columns(nc * p.ho() * p.wo()));
             let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
             let (n0, nc) = (int(n0), int(nc));
             d.gpu.launch(
-                "im2col",
+                kernel!("im2col", store),
                 cfg,
                 &[
                     &col,
@@ -51,12 +66,12 @@ fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl
             );
         }
         ConvCmd::Col2im { n0, nc, accumulate } => {
-            let (d_inp, col) = (addr(Operand::DInp), addr(Operand::Col));
+            let (d_inp, col) = (addr(Operand::DInp).0, addr(Operand::Col).0);
             let cfg = rows(in_width, columns(nc * p.h * p.w));
             let (by_hw, by_w) = (FastDiv::new(p.h * p.w), FastDiv::new(p.w));
             let (n0, nc, acc) = (int(n0), int(nc), accumulate as i32);
             d.gpu.launch(
-                "col2im",
+                kernel!("col2im", store),
                 cfg,
                 &[
                     &d_inp,
@@ -81,7 +96,19 @@ fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl
         }
         ConvCmd::Gemm(g) => {
             let b = g.to_cublas();
-            let at = |(o, off): (Operand, usize)| f32_at(addr(o), off);
+            // Element `off` of an operand: its address and type.
+            let at = |(o, off): (Operand, usize)| {
+                let (base, dtype) = addr(o);
+                (base + (off * dtype.size()) as u64, dtype)
+            };
+            let (a, bm, c) = (at(b.a), at(b.b), at(b.c));
+            assert_eq!(
+                a.1,
+                bm.1,
+                "a GEMM of {} by {}: a bf16 program's convolutions read the weight through its bf16 copy",
+                a.1.as_str(),
+                bm.1.as_str()
+            );
             let label = match g.c.operand {
                 Operand::Out => "gemm: forward",
                 Operand::DWeight => "gemm: weight gradient",
@@ -94,24 +121,28 @@ fn run(d: &DeviceView, cmd: ConvCmd, p: &ConvShape, in_width: usize, addr: &impl
                 m: b.m,
                 n: b.n,
                 k: b.k,
-                a: at(b.a),
+                a: a.0,
                 lda: b.lda,
-                b: at(b.b),
+                b: bm.0,
                 ldb: b.ldb,
-                c: at(b.c),
+                c: c.0,
                 ldc: b.ldc,
                 beta: b.beta,
+                ab_type: a.1,
+                c_type: c.1,
             });
         }
     }
 }
 
-/// `copy` = the weight's slice in slice order (`[os.width, is.width*kk]`), from the f32 weight.
-fn copy_weight(d: &DeviceView, copy: u64, weight: u64, p: &ConvShape, os: Slice, is: Slice) {
+/// `copy` = the weight's slice in slice order (`[os.width, is.width*kk]`), from the f32 weight,
+/// in the copy's element type.
+fn copy_weight(d: &DeviceView, copy: BufId, weight: u64, p: &ConvShape, os: Slice, is: Slice) {
+    let (name, copy) = (kernel!("weight_slice", d.dtype(copy)), d.buf(copy));
     let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
     let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
     let total = os.width * is.width * p.kk();
-    d.gpu.launch("weight_slice", grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+    d.gpu.launch(name, grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
 }
 
 pub(super) fn forward(op: &Conv, d: &DeviceView) {
@@ -119,21 +150,22 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
     d.check_len(op.out, os.width * p.n * p.ho() * p.wo(), "conv out");
     d.check_len(op.inp, is.width * p.n * p.h * p.w, "conv inp");
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
-    let (o, i, mut w, c) = (d.buf(op.out), d.buf(op.inp), d.tensor(op.weight), d.opt(op.col));
-    let (mut shape, mut os, mut is) = (*p, os, is);
+    let store = d.storage(&[&[op.out, op.inp][..], op.col.as_slice()].concat());
+    let (o, i, c) = (d.buf(op.out), d.buf(op.inp), d.opt(op.col));
+    let (mut w, mut shape, mut os, mut is) = ((d.tensor(op.weight), Dtype::F32), *p, os, is);
     if let Some(copy) = op.weight_copy {
         d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
-        copy_weight(d, d.buf(copy), w, p, os, is);
-        (w, (shape, os, is)) = (d.buf(copy), dense_twin(p, os, is));
+        copy_weight(d, copy, w.0, p, os, is);
+        (w, (shape, os, is)) = ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is));
     }
     let addr = |x: Operand| match x {
         Operand::Weight => w,
-        Operand::Inp => i,
-        Operand::Out => o,
-        Operand::Col => c,
+        Operand::Inp => (i, store),
+        Operand::Out => (o, store),
+        Operand::Col => (c, store),
         _ => unreachable!("forward uses no gradients"),
     };
-    lowering::conv_forward(&shape, os, is, op.chunk, op.accumulate, |cmd| run(d, cmd, &shape, is.width, &addr));
+    lowering::conv_forward(&shape, os, is, op.chunk, op.accumulate, |cmd| run(d, cmd, &shape, is.width, store, &addr));
 }
 
 pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
@@ -146,36 +178,38 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     }
     d.check_len(op.d_weight, os.width * is.width * p.kk(), "conv d_weight");
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
-    let (dw, dy, i, mut w) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp), d.tensor(op.weight));
+    let store = d.storage(&[&[op.d_out, op.inp][..], op.d_inp.as_slice(), op.col.as_slice()].concat());
+    assert_eq!(d.dtype(op.d_weight), Dtype::F32, "conv d_weight is f32 in every program");
+    let (dw, dy, i) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp));
     let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
-    let (mut shape, mut os, mut is) = (*p, os, is);
+    let (mut w, mut shape, mut os, mut is) = ((d.tensor(op.weight), Dtype::F32), *p, os, is);
     if let Some(copy) = op.weight_copy {
         d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
         if op.copy_here {
-            copy_weight(d, d.buf(copy), w, p, os, is);
+            copy_weight(d, copy, w.0, p, os, is);
         }
-        (w, (shape, os, is)) = (d.buf(copy), dense_twin(p, os, is));
+        (w, (shape, os, is)) = ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is));
     }
     let addr = |x: Operand| match x {
         Operand::Weight => w,
-        Operand::Inp => i,
-        Operand::Col => c,
-        Operand::DOut => dy,
-        Operand::DInp => dx,
-        Operand::DWeight => dw,
+        Operand::Inp => (i, store),
+        Operand::Col => (c, store),
+        Operand::DOut => (dy, store),
+        Operand::DInp => (dx, store),
+        Operand::DWeight => (dw, Dtype::F32),
         Operand::Out => unreachable!("backward writes no output"),
     };
     let wants_d_inp = op.d_inp.is_some();
     lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, |cmd| {
-        run(d, cmd, &shape, is.width, &addr)
+        run(d, cmd, &shape, is.width, store, &addr)
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::Recorder;
-    use crate::ir::{Init, Role, Sel, Slice, SliceSpec, TensorSpec};
+    use crate::gpu::{gemm_compute_type, Math, Recorder};
+    use crate::ir::{BufKind, Buffer, Init, Role, Sel, Slice, SliceSpec, TensorSpec};
     use crate::ops::{SgdParams, StepCtx, Tables};
 
     /// A 3x3 conv of 40 input channels over 13 images in chunks of 4 (sliced input, wrapping):
@@ -208,15 +242,64 @@ mod tests {
         }
     }
 
+    /// A bf16 program's convolution: the weight's bf16 copy (`weight_slice_bf16`), bf16 im2col,
+    /// and one `CUDA_R_16BF` GEMM per chunk writing bf16, each chunk's output 2 bytes an element
+    /// further than the last (an f32 program: 4).
+    #[test]
+    fn a_bf16_convolution_queues_bf16_kernels_and_gemms_with_two_byte_steps() {
+        for dtype in [Dtype::F32, Dtype::Bf16] {
+            let rec = record(true, dtype);
+            let launches = rec.launches.borrow();
+            let names: Vec<&str> = launches.iter().map(|l| l.0).collect();
+            let want = match dtype {
+                Dtype::F32 => ["weight_slice", "im2col", "im2col", "im2col", "im2col"],
+                Dtype::Bf16 => ["weight_slice_bf16", "im2col_bf16", "im2col_bf16", "im2col_bf16", "im2col_bf16"],
+            };
+            assert_eq!(names, want);
+            let gemms = rec.gemms.borrow();
+            assert_eq!(gemms.len(), 4);
+            for (j, g) in gemms.iter().enumerate() {
+                assert_eq!((g.ab_type, g.c_type), (dtype, dtype), "{g:?}");
+                // Output chunk j starts j*4 images of 81 positions into `out` (at the arena's base).
+                assert_eq!(g.c, (1 << 40) + (j * 4 * 81 * dtype.size()) as u64, "{g:?}");
+                assert_eq!(
+                    gemm_compute_type(g.ab_type, Math::Tf32) == gemm_compute_type(Dtype::Bf16, Math::Fp32),
+                    dtype == Dtype::Bf16
+                );
+            }
+        }
+    }
+
+    /// A bf16 GEMM never mixes in the f32 parameter: a bf16 program without the weight copy is
+    /// refused before anything is queued wrongly.
+    #[test]
+    #[should_panic(expected = "read the weight through its bf16 copy")]
+    fn a_bf16_convolution_without_its_copy_is_refused() {
+        record(false, Dtype::Bf16);
+    }
+
     fn record_wrapping_forward(copied: bool) -> Recorder {
+        record(copied, Dtype::F32)
+    }
+
+    /// The forward conv of the launch test, its buffers (and the copy) stored as `dtype`.
+    fn record(copied: bool, dtype: Dtype) -> Recorder {
         let shape = ConvShape { n: 13, cin: 40, h: 9, w: 9, cout: 24, k: 3, stride: 1, pad: 1 };
         let (chunk, slices) = (4, [SliceSpec { channels: 40, width: 20 }]);
         let is = Slice::new(30, 20, 40);
-        let in_len = 20 * 13 * 81;
-        let out_len = 24 * 13 * shape.ho() * shape.wo();
-        let col_len = shape.im2col_len(20, chunk);
-        let copy_at = out_len + in_len + col_len;
-        let locs = [(0, out_len), (out_len, in_len), (out_len + in_len, col_len), (copy_at, 24 * 20 * 9)];
+        let lens = [24 * 13 * shape.ho() * shape.wo(), 20 * 13 * 81, shape.im2col_len(20, chunk), 24 * 20 * 9];
+        // Offsets in 4-byte words, one buffer after another.
+        let mut locs = [(0, 0); 4];
+        let mut words = 0;
+        for (loc, &len) in locs.iter_mut().zip(&lens) {
+            *loc = (words, len);
+            words += (len * dtype.size()).div_ceil(4);
+        }
+        let buffers: Vec<Buffer> = ["out", "inp", "col", "copy"]
+            .iter()
+            .zip(&lens)
+            .map(|(name, &len)| Buffer { name: name.to_string(), kind: BufKind::Activation, dtype, len, sliced: true })
+            .collect();
         let w =
             TensorSpec { name: "w".into(), shape: vec![24, 40, 3, 3], role: Role::Param, init: Init::Zeros, offset: 0 };
         let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
@@ -225,8 +308,7 @@ mod tests {
         let tensors = [w];
         let tables = Tables::new(&locs, &tensors, &slices, &ctx);
         let rec = Recorder::default();
-        let arena = copy_at + 24 * 20 * 9;
-        let view = DeviceView::new(tables, &rec, (1 << 40, arena), (1 << 44, 24 * 40 * 9));
+        let view = DeviceView::new(tables, &rec, &buffers, (1 << 40, 4 * words), (1 << 44, 24 * 40 * 9));
         let op = Conv {
             out: 0,
             inp: 1,

@@ -19,8 +19,8 @@
 //! GEMM even when a slice wraps, and every operand starts where cuBLAS's fast kernels want it
 //! (a slice starting at channel c puts the weight's view `9c` floats in, rarely 16-byte aligned).
 //! - A bf16 program copies as bf16, in the forward op, and the backward op's `dcol` product reads
-//!   the same copy (`copy_here` false): one conversion a step. The CPU runs it; the GPU's bf16
-//!   kernels do not exist yet (`backend::check_precision`).
+//!   the same copy (`copy_here` false): one conversion a step. Both backends run it (the GPU's
+//!   `weight_slice_bf16`, then `CUDA_R_16BF` GEMMs).
 //! - The GPU's fp32 program copies each sliced convolution's weight in f32 in each op that reads
 //!   it (`copy_here` true in backward): a copy lives only through its op, so the plan barely
 //!   grows, and the copy (a few MiB) costs microseconds.

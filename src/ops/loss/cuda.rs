@@ -1,4 +1,4 @@
-//! Launch of `loss.cu`.
+//! Launch of `loss.cu` (f32 in every program).
 
 use super::CrossEntropy;
 use crate::gpu::{int, one_block};
@@ -12,6 +12,8 @@ pub(super) fn cross_entropy(op: &CrossEntropy, d: &DeviceView) {
     if let Some(b) = op.d_logits {
         d.check_len(b, n * o, "cross-entropy d_logits");
     }
+    d.f32_only(&[op.stats, op.logits, op.labels], "cross-entropy");
+    d.f32_only(op.d_logits.as_slice(), "cross-entropy");
     let (st, dl, l, y) = (d.buf(op.stats), d.opt(op.d_logits), d.buf(op.logits), d.buf(op.labels));
     let (ni, oi) = (int(n), int(o));
     d.gpu.launch("cross_entropy", one_block(), &[&st, &dl, &l, &y, &ni, &oi]);

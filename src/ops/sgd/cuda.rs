@@ -1,4 +1,4 @@
-//! Launch of `sgd.cu`.
+//! Launch of `sgd.cu` (f32 in every program: master weights, momentum, weight gradients).
 
 use super::{grad_map, GradMap, Sgd};
 use crate::gpu::{grid, int};
@@ -18,6 +18,7 @@ pub(super) fn update(op: &Sgd, d: &DeviceView) {
         }
     };
     d.check_len(op.grad, grad_len, "sgd gradient");
+    d.f32_only(&[op.grad], "sgd");
     let sp = &d.t.sgd;
     let l = len as i64;
     let (start, width, channels, group) = (int(start), int(width), int(channels), int(group));
