@@ -31,10 +31,10 @@ __device__ __forceinline__ unsigned div_by(unsigned x, unsigned magic, unsigned 
 }
 
 // Multi-block reductions over channel rows: block (part, channel) of a grid (parts, channels)
-// writes its partial sums to `part[channel * parts + part]`; `last_block_of` then tells
-// whether this block is the channel's last to finish (the counter, per channel, is reset by
-// that block). The last block adds the parts in order, so the total does not depend on which
-// block finished last. Call from thread 0 after the partial sums are stored.
+// sums a pair of values over its part of the channel and writes them to
+// `part[channel * parts + part]`; a per-channel counter tells the last block to finish, which
+// resets the counter and adds the parts in order, so the total never depends on which block
+// finished last.
 __device__ __forceinline__ bool last_block_of(unsigned* count, int channel) {
     __threadfence();  // the partial sums are visible device-wide before the count says so
     bool last = atomicAdd(&count[channel], 1u) == gridDim.x - 1;
@@ -52,6 +52,21 @@ __device__ __forceinline__ void sum_parts(const double* part, int channel, doubl
     }
     *a = sa;
     *b = sb;
+}
+
+// Every thread of a block passes its partial pair (a, b) of `channel`; returns true in exactly
+// one thread of the grid, thread 0 of the channel's last block, with (a, b) then the channel's
+// totals. `sh` holds 32 doubles.
+__device__ __forceinline__ bool channel_totals(double* a, double* b, double* part, unsigned* count,
+                                               int channel, double* sh) {
+    double sa = block_sum(*a, sh), sb = block_sum(*b, sh);
+    if (threadIdx.x != 0) return false;
+    double* mine = part + 2 * ((i64)channel * gridDim.x + blockIdx.x);
+    mine[0] = sa;
+    mine[1] = sb;
+    if (!last_block_of(count, channel)) return false;
+    sum_parts(part, channel, a, b);
+    return true;
 }
 
 // This block's range [lo, hi) of a row of m values split into gridDim.x parts.

@@ -34,14 +34,7 @@ __device__ __forceinline__ void bn_stats_t(float* mean_out, float* invstd_out,
         s += v;
         q += v * v;
     }
-    s = block_sum(s, sh);
-    q = block_sum(q, sh);
-    if (threadIdx.x != 0) return;
-    double* mine = part + 2 * ((i64)c * gridDim.x + blockIdx.x);
-    mine[0] = s;
-    mine[1] = q;
-    if (!last_block_of(count, c)) return;
-    sum_parts(part, c, &s, &q);
+    if (!channel_totals(&s, &q, part, count, c, sh)) return;
     double mean64 = s / (double)m;
     double var64 = fmax(q / (double)m - mean64 * mean64, 0.0);
     mean_out[c] = (float)mean64;
@@ -108,14 +101,7 @@ __device__ __forceinline__ void bn_backward_sums_t(float* d_gamma, float* d_beta
         sg += (double)gr;
         sgx += (double)gr * (double)((xv - mu) * is);
     }
-    sg = block_sum(sg, sh);
-    sgx = block_sum(sgx, sh);
-    if (threadIdx.x != 0) return;
-    double* mine = part + 2 * ((i64)c * gridDim.x + blockIdx.x);
-    mine[0] = sg;
-    mine[1] = sgx;
-    if (!last_block_of(count, c)) return;
-    sum_parts(part, c, &sg, &sgx);
+    if (!channel_totals(&sg, &sgx, part, count, c, sh)) return;
     d_beta[c] = (float)sg;
     d_gamma[c] = (float)sgx;
     means[2 * c] = sg / (double)m;

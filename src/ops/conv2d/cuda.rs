@@ -12,7 +12,7 @@
 
 use super::lowering::{self, ConvCmd, Operand};
 use super::{dense_twin, Conv, ConvBackward};
-use crate::gpu::{grid, int, kernel, rows, FastDiv, GemmCall};
+use crate::gpu::{grid, int, kernel, rows, Arg, FastDiv, GemmCall};
 use crate::ir::{BufId, ConvShape, Dtype, Slice};
 use crate::ops::DeviceView;
 
@@ -42,57 +42,20 @@ fn run(
             let cfg = rows(in_width, columns(nc * p.ho() * p.wo()));
             let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
             let (n0, nc) = (int(n0), int(nc));
-            d.gpu.launch(
-                kernel!("im2col", store),
-                cfg,
-                &[
-                    &col,
-                    &inp,
-                    &n,
-                    &h,
-                    &w,
-                    &k,
-                    &s,
-                    &pad,
-                    &wo,
-                    &hwo,
-                    &by_hwo.magic,
-                    &by_hwo.shift,
-                    &by_wo.magic,
-                    &by_wo.shift,
-                    &n0,
-                    &nc,
-                ],
-            );
+            #[rustfmt::skip]
+            let args: [&dyn Arg; 16] = [&col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo,
+                &by_hwo.magic, &by_hwo.shift, &by_wo.magic, &by_wo.shift, &n0, &nc];
+            d.gpu.launch(kernel!("im2col", store), cfg, &args);
         }
         ConvCmd::Col2im { n0, nc, accumulate } => {
             let (d_inp, col) = (addr(Operand::DInp).0, addr(Operand::Col).0);
             let cfg = rows(in_width, columns(nc * p.h * p.w));
             let (by_hw, by_w) = (FastDiv::new(p.h * p.w), FastDiv::new(p.w));
             let (n0, nc, acc) = (int(n0), int(nc), accumulate as i32);
-            d.gpu.launch(
-                kernel!("col2im", store),
-                cfg,
-                &[
-                    &d_inp,
-                    &col,
-                    &n,
-                    &h,
-                    &w,
-                    &k,
-                    &s,
-                    &pad,
-                    &ho,
-                    &wo,
-                    &by_hw.magic,
-                    &by_hw.shift,
-                    &by_w.magic,
-                    &by_w.shift,
-                    &n0,
-                    &nc,
-                    &acc,
-                ],
-            );
+            #[rustfmt::skip]
+            let args: [&dyn Arg; 17] = [&d_inp, &col, &n, &h, &w, &k, &s, &pad, &ho, &wo,
+                &by_hw.magic, &by_hw.shift, &by_w.magic, &by_w.shift, &n0, &nc, &acc];
+            d.gpu.launch(kernel!("col2im", store), cfg, &args);
         }
         ConvCmd::Gemm(g) => {
             let b = g.to_cublas();
