@@ -458,8 +458,8 @@ pub struct SelftestFlags {
     #[arg(long)]
     pub full: bool,
     /// Element type of activations in the checked programs: fp32, or bf16 (each op's bf16
-    /// kernels against the CPU's bf16 ops, tolerance 2^-8; the GPU's only bf16 runs until they
-    /// pass there)
+    /// kernels against the CPU's bf16 ops, tolerance 2^-10, with --full 2^-8; the GPU's only
+    /// bf16 runs until they pass there)
     #[arg(long, default_value = "fp32")]
     pub precision: String,
 }
