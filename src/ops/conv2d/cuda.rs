@@ -37,9 +37,9 @@ fn run(
     let (k, s, pad) = (int(p.k), int(p.stride), int(p.pad));
     let (ho, wo) = (int(p.ho()), int(p.wo()));
     match cmd {
-        ConvCmd::Im2col { n0, nc } => {
-            let (col, inp) = (addr(Operand::Col).0, addr(Operand::Inp).0);
-            let cfg = rows(in_width, columns(nc * p.ho() * p.wo()));
+        ConvCmd::Im2col { src, channels, n0, nc } => {
+            let (col, inp) = (addr(Operand::Col).0, addr(src).0);
+            let cfg = rows(channels, columns(nc * p.ho() * p.wo()));
             let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
             let (n0, nc) = (int(n0), int(nc));
             #[rustfmt::skip]
@@ -108,6 +108,17 @@ fn copy_weight(d: &DeviceView, copy: BufId, weight: u64, p: &ConvShape, os: Slic
     d.gpu.launch(name, grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
 }
 
+/// `copy` = the weight's slice transposed with its taps reversed (`[is.width, os.width*kk]`, the
+/// weight of an input gradient by convolution; `cpu::copy_weight_flipped`), f32.
+fn copy_weight_flipped(d: &DeviceView, copy: BufId, weight: u64, p: &ConvShape, os: Slice, is: Slice) {
+    assert_eq!(d.dtype(copy), Dtype::F32, "the flipped weight is f32 (fp32 programs only)");
+    let copy = d.buf(copy);
+    let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
+    let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
+    let total = os.width * is.width * p.kk();
+    d.gpu.launch("weight_flip", grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+}
+
 pub(super) fn forward(op: &Conv, d: &DeviceView) {
     let (os, is, p) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel), &op.shape);
     d.check_len(op.out, os.width * p.n * p.ho() * p.wo(), "conv out");
@@ -148,7 +159,10 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     let (mut w, mut shape, mut os, mut is) = ((d.tensor(op.weight), Dtype::F32), *p, os, is);
     if let Some(copy) = op.weight_copy {
         d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
-        if op.copy_here {
+        if op.d_inp_by_conv {
+            assert!(op.copy_here && op.d_inp.is_some(), "an input gradient by convolution makes its flipped weight");
+            copy_weight_flipped(d, copy, w.0, p, os, is);
+        } else if op.copy_here {
             copy_weight(d, copy, w.0, p, os, is);
         }
         (w, (shape, os, is)) = ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is));
@@ -163,7 +177,8 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
         Operand::Out => unreachable!("backward writes no output"),
     };
     let wants_d_inp = op.d_inp.is_some();
-    lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, |cmd| {
+    let by_conv = op.d_inp_by_conv;
+    lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, by_conv, |cmd| {
         run(d, cmd, &shape, is.width, store, &addr)
     });
 }

@@ -38,7 +38,10 @@ pub mod lowering;
 mod tests;
 mod winograd;
 
-pub use cpu::{col2im, conv2d_backward, conv2d_forward, copy_weight, dense_twin, im2col};
+pub use cpu::{
+    col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_forward, copy_weight, copy_weight_flipped, dense_twin,
+    im2col,
+};
 
 use super::{DeviceView, HostView, Kernel};
 use crate::ir::{BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
@@ -103,6 +106,10 @@ pub struct ConvBackward {
     pub weight_copy: Option<BufId>,
     /// This op writes `weight_copy` from the f32 weight before its GEMMs (the GPU's fp32 programs).
     pub copy_here: bool,
+    /// The input gradient is the convolution of `d_out` with the flipped, transposed weight
+    /// (`lowering::conv_backward`'s `by_conv`; `Options::input_grad`): `weight_copy` is then
+    /// that weight's f32 copy `[in width, out width*K*K]` ([`copy_weight_flipped`]), made here.
+    pub d_inp_by_conv: bool,
 }
 
 impl Kernel for Conv {
@@ -136,6 +143,14 @@ impl Kernel for Conv {
     }
 }
 
+impl ConvBackward {
+    /// The flipped weight's copy of an op with `d_inp_by_conv`, which makes it.
+    fn flipped_copy(&self) -> BufId {
+        assert!(self.copy_here, "an input gradient by convolution makes its own flipped weight");
+        self.weight_copy.expect("an input gradient by convolution reads the flipped weight's copy")
+    }
+}
+
 impl Kernel for ConvBackward {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         let (made, read_copy) = match self.copy_here {
@@ -157,6 +172,15 @@ impl Kernel for ConvBackward {
             unsafe { (self.d_inp.map(|b| m.buf_mut::<T>(b)), m.buf_mut(self.d_weight), m.opt_mut::<T>(self.col)) };
         let (dy, x) = (m.buf::<T>(self.d_out), m.buf::<T>(self.inp));
         let (chunk, acc) = (self.chunk, self.accumulate_d_inp);
+        if self.d_inp_by_conv {
+            let (dx, copy) = (dx.expect("an input gradient by convolution"), self.flipped_copy());
+            // SAFETY: see `HostView`.
+            let copy = unsafe { m.buf_mut::<f32>(copy) };
+            copy_weight_flipped(copy, m.tensor(self.weight), p, os, is);
+            let (dense, ..) = dense_twin(p, os, is);
+            // im2col + GEMM whatever `m.algo` says: Winograd has no such input gradient.
+            return conv2d_backward_by_conv(dx, dw, dy, x, &*copy, col, &dense, chunk, acc);
+        }
         match self.weight_copy {
             // The copy (the forward op's, or made here): the same dense convolution, whose weight
             // gradient is the sliced one's, in slice order.
