@@ -256,6 +256,98 @@ mod tests {
         record(false, Dtype::Bf16);
     }
 
+    /// A backward op whose input gradient is a convolution (`d_inp_by_conv`): one `weight_flip`
+    /// launch over the copy, then per chunk im2col of the input (its 20 channels), the weight
+    /// gradient's GEMM, im2col of `d_out` (its 16 channels) and one GEMM into `d_inp` (its full
+    /// leading dimension, the chunk's offset) reading the flipped copy; no col2im. Without the
+    /// flag the same op queues `weight_slice`, and per chunk im2col, two GEMMs and col2im.
+    #[test]
+    fn an_input_gradient_by_convolution_queues_im2col_of_d_out_and_one_gemm_per_chunk() {
+        let (base, words) = (1u64 << 40, [16 * 13 * 81, 20 * 13 * 81, 20 * 13 * 81]);
+        let d_inp = base + 4 * (words[0] + words[1]) as u64;
+        for by_conv in [false, true] {
+            let rec = record_backward(by_conv);
+            let launches = rec.launches.borrow();
+            let names: Vec<&str> = launches.iter().map(|l| l.0).collect();
+            let chunks = [4usize, 4, 4, 1];
+            let (copy, per_chunk) = match by_conv {
+                true => ("weight_flip", ["im2col", "im2col"]),
+                false => ("weight_slice", ["im2col", "col2im"]),
+            };
+            let want: Vec<&str> = [copy].into_iter().chain(chunks.iter().flat_map(|_| per_chunk)).collect();
+            assert_eq!(names, want);
+            assert_eq!(launches[0].1.grid_dim, grid(16 * 20 * 9).grid_dim);
+            let gemms = rec.gemms.borrow();
+            assert_eq!(gemms.len(), 2 * chunks.len());
+            if !by_conv {
+                continue;
+            }
+            for (j, nc) in chunks.into_iter().enumerate() {
+                // Grids: the input's 20 channels, then d_out's 16, over the chunk's columns.
+                let x = (nc * 81).div_ceil(256) as u32;
+                assert_eq!(launches[1 + 2 * j].1.grid_dim, (x, 20, 1));
+                assert_eq!(launches[2 + 2 * j].1.grid_dim, (x, 16, 1));
+                let g = &gemms[2 * j + 1];
+                assert_eq!((g.label, g.transa, g.transb), ("gemm: input gradient", false, false), "{g:?}");
+                assert_eq!((g.m, g.n, g.k), (nc * 81, 20, 16 * 9), "{g:?}");
+                assert_eq!((g.lda, g.ldb, g.ldc, g.beta), (nc * 81, 16 * 9, 13 * 81, 0.0), "{g:?}");
+                assert_eq!(g.c, d_inp + (4 * j * 4 * 81) as u64, "{g:?}");
+            }
+        }
+    }
+
+    /// The backward op of a 3x3 "same" conv (13 images in chunks of 4, 16 output channels, a
+    /// wrapping 20-channel slice of 40 inputs), its copy flipped when `by_conv`.
+    fn record_backward(by_conv: bool) -> Recorder {
+        let shape = ConvShape { n: 13, cin: 40, h: 9, w: 9, cout: 16, k: 3, stride: 1, pad: 1 };
+        let (chunk, slices) = (4, [SliceSpec { channels: 40, width: 20 }]);
+        let lens = [16 * 13 * 81, 20 * 13 * 81, 20 * 13 * 81, 16 * 20 * 9, shape.im2col_len(20, chunk), 16 * 20 * 9];
+        let mut locs = [(0, 0); 6];
+        let mut words = 0;
+        for (loc, &len) in locs.iter_mut().zip(&lens) {
+            *loc = (words, len);
+            words += len;
+        }
+        let buffers: Vec<Buffer> = ["d_out", "inp", "d_inp", "d_weight", "col", "copy"]
+            .iter()
+            .zip(&lens)
+            .map(|(name, &len)| Buffer {
+                name: name.to_string(),
+                kind: BufKind::Activation,
+                dtype: Dtype::F32,
+                len,
+                sliced: true,
+            })
+            .collect();
+        let w =
+            TensorSpec { name: "w".into(), shape: vec![16, 40, 3, 3], role: Role::Param, init: Init::Zeros, offset: 0 };
+        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        let starts = [30];
+        let ctx = StepCtx::new(&starts, sgd);
+        let tensors = [w];
+        let tables = Tables::new(&locs, &tensors, &slices, &ctx);
+        let rec = Recorder::default();
+        let view = DeviceView::new(tables, &rec, &buffers, (1 << 40, 4 * words), (1 << 44, 16 * 40 * 9));
+        let op = ConvBackward {
+            d_inp: Some(2),
+            d_weight: 3,
+            d_out: 0,
+            inp: 1,
+            col: Some(4),
+            weight: 0,
+            shape,
+            out_sel: Sel::Full(16),
+            in_sel: Sel::Block(0),
+            chunk,
+            accumulate_d_inp: false,
+            weight_copy: Some(5),
+            copy_here: true,
+            d_inp_by_conv: by_conv,
+        };
+        backward(&op, &view);
+        rec
+    }
+
     fn record_wrapping_forward(copied: bool) -> Recorder {
         record(copied, Dtype::F32)
     }
