@@ -463,6 +463,10 @@ pub struct SelftestFlags {
     /// 2^-8 bf16)
     #[arg(long)]
     pub full: bool,
+    /// With --full: how the step's convolutions compute their input gradient, col2im or conv
+    /// (`train --input-grad`; the op checks always check both)
+    #[arg(long, default_value = "col2im")]
+    pub input_grad: String,
     /// Element type of activations in the checked programs: fp32, or bf16 (each op's bf16
     /// kernels against the CPU's bf16 ops, tolerance 2^-10, with --full 2^-8; the GPU's only
     /// bf16 runs until they pass there)

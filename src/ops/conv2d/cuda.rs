@@ -1,7 +1,9 @@
 //! The GPU's run of the lowering: `im2col` / `col2im` of `conv2d.cu` and `cublasGemmEx`, on
 //! offset, strided views of the weight, or, where the plan gives the op a `weight_copy`, on the
 //! slice's weight copied out (`weight_slice`) and the dense convolution it makes (one aligned
-//! GEMM per chunk even when a slice wraps).
+//! GEMM per chunk even when a slice wraps). A backward op whose input gradient is a convolution
+//! copies the slice flipped and transposed instead (`weight_flip`, f32) and runs im2col of
+//! `d_out` where col2im would be.
 //!
 //! Element types follow the plan: activations, columns and gradients are the program's storage
 //! type, which picks `im2col` / `im2col_bf16` and `col2im` / `col2im_bf16`; the weight is the

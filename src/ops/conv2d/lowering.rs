@@ -195,7 +195,7 @@ pub fn input_grad_by_conv_fits(p: &ConvShape, out_width: usize, in_width: usize)
 /// With `by_conv` (a dense convolution, full slices, that [`input_grad_by_conv_fits`]) the
 /// input gradient is instead the convolution of `d_out` with `W'[cin, cout*kk]`,
 /// `W'[ci][co*kk + t] = W[co][ci*kk + kk-1-t]` (the transposed weight with its taps reversed,
-/// [`copy_weight_flipped`](super::cpu::copy_weight_flipped)), under the same padding: per
+/// [`copy_weight_flipped`](super::copy_weight_flipped)), under the same padding: per
 /// chunk, im2col of `d_out` into the workspace, then one GEMM `d_inp (+)= W' * col` straight
 /// into `d_inp`. The `Weight` operand is then `W'`, which only that GEMM reads.
 #[allow(clippy::too_many_arguments)]

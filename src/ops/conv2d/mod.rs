@@ -25,6 +25,17 @@
 //!   it (`copy_here` true in backward): a copy lives only through its op, so the plan barely
 //!   grows, and the copy (a few MiB) costs microseconds.
 //!
+//! Input gradient by convolution (`Options::input_grad`, `--input-grad conv`; off by default,
+//! the GPU's fp32 programs only). For a stride-1 "same" convolution (odd `k > 1`,
+//! `pad = (k-1)/2`, so `Ho = H`) the input gradient is itself a convolution under the same
+//! padding: `d_inp = conv(dY, W')`, `W'[ci][co][t] = W[co][ci][kk-1-t]` (kh and kw reversed).
+//! `ConvBackward::d_inp_by_conv` makes `W'` from the slice of the weight
+//! ([`copy_weight_flipped`], `[in width, out width*kk]`, f32, in its own `weight_copy`) and
+//! runs the dense twin: per chunk im2col of `d_out` into the workspace (so the output may be no
+//! wider than the input, whose columns the workspace was sized for), then one forward-shaped
+//! GEMM written straight into `d_inp`. No col2im, and no `dcol` product whose output is the
+//! whole column matrix. The weight gradient is computed as before.
+//!
 //! - `lowering.rs`: the walk over slice runs x weight views x image chunks, as commands; both
 //!   backends run it.
 //! - `cpu.rs`: im2col, col2im (rayon) and the CPU's run of the lowering with our GEMM.
