@@ -588,7 +588,7 @@ impl Builder {
                 in_sel,
                 chunk,
                 accumulate_d_inp,
-                // Only the `dcol` product (the input's gradient) reads the weight.
+                // Only the input gradient's product (`dcol`, or the GEMM by convolution) reads the weight.
                 weight_copy: copy,
                 copy_here,
                 d_inp_by_conv: by_conv,
