@@ -76,6 +76,36 @@ pub enum UpdateAt {
     None,
 }
 
+/// How a convolution's backward computes its input gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InputGrad {
+    /// `dcol = W^T dY`, then col2im: every layer, both backends.
+    #[default]
+    Col2im,
+    /// For stride-1 "same" convolutions of the GPU's fp32 programs whose output is no wider than
+    /// their input: `d_inp = conv(dY, W')` with `W'` the weight transposed and flipped
+    /// (`ops::conv2d`), im2col of `dY` and one forward-shaped GEMM into `d_inp`, no col2im.
+    /// Other layers keep col2im.
+    Conv,
+}
+
+impl InputGrad {
+    pub fn parse(s: &str) -> crate::Result<InputGrad> {
+        match s {
+            "col2im" => Ok(InputGrad::Col2im),
+            "conv" => Ok(InputGrad::Conv),
+            _ => Err(crate::Error::flag("--input-grad", s, "col2im or conv")),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InputGrad::Col2im => "col2im",
+            InputGrad::Conv => "conv",
+        }
+    }
+}
+
 /// Memory choices of a training schedule; `plan` shows the effect of each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -95,6 +125,8 @@ pub struct Options {
     pub target: Target,
     /// The element type of activations, their gradients and workspaces (`ir::Precision`).
     pub precision: Precision,
+    /// How convolutions compute their input gradient.
+    pub input_grad: InputGrad,
 }
 
 impl Default for Options {
@@ -107,6 +139,7 @@ impl Default for Options {
             update: UpdateAt::Early,
             target: Target::Cpu,
             precision: Precision::Fp32,
+            input_grad: InputGrad::Col2im,
         }
     }
 }
@@ -139,6 +172,7 @@ impl Options {
             ),
             ("update".into(), format!("{:?}", self.update).to_lowercase()),
             ("target".into(), self.target.as_str().to_string()),
+            ("input gradient".into(), self.input_grad.as_str().to_string()),
         ]
     }
 }

@@ -105,6 +105,9 @@ fn bad_flag_values_are_named() {
     fails_with(&["train", "--device", "tpu"], &["tpu", "--device"]);
     fails_with(&["plan", "--depth", "11"], &["--depth", "11", "6n+4"]);
     fails_with(&["bench", "--keep", "0.5,2"], &["--keep"]);
+    case("--input-grad", "dx", "col2im or conv");
+    fails_with(&["plan", "--input-grad", "winograd"], &["--input-grad", "winograd", "col2im or conv"]);
+    fails_with(&["selftest", "--input-grad", "conv"], &["--input-grad", "--full"]);
 }
 
 #[test]
@@ -267,6 +270,14 @@ fn plan_and_profile_print_parseable_output() {
     let (code, so, _) = sliceout(&["plan", "--depth", "10", "--batch", "8", "--format", "svg"]);
     assert_eq!(code, 0);
     assert!(so.starts_with("<svg") && so.trim_end().ends_with("</svg>"));
+    // The options line names the input gradient's algorithm.
+    let gpu = ["plan", "--depth", "16", "--widen", "2", "--batch", "8", "--device", "cuda"];
+    for (extra, want) in [(&[][..], "input gradient=col2im"), (&["--input-grad", "conv"][..], "input gradient=conv")] {
+        let (code, so, err) = sliceout(&[&gpu[..], extra].concat());
+        assert_eq!(code, 0, "{err}");
+        let line = so.lines().find(|l| l.trim_start().starts_with("options")).expect("an options line");
+        assert!(line.contains(want), "{line}");
+    }
 
     let d = tmp("profile");
     let trace = d.join("trace.json");

@@ -9,7 +9,7 @@ use crate::ir::{mib, Invalid, Precision, Target};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
-use crate::schedule::{Mode, Options};
+use crate::schedule::{InputGrad, Mode, Options};
 use crate::train::step::upload_synthetic_batch;
 use crate::train::{StepRngs, Stepper};
 use std::time::Instant;
@@ -197,6 +197,12 @@ pub fn command(f: &BenchFlags) -> Result<()> {
         precisions.iter().flat_map(|&p| f.keep.iter().map(move |&keep| (keep, p))).collect();
     let rows = measure(&mut make, &config, batch, &runs, timing, Options { target, ..memory })?;
     print!("{}", table(&config, batch, &name, &rows));
+    if memory.input_grad != InputGrad::Col2im {
+        println!(
+            "input gradients: {} (--input-grad; on the GPU's fp32 layers that may, col2im elsewhere)",
+            memory.input_grad.as_str()
+        );
+    }
     if let Some(o) = overheads {
         // What is left once the context and our workspaces are counted: cuBLAS's handle and the
         // GEMM kernels it loads when a shape first needs them (CUDA loads modules lazily), and

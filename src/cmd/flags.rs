@@ -4,7 +4,7 @@
 use crate::backend::DeviceChoice;
 use crate::data::DatasetKind;
 use crate::ir::{Precision, Target};
-use crate::schedule::{Options, UpdateAt};
+use crate::schedule::{InputGrad, Options, UpdateAt};
 use crate::train::LrSchedule;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -125,6 +125,11 @@ pub struct MemoryFlags {
     /// a card); `bench` takes fp32,bf16 to measure both in one run
     #[arg(long, default_value = "fp32", value_delimiter = ',')]
     pub precision: Vec<String>,
+    /// How a convolution's backward computes its input gradient: col2im (W^T dY, then col2im),
+    /// or conv (the GPU's fp32 stride-1 3x3 layers: a convolution of dY with the flipped
+    /// weight, no col2im; other layers keep col2im)
+    #[arg(long, default_value = "col2im")]
+    pub input_grad: String,
 }
 
 /// The largest `--col-budget`: 1 TiB in MiB, so that the budget in bytes fits any `usize`.
@@ -157,6 +162,7 @@ impl MemoryFlags {
             // The command sets the backend it builds for.
             target: Target::Cpu,
             precision,
+            input_grad: InputGrad::parse(&self.input_grad)?,
         })
     }
 
@@ -457,6 +463,10 @@ pub struct SelftestFlags {
     /// 2^-8 bf16)
     #[arg(long)]
     pub full: bool,
+    /// With --full: how the step's convolutions compute their input gradient, col2im or conv
+    /// (`train --input-grad`; the op checks always check both)
+    #[arg(long, default_value = "col2im")]
+    pub input_grad: String,
     /// Element type of activations in the checked programs: fp32, or bf16 (each op's bf16
     /// kernels against the CPU's bf16 ops, tolerance 2^-10, with --full 2^-8; the GPU's only
     /// bf16 runs until they pass there)

@@ -8,6 +8,7 @@ use super::flags::SelftestFlags;
 use crate::backend::{self, Backend, CpuBackend};
 use crate::error::{Error, Result};
 use crate::ir::{Math, Precision, Target};
+use crate::schedule::InputGrad;
 use crate::verify::{full, reference, selftest};
 
 /// Every op on the chosen backend against the CPU, then the PyTorch reference on it; with
@@ -15,9 +16,13 @@ use crate::verify::{full, reference, selftest};
 pub fn command(f: &SelftestFlags) -> Result<()> {
     let math = Math::parse(&f.math)?;
     let precision = Precision::parse(&f.precision)?;
+    let input_grad = InputGrad::parse(&f.input_grad)?;
+    if !f.full && input_grad != InputGrad::Col2im {
+        return Err(Error::flag("--input-grad", &f.input_grad, "col2im without --full (the op checks check both)"));
+    }
     let mut backend = backend::open(f.device.into(), math, true)?;
     if f.full {
-        return full(&mut *backend, math, precision);
+        return full(&mut *backend, math, precision, input_grad);
     }
     let tol = match (precision, math) {
         (Precision::Bf16, _) => selftest::BF16_OP_TOL,
@@ -84,19 +89,20 @@ fn full_tolerance(math: Math, target: Target, precision: Precision) -> f64 {
     }
 }
 
-fn full(backend: &mut dyn Backend, math: Math, precision: Precision) -> Result<()> {
+fn full(backend: &mut dyn Backend, math: Math, precision: Precision, input_grad: InputGrad) -> Result<()> {
     let (config, batch) = full::config();
     let tol = full_tolerance(math, backend.target(), precision);
     let mut cpu = CpuBackend::reference();
     println!(
         "{} batch {batch} keep {:.2} (every slice wrapping), one {} training step on {} against the CPU \
-         (relative error per op, tolerance {tol:.1e})",
+         (input gradients: {}; relative error per op, tolerance {tol:.1e})",
         config.name(),
         config.keep,
         precision.as_str(),
-        backend.name()
+        backend.name(),
+        input_grad.as_str()
     );
-    let rows = full::full_step(&mut cpu, backend, &config, batch, precision)?;
+    let rows = full::full_step(&mut cpu, backend, &config, batch, precision, input_grad)?;
     let failed: Vec<&full::FullRow> = rows.iter().filter(|r| r.max_rel_err.is_nan() || r.max_rel_err > tol).collect();
     for r in &rows {
         println!(

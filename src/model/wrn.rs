@@ -25,6 +25,10 @@
 //! blockB.*.weight_bf16 weight_copy               bf16 programs only; sliced for conv1, conv2
 //! blockB.*.weight_slice(_b) weight_copy          the GPU's fp32 programs: the sliced conv's
 //!                                                 weight slice, made by its forward (backward) op
+//! blockB.*.weight_flip   weight_copy  [w_in, w_out*K*K]  `--input-grad conv`, the GPU's fp32
+//!                                                 programs: the flipped, transposed weight (slice)
+//!                                                 of an input gradient by convolution, made by the
+//!                                                 backward op (replaces weight_slice_b)
 //! ```
 //!
 //! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
@@ -59,12 +63,13 @@ use crate::ir::{
     slice, BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Precision, Role, Sel,
     SliceSpec, Target, TensorId, TensorSpec,
 };
+use crate::ops::conv2d::lowering::input_grad_by_conv_fits;
 use crate::ops::{
     Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
     LinearBackward, Op, Pool, PoolBackward, Sgd,
 };
 use crate::rng::Rng;
-use crate::schedule::{Gradient, Mode, Options, Phase, Schedule, Step, UpdateAt};
+use crate::schedule::{Gradient, InputGrad, Mode, Options, Phase, Schedule, Step, UpdateAt};
 
 /// Image side of every dataset here (CIFAR; MNIST-like images are padded to it).
 pub const IMAGE: usize = 32;
@@ -519,6 +524,19 @@ impl Builder {
             .then(|| self.buf(format!("{layer}.{what}"), BufKind::WeightCopy, Dtype::F32, len, true))
     }
 
+    /// Whether a convolution's backward computes its input gradient as a convolution of the
+    /// output's gradient with the flipped weight (`Options::input_grad`): the GPU's fp32 programs
+    /// only (the CPU keeps Winograd and col2im; bf16 programs keep col2im), for the layers
+    /// `lowering::input_grad_by_conv_fits` allows (stride 1, "same" padding, k > 1, an output
+    /// no wider than the input, so the workspace sized for the input's columns holds them).
+    fn input_grad_by_conv(&self, shape: &ConvShape, out_width: usize, in_width: usize) -> bool {
+        let o = self.sched.options;
+        o.input_grad == InputGrad::Conv
+            && o.target == Target::Cuda
+            && o.precision == Precision::Fp32
+            && input_grad_by_conv_fits(shape, out_width, in_width)
+    }
+
     /// The workspace buffer of a convolution (none for a direct 1x1 conv).
     fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
         let len = self.workspace_len(shape, self.width(in_sel), chunk);
@@ -544,8 +562,14 @@ impl Builder {
         let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
         let d_weight =
             self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, ow * iw * shape.kk(), sliced);
+        let by_conv = d_inp.is_some() && self.input_grad_by_conv(&shape, ow, iw);
         let (copy, copy_here) = match (w.copy, d_inp.is_some()) {
             (_, false) => (None, false),
+            // Sliced or not, the op makes the flipped weight its input gradient's GEMM reads.
+            _ if by_conv => {
+                let len = ow * iw * shape.kk();
+                (Some(self.buf(format!("{layer}.weight_flip"), BufKind::WeightCopy, Dtype::F32, len, sliced)), true)
+            }
             (Some(bf16), true) => (Some(bf16), false),
             (None, true) => (self.f32_weight_slice(layer, "weight_slice_b", ow * iw * shape.kk(), sliced), true),
         };
@@ -564,9 +588,10 @@ impl Builder {
                 in_sel,
                 chunk,
                 accumulate_d_inp,
-                // Only the `dcol` product (the input's gradient) reads the weight.
+                // Only the input gradient's product (`dcol`, or the GEMM by convolution) reads the weight.
                 weight_copy: copy,
                 copy_here,
+                d_inp_by_conv: by_conv,
             }),
         );
         let map = match (out_sel, in_sel) {

@@ -32,7 +32,7 @@ use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::rng::{stream, Rng};
-use crate::schedule::{Mode, Options};
+use crate::schedule::{InputGrad, Mode, Options};
 use crate::train::step::upload_synthetic_batch;
 
 /// One compared op (or region): its name and the worst relative error over what it wrote.
@@ -54,15 +54,17 @@ pub fn wrapping_starts(p: &Program) -> Vec<usize> {
 
 /// Runs one training step of `config` at `batch` in `precision` on both backends and compares
 /// every op's outputs and then the persistent region. A backend that panics ends the check with
-/// an error naming the op.
+/// an error naming the op. `input_grad` is the program's `Options::input_grad` (it changes the
+/// GPU's fp32 programs only).
 pub fn full_step(
     reference: &mut dyn Backend,
     other: &mut dyn Backend,
     config: &ModelConfig,
     batch: usize,
     precision: Precision,
+    input_grad: InputGrad,
 ) -> Result<Vec<FullRow>> {
-    let options = Options { target: other.target(), precision, ..Options::default() };
+    let options = Options { target: other.target(), precision, input_grad, ..Options::default() };
     let p = Program::new(wrn::build(config, batch, Mode::Train, options));
     let s = &p.schedule;
     let starts = wrapping_starts(&p);
@@ -152,7 +154,7 @@ mod tests {
     fn the_cpu_agrees_with_its_reference_over_a_whole_step() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
         let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
-        let rows = full_step(&mut a, &mut b, &config, 8, Precision::Fp32).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 8, Precision::Fp32, InputGrad::Col2im).unwrap();
         let p = Program::new(wrn::build(&config, 8, Mode::Train, Options::default()));
         assert_eq!(rows.len(), p.schedule.steps.len() + 1);
         for r in &rows {
@@ -168,7 +170,7 @@ mod tests {
     fn a_bf16_step_agrees_with_the_cpu_reference_op_by_op() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
         let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
-        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Bf16).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Bf16, InputGrad::Col2im).unwrap();
         let p = Program::new(wrn::build(
             &config,
             4,
@@ -178,6 +180,29 @@ mod tests {
         assert_eq!(rows.len(), p.schedule.steps.len() + 1);
         for r in &rows {
             assert_eq!(r.max_rel_err, 0.0, "{r:?}");
+        }
+    }
+
+    /// The route of `selftest --full --input-grad conv` on a GPU, with the CPU standing in for
+    /// it (it runs any plan): the program is the GPU's fp32 plan with backward ops whose input
+    /// gradient is a convolution, both sides run them op by op, and every op agrees (the
+    /// path's correctness against col2im is `lowering.rs`'s and `selftest.rs`'s tests).
+    #[test]
+    fn a_gpu_plan_with_input_gradients_by_convolution_runs_op_by_op() {
+        use crate::ir::Target;
+        use crate::ops::{ConvBackward, Op};
+        let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+        let mut a = CpuBackend::reference();
+        let mut b = Tampered::new(|_, _| {}, |_| {});
+        b.target = Target::Cuda;
+        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Fp32, InputGrad::Conv).unwrap();
+        let options = Options { target: Target::Cuda, input_grad: InputGrad::Conv, ..Options::default() };
+        let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
+        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
+        assert!(p.schedule.steps.iter().any(|s| by_conv(&s.op)));
+        assert_eq!(rows.len(), p.schedule.steps.len() + 1);
+        for r in &rows {
+            assert!(r.max_rel_err < 1e-6, "{r:?}");
         }
     }
 
@@ -199,7 +224,7 @@ mod tests {
         let mut b = Tampered::new(|_, _| {}, drift);
         b.inner = CpuBackend::reference();
         let mut a = CpuBackend::reference();
-        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Fp32).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Fp32, InputGrad::Col2im).unwrap();
         let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
         for (r, step) in rows[1..].iter().zip(&p.schedule.steps) {
             if step.op.updates().is_empty() {

@@ -42,11 +42,13 @@ pub(crate) mod tampered {
         pub inner: CpuBackend,
         pub on_read: fn(&str, &mut [f32]),
         pub on_persistent: fn(&mut [f32]),
+        /// What it says its programs are planned for (the CPU runs a GPU's plan too).
+        pub target: Target,
     }
 
     impl Tampered {
         pub fn new(on_read: fn(&str, &mut [f32]), on_persistent: fn(&mut [f32])) -> Tampered {
-            Tampered { inner: CpuBackend::new(), on_read, on_persistent }
+            Tampered { inner: CpuBackend::new(), on_read, on_persistent, target: Target::Cpu }
         }
     }
 
@@ -99,7 +101,7 @@ pub(crate) mod tampered {
             "tampered".into()
         }
         fn target(&self) -> Target {
-            Target::Cpu
+            self.target
         }
     }
 }

@@ -346,12 +346,68 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                             accumulate_d_inp: acc,
                             weight_copy,
                             copy_here: copied,
+                            d_inp_by_conv: false,
                         }),
                     )
                 };
                 out.push(t.finish(name, op, starts.clone(), false));
             }
         }
+    }
+}
+
+/// Backward with the input gradient as a convolution of `d_out` with the flipped weight
+/// (`--input-grad conv`; fp32 programs only, as the GPU's plan gives it): stride 1, "same"
+/// padding, an output no wider than the input (7 input channels, 5 output), full and wrapping,
+/// k = 3 and k = 5, the op making its flipped copy.
+fn conv_by_conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
+    if precision != Precision::Fp32 {
+        return;
+    }
+    let (cin, cout) = (7, 5);
+    let variants = [
+        ("k3s1", 3, "full", Pick::Full, Pick::Full, false),
+        ("k3s1", 3, "out-wrap+acc", Pick::Slice(3, 4), Pick::Full, true),
+        ("k3s1", 3, "in-wrap+acc", Pick::Full, Pick::Slice(4, 5), true),
+        ("k5s1", 5, "full", Pick::Full, Pick::Full, false),
+    ];
+    for (g, k, label, op_pick, ip_pick, acc) in variants {
+        let shape = ConvShape { n: N, cin, h: HW, w: HW, cout, k, stride: 1, pad: k / 2 };
+        let (ow, iw, chunk) = (op_pick.width(cout), ip_pick.width(cin), 2);
+        let (spec, starts) = match (op_pick, ip_pick) {
+            (Pick::Slice(..), _) => (op_pick.spec(cout), op_pick.starts()),
+            _ => (ip_pick.spec(cin), ip_pick.starts()),
+        };
+        *seed += 1;
+        let mut t = Tiny::new(*seed, spec, precision);
+        let wdata = t.normals(cout * cin * k * k, 0.3, 0.0);
+        let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
+        let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
+        let inp = t.input("conv.inp", x);
+        let dy = t.normals(ow * N * HW * HW, 1.0, 0.0);
+        let d_out = t.input("conv.d_out", dy);
+        let d_inp = Some(t.output("conv.d_inp", BufKind::Gradient, iw * N * HW * HW));
+        let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
+        let col = Some(t.output("conv.col", BufKind::Workspace, shape.im2col_len(iw, chunk)));
+        let weight_copy = Some(t.output("conv.weight_flip", BufKind::WeightCopy, ow * iw * k * k));
+        let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
+        let op = ConvBackward {
+            d_inp,
+            d_weight,
+            d_out,
+            inp,
+            col,
+            weight,
+            shape,
+            out_sel,
+            in_sel,
+            chunk,
+            accumulate_d_inp: acc,
+            weight_copy,
+            copy_here: true,
+            d_inp_by_conv: true,
+        };
+        out.push(t.finish(format!("conv bwd {g} {label} d_inp-by-conv"), Op::ConvBackward(op), starts, false));
     }
 }
 
@@ -524,6 +580,7 @@ fn cases(precision: Precision) -> Vec<Case> {
     let mut seed = 1000;
     let mut v = vec![];
     conv_cases(&mut seed, precision, &mut v);
+    conv_by_conv_cases(&mut seed, precision, &mut v);
     bn_cases(&mut seed, precision, &mut v);
     small_cases(&mut seed, precision, &mut v);
     sgd_cases(&mut seed, precision, &mut v);
@@ -676,9 +733,12 @@ mod tests {
         let kinds = |pred: fn(&Op) -> bool| cs.iter().filter(|c| pred(&c.sched.steps[c.step].op)).count();
         // 4 geometries x 5 slicings, and the 2 wrapping slicings again through a weight copy.
         assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 20 + 8);
-        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 24 + 8);
+        // ... and 4 whose input gradient is a convolution (k3s1 full and wrapping, k5s1 full).
+        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 24 + 8 + 4);
         let copied = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { weight_copy: Some(_), copy_here: true, .. }));
-        assert_eq!(cs.iter().filter(|c| copied(&c.sched.steps[c.step].op)).count(), 8);
+        assert_eq!(cs.iter().filter(|c| copied(&c.sched.steps[c.step].op)).count(), 8 + 4);
+        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
+        assert_eq!(cs.iter().filter(|c| by_conv(&c.sched.steps[c.step].op)).count(), 4);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain(BnReluTrain { .. }))), 3);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluApply(BnReluApply { .. }))), 2);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluEval(BnReluEval { .. }))), 1);
@@ -697,6 +757,31 @@ mod tests {
             assert_eq!(c.step, c.sched.steps.len() - 1);
             let p = Program::new(c.sched.clone());
             assert!(p.arena_bytes() > 0);
+        }
+    }
+
+    /// The CPU's input gradient by convolution (the op's flipped copy, im2col of `d_out`, one
+    /// GEMM) equals its col2im path for the same op, sliced and wrapping: the same `d_inp` and
+    /// `d_weight` to f32 rounding.
+    #[test]
+    fn the_cpu_input_gradient_by_convolution_matches_its_col2im_path() {
+        let mut cpu = CpuBackend::reference();
+        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
+        let cs: Vec<Case> = cases(Precision::Fp32).into_iter().filter(|c| by_conv(&c.sched.steps[c.step].op)).collect();
+        assert_eq!(cs.len(), 4);
+        for c in cs {
+            let mut sched = c.sched.clone();
+            let Op::ConvBackward(op) = &mut sched.steps[c.step].op else { unreachable!() };
+            // The same buffer (as long) now holds the plain slice copy the col2im path reads.
+            op.d_inp_by_conv = false;
+            let got = run_case(&mut cpu, &c, &Program::new(c.sched.clone())).unwrap();
+            let twin = Case { sched, ..c };
+            let want = run_case(&mut cpu, &twin, &Program::new(twin.sched.clone())).unwrap();
+            let c = twin;
+            // d_inp, d_weight (the copies differ: flipped or not).
+            let err = max_err(&got[..2], &want[..2]);
+            assert!(err < 1e-6, "{}: {err}", c.name);
+            assert_ne!(got[2], want[2], "{}: the flipped copy was made", c.name);
         }
     }
 
@@ -726,7 +811,8 @@ mod tests {
     #[test]
     fn bf16_cases_are_bf16_programs_and_the_cpu_agrees_with_itself() {
         let cs = cases(Precision::Bf16);
-        assert_eq!(cs.len(), cases(Precision::Fp32).len() - 8, "the fp32 forward copy cases have no twin");
+        let why = "the fp32 forward copy cases and the input gradients by convolution have no twin";
+        assert_eq!(cs.len(), cases(Precision::Fp32).len() - 8 - 4, "{why}");
         for c in &cs {
             assert_eq!(c.sched.options.precision, Precision::Bf16);
             let (read, written) = c.sched.steps[c.step].op.buffers();

@@ -185,3 +185,20 @@ extern "C" __global__ void weight_slice_bf16(bf16* copy, const float* w, int cou
                                              int iw) {
     weight_slice_t(copy, w, cout, cin, kk, out_start, ow, in_start, iw);
 }
+
+// copy = the transpose of the weight's slice with its taps reversed, [iw, ow*kk]:
+// copy[j][r*kk + t] = w[out channel r][in channel j][kk-1-t], channels in slice order and
+// wrapping as in `weight_slice_t`. The weight of an input gradient computed as a convolution of
+// dY (stride 1, "same" padding). f32 only. Mirrors ops/conv2d/cpu.rs `copy_weight_flipped`.
+extern "C" __global__ void weight_flip(float* copy, const float* w, int cout, int cin, int kk,
+                                       int out_start, int ow, int in_start, int iw) {
+    int ldc = ow * kk, total = iw * ldc;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+        int j = e / ldc, c = e - j * ldc;
+        int r = c / kk, tap = c - r * kk;
+        int row = out_start + r, ch = in_start + j;
+        if (row >= cout) row -= cout;
+        if (ch >= cin) ch -= cin;
+        copy[e] = w[((i64)row * cin + ch) * kk + (kk - 1 - tap)];
+    }
+}

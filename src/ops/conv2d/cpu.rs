@@ -240,14 +240,62 @@ pub fn conv2d_backward<T: Elem, W: Elem>(
             return;
         }
     }
+    let ops = Operands { weight, inp, col, d_out, d_weight, ..Operands::default() };
+    lowered_backward(ops, d_inp, p, out_slice, in_slice, chunk, accumulate_d_inp, false);
+}
+
+/// [`conv2d_backward`] of a dense convolution (full slices) whose input gradient is a
+/// convolution of `d_out` with `weight_flipped` ([`copy_weight_flipped`]'s `[cin, cout*K*K]`):
+/// per chunk, im2col of `inp` and `dW = dY * col^T`, then im2col of `d_out` and
+/// `d_inp (+)= W' * col`, no col2im (`lowering::conv_backward`'s `by_conv`). The layer must be
+/// one [`lowering::input_grad_by_conv_fits`] allows; `col` holds the im2col columns of `inp`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_by_conv<T: Elem, W: Elem>(
+    d_inp: &mut [T],
+    d_weight: &mut [f32],
+    d_out: &[T],
+    inp: &[T],
+    weight_flipped: &[W],
+    col: &mut [T],
+    p: &ConvShape,
+    chunk: usize,
+    accumulate_d_inp: bool,
+) {
+    let (os, is) = (Slice::full(p.cout), Slice::full(p.cin));
+    check_call(p, &os, &is);
+    let (kk, in_len) = (p.kk(), p.cin * p.n * p.h * p.w);
+    assert!(lowering::input_grad_by_conv_fits(p, p.cout, p.cin), "no input gradient by convolution for {p:?}");
+    assert!(d_out.len() >= p.cout * p.n * p.ho() * p.wo(), "conv backward: d_out too short");
+    assert!(inp.len() >= in_len && d_inp.len() >= in_len, "conv backward: input or d_inp too short");
+    assert!(weight_flipped.len() >= p.cin * p.cout * kk, "conv backward: flipped weight too short");
+    assert!(d_weight.len() >= p.cout * p.cin * kk, "conv backward: d_weight too short");
+    assert!(col.len() >= p.im2col_len(p.cin, chunk), "conv backward: workspace too short");
+    let ops = Operands { weight: weight_flipped, inp, col, d_out, d_weight, ..Operands::default() };
+    lowered_backward(ops, Some(d_inp), p, os, is, chunk, accumulate_d_inp, true);
+}
+
+/// Runs the backward lowering on the host with `ops` (their `d_inp` taken from `d_inp`).
+#[allow(clippy::too_many_arguments)]
+fn lowered_backward<'a, T: Elem, W: Elem>(
+    mut ops: Operands<'a, T, W>,
+    d_inp: Option<&'a mut [T]>,
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+    accumulate_d_inp: bool,
+    by_conv: bool,
+) {
     if p.n == 0 {
         // No chunk runs, but the gradient of an empty batch is still zero.
-        d_weight[..w_out * w_in * kk].fill(0.0);
+        ops.d_weight[..out_slice.width * in_slice.width * p.kk()].fill(0.0);
     }
     let wants_d_inp = d_inp.is_some();
-    let mut ops =
-        Operands { weight, inp, col, d_out, d_weight, d_inp: d_inp.unwrap_or_default(), ..Operands::default() };
-    lowering::conv_backward(p, out_slice, in_slice, chunk, wants_d_inp, accumulate_d_inp, |cmd| ops.run(cmd, p, w_in));
+    ops.d_inp = d_inp.unwrap_or_default();
+    let w_in = in_slice.width;
+    lowering::conv_backward(p, out_slice, in_slice, chunk, wants_d_inp, accumulate_d_inp, by_conv, |cmd| {
+        ops.run(cmd, p, w_in)
+    });
 }
 
 /// Winograd where `algo` allows it, the layer is eligible and the workspace was sized for it (a
@@ -294,7 +342,14 @@ impl<'a, T: Elem, W: Elem> Operands<'a, T, W> {
     /// Runs one command of the lowering with the CPU's im2col, col2im and GEMM.
     fn run(&mut self, cmd: ConvCmd, p: &ConvShape, in_width: usize) {
         match cmd {
-            ConvCmd::Im2col { n0, nc } => im2col(self.col, self.inp, p, in_width, n0, nc),
+            ConvCmd::Im2col { src, channels, n0, nc } => {
+                let src = match src {
+                    Operand::Inp => self.inp,
+                    Operand::DOut => self.d_out,
+                    _ => unreachable!("im2col reads the input or the output's gradient, not {src:?}"),
+                };
+                im2col(self.col, src, p, channels, n0, nc)
+            }
             ConvCmd::Col2im { n0, nc, accumulate } => col2im(self.d_inp, self.col, p, in_width, n0, nc, accumulate),
             ConvCmd::Gemm(g) => {
                 let (cl, al, bl) = (g.c.layout(g.m, g.n), g.a.layout(g.m, g.k), g.b.layout(g.k, g.n));
@@ -341,4 +396,27 @@ pub fn copy_weight<T: Elem>(copy: &mut [T], weight: &[f32], p: &ConvShape, out_s
             }
         });
     }
+}
+
+/// `copy` = the transpose of the weight's slice with its taps reversed, the weight of the
+/// convolution that gives a stride-1 "same" convolution's input gradient
+/// (`lowering::conv_backward`'s `by_conv`): `[in_slice.width, out_slice.width*K*K]`,
+/// `copy[i][o*kk + t] = weight[out channel o][in channel i][kk-1-t]`, with `o` and `i` in slice
+/// order (kh and kw both reversed: `t = kh*K + kw` becomes `kk-1-t`), each value rounded to `T`
+/// once.
+pub fn copy_weight_flipped<T: Elem>(copy: &mut [T], weight: &[f32], p: &ConvShape, out_slice: Slice, in_slice: Slice) {
+    check_call(p, &out_slice, &in_slice);
+    let (kk, ld) = (p.kk(), p.cin * p.kk());
+    let ldc = out_slice.width * kk;
+    assert_eq!(copy.len(), in_slice.width * ldc, "flipped weight copy length vs the slice");
+    assert!(weight.len() >= p.cout * ld, "flipped weight copy: weight too short");
+    // Slice position j is layer channel (start + j) mod channels.
+    let channel = |s: &Slice, j: usize| (s.start + j) % s.channels;
+    copy.par_chunks_mut(ldc).enumerate().for_each(|(i, row)| {
+        let ci = channel(&in_slice, i);
+        for (o, dst) in row.chunks_exact_mut(kk).enumerate() {
+            let src = &weight[channel(&out_slice, o) * ld + ci * kk..][..kk];
+            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &w)| *d = T::from_f32(w));
+        }
+    });
 }

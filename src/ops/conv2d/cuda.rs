@@ -1,7 +1,9 @@
 //! The GPU's run of the lowering: `im2col` / `col2im` of `conv2d.cu` and `cublasGemmEx`, on
 //! offset, strided views of the weight, or, where the plan gives the op a `weight_copy`, on the
 //! slice's weight copied out (`weight_slice`) and the dense convolution it makes (one aligned
-//! GEMM per chunk even when a slice wraps).
+//! GEMM per chunk even when a slice wraps). A backward op whose input gradient is a convolution
+//! copies the slice flipped and transposed instead (`weight_flip`, f32) and runs im2col of
+//! `d_out` where col2im would be.
 //!
 //! Element types follow the plan: activations, columns and gradients are the program's storage
 //! type, which picks `im2col` / `im2col_bf16` and `col2im` / `col2im_bf16`; the weight is the
@@ -37,9 +39,9 @@ fn run(
     let (k, s, pad) = (int(p.k), int(p.stride), int(p.pad));
     let (ho, wo) = (int(p.ho()), int(p.wo()));
     match cmd {
-        ConvCmd::Im2col { n0, nc } => {
-            let (col, inp) = (addr(Operand::Col).0, addr(Operand::Inp).0);
-            let cfg = rows(in_width, columns(nc * p.ho() * p.wo()));
+        ConvCmd::Im2col { src, channels, n0, nc } => {
+            let (col, inp) = (addr(Operand::Col).0, addr(src).0);
+            let cfg = rows(channels, columns(nc * p.ho() * p.wo()));
             let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
             let (n0, nc) = (int(n0), int(nc));
             #[rustfmt::skip]
@@ -108,6 +110,17 @@ fn copy_weight(d: &DeviceView, copy: BufId, weight: u64, p: &ConvShape, os: Slic
     d.gpu.launch(name, grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
 }
 
+/// `copy` = the weight's slice transposed with its taps reversed (`[is.width, os.width*kk]`, the
+/// weight of an input gradient by convolution; `cpu::copy_weight_flipped`), f32.
+fn copy_weight_flipped(d: &DeviceView, copy: BufId, weight: u64, p: &ConvShape, os: Slice, is: Slice) {
+    assert_eq!(d.dtype(copy), Dtype::F32, "the flipped weight is f32 (fp32 programs only)");
+    let copy = d.buf(copy);
+    let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
+    let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
+    let total = os.width * is.width * p.kk();
+    d.gpu.launch("weight_flip", grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+}
+
 pub(super) fn forward(op: &Conv, d: &DeviceView) {
     let (os, is, p) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel), &op.shape);
     d.check_len(op.out, os.width * p.n * p.ho() * p.wo(), "conv out");
@@ -148,7 +161,10 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     let (mut w, mut shape, mut os, mut is) = ((d.tensor(op.weight), Dtype::F32), *p, os, is);
     if let Some(copy) = op.weight_copy {
         d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
-        if op.copy_here {
+        if op.d_inp_by_conv {
+            assert!(op.copy_here && op.d_inp.is_some(), "an input gradient by convolution makes its flipped weight");
+            copy_weight_flipped(d, copy, w.0, p, os, is);
+        } else if op.copy_here {
             copy_weight(d, copy, w.0, p, os, is);
         }
         (w, (shape, os, is)) = ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is));
@@ -163,7 +179,8 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
         Operand::Out => unreachable!("backward writes no output"),
     };
     let wants_d_inp = op.d_inp.is_some();
-    lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, |cmd| {
+    let by_conv = op.d_inp_by_conv;
+    lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, by_conv, |cmd| {
         run(d, cmd, &shape, is.width, store, &addr)
     });
 }
@@ -239,6 +256,98 @@ mod tests {
     #[should_panic(expected = "read the weight through its bf16 copy")]
     fn a_bf16_convolution_without_its_copy_is_refused() {
         record(false, Dtype::Bf16);
+    }
+
+    /// A backward op whose input gradient is a convolution (`d_inp_by_conv`): one `weight_flip`
+    /// launch over the copy, then per chunk im2col of the input (its 20 channels), the weight
+    /// gradient's GEMM, im2col of `d_out` (its 16 channels) and one GEMM into `d_inp` (its full
+    /// leading dimension, the chunk's offset) reading the flipped copy; no col2im. Without the
+    /// flag the same op queues `weight_slice`, and per chunk im2col, two GEMMs and col2im.
+    #[test]
+    fn an_input_gradient_by_convolution_queues_im2col_of_d_out_and_one_gemm_per_chunk() {
+        let (base, words) = (1u64 << 40, [16 * 13 * 81, 20 * 13 * 81, 20 * 13 * 81]);
+        let d_inp = base + 4 * (words[0] + words[1]) as u64;
+        for by_conv in [false, true] {
+            let rec = record_backward(by_conv);
+            let launches = rec.launches.borrow();
+            let names: Vec<&str> = launches.iter().map(|l| l.0).collect();
+            let chunks = [4usize, 4, 4, 1];
+            let (copy, per_chunk) = match by_conv {
+                true => ("weight_flip", ["im2col", "im2col"]),
+                false => ("weight_slice", ["im2col", "col2im"]),
+            };
+            let want: Vec<&str> = [copy].into_iter().chain(chunks.iter().flat_map(|_| per_chunk)).collect();
+            assert_eq!(names, want);
+            assert_eq!(launches[0].1.grid_dim, grid(16 * 20 * 9).grid_dim);
+            let gemms = rec.gemms.borrow();
+            assert_eq!(gemms.len(), 2 * chunks.len());
+            if !by_conv {
+                continue;
+            }
+            for (j, nc) in chunks.into_iter().enumerate() {
+                // Grids: the input's 20 channels, then d_out's 16, over the chunk's columns.
+                let x = (nc * 81).div_ceil(256) as u32;
+                assert_eq!(launches[1 + 2 * j].1.grid_dim, (x, 20, 1));
+                assert_eq!(launches[2 + 2 * j].1.grid_dim, (x, 16, 1));
+                let g = &gemms[2 * j + 1];
+                assert_eq!((g.label, g.transa, g.transb), ("gemm: input gradient", false, false), "{g:?}");
+                assert_eq!((g.m, g.n, g.k), (nc * 81, 20, 16 * 9), "{g:?}");
+                assert_eq!((g.lda, g.ldb, g.ldc, g.beta), (nc * 81, 16 * 9, 13 * 81, 0.0), "{g:?}");
+                assert_eq!(g.c, d_inp + (4 * j * 4 * 81) as u64, "{g:?}");
+            }
+        }
+    }
+
+    /// The backward op of a 3x3 "same" conv (13 images in chunks of 4, 16 output channels, a
+    /// wrapping 20-channel slice of 40 inputs), its copy flipped when `by_conv`.
+    fn record_backward(by_conv: bool) -> Recorder {
+        let shape = ConvShape { n: 13, cin: 40, h: 9, w: 9, cout: 16, k: 3, stride: 1, pad: 1 };
+        let (chunk, slices) = (4, [SliceSpec { channels: 40, width: 20 }]);
+        let lens = [16 * 13 * 81, 20 * 13 * 81, 20 * 13 * 81, 16 * 20 * 9, shape.im2col_len(20, chunk), 16 * 20 * 9];
+        let mut locs = [(0, 0); 6];
+        let mut words = 0;
+        for (loc, &len) in locs.iter_mut().zip(&lens) {
+            *loc = (words, len);
+            words += len;
+        }
+        let buffers: Vec<Buffer> = ["d_out", "inp", "d_inp", "d_weight", "col", "copy"]
+            .iter()
+            .zip(&lens)
+            .map(|(name, &len)| Buffer {
+                name: name.to_string(),
+                kind: BufKind::Activation,
+                dtype: Dtype::F32,
+                len,
+                sliced: true,
+            })
+            .collect();
+        let w =
+            TensorSpec { name: "w".into(), shape: vec![16, 40, 3, 3], role: Role::Param, init: Init::Zeros, offset: 0 };
+        let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        let starts = [30];
+        let ctx = StepCtx::new(&starts, sgd);
+        let tensors = [w];
+        let tables = Tables::new(&locs, &tensors, &slices, &ctx);
+        let rec = Recorder::default();
+        let view = DeviceView::new(tables, &rec, &buffers, (1 << 40, 4 * words), (1 << 44, 16 * 40 * 9));
+        let op = ConvBackward {
+            d_inp: Some(2),
+            d_weight: 3,
+            d_out: 0,
+            inp: 1,
+            col: Some(4),
+            weight: 0,
+            shape,
+            out_sel: Sel::Full(16),
+            in_sel: Sel::Block(0),
+            chunk,
+            accumulate_d_inp: false,
+            weight_copy: Some(5),
+            copy_here: true,
+            d_inp_by_conv: by_conv,
+        };
+        backward(&op, &view);
+        rec
     }
 
     fn record_wrapping_forward(copied: bool) -> Recorder {

@@ -91,8 +91,11 @@ impl RowGemm {
 /// One step of a convolution on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvCmd {
-    /// `Col` = im2col of images `[n0, n0+nc)` of `Inp` (all of the buffer's channels).
+    /// `Col` = im2col of images `[n0, n0+nc)` of `src`, all of its `channels` channels: `Inp`
+    /// (the input's width), or `DOut` (the output's width) for an input gradient by convolution.
     Im2col {
+        src: Operand,
+        channels: usize,
         n0: usize,
         nc: usize,
     },
@@ -158,7 +161,7 @@ pub fn conv_forward(
     let (ldw, ldy) = (p.cin * kk, p.n * hw);
     for (n0, nc) in chunks(p, chunk) {
         if !p.direct() {
-            emit(ConvCmd::Im2col { n0, nc });
+            emit(ConvCmd::Im2col { src: Operand::Inp, channels: in_slice.width, n0, nc });
         }
         let (src, base, ldb) = columns(p, n0, nc);
         for ro in out_slice.each_run() {
@@ -177,9 +180,25 @@ pub fn conv_forward(
     }
 }
 
+/// Whether the input gradient of `p` may be computed as a convolution of `d_out` with the
+/// flipped weight ([`conv_backward`]'s `by_conv`): stride 1, an odd kernel wider than 1 with
+/// "same" padding (so `Ho = H`), and an output no wider than the input, so that the im2col of
+/// `d_out` fits the workspace sized for the input's.
+pub fn input_grad_by_conv_fits(p: &ConvShape, out_width: usize, in_width: usize) -> bool {
+    p.stride == 1 && p.k > 1 && 2 * p.pad + 1 == p.k && out_width <= in_width
+}
+
 /// Backward: `d_weight = d_out * col^T` (sliced shape `[ow, iw*kk]`, overwritten) and, when
 /// `d_inp` is wanted, `d_inp (+)= col2im(W^T d_out)`. Per chunk the column buffer first holds
 /// im2col(inp) for the weight gradient, then the input gradient's columns.
+///
+/// With `by_conv` (a dense convolution, full slices, that [`input_grad_by_conv_fits`]) the
+/// input gradient is instead the convolution of `d_out` with `W'[cin, cout*kk]`,
+/// `W'[ci][co*kk + t] = W[co][ci*kk + kk-1-t]` (the transposed weight with its taps reversed,
+/// [`copy_weight_flipped`](super::copy_weight_flipped)), under the same padding: per
+/// chunk, im2col of `d_out` into the workspace, then one GEMM `d_inp (+)= W' * col` straight
+/// into `d_inp`. The `Weight` operand is then `W'`, which only that GEMM reads.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     p: &ConvShape,
     out_slice: Slice,
@@ -187,13 +206,21 @@ pub fn conv_backward(
     chunk: usize,
     d_inp: bool,
     accumulate_d_inp: bool,
+    by_conv: bool,
     mut emit: impl FnMut(ConvCmd),
 ) {
     let (kk, hw) = (p.kk(), p.ho() * p.wo());
     let (ldw, ldy, lddw) = (p.cin * kk, p.n * hw, in_slice.width * kk);
+    if by_conv {
+        assert!(
+            out_slice == Slice::full(p.cout) && in_slice == Slice::full(p.cin),
+            "conv backward by convolution runs the dense twin: full slices"
+        );
+        assert!(input_grad_by_conv_fits(p, p.cout, p.cin), "no input gradient by convolution for {p:?}");
+    }
     for (ci, (n0, nc)) in chunks(p, chunk).enumerate() {
         if !p.direct() {
-            emit(ConvCmd::Im2col { n0, nc });
+            emit(ConvCmd::Im2col { src: Operand::Inp, channels: in_slice.width, n0, nc });
         }
         let (src, base, ldb) = columns(p, n0, nc);
         for ro in out_slice.each_run() {
@@ -210,6 +237,19 @@ pub fn conv_backward(
             }
         }
         if !d_inp {
+            continue;
+        }
+        if by_conv {
+            emit(ConvCmd::Im2col { src: Operand::DOut, channels: p.cout, n0, nc });
+            emit(ConvCmd::Gemm(RowGemm {
+                m: p.cin,
+                n: nc * hw,
+                k: p.cout * kk,
+                a: view(Operand::Weight, 0, p.cout * kk),
+                b: view(Operand::Col, 0, nc * hw),
+                c: view(Operand::DInp, n0 * hw, ldy),
+                accumulate: accumulate_d_inp,
+            }));
             continue;
         }
         // Direct: the input gradient is written in place of the columns.
@@ -263,7 +303,9 @@ pub(crate) mod host {
             for i in 0..g.m {
                 let s: f64 = (0..g.k).map(|l| at(i, l) as f64 * bt(l, j) as f64).sum();
                 let dst = &mut c[g.c.1 + j * g.ldc + i];
-                *dst = (s + g.beta as f64 * *dst as f64) as f32;
+                // As BLAS: with beta 0, C is not read (NaN there does not propagate).
+                let old = if g.beta == 0.0 { 0.0 } else { g.beta as f64 * *dst as f64 };
+                *dst = (s + old) as f32;
             }
         }
     }
@@ -315,9 +357,9 @@ mod tests {
         /// Runs one command the way the backend does.
         fn run(&mut self, cmd: ConvCmd, p: &ConvShape, in_width: usize) {
             match cmd {
-                ConvCmd::Im2col { n0, nc } => {
+                ConvCmd::Im2col { src, channels, n0, nc } => {
                     let mut col = std::mem::take(&mut self.col);
-                    im2col(&mut col, &self.inp, p, in_width, n0, nc);
+                    im2col(&mut col, self.get(src), p, channels, n0, nc);
                     self.col = col;
                 }
                 ConvCmd::Col2im { n0, nc, accumulate } => {
@@ -347,9 +389,16 @@ mod tests {
         (f(reference_forward(&m.inp, &wt, &dense)), f(dx), f(dw))
     }
 
+    /// The largest difference, NaN when any element differs by NaN (`f32::max` would drop it).
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| {
+            if m.is_nan() || d.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
     }
 
     fn randn(rng: &mut Rng, len: usize) -> Vec<f32> {
@@ -504,7 +553,7 @@ mod tests {
                             want_dx.iter_mut().zip(&before).for_each(|(w, b)| *w += b);
                         }
                         let mut cmds = vec![];
-                        conv_backward(&p, os, is, chunk, d_inp, acc, |c| cmds.push(c));
+                        conv_backward(&p, os, is, chunk, d_inp, acc, false, |c| cmds.push(c));
                         for c in cmds {
                             m.run(c, &p, is.width);
                         }
@@ -521,6 +570,128 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Stride-1 "same" layers whose output is no wider than their input (h != w, so a swapped
+    /// axis shows), k = 3 and k = 5, and sliced, wrapping pairs of slices of them.
+    fn by_conv_cases() -> Vec<(ConvShape, Slice, Slice)> {
+        let k3 = ConvShape { n: 3, cin: 7, h: 7, w: 6, cout: 5, k: 3, stride: 1, pad: 1 };
+        let k5 = ConvShape { k: 5, pad: 2, h: 6, w: 8, ..k3 };
+        let square = ConvShape { cout: 7, ..k3 };
+        let mut v = vec![];
+        for p in [k3, k5, square] {
+            let (fo, fi) = (Slice::full(p.cout), Slice::full(p.cin));
+            v.extend([
+                (p, fo, fi),
+                (p, Slice::new(p.cout - 2, 4, p.cout), fi),
+                (p, Slice::new(1, 3, p.cout), Slice::new(5, 4, p.cin)),
+                (p, Slice::new(p.cout - 1, 5, p.cout), Slice::new(p.cin - 2, 5, p.cin)),
+            ]);
+        }
+        v
+    }
+
+    /// The input gradient as a convolution of `d_out` with the flipped weight: the sliced
+    /// layer's weight copied out flipped (`copy_weight_flipped`), its dense twin lowered with
+    /// `by_conv`, against the direct f64 gradients and against the col2im lowering of the same
+    /// sliced layer from the same memory, for chunks of 1, 2 and 3 images, overwriting and
+    /// accumulating. The columns hold the input's im2col, so the workspace is the usual one.
+    #[test]
+    fn input_gradient_by_convolution_matches_col2im_and_the_direct_gradient() {
+        use crate::ops::conv2d::{copy_weight_flipped, dense_twin};
+        let mut rng = Rng::new(4, 0);
+        for (p, os, is) in by_conv_cases() {
+            assert!(input_grad_by_conv_fits(&p, os.width, is.width));
+            for chunk in [1, 2, 3] {
+                for acc in [false, true] {
+                    let mut m = setup(&mut rng, &p, os, is, chunk);
+                    let before = m.d_inp.clone();
+                    let (_, mut want_dx, want_dw) = naive(&m, &p, os, is);
+                    if acc {
+                        want_dx.iter_mut().zip(&before).for_each(|(w, b)| *w += b);
+                    }
+                    let mut by_col2im = m.clone();
+                    let mut cmds = vec![];
+                    conv_backward(&p, os, is, chunk, true, acc, false, |c| cmds.push(c));
+                    cmds.into_iter().for_each(|c| by_col2im.run(c, &p, is.width));
+                    let mut flipped = vec![f32::NAN; is.width * os.width * p.kk()];
+                    copy_weight_flipped(&mut flipped, &m.weight, &p, os, is);
+                    m.weight = flipped;
+                    let (dense, fo, fi) = dense_twin(&p, os, is);
+                    let mut cmds = vec![];
+                    conv_backward(&dense, fo, fi, chunk, true, acc, true, |c| cmds.push(c));
+                    assert!(!cmds.iter().any(|c| matches!(c, ConvCmd::Col2im { .. })), "no col2im");
+                    cmds.into_iter().for_each(|c| m.run(c, &dense, is.width));
+                    let what = format!("{p:?} {os:?} {is:?} chunk {chunk} acc {acc}");
+                    for (name, got, want) in [
+                        ("d_inp vs direct", &m.d_inp, &want_dx),
+                        ("d_inp vs col2im", &m.d_inp, &by_col2im.d_inp),
+                        ("d_weight vs direct", &m.d_weight, &want_dw),
+                    ] {
+                        let err = max_abs_diff(got, want);
+                        assert!(err < 1e-4, "{name} {what}: {err}");
+                    }
+                    // The weight gradient's products are the col2im path's, command for command.
+                    assert_eq!(m.d_weight, by_col2im.d_weight, "{what}");
+                }
+            }
+        }
+    }
+
+    /// Per chunk: im2col of the input, the weight gradient's GEMM, im2col of `d_out` (its
+    /// channels), then one GEMM `d_inp[cin, nc*hw] (+)= W'[cin, cout*kk] * col` with `d_inp`'s
+    /// full leading dimension, and no col2im anywhere.
+    #[test]
+    fn input_gradient_by_convolution_is_one_forward_shaped_gemm_per_chunk() {
+        let p = ConvShape { n: 5, cin: 6, h: 4, w: 3, cout: 4, k: 3, stride: 1, pad: 1 };
+        let mut cmds = vec![];
+        conv_backward(&p, Slice::full(4), Slice::full(6), 2, true, true, true, |c| cmds.push(c));
+        let hw = 12;
+        let mut want = vec![];
+        for (n0, nc) in [(0, 2), (2, 2), (4, 1)] {
+            want.push(ConvCmd::Im2col { src: Operand::Inp, channels: 6, n0, nc });
+            want.push(ConvCmd::Gemm(RowGemm {
+                m: 4,
+                n: 6 * 9,
+                k: nc * hw,
+                a: view(Operand::DOut, n0 * hw, 5 * hw),
+                b: transposed(Operand::Col, 0, nc * hw),
+                c: view(Operand::DWeight, 0, 6 * 9),
+                accumulate: n0 > 0,
+            }));
+            want.push(ConvCmd::Im2col { src: Operand::DOut, channels: 4, n0, nc });
+            want.push(ConvCmd::Gemm(RowGemm {
+                m: 6,
+                n: nc * hw,
+                k: 4 * 9,
+                a: view(Operand::Weight, 0, 4 * 9),
+                b: view(Operand::Col, 0, nc * hw),
+                c: view(Operand::DInp, n0 * hw, 5 * hw),
+                accumulate: true,
+            }));
+        }
+        assert_eq!(cmds, want);
+    }
+
+    /// Only stride-1 "same" layers wider than 1x1 whose output is no wider than their input.
+    #[test]
+    fn input_gradient_by_convolution_fits_only_same_stride_one_layers() {
+        let p = ConvShape { n: 2, cin: 8, h: 8, w: 8, cout: 8, k: 3, stride: 1, pad: 1 };
+        assert!(input_grad_by_conv_fits(&p, 8, 8));
+        assert!(input_grad_by_conv_fits(&p, 4, 8));
+        assert!(!input_grad_by_conv_fits(&p, 8, 4), "the output's columns would overflow the workspace");
+        assert!(!input_grad_by_conv_fits(&ConvShape { stride: 2, ..p }, 8, 8));
+        assert!(!input_grad_by_conv_fits(&ConvShape { k: 1, pad: 0, ..p }, 8, 8));
+        assert!(!input_grad_by_conv_fits(&ConvShape { pad: 0, ..p }, 8, 8));
+        assert!(input_grad_by_conv_fits(&ConvShape { k: 5, pad: 2, ..p }, 8, 8));
+    }
+
+    /// The lowering refuses a sliced layer: by convolution runs on the dense twin.
+    #[test]
+    #[should_panic(expected = "full slices")]
+    fn input_gradient_by_convolution_needs_the_dense_twin() {
+        let p = ConvShape { n: 2, cin: 8, h: 8, w: 8, cout: 8, k: 3, stride: 1, pad: 1 };
+        conv_backward(&p, Slice::new(6, 4, 8), Slice::full(8), 1, true, false, true, |_| {});
     }
 
     #[test]

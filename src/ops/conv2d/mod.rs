@@ -25,6 +25,17 @@
 //!   it (`copy_here` true in backward): a copy lives only through its op, so the plan barely
 //!   grows, and the copy (a few MiB) costs microseconds.
 //!
+//! Input gradient by convolution (`Options::input_grad`, `--input-grad conv`; off by default,
+//! the GPU's fp32 programs only). For a stride-1 "same" convolution (odd `k > 1`,
+//! `pad = (k-1)/2`, so `Ho = H`) the input gradient is itself a convolution under the same
+//! padding: `d_inp = conv(dY, W')`, `W'[ci][co][t] = W[co][ci][kk-1-t]` (kh and kw reversed).
+//! `ConvBackward::d_inp_by_conv` makes `W'` from the slice of the weight
+//! ([`copy_weight_flipped`], `[in width, out width*kk]`, f32, in its own `weight_copy`) and
+//! runs the dense twin: per chunk im2col of `d_out` into the workspace (so the output may be no
+//! wider than the input, whose columns the workspace was sized for), then one forward-shaped
+//! GEMM written straight into `d_inp`. No col2im, and no `dcol` product whose output is the
+//! whole column matrix. The weight gradient is computed as before.
+//!
 //! - `lowering.rs`: the walk over slice runs x weight views x image chunks, as commands; both
 //!   backends run it.
 //! - `cpu.rs`: im2col, col2im (rayon) and the CPU's run of the lowering with our GEMM.
@@ -38,7 +49,10 @@ pub mod lowering;
 mod tests;
 mod winograd;
 
-pub use cpu::{col2im, conv2d_backward, conv2d_forward, copy_weight, dense_twin, im2col};
+pub use cpu::{
+    col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_forward, copy_weight, copy_weight_flipped, dense_twin,
+    im2col,
+};
 
 use super::{DeviceView, HostView, Kernel};
 use crate::ir::{BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
@@ -103,6 +117,10 @@ pub struct ConvBackward {
     pub weight_copy: Option<BufId>,
     /// This op writes `weight_copy` from the f32 weight before its GEMMs (the GPU's fp32 programs).
     pub copy_here: bool,
+    /// The input gradient is the convolution of `d_out` with the flipped, transposed weight
+    /// (`lowering::conv_backward`'s `by_conv`; `Options::input_grad`): `weight_copy` is then
+    /// that weight's f32 copy `[in width, out width*K*K]` ([`copy_weight_flipped`]), made here.
+    pub d_inp_by_conv: bool,
 }
 
 impl Kernel for Conv {
@@ -136,6 +154,14 @@ impl Kernel for Conv {
     }
 }
 
+impl ConvBackward {
+    /// The flipped weight's copy of an op with `d_inp_by_conv`, which makes it.
+    fn flipped_copy(&self) -> BufId {
+        assert!(self.copy_here, "an input gradient by convolution makes its own flipped weight");
+        self.weight_copy.expect("an input gradient by convolution reads the flipped weight's copy")
+    }
+}
+
 impl Kernel for ConvBackward {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
         let (made, read_copy) = match self.copy_here {
@@ -157,6 +183,15 @@ impl Kernel for ConvBackward {
             unsafe { (self.d_inp.map(|b| m.buf_mut::<T>(b)), m.buf_mut(self.d_weight), m.opt_mut::<T>(self.col)) };
         let (dy, x) = (m.buf::<T>(self.d_out), m.buf::<T>(self.inp));
         let (chunk, acc) = (self.chunk, self.accumulate_d_inp);
+        if self.d_inp_by_conv {
+            let (dx, copy) = (dx.expect("an input gradient by convolution"), self.flipped_copy());
+            // SAFETY: see `HostView`.
+            let copy = unsafe { m.buf_mut::<f32>(copy) };
+            copy_weight_flipped(copy, m.tensor(self.weight), p, os, is);
+            let (dense, ..) = dense_twin(p, os, is);
+            // im2col + GEMM whatever `m.algo` says: Winograd has no such input gradient.
+            return conv2d_backward_by_conv(dx, dw, dy, x, &*copy, col, &dense, chunk, acc);
+        }
         match self.weight_copy {
             // The copy (the forward op's, or made here): the same dense convolution, whose weight
             // gradient is the sliced one's, in slice order.

@@ -850,3 +850,42 @@ fn bf16_convolution_is_within_its_rounding_bounds_of_f32() {
         }
     }
 }
+
+/// `copy_weight_flipped`: entry `[i][o*kk + t]` is the sliced weight's `[o][i][kk-1-t]` (kh and kw
+/// both reversed), channels in slice order, wrapping slices included, k = 1, 3, 5; a bf16 copy
+/// is those values each rounded once.
+#[test]
+fn the_flipped_weight_copy_is_the_transposed_slice_with_taps_reversed() {
+    use crate::ir::Bf16;
+    for (k, cout, cin) in [(3, 5, 7), (5, 4, 6), (1, 6, 3)] {
+        let p = ConvShape { n: 1, cin, h: 5, w: 5, cout, k, stride: 1, pad: k / 2 };
+        let w = random(cout * cin * k * k, 40 + k as u64);
+        let kk = p.kk();
+        let picks = [
+            (Slice::full(cout), Slice::full(cin)),
+            (Slice::new(cout - 1, 3, cout), Slice::full(cin)),
+            (Slice::full(cout), Slice::new(cin - 2, 3, cin)),
+            (Slice::new(2, cout - 1, cout), Slice::new(1, 2, cin)),
+        ];
+        for (os, is) in picks {
+            let (ow, iw) = (os.width, is.width);
+            let mut copy = vec![f32::NAN; iw * ow * kk];
+            copy_weight_flipped(&mut copy, &w, &p, os, is);
+            let (outs, ins) = (channels_of(&os), channels_of(&is));
+            for (i, &ci) in ins.iter().enumerate() {
+                for (o, &co) in outs.iter().enumerate() {
+                    for kh in 0..k {
+                        for kw in 0..k {
+                            let want = w[((co * cin + ci) * k + kh) * k + kw];
+                            let got = copy[(i * ow + o) * kk + (k - 1 - kh) * k + (k - 1 - kw)];
+                            assert_eq!(got, want, "k {k} {os:?} {is:?} ({ci}, {co}, {kh}, {kw})");
+                        }
+                    }
+                }
+            }
+            let mut copy16 = vec![Bf16::default(); copy.len()];
+            copy_weight_flipped(&mut copy16, &w, &p, os, is);
+            assert!(copy16.iter().zip(&copy).all(|(a, &b)| *a == Bf16::from_f32(b)), "bf16 rounds once");
+        }
+    }
+}
