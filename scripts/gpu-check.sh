@@ -17,8 +17,12 @@
 #   2b. the bf16 kernels against the CPU's bf16 ops (selftest --precision bf16, synchronised)
 #      and the bf16 WRN-16-4 step (--full --precision bf16): until these pass on a card, bf16
 #      runs on the GPU in selftest only;
+#   2c. the input gradient by convolution (--input-grad conv, off by default until measured):
+#      selftest --full with it, fp32 and tf32 (the op checks above include its rows);
 #   3. the GPU plan of WRN-28-10 (launch counts, memory) and its profile at keep 0.5 (device
 #      time per op and per kernel, from CUDA events);
+#   3b. options against the default, same model, tf32, keep 1.0 and 0.5: --input-grad conv and
+#      --col-budget 512 (each a bench of its own, right after the default's);
 #   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32 and fp32, with the
 #      device memory in use beside the plan, and PyTorch's step on the same card right after each
 #      (scripts/torch/bench_peer.py: the same network and SliceOut rules; skipped without torch);
@@ -73,12 +77,21 @@ run full-fp32 120 "$BIN" selftest --full --device "$DEVICE" --math fp32
 run full-tf32 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
 SLICEOUT_CUDA_SYNC=1 run selftest-bf16-sync 120 "$BIN" selftest --device "$DEVICE" --precision bf16
 run full-bf16 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16
+run full-fp32-input-grad-conv 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --input-grad conv
+run full-tf32-input-grad-conv 120 "$BIN" selftest --full --device "$DEVICE" --math tf32 --input-grad conv
 run plan-wrn28-10-bf16 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16 \
     --precision bf16
 run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
 read -r pdepth pwiden <<<"${MODELS[0]}"
 run "profile-wrn$pdepth-$pwiden" 60 "$BIN" profile --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" --batch "$BATCH" \
     --keep 0.5 --steps 3
+
+for option in "" "--input-grad conv" "--col-budget 512"; do
+    tag=${option:-default}; tag=${tag//--/}; tag=${tag// /-}
+    # shellcheck disable=SC2086  # the option is two words
+    run "option-$tag" 120 "$BIN" bench --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" --batch "$BATCH" \
+        --keep 1.0,0.5 --steps "$STEPS" --math tf32 $option
+done
 
 for model in "${MODELS[@]}"; do
     read -r depth widen <<<"$model"
@@ -102,6 +115,10 @@ done
 
 echo
 echo "== summary ($DEVICE)"
+for f in "$LOG"/option-*.txt; do
+    [ -f "$f" ] || continue
+    grep -E '^[0-9]\.[0-9]{2} ' "$f" | awk -v o="$(basename "$f" .txt)" '{ printf "%-28s keep %s  %8s ms/step  arena %s MiB\n", o, $1, $2, $9 }'
+done
 for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt; do
     [ -f "$f" ] || continue
     printf "%-22s %s\n" "$(basename "$f" .txt)" "$(grep -E "^selftest.*passed" "$f" | tail -1)"
