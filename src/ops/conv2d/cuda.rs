@@ -15,7 +15,7 @@
 use super::lowering::{self, ConvCmd, Operand};
 use super::{dense_twin, Conv, ConvBackward};
 use crate::gpu::{grid, int, kernel, rows, Arg, FastDiv, GemmCall};
-use crate::ir::{BufId, ConvShape, Dtype, Slice};
+use crate::ir::{BufId, ConvShape, Dtype, Slice, TensorId};
 use crate::ops::DeviceView;
 
 /// A row length the kernels index with `int` and split with `div_by` (kept below 2^30, so a
@@ -100,25 +100,49 @@ fn run(
     }
 }
 
-/// `copy` = the weight's slice in slice order (`[os.width, is.width*kk]`), from the f32 weight,
-/// in the copy's element type.
-fn copy_weight(d: &DeviceView, copy: BufId, weight: u64, p: &ConvShape, os: Slice, is: Slice) {
-    let (name, copy) = (kernel!("weight_slice", d.dtype(copy)), d.buf(copy));
-    let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
-    let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
-    let total = os.width * is.width * p.kk();
-    d.gpu.launch(name, grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+/// How an op's GEMMs get their weight copy.
+#[derive(Clone, Copy, PartialEq)]
+enum CopyMade {
+    /// Already made (a bf16 backward reads its forward op's copy).
+    Before,
+    /// Here: the weight's slice in slice order (`[os.width, is.width*kk]`, `weight_slice`, in the
+    /// copy's element type).
+    Slice,
+    /// Here: the slice transposed with its taps reversed (`[is.width, os.width*kk]`, f32, the
+    /// weight of an input gradient by convolution; `weight_flip`, `cpu::copy_weight_flipped`).
+    Flipped,
 }
 
-/// `copy` = the weight's slice transposed with its taps reversed (`[is.width, os.width*kk]`, the
-/// weight of an input gradient by convolution; `cpu::copy_weight_flipped`), f32.
-fn copy_weight_flipped(d: &DeviceView, copy: BufId, weight: u64, p: &ConvShape, os: Slice, is: Slice) {
-    assert_eq!(d.dtype(copy), Dtype::F32, "the flipped weight is f32 (fp32 programs only)");
-    let copy = d.buf(copy);
-    let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
-    let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
-    let total = os.width * is.width * p.kk();
-    d.gpu.launch("weight_flip", grid(total), &[&copy, &weight, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+/// The weight the GEMMs read (address and type) and the convolution they run: the f32
+/// parameter and the sliced convolution, or `copy` (made here as `made` says) and the dense
+/// convolution of the slice widths.
+fn gemm_weight(
+    d: &DeviceView,
+    weight: TensorId,
+    copy: Option<BufId>,
+    made: CopyMade,
+    p: &ConvShape,
+    os: Slice,
+    is: Slice,
+) -> ((u64, Dtype), (ConvShape, Slice, Slice)) {
+    let w = d.tensor(weight);
+    let Some(copy) = copy else { return ((w, Dtype::F32), (*p, os, is)) };
+    d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
+    let name = match made {
+        CopyMade::Before => None,
+        CopyMade::Slice => Some(kernel!("weight_slice", d.dtype(copy))),
+        CopyMade::Flipped => {
+            assert_eq!(d.dtype(copy), Dtype::F32, "the flipped weight is f32 (fp32 programs only)");
+            Some("weight_flip")
+        }
+    };
+    if let Some(name) = name {
+        let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
+        let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
+        let (c, total) = (d.buf(copy), os.width * is.width * p.kk());
+        d.gpu.launch(name, grid(total), &[&c, &w, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+    }
+    ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is))
 }
 
 pub(super) fn forward(op: &Conv, d: &DeviceView) {
@@ -128,12 +152,7 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
     let store = d.storage(&[&[op.out, op.inp][..], op.col.as_slice()].concat());
     let (o, i, c) = (d.buf(op.out), d.buf(op.inp), d.opt(op.col));
-    let (mut w, mut shape, mut os, mut is) = ((d.tensor(op.weight), Dtype::F32), *p, os, is);
-    if let Some(copy) = op.weight_copy {
-        d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
-        copy_weight(d, copy, w.0, p, os, is);
-        (w, (shape, os, is)) = ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is));
-    }
+    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.weight_copy, CopyMade::Slice, p, os, is);
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => (i, store),
@@ -158,17 +177,15 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     assert_eq!(d.dtype(op.d_weight), Dtype::F32, "conv d_weight is f32 in every program");
     let (dw, dy, i) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp));
     let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
-    let (mut w, mut shape, mut os, mut is) = ((d.tensor(op.weight), Dtype::F32), *p, os, is);
-    if let Some(copy) = op.weight_copy {
-        d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
-        if op.d_inp_by_conv {
+    let made = match (op.d_inp_by_conv, op.copy_here) {
+        (true, _) => {
             assert!(op.copy_here && op.d_inp.is_some(), "an input gradient by convolution makes its flipped weight");
-            copy_weight_flipped(d, copy, w.0, p, os, is);
-        } else if op.copy_here {
-            copy_weight(d, copy, w.0, p, os, is);
+            CopyMade::Flipped
         }
-        (w, (shape, os, is)) = ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is));
-    }
+        (false, true) => CopyMade::Slice,
+        (false, false) => CopyMade::Before,
+    };
+    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.weight_copy, made, p, os, is);
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => (i, store),
