@@ -10,24 +10,24 @@
 #   there:  bash scripts/gpu-check.sh        (from the repository root; .gpu/ is git-ignored,
 #           so the device runner must carry it)
 #
-# In order, each with its own time limit (about 3 minutes in all on an H200; the last call of
-# 2026-11-27 ran the stages of that day in 2.5):
+# In order, each with its own time limit (about 4.5 minutes in all on an H200):
 #   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
 #      its op and kernel), then in tf32; the PyTorch reference runs inside each;
-#   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32;
+#   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32, and in fp32
+#      with --input-grad col2im (the default computes input gradients by convolution where a
+#      layer allows; the op checks above check both);
 #   2b. the bf16 kernels against the CPU's bf16 ops (selftest --precision bf16, synchronised)
-#      and the bf16 WRN-16-4 step (--full --precision bf16): until these pass on a card, bf16
-#      runs on the GPU in selftest only;
-#   2c. the input gradient by convolution (--input-grad conv, off by default until measured):
-#      selftest --full with it, fp32 and tf32 (the op checks above include its rows);
-#   3. the GPU plan of WRN-28-10 (launch counts, memory) and its profile at keep 0.5 (device
-#      time per op and per kernel, from CUDA events);
-#   3b. options against the default, same model, tf32, keep 1.0 and 0.5: --input-grad conv and
-#      --col-budget 512 (each a bench of its own, right after the default's);
-#   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32 and fp32, with the
-#      device memory in use beside the plan, and PyTorch's step on the same card right after each
-#      (scripts/torch/bench_peer.py: the same network and SliceOut rules; skipped without torch);
-#   5. two epochs of WRN-16-4 on Fashion-MNIST at keep 1.0 and 0.5;
+#      and the bf16 WRN-16-4 step (--full --precision bf16);
+#   3. the GPU plans of WRN-28-10 (launch counts, memory) and its profiles at keep 0.5, tf32
+#      and bf16 (device time per op and per kernel, from CUDA events);
+#   3b. options against the default, same model, keep 1.0 and 0.5 (each a bench of its own,
+#      right after the default's): tf32 with --input-grad col2im, --col-budget 128 and 1024;
+#      bf16 with --col-budget 46 (its plan's memory targets) and 128;
+#   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32, fp32 and bf16,
+#      with the device memory in use beside the plan, and PyTorch's step on the same card right
+#      after each (scripts/torch/bench_peer.py: the same network and SliceOut rules, bf16 as
+#      autocast; skipped without torch);
+#   5. two epochs of WRN-16-4 on Fashion-MNIST at keep 1.0 and 0.5, fp32 (tf32) and bf16;
 # and ends with one summary table. Full logs go to ./gpu-check-logs; when $OUT is set (by the
 # device runner, which brings back a few files only) they are also packed, checkpoints left out,
 # into $OUT/gpu-check.tgz. DEVICE=cpu runs the same script on the CPU (with QUICK=1: small models and
@@ -76,42 +76,52 @@ SLICEOUT_CUDA_SYNC=1 run selftest-fp32-sync 150 "$BIN" selftest --device "$DEVIC
 run selftest-tf32 120 "$BIN" selftest --device "$DEVICE" --math tf32
 run full-fp32 120 "$BIN" selftest --full --device "$DEVICE" --math fp32
 run full-tf32 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
+run full-fp32-input-grad-col2im 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --input-grad col2im
 SLICEOUT_CUDA_SYNC=1 run selftest-bf16-sync 120 "$BIN" selftest --device "$DEVICE" --precision bf16
 run full-bf16 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16
-run full-fp32-input-grad-conv 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --input-grad conv
-run full-tf32-input-grad-conv 120 "$BIN" selftest --full --device "$DEVICE" --math tf32 --input-grad conv
 run plan-wrn28-10-bf16 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16 \
     --precision bf16
 run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
 read -r pdepth pwiden <<<"${MODELS[0]}"
-run "profile-wrn$pdepth-$pwiden" 60 "$BIN" profile --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" --batch "$BATCH" \
-    --keep 0.5 --steps 3
-
-for option in "" "--input-grad conv" "--col-budget 512"; do
-    tag=${option:-default}; tag=${tag//--/}; tag=${tag// /-}
-    # shellcheck disable=SC2086  # the option is two words
-    run "option-$tag" 120 "$BIN" bench --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" --batch "$BATCH" \
-        --keep 1.0,0.5 --steps "$STEPS" --math tf32 $option
+for precision in fp32 bf16; do
+    run "profile-wrn$pdepth-$pwiden-$precision" 60 "$BIN" profile --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" \
+        --batch "$BATCH" --keep 0.5 --steps 3 --precision "$precision"
 done
 
+# "PRECISION OPTION": the default of each precision first, then its options.
+for case in "fp32 " "fp32 --input-grad col2im" "fp32 --col-budget 128" "fp32 --col-budget 1024" "bf16 " \
+    "bf16 --col-budget 46" "bf16 --col-budget 128"; do
+    read -r precision option <<<"$case"
+    tag=${option:-default}; tag=${tag//--/}; tag=${tag// /-}
+    # shellcheck disable=SC2086  # the option is two words
+    run "option-$precision-$tag" 120 "$BIN" bench --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" \
+        --batch "$BATCH" --keep 1.0,0.5 --steps "$STEPS" --math tf32 --precision "$precision" $option
+done
+
+# "tf32", "fp32": fp32 storage with that GEMM math; "bf16": bf16 storage (and autocast for the peer).
 for model in "${MODELS[@]}"; do
     read -r depth widen <<<"$model"
-    for math in tf32 fp32; do
+    for math in tf32 fp32 bf16; do
+        ours=(--math "$math"); peer=(--math "$math")
+        [ "$math" = bf16 ] && ours=(--precision bf16) && peer=(--precision bf16)
         run "bench-wrn$depth-$widen-$math" 120 "$BIN" bench --device "$DEVICE" --depth "$depth" --widen "$widen" \
-            --batch "$BATCH" --keep 1.0,0.75,0.5 --steps "$STEPS" --math "$math"
+            --batch "$BATCH" --keep 1.0,0.75,0.5 --steps "$STEPS" "${ours[@]}"
         if python3 -c "import torch" 2>/dev/null; then
             run "peer-wrn$depth-$widen-$math" 150 python3 scripts/torch/bench_peer.py --device "$DEVICE" \
-                --depth "$depth" --widen "$widen" --batch "$BATCH" --keep 1.0,0.75,0.5 --steps "$STEPS" --math "$math"
+                --depth "$depth" --widen "$widen" --batch "$BATCH" --keep 1.0,0.75,0.5 --steps "$STEPS" "${peer[@]}"
         else
             echo "(no PyTorch here: the peer column stays empty)"
         fi
     done
 done
 
-for keep in 1.0 0.5; do
-    rm -rf "$LOG/run-keep$keep"
-    run "train-keep$keep" 240 "$BIN" train --device "$DEVICE" --data "$DATA" --depth 16 --widen 4 --keep "$keep" \
-        --epochs "$EPOCHS" --batch 128 "${LIMIT[@]}" --out "$LOG/run-keep$keep"
+for precision in fp32 bf16; do
+    for keep in 1.0 0.5; do
+        rm -rf "$LOG/run-$precision-keep$keep"
+        run "train-$precision-keep$keep" 240 "$BIN" train --device "$DEVICE" --data "$DATA" --depth 16 --widen 4 \
+            --keep "$keep" --epochs "$EPOCHS" --batch 128 --precision "$precision" "${LIMIT[@]}" \
+            --out "$LOG/run-$precision-keep$keep"
+    done
 done
 
 echo
@@ -126,9 +136,12 @@ for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt; do
 done
 grep -E "gpu step|total " "$LOG/plan-wrn28-10.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5:   /'
 grep -E "gpu step|total " "$LOG/plan-wrn28-10-bf16.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5 bf16: /'
-# The profile's step time and its five most expensive kernels.
-head -n 2 "$LOG/profile-wrn$pdepth-$pwiden.txt" 2>/dev/null | grep "per step"
-sed -n '/^per kernel/,/^$/p' "$LOG/profile-wrn$pdepth-$pwiden.txt" 2>/dev/null | head -n 6
+# Each profile's step time and its five most expensive kernels.
+for precision in fp32 bf16; do
+    f="$LOG/profile-wrn$pdepth-$pwiden-$precision.txt"
+    head -n 2 "$f" 2>/dev/null | grep "per step"
+    sed -n '/^per kernel/,/^$/p' "$f" 2>/dev/null | head -n 6
+done
 # PyTorch's medians from this run, "WRN-28-10 tf32 0.50=27.20;...".
 peers=$(cat "$LOG"/peer-*.txt 2>/dev/null | sed -n 's/^torch \(WRN-[0-9]*-[0-9]*\) \([a-z0-9]*\) keep \([0-9.]*\): median \([0-9.]*\) ms.*/\1 \2 \3=\4/p' | paste -sd ';')
 printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s %10s\n" \
@@ -149,14 +162,17 @@ for f in "$LOG"/bench-wrn*.txt; do
             t["WRN-28-10 fp32 1.00"]="96.6"; t["WRN-28-10 fp32 0.75"]="77.1"; t["WRN-28-10 fp32 0.50"]="61.6"
             t["WRN-28-10 tf32 1.00"]="36.0"; t["WRN-28-10 tf32 0.75"]="31.0"; t["WRN-28-10 tf32 0.50"]="27.2"
             t["WRN-16-4 tf32 1.00"]="8.8";   t["WRN-16-4 tf32 0.50"]="12.2"
+            t["WRN-28-10 bf16 1.00"]="17.9"; t["WRN-28-10 bf16 0.50"]="20.9"
         }
         { k = model " " math " " $1; ref = (k in t) ? t[k] : "-"; peer = (k in torch) ? torch[k] : "-"
           printf "%-10s %-5s %-5s %10s %9s %10s %11s %13s %10s %11s %10s %10s\n", model, math, $1, $2, $3, $6, $8, $9, $10, $11, peer, ref }'
 done
 grep -h "context with our kernels" "$LOG"/bench-*.txt 2>/dev/null | head -1
-for keep in 1.0 0.5; do
-    line=$(grep -E "^epoch" "$LOG/train-keep$keep.txt" 2>/dev/null | tail -1)
-    echo "Fashion-MNIST WRN-16-4 keep $keep: ${line:-no epoch finished}"
+for precision in fp32 bf16; do
+    for keep in 1.0 0.5; do
+        line=$(grep -E "^epoch" "$LOG/train-$precision-keep$keep.txt" 2>/dev/null | tail -1)
+        echo "Fashion-MNIST WRN-16-4 $precision keep $keep: ${line:-no epoch finished}"
+    done
 done
 if [ -n "${OUT:-}" ]; then
     tar czf "$OUT/gpu-check.tgz" --exclude='*.ckpt' -C "$LOG" .

@@ -5,6 +5,10 @@ SGD with momentum 0.9, Nesterov and weight decay 5e-4. For comparison only: slic
 depends on PyTorch.
 
     python3 scripts/torch/bench_peer.py --depth 28 --widen 10 --batch 128 --keep 1.0,0.75,0.5 --math tf32
+    python3 scripts/torch/bench_peer.py --depth 28 --widen 10 --batch 128 --keep 1.0,0.5 --precision bf16
+
+`--precision bf16` runs the forward pass and loss under bf16 autocast (PyTorch's mixed
+precision: fp32 parameters, bf16 convolutions), the peer of `sliceout bench --precision bf16`.
 
 One line per keep value, which scripts/gpu-check.sh reads:
     torch WRN-28-10 tf32 keep 0.50: median 27.20 ms (min 26.90, max 27.80), 4706 img/s, peak 2496.0 MiB
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from wrn import WideResNet
 
 
-def step_times(model, opt, x, y, keep, steps, device):
+def step_times(model, opt, x, y, keep, steps, device, bf16):
     """Milliseconds of `steps` training steps after one warm-up step."""
     times = []
     for i in range(steps + 1):
@@ -30,7 +34,8 @@ def step_times(model, opt, x, y, keep, steps, device):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x, starts, keep), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x, starts, keep), y)
         loss.backward()
         opt.step()
         if device.type == "cuda":
@@ -52,6 +57,7 @@ def main():
     ap.add_argument("--keep", default="1.0,0.75,0.5")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--math", choices=["fp32", "tf32"], default="tf32")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -66,11 +72,12 @@ def main():
         y = torch.randint(0, 10, (args.batch,), device=device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        times = step_times(model, opt, x, y, keep, args.steps, device)
+        bf16 = args.precision == "bf16"
+        times = step_times(model, opt, x, y, keep, args.steps, device, bf16)
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         median = statistics.median(times)
         print(
-            f"torch WRN-{args.depth}-{args.widen} {args.math} keep {keep:.2f}: median {median:.2f} ms "
+            f"torch WRN-{args.depth}-{args.widen} {'bf16' if bf16 else args.math} keep {keep:.2f}: median {median:.2f} ms "
             f"(min {min(times):.2f}, max {max(times):.2f}), {args.batch / median * 1e3:.0f} img/s, peak {peak:.1f} MiB",
             flush=True,
         )
