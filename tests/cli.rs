@@ -272,7 +272,8 @@ fn plan_and_profile_print_parseable_output() {
     assert!(so.starts_with("<svg") && so.trim_end().ends_with("</svg>"));
     // The options line names the input gradient's algorithm.
     let gpu = ["plan", "--depth", "16", "--widen", "2", "--batch", "8", "--device", "cuda"];
-    for (extra, want) in [(&[][..], "input gradient=col2im"), (&["--input-grad", "conv"][..], "input gradient=conv")] {
+    for (extra, want) in [(&[][..], "input gradient=conv"), (&["--input-grad", "col2im"][..], "input gradient=col2im")]
+    {
         let (code, so, err) = sliceout(&[&gpu[..], extra].concat());
         assert_eq!(code, 0, "{err}");
         let line = so.lines().find(|l| l.trim_start().starts_with("options")).expect("an options line");

@@ -10,9 +10,7 @@
 //! - `cpu.rs`: the reference, rayon over host memory.
 //! - `cuda.rs`: one GPU through the `gpu` runtime; a clear `Error::Device` where there is none.
 //!
-//! The CPU runs fp32 and bf16 programs. The GPU has bf16 kernels too, but they have not yet been
-//! checked on a card: until `sliceout selftest --precision bf16` has passed on one, only
-//! `selftest` runs bf16 on the GPU, and every other command refuses it ([`check_precision`]).
+//! Both run fp32 and bf16 programs (`ir::Precision`).
 
 pub mod cpu;
 pub mod cuda;
@@ -24,9 +22,9 @@ pub use crate::ops::StepCtx;
 
 use crate::data::loader::{Crop, Normalization};
 use crate::data::Split;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::KernelTime;
-use crate::ir::{Precision, Target};
+use crate::ir::Target;
 use crate::plan::Program;
 
 /// A dataset split kept resident by the backend (on a GPU: in device memory, so batches are
@@ -110,23 +108,6 @@ pub trait Backend: Memory + Batches + Execute {
     fn name(&self) -> String;
     /// What its programs' workspaces are sized for.
     fn target(&self) -> Target;
-}
-
-/// Refuses a precision the backend for `target` may not train or time with yet: bf16 on the GPU,
-/// whose kernels exist but have not passed `selftest --precision bf16` on a card (the CPU runs
-/// both). `train`, `eval`, `profile` and `bench` call it as soon as the backend is chosen, before
-/// reading data or touching a folder; `selftest` does not, since it is how the GPU's bf16 path
-/// gets checked against the CPU's.
-pub fn check_precision(precision: Precision, target: Target) -> Result<()> {
-    match (precision, target) {
-        (Precision::Bf16, Target::Cuda) => Err(Error::flag(
-            "--precision",
-            precision.as_str(),
-            "fp32 on the GPU: its bf16 kernels have not yet passed `sliceout selftest --precision bf16` \
-             (and `--full`) on a card, so only selftest runs them; bf16 trains on the CPU (--device cpu)",
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// `--device`.

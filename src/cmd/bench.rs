@@ -185,9 +185,6 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let memory = f.memory.options_at(precisions[0])?;
     let probe = backend::open(f.device.into(), math, true)?;
     let (name, target) = (probe.name(), probe.target());
-    for &p in &precisions {
-        backend::check_precision(p, target)?;
-    }
     let overheads = probe.device_overheads();
     drop(probe);
     let mut make = || backend::open(f.device.into(), math, false);
@@ -197,11 +194,12 @@ pub fn command(f: &BenchFlags) -> Result<()> {
         precisions.iter().flat_map(|&p| f.keep.iter().map(move |&keep| (keep, p))).collect();
     let rows = measure(&mut make, &config, batch, &runs, timing, Options { target, ..memory })?;
     print!("{}", table(&config, batch, &name, &rows));
-    if memory.input_grad != InputGrad::Col2im {
-        println!(
-            "input gradients: {} (--input-grad; on the GPU's fp32 layers that may, col2im elsewhere)",
-            memory.input_grad.as_str()
-        );
+    if target == Target::Cuda {
+        let how = match memory.input_grad {
+            InputGrad::Conv => "conv (--input-grad; on the layers that allow it, col2im elsewhere)",
+            InputGrad::Col2im => "col2im (--input-grad)",
+        };
+        println!("input gradients: {how}");
     }
     if let Some(o) = overheads {
         // What is left once the context and our workspaces are counted: cuBLAS's handle and the

@@ -120,15 +120,15 @@ pub struct MemoryFlags {
     #[arg(long, value_enum, default_value_t = Update::Early)]
     pub update: Update,
     /// Element type of activations, their gradients and im2col workspaces: fp32 or bf16
-    /// (parameters, momentum, BN statistics, weight gradients and the loss stay f32; bf16 runs
-    /// on the CPU, and on the GPU only in `selftest` until its bf16 kernels have passed there on
-    /// a card); `bench` takes fp32,bf16 to measure both in one run
+    /// (parameters, momentum, BN statistics, weight gradients and the loss stay f32; bf16 GEMMs
+    /// accumulate in f32); `bench` takes fp32,bf16 to measure both in one run
     #[arg(long, default_value = "fp32", value_delimiter = ',')]
     pub precision: Vec<String>,
-    /// How a convolution's backward computes its input gradient: col2im (W^T dY, then col2im),
-    /// or conv (the GPU's fp32 stride-1 3x3 layers: a convolution of dY with the flipped
-    /// weight, no col2im; other layers keep col2im)
-    #[arg(long, default_value = "col2im")]
+    /// How a convolution's backward computes its input gradient on the GPU: conv (its stride-1
+    /// 3x3 layers whose output is no wider than their input: a convolution of dY with the
+    /// flipped weight, no col2im; other layers keep col2im), or col2im everywhere (W^T dY, then
+    /// col2im). The CPU always uses col2im
+    #[arg(long, default_value = "conv")]
     pub input_grad: String,
 }
 
@@ -463,10 +463,10 @@ pub struct SelftestFlags {
     /// 2^-8 bf16)
     #[arg(long)]
     pub full: bool,
-    /// With --full: how the step's convolutions compute their input gradient, col2im or conv
-    /// (`train --input-grad`; the op checks always check both)
-    #[arg(long, default_value = "col2im")]
-    pub input_grad: String,
+    /// With --full: how the step's convolutions compute their input gradient, conv or col2im
+    /// (`train --input-grad`, default conv; the op checks always check both)
+    #[arg(long)]
+    pub input_grad: Option<String>,
     /// Element type of activations in the checked programs: fp32, or bf16 (each op's bf16
     /// kernels against the CPU's bf16 ops, tolerance 2^-10, with --full 2^-8; the GPU's only
     /// bf16 runs until they pass there)

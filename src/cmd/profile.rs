@@ -54,6 +54,8 @@ pub struct Profile {
     pub model: String,
     pub keep: f64,
     pub batch: usize,
+    /// `fp32` or `bf16`: the element type of activations (`--precision`).
+    pub precision: String,
     pub device: String,
     pub steps: usize,
     /// How op times were taken.
@@ -150,6 +152,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result
         model: s.config.name(),
         keep: s.config.keep,
         batch: s.batch,
+        precision: s.options.precision.as_str().to_string(),
         device: backend.name(),
         steps,
         timer: timer.to_string(),
@@ -164,10 +167,11 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result
 /// Text: per-layer table (with the comparison beside), then per-op table.
 pub fn text(main: &Profile, other: Option<&Profile>) -> String {
     let mut t = format!(
-        "{} keep {:.2}, batch {}, on {}: {:.1} ms per step (mean of {}; {}), arena {:.1} MiB\n",
+        "{} keep {:.2}, batch {}, {}, on {}: {:.1} ms per step (mean of {}; {}), arena {:.1} MiB\n",
         main.model,
         main.keep,
         main.batch,
+        main.precision,
         main.device,
         main.step_ms,
         main.steps,
@@ -270,7 +274,6 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     }
     let memory = f.memory.options()?;
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
-    backend::check_precision(memory.precision, backend.target())?;
     let options = Options { target: backend.target(), ..memory };
     let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
     let main_p = build(&config);

@@ -1,8 +1,6 @@
 //! `sliceout selftest`: every op of the chosen backend against the plain CPU reference, then the
 //! PyTorch reference on that backend; one row per check. `--precision bf16` checks the bf16
-//! programs' ops against the CPU's bf16 ops instead (the PyTorch reference is fp32's); it is the
-//! one command that runs bf16 on the GPU before its kernels have passed there
-//! (`backend::check_precision`).
+//! programs' ops against the CPU's bf16 ops instead (the PyTorch reference is fp32's).
 
 use super::flags::SelftestFlags;
 use crate::backend::{self, Backend, CpuBackend};
@@ -16,10 +14,13 @@ use crate::verify::{full, reference, selftest};
 pub fn command(f: &SelftestFlags) -> Result<()> {
     let math = Math::parse(&f.math)?;
     let precision = Precision::parse(&f.precision)?;
-    let input_grad = InputGrad::parse(&f.input_grad)?;
-    if !f.full && input_grad != InputGrad::Col2im {
-        return Err(Error::flag("--input-grad", &f.input_grad, "col2im without --full (the op checks check both)"));
-    }
+    let input_grad = match (&f.input_grad, f.full) {
+        (None, _) => InputGrad::default(),
+        (Some(s), true) => InputGrad::parse(s)?,
+        (Some(s), false) => {
+            return Err(Error::flag("--input-grad", s, "no --input-grad without --full (the op checks check both)"))
+        }
+    };
     let mut backend = backend::open(f.device.into(), math, true)?;
     if f.full {
         return full(&mut *backend, math, precision, input_grad);

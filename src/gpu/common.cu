@@ -69,9 +69,12 @@ __device__ __forceinline__ bool channel_totals(double* a, double* b, double* par
     return true;
 }
 
-// This block's range [lo, hi) of a row of m values split into gridDim.x parts.
-__device__ __forceinline__ void part_range(i64 m, i64* lo, i64* hi) {
+// This block's range [lo, hi) of a row of m values split into gridDim.x parts, each part's
+// length a multiple of `align` (so that a part starts on an aligned value); late parts may be
+// empty (lo >= hi).
+__device__ __forceinline__ void part_range(i64 m, int align, i64* lo, i64* hi) {
     i64 len = (m + gridDim.x - 1) / gridDim.x;
+    len = (len + align - 1) / align * align;
     *lo = (i64)blockIdx.x * len;
     *hi = min(m, *lo + len);
 }
@@ -113,4 +116,39 @@ __device__ __forceinline__ float narrow<float>(float x) {
 template <>
 __device__ __forceinline__ bf16 narrow<bf16>(float x) {
     return f32_to_bf16_rne(x);
+}
+
+// V values of T as one word of V * sizeof(T) bytes (2 to 16), for aligned V-wide loads and
+// stores: `Lanes<T, V>::v` are the values, `load_lanes` / `store_lanes` move them at once.
+template <int B> struct Word;
+template <> struct Word<2> { typedef unsigned short type; };
+template <> struct Word<4> { typedef unsigned type; };
+template <> struct Word<8> { typedef uint2 type; };
+template <> struct Word<16> { typedef uint4 type; };
+
+template <typename T, int V>
+union Lanes {
+    T v[V];
+    typename Word<sizeof(T) * V>::type word;
+};
+
+template <typename T, int V>
+__device__ __forceinline__ void store_lanes(T* dst, const Lanes<T, V>& x) {
+    *reinterpret_cast<typename Word<sizeof(T) * V>::type*>(dst) = x.word;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ Lanes<T, V> load_lanes(const T* src) {
+    Lanes<T, V> x;
+    x.word = *reinterpret_cast<const typename Word<sizeof(T) * V>::type*>(src);
+    return x;
+}
+
+// Whether rows of m values of T at `a`, `b` and `c` can be walked 4 at a time: m a multiple
+// of 4 and each base aligned to 4 values. (Channel rows are m apart, so the rows after the
+// first are then aligned too.)
+template <typename T>
+__device__ __forceinline__ bool by_fours(i64 m, const void* a, const void* b, const void* c) {
+    unsigned long long bits = (unsigned long long)a | (unsigned long long)b | (unsigned long long)c;
+    return (m & 3) == 0 && bits % (4 * sizeof(T)) == 0;
 }

@@ -525,15 +525,14 @@ impl Builder {
     }
 
     /// Whether a convolution's backward computes its input gradient as a convolution of the
-    /// output's gradient with the flipped weight (`Options::input_grad`): the GPU's fp32 programs
-    /// only (the CPU keeps Winograd and col2im; bf16 programs keep col2im), for the layers
-    /// `lowering::input_grad_by_conv_fits` allows (stride 1, "same" padding, k > 1, an output
-    /// no wider than the input, so the workspace sized for the input's columns holds them).
+    /// output's gradient with the flipped weight (`Options::input_grad`): the GPU's programs only
+    /// (the CPU keeps Winograd and col2im), for the layers `lowering::input_grad_by_conv_fits`
+    /// allows (stride 1, "same" padding, k > 1, an output no wider than the input, so the
+    /// workspace sized for the input's columns holds them).
     fn input_grad_by_conv(&self, shape: &ConvShape, out_width: usize, in_width: usize) -> bool {
         let o = self.sched.options;
         o.input_grad == InputGrad::Conv
             && o.target == Target::Cuda
-            && o.precision == Precision::Fp32
             && input_grad_by_conv_fits(shape, out_width, in_width)
     }
 
@@ -567,8 +566,8 @@ impl Builder {
             (_, false) => (None, false),
             // Sliced or not, the op makes the flipped weight its input gradient's GEMM reads.
             _ if by_conv => {
-                let len = ow * iw * shape.kk();
-                (Some(self.buf(format!("{layer}.weight_flip"), BufKind::WeightCopy, Dtype::F32, len, sliced)), true)
+                let (len, dtype) = (ow * iw * shape.kk(), self.storage());
+                (Some(self.buf(format!("{layer}.weight_flip"), BufKind::WeightCopy, dtype, len, sliced)), true)
             }
             (Some(bf16), true) => (Some(bf16), false),
             (None, true) => (self.f32_weight_slice(layer, "weight_slice_b", ow * iw * shape.kk(), sliced), true),
@@ -660,11 +659,13 @@ impl Builder {
                 *m = momentum[i];
             }
         }
+        // Each tensor starts on a 16-byte boundary, so the GPU's SGD can move four floats at a
+        // time (the gaps, at most three floats each, stay zero).
         let mut offset = 0;
         for role in [Role::Param, Role::Momentum, Role::RunningMean, Role::RunningVar] {
             for t in self.sched.tensors.iter_mut().filter(|t| t.role == role) {
                 t.offset = offset;
-                offset += t.len();
+                offset = (offset + t.len()).next_multiple_of(4);
             }
         }
         self.sched.outputs.push(self.sched.loss);

@@ -299,6 +299,7 @@ mod tests {
             "col2im",
             "gather_batch",
             "im2col",
+            "weight_flip",
             "weight_slice",
         ];
         assert_eq!(bf16, want);

@@ -114,7 +114,6 @@ pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
         return Err(Error::flag("--limit-test", 0, "an integer >= 1 (a number of images)"));
     }
     let mut backend = backend::open(r.device, Math::Tf32, false)?;
-    backend::check_precision(r.precision, backend.target())?;
     let ck = crate::export::load_model(checkpoint_path)?;
     // The training split is needed only to recalibrate: otherwise read none of it.
     let limits = Limits { train: if r.bn_recal > 0 { None } else { Some(0) }, test: r.limit_test };

@@ -224,7 +224,6 @@ impl<'a> Run<'a> {
     pub fn start(args: &'a TrainArgs) -> Result<Run<'a>> {
         args.validate()?;
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
-        backend::check_precision(args.options.precision, backend.target())?;
         let resumed = args.resume.as_deref().map(Resumed::load).transpose()?;
         let limits = Limits { train: args.limit_train, test: args.limit_test };
         let mut ds = data::load_limited(&args.data, args.dataset, args.coarse, limits)?;

@@ -183,26 +183,30 @@ mod tests {
         }
     }
 
-    /// The route of `selftest --full --input-grad conv` on a GPU, with the CPU standing in for
-    /// it (it runs any plan): the program is the GPU's fp32 plan with backward ops whose input
-    /// gradient is a convolution, both sides run them op by op, and every op agrees (the
-    /// path's correctness against col2im is `lowering.rs`'s and `selftest.rs`'s tests).
+    /// The route of `selftest --full` on a GPU (input gradients by convolution, the default),
+    /// with the CPU standing in for it (it runs any plan): the program is the GPU's plan, fp32
+    /// and bf16, with backward ops whose input gradient is a convolution, both sides run them op
+    /// by op, and every op agrees (the path's correctness against col2im is `lowering.rs`'s and
+    /// `selftest.rs`'s tests).
     #[test]
     fn a_gpu_plan_with_input_gradients_by_convolution_runs_op_by_op() {
         use crate::ir::Target;
         use crate::ops::{ConvBackward, Op};
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
-        let mut a = CpuBackend::reference();
-        let mut b = Tampered::new(|_, _| {}, |_| {});
-        b.target = Target::Cuda;
-        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Fp32, InputGrad::Conv).unwrap();
-        let options = Options { target: Target::Cuda, input_grad: InputGrad::Conv, ..Options::default() };
-        let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
-        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
-        assert!(p.schedule.steps.iter().any(|s| by_conv(&s.op)));
-        assert_eq!(rows.len(), p.schedule.steps.len() + 1);
-        for r in &rows {
-            assert!(r.max_rel_err < 1e-6, "{r:?}");
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let mut a = CpuBackend::reference();
+            let mut b = Tampered::new(|_, _| {}, |_| {});
+            b.target = Target::Cuda;
+            let rows = full_step(&mut a, &mut b, &config, 4, precision, InputGrad::Conv).unwrap();
+            let options =
+                Options { target: Target::Cuda, input_grad: InputGrad::Conv, precision, ..Options::default() };
+            let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
+            let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
+            assert!(p.schedule.steps.iter().any(|s| by_conv(&s.op)), "{precision:?}");
+            assert_eq!(rows.len(), p.schedule.steps.len() + 1);
+            for r in &rows {
+                assert!(r.max_rel_err < 1e-6, "{precision:?} {r:?}");
+            }
         }
     }
 

@@ -256,7 +256,16 @@ const HW: usize = 7;
 
 fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
     let (cin, cout) = (5, 7);
-    let geometries = [("k3s1", 3, 1, 1), ("k3s2", 3, 2, 1), ("k1s1", 1, 1, 0), ("k1s2", 1, 2, 0)];
+    // (name, k, stride, pad, image size): odd sizes, and two of 8 whose rows the GPU's im2col and
+    // col2im take 4 (or 2) columns a thread.
+    let geometries = [
+        ("k3s1", 3, 1, 1, HW),
+        ("k3s2", 3, 2, 1, HW),
+        ("k1s1", 1, 1, 0, HW),
+        ("k1s2", 1, 2, 0, HW),
+        ("k3s1w8", 3, 1, 1, 8),
+        ("k3s2w8", 3, 2, 1, 8),
+    ];
     // (label, output pick, input pick, accumulate)
     let variants = [
         ("full", Pick::Full, Pick::Full, false),
@@ -265,8 +274,8 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
         ("in-slice", Pick::Full, Pick::Slice(1, 3), false),
         ("in-wrap+acc", Pick::Full, Pick::Slice(4, 3), true),
     ];
-    for (g, k, stride, pad) in geometries {
-        let shape = ConvShape { n: N, cin, h: HW, w: HW, cout, k, stride, pad };
+    for (g, k, stride, pad, hw) in geometries {
+        let shape = ConvShape { n: N, cin, h: hw, w: hw, cout, k, stride, pad };
         let hw_out = shape.ho() * shape.wo();
         for (label, op_pick, ip_pick, acc) in variants {
             let (ow, iw) = (op_pick.width(cout), ip_pick.width(cin));
@@ -295,7 +304,7 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                 }
                 let wdata = t.normals(cout * cin * k * k, 0.3, 0.0);
                 let weight = t.tensor("conv.weight", &[cout, cin, k, k], Role::Param, wdata);
-                let x = t.normals(iw * N * HW * HW, 1.0, 0.0);
+                let x = t.normals(iw * N * hw * hw, 1.0, 0.0);
                 let inp = t.input("conv.inp", x);
                 let col_len = crate::ops::conv2d::workspace_len(&shape, iw, chunk, crate::ir::Target::Cpu);
                 let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
@@ -310,7 +319,7 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                 } else {
                     let dy = t.normals(ow * N * hw_out, 1.0, 0.0);
                     let d_out = t.input("conv.d_out", dy);
-                    let d_inp = with_d_inp.then(|| t.output("conv.d_inp", BufKind::Gradient, iw * N * HW * HW));
+                    let d_inp = with_d_inp.then(|| t.output("conv.d_inp", BufKind::Gradient, iw * N * hw * hw));
                     let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
                     let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
                     // bf16: the forward op's copy, an input here, unless this op makes it.
@@ -357,13 +366,10 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
 }
 
 /// Backward with the input gradient as a convolution of `d_out` with the flipped weight
-/// (`--input-grad conv`; fp32 programs only, as the GPU's plan gives it): stride 1, "same"
-/// padding, an output no wider than the input (7 input channels, 5 output), full and wrapping,
-/// k = 3 and k = 5, the op making its flipped copy.
+/// (`--input-grad conv`, as the GPU's plan gives it): stride 1, "same" padding, an output no
+/// wider than the input (7 input channels, 5 output), full and wrapping, k = 3 and k = 5, the op
+/// making its flipped copy (in the storage type).
 fn conv_by_conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
-    if precision != Precision::Fp32 {
-        return;
-    }
     let (cin, cout) = (7, 5);
     let variants = [
         ("k3s1", 3, "full", Pick::Full, Pick::Full, false),
@@ -412,8 +418,14 @@ fn conv_by_conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>)
 }
 
 fn bn_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
+    // An odd row, and one of 192 values (a multiple of 4: the GPU's kernels take 4 at a time).
+    for (m, size) in [(N * HW * HW, ""), (N * 64, " m192")] {
+        bn_cases_of(m, size, seed, precision, out);
+    }
+}
+
+fn bn_cases_of(m: usize, size: &str, seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
     let c = 6;
-    let m = N * HW * HW;
     let picks = [("full", Pick::Full), ("slice", Pick::Slice(1, 4)), ("wrap", Pick::Slice(4, 4))];
     let mut next = |spec: Vec<SliceSpec>| {
         *seed += 1;
@@ -430,7 +442,7 @@ fn bn_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
         let o = t.output("bn.out", BufKind::Activation, w * m);
         let stats = t.output("bn.stats", BufKind::Activation, 2 * w);
         let op = Op::BnReluTrain(BnReluTrain { out: o, stats, inp, bn, sel, m });
-        out.push(t.finish(format!("bn_relu train {label}"), op, pick.starts(), true));
+        out.push(t.finish(format!("bn_relu train {label}{size}"), op, pick.starts(), true));
         // apply (full and wrapping only)
         if label != "slice" {
             let mut t = next(pick.spec(c));
@@ -440,7 +452,7 @@ fn bn_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
             let stats = t.stats(w);
             let o = t.output("bn.out", BufKind::Activation, w * m);
             let op = Op::BnReluApply(BnReluApply { out: o, inp, stats, bn, sel, m });
-            out.push(t.finish(format!("bn_relu apply {label}"), op, pick.starts(), false));
+            out.push(t.finish(format!("bn_relu apply {label}{size}"), op, pick.starts(), false));
         }
         // backward; the wrapping case accumulates into d_inp
         let mut t = next(pick.spec(c));
@@ -456,7 +468,7 @@ fn bn_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
         let accumulate = label == "wrap";
         let op =
             Op::BnReluBackward(BnReluBackward { d_inp, d_gamma, d_beta, d_out, inp, stats, bn, sel, m, accumulate });
-        let name = format!("bn_relu bwd {label}{}", if accumulate { "+acc" } else { "" });
+        let name = format!("bn_relu bwd {label}{}{size}", if accumulate { "+acc" } else { "" });
         out.push(t.finish(name, op, pick.starts(), false));
     }
     let mut t = next(Pick::Full.spec(c));
@@ -465,7 +477,7 @@ fn bn_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
     let inp = t.input("bn.inp", x);
     let o = t.output("bn.out", BufKind::Activation, c * m);
     let op = Op::BnReluEval(BnReluEval { out: o, inp, bn, channels: c, m });
-    out.push(t.finish("bn_relu eval".into(), op, vec![0], false));
+    out.push(t.finish(format!("bn_relu eval{size}"), op, vec![0], false));
 }
 
 fn small_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
@@ -731,18 +743,19 @@ mod tests {
     fn every_op_kind_is_covered_with_sliced_and_accumulating_variants() {
         let cs = cases(Precision::Fp32);
         let kinds = |pred: fn(&Op) -> bool| cs.iter().filter(|c| pred(&c.sched.steps[c.step].op)).count();
-        // 4 geometries x 5 slicings, and the 2 wrapping slicings again through a weight copy.
-        assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 20 + 8);
+        // 6 geometries x 5 slicings, and the 2 wrapping slicings again through a weight copy.
+        assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 30 + 12);
         // ... and 4 whose input gradient is a convolution (k3s1 full and wrapping, k5s1 full).
-        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 24 + 8 + 4);
+        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 36 + 12 + 4);
         let copied = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { weight_copy: Some(_), copy_here: true, .. }));
-        assert_eq!(cs.iter().filter(|c| copied(&c.sched.steps[c.step].op)).count(), 8 + 4);
+        assert_eq!(cs.iter().filter(|c| copied(&c.sched.steps[c.step].op)).count(), 12 + 4);
         let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
         assert_eq!(cs.iter().filter(|c| by_conv(&c.sched.steps[c.step].op)).count(), 4);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain(BnReluTrain { .. }))), 3);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluApply(BnReluApply { .. }))), 2);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluEval(BnReluEval { .. }))), 1);
-        assert_eq!(kinds(|o| matches!(o, Op::BnReluBackward(BnReluBackward { .. }))), 3);
+        // BN: full, sliced and wrapping, each at two row lengths.
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain(BnReluTrain { .. }))), 6);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluApply(BnReluApply { .. }))), 4);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluEval(BnReluEval { .. }))), 2);
+        assert_eq!(kinds(|o| matches!(o, Op::BnReluBackward(BnReluBackward { .. }))), 6);
         assert_eq!(kinds(|o| matches!(o, Op::Sgd(Sgd { .. }))), 3);
         for op in ["add", "avgpool fwd", "avgpool bwd", "linear fwd", "linear bwd"] {
             assert!(cs.iter().any(|c| c.name == op), "{op}");
@@ -811,8 +824,8 @@ mod tests {
     #[test]
     fn bf16_cases_are_bf16_programs_and_the_cpu_agrees_with_itself() {
         let cs = cases(Precision::Bf16);
-        let why = "the fp32 forward copy cases and the input gradients by convolution have no twin";
-        assert_eq!(cs.len(), cases(Precision::Fp32).len() - 8 - 4, "{why}");
+        let why = "the fp32 forward copy cases have no twin";
+        assert_eq!(cs.len(), cases(Precision::Fp32).len() - 12, "{why}");
         for c in &cs {
             assert_eq!(c.sched.options.precision, Precision::Bf16);
             let (read, written) = c.sched.steps[c.step].op.buffers();

@@ -2,10 +2,13 @@
 // images at a time. The column matrix of a chunk is row-major [c*k*k, nc*ho*wo]: row
 // (ci, kh, kw), column (image, oh, ow), exactly what the GEMM `W[cout, c*k*k] * col` wants.
 //
-// Both are memory-bound. A thread takes one column (im2col) or one input pixel (col2im) of one
-// channel (grid y) and walks all k*k taps of it, so a column index is split (with `div_by`, no
-// divisions) once per k*k elements. For k = 3 and k = 1 the taps are a compile-time loop that
-// unrolls, so a thread's k*k loads are in flight together.
+// Both are memory-bound. A thread takes V adjacent columns (im2col) or V adjacent input pixels
+// (col2im) of one channel (grid y) and walks all k*k taps of them, so a column index is split
+// (with `div_by`, no divisions) once per V*k*k elements, and each tap's V values go out as one
+// V-wide store. The host picks V (4, 2 or 1) so that the V columns lie in one row of one image
+// (ow, or w, a multiple of V) and the stores are aligned (`vector_width` in cuda.rs); the sums
+// and roundings are the same for every V. For k = 3 and k = 1 the taps are a compile-time loop
+// that unrolls, so a thread's loads are in flight together.
 //
 // Columns and activations are the storage type T: `im2col`, `col2im`, `weight_slice` store f32,
 // `*_bf16` bf16. im2col copies stored values (no rounding); col2im sums a pixel's window
@@ -15,7 +18,7 @@
 // The kernel width as a compile-time constant (K > 0) or the launch's (K = 0).
 #define TAPS(K, k_arg) ((K) > 0 ? (K) : (k_arg))
 
-template <typename T, int K>
+template <typename T, int K, int V>
 __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
                                                const T* __restrict__ inp, int n, int h,
                                                int w, int k_arg, int stride, int pad, int wo,
@@ -24,10 +27,11 @@ __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
                                                int nc) {
     const int k = TAPS(K, k_arg);
     int ci = blockIdx.y;
-    int cols = nc * hwo;
+    int cols = nc * hwo, groups = cols / V;
     const T* src = inp + ((i64)ci * n + n0) * h * w;
     T* dst = col + (i64)ci * k * k * cols;
-    for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < cols; x += gridDim.x * blockDim.x) {
+    for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+        int x = g * V;
         int i = (int)div_by(x, hwo_magic, hwo_shift);
         int p = x - i * hwo;
         int oh = (int)div_by(p, wo_magic, wo_shift);
@@ -40,34 +44,56 @@ __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
             bool row_in = (unsigned)ih < (unsigned)h;
 #pragma unroll
             for (int kw = 0; kw < k; ++kw) {
-                int iw = iw0 + kw;
-                T v = narrow<T>(0.0f);
-                if (row_in && (unsigned)iw < (unsigned)w) v = img[ih * w + iw];
-                dst[(i64)(kh * k + kw) * cols + x] = v;
+                Lanes<T, V> out;
+#pragma unroll
+                for (int j = 0; j < V; ++j) {
+                    int iw = iw0 + j * stride + kw;
+                    T v = narrow<T>(0.0f);
+                    if (row_in && (unsigned)iw < (unsigned)w) v = img[ih * w + iw];
+                    out.v[j] = v;
+                }
+                store_lanes(dst + (i64)(kh * k + kw) * cols + x, out);
             }
         }
     }
 }
 
 // col = columns of images [n0, n0 + nc) of `inp` (n images, h x w). Grid: x over the chunk's
-// nc*ho*wo columns (fewer than 2^30), y = input channel. `hwo` splits a column into images.
+// nc*ho*wo columns / vec (fewer than 2^30 columns), y = input channel. `hwo` splits a column
+// into images; `vec` is V.
+template <typename T, int K>
+__device__ __forceinline__ void im2col_k(T* col, const T* inp, int n, int h, int w, int k,
+                                         int stride, int pad, int wo, int hwo,
+                                         unsigned hwo_magic, unsigned hwo_shift, unsigned wo_magic,
+                                         unsigned wo_shift, int n0, int nc, int vec) {
+    if (vec == 4)
+        im2col_channel<T, K, 4>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                                wo_magic, wo_shift, n0, nc);
+    else if (vec == 2)
+        im2col_channel<T, K, 2>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                                wo_magic, wo_shift, n0, nc);
+    else
+        im2col_channel<T, K, 1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                                wo_magic, wo_shift, n0, nc);
+}
+
 template <typename T>
 __device__ __forceinline__ void im2col_t(T* col, const T* inp, int n, int h, int w, int k,
                                          int stride, int pad, int wo, int hwo,
                                          unsigned hwo_magic, unsigned hwo_shift, unsigned wo_magic,
-                                         unsigned wo_shift, int n0, int nc) {
+                                         unsigned wo_shift, int n0, int nc, int vec) {
     if (k == 3)
-        im2col_channel<T, 3>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
-                          wo_magic, wo_shift, n0, nc);
+        im2col_k<T, 3>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
+                       wo_shift, n0, nc, vec);
     else if (k == 1)
-        im2col_channel<T, 1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
-                          wo_magic, wo_shift, n0, nc);
+        im2col_k<T, 1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
+                       wo_shift, n0, nc, vec);
     else
-        im2col_channel<T, 0>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
-                          wo_magic, wo_shift, n0, nc);
+        im2col_k<T, 0>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
+                       wo_shift, n0, nc, vec);
 }
 
-template <typename T, int K>
+template <typename T, int K, int V>
 __device__ __forceinline__ void col2im_channel(T* __restrict__ d_inp,
                                                const T* __restrict__ col, int n, int h,
                                                int w, int k_arg, int stride, int pad, int ho,
@@ -76,16 +102,19 @@ __device__ __forceinline__ void col2im_channel(T* __restrict__ d_inp,
                                                int accumulate) {
     const int k = TAPS(K, k_arg);
     int ci = blockIdx.y;
-    int hw = h * w, hwo = ho * wo, cols = nc * hwo, len = nc * hw;
+    int hw = h * w, hwo = ho * wo, cols = nc * hwo, groups = nc * hw / V;
     const T* rows = col + (i64)ci * k * k * cols;
     T* dst = d_inp + ((i64)ci * n + n0) * hw;
-    for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < len; x += gridDim.x * blockDim.x) {
+    for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+        int x = g * V;
         int i = (int)div_by(x, hw_magic, hw_shift);
         int q = x - i * hw;
         int ih = (int)div_by(q, w_magic, w_shift);
-        int iw = q - ih * w;
+        int iw0 = q - ih * w;
         const T* img = rows + (i64)i * hwo;
-        float s = 0.0f;
+        float s[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) s[j] = 0.0f;
 #pragma unroll
         for (int kh = 0; kh < k; ++kh) {
             int y = ih + pad - kh;
@@ -93,33 +122,62 @@ __device__ __forceinline__ void col2im_channel(T* __restrict__ d_inp,
             bool row_in = y >= 0 && (stride == 1 || y % stride == 0) && oh < ho;
 #pragma unroll
             for (int kw = 0; kw < k; ++kw) {
-                int xx = iw + pad - kw;
-                int ow = stride == 1 ? xx : xx / stride;
-                if (row_in && xx >= 0 && (stride == 1 || xx % stride == 0) && ow < wo)
-                    s += widen(img[(i64)(kh * k + kw) * cols + oh * wo + ow]);
+                const T* tap = img + (i64)(kh * k + kw) * cols;
+#pragma unroll
+                for (int j = 0; j < V; ++j) {
+                    int xx = iw0 + j + pad - kw;
+                    int ow = stride == 1 ? xx : xx / stride;
+                    if (row_in && xx >= 0 && (stride == 1 || xx % stride == 0) && ow < wo)
+                        s[j] += widen(tap[oh * wo + ow]);
+                }
             }
         }
-        dst[x] = narrow<T>(accumulate ? widen(dst[x]) + s : s);
+        Lanes<T, V> out;
+        if (accumulate) {
+            Lanes<T, V> old = load_lanes<T, V>(dst + x);
+#pragma unroll
+            for (int j = 0; j < V; ++j) out.v[j] = narrow<T>(widen(old.v[j]) + s[j]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j) out.v[j] = narrow<T>(s[j]);
+        }
+        store_lanes(dst + x, out);
     }
 }
 
 // d_inp (+)= col2im(col) for images [n0, n0 + nc): every input pixel gathers the column
 // entries that read it, kh then kw (no atomics, deterministic). Pixels no window reads get 0.
-// Grid: x over the channel's nc*h*w pixels, y = channel.
+// Grid: x over the channel's nc*h*w pixels / vec, y = channel.
+template <typename T, int K>
+__device__ __forceinline__ void col2im_k(T* d_inp, const T* col, int n, int h, int w, int k,
+                                         int stride, int pad, int ho, int wo, unsigned hw_magic,
+                                         unsigned hw_shift, unsigned w_magic, unsigned w_shift,
+                                         int n0, int nc, int accumulate, int vec) {
+    if (vec == 4)
+        col2im_channel<T, K, 4>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+                                w_magic, w_shift, n0, nc, accumulate);
+    else if (vec == 2)
+        col2im_channel<T, K, 2>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+                                w_magic, w_shift, n0, nc, accumulate);
+    else
+        col2im_channel<T, K, 1>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
+                                w_magic, w_shift, n0, nc, accumulate);
+}
+
 template <typename T>
 __device__ __forceinline__ void col2im_t(T* d_inp, const T* col, int n, int h, int w, int k,
                                          int stride, int pad, int ho, int wo, unsigned hw_magic,
                                          unsigned hw_shift, unsigned w_magic, unsigned w_shift,
-                                         int n0, int nc, int accumulate) {
+                                         int n0, int nc, int accumulate, int vec) {
     if (k == 3)
-        col2im_channel<T, 3>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
-                          w_magic, w_shift, n0, nc, accumulate);
+        col2im_k<T, 3>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift, w_magic,
+                       w_shift, n0, nc, accumulate, vec);
     else if (k == 1)
-        col2im_channel<T, 1>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
-                          w_magic, w_shift, n0, nc, accumulate);
+        col2im_k<T, 1>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift, w_magic,
+                       w_shift, n0, nc, accumulate, vec);
     else
-        col2im_channel<T, 0>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift,
-                          w_magic, w_shift, n0, nc, accumulate);
+        col2im_k<T, 0>(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift, w_magic,
+                       w_shift, n0, nc, accumulate, vec);
 }
 
 // copy = the rows of the output slice and the column groups of the input slice of the weight
@@ -145,33 +203,33 @@ __device__ __forceinline__ void weight_slice_t(T* copy, const float* w, int cout
 extern "C" __global__ void im2col(float* col, const float* inp, int n, int h, int w, int k,
                                   int stride, int pad, int wo, int hwo, unsigned hwo_magic,
                                   unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
-                                  int n0, int nc) {
+                                  int n0, int nc, int vec) {
     im2col_t(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
-             wo_shift, n0, nc);
+             wo_shift, n0, nc, vec);
 }
 
 extern "C" __global__ void im2col_bf16(bf16* col, const bf16* inp, int n, int h, int w, int k,
                                        int stride, int pad, int wo, int hwo, unsigned hwo_magic,
                                        unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
-                                       int n0, int nc) {
+                                       int n0, int nc, int vec) {
     im2col_t(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
-             wo_shift, n0, nc);
+             wo_shift, n0, nc, vec);
 }
 
 extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, int w, int k,
                                   int stride, int pad, int ho, int wo, unsigned hw_magic,
                                   unsigned hw_shift, unsigned w_magic, unsigned w_shift, int n0,
-                                  int nc, int accumulate) {
+                                  int nc, int accumulate, int vec) {
     col2im_t(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift, w_magic, w_shift,
-             n0, nc, accumulate);
+             n0, nc, accumulate, vec);
 }
 
 extern "C" __global__ void col2im_bf16(bf16* d_inp, const bf16* col, int n, int h, int w, int k,
                                        int stride, int pad, int ho, int wo, unsigned hw_magic,
                                        unsigned hw_shift, unsigned w_magic, unsigned w_shift,
-                                       int n0, int nc, int accumulate) {
+                                       int n0, int nc, int accumulate, int vec) {
     col2im_t(d_inp, col, n, h, w, k, stride, pad, ho, wo, hw_magic, hw_shift, w_magic, w_shift,
-             n0, nc, accumulate);
+             n0, nc, accumulate, vec);
 }
 
 extern "C" __global__ void weight_slice(float* copy, const float* w, int cout, int cin, int kk,
@@ -188,10 +246,12 @@ extern "C" __global__ void weight_slice_bf16(bf16* copy, const float* w, int cou
 
 // copy = the transpose of the weight's slice with its taps reversed, [iw, ow*kk]:
 // copy[j][r*kk + t] = w[out channel r][in channel j][kk-1-t], channels in slice order and
-// wrapping as in `weight_slice_t`. The weight of an input gradient computed as a convolution of
-// dY (stride 1, "same" padding). f32 only. Mirrors ops/conv2d/cpu.rs `copy_weight_flipped`.
-extern "C" __global__ void weight_flip(float* copy, const float* w, int cout, int cin, int kk,
-                                       int out_start, int ow, int in_start, int iw) {
+// wrapping as in `weight_slice_t`, each f32 weight rounded once. The weight of an input gradient
+// computed as a convolution of dY (stride 1, "same" padding). Mirrors ops/conv2d/cpu.rs
+// `copy_weight_flipped`.
+template <typename T>
+__device__ __forceinline__ void weight_flip_t(T* copy, const float* w, int cout, int cin, int kk,
+                                              int out_start, int ow, int in_start, int iw) {
     int ldc = ow * kk, total = iw * ldc;
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
         int j = e / ldc, c = e - j * ldc;
@@ -199,6 +259,16 @@ extern "C" __global__ void weight_flip(float* copy, const float* w, int cout, in
         int row = out_start + r, ch = in_start + j;
         if (row >= cout) row -= cout;
         if (ch >= cin) ch -= cin;
-        copy[e] = w[((i64)row * cin + ch) * kk + (kk - 1 - tap)];
+        copy[e] = narrow<T>(w[((i64)row * cin + ch) * kk + (kk - 1 - tap)]);
     }
+}
+
+extern "C" __global__ void weight_flip(float* copy, const float* w, int cout, int cin, int kk,
+                                       int out_start, int ow, int in_start, int iw) {
+    weight_flip_t(copy, w, cout, cin, kk, out_start, ow, in_start, iw);
+}
+
+extern "C" __global__ void weight_flip_bf16(bf16* copy, const float* w, int cout, int cin, int kk,
+                                            int out_start, int ow, int in_start, int iw) {
+    weight_flip_t(copy, w, cout, cin, kk, out_start, ow, in_start, iw);
 }

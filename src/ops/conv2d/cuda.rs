@@ -2,7 +2,7 @@
 //! offset, strided views of the weight, or, where the plan gives the op a `weight_copy`, on the
 //! slice's weight copied out (`weight_slice`) and the dense convolution it makes (one aligned
 //! GEMM per chunk even when a slice wraps). A backward op whose input gradient is a convolution
-//! copies the slice flipped and transposed instead (`weight_flip`, f32) and runs im2col of
+//! copies the slice flipped and transposed instead (`weight_flip`) and runs im2col of
 //! `d_out` where col2im would be.
 //!
 //! Element types follow the plan: activations, columns and gradients are the program's storage
@@ -25,6 +25,14 @@ fn columns(len: usize) -> usize {
     len
 }
 
+/// V, the columns (im2col) or pixels (col2im) a thread of `conv2d.cu` takes: the widest of 4, 2
+/// and 1 that divides `row` (the image row they must share) and whose `V * size` bytes `base`
+/// is aligned to (each thread's store is one V-wide word; the kernels' rows start at multiples
+/// of V elements from `base`).
+fn vector_width(row: usize, base: u64, size: usize) -> usize {
+    [4, 2, 1].into_iter().find(|&v| row.is_multiple_of(v) && base.is_multiple_of((v * size) as u64)).unwrap_or(1)
+}
+
 /// Runs one command; `addr` maps operands to device addresses and element types, `store` is
 /// the activations' type.
 fn run(
@@ -41,22 +49,24 @@ fn run(
     match cmd {
         ConvCmd::Im2col { src, channels, n0, nc } => {
             let (col, inp) = (addr(Operand::Col).0, addr(src).0);
-            let cfg = rows(channels, columns(nc * p.ho() * p.wo()));
+            let vec = vector_width(p.wo(), col, store.size());
+            let cfg = rows(channels, columns(nc * p.ho() * p.wo()) / vec);
             let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
-            let (n0, nc) = (int(n0), int(nc));
+            let (n0, nc, vec) = (int(n0), int(nc), int(vec));
             #[rustfmt::skip]
-            let args: [&dyn Arg; 16] = [&col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo,
-                &by_hwo.magic, &by_hwo.shift, &by_wo.magic, &by_wo.shift, &n0, &nc];
+            let args: [&dyn Arg; 17] = [&col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo,
+                &by_hwo.magic, &by_hwo.shift, &by_wo.magic, &by_wo.shift, &n0, &nc, &vec];
             d.gpu.launch(kernel!("im2col", store), cfg, &args);
         }
         ConvCmd::Col2im { n0, nc, accumulate } => {
             let (d_inp, col) = (addr(Operand::DInp).0, addr(Operand::Col).0);
-            let cfg = rows(in_width, columns(nc * p.h * p.w));
+            let vec = vector_width(p.w, d_inp, store.size());
+            let cfg = rows(in_width, columns(nc * p.h * p.w) / vec);
             let (by_hw, by_w) = (FastDiv::new(p.h * p.w), FastDiv::new(p.w));
-            let (n0, nc, acc) = (int(n0), int(nc), accumulate as i32);
+            let (n0, nc, acc, vec) = (int(n0), int(nc), accumulate as i32, int(vec));
             #[rustfmt::skip]
-            let args: [&dyn Arg; 17] = [&d_inp, &col, &n, &h, &w, &k, &s, &pad, &ho, &wo,
-                &by_hw.magic, &by_hw.shift, &by_w.magic, &by_w.shift, &n0, &nc, &acc];
+            let args: [&dyn Arg; 18] = [&d_inp, &col, &n, &h, &w, &k, &s, &pad, &ho, &wo,
+                &by_hw.magic, &by_hw.shift, &by_w.magic, &by_w.shift, &n0, &nc, &acc, &vec];
             d.gpu.launch(kernel!("col2im", store), cfg, &args);
         }
         ConvCmd::Gemm(g) => {
@@ -108,8 +118,9 @@ enum CopyMade {
     /// Here: the weight's slice in slice order (`[os.width, is.width*kk]`, `weight_slice`, in the
     /// copy's element type).
     Slice,
-    /// Here: the slice transposed with its taps reversed (`[is.width, os.width*kk]`, f32, the
-    /// weight of an input gradient by convolution; `weight_flip`, `cpu::copy_weight_flipped`).
+    /// Here: the slice transposed with its taps reversed (`[is.width, os.width*kk]`, in the
+    /// copy's element type, the weight of an input gradient by convolution; `weight_flip`,
+    /// `cpu::copy_weight_flipped`).
     Flipped,
 }
 
@@ -131,10 +142,7 @@ fn gemm_weight(
     let name = match made {
         CopyMade::Before => None,
         CopyMade::Slice => Some(kernel!("weight_slice", d.dtype(copy))),
-        CopyMade::Flipped => {
-            assert_eq!(d.dtype(copy), Dtype::F32, "the flipped weight is f32 (fp32 programs only)");
-            Some("weight_flip")
-        }
+        CopyMade::Flipped => Some(kernel!("weight_flip", d.dtype(copy))),
     };
     if let Some(name) = name {
         let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
@@ -208,6 +216,19 @@ mod tests {
     use crate::gpu::{gemm_compute_type, Math, Recorder};
     use crate::ir::{BufKind, Buffer, Init, Role, Sel, Slice, SliceSpec, TensorSpec};
     use crate::ops::{SgdParams, StepCtx, Tables};
+
+    /// V: the widest of 4, 2 and 1 that divides the image row and whose V-wide words the base is
+    /// aligned to.
+    #[test]
+    fn vector_width_divides_the_row_and_keeps_stores_aligned() {
+        let base = 1u64 << 40;
+        assert_eq!(vector_width(32, base, 4), 4);
+        assert_eq!(vector_width(32, base + 8, 4), 2);
+        assert_eq!(vector_width(32, base + 4, 4), 1);
+        assert_eq!(vector_width(6, base, 2), 2);
+        assert_eq!(vector_width(7, base, 4), 1);
+        assert_eq!(vector_width(8, base + 2, 2), 1);
+    }
 
     /// A 3x3 conv of 40 input channels over 13 images in chunks of 4 (sliced input, wrapping):
     /// one im2col per chunk, each launched over exactly its own channels and columns, and the

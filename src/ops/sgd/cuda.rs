@@ -1,7 +1,7 @@
 //! Launch of `sgd.cu` (f32 in every program: master weights, momentum, weight gradients).
 
 use super::{grad_map, GradMap, Sgd};
-use crate::gpu::{grid, int};
+use crate::gpu::{grid, int, Arg, FastDiv};
 use crate::ops::DeviceView;
 
 pub(super) fn update(op: &Sgd, d: &DeviceView) {
@@ -20,12 +20,16 @@ pub(super) fn update(op: &Sgd, d: &DeviceView) {
     d.check_len(op.grad, grad_len, "sgd gradient");
     d.f32_only(&[op.grad], "sgd");
     let sp = &d.t.sgd;
-    let l = len as i64;
+    // Mode 1 reads rows of the whole parameter: one "row" per channel.
+    let row_len = if mode == 2 { channels * group } else { len.max(1) };
+    let (by_group, by_row) = (FastDiv::new(group), FastDiv::new(row_len));
+    let (l, row_len) = (int(len), int(row_len));
     let (start, width, channels, group) = (int(start), int(width), int(channels), int(group));
     let nesterov = sp.nesterov as i32;
-    d.gpu.launch(
-        "sgd",
-        grid(len),
-        &[&w, &mb, &g, &l, &mode, &start, &width, &channels, &group, &sp.lr, &sp.momentum, &sp.weight_decay, &nesterov],
-    );
+    #[rustfmt::skip]
+    let args: [&dyn Arg; 18] = [&w, &mb, &g, &l, &mode, &start, &width, &channels, &group,
+        &by_group.magic, &by_group.shift, &row_len, &by_row.magic, &by_row.shift,
+        &sp.lr, &sp.momentum, &sp.weight_decay, &nesterov];
+    // Four elements a thread where the kernel can take them four at a time.
+    d.gpu.launch("sgd", grid(len.div_ceil(4)), &args);
 }
