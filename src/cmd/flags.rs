@@ -113,7 +113,7 @@ pub struct MemoryFlags {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub col_chunk: usize,
     /// MiB an im2col workspace may take when --col-chunk is auto, 1 to 1048576 [default: 32 on
-    /// the CPU, 128 on the GPU]
+    /// the CPU, 512 on the GPU]
     #[arg(long, allow_negative_numbers = true)]
     pub col_budget: Option<usize>,
     /// Where SGD updates go: right after each gradient, or after the whole backward pass
@@ -468,8 +468,7 @@ pub struct SelftestFlags {
     #[arg(long)]
     pub input_grad: Option<String>,
     /// Element type of activations in the checked programs: fp32, or bf16 (each op's bf16
-    /// kernels against the CPU's bf16 ops, tolerance 2^-10, with --full 2^-8; the GPU's only
-    /// bf16 runs until they pass there)
+    /// kernels against the CPU's bf16 ops, tolerance 2^-10, with --full 2^-8)
     #[arg(long, default_value = "fp32")]
     pub precision: String,
 }

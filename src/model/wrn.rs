@@ -25,10 +25,12 @@
 //! blockB.*.weight_bf16 weight_copy               bf16 programs only; sliced for conv1, conv2
 //! blockB.*.weight_slice(_b) weight_copy          the GPU's fp32 programs: the sliced conv's
 //!                                                 weight slice, made by its forward (backward) op
-//! blockB.*.weight_flip   weight_copy  [w_in, w_out*K*K]  `--input-grad conv`, the GPU's fp32
-//!                                                 programs: the flipped, transposed weight (slice)
-//!                                                 of an input gradient by convolution, made by the
-//!                                                 backward op (replaces weight_slice_b)
+//! blockB.*.weight_flip   weight_copy  [w_in, w_out*K*K]  `--input-grad conv` (the GPU's
+//!                                                 default), in the storage type: the flipped,
+//!                                                 transposed weight (slice) of an input gradient
+//!                                                 by convolution, made by the backward op (in
+//!                                                 place of weight_slice_b, or of reading the
+//!                                                 forward's weight_bf16)
 //! ```
 //!
 //! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
