@@ -106,10 +106,7 @@ pub fn largest_batch(
     fixed: usize,
     cap: usize,
 ) -> Option<(usize, usize)> {
-    let fits = |b: usize| {
-        let bytes = step_bytes(config, b, options);
-        (bytes.saturating_add(fixed) <= budget).then_some(bytes)
-    };
+    let fits = |b: usize| fitting_step(config, options, budget, fixed, b);
     let mut best = (1, fits(1)?);
     let (mut lo, mut hi) = (1, cap.max(1));
     if let Some(bytes) = fits(hi) {
@@ -129,6 +126,12 @@ pub fn largest_batch(
     Some(best)
 }
 
+/// The bytes of a step at batch `b` when they and `fixed` bytes fit `budget`.
+fn fitting_step(config: &ModelConfig, options: Options, budget: usize, fixed: usize, b: usize) -> Option<usize> {
+    let bytes = step_bytes(config, b, options);
+    (bytes.saturating_add(fixed) <= budget).then_some(bytes)
+}
+
 /// The largest power of two in `1..=cap` whose step plus `fixed` bytes fits `budget`.
 pub fn largest_power_of_two(
     config: &ModelConfig,
@@ -140,10 +143,7 @@ pub fn largest_power_of_two(
     let mut best = None;
     let mut b = 1usize;
     while b <= cap.max(1) {
-        let bytes = step_bytes(config, b, options);
-        if bytes.saturating_add(fixed) > budget {
-            break;
-        }
+        let Some(bytes) = fitting_step(config, options, budget, fixed, b) else { break };
         best = Some((b, bytes));
         b = match b.checked_mul(2) {
             Some(next) => next,
