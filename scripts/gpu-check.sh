@@ -22,7 +22,8 @@
 #      and bf16 (device time per op and per kernel, from CUDA events);
 #   3b. options against the default, same model, keep 1.0 and 0.5 (each a bench of its own,
 #      right after the default's): tf32 with --input-grad col2im, --col-budget 128 and 1024;
-#      bf16 with --col-budget 46 (its plan's memory targets) and 128;
+#      bf16 with --col-budget 46 (its plan's memory targets) and 128; both with the
+#      experimental GEMM tuner (SLICEOUT_GEMM_TUNE=1, whose full steps run in stage 2b);
 #   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32, fp32 and bf16,
 #      with the device memory in use beside the plan, and PyTorch's step on the same card right
 #      after each (scripts/torch/bench_peer.py: the same network and SliceOut rules, bf16 as
@@ -79,6 +80,9 @@ run full-tf32 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
 run full-fp32-input-grad-col2im 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --input-grad col2im
 SLICEOUT_CUDA_SYNC=1 run selftest-bf16-sync 120 "$BIN" selftest --device "$DEVICE" --precision bf16
 run full-bf16 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16
+# The experimental GEMM tuner (cuBLASLt, src/gpu/tune.rs): the same full steps with it on.
+SLICEOUT_GEMM_TUNE=1 run full-tf32-gemm-tune 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
+SLICEOUT_GEMM_TUNE=1 run full-bf16-gemm-tune 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16
 run plan-wrn28-10-bf16 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16 \
     --precision bf16
 run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
@@ -96,6 +100,11 @@ for case in "fp32 " "fp32 --input-grad col2im" "fp32 --col-budget 128" "fp32 --c
     # shellcheck disable=SC2086  # the option is two words
     run "option-$precision-$tag" 120 "$BIN" bench --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" \
         --batch "$BATCH" --keep 1.0,0.5 --steps "$STEPS" --math tf32 --precision "$precision" $option
+done
+
+for precision in fp32 bf16; do
+    SLICEOUT_GEMM_TUNE=1 run "option-$precision-gemm-tune" 120 "$BIN" bench --device "$DEVICE" --depth "$pdepth" \
+        --widen "$pwiden" --batch "$BATCH" --keep 1.0,0.5 --steps "$STEPS" --math tf32 --precision "$precision"
 done
 
 # "tf32", "fp32": fp32 storage with that GEMM math; "bf16": bf16 storage (and autocast for the peer).

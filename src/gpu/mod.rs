@@ -15,6 +15,7 @@
 //! driver's error.
 
 pub mod libs;
+pub mod tune;
 
 use std::sync::{Arc, Mutex};
 
@@ -455,6 +456,8 @@ pub struct Gpu {
     /// leaves its counters at zero).
     scratch: DevMem<u8>,
     blas: cb::cublasHandle_t,
+    /// cuBLASLt autotuning of the GEMMs (`SLICEOUT_GEMM_TUNE=1`, experimental; [`tune`]).
+    tuner: Option<tune::Tuner>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
 }
@@ -527,6 +530,7 @@ impl Gpu {
             workspace,
             scratch,
             blas,
+            tuner: tune::Tuner::from_env(),
             stream,
             ctx,
         };
@@ -541,9 +545,10 @@ impl Gpu {
         Ok(gpu)
     }
 
-    /// E.g. `NVIDIA H100 80GB HBM3, sm_90 cubin, tf32`.
+    /// E.g. `NVIDIA H100 80GB HBM3, sm_90 cubin, tf32` (and `, GEMMs tuned` with the tuner).
     pub fn name(&self) -> String {
-        format!("{}, {}, {}", self.device_name, self.arch, self.math.as_str())
+        let tuned = if self.tuner.is_some() { ", GEMMs tuned" } else { "" };
+        format!("{}, {}, {}{tuned}", self.device_name, self.arch, self.math.as_str())
     }
 
     pub fn math(&self) -> Math {
@@ -679,6 +684,9 @@ impl Launcher for Gpu {
     /// In the GPU's math (f32 operands) or plain f32 accumulation (bf16 operands); the scalars
     /// are f32 either way, as `CUBLAS_COMPUTE_32F*` wants.
     fn gemm(&self, g: &GemmCall) {
+        if self.tuner.as_ref().is_some_and(|t| t.gemm(self, g)) {
+            return;
+        }
         let alpha = 1.0f32;
         let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
         let p = |a: u64| a as *mut std::ffi::c_void;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// The element type of an arena buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dtype {
     F32,
