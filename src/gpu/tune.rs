@@ -138,6 +138,15 @@ pub struct Tuner {
 
 impl Drop for Tuner {
     fn drop(&mut self) {
+        // One line on stderr saying what tuning did, for the logs of an experiment.
+        let plans = self.plans.get_mut();
+        if !plans.is_empty() {
+            let tuned = plans.values().filter(|p| p.is_some()).count();
+            eprintln!(
+                "GEMM tuner: {tuned} distinct products ran through cuBLASLt, {} through cublasGemmEx",
+                plans.len() - tuned
+            );
+        }
         // SAFETY: every descriptor and the handle were made by us and are destroyed once.
         unsafe {
             for plan in self.plans.get_mut().drain().filter_map(|(_, p)| p) {
@@ -218,15 +227,19 @@ impl Tuner {
         // SAFETY: the descriptors were just made; `found` holds CANDIDATES results.
         let status = unsafe {
             let pref = lt_result::create_matmul_pref().ok()?;
-            let set = |attr, value: u64| {
-                lt_result::set_matmul_pref_attribute(pref, attr, &value as *const u64 as *const c_void, 8)
-            };
-            let ws = set(
-                lt::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                CUBLAS_WORKSPACE as u64,
-            );
-            let [a, b, c] = key.align.map(|x| x as u64);
+            // The workspace limit is a uint64_t, the alignments uint32_t (cuBLASLt checks sizes).
             use lt::cublasLtMatmulPreferenceAttributes_t as P;
+            let ws = CUBLAS_WORKSPACE as u64;
+            let ws = lt_result::set_matmul_pref_attribute(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            );
+            let set = |attr, value: u32| {
+                lt_result::set_matmul_pref_attribute(pref, attr, &value as *const u32 as *const c_void, 4)
+            };
+            let [a, b, c] = key.align;
             let aligned = [
                 set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a),
                 set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b),
