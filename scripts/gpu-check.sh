@@ -10,7 +10,7 @@
 #   there:  bash scripts/gpu-check.sh        (from the repository root; .gpu/ is git-ignored,
 #           so the device runner must carry it)
 #
-# In order, each with its own time limit (about 4.5 minutes in all on an H200):
+# In order, each with its own time limit (about 5 minutes in all on an H200):
 #   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
 #      its op and kernel), then in tf32; the PyTorch reference runs inside each;
 #   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32, and in fp32
@@ -21,7 +21,8 @@
 #   3. the GPU plans of WRN-28-10 (launch counts, memory) and its profiles at keep 0.5, tf32
 #      and bf16 (device time per op and per kernel, from CUDA events);
 #   3b. options against the default, same model, keep 1.0 and 0.5 (each a bench of its own,
-#      right after the default's): tf32 with --input-grad col2im, --col-budget 128 and 1024;
+#      right after the default's): tf32 with --input-grad col2im, --col-budget 128 and 1024,
+#      --no-recompute (BN outputs kept from forward: more arena, no recomputation);
 #      bf16 with --col-budget 46 (its plan's memory targets) and 128; both with the
 #      experimental GEMM tuner (SLICEOUT_GEMM_TUNE=1, whose full steps run in stage 2b);
 #   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32, fp32 and bf16,
@@ -93,8 +94,8 @@ for precision in fp32 bf16; do
 done
 
 # "PRECISION OPTION": the default of each precision first, then its options.
-for case in "fp32 " "fp32 --input-grad col2im" "fp32 --col-budget 128" "fp32 --col-budget 1024" "bf16 " \
-    "bf16 --col-budget 46" "bf16 --col-budget 128"; do
+for case in "fp32 " "fp32 --input-grad col2im" "fp32 --col-budget 128" "fp32 --col-budget 1024" "fp32 --no-recompute" \
+    "bf16 " "bf16 --col-budget 46" "bf16 --col-budget 128"; do
     read -r precision option <<<"$case"
     tag=${option:-default}; tag=${tag//--/}; tag=${tag// /-}
     # shellcheck disable=SC2086  # the option is two words
