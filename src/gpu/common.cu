@@ -152,3 +152,19 @@ __device__ __forceinline__ bool by_fours(i64 m, const void* a, const void* b, co
     unsigned long long bits = (unsigned long long)a | (unsigned long long)b | (unsigned long long)c;
     return (m & 3) == 0 && bits % (4 * sizeof(T)) == 0;
 }
+
+// out[i] = f(in[i]) over a row of m values, this thread's share of a grid-stride loop: four
+// values a load and a store where `by_fours` allows, else one at a time (the same f either way).
+template <typename T, typename F>
+__device__ __forceinline__ void map_row(T* out, const T* in, i64 m, F f) {
+    if (by_fours<T>(m, in, out, out)) {
+        for (i64 i = 4 * global_id(); i < m; i += 4 * global_stride()) {
+            Lanes<T, 4> x = load_lanes<T, 4>(in + i), r;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) r.v[j] = f(x.v[j]);
+            store_lanes(out + i, r);
+        }
+        return;
+    }
+    for (i64 i = global_id(); i < m; i += global_stride()) out[i] = f(in[i]);
+}

@@ -33,24 +33,21 @@ __device__ __forceinline__ void bn_stats_t(float* mean_out, float* invstd_out,
     const T* x = inp + (i64)c * m;
     i64 lo, hi;
     double s = 0.0, q = 0.0;
+    auto add = [&](T xi) {
+        double v = (double)widen(xi);
+        s += v;
+        q += v * v;
+    };
     if (by_fours<T>(m, x, x, x)) {
         part_range(m, 4, &lo, &hi);
         for (i64 i = lo + 4 * threadIdx.x; i < hi; i += 4 * blockDim.x) {
             Lanes<T, 4> in = load_lanes<T, 4>(x + i);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                double v = (double)widen(in.v[j]);
-                s += v;
-                q += v * v;
-            }
+            for (int j = 0; j < 4; ++j) add(in.v[j]);
         }
     } else {
         part_range(m, 1, &lo, &hi);
-        for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            double v = (double)widen(x[i]);
-            s += v;
-            q += v * v;
-        }
+        for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) add(x[i]);
     }
     if (!channel_totals(&s, &q, part, count, c, sh)) return;
     double mean64 = s / (double)m;
@@ -68,20 +65,8 @@ __device__ __forceinline__ void bn_relu_apply_t(T* out, const T* inp, const floa
                                                 const float* beta, i64 m, float scale) {
     int c = blockIdx.y;
     float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
-    const T* x = inp + (i64)c * m;
-    T* o = out + (i64)c * m;
-    if (by_fours<T>(m, x, o, o)) {
-        for (i64 i = 4 * global_id(); i < m; i += 4 * global_stride()) {
-            Lanes<T, 4> in = load_lanes<T, 4>(x + i), r;
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                r.v[j] = narrow<T>(fmaxf(pre_activation(widen(in.v[j]), mu, is, g, b), 0.0f) * scale);
-            store_lanes(o + i, r);
-        }
-        return;
-    }
-    for (i64 i = global_id(); i < m; i += global_stride())
-        o[i] = narrow<T>(fmaxf(pre_activation(widen(x[i]), mu, is, g, b), 0.0f) * scale);
+    map_row(out + (i64)c * m, inp + (i64)c * m, m,
+            [=](T x) { return narrow<T>(fmaxf(pre_activation(widen(x), mu, is, g, b), 0.0f) * scale); });
 }
 
 // Eval mode: running statistics, no scale. Grid: x over m, y = channel.
@@ -93,20 +78,8 @@ __device__ __forceinline__ void bn_relu_eval_t(T* out, const T* inp, const float
     float mu = running_mean[c];
     float is = (float)(1.0 / sqrt((double)running_var[c] + eps));
     float g = gamma[c], b = beta[c];
-    const T* x = inp + (i64)c * m;
-    T* o = out + (i64)c * m;
-    if (by_fours<T>(m, x, o, o)) {
-        for (i64 i = 4 * global_id(); i < m; i += 4 * global_stride()) {
-            Lanes<T, 4> in = load_lanes<T, 4>(x + i), r;
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                r.v[j] = narrow<T>(fmaxf(pre_activation(widen(in.v[j]), mu, is, g, b), 0.0f));
-            store_lanes(o + i, r);
-        }
-        return;
-    }
-    for (i64 i = global_id(); i < m; i += global_stride())
-        o[i] = narrow<T>(fmaxf(pre_activation(widen(x[i]), mu, is, g, b), 0.0f));
+    map_row(out + (i64)c * m, inp + (i64)c * m, m,
+            [=](T x) { return narrow<T>(fmaxf(pre_activation(widen(x), mu, is, g, b), 0.0f)); });
 }
 
 // The gradient reaching the pre-activation (ReLU's mask recomputed, SliceOut's scale applied).
@@ -130,26 +103,22 @@ __device__ __forceinline__ void bn_backward_sums_t(float* d_gamma, float* d_beta
     float mu = mean[c], is = invstd[c], g = gamma[c], b = beta[c];
     i64 lo, hi;
     double sg = 0.0, sgx = 0.0;
+    auto add = [&](T xi, T dyi) {
+        float xv = widen(xi);
+        float gr = pre_grad(widen(dyi), xv, mu, is, g, b, scale);
+        sg += (double)gr;
+        sgx += (double)gr * (double)((xv - mu) * is);
+    };
     if (by_fours<T>(m, x, dy, dy)) {
         part_range(m, 4, &lo, &hi);
         for (i64 i = lo + 4 * threadIdx.x; i < hi; i += 4 * blockDim.x) {
             Lanes<T, 4> xs = load_lanes<T, 4>(x + i), dys = load_lanes<T, 4>(dy + i);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                float xv = widen(xs.v[j]);
-                float gr = pre_grad(widen(dys.v[j]), xv, mu, is, g, b, scale);
-                sg += (double)gr;
-                sgx += (double)gr * (double)((xv - mu) * is);
-            }
+            for (int j = 0; j < 4; ++j) add(xs.v[j], dys.v[j]);
         }
     } else {
         part_range(m, 1, &lo, &hi);
-        for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            float xv = widen(x[i]);
-            float gr = pre_grad(widen(dy[i]), xv, mu, is, g, b, scale);
-            sg += (double)gr;
-            sgx += (double)gr * (double)((xv - mu) * is);
-        }
+        for (i64 i = lo + threadIdx.x; i < hi; i += blockDim.x) add(x[i], dy[i]);
     }
     if (!channel_totals(&sg, &sgx, part, count, c, sh)) return;
     d_beta[c] = (float)sg;
@@ -174,27 +143,23 @@ __device__ __forceinline__ void bn_relu_backward_t(T* d_inp, const double* means
     float k = g * is;
     float mean_g = (float)means[2 * c];
     float mean_gx = (float)means[2 * c + 1];
+    // The stored gradient of one element, from its x, dy and (accumulating) what d_inp held.
+    auto grad = [=](T xi, T dyi, T old) {
+        float xv = widen(xi);
+        float v = k * (pre_grad(widen(dyi), xv, mu, is, g, b, scale) - mean_g - (xv - mu) * is * mean_gx);
+        return narrow<T>(accumulate ? widen(old) + v : v);
+    };
     if (by_fours<T>(m, x, dy, dx)) {
         for (i64 i = 4 * global_id(); i < m; i += 4 * global_stride()) {
             Lanes<T, 4> xs = load_lanes<T, 4>(x + i), dys = load_lanes<T, 4>(dy + i), r;
             if (accumulate) r = load_lanes<T, 4>(dx + i);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                float xv = widen(xs.v[j]);
-                float v = k * (pre_grad(widen(dys.v[j]), xv, mu, is, g, b, scale) - mean_g -
-                               (xv - mu) * is * mean_gx);
-                r.v[j] = narrow<T>(accumulate ? widen(r.v[j]) + v : v);
-            }
+            for (int j = 0; j < 4; ++j) r.v[j] = grad(xs.v[j], dys.v[j], r.v[j]);
             store_lanes(dx + i, r);
         }
         return;
     }
-    for (i64 i = global_id(); i < m; i += global_stride()) {
-        float xv = widen(x[i]);
-        float v = k * (pre_grad(widen(dy[i]), xv, mu, is, g, b, scale) - mean_g -
-                       (xv - mu) * is * mean_gx);
-        dx[i] = narrow<T>(accumulate ? widen(dx[i]) + v : v);
-    }
+    for (i64 i = global_id(); i < m; i += global_stride()) dx[i] = grad(x[i], dy[i], accumulate ? dx[i] : x[i]);
 }
 
 // The entry points: `k` over f32 storage, `k_bf16` over bf16 storage.

@@ -180,10 +180,20 @@ __device__ __forceinline__ void col2im_t(T* d_inp, const T* col, int n, int h, i
                        w_shift, n0, nc, accumulate, vec);
 }
 
-// copy = the rows of the output slice and the column groups of the input slice of the weight
-// [cout, cin*kk], in slice order: [ow, iw*kk]. Slices wrap: copy row r is layer channel
-// (out_start + r) mod cout, column group j input channel (in_start + j) mod cin. Small (a few
-// MiB at most), so plain index arithmetic. Mirrors ops/conv2d/cpu.rs `copy_weight`.
+// Tap `tap` of the weight [cout, cin*kk] between output-slice position r and input-slice
+// position j. Slices wrap: r is layer channel (out_start + r) mod cout, j input channel
+// (in_start + j) mod cin.
+__device__ __forceinline__ float weight_at(const float* w, int cout, int cin, int kk, int out_start,
+                                           int r, int in_start, int j, int tap) {
+    int row = out_start + r, ch = in_start + j;
+    if (row >= cout) row -= cout;
+    if (ch >= cin) ch -= cin;
+    return w[((i64)row * cin + ch) * kk + tap];
+}
+
+// copy = the rows of the output slice and the column groups of the input slice of the weight,
+// in slice order: [ow, iw*kk]. Small (a few MiB at most), so plain index arithmetic. Mirrors
+// ops/conv2d/cpu.rs `copy_weight`.
 template <typename T>
 __device__ __forceinline__ void weight_slice_t(T* copy, const float* w, int cout, int cin, int kk,
                                                int out_start, int ow, int in_start, int iw) {
@@ -191,10 +201,7 @@ __device__ __forceinline__ void weight_slice_t(T* copy, const float* w, int cout
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
         int r = e / ldc, c = e - r * ldc;
         int j = c / kk, tap = c - j * kk;
-        int row = out_start + r, ch = in_start + j;
-        if (row >= cout) row -= cout;
-        if (ch >= cin) ch -= cin;
-        copy[e] = narrow<T>(w[((i64)row * cin + ch) * kk + tap]);
+        copy[e] = narrow<T>(weight_at(w, cout, cin, kk, out_start, r, in_start, j, tap));
     }
 }
 
@@ -246,7 +253,7 @@ extern "C" __global__ void weight_slice_bf16(bf16* copy, const float* w, int cou
 
 // copy = the transpose of the weight's slice with its taps reversed, [iw, ow*kk]:
 // copy[j][r*kk + t] = w[out channel r][in channel j][kk-1-t], channels in slice order and
-// wrapping as in `weight_slice_t`, each f32 weight rounded once. The weight of an input gradient
+// wrapping (`weight_at`), each f32 weight rounded once. The weight of an input gradient
 // computed as a convolution of dY (stride 1, "same" padding). Mirrors ops/conv2d/cpu.rs
 // `copy_weight_flipped`.
 template <typename T>
@@ -256,10 +263,7 @@ __device__ __forceinline__ void weight_flip_t(T* copy, const float* w, int cout,
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
         int j = e / ldc, c = e - j * ldc;
         int r = c / kk, tap = c - r * kk;
-        int row = out_start + r, ch = in_start + j;
-        if (row >= cout) row -= cout;
-        if (ch >= cin) ch -= cin;
-        copy[e] = narrow<T>(w[((i64)row * cin + ch) * kk + (kk - 1 - tap)]);
+        copy[e] = narrow<T>(weight_at(w, cout, cin, kk, out_start, r, in_start, j, kk - 1 - tap));
     }
 }
 
