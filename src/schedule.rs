@@ -127,6 +127,10 @@ pub struct Options {
     pub precision: Precision,
     /// How convolutions compute their input gradient.
     pub input_grad: InputGrad,
+    /// The GPU's fp32 programs run their 3x3 stride-1 convolutions by Winograd F(2x2, 3x3)
+    /// (`--winograd`, experimental: `ops::conv2d::winograd_cmds`). The CPU runs Winograd on
+    /// those layers whatever this says; bf16 programs keep im2col.
+    pub winograd: bool,
 }
 
 impl Default for Options {
@@ -140,6 +144,7 @@ impl Default for Options {
             target: Target::Cpu,
             precision: Precision::Fp32,
             input_grad: InputGrad::Conv,
+            winograd: false,
         }
     }
 }

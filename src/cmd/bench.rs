@@ -200,6 +200,9 @@ pub fn command(f: &BenchFlags) -> Result<()> {
             InputGrad::Col2im => "col2im (--input-grad)",
         };
         println!("input gradients: {how}");
+        if memory.winograd {
+            println!("3x3 stride-1 convolutions: Winograd F(2x2, 3x3) in the fp32 runs (--winograd), im2col in bf16");
+        }
     }
     if let Some(o) = overheads {
         // What is left once the context and our workspaces are counted: cuBLAS's handle and the

@@ -6,7 +6,7 @@ use super::flags::SelftestFlags;
 use crate::backend::{self, Backend, CpuBackend};
 use crate::error::{Error, Result};
 use crate::ir::{Math, Precision, Target};
-use crate::schedule::InputGrad;
+use crate::schedule::{InputGrad, Options};
 use crate::verify::{full, reference, selftest};
 
 /// Every op on the chosen backend against the CPU, then the PyTorch reference on it; with
@@ -21,9 +21,16 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
             return Err(Error::flag("--input-grad", s, "no --input-grad without --full (the op checks check both)"))
         }
     };
+    if f.winograd && !f.full {
+        return Err(Error::flag("--winograd", "on", "no --winograd without --full (the op checks check it)"));
+    }
+    if f.winograd && precision != Precision::Fp32 {
+        return Err(Error::flag("--winograd", "on", "--precision fp32 (Winograd runs in fp32 programs only)"));
+    }
     let mut backend = backend::open(f.device.into(), math, true)?;
     if f.full {
-        return full(&mut *backend, math, precision, input_grad);
+        let options = Options { precision, input_grad, winograd: f.winograd, ..Options::default() };
+        return full(&mut *backend, math, options);
     }
     let tol = match (precision, math) {
         (Precision::Bf16, _) => selftest::BF16_OP_TOL,
@@ -90,20 +97,21 @@ fn full_tolerance(math: Math, target: Target, precision: Precision) -> f64 {
     }
 }
 
-fn full(backend: &mut dyn Backend, math: Math, precision: Precision, input_grad: InputGrad) -> Result<()> {
+fn full(backend: &mut dyn Backend, math: Math, options: Options) -> Result<()> {
     let (config, batch) = full::config();
-    let tol = full_tolerance(math, backend.target(), precision);
+    let tol = full_tolerance(math, backend.target(), options.precision);
     let mut cpu = CpuBackend::reference();
     println!(
         "{} batch {batch} keep {:.2} (every slice wrapping), one {} training step on {} against the CPU \
-         (input gradients: {}; relative error per op, tolerance {tol:.1e})",
+         (input gradients: {}{}; relative error per op, tolerance {tol:.1e})",
         config.name(),
         config.keep,
-        precision.as_str(),
+        options.precision.as_str(),
         backend.name(),
-        input_grad.as_str()
+        options.input_grad.as_str(),
+        if options.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" }
     );
-    let rows = full::full_step(&mut cpu, backend, &config, batch, precision, input_grad)?;
+    let rows = full::full_step(&mut cpu, backend, &config, batch, options)?;
     let failed: Vec<&full::FullRow> = rows.iter().filter(|r| r.max_rel_err.is_nan() || r.max_rel_err > tol).collect();
     for r in &rows {
         println!(

@@ -369,6 +369,11 @@ pub struct GemmCall {
     /// by bf16) and of the output `c` (f32 or bf16; a bf16 product's weight gradient is f32).
     pub ab_type: Dtype,
     pub c_type: Dtype,
+    /// Products in a strided batch (1: one `cublasGemmEx`); product `j` reads and writes
+    /// `j * stride` elements past `a`, `b` and `c` (`cublasGemmStridedBatchedEx`).
+    pub batch: usize,
+    /// Elements between consecutive products' `a`, `b` and `c` (unused when `batch` is 1).
+    pub strides: [usize; 3],
 }
 
 /// cuBLAS's name for an element type.
@@ -684,41 +689,82 @@ impl Launcher for Gpu {
     /// In the GPU's math (f32 operands) or plain f32 accumulation (bf16 operands); the scalars
     /// are f32 either way, as `CUBLAS_COMPUTE_32F*` wants.
     fn gemm(&self, g: &GemmCall) {
-        if self.tuner.as_ref().is_some_and(|t| t.gemm(self, g)) {
+        // The tuner knows single products only; a batch goes to cuBLAS as it is.
+        if g.batch == 1 && self.tuner.as_ref().is_some_and(|t| t.gemm(self, g)) {
             return;
         }
         let alpha = 1.0f32;
         let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
         let p = |a: u64| a as *mut std::ffi::c_void;
-        // SAFETY: the views lie inside the operands (by construction of the conv lowering, which
-        // its tests check against a host GEMM); scalars are host pointers.
-        self.queue(g.label, || {
-            ok(
+        let (ab, c_type, compute) =
+            (data_type(g.ab_type), data_type(g.c_type), gemm_compute_type(g.ab_type, self.math));
+        let (alpha, beta) = (&alpha as *const f32 as *const _, &g.beta as *const f32 as *const _);
+        let (m, n, k, lda, ldb, ldc) = (int(g.m), int(g.n), int(g.k), int(g.lda), int(g.ldb), int(g.ldc));
+        let algo = cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+        let (ta, tb) = (op(g.transa), op(g.transb));
+        // SAFETY: the views lie inside the operands (by construction of the conv lowering and
+        // the Winograd walk, which their tests check against a host GEMM); scalars are host
+        // pointers.
+        self.queue(g.label, || match g.batch {
+            1 => ok(
                 unsafe {
                     cudarc::cublas::result::gemm_ex(
                         self.blas,
-                        op(g.transa),
-                        op(g.transb),
-                        int(g.m),
-                        int(g.n),
-                        int(g.k),
-                        &alpha as *const f32 as *const _,
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        alpha,
                         p(g.a),
-                        data_type(g.ab_type),
-                        int(g.lda),
+                        ab,
+                        lda,
                         p(g.b),
-                        data_type(g.ab_type),
-                        int(g.ldb),
-                        &g.beta as *const f32 as *const _,
+                        ab,
+                        ldb,
+                        beta,
                         p(g.c),
-                        data_type(g.c_type),
-                        int(g.ldc),
-                        gemm_compute_type(g.ab_type, self.math),
-                        cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                        c_type,
+                        ldc,
+                        compute,
+                        algo,
                     )
                 },
                 "cublasGemmEx",
-            );
+            ),
+            batch => {
+                let [sa, sb, sc] = g.strides.map(|s| i64::try_from(s).expect("a stride fits in 64 bits"));
+                ok(
+                    unsafe {
+                        cudarc::cublas::result::gemm_strided_batched_ex(
+                            self.blas,
+                            ta,
+                            tb,
+                            m,
+                            n,
+                            k,
+                            alpha,
+                            p(g.a),
+                            ab,
+                            lda,
+                            sa,
+                            p(g.b),
+                            ab,
+                            ldb,
+                            sb,
+                            beta,
+                            p(g.c),
+                            c_type,
+                            ldc,
+                            sc,
+                            int(batch),
+                            compute,
+                            algo,
+                        )
+                    },
+                    "cublasGemmStridedBatchedEx",
+                )
+            }
         });
     }
 

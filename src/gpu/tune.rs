@@ -381,6 +381,8 @@ mod tests {
             beta,
             ab_type: Dtype::F32,
             c_type: Dtype::Bf16,
+            batch: 1,
+            strides: [0; 3],
         }
     }
 

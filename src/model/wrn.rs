@@ -19,7 +19,9 @@
 //! blockB.conv1.out  activation  (w, N, Ho, Wo)    sliced; kept for backward (bn2's input)
 //! blockB.bn2.out    activation  (w, N, Ho, Wo)    sliced; recomputed like bn1.out
 //! blockB.out        activation  (c, N, Ho, Wo)    the block's output h'
-//! blockB.*.col      workspace   im2col columns of a chunk of images
+//! blockB.*.col      workspace   im2col columns of a chunk of images (with `--winograd` on
+//!                                 the GPU, or the CPU's fp32 3x3 stride-1 layers, at least
+//!                                 Winograd's transformed weights and tiles)
 //! blockB.d_*        gradient    one per activation above
 //! blockB.*.d_weight weight_gradient              sliced for conv1, conv2, bn2
 //! blockB.*.weight_bf16 weight_copy               bf16 programs only; sliced for conv1, conv2
@@ -32,6 +34,9 @@
 //!                                                 place of weight_slice_b, or of reading the
 //!                                                 forward's weight_bf16)
 //! ```
+//!
+//! With `--winograd` the GPU's fp32 3x3 stride-1 layers make no weight copy: the weight
+//! transform gathers the slice itself.
 //!
 //! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
 //! stores as bf16 what is big and feeds or leaves a GEMM: the batch, every activation, every
@@ -460,9 +465,20 @@ impl Builder {
     fn workspace_len(&self, shape: &ConvShape, in_width: usize, chunk: usize) -> usize {
         let o = self.sched.options;
         match o.precision {
+            _ if self.gpu_winograd(shape) => crate::ops::conv2d::winograd_workspace_len(shape, in_width, chunk),
             Precision::Fp32 => crate::ops::conv2d::workspace_len(shape, in_width, chunk, o.target),
             Precision::Bf16 => shape.im2col_len(in_width, chunk),
         }
+    }
+
+    /// Whether the GPU runs this convolution by Winograd (`Options::winograd`): fp32 programs,
+    /// the layers the CPU's Winograd takes.
+    fn gpu_winograd(&self, shape: &ConvShape) -> bool {
+        let o = self.sched.options;
+        o.winograd
+            && o.target == Target::Cuda
+            && o.precision == Precision::Fp32
+            && crate::ops::conv2d::winograd_eligible(shape)
     }
 
     /// Images per im2col chunk: `--col-chunk`, or the most whose workspace fits the budget.
@@ -507,12 +523,16 @@ impl Builder {
         let len = self.width(out_sel) * in_width * shape.kk();
         let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
         let bf16 = self.sched.options.precision == Precision::Bf16;
+        let winograd = self.gpu_winograd(&shape);
         let copy = if bf16 {
             Some(self.buf(format!("{layer}.weight_bf16"), BufKind::WeightCopy, Dtype::Bf16, len, sliced))
+        } else if winograd {
+            // The weight transform gathers the slice itself.
+            None
         } else {
             self.f32_weight_slice(layer, "weight_slice", len, sliced)
         };
-        let op = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy: copy };
+        let op = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy: copy, winograd };
         self.step(layer, Phase::Forward, Op::Conv(op));
         // Only a bf16 copy outlives its op (the backward op reads it); an f32 one is made again.
         ConvWeight { tensor: weight, shape, copy: copy.filter(|_| bf16) }
@@ -563,9 +583,12 @@ impl Builder {
         let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
         let d_weight =
             self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, ow * iw * shape.kk(), sliced);
-        let by_conv = d_inp.is_some() && self.input_grad_by_conv(&shape, ow, iw);
+        let winograd = self.gpu_winograd(&shape);
+        let by_conv = d_inp.is_some() && !winograd && self.input_grad_by_conv(&shape, ow, iw);
         let (copy, copy_here) = match (w.copy, d_inp.is_some()) {
             (_, false) => (None, false),
+            // Winograd transforms the weight itself (an f32 program: no forward copy either).
+            _ if winograd => (None, false),
             // Sliced or not, the op makes the flipped weight its input gradient's GEMM reads.
             _ if by_conv => {
                 let (len, dtype) = (ow * iw * shape.kk(), self.storage());
@@ -593,6 +616,7 @@ impl Builder {
                 weight_copy: copy,
                 copy_here,
                 d_inp_by_conv: by_conv,
+                winograd,
             }),
         );
         let map = match (out_sel, in_sel) {

@@ -159,6 +159,7 @@ impl Op {
 /// Every op folder's CUDA source, compiled together when a GPU backend starts.
 pub const KERNEL_FILES: &[KernelFile] = &[
     ("conv2d.cu", include_str!("conv2d/conv2d.cu")),
+    ("winograd.cu", include_str!("conv2d/winograd.cu")),
     ("batchnorm.cu", include_str!("batchnorm/batchnorm.cu")),
     ("add.cu", include_str!("add/add.cu")),
     ("pool.cu", include_str!("pool/pool.cu")),

@@ -27,12 +27,12 @@ use super::rel_err;
 use crate::backend::{Backend, StepCtx};
 use crate::data::loader::Crop;
 use crate::error::Result;
-use crate::ir::{BufKind, ModelConfig, Precision};
+use crate::ir::{BufKind, ModelConfig};
 use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::rng::{stream, Rng};
-use crate::schedule::{InputGrad, Mode, Options};
+use crate::schedule::{Mode, Options};
 use crate::train::step::upload_synthetic_batch;
 
 /// One compared op (or region): its name and the worst relative error over what it wrote.
@@ -52,19 +52,18 @@ pub fn wrapping_starts(p: &Program) -> Vec<usize> {
     p.schedule.slices.iter().map(|s| if s.width < s.channels { s.channels - s.width / 2 } else { 0 }).collect()
 }
 
-/// Runs one training step of `config` at `batch` in `precision` on both backends and compares
-/// every op's outputs and then the persistent region. A backend that panics ends the check with
-/// an error naming the op. `input_grad` is the program's `Options::input_grad` (it changes the
-/// GPU's fp32 programs only).
+/// Runs one training step of `config` at `batch` on both backends, planned with `options` (its
+/// precision, `input_grad` and `winograd`; the target is `other`'s), and compares every op's
+/// outputs and then the persistent region. A backend that panics ends the check with an error
+/// naming the op.
 pub fn full_step(
     reference: &mut dyn Backend,
     other: &mut dyn Backend,
     config: &ModelConfig,
     batch: usize,
-    precision: Precision,
-    input_grad: InputGrad,
+    options: Options,
 ) -> Result<Vec<FullRow>> {
-    let options = Options { target: other.target(), precision, input_grad, ..Options::default() };
+    let options = Options { target: other.target(), ..options };
     let p = Program::new(wrn::build(config, batch, Mode::Train, options));
     let s = &p.schedule;
     let starts = wrapping_starts(&p);
@@ -146,7 +145,14 @@ fn nan_max(a: f64, b: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::backend::CpuBackend;
+    use crate::ir::Precision;
+    use crate::schedule::InputGrad;
     use crate::verify::tampered::Tampered;
+
+    /// The options of a plan with col2im input gradients in `precision`.
+    fn col2im(precision: Precision) -> Options {
+        Options { precision, input_grad: InputGrad::Col2im, ..Options::default() }
+    }
 
     /// The CPU's fast path (Winograd) against its plain im2col reference on a smaller network:
     /// every op agrees to fp32 rounding, and every op gets a row.
@@ -154,7 +160,7 @@ mod tests {
     fn the_cpu_agrees_with_its_reference_over_a_whole_step() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
         let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
-        let rows = full_step(&mut a, &mut b, &config, 8, Precision::Fp32, InputGrad::Col2im).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 8, col2im(Precision::Fp32)).unwrap();
         let p = Program::new(wrn::build(&config, 8, Mode::Train, Options::default()));
         assert_eq!(rows.len(), p.schedule.steps.len() + 1);
         for r in &rows {
@@ -170,7 +176,7 @@ mod tests {
     fn a_bf16_step_agrees_with_the_cpu_reference_op_by_op() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
         let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
-        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Bf16, InputGrad::Col2im).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 4, col2im(Precision::Bf16)).unwrap();
         let p = Program::new(wrn::build(
             &config,
             4,
@@ -197,9 +203,9 @@ mod tests {
             let mut a = CpuBackend::reference();
             let mut b = Tampered::new(|_, _| {}, |_| {});
             b.target = Target::Cuda;
-            let rows = full_step(&mut a, &mut b, &config, 4, precision, InputGrad::Conv).unwrap();
             let options =
                 Options { target: Target::Cuda, input_grad: InputGrad::Conv, precision, ..Options::default() };
+            let rows = full_step(&mut a, &mut b, &config, 4, options).unwrap();
             let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
             let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
             assert!(p.schedule.steps.iter().any(|s| by_conv(&s.op)), "{precision:?}");
@@ -207,6 +213,46 @@ mod tests {
             for r in &rows {
                 assert!(r.max_rel_err < 1e-6, "{precision:?} {r:?}");
             }
+        }
+    }
+
+    /// The route of `selftest --full --winograd`, the CPU standing in for the GPU: the GPU's
+    /// fp32 plan runs its 3x3 stride-1 convolutions (4 or more input channels) by Winograd, with
+    /// no weight copies and no input gradient by convolution there, and its workspaces let the
+    /// CPU run the step op by op, its own Winograd included, in agreement with the reference.
+    #[test]
+    fn a_gpu_plan_with_winograd_runs_op_by_op() {
+        use crate::ir::Target;
+        use crate::ops::Op;
+        let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+        let mut a = CpuBackend::reference();
+        let mut b = Tampered::new(|_, _| {}, |_| {});
+        b.inner = CpuBackend::new();
+        b.target = Target::Cuda;
+        let options = Options { target: Target::Cuda, winograd: true, ..Options::default() };
+        let rows = full_step(&mut a, &mut b, &config, 4, options).unwrap();
+        let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
+        let mut winograd = 0;
+        for s in &p.schedule.steps {
+            match &s.op {
+                Op::Conv(c) => {
+                    assert_eq!(c.winograd, c.shape.k == 3 && c.shape.stride == 1 && c.shape.cin >= 4, "{}", s.layer);
+                    assert!(!c.winograd || c.weight_copy.is_none(), "{}", s.layer);
+                    winograd += c.winograd as usize;
+                }
+                Op::ConvBackward(c) if c.winograd => {
+                    assert!(c.weight_copy.is_none() && !c.d_inp_by_conv, "{}", s.layer);
+                    winograd += 1;
+                }
+                _ => {}
+            }
+        }
+        // WRN-10-2: 4 of the 7 forward convolutions (the first and the stride-2 and 1x1 ones
+        // keep im2col), and their 4 backward ops.
+        assert_eq!(winograd, 8);
+        assert_eq!(rows.len(), p.schedule.steps.len() + 1);
+        for r in &rows {
+            assert!(r.max_rel_err < 1e-5, "{r:?}");
         }
     }
 
@@ -228,7 +274,7 @@ mod tests {
         let mut b = Tampered::new(|_, _| {}, drift);
         b.inner = CpuBackend::reference();
         let mut a = CpuBackend::reference();
-        let rows = full_step(&mut a, &mut b, &config, 4, Precision::Fp32, InputGrad::Col2im).unwrap();
+        let rows = full_step(&mut a, &mut b, &config, 4, col2im(Precision::Fp32)).unwrap();
         let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
         for (r, step) in rows[1..].iter().zip(&p.schedule.steps) {
             if step.op.updates().is_empty() {

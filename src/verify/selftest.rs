@@ -314,7 +314,19 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                     let weight_copy =
                         (copied || bf16).then(|| t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k));
                     let accumulate = acc;
-                    let conv = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy };
+                    let conv = Conv {
+                        out,
+                        inp,
+                        col,
+                        weight,
+                        shape,
+                        out_sel,
+                        in_sel,
+                        chunk,
+                        accumulate,
+                        weight_copy,
+                        winograd: false,
+                    };
                     (format!("conv fwd {g} {label}{}", if copied { " copy" } else { "" }), Op::Conv(conv))
                 } else {
                     let dy = t.normals(ow * N * hw_out, 1.0, 0.0);
@@ -356,6 +368,7 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                             weight_copy,
                             copy_here: copied,
                             d_inp_by_conv: false,
+                            winograd: false,
                         }),
                     )
                 };
@@ -412,8 +425,94 @@ fn conv_by_conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>)
             weight_copy,
             copy_here: true,
             d_inp_by_conv: true,
+            winograd: false,
         };
         out.push(t.finish(format!("conv bwd {g} {label} d_inp-by-conv"), Op::ConvBackward(op), starts, false));
+    }
+}
+
+/// Convolutions by Winograd F(2x2, 3x3) (`--winograd`, the GPU's fp32 programs) against the
+/// reference's im2col: 3x3 stride-1 layers on odd (7) and even (8) images, full, sliced and
+/// wrapping on either side or both, forward and backward (without `d_inp` for "full"). The
+/// workspace is sized as the plan sizes it; the reference runs its own algorithm.
+fn conv_winograd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
+    if precision != Precision::Fp32 {
+        return;
+    }
+    let (cin, cout, chunk) = (5, 7, 2);
+    let variants = [
+        ("full", Pick::Full, Pick::Full, false),
+        ("out-slice", Pick::Slice(2, 4), Pick::Full, false),
+        ("out-wrap+acc", Pick::Slice(5, 4), Pick::Full, true),
+        ("in-wrap+acc", Pick::Full, Pick::Slice(4, 3), true),
+    ];
+    for (g, hw) in [("k3s1", HW), ("k3s1w8", 8)] {
+        let shape = ConvShape { n: N, cin, h: hw, w: hw, cout, k: 3, stride: 1, pad: 1 };
+        for (label, op_pick, ip_pick, acc) in variants {
+            let (ow, iw) = (op_pick.width(cout), ip_pick.width(cin));
+            let (spec, starts) = match (op_pick, ip_pick) {
+                (Pick::Slice(..), _) => (op_pick.spec(cout), op_pick.starts()),
+                _ => (ip_pick.spec(cin), ip_pick.starts()),
+            };
+            let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
+            let col_len = crate::ops::conv2d::winograd_workspace_len(&shape, iw, chunk);
+            // (backward, with d_inp)
+            for (backward, with_d_inp) in [(false, true), (true, true), (true, false)] {
+                if !with_d_inp && label != "full" {
+                    continue;
+                }
+                *seed += 1;
+                let mut t = Tiny::new(*seed, spec.clone(), precision);
+                let wdata = t.normals(cout * cin * 9, 0.3, 0.0);
+                let weight = t.tensor("conv.weight", &[cout, cin, 3, 3], Role::Param, wdata);
+                let x = t.normals(iw * N * hw * hw, 1.0, 0.0);
+                let inp = t.input("conv.inp", x);
+                let col = Some(t.output("conv.col", BufKind::Workspace, col_len));
+                let (name, op) = if !backward {
+                    let out = t.output("conv.out", BufKind::Activation, ow * N * hw * hw);
+                    let (accumulate, weight_copy) = (acc, None);
+                    let conv = Conv {
+                        out,
+                        inp,
+                        col,
+                        weight,
+                        shape,
+                        out_sel,
+                        in_sel,
+                        chunk,
+                        accumulate,
+                        weight_copy,
+                        winograd: true,
+                    };
+                    (format!("conv fwd {g} {label} winograd"), Op::Conv(conv))
+                } else {
+                    let dy = t.normals(ow * N * hw * hw, 1.0, 0.0);
+                    let d_out = t.input("conv.d_out", dy);
+                    let d_inp = with_d_inp.then(|| t.output("conv.d_inp", BufKind::Gradient, iw * N * hw * hw));
+                    let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * 9);
+                    let suffix = if with_d_inp { "" } else { " no-d_inp" };
+                    let op = ConvBackward {
+                        d_inp,
+                        d_weight,
+                        d_out,
+                        inp,
+                        col,
+                        weight,
+                        shape,
+                        out_sel,
+                        in_sel,
+                        chunk,
+                        accumulate_d_inp: acc,
+                        weight_copy: None,
+                        copy_here: false,
+                        d_inp_by_conv: false,
+                        winograd: true,
+                    };
+                    (format!("conv bwd {g} {label}{suffix} winograd"), Op::ConvBackward(op))
+                };
+                out.push(t.finish(name, op, starts.clone(), false));
+            }
+        }
     }
 }
 
@@ -593,6 +692,7 @@ fn cases(precision: Precision) -> Vec<Case> {
     let mut v = vec![];
     conv_cases(&mut seed, precision, &mut v);
     conv_by_conv_cases(&mut seed, precision, &mut v);
+    conv_winograd_cases(&mut seed, precision, &mut v);
     bn_cases(&mut seed, precision, &mut v);
     small_cases(&mut seed, precision, &mut v);
     sgd_cases(&mut seed, precision, &mut v);
@@ -739,18 +839,31 @@ mod tests {
     use crate::backend::CpuBackend;
     use crate::verify::tampered::Tampered;
 
+    /// A case whose op is a convolution by Winograd.
+    fn winograd(c: &Case) -> bool {
+        match &c.sched.steps[c.step].op {
+            Op::Conv(c) => c.winograd,
+            Op::ConvBackward(c) => c.winograd,
+            _ => false,
+        }
+    }
+
     #[test]
     fn every_op_kind_is_covered_with_sliced_and_accumulating_variants() {
         let cs = cases(Precision::Fp32);
         let kinds = |pred: fn(&Op) -> bool| cs.iter().filter(|c| pred(&c.sched.steps[c.step].op)).count();
         // 6 geometries x 5 slicings, and the 2 wrapping slicings again through a weight copy.
-        assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 30 + 12);
-        // ... and 4 whose input gradient is a convolution (k3s1 full and wrapping, k5s1 full).
-        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 36 + 12 + 4);
+        assert_eq!(kinds(|o| matches!(o, Op::Conv(Conv { .. }))), 30 + 12 + 8);
+        // ... and 4 whose input gradient is a convolution (k3s1 full and wrapping, k5s1 full),
+        // and the Winograd ones (below).
+        assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 36 + 12 + 4 + 10);
         let copied = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { weight_copy: Some(_), copy_here: true, .. }));
         assert_eq!(cs.iter().filter(|c| copied(&c.sched.steps[c.step].op)).count(), 12 + 4);
         let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
         assert_eq!(cs.iter().filter(|c| by_conv(&c.sched.steps[c.step].op)).count(), 4);
+        // Winograd: 2 geometries x 4 slicings forward, the same backward and "full" without d_inp.
+        assert_eq!(cs.iter().filter(|c| winograd(c)).count(), 8 + 8 + 2);
+        assert!(!cases(Precision::Bf16).iter().any(winograd));
         // BN: full, sliced and wrapping, each at two row lengths.
         assert_eq!(kinds(|o| matches!(o, Op::BnReluTrain(BnReluTrain { .. }))), 6);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluApply(BnReluApply { .. }))), 4);
@@ -798,6 +911,21 @@ mod tests {
         }
     }
 
+    /// The Winograd rows hold the GPU to the CPU's im2col within the fp32 tolerance (1e-5); the
+    /// CPU's own Winograd, the same algorithm, already meets it on every one of those cases, so
+    /// the algorithm leaves a kernel that follows it room to pass.
+    #[test]
+    fn winograd_cases_are_within_the_fp32_tolerance_on_the_cpus_winograd() {
+        let (mut reference, mut fast) = (CpuBackend::reference(), CpuBackend::new());
+        assert_eq!(fast.conv_algo, crate::ops::conv2d::Algo::Fast);
+        let cs: Vec<Case> = cases(Precision::Fp32).into_iter().filter(winograd).collect();
+        assert_eq!(cs.len(), 18);
+        for c in &cs {
+            let row = check_case(&mut reference, &mut fast, c, 1e-5);
+            assert!(row.pass && row.max_rel_err > 0.0, "{row:?}: the CPU took another path");
+        }
+    }
+
     #[test]
     fn rel_err_is_relative_and_catches_nan() {
         assert_eq!(rel_err(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
@@ -824,8 +952,8 @@ mod tests {
     #[test]
     fn bf16_cases_are_bf16_programs_and_the_cpu_agrees_with_itself() {
         let cs = cases(Precision::Bf16);
-        let why = "the fp32 forward copy cases have no twin";
-        assert_eq!(cs.len(), cases(Precision::Fp32).len() - 12, "{why}");
+        let why = "the fp32 forward copy cases and the (fp32-only) Winograd ones have no twin";
+        assert_eq!(cs.len(), cases(Precision::Fp32).len() - 12 - 18, "{why}");
         for c in &cs {
             assert_eq!(c.sched.options.precision, Precision::Bf16);
             let (read, written) = c.sched.steps[c.step].op.buffers();

@@ -13,6 +13,8 @@
 //! (`CUDA_R_16BF` operands, `CUBLAS_COMPUTE_32F`), writing bf16 activations or the f32 gradient.
 
 use super::lowering::{self, ConvCmd, Operand};
+use super::winograd::{tiles, workspace_len as winograd_len, XI};
+use super::winograd_cmds::{self, cublas_strides, WinoCmd};
 use super::{dense_twin, Conv, ConvBackward};
 use crate::gpu::{grid, int, kernel, rows, Arg, FastDiv, GemmCall};
 use crate::ir::{BufId, ConvShape, Dtype, Slice, TensorId};
@@ -105,9 +107,85 @@ fn run(
                 beta: b.beta,
                 ab_type: a.1,
                 c_type: c.1,
+                batch: 1,
+                strides: [0; 3],
             });
         }
     }
+}
+
+/// Runs one Winograd command (`winograd_cmds`) with the kernels of `winograd.cu` (f32) and a
+/// strided batch of 16 products; `weight` is the f32 parameter, `addr` maps operands to device
+/// addresses.
+fn run_winograd(
+    d: &DeviceView,
+    cmd: WinoCmd,
+    p: &ConvShape,
+    os: Slice,
+    is: Slice,
+    weight: u64,
+    addr: &impl Fn(Operand) -> u64,
+) {
+    let (th, tw) = tiles(p);
+    let (n, h, w, th_, tw_) = (int(p.n), int(p.h), int(p.w), int(th), int(tw));
+    let (ow, iw) = (int(os.width), int(is.width));
+    // Element `off` of the workspace (f32).
+    let col = |off: usize| addr(Operand::Col) + (off * 4) as u64;
+    // The transforms' grid: one row of blocks per channel over the chunk's tiles.
+    let tile_rows = |channels: usize, nb: usize| rows(channels, columns(nb * th * tw));
+    match cmd {
+        WinoCmd::Weight { at, flipped } => {
+            let (cout, cin, o0, i0) = (int(p.cout), int(p.cin), int(os.start), int(is.start));
+            let (u, flipped) = (col(at), flipped as i32);
+            let args: [&dyn Arg; 9] = [&u, &weight, &cout, &cin, &o0, &ow, &i0, &iw, &flipped];
+            d.gpu.launch("winograd_weight", grid(os.width * is.width), &args);
+        }
+        WinoCmd::Input { channels, at, n0, nb, .. } | WinoCmd::Grad { channels, at, n0, nb } => {
+            let (name, src) = match cmd {
+                WinoCmd::Input { src, .. } => ("winograd_input", addr(src)),
+                _ => ("winograd_grad", addr(Operand::DOut)),
+            };
+            let (v, c, n0_, nb_) = (col(at), int(channels), int(n0), int(nb));
+            let args: [&dyn Arg; 10] = [&v, &src, &c, &n, &h, &w, &th_, &tw_, &n0_, &nb_];
+            d.gpu.launch(name, tile_rows(channels, nb), &args);
+        }
+        WinoCmd::Products { gemm, strides, label } => {
+            let b = gemm.to_cublas();
+            #[rustfmt::skip]
+            let g = GemmCall {
+                label, transa: b.transa, transb: b.transb, m: b.m, n: b.n, k: b.k,
+                a: col(b.a.1), lda: b.lda, b: col(b.b.1), ldb: b.ldb, c: col(b.c.1), ldc: b.ldc, beta: b.beta,
+                ab_type: Dtype::F32, c_type: Dtype::F32, batch: XI, strides: cublas_strides(strides),
+            };
+            d.gpu.gemm(&g);
+        }
+        WinoCmd::Output { dst, channels, at, n0, nb, accumulate } => {
+            let (y, m, c, n0_, nb_, acc) = (addr(dst), col(at), int(channels), int(n0), int(nb), accumulate as i32);
+            let args: [&dyn Arg; 11] = [&y, &m, &c, &n, &h, &w, &th_, &tw_, &n0_, &nb_, &acc];
+            d.gpu.launch("winograd_output", tile_rows(channels, nb), &args);
+        }
+        WinoCmd::WeightGrad { at, any } => {
+            let (dw, du, any) = (addr(Operand::DWeight), col(at), any as i32);
+            let args: [&dyn Arg; 5] = [&dw, &du, &ow, &iw, &any];
+            d.gpu.launch("winograd_weight_grad", grid(os.width * is.width), &args);
+        }
+    }
+}
+
+/// Checks what a Winograd op needs: an f32 program and a workspace of `winograd_len` floats.
+fn check_winograd(
+    d: &DeviceView,
+    bufs: &[BufId],
+    col: Option<BufId>,
+    p: &ConvShape,
+    in_width: usize,
+    chunk: usize,
+) -> BufId {
+    assert_eq!(d.storage(bufs), Dtype::F32, "Winograd runs on f32 programs only");
+    let col = col.expect("a Winograd convolution has a workspace");
+    let want = winograd_len(p, in_width, p.chunk_images(chunk));
+    assert!(d.t.len(col) >= want, "conv workspace: {} floats, Winograd wants {want}", d.t.len(col));
+    col
 }
 
 /// How an op's GEMMs get their weight copy.
@@ -157,6 +235,20 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
     let (os, is, p) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel), &op.shape);
     d.check_len(op.out, os.width * p.n * p.ho() * p.wo(), "conv out");
     d.check_len(op.inp, is.width * p.n * p.h * p.w, "conv inp");
+    if op.winograd {
+        assert!(op.weight_copy.is_none(), "a Winograd convolution gathers its own weight slice");
+        let col = check_winograd(d, &[op.out, op.inp], op.col, p, is.width, op.chunk);
+        let (o, i, c, w) = (d.buf(op.out), d.buf(op.inp), d.buf(col), d.tensor(op.weight));
+        let addr = |x: Operand| match x {
+            Operand::Inp => i,
+            Operand::Out => o,
+            Operand::Col => c,
+            _ => unreachable!("a Winograd forward reads no gradients"),
+        };
+        return winograd_cmds::forward(p, os, is, op.chunk, op.accumulate, |cmd| {
+            run_winograd(d, cmd, p, os, is, w, &addr)
+        });
+    }
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
     let store = d.storage(&[&[op.out, op.inp][..], op.col.as_slice()].concat());
     let (o, i, c) = (d.buf(op.out), d.buf(op.inp), d.opt(op.col));
@@ -185,6 +277,24 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     assert_eq!(d.dtype(op.d_weight), Dtype::F32, "conv d_weight is f32 in every program");
     let (dw, dy, i) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp));
     let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
+    if op.winograd {
+        assert!(op.weight_copy.is_none() && !op.d_inp_by_conv, "a Winograd backward gathers its own weights");
+        let bufs = [&[op.d_out, op.inp][..], op.d_inp.as_slice()].concat();
+        let c = d.buf(check_winograd(d, &bufs, op.col, p, is.width, op.chunk));
+        let w = d.tensor(op.weight);
+        let addr = |x: Operand| match x {
+            Operand::Inp => i,
+            Operand::Col => c,
+            Operand::DOut => dy,
+            Operand::DInp => dx,
+            Operand::DWeight => dw,
+            _ => unreachable!("a Winograd backward writes no output and reads the weight itself"),
+        };
+        let (wants_d_inp, acc) = (op.d_inp.is_some(), op.accumulate_d_inp);
+        return winograd_cmds::backward(p, os, is, op.chunk, wants_d_inp, acc, |cmd| {
+            run_winograd(d, cmd, p, os, is, w, &addr)
+        });
+    }
     let made = match (op.d_inp_by_conv, op.copy_here) {
         (true, _) => {
             assert!(op.copy_here && op.d_inp.is_some(), "an input gradient by convolution makes its flipped weight");
@@ -383,6 +493,7 @@ mod tests {
             weight_copy: Some(5),
             copy_here: true,
             d_inp_by_conv: by_conv,
+            winograd: false,
         };
         backward(&op, &view);
         rec
@@ -430,6 +541,7 @@ mod tests {
             chunk,
             accumulate: false,
             weight_copy: copied.then_some(3),
+            winograd: false,
         };
         forward(&op, &view);
         rec

@@ -277,10 +277,48 @@ pub fn conv_backward(
     }
 }
 
-/// A column-major GEMM with cuBLAS's conventions; the tests run the command lists through it.
+/// The host memory behind the operands and a column-major GEMM with cuBLAS's conventions: the
+/// tests run the command lists (these, and `winograd_cmds`'s) through them.
 #[cfg(test)]
 pub(crate) mod host {
     use super::*;
+
+    /// The host memory behind each operand.
+    #[derive(Default, Clone)]
+    pub struct Mem {
+        pub weight: Vec<f32>,
+        pub inp: Vec<f32>,
+        pub out: Vec<f32>,
+        pub col: Vec<f32>,
+        pub d_out: Vec<f32>,
+        pub d_inp: Vec<f32>,
+        pub d_weight: Vec<f32>,
+    }
+
+    impl Mem {
+        pub fn get(&self, o: Operand) -> &[f32] {
+            match o {
+                Operand::Weight => &self.weight,
+                Operand::Inp => &self.inp,
+                Operand::Out => &self.out,
+                Operand::Col => &self.col,
+                Operand::DOut => &self.d_out,
+                Operand::DInp => &self.d_inp,
+                Operand::DWeight => &self.d_weight,
+            }
+        }
+        pub fn get_mut(&mut self, o: Operand) -> &mut Vec<f32> {
+            match o {
+                Operand::Weight => &mut self.weight,
+                Operand::Inp => &mut self.inp,
+                Operand::Out => &mut self.out,
+                Operand::Col => &mut self.col,
+                Operand::DOut => &mut self.d_out,
+                Operand::DInp => &mut self.d_inp,
+                Operand::DWeight => &mut self.d_weight,
+            }
+        }
+    }
 
     /// Column-major BLAS semantics: `A` is `lda`-strided columns, op by the flags.
     pub fn gemm_colmajor(g: &CublasGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
@@ -318,42 +356,7 @@ mod tests {
     use crate::ops::conv2d::{col2im, im2col};
     use crate::rng::Rng;
 
-    /// The host memory behind each operand.
-    #[derive(Default, Clone)]
-    struct Mem {
-        weight: Vec<f32>,
-        inp: Vec<f32>,
-        out: Vec<f32>,
-        col: Vec<f32>,
-        d_out: Vec<f32>,
-        d_inp: Vec<f32>,
-        d_weight: Vec<f32>,
-    }
-
     impl Mem {
-        fn get(&self, o: Operand) -> &[f32] {
-            match o {
-                Operand::Weight => &self.weight,
-                Operand::Inp => &self.inp,
-                Operand::Out => &self.out,
-                Operand::Col => &self.col,
-                Operand::DOut => &self.d_out,
-                Operand::DInp => &self.d_inp,
-                Operand::DWeight => &self.d_weight,
-            }
-        }
-        fn get_mut(&mut self, o: Operand) -> &mut Vec<f32> {
-            match o {
-                Operand::Weight => &mut self.weight,
-                Operand::Inp => &mut self.inp,
-                Operand::Out => &mut self.out,
-                Operand::Col => &mut self.col,
-                Operand::DOut => &mut self.d_out,
-                Operand::DInp => &mut self.d_inp,
-                Operand::DWeight => &mut self.d_weight,
-            }
-        }
-
         /// Runs one command the way the backend does.
         fn run(&mut self, cmd: ConvCmd, p: &ConvShape, in_width: usize) {
             match cmd {

@@ -46,6 +46,8 @@
 //! - `cpu.rs`: im2col, col2im (rayon) and the CPU's run of the lowering with our GEMM.
 //! - `winograd.rs`: F(2x2, 3x3) for the CPU's 3x3 stride-1 layers.
 //! - `cuda.rs` + `conv2d.cu`: the GPU's run of the lowering (kernels + cuBLAS).
+//! - `winograd_cmds.rs` + `winograd.cu`: F(2x2, 3x3) on the GPU (`--winograd`, experimental,
+//!   fp32 programs): the CPU's algorithm as commands, run by `cuda.rs` with 16 batched products.
 
 mod cpu;
 mod cuda;
@@ -53,6 +55,7 @@ pub mod lowering;
 #[cfg(test)]
 mod tests;
 mod winograd;
+mod winograd_cmds;
 
 pub use cpu::{
     col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_forward, copy_weight, copy_weight_flipped, dense_twin,
@@ -77,11 +80,25 @@ pub enum Algo {
 /// direct) on `target`: the im2col columns, and on the CPU, where a 3x3 stride-1 layer runs
 /// Winograd, the larger of those and Winograd's buffers.
 pub fn workspace_len(p: &ConvShape, in_width: usize, chunk: usize, target: Target) -> usize {
-    let im2col = p.im2col_len(in_width, chunk);
-    if im2col > 0 && target == Target::Cpu && winograd::eligible(p) {
-        return im2col.max(winograd::workspace_len(p, in_width, p.chunk_images(chunk)));
+    match target == Target::Cpu && winograd::eligible(p) {
+        true => winograd_workspace_len(p, in_width, chunk),
+        false => p.im2col_len(in_width, chunk),
     }
-    im2col
+}
+
+/// Floats of the workspace of a layer that may run Winograd (on either backend): the larger of
+/// its im2col columns and Winograd's buffers (0 when it has no columns).
+pub fn winograd_workspace_len(p: &ConvShape, in_width: usize, chunk: usize) -> usize {
+    let im2col = p.im2col_len(in_width, chunk);
+    match im2col {
+        0 => 0,
+        _ => im2col.max(winograd::workspace_len(p, in_width, p.chunk_images(chunk))),
+    }
+}
+
+/// The layers Winograd F(2x2, 3x3) takes: 3x3, stride 1, pad 1, at least 4 input channels.
+pub fn winograd_eligible(p: &ConvShape) -> bool {
+    winograd::eligible(p)
 }
 
 /// `out (+)= conv(inp)` for the output channels `out_sel` and input channels `in_sel` cover;
@@ -100,6 +117,10 @@ pub struct Conv {
     /// The copy of the weight's slice this op writes for its GEMMs (bf16 programs; the GPU's
     /// fp32 programs for sliced convolutions).
     pub weight_copy: Option<BufId>,
+    /// The GPU runs this 3x3 stride-1 layer by Winograd F(2x2, 3x3) (`--winograd`, fp32
+    /// programs, `winograd_cmds`; `col` is sized for it and `weight_copy` is none). The CPU
+    /// runs its own algorithm whatever this says.
+    pub winograd: bool,
 }
 
 /// Gradients of [`Conv`]: `d_weight` (the slice's block, overwritten) and, when wanted,
@@ -128,6 +149,9 @@ pub struct ConvBackward {
     /// that weight's copy `[in width, out width*K*K]` in the storage type
     /// ([`copy_weight_flipped`]), made here.
     pub d_inp_by_conv: bool,
+    /// As [`Conv::winograd`]: both gradients by Winograd on the GPU (then neither
+    /// `weight_copy` nor `d_inp_by_conv`).
+    pub winograd: bool,
 }
 
 impl Kernel for Conv {

@@ -34,7 +34,7 @@ use crate::ir::Slice;
 use rayon::prelude::*;
 
 /// Values per transformed tile (4x4).
-const XI: usize = 16;
+pub(super) const XI: usize = 16;
 /// Tiles of one tile row transformed together (a stack buffer of `16 * TX_BLOCK` floats).
 const TX_BLOCK: usize = 64;
 /// Floats of transformed tiles (input + output side) per sub-chunk: 8 MiB measured best among
@@ -54,7 +54,7 @@ pub(super) fn eligible(p: &ConvShape) -> bool {
 }
 
 /// Tile rows and columns of one image.
-fn tiles(p: &ConvShape) -> (usize, usize) {
+pub(super) fn tiles(p: &ConvShape) -> (usize, usize) {
     (p.h.div_ceil(2), p.w.div_ceil(2))
 }
 
@@ -80,7 +80,7 @@ fn channel(s: &Slice, j: usize) -> usize {
 
 #[allow(clippy::needless_range_loop)]
 /// `G g G^T` of one 3x3 kernel (row-major), optionally flipped in both axes.
-fn weight_tile(g: &[f32], flip: bool) -> [f32; 16] {
+pub(super) fn weight_tile(g: &[f32], flip: bool) -> [f32; 16] {
     let at = |y: usize, x: usize| {
         if flip {
             g[(2 - y) * 3 + (2 - x)]
@@ -108,7 +108,7 @@ fn weight_tile(g: &[f32], flip: bool) -> [f32; 16] {
 }
 
 /// `G^T du G` (4x4 -> 3x3), the adjoint of `weight_tile` (unflipped).
-fn weight_tile_adjoint(du: &[f32; 16]) -> [f32; 9] {
+pub(super) fn weight_tile_adjoint(du: &[f32; 16]) -> [f32; 9] {
     let mut r = [[0f32; 4]; 3];
     for x in 0..4 {
         let (a, b, c, d) = (du[x], du[4 + x], du[8 + x], du[12 + x]);
@@ -182,7 +182,7 @@ fn split_padded(e: &mut [f32], o: &mut [f32], row: &[f32], tx0: usize, nt: usize
 
 /// `B^T d B` of every tile of images `0..nb` of one channel `plane` (`nb` images of `h x w`),
 /// into `v` laid out `[xi][t]`.
-fn input_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+pub(super) fn input_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -312,7 +312,7 @@ fn input_transform_body<const AVX2: bool>(v: &mut [f32], plane: &[f32], nb: usiz
 
 /// `A dY A^T` of every 2x2 tile of one channel of `d_out` (`nb` images of `h x w`; outputs past
 /// the edge of an odd image count as 0), into `v` laid out `[xi][t]`.
-fn grad_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+pub(super) fn grad_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -392,7 +392,7 @@ fn grad_transform_body(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usi
 #[allow(clippy::needless_range_loop)]
 /// `Y = A^T M A` for every tile of one output channel: `m(xi)` is that channel's `[t]` row of
 /// value `xi`; writes (or adds to, when `accumulate`) `nb` images of `h x w` in `plane`.
-fn output_transform<'a>(
+pub(super) fn output_transform<'a>(
     plane: &mut [f32],
     m: impl Fn(usize) -> &'a [f32],
     nb: usize,

@@ -1,0 +1,42 @@
+//! The Winograd kernels (`src/ops/conv2d/winograd.cu`) run on the host: `winograd_kernels.cpp`
+//! includes the CUDA source under a few stand-in definitions, runs every thread of each grid in
+//! turn through the command sequence of `winograd_cmds.rs`, and compares the forward pass and
+//! both gradients with a direct convolution (relative error 1e-5). So the kernels' index
+//! arithmetic and transforms are checked on a machine without a GPU; `selftest` checks them on
+//! one. Needs a C++17 compiler (`c++`, `g++` or `clang++`); without one the test says so and
+//! passes (the registries `.ci/run` installs from offer none).
+
+use std::path::Path;
+use std::process::Command;
+
+/// The first C++ compiler that runs.
+fn compiler() -> Option<&'static str> {
+    ["c++", "g++", "clang++"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+#[test]
+fn the_winograd_kernels_compute_the_convolution_and_its_gradients_on_the_host() {
+    let Some(cxx) = compiler() else {
+        eprintln!("skipped: no C++ compiler (c++, g++, clang++) to run the Winograd kernels on the host");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("winograd_kernels");
+    let built = Command::new(cxx)
+        .args(["-std=c++17", "-O2", "-Wno-unknown-pragmas", "-I"])
+        .arg(root.join("src/ops/conv2d"))
+        .arg(root.join("tests/winograd_kernels.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("running the C++ compiler");
+    assert!(built.status.success(), "{cxx} failed:\n{}", String::from_utf8_lossy(&built.stderr));
+    let run = Command::new(&exe).output().expect("running the host build of the Winograd kernels");
+    let out = String::from_utf8_lossy(&run.stdout);
+    println!("{out}");
+    assert!(run.status.success() && out.trim_end().ends_with("all passed"), "{out}");
+    // Every case printed a line: nothing was skipped.
+    assert_eq!(out.lines().filter(|l| l.ends_with(" ok")).count(), 5, "{out}");
+}
