@@ -483,6 +483,18 @@ fn a_resumed_run_keeps_the_step_count_it_was_made_with() {
         &refs(&resume(&["--epochs", "2", "--limit-train", "32"])),
         &["--limit-train", "'32'", "24 training images"],
     );
+    // A folder holding fewer images than the run trained on is what is named, not a limit the
+    // user never gave.
+    let small = d.join("small");
+    let small = small.to_str().unwrap();
+    let (code, _, err) = sliceout(&["data", "synth", "--out", small, "--train", "16", "--test", "8"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = sliceout(&refs(&resume_args(&ck, small, &["--epochs", "2"])));
+    assert!(
+        code != 0 && err.contains("for --data") && err.contains("24 training images") && err.contains("holds 16"),
+        "{err}"
+    );
+    assert!(!err.contains("--limit-train"), "{err}");
     fails_with(&refs(&resume(&["--epochs", "2", "--schedule", "step"])), &["--schedule", "cosine"]);
     // A finished run resumed with its own --epochs: nothing to train, nothing logged.
     fails_with(&refs(&resume(&[])), &["--epochs", "nothing is left to train"]);

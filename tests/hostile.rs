@@ -242,7 +242,7 @@ fn random_profile_bench_and_synth_command_lines_never_panic_or_hang() {
     fuzz("profile and bench", 300, |rng, i| {
         let trace = w.root.join(format!("trace-{i}.json"));
         let trace = [pick(rng, &[trace.to_str().unwrap(), &w.data, "/nonexistent/t.json"])];
-        let steps: &[&str] = &["0", "1", "2", "-1", "x"];
+        let steps: &[&str] = &["0", "1", "2", "-1", "x", "10001", "18446744073709551615"];
         let command = pick(rng, &["profile", "bench"]);
         let words = [
             command,

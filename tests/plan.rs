@@ -672,3 +672,28 @@ fn a_bf16_gpu_step_queues_bf16_kernels_and_gemms_inside_their_buffers() {
         }
     }
 }
+
+/// `plan --sweep keep`: every keep gets a largest batch, and one larger than the budget allows
+/// none says so ("none") rather than showing a batch of 0; the budget is printed as given.
+#[test]
+fn a_keep_sweep_names_the_largest_batch_or_none() {
+    use clap::Parser;
+    use sliceout::cmd::flags::{Cli, Command};
+    let run = |args: &[&str]| {
+        let cli = Cli::parse_from([&["sliceout", "plan", "--sweep", "keep", "--device", "cpu"], args].concat());
+        let Some(Command::Plan(f)) = cli.command else { unreachable!() };
+        sliceout::cmd::plan::command(&f).unwrap()
+    };
+    let rows = |text: &str| -> Vec<String> {
+        text.lines().skip(2).map(|l| l.split_whitespace().last().unwrap().to_string()).collect()
+    };
+    let roomy = run(&["--fit", "4GiB"]);
+    assert!(roomy.lines().next().unwrap().ends_with("within 4.0 GiB"), "{roomy}");
+    let batches: Vec<usize> = rows(&roomy).iter().map(|b| b.parse().unwrap()).collect();
+    assert!(batches.len() > 3 && batches.iter().all(|&b| b > 0), "{roomy}");
+    // Less keep, less memory: never a smaller largest batch.
+    assert!(batches.windows(2).all(|w| w[0] <= w[1]), "{roomy}");
+    let tight = run(&["--fit", "1KiB"]);
+    assert!(tight.lines().next().unwrap().ends_with("within 1.0 KiB"), "{tight}");
+    assert!(rows(&tight).iter().all(|b| b == "none"), "{tight}");
+}

@@ -177,9 +177,7 @@ pub fn command(f: &BenchFlags) -> Result<()> {
         let keeps: Vec<String> = f.keep.iter().map(|k| k.to_string()).collect();
         return Err(Error::flag("--keep", keeps.join(","), "1 to 16 comma-separated fractions in (0, 1]"));
     }
-    if f.steps == 0 {
-        return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
-    }
+    super::flags::check_timed_steps(f.steps)?;
     let precisions = f.memory.precisions()?;
     let math = crate::gpu::Math::parse(&f.math)?;
     let memory = f.memory.options_at(precisions[0])?;

@@ -138,6 +138,18 @@ pub struct MemoryFlags {
     pub winograd: bool,
 }
 
+/// The most timed steps `bench` and `profile` take: a median needs no more, and a typo of a
+/// few digits should be refused, not run for days.
+pub const MAX_TIMED_STEPS: usize = 10_000;
+
+/// Checks `bench` / `profile --steps`: 1 to [`MAX_TIMED_STEPS`].
+pub fn check_timed_steps(steps: usize) -> crate::Result<()> {
+    if !(1..=MAX_TIMED_STEPS).contains(&steps) {
+        return Err(crate::Error::flag("--steps", steps, format!("an integer from 1 to {MAX_TIMED_STEPS}")));
+    }
+    Ok(())
+}
+
 /// The largest `--col-budget`: 1 TiB in MiB, so that the budget in bytes fits any `usize`.
 const MAX_COL_BUDGET_MIB: usize = 1 << 20;
 

@@ -213,10 +213,10 @@ fn sweep_command(
         }
     };
     let title = format!(
-        "memory against {} on {}: {what}; largest batch within {:.0} GiB",
+        "memory against {} on {}: {what}; largest batch within {}",
         if sweep == Sweep::Keep { "keep" } else { "batch" },
         device_name(options),
-        budget as f64 / (1u64 << 30) as f64
+        crate::ir::config::size_text(Some(budget as u64))
     );
     match format {
         Format::Svg => Ok(sweep_svg(&title, sweep, &points, &fits)),
@@ -233,13 +233,21 @@ fn sweep_text(title: &str, sweep: Sweep, points: &[SweepPoint], fits: &[usize]) 
     for (p, b) in points.iter().zip(fits) {
         let x = if keep { format!("{:.3}", p.x) } else { format!("{}", p.x) };
         let ratio = p.total as f64 / points[0].total as f64;
-        let b = if keep { b.to_string() } else { String::new() };
+        let b = if keep { batch_text(*b) } else { String::new() };
         let _ = writeln!(s, "{x:>6} {:>11.1} {:>11.1} {ratio:>12.2} {b:>14}", mib(p.arena), mib(p.total));
     }
     if !keep {
-        let _ = writeln!(s, "largest batch: {}", fits.first().copied().unwrap_or(0));
+        let _ = writeln!(s, "largest batch: {}", batch_text(fits.first().copied().unwrap_or(0)));
     }
     s
+}
+
+/// A largest batch as shown: `none` where not even one image fits (`largest_batch` gave 0).
+fn batch_text(batch: usize) -> String {
+    match batch {
+        0 => "none".to_string(),
+        b => b.to_string(),
+    }
 }
 
 /// A line chart of the total and the arena (MiB) against the swept value (keep falling from
@@ -281,12 +289,13 @@ fn sweep_svg(title: &str, sweep: Sweep, points: &[SweepPoint], fits: &[usize]) -
         );
         if sweep == Sweep::Keep {
             let (px, py) = (sx(x), sy(mib(p.total)) - 10.0);
+            let b = batch_text(*b);
             let _ = writeln!(s, "<text x=\"{px:.1}\" y=\"{py:.1}\" text-anchor=\"middle\" font-size=\"10\">{b}</text>");
         }
     }
     let note = match (sweep, fits.first()) {
         (Sweep::Keep, _) => "numbers above the total: the largest batch that fits".to_string(),
-        (Sweep::Batch, Some(b)) => format!("largest batch that fits: {b}"),
+        (Sweep::Batch, Some(b)) => format!("largest batch that fits: {}", batch_text(*b)),
         (Sweep::Batch, None) => String::new(),
     };
     let _ = writeln!(s, "<text x=\"{left}\" y=\"40\" font-size=\"11\" fill=\"#555\">{}</text>", svg::escape(&note));

@@ -258,9 +258,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     config.check_align(f.align)?;
     let batch = flags::check_batch(f.batch)?;
     config.footprint(batch).map_err(Invalid::flag)?;
-    if f.steps == 0 {
-        return Err(Error::flag("--steps", f.steps, "an integer >= 1"));
-    }
+    super::flags::check_timed_steps(f.steps)?;
     if let Some(k) = f.compare {
         if !(k > 0.0 && k <= 1.0) {
             return Err(Error::flag("--compare", k, "a keep fraction in (0, 1]"));

@@ -44,6 +44,9 @@ const EXTRA_PROBE: u64 = 1 << 20;
 /// A file's contents as a stream: the bytes themselves, or their decompression when they are
 /// gzip (recognised by the magic bytes, whatever the name). Reading stops at what the header
 /// announces, so a small file that inflates to gigabytes costs no more than its header says.
+/// A gzip file may hold several members one after another (`gzip -c a >> f` makes one): the
+/// stream is all of them, as `zcat` reads it, and bytes after the last that are not another
+/// member are refused rather than ignored.
 struct Body<'a> {
     path: &'a Path,
     reader: Box<dyn Read + 'a>,
@@ -54,7 +57,7 @@ struct Body<'a> {
 impl<'a> Body<'a> {
     fn new(path: &'a Path, raw: &'a [u8]) -> Body<'a> {
         if raw.starts_with(&[0x1f, 0x8b]) {
-            Body { path, reader: Box::new(flate2::read::GzDecoder::new(raw)), raw_len: None }
+            Body { path, reader: Box::new(flate2::read::MultiGzDecoder::new(raw)), raw_len: None }
         } else {
             Body { path, reader: Box::new(raw), raw_len: Some(raw.len() as u64) }
         }
@@ -347,6 +350,30 @@ pub(crate) mod tests {
         let msg = load(tmp.path(), None, false).unwrap_err().to_string();
         assert!(msg.contains("t10k-labels-idx1-ubyte.gz"), "{msg}");
         assert!(msg.contains("expected 0x00000801"), "{msg}");
+    }
+
+    /// A labels file gzipped in two members (as `gzip >>` appends) reads as their
+    /// concatenation; a third member with more bytes than the header announces, or bytes after
+    /// the last member that are not gzip, are refused naming the file.
+    #[test]
+    fn gzip_files_of_several_members_are_read_whole() {
+        let gzip = |bytes: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+            e.write_all(bytes).unwrap();
+            e.finish().unwrap()
+        };
+        let tmp = TempDir::new("idx-members");
+        write_idx_dir(tmp.path(), 3, 5, true);
+        let labels = idx_labels(&[1, 2, 3, 4, 5]);
+        let path = tmp.path().join(format!("{}.gz", FILES[3]));
+        std::fs::write(&path, [gzip(&labels[..6]), gzip(&labels[6..])].concat()).unwrap();
+        assert_eq!(load(tmp.path(), None, false).unwrap().test.labels, [1, 2, 3, 4, 5]);
+        std::fs::write(&path, [gzip(&labels[..6]), gzip(&labels[6..]), gzip(b"EXTRA")].concat()).unwrap();
+        let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+        assert!(msg.contains(FILES[3]) && msg.contains("5 unexpected bytes"), "{msg}");
+        std::fs::write(&path, [gzip(&labels), b"trailing".to_vec()].concat()).unwrap();
+        let msg = load(tmp.path(), None, false).unwrap_err().to_string();
+        assert!(msg.contains(FILES[3]) && msg.contains("gzip"), "{msg}");
     }
 
     #[test]

@@ -108,21 +108,41 @@ fn expected_files() -> String {
 /// it, so that a folder missing some files gets "missing file X" from `load` rather than a vague
 /// "unrecognised folder".
 pub fn detect(dir: &Path) -> Result<DatasetKind> {
-    if !dir.is_dir() {
-        return Err(Error::data(dir, format!("dataset folder not found; {}", expected_files())));
-    }
+    check_folder(dir)?;
     // Anything at a data file's path counts: a folder or FIFO there is then named by `load`.
     let has = |name: &str| dir.join(name).exists();
-    if CIFAR10_FILES.iter().any(|f| has(f)) {
-        return Ok(DatasetKind::Cifar10);
+    let found: Vec<DatasetKind> = [
+        (DatasetKind::Cifar10, CIFAR10_FILES.iter().any(|f| has(f))),
+        (DatasetKind::Cifar100, CIFAR100_FILES.iter().any(|f| has(f))),
+        (DatasetKind::FashionMnist, idx::FILES.iter().any(|f| has(f) || has(&format!("{f}.gz")))),
+    ]
+    .into_iter()
+    .filter_map(|(kind, present)| present.then_some(kind))
+    .collect();
+    match found[..] {
+        [kind] => Ok(kind),
+        [] => Err(Error::data(dir, format!("no recognised dataset files; {}", expected_files()))),
+        _ => {
+            // Picking one would train on data the user may not have meant.
+            let names: Vec<String> = found.iter().map(|k| k.to_string()).collect();
+            let msg = format!("holds files of {}: say which with --dataset", names.join(" and "));
+            Err(Error::data(dir, msg))
+        }
     }
-    if CIFAR100_FILES.iter().any(|f| has(f)) {
-        return Ok(DatasetKind::Cifar100);
+}
+
+/// `dir` is a folder that can be listed; otherwise what it is instead.
+fn check_folder(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::data(dir, format!("dataset folder not found; {}", expected_files())))
+        }
+        Err(e) => Err(Error::data(dir, format!("cannot read the dataset folder: {e}"))),
+        Ok(m) if !m.is_dir() => Err(Error::data(dir, "not a folder: --data names the folder holding the data files")),
+        Ok(_) => std::fs::read_dir(dir)
+            .map(|_| ())
+            .map_err(|e| Error::data(dir, format!("cannot read the dataset folder: {e}"))),
     }
-    if idx::FILES.iter().any(|f| has(f) || has(&format!("{f}.gz"))) {
-        return Ok(DatasetKind::FashionMnist);
-    }
-    Err(Error::data(dir, format!("no recognised dataset files; {}", expected_files())))
 }
 
 /// Loads the dataset in `dir` (detected from its file names when `kind` is `None`). `coarse`
@@ -135,9 +155,7 @@ pub fn load(dir: &Path, kind: Option<DatasetKind>, coarse: bool) -> Result<Datas
 /// file is never read, so a limit makes any file size usable.
 pub fn load_limited(dir: &Path, kind: Option<DatasetKind>, coarse: bool, limits: Limits) -> Result<Dataset> {
     let (train_limit, test_limit) = (limits.train.unwrap_or(usize::MAX), limits.test.unwrap_or(usize::MAX));
-    if !dir.is_dir() {
-        return Err(Error::data(dir, format!("dataset folder not found; {}", expected_files())));
-    }
+    check_folder(dir)?;
     let kind = match kind {
         Some(k) => k,
         None => detect(dir)?,
@@ -358,13 +376,41 @@ mod tests {
         let d = tmp.path();
         std::fs::write(d.join("t10k-images-idx3-ubyte.gz"), b"x").unwrap();
         assert_eq!(detect(d).unwrap(), DatasetKind::FashionMnist);
+        std::fs::remove_file(d.join("t10k-images-idx3-ubyte.gz")).unwrap();
         std::fs::write(d.join("train.bin"), b"x").unwrap();
         assert_eq!(detect(d).unwrap(), DatasetKind::Cifar100);
+        std::fs::remove_file(d.join("train.bin")).unwrap();
         std::fs::write(d.join("data_batch_3.bin"), b"x").unwrap();
         assert_eq!(detect(d).unwrap(), DatasetKind::Cifar10);
         // A partial CIFAR-10 folder is detected, then load names the missing file.
         let msg = load(d, None, false).unwrap_err().to_string();
         assert!(msg.contains("data_batch_1.bin") && msg.contains("missing"), "{msg}");
+    }
+
+    /// A folder holding the files of two formats is refused (--dataset says which), and with
+    /// --dataset the named format is read.
+    #[test]
+    fn a_folder_of_two_formats_asks_for_dataset() {
+        let tmp = TempDir::new("detect-two");
+        let d = tmp.path();
+        std::fs::write(d.join("data_batch_1.bin"), b"x").unwrap();
+        std::fs::write(d.join("t10k-labels-idx1-ubyte"), b"x").unwrap();
+        let msg = detect(d).unwrap_err().to_string();
+        assert!(msg.contains("cifar10 and fashion-mnist") && msg.contains("--dataset"), "{msg}");
+        let msg = load(d, Some(DatasetKind::FashionMnist), false).unwrap_err().to_string();
+        assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("missing"), "{msg}");
+    }
+
+    /// A file where the folder should be, and a missing folder, are told apart.
+    #[test]
+    fn a_file_given_as_the_data_folder_is_named_as_such() {
+        let tmp = TempDir::new("data-file");
+        let file = tmp.path().join("data_batch_1.bin");
+        std::fs::write(&file, b"x").unwrap();
+        let msg = load(&file, None, false).unwrap_err().to_string();
+        assert!(msg.contains("not a folder"), "{msg}");
+        let msg = load(&tmp.path().join("nope"), None, false).unwrap_err().to_string();
+        assert!(msg.contains("dataset folder not found"), "{msg}");
     }
 
     #[test]

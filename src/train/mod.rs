@@ -558,10 +558,18 @@ impl Resumed {
             return Err(Error::flag("--batch", args.batch, expected));
         }
         if let Some(n) = meta.train_images.filter(|&n| n != train_len) {
+            let data = args.data.display();
+            // The run's own count was asked for (by default, or by the flag): the folder holds
+            // fewer, and the limit is not what to change.
+            if args.limit_train == Some(n) {
+                let expected = format!(
+                    "the dataset of the run in {path}, with its {n} training images ({data} holds {train_len})"
+                );
+                return Err(Error::flag("--data", data, expected));
+            }
             let value = args.limit_train.map_or("(none)".to_string(), |l| l.to_string());
             let expected = format!(
-                "a limit that keeps the {n} training images of the run in {path} ({} gives {train_len}; leave --limit-train out to use the run's)",
-                args.data.display()
+                "a limit that keeps the {n} training images of the run in {path} ({data} gives {train_len}; leave --limit-train out to use the run's)"
             );
             return Err(Error::flag("--limit-train", value, expected));
         }
