@@ -18,6 +18,8 @@
 #      layer allows; the op checks above check both);
 #   2b. the bf16 kernels against the CPU's bf16 ops (selftest --precision bf16, synchronised)
 #      and the bf16 WRN-16-4 step (--full --precision bf16);
+#   2c. the experimental Winograd convolutions (--winograd; their op rows are in stage 1):
+#      the WRN-16-4 step with them, fp32 and tf32;
 #   3. the GPU plans of WRN-28-10 (launch counts, memory) and its profiles at keep 0.5, tf32
 #      and bf16 (device time per op and per kernel, from CUDA events);
 #   3b. options against the default, same model, keep 1.0 and 0.5 (each a bench of its own,
@@ -25,6 +27,7 @@
 #      --no-recompute (BN outputs kept from forward: more arena, no recomputation);
 #      bf16 with --col-budget 46 (its plan's memory targets) and 128; both with the
 #      experimental GEMM tuner (SLICEOUT_GEMM_TUNE=1, whose full steps run in stage 2b);
+#      --winograd in tf32 and in fp32 math (with its profile: transforms against products);
 #   4. bench of WRN-28-10 and WRN-16-4 at batch 128, keep 1.0/0.75/0.5, tf32, fp32 and bf16,
 #      with the device memory in use beside the plan, and PyTorch's step on the same card right
 #      after each (scripts/torch/bench_peer.py: the same network and SliceOut rules, bf16 as
@@ -84,6 +87,9 @@ run full-bf16 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16
 # The experimental GEMM tuner (cuBLASLt, src/gpu/tune.rs): the same full steps with it on.
 SLICEOUT_GEMM_TUNE=1 run full-tf32-gemm-tune 120 "$BIN" selftest --full --device "$DEVICE" --math tf32
 SLICEOUT_GEMM_TUNE=1 run full-bf16-gemm-tune 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16
+# The experimental Winograd convolutions (src/ops/conv2d/winograd_cmds.rs, winograd.cu).
+run full-fp32-winograd 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --winograd
+run full-tf32-winograd 120 "$BIN" selftest --full --device "$DEVICE" --math tf32 --winograd
 run plan-wrn28-10-bf16 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16 \
     --precision bf16
 run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
@@ -107,6 +113,14 @@ for precision in fp32 bf16; do
     SLICEOUT_GEMM_TUNE=1 run "option-$precision-gemm-tune" 120 "$BIN" bench --device "$DEVICE" --depth "$pdepth" \
         --widen "$pwiden" --batch "$BATCH" --keep 1.0,0.5 --steps "$STEPS" --math tf32 --precision "$precision"
 done
+
+# Winograd in tf32 (against option-fp32-default) and in fp32 math (against bench-*-fp32 below).
+for math in tf32 fp32; do
+    run "option-fp32-winograd-$math" 120 "$BIN" bench --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" \
+        --batch "$BATCH" --keep 1.0,0.5 --steps "$STEPS" --math "$math" --winograd
+done
+run "profile-wrn$pdepth-$pwiden-fp32-winograd" 60 "$BIN" profile --device "$DEVICE" --depth "$pdepth" --widen "$pwiden" \
+    --batch "$BATCH" --keep 1.0 --steps 3 --math fp32 --winograd
 
 # "tf32", "fp32": fp32 storage with that GEMM math; "bf16": bf16 storage (and autocast for the peer).
 for model in "${MODELS[@]}"; do
@@ -147,7 +161,7 @@ done
 grep -E "gpu step|total " "$LOG/plan-wrn28-10.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5:   /'
 grep -E "gpu step|total " "$LOG/plan-wrn28-10-bf16.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5 bf16: /'
 # Each profile's step time and its five most expensive kernels.
-for precision in fp32 bf16; do
+for precision in fp32 bf16 fp32-winograd; do
     f="$LOG/profile-wrn$pdepth-$pwiden-$precision.txt"
     head -n 2 "$f" 2>/dev/null | grep "per step"
     sed -n '/^per kernel/,/^$/p' "$f" 2>/dev/null | head -n 6
