@@ -697,3 +697,94 @@ fn a_keep_sweep_names_the_largest_batch_or_none() {
     assert!(tight.lines().next().unwrap().ends_with("within 1.0 KiB"), "{tight}");
     assert!(rows(&tight).iter().all(|b| b == "none"), "{tight}");
 }
+
+/// `--winograd` on the GPU's fp32 WRN-28-10 plan, as a recorder sees the step (no GPU needed):
+/// the eligible layers (3x3, stride 1, 4 or more input channels) queue the Winograd kernels and
+/// one 16-product batch per product and chunk (the forward one; the weight gradient's and,
+/// with `d_inp`, the input gradient's), with every product of each batch inside the arena; they
+/// make no weight copy; the other layers are as before. bf16 and CPU plans ignore the option.
+#[test]
+fn a_winograd_step_queues_batched_products_inside_the_arena() {
+    use sliceout::backend::cuda::{record_step, RECORD_ARENA};
+    use sliceout::ir::Target;
+    use sliceout::ops::Op;
+    let gpu = Options { target: Target::Cuda, ..Options::default() };
+    let wino = Options { winograd: true, ..gpu };
+    for (keep, wrap) in [(1.0, false), (0.5, true)] {
+        let c = wrn(28, 10, keep);
+        let (before, after) = (program(&c, 128, Mode::Train, gpu), program(&c, 128, Mode::Train, wino));
+        plan::check(&after.lifetimes, &after.placement, plan::ALIGN).unwrap();
+        let s = &after.schedule;
+        let starts: Vec<usize> = s.slices.iter().map(|s| if wrap { s.channels - 1 } else { 0 }).collect();
+        // What the plan says: forward and backward ops by Winograd, chunks, input gradients.
+        let (mut forward, mut backward, mut with_d_inp, mut batches) = (0, 0, 0, 0);
+        for step in &s.steps {
+            let chunks = |n: usize, chunk: usize| n.div_ceil(chunk.clamp(1, n));
+            match &step.op {
+                Op::Conv(o) if o.winograd => {
+                    assert!(o.weight_copy.is_none(), "{}", step.name());
+                    forward += 1;
+                    batches += chunks(o.shape.n, o.chunk);
+                }
+                Op::ConvBackward(o) if o.winograd => {
+                    assert!(o.weight_copy.is_none() && !o.d_inp_by_conv, "{}", step.name());
+                    backward += 1;
+                    with_d_inp += o.d_inp.is_some() as usize;
+                    batches += chunks(o.shape.n, o.chunk) * (1 + o.d_inp.is_some() as usize);
+                }
+                Op::Conv(o) => assert!(o.shape.k != 3 || o.shape.stride != 1 || o.shape.cin < 4, "{}", step.name()),
+                _ => {}
+            }
+        }
+        // WRN-28-10: 22 of the 28 convolutions (not the first, the two stride-2 ones or the three
+        // 1x1 shortcuts).
+        assert_eq!((forward, backward), (22, 22), "keep {keep}");
+        let rec = record_step(&after, &starts);
+        let launches = rec.launches.borrow();
+        let count = |k: &str| launches.iter().filter(|(n, _)| *n == k).count();
+        assert_eq!(count("winograd_weight"), forward + with_d_inp);
+        assert_eq!(count("winograd_weight_grad"), backward);
+        let gemms = rec.gemms.borrow();
+        let batched: Vec<_> = gemms.iter().filter(|g| g.batch > 1).collect();
+        assert_eq!(batched.len(), batches, "keep {keep}");
+        let end = RECORD_ARENA + after.arena_bytes() as u64;
+        for g in &batched {
+            assert_eq!((g.batch, g.ab_type, g.c_type), (16, sliceout::ir::Dtype::F32, sliceout::ir::Dtype::F32));
+            // The last product's operands, as cuBLAS reads them (column-major, leading dimensions).
+            let extent = |base: u64, stride: usize, rows: usize, cols: usize, ld: usize| {
+                base + 4 * (15 * stride + (cols - 1) * ld + rows) as u64
+            };
+            let (ar, ac) = if g.transa { (g.k, g.m) } else { (g.m, g.k) };
+            let (br, bc) = if g.transb { (g.n, g.k) } else { (g.k, g.n) };
+            for (base, last) in [
+                (g.a, extent(g.a, g.strides[0], ar, ac, g.lda)),
+                (g.b, extent(g.b, g.strides[1], br, bc, g.ldb)),
+                (g.c, extent(g.c, g.strides[2], g.m, g.n, g.ldc)),
+            ] {
+                assert!(base >= RECORD_ARENA && last <= end, "{g:?}");
+            }
+        }
+        let (old, new) = (record_step(&before, &starts), rec.launches.borrow().len());
+        let copies = |r: &[(&str, _)]| r.iter().filter(|(n, _)| *n == "weight_slice" || *n == "weight_flip").count();
+        assert!(copies(&launches) < copies(&old.launches.borrow()), "keep {keep}");
+        println!(
+            "keep {keep}: {forward} forward and {backward} backward ops by Winograd; launches {} -> {new}, \
+             GEMMs {} -> {}; arena {:.1} -> {:.1} MiB",
+            old.launches.borrow().len(),
+            old.gemms.borrow().len(),
+            gemms.len(),
+            before.arena_bytes() as f64 / MIB,
+            after.arena_bytes() as f64 / MIB
+        );
+    }
+    // bf16 and CPU plans are the same with the option as without.
+    let c = wrn(16, 4, 0.5);
+    for o in [bf16(gpu), Options::default()] {
+        let (a, b) = (program(&c, 32, Mode::Train, o), program(&c, 32, Mode::Train, Options { winograd: true, ..o }));
+        let listing = |p: &Program| -> Vec<String> {
+            let buffers = p.schedule.buffers.iter().map(|b| format!("{b:?}"));
+            buffers.chain(p.schedule.steps.iter().map(|s| format!("{:?}", s.op))).collect()
+        };
+        assert_eq!(listing(&a), listing(&b), "{o:?}");
+    }
+}
