@@ -788,3 +788,42 @@ fn a_winograd_step_queues_batched_products_inside_the_arena() {
         assert_eq!(listing(&a), listing(&b), "{o:?}");
     }
 }
+
+/// Every kernel launch of a recorded step passes as many arguments as its kernel declares in
+/// its `.cu` file (a missing or extra argument would only show on a GPU, as garbage or a
+/// fault), across the programs a GPU runs: fp32 with each input-gradient route, with Winograd,
+/// bf16, evaluation and BN recalibration, sliced and wrapping.
+#[test]
+fn every_recorded_launch_passes_the_parameters_its_kernel_declares() {
+    use sliceout::backend::cuda::record_step;
+    use sliceout::gpu::kernel_params;
+    use sliceout::ir::Target;
+    use sliceout::ops::KERNEL_FILES;
+    use sliceout::schedule::InputGrad;
+    let gpu = Options { target: Target::Cuda, ..Options::default() };
+    let programs = [
+        (0.5, Mode::Train, gpu),
+        (0.5, Mode::Train, Options { input_grad: InputGrad::Col2im, ..gpu }),
+        (0.5, Mode::Train, Options { winograd: true, ..gpu }),
+        (1.0, Mode::Train, Options { winograd: true, ..gpu }),
+        (0.5, Mode::Train, bf16(gpu)),
+        (1.0, Mode::Eval, gpu),
+        (0.5, Mode::Calibrate, gpu),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (keep, mode, o) in programs {
+        let p = program(&wrn(16, 4, keep), 32, mode, o);
+        let starts: Vec<usize> = p.schedule.slices.iter().map(|s| s.channels - 1).collect();
+        let rec = record_step(&p, &starts);
+        let (launches, counts) = (rec.launches.borrow(), rec.arg_counts.borrow());
+        assert_eq!(launches.len(), counts.len());
+        for ((name, _), &passed) in launches.iter().zip(counts.iter()) {
+            let declared = KERNEL_FILES.iter().find_map(|(_, src)| kernel_params(src, name));
+            assert_eq!(declared, Some(passed), "{name} in {mode:?} {o:?}");
+            seen.insert(*name);
+        }
+    }
+    for k in ["im2col", "col2im", "weight_flip", "winograd_input", "winograd_output", "bn_stats_bf16", "sgd"] {
+        assert!(seen.contains(k), "{k} was never launched: {seen:?}");
+    }
+}

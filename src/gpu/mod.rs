@@ -53,6 +53,14 @@ pub fn kernel_names(source: &str) -> Vec<&str> {
     source.split("extern \"C\" __global__ void ").skip(1).filter_map(|s| s.split('(').next()).map(str::trim).collect()
 }
 
+/// How many parameters the `extern "C" __global__` kernel `name` of `source` declares (`None`
+/// when the source has no such kernel): what a launch of it must pass.
+pub fn kernel_params(source: &str, name: &str) -> Option<usize> {
+    let head = format!("extern \"C\" __global__ void {name}(");
+    let params = source.split(&head).nth(1)?.split(')').next()?;
+    Some(if params.trim().is_empty() { 0 } else { params.split(',').count() })
+}
+
 /// NVRTC options for `arch`: `sm_90` compiles to a cubin for that chip, `compute_90` to PTX the
 /// driver compiles when loading; no FMA contraction, so the kernels' f32 expressions round as
 /// the CPU's do.
@@ -426,12 +434,15 @@ pub trait Launcher {
 #[derive(Default)]
 pub struct Recorder {
     pub launches: std::cell::RefCell<Vec<(&'static str, LaunchConfig)>>,
+    /// The number of arguments each launch passed (against [`kernel_params`]).
+    pub arg_counts: std::cell::RefCell<Vec<usize>>,
     pub gemms: std::cell::RefCell<Vec<GemmCall>>,
 }
 
 impl Launcher for Recorder {
-    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, _args: &[&dyn Arg]) {
+    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]) {
         self.launches.borrow_mut().push((kernel, cfg));
+        self.arg_counts.borrow_mut().push(args.len());
     }
     fn gemm(&self, g: &GemmCall) {
         self.gemms.borrow_mut().push(*g);
@@ -802,6 +813,14 @@ mod tests {
             Ok(_) => panic!("a GPU without a device"),
         }
         assert!(matches!(device_memory(), Err(Error::Device(_))));
+    }
+
+    #[test]
+    fn kernel_parameters_are_counted_from_the_source() {
+        let src = "extern \"C\" __global__ void a(float* x, int n) {}\nextern \"C\" __global__ void b() {}";
+        assert_eq!(kernel_params(src, "a"), Some(2));
+        assert_eq!(kernel_params(src, "b"), Some(0));
+        assert_eq!(kernel_params(src, "c"), None);
     }
 
     #[test]
