@@ -6,11 +6,15 @@ use crate::error::Result;
 use crate::io::safetensors::{self, Entry, TensorFile, Values};
 use crate::ir::Precision;
 use crate::train::{evaluate, EvalRequest};
+use std::path::Path;
 
 pub fn command(f: &EvalFlags) -> Result<()> {
     let dataset = flags::dataset(&f.dataset)?;
     if let Some(path) = &f.logits {
-        flags::check_not_input("--logits", path, &f.checkpoint)?;
+        let data_files = crate::data::data_file_paths(&f.data);
+        let reads: Vec<&Path> =
+            std::iter::once(f.checkpoint.as_path()).chain(data_files.iter().map(|p| p.as_path())).collect();
+        crate::io::check_output("--logits", path, &reads)?;
     }
     let e = evaluate(&EvalRequest {
         model: &f.checkpoint,

@@ -1,7 +1,7 @@
 //! `sliceout export`: a model as safetensors (for PyTorch and other loaders) or its test-time
 //! network as ONNX (for ONNX Runtime and other servers).
 
-use super::flags::{self, ExportFlags, ExportFormat};
+use super::flags::{ExportFlags, ExportFormat};
 use crate::error::{Error, Result};
 use crate::export::{self, onnx};
 use crate::ir::Role;
@@ -19,7 +19,7 @@ pub fn command(f: &ExportFlags) -> Result<()> {
             ))
         }
     };
-    flags::check_not_input("--out", &f.out, &f.checkpoint)?;
+    crate::io::check_output("--out", &f.out, &[&f.checkpoint])?;
     let ck = export::load_model(&f.checkpoint)?;
     let c = ck.config;
     match format {

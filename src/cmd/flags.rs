@@ -536,13 +536,3 @@ pub fn check_batch(batch: usize) -> crate::Result<usize> {
     }
     Ok(batch)
 }
-
-/// Refuses an output file (`flag`) that is the input `input`: writing it would lose the input.
-pub fn check_not_input(flag: &str, out: &std::path::Path, input: &std::path::Path) -> crate::Result<()> {
-    match (out.canonicalize(), input.canonicalize()) {
-        (Ok(a), Ok(b)) if a == b => {
-            Err(crate::Error::flag(flag, out.display(), format!("a file other than {}", input.display())))
-        }
-        _ => Ok(()),
-    }
-}

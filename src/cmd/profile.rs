@@ -268,7 +268,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         return Err(Error::flag("--format", "svg", "text or json for profile (svg is for plan)"));
     }
     if let Some(path) = &f.trace {
-        check_writable_file(path)?;
+        crate::io::check_output("--trace", path, &[])?;
     }
     let memory = f.memory.options()?;
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
@@ -293,25 +293,6 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         if f.format == Format::Text {
             println!("trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)", path.display());
         }
-    }
-    Ok(())
-}
-
-/// `--trace`'s file can be written: its folder exists and it is not itself a folder.
-fn check_writable_file(path: &std::path::Path) -> Result<()> {
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    if path.is_dir() {
-        return Err(Error::flag("--trace", path.display(), "a file to write (this is a folder)"));
-    }
-    if !folder.is_dir() {
-        return Err(Error::flag(
-            "--trace",
-            path.display(),
-            format!("a file in an existing folder ({} is none)", folder.display()),
-        ));
     }
     Ok(())
 }

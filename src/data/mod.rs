@@ -20,7 +20,7 @@ use crate::io::NotAFile;
 use crate::{Error, Result};
 use std::fmt;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// Bytes in one 32x32 channel plane.
@@ -102,6 +102,14 @@ fn expected_files() -> String {
         CIFAR100_FILES.join(", "),
         idx::FILES.join(", "),
     )
+}
+
+/// Every path in `dir` that some format reads (whether or not it exists): what a command
+/// reading `dir` must never write over.
+pub fn data_file_paths(dir: &Path) -> Vec<PathBuf> {
+    let idx = idx::FILES.iter().flat_map(|f| [f.to_string(), format!("{f}.gz")]);
+    let names = CIFAR10_FILES.iter().chain(&CIFAR100_FILES).map(|f| f.to_string()).chain(idx);
+    names.map(|f| dir.join(f)).collect()
 }
 
 /// Which dataset `dir` holds, from its file names. Any one file of a format is enough to pick

@@ -10,7 +10,7 @@
 
 use super::cifar::CIFAR10_RECORD;
 use super::{Split, CIFAR10_FILES, PLANE};
-use crate::io::atomic::remove_stale_temps;
+use crate::io::atomic::{check_replaceable, remove_stale_temps};
 use crate::io::{write_atomic, write_atomic_with};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
@@ -171,14 +171,18 @@ pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64, replace
     if dir.exists() && !dir.is_dir() {
         return Err(Error::flag("--out", dir.display(), "a folder for the dataset (this is a file)"));
     }
-    let files = CIFAR10_FILES.iter().chain(&[META]);
-    let found: Vec<&str> = files.copied().filter(|f| dir.join(f).exists()).collect();
+    let files: Vec<&str> = CIFAR10_FILES.iter().chain(&[META]).copied().collect();
+    let found: Vec<&str> = files.iter().copied().filter(|f| dir.join(f).exists()).collect();
     if !found.is_empty() && !replace {
         return Err(Error::Msg(format!(
             "{} already holds dataset files ({}): pass --force to replace them, or pick another --out",
             dir.display(),
             found.join(", ")
         )));
+    }
+    // Before anything is replaced: a FIFO or a link in the way must not cost the files before it.
+    for f in &files {
+        check_replaceable(&dir.join(f))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // What a generation killed mid-write left.

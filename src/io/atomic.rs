@@ -1,9 +1,18 @@
-//! Writing a file so that a crash at any moment leaves either the old file or the new one.
+//! Writing a file so that a crash at any moment leaves either the old file or the new one, and
+//! deciding what such a write may replace.
+//!
+//! A write renames a temporary file over its target, which replaces whatever entry has that
+//! name. So only a missing target or a regular file is replaced; anything else is refused and
+//! left as it is ([`obstacle`] says what it is):
+//! - a folder, FIFO, socket or device (`/dev/null` must stay a device);
+//! - a symbolic link, whatever it points to: the rename would replace the link itself with a
+//!   file, silently cutting what the user linked. The message names the link's target, so
+//!   writing to that file by its own name is one step away.
 
 use crate::error::{Error, Result};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `bytes` so that a crash at any moment leaves either the old file or the
@@ -16,20 +25,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file or the new one: write a temporary file in the same folder (same file system, so the
 /// rename is atomic), flush and `sync_all` it, rename it over `path`, then sync the folder so
 /// the rename itself is durable. On failure the temporary file is removed; one left by a killed
-/// process is removed by [`remove_stale_temps`].
+/// process is removed by [`remove_stale_temps`]. A target that is not a regular file is
+/// refused before anything is written (see the module doc).
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
-    // Distinct temp names per call, so two threads saving the same path never share one.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let Some(name) = path.file_name() else {
-        return Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, "not a file path")));
-    };
+    check_replaceable(path)?;
+    let tmp = temp_path(path)?;
     let dir = folder_of(path);
-    let tmp = dir.join(format!(
-        "{}{}-{}",
-        temp_prefix(&name.to_string_lossy()),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
     let written = (|| -> io::Result<()> {
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         let mut w = io::BufWriter::with_capacity(64 << 10, file);
@@ -65,13 +66,115 @@ pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The start of every temporary file name a save of `name` uses.
+/// Refuses, naming it, a `path` that a write must not replace (see [`obstacle`]).
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    match obstacle(path).map_err(|e| Error::io(path, e))? {
+        None => Ok(()),
+        Some(what) => {
+            let msg = format!("is {what}, expected a regular file; it was left as it is");
+            Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, msg)))
+        }
+    }
+}
+
+/// What stands at `path` when a write must not replace it, in words ("a FIFO", "a symbolic link
+/// to x.bin ..."); `None` when nothing is there or a regular file is. A symbolic link is judged
+/// by what it points to when that is not a regular file (a link to `/dev/stdout` is "a symbolic
+/// link to a character device"), and refused as a link otherwise.
+pub fn obstacle(path: &Path) -> io::Result<Option<String>> {
+    let own = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !own.file_type().is_symlink() {
+        return Ok(kind_other_than_file(&own.file_type()).map(String::from));
+    }
+    let target = fs::read_link(path)?;
+    let pointed = match fs::metadata(path) {
+        Ok(m) => kind_other_than_file(&m.file_type()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Some(match pointed {
+        Some(kind) => format!("a symbolic link to {kind} ({})", target.display()),
+        None => format!(
+            "a symbolic link to {} (writing would replace the link, not that file: name the file itself)",
+            target.display()
+        ),
+    }))
+}
+
+/// The kind of a non-regular file, in words; `None` for a regular file.
+fn kind_other_than_file(t: &fs::FileType) -> Option<&'static str> {
+    if t.is_file() {
+        return None;
+    }
+    if t.is_dir() {
+        return Some("a folder");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return Some("a FIFO");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+        if t.is_char_device() {
+            return Some("a character device");
+        }
+        if t.is_block_device() {
+            return Some("a block device");
+        }
+    }
+    Some("not a regular file (a device, FIFO or socket)")
+}
+
+/// Says whether a file can be created in `path`'s folder by creating (then removing) the
+/// temporary file a write of `path` would use: exact where permission bits are not (read-only
+/// mounts, ACLs, root).
+pub fn probe_folder(path: &Path) -> io::Result<()> {
+    let tmp = temp_path(path).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    fs::remove_file(&tmp)
+}
+
+/// A temporary file name beside `path`, distinct per call so that two threads saving the same
+/// path never share one.
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let Some(name) = path.file_name() else {
+        return Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, "not a file path")));
+    };
+    Ok(folder_of(path).join(format!(
+        "{}{}-{}",
+        temp_prefix(&name.to_string_lossy()),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )))
+}
+
+/// The longest file name most file systems take, in bytes.
+const NAME_MAX: usize = 255;
+/// Room a temporary name needs besides the target's name: `.`, `.tmp-`, a u32 process id, `-`
+/// and a u64 counter.
+const TEMP_EXTRA: usize = 1 + 5 + 10 + 1 + 20;
+
+/// The start of every temporary file name a save of `name` uses. A long `name` is cut (on a
+/// character boundary) so that the temporary name stays within [`NAME_MAX`] bytes: any name the
+/// file system takes can be written.
 fn temp_prefix(name: &str) -> String {
-    format!(".{name}.tmp-")
+    let mut end = name.len().min(NAME_MAX - TEMP_EXTRA);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(".{}.tmp-", &name[..end])
 }
 
 /// The folder holding `path` (`.` for a bare file name).
-fn folder_of(path: &Path) -> &Path {
+pub fn folder_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -106,11 +209,11 @@ mod tests {
         let err = write_atomic(&bad, b"x").unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("no-such-dir"), "{err}");
-        // The target is a folder: the rename fails and the temp file is removed.
+        // The target is a folder: refused before a temporary file is made.
         let sub = dir.join("sub");
         fs::create_dir(&sub).unwrap();
         let err = write_atomic(&sub, b"x").unwrap_err();
-        assert!(err.to_string().contains("sub"), "{err}");
+        assert!(err.to_string().contains("sub: is a folder, expected a regular file"), "{err}");
         let mut names: Vec<_> =
             fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
@@ -131,6 +234,80 @@ mod tests {
         assert!(err.to_string().contains("disk full") && err.to_string().contains("f.bin"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A rename over a FIFO, a device or a link would replace it with a file: each is refused,
+    /// nothing is written, and it stays what it was.
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_replaced() {
+        use std::os::unix::fs::{symlink, FileTypeExt};
+        let dir = scratch("atomic-kinds");
+        let made =
+            |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).status().is_ok_and(|s| s.success());
+        let (fifo, dev, regular) = (dir.join("fifo"), dir.join("null"), dir.join("regular"));
+        assert!(made(&["mkfifo", fifo.to_str().unwrap()]));
+        let has_dev = made(&["mknod", "-m", "666", dev.to_str().unwrap(), "c", "1", "3"]);
+        fs::write(&regular, b"mine").unwrap();
+        symlink(&regular, dir.join("to-regular")).unwrap();
+        symlink(&fifo, dir.join("to-fifo")).unwrap();
+        symlink(dir.join("nothing"), dir.join("dangling")).unwrap();
+        let mut cases = vec![
+            ("fifo", "is a FIFO, expected a regular file"),
+            ("to-fifo", "is a symbolic link to a FIFO ("),
+            ("to-regular", "is a symbolic link to "),
+            ("dangling", "is a symbolic link to "),
+        ];
+        if has_dev {
+            symlink(&dev, dir.join("to-dev")).unwrap();
+            cases.push(("null", "is a character device, expected a regular file"));
+            cases.push(("to-dev", "is a symbolic link to a character device"));
+        }
+        for (name, want) in cases {
+            let err = write_atomic(&dir.join(name), b"x").unwrap_err().to_string();
+            assert!(err.contains(&format!("{name}: {want}")) && err.contains("left as it is"), "{err}");
+        }
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        if has_dev {
+            assert!(fs::metadata(&dev).unwrap().file_type().is_char_device());
+        }
+        for link in ["to-regular", "to-fifo", "dangling"] {
+            assert!(fs::symlink_metadata(dir.join(link)).unwrap().file_type().is_symlink());
+        }
+        assert_eq!(fs::read(&regular).unwrap(), b"mine");
+        assert!(fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Any name the file system takes is writable: the temporary name is cut to fit, on a
+    /// character boundary, and a stale one of a long name is still found.
+    #[test]
+    fn long_names_get_temporary_names_within_the_limit() {
+        // The widest process id and counter fill the name exactly.
+        assert_eq!(temp_prefix(&"x".repeat(NAME_MAX)).len() + format!("{}-{}", u32::MAX, u64::MAX).len(), NAME_MAX);
+        let accented = "é".repeat(200);
+        let cut = temp_prefix(&accented);
+        assert!(cut.len() + 31 <= NAME_MAX && cut.starts_with(".éé") && cut.ends_with("é.tmp-"), "{cut}");
+        assert_eq!(temp_prefix("last.ckpt"), ".last.ckpt.tmp-");
+        let dir = scratch("atomic-long");
+        for name in ["l".repeat(NAME_MAX), format!("{}.bin", "é".repeat(125))] {
+            write_atomic(&dir.join(&name), b"x").unwrap();
+            assert_eq!(fs::read(dir.join(&name)).unwrap(), b"x");
+            fs::write(dir.join(format!("{}{}-{}", temp_prefix(&name), u32::MAX, u64::MAX)), b"stale").unwrap();
+            remove_stale_temps(&dir, &[&name]).unwrap();
+            assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+            fs::remove_file(dir.join(&name)).unwrap();
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn probing_a_folder_leaves_nothing() {
+        let dir = scratch("atomic-probe");
+        probe_folder(&dir.join("f.bin")).unwrap();
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        assert!(probe_folder(&dir.join("missing").join("f.bin")).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,15 +1,18 @@
 //! What a run leaves on disk: files written atomically, checkpoints, safetensors files, the
 //! per-epoch metrics, the pictures (learning curves, plan charts) drawn with the shared SVG
-//! helpers, and the lock that keeps two processes out of one folder.
+//! helpers, the lock that keeps two processes out of one folder, and the checks on an output
+//! file a command is asked to write.
 
 pub mod atomic;
 pub mod checkpoint;
 pub mod lock;
 pub mod metrics;
+pub mod output;
 pub mod safetensors;
 pub mod svg;
 
 pub use atomic::{write_atomic, write_atomic_with};
+pub use output::check_output;
 
 use std::path::Path;
 

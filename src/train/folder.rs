@@ -9,11 +9,13 @@
 //!   folder other than its checkpoint's. The refusal names what is there and what to do next
 //!   (resume from the checkpoint that exists, `--force`, or another folder).
 //! - Temporary files of saves killed mid-write are removed once the lock is held.
+//! - A run file that a save would refuse to replace (a FIFO, a folder, a symbolic link; see
+//!   [`crate::io::atomic`]) is refused before any training, not at the first save.
 //! - Default folders are `runs/<timestamp>`, claimed with an atomic `mkdir` and a `-2`, `-3`, ...
 //!   suffix when taken, so parallel runs never share one.
 
 use crate::error::{Error, Result};
-use crate::io::atomic::remove_stale_temps;
+use crate::io::atomic::{check_replaceable, remove_stale_temps};
 use crate::io::lock::FolderLock;
 use std::fs;
 use std::io::ErrorKind;
@@ -37,6 +39,10 @@ pub fn claim(out: &Path, resume: Option<&Path>, force: bool) -> Result<FolderLoc
     let continuing = resume.is_some_and(|ck| same_folder(&folder_of(ck), out));
     let found: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
     if continuing || found.is_empty() {
+        // A FIFO or a link where a save goes is refused now, not after the first epoch.
+        for f in RUN_FILES {
+            check_replaceable(&out.join(f))?;
+        }
         return Ok(lock);
     }
     if force {
