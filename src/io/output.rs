@@ -40,8 +40,8 @@ pub fn check_output(flag: &str, out: &Path, reads: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// Whether `a` and `b` both exist and are the same file, whatever the names.
-fn same_file(a: &Path, b: &Path) -> bool {
+/// Whether `a` and `b` both exist and are the same file (or folder), whatever the names.
+pub fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;

@@ -15,8 +15,9 @@
 //!   suffix when taken, so parallel runs never share one.
 
 use crate::error::{Error, Result};
-use crate::io::atomic::{check_replaceable, remove_stale_temps};
+use crate::io::atomic::{check_replaceable, folder_of, remove_stale_temps};
 use crate::io::lock::FolderLock;
+use crate::io::output::same_file;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ pub fn claim(out: &Path, resume: Option<&Path>, force: bool) -> Result<FolderLoc
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let lock = FolderLock::acquire(out, LOCK)?;
     remove_stale_temps(out, &RUN_FILES)?;
-    let continuing = resume.is_some_and(|ck| same_folder(&folder_of(ck), out));
+    let continuing = resume.is_some_and(|ck| same_file(folder_of(ck), out));
     let found: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
     if continuing || found.is_empty() {
         // A FIFO or a link where a save goes is refused now, not after the first epoch.
@@ -78,18 +79,6 @@ fn refusal(out: &Path, resume: Option<&Path>, found: &[&str]) -> String {
             out.display()
         ),
     }
-}
-
-/// The folder a file is in (`.` for a bare name).
-fn folder_of(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn same_folder(a: &Path, b: &Path) -> bool {
-    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// A new, empty folder `base/<timestamp>` (UTC, `YYYYMMDD-HHMMSS`), or `<timestamp>-2`, `-3`, ...
