@@ -17,6 +17,13 @@ use rayon::prelude::*;
 pub const MAX_CHANNELS: usize = 4;
 /// Padding of the random crop, in pixels on each side.
 pub const CROP_PAD: usize = 4;
+/// The largest |mean| a stored normalisation may have: pixels are in [0, 1], and so is the mean
+/// of any dataset; past this the constants are nobody's.
+pub const MAX_NORM_MEAN: f32 = 1e3;
+/// The smallest deviation a stored normalisation may have. [`Normalization::from_split`] never
+/// gives less than about `1 / (255 sqrt(pixels))`, far above this for any split that fits in
+/// memory; with `|mean| <= MAX_NORM_MEAN`, every normalised pixel stays below 1e15 (finite in f32).
+pub const MIN_NORM_STD: f32 = 1e-12;
 
 /// Per-channel mean and standard deviation of `pixel / 255` over a training split.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +33,33 @@ pub struct Normalization {
 }
 
 impl Normalization {
+    /// Constants read from a file, judged before anything is normalised with them: one mean and
+    /// one deviation per channel, each within [`MAX_NORM_MEAN`] and [`MIN_NORM_STD`], so that
+    /// `(x - mean) / std` is finite for every pixel `x` in [0, 1]. `Err` names the first value
+    /// out of range (`norm_std[1] = 1e-45 ...`); the caller names the file.
+    pub fn check(&self) -> Result<(), String> {
+        if self.mean.len() != self.std.len() {
+            return Err(format!(
+                "normalisation has {} norm_mean values but {} norm_std values: expected one of each per channel",
+                self.mean.len(),
+                self.std.len()
+            ));
+        }
+        if let Some((c, m)) = self.mean.iter().enumerate().find(|(_, m)| !(-MAX_NORM_MEAN..=MAX_NORM_MEAN).contains(*m))
+        {
+            return Err(format!(
+                "norm_mean[{c}] = {m:?} is out of range: expected a normalisation mean within +-{MAX_NORM_MEAN:?} \
+                 (pixels are in [0, 1])"
+            ));
+        }
+        if let Some((c, s)) = self.std.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s >= MIN_NORM_STD)) {
+            return Err(format!(
+                "norm_std[{c}] = {s:?} is out of range: expected a finite normalisation deviation >= {MIN_NORM_STD:?}"
+            ));
+        }
+        Ok(())
+    }
+
     /// Statistics of `split` (population standard deviation, as the usual CIFAR constants).
     /// Computed from per-channel byte histograms, so the sums are exact; a constant channel
     /// (or an empty split) gets std 1 so that normalising never divides by zero.
@@ -229,6 +263,36 @@ mod tests {
         let nf = Normalization::from_split(&flat, 1);
         assert_eq!(nf.std, vec![1.0]);
         assert!((nf.mean[0] - 7.0 / 255.0).abs() < 1e-7);
+    }
+
+    /// What `from_split` computes always passes `check`, even the smallest deviation a split
+    /// can have (one pixel off by 1/255); constants whose normalised pixels would overflow, or
+    /// that are not numbers, are refused by name.
+    #[test]
+    fn check_takes_any_split_and_refuses_extreme_constants() {
+        let mut one_off = Split { images: vec![0; 400 * PLANE], labels: vec![0; 400], len: 400 };
+        one_off.images[5] = 1;
+        let tiny = Normalization::from_split(&one_off, 1);
+        assert!(tiny.std[0] < 1e-5 && tiny.check().is_ok(), "{tiny:?}");
+        assert!(Normalization::from_split(&split(10, 3, 4), 3).check().is_ok());
+
+        let norm = |mean: Vec<f32>, std: Vec<f32>| Normalization { mean, std }.check().unwrap_err();
+        for (mean, std, expect) in [
+            (3e38, 0.25, "norm_mean[1] = 3e38 is out of range"),
+            (-1001.0, 0.25, "norm_mean[1] = -1001.0 is out of range"),
+            (f32::NAN, 0.25, "norm_mean[1] = NaN"),
+            (0.5, 1e-45, "norm_std[1] = 1e-45 is out of range"),
+            (0.5, 0.0, "norm_std[1] = 0.0"),
+            (0.5, -0.25, "norm_std[1] = -0.25"),
+            (0.5, f32::INFINITY, "norm_std[1] = inf"),
+        ] {
+            let msg = norm(vec![0.5, mean], vec![0.25, std]);
+            assert!(msg.contains(expect) && msg.contains("normalisation"), "{msg}");
+        }
+        assert!(norm(vec![0.5], vec![]).contains("1 norm_mean values but 0 norm_std values"));
+        // At the bounds, every normalised pixel is finite.
+        let edge = Normalization { mean: vec![-MAX_NORM_MEAN], std: vec![MIN_NORM_STD] };
+        assert!(edge.check().is_ok() && edge.table(0).iter().all(|v| v.is_finite()));
     }
 
     #[test]

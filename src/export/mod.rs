@@ -57,7 +57,7 @@ impl ModelFile {
     /// The model configuration and normalisation the file states.
     pub fn stated(&self, path: &Path) -> Result<Stated> {
         match self {
-            ModelFile::Checkpoint(ck) => Ok(Stated::of_checkpoint(ck)),
+            ModelFile::Checkpoint(ck) => Stated::of_checkpoint(path, ck),
             ModelFile::SafeTensors(f) => Stated::of_metadata(path, &f.metadata),
         }
     }
@@ -70,7 +70,10 @@ pub fn load_model(path: &Path) -> Result<Checkpoint> {
     let file = read(path)?;
     let stated = file.stated(path)?;
     match file {
-        ModelFile::Checkpoint(ck) => Ok(ck),
+        ModelFile::Checkpoint(ck) => {
+            weights::check_checkpoint(path, &ck, &ck.config)?;
+            Ok(ck)
+        }
         ModelFile::SafeTensors(f) => {
             let config = stated.config(path)?;
             stated.check(path, &config)?;
@@ -94,7 +97,10 @@ pub fn load_init(path: &Path, config: &ModelConfig) -> Result<Checkpoint> {
     stated.check(path, config)?;
     match file {
         // Its momentum stays behind: `state::restore` copies it only when resuming.
-        ModelFile::Checkpoint(ck) => Ok(Checkpoint { config: *config, ..ck }),
+        ModelFile::Checkpoint(ck) => {
+            weights::check_checkpoint(path, &ck, config)?;
+            Ok(Checkpoint { config: *config, ..ck })
+        }
         ModelFile::SafeTensors(f) => weights_checkpoint(path, &f, *config, stated),
     }
 }

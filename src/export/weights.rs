@@ -4,8 +4,13 @@
 //! are the state-dict keys of `scripts/torch/wrn.py`'s `WideResNet` (`conv0.weight`,
 //! `block3.bn2.running_var`, `fc.bias`, ...), so `load_state_dict(strict=True)` takes it as it
 //! is. PyTorch's BN layers also carry a `num_batches_tracked` buffer: it is written as an int64
-//! scalar holding the training steps taken (every step updates every BN layer once), and
-//! ignored on reading, since sliceout's BN uses a fixed momentum and never reads it.
+//! scalar holding the training steps taken (every step updates every BN layer once); on reading
+//! it must be such a scalar, never negative, and is then ignored, since sliceout's BN uses a
+//! fixed momentum and never reads it.
+//!
+//! Every reader of a model file, checkpoint or safetensors, checks its tensors with
+//! [`check_tensors`] and what it states with [`Stated`], so `eval`, `export` and `train` refuse
+//! the same files with the same words, naming the file and the tensor or metadata key.
 //!
 //! The metadata map says what the tensors alone do not: `format` (`sliceout-wrn`), `depth`,
 //! `widen`, `classes`, `in_channels`, `keep` (what the model was trained with), `norm_mean` and
@@ -20,7 +25,7 @@ use crate::io::safetensors::{Entry, TensorFile, Values};
 use crate::ir::{ModelConfig, Role, TensorSpec};
 use crate::model::wrn;
 use crate::schedule::{Mode, Options};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// The `format` metadata value of sliceout's model files.
@@ -65,14 +70,12 @@ pub fn metadata(ck: &Checkpoint) -> BTreeMap<String, String> {
     m
 }
 
-/// `ck`'s model as a safetensors file; `path` (where `ck` came from) names it in errors.
+/// `ck`'s model as a safetensors file; `path` (where `ck` came from) names it in errors. `ck` is
+/// as [`crate::export::load_model`] returns it: its tensors were checked by [`check_tensors`].
 pub fn to_tensor_file(path: &Path, ck: &Checkpoint) -> Result<TensorFile> {
     let mut entries = Vec::new();
     for spec in model_tensors(&ck.config) {
         let t = ck.tensor(&spec.name).ok_or_else(|| Error::checkpoint(path, format!("has no tensor {}", spec.name)))?;
-        if t.shape != spec.shape || t.data.len() != spec.len() {
-            return Err(Error::checkpoint(path, shape_mismatch(&spec, &t.shape, &ck.config)));
-        }
         entries.push(Entry { name: spec.name.clone(), shape: spec.shape.clone(), values: Values::F32(t.data.clone()) });
         if let Some(layer) = spec.name.strip_suffix(".running_mean") {
             let steps = i64::try_from(ck.step).unwrap_or(i64::MAX);
@@ -100,22 +103,26 @@ pub struct Stated {
 }
 
 impl Stated {
-    /// What a checkpoint states (everything).
-    pub fn of_checkpoint(ck: &Checkpoint) -> Stated {
+    /// What the checkpoint `ck` (read from `path`) states: everything; its configuration was
+    /// judged as it was read, its normalisation is judged here.
+    pub fn of_checkpoint(path: &Path, ck: &Checkpoint) -> Result<Stated> {
         let c = ck.config;
-        Stated {
+        let norm = Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() };
+        norm.check().map_err(|msg| Error::checkpoint(path, msg))?;
+        Ok(Stated {
             depth: Some(c.depth),
             widen: Some(c.widen),
             classes: Some(c.classes),
             in_channels: Some(c.in_channels),
             keep: Some(c.keep),
-            norm: Some(Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() }),
+            norm: Some(norm),
             step: Some(ck.step),
-        }
+        })
     }
 
-    /// What a safetensors file's metadata states; a value that does not parse is an error
-    /// naming its key.
+    /// What a safetensors file's metadata states, judged as a checkpoint's configuration and
+    /// normalisation are; a value that does not parse, or is out of range, is an error naming
+    /// the file and its key (never a flag: the user gave none).
     pub fn of_metadata(path: &Path, meta: &BTreeMap<String, String>) -> Result<Stated> {
         fn parse<T: std::str::FromStr>(
             path: &Path,
@@ -146,14 +153,9 @@ impl Stated {
             _ => return Err(Error::checkpoint(path, "metadata has one of norm_mean and norm_std without the other")),
         };
         if let Some(n) = &norm {
-            if n.mean.len() != n.std.len() || n.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                return Err(Error::checkpoint(
-                    path,
-                    "metadata norm_std must hold one positive number per norm_mean entry",
-                ));
-            }
+            n.check().map_err(|msg| Error::checkpoint(path, format!("metadata {msg}")))?;
         }
-        Ok(Stated {
+        let stated = Stated {
             depth: parse(path, meta, "depth", "an integer")?,
             widen: parse(path, meta, "widen", "an integer")?,
             classes: parse(path, meta, "classes", "an integer")?,
@@ -161,7 +163,25 @@ impl Stated {
             keep: parse(path, meta, "keep", "a number")?,
             norm,
             step: parse(path, meta, "step", "an integer")?,
-        })
+        };
+        // The stated values are judged by `footprint` as a checkpoint's configuration is; those
+        // the file leaves out are taken as the smallest model's, which is never the one at fault.
+        let smallest = ModelConfig { depth: 10, widen: 1, classes: 2, in_channels: 1, keep: 1.0 };
+        let judged = ModelConfig {
+            depth: stated.depth.unwrap_or(smallest.depth),
+            widen: stated.widen.unwrap_or(smallest.widen),
+            classes: stated.classes.unwrap_or(smallest.classes),
+            in_channels: stated.in_channels.unwrap_or(smallest.in_channels),
+            keep: stated.keep.unwrap_or(smallest.keep),
+        };
+        judged.footprint(1).map_err(|e| {
+            let msg = match meta.get(e.field) {
+                Some(v) => format!("metadata {} = {v:?}: expected {}", e.field, e.expected),
+                None => format!("metadata states a model out of range: expected {}", e.expected),
+            };
+            Error::checkpoint(path, msg)
+        })?;
+        Ok(stated)
     }
 
     /// The full model configuration, when the file states it (`keep` defaults to 1.0).
@@ -174,15 +194,14 @@ impl Stated {
                 )
             })
         };
-        let config = ModelConfig {
+        // Judged as they were read (by `of_metadata`, or by the checkpoint reader).
+        Ok(ModelConfig {
             depth: need(self.depth, "depth")?,
             widen: need(self.widen, "widen")?,
             classes: need(self.classes, "classes")?,
             in_channels: need(self.in_channels, "in_channels")?,
             keep: self.keep.unwrap_or(1.0),
-        };
-        config.validate().map_err(|e| Error::checkpoint(path, format!("metadata states an invalid model: {e}")))?;
-        Ok(config)
+        })
     }
 
     /// An error naming every stated field that differs from `config` (the flags and data);
@@ -206,40 +225,118 @@ impl Stated {
     }
 }
 
-/// The weights of `file` for the network `config`, checked: every tensor the network needs,
-/// as F32 with its exact shape, and nothing else (BN step counters aside). The first problem,
-/// in the network's order, is the error: which tensor, the shape expected, the shape found.
+/// The weights of `file` for the network `config`, checked by [`check_tensors`] (BN step
+/// counters allowed), as a checkpoint's tensors.
 pub fn weights(path: &Path, file: &TensorFile, config: &ModelConfig) -> Result<Vec<checkpoint::Tensor>> {
-    let specs = model_tensors(config);
-    let mut tensors = Vec::with_capacity(specs.len());
-    for spec in &specs {
-        let Some(e) = file.entry(&spec.name) else {
-            return Err(Error::checkpoint(
-                path,
-                format!("has no tensor {}, which {} needs (shape {:?})", spec.name, config.name(), spec.shape),
-            ));
+    let held = file.entries.iter().map(|e| {
+        let data = match &e.values {
+            Values::F32(_) => Data::F32,
+            Values::I64(v) => Data::I64(v),
         };
-        let Values::F32(data) = &e.values else {
-            return Err(Error::checkpoint(path, format!("tensor {} is {}, expected F32", spec.name, e.values.dtype())));
-        };
-        if e.shape != spec.shape {
-            return Err(Error::checkpoint(path, shape_mismatch(spec, &e.shape, config)));
+        (e.name.as_str(), e.shape.as_slice(), data)
+    });
+    check_tensors(path, config, held, Extras::BatchesTracked)?;
+    let mut tensors = Vec::new();
+    for spec in model_tensors(config) {
+        if let Some(Entry { values: Values::F32(data), .. }) = file.entry(&spec.name) {
+            tensors.push(checkpoint::Tensor { name: spec.name, shape: spec.shape, data: data.clone() });
         }
-        tensors.push(checkpoint::Tensor { name: spec.name.clone(), shape: spec.shape.clone(), data: data.clone() });
-    }
-    let known = |name: &str| {
-        specs.iter().any(|s| s.name == name)
-            || name
-                .strip_suffix(BATCHES_TRACKED)
-                .is_some_and(|layer| specs.iter().any(|s| s.name.strip_suffix(".running_mean") == Some(layer)))
-    };
-    if let Some(extra) = file.entries.iter().find(|e| !known(&e.name)) {
-        return Err(Error::checkpoint(
-            path,
-            format!("has tensor {} (shape {:?}), which {} does not have", extra.name, extra.shape, config.name()),
-        ));
     }
     Ok(tensors)
+}
+
+/// The tensors of the checkpoint `ck` (read from `path`) for the network `config`, checked by
+/// [`check_tensors`] (momentum allowed).
+pub fn check_checkpoint(path: &Path, ck: &Checkpoint, config: &ModelConfig) -> Result<()> {
+    let held = ck.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice(), Data::F32));
+    check_tensors(path, config, held, Extras::Momentum)
+}
+
+/// What a model file may hold besides the network's parameters and BN running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extras {
+    /// A checkpoint: the optimizer's momentum, one per parameter (only resuming needs it).
+    Momentum,
+    /// A safetensors file: PyTorch's `num_batches_tracked`, one per BN layer.
+    BatchesTracked,
+}
+
+/// A tensor's dtype as a file holds it, with the values of an I64 one (a step counter, which
+/// the check reads).
+#[derive(Clone, Copy, Debug)]
+pub enum Data<'a> {
+    F32,
+    I64(&'a [i64]),
+}
+
+/// The one check of a model file's tensors `(name, shape, values)` against the network
+/// `config`, whatever the format and the command (`eval`, `export`, `train --init`, `train
+/// --resume`): every parameter and BN statistic present, F32, of its exact shape; besides them
+/// only `extras`, each as sliceout writes it (a momentum as its parameter; a step counter an
+/// I64 scalar, shape `[]`, never negative); nothing else. The first problem, in the network's
+/// order, is the error: which tensor, what was expected, what was found.
+///
+/// The network's values are judged where they are used (`train::state::restore`):
+/// `export` converts a file bit for bit, whatever it holds.
+pub fn check_tensors<'a>(
+    path: &Path,
+    config: &ModelConfig,
+    held: impl IntoIterator<Item = (&'a str, &'a [usize], Data<'a>)>,
+    extras: Extras,
+) -> Result<()> {
+    let held: Vec<(&str, &[usize], Data)> = held.into_iter().collect();
+    let by_name: HashMap<&str, usize> = held.iter().enumerate().map(|(i, h)| (h.0, i)).collect();
+    let specs: Vec<TensorSpec> = wrn::build(config, 1, Mode::Eval, Options::default())
+        .tensors
+        .into_iter()
+        .filter(|t| t.role != Role::Momentum || extras == Extras::Momentum)
+        .collect();
+    let fail = |msg: String| Err(Error::checkpoint(path, msg));
+    for spec in &specs {
+        let Some(&(_, shape, data)) = by_name.get(spec.name.as_str()).map(|&i| &held[i]) else {
+            // `state::restore` asks for the momentum when resuming, which alone needs it.
+            if spec.role == Role::Momentum {
+                continue;
+            }
+            return fail(format!(
+                "has no tensor {}, which {} needs (shape {:?})",
+                spec.name,
+                config.name(),
+                spec.shape
+            ));
+        };
+        if let Data::I64(_) = data {
+            return fail(format!("tensor {} is I64, expected F32", spec.name));
+        }
+        if shape != spec.shape.as_slice() {
+            return fail(shape_mismatch(spec, shape, config));
+        }
+    }
+    let is_counter = |name: &str| {
+        extras == Extras::BatchesTracked
+            && name.strip_suffix(BATCHES_TRACKED).is_some_and(|layer| {
+                specs.iter().any(|s| s.role == Role::RunningMean && s.name.strip_suffix(".running_mean") == Some(layer))
+            })
+    };
+    for &(name, shape, data) in &held {
+        if specs.iter().any(|s| s.name == name) {
+            continue;
+        }
+        if !is_counter(name) {
+            return fail(format!("has tensor {name} (shape {shape:?}), which {} does not have", config.name()));
+        }
+        let count = match data {
+            Data::I64(&[n]) if shape.is_empty() => n,
+            Data::I64(_) => {
+                return fail(format!("tensor {name}: expected shape [] (a scalar step counter), found {shape:?}"))
+            }
+            Data::F32 => return fail(format!("tensor {name} is F32, expected I64 (a step counter)")),
+        };
+        if count < 0 {
+            return fail(format!("tensor {name} holds {count}: expected a step counter >= 0"));
+        }
+    }
+    Ok(())
 }
 
 /// `tensor NAME: expected shape [..] (the model), found [..]`.
@@ -253,4 +350,46 @@ fn shape_mismatch(spec: &TensorSpec, found: &[usize], config: &ModelConfig) -> S
         config.in_channels,
         found
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// A stated value out of range names the file and its metadata key, never a flag; a file
+    /// stating only some values is judged on those.
+    #[test]
+    fn stated_values_are_judged_by_key() {
+        let path = Path::new("m.safetensors");
+        let full = [("depth", "16"), ("widen", "2"), ("classes", "10"), ("in_channels", "3"), ("keep", "0.5")];
+        let stated = Stated::of_metadata(path, &metadata(&full)).unwrap();
+        assert_eq!(
+            stated.config(path).unwrap(),
+            ModelConfig { depth: 16, widen: 2, classes: 10, in_channels: 3, keep: 0.5 }
+        );
+        assert!(Stated::of_metadata(path, &metadata(&[("keep", "0.25")])).is_ok());
+        assert!(Stated::of_metadata(path, &metadata(&[])).is_ok());
+        for (key, value, expected) in [
+            ("keep", "0", "a fraction in (0, 1]"),
+            ("keep", "inf", "a fraction in (0, 1]"),
+            ("in_channels", "0", "an integer >= 1"),
+            ("depth", "1006", "6n+4 with n >= 1, at most 1000"),
+            ("widen", "0", "an integer >= 1"),
+            ("classes", "1", "an integer >= 2"),
+            ("widen", "4000000000", "a network whose parameters, momentum and BN statistics fit in 1.0 TiB"),
+        ] {
+            let msg = Stated::of_metadata(path, &metadata(&[(key, value)])).unwrap_err().to_string();
+            let want = format!("checkpoint m.safetensors: metadata {key} = \"{value}\": expected {expected}");
+            assert!(msg.starts_with(&want) && !msg.contains("--"), "{msg}");
+        }
+        // Two values each too large (`footprint` then blames widen, the first of its suspects,
+        // whichever is stated): said of the model, not of a key the file leaves out.
+        let huge = [("classes", "10000000000"), ("in_channels", "10000000000")];
+        let msg = Stated::of_metadata(path, &metadata(&huge)).unwrap_err().to_string();
+        assert!(msg.contains("metadata states a model out of range: expected a network whose"), "{msg}");
+    }
 }

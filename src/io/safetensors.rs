@@ -11,7 +11,8 @@
 use crate::error::{Error, Result};
 use ::safetensors::tensor::{Metadata, TensorView};
 use ::safetensors::{Dtype, SafeTensorError, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// A tensor's values, row-major.
@@ -87,7 +88,7 @@ pub fn load(path: &Path) -> Result<TensorFile> {
 
 /// The file's bytes.
 pub fn encode(file: &TensorFile) -> std::result::Result<Vec<u8>, String> {
-    let mut names = std::collections::HashSet::new();
+    let mut names = HashSet::new();
     for e in &file.entries {
         if !names.insert(e.name.as_str()) {
             return Err(format!("duplicate tensor name {:?}", e.name));
@@ -109,10 +110,15 @@ pub fn encode(file: &TensorFile) -> std::result::Result<Vec<u8>, String> {
     ::safetensors::serialize(views, metadata).map_err(|e| e.to_string())
 }
 
-/// Parses a file's bytes: the header and offsets are checked by the crate, the dtypes here.
+/// Parses a file's bytes: the header and offsets are checked by the crate, repeated keys and
+/// the dtypes here.
 /// Errors say what is wrong without naming the file (the caller does).
 pub fn decode(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
     let (header_len, header) = SafeTensors::read_metadata(bytes).map_err(|e| header_problem(bytes, e))?;
+    // The crate reads the header into maps, where a repeated key silently replaces the first:
+    // two values for one key (a tensor, or a metadata entry) would leave which one counts to
+    // whoever reads it next.
+    serde_json::from_slice::<UniqueKeys>(&bytes[8..8 + header_len]).map_err(|e| format!("header: {e}"))?;
     // `read_metadata` checked that the offsets tile the data section exactly, up to the file's end.
     let data_section = &bytes[8 + header_len..];
     let mut entries = Vec::new();
@@ -132,6 +138,63 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
     }
     let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
     Ok(TensorFile { entries, metadata })
+}
+
+/// Any JSON value in which no object repeats a key; deserialising it is the check.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self, A::Error> {
+        let mut keys = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} appears twice")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(UniqueKeys)
+    }
 }
 
 /// Why the crate refused a header, with the sizes involved where the file is cut short (or
@@ -231,6 +294,35 @@ mod tests {
         let mut f = sample();
         f.entries[1].name = "w".into();
         assert!(encode(&f).unwrap_err().contains("duplicate"));
+    }
+
+    /// A header naming one key twice (a metadata entry, a tensor) is refused, though the crate
+    /// would read it, keeping the second.
+    #[test]
+    fn repeated_header_keys_are_refused() {
+        let bytes = encode(&sample()).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap().trim_end().to_string();
+        let with = |header: String| {
+            let mut h = header.into_bytes();
+            h.resize(h.len().next_multiple_of(8), b' ');
+            let mut b = (h.len() as u64).to_le_bytes().to_vec();
+            b.extend_from_slice(&h);
+            b.extend_from_slice(&bytes[8 + n..]);
+            b
+        };
+        assert!(decode(&with(header.clone())).is_ok());
+        let meta = header.replace("\"depth\":\"10\"", "\"depth\":\"10\",\"depth\":\"16\"");
+        assert!(SafeTensors::read_metadata(&with(meta.clone())).is_ok(), "the crate takes it");
+        assert!(decode(&with(meta)).unwrap_err().contains("header: the key \"depth\" appears twice"));
+        let at = header.find("\"w\":").unwrap();
+        let end = at + header[at..].find('}').unwrap() + 1;
+        let tensor = format!("{},{}{}", &header[..end], &header[at..end], &header[end..]);
+        assert!(decode(&with(tensor)).unwrap_err().contains("the key \"w\" appears twice"));
+        // The crate refuses this one itself.
+        let map = header.replacen('{', "{\"__metadata__\":{},", 1);
+        let e = decode(&with(map)).unwrap_err();
+        assert!(e.contains("duplicate field `__metadata__`"), "{e}");
     }
 
     #[test]

@@ -543,6 +543,7 @@ struct Resumed {
 impl Resumed {
     fn load(path: &Path) -> Result<Resumed> {
         let ck = checkpoint::load(path)?;
+        crate::export::weights::check_checkpoint(path, &ck, &ck.config)?;
         let meta = RunMeta::read(path, &ck)?;
         Ok(Resumed { path: path.to_path_buf(), ck, meta })
     }
@@ -579,8 +580,8 @@ impl Resumed {
             return Err(Error::flag("--schedule", args.schedule.as_str(), expected));
         }
         let (step, epoch) = (self.ck.step, self.ck.epoch);
-        let start = epoch.checked_mul(per_epoch as u64);
-        if !start.is_some_and(|s| s <= step && step - s < per_epoch as u64) {
+        let start = epoch.checked_mul(per_epoch as u64).filter(|&s| s <= step && step - s < per_epoch as u64);
+        let Some(start) = start else {
             return Err(Error::checkpoint(
                 &self.path,
                 format!(
@@ -589,8 +590,8 @@ impl Resumed {
                     args.batch
                 ),
             ));
-        }
-        Ok(())
+        };
+        meta.check_sums(&self.path, &self.ck, step - start, args.batch)
     }
 
     /// Rebuilds `metrics.jsonl` and `curves.svg` in `out` from the checkpoint's history, which

@@ -3,11 +3,13 @@
 //! step count (batch, training images, epochs, schedule), the history of finished epochs, and
 //! the partial sums of an interrupted epoch.
 //!
-//! Nothing read from a checkpoint is trusted: [`RunMeta::read`] checks every stored value and
-//! [`restore`] checks every tensor (present, sized for the model, finite) before anything is
-//! allocated for it. Nothing non-finite is written: [`Snapshot::capture`] refuses a region with
-//! a NaN or an infinity. A [`Snapshot`] is reserved before the first step, so that saving
-//! allocates nothing large.
+//! Nothing read from a checkpoint is trusted: [`RunMeta::read`] checks every stored value (and
+//! [`RunMeta::check_sums`] the epoch's sums against its step), the tensors' names and shapes
+//! are checked as the file is read ([`crate::export::weights::check_tensors`]), and [`restore`]
+//! judges their values (finite, variances never negative) before anything is allocated.
+//! Nothing non-finite is written: [`Snapshot::capture`] refuses a region with a NaN or an
+//! infinity. A [`Snapshot`] is reserved before the first step, so that saving allocates nothing
+//! large.
 
 use super::lr::LrSchedule;
 use crate::backend::Backend;
@@ -57,14 +59,10 @@ pub struct RunMeta {
 
 impl RunMeta {
     /// The metadata of the checkpoint `ck` read from `path`; a value out of range is an error
-    /// naming the checkpoint and the key.
+    /// naming the checkpoint and the key. The epoch's sums are judged alone here, and against
+    /// the step by [`RunMeta::check_sums`] once the steps per epoch are known.
     pub fn read(path: &Path, ck: &Checkpoint) -> Result<RunMeta> {
-        let bad = |key: &str, expected: &str| {
-            let value = ck.meta(key).unwrap_or_default();
-            let shown =
-                if value.len() > 40 { format!("{}...", &value[..value.floor_char_boundary(40)]) } else { value.into() };
-            Error::checkpoint(path, format!("metadata {key} '{shown}' is invalid: expected {expected}"))
-        };
+        let bad = |key: &str, expected: &str| bad_meta(path, ck, key, expected);
         let count = |key: &str, min: usize| -> Result<Option<usize>> {
             ck.meta(key)
                 .map(|v| {
@@ -81,6 +79,13 @@ impl RunMeta {
         }
         let train_images = count("train_images", batch.unwrap_or(1))?;
         let epochs = count("epochs", 1)?;
+        // The run's step count must fit, as its flags' had to: else `--epochs` would be blamed.
+        if let (Some(e), Some(b), Some(n)) = (epochs, batch, train_images) {
+            let per_epoch = n / b;
+            if per_epoch.checked_mul(e).is_none() {
+                return Err(bad("epochs", &format!("at most {} epochs of {per_epoch} steps", usize::MAX / per_epoch)));
+            }
+        }
         let schedule = ck
             .meta("schedule")
             .map(|v| LrSchedule::parse(v).ok_or_else(|| bad("schedule", "cosine or step")))
@@ -93,17 +98,51 @@ impl RunMeta {
             Some(_) => return Err(bad("history", &format!("the metrics of epochs 1 to {}", ck.epoch))),
             None => None,
         };
-        let number = |key: &str, max: f64| -> Result<f64> {
+        // An absent value reads as 0, as in a checkpoint written at the end of an epoch.
+        let number = |key: &str, fits: fn(f64) -> bool, expected: &str| -> Result<f64> {
             let v = ck.meta(key).map_or(Some(0.0), |v| v.parse::<f64>().ok());
-            v.filter(|x| (0.0..=max).contains(x)).ok_or_else(|| bad(key, &format!("a number in [0, {max}]")))
+            v.filter(|&x| fits(x)).ok_or_else(|| bad(key, expected))
         };
+        // Counts of images are sums of whole numbers, exact in f64.
+        let whole = |x: f64| x >= 0.0 && x.fract() == 0.0;
         let sums = EpochSums {
-            loss: number("epoch_loss", f64::MAX)?,
-            correct: number("epoch_correct", f64::MAX)?,
-            seen: number("epoch_seen", f64::MAX)?,
+            loss: number("epoch_loss", |x| x.is_finite() && x >= 0.0, "a finite number >= 0")?,
+            correct: number("epoch_correct", whole, "a whole number >= 0")?,
+            seen: number("epoch_seen", whole, "a whole number >= 0")?,
         };
-        Ok(RunMeta { batch, train_images, epochs, schedule, history, best_acc: number("best_acc", 1.0)?, sums })
+        let best_acc = number("best_acc", |x| (0.0..=1.0).contains(&x), "a number in [0, 1]")?;
+        Ok(RunMeta { batch, train_images, epochs, schedule, history, best_acc, sums })
     }
+
+    /// The epoch's sums against the position in it: `steps` of `batch` images taken since the
+    /// epoch began (what the run adds up is exactly that many images), no more correct
+    /// answers than images, and no loss over no images. `ck` and `path` as for [`RunMeta::read`].
+    pub fn check_sums(&self, path: &Path, ck: &Checkpoint, steps: u64, batch: usize) -> Result<()> {
+        let s = &self.sums;
+        let images = steps as f64 * batch as f64;
+        if s.seen != images {
+            let expected = format!(
+                "{images}, the images of the {steps} steps of batch {batch} taken in epoch {}",
+                ck.epoch.saturating_add(1)
+            );
+            return Err(bad_meta(path, ck, "epoch_seen", &expected));
+        }
+        if s.correct > s.seen {
+            let expected = format!("at most epoch_seen, {} (the images classified correctly among them)", s.seen);
+            return Err(bad_meta(path, ck, "epoch_correct", &expected));
+        }
+        if s.seen == 0.0 && s.loss != 0.0 {
+            return Err(bad_meta(path, ck, "epoch_loss", "0, since epoch_seen is 0"));
+        }
+        Ok(())
+    }
+}
+
+/// `metadata KEY 'VALUE' is invalid: expected ...`, naming the checkpoint; a long value is cut.
+fn bad_meta(path: &Path, ck: &Checkpoint, key: &str, expected: &str) -> Error {
+    let value = ck.meta(key).unwrap_or_default();
+    let shown = if value.len() > 40 { format!("{}...", &value[..value.floor_char_boundary(40)]) } else { value.into() };
+    Error::checkpoint(path, format!("metadata {key} '{shown}' is invalid: expected {expected}"))
 }
 
 /// What a snapshot records besides the backend's persistent region.
@@ -230,8 +269,10 @@ fn zeroed(len: usize) -> Option<Vec<f32>> {
 }
 
 /// The persistent region laid out by `s`, filled from a checkpoint (momentum too when resuming
-/// training; evaluation needs none and gets zeros). Every tensor is checked first (present,
-/// sized for the model, finite), so a checkpoint of another model costs no allocation.
+/// training; evaluation needs none and gets zeros). Names and shapes were checked as the file
+/// was read ([`crate::export::weights::check_tensors`]); here, before anything is allocated,
+/// each tensor copied is found, its length compared, and its values judged: finite, and a
+/// running variance never negative.
 pub fn restore(s: &Schedule, path: &Path, ck: &Checkpoint, momentum: bool) -> Result<Vec<f32>> {
     let mut sources = Vec::with_capacity(s.tensors.len());
     for t in s.tensors.iter().filter(|t| momentum || t.role != Role::Momentum) {
@@ -251,6 +292,17 @@ pub fn restore(s: &Schedule, path: &Path, ck: &Checkpoint, momentum: bool) -> Re
                 ),
             ));
         }
+        if t.role == Role::RunningVar {
+            if let Some(i) = src.data.iter().position(|&x| x < 0.0) {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor {} holds {} at index {i}: expected a running variance, never negative",
+                        t.name, src.data[i]
+                    ),
+                ));
+            }
+        }
         sources.push((t.range(), &src.data));
     }
     let len = s.persistent_len();
@@ -263,8 +315,8 @@ pub fn restore(s: &Schedule, path: &Path, ck: &Checkpoint, momentum: bool) -> Re
     Ok(region)
 }
 
-/// The checkpoint's normalisation constants for `channels` data channels: one finite mean and
-/// one finite, positive deviation per channel.
+/// The checkpoint's normalisation constants for `channels` data channels, judged by
+/// [`Normalization::check`].
 pub fn normalization(path: &Path, ck: &Checkpoint, channels: usize) -> Result<Normalization> {
     if ck.norm_mean.len() != channels || ck.norm_std.len() != channels {
         return Err(Error::checkpoint(
@@ -272,15 +324,94 @@ pub fn normalization(path: &Path, ck: &Checkpoint, channels: usize) -> Result<No
             format!("normalisation constants are for {} channels, the data has {channels}", ck.norm_mean.len()),
         ));
     }
-    let fine = ck.norm_mean.iter().all(|m| m.is_finite()) && ck.norm_std.iter().all(|s| s.is_finite() && *s > 0.0);
-    if !fine {
-        return Err(Error::checkpoint(
-            path,
-            format!(
-                "normalisation constants {:?} / {:?} are not finite means and positive deviations",
-                ck.norm_mean, ck.norm_std
-            ),
-        ));
+    let norm = Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() };
+    norm.check().map_err(|msg| Error::checkpoint(path, msg))?;
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint 2 steps into epoch 3 (batch 4) with `meta`.
+    fn checkpoint(meta: &[(&str, &str)]) -> Checkpoint {
+        Checkpoint {
+            config: ModelConfig { depth: 10, widen: 1, classes: 10, in_channels: 3, keep: 1.0 },
+            step: 10,
+            epoch: 2,
+            tensors: vec![],
+            rngs: vec![],
+            norm_mean: vec![],
+            norm_std: vec![],
+            meta: meta.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
     }
-    Ok(Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() })
+
+    /// `RunMeta::read`, then `check_sums` for 2 steps of batch 4; the error's text.
+    fn refusal(meta: &[(&str, &str)]) -> String {
+        let path = Path::new("runs/a.ckpt");
+        let ck = checkpoint(meta);
+        let read = RunMeta::read(path, &ck).and_then(|m| m.check_sums(path, &ck, 2, 4));
+        let msg = read.expect_err(&format!("{meta:?} accepted")).to_string();
+        assert!(msg.starts_with("checkpoint runs/a.ckpt: metadata "), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn epoch_sums_must_fit_the_step() {
+        let path = Path::new("runs/a.ckpt");
+        let sums = [("epoch_loss", "17.5"), ("epoch_correct", "3"), ("epoch_seen", "8")];
+        let ck = checkpoint(&sums);
+        let meta = RunMeta::read(path, &ck).unwrap();
+        meta.check_sums(path, &ck, 2, 4).unwrap();
+        assert_eq!((meta.sums.loss, meta.sums.correct, meta.sums.seen), (17.5, 3.0, 8.0));
+        // At the start of an epoch everything is zero (or absent, which reads as zero).
+        let start = checkpoint(&[("epoch_loss", "0"), ("epoch_correct", "0"), ("epoch_seen", "0")]);
+        RunMeta::read(path, &start).unwrap().check_sums(path, &start, 0, 4).unwrap();
+        RunMeta::read(path, &checkpoint(&[])).unwrap().check_sums(path, &start, 0, 4).unwrap();
+
+        let with = |key: &str, value: &str| {
+            let mut m = sums.to_vec();
+            m.retain(|(k, _)| *k != key);
+            m.push((key, value));
+            refusal(&m)
+        };
+        let seen = "epoch_seen '12' is invalid: expected 8, the images of the 2 steps of batch 4 taken in epoch 3";
+        assert!(with("epoch_seen", "12").contains(seen));
+        assert!(with("epoch_seen", "7").contains("expected 8"));
+        assert!(with("epoch_correct", "9").contains("epoch_correct '9' is invalid: expected at most epoch_seen, 8"));
+        assert!(with("epoch_correct", "2.5").contains("epoch_correct '2.5' is invalid: expected a whole number >= 0"));
+        assert!(with("epoch_seen", "-8").contains("epoch_seen '-8' is invalid: expected a whole number >= 0"));
+        for loss in ["-1", "NaN", "inf", "1e400", "x"] {
+            let msg = with("epoch_loss", loss);
+            assert!(msg.contains(&format!("epoch_loss '{loss}' is invalid: expected a finite number >= 0")), "{msg}");
+        }
+        let msg = refusal(&[("epoch_loss", "2")]);
+        assert!(msg.contains("epoch_seen '' is invalid: expected 8"), "{msg}");
+        let ck = checkpoint(&[("epoch_loss", "2")]);
+        let msg = RunMeta::read(path, &ck).unwrap().check_sums(path, &ck, 0, 4).unwrap_err().to_string();
+        assert!(msg.contains("epoch_loss '2' is invalid: expected 0, since epoch_seen is 0"), "{msg}");
+    }
+
+    /// A step count past 64 bits is the checkpoint's, not a flag's.
+    #[test]
+    fn the_runs_step_count_must_fit() {
+        let meta = [("batch", "4"), ("train_images", "16"), ("epochs", "18446744073709551615")];
+        let msg = refusal(&meta);
+        assert!(msg.contains("metadata epochs '18446744073709551615' is invalid: expected at most 4611686018427387903 epochs of 4 steps"), "{msg}");
+    }
+
+    /// Bounds are said in words, not as `f64::MAX`'s 309 digits.
+    #[test]
+    fn refusals_print_their_bounds_readably() {
+        for (key, value, expected) in [
+            ("epoch_loss", "1e309", "a finite number >= 0"),
+            ("epoch_correct", "-1", "a whole number >= 0"),
+            ("epoch_seen", "inf", "a whole number >= 0"),
+            ("best_acc", "1.5", "a number in [0, 1]"),
+        ] {
+            let msg = refusal(&[(key, value)]);
+            assert!(msg.ends_with(&format!("metadata {key} '{value}' is invalid: expected {expected}")), "{msg}");
+        }
+    }
 }
