@@ -264,6 +264,13 @@ fn truncated_or_mismatched_files_get_one_clear_line() {
         &["export", "--checkpoint", s(&ck), "--out", s(&dir.join("model.bin"))],
         &["--out", "model.bin", ".onnx"],
     );
+    // A file named for one format is not written in the other.
+    let named = dir.join("named.safetensors");
+    fails_with(
+        &["export", "--checkpoint", s(&ck), "--out", s(&named), "--format", "onnx"],
+        &["--out", "named.safetensors", "--format onnx"],
+    );
+    assert!(!named.exists());
     let before = std::fs::read(&ck).unwrap();
     fails_with(
         &["export", "--checkpoint", s(&ck), "--out", s(&ck), "--format", "onnx"],

@@ -7,11 +7,22 @@ use crate::export::{self, onnx};
 use crate::ir::Role;
 
 pub fn command(f: &ExportFlags) -> Result<()> {
-    let format = match (f.format, f.out.extension().and_then(|e| e.to_str())) {
-        (Some(format), _) => format,
-        (None, Some("safetensors")) => ExportFormat::Safetensors,
-        (None, Some("onnx")) => ExportFormat::Onnx,
-        (None, _) => {
+    let named = match f.out.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => Some(ExportFormat::Safetensors),
+        Some("onnx") => Some(ExportFormat::Onnx),
+        _ => None,
+    };
+    let format = match (f.format, named) {
+        // A file named for one format holding the other would mislead whoever loads it.
+        (Some(format), Some(name)) if format != name => {
+            return Err(Error::flag(
+                "--out",
+                f.out.display(),
+                format!("a file name that agrees with --format {} (or no --format)", format.as_str()),
+            ))
+        }
+        (Some(format), _) | (None, Some(format)) => format,
+        (None, None) => {
             return Err(Error::flag(
                 "--out",
                 f.out.display(),

@@ -336,6 +336,15 @@ pub enum ExportFormat {
     Onnx,
 }
 
+impl ExportFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExportFormat::Safetensors => "safetensors",
+            ExportFormat::Onnx => "onnx",
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ExportFlags {
     /// The model: a sliceout checkpoint, or a safetensors file with sliceout's metadata
