@@ -320,6 +320,28 @@ pub(crate) mod host {
         }
     }
 
+    /// The sliced convolution through its dense twin: the slice's weight gathered, then the
+    /// direct f64 convolution of the conv tests. Returns `(out, d_inp, d_weight)`.
+    pub fn naive(m: &Mem, p: &ConvShape, os: Slice, is: Slice) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        use crate::ops::conv2d::tests::{dense_shape, gather_weight, reference_backward, reference_forward};
+        let (wt, dense) = (gather_weight(&m.weight, p, &os, &is), dense_shape(p, &os, &is));
+        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+        let (dx, dw) = reference_backward(&m.d_out, &m.inp, &wt, &dense);
+        (f(reference_forward(&m.inp, &wt, &dense)), f(dx), f(dw))
+    }
+
+    /// The largest difference, NaN when any element differs by NaN (`f32::max` would drop it).
+    pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| {
+            if m.is_nan() || d.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
+    }
+
     /// Column-major BLAS semantics: `A` is `lda`-strided columns, op by the flags.
     pub fn gemm_colmajor(g: &CublasGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
         let at = |i: usize, l: usize| {
@@ -380,28 +402,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// The sliced convolution through its dense twin: the slice's weight gathered, then the
-    /// direct f64 convolution of the conv tests. Returns `(out, d_inp, d_weight)`.
-    fn naive(m: &Mem, p: &ConvShape, os: Slice, is: Slice) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        use crate::ops::conv2d::tests::{dense_shape, gather_weight, reference_backward, reference_forward};
-        let (wt, dense) = (gather_weight(&m.weight, p, &os, &is), dense_shape(p, &os, &is));
-        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-        let (dx, dw) = reference_backward(&m.d_out, &m.inp, &wt, &dense);
-        (f(reference_forward(&m.inp, &wt, &dense)), f(dx), f(dw))
-    }
-
-    /// The largest difference, NaN when any element differs by NaN (`f32::max` would drop it).
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| {
-            if m.is_nan() || d.is_nan() {
-                f32::NAN
-            } else {
-                m.max(d)
-            }
-        })
     }
 
     fn randn(rng: &mut Rng, len: usize) -> Vec<f32> {

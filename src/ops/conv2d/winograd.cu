@@ -16,6 +16,38 @@ __device__ __forceinline__ int wrap_channel(int start, int j, int channels) {
     return c >= channels ? c - channels : c;
 }
 
+// The tiles one block row walks: those of channel blockIdx.y over images [n0, n0 + nb) of a
+// (channels, n, h, w) tensor, and where that channel's row starts in a [xi][channel][t] buffer.
+struct TileRow {
+    int count;     // tiles of the chunk, nb * th * tw
+    int tiles;     // tiles of one image, th * tw
+    int tw;
+    i64 image0;    // offset of the channel's first image of the chunk in the tensor
+    i64 row;       // offset of the channel's row (xi = 0) in the transformed buffer
+    i64 stride;    // between consecutive xi planes of the transformed buffer
+};
+
+__device__ __forceinline__ TileRow tile_row(int channels, int n, int h, int w, int th, int tw,
+                                            int n0, int nb) {
+    TileRow g;
+    int c = blockIdx.y;
+    g.tiles = th * tw;
+    g.count = nb * g.tiles;
+    g.tw = tw;
+    g.image0 = ((i64)c * n + n0) * h * w;
+    g.row = (i64)c * g.count;
+    g.stride = (i64)channels * g.count;
+    return g;
+}
+
+// Image (within the chunk), tile row and tile column of tile t.
+__device__ __forceinline__ void locate(const TileRow& g, int t, int* img, int* ty, int* tx) {
+    *img = t / g.tiles;
+    int r = t - *img * g.tiles;
+    *ty = r / g.tw;
+    *tx = r - *ty * g.tw;
+}
+
 // U of the slice's (o, i) kernels: [xi][o][i], or, `flipped`, the kernel rotated by 180 degrees
 // and stored [xi][i][o] (the weight of the input gradient, a convolution of dY).
 extern "C" __global__ void winograd_weight(float* __restrict__ u, const float* __restrict__ w,
@@ -57,14 +89,13 @@ extern "C" __global__ void winograd_weight(float* __restrict__ u, const float* _
 extern "C" __global__ void winograd_input(float* __restrict__ v, const float* __restrict__ src,
                                           int channels, int n, int h, int w, int th, int tw,
                                           int n0, int nb) {
-    int c = blockIdx.y, tiles = th * tw, count = nb * tiles;
-    const float* plane = src + ((i64)c * n + n0) * h * w;
-    i64 stride = (i64)channels * count;
-    float* out = v + (i64)c * count;
-    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < count; t += gridDim.x * blockDim.x) {
-        int img = t / tiles, r = t - img * tiles;
-        int ty = r / tw, tx = r - ty * tw;
-        const float* at = plane + (i64)img * h * w;
+    TileRow g = tile_row(channels, n, h, w, th, tw, n0, nb);
+    i64 stride = g.stride;
+    float* out = v + g.row;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < g.count; t += gridDim.x * blockDim.x) {
+        int img, ty, tx;
+        locate(g, t, &img, &ty, &tx);
+        const float* at = src + g.image0 + (i64)img * h * w;
         int y0 = 2 * ty - 1, x0 = 2 * tx - 1;
         float d[4][4];
 #pragma unroll
@@ -101,14 +132,13 @@ extern "C" __global__ void winograd_input(float* __restrict__ v, const float* __
 extern "C" __global__ void winograd_grad(float* __restrict__ v, const float* __restrict__ dy,
                                          int channels, int n, int h, int w, int th, int tw,
                                          int n0, int nb) {
-    int c = blockIdx.y, tiles = th * tw, count = nb * tiles;
-    const float* plane = dy + ((i64)c * n + n0) * h * w;
-    i64 stride = (i64)channels * count;
-    float* out = v + (i64)c * count;
-    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < count; t += gridDim.x * blockDim.x) {
-        int img = t / tiles, r = t - img * tiles;
-        int ty = r / tw, tx = r - ty * tw;
-        const float* at = plane + (i64)img * h * w;
+    TileRow g = tile_row(channels, n, h, w, th, tw, n0, nb);
+    i64 stride = g.stride;
+    float* out = v + g.row;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < g.count; t += gridDim.x * blockDim.x) {
+        int img, ty, tx;
+        locate(g, t, &img, &ty, &tx);
+        const float* at = dy + g.image0 + (i64)img * h * w;
         float s[2][2];
 #pragma unroll
         for (int a = 0; a < 2; ++a) {
@@ -143,13 +173,12 @@ extern "C" __global__ void winograd_grad(float* __restrict__ v, const float* __r
 extern "C" __global__ void winograd_output(float* __restrict__ dst, const float* __restrict__ m,
                                            int channels, int n, int h, int w, int th, int tw,
                                            int n0, int nb, int accumulate) {
-    int c = blockIdx.y, tiles = th * tw, count = nb * tiles;
-    float* plane = dst + ((i64)c * n + n0) * h * w;
-    i64 stride = (i64)channels * count;
-    const float* in = m + (i64)c * count;
-    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < count; t += gridDim.x * blockDim.x) {
-        int img = t / tiles, r = t - img * tiles;
-        int ty = r / tw, tx = r - ty * tw;
+    TileRow g = tile_row(channels, n, h, w, th, tw, n0, nb);
+    i64 stride = g.stride;
+    const float* in = m + g.row;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < g.count; t += gridDim.x * blockDim.x) {
+        int img, ty, tx;
+        locate(g, t, &img, &ty, &tx);
         float q[16];
 #pragma unroll
         for (int xi = 0; xi < 16; ++xi) q[xi] = in[xi * stride + t];
@@ -160,7 +189,7 @@ extern "C" __global__ void winograd_output(float* __restrict__ dst, const float*
             s[0][b] = q[b] + q[4 + b] + q[8 + b];
             s[1][b] = q[4 + b] - q[8 + b] - q[12 + b];
         }
-        float* at = plane + (i64)img * h * w;
+        float* at = dst + g.image0 + (i64)img * h * w;
 #pragma unroll
         for (int a = 0; a < 2; ++a) {
             int y = 2 * ty + a;

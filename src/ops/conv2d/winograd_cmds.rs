@@ -139,7 +139,7 @@ pub fn cublas_strides(strides: [usize; 3]) -> [usize; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv2d::lowering::host::{gemm_colmajor, Mem};
+    use crate::ops::conv2d::lowering::host::{gemm_colmajor, max_abs_diff, naive, Mem};
     use crate::ops::conv2d::winograd::{
         grad_transform, input_transform, output_transform, weight_tile, weight_tile_adjoint, workspace_len,
     };
@@ -256,26 +256,6 @@ mod tests {
         }
     }
 
-    /// The direct f64 convolution of the slices' dense twin: `(out, d_inp, d_weight)`.
-    fn direct(m: &Mem, p: &ConvShape, os: Slice, is: Slice) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        use crate::ops::conv2d::tests::{dense_shape, gather_weight, reference_backward, reference_forward};
-        let (wt, dense) = (gather_weight(&m.weight, p, &os, &is), dense_shape(p, &os, &is));
-        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
-        let (dx, dw) = reference_backward(&m.d_out, &m.inp, &wt, &dense);
-        (f(reference_forward(&m.inp, &wt, &dense)), f(dx), f(dw))
-    }
-
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| {
-            if d.is_nan() || m.is_nan() {
-                f32::NAN
-            } else {
-                m.max(d)
-            }
-        })
-    }
-
     /// The forward commands, in chunks of 1, 2 and all 3 images, overwriting and accumulating,
     /// compute the sliced convolution within the workspace the plan gives them: one weight
     /// transform, then per chunk one input transform, one batch of 16 products, one output
@@ -288,7 +268,7 @@ mod tests {
                 for accumulate in [false, true] {
                     let mut m = setup(&mut rng, &p, os, is, chunk);
                     let before = m.out.clone();
-                    let mut want = direct(&m, &p, os, is).0;
+                    let mut want = naive(&m, &p, os, is).0;
                     if accumulate {
                         want.iter_mut().zip(&before).for_each(|(w, b)| *w += b);
                     }
@@ -318,7 +298,7 @@ mod tests {
                 for (d_inp, acc) in [(true, false), (true, true), (false, false)] {
                     let mut m = setup(&mut rng, &p, os, is, chunk);
                     let before = m.d_inp.clone();
-                    let (_, mut want_dx, want_dw) = direct(&m, &p, os, is);
+                    let (_, mut want_dx, want_dw) = naive(&m, &p, os, is);
                     if acc {
                         want_dx.iter_mut().zip(&before).for_each(|(w, b)| *w += b);
                     }
