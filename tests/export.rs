@@ -128,10 +128,11 @@ fn export_then_import_round_trips_every_tensor_bit_for_bit() {
     let counters: Vec<&Entry> = file.entries.iter().filter(|e| e.name.ends_with(".num_batches_tracked")).collect();
     assert_eq!(counters.len(), ck.tensors.iter().filter(|t| t.name.ends_with(".running_mean")).count());
     assert!(counters.iter().all(|e| e.shape.is_empty() && e.values == Values::I64(vec![123_456])));
-    // Exporting what was imported writes the same file (the crate orders the header's
-    // metadata map as its HashMap iterates, so the same content, not the same bytes).
+    // Exporting what was imported writes the same file, byte for byte (the header's keys are
+    // sorted: the crate alone writes its metadata in HashMap order).
     let again = dir.join("again.safetensors");
     export::save_safetensors(&again, &out, &back).unwrap();
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&out).unwrap(), "a second export differs in its bytes");
     let second = st::load(&again).unwrap();
     assert_eq!(second.metadata, file.metadata);
     let entry_bits = |f: &TensorFile| -> Vec<(String, Vec<usize>, Vec<u64>)> {

@@ -107,7 +107,40 @@ pub fn encode(file: &TensorFile) -> std::result::Result<Vec<u8>, String> {
     }
     let metadata: HashMap<String, String> = file.metadata.clone().into_iter().collect();
     let metadata = (!metadata.is_empty()).then_some(metadata);
-    ::safetensors::serialize(views, metadata).map_err(|e| e.to_string())
+    let bytes = ::safetensors::serialize(views, metadata).map_err(|e| e.to_string())?;
+    sorted_header(bytes)
+}
+
+/// `bytes` with the header's keys in sorted order, at every level. The crate writes the
+/// metadata map as a `HashMap` iterates, which differs between processes; sorted, the same
+/// model always makes the same file. The data offsets count from the end of the header, so
+/// they hold whatever its length.
+fn sorted_header(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    let bad = |what: &str| format!("the safetensors crate wrote a header we cannot read back: {what}");
+    let len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())).ok_or_else(|| bad("no length"))?;
+    let end = usize::try_from(len).ok().and_then(|l| l.checked_add(8)).filter(|&e| e <= bytes.len());
+    let end = end.ok_or_else(|| bad("length past the end"))?;
+    // serde_json's Value keeps keys in a BTreeMap unless `preserve_order` is on; a BTreeMap
+    // here sorts them whatever its features.
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| bad(&e.to_string()))?;
+    let sorted = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => serde_json::to_value(m.into_iter().collect::<BTreeMap<_, _>>()),
+        other => Ok(other),
+    };
+    let header = header
+        .into_iter()
+        .map(|(k, v)| Ok((k, sorted(v)?)))
+        .collect::<std::result::Result<BTreeMap<_, _>, serde_json::Error>>()
+        .map_err(|e| bad(&e.to_string()))?;
+    let mut text = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
+    // The format pads the header with spaces to a multiple of 8 bytes.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text);
+    out.extend(&bytes[end..]);
+    Ok(out)
 }
 
 /// Parses a file's bytes: the header and offsets are checked by the crate, repeated keys and
