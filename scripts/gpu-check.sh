@@ -10,8 +10,8 @@
 #   there:  bash scripts/gpu-check.sh        (from the repository root; .gpu/ is git-ignored,
 #           so the device runner must carry it)
 #
-# In order, each with its own time limit (about 5 minutes in all on an H200 before the --winograd steps, which add about 1.5 more
-# by estimate):
+# In order, each with its own time limit (about 5 minutes in all on an H200 before the
+# --winograd steps were added; they add about 1.5 more, by estimate):
 #   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
 #      its op and kernel), then in tf32; the PyTorch reference runs inside each;
 #   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32, and in fp32
