@@ -182,6 +182,7 @@ impl Options {
             ("update".into(), format!("{:?}", self.update).to_lowercase()),
             ("target".into(), self.target.as_str().to_string()),
             ("input gradient".into(), self.input_grad.as_str().to_string()),
+            ("winograd".into(), on(self.winograd)),
         ]
     }
 }

@@ -270,10 +270,13 @@ fn plan_and_profile_print_parseable_output() {
     let (code, so, _) = sliceout(&["plan", "--depth", "10", "--batch", "8", "--format", "svg"]);
     assert_eq!(code, 0);
     assert!(so.starts_with("<svg") && so.trim_end().ends_with("</svg>"));
-    // The options line names the input gradient's algorithm.
+    // The options line names the input gradient's algorithm, and whether Winograd is on.
     let gpu = ["plan", "--depth", "16", "--widen", "2", "--batch", "8", "--device", "cuda"];
-    for (extra, want) in [(&[][..], "input gradient=conv"), (&["--input-grad", "col2im"][..], "input gradient=col2im")]
-    {
+    for (extra, want) in [
+        (&[][..], "input gradient=conv, winograd=off"),
+        (&["--input-grad", "col2im"][..], "input gradient=col2im"),
+        (&["--winograd"][..], "winograd=on"),
+    ] {
         let (code, so, err) = sliceout(&[&gpu[..], extra].concat());
         assert_eq!(code, 0, "{err}");
         let line = so.lines().find(|l| l.trim_start().starts_with("options")).expect("an options line");
@@ -483,6 +486,20 @@ fn a_resumed_run_keeps_the_step_count_it_was_made_with() {
         &refs(&resume(&["--epochs", "2", "--limit-train", "32"])),
         &["--limit-train", "'32'", "24 training images"],
     );
+    // Evaluation reads the test split alone: a folder with only test_batch.bin will do, unless
+    // BN is recalibrated (over training batches), which then names the missing file.
+    let test_only = d.join("test-only");
+    std::fs::create_dir_all(&test_only).unwrap();
+    std::fs::copy(d.join("test_batch.bin"), test_only.join("test_batch.bin")).unwrap();
+    let test_only = test_only.to_str().unwrap();
+    let evaluate = |extra: &[&str]| {
+        let base = ["eval", "--checkpoint", ck.to_str().unwrap(), "--data", test_only, "--device", "cpu"];
+        sliceout(&[&base[..], extra].concat())
+    };
+    let (code, so, err) = evaluate(&[]);
+    assert!(code == 0 && so.contains("test accuracy"), "{so}\n{err}");
+    let (code, _, err) = evaluate(&["--bn-recal", "2"]);
+    assert!(code != 0 && err.contains("data_batch_1.bin") && err.contains("missing"), "{err}");
     // A folder holding fewer images than the run trained on is what is named, not a limit the
     // user never gave.
     let small = d.join("small");

@@ -161,6 +161,19 @@ fn inputs_and_checkpoints_are_never_written_over() {
     let args = eval_logits(&dir, &run.join("best.ckpt"));
     refused_before_work(&refs(&args), &["best.ckpt", "a file other than a sliceout checkpoint"]);
     assert_eq!(std::fs::read(run.join("best.ckpt")).unwrap(), best);
+    // A run's own files in its folder are the run's: its metrics and curves too, for every
+    // writer; another name in the same folder is fine.
+    for name in ["metrics.jsonl", "curves.svg"] {
+        let target = run.join(name);
+        let kept = std::fs::read(&target).unwrap();
+        for args in writers(&dir, &target) {
+            refused_before_work(&refs(&args), &[s(&target), "the training run's own files"]);
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), kept);
+    }
+    let beside = run.join("model.safetensors");
+    let (code, _, err) = sliceout(&refs(&export_to(&dir, &beside, "safetensors")));
+    assert!(code == 0 && beside.exists(), "{err}");
     // Any other regular file is replaced, as before.
     let other = dir.join("old.safetensors");
     std::fs::write(&other, b"old").unwrap();

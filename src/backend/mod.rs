@@ -135,7 +135,22 @@ pub fn free_memory(choice: DeviceChoice) -> Result<(Target, usize)> {
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
         .ok_or_else(|| crate::Error::data("/proc/meminfo", "has no MemAvailable line"))?;
-    Ok((Target::Cpu, kib.saturating_mul(1024)))
+    let available = kib.saturating_mul(1024);
+    // A process limit (`ulimit -v`) caps what this process can map whatever the system has.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    Ok((Target::Cpu, address_space_left(&limits, &status).map_or(available, |left| left.min(available))))
+}
+
+/// Bytes this process may still map under its address-space limit (`Max address space` of
+/// `/proc/self/limits`, less `VmSize` of `/proc/self/status`); `None` when there is no limit or
+/// the files do not say.
+fn address_space_left(limits: &str, status: &str) -> Option<usize> {
+    let limit = limits.lines().find_map(|l| l.strip_prefix("Max address space"))?.split_whitespace().next()?;
+    let limit: usize = limit.parse().ok()?; // "unlimited" does not parse
+    let kib = |v: &str| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok();
+    let used = status.lines().find_map(|l| l.strip_prefix("VmSize:")).and_then(kib)?;
+    Some(limit.saturating_sub(used.saturating_mul(1024)))
 }
 
 /// Picks the backend and says which on one line: `auto` takes CUDA when the driver loads and a
@@ -151,4 +166,26 @@ pub fn open(choice: DeviceChoice, math: Math, verbose: bool) -> Result<Box<dyn B
         println!("device: {}{why}", b.name());
     }
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under `ulimit -v` the room left is the limit less what is mapped already; without a
+    /// limit, or without the lines, there is none to count.
+    #[test]
+    fn the_address_space_limit_is_read_from_proc() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max address space         1024000000           unlimited            bytes\n";
+        let status = "Name:\tsliceout\nVmSize:\t  100000 kB\n";
+        assert_eq!(address_space_left(limits, status), Some(1_024_000_000 - 100_000 * 1024));
+        let unlimited = limits.replace("1024000000", "unlimited ");
+        assert_eq!(address_space_left(&unlimited, status), None);
+        assert_eq!(address_space_left(limits, "Name:\tx\n"), None);
+        assert_eq!(address_space_left("", status), None);
+        // This process: whatever it reads, never more than the limit.
+        let (target, free) = free_memory(DeviceChoice::Cpu).unwrap();
+        assert!(target == Target::Cpu && free > 0);
+    }
 }

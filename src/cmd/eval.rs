@@ -14,7 +14,7 @@ pub fn command(f: &EvalFlags) -> Result<()> {
         let data_files = crate::data::data_file_paths(&f.data);
         let reads: Vec<&Path> =
             std::iter::once(f.checkpoint.as_path()).chain(data_files.iter().map(|p| p.as_path())).collect();
-        crate::io::check_output("--logits", path, &reads)?;
+        super::check_output("--logits", path, &reads)?;
     }
     let e = evaluate(&EvalRequest {
         model: &f.checkpoint,

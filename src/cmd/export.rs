@@ -30,7 +30,7 @@ pub fn command(f: &ExportFlags) -> Result<()> {
             ))
         }
     };
-    crate::io::check_output("--out", &f.out, &[&f.checkpoint])?;
+    super::check_output("--out", &f.out, &[&f.checkpoint])?;
     let ck = export::load_model(&f.checkpoint)?;
     let c = ck.config;
     match format {

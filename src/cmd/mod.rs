@@ -11,8 +11,22 @@ pub mod profile;
 pub mod selftest;
 pub mod train;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use flags::{Cli, Command, DataCommand};
+use std::path::Path;
+
+/// Checks a file a command was asked to write (`--logits`, `--out`, `--trace`) before any work:
+/// what `io::check_output` checks, and that it is none of a training run's own files in a run
+/// folder (`train::folder::is_run_file`).
+fn check_output(flag: &str, out: &Path, reads: &[&Path]) -> Result<()> {
+    crate::io::check_output(flag, out, reads)?;
+    if crate::train::folder::is_run_file(out) {
+        let folder = crate::io::atomic::folder_of(out).display().to_string();
+        let expected = format!("a file other than the training run's own files in {folder} (a run writes them)");
+        return Err(Error::flag(flag, out.display(), expected));
+    }
+    Ok(())
+}
 
 /// How a command ended without an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -268,7 +268,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         return Err(Error::flag("--format", "svg", "text or json for profile (svg is for plan)"));
     }
     if let Some(path) = &f.trace {
-        crate::io::check_output("--trace", path, &[])?;
+        super::check_output("--trace", path, &[])?;
     }
     let memory = f.memory.options()?;
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;

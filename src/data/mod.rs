@@ -174,21 +174,26 @@ pub fn load_limited(dir: &Path, kind: Option<DatasetKind>, coarse: bool, limits:
             dir.display()
         )));
     }
+    // A limit of 0 (evaluation without BN recalibration) needs no training files at all.
+    let read = |limit: usize, split: &dyn Fn(usize) -> Result<Split>| match limit {
+        0 => Ok(Split::default()),
+        _ => split(limit),
+    };
     match kind {
         DatasetKind::Cifar10 => {
             let train_paths: Vec<_> = CIFAR10_FILES[..5].iter().map(|f| dir.join(f)).collect();
-            let train = cifar::read_cifar10(&train_paths, train_limit)?;
-            let test = cifar::read_cifar10(&[dir.join(CIFAR10_FILES[5])], test_limit)?;
+            let train = read(train_limit, &|l| cifar::read_cifar10(&train_paths, l))?;
+            let test = read(test_limit, &|l| cifar::read_cifar10(&[dir.join(CIFAR10_FILES[5])], l))?;
             Ok(Dataset { kind, classes: 10, channels: 3, train, test })
         }
         DatasetKind::Cifar100 => {
-            let train = cifar::read_cifar100(&dir.join("train.bin"), coarse, train_limit)?;
-            let test = cifar::read_cifar100(&dir.join("test.bin"), coarse, test_limit)?;
+            let train = read(train_limit, &|l| cifar::read_cifar100(&dir.join("train.bin"), coarse, l))?;
+            let test = read(test_limit, &|l| cifar::read_cifar100(&dir.join("test.bin"), coarse, l))?;
             Ok(Dataset { kind, classes: if coarse { 20 } else { 100 }, channels: 3, train, test })
         }
         DatasetKind::FashionMnist => {
-            let train = idx::read_split(dir, "train", train_limit)?;
-            let test = idx::read_split(dir, "t10k", test_limit)?;
+            let train = read(train_limit, &|l| idx::read_split(dir, "train", l))?;
+            let test = read(test_limit, &|l| idx::read_split(dir, "t10k", l))?;
             Ok(Dataset { kind, classes: 10, channels: 1, train, test })
         }
     }

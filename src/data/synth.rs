@@ -11,6 +11,7 @@
 use super::cifar::CIFAR10_RECORD;
 use super::{Split, CIFAR10_FILES, PLANE};
 use crate::io::atomic::{check_replaceable, remove_stale_temps};
+use crate::io::output::holds_checkpoint;
 use crate::io::{write_atomic, write_atomic_with};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
@@ -172,6 +173,13 @@ pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64, replace
         return Err(Error::flag("--out", dir.display(), "a folder for the dataset (this is a file)"));
     }
     let files: Vec<&str> = CIFAR10_FILES.iter().chain(&[META]).copied().collect();
+    // A checkpoint under a data file's name is no dataset file, and --force does not cover it.
+    if let Some(f) = files.iter().find(|f| holds_checkpoint(&dir.join(f))) {
+        return Err(Error::data(
+            dir.join(f),
+            "holds a sliceout checkpoint, not dataset files; it is left as it is: move it, or pick another --out",
+        ));
+    }
     let found: Vec<&str> = files.iter().copied().filter(|f| dir.join(f).exists()).collect();
     if !found.is_empty() && !replace {
         return Err(Error::Msg(format!(
@@ -295,6 +303,23 @@ mod tests {
         assert!(msg.contains("file") && msg.contains("sub"), "{msg}");
         let msg = write_synthetic(&blocker, 10, 2, 1, false).unwrap_err().to_string();
         assert!(msg.contains("--out") && msg.contains("this is a file"), "{msg}");
+    }
+
+    /// A checkpoint under a data file's name is refused as what it is, even with --force, and
+    /// nothing in the folder changes.
+    #[test]
+    fn a_checkpoint_under_a_data_file_name_is_never_replaced() {
+        let tmp = TempDir::new("syn-ckpt");
+        let d = tmp.path();
+        let ck = d.join("test_batch.bin");
+        let bytes = [&crate::io::checkpoint::MAGIC[..], b"rest of a checkpoint"].concat();
+        std::fs::write(&ck, &bytes).unwrap();
+        for force in [false, true] {
+            let msg = write_synthetic(d, 10, 2, 1, force).unwrap_err().to_string();
+            assert!(msg.contains("test_batch.bin") && msg.contains("checkpoint"), "{msg}");
+            assert_eq!(std::fs::read(&ck).unwrap(), bytes);
+            assert!(!d.join("data_batch_1.bin").exists());
+        }
     }
 
     #[test]

@@ -53,8 +53,12 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Whether the regular file at `path` starts with the checkpoint magic.
-fn holds_checkpoint(path: &Path) -> bool {
+/// Whether `path` is a regular file that starts with the checkpoint magic. Anything else is
+/// not opened: opening a FIFO would wait for a writer.
+pub fn holds_checkpoint(path: &Path) -> bool {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut head = [0u8; MAGIC.len()];
     std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == MAGIC
 }

@@ -38,6 +38,17 @@ pub fn claim(out: &Path, resume: Option<&Path>, force: bool) -> Result<FolderLoc
     let lock = FolderLock::acquire(out, LOCK)?;
     remove_stale_temps(out, &RUN_FILES)?;
     let continuing = resume.is_some_and(|ck| same_file(folder_of(ck), out));
+    // Going on from another checkpoint of the folder (say best.ckpt) would replace last.ckpt,
+    // a point the run reached since, and the metrics of the epochs after it.
+    let last = out.join("last.ckpt");
+    if let Some(ck) = resume.filter(|ck| continuing && !force && last.exists() && !same_file(ck, &last)) {
+        return Err(Error::Msg(format!(
+            "resuming {} in its own folder would replace {} (where the run got to since) and the metrics              after it: pass --out for a new folder, or --force to go on from {} here",
+            ck.display(),
+            last.display(),
+            ck.display()
+        )));
+    }
     let found: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
     if continuing || found.is_empty() {
         // A FIFO or a link where a save goes is refused now, not after the first epoch.
@@ -81,6 +92,15 @@ fn refusal(out: &Path, resume: Option<&Path>, found: &[&str]) -> String {
     }
 }
 
+/// Whether `path` names one of a run's own files ([`RUN_FILES`]) in a run's folder: one a run
+/// holds now (its [`LOCK`] file is there) or one a run left a checkpoint in. Another command must
+/// not write it: the run may be writing it now, or be resumed from that folder later.
+pub fn is_run_file(path: &Path) -> bool {
+    let named = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| RUN_FILES.contains(&n));
+    let folder = folder_of(path);
+    named && [LOCK, "last.ckpt", "best.ckpt"].iter().any(|f| folder.join(f).exists())
+}
+
 /// A new, empty folder `base/<timestamp>` (UTC, `YYYYMMDD-HHMMSS`), or `<timestamp>-2`, `-3`, ...
 /// when that is taken: made with one `mkdir` each, which fails if the name exists, so two runs
 /// started in the same second never share a folder.
@@ -122,6 +142,40 @@ fn timestamp() -> String {
 mod tests {
     use super::*;
     use crate::io::scratch;
+
+    /// A run file's name is a run's in a folder a run holds (while it trains, with only its
+    /// lock there) or left a checkpoint in; elsewhere it is a name like any other.
+    #[test]
+    fn run_files_are_told_by_the_folder_they_are_in() {
+        let dir = scratch("folder-run-files");
+        let metrics = dir.join("metrics.jsonl");
+        assert!(!is_run_file(&metrics));
+        let lock = FolderLock::acquire(&dir, LOCK).unwrap();
+        assert!(is_run_file(&metrics) && is_run_file(&dir.join("curves.svg")));
+        assert!(!is_run_file(&dir.join("model.safetensors")));
+        drop(lock);
+        assert!(!is_run_file(&metrics));
+        fs::write(dir.join("best.ckpt"), b"x").unwrap();
+        assert!(is_run_file(&metrics));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Resuming the folder's best.ckpt there would replace its later last.ckpt: refused unless
+    /// --force; resuming last.ckpt itself, or best.ckpt into another folder, goes on.
+    #[test]
+    fn resuming_an_earlier_checkpoint_in_place_needs_force() {
+        let dir = scratch("folder-resume-best");
+        let (best, last) = (dir.join("best.ckpt"), dir.join("last.ckpt"));
+        fs::write(&best, b"epoch 1").unwrap();
+        fs::write(&last, b"epoch 4").unwrap();
+        let msg = claim(&dir, Some(&best), false).unwrap_err().to_string();
+        assert!(msg.contains("last.ckpt") && msg.contains("--out") && msg.contains("--force"), "{msg}");
+        drop(claim(&dir, Some(&last), false).unwrap());
+        drop(claim(&dir, Some(&best), true).unwrap());
+        drop(claim(&dir.join("elsewhere"), Some(&best), false).unwrap());
+        assert_eq!(fs::read(&last).unwrap(), b"epoch 4");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn any_run_file_is_protected_and_force_replaces() {
