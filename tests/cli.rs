@@ -270,6 +270,10 @@ fn plan_and_profile_print_parseable_output() {
     let (code, so, _) = sliceout(&["plan", "--depth", "10", "--batch", "8", "--format", "svg"]);
     assert_eq!(code, 0);
     assert!(so.starts_with("<svg") && so.trim_end().ends_with("</svg>"));
+    // A chart width outside what the chart draws is refused, not quietly changed.
+    for width in ["0", "15", "401"] {
+        fails_with(&["plan", "--depth", "10", "--width", width], &["--width", "16 to 400"]);
+    }
     // The options line names the input gradient's algorithm, and whether Winograd is on.
     let gpu = ["plan", "--depth", "16", "--widen", "2", "--batch", "8", "--device", "cuda"];
     for (extra, want) in [

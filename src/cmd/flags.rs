@@ -387,7 +387,7 @@ pub struct PlanFlags {
     pub mode: PlanMode,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Chart width in columns (text format)
+    /// Chart width in columns (text format), 16 to 400
     #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     pub width: usize,
     /// The backend to plan for (workspace sizes differ): auto follows `--device auto` of train

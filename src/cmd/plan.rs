@@ -24,6 +24,9 @@ const DEFAULT_BATCH: usize = 128;
 const MAX_BATCH: usize = 1 << 16;
 
 pub fn command(f: &PlanFlags) -> Result<String> {
+    if !(16..=400).contains(&f.width) {
+        return Err(Error::flag("--width", f.width, "a chart width of 16 to 400 columns"));
+    }
     let config = flags::model_config(&f.model, f.classes, f.in_channels)?;
     let mode = match f.mode {
         PlanMode::Train => Mode::Train,
@@ -92,7 +95,7 @@ fn render(config: &ModelConfig, batch: usize, mode: Mode, options: Options, f: &
         r.gpu_calls = Some(GpuCalls { launches: rec.launches.borrow().len(), gemms: rec.gemms.borrow().len() });
     }
     Ok(match f.format {
-        Format::Text => report::text(&r, f.width.clamp(16, 400)),
+        Format::Text => report::text(&r, f.width),
         Format::Json => report::json(&r) + "\n",
         Format::Svg => report::svg(&r),
     })
