@@ -693,6 +693,13 @@ fn a_keep_sweep_names_the_largest_batch_or_none() {
     assert!(batches.len() > 3 && batches.iter().all(|&b| b > 0), "{roomy}");
     // Less keep, less memory: never a smaller largest batch.
     assert!(batches.windows(2).all(|w| w[0] <= w[1]), "{roomy}");
+    // The value swept is not also given.
+    for (sweep, flag) in [("keep", "--keep"), ("batch", "--batch")] {
+        let cli = Cli::parse_from(["sliceout", "plan", "--sweep", sweep, flag, "1", "--device", "cpu"]);
+        let Some(Command::Plan(f)) = cli.command else { unreachable!() };
+        let msg = sliceout::cmd::plan::command(&f).unwrap_err().to_string();
+        assert!(msg.contains(flag) && msg.contains("--sweep"), "{msg}");
+    }
     let tight = run(&["--fit", "1KiB"]);
     assert!(tight.lines().next().unwrap().ends_with("within 1.0 KiB"), "{tight}");
     assert!(rows(&tight).iter().all(|b| b == "none"), "{tight}");

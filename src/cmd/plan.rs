@@ -45,6 +45,16 @@ pub fn command(f: &PlanFlags) -> Result<String> {
         config.footprint(batch).map_err(Invalid::flag)?;
     }
     if let Some(sweep) = f.sweep {
+        // The swept value is every value: one given as well would be ignored.
+        match (sweep, f.model.keep, f.batch) {
+            (Sweep::Keep, Some(keep), _) => {
+                return Err(Error::flag("--keep", keep, "no --keep with --sweep keep (the sweep covers every keep)"))
+            }
+            (Sweep::Batch, _, Some(batch)) => {
+                return Err(Error::flag("--batch", batch, "no --batch with --sweep batch (the sweep covers batches)"))
+            }
+            _ => {}
+        }
         let dataset: DatasetKind = f.dataset.parse()?;
         return sweep_command(sweep, &config, f.batch.unwrap_or(DEFAULT_BATCH), options, budget, dataset, f.format);
     }
