@@ -20,7 +20,8 @@
 #   2b. the bf16 kernels against the CPU's bf16 ops (selftest --precision bf16, synchronised)
 #      and the bf16 WRN-16-4 step (--full --precision bf16);
 #   2c. the experimental Winograd convolutions (--winograd; their op rows are in stage 1):
-#      the WRN-16-4 step with them, fp32 and tf32;
+#      the WRN-16-4 step with them, fp32 and tf32; with MEMCHECK=1 also compute-sanitizer's
+#      memcheck over the fp32 op checks (every kernel, Winograd's included; a minute or two);
 #   3. the GPU plans of WRN-28-10 (launch counts, memory) and its profiles at keep 0.5, tf32
 #      and bf16 (device time per op and per kernel, from CUDA events);
 #   3b. options against the default, same model, keep 1.0 and 0.5 (each a bench of its own,
@@ -91,6 +92,10 @@ SLICEOUT_GEMM_TUNE=1 run full-bf16-gemm-tune 120 "$BIN" selftest --full --device
 # The experimental Winograd convolutions (src/ops/conv2d/winograd_cmds.rs, winograd.cu).
 run full-fp32-winograd 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --winograd
 run full-tf32-winograd 120 "$BIN" selftest --full --device "$DEVICE" --math tf32 --winograd
+SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ "${MEMCHECK:-0}" = 1 ] && [ -x "$SANITIZER" ]; then
+    run memcheck-fp32 240 "$SANITIZER" --tool memcheck --error-exitcode 1 "$BIN" selftest --device "$DEVICE" --math fp32
+fi
 run plan-wrn28-10-bf16 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16 \
     --precision bf16
 run plan-wrn28-10 30 "$BIN" plan --device "$DEVICE" --depth 28 --widen 10 --batch 128 --keep 0.5 --width 16
@@ -155,9 +160,9 @@ for f in "$LOG"/option-*.txt; do
     [ -f "$f" ] || continue
     grep -E '^[0-9]\.[0-9]{2} ' "$f" | awk -v o="$(basename "$f" .txt)" '{ printf "%-28s keep %s  %8s ms/step  arena %s MiB\n", o, $1, $2, $9 }'
 done
-for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt; do
+for f in "$LOG"/selftest-*.txt "$LOG"/full-*.txt "$LOG"/memcheck-*.txt; do
     [ -f "$f" ] || continue
-    printf "%-22s %s\n" "$(basename "$f" .txt)" "$(grep -E "^selftest.*passed" "$f" | tail -1)"
+    printf "%-22s %s\n" "$(basename "$f" .txt)" "$(grep -E "^selftest.*passed|ERROR SUMMARY" "$f" | tail -1)"
 done
 grep -E "gpu step|total " "$LOG/plan-wrn28-10.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5:   /'
 grep -E "gpu step|total " "$LOG/plan-wrn28-10-bf16.txt" 2>/dev/null | sed 's/^ */plan WRN-28-10 0.5 bf16: /'
