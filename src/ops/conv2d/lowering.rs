@@ -129,7 +129,7 @@ fn transposed(operand: Operand, offset: usize, ld: usize) -> View {
 
 /// Image chunks `(n0, nc)`; a direct (1x1, stride 1, unpadded) convolution needs no columns,
 /// so it runs as one chunk over the whole batch.
-fn chunks(p: &ConvShape, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(super) fn chunks(p: &ConvShape, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
     let step = if p.direct() { p.n } else { p.chunk_images(chunk) };
     let n = p.n;
     (0..n).step_by(step.max(1)).map(move |n0| (n0, step.min(n - n0)))

@@ -17,7 +17,7 @@
 //! order, the transformed weight(s) and one chunk's transformed input and output tiles
 //! (`winograd::workspace_len`, the CPU's bound, which the plan's chunk keeps within the budget).
 
-use super::lowering::{Operand, RowGemm, View};
+use super::lowering::{chunks, Operand, RowGemm, View};
 use super::winograd::{tiles, XI};
 use crate::ir::{ConvShape, Slice};
 
@@ -41,12 +41,6 @@ pub enum WinoCmd {
     Output { dst: Operand, channels: usize, at: usize, n0: usize, nb: usize, accumulate: bool },
     /// `DWeight` = `G^T dU G` of `dU` at `at` (`[xi][o][i]`); zero when no image ran.
     WeightGrad { at: usize, any: bool },
-}
-
-/// Image chunks `(n0, nb)` of the batch.
-fn chunks(p: &ConvShape, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
-    let (n, step) = (p.n, p.chunk_images(chunk).max(1));
-    (0..n).step_by(step).map(move |n0| (n0, step.min(n - n0)))
 }
 
 fn col(offset: usize, ld: usize, trans: bool) -> View {
