@@ -140,6 +140,7 @@ fn saving_a_checkpoint_allocates_nothing_large() {
         epochs: 200,
         schedule: sliceout::train::LrSchedule::Cosine,
         history: &[],
+        run_id: "0123456789abcdef",
     };
     let mut snapshot = Snapshot::reserve(s, &state).unwrap();
     let dir = std::env::temp_dir().join(format!("sliceout-noalloc-{}", std::process::id()));

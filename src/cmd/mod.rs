@@ -16,9 +16,14 @@ use flags::{Cli, Command, DataCommand};
 use std::path::Path;
 
 /// Checks a file a command was asked to write (`--logits`, `--out`, `--trace`) before any work:
-/// what `io::check_output` checks, and that it is none of a training run's own files in a run
-/// folder (`train::folder::is_run_file`).
+/// what `io::check_output` checks, that it is no run folder's lock (by its name, wherever it
+/// is: replacing it would let a second trainer into a folder in use), and that it is none of a
+/// training run's own files in a run folder (`train::folder::is_run_file`).
 fn check_output(flag: &str, out: &Path, reads: &[&Path]) -> Result<()> {
+    if out.file_name().is_some_and(|n| n == crate::train::folder::LOCK) {
+        let expected = format!("a file other than {}, the lock of a run folder", crate::train::folder::LOCK);
+        return Err(Error::flag(flag, out.display(), expected));
+    }
     crate::io::check_output(flag, out, reads)?;
     if crate::train::folder::is_run_file(out) {
         let folder = crate::io::atomic::folder_of(out).display().to_string();

@@ -16,7 +16,7 @@ use crate::io::{write_atomic, write_atomic_with};
 use crate::rng::{stream, Rng};
 use crate::{Error, Result};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const CLASS_NAMES: [&str; 10] = [
     "disc",
@@ -160,8 +160,10 @@ const META: &str = "batches.meta.txt";
 /// possible, in order), `test_batch.bin` and `batches.meta.txt`. Same bytes for the same
 /// arguments. Each batch file needs at least one image, so `train >= 5` and `test >= 1`; each
 /// split is at most [`MAX_IMAGES`]. A folder already holding any of these files is refused
-/// unless `replace`. Files are drawn image by image into temporary files renamed into place;
-/// on an error (a full disk, say) the files written so far are removed again.
+/// unless `replace`. The new set is written whole into a staging folder inside `dir` (same file
+/// system) and only then renamed into place, file by file, each old file kept under a second
+/// name until the swap is done: a failure at any point (a full disk, say) leaves the old set
+/// whole and no new file in its place.
 pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64, replace: bool) -> Result<()> {
     if !(5..=MAX_IMAGES).contains(&train) {
         return Err(Error::flag("--train", train, format!("5 to {MAX_IMAGES} images (one or more per batch file)")));
@@ -188,25 +190,108 @@ pub fn write_synthetic(dir: &Path, train: usize, test: usize, seed: u64, replace
             found.join(", ")
         )));
     }
-    // Before anything is replaced: a FIFO or a link in the way must not cost the files before it.
+    // Before anything is drawn: a FIFO or a link in the way is refused now.
     for f in &files {
         check_replaceable(&dir.join(f))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // What a generation killed mid-write left.
     remove_stale_temps(dir, &CIFAR10_FILES)?;
-    let mut written = Vec::new();
-    let result = write_files(dir, train, test, seed, &mut written);
-    if result.is_err() {
-        for path in &written {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    remove_stale_staging(dir)?;
+    let staging = dir.join(format!("{STAGING}{}", std::process::id()));
+    // A folder of this name is a dead process's with our pid.
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+    let result = write_files(&staging, train, test, seed).and_then(|()| swap_in(dir, &staging, &files));
+    let _ = std::fs::remove_dir_all(&staging);
     result
 }
 
-/// The files of [`write_synthetic`], each path pushed to `written` once it is in place.
-fn write_files(dir: &Path, train: usize, test: usize, seed: u64, written: &mut Vec<PathBuf>) -> Result<()> {
+/// The start of the name of the staging folder of [`write_synthetic`]; the process id follows.
+const STAGING: &str = ".sliceout-synth-";
+
+/// Removes the staging folders in `dir` left by generations whose process is gone.
+fn remove_stale_staging(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(STAGING)).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !process_alive(p)) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a process `pid` runs (where that cannot be told: yes, so nothing of it is removed).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return true;
+        };
+        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+        let sent = unsafe { libc::kill(pid, 0) };
+        sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Renames each of `files` from `staging` into `dir`. Each file it replaces is first given a
+/// second name in `staging` (a hard link, so the dataset never lacks it); if a rename fails,
+/// the files already swapped are put back, so `dir` holds the old set whole.
+fn swap_in(dir: &Path, staging: &Path, files: &[&str]) -> Result<()> {
+    // Each file swapped in, and whether it replaced an old one.
+    let mut swapped: Vec<(&str, bool)> = Vec::new();
+    let mut result = Ok(());
+    for f in files {
+        let (new, target, old) = (staging.join(f), dir.join(f), staging.join(format!("old-{f}")));
+        let had_old = target.exists();
+        // A file system without hard links keeps no second name; the old file is still only
+        // replaced once its new one is whole.
+        if had_old {
+            let _ = std::fs::hard_link(&target, &old);
+        }
+        let renamed =
+            check_replaceable(&target).and_then(|()| std::fs::rename(&new, &target).map_err(|e| Error::io(&target, e)));
+        if let Err(e) = renamed {
+            result = Err(e);
+            break;
+        }
+        swapped.push((f, had_old));
+    }
+    if result.is_err() {
+        for (f, had_old) in swapped.into_iter().rev() {
+            let (target, old) = (dir.join(f), staging.join(format!("old-{f}")));
+            let _ = match (had_old, old.exists()) {
+                (true, true) => std::fs::rename(&old, &target),
+                (false, _) => std::fs::remove_file(&target),
+                // Kept under no second name: the new file stays rather than none.
+                (true, false) => Ok(()),
+            };
+        }
+        return result;
+    }
+    sync_dir(dir)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// The files of [`write_synthetic`], written into `dir`.
+fn write_files(dir: &Path, train: usize, test: usize, seed: u64) -> Result<()> {
     let mut rng = Rng::new(seed, stream::SYNTH);
     // Draw order: train labels, test labels, train images, test images.
     let train_labels = labels(train, &mut rng);
@@ -214,20 +299,13 @@ fn write_files(dir: &Path, train: usize, test: usize, seed: u64, written: &mut V
     let mut start = 0;
     for (b, name) in CIFAR10_FILES[..5].iter().enumerate() {
         let count = train / 5 + usize::from(b < train % 5);
-        let path = dir.join(name);
-        write_atomic_with(&path, |w| write_records(w, &train_labels[start..start + count], &mut rng))?;
-        written.push(path);
+        write_atomic_with(&dir.join(name), |w| write_records(w, &train_labels[start..start + count], &mut rng))?;
         start += count;
     }
-    let path = dir.join(CIFAR10_FILES[5]);
-    write_atomic_with(&path, |w| write_records(w, &test_labels, &mut rng))?;
-    written.push(path);
+    write_atomic_with(&dir.join(CIFAR10_FILES[5]), |w| write_records(w, &test_labels, &mut rng))?;
     let mut meta = CLASS_NAMES.join("\n");
     meta.push('\n');
-    let path = dir.join(META);
-    write_atomic(&path, meta.as_bytes())?;
-    written.push(path);
-    Ok(())
+    write_atomic(&dir.join(META), meta.as_bytes())
 }
 
 #[cfg(test)]
@@ -346,6 +424,40 @@ mod tests {
         assert_ne!(read_all(d), before);
         // No temporary file is left.
         assert_eq!(std::fs::read_dir(d).unwrap().count(), 7);
+    }
+
+    /// A swap that fails partway puts back every old file it had replaced.
+    #[test]
+    fn a_failed_swap_puts_the_old_files_back() {
+        let tmp = TempDir::new("syn-swap");
+        let d = tmp.path();
+        write_synthetic(d, 10, 2, 1, false).unwrap();
+        let before = read_all(d);
+        let staging = d.join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        write_files(&staging, 20, 4, 2).unwrap();
+        // The fourth file is missing from the new set: its rename fails after three swapped.
+        std::fs::remove_file(staging.join("data_batch_4.bin")).unwrap();
+        let files: Vec<&str> = CIFAR10_FILES.iter().chain(&[META]).copied().collect();
+        let msg = swap_in(d, &staging, &files).unwrap_err().to_string();
+        assert!(msg.contains("data_batch_4.bin"), "{msg}");
+        assert_eq!(read_all(d), before);
+    }
+
+    /// A staging folder of a process that is gone is removed; one of a live process is not.
+    #[cfg(unix)]
+    #[test]
+    fn only_dead_generations_staging_is_removed() {
+        let tmp = TempDir::new("syn-stale");
+        let d = tmp.path();
+        let mine = d.join(format!("{STAGING}{}", std::process::id()));
+        let dead = d.join(format!("{STAGING}{}", u32::MAX / 2));
+        for f in [&mine, &dead] {
+            std::fs::create_dir(f).unwrap();
+            std::fs::write(f.join("data_batch_1.bin"), b"x").unwrap();
+        }
+        remove_stale_staging(d).unwrap();
+        assert!(mine.exists() && !dead.exists());
     }
 
     fn pixels(split: &Split, i: usize) -> &[u8] {

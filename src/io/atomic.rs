@@ -8,6 +8,10 @@
 //! - a symbolic link, whatever it points to: the rename would replace the link itself with a
 //!   file, silently cutting what the user linked. The message names the link's target, so
 //!   writing to that file by its own name is one step away.
+//!
+//! The target is judged again right before the rename, so that a link or FIFO put there while
+//! the temporary file was written is refused too. A file appended to in place is opened by
+//! [`open_regular`], which never follows a link nor waits on a FIFO.
 
 use crate::error::{Error, Result};
 use std::fs::{self, OpenOptions};
@@ -32,18 +36,21 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::R
     let tmp = temp_path(path)?;
     let dir = folder_of(path);
     let written = (|| -> io::Result<()> {
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        // A new name only: whatever was put at the temporary name is not written through.
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let mut w = io::BufWriter::with_capacity(64 << 10, file);
         fill(&mut w)?;
         let file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp, path)
+        Ok(())
     })();
-    if let Err(e) = written {
+    // Something put at `path` while the file was written is refused, not replaced.
+    let written = written.map_err(|e| write_error(path, &tmp, e)).and_then(|()| check_replaceable(path));
+    let renamed = written.and_then(|()| fs::rename(&tmp, path).map_err(|e| write_error(path, &tmp, e)));
+    if let Err(e) = renamed {
         let _ = fs::remove_file(&tmp);
-        let msg = format!("writing through temporary file {}: {e}", tmp.display());
-        return Err(Error::io(path, io::Error::new(e.kind(), msg)));
+        return Err(e);
     }
     sync_dir(dir).map_err(|e| {
         let msg = format!("syncing folder {} after the rename: {e}", dir.display());
@@ -51,6 +58,58 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> io::R
     })
 }
 
+/// An error writing `path` through its temporary file `tmp`.
+fn write_error(path: &Path, tmp: &Path, e: io::Error) -> Error {
+    let msg = format!("writing through temporary file {}: {e}", tmp.display());
+    Error::io(path, io::Error::new(e.kind(), msg))
+}
+
+/// Opens `path` with `options` (reading, appending, creating) as a regular file and nothing
+/// else: a symbolic link is not followed, a FIFO is not waited on, and either, or a folder,
+/// socket or device, is refused naming what it is (see [`obstacle`]). With `one_name`, a file
+/// with more than one name (hard links) is refused too: writing it would change the other names'
+/// file. The checks are made on the opened file itself, so nothing swapped in between slips by.
+pub fn open_regular(path: &Path, options: &mut OpenOptions, one_name: bool) -> Result<fs::File> {
+    // Asked first, so that a device is not even opened.
+    check_replaceable(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| match obstacle(path) {
+        Ok(Some(what)) => refused(path, &what),
+        _ => Error::io(path, e),
+    })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if let Some(what) = kind_other_than_file(&meta.file_type()) {
+        return Err(refused(path, what));
+    }
+    if one_name && names(&meta) > 1 {
+        let what = format!("a file with {} names (hard links): writing it would change them all", names(&meta));
+        return Err(refused(path, &what));
+    }
+    Ok(file)
+}
+
+/// How many names (hard links) the file of `meta` has; 1 where that cannot be told.
+pub fn names(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::MetadataExt::nlink(meta)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        1
+    }
+}
+
+/// `path` is `what` where a regular file was expected, and was left as it is.
+fn refused(path: &Path, what: &str) -> Error {
+    let msg = format!("is {what}, expected a regular file; it was left as it is");
+    Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, msg))
+}
 /// Removes the temporary files that saves of `names` in `dir` left when their process was
 /// killed mid-write. Only for a folder no other process is writing (its lock is held).
 pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<()> {
@@ -70,10 +129,7 @@ pub fn remove_stale_temps(dir: &Path, names: &[&str]) -> Result<()> {
 pub fn check_replaceable(path: &Path) -> Result<()> {
     match obstacle(path).map_err(|e| Error::io(path, e))? {
         None => Ok(()),
-        Some(what) => {
-            let msg = format!("is {what}, expected a regular file; it was left as it is");
-            Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, msg)))
-        }
+        Some(what) => Err(refused(path, &what)),
     }
 }
 
@@ -106,7 +162,7 @@ pub fn obstacle(path: &Path) -> io::Result<Option<String>> {
 }
 
 /// The kind of a non-regular file, in words; `None` for a regular file.
-fn kind_other_than_file(t: &fs::FileType) -> Option<&'static str> {
+pub fn kind_other_than_file(t: &fs::FileType) -> Option<&'static str> {
     if t.is_file() {
         return None;
     }
@@ -277,6 +333,84 @@ mod tests {
         }
         assert_eq!(fs::read(&regular).unwrap(), b"mine");
         assert!(fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp-")));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A link or FIFO put at the target while its new contents were written is refused and
+    /// stays; the temporary file goes.
+    #[cfg(unix)]
+    #[test]
+    fn what_is_put_in_place_mid_write_is_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = scratch("atomic-midway");
+        let (path, victim) = (dir.join("f.bin"), dir.join("victim"));
+        fs::write(&victim, b"precious").unwrap();
+        write_atomic(&path, b"old").unwrap();
+        let err = write_atomic_with(&path, |w| {
+            fs::remove_file(&path)?;
+            symlink(&victim, &path)?;
+            w.write_all(b"new")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("f.bin: is a symbolic link to") && err.contains("left as it is"), "{err}");
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        fs::remove_file(&path).unwrap();
+        let err = write_atomic_with(&path, |w| {
+            std::process::Command::new("mkfifo").arg(&path).status()?;
+            w.write_all(b"new")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("f.bin: is a FIFO"), "{err}");
+        let mut names: Vec<_> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["f.bin", "victim"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `open_regular` opens a regular file (creating it when asked) and refuses, at once and
+    /// without writing through it, a link, a FIFO, a folder, and with `one_name` a hard link.
+    #[cfg(unix)]
+    #[test]
+    fn open_regular_takes_only_regular_files() {
+        use std::os::unix::fs::symlink;
+        let dir = scratch("atomic-open");
+        let victim = dir.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let append = || {
+            let mut o = OpenOptions::new();
+            o.create(true).append(true);
+            o
+        };
+        let path = dir.join("m.jsonl");
+        open_regular(&path, &mut append(), true).unwrap().write_all(b"line\n").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"line\n");
+        fs::remove_file(&path).unwrap();
+        let cases: [(&str, fn(&Path, &Path)); 4] = [
+            ("is a symbolic link to ", |v, p| symlink(v, p).unwrap()),
+            ("is a FIFO", |_, p| assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success())),
+            ("is a folder", |_, p| fs::create_dir(p).unwrap()),
+            ("is a file with 2 names (hard links)", |v, p| fs::hard_link(v, p).unwrap()),
+        ];
+        for (what, make) in cases {
+            make(&victim, &path);
+            let t0 = std::time::Instant::now();
+            let err = open_regular(&path, &mut append(), true).unwrap_err().to_string();
+            assert!(t0.elapsed().as_secs() < 5);
+            assert!(err.contains(&format!("m.jsonl: {what}")) && err.contains("left as it is"), "{err}");
+            assert_eq!(fs::read(&victim).unwrap(), b"precious");
+            if path.is_dir() {
+                fs::remove_dir(&path).unwrap();
+            } else {
+                fs::remove_file(&path).unwrap();
+            }
+        }
+        // A second name is no obstacle to reading.
+        fs::hard_link(&victim, &path).unwrap();
+        open_regular(&path, OpenOptions::new().read(true), false).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,7 +3,13 @@
 //! holder exits, however it exits. A lock left by a killed process never blocks a later one;
 //! the file it leaves behind is reused. The holder's pid is written into the file so that a
 //! refused process can say who holds it.
+//!
+//! The lock file is opened without following a symbolic link and without waiting on a FIFO, and
+//! it must be a regular file with one name: a link, a file with other names (hard links), a FIFO
+//! or a folder there is refused and left as it is, so the pid is never written into another
+//! file and two runs never lock two different files under one name.
 
+use super::atomic;
 use crate::error::{Error, Result};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
@@ -24,13 +30,7 @@ impl FolderLock {
         // no longer at `path`, while a newcomer may lock a fresh one there. Retry until the lock
         // is on the file `path` names.
         for _ in 0..100 {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
+            let mut file = open_lock_file(&path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
@@ -64,10 +64,60 @@ impl FolderLock {
 impl Drop for FolderLock {
     fn drop(&mut self) {
         // Remove first, then release (when `file` closes): a process that opened the file
-        // meanwhile locks a removed file, sees it, and retries.
-        let _ = fs::remove_file(&self.path);
+        // meanwhile locks a removed file, sees it, and retries. Whatever was put in its place
+        // is not ours to remove.
+        if same_file(&self.file, &self.path) {
+            let _ = fs::remove_file(&self.path);
+        }
         let _ = self.file.unlock();
     }
+}
+
+/// Opens (creating it if missing) the lock file `path`: a regular file with one name, never
+/// through a link, never waiting on a FIFO; anything else is refused and left as it is.
+fn open_lock_file(path: &Path) -> Result<File> {
+    // Judged before opening, so that a device is not even opened.
+    match fs::symlink_metadata(path) {
+        Ok(meta) => check_lock_file(path, &meta)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| match fs::symlink_metadata(path) {
+        // Swapped in since it was judged: say what it is now.
+        Ok(meta) => check_lock_file(path, &meta).err().unwrap_or_else(|| Error::io(path, e)),
+        Err(_) => Error::io(path, e),
+    })?;
+    // The file opened is judged too: nothing swapped in between slips by.
+    check_lock_file(path, &file.metadata().map_err(|e| Error::io(path, e))?)?;
+    Ok(file)
+}
+
+/// Refuses a lock file `path` (with metadata `meta`, not followed) that is not a regular file
+/// with one name.
+fn check_lock_file(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    let what = if meta.file_type().is_symlink() {
+        let target = fs::read_link(path).map(|t| format!(" to {}", t.display())).unwrap_or_default();
+        format!("a symbolic link{target}")
+    } else if let Some(kind) = atomic::kind_other_than_file(&meta.file_type()) {
+        kind.to_string()
+    } else if atomic::names(meta) > 1 {
+        format!("a file with {} names (hard links)", atomic::names(meta))
+    } else {
+        return Ok(());
+    };
+    let dir = atomic::folder_of(path).display();
+    Err(Error::Msg(format!(
+        "{}: is {what}, expected the lock file of {dir} (a regular file with one name); it was left as it is: \
+         remove it if no sliceout process runs in {dir}, or pick another folder",
+        path.display()
+    )))
 }
 
 #[cfg(unix)]
@@ -112,6 +162,55 @@ mod tests {
         let lock = FolderLock::acquire(&dir, ".lock").unwrap();
         assert_eq!(fs::read_to_string(lock.path()).unwrap().trim(), std::process::id().to_string());
         drop(lock);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A symbolic link (to a file, to nothing), a file with a second name, a FIFO and a folder
+    /// at the lock's name are refused in one line, at once, and left as they are: the pid is
+    /// never written through them.
+    #[cfg(unix)]
+    #[test]
+    fn only_a_regular_file_with_one_name_is_a_lock() {
+        use std::os::unix::fs::symlink;
+        let dir = scratch("lock-kinds");
+        let victim = dir.join("victim.txt");
+        fs::write(&victim, b"precious").unwrap();
+        let lock = dir.join(".lock");
+        let cases: [(&str, fn(&Path, &Path)); 5] = [
+            ("a symbolic link to ", |v, l| symlink(v, l).unwrap()),
+            ("a symbolic link to ", |v, l| symlink(v.with_file_name("nothing"), l).unwrap()),
+            ("a file with 2 names (hard links)", |v, l| fs::hard_link(v, l).unwrap()),
+            ("a FIFO", |_, l| assert!(std::process::Command::new("mkfifo").arg(l).status().unwrap().success())),
+            ("a folder", |_, l| fs::create_dir(l).unwrap()),
+        ];
+        for (what, make) in cases {
+            make(&victim, &lock);
+            let t0 = std::time::Instant::now();
+            let msg = FolderLock::acquire(&dir, ".lock").unwrap_err().to_string();
+            assert!(t0.elapsed().as_secs() < 5);
+            assert!(msg.contains(&format!(".lock: is {what}")) && msg.contains("left as it is"), "{msg}");
+            assert_eq!(msg.lines().count(), 1, "{msg}");
+            assert_eq!(fs::read(&victim).unwrap(), b"precious");
+            assert!(!dir.join("nothing").exists());
+            if fs::symlink_metadata(&lock).unwrap().is_dir() {
+                fs::remove_dir(&lock).unwrap();
+            } else {
+                fs::remove_file(&lock).unwrap();
+            }
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What a holder finds at the lock's name when it lets go and is not its file stays.
+    #[cfg(unix)]
+    #[test]
+    fn a_holder_removes_only_its_own_lock_file() {
+        let dir = scratch("lock-swapped");
+        let lock = FolderLock::acquire(&dir, ".lock").unwrap();
+        fs::remove_file(dir.join(".lock")).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join(".lock")).unwrap();
+        drop(lock);
+        assert!(fs::symlink_metadata(dir.join(".lock")).unwrap().file_type().is_symlink());
         fs::remove_dir_all(&dir).unwrap();
     }
 

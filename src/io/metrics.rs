@@ -50,12 +50,14 @@ fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::E
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// Appends `m` as one line to `path` (created if missing), then flushes and syncs it.
+/// Appends `m` as one line to `path` (created if missing), then flushes and syncs it. Only a
+/// regular file with one name is appended to: a link or FIFO put in its place is refused in
+/// one line, never written through nor waited on ([`super::atomic::open_regular`]).
 pub fn append_jsonl(path: &Path, m: &EpochMetrics) -> Result<()> {
     let mut line = serde_json::to_string(m)
         .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     line.push('\n');
-    let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = super::atomic::open_regular(path, OpenOptions::new().create(true).append(true), true)?;
     // One write of the whole line, so the file never holds half of it unless the OS crashes.
     file.write_all(line.as_bytes())
         .and_then(|_| file.flush())
@@ -70,12 +72,16 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<EpochMetrics>> {
 }
 
 /// The lines a resumed run keeps: like [`read_jsonl`], but a missing file is no line at all and
-/// a torn last line (a crash while appending it, so after the last checkpoint) is dropped.
+/// a torn last line (a crash while appending it, so after the last checkpoint) is dropped. The
+/// file is a run's own: a link or FIFO there is refused, not followed nor waited on.
 pub fn read_for_resume(path: &Path) -> Result<Vec<EpochMetrics>> {
-    if !path.exists() {
+    if fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Ok(vec![]);
     }
-    parse_lines(path, true)
+    let mut text = String::new();
+    let mut file = super::atomic::open_regular(path, OpenOptions::new().read(true), false)?;
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| Error::io(path, e))?;
+    parse_text(path, &text, true)
 }
 
 fn parse_lines(path: &Path, allow_torn_last: bool) -> Result<Vec<EpochMetrics>> {
@@ -83,6 +89,11 @@ fn parse_lines(path: &Path, allow_torn_last: bool) -> Result<Vec<EpochMetrics>> 
         return Err(Error::data(path, msg));
     }
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_text(path, &text, allow_torn_last)
+}
+
+/// The records of `text`, read from `path`.
+fn parse_text(path: &Path, text: &str, allow_torn_last: bool) -> Result<Vec<EpochMetrics>> {
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     let mut out = Vec::new();
     for (k, &(i, line)) in lines.iter().enumerate() {
@@ -147,6 +158,22 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
     );
     s.push_str("</svg>");
     s
+}
+
+/// What starts the element naming the run that drew a picture.
+const RUN_DESC: &str = "<desc>sliceout run ";
+
+/// `svg` (drawn by [`curves_svg`]) with a `<desc>` element naming the run that drew it, so that
+/// a later run can tell its own picture from another's.
+pub fn with_run(svg: &str, run_id: &str) -> String {
+    let at = svg.find('\n').map_or(svg.len(), |i| i + 1);
+    format!("{}{RUN_DESC}{}</desc>\n{}", &svg[..at], super::svg::escape(run_id), &svg[at..])
+}
+
+/// The run named in a picture's `<desc>` ([`with_run`]), if any.
+pub fn drawn_by(svg: &str) -> Option<&str> {
+    let rest = &svg[svg.find(RUN_DESC)? + RUN_DESC.len()..];
+    rest.find("</desc>").map(|end| &rest[..end])
 }
 
 struct Panel {
@@ -529,6 +556,17 @@ mod tests {
         // Accuracy is drawn in percent: 1 - 0.5/2 = 75% is the first train value, so 70 is a tick.
         assert!(acc.contains(">70</text>") && acc.contains(">accuracy (%)</text>"));
         assert!(svg.contains(">train</text>") && svg.contains(">test</text>"));
+    }
+
+    #[test]
+    fn a_picture_names_the_run_that_drew_it() {
+        let svg = curves_svg(&history(3), "t");
+        assert_eq!(drawn_by(&svg), None);
+        let marked = with_run(&svg, "0123456789abcdef");
+        assert_eq!(drawn_by(&marked), Some("0123456789abcdef"));
+        assert!(marked.starts_with("<svg ") && marked.lines().nth(1).unwrap().starts_with("<desc>"), "{marked}");
+        assert_eq!(marked.replace("<desc>sliceout run 0123456789abcdef</desc>\n", ""), svg);
+        assert_clean(&marked);
     }
 
     #[test]

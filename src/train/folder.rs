@@ -8,18 +8,28 @@
 //!   `curves.svg`) unless `--force`, which removes them first; so does a resumed run writing to a
 //!   folder other than its checkpoint's. The refusal names what is there and what to do next
 //!   (resume from the checkpoint that exists, `--force`, or another folder).
+//! - A run resumed in its own folder (the checkpoint's) goes on only over its own files: each
+//!   other file of [`RUN_FILES`] there must be the run's ([`Owner`] says how that is told),
+//!   else the resume is refused, naming each and why, unless `--force`, which removes them.
+//! - The lock file is never followed nor replaced: a link, a FIFO or a file with other names
+//!   there is refused ([`FolderLock`]), and no command's output may be named [`LOCK`].
 //! - Temporary files of saves killed mid-write are removed once the lock is held.
 //! - A run file that a save would refuse to replace (a FIFO, a folder, a symbolic link; see
 //!   [`crate::io::atomic`]) is refused before any training, not at the first save.
 //! - Default folders are `runs/<timestamp>`, claimed with an atomic `mkdir` and a `-2`, `-3`, ...
-//!   suffix when taken, so parallel runs never share one.
+//!   suffix when taken, so parallel runs never share one. A `runs` (or `--out`) that is a
+//!   symbolic link to nothing is named as such.
 
+use super::state::RunMeta;
 use crate::error::{Error, Result};
-use crate::io::atomic::{check_replaceable, folder_of, remove_stale_temps};
+use crate::io::atomic::{check_replaceable, folder_of, open_regular, remove_stale_temps};
+use crate::io::checkpoint;
 use crate::io::lock::FolderLock;
+use crate::io::metrics::{self, EpochMetrics};
 use crate::io::output::same_file;
-use std::fs;
-use std::io::ErrorKind;
+use crate::ir::ModelConfig;
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 /// Every file a run writes in its folder.
@@ -28,15 +38,115 @@ pub const RUN_FILES: [&str; 4] = ["last.ckpt", "best.ckpt", "metrics.jsonl", "cu
 /// The lock file held while a run writes its folder.
 pub const LOCK: &str = ".sliceout.lock";
 
+/// The run a resumed checkpoint holds, to tell its files from another run's. A file beside the
+/// checkpoint is the run's when:
+/// - a checkpoint: it names the same run id; where either names none (written before run ids
+///   were stored), it is of the same model. Either way its history and the checkpoint's agree
+///   (one a prefix of the other).
+/// - `metrics.jsonl`: its records are a prefix of the checkpoint's history (a torn last line
+///   aside): the file is appended after each checkpoint, so it is never ahead of the run's.
+/// - `curves.svg`: it names the checkpoint's run id in its `<desc>`. A checkpoint written
+///   before run ids takes any picture: it is redrawn from the history.
+///
+/// Without a stored history (older checkpoints still), histories are not compared.
+pub struct Owner<'a> {
+    /// The checkpoint resumed.
+    pub checkpoint: &'a Path,
+    pub config: &'a ModelConfig,
+    pub meta: &'a RunMeta,
+}
+
+impl Owner<'_> {
+    /// Why the file `name` in `out` is not the run's; `None` when it is (or is absent).
+    fn disowns(&self, out: &Path, name: &str) -> Result<Option<String>> {
+        let path = out.join(name);
+        if fs::symlink_metadata(&path).is_err() || same_file(&path, self.checkpoint) {
+            return Ok(None);
+        }
+        if name.ends_with(".ckpt") {
+            return Ok(self.disowns_checkpoint(&path));
+        }
+        if name == "metrics.jsonl" {
+            let lines = match metrics::read_for_resume(&path) {
+                Ok(lines) => lines,
+                Err(e) => return Ok(Some(format!("unreadable: {e}"))),
+            };
+            let ours = self.meta.history.as_deref().is_none_or(|h| prefix_of(&lines, h));
+            return Ok((!ours).then(|| "its epochs are not the checkpoint's".to_string()));
+        }
+        let Some(id) = &self.meta.run_id else {
+            return Ok(None);
+        };
+        // The run's `<desc>` is near the top; the rest of a large picture need not be read.
+        let mut head = Vec::new();
+        let file = open_regular(&path, OpenOptions::new().read(true), false)?;
+        file.take(4096).read_to_end(&mut head).map_err(|e| Error::io(&path, e))?;
+        Ok(match metrics::drawn_by(&String::from_utf8_lossy(&head)) {
+            Some(by) if by == id => None,
+            Some(by) => Some(format!("drawn by run {by}, not {id}")),
+            None => Some(format!("names no run, so not run {id}")),
+        })
+    }
+
+    /// Why the checkpoint `path` is not the run's; `None` when it is.
+    fn disowns_checkpoint(&self, path: &Path) -> Option<String> {
+        let ck = match checkpoint::load(path) {
+            Ok(ck) => ck,
+            Err(e) => return Some(format!("unreadable: {e}")),
+        };
+        let meta = match RunMeta::read(path, &ck) {
+            Ok(meta) => meta,
+            Err(e) => return Some(format!("unreadable: {e}")),
+        };
+        match (&meta.run_id, &self.meta.run_id) {
+            (Some(theirs), Some(ours)) if theirs != ours => return Some(format!("of run {theirs}, not {ours}")),
+            (Some(_), Some(_)) => {}
+            _ if ck.config != *self.config => {
+                return Some(format!("of a {} model, not {}", ck.config.name(), self.config.name()))
+            }
+            _ => {}
+        }
+        match (&meta.history, &self.meta.history) {
+            (Some(a), Some(b)) if !prefix_of(a, b) && !prefix_of(b, a) => {
+                Some("its epochs are not the checkpoint's".to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether `a` is `b` or the start of it (records compared as written, so NaNs match).
+fn prefix_of(a: &[EpochMetrics], b: &[EpochMetrics]) -> bool {
+    let text = |m: &EpochMetrics| serde_json::to_string(m).expect("metrics serialise");
+    a.len() <= b.len() && a.iter().zip(b).all(|(x, y)| text(x) == text(y))
+}
+
+/// Refuses, naming it, a folder `path` (the value of `flag`) that is a file, or a symbolic link
+/// to nothing (which no `mkdir` can make).
+fn check_folder(flag: &str, path: &Path) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        return Err(Error::flag(flag, path.display(), "a folder for the run (this is a file)"));
+    }
+    if !path.exists() && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
+        let expected = format!(
+            "a folder for the run (this is a symbolic link to {target}, which does not exist: make that folder, or \
+             remove the link)"
+        );
+        return Err(Error::flag(flag, path.display(), expected));
+    }
+    Ok(())
+}
+
 /// Makes `out` and takes its lock for a run, fresh or resumed from `resume`: removes what
 /// killed saves left, then refuses (unless `force`, which removes them) another run's files.
-pub fn claim(out: &Path, resume: Option<&Path>, force: bool) -> Result<FolderLock> {
-    if out.exists() && !out.is_dir() {
-        return Err(Error::flag("--out", out.display(), "a folder for the run (this is a file)"));
-    }
+pub fn claim(out: &Path, resume: Option<&Owner>, force: bool) -> Result<FolderLock> {
+    check_folder("--out", out)?;
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let lock = FolderLock::acquire(out, LOCK)?;
     remove_stale_temps(out, &RUN_FILES)?;
+    let owner = resume;
+    let resume = owner.map(|o| o.checkpoint);
     let continuing = resume.is_some_and(|ck| same_file(folder_of(ck), out));
     // Going on from another checkpoint of the folder (say best.ckpt) would replace last.ckpt,
     // a point the run reached since, and the metrics of the epochs after it.
@@ -55,6 +165,9 @@ pub fn claim(out: &Path, resume: Option<&Path>, force: bool) -> Result<FolderLoc
         for f in RUN_FILES {
             check_replaceable(&out.join(f))?;
         }
+        if let Some(owner) = owner.filter(|_| continuing) {
+            disown_others(out, owner, force)?;
+        }
         return Ok(lock);
     }
     if force {
@@ -64,6 +177,34 @@ pub fn claim(out: &Path, resume: Option<&Path>, force: bool) -> Result<FolderLoc
         return Ok(lock);
     }
     Err(Error::Msg(refusal(out, resume, &found)))
+}
+
+/// Refuses (unless `force`, which removes them) the files in `out`, the folder of the
+/// checkpoint resumed, that are not its run's.
+fn disown_others(out: &Path, owner: &Owner, force: bool) -> Result<()> {
+    let mut others = Vec::new();
+    for f in RUN_FILES {
+        if let Some(why) = owner.disowns(out, f)? {
+            others.push((f, why));
+        }
+    }
+    if others.is_empty() {
+        return Ok(());
+    }
+    if force {
+        for (f, _) in &others {
+            fs::remove_file(out.join(f)).map_err(|e| Error::io(out.join(f), e))?;
+        }
+        return Ok(());
+    }
+    let listed: Vec<String> = others.iter().map(|(f, why)| format!("{f} ({why})")).collect();
+    Err(Error::Msg(format!(
+        "{} holds files of another run beside {}: {}; resuming there would replace them: move them away, pick \
+         another --out, or pass --force to replace them",
+        out.display(),
+        owner.checkpoint.display(),
+        listed.join(", ")
+    )))
 }
 
 /// Why `out` (holding `found`) is refused, and the ways on.
@@ -107,6 +248,13 @@ pub fn is_run_file(path: &Path) -> bool {
 pub fn new_timestamped(base: &Path) -> Result<PathBuf> {
     if base.exists() && !base.is_dir() {
         return Err(Error::Msg(format!("{} is a file, not a folder for runs: pass --out", base.display())));
+    }
+    if !base.exists() && fs::symlink_metadata(base).is_ok_and(|m| m.file_type().is_symlink()) {
+        let target = fs::read_link(base).map(|t| t.display().to_string()).unwrap_or_default();
+        return Err(Error::Msg(format!(
+            "{} is a symbolic link to {target}, which does not exist: make that folder, remove the link, or pass --out",
+            base.display()
+        )));
     }
     fs::create_dir_all(base).map_err(|e| Error::io(base, e))?;
     let stamp = timestamp();
@@ -160,20 +308,167 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    fn model(widen: usize) -> ModelConfig {
+        ModelConfig { depth: 10, widen, classes: 10, in_channels: 3, keep: 1.0 }
+    }
+
+    /// What epoch `epoch` of a run timed `seconds` recorded.
+    fn record(epoch: usize, seconds: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            train_loss: 2.0 / epoch as f64,
+            train_acc: 0.1 * epoch as f64,
+            test_loss: f64::NAN,
+            test_acc: 0.1,
+            images_per_s: 100.0,
+            seconds,
+            keep: 1.0,
+            test_loss_recal: None,
+            test_acc_recal: None,
+        }
+    }
+
+    /// A checkpoint at `path` of a WRN-10-`widen` run `id` (`None`: before run ids) after
+    /// `epochs` epochs each timed `seconds`; its metadata as read back.
+    fn save_checkpoint(path: &Path, id: Option<&str>, epochs: usize, seconds: f64, widen: usize) -> RunMeta {
+        let history: Vec<EpochMetrics> = (1..=epochs).map(|e| record(e, seconds)).collect();
+        let mut meta = vec![("history".to_string(), serde_json::to_string(&history).unwrap())];
+        meta.extend(id.map(|id| ("run_id".to_string(), id.to_string())));
+        let ck = checkpoint::Checkpoint {
+            config: model(widen),
+            step: 4 * epochs as u64,
+            epoch: epochs as u64,
+            tensors: vec![],
+            rngs: vec![],
+            norm_mean: vec![],
+            norm_std: vec![],
+            meta,
+        };
+        checkpoint::save(path, &ck).unwrap();
+        RunMeta::read(path, &checkpoint::load(path).unwrap()).unwrap()
+    }
+
+    fn write_metrics(path: &Path, epochs: usize, seconds: f64) {
+        let _ = fs::remove_file(path);
+        (1..=epochs).for_each(|e| metrics::append_jsonl(path, &record(e, seconds)).unwrap());
+    }
+
+    fn write_curves(path: &Path, id: Option<&str>) {
+        let svg = metrics::curves_svg(&[], "t");
+        fs::write(path, id.map_or(svg.clone(), |id| metrics::with_run(&svg, id))).unwrap();
+    }
+
+    const A: &str = "00000000000000aa";
+    const B: &str = "00000000000000bb";
+
     /// Resuming the folder's best.ckpt there would replace its later last.ckpt: refused unless
     /// --force; resuming last.ckpt itself, or best.ckpt into another folder, goes on.
     #[test]
     fn resuming_an_earlier_checkpoint_in_place_needs_force() {
         let dir = scratch("folder-resume-best");
         let (best, last) = (dir.join("best.ckpt"), dir.join("last.ckpt"));
-        fs::write(&best, b"epoch 1").unwrap();
-        fs::write(&last, b"epoch 4").unwrap();
-        let msg = claim(&dir, Some(&best), false).unwrap_err().to_string();
+        let best_meta = save_checkpoint(&best, Some(A), 1, 1.0, 1);
+        let last_meta = save_checkpoint(&last, Some(A), 4, 1.0, 1);
+        let kept = fs::read(&last).unwrap();
+        let config = model(1);
+        let from_best = Owner { checkpoint: &best, config: &config, meta: &best_meta };
+        let from_last = Owner { checkpoint: &last, config: &config, meta: &last_meta };
+        let msg = claim(&dir, Some(&from_best), false).unwrap_err().to_string();
         assert!(msg.contains("last.ckpt") && msg.contains("--out") && msg.contains("--force"), "{msg}");
-        drop(claim(&dir, Some(&last), false).unwrap());
-        drop(claim(&dir, Some(&best), true).unwrap());
-        drop(claim(&dir.join("elsewhere"), Some(&best), false).unwrap());
-        assert_eq!(fs::read(&last).unwrap(), b"epoch 4");
+        drop(claim(&dir, Some(&from_last), false).unwrap());
+        drop(claim(&dir, Some(&from_best), true).unwrap());
+        drop(claim(&dir.join("elsewhere"), Some(&from_best), false).unwrap());
+        assert_eq!(fs::read(&last).unwrap(), kept);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Beside the checkpoint resumed, another run's best.ckpt, metrics.jsonl and curves.svg
+    /// are each refused, named with why, and left as they are; --force removes them. The run's
+    /// own go on.
+    #[test]
+    fn another_runs_files_beside_the_checkpoint_are_refused_unless_forced() {
+        let dir = scratch("folder-others");
+        let last = dir.join("last.ckpt");
+        let meta = save_checkpoint(&last, Some(A), 3, 1.0, 1);
+        let config = model(1);
+        let owner = Owner { checkpoint: &last, config: &config, meta: &meta };
+        let (best, jsonl, svg) = (dir.join("best.ckpt"), dir.join("metrics.jsonl"), dir.join("curves.svg"));
+        // Its own: an earlier best.ckpt, metrics a checkpoint behind, its picture.
+        save_checkpoint(&best, Some(A), 2, 1.0, 1);
+        write_metrics(&jsonl, 2, 1.0);
+        write_curves(&svg, Some(A));
+        drop(claim(&dir, Some(&owner), false).unwrap());
+        // Another run's, each alone and all together.
+        let others: [(&Path, &str, fn(&Path)); 5] = [
+            (&best, "best.ckpt (of run 00000000000000bb, not 00000000000000aa)", |p| {
+                save_checkpoint(p, Some(B), 2, 1.0, 1);
+            }),
+            (&best, "best.ckpt (its epochs are not the checkpoint's)", |p| {
+                save_checkpoint(p, Some(A), 2, 7.0, 1);
+            }),
+            (&jsonl, "metrics.jsonl (its epochs are not the checkpoint's)", |p| write_metrics(p, 2, 5.0)),
+            (&jsonl, "metrics.jsonl (its epochs are not the checkpoint's)", |p| write_metrics(p, 4, 1.0)),
+            (&svg, "curves.svg (drawn by run 00000000000000bb, not 00000000000000aa)", |p| write_curves(p, Some(B))),
+        ];
+        for (path, why, make) in others {
+            let own = fs::read(path).unwrap();
+            make(path);
+            let theirs = fs::read(path).unwrap();
+            let msg = claim(&dir, Some(&owner), false).unwrap_err().to_string();
+            assert!(
+                msg.contains("holds files of another run") && msg.contains(why) && msg.contains("--force"),
+                "{msg}"
+            );
+            assert_eq!(msg.lines().count(), 1, "{msg}");
+            assert_eq!(fs::read(path).unwrap(), theirs);
+            fs::write(path, own).unwrap();
+        }
+        write_curves(&svg, None);
+        let msg = claim(&dir, Some(&owner), false).unwrap_err().to_string();
+        assert!(msg.contains("curves.svg (names no run, so not run 00000000000000aa)"), "{msg}");
+        fs::write(&jsonl, b"not metrics\n{}\n").unwrap();
+        let msg = claim(&dir, Some(&owner), false).unwrap_err().to_string();
+        assert!(msg.contains("metrics.jsonl (unreadable: ") && msg.contains("curves.svg ("), "{msg}");
+        save_checkpoint(&best, Some(B), 1, 1.0, 1);
+        drop(claim(&dir, Some(&owner), true).unwrap());
+        assert!(!best.exists() && !jsonl.exists() && !svg.exists() && last.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Checkpoints, metrics and pictures written before run ids resume in their own folder; a
+    /// checkpoint of another model there is still told apart.
+    #[test]
+    fn runs_from_before_run_ids_resume_in_their_own_folder() {
+        let dir = scratch("folder-old-runs");
+        let last = dir.join("last.ckpt");
+        let meta = save_checkpoint(&last, None, 3, 1.0, 1);
+        let config = model(1);
+        let owner = Owner { checkpoint: &last, config: &config, meta: &meta };
+        save_checkpoint(&dir.join("best.ckpt"), None, 3, 1.0, 1);
+        write_metrics(&dir.join("metrics.jsonl"), 3, 1.0);
+        write_curves(&dir.join("curves.svg"), None);
+        drop(claim(&dir, Some(&owner), false).unwrap());
+        // best.ckpt written by the run since it got an id is the run's too.
+        save_checkpoint(&dir.join("best.ckpt"), Some(A), 2, 1.0, 1);
+        drop(claim(&dir, Some(&owner), false).unwrap());
+        save_checkpoint(&dir.join("best.ckpt"), None, 3, 1.0, 2);
+        let msg = claim(&dir, Some(&owner), false).unwrap_err().to_string();
+        assert!(msg.contains("best.ckpt (of a WRN-10-2 model, not WRN-10-1)"), "{msg}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A symbolic link to nothing as the runs folder or --out is named as such, not "File exists".
+    #[cfg(unix)]
+    #[test]
+    fn a_dangling_link_as_a_folder_is_named_as_such() {
+        let dir = scratch("folder-dangling");
+        let link = dir.join("runs");
+        std::os::unix::fs::symlink(dir.join("gone"), &link).unwrap();
+        let msg = new_timestamped(&link).unwrap_err().to_string();
+        assert!(msg.contains("runs is a symbolic link to") && msg.contains("gone, which does not exist"), "{msg}");
+        let msg = claim(&link, None, false).unwrap_err().to_string();
+        assert!(msg.contains("--out") && msg.contains("symbolic link to") && msg.contains("does not exist"), "{msg}");
+        assert!(!dir.join("gone").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -194,7 +489,9 @@ mod tests {
             assert_eq!(fs::read(out.join(f)).unwrap(), b"keep me");
             // Resuming from elsewhere into it is refused too.
             let other = dir.join("elsewhere").join("last.ckpt");
-            let msg = claim(&out, Some(&other), false).unwrap_err().to_string();
+            let (config, meta) = (model(1), RunMeta::default());
+            let owner = Owner { checkpoint: &other, config: &config, meta: &meta };
+            let msg = claim(&out, Some(&owner), false).unwrap_err().to_string();
             assert!(msg.contains("another run") && msg.contains("elsewhere"), "{msg}");
             let lock = claim(&out, None, true).unwrap();
             assert!(!out.join(f).exists());
@@ -209,11 +506,13 @@ mod tests {
         fs::write(dir.join("last.ckpt"), b"ck").unwrap();
         fs::write(dir.join(".last.ckpt.tmp-77-0"), b"torn").unwrap();
         fs::write(dir.join("notes.txt"), b"mine").unwrap();
-        let lock = claim(&dir, Some(&dir.join("last.ckpt")), false).unwrap();
+        let (last, config, meta) = (dir.join("last.ckpt"), model(1), RunMeta::default());
+        let owner = Owner { checkpoint: &last, config: &config, meta: &meta };
+        let lock = claim(&dir, Some(&owner), false).unwrap();
         assert!(!dir.join(".last.ckpt.tmp-77-0").exists());
         assert!(dir.join(LOCK).exists() && dir.join("notes.txt").exists());
         // A second process (or a second claim) is refused while the lock is held.
-        let msg = claim(&dir, Some(&dir.join("last.ckpt")), false).unwrap_err().to_string();
+        let msg = claim(&dir, Some(&owner), false).unwrap_err().to_string();
         assert!(msg.contains("in use by another sliceout process"), "{msg}");
         drop(lock);
         assert!(!dir.join(LOCK).exists());

@@ -213,6 +213,8 @@ pub struct Run<'a> {
     history: Vec<EpochMetrics>,
     /// The checkpoint's buffers, reserved before the first step.
     snapshot: Snapshot,
+    /// The run's identity, kept in its checkpoints and pictures (see `folder::Owner`).
+    run_id: String,
     /// Held while the run writes its folder.
     _lock: FolderLock,
 }
@@ -266,10 +268,14 @@ impl<'a> Run<'a> {
                 (wrn::init_persistent(&program.schedule, args.seed), Normalization::from_split(&ds.train, ds.channels))
             }
         };
-        let lock = folder::claim(&args.out, args.resume.as_deref(), args.force)?;
+        let owner =
+            resumed.as_ref().map(|r| folder::Owner { checkpoint: &r.path, config: &r.ck.config, meta: &r.meta });
+        let lock = folder::claim(&args.out, owner.as_ref(), args.force)?;
+        // A run keeps its identity through resumes; one from before run ids gets one now.
+        let run_id = resumed.as_ref().and_then(|r| r.meta.run_id.clone()).unwrap_or_else(state::new_run_id);
         let history = match &resumed {
             Some(r) => {
-                let history = r.rebuild_files(&args.out, &config, kind)?;
+                let history = r.rebuild_files(&args.out, &config, kind, &run_id)?;
                 r.check_epochs_left(args)?;
                 history
             }
@@ -302,6 +308,7 @@ impl<'a> Run<'a> {
             epochs: args.epochs,
             schedule: args.schedule,
             history: &history,
+            run_id: &run_id,
         };
         let snapshot = Snapshot::reserve(&program.schedule, &state)?;
         backend.set_persistent(&region)?;
@@ -326,6 +333,7 @@ impl<'a> Run<'a> {
             history,
             program,
             snapshot,
+            run_id,
             _lock: lock,
         };
         if let Some(r) = &resumed {
@@ -477,7 +485,7 @@ impl<'a> Run<'a> {
         let shuffle = self.shuffle.clone();
         self.save(&shuffle, epoch + 1, improved)?;
         metrics::append_jsonl(&args.out.join("metrics.jsonl"), &m)?;
-        write_curves(&args.out, &self.history, &self.config, self.kind)
+        write_curves(&args.out, &self.history, &self.config, self.kind, &self.run_id)
     }
 
     /// With `--bn-recal`: the test loss and accuracy with BN's running statistics recalibrated
@@ -512,6 +520,7 @@ impl<'a> Run<'a> {
             epochs: self.args.epochs,
             schedule: self.args.schedule,
             history: &self.history,
+            run_id: &self.run_id,
         };
         if let Err(what) = self.snapshot.capture(&mut *self.backend, &self.program.schedule, &run) {
             let in_epoch = (self.step.max(1) - 1) / (self.train_len / self.args.batch) + 1;
@@ -597,7 +606,13 @@ impl Resumed {
     /// Rebuilds `metrics.jsonl` and `curves.svg` in `out` from the checkpoint's history, which
     /// repairs a crash between the checkpoint and them (or fills a new folder). Returns the
     /// history.
-    fn rebuild_files(&self, out: &Path, config: &ModelConfig, kind: DatasetKind) -> Result<Vec<EpochMetrics>> {
+    fn rebuild_files(
+        &self,
+        out: &Path,
+        config: &ModelConfig,
+        kind: DatasetKind,
+        run_id: &str,
+    ) -> Result<Vec<EpochMetrics>> {
         let metrics_path = out.join("metrics.jsonl");
         let history = match &self.meta.history {
             Some(h) => h.clone(),
@@ -611,7 +626,7 @@ impl Resumed {
         let lines: String =
             history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
         crate::io::write_atomic(&metrics_path, lines.as_bytes())?;
-        write_curves(out, &history, config, kind)?;
+        write_curves(out, &history, config, kind, run_id)?;
         Ok(history)
     }
 
@@ -636,10 +651,17 @@ impl Resumed {
     }
 }
 
-/// Draws `curves.svg` in `out` from `history`.
-fn write_curves(out: &Path, history: &[EpochMetrics], config: &ModelConfig, kind: DatasetKind) -> Result<()> {
+/// Draws `curves.svg` in `out` from `history`, naming the run `run_id` that drew it.
+fn write_curves(
+    out: &Path,
+    history: &[EpochMetrics],
+    config: &ModelConfig,
+    kind: DatasetKind,
+    run_id: &str,
+) -> Result<()> {
     let title = format!("{} keep {:.2} on {}", config.name(), config.keep, kind);
-    crate::io::write_atomic(&out.join("curves.svg"), metrics::curves_svg(history, &title).as_bytes())
+    let svg = metrics::with_run(&metrics::curves_svg(history, &title), run_id);
+    crate::io::write_atomic(&out.join("curves.svg"), svg.as_bytes())
 }
 
 fn progress(verbose: bool, epoch: usize, epochs: usize, len: u64) -> ProgressBar {

@@ -53,6 +53,9 @@ pub struct RunMeta {
     pub schedule: Option<LrSchedule>,
     /// The metrics of every finished epoch: `metrics.jsonl` and `curves.svg` are rebuilt from it.
     pub history: Option<Vec<EpochMetrics>>,
+    /// The run's identity ([`new_run_id`]), drawn at its fresh start and kept through resumes:
+    /// tells its files from another run's (`super::folder`). `None` before run ids were stored.
+    pub run_id: Option<String>,
     pub best_acc: f64,
     pub sums: EpochSums,
 }
@@ -98,6 +101,12 @@ impl RunMeta {
             Some(_) => return Err(bad("history", &format!("the metrics of epochs 1 to {}", ck.epoch))),
             None => None,
         };
+        let run_id = ck
+            .meta("run_id")
+            .map(|v| {
+                is_run_id(v).then(|| v.to_string()).ok_or_else(|| bad("run_id", "16 lowercase hexadecimal digits"))
+            })
+            .transpose()?;
         // An absent value reads as 0, as in a checkpoint written at the end of an epoch.
         let number = |key: &str, fits: fn(f64) -> bool, expected: &str| -> Result<f64> {
             let v = ck.meta(key).map_or(Some(0.0), |v| v.parse::<f64>().ok());
@@ -111,7 +120,7 @@ impl RunMeta {
             seen: number("epoch_seen", whole, "a whole number >= 0")?,
         };
         let best_acc = number("best_acc", |x| (0.0..=1.0).contains(&x), "a number in [0, 1]")?;
-        Ok(RunMeta { batch, train_images, epochs, schedule, history, best_acc, sums })
+        Ok(RunMeta { batch, train_images, epochs, schedule, history, run_id, best_acc, sums })
     }
 
     /// The epoch's sums against the position in it: `steps` of `batch` images taken since the
@@ -138,6 +147,22 @@ impl RunMeta {
     }
 }
 
+/// A new run identity: 16 hexadecimal digits from the OS's randomness (through the standard
+/// library's hasher keys) and the clock, so that two runs never share one by chance.
+pub fn new_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// Whether `v` is a run identity as [`new_run_id`] makes them.
+pub fn is_run_id(v: &str) -> bool {
+    v.len() == 16 && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// `metadata KEY 'VALUE' is invalid: expected ...`, naming the checkpoint; a long value is cut.
 fn bad_meta(path: &Path, ck: &Checkpoint, key: &str, expected: &str) -> Error {
     let value = ck.meta(key).unwrap_or_default();
@@ -160,6 +185,8 @@ pub struct RunState<'a> {
     pub epochs: usize,
     pub schedule: LrSchedule,
     pub history: &'a [EpochMetrics],
+    /// The run's identity ([`new_run_id`]).
+    pub run_id: &'a str,
 }
 
 impl RunState<'_> {
@@ -176,6 +203,7 @@ impl RunState<'_> {
             ("epochs", self.epochs.to_string()),
             ("schedule", self.schedule.as_str().to_string()),
             ("history", history),
+            ("run_id", self.run_id.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -401,6 +429,18 @@ mod tests {
         assert!(msg.contains("metadata epochs '18446744073709551615' is invalid: expected at most 4611686018427387903 epochs of 4 steps"), "{msg}");
     }
 
+    /// Run ids are drawn fresh each time and read back as written.
+    #[test]
+    fn run_ids_are_new_each_time_and_kept() {
+        let ids: std::collections::HashSet<String> = (0..100).map(|_| new_run_id()).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(ids.iter().all(|id| is_run_id(id)));
+        let id = new_run_id();
+        let meta = RunMeta::read(Path::new("a.ckpt"), &checkpoint(&[("run_id", &id)])).unwrap();
+        assert_eq!(meta.run_id, Some(id));
+        assert_eq!(RunMeta::read(Path::new("a.ckpt"), &checkpoint(&[])).unwrap().run_id, None);
+    }
+
     /// Bounds are said in words, not as `f64::MAX`'s 309 digits.
     #[test]
     fn refusals_print_their_bounds_readably() {
@@ -409,6 +449,8 @@ mod tests {
             ("epoch_correct", "-1", "a whole number >= 0"),
             ("epoch_seen", "inf", "a whole number >= 0"),
             ("best_acc", "1.5", "a number in [0, 1]"),
+            ("run_id", "0123456789ABCDEF", "16 lowercase hexadecimal digits"),
+            ("run_id", "", "16 lowercase hexadecimal digits"),
         ] {
             let msg = refusal(&[(key, value)]);
             assert!(msg.ends_with(&format!("metadata {key} '{value}' is invalid: expected {expected}")), "{msg}");
