@@ -310,8 +310,17 @@ fn mutate(ck: &mut Checkpoint, rng: &mut Rng) -> Option<(usize, u32)> {
             return Some((at, v));
         }
         1 => {
-            let keys =
-                ["batch", "train_images", "epochs", "schedule", "best_acc", "epoch_loss", "epoch_seen", "history"];
+            let keys = [
+                "batch",
+                "train_images",
+                "epochs",
+                "schedule",
+                "best_acc",
+                "epoch_loss",
+                "epoch_seen",
+                "history",
+                "run_id",
+            ];
             let key = keys[rng.below(keys.len())];
             let value = match (key, rng.below(3)) {
                 ("schedule", 0) => "step".to_string(),
@@ -424,4 +433,92 @@ fn random_checkpoints_with_a_valid_crc_never_panic_or_hang() {
     println!("checkpoint fuzz: {cases} checkpoints, {evaluated} evaluated, {resumed} resumed, {:.1?}", t0.elapsed());
     assert!(evaluated > cases / 10 && resumed > cases / 20 && evaluated < cases && resumed < cases);
     std::fs::remove_dir_all(&w.root).unwrap();
+}
+
+/// One way to tamper with the entry `path` in a run folder mid-run, given an outside file
+/// `victim`: a symbolic link to it or to nothing, a second name of it, a FIFO or a folder.
+fn tamper(path: &Path, victim: &Path, kind: usize) {
+    use std::os::unix::fs::symlink;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).unwrap(),
+        Ok(_) => std::fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
+    match kind {
+        0 => symlink(victim, path).unwrap(),
+        1 => symlink(victim.with_file_name("nothing"), path).unwrap(),
+        2 => std::fs::hard_link(victim, path).unwrap(),
+        3 => assert!(std::process::Command::new("mkfifo").arg(path).status().unwrap().success()),
+        _ => std::fs::create_dir(path).unwrap(),
+    }
+}
+
+/// Mid-run tampering: before a random epoch, a random file of the run folder (its lock too)
+/// becomes a link to an outside file or to nothing, a second name of it, a FIFO or a folder;
+/// then the run is resumed from what is left. Every outcome is Ok or one line, in time; the
+/// outside file is never written, and nothing is made where the dangling link points.
+#[test]
+fn run_folders_tampered_mid_run_are_never_written_through_nor_waited_on() {
+    use std::os::unix::fs::FileTypeExt;
+    let root = tmp("tamper");
+    let data = root.join("data");
+    write_synthetic(&data, 40, 8, 1, false).unwrap();
+    let victim = root.join("victim");
+    let names = ["metrics.jsonl", "curves.svg", "last.ckpt", "best.ckpt", ".sliceout.lock"];
+    let mut rng = Rng::new(13, 1);
+    let (t0, cases, mut refused) = (Instant::now(), 20, 0);
+    for i in 0..cases {
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = root.join(format!("run-{i}"));
+        let (name, kind, before) = (names[i % names.len()], rng.below(5), 1 + rng.below(2));
+        let checkpoint_every = [0, 2][rng.below(2)];
+        let args = TrainArgs { epochs: 3, checkpoint_every, ..base_args(&data, &out) };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (entry, outside) = (out.join(name), victim.clone());
+        std::thread::spawn(move || {
+            let trained = (|| -> sliceout::Result<()> {
+                let mut run = train::Run::start(&args)?;
+                for epoch in 0..args.epochs {
+                    if epoch == before {
+                        tamper(&entry, &outside, kind);
+                    }
+                    if let train::EpochEnd::Finished { seconds, images } = run.epoch(epoch)? {
+                        run.end_epoch(epoch, seconds, images)?;
+                    }
+                }
+                Ok(())
+            })();
+            let _ = tx.send(trained.map_err(|e| e.to_string()));
+        });
+        let case = format!("case {i}: {name} made kind {kind} before epoch {before}");
+        let outcome = rx.recv_timeout(CASE_LIMIT).unwrap_or_else(|_| panic!("{case}: the run hung"));
+        if let Err(msg) = &outcome {
+            refused += 1;
+            assert!(msg.contains(name) && msg.lines().count() == 1, "{case}: {msg}");
+        }
+        // A resume from what is left ends in time too, without writing through anything.
+        let last = out.join("last.ckpt");
+        if std::fs::symlink_metadata(&last).is_ok_and(|m| m.is_file()) {
+            let start = Instant::now();
+            let args = TrainArgs { resume: Some(last), epochs: 4, stop_after: None, ..base_args(&data, &out) };
+            if let Err(e) = train::train(&args) {
+                assert_eq!(e.to_string().lines().count(), 1, "{case}: resumed: {e}");
+            }
+            assert!(start.elapsed() < CASE_LIMIT, "{case}: the resume took {:?}", start.elapsed());
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{case}: written through");
+        assert!(!root.join("nothing").exists(), "{case}: made where a dangling link points");
+        let kind_now = std::fs::symlink_metadata(out.join(name)).map(|m| m.file_type());
+        match kind {
+            0 | 1 => assert!(kind_now.is_ok_and(|t| t.is_symlink() || t.is_file()), "{case}"),
+            3 => assert!(kind_now.is_ok_and(|t| t.is_fifo() || t.is_file()), "{case}"),
+            _ => {}
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    println!("tampering: {cases} runs, {refused} refused mid-run, {:.1?}", t0.elapsed());
+    // The lock is not written mid-run, best.ckpt only when the run improves, and a second name
+    // of a file replaced by a rename costs the other name nothing: those may go on.
+    assert!(refused >= cases / 4, "only {refused} of {cases} tampered runs were refused");
+    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -88,6 +88,14 @@ fn run_id(ck: &Path) -> Option<String> {
     checkpoint::load(ck).unwrap().meta("run_id").map(String::from)
 }
 
+fn run_id_of_bytes(bytes: &[u8]) -> Option<String> {
+    let path = std::env::temp_dir().join(format!("sliceout-folders-{}-ck", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    let id = run_id(&path);
+    std::fs::remove_file(&path).unwrap();
+    id
+}
+
 #[test]
 fn resuming_beside_another_runs_files_is_refused_unless_forced() {
     let d = tmp("others");
@@ -96,9 +104,7 @@ fn resuming_beside_another_runs_files_is_refused_unless_forced() {
     let (a, b) = (d.join("a"), d.join("b"));
     ok(&train(&data, &a, "1", "1", &["--seed", "1"]));
     ok(&train(&data, &b, "1", "1", &["--seed", "2"]));
-    let (id_a, id_b) = (run_id(&a.join("last.ckpt")).unwrap(), run_id(&b.join("last.ckpt")).unwrap());
-    assert_ne!(id_a, id_b);
-    assert!(std::fs::read_to_string(a.join("curves.svg")).unwrap().contains(&id_a));
+    let b_last = std::fs::read(b.join("last.ckpt")).unwrap();
     // A's checkpoint put in B's folder, beside B's other files.
     std::fs::copy(a.join("last.ckpt"), b.join("last.ckpt")).unwrap();
     let others = ["best.ckpt", "metrics.jsonl", "curves.svg"];
@@ -108,8 +114,12 @@ fn resuming_beside_another_runs_files_is_refused_unless_forced() {
     for f in others {
         assert!(err.contains(&format!("{f} (")), "{f} not named: {err}");
     }
-    assert!(err.contains(&format!("of run {id_b}, not {id_a}")), "{err}");
     assert_eq!(read(&b, &others), before);
+    let id_a = run_id(&a.join("last.ckpt")).unwrap();
+    let id_b = run_id(&b.join("best.ckpt")).unwrap();
+    assert!(id_a != id_b && run_id_of_bytes(&b_last) == Some(id_b.clone()));
+    assert!(err.contains(&format!("of run {id_b}, not {id_a}")), "{err}");
+    assert!(std::fs::read_to_string(a.join("curves.svg")).unwrap().contains(&id_a));
     // --force replaces them: B's folder now holds A's run, two epochs of it.
     let mut forced = args.clone();
     forced.push("--force".into());
@@ -148,6 +158,10 @@ fn runs_from_before_run_ids_still_resume_in_their_own_folder() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// Puts something at, or in, a path (the first argument), maybe naming an outside file (the
+/// second).
+type Tamper = fn(&Path, &Path);
+
 fn fifo(path: &Path) {
     assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
 }
@@ -163,14 +177,14 @@ fn the_lock_is_never_followed_replaced_or_an_output() {
     std::fs::write(&victim, b"precious").unwrap();
     let lock = run.join(LOCK);
     // A link (to a file, to nothing) or a second name at the lock: refused, never written.
-    let makes: [(&str, fn(&Path, &Path)); 4] = [
-        ("is a symbolic link to", |v, l| symlink(v, l).unwrap()),
-        ("is a symbolic link to", |v, l| symlink(v.with_file_name("nothing"), l).unwrap()),
-        ("is a file with 2 names (hard links)", |v, l| std::fs::hard_link(v, l).unwrap()),
-        ("is a FIFO", |_, l| fifo(l)),
+    let makes: [(&str, Tamper); 4] = [
+        ("is a symbolic link to", |l, v| symlink(v, l).unwrap()),
+        ("is a symbolic link to", |l, v| symlink(v.with_file_name("nothing"), l).unwrap()),
+        ("is a file with 2 names (hard links)", |l, v| std::fs::hard_link(v, l).unwrap()),
+        ("is a FIFO", |l, _| fifo(l)),
     ];
     for (what, make) in makes {
-        make(&victim, &lock);
+        make(&lock, &victim);
         let args = resume(&data, &run.join("last.ckpt"), &[]);
         refused(&refs(&args), &[s(&lock), what, "left as it is"]);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
@@ -227,7 +241,7 @@ fn the_lock_is_never_followed_replaced_or_an_output() {
 
 /// Trains one epoch of `args` in process, lets `tamper` change the run folder, then trains the
 /// second epoch: its outcome (an error's text), or a failed test if it takes over [`LIMIT`].
-fn tampered_mid_run(args: TrainArgs, tamper: fn(&Path, &Path), victim: PathBuf) -> Result<(), String> {
+fn tampered_mid_run(args: TrainArgs, tamper: Tamper, victim: PathBuf) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let trained = (|| -> sliceout::Result<()> {
@@ -259,7 +273,7 @@ fn run_files_swapped_mid_run_are_refused_never_written_through_nor_waited_on() {
     let data = d.join("data");
     write_synthetic(&data, 40, 8, 1, false).unwrap();
     let victim = d.join("victim.txt");
-    let cases: [(&str, &str, fn(&Path, &Path)); 6] = [
+    let cases: [(&str, &str, Tamper); 6] = [
         ("metrics.jsonl", "is a symbolic link to", |o, v| swap(&o.join("metrics.jsonl"), |p| symlink(v, p).unwrap())),
         ("metrics.jsonl", "is a FIFO", |o, _| swap(&o.join("metrics.jsonl"), fifo)),
         ("metrics.jsonl", "is a file with 2 names", |o, v| {

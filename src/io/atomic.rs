@@ -71,13 +71,15 @@ fn write_error(path: &Path, tmp: &Path, e: io::Error) -> Error {
 /// file. The checks are made on the opened file itself, so nothing swapped in between slips by.
 pub fn open_regular(path: &Path, options: &mut OpenOptions, one_name: bool) -> Result<fs::File> {
     // Asked first, so that a device is not even opened.
-    check_replaceable(path)?;
+    if let Some(what) = not_regular(path).map_err(|e| Error::io(path, e))? {
+        return Err(refused(path, &what));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
     }
-    let file = options.open(path).map_err(|e| match obstacle(path) {
+    let file = options.open(path).map_err(|e| match not_regular(path) {
         Ok(Some(what)) => refused(path, &what),
         _ => Error::io(path, e),
     })?;
@@ -90,6 +92,19 @@ pub fn open_regular(path: &Path, options: &mut OpenOptions, one_name: bool) -> R
         return Err(refused(path, &what));
     }
     Ok(file)
+}
+
+/// What stands at `path` instead of a regular file, in words (a link is not followed);
+/// `None` when nothing is there or a regular file is.
+fn not_regular(path: &Path) -> io::Result<Option<String>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            Ok(Some(format!("a symbolic link to {}", fs::read_link(path)?.display())))
+        }
+        Ok(m) => Ok(kind_other_than_file(&m.file_type()).map(String::from)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// How many names (hard links) the file of `meta` has; 1 where that cannot be told.
@@ -371,6 +386,9 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Puts something at a path (the second argument), maybe naming a file (the first).
+    type Tamper = fn(&Path, &Path);
+
     /// `open_regular` opens a regular file (creating it when asked) and refuses, at once and
     /// without writing through it, a link, a FIFO, a folder, and with `one_name` a hard link.
     #[cfg(unix)]
@@ -389,7 +407,7 @@ mod tests {
         open_regular(&path, &mut append(), true).unwrap().write_all(b"line\n").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"line\n");
         fs::remove_file(&path).unwrap();
-        let cases: [(&str, fn(&Path, &Path)); 4] = [
+        let cases: [(&str, Tamper); 4] = [
             ("is a symbolic link to ", |v, p| symlink(v, p).unwrap()),
             ("is a FIFO", |_, p| assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success())),
             ("is a folder", |_, p| fs::create_dir(p).unwrap()),

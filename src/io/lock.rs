@@ -165,6 +165,9 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Puts something at a path (the second argument), maybe naming a file (the first).
+    type Tamper = fn(&Path, &Path);
+
     /// A symbolic link (to a file, to nothing), a file with a second name, a FIFO and a folder
     /// at the lock's name are refused in one line, at once, and left as they are: the pid is
     /// never written through them.
@@ -176,7 +179,7 @@ mod tests {
         let victim = dir.join("victim.txt");
         fs::write(&victim, b"precious").unwrap();
         let lock = dir.join(".lock");
-        let cases: [(&str, fn(&Path, &Path)); 5] = [
+        let cases: [(&str, Tamper); 5] = [
             ("a symbolic link to ", |v, l| symlink(v, l).unwrap()),
             ("a symbolic link to ", |v, l| symlink(v.with_file_name("nothing"), l).unwrap()),
             ("a file with 2 names (hard links)", |v, l| fs::hard_link(v, l).unwrap()),

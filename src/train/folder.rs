@@ -358,6 +358,9 @@ mod tests {
         fs::write(path, id.map_or(svg.clone(), |id| metrics::with_run(&svg, id))).unwrap();
     }
 
+    /// Writes another run's file at a path.
+    type Write = fn(&Path);
+
     const A: &str = "00000000000000aa";
     const B: &str = "00000000000000bb";
 
@@ -399,7 +402,7 @@ mod tests {
         write_curves(&svg, Some(A));
         drop(claim(&dir, Some(&owner), false).unwrap());
         // Another run's, each alone and all together.
-        let others: [(&Path, &str, fn(&Path)); 5] = [
+        let others: [(&Path, &str, Write); 5] = [
             (&best, "best.ckpt (of run 00000000000000bb, not 00000000000000aa)", |p| {
                 save_checkpoint(p, Some(B), 2, 1.0, 1);
             }),
