@@ -140,6 +140,8 @@ fn saving_a_checkpoint_allocates_nothing_large() {
         epochs: 200,
         schedule: sliceout::train::LrSchedule::Cosine,
         history: &[],
+        recorded: &[("lr".into(), "0.1".into()), ("data".into(), "/data".into())],
+        changes: &[],
     };
     let mut snapshot = Snapshot::reserve(s, &state).unwrap();
     let dir = std::env::temp_dir().join(format!("sliceout-noalloc-{}", std::process::id()));

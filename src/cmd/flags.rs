@@ -16,6 +16,8 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+// One value per process: the train variant's size costs nothing, a box would cost every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a WRN (no flags: CIFAR-10 from data/cifar-10-batches-bin, or a synthetic demo).

@@ -331,6 +331,50 @@ mod tests {
         }
     }
 
+    /// A checkpoint holding `meta` alone.
+    fn with_meta(meta: &[(&str, &str)]) -> Checkpoint {
+        Checkpoint {
+            config: crate::ir::ModelConfig { depth: 10, widen: 1, classes: 10, in_channels: 3, keep: 1.0 },
+            step: 0,
+            epoch: 0,
+            tensors: vec![],
+            rngs: vec![],
+            norm_mean: vec![],
+            norm_std: vec![],
+            meta: meta.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn recorded_values_are_judged_as_flags_are() {
+        let path = Path::new("runs/a.ckpt");
+        let good = [("lr", "5e-2"), ("momentum", "0.9"), ("precision", "bf16"), ("data", "/d"), ("winograd", "true")];
+        let r = Recorded::read(path, &with_meta(&good)).unwrap();
+        assert_eq!((r.text("lr"), r.get::<f64>("momentum")), (Some("0.05"), Some(0.9)));
+        assert_eq!((r.text("precision"), r.get::<bool>("winograd")), (Some("bf16"), Some(true)));
+        assert_eq!((r.data.as_deref(), r.text("seed")), (Some(Path::new("/d")), None));
+        // Older checkpoints record nothing, which is no error.
+        assert!(Recorded::read(path, &with_meta(&[])).unwrap().values.is_empty());
+        for (key, value, expected) in [
+            ("lr", "1e39", "a learning rate that a 32-bit float holds"),
+            ("lr", "-1", "a learning rate that a 32-bit float holds"),
+            ("momentum", "0.99999999999", "a momentum in [0, 1)"),
+            ("wd", "NaN", "a weight decay"),
+            ("seed", "-1", "an integer from 0 to 2^64-1"),
+            ("align", "0", "an integer >= 1"),
+            ("precision", "fp16", "fp32 or bf16"),
+            ("nesterov", "yes", "true or false"),
+            ("col_budget", "1048577", "1048576"),
+            ("test_images", "0", "an integer >= 1"),
+            ("data", "relative/data", "an absolute path"),
+            ("changed", "[{\"setting\":\"lr\"}]", "a JSON list of changes"),
+        ] {
+            let msg = Recorded::read(path, &with_meta(&[(key, value)])).unwrap_err().to_string();
+            assert!(msg.starts_with(&format!("checkpoint runs/a.ckpt: metadata {key} ")), "{msg}");
+            assert!(msg.contains(expected), "{key} {value}: {msg}");
+        }
+    }
+
     #[test]
     fn changes_are_said_as_flags() {
         let c = |s: &str, from: &str, to: &str| Change { setting: s.into(), from: from.into(), to: to.into() };
