@@ -37,7 +37,7 @@ pub fn momentum_fits_f32(x: f64) -> bool {
 }
 
 /// What `--lr` and `--wd` may be, after what they are.
-pub const RATE_RANGE: &str = "that a 32-bit float holds: 0, or 1.4e-45 to 3.4e38";
+pub const RATE_RANGE: &str = ">= 0 that a 32-bit float holds: 0, or 1.4e-45 to 3.4e38";
 /// What `--momentum` may be.
 pub const MOMENTUM_RANGE: &str = "a value in [0, 1) that stays below 1 as a 32-bit float: at most 0.99999994";
 
