@@ -224,6 +224,10 @@ fn a_diverging_run_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint() {
     let good = std::fs::read(run.join("last.ckpt")).unwrap();
     let ck = run.join("last.ckpt");
     let resume = train_args(data, out, &[("--resume", ck.to_str().unwrap()), ("--epochs", "3"), ("--lr", "1e30")]);
+    // The run's learning rate is 0.1: another is a change, said as such.
+    let (code, _, err) = sliceout(&refs(&resume));
+    assert!(code != 0 && err.contains("--lr 1e30 differs") && err.contains("--change"), "{err}");
+    let resume = [resume, vec!["--change".to_string()]].concat();
     let (code, _, err) = sliceout(&refs(&resume));
     assert_ne!(code, 0);
     assert!(err.contains("diverged") && err.contains("epoch 2") && err.contains("step"), "{err}");

@@ -54,6 +54,8 @@ struct World {
     root: PathBuf,
     data: String,
     checkpoint: String,
+    /// A run stopped inside its first epoch, with flags off their defaults.
+    mid_run: PathBuf,
     file: String,
 }
 
@@ -66,8 +68,28 @@ impl World {
         std::fs::write(&file, b"not a folder").unwrap();
         let run = root.join("base");
         train::train(&base_args(&data, &run)).unwrap();
+        let mid_run = root.join("mid");
+        let mid = TrainArgs {
+            lr: 0.02,
+            seed: 5,
+            augment: false,
+            bn_recal: 1,
+            stop_after: Some(3),
+            ..base_args(&data, &mid_run)
+        };
+        train::train(&mid).unwrap();
         let s = |p: &Path| p.to_str().unwrap().to_string();
-        World { data: s(&data), checkpoint: s(&run.join("last.ckpt")), file: s(&file), root }
+        World { data: s(&data), checkpoint: s(&run.join("last.ckpt")), mid_run, file: s(&file), root }
+    }
+
+    /// A copy of the stopped run in a fresh folder for case `i`: its checkpoint's path.
+    fn mid_copy(&self, i: usize) -> String {
+        let out = self.root.join(format!("out-{i}"));
+        std::fs::create_dir_all(&out).unwrap();
+        for f in ["last.ckpt", "metrics.jsonl"] {
+            let _ = std::fs::copy(self.mid_run.join(f), out.join(f));
+        }
+        out.join("last.ckpt").to_str().unwrap().to_string()
     }
 
     /// A fresh folder for case `i`, or a folder holding a run, or the file.
@@ -95,10 +117,14 @@ fn run_case(argv: &[String]) -> Result<(), String> {
     let result = match cli.command {
         Some(Command::Train(f)) => {
             let (mut args, demo) = cmd::train::checked_args(&f).map_err(|e| e.to_string())?;
-            assert!(!demo, "{argv:?}: every case names --data");
+            assert!(!demo, "{argv:?}: every case names --data or resumes a run that records it");
             args.verbose = false;
-            args.stop_after = Some(1);
-            train::train(&args).map(|s| assert!(s.history.len() <= 1 && s.stopped_at.is_none_or(|at| at == 1)))
+            // One step past where the run starts.
+            let start = args.resume.as_deref().and_then(|r| checkpoint::load(r).ok()).map_or(0, |c| c.step as usize);
+            args.stop_after = Some(start + 1);
+            train::train(&args).map(|s| {
+                assert!(s.history.len() <= 1 && s.stopped_at.is_none_or(|at| at == start + 1), "{argv:?}: {s:?}")
+            })
         }
         Some(Command::Plan(f)) => cmd::plan::command(&f).map(|text| assert!(!text.is_empty())),
         Some(Command::Eval(f)) => cmd::eval::command(&f),
@@ -142,6 +168,9 @@ fn random_train_command_lines_never_panic_or_hang() {
     let w = World::new("train-flags");
     let (depth, widen, keep, batch, count, col) = (DEPTH, WIDEN, KEEP, BATCH, COUNT, COL);
     let train_runs = fuzz("train", 1500, |rng, i| {
+        if rng.below(6) == 0 {
+            return resume_line(rng, &w, i);
+        }
         let data = pick(rng, &[&w.data, &w.data, &w.data, &w.data, &w.data, &w.file, "/nonexistent/data"]).to_string();
         let out = w.out(rng, i);
         let resume = pick(rng, &[&w.checkpoint, "/nonexistent/last.ckpt", &w.data]).to_string();
@@ -185,6 +214,49 @@ fn random_train_command_lines_never_panic_or_hang() {
     });
     assert!(train_runs > 20, "only {train_runs} training runs were accepted");
     std::fs::remove_dir_all(&w.root).unwrap();
+}
+
+/// A resume of a run stopped mid-epoch, with its own values, others, and values out of range,
+/// with or without `--change`, `--data` and `--out`.
+fn resume_line(rng: &mut Rng, w: &World, i: usize) -> Vec<String> {
+    let ck = w.mid_copy(i);
+    let mut argv = command_line(
+        rng,
+        &["train", "--resume", &ck, "--device", "cpu"],
+        &[
+            ("--data", &[&w.data, &w.file, "/nonexistent/data"]),
+            ("--lr", &["0.02", "0.02", "0.1", "2e-2", "1e39", "1e-50", "-0"]),
+            ("--momentum", &["0.9", "0.5", "0.99999999999", "0.99999994"]),
+            ("--wd", &["5e-4", "0.0005", "0", "1e-46"]),
+            ("--seed", &["5", "5", "6", "18446744073709551615"]),
+            ("--align", &["1", "2", "16", "17"]),
+            ("--bn-recal", &["1", "0", "3", "18446744073709551615"]),
+            ("--limit-test", &["8", "4", "9"]),
+            ("--math", &["fp32", "tf32"]),
+            ("--precision", &["fp32", "bf16"]),
+            ("--input-grad", &["conv", "col2im"]),
+            ("--col-chunk", &["0", "3", "18446744073709551615"]),
+            ("--col-budget", &["0", "8", "1048577"]),
+            ("--schedule", &["cosine", "step"]),
+            ("--epochs", &["1", "2", "3"]),
+            ("--batch", &["8", "4", "auto"]),
+            ("--out", &[&w.file, w.root.join(format!("elsewhere-{i}")).to_str().unwrap()]),
+            ("--no-augment", &[]),
+            ("--augment", &[]),
+            ("--nesterov", &[]),
+            ("--no-nesterov", &[]),
+            ("--winograd", &[]),
+            ("--no-in-place", &[]),
+            ("--no-recompute", &[]),
+            ("--coarse", &[]),
+            ("--force", &[]),
+        ],
+        0.1,
+    );
+    if rng.below(3) == 0 {
+        argv.push("--change".into());
+    }
+    argv
 }
 
 #[test]
@@ -320,12 +392,22 @@ fn mutate(ck: &mut Checkpoint, rng: &mut Rng) -> Option<(usize, u32)> {
                 "epoch_seen",
                 "history",
                 "run_id",
+                "lr",
+                "momentum",
+                "seed",
+                "precision",
+                "test_images",
+                "col_budget",
+                "data",
+                "changed",
             ];
             let key = keys[rng.below(keys.len())];
             let value = match (key, rng.below(3)) {
                 ("schedule", 0) => "step".to_string(),
                 ("history", 0) => "[]".to_string(),
                 ("history", 1) => "[{\"epoch\":1}]".to_string(),
+                ("changed", 0) => "[{\"setting\":\"lr\",\"from\":\"1\",\"to\":\"2\"}]".to_string(),
+                ("data", 0) => "relative/folder".to_string(),
                 _ => numbers[rng.below(numbers.len())].to_string(),
             };
             match rng.below(4) {

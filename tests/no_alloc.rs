@@ -141,6 +141,8 @@ fn saving_a_checkpoint_allocates_nothing_large() {
         schedule: sliceout::train::LrSchedule::Cosine,
         history: &[],
         run_id: "0123456789abcdef",
+        recorded: &[("lr".into(), "0.1".into()), ("data".into(), "/data".into())],
+        changes: &[],
     };
     let mut snapshot = Snapshot::reserve(s, &state).unwrap();
     let dir = std::env::temp_dir().join(format!("sliceout-noalloc-{}", std::process::id()));

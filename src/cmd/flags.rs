@@ -16,6 +16,8 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+// One value per process: the train variant's size costs nothing, a box would cost every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a WRN (no flags: CIFAR-10 from data/cifar-10-batches-bin, or a synthetic demo).
@@ -109,9 +111,9 @@ pub struct MemoryFlags {
     /// Use a fresh buffer and an add for the identity shortcut's gradient
     #[arg(long)]
     pub no_in_place: bool,
-    /// Images per im2col chunk (0 = auto, within --col-budget)
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub col_chunk: usize,
+    /// Images per im2col chunk (0 = auto, within --col-budget) [default: 0]
+    #[arg(long, allow_negative_numbers = true)]
+    pub col_chunk: Option<usize>,
     /// MiB an im2col workspace may take when --col-chunk is auto, 1 to 1048576 [default: 32 on
     /// the CPU, 512 on the GPU]
     #[arg(long, allow_negative_numbers = true)]
@@ -121,15 +123,15 @@ pub struct MemoryFlags {
     pub update: Update,
     /// Element type of activations, their gradients and im2col workspaces: fp32 or bf16
     /// (parameters, momentum, BN statistics, weight gradients and the loss stay f32; bf16 GEMMs
-    /// accumulate in f32); `bench` takes fp32,bf16 to measure both in one run
-    #[arg(long, default_value = "fp32", value_delimiter = ',')]
-    pub precision: Vec<String>,
+    /// accumulate in f32); `bench` takes fp32,bf16 to measure both in one run [default: fp32]
+    #[arg(long, value_delimiter = ',')]
+    pub precision: Option<Vec<String>>,
     /// How a convolution's backward computes its input gradient on the GPU: conv (its stride-1
     /// 3x3 layers whose output is no wider than their input: a convolution of dY with the
     /// flipped weight, no col2im; other layers keep col2im), or col2im everywhere (W^T dY, then
-    /// col2im). The CPU always uses col2im
-    #[arg(long, default_value = "conv")]
-    pub input_grad: String,
+    /// col2im). The CPU always uses col2im [default: conv]
+    #[arg(long)]
+    pub input_grad: Option<String>,
     /// Experimental, not yet measured on a card: the GPU's fp32 programs run their 3x3 stride-1
     /// convolutions (4 or more input channels) by Winograd F(2x2, 3x3), 16 batched products
     /// with 2.25x fewer multiply-adds than im2col, forward and both gradients. bf16 programs
@@ -158,7 +160,7 @@ impl MemoryFlags {
     pub fn options(&self) -> crate::Result<Options> {
         match self.precisions()?[..] {
             [one] => self.options_at(one),
-            _ => Err(crate::Error::flag("--precision", self.precision.join(","), "fp32 or bf16")),
+            _ => Err(crate::Error::flag("--precision", self.precision_text(), "fp32 or bf16")),
         }
     }
 
@@ -171,7 +173,7 @@ impl MemoryFlags {
         Ok(Options {
             recompute: !self.no_recompute,
             in_place: !self.no_in_place,
-            col_chunk: self.col_chunk,
+            col_chunk: self.col_chunk.unwrap_or(0),
             col_budget_mib: self.col_budget.unwrap_or(0),
             update: match self.update {
                 Update::Early => UpdateAt::Early,
@@ -180,18 +182,26 @@ impl MemoryFlags {
             // The command sets the backend it builds for.
             target: Target::Cpu,
             precision,
-            input_grad: InputGrad::parse(&self.input_grad)?,
+            input_grad: self.input_grad.as_deref().map_or(Ok(InputGrad::Conv), InputGrad::parse)?,
             winograd: self.winograd,
         })
     }
 
     /// Every precision given (`bench` measures each); one or two, no repeats.
     pub fn precisions(&self) -> crate::Result<Vec<Precision>> {
-        let all = self.precision.iter().map(|p| Precision::parse(p)).collect::<crate::Result<Vec<_>>>()?;
+        let Some(given) = &self.precision else {
+            return Ok(vec![Precision::Fp32]);
+        };
+        let all = given.iter().map(|p| Precision::parse(p)).collect::<crate::Result<Vec<_>>>()?;
         if all.is_empty() || all.len() > 2 || all.windows(2).any(|w| w[0] == w[1]) {
-            return Err(crate::Error::flag("--precision", self.precision.join(","), "fp32, bf16 or fp32,bf16"));
+            return Err(crate::Error::flag("--precision", self.precision_text(), "fp32, bf16 or fp32,bf16"));
         }
         Ok(all)
+    }
+
+    /// `--precision` as given.
+    fn precision_text(&self) -> String {
+        self.precision.as_deref().unwrap_or_default().join(",")
     }
 }
 
@@ -234,9 +244,10 @@ pub struct TrainFlags {
     pub coarse: bool,
     #[command(flatten)]
     pub model: ModelFlags,
-    /// Slice starts are multiples of this (at most the narrowest block's 16k channels)
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
-    pub align: usize,
+    /// Slice starts are multiples of this (at most the narrowest block's 16k channels) [default:
+    /// 1; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
+    pub align: Option<usize>,
     /// Epochs [default: 200; 4 for the synthetic demo; the run's when resuming]
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
@@ -245,30 +256,34 @@ pub struct TrainFlags {
     /// dropped [default: 128; the run's when resuming]
     #[arg(long, allow_negative_numbers = true)]
     pub batch: Option<BatchFlag>,
-    /// Peak learning rate
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
-    pub lr: f64,
-    /// SGD momentum
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    pub momentum: f64,
-    /// Weight decay
-    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
-    pub wd: f64,
-    /// Plain momentum instead of Nesterov's
+    /// Peak learning rate [default: 0.1; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// SGD momentum [default: 0.9; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
+    pub momentum: Option<f64>,
+    /// Weight decay [default: 5e-4; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
+    pub wd: Option<f64>,
+    /// Plain momentum instead of Nesterov's [default: Nesterov; the run's when resuming]
     #[arg(long)]
     pub no_nesterov: bool,
+    /// Nesterov momentum (the default; with --resume --change, turns it back on)
+    #[arg(long, conflicts_with = "no_nesterov")]
+    pub nesterov: bool,
     /// Learning-rate schedule: cosine per step, or x0.2 at 30%, 60%, 80% of the epochs [default: cosine; the run's when resuming]
     #[arg(long, value_enum)]
     pub schedule: Option<Sched>,
-    /// Seeds weights, shuffling, augmentation and slice starts
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub seed: u64,
+    /// Seeds weights, shuffling, augmentation and slice starts [default: 0; the run's when resuming]
+    #[arg(long, allow_negative_numbers = true)]
+    pub seed: Option<u64>,
     /// auto picks CUDA when a GPU is usable, else the CPU
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// GPU GEMM math: tf32 or fp32 (the CPU always computes in fp32)
-    #[arg(long, default_value = "tf32")]
-    pub math: String,
+    /// GPU GEMM math: tf32 or fp32 (the CPU always computes in fp32) [default: tf32; the run's
+    /// when resuming]
+    #[arg(long)]
+    pub math: Option<String>,
     /// Output folder [default: runs/<timestamp>; the checkpoint's folder when resuming]
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -278,21 +293,30 @@ pub struct TrainFlags {
     /// Use only the first N training images [default: all; the run's when resuming]
     #[arg(long, allow_negative_numbers = true)]
     pub limit_train: Option<usize>,
-    /// Use only the first N test images
+    /// Use only the first N test images [default: all; the run's when resuming]
     #[arg(long, allow_negative_numbers = true)]
     pub limit_test: Option<usize>,
-    /// No random crop and flip
+    /// No random crop and flip [default: augment; the run's when resuming]
     #[arg(long)]
     pub no_augment: bool,
+    /// Random crop and flip (the default; with --resume --change, turns them back on)
+    #[arg(long, conflicts_with = "no_augment")]
+    pub augment: bool,
     /// Also checkpoint every N steps (0 = only at the end of each epoch)
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub checkpoint_every: usize,
-    /// Continue a run from a checkpoint (in its folder unless --out says otherwise)
+    /// Continue a run from a checkpoint (in its folder unless --out says otherwise), with the
+    /// settings it records (learning rate, seed, precision, data folder, ...) where flags leave
+    /// them out; a flag given with another value is refused unless --change
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// With --resume: continue with the flags given where they differ from the run's; the
+    /// change is printed and listed in the next metrics.jsonl line ("changed")
+    #[arg(long, requires = "resume")]
+    pub change: bool,
     /// Before each epoch's test, also test with BN's running statistics recalibrated for the full
     /// network over N training batches (0 = off); the metrics get test_acc_recal [default: 50
-    /// with SliceOut (keep < 1), 0 at keep 1.0]
+    /// with SliceOut (keep < 1), 0 at keep 1.0; the run's when resuming]
     #[arg(long)]
     pub bn_recal: Option<usize>,
     /// Start from these weights (a checkpoint or a safetensors file) with fresh optimizer state

@@ -1,19 +1,20 @@
-//! `sliceout train`: flags -> `TrainArgs` (a resumed run's own model and step-count values
-//! where flags leave them out), the no-argument demo (CIFAR-10 when present, else a generated
+//! `sliceout train`: flags -> `TrainArgs` (a resumed run's own model, step-count values,
+//! settings and data folder where flags leave them out), the no-argument demo (CIFAR-10 when present, else a generated
 //! synthetic set), the default `runs/<timestamp>` folder, Ctrl-C handling, and the closing lines.
 
 use super::flags::{self, BatchFlag, TrainFlags};
 use super::Done;
-use crate::backend;
+use crate::backend::{self, DeviceChoice};
 use crate::data;
 use crate::data::Limits;
 use crate::error::{Error, Result};
 use crate::export::{self, Stated};
 use crate::gpu::Math;
 use crate::io::checkpoint;
-use crate::ir::{mib, Target};
+use crate::ir::{mib, ModelConfig, Precision, Target};
 use crate::model::fit;
-use crate::schedule::Options;
+use crate::schedule::{InputGrad, Options};
+use crate::train::recorded::{self, Recorded};
 use crate::train::state::RunMeta;
 use crate::train::{self, folder, LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
@@ -53,7 +54,7 @@ pub fn command(f: TrainFlags) -> Result<Done> {
     if let Some(step) = summary.stopped_at {
         let ck = args.out.join("last.ckpt");
         println!("stopped after step {step}; checkpoint {}", ck.display());
-        println!("resume with: sliceout train --resume {} (plus the same --data)", ck.display());
+        println!("resume with: {}", resume_command(&args));
         return Ok(Done::Interrupted);
     }
     println!(
@@ -67,17 +68,56 @@ pub fn command(f: TrainFlags) -> Result<Done> {
 const CIFAR: &str = "data/cifar-10-batches-bin";
 const SYNTHETIC: &str = "data/synthetic";
 
-/// `--data`, else CIFAR-10 in `data/cifar-10-batches-bin`, else the synthetic demo set; and
-/// whether it is the demo.
-fn data_folder(f: &TrainFlags) -> (PathBuf, bool) {
-    match &f.data {
-        Some(d) => (d.clone(), false),
-        None if Path::new(CIFAR).join("data_batch_1.bin").exists() => {
+/// The command that resumes the run of `args` from its `last.ckpt`: the checkpoint records its
+/// settings and data folder, so only `--data` where it could not record it (a path that is no
+/// UTF-8 text) and the device asked for are added. Each path is one POSIX shell word.
+pub fn resume_command(args: &TrainArgs) -> String {
+    let ck = args.out.join("last.ckpt");
+    let mut words = vec!["sliceout".to_string(), "train".into(), "--resume".into(), shell_word(&ck.to_string_lossy())];
+    if recorded::data_text(&args.data).is_none() {
+        words.extend(["--data".into(), shell_word(&args.data.to_string_lossy())]);
+    }
+    match args.device {
+        DeviceChoice::Auto => {}
+        DeviceChoice::Cpu => words.extend(["--device".into(), "cpu".into()]),
+        DeviceChoice::Cuda => words.extend(["--device".into(), "cuda".into()]),
+    }
+    words.join(" ")
+}
+
+/// `s` as one POSIX shell word: as it is when it holds nothing a shell treats specially, else
+/// in single quotes, each `'` written `'\''`.
+pub fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-+=.,:/@%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `--data`, else resuming, the folder the run recorded (said in one line, or an error asking
+/// for `--data` when it recorded none); else CIFAR-10 in `data/cifar-10-batches-bin`, else the
+/// synthetic demo set. And whether it is the demo.
+fn data_folder(f: &TrainFlags, resumed: Option<&RunMeta>) -> Result<(PathBuf, bool)> {
+    Ok(match (&f.data, resumed, &f.resume) {
+        (Some(d), _, _) => (d.clone(), false),
+        (None, Some(meta), Some(ck)) => match &meta.recorded.data {
+            Some(d) => {
+                println!("data: {} (the run's, recorded in {})", d.display(), ck.display());
+                (d.clone(), false)
+            }
+            None => {
+                let msg =
+                    "records no dataset folder (an older checkpoint): resume with --data FOLDER, the run's dataset";
+                return Err(Error::checkpoint(ck, msg));
+            }
+        },
+        (None, ..) if Path::new(CIFAR).join("data_batch_1.bin").exists() => {
             println!("using CIFAR-10 from {CIFAR}");
             (PathBuf::from(CIFAR), false)
         }
-        None => (PathBuf::from(SYNTHETIC), true),
-    }
+        (None, ..) => (PathBuf::from(SYNTHETIC), true),
+    })
 }
 
 /// Generates the demo's synthetic set in `dir` unless it is complete.
@@ -94,17 +134,6 @@ fn prepare_demo_data(dir: &Path) -> Result<()> {
 /// The run the flags describe, its flags checked (what needs the data is checked as the run
 /// starts), and whether it is the demo. Nothing is generated or created yet.
 pub fn checked_args(f: &TrainFlags) -> Result<(TrainArgs, bool)> {
-    let (data_dir, demo) = data_folder(f);
-    let args = train_args(f, data_dir, demo)?;
-    args.validate()?;
-    Ok((args, demo))
-}
-
-/// The run the flags describe. Resuming, the model and what fixes the step count (batch,
-/// epochs, schedule, training images) default to the checkpoint's; the output folder to the
-/// checkpoint's folder. Starting from given weights (`--init`), the model defaults to what the
-/// file states.
-fn train_args(f: &TrainFlags, data: PathBuf, demo: bool) -> Result<TrainArgs> {
     let resumed = match &f.resume {
         Some(p) => {
             let ck = checkpoint::load(p)?;
@@ -113,7 +142,19 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool) -> Result<TrainArgs> {
         }
         None => None,
     };
+    let (data_dir, demo) = data_folder(f, resumed.as_ref().map(|r| &r.1))?;
+    let args = train_args(f, data_dir, demo, resumed)?;
+    args.validate()?;
+    Ok((args, demo))
+}
+
+/// The run the flags describe. Resuming, the model, what fixes the step count (batch, epochs,
+/// training images) and the recorded settings (`train::recorded`) default to the checkpoint's;
+/// the output folder to the checkpoint's folder. Starting from given weights (`--init`), the
+/// model defaults to what the file states.
+fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelConfig, RunMeta)>) -> Result<TrainArgs> {
     let (config, meta) = (resumed.as_ref().map(|r| r.0), resumed.map(|r| r.1).unwrap_or_default());
+    let run = &meta.recorded;
     let stated = match (&f.init, config) {
         (Some(p), _) => export::read(p)?.stated(p)?,
         (None, Some(c)) => {
@@ -130,14 +171,24 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool) -> Result<TrainArgs> {
         (None, None) => PathBuf::new(),
     };
     let keep = f.model.keep.or(stated.keep).unwrap_or(1.0);
+    // A switch left out takes the run's value; given, its own.
+    let switch = |on: bool, off: bool, key: &str, default: bool| {
+        if on {
+            true
+        } else if off {
+            false
+        } else {
+            run.get(key).unwrap_or(default)
+        }
+    };
     Ok(TrainArgs {
         data,
         dataset: flags::dataset(&f.dataset)?,
-        coarse: f.coarse,
+        coarse: switch(f.coarse, false, "coarse", false),
         depth: f.model.depth.or(stated.depth).unwrap_or(if demo { 10 } else { 16 }),
         widen: f.model.widen.or(stated.widen).unwrap_or(if demo { 2 } else { 4 }),
         keep,
-        align: f.align,
+        align: f.align.or(run.get("align")).unwrap_or(1),
         epochs: f.epochs.or(meta.epochs).unwrap_or(if demo { 4 } else { 200 }),
         // `auto` is resolved once the flags check out (`command`).
         batch: match f.batch {
@@ -146,27 +197,48 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool) -> Result<TrainArgs> {
         }
         .or(meta.batch)
         .unwrap_or(128),
-        lr: f.lr,
-        momentum: f.momentum,
-        wd: f.wd,
-        nesterov: !f.no_nesterov,
+        lr: f.lr.or(run.get("lr")).unwrap_or(0.1),
+        momentum: f.momentum.or(run.get("momentum")).unwrap_or(0.9),
+        wd: f.wd.or(run.get("wd")).unwrap_or(5e-4),
+        nesterov: switch(f.nesterov, f.no_nesterov, "nesterov", true),
         schedule: f.schedule.map(flags::lr_schedule).or(meta.schedule).unwrap_or(LrSchedule::Cosine),
-        seed: f.seed,
+        seed: f.seed.or(run.get("seed")).unwrap_or(0),
         device: f.device.into(),
-        math: Math::parse(&f.math)?,
+        math: match (f.math.as_deref(), run.text("math")) {
+            (Some(m), _) | (None, Some(m)) => Math::parse(m)?,
+            (None, None) => Math::Tf32,
+        },
         out,
         limit_train: f.limit_train.or(meta.train_images),
-        limit_test: f.limit_test,
-        augment: !f.no_augment,
+        limit_test: f.limit_test.or(run.get("test_images")),
+        augment: switch(f.augment, f.no_augment, "augment", true),
         checkpoint_every: f.checkpoint_every,
         resume: f.resume.clone(),
         init: f.init.clone(),
         force: f.force,
-        options: f.memory.options()?,
-        bn_recal: f.bn_recal.unwrap_or(default_bn_recal(keep)),
+        options: memory_options(f, run)?,
+        bn_recal: f.bn_recal.or(run.get("bn_recal")).unwrap_or(default_bn_recal(keep)),
         verbose: true,
         stop_after: None,
+        allow_changes: f.change,
     })
+}
+
+/// The memory flags' options, those that change the numbers taken from the run where the flags
+/// leave them out.
+fn memory_options(f: &TrainFlags, run: &Recorded) -> Result<Options> {
+    let (m, mut o) = (&f.memory, f.memory.options()?);
+    if m.precision.is_none() {
+        o.precision = run.text("precision").map_or(Ok(o.precision), Precision::parse)?;
+    }
+    if m.input_grad.is_none() {
+        o.input_grad = run.text("input_grad").map_or(Ok(o.input_grad), InputGrad::parse)?;
+    }
+    o.col_chunk = m.col_chunk.or(run.get("col_chunk")).unwrap_or(o.col_chunk);
+    o.col_budget_mib = m.col_budget.or(run.get("col_budget")).unwrap_or(o.col_budget_mib);
+    o.in_place = !m.no_in_place && run.get("in_place").unwrap_or(true);
+    o.winograd = m.winograd || run.get("winograd").unwrap_or(false);
+    Ok(o)
 }
 
 /// Batches BN is recalibrated over when `--bn-recal` is not given: 50 with SliceOut, where it
@@ -216,5 +288,66 @@ fn auto_batch(args: &TrainArgs, cap: Option<usize>) -> Result<usize> {
                 mib(free)
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each word, read back by `sh`, is the string itself.
+    #[test]
+    fn shell_words_come_back_unchanged_through_sh() {
+        let awkward = [
+            "runs/2024-01-01_12-00-00/last.ckpt",
+            "a b",
+            "it's",
+            "'",
+            "''",
+            "$HOME",
+            "${x}",
+            "`id`",
+            "$(id)",
+            "a\"b",
+            "back\\slash",
+            "semi;colon&amp|pipe",
+            "new\nline",
+            "tab\there",
+            "*?[a]",
+            "~user",
+            "-n",
+            "é ü",
+            "",
+        ];
+        assert_eq!(shell_word("runs/a-b_c.d/last.ckpt"), "runs/a-b_c.d/last.ckpt");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+        for s in awkward {
+            // printf '%s\0' prints each argument as sh read it.
+            let script = format!("printf '%s\\0' {}", shell_word(s));
+            let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{script}");
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{s}\0"), "{script}");
+        }
+    }
+
+    #[test]
+    fn the_resume_command_adds_only_what_the_checkpoint_cannot_say() {
+        let flags = TrainFlags { data: Some("d".into()), ..TrainFlags::default_flags() };
+        let mut args = train_args(&flags, "data dir".into(), false, None).unwrap();
+        args.out = "runs/my run".into();
+        assert_eq!(resume_command(&args), "sliceout train --resume 'runs/my run/last.ckpt'");
+        args.device = DeviceChoice::Cpu;
+        assert_eq!(resume_command(&args), "sliceout train --resume 'runs/my run/last.ckpt' --device cpu");
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            args.data = std::ffi::OsStr::from_bytes(b"/data/\xff").into();
+            assert!(
+                resume_command(&args).ends_with("--data '/data/\u{fffd}' --device cpu"),
+                "{}",
+                resume_command(&args)
+            );
+        }
     }
 }

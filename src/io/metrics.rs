@@ -43,6 +43,20 @@ pub struct EpochMetrics {
     pub test_loss_recal: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_acc_recal: Option<f64>,
+    /// The settings a resume changed in this epoch (`train --resume ... --change`); absent when
+    /// none did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<Change>,
+}
+
+/// A setting a resumed run changed: its checkpoint metadata key, the run's value and the new
+/// one, as the checkpoint writes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub setting: String,
+    pub from: String,
+    pub to: String,
 }
 
 /// serde_json writes non-finite floats as `null`; read them back as NaN rather than failing.
@@ -422,6 +436,7 @@ mod resume_tests {
             keep: 1.0,
             test_loss_recal: None,
             test_acc_recal: None,
+            changed: vec![],
         };
         append_jsonl(&path, &m).unwrap();
         let good = fs::read_to_string(&path).unwrap();
@@ -452,6 +467,7 @@ mod tests {
             keep: 0.5,
             test_loss_recal: None,
             test_acc_recal: None,
+            changed: vec![],
         }
     }
 
@@ -481,6 +497,22 @@ mod tests {
         assert_eq!(first["epoch"], 1);
         assert_eq!(first["train_acc"], 0.75);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A resume's changes are one more key of that epoch's line; lines without it (every line
+    /// of older runs) read as no change.
+    #[test]
+    fn changes_of_a_resume_are_an_optional_key() {
+        let mut m = record(2, 2.0);
+        m.changed = vec![Change { setting: "lr".into(), from: "0.1".into(), to: "0.05".into() }];
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(line.contains(r#""changed":[{"setting":"lr","from":"0.1","to":"0.05"}]"#), "{line}");
+        assert_eq!(serde_json::from_str::<EpochMetrics>(&line).unwrap(), m);
+        let old = serde_json::to_string(&record(1, 2.0)).unwrap();
+        assert!(!old.contains("changed"));
+        assert!(serde_json::from_str::<EpochMetrics>(&old).unwrap().changed.is_empty());
+        let odd = line.replace(r#""to":"0.05""#, r#""to":"0.05","why":"x""#);
+        assert!(serde_json::from_str::<EpochMetrics>(&odd).is_err());
     }
 
     #[test]

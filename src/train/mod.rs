@@ -7,6 +7,8 @@
 //! - `state.rs`: the run's state as a checkpoint and back.
 //! - `folder.rs`: the run folder: its lock and what may be written there.
 //! - `recal.rs`: BN statistics recalibrated for the full network (`--bn-recal`).
+//! - `recorded.rs`: the settings that change the numbers, recorded in checkpoints, compared on
+//!   resume.
 //!
 //! A run: [`Run::start`] loads the data, builds and plans the programs, reserves the arena and
 //! restores a checkpoint when resuming; [`Run::epoch`] steps through one shuffled epoch;
@@ -17,6 +19,7 @@ pub mod eval;
 pub mod folder;
 pub mod lr;
 pub mod recal;
+pub mod recorded;
 pub mod state;
 pub mod step;
 
@@ -32,7 +35,7 @@ use crate::data::{self, DatasetKind, Limits};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, Checkpoint};
 use crate::io::lock::FolderLock;
-use crate::io::metrics::{self, EpochMetrics};
+use crate::io::metrics::{self, Change, EpochMetrics};
 use crate::ir::{Invalid, ModelConfig, Role};
 use crate::model::wrn;
 use crate::ops::SgdParams;
@@ -85,6 +88,9 @@ pub struct TrainArgs {
     /// Stop (checkpointed, as on Ctrl-C) once this many steps are done: lets tests interrupt a
     /// run at an exact step.
     pub stop_after: Option<usize>,
+    /// Resuming: take settings that differ from the run's (`--change`), recording the change,
+    /// instead of refusing them.
+    pub allow_changes: bool,
 }
 
 impl TrainArgs {
@@ -94,14 +100,23 @@ impl TrainArgs {
         if self.batch == 0 {
             return Err(Error::flag("--batch", self.batch, "an integer >= 1"));
         }
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return Err(Error::flag("--lr", self.lr, "a learning rate >= 0"));
+        // A step takes them as f32 (`Run::sgd_at`): what does not survive that is refused.
+        if !recorded::rate_fits_f32(self.lr) {
+            return Err(Error::flag(
+                "--lr",
+                format!("{:?}", self.lr),
+                format!("a learning rate {}", recorded::RATE_RANGE),
+            ));
         }
-        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            return Err(Error::flag("--momentum", self.momentum, "a value in [0, 1)"));
+        if !recorded::momentum_fits_f32(self.momentum) {
+            return Err(Error::flag("--momentum", format!("{:?}", self.momentum), recorded::MOMENTUM_RANGE));
         }
-        if !(self.wd.is_finite() && self.wd >= 0.0) {
-            return Err(Error::flag("--wd", self.wd, "a weight decay >= 0"));
+        if !recorded::rate_fits_f32(self.wd) {
+            return Err(Error::flag(
+                "--wd",
+                format!("{:?}", self.wd),
+                format!("a weight decay {}", recorded::RATE_RANGE),
+            ));
         }
         if self.epochs == 0 {
             return Err(Error::flag("--epochs", self.epochs, "an integer >= 1"));
@@ -211,6 +226,10 @@ pub struct Run<'a> {
     best_acc: f64,
     sums: EpochSums,
     history: Vec<EpochMetrics>,
+    /// The settings every checkpoint records (`recorded::record`).
+    recorded: Vec<(String, String)>,
+    /// What resumes changed in the epoch in progress, for its metrics line.
+    changes: Vec<Change>,
     /// The checkpoint's buffers, reserved before the first step.
     snapshot: Snapshot,
     /// The run's identity, kept in its checkpoints and pictures (see `folder::Owner`).
@@ -248,9 +267,10 @@ impl<'a> Run<'a> {
         };
         // A resumed run, and initial weights that state theirs, keep the normalisation they
         // were trained with; initial weights start with fresh momentum.
+        let mut changes = vec![];
         let (region, norm) = match (&resumed, &init) {
             (Some(r), _) => {
-                r.check(args, &config, train_len, per_epoch)?;
+                changes = r.check(args, &config, train_len, test_len, per_epoch)?;
                 (
                     state::restore(&program.schedule, &r.path, &r.ck, true)?,
                     state::normalization(&r.path, &r.ck, ds.channels)?,
@@ -294,6 +314,12 @@ impl<'a> Run<'a> {
         backend.reserve_arena(arena_bytes)?;
         let stepper = Stepper::new(&program, args.align, args.augment);
         let (shuffle, rngs) = (Rng::new(args.seed, stream::SHUFFLE), StepRngs::new(args.seed));
+        let recorded = recorded::record(args, test_len);
+        // Changes a resume made earlier in this epoch, then this resume's.
+        let changes = match &resumed {
+            Some(r) => r.meta.recorded.changed.iter().cloned().chain(changes).collect(),
+            None => changes,
+        };
         let state = RunState {
             config: &config,
             norm: &norm,
@@ -309,6 +335,8 @@ impl<'a> Run<'a> {
             schedule: args.schedule,
             history: &history,
             run_id: &run_id,
+            recorded: &recorded,
+            changes: &changes,
         };
         let snapshot = Snapshot::reserve(&program.schedule, &state)?;
         backend.set_persistent(&region)?;
@@ -331,6 +359,8 @@ impl<'a> Run<'a> {
             best_acc: 0.0,
             sums: EpochSums::default(),
             history,
+            recorded,
+            changes,
             program,
             snapshot,
             run_id,
@@ -358,6 +388,10 @@ impl<'a> Run<'a> {
         self.sums = r.meta.sums;
         if self.args.verbose {
             println!("resumed from {} at epoch {}, step {}", r.path.display(), self.start_epoch, self.step);
+            let new = &self.changes[r.meta.recorded.changed.len()..];
+            if !new.is_empty() {
+                println!("--change: the run continues with {}", recorded::describe(new));
+            }
         }
         Ok(())
     }
@@ -463,6 +497,7 @@ impl<'a> Run<'a> {
             keep: self.config.keep,
             test_loss_recal: recalibrated.map(|r| r.0),
             test_acc_recal: recalibrated.map(|r| r.1),
+            changed: std::mem::take(&mut self.changes),
         };
         self.sums = EpochSums::default();
         if args.verbose {
@@ -521,6 +556,8 @@ impl<'a> Run<'a> {
             schedule: self.args.schedule,
             history: &self.history,
             run_id: &self.run_id,
+            recorded: &self.recorded,
+            changes: &self.changes,
         };
         if let Err(what) = self.snapshot.capture(&mut *self.backend, &self.program.schedule, &run) {
             let in_epoch = (self.step.max(1) - 1) / (self.train_len / self.args.batch) + 1;
@@ -558,9 +595,17 @@ impl Resumed {
     }
 
     /// The run in the checkpoint against the flags: the same model, and what fixes the step
-    /// count (batch, training images, schedule) unchanged, so that its step and epoch mean what
-    /// they meant; a mismatch names the flag to fix.
-    fn check(&self, args: &TrainArgs, config: &ModelConfig, train_len: usize, per_epoch: usize) -> Result<()> {
+    /// count (batch, training images) unchanged, so that its step and epoch mean what they
+    /// meant; a mismatch names the flag to fix. The recorded settings the same too, or changed
+    /// with `allow_changes`: those changes are returned.
+    fn check(
+        &self,
+        args: &TrainArgs,
+        config: &ModelConfig,
+        train_len: usize,
+        test_len: usize,
+        per_epoch: usize,
+    ) -> Result<Vec<Change>> {
         let (path, meta) = (self.path.display(), &self.meta);
         checkpoint::check_config(&self.path, &self.ck.config, config)?;
         if let Some(b) = meta.batch.filter(|&b| b != args.batch) {
@@ -583,11 +628,7 @@ impl Resumed {
             );
             return Err(Error::flag("--limit-train", value, expected));
         }
-        if let Some(s) = meta.schedule.filter(|&s| s != args.schedule) {
-            let expected =
-                format!("{}, the schedule of the run in {path} (leave --schedule out to use it)", s.as_str());
-            return Err(Error::flag("--schedule", args.schedule.as_str(), expected));
-        }
+        let changes = meta.recorded.compare(args, test_len, &self.path)?;
         let (step, epoch) = (self.ck.step, self.ck.epoch);
         let start = epoch.checked_mul(per_epoch as u64).filter(|&s| s <= step && step - s < per_epoch as u64);
         let Some(start) = start else {
@@ -600,7 +641,8 @@ impl Resumed {
                 ),
             ));
         };
-        meta.check_sums(&self.path, &self.ck, step - start, args.batch)
+        meta.check_sums(&self.path, &self.ck, step - start, args.batch)?;
+        Ok(changes)
     }
 
     /// Rebuilds `metrics.jsonl` and `curves.svg` in `out` from the checkpoint's history, which

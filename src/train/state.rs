@@ -12,12 +12,13 @@
 //! large.
 
 use super::lr::LrSchedule;
+use super::recorded::Recorded;
 use crate::backend::Backend;
 use crate::data::loader::Normalization;
 use crate::data::DatasetKind;
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, Checkpoint, Tensor};
-use crate::io::metrics::EpochMetrics;
+use crate::io::metrics::{Change, EpochMetrics};
 use crate::ir::config::size_text;
 use crate::ir::{ModelConfig, Role};
 use crate::rng::Rng;
@@ -58,6 +59,8 @@ pub struct RunMeta {
     pub run_id: Option<String>,
     pub best_acc: f64,
     pub sums: EpochSums,
+    /// The settings that change the run's numbers (`recorded.rs`).
+    pub recorded: Recorded,
 }
 
 impl RunMeta {
@@ -120,7 +123,8 @@ impl RunMeta {
             seen: number("epoch_seen", whole, "a whole number >= 0")?,
         };
         let best_acc = number("best_acc", |x| (0.0..=1.0).contains(&x), "a number in [0, 1]")?;
-        Ok(RunMeta { batch, train_images, epochs, schedule, history, run_id, best_acc, sums })
+        let recorded = Recorded::read(path, ck)?;
+        Ok(RunMeta { batch, train_images, epochs, schedule, history, run_id, best_acc, sums, recorded })
     }
 
     /// The epoch's sums against the position in it: `steps` of `batch` images taken since the
@@ -164,7 +168,7 @@ pub fn is_run_id(v: &str) -> bool {
 }
 
 /// `metadata KEY 'VALUE' is invalid: expected ...`, naming the checkpoint; a long value is cut.
-fn bad_meta(path: &Path, ck: &Checkpoint, key: &str, expected: &str) -> Error {
+pub(super) fn bad_meta(path: &Path, ck: &Checkpoint, key: &str, expected: &str) -> Error {
     let value = ck.meta(key).unwrap_or_default();
     let shown = if value.len() > 40 { format!("{}...", &value[..value.floor_char_boundary(40)]) } else { value.into() };
     Error::checkpoint(path, format!("metadata {key} '{shown}' is invalid: expected {expected}"))
@@ -187,6 +191,10 @@ pub struct RunState<'a> {
     pub history: &'a [EpochMetrics],
     /// The run's identity ([`new_run_id`]).
     pub run_id: &'a str,
+    /// The settings that change the numbers, as `recorded::record` writes them.
+    pub recorded: &'a [(String, String)],
+    /// What a resume changed in the epoch in progress (empty at an epoch's end).
+    pub changes: &'a [Change],
 }
 
 impl RunState<'_> {
@@ -207,6 +215,11 @@ impl RunState<'_> {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(self.recorded.iter().cloned())
+        .chain(
+            (!self.changes.is_empty())
+                .then(|| ("changed".to_string(), serde_json::to_string(self.changes).expect("changes serialise"))),
+        )
         .collect()
     }
 

@@ -37,5 +37,6 @@ pub fn args(data: &Path, out: &Path) -> TrainArgs {
         bn_recal: 0,
         verbose: false,
         stop_after: None,
+        allow_changes: false,
     }
 }
