@@ -325,6 +325,7 @@ mod tests {
             keep: 1.0,
             test_loss_recal: None,
             test_acc_recal: None,
+            changed: vec![],
         }
     }
 
