@@ -1,7 +1,6 @@
 //! Printing that never panics: `println!` and friends panic when the write fails (stdout on a
 //! full disk, a pipe whose reader stopped, a closed terminal), which would lose a training run
-//! over its progress lines. [`outln!`](crate::outln), [`out!`](crate::out) and
-//! [`errln!`](crate::errln) write instead, and a failed write to stdout is remembered (later
+//! over its progress lines. `outln!`, `out!` and `errln!` (defined here) write instead, and a failed write to stdout is remembered (later
 //! stdout writes are skipped) for the binary to judge at exit: a reader that stopped (`EPIPE`,
 //! `sliceout plan | head -1`) is no failure; any other (`>/dev/full`) is said on stderr and makes
 //! the exit status 1, after the command has done everything else it does. A failed write to
