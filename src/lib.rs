@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! error, rng   the error type; seeded random streams
+//! say, oom     printing that never panics; one line instead of SIGABRT when memory runs out
 //! ir/          slices, layouts, conv shapes, model config, buffer and tensor descriptions
 //! io/          atomic writes, checkpoints, safetensors, metrics, SVG
 //! blas/        the CPU's GEMM
@@ -21,6 +22,10 @@
 //! cmd/         one file per command of the binary
 //! ```
 
+// First, so that its macros are in scope in every module after it.
+#[macro_use]
+pub mod say;
+
 pub mod backend;
 pub mod blas;
 pub mod cmd;
@@ -31,6 +36,7 @@ pub mod gpu;
 pub mod io;
 pub mod ir;
 pub mod model;
+pub mod oom;
 pub mod ops;
 pub mod plan;
 pub mod rng;

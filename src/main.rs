@@ -1,44 +1,67 @@
 //! The `sliceout` binary: parses the command line, runs the command, prints any error on one
 //! line and exits non-zero (130 after a Ctrl-C that stopped training).
+//!
+//! It never dies by a signal of its own making: SIGPIPE stays ignored (Rust's default) and
+//! SIGXFSZ is ignored, so a closed pipe or a file-size limit (`ulimit -f`) is a failed write
+//! that the code reports; running out of memory is one line and status 1 ([`sliceout::oom`]).
+//! A command whose stdout failed still does everything else (training trains and saves): a
+//! reader that went away (`sliceout plan | head -1`) leaves the status as it was; any other
+//! failure (`>/dev/full`) is said on stderr and makes it 1.
 
 use clap::Parser;
 use sliceout::cmd::{self, flags::Cli};
+use sliceout::{errln, say};
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: sliceout::oom::ExitOnOom = sliceout::oom::ExitOnOom;
+
 fn main() -> ExitCode {
-    restore_sigpipe();
+    ignore_file_size_signal();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
-            let _ = e.print();
+            // Help or version text that could not be written is lost, as for any command.
+            if let Err(lost) = e.print() {
+                if e.exit_code() == 0 && lost.kind() != std::io::ErrorKind::BrokenPipe {
+                    errln!("error: writing to standard output: {lost}");
+                    return ExitCode::FAILURE;
+                }
+            }
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    match cmd::run(cli) {
-        Ok(cmd::Done::Finished) => ExitCode::SUCCESS,
-        Ok(cmd::Done::Interrupted) => ExitCode::from(130),
+    let result = sliceout::backend::cpu::start_threads().and_then(|()| cmd::run(cli));
+    say::flush_stdout();
+    match result {
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             ExitCode::FAILURE
         }
+        Ok(_) if say::stdout_lost().is_some() => {
+            let e = say::stdout_lost().map_or(String::new(), |e| e.to_string());
+            errln!("error: writing to standard output: {e} (its output is lost; the command did all else it does)");
+            ExitCode::FAILURE
+        }
+        Ok(cmd::Done::Finished) => ExitCode::SUCCESS,
+        Ok(cmd::Done::Interrupted) => ExitCode::from(130),
     }
 }
 
-/// Output piped into a command that stops reading (`sliceout plan | head`) ends the process
-/// quietly, as it does for other command-line tools, instead of a panic on the failed write:
-/// Rust ignores SIGPIPE by default, so its default action is put back.
-fn restore_sigpipe() {
+/// A write past a file-size limit (`ulimit -f`) then fails with EFBIG, which the writes report
+/// naming the file, instead of SIGXFSZ killing the process with a temporary file left behind.
+fn ignore_file_size_signal() {
     #[cfg(unix)]
     {
         extern "C" {
             fn signal(signum: i32, handler: usize) -> usize;
         }
-        const SIGPIPE: i32 = 13;
-        const SIG_DFL: usize = 0;
-        // SAFETY: resetting a signal's disposition to the default has no preconditions.
+        const SIGXFSZ: i32 = 25;
+        const SIG_IGN: usize = 1;
+        // SAFETY: ignoring a signal has no preconditions.
         unsafe {
-            signal(SIGPIPE, SIG_DFL);
+            signal(SIGXFSZ, SIG_IGN);
         }
     }
 }

@@ -114,6 +114,40 @@ impl Execute for CpuBackend {
     }
 }
 
+/// Stack of each worker thread: Rust's default for spawned threads, set here so that a failure
+/// to start them can name it.
+const WORKER_STACK: usize = 2 << 20;
+
+/// Starts the CPU thread pool (rayon's global pool) with `RAYON_NUM_THREADS` threads, at most
+/// one per CPU thread available: more only slows every parallel op down, each waiting on
+/// threads that share a core, so a larger value is capped, saying so on stderr. A value that is
+/// no number is refused; 0 or none means one per CPU thread. Failing to start the threads (a
+/// memory limit such as `ulimit -v` leaves no room for their stacks) is an error, not a panic.
+pub fn start_threads() -> Result<()> {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match std::env::var("RAYON_NUM_THREADS") {
+        Err(_) => available,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(0) => available,
+            Ok(n) if n > available => {
+                errln!("RAYON_NUM_THREADS={n} is more than the {available} CPU threads available: using {available} threads");
+                available
+            }
+            Ok(n) => n,
+            Err(_) => {
+                return Err(Error::flag("RAYON_NUM_THREADS", v, "a number of threads (0 or unset: one per CPU thread)"))
+            }
+        },
+    };
+    rayon::ThreadPoolBuilder::new().num_threads(threads).stack_size(WORKER_STACK).build_global().map_err(|e| {
+        Error::Msg(format!(
+            "cannot start {threads} CPU worker threads ({:.0} MiB of stack each): {e} (a process memory limit such as \
+             ulimit -v may be the cause; RAYON_NUM_THREADS sets fewer)",
+            mib(WORKER_STACK)
+        ))
+    })
+}
+
 /// Byte offset and length (in elements of its type) of buffer `buf`.
 fn span(p: &Program, buf: usize) -> (usize, usize) {
     let (words, len) = p.locs[buf];

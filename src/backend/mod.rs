@@ -154,16 +154,19 @@ fn address_space_left(limits: &str, status: &str) -> Option<usize> {
 }
 
 /// Picks the backend and says which on one line: `auto` takes CUDA when the driver loads and a
-/// device exists, else the CPU; `cuda` without a usable GPU is an error.
+/// device exists, else the CPU (a broken driver named in that line); `cuda` without a usable GPU
+/// is an error.
 pub fn open(choice: DeviceChoice, math: Math, verbose: bool) -> Result<Box<dyn Backend>> {
-    let (b, why): (Box<dyn Backend>, &str) = match choice {
-        DeviceChoice::Cuda => (Box::new(CudaBackend::new(math)?), ""),
-        DeviceChoice::Cpu => (Box::new(CpuBackend::new()), ""),
-        DeviceChoice::Auto if crate::gpu::available() => (Box::new(CudaBackend::new(math)?), " (auto: GPU found)"),
-        DeviceChoice::Auto => (Box::new(CpuBackend::new()), " (auto: no usable CUDA driver or GPU)"),
+    let (b, why): (Box<dyn Backend>, String) = match choice {
+        DeviceChoice::Cuda => (Box::new(CudaBackend::new(math)?), String::new()),
+        DeviceChoice::Cpu => (Box::new(CpuBackend::new()), String::new()),
+        DeviceChoice::Auto => match crate::gpu::auto_fallback() {
+            Ok(()) => (Box::new(CudaBackend::new(math)?), " (auto: GPU found)".into()),
+            Err(why) => (Box::new(CpuBackend::new()), format!(" (auto: {why})")),
+        },
     };
     if verbose {
-        println!("device: {}{why}", b.name());
+        outln!("device: {}{why}", b.name());
     }
     Ok(b)
 }

@@ -191,15 +191,15 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let runs: Vec<(f64, Precision)> =
         precisions.iter().flat_map(|&p| f.keep.iter().map(move |&keep| (keep, p))).collect();
     let rows = measure(&mut make, &config, batch, &runs, timing, Options { target, ..memory })?;
-    print!("{}", table(&config, batch, &name, &rows));
+    out!("{}", table(&config, batch, &name, &rows));
     if target == Target::Cuda {
         let how = match memory.input_grad {
             InputGrad::Conv => "conv (--input-grad; on the layers that allow it, col2im elsewhere)",
             InputGrad::Col2im => "col2im (--input-grad)",
         };
-        println!("input gradients: {how}");
+        outln!("input gradients: {how}");
         if memory.winograd {
-            println!("3x3 stride-1 convolutions: Winograd F(2x2, 3x3) in the fp32 runs (--winograd), im2col in bf16");
+            outln!("3x3 stride-1 convolutions: Winograd F(2x2, 3x3) in the fp32 runs (--winograd), im2col in bf16");
         }
     }
     if let Some(o) = overheads {
@@ -209,7 +209,7 @@ pub fn command(f: &BenchFlags) -> Result<()> {
         let rest: Vec<f64> =
             rows.iter().filter_map(|r| r.overhead_bytes()).map(|b| mib(b) - mib(o.context + o.workspaces)).collect();
         let (lo, hi) = rest.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-        println!(
+        outln!(
             "device MiB = plan (arena + persistent) + overhead; overhead = CUDA context with our kernels \
              ({:.1} MiB in use before our first allocation) + cuBLAS workspace and reduction scratch ({:.1} MiB) \
              + cuBLAS's handle and the GEMM kernels it loads on first use, with the resident batch ({:.1} to {:.1} MiB)",

@@ -10,6 +10,6 @@ pub fn synth(out: &Path, train: usize, test: usize, seed: u64, force: bool) -> R
         return Err(Error::flag("--out", out.display(), expected));
     }
     crate::data::synth::write_synthetic(out, train, test, seed, force)?;
-    println!("wrote {train} training and {test} test images (CIFAR-10 binary format) to {}", out.display());
+    outln!("wrote {train} training and {test} test images (CIFAR-10 binary format) to {}", out.display());
     Ok(())
 }

@@ -28,9 +28,9 @@ pub fn command(f: &EvalFlags) -> Result<()> {
         precision: Precision::parse(&f.precision)?,
     })?;
     let config = e.config;
-    println!("{} keep {:.2}: test loss {:.4}  test accuracy {:.2}%", config.name(), config.keep, e.loss, 100.0 * e.acc);
+    outln!("{} keep {:.2}: test loss {:.4}  test accuracy {:.2}%", config.name(), config.keep, e.loss, 100.0 * e.acc);
     if let Some((loss, acc, batches)) = e.recalibrated {
-        println!(
+        outln!(
             "with BN recalibrated over {batches} training batches: test loss {loss:.4}  test accuracy {:.2}%",
             100.0 * acc
         );
@@ -49,7 +49,7 @@ pub fn command(f: &EvalFlags) -> Result<()> {
             metadata: Default::default(),
         };
         safetensors::save(path, &file)?;
-        println!("logits of {images} test images written to {}", path.display());
+        outln!("logits of {images} test images written to {}", path.display());
     }
     Ok(())
 }

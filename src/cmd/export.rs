@@ -38,7 +38,7 @@ pub fn command(f: &ExportFlags) -> Result<()> {
             export::save_safetensors(&f.out, &f.checkpoint, &ck)?;
             let params: usize =
                 export::weights::model_tensors(&c).iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum();
-            println!(
+            outln!(
                 "wrote {}: {} ({:.2} M parameters, BN running statistics, metadata), keep {:.2}",
                 f.out.display(),
                 c.name(),
@@ -48,7 +48,7 @@ pub fn command(f: &ExportFlags) -> Result<()> {
         }
         ExportFormat::Onnx => {
             export::save_onnx(&f.out, &f.checkpoint, &ck)?;
-            println!(
+            outln!(
                 "wrote {}: {} test-time network, ONNX opset {}; input {} float32 (N, {}, 32, 32) in 0..1, output {} (N, {})",
                 f.out.display(),
                 c.name(),

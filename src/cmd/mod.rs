@@ -51,7 +51,7 @@ pub fn run(cli: Cli) -> Result<Done> {
         Some(Command::Train(f)) => train::command(f),
         Some(Command::Eval(f)) => finished(eval::command(&f)),
         Some(Command::Export(f)) => finished(export::command(&f)),
-        Some(Command::Plan(f)) => finished(plan::command(&f).map(|text| print!("{text}"))),
+        Some(Command::Plan(f)) => finished(plan::command(&f).map(|text| out!("{text}"))),
         Some(Command::Profile(f)) => finished(profile::command(&f)),
         Some(Command::Bench(f)) => finished(bench::command(&f)),
         Some(Command::Selftest(f)) => finished(selftest::command(&f)),

@@ -286,12 +286,12 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         crate::io::write_atomic(path, trace(&all).as_bytes())?;
     }
     match f.format {
-        Format::Json => println!("{}", serde_json::json!({"profile": main, "compare": other})),
-        Format::Text | Format::Svg => print!("{}", text(&main, other.as_ref())),
+        Format::Json => outln!("{}", serde_json::json!({"profile": main, "compare": other})),
+        Format::Text | Format::Svg => out!("{}", text(&main, other.as_ref())),
     }
     if let Some(path) = &f.trace {
         if f.format == Format::Text {
-            println!("trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)", path.display());
+            outln!("trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)", path.display());
         }
     }
     Ok(())

@@ -38,18 +38,18 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
         (Precision::Fp32, Math::Fp32) => 1e-5,
     };
     let mut cpu = CpuBackend::reference();
-    println!(
+    outln!(
         "{} ops on {} against the CPU (max relative error, tolerance {tol:.1e})",
         precision.as_str(),
         backend.name()
     );
     let checks = selftest::op_checks(&mut cpu, &mut *backend, tol, precision);
     for c in &checks {
-        println!("{:60} {:10.2e}  {}", c.op, c.max_rel_err, if c.pass { "ok" } else { "FAIL" });
+        outln!("{:60} {:10.2e}  {}", c.op, c.max_rel_err, if c.pass { "ok" } else { "FAIL" });
     }
     let op_failed = checks.iter().filter(|c| !c.pass).count();
     if precision == Precision::Bf16 {
-        println!("\nselftest --precision bf16: {} passed, {op_failed} failed", checks.len() - op_failed);
+        outln!("\nselftest --precision bf16: {} passed, {op_failed} failed", checks.len() - op_failed);
         if op_failed > 0 {
             return Err(Error::Msg(format!("selftest --precision bf16: {op_failed} op checks failed")));
         }
@@ -66,11 +66,11 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
         fp32 = backend::open(f.device.into(), Math::Fp32, false)?;
         &mut *fp32
     };
-    println!("\nPyTorch reference (WRN-10-2, batch 4) on {}: relative error per tensor", on.name());
+    outln!("\nPyTorch reference (WRN-10-2, batch 4) on {}: relative error per tensor", on.name());
     let rows = reference::check(on)?;
     let ref_failed = reference::print(&rows);
     let (total, failed) = (checks.len() + rows.len(), op_failed + ref_failed);
-    println!("\nselftest: {} passed, {} failed", total - failed, failed);
+    outln!("\nselftest: {} passed, {} failed", total - failed, failed);
     if failed > 0 {
         return Err(Error::Msg(format!("selftest: {op_failed} op checks and {ref_failed} reference tensors failed")));
     }
@@ -101,7 +101,7 @@ fn full(backend: &mut dyn Backend, math: Math, options: Options) -> Result<()> {
     let (config, batch) = full::config();
     let tol = full_tolerance(math, backend.target(), options.precision);
     let mut cpu = CpuBackend::reference();
-    println!(
+    outln!(
         "{} batch {batch} keep {:.2} (every slice wrapping), one {} training step on {} against the CPU \
          (input gradients: {}{}; relative error per op, tolerance {tol:.1e})",
         config.name(),
@@ -114,7 +114,7 @@ fn full(backend: &mut dyn Backend, math: Math, options: Options) -> Result<()> {
     let rows = full::full_step(&mut cpu, backend, &config, batch, options)?;
     let failed: Vec<&full::FullRow> = rows.iter().filter(|r| r.max_rel_err.is_nan() || r.max_rel_err > tol).collect();
     for r in &rows {
-        println!(
+        outln!(
             "{:44} {:10.2e}  {}",
             r.name,
             r.max_rel_err,
@@ -122,7 +122,7 @@ fn full(backend: &mut dyn Backend, math: Math, options: Options) -> Result<()> {
         );
     }
     let worst = rows.iter().map(|r| r.max_rel_err).fold(0f64, f64::max);
-    println!("\nselftest --full: {} passed, {} failed (worst {worst:.2e})", rows.len() - failed.len(), failed.len());
+    outln!("\nselftest --full: {} passed, {} failed (worst {worst:.2e})", rows.len() - failed.len(), failed.len());
     if !failed.is_empty() {
         return Err(Error::Msg(format!(
             "selftest --full: {} of {} comparisons over {tol:.0e}",

@@ -37,9 +37,9 @@ pub fn command(f: TrainFlags) -> Result<Done> {
     if fresh_folder {
         args.out = folder::new_timestamped(Path::new("runs"))?;
     }
-    println!("output: {}", args.out.display());
+    outln!("output: {}", args.out.display());
     if let Some(init) = &args.init {
-        println!("initial weights: {}", init.display());
+        outln!("initial weights: {}", init.display());
     }
     train::catch_interrupt();
     let summary = match train::train(&args) {
@@ -53,11 +53,11 @@ pub fn command(f: TrainFlags) -> Result<Done> {
     };
     if let Some(step) = summary.stopped_at {
         let ck = args.out.join("last.ckpt");
-        println!("stopped after step {step}; checkpoint {}", ck.display());
-        println!("resume with: {}", resume_command(&args));
+        outln!("stopped after step {step}; checkpoint {}", ck.display());
+        outln!("resume with: {}", resume_command(&args));
         return Ok(Done::Interrupted);
     }
-    println!(
+    outln!(
         "done: best test accuracy {:.2}%; metrics, curves.svg and checkpoints in {}",
         100.0 * summary.best_acc,
         summary.out.display()
@@ -103,7 +103,7 @@ fn data_folder(f: &TrainFlags, resumed: Option<&RunMeta>) -> Result<(PathBuf, bo
         (Some(d), _, _) => (d.clone(), false),
         (None, Some(meta), Some(ck)) => match &meta.recorded.data {
             Some(d) => {
-                println!("data: {} (the run's, recorded in {})", d.display(), ck.display());
+                outln!("data: {} (the run's, recorded in {})", d.display(), ck.display());
                 (d.clone(), false)
             }
             None => {
@@ -113,7 +113,7 @@ fn data_folder(f: &TrainFlags, resumed: Option<&RunMeta>) -> Result<(PathBuf, bo
             }
         },
         (None, ..) if Path::new(CIFAR).join("data_batch_1.bin").exists() => {
-            println!("using CIFAR-10 from {CIFAR}");
+            outln!("using CIFAR-10 from {CIFAR}");
             (PathBuf::from(CIFAR), false)
         }
         (None, ..) => (PathBuf::from(SYNTHETIC), true),
@@ -123,11 +123,11 @@ fn data_folder(f: &TrainFlags, resumed: Option<&RunMeta>) -> Result<(PathBuf, bo
 /// Generates the demo's synthetic set in `dir` unless it is complete.
 fn prepare_demo_data(dir: &Path) -> Result<()> {
     if !dir.join("test_batch.bin").exists() {
-        println!("no --data and no {CIFAR}: generating a synthetic CIFAR-format dataset in {}", dir.display());
+        outln!("no --data and no {CIFAR}: generating a synthetic CIFAR-format dataset in {}", dir.display());
         // The demo's own folder: what an interrupted generation left is replaced.
         data::synth::write_synthetic(dir, 5000, 1000, 0, true)?;
     }
-    println!("training a small WRN on {} (a demo of a couple of minutes; see data/README.md for CIFAR)", dir.display());
+    outln!("training a small WRN on {} (a demo of a couple of minutes; see data/README.md for CIFAR)", dir.display());
     Ok(())
 }
 
@@ -270,7 +270,7 @@ fn auto_batch(args: &TrainArgs, cap: Option<usize>) -> Result<usize> {
     let place = if target == Target::Cuda { "free on the GPU" } else { "available in host memory" };
     match fit::largest_power_of_two(&config, options, free, resident + workspace + margin, cap) {
         Some((batch, bytes)) => {
-            println!(
+            outln!(
                 "batch auto: {batch}, the largest power of two up to {cap} whose step ({:.0} MiB planned) fits the \
                  {:.0} MiB {place} less the dataset ({:.0} MiB) and a margin ({:.0} MiB)",
                 mib(bytes),

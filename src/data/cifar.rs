@@ -3,11 +3,12 @@
 //! CIFAR-10 records are 3073 bytes: a label (0..10) then 3072 pixel bytes (1024 red, 1024 green,
 //! 1024 blue, rows top to bottom). CIFAR-100 records are 3074 bytes: a coarse label (0..20), a
 //! fine label (0..100), then the same 3072 pixels. The pixel planes are already in the layout a
-//! `Split` stores, so reading is one copy per record out of a memory map, and only the records
-//! a limit asks for are touched.
+//! `Split` stores, so reading is one copy per record, and only the records a limit asks for are
+//! read.
 
-use super::{map_file, Split};
+use super::{read_error, DataFile, Split};
 use crate::{Error, Result};
+use std::io::Read;
 use std::path::Path;
 
 /// Pixel bytes of one CIFAR image (3 planes of 32x32).
@@ -15,24 +16,26 @@ pub const IMAGE_BYTES: usize = 3 * super::PLANE;
 pub const CIFAR10_RECORD: usize = 1 + IMAGE_BYTES;
 pub const CIFAR100_RECORD: usize = 2 + IMAGE_BYTES;
 
-/// Checks that `bytes` (the contents of `path`) is a non-empty whole number of records.
-fn check_records(path: &Path, bytes: &[u8], record: usize) -> Result<usize> {
-    if bytes.is_empty() {
+/// Checks that `len` bytes (the size of `path`) are a non-empty whole number of records.
+fn check_records(path: &Path, len: u64, record: usize) -> Result<usize> {
+    if len == 0 {
         return Err(Error::data(path, "empty file"));
     }
-    if !bytes.len().is_multiple_of(record) {
+    let record = record as u64;
+    if !len.is_multiple_of(record) {
         return Err(Error::data(
             path,
             format!(
                 "size {} bytes is not a whole number of {record}-byte records \
                  ({} whole records and {} bytes left over; truncated or not a CIFAR file?)",
-                bytes.len(),
-                bytes.len() / record,
-                bytes.len() % record
+                len,
+                len / record,
+                len % record
             ),
         ));
     }
-    Ok(bytes.len() / record)
+    // More records than memory can index cannot be read whole anyway; the limit caps them.
+    Ok(usize::try_from(len / record).unwrap_or(usize::MAX))
 }
 
 fn check_label(path: &Path, index: usize, what: &str, label: u8, classes: usize) -> Result<()> {
@@ -48,13 +51,15 @@ fn check_label(path: &Path, index: usize, what: &str, label: u8, classes: usize)
     Ok(())
 }
 
-/// Appends the first `limit` CIFAR-10 records in `bytes` (the contents of `path`) to `split`;
-/// the file's size is checked whole, the labels of the records read.
-pub(crate) fn parse_cifar10(split: &mut Split, path: &Path, bytes: &[u8], limit: usize) -> Result<()> {
-    let n = check_records(path, bytes, CIFAR10_RECORD)?.min(limit);
+/// Appends the first `limit` CIFAR-10 records of `src` (the contents of `path`, `len` bytes) to
+/// `split`; the file's size is checked whole, the labels of the records read.
+pub(crate) fn parse_cifar10(split: &mut Split, path: &Path, len: u64, src: &mut impl Read, limit: usize) -> Result<()> {
+    let n = check_records(path, len, CIFAR10_RECORD)?.min(limit);
     super::reserve_images(path, &mut split.images, n, IMAGE_BYTES)?;
     split.labels.reserve(n);
-    for (i, rec) in bytes.chunks_exact(CIFAR10_RECORD).take(n).enumerate() {
+    let mut rec = [0u8; CIFAR10_RECORD];
+    for i in 0..n {
+        src.read_exact(&mut rec).map_err(|e| read_error(path, e, "cannot read"))?;
         check_label(path, i, "label", rec[0], 10)?;
         split.labels.push(rec[0]);
         split.images.extend_from_slice(&rec[1..]);
@@ -64,25 +69,27 @@ pub(crate) fn parse_cifar10(split: &mut Split, path: &Path, bytes: &[u8], limit:
 }
 
 /// Reads and concatenates the first `limit` images of CIFAR-10 batch files, in the order given
-/// (every file must be there and whole; the pages of images past the limit are never read).
+/// (every file must be there and whole; the images past the limit are never read).
 pub fn read_cifar10(paths: &[impl AsRef<Path>], limit: usize) -> Result<Split> {
     let mut split = Split::default();
     for p in paths {
-        let map = map_file(p.as_ref())?;
+        let file = DataFile::open(p.as_ref())?;
         let left = limit - split.len;
-        parse_cifar10(&mut split, p.as_ref(), &map, left)?;
+        parse_cifar10(&mut split, p.as_ref(), file.len, &mut file.buffered(), left)?;
     }
     Ok(split)
 }
 
-/// The first `limit` CIFAR-100 records in `bytes` (the contents of `path`), keeping the coarse
-/// (20-class) or fine (100-class) labels. Both labels are checked either way: a bad one means a
-/// bad record.
-pub(crate) fn parse_cifar100(path: &Path, bytes: &[u8], coarse: bool, limit: usize) -> Result<Split> {
-    let n = check_records(path, bytes, CIFAR100_RECORD)?.min(limit);
+/// The first `limit` CIFAR-100 records of `src` (the contents of `path`, `len` bytes), keeping
+/// the coarse (20-class) or fine (100-class) labels. Both labels are checked either way: a bad
+/// one means a bad record.
+pub(crate) fn parse_cifar100(path: &Path, len: u64, src: &mut impl Read, coarse: bool, limit: usize) -> Result<Split> {
+    let n = check_records(path, len, CIFAR100_RECORD)?.min(limit);
     let mut split = Split { images: Vec::new(), labels: Vec::with_capacity(n), len: n };
     super::reserve_images(path, &mut split.images, n, IMAGE_BYTES)?;
-    for (i, rec) in bytes.chunks_exact(CIFAR100_RECORD).take(n).enumerate() {
+    let mut rec = [0u8; CIFAR100_RECORD];
+    for i in 0..n {
+        src.read_exact(&mut rec).map_err(|e| read_error(path, e, "cannot read"))?;
         check_label(path, i, "coarse label", rec[0], 20)?;
         check_label(path, i, "fine label", rec[1], 100)?;
         split.labels.push(if coarse { rec[0] } else { rec[1] });
@@ -93,8 +100,8 @@ pub(crate) fn parse_cifar100(path: &Path, bytes: &[u8], coarse: bool, limit: usi
 
 /// Reads the first `limit` images of one CIFAR-100 file (`train.bin` or `test.bin`).
 pub fn read_cifar100(path: &Path, coarse: bool, limit: usize) -> Result<Split> {
-    let map = map_file(path)?;
-    parse_cifar100(path, &map, coarse, limit)
+    let file = DataFile::open(path)?;
+    parse_cifar100(path, file.len, &mut file.buffered(), coarse, limit)
 }
 
 #[cfg(test)]

@@ -3,14 +3,14 @@
 //! Images: big-endian header `0x00000803, n, rows, cols`, then `n*rows*cols` bytes. Labels:
 //! `0x00000801, n`, then `n` bytes. Only 28x28 images are accepted; each is zero-padded by 2
 //! pixels on every side to 32x32 with one channel, so the rest of the crate sees the CIFAR
-//! geometry. Raw files are memory-mapped; gzip is recognised by its magic bytes (whatever the
+//! geometry. Files are read as streams (never memory-mapped); gzip is recognised by its magic bytes (whatever the
 //! name) and decompressed as a stream, image by image, never past what the header announces.
 //! Only the images a limit asks for are kept (and their labels checked).
 
-use super::{map_file, Split, PLANE};
+use super::{read_error, DataFile, Split, PLANE};
 use crate::{Error, Result};
 use byteorder::{BigEndian, ByteOrder};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 /// The four files, without the optional `.gz`.
@@ -24,7 +24,7 @@ const SIDE: usize = 28;
 const PAD: usize = (32 - SIDE) / 2;
 
 /// `dir/name`, else `dir/name.gz`; missing if neither exists. Anything at the path counts, so
-/// that a folder or a FIFO of that name is reported as such by [`map_file`].
+/// that a folder or a FIFO of that name is reported as such by [`DataFile::open`].
 fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     let raw = dir.join(name);
     if raw.exists() {
@@ -55,12 +55,19 @@ struct Body<'a> {
 }
 
 impl<'a> Body<'a> {
-    fn new(path: &'a Path, raw: &'a [u8]) -> Body<'a> {
-        if raw.starts_with(&[0x1f, 0x8b]) {
-            Body { path, reader: Box::new(flate2::read::MultiGzDecoder::new(raw)), raw_len: None }
+    /// The stream of `src`, the `len` bytes of `path`.
+    fn new(path: &'a Path, mut src: impl BufRead + 'a, len: u64) -> Result<Body<'a>> {
+        let head = src.fill_buf().map_err(|e| read_error(path, e, "cannot read"))?;
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Ok(Body { path, reader: Box::new(flate2::bufread::MultiGzDecoder::new(src)), raw_len: None })
         } else {
-            Body { path, reader: Box::new(raw), raw_len: Some(raw.len() as u64) }
+            Ok(Body { path, reader: Box::new(src), raw_len: Some(len) })
         }
+    }
+
+    /// The error for a failed read of the stream.
+    fn error(&self, e: std::io::Error) -> Error {
+        read_error(self.path, e, if self.raw_len.is_some() { "cannot read" } else { "cannot decompress gzip data" })
     }
 
     /// Fills as much of `buf` as the stream holds; returns how much that was.
@@ -71,7 +78,7 @@ impl<'a> Body<'a> {
                 Ok(0) => break,
                 Ok(k) => got += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::data(self.path, format!("cannot decompress gzip data: {e}"))),
+                Err(e) => return Err(self.error(e)),
             }
         }
         Ok(got)
@@ -79,8 +86,7 @@ impl<'a> Body<'a> {
 
     /// Reads and discards up to `n` bytes; returns how many there were.
     fn skip(&mut self, n: u64) -> Result<u64> {
-        std::io::copy(&mut (&mut self.reader).take(n), &mut std::io::sink())
-            .map_err(|e| Error::data(self.path, format!("cannot decompress gzip data: {e}")))
+        std::io::copy(&mut (&mut self.reader).take(n), &mut std::io::sink()).map_err(|e| self.error(e))
     }
 
     /// The error for a stream that ended after `read` of the `expected` data bytes.
@@ -159,22 +165,21 @@ fn truncated(path: &Path, data: u64, expected: u64, what: &str) -> Error {
 pub fn read_split(dir: &Path, prefix: &str, limit: usize) -> Result<Split> {
     let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-    let images = map_file(&images_path)?;
-    let labels = map_file(&labels_path)?;
-    parse_split(&images_path, &images, &labels_path, &labels, limit)
+    let images = DataFile::open(&images_path)?;
+    let labels = DataFile::open(&labels_path)?;
+    let (images_len, labels_len) = (images.len, labels.len);
+    parse_split((&images_path, images_len, images.buffered()), (&labels_path, labels_len, labels.buffered()), limit)
 }
 
-/// The first `limit` images of the split held by an images file and a labels file (raw or
-/// gzip contents, with their paths for messages), padded to 32x32: checks headers, sizes and
-/// the labels read.
+/// The first `limit` images of the split held by an images file and a labels file (each its
+/// path, its length in bytes and its raw or gzip contents), padded to 32x32: checks headers,
+/// sizes and the labels read.
 pub(crate) fn parse_split(
-    images_path: &Path,
-    images_raw: &[u8],
-    labels_path: &Path,
-    labels_raw: &[u8],
+    (images_path, images_len, images_src): (&Path, u64, impl BufRead),
+    (labels_path, labels_len, labels_src): (&Path, u64, impl BufRead),
     limit: usize,
 ) -> Result<Split> {
-    let mut body = Body::new(images_path, images_raw);
+    let mut body = Body::new(images_path, images_src, images_len)?;
     let mut head = [0u8; 16];
     let got = body.fill(&mut head)?;
     check_magic(images_path, &head[..got], 16, IMAGES_MAGIC, "images")?;
@@ -203,7 +208,7 @@ pub(crate) fn parse_split(
         if got < image.len() {
             return Err(body.truncated(16, (i * image.len() + got) as u64, expected, &what));
         }
-        if out.try_reserve(PLANE).is_err() {
+        if crate::oom::fallible(|| out.try_reserve(PLANE)).is_err() {
             super::reserve_images(images_path, &mut out, keep, PLANE)?;
         }
         // Zero-pad the 28x28 image into the middle of a 32x32 plane.
@@ -216,7 +221,7 @@ pub(crate) fn parse_split(
     }
     body.check_rest(16, (keep * SIDE * SIDE) as u64, expected, &what, keep == n)?;
 
-    let mut body = Body::new(labels_path, labels_raw);
+    let mut body = Body::new(labels_path, labels_src, labels_len)?;
     let mut head = [0u8; 8];
     let got = body.fill(&mut head)?;
     check_magic(labels_path, &head[..got], 8, LABELS_MAGIC, "labels")?;

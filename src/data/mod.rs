@@ -6,7 +6,7 @@
 //! images are zero-padded to 32x32 with one channel. Readers check every byte they depend on
 //! and report bad files as `Error::Data` naming the file; nothing here panics on bad input.
 //!
-//! - `cifar`: CIFAR-10 / CIFAR-100 binary batches (memory-mapped).
+//! - `cifar`: CIFAR-10 / CIFAR-100 binary batches.
 //! - `idx`: Fashion-MNIST / MNIST IDX files, raw or gzip.
 //! - `loader`: normalisation statistics, epoch shuffles, batch filling with augmentation.
 //! - `synth`: a small synthetic dataset written in the CIFAR-10 format, for tests and demos.
@@ -20,6 +20,7 @@ use crate::io::NotAFile;
 use crate::{Error, Result};
 use std::fmt;
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -199,31 +200,96 @@ pub fn load_limited(dir: &Path, kind: Option<DatasetKind>, coarse: bool, limits:
     }
 }
 
-/// A read-only, memory-mapped file. Missing, empty and non-regular files are reported here:
-/// "missing" should read as such, not as an OS error; mapping an empty file fails on some
-/// systems; opening a FIFO would wait forever for a writer, and a folder or a device (say
-/// `/dev/zero`) is not a data file whatever its size reads as.
-pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
-    match crate::io::regular_file_len(path, "data file") {
-        Ok(_) => {}
-        Err(NotAFile::Missing) => return Err(Error::data(path, "missing file")),
-        Err(NotAFile::Other(msg)) => return Err(Error::data(path, msg)),
+/// A data file opened for reading, with its length when opened. Missing, empty and non-regular
+/// files are reported here: "missing" should read as such, not as an OS error; opening a FIFO
+/// would wait forever for a writer, and a folder or a device (say `/dev/zero`) is not a data
+/// file whatever its size reads as.
+///
+/// It is read, not memory-mapped: a mapped file that shrinks under the reader (another process
+/// truncating it) kills the process with SIGBUS, while a read just ends early. Reading stops at
+/// the length taken when opened, and ending before it is an error naming the file.
+pub(crate) struct DataFile {
+    pub len: u64,
+    file: File,
+    read: u64,
+}
+
+/// Why a [`DataFile`] read failed when the file shrank (carried inside an `io::Error`).
+#[derive(Debug)]
+struct Shrank {
+    len: u64,
+    read: u64,
+}
+
+impl fmt::Display for Shrank {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the file shrank while it was read ({} bytes when opened, it ended after {}): another process changed it",
+            self.len, self.read
+        )
     }
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len == 0 {
-        return Err(Error::data(path, "empty file"));
+}
+
+impl std::error::Error for Shrank {}
+
+impl DataFile {
+    pub fn open(path: &Path) -> Result<DataFile> {
+        match crate::io::regular_file_len(path, "data file") {
+            Ok(_) => {}
+            Err(NotAFile::Missing) => return Err(Error::data(path, "missing file")),
+            Err(NotAFile::Other(msg)) => return Err(Error::data(path, msg)),
+        }
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            return Err(Error::data(path, "empty file"));
+        }
+        Ok(DataFile { len, file, read: 0 })
     }
-    // SAFETY: the map is read-only and copied out at once; a file changed by another process
-    // while it is read can give wrong bytes, which the readers' checks treat like bad data.
-    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+
+    /// The file behind a buffer of `READ_BUFFER` bytes, for readers that take small pieces.
+    pub fn buffered(self) -> std::io::BufReader<DataFile> {
+        std::io::BufReader::with_capacity(READ_BUFFER, self)
+    }
+}
+
+/// Bytes read from a data file at a time.
+const READ_BUFFER: usize = 1 << 20;
+
+impl Read for DataFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len - self.read;
+        if left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = self.file.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                Shrank { len: self.len, read: self.read },
+            ));
+        }
+        self.read += got as u64;
+        Ok(got)
+    }
+}
+
+/// The error for a failed read of `path`: a shrunken file said as such, anything else after
+/// `what` (e.g. "cannot read").
+pub(crate) fn read_error(path: &Path, e: std::io::Error, what: &str) -> Error {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Shrank>()) {
+        Some(shrank) => Error::data(path, shrank.to_string()),
+        None => Error::data(path, format!("{what}: {e}")),
+    }
 }
 
 /// Reserves room in `images` for `count` more images of `each` bytes, or says that memory is
 /// short, naming the file and the flags that read fewer.
 pub(crate) fn reserve_images(path: &Path, images: &mut Vec<u8>, count: usize, each: usize) -> Result<()> {
     let bytes = count.checked_mul(each);
-    let reserved = bytes.map(|b| images.try_reserve_exact(b));
+    let reserved = bytes.map(|b| crate::oom::fallible(|| images.try_reserve_exact(b)));
     if matches!(reserved, Some(Ok(()))) {
         return Ok(());
     }
@@ -359,6 +425,58 @@ mod tests {
         assert!(msg.contains("train.bin: is a folder"), "{msg}");
     }
 
+    /// A data file that shrinks after it is opened (another process truncating it while it is
+    /// read) is an error naming it, for CIFAR, raw IDX and gzip IDX files alike: read through a
+    /// memory map, this died by SIGBUS.
+    #[test]
+    fn a_file_shrinking_while_read_is_named() {
+        let shrink =
+            |p: &Path, len: u64| std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len).unwrap();
+        let tmp = TempDir::new("shrink-c10");
+        cifar::tests::write_cifar10_dir(tmp.path(), 3, 2);
+        let p = tmp.path().join("data_batch_1.bin");
+        let file = DataFile::open(&p).unwrap();
+        let len = file.len;
+        shrink(&p, cifar::CIFAR10_RECORD as u64 + 10);
+        let mut split = Split::default();
+        let msg = cifar::parse_cifar10(&mut split, &p, len, &mut file.buffered(), usize::MAX).unwrap_err().to_string();
+        assert!(msg.starts_with(&p.display().to_string()) && msg.contains("shrank"), "{msg}");
+        assert!(
+            msg.contains(&format!("{len} bytes when opened, it ended after {}", cifar::CIFAR10_RECORD + 10)),
+            "{msg}"
+        );
+
+        for gz in [false, true] {
+            let tmp = TempDir::new("shrink-idx");
+            idx::tests::write_idx_dir(tmp.path(), 40, 2, gz);
+            let ext = if gz { ".gz" } else { "" };
+            let images = tmp.path().join(format!("{}{ext}", idx::FILES[0]));
+            let labels = tmp.path().join(format!("{}{ext}", idx::FILES[1]));
+            let (fi, fl) = (DataFile::open(&images).unwrap(), DataFile::open(&labels).unwrap());
+            let (li, ll) = (fi.len, fl.len);
+            shrink(&images, li / 2);
+            let got = idx::parse_split((&images, li, fi.buffered()), (&labels, ll, fl.buffered()), usize::MAX);
+            let msg = got.unwrap_err().to_string();
+            assert!(msg.starts_with(&images.display().to_string()) && msg.contains("shrank"), "{msg}");
+        }
+    }
+
+    /// A file that grows after it is opened is read to its length when opened.
+    #[test]
+    fn a_file_growing_while_read_is_read_as_opened() {
+        let tmp = TempDir::new("grow");
+        cifar::tests::write_cifar10_dir(tmp.path(), 3, 2);
+        let p = tmp.path().join("test_batch.bin");
+        let file = DataFile::open(&p).unwrap();
+        let len = file.len;
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.extend(bytes.clone());
+        std::fs::write(&p, &bytes).unwrap();
+        let mut split = Split::default();
+        cifar::parse_cifar10(&mut split, &p, len, &mut file.buffered(), usize::MAX).unwrap();
+        assert_eq!(split.len, 2);
+    }
+
     #[test]
     fn missing_folder_is_named_with_expected_files() {
         let dir = std::env::temp_dir().join("sliceout-data-surely-not-here-3141");
@@ -454,6 +572,11 @@ mod tests {
         }
     }
 
+    /// A file's path, length and contents as the IDX parser takes them.
+    fn mem(file: &(std::path::PathBuf, Vec<u8>)) -> (&Path, u64, &[u8]) {
+        (&file.0, file.1.len() as u64, &file.1[..])
+    }
+
     /// What `load_limited` does after reading the files, on in-memory contents (sorted by name).
     fn load_mem(
         kind: DatasetKind,
@@ -467,22 +590,24 @@ mod tests {
                 let mut train = Split::default();
                 for (p, b) in &files[..5] {
                     let left = limit - train.len;
-                    cifar::parse_cifar10(&mut train, p, b, left)?;
+                    cifar::parse_cifar10(&mut train, p, b.len() as u64, &mut &b[..], left)?;
                 }
                 let mut test = Split::default();
-                cifar::parse_cifar10(&mut test, &files[5].0, &files[5].1, limit)?;
+                cifar::parse_cifar10(&mut test, &files[5].0, files[5].1.len() as u64, &mut &files[5].1[..], limit)?;
                 (train, test, 10, 3)
             }
             DatasetKind::Cifar100 => {
                 // test.bin, train.bin
-                let test = cifar::parse_cifar100(&files[0].0, &files[0].1, coarse, limit)?;
-                let train = cifar::parse_cifar100(&files[1].0, &files[1].1, coarse, limit)?;
+                let test =
+                    cifar::parse_cifar100(&files[0].0, files[0].1.len() as u64, &mut &files[0].1[..], coarse, limit)?;
+                let train =
+                    cifar::parse_cifar100(&files[1].0, files[1].1.len() as u64, &mut &files[1].1[..], coarse, limit)?;
                 (train, test, if coarse { 20 } else { 100 }, 3)
             }
             DatasetKind::FashionMnist => {
                 // t10k-images, t10k-labels, train-images, train-labels
-                let test = idx::parse_split(&files[0].0, &files[0].1, &files[1].0, &files[1].1, limit)?;
-                let train = idx::parse_split(&files[2].0, &files[2].1, &files[3].0, &files[3].1, limit)?;
+                let test = idx::parse_split(mem(&files[0]), mem(&files[1]), limit)?;
+                let train = idx::parse_split(mem(&files[2]), mem(&files[3]), limit)?;
                 (train, test, 10, 1)
             }
         };
@@ -500,7 +625,7 @@ mod tests {
     /// Random flips, truncations and extensions of small valid files: every outcome must be
     /// `Ok` (with consistent sizes and labels in range) or a clean `Error`, never a panic. Most
     /// inputs go through the parsers in memory; some through files and `load`, so the file
-    /// handling (mmap, empty and missing files, detection) is fuzzed too.
+    /// handling (reads, empty and missing files, detection) is fuzzed too.
     #[test]
     fn mutation_fuzz_never_panics() {
         let start = Instant::now();

@@ -43,7 +43,7 @@ pub fn read(path: &Path) -> Result<ModelFile> {
         return checkpoint::load(path).map(ModelFile::Checkpoint);
     }
     let mut bytes = Vec::new();
-    let size = usize::try_from(len).ok().filter(|&n| bytes.try_reserve_exact(n).is_ok());
+    let size = usize::try_from(len).ok().filter(|&n| crate::oom::fallible(|| bytes.try_reserve_exact(n)).is_ok());
     if size.is_none() {
         return Err(Error::checkpoint(path, format!("{len} bytes do not fit in memory")));
     }

@@ -12,9 +12,10 @@
 //! folders of pip's NVIDIA wheels in the usual Python package folders (a virtual environment's
 //! first), then any folders the caller adds.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 
 /// Libraries to preload, dependencies first.
 const LIBRARIES: &[&str] =
@@ -115,7 +116,38 @@ pub fn preload(extra: &[PathBuf]) -> Vec<(String, PathBuf)> {
 
 /// Runs `f`, turning a panic (cudarc panics when a library or symbol is missing) into `None`.
 pub fn catch<T>(f: impl FnOnce() -> T) -> Option<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+    catch_message(f).ok()
+}
+
+thread_local! {
+    /// Set while this thread runs code whose panics [`catch_message`] turns into errors.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into its message (the first line). The panic prints nothing: the
+/// panic hook is wrapped once so that it stays silent on a thread inside this function, and
+/// the caller reports the message in its own one line.
+pub fn catch_message<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static WRAP_HOOK: Once = Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let before = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(before));
+    result.map_err(|payload| {
+        let text = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message");
+        text.lines().next().unwrap_or_default().to_string()
+    })
 }
 
 /// Whether the driver library (`libcuda.so`) can be opened.

@@ -163,18 +163,38 @@ fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
 
 /// Checks that the driver library loads and that a device exists, without panicking.
 fn probe() -> Result<()> {
-    libs::preload(&[]);
+    let loaded = libs::preload(&[]);
     if !libs::driver_present() {
         return Err(Error::Device(format!(
             "no NVIDIA driver: libcuda.so.1 could not be loaded from the loader path or {} (use --device cpu)",
             libs::describe_search()
         )));
     }
-    match libs::catch(CudaContext::device_count) {
-        None => Err(Error::Device("the NVIDIA driver library is missing functions this build needs (CUDA 13)".into())),
-        Some(Err(e)) => Err(Error::Device(format!("the NVIDIA driver did not initialise: {e:?}"))),
-        Some(Ok(0)) => Err(Error::Device("no CUDA device found".into())),
-        Some(Ok(_)) => Ok(()),
+    match libs::catch_message(CudaContext::device_count) {
+        Err(why) => {
+            let path = loaded.iter().find(|(name, _)| name == "libcuda.so.1").map(|(_, p)| p.display().to_string());
+            Err(Error::Device(format!(
+                "{BROKEN_DRIVER} {} lacks functions this build needs (CUDA 13): {why}",
+                path.as_deref().unwrap_or("libcuda.so.1 (on the loader path)")
+            )))
+        }
+        Ok(Err(e)) => Err(Error::Device(format!("the NVIDIA driver did not initialise: {e:?}"))),
+        Ok(Ok(0)) => Err(Error::Device("no CUDA device found".into())),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// How [`probe`]'s message for a driver library that loads but cannot be used begins.
+const BROKEN_DRIVER: &str = "the NVIDIA driver library";
+
+/// For `--device auto`: `Ok` when a CUDA device can be used, else why the CPU is used instead,
+/// for its one line: a driver library that loads but lacks what this build needs is named with
+/// what it lacks; no driver or no device is said in general words.
+pub fn auto_fallback() -> std::result::Result<(), String> {
+    match probe() {
+        Ok(()) => Ok(()),
+        Err(Error::Device(msg)) if msg.starts_with(BROKEN_DRIVER) => Err(msg),
+        Err(_) => Err("no usable CUDA driver or GPU".into()),
     }
 }
 

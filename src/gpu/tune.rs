@@ -142,7 +142,7 @@ impl Drop for Tuner {
         let plans = self.plans.get_mut();
         if !plans.is_empty() {
             let tuned = plans.values().filter(|p| p.is_some()).count();
-            eprintln!(
+            errln!(
                 "GEMM tuner: {tuned} distinct products ran through cuBLASLt, {} through cublasGemmEx",
                 plans.len() - tuned
             );

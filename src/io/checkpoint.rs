@@ -122,7 +122,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         super::NotAFile::Other(msg) => Error::checkpoint(path, msg),
     })?;
     let mut bytes = Vec::new();
-    let size = usize::try_from(len).ok().filter(|&n| bytes.try_reserve_exact(n).is_ok());
+    let size = usize::try_from(len).ok().filter(|&n| crate::oom::fallible(|| bytes.try_reserve_exact(n)).is_ok());
     if size.is_none() {
         let msg = format!("cannot allocate {} to read it", crate::ir::config::size_text(Some(len)));
         return Err(Error::checkpoint(path, msg));

@@ -65,7 +65,7 @@ impl HostArena {
         let lines = bytes.div_ceil(64);
         if self.lines.len() < lines {
             let mut grown = Vec::new();
-            grown.try_reserve_exact(lines)?;
+            crate::oom::fallible(|| grown.try_reserve_exact(lines))?;
             grown.resize(lines, Line([0; 64]));
             self.lines = grown;
         }

@@ -157,7 +157,7 @@ pub fn catch_interrupt() {
             // A second Ctrl-C: the user really wants out.
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: finishing the current step and writing a checkpoint (Ctrl-C again to quit now)");
+        errln!("\ninterrupted: finishing the current step and writing a checkpoint (Ctrl-C again to quit now)");
     });
 }
 
@@ -387,10 +387,10 @@ impl<'a> Run<'a> {
         self.best_acc = r.meta.best_acc;
         self.sums = r.meta.sums;
         if self.args.verbose {
-            println!("resumed from {} at epoch {}, step {}", r.path.display(), self.start_epoch, self.step);
+            outln!("resumed from {} at epoch {}, step {}", r.path.display(), self.start_epoch, self.step);
             let new = &self.changes[r.meta.recorded.changed.len()..];
             if !new.is_empty() {
-                println!("--change: the run continues with {}", recorded::describe(new));
+                outln!("--change: the run continues with {}", recorded::describe(new));
             }
         }
         Ok(())
@@ -402,7 +402,7 @@ impl<'a> Run<'a> {
             return;
         }
         let (s, c) = (&self.program.schedule, &self.config);
-        println!(
+        outln!(
             "{} keep {:.2} on {} ({} train / {} test images, {} classes); {:.1} M parameters; arena {:.1} MiB; {:.2} GFLOP per image per step",
             c.name(),
             c.keep,
@@ -502,7 +502,7 @@ impl<'a> Run<'a> {
         self.sums = EpochSums::default();
         if args.verbose {
             let recal = m.test_acc_recal.map_or(String::new(), |a| format!(" (BN recalibrated {:5.2}%)", 100.0 * a));
-            println!(
+            outln!(
                 "epoch {:>3}/{}  train loss {:.4} acc {:5.2}%  test loss {:.4} acc {:5.2}%{recal}  {:.0} img/s  {:.1} s",
                 m.epoch,
                 args.epochs,
@@ -684,7 +684,7 @@ impl Resumed {
             return Err(Error::flag("--epochs", args.epochs, expected));
         }
         if let Some(e) = self.meta.epochs.filter(|&e| e != args.epochs && args.verbose) {
-            println!(
+            outln!(
                 "--epochs {} instead of the run's {e}: the learning-rate schedule now spans {0} epochs",
                 args.epochs
             );

@@ -268,7 +268,7 @@ impl Snapshot {
         };
         let room = checkpoint::encoded_len(&ck) + HISTORY_ROOM.min(run.epochs.saturating_add(64).saturating_mul(256));
         let mut bytes = Vec::new();
-        bytes.try_reserve_exact(room).map_err(|_| short(room))?;
+        crate::oom::fallible(|| bytes.try_reserve_exact(room)).map_err(|_| short(room))?;
         Ok(Snapshot { region, ck, bytes })
     }
 
@@ -304,7 +304,7 @@ impl Snapshot {
 /// `len` zeros, or `None` when the allocator refuses.
 fn zeroed(len: usize) -> Option<Vec<f32>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(len).ok()?;
+    crate::oom::fallible(|| v.try_reserve_exact(len)).ok()?;
     v.resize(len, 0.0);
     Some(v)
 }

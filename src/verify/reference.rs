@@ -308,7 +308,7 @@ pub fn print(rows: &[Row]) -> usize {
     for row in rows {
         let ok = row.pass();
         failed += usize::from(!ok);
-        println!(
+        outln!(
             "{:6} {:44} {:10.2e} {:8.0e}  {}",
             row.case,
             row.name,
