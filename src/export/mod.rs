@@ -7,7 +7,8 @@
 //! - `onnx.rs`: the eval schedule -> an ONNX graph; `proto.rs`: the ONNX messages for `prost`.
 //!
 //! Every command that reads a model (`eval`, `export`, `train --init`) takes either format: a
-//! sliceout checkpoint is told apart by its magic bytes, anything else is read as safetensors.
+//! sliceout checkpoint is told apart by its magic bytes and an ONNX model is refused as one;
+//! anything else is read as safetensors, its header judged before its data.
 
 pub mod onnx;
 pub mod proto;
@@ -36,21 +37,19 @@ pub fn read(path: &Path) -> Result<ModelFile> {
     let Ok(len) = crate::io::regular_file_len(path, "model file") else {
         return checkpoint::load(path).map(ModelFile::Checkpoint);
     };
-    let mut magic = [0u8; 8];
-    let is_checkpoint =
-        std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == checkpoint::MAGIC;
-    if is_checkpoint {
+    let mut head = Vec::with_capacity(16);
+    let opened = std::fs::File::open(path).and_then(|f| f.take(16).read_to_end(&mut head));
+    opened.map_err(|e| Error::io(path, e))?;
+    if head.starts_with(&checkpoint::MAGIC) {
         return checkpoint::load(path).map(ModelFile::Checkpoint);
     }
-    let mut bytes = Vec::new();
-    let size = usize::try_from(len).ok().filter(|&n| bytes.try_reserve_exact(n).is_ok());
-    if size.is_none() {
-        return Err(Error::checkpoint(path, format!("{len} bytes do not fit in memory")));
+    if onnx::looks_like_onnx(&head) {
+        return Err(Error::checkpoint(path, onnx::NOT_A_MODEL_FILE));
     }
-    std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
-    safetensors::decode(&bytes).map(ModelFile::SafeTensors).map_err(|msg| {
-        Error::checkpoint(path, format!("not a sliceout checkpoint, and not a usable safetensors file: {msg}"))
-    })
+    let not_safetensors =
+        |msg: String| Error::checkpoint(path, format!("not a sliceout checkpoint, and not a usable safetensors file: {msg}"));
+    let bytes = safetensors::read_judged(path, len)?.map_err(not_safetensors)?;
+    safetensors::decode(&bytes).map(ModelFile::SafeTensors).map_err(not_safetensors)
 }
 
 impl ModelFile {
