@@ -136,7 +136,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let end = usize::try_from(len).map_err(|_| Error::checkpoint(path, "too large for this machine's addresses"))?;
     let input = FileInput { file: io::BufReader::new(&mut file), at: head.len() };
     match parse(&mut Reader { input, pos: MAGIC.len(), end: end - CRC_LEN }) {
-        Err(Fail::Short(msg)) => return Err(Error::checkpoint(path, format!("the file is truncated or corrupt: {msg}"))),
+        Err(Fail::Short(msg)) => {
+            return Err(Error::checkpoint(path, format!("the file is truncated or corrupt: {msg}")))
+        }
         Err(Fail::Bad(msg)) => return Err(Error::checkpoint(path, msg)),
         Err(Fail::Io(e)) => return Err(cannot_read(e)),
         Ok(_) => {}

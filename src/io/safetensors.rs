@@ -192,7 +192,9 @@ pub fn read_judged(path: &Path, len: u64) -> Result<std::result::Result<Vec<u8>,
     };
     let header_len = u64::from_le_bytes(first);
     if header_len > MAX_HEADER_LEN {
-        return Ok(Err(format!("the first 8 bytes announce a {header_len}-byte header, over the format's 100 MB limit")));
+        return Ok(Err(format!(
+            "the first 8 bytes announce a {header_len}-byte header, over the format's 100 MB limit"
+        )));
     }
     if header_len > len.saturating_sub(8) {
         return Ok(Err(format!(
