@@ -198,7 +198,7 @@ fn judge_head(head: &[u8], len: u64) -> std::result::Result<(), String> {
     if version != VERSION {
         return Err(format!("unknown format version {version}; this build reads version {VERSION}"));
     }
-    let mut r = Reader { input: &head[..], pos: HEADER_LEN, end: head.len() };
+    let mut r = Reader { input: head, pos: HEADER_LEN, end: head.len() };
     let config = read_config(&mut r).map_err(Fail::msg)?;
     let most = max_len(&config).unwrap_or(u64::MAX);
     if len > most {
