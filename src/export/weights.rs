@@ -224,8 +224,9 @@ impl Stated {
 /// A metadata value holding a JSON array of f32 values; `Err` says what is wrong after the key
 /// (`= "[1e39]": norm value 0 (1e39) is out of f32 range ...`).
 fn f32_array(text: &str) -> std::result::Result<Vec<f32>, String> {
-    let out_of_range =
-        |what: &str| format!("= {text:?}: {what} is out of f32 range (magnitudes 1.2e-38 to 3.4e38, or 0)");
+    let out_of_range = |what: &str| {
+        format!("= {text:?}: {what} is out of f32 range (f32 holds 0 and magnitudes from 1.4e-45 to 3.4e38)")
+    };
     let values =
         serde_json::from_str::<Vec<f64>>(text).map_err(|e| match e.to_string().contains("number out of range") {
             true => out_of_range("a number"),
@@ -236,8 +237,8 @@ fn f32_array(text: &str) -> std::result::Result<Vec<f32>, String> {
         .enumerate()
         .map(|(i, &x)| {
             let f = x as f32;
-            // Not an f32: too large (infinite as one) or too small (zero as one, or subnormal).
-            match x != 0.0 && (f.is_infinite() || !f.is_normal()) {
+            // Not an f32: too large (infinite as one) or too small (zero as one).
+            match f.is_infinite() || (x != 0.0 && f == 0.0) {
                 true => Err(out_of_range(&format!("value {i} ({x:?})"))),
                 false => Ok(f),
             }
