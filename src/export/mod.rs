@@ -43,8 +43,8 @@ pub fn read(path: &Path) -> Result<ModelFile> {
     if head.starts_with(&checkpoint::MAGIC) {
         return checkpoint::load(path).map(ModelFile::Checkpoint);
     }
-    if onnx::looks_like_onnx(&head) {
-        return Err(Error::checkpoint(path, onnx::NOT_A_MODEL_FILE));
+    if checkpoint::looks_like_onnx(&head) {
+        return Err(Error::checkpoint(path, checkpoint::ONNX_GIVEN));
     }
     let not_safetensors = |msg: String| {
         Error::checkpoint(path, format!("not a sliceout checkpoint, and not a usable safetensors file: {msg}"))

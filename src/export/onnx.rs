@@ -34,27 +34,6 @@ pub const INPUT: &str = "image";
 /// The graph's output.
 pub const OUTPUT: &str = "logits";
 
-/// What a reader of models says of an ONNX file: sliceout writes them, and never reads them.
-pub const NOT_A_MODEL_FILE: &str = "is an ONNX model (as `sliceout export` writes), which sliceout does not \
-    read back: give the checkpoint or the safetensors file it was exported from";
-
-/// Whether `head`, the first bytes of a file, opens an ONNX `ModelProto` as exporters write
-/// it (ours does, see [`model`]): field 1, `ir_version`, as a varint from 1 to 100, then the key
-/// of another `ModelProto` field with its wire type. A safetensors file (its JSON header
-/// starting at byte 8) is never taken for one.
-pub fn looks_like_onnx(head: &[u8]) -> bool {
-    if head.get(8) == Some(&b'{') {
-        return false;
-    }
-    let [0x08, rest @ ..] = head else { return false };
-    let Some(len) = rest.iter().position(|b| b & 0x80 == 0).filter(|&i| i < 10) else { return false };
-    let version = rest[..=len].iter().rev().fold(0u64, |v, b| (v << 7) | u64::from(b & 0x7f));
-    // The keys of `producer_name` .. `doc_string`, `model_version`, `graph`, `opset_import`
-    // and `metadata_props`: strings and messages are length-delimited (2), model_version a
-    // varint (0).
-    let next_key = rest.get(len + 1).copied();
-    (1..=100).contains(&version) && matches!(next_key, Some(0x12 | 0x1a | 0x22 | 0x28 | 0x32 | 0x3a | 0x42 | 0x72))
-}
 /// The name of the dynamic batch dimension.
 const BATCH: &str = "batch";
 
@@ -286,6 +265,7 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
 mod tests {
     use super::*;
     use crate::export::proto::ModelProto;
+    use crate::io::checkpoint::looks_like_onnx;
     use prost::Message;
 
     /// ONNX files open with `ir_version` then another field, in our order or PyTorch's
