@@ -5,9 +5,11 @@
 //! Why it is shaped so:
 //! - A resumed run must continue bit for bit, so every f32 is stored as its raw bits (NaN payloads
 //!   and -0.0 survive) and RNG states are stored as the exact bytes of `Rng::state()`.
-//! - `--resume` may point at anything, so `load` trusts nothing: it checks the magic, then a
-//!   CRC-32 over the whole file, then parses, checking every count and length against the bytes
-//!   left *before* allocating. Every problem is an `Error::Checkpoint` naming the file and saying
+//! - `--resume` may point at anything, so `load` trusts nothing: it judges the header (magic,
+//!   version, configuration, the file's length against the most that network's checkpoint
+//!   holds), walks the records from the file without reading tensor values, then reads the
+//!   file, checks a CRC-32 over it and parses, checking every count and length against the
+//!   bytes left *before* allocating. Every problem is an `Error::Checkpoint` naming the file and saying
 //!   precisely what is wrong (which field is truncated, both CRCs, both version numbers, ...).
 //! - A crash while saving must never cost the last good checkpoint: [`write_atomic`](super::atomic::write_atomic) writes a
 //!   temporary file beside the target, syncs it, renames it over the target and syncs the folder.
