@@ -144,7 +144,7 @@ fn export_then_import_round_trips_every_tensor_bit_for_bit() {
     };
     assert!(entry_bits(&second) == entry_bits(&file), "a second export differs");
     // As initial weights, too, every tensor comes back.
-    let init = export::load_init(&out, &ModelConfig { keep: 1.0, ..ck.config }).unwrap();
+    let init = export::load_init(&out, &ModelConfig { keep: 1.0, ..ck.config }, Path::new("data")).unwrap();
     for t in &ck.tensors {
         assert_eq!(bits(&init.tensor(&t.name).unwrap().data), bits(&t.data), "{}", t.name);
     }

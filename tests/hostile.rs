@@ -9,7 +9,7 @@ mod common;
 use clap::Parser;
 use sliceout::backend::DeviceChoice;
 use sliceout::cmd;
-use sliceout::cmd::flags::{Cli, Command, DataCommand};
+use sliceout::cmd::flags::{Cli, Command, DataCommand, Format};
 use sliceout::data::synth::write_synthetic;
 use sliceout::io::checkpoint::{self, Checkpoint};
 use sliceout::rng::Rng;
@@ -126,7 +126,14 @@ fn run_case(argv: &[String]) -> Result<(), String> {
                 assert!(s.history.len() <= 1 && s.stopped_at.is_none_or(|at| at == start + 1), "{argv:?}: {s:?}")
             })
         }
-        Some(Command::Plan(f)) => cmd::plan::command(&f).map(|text| assert!(!text.is_empty())),
+        Some(Command::Plan(f)) => cmd::plan::command(&f).map(|text| {
+            // Each format alone: JSON that parses, one SVG document, or text.
+            match f.format {
+                Format::Json => drop(serde_json::from_str::<serde_json::Value>(&text).expect("plan JSON parses")),
+                Format::Svg => assert!(text.starts_with("<svg") && text.matches("<svg").count() == 1, "{text}"),
+                Format::Text => assert!(!text.is_empty()),
+            }
+        }),
         Some(Command::Eval(f)) => cmd::eval::command(&f),
         Some(Command::Profile(f)) => cmd::profile::command(&f),
         Some(Command::Bench(f)) => cmd::bench::command(&f),
@@ -282,10 +289,39 @@ fn random_plan_and_eval_command_lines_never_panic_or_hang() {
                 ("--no-recompute", &[]),
                 ("--no-in-place", &[]),
                 ("--precision", &["fp32", "bf16", "bf8"]),
+                ("--fit", &["1B", "64M", "4GiB", "1T", "0", "lots", "18446744073709551615"]),
+                ("--sweep", &["keep", "batch", "width"]),
+                ("--dataset", &["cifar10", "cifar100", "fashion-mnist", "imagenet"]),
+                ("--device", &["cpu", "cuda"]),
             ],
             0.5,
         )
     });
+
+    // The combinations of what --fit, --sweep and --dataset answer, with mostly valid values.
+    let ran = fuzz("plan answers", 400, |rng, _| {
+        command_line(
+            rng,
+            &["plan", "--device", "cpu", "--depth", "10", "--widen", "1"],
+            &[
+                ("--fit", &["1B", "64M", "512M", "4GiB", "64GiB", "1T"]),
+                ("--sweep", &["keep", "batch"]),
+                ("--dataset", &["cifar10", "cifar100", "fashion-mnist"]),
+                ("--classes", &["10", "20", "100"]),
+                ("--in-channels", &["1", "3", "5"]),
+                ("--mode", &["train", "train", "eval"]),
+                ("--format", &["text", "json", "svg"]),
+                ("--width", &["16", "80"]),
+                ("--batch", &["1", "64", "100000"]),
+                ("--keep", &["0.5", "1"]),
+                ("--col-chunk", &["0", "4"]),
+                ("--no-recompute", &[]),
+                ("--precision", &["fp32", "bf16"]),
+            ],
+            0.25,
+        )
+    });
+    assert!(ran > 40, "only {ran} plan command lines ran");
 
     fuzz("eval", 400, |rng, _| {
         let ck = pick(rng, &[&w.checkpoint, &w.checkpoint, &w.data, &w.file, "/nonexistent.ckpt"]).to_string();

@@ -399,11 +399,12 @@ pub enum PlanMode {
 pub struct PlanFlags {
     #[command(flatten)]
     pub model: ModelFlags,
-    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
-    pub classes: usize,
-    /// Input channels (3 for CIFAR, 1 for Fashion-MNIST)
-    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
-    pub in_channels: usize,
+    /// Classes [default: --dataset's, else 10]
+    #[arg(long, allow_negative_numbers = true)]
+    pub classes: Option<usize>,
+    /// Input channels (3 for CIFAR, 1 for Fashion-MNIST) [default: --dataset's, else 3]
+    #[arg(long, allow_negative_numbers = true)]
+    pub in_channels: Option<usize>,
     /// Images per step [default: 128; with --fit: the largest that fits]
     #[arg(long, allow_negative_numbers = true)]
     pub batch: Option<usize>,
@@ -411,9 +412,9 @@ pub struct PlanFlags {
     pub mode: PlanMode,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Chart width in columns (text format), 16 to 400
-    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
-    pub width: usize,
+    /// Chart width in columns (the text plan alone), 16 to 400 [default: 64]
+    #[arg(long, allow_negative_numbers = true)]
+    pub width: Option<usize>,
     /// The backend to plan for (workspace sizes differ): auto follows `--device auto` of train
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
@@ -421,9 +422,10 @@ pub struct PlanFlags {
     /// options that fit; the dataset, CUDA context and cuBLAS workspace count too
     #[arg(long)]
     pub fit: Option<String>,
-    /// The dataset kept resident, for --fit: cifar10, cifar100 or fashion-mnist
-    #[arg(long, default_value = "cifar10")]
-    pub dataset: String,
+    /// The dataset: cifar10, cifar100 or fashion-mnist; its classes and channels make the model,
+    /// and --fit and --sweep count it resident [default: the one the model's channels take]
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// Memory against keep (1.0 to 0.25) or against batch (16 to 1024), as a table or (--format
     /// svg) a chart, with the largest batch within --fit (default 80GiB)
     #[arg(long, value_enum)]

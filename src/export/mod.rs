@@ -7,7 +7,8 @@
 //! - `onnx.rs`: the eval schedule -> an ONNX graph; `proto.rs`: the ONNX messages for `prost`.
 //!
 //! Every command that reads a model (`eval`, `export`, `train --init`) takes either format: a
-//! sliceout checkpoint is told apart by its magic bytes, anything else is read as safetensors.
+//! sliceout checkpoint is told apart by its magic bytes and an ONNX model is refused as one;
+//! anything else is read as safetensors, its header judged before its data.
 
 pub mod onnx;
 pub mod proto;
@@ -36,21 +37,20 @@ pub fn read(path: &Path) -> Result<ModelFile> {
     let Ok(len) = crate::io::regular_file_len(path, "model file") else {
         return checkpoint::load(path).map(ModelFile::Checkpoint);
     };
-    let mut magic = [0u8; 8];
-    let is_checkpoint =
-        std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == checkpoint::MAGIC;
-    if is_checkpoint {
+    let mut head = Vec::with_capacity(16);
+    let opened = std::fs::File::open(path).and_then(|f| f.take(16).read_to_end(&mut head));
+    opened.map_err(|e| Error::io(path, e))?;
+    if head.starts_with(&checkpoint::MAGIC) {
         return checkpoint::load(path).map(ModelFile::Checkpoint);
     }
-    let mut bytes = Vec::new();
-    let size = usize::try_from(len).ok().filter(|&n| crate::oom::fallible(|| bytes.try_reserve_exact(n)).is_ok());
-    if size.is_none() {
-        return Err(Error::checkpoint(path, format!("{len} bytes do not fit in memory")));
+    if checkpoint::looks_like_onnx(&head) {
+        return Err(Error::checkpoint(path, checkpoint::ONNX_GIVEN));
     }
-    std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
-    safetensors::decode(&bytes).map(ModelFile::SafeTensors).map_err(|msg| {
+    let not_safetensors = |msg: String| {
         Error::checkpoint(path, format!("not a sliceout checkpoint, and not a usable safetensors file: {msg}"))
-    })
+    };
+    let bytes = safetensors::read_judged(path, len)?.map_err(not_safetensors)?;
+    safetensors::decode(&bytes).map(ModelFile::SafeTensors).map_err(not_safetensors)
 }
 
 impl ModelFile {
@@ -88,12 +88,14 @@ pub fn load_model(path: &Path) -> Result<Checkpoint> {
     }
 }
 
-/// Weights to start training the network `config` from (`train --init`): every tensor is
-/// checked against it, and so is what the file states about the model, `keep` aside. The
-/// momentum is not taken; the normalisation is, when the file states it (else it is empty).
-pub fn load_init(path: &Path, config: &ModelConfig) -> Result<Checkpoint> {
+/// Weights to start training the network `config` from (`train --init`), whose classes and
+/// input channels are those of the dataset in `data`: every tensor is checked against it, and
+/// so is what the file states about the model, `keep` aside. The momentum is not taken; the
+/// normalisation is, when the file states it (else it is empty).
+pub fn load_init(path: &Path, config: &ModelConfig, data: &Path) -> Result<Checkpoint> {
     let file = read(path)?;
     let stated = file.stated(path)?;
+    check_data_shape(path, &file, &stated, config, data)?;
     stated.check(path, config)?;
     match file {
         // Its momentum stays behind: `state::restore` copies it only when resuming.
@@ -103,6 +105,42 @@ pub fn load_init(path: &Path, config: &ModelConfig) -> Result<Checkpoint> {
         }
         ModelFile::SafeTensors(f) => weights_checkpoint(path, &f, *config, stated),
     }
+}
+
+/// The classes and input channels of the model in `path` against those of the data in `data`
+/// (`config`'s): a model for other data is no broken file, so the message names the data. A
+/// file that does not state them (a safetensors file from elsewhere) is read by its shapes:
+/// the head's bias, the first convolution's weight, the normalisation.
+fn check_data_shape(path: &Path, file: &ModelFile, stated: &Stated, config: &ModelConfig, data: &Path) -> Result<()> {
+    let shape = |name: &str| -> Option<&[usize]> {
+        match file {
+            ModelFile::Checkpoint(ck) => ck.tensor(name).map(|t| t.shape.as_slice()),
+            ModelFile::SafeTensors(f) => f.entry(name).map(|e| e.shape.as_slice()),
+        }
+    };
+    let classes = stated.classes.or_else(|| match shape("fc.bias") {
+        Some(&[c]) => Some(c),
+        _ => None,
+    });
+    let channels = stated.in_channels.or_else(|| match shape("conv0.weight") {
+        Some(&[_, c, _, _]) => Some(c),
+        _ => stated.norm.as_ref().map(|n| n.mean.len()),
+    });
+    let differs = |held: Option<usize>, data: usize| held.is_some_and(|h| h != data);
+    if !differs(classes, config.classes) && !differs(channels, config.in_channels) {
+        return Ok(());
+    }
+    let known = |n: Option<usize>| n.map_or("unknown".to_string(), |n| n.to_string());
+    Err(Error::Msg(format!(
+        "--data {} holds {} classes of {} input channel(s), the model in --init {} has {} classes of {} input \
+         channel(s): give the --data (and --dataset, --coarse) it was trained on, or a model trained for this data",
+        data.display(),
+        config.classes,
+        config.in_channels,
+        path.display(),
+        known(classes),
+        known(channels)
+    )))
 }
 
 /// The weights of a safetensors file as a checkpoint of `config` (no optimizer state).

@@ -33,6 +33,7 @@ pub const IR_VERSION: i64 = 8;
 pub const INPUT: &str = "image";
 /// The graph's output.
 pub const OUTPUT: &str = "logits";
+
 /// The name of the dynamic batch dimension.
 const BATCH: &str = "batch";
 
@@ -257,5 +258,43 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::proto::ModelProto;
+    use crate::io::checkpoint::looks_like_onnx;
+    use prost::Message;
+
+    /// ONNX files open with `ir_version` then another field, in our order or PyTorch's
+    /// (`producer_name` next); checkpoints, safetensors files and text do not.
+    #[test]
+    fn onnx_is_told_from_the_other_files() {
+        let ours = ModelProto {
+            ir_version: Some(IR_VERSION),
+            opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+            producer_name: Some("sliceout".into()),
+            ..ModelProto::default()
+        };
+        let theirs = ModelProto { ir_version: Some(7), producer_name: Some("pytorch".into()), ..ModelProto::default() };
+        for m in [ours, theirs] {
+            assert!(looks_like_onnx(&m.encode_to_vec()), "{m:?}");
+        }
+        let safetensors = [&16u64.to_le_bytes()[..], b"{\"__metadata__\":{}}"].concat();
+        let mut header_like = safetensors.clone();
+        header_like[..3].copy_from_slice(&[0x08, 0x08, 0x42]);
+        for other in [
+            &crate::io::checkpoint::MAGIC[..],
+            &safetensors,
+            &header_like,
+            b"\x08",
+            b"\x08\x08",
+            b"\x08\x00\x12",
+            b"hello",
+        ] {
+            assert!(!looks_like_onnx(other), "{other:?}");
+        }
     }
 }

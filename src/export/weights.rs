@@ -140,11 +140,7 @@ impl Stated {
         }
         let floats = |key: &str| -> Result<Option<Vec<f32>>> {
             meta.get(key)
-                .map(|v| {
-                    serde_json::from_str::<Vec<f32>>(v).map_err(|_| {
-                        Error::checkpoint(path, format!("metadata {key} = {v:?}: expected a JSON array of numbers"))
-                    })
-                })
+                .map(|v| f32_array(v).map_err(|msg| Error::checkpoint(path, format!("metadata {key} {msg}"))))
                 .transpose()
         };
         let norm = match (floats("norm_mean")?, floats("norm_std")?) {
@@ -223,6 +219,31 @@ impl Stated {
             _ => Ok(()),
         }
     }
+}
+
+/// A metadata value holding a JSON array of f32 values; `Err` says what is wrong after the key
+/// (`= "[1e39]": norm value 0 (1e39) is out of f32 range ...`).
+fn f32_array(text: &str) -> std::result::Result<Vec<f32>, String> {
+    let out_of_range = |what: &str| {
+        format!("= {text:?}: {what} is out of f32 range (f32 holds 0 and magnitudes from 1.4e-45 to 3.4e38)")
+    };
+    let values =
+        serde_json::from_str::<Vec<f64>>(text).map_err(|e| match e.to_string().contains("number out of range") {
+            true => out_of_range("a number"),
+            false => format!("= {text:?}: expected a JSON array of numbers"),
+        })?;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let f = x as f32;
+            // Not an f32: too large (infinite as one) or too small (zero as one).
+            match f.is_infinite() || (x != 0.0 && f == 0.0) {
+                true => Err(out_of_range(&format!("value {i} ({x:?})"))),
+                false => Ok(f),
+            }
+        })
+        .collect()
 }
 
 /// The weights of `file` for the network `config`, checked by [`check_tensors`] (BN step
@@ -358,6 +379,29 @@ mod tests {
 
     fn metadata(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Normalisation constants that JSON and f64 hold but f32 does not are said to be out of f32
+    /// range, naming the key and the value.
+    #[test]
+    fn metadata_numbers_out_of_f32_range_say_so() {
+        let path = Path::new("m.safetensors");
+        let norm = |mean: &str| metadata(&[("norm_mean", mean), ("norm_std", "[0.25]")]);
+        for (mean, value) in [
+            ("[1e39]", "value 0 (1e39)"),
+            ("[-4e38]", "value 0 (-4e38)"),
+            ("[1e-50]", "value 0 (1e-50)"),
+            ("[1e400]", "a number"),
+        ] {
+            let msg = Stated::of_metadata(path, &norm(mean)).unwrap_err().to_string();
+            let want =
+                format!("checkpoint m.safetensors: metadata norm_mean = \"{mean}\": {value} is out of f32 range");
+            assert!(msg.starts_with(&want), "{msg}");
+        }
+        let stated = Stated::of_metadata(path, &norm("[0.5]")).unwrap();
+        assert_eq!(stated.norm.unwrap().mean, vec![0.5]);
+        let msg = Stated::of_metadata(path, &norm("[\"x\"]")).unwrap_err().to_string();
+        assert!(msg.ends_with("expected a JSON array of numbers"), "{msg}");
     }
 
     /// A stated value out of range names the file and its metadata key, never a flag; a file

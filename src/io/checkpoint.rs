@@ -5,9 +5,11 @@
 //! Why it is shaped so:
 //! - A resumed run must continue bit for bit, so every f32 is stored as its raw bits (NaN payloads
 //!   and -0.0 survive) and RNG states are stored as the exact bytes of `Rng::state()`.
-//! - `--resume` may point at anything, so `load` trusts nothing: it checks the magic, then a
-//!   CRC-32 over the whole file, then parses, checking every count and length against the bytes
-//!   left *before* allocating. Every problem is an `Error::Checkpoint` naming the file and saying
+//! - `--resume` may point at anything, so `load` trusts nothing: it judges the header (magic,
+//!   version, configuration, the file's length against the most that network's checkpoint
+//!   holds), walks the records from the file without reading tensor values, then reads the
+//!   file, checks a CRC-32 over it and parses, checking every count and length against the
+//!   bytes left *before* allocating. Every problem is an `Error::Checkpoint` naming the file and saying
 //!   precisely what is wrong (which field is truncated, both CRCs, both version numbers, ...).
 //! - A crash while saving must never cost the last good checkpoint: [`write_atomic`](super::atomic::write_atomic) writes a
 //!   temporary file beside the target, syncs it, renames it over the target and syncs the folder.
@@ -32,6 +34,7 @@
 //! ```
 //! Names are unique within tensors, within RNGs and within metadata keys.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
@@ -41,6 +44,7 @@ use std::path::Path;
 use byteorder::{ByteOrder, LittleEndian as LE, WriteBytesExt};
 
 use crate::error::{Error, Result};
+use crate::ir::config::size_text;
 use crate::ir::ModelConfig;
 
 /// The first 8 bytes of every checkpoint.
@@ -52,6 +56,28 @@ const HEADER_LEN: usize = 12;
 /// Four u32 and the f64 keep.
 const CONFIG_LEN: usize = 24;
 const CRC_LEN: usize = 4;
+
+/// What a reader of models says of an ONNX file: sliceout writes them, and never reads them.
+pub const ONNX_GIVEN: &str = "is an ONNX model (as `sliceout export` writes), which sliceout does not \
+    read back: give the checkpoint or the safetensors file it was exported from";
+
+/// Whether `head`, the first bytes of a file, opens an ONNX `ModelProto` as exporters write
+/// it (`sliceout export` among them): field 1, `ir_version`, as a varint from 1 to 100, then
+/// the key of another `ModelProto` field with its wire type. A safetensors file (its JSON
+/// header starting at byte 8) is never taken for one.
+pub fn looks_like_onnx(head: &[u8]) -> bool {
+    if head.get(8) == Some(&b'{') {
+        return false;
+    }
+    let [0x08, rest @ ..] = head else { return false };
+    let Some(len) = rest.iter().position(|b| b & 0x80 == 0).filter(|&i| i < 10) else { return false };
+    let version = rest[..=len].iter().rev().fold(0u64, |v, b| (v << 7) | u64::from(b & 0x7f));
+    // The keys of `producer_name` .. `doc_string`, `model_version`, `graph`, `opset_import`
+    // and `metadata_props`: strings and messages are length-delimited (2), model_version a
+    // varint (0).
+    let next_key = rest.get(len + 1).copied();
+    (1..=100).contains(&version) && matches!(next_key, Some(0x12 | 0x1a | 0x22 | 0x28 | 0x32 | 0x3a | 0x42 | 0x72))
+}
 
 /// One named array: a parameter, a momentum buffer or a BN running statistic.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,21 +141,104 @@ pub fn encoded_len(ck: &Checkpoint) -> usize {
 }
 
 /// Reads and fully validates the checkpoint at `path`: a regular file (a FIFO or a device is
-/// refused before it is opened), read into memory only if the memory can be had.
+/// refused before it is opened). The header (magic, version, configuration) is judged first,
+/// with the file's length against the most a checkpoint of that network can hold; then the
+/// record structure is walked from the file, every count and length against the bytes left,
+/// reading no tensor values; only then is the whole file read (if the memory can be had),
+/// CRC-checked and parsed. So a huge or sparse file that is no checkpoint is refused at once.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let len = super::regular_file_len(path, "checkpoint file").map_err(|e| match e {
         super::NotAFile::Missing => Error::checkpoint(path, "no such file"),
         super::NotAFile::Other(msg) => Error::checkpoint(path, msg),
     })?;
+    let cannot_read = |e: io::Error| Error::checkpoint(path, format!("cannot read: {e}"));
+    let mut file = fs::File::open(path).map_err(cannot_read)?;
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    io::Read::read_to_end(&mut io::Read::take(&mut file, HEAD_LEN as u64), &mut head).map_err(cannot_read)?;
+    judge_head(&head, len).map_err(|msg| Error::checkpoint(path, msg))?;
+    // The structure, from the file: a declared size past its end is found without reading on.
+    let end = usize::try_from(len).map_err(|_| Error::checkpoint(path, "too large for this machine's addresses"))?;
+    let input = FileInput { file: io::BufReader::new(&mut file), at: head.len() };
+    match parse(&mut Reader { input, pos: MAGIC.len(), end: end - CRC_LEN }) {
+        Err(Fail::Short(msg)) => {
+            return Err(Error::checkpoint(path, format!("the file is truncated or corrupt: {msg}")))
+        }
+        Err(Fail::Bad(msg)) => return Err(Error::checkpoint(path, msg)),
+        Err(Fail::Io(e)) => return Err(cannot_read(e)),
+        Ok(_) => {}
+    }
     let mut bytes = Vec::new();
-    let size = usize::try_from(len).ok().filter(|&n| crate::oom::fallible(|| bytes.try_reserve_exact(n)).is_ok());
-    if size.is_none() {
+    if crate::oom::fallible(|| bytes.try_reserve_exact(end)).is_err() {
         let msg = format!("cannot allocate {} to read it", crate::ir::config::size_text(Some(len)));
         return Err(Error::checkpoint(path, msg));
     }
-    let read = fs::File::open(path).and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes));
-    read.map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
+    let read = io::Seek::rewind(&mut file).and_then(|()| io::Read::read_to_end(&mut file, &mut bytes));
+    read.map_err(cannot_read)?;
     decode(&bytes).map_err(|msg| Error::checkpoint(path, msg))
+}
+
+/// The bytes [`judge_head`] reads: magic, version and configuration.
+const HEAD_LEN: usize = HEADER_LEN + CONFIG_LEN;
+
+/// What a checkpoint may hold besides its network's tensor values: tensor names and shapes,
+/// RNG states, metadata (a run's history grows by one line an epoch). Generous: only a file
+/// that cannot be a checkpoint of its network is past it.
+pub const MAX_EXTRA_BYTES: u64 = 1 << 30;
+
+/// The most bytes a checkpoint of `c` holds: its parameters, momentum and BN statistics, the
+/// normalisation, and [`MAX_EXTRA_BYTES`]. `None` when `c` is out of range.
+pub fn max_len(c: &ModelConfig) -> Option<u64> {
+    let tensors = c.footprint(1).ok()?.persistent_bytes;
+    let norm = 8 * c.in_channels as u64;
+    Some(tensors.saturating_add(norm).saturating_add(MAX_EXTRA_BYTES))
+}
+
+/// The first [`HEAD_LEN`] bytes of a `len`-byte file (fewer if it is shorter), judged before
+/// anything else is read: the magic (an ONNX model is named as one), the version, the stored
+/// configuration, and the file's length against [`max_len`] of that network.
+fn judge_head(head: &[u8], len: u64) -> std::result::Result<(), String> {
+    let magic = &head[..head.len().min(MAGIC.len())];
+    if !MAGIC.starts_with(magic) {
+        if looks_like_onnx(head) {
+            return Err(ONNX_GIVEN.to_string());
+        }
+        return Err(format!(
+            "not a sliceout checkpoint: it starts with \"{}\", expected \"{}\"",
+            magic.escape_ascii(),
+            MAGIC.escape_ascii()
+        ));
+    }
+    if len == 0 {
+        return Err("truncated at the magic: the file is empty".to_string());
+    }
+    if len < (HEADER_LEN + CRC_LEN) as u64 || head.len() < HEADER_LEN {
+        return Err(format!(
+            "truncated at the header: the file is {len} bytes, a checkpoint has at least {}",
+            HEADER_LEN + CRC_LEN
+        ));
+    }
+    // The version decides the layout (a later one may place its CRC differently): check it first.
+    let version = LE::read_u32(&head[MAGIC.len()..]);
+    if version != VERSION {
+        return Err(format!("unknown format version {version}; this build reads version {VERSION}"));
+    }
+    let mut r = Reader { input: head, pos: HEADER_LEN, end: head.len() };
+    let config = read_config(&mut r).map_err(Fail::msg)?;
+    let most = max_len(&config).unwrap_or(u64::MAX);
+    if len > most {
+        return Err(format!(
+            "the file is {} ({len} bytes), more than a checkpoint of {} ({} classes, {} input channels) \
+             holds: at most {} ({most} bytes), its parameters, momentum and BN statistics and {} of \
+             names, RNG states and metadata",
+            size_text(Some(len)),
+            config.name(),
+            config.classes,
+            config.in_channels,
+            size_text(Some(most)),
+            size_text(Some(MAX_EXTRA_BYTES))
+        ));
+    }
+    Ok(())
 }
 
 /// An error naming the checkpoint and every field where `found` (read from it) differs from
@@ -166,6 +275,11 @@ fn validate(ck: &Checkpoint) -> std::result::Result<(), String> {
         }
     }
     check_model(c)?;
+    // What `load` refuses from the header alone.
+    let (len, most) = (encoded_len(ck) as u64, max_len(c).unwrap_or(u64::MAX));
+    if len > most {
+        return Err(format!("{len} bytes, more than a checkpoint of {} holds ({most} bytes)", c.name()));
+    }
     let fits = |what: &dyn fmt::Display, n: usize| {
         u32::try_from(n).map(|_| ()).map_err(|_| format!("{what}: {n} does not fit in 32 bits"))
     };
@@ -295,38 +409,84 @@ fn write_f32s(w: &mut Vec<u8>, values: &[f32]) {
 // Decoding
 
 /// Why parsing stopped. `Short`: the file has fewer bytes than a field needs (cut short, or a
-/// corrupt count or length); `Bad`: anything else. On a CRC mismatch only `Short` is worth
-/// reporting, since it says where a truncated file ends.
+/// corrupt count or length); `Bad`: anything else; `Io`: the file could not be read. On a CRC
+/// mismatch only `Short` is worth reporting, since it says where a truncated file ends.
 enum Fail {
     Short(String),
     Bad(String),
+    Io(io::Error),
 }
 
 impl Fail {
     fn msg(self) -> String {
         match self {
             Fail::Short(m) | Fail::Bad(m) => m,
+            Fail::Io(e) => format!("cannot read: {e}"),
         }
     }
 }
 
 type Parse<T> = std::result::Result<T, Fail>;
 
-/// A cursor over `bytes[..end]`; positions are file offsets, for messages.
-struct Reader<'a> {
-    bytes: &'a [u8],
+/// Where a [`Reader`] gets its bytes: the whole file in memory, or the open file itself (the
+/// walk before the file is read, which skips tensor values).
+trait Input {
+    /// The `n` bytes at file offset `at`; the reader has checked they are within the end.
+    fn bytes_at(&mut self, at: usize, n: usize) -> Parse<Cow<'_, [u8]>>;
+    /// Whether tensor values are read; when not, they are skipped.
+    fn values(&self) -> bool;
+}
+
+impl Input for &[u8] {
+    fn bytes_at(&mut self, at: usize, n: usize) -> Parse<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self[at..at + n]))
+    }
+
+    fn values(&self) -> bool {
+        true
+    }
+}
+
+/// The file, read where the reader asks: records are read, tensor values skipped.
+struct FileInput<R> {
+    file: io::BufReader<R>,
+    /// The file offset the next read starts at.
+    at: usize,
+}
+
+impl<R: io::Read + io::Seek> Input for FileInput<R> {
+    fn bytes_at(&mut self, at: usize, n: usize) -> Parse<Cow<'_, [u8]>> {
+        if at != self.at {
+            // Offsets are below the file's length, which fits an i64.
+            self.file.seek_relative(at as i64 - self.at as i64).map_err(Fail::Io)?;
+            self.at = at;
+        }
+        let mut out = vec![0; n];
+        io::Read::read_exact(&mut self.file, &mut out).map_err(Fail::Io)?;
+        self.at += n;
+        Ok(Cow::Owned(out))
+    }
+
+    fn values(&self) -> bool {
+        false
+    }
+}
+
+/// A cursor over `input` up to `end`; positions are file offsets, for messages.
+struct Reader<I> {
+    input: I,
     pos: usize,
     end: usize,
 }
 
-impl<'a> Reader<'a> {
+impl<I: Input> Reader<I> {
     fn left(&self) -> usize {
         self.end - self.pos
     }
 
-    /// The next `n` bytes, or a `Short` failure naming the field. Every read and every
-    /// allocation goes through here first, so nothing larger than the file is ever allocated.
-    fn take(&mut self, n: usize, what: &dyn fmt::Display) -> Parse<&'a [u8]> {
+    /// Fails with `Short`, naming the field, unless `n` bytes are left. Every read and every
+    /// allocation is checked here first, so nothing larger than the file is ever allocated.
+    fn need(&self, n: usize, what: &dyn fmt::Display) -> Parse<()> {
         if n > self.left() {
             return Err(Fail::Short(format!(
                 "truncated at {what}: needs {n} bytes at offset {}, only {} left",
@@ -334,21 +494,27 @@ impl<'a> Reader<'a> {
                 self.left()
             )));
         }
-        let out = &self.bytes[self.pos..self.pos + n];
+        Ok(())
+    }
+
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize, what: &dyn fmt::Display) -> Parse<Cow<'_, [u8]>> {
+        self.need(n, what)?;
+        let at = self.pos;
         self.pos += n;
-        Ok(out)
+        self.input.bytes_at(at, n)
     }
 
     fn u32(&mut self, what: &dyn fmt::Display) -> Parse<u32> {
-        Ok(LE::read_u32(self.take(4, what)?))
+        Ok(LE::read_u32(&self.take(4, what)?))
     }
 
     fn u64(&mut self, what: &dyn fmt::Display) -> Parse<u64> {
-        Ok(LE::read_u64(self.take(8, what)?))
+        Ok(LE::read_u64(&self.take(8, what)?))
     }
 
     fn f64(&mut self, what: &dyn fmt::Display) -> Parse<f64> {
-        Ok(LE::read_f64(self.take(8, what)?))
+        Ok(LE::read_f64(&self.take(8, what)?))
     }
 
     /// A u32 count of records each at least `min_each` bytes long, checked against the bytes
@@ -368,21 +534,27 @@ impl<'a> Reader<'a> {
     }
 
     /// A u32 length then that many bytes.
-    fn bytes(&mut self, what: &dyn fmt::Display) -> Parse<&'a [u8]> {
+    fn bytes(&mut self, what: &dyn fmt::Display) -> Parse<Vec<u8>> {
         let n = self.u32(&format_args!("{what} length"))? as usize;
-        self.take(n, what)
+        Ok(self.take(n, what)?.into_owned())
     }
 
     fn string(&mut self, what: &dyn fmt::Display) -> Parse<String> {
         let at = self.pos + 4;
         let raw = self.bytes(what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| Fail::Bad(format!("{what} at offset {at} is not valid UTF-8")))
+        String::from_utf8(raw).map_err(|_| Fail::Bad(format!("{what} at offset {at} is not valid UTF-8")))
     }
 
+    /// `n` f32 values; none (skipped, their size checked) where the input reads no values.
     fn f32s(&mut self, n: usize, what: &dyn fmt::Display) -> Parse<Vec<f32>> {
+        if !self.input.values() {
+            self.need(n.saturating_mul(4), what)?;
+            self.pos += n * 4;
+            return Ok(Vec::new());
+        }
         let raw = self.take(n.saturating_mul(4), what)?;
         let mut out = vec![0f32; n];
-        LE::read_f32_into(raw, &mut out);
+        LE::read_f32_into(&raw, &mut out);
         Ok(out)
     }
 }
@@ -390,35 +562,14 @@ impl<'a> Reader<'a> {
 /// Magic and size, then the CRC, then the structure; the message says what is wrong.
 fn decode(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
     let len = bytes.len();
-    let head = &bytes[..len.min(MAGIC.len())];
-    if !MAGIC.starts_with(head) {
-        return Err(format!(
-            "not a sliceout checkpoint: it starts with \"{}\", expected \"{}\"",
-            head.escape_ascii(),
-            MAGIC.escape_ascii()
-        ));
-    }
-    if len == 0 {
-        return Err("truncated at the magic: the file is empty".to_string());
-    }
-    if len < HEADER_LEN + CRC_LEN {
-        return Err(format!(
-            "truncated at the header: the file is {len} bytes, a checkpoint has at least {}",
-            HEADER_LEN + CRC_LEN
-        ));
-    }
-    // The version decides the layout (a later one may place its CRC differently): check it first.
-    let version = LE::read_u32(&bytes[MAGIC.len()..]);
-    if version != VERSION {
-        return Err(format!("unknown format version {version}; this build reads version {VERSION}"));
-    }
+    judge_head(&bytes[..len.min(HEAD_LEN)], len as u64)?;
     let body_end = len - CRC_LEN;
     let stored = LE::read_u32(&bytes[body_end..]);
     let computed = crc32fast::hash(&bytes[..body_end]);
     if stored != computed {
         // The mismatch alone does not say where the damage is. If the bytes, read as far as they
         // go (no CRC), run out inside a field, the file was most likely cut short: say where.
-        if let Err(Fail::Short(msg)) = parse(bytes, len) {
+        if let Err(Fail::Short(msg)) = parse(&mut Reader { input: bytes, pos: MAGIC.len(), end: len }) {
             return Err(format!(
                 "the file is truncated or corrupt: {msg} (CRC mismatch: stored {stored:#010x}, \
                  computed {computed:#010x})"
@@ -429,16 +580,11 @@ fn decode(bytes: &[u8]) -> std::result::Result<Checkpoint, String> {
              {body_end} bytes; the file is corrupt"
         ));
     }
-    parse(bytes, body_end).map_err(Fail::msg)
+    parse(&mut Reader { input: bytes, pos: MAGIC.len(), end: body_end }).map_err(Fail::msg)
 }
 
-/// Parses `bytes[8..end]` (after the magic, up to the CRC).
-fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
-    let mut r = Reader { bytes, pos: MAGIC.len(), end };
-    let version = r.u32(&"format version")?;
-    if version != VERSION {
-        return Err(Fail::Bad(format!("unknown format version {version}; this build reads version {VERSION}")));
-    }
+/// The stored model configuration, judged as flags are.
+fn read_config<I: Input>(r: &mut Reader<I>) -> Parse<ModelConfig> {
     let depth = r.u32(&"config.depth")? as usize;
     let widen = r.u32(&"config.widen")? as usize;
     let classes = r.u32(&"config.classes")? as usize;
@@ -446,6 +592,16 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
     let keep = r.f64(&"config.keep")?;
     let config = ModelConfig { depth, widen, classes, in_channels, keep };
     check_model(&config).map_err(Fail::Bad)?;
+    Ok(config)
+}
+
+/// Parses from the reader's position (just after the magic) up to its end (the CRC).
+fn parse<I: Input>(r: &mut Reader<I>) -> Parse<Checkpoint> {
+    let version = r.u32(&"format version")?;
+    if version != VERSION {
+        return Err(Fail::Bad(format!("unknown format version {version}; this build reads version {VERSION}")));
+    }
+    let config = read_config(r)?;
     let step = r.u64(&"step")?;
     let epoch = r.u64(&"epoch")?;
 
@@ -486,7 +642,7 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
         if !seen.insert(name.clone()) {
             return Err(Fail::Bad(format!("duplicate RNG name {name:?}")));
         }
-        let state = r.bytes(&format_args!("RNG {name:?} state"))?.to_vec();
+        let state = r.bytes(&format_args!("RNG {name:?} state"))?;
         rngs.push((name, state));
     }
 
@@ -510,8 +666,8 @@ fn parse(bytes: &[u8], end: usize) -> Parse<Checkpoint> {
         meta.push((key, value));
     }
 
-    if r.pos != end {
-        return Err(Fail::Bad(format!("{} unexpected bytes after the metadata, at offset {}", end - r.pos, r.pos)));
+    if r.pos != r.end {
+        return Err(Fail::Bad(format!("{} unexpected bytes after the metadata, at offset {}", r.end - r.pos, r.pos)));
     }
     Ok(Checkpoint { config, step, epoch, tensors, rngs, norm_mean, norm_std, meta })
 }
@@ -735,14 +891,46 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A file far larger than its header's network can fill is refused from the header; a
+    /// zero-filled (sparse) body is refused by the walk, which reads no tensor values; both
+    /// without reading the file, and the same from bytes in memory.
+    #[test]
+    fn the_header_is_judged_before_the_file_is_read() {
+        let dir = scratch("ckpt-head");
+        let good = encode(&sample()).unwrap();
+        let most = max_len(&config()).unwrap();
+        assert!(good.len() as u64 <= most && most < (1 << 30) + (1 << 26), "{most}");
+        let path = dir.join("huge.ckpt");
+        fs::write(&path, &good).unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(most + 1).unwrap();
+        let start = Instant::now();
+        let msg = load(&path).unwrap_err().to_string();
+        assert!(msg.contains(&format!("more than a checkpoint of WRN-16-4 (10 classes, 3 input channels) holds: at most 1.0 GiB ({most} bytes)")), "{msg}");
+        let path = dir.join("zeros.ckpt");
+        fs::write(&path, &good[..HEAD_LEN]).unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(most).unwrap();
+        let msg = load(&path).unwrap_err().to_string();
+        assert!(msg.contains("unexpected bytes after the metadata, at offset 72"), "{msg}");
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+        let mut zeros = good[..HEAD_LEN].to_vec();
+        zeros.resize(100, 0);
+        fix_crc(&mut zeros);
+        assert!(decode(&zeros).unwrap_err().contains("unexpected bytes after the metadata"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn truncation_names_the_field() {
         let dir = scratch("ckpt-trunc");
         let good = encode(&sample()).unwrap();
         let fields = length_fields(&good);
-        // Cut inside the data of the first tensor: the CRC fails, and the message says where.
+        // Cut inside the data of the first tensor: the walk over the file says where, before the
+        // file is read.
         let cut = field_at(&fields, "tensor 0 numel") + 8 + 40;
         let msg = load_err(&dir, "cut.ckpt", &good[..cut]);
+        assert!(msg.contains("truncated or corrupt: truncated at tensor \"conv1.w\" data"), "{msg}");
+        // In memory, the CRC is checked first, and the message says both.
+        let msg = decode(&good[..cut]).unwrap_err();
         assert!(msg.contains("truncated at tensor \"conv1.w\" data") && msg.contains("CRC mismatch"), "{msg}");
         // Cut in the config.
         let msg = load_err(&dir, "cut2.ckpt", &good[..22]);

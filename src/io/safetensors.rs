@@ -173,6 +173,57 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
     Ok(TensorFile { entries, metadata })
 }
 
+/// The format's largest header, as the crate reads it.
+const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// Reads the safetensors file at `path`, `len` bytes long, judging its header before the
+/// data: the header's length against the file and the format's limit, then the tensor data
+/// the header describes against the bytes that follow it. A file that cannot be safetensors
+/// is refused having read at most its header; `Ok(Err(msg))` says why, without the file's
+/// name (the caller names it), `Err` is a read that failed.
+pub fn read_judged(path: &Path, len: u64) -> Result<std::result::Result<Vec<u8>, String>> {
+    use std::io::Read;
+    let io = |e| Error::io(path, e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut head = Vec::with_capacity(8);
+    (&mut file).take(8).read_to_end(&mut head).map_err(io)?;
+    let Ok(first) = <[u8; 8]>::try_from(head.as_slice()) else {
+        return Ok(Err(format!("truncated: {} bytes, fewer than the 8 that give the header's length", head.len())));
+    };
+    let header_len = u64::from_le_bytes(first);
+    if header_len > MAX_HEADER_LEN {
+        return Ok(Err(format!(
+            "the first 8 bytes announce a {header_len}-byte header, over the format's 100 MB limit"
+        )));
+    }
+    if header_len > len.saturating_sub(8) {
+        return Ok(Err(format!(
+            "truncated, or not safetensors: the first 8 bytes announce a {header_len}-byte header, {} bytes follow",
+            len.saturating_sub(8)
+        )));
+    }
+    (&mut file).take(header_len).read_to_end(&mut head).map_err(io)?;
+    if let Ok(m) = serde_json::from_slice::<Metadata>(&head[8..]) {
+        let follow = len.saturating_sub(8 + header_len);
+        if m.data_len() as u64 != follow {
+            return Ok(Err(format!(
+                "truncated or padded: the header describes {} bytes of tensor data, {follow} follow it",
+                m.data_len()
+            )));
+        }
+    } else if let Err(msg) = decode(&head) {
+        // The header itself is refused: what the crate says of it.
+        return Ok(Err(msg));
+    }
+    let mut bytes = Vec::new();
+    if usize::try_from(len).ok().filter(|&n| crate::oom::fallible(|| bytes.try_reserve_exact(n)).is_ok()).is_none() {
+        return Ok(Err(format!("{len} bytes do not fit in memory")));
+    }
+    bytes.extend_from_slice(&head);
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(Ok(bytes))
+}
+
 /// Any JSON value in which no object repeats a key; deserialising it is the check.
 struct UniqueKeys;
 

@@ -17,7 +17,7 @@ use crate::schedule::{Mode, Options};
 const MIB: usize = 1 << 20;
 
 /// One term of a device's memory besides the plan, with where its size comes from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Term {
     pub what: String,
     pub bytes: usize,
@@ -97,39 +97,63 @@ pub fn step_bytes(config: &ModelConfig, batch: usize, options: Options) -> usize
     p.arena_bytes() + p.schedule.persistent_len() * 4
 }
 
-/// The largest batch in `1..=cap` whose step plus `fixed` bytes fits `budget`, with the step's
-/// bytes at that batch; `None` when not even batch 1 fits.
-pub fn largest_batch(
-    config: &ModelConfig,
-    options: Options,
-    budget: usize,
-    fixed: usize,
-    cap: usize,
-) -> Option<(usize, usize)> {
+/// What stopped a search for the largest batch one image short of the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// One more image's step does not fit the budget.
+    Budget,
+    /// One more image would make a buffer past [`crate::ir::config::MAX_BYTES`], which no
+    /// plan is made for: the budget has room for more.
+    Sizes,
+}
+
+/// The largest batch whose step plus `fixed` bytes fits `budget`, with the step's bytes and
+/// what stops the next batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Largest {
+    pub batch: usize,
+    pub bytes: usize,
+    pub bound: Bound,
+}
+
+/// The largest batch whose step plus `fixed` bytes fits `budget` (no cap but the sizes a plan
+/// can be made for); `None` when not even batch 1 fits. The batch doubles until a step does not
+/// fit, then a binary search finds the edge.
+pub fn largest_batch(config: &ModelConfig, options: Options, budget: usize, fixed: usize) -> Option<Largest> {
     let fits = |b: usize| fitting_step(config, options, budget, fixed, b);
     let mut best = (1, fits(1)?);
-    let (mut lo, mut hi) = (1, cap.max(1));
-    if let Some(bytes) = fits(hi) {
-        return Some((hi, bytes));
+    // fits(lo); !fits(hi) once found.
+    let (mut lo, mut hi) = (1usize, None);
+    while hi.is_none() {
+        match lo.checked_mul(2) {
+            Some(next) => match fits(next) {
+                Some(bytes) => (lo, best) = (next, (next, bytes)),
+                None => hi = Some(next),
+            },
+            None => hi = Some(usize::MAX),
+        }
     }
-    // fits(lo), !fits(hi)
+    let mut hi = hi.unwrap_or(usize::MAX);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         match fits(mid) {
-            Some(bytes) => {
-                lo = mid;
-                best = (mid, bytes);
-            }
+            Some(bytes) => (lo, best) = (mid, (mid, bytes)),
             None => hi = mid,
         }
     }
-    Some(best)
+    let (batch, bytes) = best;
+    let bound = match batch.checked_add(1).is_some_and(|next| config.footprint(next).is_ok()) {
+        true => Bound::Budget,
+        false => Bound::Sizes,
+    };
+    Some(Largest { batch, bytes, bound })
 }
 
 /// The bytes of a step at batch `b` when they and `fixed` bytes fit `budget`.
 fn fitting_step(config: &ModelConfig, options: Options, budget: usize, fixed: usize, b: usize) -> Option<usize> {
     let bytes = step_bytes(config, b, options);
-    (bytes.saturating_add(fixed) <= budget).then_some(bytes)
+    // `usize::MAX`: a step no plan is made for, whatever the budget.
+    (bytes != usize::MAX && bytes.saturating_add(fixed) <= budget).then_some(bytes)
 }
 
 /// The largest power of two in `1..=cap` whose step plus `fixed` bytes fits `budget`.
@@ -228,8 +252,8 @@ mod tests {
             let c = wrn(16, 4, 0.5);
             let options = Options { target, ..Options::default() };
             let fixed: usize = overheads(target, DatasetKind::Cifar10).iter().map(|t| t.bytes).sum();
-            let (b, bytes) = largest_batch(&c, options, budget, fixed, 1 << 16).unwrap();
-            assert!(b > 1 && b < 1 << 16, "{b}");
+            let Largest { batch: b, bytes, bound } = largest_batch(&c, options, budget, fixed).unwrap();
+            assert!(b > 1 && b < 1 << 16 && bound == Bound::Budget, "{b}");
             assert_eq!(bytes, step_bytes(&c, b, options));
             assert!(bytes + fixed <= budget);
             assert!(step_bytes(&c, b + 1, options) + fixed > budget, "batch {} fits too", b + 1);
@@ -242,8 +266,23 @@ mod tests {
     #[test]
     fn nothing_fits_a_budget_below_the_fixed_terms() {
         let c = wrn(10, 2, 1.0);
-        assert_eq!(largest_batch(&c, Options::default(), 10 * MIB, 20 * MIB, 64), None);
+        assert_eq!(largest_batch(&c, Options::default(), 10 * MIB, 20 * MIB), None);
         assert_eq!(largest_power_of_two(&c, Options::default(), 10 * MIB, 20 * MIB, 64), None);
+    }
+
+    /// Past 65,536 images: the search goes on as long as the budget does, and where the sizes
+    /// end first, says so.
+    #[test]
+    fn the_largest_batch_has_no_cap_but_the_sizes() {
+        let c = wrn(10, 1, 1.0);
+        let options = Options { col_chunk: 1, ..Options::default() };
+        let budget = 2 * step_bytes(&c, 1 << 16, options);
+        let Largest { batch, bytes, bound } = largest_batch(&c, options, budget, 0).unwrap();
+        assert!(batch > 1 << 17 && bound == Bound::Budget, "{batch}");
+        assert!(bytes <= budget && step_bytes(&c, batch + 1, options) > budget);
+        let Largest { batch, bound, .. } = largest_batch(&c, options, usize::MAX, 0).unwrap();
+        assert_eq!(bound, Bound::Sizes);
+        assert!(c.footprint(batch).is_ok() && c.footprint(batch + 1).is_err(), "{batch}");
     }
 
     /// Leaner rungs never need more memory than the ones before them.

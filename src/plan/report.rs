@@ -459,6 +459,12 @@ struct JsonPlan<'a> {
 /// `baseline` (or null), `precisions` (`precision`, `arena_bytes`, `total_bytes` of this plan and
 /// of the other precision when given) and, for a GPU plan, `gpu_calls` (`launches`, `gemms`).
 pub fn json(r: &PlanReport) -> String {
+    // A Value always prints.
+    serde_json::to_string_pretty(&json_value(r)).unwrap_or_default()
+}
+
+/// The plan as a JSON value, for a caller that adds to it (`plan --fit` adds `fit`).
+pub fn json_value(r: &PlanReport) -> serde_json::Value {
     let plan = JsonPlan {
         model: &r.model,
         batch: r.batch,
@@ -504,7 +510,7 @@ pub fn json(r: &PlanReport) -> String {
         gpu_calls: r.gpu_calls,
     };
     // Plain structs with string keys always serialise (a NaN keep becomes null).
-    serde_json::to_string_pretty(&plan).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    serde_json::to_value(&plan).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
 }
 
 const KINDS: [(BufKind, &str); 5] = [
@@ -524,8 +530,14 @@ fn kind_colour(k: BufKind) -> &'static str {
 /// per buffer, and the live bytes per step as a dashed line (the lower bound any plan needs).
 /// Only buffers are drawn as `<rect>`; frames and swatches are paths.
 pub fn svg(r: &PlanReport) -> String {
+    svg_described(r, "")
+}
+
+/// [`svg`] with `desc` (say, what `plan --fit` found) in the picture's `<desc>` element, unless
+/// it is empty.
+pub fn svg_described(r: &PlanReport, desc: &str) -> String {
     let mut s = String::new();
-    let _ = write_svg(&mut s, r);
+    let _ = write_svg(&mut s, r, desc);
     s
 }
 
@@ -568,10 +580,13 @@ impl Plot {
     }
 }
 
-fn write_svg(s: &mut String, r: &PlanReport) -> fmt::Result {
+fn write_svg(s: &mut String, r: &PlanReport, desc: &str) -> fmt::Result {
     let g = Plot::new(r);
     // Drawing order is stacking order: grid under the buffers, the live line and frame over them.
     write_svg_head(s)?;
+    if !desc.is_empty() {
+        writeln!(s, "<desc>{}</desc>", crate::io::svg::escape(desc))?;
+    }
     write_svg_titles(s, r, &g)?;
     write_svg_grid(s, &g)?;
     write_svg_buffers(s, r, &g)?;

@@ -262,7 +262,7 @@ impl<'a> Run<'a> {
         let options = Options { target: backend.target(), ..args.options };
         let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
         let init = match &args.init {
-            Some(path) => Some((path, crate::export::load_init(path, &config)?)),
+            Some(path) => Some((path, crate::export::load_init(path, &config, &args.data)?)),
             None => None,
         };
         // A resumed run, and initial weights that state theirs, keep the normalisation they
