@@ -7,7 +7,9 @@
 
 use sliceout::backend::cpu::CpuBackend;
 use sliceout::backend::Backend;
-use sliceout::cmd::bench;
+use sliceout::cmd::bench::table;
+use sliceout::measure::bench;
+use sliceout::measure::Timing;
 use sliceout::ir::{Precision, Target};
 use sliceout::model::ModelConfig;
 use sliceout::schedule::Options;
@@ -21,11 +23,11 @@ fn main() {
         &config,
         32,
         &[(1.0, Precision::Fp32), (0.75, Precision::Fp32), (0.5, Precision::Fp32)],
-        bench::Timing { steps, seed: 0, align: 1 },
+        Timing { steps, seed: 0, align: 1 },
         Options { target: Target::Cpu, ..Options::default() },
     )
     .expect("bench runs");
-    print!("{}", bench::table(&config, 32, &CpuBackend::new().name(), &rows));
+    print!("{}", table(&config, 32, &CpuBackend::new().name(), &rows));
     let ratio = rows[2].median_ms / rows[0].median_ms;
     println!("keep 0.5 / keep 1.0 = {ratio:.2} (bar: <= 0.70)");
 }

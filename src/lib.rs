@@ -14,10 +14,12 @@
 //! ops/<op>/    one folder per op: contract, CPU kernel, CUDA launch + .cu, tests
 //! schedule     a step as an ordered list of ops over named buffers
 //! plan/        lifetimes -> arena offsets, the checker, programs, plan reports
-//! model/       WRN-d-k -> schedule (forward, backward, updates)
-//! export/      the model as safetensors and ONNX, and safetensors read back and checked
+//! model/       WRN-d-k -> schedule (forward, backward, updates); its parameter listing
+//! model_file/  one way in for a model file: checkpoint or safetensors, read and judged
+//! export/      the model as safetensors and ONNX
 //! backend/     where a program runs: the traits, the CPU reference, CUDA
 //! train/       one step (train/step.rs), the loop, evaluation, resume
+//! measure/     the profiler and the bench: programs built, stepped and timed
 //! verify/      selftest (every op against the CPU), the PyTorch reference
 //! cmd/         one file per command of the binary
 //! ```
@@ -35,7 +37,9 @@ pub mod export;
 pub mod gpu;
 pub mod io;
 pub mod ir;
+pub mod measure;
 pub mod model;
+pub mod model_file;
 pub mod oom;
 pub mod ops;
 pub mod plan;

@@ -23,6 +23,14 @@ pub fn fallible<T>(f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// `len` zeros, or `None` when the allocator refuses.
+pub fn zeroed(len: usize) -> Option<Vec<f32>> {
+    let mut v = Vec::new();
+    fallible(|| v.try_reserve_exact(len)).ok()?;
+    v.resize(len, 0.0);
+    Some(v)
+}
+
 /// The system allocator, except that an allocation failing outside [`fallible`] writes one line
 /// naming its size to stderr and exits with status 1.
 pub struct ExitOnOom;

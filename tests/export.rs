@@ -8,6 +8,7 @@
 
 use prost::Message;
 use sliceout::export::{self, onnx, proto};
+use sliceout::model_file;
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
 use sliceout::io::safetensors::{self as st, Entry, TensorFile, Values};
 use sliceout::ir::{ModelConfig, Role};
@@ -63,7 +64,7 @@ fn strs(v: &[String]) -> Vec<&str> {
 fn reference_checkpoint() -> Checkpoint {
     let r = reference::parse(reference::REFERENCE).unwrap();
     let config = reference::config();
-    let tensors = export::weights::model_tensors(&config)
+    let tensors = model_file::model_tensors(&config)
         .into_iter()
         .map(|t| {
             let key =
@@ -114,7 +115,7 @@ fn export_then_import_round_trips_every_tensor_bit_for_bit() {
     let out = dir.join("model.safetensors");
     export::save_safetensors(&out, &source, &ck).unwrap();
 
-    let back = export::load_model(&out).unwrap();
+    let back = model_file::load_model(&out).unwrap();
     assert_eq!(back.config, ck.config);
     assert_eq!(back.step, ck.step);
     assert_eq!((bits(&back.norm_mean), bits(&back.norm_std)), (bits(&ck.norm_mean), bits(&ck.norm_std)));
@@ -144,7 +145,7 @@ fn export_then_import_round_trips_every_tensor_bit_for_bit() {
     };
     assert!(entry_bits(&second) == entry_bits(&file), "a second export differs");
     // As initial weights, too, every tensor comes back.
-    let init = export::load_init(&out, &ModelConfig { keep: 1.0, ..ck.config }, Path::new("data")).unwrap();
+    let init = model_file::load_init(&out, &ModelConfig { keep: 1.0, ..ck.config }, Path::new("data")).unwrap();
     for t in &ck.tensors {
         assert_eq!(bits(&init.tensor(&t.name).unwrap().data), bits(&t.data), "{}", t.name);
     }

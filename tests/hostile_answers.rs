@@ -342,7 +342,7 @@ fn huge_sparse_files_are_refused_from_their_header() {
         let start = Instant::now();
         let by_load = match checkpoint::load(path) {
             Err(e) if p.ends_with(".ckpt") => e.to_string(),
-            _ => sliceout::export::load_model(path).map(drop).unwrap_err().to_string(),
+            _ => sliceout::model_file::load_model(path).map(drop).unwrap_err().to_string(),
         };
         assert!(by_load.contains(needle) && by_load.contains(p), "{by_load}");
         assert!(start.elapsed() < Duration::from_millis(500), "{p}: {:?}", start.elapsed());

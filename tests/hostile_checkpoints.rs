@@ -10,6 +10,7 @@ mod common;
 
 use sliceout::backend::DeviceChoice;
 use sliceout::export;
+use sliceout::model_file;
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
 use sliceout::io::safetensors::{self as st, TensorFile, Values};
 use sliceout::ir::Precision;
@@ -40,7 +41,7 @@ fn files(name: &str) -> Files {
     let s = train::train(&TrainArgs { stop_after: Some(2), ..args(&data, &mid_run) }).unwrap();
     assert_eq!(s.stopped_at, Some(2));
     let (last, mid, model) = (run.join("last.ckpt"), mid_run.join("last.ckpt"), dir.join("model.safetensors"));
-    export::save_safetensors(&model, &last, &export::load_model(&last).unwrap()).unwrap();
+    export::save_safetensors(&model, &last, &model_file::load_model(&last).unwrap()).unwrap();
     Files { dir, data, last, mid, model }
 }
 
@@ -96,7 +97,7 @@ fn refusals(f: &Files, model: &Path, export: bool) -> Vec<String> {
     };
     let mut errors = vec![train::evaluate(&request).map(drop)];
     if export {
-        errors.push(export::load_model(model).map(drop));
+        errors.push(model_file::load_model(model).map(drop));
     }
     let out = f.dir.join("out");
     let _ = std::fs::remove_dir_all(&out);
@@ -217,7 +218,7 @@ fn impossible_values_and_repeated_keys_are_refused() {
     forge_ckpt(&f.last, &var, |ck| tensor(ck, "block1.bn2.running_var").data[3] = -0.5);
     let needle = "tensor block1.bn2.running_var holds -0.5 at index 3: expected a running variance, never negative";
     refused_by(&f, &var, false, &[needle]);
-    assert!(export::load_model(&var).is_ok());
+    assert!(model_file::load_model(&var).is_ok());
     let st_var = f.dir.join("var.safetensors");
     forge_st(&f.model, &st_var, |t| {
         let e = t.entries.iter_mut().find(|e| e.name == "bn.running_var").unwrap();

@@ -5,6 +5,7 @@ use super::flags::{ExportFlags, ExportFormat};
 use crate::error::{Error, Result};
 use crate::export::{self, onnx};
 use crate::ir::Role;
+use crate::model_file;
 
 pub fn command(f: &ExportFlags) -> Result<()> {
     let named = match f.out.extension().and_then(|e| e.to_str()) {
@@ -31,13 +32,13 @@ pub fn command(f: &ExportFlags) -> Result<()> {
         }
     };
     super::check_output("--out", &f.out, &[&f.checkpoint])?;
-    let ck = export::load_model(&f.checkpoint)?;
+    let ck = model_file::load_model(&f.checkpoint)?;
     let c = ck.config;
     match format {
         ExportFormat::Safetensors => {
             export::save_safetensors(&f.out, &f.checkpoint, &ck)?;
             let params: usize =
-                export::weights::model_tensors(&c).iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum();
+                model_file::model_tensors(&c).iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum();
             outln!(
                 "wrote {}: {} ({:.2} M parameters, BN running statistics, metadata), keep {:.2}",
                 f.out.display(),

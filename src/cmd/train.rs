@@ -8,7 +8,7 @@ use crate::backend::{self, DeviceChoice};
 use crate::data;
 use crate::data::Limits;
 use crate::error::{Error, Result};
-use crate::export::{self, Stated};
+use crate::model_file::{self, Stated};
 use crate::gpu::Math;
 use crate::io::checkpoint;
 use crate::ir::{mib, ModelConfig, Precision, Target};
@@ -156,7 +156,7 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelC
     let (config, meta) = (resumed.as_ref().map(|r| r.0), resumed.map(|r| r.1).unwrap_or_default());
     let run = &meta.recorded;
     let stated = match (&f.init, config) {
-        (Some(p), _) => export::read(p)?.stated(p)?,
+        (Some(p), _) => model_file::read(p)?.stated(p)?,
         (None, Some(c)) => {
             Stated { depth: Some(c.depth), widen: Some(c.widen), keep: Some(c.keep), ..Stated::default() }
         }

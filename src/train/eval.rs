@@ -1,7 +1,6 @@
 //! Evaluation: the test split through eval programs (full batches, then the remainder), and
 //! `sliceout eval`'s whole run from a model file.
 
-use super::state;
 use super::Recalibrator;
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId, StepCtx};
 use crate::data::loader::Crop;
@@ -9,6 +8,7 @@ use crate::data::{self, DatasetKind, Limits};
 use crate::error::{Error, Result};
 use crate::ir::{Invalid, ModelConfig, Precision};
 use crate::model::wrn;
+use crate::model_file;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::schedule::{Mode, Options};
@@ -114,7 +114,7 @@ pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
         return Err(Error::flag("--limit-test", 0, "an integer >= 1 (a number of images)"));
     }
     let mut backend = backend::open(r.device, Math::Tf32, false)?;
-    let ck = crate::export::load_model(checkpoint_path)?;
+    let ck = model_file::load_model(checkpoint_path)?;
     // The training split is needed only to recalibrate: otherwise read none of it.
     let limits = Limits { train: if r.bn_recal > 0 { None } else { Some(0) }, test: r.limit_test };
     let mut ds = data::load_limited(data_dir, r.dataset, r.coarse, limits)?;
@@ -136,8 +136,8 @@ pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
     let options = Options { target: backend.target(), precision: r.precision, ..Options::default() };
     let mut eval = Evaluator::new(&config, batch, ds.test.len, options);
     let recal = (r.bn_recal > 0).then(|| Recalibrator::new(&config, batch, options, r.bn_recal, ds.train.len, 0));
-    let region = state::restore(&eval.program().schedule, checkpoint_path, &ck, false)?;
-    let norm = state::normalization(checkpoint_path, &ck, ds.channels)?;
+    let region = model_file::restore(&eval.program().schedule, checkpoint_path, &ck, false)?;
+    let norm = model_file::normalization(checkpoint_path, &ck, ds.channels)?;
     backend.reserve_arena(eval.arena_bytes().max(recal.as_ref().map_or(0, |c| c.arena_bytes())))?;
     backend.set_persistent(&region)?;
     let (channels, labels) = (ds.channels, ds.test.labels.clone());

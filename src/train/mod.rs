@@ -38,6 +38,7 @@ use crate::io::lock::FolderLock;
 use crate::io::metrics::{self, Change, EpochMetrics};
 use crate::ir::{Invalid, ModelConfig, Role};
 use crate::model::wrn;
+use crate::model_file;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::rng::{stream, Rng};
@@ -262,7 +263,7 @@ impl<'a> Run<'a> {
         let options = Options { target: backend.target(), ..args.options };
         let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
         let init = match &args.init {
-            Some(path) => Some((path, crate::export::load_init(path, &config, &args.data)?)),
+            Some(path) => Some((path, model_file::load_init(path, &config, &args.data)?)),
             None => None,
         };
         // A resumed run, and initial weights that state theirs, keep the normalisation they
@@ -272,17 +273,17 @@ impl<'a> Run<'a> {
             (Some(r), _) => {
                 changes = r.check(args, &config, train_len, test_len, per_epoch)?;
                 (
-                    state::restore(&program.schedule, &r.path, &r.ck, true)?,
-                    state::normalization(&r.path, &r.ck, ds.channels)?,
+                    model_file::restore(&program.schedule, &r.path, &r.ck, true)?,
+                    model_file::normalization(&r.path, &r.ck, ds.channels)?,
                 )
             }
             (None, Some((path, ck))) => {
                 let norm = if ck.norm_mean.is_empty() {
                     Normalization::from_split(&ds.train, ds.channels)
                 } else {
-                    state::normalization(path, ck, ds.channels)?
+                    model_file::normalization(path, ck, ds.channels)?
                 };
-                (state::restore(&program.schedule, path, ck, false)?, norm)
+                (model_file::restore(&program.schedule, path, ck, false)?, norm)
             }
             (None, None) => {
                 (wrn::init_persistent(&program.schedule, args.seed), Normalization::from_split(&ds.train, ds.channels))
@@ -588,8 +589,7 @@ struct Resumed {
 
 impl Resumed {
     fn load(path: &Path) -> Result<Resumed> {
-        let ck = checkpoint::load(path)?;
-        crate::export::weights::check_checkpoint(path, &ck, &ck.config)?;
+        let ck = model_file::load_resume(path)?;
         let meta = RunMeta::read(path, &ck)?;
         Ok(Resumed { path: path.to_path_buf(), ck, meta })
     }

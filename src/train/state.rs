@@ -5,11 +5,10 @@
 //!
 //! Nothing read from a checkpoint is trusted: [`RunMeta::read`] checks every stored value (and
 //! [`RunMeta::check_sums`] the epoch's sums against its step), the tensors' names and shapes
-//! are checked as the file is read ([`crate::export::weights::check_tensors`]), and [`restore`]
-//! judges their values (finite, variances never negative) before anything is allocated.
-//! Nothing non-finite is written: [`Snapshot::capture`] refuses a region with a NaN or an
-//! infinity. A [`Snapshot`] is reserved before the first step, so that saving allocates nothing
-//! large.
+//! are checked as the file is read and their values judged before anything is allocated
+//! ([`crate::model_file`]). Nothing non-finite is written: [`Snapshot::capture`] refuses a region with a NaN or an
+//! infinity. A [`Snapshot`] is reserved before the first step, so that saving allocates
+//! nothing large.
 
 use super::lr::LrSchedule;
 use super::recorded::Recorded;
@@ -20,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, Checkpoint, Tensor};
 use crate::io::metrics::{Change, EpochMetrics};
 use crate::ir::config::size_text;
-use crate::ir::{ModelConfig, Role};
+use crate::ir::ModelConfig;
 use crate::rng::Rng;
 use crate::schedule::Schedule;
 use std::path::Path;
@@ -250,10 +249,10 @@ impl Snapshot {
                 run.config.name()
             ))
         };
-        let region = zeroed(s.persistent_len()).ok_or_else(|| short(4 * s.persistent_len()))?;
+        let region = crate::oom::zeroed(s.persistent_len()).ok_or_else(|| short(4 * s.persistent_len()))?;
         let mut tensors = Vec::with_capacity(s.tensors.len());
         for t in &s.tensors {
-            let data = zeroed(t.len()).ok_or_else(|| short(4 * t.len()))?;
+            let data = crate::oom::zeroed(t.len()).ok_or_else(|| short(4 * t.len()))?;
             tensors.push(Tensor { name: t.name.clone(), shape: t.shape.clone(), data });
         }
         let ck = Checkpoint {
@@ -299,75 +298,6 @@ impl Snapshot {
     pub fn save(&mut self, path: &Path) -> Result<()> {
         checkpoint::save_with(path, &self.ck, &mut self.bytes)
     }
-}
-
-/// `len` zeros, or `None` when the allocator refuses.
-fn zeroed(len: usize) -> Option<Vec<f32>> {
-    let mut v = Vec::new();
-    crate::oom::fallible(|| v.try_reserve_exact(len)).ok()?;
-    v.resize(len, 0.0);
-    Some(v)
-}
-
-/// The persistent region laid out by `s`, filled from a checkpoint (momentum too when resuming
-/// training; evaluation needs none and gets zeros). Names and shapes were checked as the file
-/// was read ([`crate::export::weights::check_tensors`]); here, before anything is allocated,
-/// each tensor copied is found, its length compared, and its values judged: finite, and a
-/// running variance never negative.
-pub fn restore(s: &Schedule, path: &Path, ck: &Checkpoint, momentum: bool) -> Result<Vec<f32>> {
-    let mut sources = Vec::with_capacity(s.tensors.len());
-    for t in s.tensors.iter().filter(|t| momentum || t.role != Role::Momentum) {
-        let src = ck.tensor(&t.name).ok_or_else(|| Error::checkpoint(path, format!("has no tensor {}", t.name)))?;
-        if src.data.len() != t.len() {
-            return Err(Error::checkpoint(
-                path,
-                format!("tensor {} has {} values, the model needs {}", t.name, src.data.len(), t.len()),
-            ));
-        }
-        if let Some(i) = src.data.iter().position(|x| !x.is_finite()) {
-            return Err(Error::checkpoint(
-                path,
-                format!(
-                    "tensor {} holds {} at index {i}: the run had diverged when this was saved; use an earlier checkpoint",
-                    t.name, src.data[i]
-                ),
-            ));
-        }
-        if t.role == Role::RunningVar {
-            if let Some(i) = src.data.iter().position(|&x| x < 0.0) {
-                return Err(Error::checkpoint(
-                    path,
-                    format!(
-                        "tensor {} holds {} at index {i}: expected a running variance, never negative",
-                        t.name, src.data[i]
-                    ),
-                ));
-            }
-        }
-        sources.push((t.range(), &src.data));
-    }
-    let len = s.persistent_len();
-    let mut region = zeroed(len).ok_or_else(|| {
-        Error::checkpoint(path, format!("cannot allocate {} for its model", size_text(Some(4 * len as u64))))
-    })?;
-    for (range, data) in sources {
-        region[range].copy_from_slice(data);
-    }
-    Ok(region)
-}
-
-/// The checkpoint's normalisation constants for `channels` data channels, judged by
-/// [`Normalization::check`].
-pub fn normalization(path: &Path, ck: &Checkpoint, channels: usize) -> Result<Normalization> {
-    if ck.norm_mean.len() != channels || ck.norm_std.len() != channels {
-        return Err(Error::checkpoint(
-            path,
-            format!("normalisation constants are for {} channels, the data has {channels}", ck.norm_mean.len()),
-        ));
-    }
-    let norm = Normalization { mean: ck.norm_mean.clone(), std: ck.norm_std.clone() };
-    norm.check().map_err(|msg| Error::checkpoint(path, msg))?;
-    Ok(norm)
 }
 
 #[cfg(test)]
