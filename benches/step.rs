@@ -8,9 +8,9 @@
 use sliceout::backend::cpu::CpuBackend;
 use sliceout::backend::Backend;
 use sliceout::cmd::bench::table;
+use sliceout::ir::{Precision, Target};
 use sliceout::measure::bench;
 use sliceout::measure::Timing;
-use sliceout::ir::{Precision, Target};
 use sliceout::model::ModelConfig;
 use sliceout::schedule::Options;
 

@@ -8,10 +8,10 @@
 
 use prost::Message;
 use sliceout::export::{self, onnx, proto};
-use sliceout::model_file;
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
 use sliceout::io::safetensors::{self as st, Entry, TensorFile, Values};
 use sliceout::ir::{ModelConfig, Role};
+use sliceout::model_file;
 use sliceout::rng::Rng;
 use sliceout::verify::reference;
 use std::path::{Path, PathBuf};

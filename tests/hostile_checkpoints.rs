@@ -10,10 +10,10 @@ mod common;
 
 use sliceout::backend::DeviceChoice;
 use sliceout::export;
-use sliceout::model_file;
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
 use sliceout::io::safetensors::{self as st, TensorFile, Values};
 use sliceout::ir::Precision;
+use sliceout::model_file;
 use sliceout::train::{self, TrainArgs};
 use std::path::{Path, PathBuf};
 use std::process::Command;

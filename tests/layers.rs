@@ -7,8 +7,26 @@ use std::path::Path;
 
 /// Bottom to top.
 const LAYERS: &[&str] = &[
-    "error", "say", "oom", "rng", "ir", "io", "blas", "gpu", "data", "ops", "schedule", "plan", "model", "model_file", "export",
-    "backend", "train", "measure", "verify", "cmd",
+    "error",
+    "say",
+    "oom",
+    "rng",
+    "ir",
+    "io",
+    "blas",
+    "gpu",
+    "data",
+    "ops",
+    "schedule",
+    "plan",
+    "model",
+    "model_file",
+    "export",
+    "backend",
+    "train",
+    "measure",
+    "verify",
+    "cmd",
 ];
 
 /// Every `.rs` file under `dir`.

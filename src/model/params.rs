@@ -14,39 +14,36 @@ use crate::ir::{Init, ModelConfig, Role, TensorSpec};
 /// 16-byte boundary.
 pub fn tensors(config: &ModelConfig) -> Vec<TensorSpec> {
     let mut list = vec![];
-    let mut add = |name: String, shape: &[usize], role: Role, init: Init| {
-        list.push(TensorSpec { name, shape: shape.to_vec(), role, init, offset: 0 });
-    };
-    let bn = |add: &mut dyn FnMut(String, &[usize], Role, Init), name: &str, c: usize| {
-        add(format!("{name}.weight"), &[c], Role::Param, Init::Ones);
-        add(format!("{name}.bias"), &[c], Role::Param, Init::Zeros);
-        add(format!("{name}.running_mean"), &[c], Role::RunningMean, Init::Zeros);
-        add(format!("{name}.running_var"), &[c], Role::RunningVar, Init::Ones);
-    };
     let k = config.widen;
-    add("conv0.weight".into(), &[16, config.in_channels, 3, 3], Role::Param, Init::KaimingFanOut);
+    add(&mut list, "conv0.weight".into(), &[16, config.in_channels, 3, 3], Role::Param, Init::KaimingFanOut);
     let (mut cin, mut block) = (16, 0);
     for (g, c) in [16 * k, 32 * k, 64 * k].into_iter().enumerate() {
         for j in 0..config.blocks_per_group() {
             let stride = if j == 0 && g > 0 { 2 } else { 1 };
             let name = format!("block{block}");
-            bn(&mut add, &format!("{name}.bn1"), cin);
-            add(format!("{name}.conv1.weight"), &[c, cin, 3, 3], Role::Param, Init::KaimingFanOut);
-            bn(&mut add, &format!("{name}.bn2"), c);
-            add(format!("{name}.conv2.weight"), &[c, c, 3, 3], Role::Param, Init::KaimingFanOut);
+            bn(&mut list, &format!("{name}.bn1"), cin);
+            add(&mut list, format!("{name}.conv1.weight"), &[c, cin, 3, 3], Role::Param, Init::KaimingFanOut);
+            bn(&mut list, &format!("{name}.bn2"), c);
+            add(&mut list, format!("{name}.conv2.weight"), &[c, c, 3, 3], Role::Param, Init::KaimingFanOut);
             if cin != c || stride != 1 {
-                add(format!("{name}.shortcut.weight"), &[c, cin, 1, 1], Role::Param, Init::KaimingFanOut);
+                let shape = [c, cin, 1, 1];
+                add(&mut list, format!("{name}.shortcut.weight"), &shape, Role::Param, Init::KaimingFanOut);
             }
             (cin, block) = (c, block + 1);
         }
     }
-    bn(&mut add, "bn", cin);
-    add("fc.weight".into(), &[config.classes, cin], Role::Param, Init::UniformFanIn);
-    add("fc.bias".into(), &[config.classes], Role::Param, Init::Zeros);
+    bn(&mut list, "bn", cin);
+    add(&mut list, "fc.weight".into(), &[config.classes, cin], Role::Param, Init::UniformFanIn);
+    add(&mut list, "fc.bias".into(), &[config.classes], Role::Param, Init::Zeros);
     let momentum: Vec<TensorSpec> = list
         .iter()
         .filter(|t| t.role == Role::Param)
-        .map(|t| TensorSpec { name: format!("{}.momentum", t.name), role: Role::Momentum, init: Init::Zeros, ..t.clone() })
+        .map(|t| TensorSpec {
+            name: format!("{}.momentum", t.name),
+            role: Role::Momentum,
+            init: Init::Zeros,
+            ..t.clone()
+        })
         .collect();
     list.extend(momentum);
     let mut offset = 0;
@@ -57,6 +54,19 @@ pub fn tensors(config: &ModelConfig) -> Vec<TensorSpec> {
         }
     }
     list
+}
+
+/// One tensor, placed by [`tensors`] once the list is complete.
+fn add(list: &mut Vec<TensorSpec>, name: String, shape: &[usize], role: Role, init: Init) {
+    list.push(TensorSpec { name, shape: shape.to_vec(), role, init, offset: 0 });
+}
+
+/// A BN layer of `c` channels: its weight and bias, then its running statistics.
+fn bn(list: &mut Vec<TensorSpec>, name: &str, c: usize) {
+    add(list, format!("{name}.weight"), &[c], Role::Param, Init::Ones);
+    add(list, format!("{name}.bias"), &[c], Role::Param, Init::Zeros);
+    add(list, format!("{name}.running_mean"), &[c], Role::RunningMean, Init::Zeros);
+    add(list, format!("{name}.running_var"), &[c], Role::RunningVar, Init::Ones);
 }
 
 #[cfg(test)]
