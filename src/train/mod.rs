@@ -31,7 +31,7 @@ pub use step::{StepRngs, Stepper};
 use self::state::{EpochSums, RunMeta, RunState, Snapshot};
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId};
 use crate::data::loader::{self, Normalization};
-use crate::data::{self, DatasetKind, Limits};
+use crate::data::{self, Dataset, DatasetKind, Limits};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, Checkpoint};
 use crate::io::lock::FolderLock;
@@ -240,87 +240,39 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// Everything before the first step: backend, data, programs, arena, initial or restored
-    /// state, and the run folder (locked; refused when it holds another run). Every check that
-    /// can fail comes before the folder is touched, except those that need it.
+    /// Everything before the first step, in this order: the flags, the backend, the checkpoint
+    /// resumed, the data, the run's size, the training program, the state of the first step
+    /// (restored, initial weights or fresh), the run folder (locked; refused when it holds
+    /// another run), the test programs, the data and the arena on the backend, the checkpoint's
+    /// buffers. Every check that can fail comes before the folder is touched, except those that
+    /// need it.
     pub fn start(args: &'a TrainArgs) -> Result<Run<'a>> {
         args.validate()?;
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
         let resumed = args.resume.as_deref().map(Resumed::load).transpose()?;
         let limits = Limits { train: args.limit_train, test: args.limit_test };
         let mut ds = data::load_limited(&args.data, args.dataset, args.coarse, limits)?;
-        let (train_len, test_len, kind) = (ds.train.len, ds.test.len, ds.kind);
-        let config = args.config(ds.classes, ds.channels);
-        config.footprint(args.batch).map_err(Invalid::flag)?;
-        let per_epoch = args.steps_per_epoch(train_len)?;
-        let total_steps = per_epoch.checked_mul(args.epochs).ok_or_else(|| {
-            Error::flag(
-                "--epochs",
-                args.epochs,
-                format!("at most {} epochs of {per_epoch} steps", usize::MAX / per_epoch),
-            )
-        })?;
+        let size = RunSize::of(args, &ds)?;
+        let (config, kind) = (size.config, ds.kind);
         let options = Options { target: backend.target(), ..args.options };
         let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
-        let init = match &args.init {
-            Some(path) => Some((path, model_file::load_init(path, &config, &args.data)?)),
-            None => None,
-        };
-        // A resumed run, and initial weights that state theirs, keep the normalisation they
-        // were trained with; initial weights start with fresh momentum.
-        let mut changes = vec![];
-        let (region, norm) = match (&resumed, &init) {
-            (Some(r), _) => {
-                changes = r.check(args, &config, train_len, test_len, per_epoch)?;
-                (
-                    model_file::restore(&program.schedule, &r.path, &r.ck, true)?,
-                    model_file::normalization(&r.path, &r.ck, ds.channels)?,
-                )
-            }
-            (None, Some((path, ck))) => {
-                let norm = if ck.norm_mean.is_empty() {
-                    Normalization::from_split(&ds.train, ds.channels)
-                } else {
-                    model_file::normalization(path, ck, ds.channels)?
-                };
-                (model_file::restore(&program.schedule, path, ck, false)?, norm)
-            }
-            (None, None) => {
-                (wrn::init_persistent(&program.schedule, args.seed), Normalization::from_split(&ds.train, ds.channels))
-            }
-        };
-        let owner =
-            resumed.as_ref().map(|r| folder::Owner { checkpoint: &r.path, config: &r.ck.config, meta: &r.meta });
+        let (region, norm, changes) = first_state(args, &program, resumed.as_ref(), &ds, &size)?;
+
+        let owner = resumed.as_ref().map(Resumed::owner);
         let lock = folder::claim(&args.out, owner.as_ref(), args.force)?;
         // A run keeps its identity through resumes; one from before run ids gets one now.
         let run_id = resumed.as_ref().and_then(|r| r.meta.run_id.clone()).unwrap_or_else(state::new_run_id);
         let history = match &resumed {
-            Some(r) => {
-                let history = r.rebuild_files(&args.out, &config, kind, &run_id)?;
-                r.check_epochs_left(args)?;
-                history
-            }
+            Some(r) => r.continue_history(args, &config, kind, &run_id)?,
             None => vec![],
         };
 
-        // Testing and recalibration store what training stores.
-        let eval_options = Options { target: backend.target(), precision: options.precision, ..Options::default() };
-        let eval = Evaluator::new(&config, args.batch, test_len, eval_options);
-        let recal = (args.bn_recal > 0)
-            .then(|| Recalibrator::new(&config, args.batch, eval_options, args.bn_recal, train_len, args.seed));
-        backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, &norm)?;
-        backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, &norm)?;
-        let arena_bytes =
-            program.arena_bytes().max(eval.arena_bytes()).max(recal.as_ref().map_or(0, |r| r.arena_bytes()));
-        backend.reserve_arena(arena_bytes)?;
+        let (eval, recal) = test_programs(args, &size, options);
+        let arena_bytes = place_on_backend(&mut *backend, &mut ds, &norm, &program, &eval, recal.as_ref())?;
         let stepper = Stepper::new(&program, args.align, args.augment);
         let (shuffle, rngs) = (Rng::new(args.seed, stream::SHUFFLE), StepRngs::new(args.seed));
-        let recorded = recorded::record(args, test_len);
-        // Changes a resume made earlier in this epoch, then this resume's.
-        let changes = match &resumed {
-            Some(r) => r.meta.recorded.changed.iter().cloned().chain(changes).collect(),
-            None => changes,
-        };
+        let recorded = recorded::record(args, size.test_len);
+        // The checkpoint's buffers, reserved for a run at its first step.
         let state = RunState {
             config: &config,
             norm: &norm,
@@ -331,7 +283,7 @@ impl<'a> Run<'a> {
             best_acc: 0.0,
             sums: EpochSums::default(),
             batch: args.batch,
-            train_images: train_len,
+            train_images: size.train_len,
             epochs: args.epochs,
             schedule: args.schedule,
             history: &history,
@@ -351,8 +303,8 @@ impl<'a> Run<'a> {
             config,
             norm,
             kind,
-            train_len,
-            total_steps,
+            train_len: size.train_len,
+            total_steps: size.total_steps,
             shuffle,
             rngs,
             step: 0,
@@ -370,7 +322,7 @@ impl<'a> Run<'a> {
         if let Some(r) = &resumed {
             run.resume_from(r)?;
         }
-        run.describe(test_len, arena_bytes);
+        run.describe(size.test_len, arena_bytes);
         Ok(run)
     }
 
@@ -645,6 +597,25 @@ impl Resumed {
         Ok(changes)
     }
 
+    /// The run in the checkpoint, as the owner of the files in its folder.
+    fn owner(&self) -> folder::Owner<'_> {
+        folder::Owner { checkpoint: &self.path, config: &self.ck.config, meta: &self.meta }
+    }
+
+    /// The history of the run so far, its files in `args.out` rebuilt from it, once `--epochs`
+    /// is found to leave something to train.
+    fn continue_history(
+        &self,
+        args: &TrainArgs,
+        config: &ModelConfig,
+        kind: DatasetKind,
+        run_id: &str,
+    ) -> Result<Vec<EpochMetrics>> {
+        let history = self.rebuild_files(&args.out, config, kind, run_id)?;
+        self.check_epochs_left(args)?;
+        Ok(history)
+    }
+
     /// Rebuilds `metrics.jsonl` and `curves.svg` in `out` from the checkpoint's history, which
     /// repairs a crash between the checkpoint and them (or fills a new folder). Returns the
     /// history.
@@ -691,6 +662,100 @@ impl Resumed {
         }
         Ok(())
     }
+}
+
+/// What the data and the flags make of a run: its network, its splits and its step counts.
+struct RunSize {
+    config: ModelConfig,
+    train_len: usize,
+    test_len: usize,
+    per_epoch: usize,
+    /// Steps of the whole run (every epoch).
+    total_steps: usize,
+}
+
+impl RunSize {
+    /// The network for `ds` judged as flags are, and the steps of `args.epochs` epochs counted.
+    fn of(args: &TrainArgs, ds: &Dataset) -> Result<RunSize> {
+        let (train_len, test_len) = (ds.train.len, ds.test.len);
+        let config = args.config(ds.classes, ds.channels);
+        config.footprint(args.batch).map_err(Invalid::flag)?;
+        let per_epoch = args.steps_per_epoch(train_len)?;
+        let total_steps = per_epoch.checked_mul(args.epochs).ok_or_else(|| {
+            Error::flag(
+                "--epochs",
+                args.epochs,
+                format!("at most {} epochs of {per_epoch} steps", usize::MAX / per_epoch),
+            )
+        })?;
+        Ok(RunSize { config, train_len, test_len, per_epoch, total_steps })
+    }
+}
+
+/// The persistent region and normalisation of the first step, and the settings changed in the
+/// epoch in progress: restored from the checkpoint resumed (its changes checked against the
+/// flags), else from the initial weights (`--init`), else fresh. A resumed run, and initial
+/// weights that state theirs, keep the normalisation they were trained with; initial weights
+/// start with fresh momentum.
+fn first_state(
+    args: &TrainArgs,
+    program: &Program,
+    resumed: Option<&Resumed>,
+    ds: &Dataset,
+    size: &RunSize,
+) -> Result<(Vec<f32>, Normalization, Vec<Change>)> {
+    let init = match &args.init {
+        Some(path) => Some((path, model_file::load_init(path, &size.config, &args.data)?)),
+        None => None,
+    };
+    let s = &program.schedule;
+    match (resumed, &init) {
+        (Some(r), _) => {
+            let changes = r.check(args, &size.config, size.train_len, size.test_len, size.per_epoch)?;
+            let region = model_file::restore(s, &r.path, &r.ck, true)?;
+            let norm = model_file::normalization(&r.path, &r.ck, ds.channels)?;
+            // Changes a resume made earlier in this epoch, then this resume's.
+            Ok((region, norm, r.meta.recorded.changed.iter().cloned().chain(changes).collect()))
+        }
+        (None, Some((path, ck))) => {
+            let norm = if ck.norm_mean.is_empty() {
+                Normalization::from_split(&ds.train, ds.channels)
+            } else {
+                model_file::normalization(path, ck, ds.channels)?
+            };
+            Ok((model_file::restore(s, path, ck, false)?, norm, vec![]))
+        }
+        (None, None) => {
+            Ok((wrn::init_persistent(s, args.seed), Normalization::from_split(&ds.train, ds.channels), vec![]))
+        }
+    }
+}
+
+/// The programs that test the network (and recalibrate BN with `--bn-recal`), storing what
+/// training stores.
+fn test_programs(args: &TrainArgs, size: &RunSize, options: Options) -> (Evaluator, Option<Recalibrator>) {
+    let eval_options = Options { target: options.target, precision: options.precision, ..Options::default() };
+    let eval = Evaluator::new(&size.config, args.batch, size.test_len, eval_options);
+    let recal = (args.bn_recal > 0)
+        .then(|| Recalibrator::new(&size.config, args.batch, eval_options, args.bn_recal, size.train_len, args.seed));
+    (eval, recal)
+}
+
+/// Moves both splits of `ds`, normalised by `norm`, to the backend and reserves an arena that
+/// fits every program; returns its size.
+fn place_on_backend(
+    backend: &mut dyn Backend,
+    ds: &mut Dataset,
+    norm: &Normalization,
+    program: &Program,
+    eval: &Evaluator,
+    recal: Option<&Recalibrator>,
+) -> Result<usize> {
+    backend.upload_split(SplitId::Train, std::mem::take(&mut ds.train), ds.channels, norm)?;
+    backend.upload_split(SplitId::Test, std::mem::take(&mut ds.test), ds.channels, norm)?;
+    let arena_bytes = program.arena_bytes().max(eval.arena_bytes()).max(recal.map_or(0, |r| r.arena_bytes()));
+    backend.reserve_arena(arena_bytes)?;
+    Ok(arena_bytes)
 }
 
 /// Draws `curves.svg` in `out` from `history`, naming the run `run_id` that drew it.
