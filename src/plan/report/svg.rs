@@ -3,6 +3,7 @@
 use std::fmt::{self, Write};
 
 use super::{pct, PlanReport, MIB};
+use crate::io::svg;
 use crate::ir::{mib, BufKind};
 
 pub(super) const KINDS: [(BufKind, &str); 5] = [
@@ -77,7 +78,7 @@ fn write_svg(s: &mut String, r: &PlanReport, desc: &str) -> fmt::Result {
     // Drawing order is stacking order: grid under the buffers, the live line and frame over them.
     write_svg_head(s)?;
     if !desc.is_empty() {
-        writeln!(s, "<desc>{}</desc>", crate::io::svg::escape(desc))?;
+        writeln!(s, "{}", svg::desc(desc))?;
     }
     write_svg_titles(s, r, &g)?;
     write_svg_grid(s, &g)?;
@@ -85,17 +86,13 @@ fn write_svg(s: &mut String, r: &PlanReport, desc: &str) -> fmt::Result {
     write_svg_live(s, r, &g)?;
     write_svg_frame(s, &g)?;
     write_svg_legend(s, r, &g)?;
-    writeln!(s, "</svg>")
+    writeln!(s, "{}", svg::CLOSE)
 }
 
 /// The `<svg>` opening tag, styles, the hatch patterns of sliced buffers and a white background.
 fn write_svg_head(s: &mut String) -> fmt::Result {
     let (w, h) = (SVG_W, SVG_H);
-    writeln!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" \
-         height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">"
-    )?;
+    writeln!(s, "{}", svg::open(&format!("{} {}", svg::view_box(w, h), svg::size(w, h))))?;
     writeln!(
         s,
         "<style>.e{{stroke:#fff;stroke-width:0.5}}.alt{{fill-opacity:0.82}}\
@@ -124,10 +121,10 @@ fn write_svg_titles(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
     writeln!(
         s,
         "<text class=\"title\" x=\"{x0}\" y=\"26\">{}, batch {}, keep {:.2}, {}: arena {:.2} MiB</text>",
-        crate::io::svg::escape(&r.model),
+        svg::escape(&r.model),
         r.batch,
         r.keep,
-        crate::io::svg::escape(&r.mode),
+        svg::escape(&r.mode),
         mib(r.arena_bytes)
     )?;
     let mut sub = format!(
@@ -151,14 +148,14 @@ fn write_svg_titles(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
             pct(save, b_total as f64)
         )?;
     }
-    writeln!(s, "<text x=\"{x0}\" y=\"46\">{}</text>", crate::io::svg::escape(&sub))
+    writeln!(s, "<text x=\"{x0}\" y=\"46\">{}</text>", svg::escape(&sub))
 }
 
 /// The horizontal grid with its y ticks (MiB), and the x ticks (steps).
 fn write_svg_grid(s: &mut String, g: &Plot) -> fmt::Result {
     let (x0, y0, pw, ph) = (g.x0, g.y0, g.pw, g.ph);
     let arena_mib = g.arena / MIB;
-    let ystep = crate::io::svg::nice_step(arena_mib, 6.0);
+    let ystep = svg::nice_step(arena_mib, 6.0);
     let ydec = if ystep >= 1.0 { 0 } else { 2 };
     let mut t = 0.0;
     while t <= arena_mib + 1e-9 {
@@ -173,7 +170,7 @@ fn write_svg_grid(s: &mut String, g: &Plot) -> fmt::Result {
         )?;
         t += ystep;
     }
-    let xstep = crate::io::svg::nice_step(g.nsteps, 10.0).max(1.0);
+    let xstep = svg::nice_step(g.nsteps, 10.0).max(1.0);
     let mut t = 0.0;
     while t <= g.nsteps + 1e-9 {
         let x = g.xs(t);
@@ -212,7 +209,7 @@ fn write_svg_buffers(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
             s,
             "<rect class=\"{class}\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{w:.2}\" height=\"{h:.2}\" \
              fill=\"{fill}\"><title>{} ({}{}): {:.2} MiB at {:.2} MiB, steps {}..{}</title></rect>",
-            crate::io::svg::escape(&b.name),
+            svg::escape(&b.name),
             b.kind.as_str(),
             if b.sliced { ", sliced" } else { "" },
             mib(b.bytes),
@@ -288,7 +285,7 @@ fn write_svg_legend(s: &mut String, r: &PlanReport, g: &Plot) -> fmt::Result {
             "<path d=\"M{lx} {:.2}h14v14h-14Z\" fill=\"{fill}\"/><text x=\"{:.2}\" y=\"{y:.2}\">{}</text>",
             y - 11.0,
             lx + 20.0,
-            crate::io::svg::escape(label)
+            svg::escape(label)
         )
     };
     // Kinds a plan lacks (weight copies outside bf16 plans) are left out.
