@@ -533,8 +533,7 @@ fn sweep_svg(title: &str, sweep: Sweep, points: &[SweepPoint], fits: &[String]) 
         ("total", "#4e79a7", &(|p: &SweepPoint| p.total) as &dyn Fn(&SweepPoint) -> usize),
         ("arena", "#e15759", &|p| p.arena),
     ] {
-        let d: Vec<String> =
-            points.iter().zip(&xs).map(|(p, &x)| format!("{:.1},{:.1}", sx(x), sy(mib(value(p))))).collect();
+        let d: Vec<String> = points.iter().zip(&xs).map(|(p, &x)| svg::point(sx(x), sy(mib(value(p))))).collect();
         let _ =
             writeln!(s, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>", d.join(" "));
         if let (Some(p), Some(&x)) = (points.last(), xs.last()) {

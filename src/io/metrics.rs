@@ -349,7 +349,7 @@ fn draw_series(s: &mut String, a: &PlotArea, epochs: &[f64], values: &[f64], col
     let mut d = String::new();
     for run in runs.iter().filter(|r| r.len() >= 2) {
         for (i, (x, y)) in run.iter().flatten().enumerate() {
-            let _ = write!(d, "{}{x:.1},{y:.1} ", if i == 0 { "M" } else { "L" });
+            let _ = write!(d, "{}{} ", if i == 0 { "M" } else { "L" }, svg::point(*x, *y));
         }
     }
     if !d.is_empty() {

@@ -1,7 +1,7 @@
 //! The SVG module every picture is drawn with: the learning curves and the run that drew them
 //! (`io::metrics`), the plan chart (`plan::report`) and the sweep chart (`cmd::plan`). It holds
 //! what they share: the document's opening tag (namespace, size, font), background, `<desc>` and
-//! end, text escaped for XML, and round axis steps.
+//! end, the points of a line, text escaped for XML, and round axis steps.
 
 /// The namespace every picture declares.
 const NAMESPACE: &str = "http://www.w3.org/2000/svg";
@@ -28,6 +28,11 @@ pub fn view_box(w: f64, h: f64) -> String {
 /// A white `w` by `h` background, so a picture reads the same on a dark page.
 pub fn background(w: f64, h: f64) -> String {
     format!(r#"<rect width="{w}" height="{h}" fill="white"/>"#)
+}
+
+/// A point of a line (`<polyline>` points, `<path>` data) as `x,y`, to a tenth of a unit.
+pub fn point(x: f64, y: f64) -> String {
+    format!("{x:.1},{y:.1}")
 }
 
 /// A `<desc>` element holding `text` (escaped): said to whoever reads the file, never drawn.
@@ -86,6 +91,7 @@ mod tests {
         );
         assert_eq!(background(720.0, 420.0), r#"<rect width="720" height="420" fill="white"/>"#);
         assert_eq!(desc("a <b>"), "<desc>a &lt;b&gt;</desc>");
+        assert_eq!(point(1.0, 2.26), "1.0,2.3");
     }
 
     #[test]
