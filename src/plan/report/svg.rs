@@ -26,7 +26,7 @@ pub fn svg(r: &PlanReport) -> String {
     svg_described(r, "")
 }
 
-/// [`svg`] with `desc` (say, what `plan --fit` found) in the picture's `<desc>` element, unless
+/// [`svg()`] with `desc` (say, what `plan --fit` found) in the picture's `<desc>` element, unless
 /// it is empty.
 pub fn svg_described(r: &PlanReport, desc: &str) -> String {
     let mut s = String::new();
