@@ -9,7 +9,8 @@ use super::{Arg, GemmCall, Launcher};
 #[derive(Default)]
 pub struct Recorder {
     pub launches: std::cell::RefCell<Vec<(&'static str, LaunchConfig)>>,
-    /// The number of arguments each launch passed (against [`kernel_params`](super::kernel_params)).
+    /// The number of arguments each launch passed (to check against
+    /// [`kernel_params`](super::kernel_params)).
     pub arg_counts: std::cell::RefCell<Vec<usize>>,
     pub gemms: std::cell::RefCell<Vec<GemmCall>>,
 }
