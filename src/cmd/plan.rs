@@ -482,8 +482,9 @@ fn sweep_svg(title: &str, sweep: Sweep, points: &[SweepPoint], fits: &[String]) 
     let sx = |x: f64| left + (x - x_lo) / (x_hi - x_lo).max(1e-9) * (w - left - right);
     let sy = |y: f64| h - bottom - y / y_top.max(1e-9) * (h - top - bottom);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"{left}\" y=\"24\" font-size=\"14\">{}</text>\n",
+        "{}\n{}\n<text x=\"{left}\" y=\"24\" font-size=\"14\">{}</text>\n",
+        svg::open(&svg::size(w, h)),
+        svg::background(w, h),
         svg::escape(title)
     );
     let mut tick = 0.0;
@@ -532,8 +533,7 @@ fn sweep_svg(title: &str, sweep: Sweep, points: &[SweepPoint], fits: &[String]) 
         ("total", "#4e79a7", &(|p: &SweepPoint| p.total) as &dyn Fn(&SweepPoint) -> usize),
         ("arena", "#e15759", &|p| p.arena),
     ] {
-        let d: Vec<String> =
-            points.iter().zip(&xs).map(|(p, &x)| format!("{:.1},{:.1}", sx(x), sy(mib(value(p))))).collect();
+        let d: Vec<String> = points.iter().zip(&xs).map(|(p, &x)| svg::point(sx(x), sy(mib(value(p))))).collect();
         let _ =
             writeln!(s, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>", d.join(" "));
         if let (Some(p), Some(&x)) = (points.last(), xs.last()) {
@@ -546,6 +546,7 @@ fn sweep_svg(title: &str, sweep: Sweep, points: &[SweepPoint], fits: &[String]) 
             );
         }
     }
-    s.push_str("</svg>\n");
+    s.push_str(svg::CLOSE);
+    s.push('\n');
     s
 }

@@ -13,149 +13,42 @@
 //! asynchronous fault is reported against the kernel that caused it. A failing CUDA call inside
 //! a step cannot be returned through the `Backend` trait: it panics with the call and the
 //! driver's error.
+//!
+//! By job: `nvrtc` compiles the kernel sources, `launch` holds launch geometries, arguments and
+//! the [`Launcher`] the ops queue work through, `gemm` the cuBLAS products, `recorder` the
+//! launcher that only writes work down, `libs` finds the CUDA libraries and `tune` autotunes
+//! GEMMs; this file is the device itself ([`Gpu`]).
 
+mod gemm;
+mod launch;
 pub mod libs;
+mod nvrtc;
+mod recorder;
 pub mod tune;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cudarc::cublas::sys as cb;
 use cudarc::driver::{
-    result as dr, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result as dr, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
 };
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
+use crate::ir::mib;
 pub use crate::ir::Math;
-use crate::ir::{mib, Dtype};
 
-/// cuBLAS's compute type for the GEMM math.
-fn compute_type(math: Math) -> cb::cublasComputeType_t {
-    match math {
-        Math::Tf32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-        Math::Fp32 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-    }
-}
-
-/// Helpers prepended to every kernel file.
-pub const COMMON: &str = include_str!("common.cu");
-
-/// A kernel file: its name (for messages) and its source, without [`COMMON`].
-pub type KernelFile = (&'static str, &'static str);
-
-/// The full source NVRTC compiles for one kernel file.
-pub fn kernel_source(file: &str) -> String {
-    format!("{COMMON}\n{file}")
-}
-
-/// The names of the `extern "C" __global__` kernels a source defines.
-pub fn kernel_names(source: &str) -> Vec<&str> {
-    source.split("extern \"C\" __global__ void ").skip(1).filter_map(|s| s.split('(').next()).map(str::trim).collect()
-}
-
-/// How many parameters the `extern "C" __global__` kernel `name` of `source` declares (`None`
-/// when the source has no such kernel): what a launch of it must pass.
-pub fn kernel_params(source: &str, name: &str) -> Option<usize> {
-    let head = format!("extern \"C\" __global__ void {name}(");
-    let params = source.split(&head).nth(1)?.split(')').next()?;
-    Some(if params.trim().is_empty() { 0 } else { params.split(',').count() })
-}
-
-/// NVRTC options for `arch`: `sm_90` compiles to a cubin for that chip, `compute_90` to PTX the
-/// driver compiles when loading; no FMA contraction, so the kernels' f32 expressions round as
-/// the CPU's do.
-pub fn nvrtc_options(arch: &str) -> Vec<String> {
-    vec![format!("--gpu-architecture={arch}"), "--fmad=false".into()]
-}
-
-/// A compiled kernel file: machine code for one chip, or PTX for the driver to compile.
-#[derive(Clone, Debug)]
-pub enum Image {
-    Cubin(Vec<u8>),
-    Ptx(String),
-}
-
-impl Image {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Image::Cubin(_) => "cubin",
-            Image::Ptx(_) => "ptx",
-        }
-    }
-}
-
-/// Compiles one kernel file (after [`COMMON`]) for `arch`: `sm_XY` gives a cubin, `compute_XY`
-/// PTX. A compile error comes back with NVRTC's log. Call after [`libs::nvrtc_present`].
-pub fn compile(name: &str, src: &str, arch: &str) -> Result<Image> {
-    use cudarc::nvrtc::{result, sys};
-    let fail = |what: &str, e: &dyn std::fmt::Debug| Error::Device(format!("NVRTC {what} {name} for {arch}: {e:?}"));
-    let (source, cname) = match (std::ffi::CString::new(kernel_source(src)), std::ffi::CString::new(name)) {
-        (Ok(s), Ok(n)) => (s, n),
-        _ => return Err(Error::Device(format!("kernel file {name} holds a NUL byte"))),
-    };
-    let prog = result::create_program(&source, Some(&cname)).map_err(|e| fail("could not start on", &e))?;
-    // SAFETY: `prog` is live until destroyed below; `source` and `cname` outlive it.
-    let image = unsafe {
-        let compiled = match result::compile_program(prog, &nvrtc_options(arch)) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                let log = result::get_program_log(prog).unwrap_or_default();
-                let log = std::ffi::CStr::from_ptr(log.as_ptr()).to_string_lossy().into_owned();
-                Err(Error::Device(format!("NVRTC could not compile {name} for {arch}:\n{log}")))
-            }
-        };
-        let image = compiled.and_then(|()| {
-            if arch.starts_with("sm_") {
-                let mut size = 0usize;
-                sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| fail("gave no cubin size for", &e))?;
-                let mut bytes = vec![0u8; size];
-                sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast())
-                    .result()
-                    .map_err(|e| fail("gave no cubin for", &e))?;
-                Ok(Image::Cubin(bytes))
-            } else {
-                let ptx = result::get_ptx(prog).map_err(|e| fail("gave no PTX for", &e))?;
-                Ok(Image::Ptx(std::ffi::CStr::from_ptr(ptx.as_ptr()).to_string_lossy().into_owned()))
-            }
-        });
-        let _ = result::destroy_program(prog);
-        image
-    };
-    image
-}
-
-/// `(file name, image)` of every kernel file.
-pub type Images = Vec<(String, Image)>;
-
-/// Compiles every kernel file for `arch`.
-pub fn compile_all(arch: &str, files: &[KernelFile]) -> Result<Images> {
-    files.iter().map(|(name, src)| Ok((name.to_string(), compile(name, src, arch)?))).collect()
-}
-
-/// Images per device architecture (`XY` of compute capability X.Y), compiled once per process:
-/// cubins for `sm_XY`, or PTX for `compute_XY` where this NVRTC cannot target the chip itself.
-static IMAGE_CACHE: Mutex<Vec<(String, Images)>> = Mutex::new(Vec::new());
-
-fn cached_images(cc: &str, files: &[KernelFile]) -> Result<Images> {
-    let mut cache = IMAGE_CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, images)) = cache.iter().find(|(c, _)| c == cc) {
-        return Ok(images.clone());
-    }
-    if !libs::nvrtc_present(&[]) {
-        return Err(Error::Device(format!(
-            "cannot load NVRTC (libnvrtc.so.13); searched the loader path and {} \
-             (set SLICEOUT_CUDA_LIB_DIR or LD_LIBRARY_PATH to the folder holding it)",
-            libs::describe_search()
-        )));
-    }
-    let panicked = || Error::Device("NVRTC panicked while compiling the kernels".into());
-    let images = match libs::catch(|| compile_all(&format!("sm_{cc}"), files)).ok_or_else(panicked)? {
-        Ok(cubins) => cubins,
-        Err(_) => libs::catch(|| compile_all(&format!("compute_{cc}"), files)).ok_or_else(panicked)??,
-    };
-    cache.push((cc.to_string(), images.clone()));
-    Ok(images)
-}
+pub use gemm::{data_type, gemm_compute_type, GemmCall};
+pub(crate) use launch::kernel;
+pub use launch::{
+    elementwise_rows, f32_at, grid, int, one_block, reduction, reduction_parts, reduction_regions, rows, Arg, FastDiv,
+    Launcher, REDUCTION_CHANNELS, REDUCTION_PARTS, REDUCTION_SCRATCH,
+};
+use nvrtc::cached_images;
+pub use nvrtc::{
+    compile, compile_all, kernel_names, kernel_params, kernel_source, nvrtc_options, Image, Images, KernelFile, COMMON,
+};
+pub use recorder::Recorder;
 
 fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Device(format!("{what}: {e:?}"))
@@ -238,187 +131,14 @@ impl<T: cudarc::driver::DeviceRepr> DevMem<T> {
 /// allocates inside a step.
 pub const CUBLAS_WORKSPACE: usize = 32 << 20;
 
-/// Channels (per launch) and partial sums the multi-block reductions' scratch has room for:
-/// partial sums `[channel][part]` (two f64 each), finished sums `[channel]` (two f64 each) and
-/// a completion counter per channel (`common.cu`, `last_block_of`).
-pub const REDUCTION_CHANNELS: usize = 1 << 15;
-pub const REDUCTION_PARTS: usize = 1 << 15;
-
-/// The reductions' scratch, allocated (zeroed) with the cuBLAS workspace.
-pub const REDUCTION_SCRATCH: usize = REDUCTION_PARTS * 16 + REDUCTION_CHANNELS * (16 + 4);
-
 /// Device memory the runtime takes besides the plan and the context: the cuBLAS workspace and
 /// the reductions' scratch.
 pub const WORKSPACES: usize = CUBLAS_WORKSPACE + REDUCTION_SCRATCH;
-
-/// The reduction scratch's regions as addresses: (partial sums, finished sums, counters).
-pub fn reduction_regions(base: u64) -> (u64, u64, u64) {
-    let parts = base;
-    let sums = parts + 16 * REDUCTION_PARTS as u64;
-    (parts, sums, sums + 16 * REDUCTION_CHANNELS as u64)
-}
-
-/// How many blocks share each of `channels` rows of `m` values in a multi-block reduction:
-/// about 8,192 values a block (so a 128-image 32x32 channel takes 16 blocks and a layer fills
-/// the GPU), at most 64, and never more than the scratch holds.
-pub fn reduction_parts(channels: usize, m: usize) -> usize {
-    assert!((1..=REDUCTION_CHANNELS).contains(&channels), "a reduction over {channels} channels");
-    m.div_ceil(8192).clamp(1, 64).min(REDUCTION_PARTS / channels).max(1)
-}
-
-/// Unsigned division by a divisor fixed at launch, for dividends below 2^31: the kernel computes
-/// `(umulhi(x, magic) + x) >> shift` (`div_by` in `common.cu`) instead of a division, which a
-/// GPU does in about twenty instructions. `shift = ceil(log2 d)` and
-/// `magic = floor(2^32 (2^shift - d) / d) + 1` (Granlund and Montgomery's round-up method).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FastDiv {
-    pub magic: u32,
-    pub shift: u32,
-}
-
-impl FastDiv {
-    pub fn new(d: usize) -> FastDiv {
-        assert!((1..1 << 31).contains(&d), "divisor {d} out of range");
-        let d = d as u64;
-        let shift = 64 - (d - 1).leading_zeros();
-        let magic = ((1u64 << 32) * ((1u64 << shift) - d) / d + 1) as u32;
-        FastDiv { magic, shift }
-    }
-
-    /// What the kernel computes: `x / d` for `x < 2^31`.
-    pub fn div(&self, x: u32) -> u32 {
-        let hi = ((x as u64 * self.magic as u64) >> 32) as u32;
-        (hi + x) >> self.shift
-    }
-}
-
-/// Launch geometry of a grid-stride loop over `total` elements: one thread per element up to
-/// 65,536 blocks of 256, so no block is launched without work.
-pub fn grid(total: usize) -> LaunchConfig {
-    let blocks = total.div_ceil(256).clamp(1, 1 << 16) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// Element-wise over `channels` rows of `m`: y = channel.
-pub fn rows(channels: usize, m: usize) -> LaunchConfig {
-    assert!(channels <= 65_535, "{channels} rows exceed a grid's y dimension");
-    LaunchConfig {
-        grid_dim: (m.div_ceil(256).clamp(1, 1024) as u32, channels as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Element-wise work over `channels` rows of `m` (y = channel), four elements a thread in a
-/// grid-stride loop: the per-channel parameters a thread loads once serve four elements.
-pub fn elementwise_rows(channels: usize, m: usize) -> LaunchConfig {
-    rows(channels, m.div_ceil(4))
-}
-
-/// A multi-block reduction over `channels` rows of `m`: x = part of the row, y = channel.
-pub fn reduction(channels: usize, m: usize) -> LaunchConfig {
-    assert!(channels <= 65_535, "{channels} rows exceed a grid's y dimension");
-    LaunchConfig {
-        grid_dim: (reduction_parts(channels, m) as u32, channels as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// One block of 256 threads.
-pub fn one_block() -> LaunchConfig {
-    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
 
 fn ok<T>(r: std::result::Result<T, impl std::fmt::Debug>, what: &str) -> T {
     match r {
         Ok(v) => v,
         Err(e) => panic!("CUDA: {what} failed: {e:?}"),
-    }
-}
-
-/// The address `floats` f32 elements past `base`.
-pub fn f32_at(base: u64, floats: usize) -> u64 {
-    base + 4 * floats as u64
-}
-
-/// The kernel `name` over storage `dtype`: `name` itself for f32, `name_bf16` for bf16 (the
-/// convention of every `.cu` file: one template, one `extern "C"` entry point per type).
-macro_rules! kernel {
-    ($name:literal, $dtype:expr) => {
-        match $dtype {
-            $crate::ir::Dtype::F32 => $name,
-            $crate::ir::Dtype::Bf16 => concat!($name, "_bf16"),
-        }
-    };
-}
-pub(crate) use kernel;
-
-/// A dimension as the kernels' `int`.
-pub fn int(v: usize) -> i32 {
-    i32::try_from(v).expect("dimension fits in i32")
-}
-
-/// A kernel argument (device pointers are passed as their `u64` address).
-pub trait Arg {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
-}
-
-macro_rules! impl_arg {
-    ($($t:ty),*) => {$(
-        impl Arg for $t {
-            fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-                b.arg(self);
-            }
-        }
-    )*};
-}
-impl_arg!(u64, i64, i32, u32, f32, f64);
-
-/// One row-major-agnostic `cublasGemmEx` in BLAS's own column-major terms:
-/// `C = op(A) op(B) + beta C`, `C` `m x n`, operands at device addresses, of the types it names.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GemmCall {
-    /// What the product computes (kernel timings are grouped by it).
-    pub label: &'static str,
-    pub transa: bool,
-    pub transb: bool,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub a: u64,
-    pub lda: usize,
-    pub b: u64,
-    pub ldb: usize,
-    pub c: u64,
-    pub ldc: usize,
-    pub beta: f32,
-    /// Element types of the operands `a`, `b` (the same: cuBLAS multiplies f32 by f32 or bf16
-    /// by bf16) and of the output `c` (f32 or bf16; a bf16 product's weight gradient is f32).
-    pub ab_type: Dtype,
-    pub c_type: Dtype,
-    /// Products in a strided batch (1: one `cublasGemmEx`); product `j` reads and writes
-    /// `j * stride` elements past `a`, `b` and `c` (`cublasGemmStridedBatchedEx`).
-    pub batch: usize,
-    /// Elements between consecutive products' `a`, `b` and `c` (unused when `batch` is 1).
-    pub strides: [usize; 3],
-}
-
-/// cuBLAS's name for an element type.
-pub fn data_type(d: Dtype) -> cb::cudaDataType {
-    match d {
-        Dtype::F32 => cb::cudaDataType::CUDA_R_32F,
-        Dtype::Bf16 => cb::cudaDataType::CUDA_R_16BF,
-    }
-}
-
-/// cuBLAS's compute type for a product of `ab` operands in the GPU's `math`: bf16 operands
-/// always accumulate in plain f32 (`CUBLAS_COMPUTE_32F`; tf32 would change nothing, bf16's 8
-/// significant bits are exact in tf32's 11), f32 ones follow `--math`.
-pub fn gemm_compute_type(ab: Dtype, math: Math) -> cb::cublasComputeType_t {
-    match ab {
-        Dtype::Bf16 => cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-        Dtype::F32 => compute_type(math),
     }
 }
 
@@ -437,39 +157,6 @@ struct Timing {
     on: bool,
     pairs: Vec<(CudaEvent, CudaEvent)>,
     queued: Vec<(usize, &'static str)>,
-}
-
-/// What ops queue on a GPU: kernel launches (by kernel name) and GEMMs. [`Gpu`] runs them;
-/// [`Recorder`] writes them down, so what a program queues is known, and tested, without a GPU.
-pub trait Launcher {
-    /// Queues kernel `kernel` of the loaded kernel files.
-    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]);
-    /// Queues one `cublasGemmEx`.
-    fn gemm(&self, g: &GemmCall);
-    /// Base address of the multi-block reductions' scratch ([`REDUCTION_SCRATCH`] bytes).
-    fn reduction_scratch(&self) -> u64;
-}
-
-/// Records launches and GEMMs instead of running them.
-#[derive(Default)]
-pub struct Recorder {
-    pub launches: std::cell::RefCell<Vec<(&'static str, LaunchConfig)>>,
-    /// The number of arguments each launch passed (against [`kernel_params`]).
-    pub arg_counts: std::cell::RefCell<Vec<usize>>,
-    pub gemms: std::cell::RefCell<Vec<GemmCall>>,
-}
-
-impl Launcher for Recorder {
-    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]) {
-        self.launches.borrow_mut().push((kernel, cfg));
-        self.arg_counts.borrow_mut().push(args.len());
-    }
-    fn gemm(&self, g: &GemmCall) {
-        self.gemms.borrow_mut().push(*g);
-    }
-    fn reduction_scratch(&self) -> u64 {
-        1 << 48
-    }
 }
 
 /// One GPU: context, stream, cuBLAS handle with its workspace, and the loaded kernels.
@@ -717,86 +404,8 @@ impl Launcher for Gpu {
         });
     }
 
-    /// In the GPU's math (f32 operands) or plain f32 accumulation (bf16 operands); the scalars
-    /// are f32 either way, as `CUBLAS_COMPUTE_32F*` wants.
     fn gemm(&self, g: &GemmCall) {
-        // The tuner knows single products only; a batch goes to cuBLAS as it is.
-        if g.batch == 1 && self.tuner.as_ref().is_some_and(|t| t.gemm(self, g)) {
-            return;
-        }
-        let alpha = 1.0f32;
-        let op = |t: bool| if t { cb::cublasOperation_t::CUBLAS_OP_T } else { cb::cublasOperation_t::CUBLAS_OP_N };
-        let p = |a: u64| a as *mut std::ffi::c_void;
-        let (ab, c_type, compute) =
-            (data_type(g.ab_type), data_type(g.c_type), gemm_compute_type(g.ab_type, self.math));
-        let (alpha, beta) = (&alpha as *const f32 as *const _, &g.beta as *const f32 as *const _);
-        let (m, n, k, lda, ldb, ldc) = (int(g.m), int(g.n), int(g.k), int(g.lda), int(g.ldb), int(g.ldc));
-        let algo = cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
-        let (ta, tb) = (op(g.transa), op(g.transb));
-        // SAFETY: the views lie inside the operands (by construction of the conv lowering and
-        // the Winograd walk, which their tests check against a host GEMM); scalars are host
-        // pointers.
-        self.queue(g.label, || match g.batch {
-            1 => ok(
-                unsafe {
-                    cudarc::cublas::result::gemm_ex(
-                        self.blas,
-                        ta,
-                        tb,
-                        m,
-                        n,
-                        k,
-                        alpha,
-                        p(g.a),
-                        ab,
-                        lda,
-                        p(g.b),
-                        ab,
-                        ldb,
-                        beta,
-                        p(g.c),
-                        c_type,
-                        ldc,
-                        compute,
-                        algo,
-                    )
-                },
-                "cublasGemmEx",
-            ),
-            batch => {
-                let [sa, sb, sc] = g.strides.map(|s| i64::try_from(s).expect("a stride fits in 64 bits"));
-                ok(
-                    unsafe {
-                        cudarc::cublas::result::gemm_strided_batched_ex(
-                            self.blas,
-                            ta,
-                            tb,
-                            m,
-                            n,
-                            k,
-                            alpha,
-                            p(g.a),
-                            ab,
-                            lda,
-                            sa,
-                            p(g.b),
-                            ab,
-                            ldb,
-                            sb,
-                            beta,
-                            p(g.c),
-                            c_type,
-                            ldc,
-                            sc,
-                            int(batch),
-                            compute,
-                            algo,
-                        )
-                    },
-                    "cublasGemmStridedBatchedEx",
-                )
-            }
-        });
+        self.cublas_gemm(g);
     }
 
     fn reduction_scratch(&self) -> u64 {
@@ -833,64 +442,5 @@ mod tests {
             Ok(_) => panic!("a GPU without a device"),
         }
         assert!(matches!(device_memory(), Err(Error::Device(_))));
-    }
-
-    #[test]
-    fn kernel_parameters_are_counted_from_the_source() {
-        let src = "extern \"C\" __global__ void a(float* x, int n) {}\nextern \"C\" __global__ void b() {}";
-        assert_eq!(kernel_params(src, "a"), Some(2));
-        assert_eq!(kernel_params(src, "b"), Some(0));
-        assert_eq!(kernel_params(src, "c"), None);
-    }
-
-    #[test]
-    fn kernel_names_are_read_from_the_source() {
-        let src = "extern \"C\" __global__ void a(int x) {}\n__device__ int h() {}\nextern \"C\" __global__ void b_2 (float* y) {}";
-        assert_eq!(kernel_names(src), ["a", "b_2"]);
-    }
-
-    /// The kernels' division by multiply-and-shift against `/`, for every divisor the models
-    /// use and random ones, at dividends around multiples of the divisor and near 2^31.
-    #[test]
-    fn fast_division_is_exact_below_two_to_the_31() {
-        let mut rng = crate::rng::Rng::new(7, 0);
-        let mut divisors: Vec<usize> = (1..=2048).collect();
-        divisors.extend((0..2000).map(|_| 1 + rng.below((1 << 31) - 1)));
-        divisors.extend([(1 << 31) - 1, 1 << 30, 3 << 29]);
-        for d in divisors {
-            let f = FastDiv::new(d);
-            let mut xs: Vec<u32> = vec![0, 1, (1 << 31) - 1, (1 << 31) - 2];
-            for q in [1usize, 2, 3, 1000, (1 << 31) / d] {
-                let x = q * d;
-                xs.extend([x.saturating_sub(1), x, x + 1].iter().filter(|&&x| x < 1 << 31).map(|&x| x as u32));
-            }
-            xs.extend((0..64).map(|_| rng.below(1 << 31) as u32));
-            for x in xs {
-                assert_eq!(f.div(x), x / d as u32, "{x} / {d}");
-            }
-        }
-    }
-
-    #[test]
-    fn reductions_fill_the_gpu_within_the_scratch() {
-        assert_eq!(reduction_parts(80, 128 * 32 * 32), 16);
-        assert_eq!(reduction_parts(320, 128 * 8 * 8), 1);
-        assert_eq!(reduction_parts(1, 1 << 30), 64);
-        assert_eq!(reduction_parts(REDUCTION_CHANNELS, 1 << 30), 1);
-        for (c, m) in [(640, 1 << 24), (3000, 1 << 20), (17, 5)] {
-            assert!(c * reduction_parts(c, m) <= REDUCTION_PARTS);
-        }
-        let (p, s, n) = reduction_regions(0);
-        assert_eq!((p, s, n as usize + 4 * REDUCTION_CHANNELS), (0, 16 * REDUCTION_PARTS as u64, REDUCTION_SCRATCH));
-    }
-
-    #[test]
-    fn grids_never_launch_more_blocks_than_the_work_needs() {
-        for total in [1, 255, 256, 257, 1 << 20] {
-            let g = grid(total);
-            assert_eq!(g.grid_dim.0 as usize, total.div_ceil(256));
-        }
-        assert_eq!(grid(usize::MAX / 2).grid_dim.0, 1 << 16);
-        assert_eq!(grid(0).grid_dim.0, 1);
     }
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::svg;
 use crate::error::{Error, Result};
 
 /// What one epoch did. Exactly these keys, one object per line.
@@ -136,14 +137,9 @@ const PLOTTABLE: f64 = 1e12;
 /// epoch, or points isolated by skipped values, markers show the points.
 pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    s.push('\n');
-    let _ = writeln!(s, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
-    let _ =
-        writeln!(s, r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#, super::svg::escape(title));
+    let _ = writeln!(s, "{}", svg::open(&format!("{} {}", svg::size(WIDTH, HEIGHT), svg::view_box(WIDTH, HEIGHT))));
+    let _ = writeln!(s, "{}", svg::background(WIDTH, HEIGHT));
+    let _ = writeln!(s, r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#, svg::escape(title));
     for (i, (name, color)) in [("train", TRAIN_COLOR), ("test", TEST_COLOR)].iter().enumerate() {
         let x = 760.0 + 70.0 * i as f64;
         let _ = writeln!(
@@ -170,23 +166,24 @@ pub fn curves_svg(history: &[EpochMetrics], title: &str) -> String {
         &series(|m| 100.0 * m.train_acc),
         &series(|m| 100.0 * m.test_acc),
     );
-    s.push_str("</svg>");
+    s.push_str(svg::CLOSE);
     s
 }
 
-/// What starts the element naming the run that drew a picture.
-const RUN_DESC: &str = "<desc>sliceout run ";
+/// What the `<desc>` naming the run that drew a picture says before the run id.
+const RUN_DESC: &str = "sliceout run ";
 
-/// `svg` (drawn by [`curves_svg`]) with a `<desc>` element naming the run that drew it, so that
-/// a later run can tell its own picture from another's.
-pub fn with_run(svg: &str, run_id: &str) -> String {
-    let at = svg.find('\n').map_or(svg.len(), |i| i + 1);
-    format!("{}{RUN_DESC}{}</desc>\n{}", &svg[..at], super::svg::escape(run_id), &svg[at..])
+/// `picture` (drawn by [`curves_svg`]) with a `<desc>` element naming the run that drew it, so
+/// that a later run can tell its own picture from another's.
+pub fn with_run(picture: &str, run_id: &str) -> String {
+    let at = picture.find('\n').map_or(picture.len(), |i| i + 1);
+    format!("{}{}\n{}", &picture[..at], svg::desc(&format!("{RUN_DESC}{run_id}")), &picture[at..])
 }
 
 /// The run named in a picture's `<desc>` ([`with_run`]), if any.
-pub fn drawn_by(svg: &str) -> Option<&str> {
-    let rest = &svg[svg.find(RUN_DESC)? + RUN_DESC.len()..];
+pub fn drawn_by(picture: &str) -> Option<&str> {
+    let start = format!("<desc>{RUN_DESC}");
+    let rest = &picture[picture.find(&start)? + start.len()..];
     rest.find("</desc>").map(|end| &rest[..end])
 }
 
@@ -352,7 +349,7 @@ fn draw_series(s: &mut String, a: &PlotArea, epochs: &[f64], values: &[f64], col
     let mut d = String::new();
     for run in runs.iter().filter(|r| r.len() >= 2) {
         for (i, (x, y)) in run.iter().flatten().enumerate() {
-            let _ = write!(d, "{}{x:.1},{y:.1} ", if i == 0 { "M" } else { "L" });
+            let _ = write!(d, "{}{} ", if i == 0 { "M" } else { "L" }, svg::point(*x, *y));
         }
     }
     if !d.is_empty() {
@@ -383,7 +380,7 @@ impl Axis {
     /// About `target` intervals of 1, 2 or 5 times a power of ten covering `[lo, hi]` (lo < hi);
     /// `integer` forces a step of at least 1.
     fn new(lo: f64, hi: f64, target: usize, integer: bool) -> Axis {
-        let mut step = super::svg::nice_step(hi - lo, target as f64);
+        let mut step = svg::nice_step(hi - lo, target as f64);
         if integer {
             step = step.max(1.0);
         }
