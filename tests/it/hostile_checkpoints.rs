@@ -6,8 +6,7 @@
 //! file and the field, and never a flag the user did not give; only tensor values are left to
 //! the readers that use them, since `export` converts them bit for bit.
 
-mod common;
-
+use crate::common;
 use sliceout::backend::DeviceChoice;
 use sliceout::export;
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
@@ -15,7 +14,6 @@ use sliceout::io::safetensors::{self as st, TensorFile, Values};
 use sliceout::ir::Precision;
 use sliceout::train::{self, TrainArgs};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A small dataset, a finished run, its model as safetensors, and a checkpoint taken in the
 /// middle of an epoch (2 of 4 steps of batch 4).
@@ -129,10 +127,8 @@ fn refused(f: &Files, model: &Path, needles: &[&str]) {
 
 /// The binary's exit code and stderr.
 fn sliceout(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sliceout")).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    (out.status.code().unwrap_or(-1), err)
+    let (code, _, err) = common::sliceout(args);
+    (code, err)
 }
 
 fn s(p: &Path) -> &str {
