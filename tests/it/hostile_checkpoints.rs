@@ -6,7 +6,7 @@
 //! file and the field, and never a flag the user did not give; only tensor values are left to
 //! the readers that use them, since `export` converts them bit for bit.
 
-use crate::common;
+use crate::common::{self, tmp};
 use sliceout::backend::DeviceChoice;
 use sliceout::export;
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
@@ -27,9 +27,7 @@ struct Files {
 }
 
 fn files(name: &str) -> Files {
-    let dir = std::env::temp_dir().join(format!("sliceout-hostile-ckpt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp(name);
     let data = dir.join("data");
     sliceout::data::synth::write_synthetic(&data, 16, 8, 1, false).unwrap();
     let run = dir.join("run");

@@ -4,7 +4,7 @@
 //! in one line naming the path and what was expected, before any work, and left as it was.
 //! Device nodes and FIFOs are made in a temp folder (never the system's own).
 
-use crate::common::{self, sliceout};
+use crate::common::{self, sliceout, tmp};
 use sliceout::data::synth::write_synthetic;
 use sliceout::train::{self, TrainArgs};
 use std::os::unix::fs::{symlink, FileTypeExt};
@@ -28,9 +28,7 @@ fn s(p: &Path) -> &str {
 
 /// A fresh folder holding a synthetic dataset `data` and a tiny trained run `run`.
 fn world(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sliceout-outputs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp(name);
     write_synthetic(&dir.join("data"), 20, 8, 1, false).unwrap();
     let args = TrainArgs { epochs: 1, batch: 4, ..common::args(&dir.join("data"), &dir.join("run")) };
     train::train(&args).unwrap();
