@@ -1,7 +1,7 @@
 //! A training step on the CPU, WRN-16-4, batch 32, at keep 1.0, 0.75 and 0.5, measured in one
 //! run (the same measurement as `sliceout bench --device cpu`). The bar: keep 0.5 at
-//! most 0.70 of keep 1.0, and keep 1.0 no slower than PyTorch on the same machine (465-513 ms
-//! on 2 cores, see BENCHMARKS.md).
+//! most 0.70 of keep 1.0, and keep 1.0 no slower than PyTorch on the same machine (its figures
+//! are in BENCHMARKS.md).
 //!
 //! `cargo bench --bench step` (set RAYON_NUM_THREADS to pin the thread count).
 

@@ -11,7 +11,7 @@ Default mode: the README's ONNX Runtime snippet runs on every test image, and on
 three alone (the batch dimension is dynamic); its logits must equal sliceout eval's within
 1e-4. Every tensor of `model.safetensors`, as the safetensors library reads it into NumPy, is
 written to `DIR/python_tensors.json` (float32 values as their bit patterns) with the file's
-metadata, for tests/export.rs to compare with sliceout's own tensors bit for bit.
+metadata, for tests/it/export.rs to compare with sliceout's own tensors bit for bit.
 
 `--torch`: the README's PyTorch snippet loads `model.safetensors` into scripts/torch/wrn.py's
 `WideResNet` with `load_state_dict(strict=True)`; its logits must equal eval's within 1e-4.

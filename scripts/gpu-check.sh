@@ -10,8 +10,7 @@
 #   there:  bash scripts/gpu-check.sh        (from the repository root; .gpu/ is git-ignored,
 #           so the device runner must carry it)
 #
-# In order, each with its own time limit (about 5 minutes in all on an H200 before the
-# --winograd steps were added; they add about 1.5 more, by estimate):
+# In order, each with its own time limit (BENCHMARKS.md says how long the check took on a card):
 #   1. the op-by-op selftest against the CPU in fp32 with SLICEOUT_CUDA_SYNC=1 (a fault names
 #      its op and kernel), then in tf32; the PyTorch reference runs inside each;
 #   2. selftest --full (one WRN-16-4 step, every op compared) in fp32 and tf32, and in fp32
@@ -21,7 +20,7 @@
 #      and the bf16 WRN-16-4 step (--full --precision bf16);
 #   2c. the experimental Winograd convolutions (--winograd; their op rows are in stage 1):
 #      the WRN-16-4 step with them, fp32 and tf32; with MEMCHECK=1 also compute-sanitizer's
-#      memcheck over the fp32 op checks (every kernel, Winograd's included; a minute or two);
+#      memcheck over the fp32 op checks (every kernel, Winograd's included);
 #   3. the GPU plans of WRN-28-10 (launch counts, memory) and its profiles at keep 0.5, tf32
 #      and bf16 (device time per op and per kernel, from CUDA events);
 #   3b. options against the default, same model, keep 1.0 and 0.5 (each a bench of its own,

@@ -1,7 +1,7 @@
 //! sliceout: a Wide ResNet trainer with SliceOut, a static memory plan and CPU/CUDA backends.
 //!
-//! Layers, each using only those listed above it (`docs/DESIGN.md` has the map, `tests/layers.rs`
-//! enforces it):
+//! Layers, each using only those listed above it (`docs/DESIGN.md` has the map,
+//! `tests/it/layers.rs` enforces it):
 //!
 //! ```text
 //! error, rng   the error type; seeded random streams

@@ -1,7 +1,10 @@
 //! Nothing is allocated inside a training step: every buffer comes from the arena planned and
 //! allocated before the first step. Saving a checkpoint allocates nothing of the model's size:
-//! its buffers were reserved before the first step too. A counting global allocator watches every thread (rayon's
-//! workers included) while steps run.
+//! its buffers were reserved before the first step too. A counting global allocator watches every
+//! thread (rayon's workers included) while steps run.
+//!
+//! A test crate of its own, not a module of `tests/it`: the allocator counts every thread of the
+//! process, so the other tests, running in parallel threads beside these, would be counted too.
 
 use sliceout::backend::{Batches, CpuBackend, Execute, Memory, SplitId, StepCtx};
 use sliceout::data::loader::{Crop, Normalization};

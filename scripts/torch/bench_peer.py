@@ -11,7 +11,7 @@ depends on PyTorch.
 precision: fp32 parameters, bf16 convolutions), the peer of `sliceout bench --precision bf16`.
 
 One line per keep value, which scripts/gpu-check.sh reads:
-    torch WRN-28-10 tf32 keep 0.50: median 27.20 ms (min 26.90, max 27.80), 4706 img/s, peak 2496.0 MiB
+    torch WRN-28-10 tf32 keep 0.50: median <ms> ms (min <ms>, max <ms>), <n> img/s, peak <MiB> MiB
 """
 import argparse
 import statistics

@@ -4,8 +4,7 @@
 //! are random under a valid CRC, evaluated and resumed. Nothing may panic or hang; whatever is
 //! accepted must run (training is stopped after one step) and say something sane.
 
-mod common;
-
+use crate::common::{self, tmp};
 use clap::Parser;
 use sliceout::backend::DeviceChoice;
 use sliceout::cmd;
@@ -16,13 +15,6 @@ use sliceout::rng::Rng;
 use sliceout::train::{self, TrainArgs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sliceout-hostile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// No single case may take longer than this: a hang fails the test instead of stalling it.
 const CASE_LIMIT: Duration = Duration::from_secs(20);

@@ -6,8 +6,7 @@
 //! file and the field, and never a flag the user did not give; only tensor values are left to
 //! the readers that use them, since `export` converts them bit for bit.
 
-mod common;
-
+use crate::common::{self, tmp};
 use sliceout::backend::DeviceChoice;
 use sliceout::export;
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
@@ -16,7 +15,6 @@ use sliceout::ir::Precision;
 use sliceout::model_file;
 use sliceout::train::{self, TrainArgs};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A small dataset, a finished run, its model as safetensors, and a checkpoint taken in the
 /// middle of an epoch (2 of 4 steps of batch 4).
@@ -30,9 +28,7 @@ struct Files {
 }
 
 fn files(name: &str) -> Files {
-    let dir = std::env::temp_dir().join(format!("sliceout-hostile-ckpt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp(name);
     let data = dir.join("data");
     sliceout::data::synth::write_synthetic(&data, 16, 8, 1, false).unwrap();
     let run = dir.join("run");
@@ -130,10 +126,8 @@ fn refused(f: &Files, model: &Path, needles: &[&str]) {
 
 /// The binary's exit code and stderr.
 fn sliceout(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sliceout")).args(args).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    (out.status.code().unwrap_or(-1), err)
+    let (code, _, err) = common::sliceout(args);
+    (code, err)
 }
 
 fn s(p: &Path) -> &str {

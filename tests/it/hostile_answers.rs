@@ -5,21 +5,12 @@
 //! refused from its header without being read, a budget too small for one image answered with
 //! what that image's step needs, and `--init` of a model for other data naming the data.
 
-mod common;
-
+use crate::common::{self, sliceout, tmp};
 use sliceout::io::checkpoint;
 use sliceout::io::safetensors as st;
 use sliceout::train;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn sliceout(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sliceout")).args(args).output().expect("binary runs");
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!se.contains("panicked") && !so.contains("panicked"), "panic for {args:?}: {se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 /// Stdout of a command that must succeed.
 fn ok(args: &[&str]) -> String {
@@ -39,13 +30,6 @@ fn refused(args: &[&str], needles: &[&str]) -> String {
         assert!(se.contains(n), "{args:?}: lacks '{n}': {se}");
     }
     se
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sliceout-answers-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Whether `text` is one well-formed XML element (an optional `<?xml ...?>` first): every tag

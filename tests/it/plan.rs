@@ -3,6 +3,7 @@
 //! keep 0.5, arena at keep 0.5 <= 0.80 of keep 1.0), each memory option shows its effect, and a
 //! bf16 step is planned in bytes of each buffer's element type (and refused by the backends).
 
+use crate::common::BIN;
 use sliceout::ir::{BufKind, Dtype, Precision, Role};
 use sliceout::model::{wrn, ModelConfig};
 use sliceout::plan::Program;
@@ -20,7 +21,7 @@ fn program(c: &ModelConfig, batch: usize, mode: Mode, o: Options) -> Program {
 }
 
 #[test]
-fn wrn_28_10_fits_the_issue_budget() {
+fn wrn_28_10_needs_at_most_2400_mib_and_1900_at_keep_half() {
     let full = program(&wrn(28, 10, 1.0), 128, Mode::Train, Options::default());
     let half = program(&wrn(28, 10, 0.5), 128, Mode::Train, Options::default());
     let total = |p: &Program| (p.arena_bytes() + p.schedule.persistent_len() * 4) as f64 / MIB;
@@ -89,7 +90,7 @@ fn train_and_eval_share_the_persistent_layout() {
 }
 
 #[test]
-fn each_memory_option_shows_its_effect() {
+fn each_memory_option_moves_the_arena_the_way_it_says() {
     let c = wrn(16, 4, 1.0);
     let arena = |o: Options| program(&c, 32, Mode::Train, o).arena_bytes();
     let base = arena(Options::default());
@@ -570,7 +571,7 @@ fn bf16_runs_on_the_cpu_and_a_bad_precision_is_one_clear_line() {
 
     let out = std::env::temp_dir().join(format!("sliceout-plan-bf16-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let bin = env!("CARGO_BIN_EXE_sliceout");
+    let bin = BIN;
     let model = ["--depth", "10", "--widen", "1", "--batch", "2"];
     for args in [
         vec!["train", "--precision", "fp16", "--data", "/nonexistent", "--out", out.to_str().unwrap()],

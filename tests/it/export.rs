@@ -6,6 +6,7 @@
 //! the safetensors library, NumPy). Where `python3` (or `$SLICEOUT_PYTHON`) lacks those wheels
 //! it is skipped with a message, and fails when `CI` is set (`.ci/run` installs them).
 
+use crate::common::{sliceout, tmp};
 use prost::Message;
 use sliceout::export::{self, onnx, proto};
 use sliceout::io::checkpoint::{self, Checkpoint, Tensor};
@@ -16,21 +17,6 @@ use sliceout::rng::Rng;
 use sliceout::verify::reference;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sliceout-export-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs the binary: (exit code, stdout, stderr); never a panic.
-fn sliceout(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sliceout")).args(args).output().expect("binary runs");
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!se.contains("panicked"), "panic for {args:?}: {se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 fn succeeds(args: &[&str]) -> String {
     let (code, out, err) = sliceout(args);

@@ -4,20 +4,12 @@
 //! in one line naming the path and what was expected, before any work, and left as it was.
 //! Device nodes and FIFOs are made in a temp folder (never the system's own).
 
-mod common;
-
+use crate::common::{self, sliceout, tmp};
 use sliceout::data::synth::write_synthetic;
 use sliceout::train::{self, TrainArgs};
 use std::os::unix::fs::{symlink, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn sliceout(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sliceout")).args(args).output().expect("binary runs");
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!se.contains("panicked") && !so.contains("panicked"), "panic for {args:?}: {se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 /// Fails in one line holding every one of `needles`, having printed nothing (no work was done).
 fn refused_before_work(args: &[&str], needles: &[&str]) {
@@ -36,9 +28,7 @@ fn s(p: &Path) -> &str {
 
 /// A fresh folder holding a synthetic dataset `data` and a tiny trained run `run`.
 fn world(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sliceout-outputs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmp(name);
     write_synthetic(&dir.join("data"), 20, 8, 1, false).unwrap();
     let args = TrainArgs { epochs: 1, batch: 4, ..common::args(&dir.join("data"), &dir.join("run")) };
     train::train(&args).unwrap();

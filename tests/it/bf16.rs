@@ -70,7 +70,7 @@ fn rel(a: impl Iterator<Item = f64> + Clone, b: impl Iterator<Item = f64>) -> f6
 }
 
 #[test]
-fn a_bf16_step_follows_the_fp32_step() {
+fn a_bf16_step_stays_within_its_bounds_of_the_fp32_step() {
     let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
     let batch = 16;
     let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default()));

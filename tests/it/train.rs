@@ -1,26 +1,18 @@
 //! Training end to end on generated CIFAR-format data: a small WRN learns (far above chance),
 //! and an interrupted run resumed from its checkpoint ends bit-identical to an uninterrupted one.
 
-mod common;
-
+use crate::common::{self, tmp};
 use common::args;
 use sliceout::backend::DeviceChoice;
 use sliceout::data::synth::write_synthetic;
 use sliceout::io::checkpoint;
 use sliceout::io::metrics::{self, EpochMetrics};
 use sliceout::train::{self, LrSchedule, TrainArgs};
-use std::path::{Path, PathBuf};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sliceout-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::path::Path;
 
 #[test]
 fn a_small_wrn_learns_the_synthetic_classes() {
-    // WRN-10-2 with SliceOut keep 0.5, 1500 images, 3 epochs: well under two minutes on 2 cores.
+    // WRN-10-2 with SliceOut keep 0.5, 1500 images, 3 epochs.
     let d = tmp("learn");
     write_synthetic(&d.join("data"), 1500, 300, 0, false).unwrap();
     let a = TrainArgs { widen: 2, batch: 50, lr: 0.1, bn_recal: 4, ..args(&d.join("data"), &d.join("run")) };

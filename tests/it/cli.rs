@@ -1,15 +1,9 @@
 //! The binary as a user meets it: every bad input gets one clear line naming the file or value
 //! and what was expected, a non-zero exit, no panic, and nothing in the output folder is lost.
 
+use crate::common::{sliceout, tmp, BIN};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn sliceout(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sliceout")).args(args).output().expect("binary runs");
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!se.contains("panicked") && !so.contains("panicked"), "panic for {args:?}: {se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 /// Fails with a message containing every one of `needles`.
 fn fails_with(args: &[&str], needles: &[&str]) {
@@ -19,13 +13,6 @@ fn fails_with(args: &[&str], needles: &[&str]) {
         assert!(err.contains(n), "{args:?}: message lacks '{n}':\n{err}");
     }
     assert!(err.lines().filter(|l| !l.trim().is_empty()).count() <= 4, "{args:?}: message too long:\n{err}");
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sliceout-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn synth(dir: &Path, train: usize, test: usize) {
@@ -240,7 +227,7 @@ fn ctrl_c_checkpoints_and_says_how_to_resume() {
     synth(&d, 400, 16);
     let run = d.join("run");
     let args = train_args(d.to_str().unwrap(), run.to_str().unwrap(), &[("--epochs", "50"), ("--widen", "2")]);
-    let child = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+    let child = Command::new(BIN)
         .args(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -363,7 +350,7 @@ fn a_trainer_killed_at_random_moments_always_resumes_to_the_same_run() {
     for round in 0..10 {
         let run = d.join(format!("run{round}"));
         let out = run.to_str().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+        let mut child = Command::new(BIN)
             .args(train_args(data, out, &flags))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -580,7 +567,7 @@ fn run_folders_are_never_overwritten_or_shared() {
     // Two trainers into one folder: the second is refused while the first runs.
     let shared = d.join("shared");
     let args = train_args(data, shared.to_str().unwrap(), &[("--epochs", "50"), ("--widen", "2")]);
-    let first = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+    let first = Command::new(BIN)
         .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -605,7 +592,7 @@ fn run_folders_are_never_overwritten_or_shared() {
             let mut args = train_args(data, "unused", &[("--limit-train", "32"), ("--batch", "16")]);
             let at = args.iter().position(|a| a == "--out").unwrap();
             args.drain(at..at + 2);
-            Command::new(env!("CARGO_BIN_EXE_sliceout"))
+            Command::new(BIN)
                 .args(&args)
                 .current_dir(&cwd)
                 .stdout(std::process::Stdio::null())
@@ -641,7 +628,7 @@ fn a_failed_first_checkpoint_leaves_no_dead_end() {
     let run = d.join("run");
     let args = train_args(d.to_str().unwrap(), run.to_str().unwrap(), &[]);
     let line = "trap '' XFSZ; ulimit -f 64; exec \"$0\" \"$@\"";
-    let out = Command::new("sh").arg("-c").arg(line).arg(env!("CARGO_BIN_EXE_sliceout")).args(&args).output().unwrap();
+    let out = Command::new("sh").arg("-c").arg(line).arg(BIN).args(&args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0));
     assert!(err.contains("best.ckpt") && !err.contains("panicked"), "{err}");
@@ -673,7 +660,7 @@ fn non_finite_parameters_are_never_saved() {
 
 /// Runs the binary, failing the test (after killing it) if it takes more than `limit` seconds.
 fn sliceout_within(args: &[&str], limit: u64) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+    let mut child = Command::new(BIN)
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -721,7 +708,7 @@ fn empty_and_unbounded_inputs_are_refused() {
 }
 
 #[test]
-fn messages_name_what_is_wrong() {
+fn bad_limits_paths_and_late_flags_are_refused_before_any_work() {
     let s = scene("messages", 40, 8);
     let (d, data, out) = (&s.dir, s.data.as_str(), s.out.as_str());
     let (code, _, err) = sliceout(&refs(&train_args(data, out, &[("--limit-train", "0")])));
@@ -748,8 +735,8 @@ fn messages_name_what_is_wrong() {
         std::fs::remove_file(&f).unwrap();
     }
     std::fs::write(&f, bytes).unwrap();
-    // Flags that only matter after the work are checked before it (a WRN-28-10 profile would
-    // take minutes here).
+    // Flags that only matter after the work are checked before it (a WRN-28-10 profile on the
+    // CPU runs far past the time limit).
     let big = ["profile", "--device", "cpu", "--depth", "28", "--widen", "10", "--batch", "128"];
     let (code, err) = sliceout_within(&[&big[..], &["--format", "svg"]].concat(), 5);
     assert!(code != 0 && err.contains("--format"), "{err}");

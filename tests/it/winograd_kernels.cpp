@@ -3,7 +3,7 @@
 // no synchronisation, so any order is a valid schedule), and the 16 products are plain loops.
 // The commands follow winograd_cmds.rs (forward; backward with both gradients), on sliced and
 // wrapping channel ranges, odd and even images and several chunkings, against a direct f64
-// convolution. tests/winograd_kernels.rs compiles and runs this with the host's C++ compiler.
+// convolution. tests/it/winograd_kernels.rs compiles and runs this with the host's C++ compiler.
 #include <cmath>
 #include <cstdio>
 #include <random>

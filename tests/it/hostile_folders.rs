@@ -5,8 +5,7 @@
 //! waited on; `data synth --force` that runs out of room keeps the old dataset whole; a `runs`
 //! link to nothing is named as such.
 
-mod common;
-
+use crate::common::{self, sliceout, sliceout_in, tmp, BIN};
 use sliceout::data::synth::write_synthetic;
 use sliceout::io::checkpoint;
 use sliceout::train::{EpochEnd, Run, TrainArgs};
@@ -21,22 +20,6 @@ const LOCK: &str = ".sliceout.lock";
 /// Longer than any case here takes: a run waiting on a FIFO fails the test instead of hanging.
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn sliceout(args: &[&str]) -> (i32, String, String) {
-    sliceout_in(None, args)
-}
-
-fn sliceout_in(cwd: Option<&Path>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sliceout"));
-    cmd.args(args);
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    let out = cmd.output().expect("binary runs");
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!se.contains("panicked") && !so.contains("panicked"), "panic for {args:?}: {se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
-
 /// Fails in one line holding every one of `needles`.
 fn refused(args: &[&str], needles: &[&str]) -> String {
     let (code, _, err) = sliceout(args);
@@ -46,13 +29,6 @@ fn refused(args: &[&str], needles: &[&str]) -> String {
         assert!(err.contains(n), "{args:?}: message lacks '{n}':\n{err}");
     }
     err
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sliceout-folders-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn s(p: &Path) -> &str {
@@ -217,7 +193,7 @@ fn the_lock_is_never_followed_replaced_or_an_output() {
     // A trainer holds the folder: exporting over its lock is refused and the lock stays its,
     // so a second trainer is still kept out.
     let long = train(&data, &d.join("busy"), "2", "100000", &[]);
-    let mut first = Command::new(env!("CARGO_BIN_EXE_sliceout"))
+    let mut first = Command::new(BIN)
         .args(&long)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -326,7 +302,7 @@ fn a_synth_that_runs_out_of_room_keeps_the_old_dataset_whole() {
     let out = Command::new("sh")
         .arg("-c")
         .arg(line)
-        .arg(env!("CARGO_BIN_EXE_sliceout"))
+        .arg(BIN)
         .args(["data", "synth", "--out", s(&data), "--train", "25", "--test", "5000", "--seed", "2", "--force"])
         .output()
         .unwrap();
@@ -361,7 +337,7 @@ fn a_dangling_runs_link_is_named_as_such() {
     std::fs::create_dir(&cwd).unwrap();
     symlink(d.join("gone"), cwd.join("runs")).unwrap();
     let args = ["train", "--data", s(&data), "--depth", "10", "--widen", "1", "--batch", "8", "--device", "cpu"];
-    let (code, _, err) = sliceout_in(Some(&cwd), &args);
+    let (code, _, err) = sliceout_in(&cwd, &args);
     assert_ne!(code, 0);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("runs is a symbolic link to") && err.contains("gone, which does not exist"), "{err}");

@@ -6,21 +6,12 @@
 
 #![cfg(unix)]
 
+use crate::common::{tmp, BIN};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sliceout");
-
-/// A fresh folder for one test, named after it and the process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sliceout-signals-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -164,7 +155,7 @@ fn plan_into_a_full_device_fails_in_one_line() {
 /// trains every epoch and saves every file; a reader that stopped is no failure (status 0).
 #[test]
 fn training_whose_output_nobody_reads_finishes_and_saves() {
-    let dir = scratch("nobody-reads");
+    let dir = tmp("nobody-reads");
     let data = synth(&dir);
     for (i, (stdout, stderr)) in [(true, false), (false, true), (true, true)].into_iter().enumerate() {
         let out = dir.join(format!("run{i}"));
@@ -208,7 +199,7 @@ fn training_whose_output_nobody_reads_finishes_and_saves() {
 /// one line, that its output was lost, and exits 1; stderr on a full device changes nothing.
 #[test]
 fn training_into_a_full_device_saves_then_says_so() {
-    let dir = scratch("full");
+    let dir = tmp("full");
     let data = synth(&dir);
     let out = dir.join("run");
     let script = format!("exec \"$BIN\" {} >/dev/full", train_args(&data, &out, 2).join(" "));
@@ -234,7 +225,7 @@ fn training_into_a_full_device_saves_then_says_so() {
 /// it needs): never SIGABRT, SIGSEGV or a panic.
 #[test]
 fn memory_limits_fail_in_one_line_never_by_a_signal() {
-    let dir = scratch("ulimit-v");
+    let dir = tmp("ulimit-v");
     let data = synth(&dir);
     // Below what `exec` needs to map the binary the kernel kills it before it runs (SIGSEGV
     // from `execve`): no code of ours can act there, so the search starts where `--version` runs.
@@ -278,7 +269,7 @@ fn memory_limits_fail_in_one_line_never_by_a_signal() {
 /// without the limit then trains in that folder.
 #[test]
 fn a_file_size_limit_is_reported_and_the_folder_trains_afterwards() {
-    let dir = scratch("ulimit-f");
+    let dir = tmp("ulimit-f");
     let data = synth(&dir);
     let out = dir.join("run");
     let args = train_args(&data, &out, 2).join(" ");
@@ -323,7 +314,7 @@ fn holds(pid: u32, path: &Path) -> bool {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_data_file_truncated_while_read_is_named_not_a_crash() {
-    let dir = scratch("truncated");
+    let dir = tmp("truncated");
     let data = synth(&dir);
     let big = data.join("data_batch_1.bin");
     // Enough records that reading them takes a while: 12000 CIFAR-10 records (36 MiB).
@@ -386,7 +377,7 @@ fn a_data_file_truncated_while_read_is_named_not_a_crash() {
 /// otherwise.
 #[test]
 fn a_broken_cuda_driver_is_one_line_not_a_panic() {
-    let dir = scratch("fake-cuda");
+    let dir = tmp("fake-cuda");
     let lib = dir.join("lib");
     std::fs::create_dir_all(&lib).unwrap();
     std::fs::write(dir.join("fake.c"), "int sliceout_fake_cuda(void) { return 0; }\n").unwrap();
@@ -429,7 +420,7 @@ fn a_broken_cuda_driver_is_one_line_not_a_panic() {
 /// run goes at its normal pace. A value that is no number is refused in one line.
 #[test]
 fn rayon_threads_far_above_the_cores_are_capped() {
-    let dir = scratch("rayon");
+    let dir = tmp("rayon");
     let data = synth(&dir);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let end = run(&train_args(&data, &dir.join("run"), 1), &[("RAYON_NUM_THREADS", "100000")], 120);

@@ -4,8 +4,7 @@
 //! says so (and the metrics then record the change), a resume without `--data` uses the run's
 //! folder or asks for one, and values a 32-bit float cannot hold are refused.
 
-mod common;
-
+use crate::common::{self, sliceout_in, tmp, BIN};
 use clap::Parser;
 use sliceout::cmd::flags::{Cli, Command};
 use sliceout::io::checkpoint;
@@ -14,25 +13,6 @@ use sliceout::train::{self, TrainArgs};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sliceout-resume-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs the binary in `cwd`; exit code, stdout, stderr. A panic fails the test.
-fn sliceout_in(cwd: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sliceout"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("binary runs");
-    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    assert!(!se.contains("panicked") && !so.contains("panicked"), "panic for {args:?}: {se}");
-    (out.status.code().unwrap_or(-1), so, se)
-}
 
 /// Fails with one short message holding every one of `needles`.
 fn fails_with(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
@@ -395,7 +375,7 @@ fn the_line_ctrl_c_prints_is_a_shell_command_that_resumes_the_run() {
     let data = s.dir.join("data 'q' \"d\" $HOME `x` \\ ;&");
     std::fs::rename(&s.data, &data).unwrap();
     let out = s.dir.join("run $PATH 'a' b");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sliceout"))
+    let mut child = std::process::Command::new(BIN)
         .args(train_argv(&data, &out, &[]))
         .current_dir(&s.dir)
         .stdout(Stdio::piped())
@@ -415,13 +395,8 @@ fn the_line_ctrl_c_prints_is_a_shell_command_that_resumes_the_run() {
     assert!(command.starts_with("sliceout train --resume "), "{command}");
     // `sliceout` as a shell function running the binary under test.
     let script = format!("sliceout() {{ \"$0\" \"$@\"; }}; {command}");
-    let resumed = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_sliceout"))
-        .current_dir(&s.dir)
-        .output()
-        .unwrap();
+    let resumed =
+        std::process::Command::new("sh").arg("-c").arg(&script).arg(BIN).current_dir(&s.dir).output().unwrap();
     let (so, se) = (String::from_utf8_lossy(&resumed.stdout), String::from_utf8_lossy(&resumed.stderr));
     assert_eq!(resumed.status.code(), Some(0), "{script}\n{so}\n{se}");
     s.same_as_full(&out);
