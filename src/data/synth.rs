@@ -149,7 +149,7 @@ pub fn split(len: usize, seed: u64) -> Split {
 }
 
 /// The most images of either split `write_synthetic` makes (CIFAR-10 has 50,000): 3 GB of
-/// files and about 25 s of drawing.
+/// files.
 pub const MAX_IMAGES: usize = 1_000_000;
 
 /// The class names file written beside CIFAR-10's batches.

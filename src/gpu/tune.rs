@@ -3,8 +3,8 @@
 //!
 //! Without it every product is `cublasGemmEx`, whose default heuristic picks one kernel per
 //! shape. Our shapes are unusual (80 to 640 rows against 10^5 columns, or a 10^5-long inner
-//! dimension for the weight gradients), and cuBLAS reaches 100 to 170 TFLOP/s on them in tf32,
-//! a third of what it does on square ones. With it, the first time a distinct product is queued
+//! dimension for the weight gradients), and cuBLAS reaches a fraction of its square-product
+//! rate on them (`scripts/torch/gemm_shapes.py`; figures in BENCHMARKS.md). With it, the first time a distinct product is queued
 //! ([`GemmKey`]: transposes, sizes, strides, types, compute type, accumulation and the operands'
 //! alignment) cuBLASLt's heuristic proposes up to [`CANDIDATES`] algorithms; each runs
 //! [`TRIALS`] times on the product's own operands between two CUDA events, and the fastest is

@@ -25,13 +25,13 @@ pub struct Term {
 }
 
 /// The CUDA context with our kernels loaded (cubins, lazy module loading), as `bench` measured
-/// it ("in use before our first allocation"): 526.8 MiB on an H200 with driver 580 and CUDA 13
-/// (2026-11-27, `scripts/gpu-check.sh`). Other cards and drivers differ by some MiB.
+/// it ("in use before our first allocation") on an H200 with driver 580 and CUDA 13, rounded up
+/// (BENCHMARKS.md, the GPU's first session). Other cards and drivers differ by some MiB.
 pub const CUDA_CONTEXT: usize = 527 * MIB;
 
 /// cuBLAS's handle and the GEMM kernels it loads when a shape first needs them: what `bench`
-/// found in use beyond the context, the plan and our workspaces, 81 to 99 MiB on an H200 for
-/// WRN-28-10 and WRN-16-4 (2026-11-27), rounded up.
+/// found in use beyond the context, the plan and our workspaces on an H200 for WRN-28-10 and
+/// WRN-16-4, rounded up (BENCHMARKS.md, the GPU's first session).
 pub const CUBLAS_LOADED: usize = 100 * MIB;
 
 /// The memory outside the plan on `target` with `dataset` resident.
