@@ -7,8 +7,8 @@ use std::path::Path;
 
 /// Bottom to top.
 const LAYERS: &[&str] = &[
-    "error", "say", "oom", "rng", "ir", "io", "blas", "gpu", "data", "ops", "schedule", "plan", "model", "export",
-    "backend", "train", "verify", "cmd",
+    "error", "say", "oom", "rng", "ir", "io", "blas", "gpu", "data", "ops", "schedule", "lower", "plan", "model",
+    "export", "backend", "train", "verify", "cmd",
 ];
 
 /// Every `.rs` file under `dir`.

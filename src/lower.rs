@@ -1,0 +1,157 @@
+//! How each convolution of a step runs, chosen in one place. The model (`model::wrn`) says what
+//! a step computes: each convolution's shape and slices, in the order the step runs them. For
+//! each one this module picks, from the target, the precision and the options:
+//!
+//! - its algorithm ([`ConvAlgo`]): im2col + GEMM reading the f32 parameter or a copy of its
+//!   slice, the input gradient by convolution, or Winograd F(2x2, 3x3);
+//! - its workspace's length and the images per chunk that fit the budget;
+//! - the weight copies its GEMMs read, which the model names and adds to the step's buffers
+//!   where it asks, so buffers keep the order of the step.
+//!
+//! The backends run what the op says (the CPU aside: it runs its own Winograd on any eligible
+//! op whose workspace allows it, `ops::conv2d`). A new way to run a convolution on one target
+//! is a new [`ConvAlgo`] chosen here, never a change to the model.
+
+use crate::ir::{BufId, ConvShape, Dtype, Precision, Target};
+use crate::ops::conv2d::{self, lowering::input_grad_by_conv_fits};
+use crate::ops::{ConvAlgo, GemmWeight};
+use crate::schedule::{InputGrad, Options};
+
+/// A convolution as the model states it: its shape, the widths of the output and input
+/// channels its step uses, and whether either is a SliceOut slice narrower than the layer.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSite {
+    pub shape: ConvShape,
+    pub out_width: usize,
+    pub in_width: usize,
+    pub sliced: bool,
+}
+
+impl ConvSite {
+    /// Elements of a copy of the weight's slice, `[out width, in width*K*K]` or transposed.
+    fn weight_len(&self) -> usize {
+        self.out_width * self.in_width * self.shape.kk()
+    }
+}
+
+/// A weight copy the model adds to the step: its name after the layer's (`weight_bf16`,
+/// `weight_slice`, `weight_slice_b`, `weight_flip`), its element type and its length.
+pub struct WeightCopy {
+    pub what: &'static str,
+    pub dtype: Dtype,
+    pub len: usize,
+}
+
+/// The forward op's algorithm; `add` adds a weight copy to the step and returns its buffer.
+///
+/// - Winograd where [`winograd`] says.
+/// - A bf16 program's GEMMs read a bf16 copy of the slice, made here once a step and read by
+///   the backward op's `dcol` product too (`model::wrn`'s module doc).
+/// - The GPU's fp32 programs copy a sliced convolution's weight slice in f32 in each op that
+///   reads it: aligned operands and one GEMM per chunk when the slice wraps. The CPU's GEMM
+///   reads offset views at full speed, and unsliced convolutions need no copy.
+pub fn conv_forward(o: &Options, c: &ConvSite, add: &mut dyn FnMut(WeightCopy) -> BufId) -> ConvAlgo {
+    if winograd(o, &c.shape) {
+        return ConvAlgo::Winograd;
+    }
+    let len = c.weight_len();
+    let weight = if o.precision == Precision::Bf16 {
+        GemmWeight::Copy(add(WeightCopy { what: "weight_bf16", dtype: Dtype::Bf16, len }))
+    } else if o.target == Target::Cuda && c.sliced {
+        GemmWeight::Copy(add(WeightCopy { what: "weight_slice", dtype: Dtype::F32, len }))
+    } else {
+        GemmWeight::Param
+    };
+    ConvAlgo::Im2col { weight }
+}
+
+/// The backward op's algorithm, given the forward op's (`forward`) and whether it computes the
+/// input gradient; `add` as in [`conv_forward`]. Only the input gradient's product reads a
+/// weight copy, so an op without one reads the parameter.
+///
+/// - Winograd where the forward runs it: both gradients, no copies.
+/// - The input gradient by convolution where [`input_grad_by_conv`] says: the op makes the
+///   flipped, transposed slice in the storage type (in place of any other copy).
+/// - Otherwise im2col + col2im, reading the forward op's bf16 copy, or the GPU's fp32 copy of a
+///   sliced weight made again here (a copy lives only through its op).
+pub fn conv_backward(
+    o: &Options,
+    c: &ConvSite,
+    forward: ConvAlgo,
+    wants_d_inp: bool,
+    add: &mut dyn FnMut(WeightCopy) -> BufId,
+) -> ConvAlgo {
+    let len = c.weight_len();
+    if forward.is_winograd() {
+        return ConvAlgo::Winograd;
+    }
+    if !wants_d_inp {
+        return ConvAlgo::Im2col { weight: GemmWeight::Param };
+    }
+    if input_grad_by_conv(o, c) {
+        let flipped = add(WeightCopy { what: "weight_flip", dtype: o.precision.storage(), len });
+        return ConvAlgo::InputGradByConv { flipped };
+    }
+    let weight = match forward {
+        ConvAlgo::Im2col { weight: GemmWeight::Copy(b) } if o.precision == Precision::Bf16 => GemmWeight::Forward(b),
+        _ if o.target == Target::Cuda && c.sliced => {
+            GemmWeight::Copy(add(WeightCopy { what: "weight_slice_b", dtype: Dtype::F32, len }))
+        }
+        _ => GemmWeight::Param,
+    };
+    ConvAlgo::Im2col { weight }
+}
+
+/// Whether a convolution runs by Winograd F(2x2, 3x3): the layers it takes (3x3, stride 1,
+/// pad 1, at least 4 input channels) of fp32 programs, always on the CPU, on the GPU with
+/// `Options::winograd`. A bf16 program runs im2col on both backends: the CPU's bf16 step is the
+/// reference the GPU's is checked against, so it must round where the GPU's does.
+pub fn winograd(o: &Options, shape: &ConvShape) -> bool {
+    let target = match o.target {
+        Target::Cpu => true,
+        Target::Cuda => o.winograd,
+    };
+    target && o.precision == Precision::Fp32 && conv2d::winograd_eligible(shape)
+}
+
+/// Whether a convolution's backward computes its input gradient as a convolution of the
+/// output's gradient with the flipped weight (`Options::input_grad`): the GPU's programs only
+/// (the CPU keeps Winograd and col2im), for the layers `input_grad_by_conv_fits` allows
+/// (stride 1, "same" padding, k > 1, an output no wider than the input, so the workspace sized
+/// for the input's columns holds them).
+pub fn input_grad_by_conv(o: &Options, c: &ConvSite) -> bool {
+    o.input_grad == InputGrad::Conv
+        && o.target == Target::Cuda
+        && input_grad_by_conv_fits(&c.shape, c.out_width, c.in_width)
+}
+
+/// Elements of a convolution's workspace for `in_width` input channels and `chunk` images (0
+/// when it reads its input directly): im2col columns, or for Winograd the larger of those and
+/// its transformed weights and tiles.
+pub fn workspace_len(o: &Options, shape: &ConvShape, in_width: usize, chunk: usize) -> usize {
+    match winograd(o, shape) {
+        true => conv2d::winograd_workspace_len(shape, in_width, chunk),
+        false => shape.im2col_len(in_width, chunk),
+    }
+}
+
+/// Images per im2col chunk: `--col-chunk`, or the most whose workspace fits the budget.
+pub fn chunk(o: &Options, shape: &ConvShape, in_width: usize) -> usize {
+    if o.col_chunk > 0 {
+        return o.col_chunk.min(shape.n);
+    }
+    let budget = o.col_budget() << 20;
+    let fits = |c: usize| workspace_len(o, shape, in_width, c) * o.precision.storage().size() <= budget;
+    // The workspace grows with the chunk: binary search for the last chunk that fits (at
+    // least one image).
+    let (mut lo, mut hi) = (1, shape.n);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
