@@ -11,6 +11,19 @@
 //! The backends run what the op says (the CPU aside: it runs its own Winograd on any eligible
 //! op whose workspace allows it, `ops::conv2d`). A new way to run a convolution on one target
 //! is a new [`ConvAlgo`] chosen here, never a change to the model.
+//!
+//! In a bf16 step each convolution's GEMMs read a bf16 copy of its weight (`*.weight_bf16`, kind
+//! `weight_copy`): only the rows or column groups of the step's slice, in slice order, so sized
+//! to the slice. The forward op makes it from the f32 parameter, which is after the previous
+//! step's updates and once per step; it stays alive until the backward op's `dcol` product, the
+//! last GEMM that reads it (a layer whose backward computes no input gradient, `conv0`, frees it
+//! after forward). Making it at the step's start instead would keep every copy alive through
+//! the whole forward pass; making it again in backward would convert twice a step.
+//!
+//! Workspaces: a bf16 step runs im2col + GEMM on either backend, so its workspaces hold im2col
+//! columns alone even on the CPU: the CPU's Winograd path is f32 only, and the CPU's bf16 path
+//! is the reference the GPU's is checked against, so it must round where the GPU's does. The
+//! im2col chunk is picked against the same byte budget, so a bf16 chunk takes twice the images.
 
 use crate::ir::{BufId, ConvShape, Dtype, Precision, Target};
 use crate::ops::conv2d::{self, lowering::input_grad_by_conv_fits};

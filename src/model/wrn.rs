@@ -35,9 +35,6 @@
 //!                                                 forward's weight_bf16)
 //! ```
 //!
-//! With `--winograd` the GPU's fp32 3x3 stride-1 layers make no weight copy: the weight
-//! transform gathers the slice itself.
-//!
 //! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
 //! stores as bf16 what is big and feeds or leaves a GEMM: the batch, every activation, every
 //! activation's gradient and the im2col workspaces. It keeps as f32:
@@ -53,18 +50,8 @@
 //!   the host reads stay f32;
 //! - the labels (class indices, exact in f32; bf16 holds integers exactly only up to 256).
 //!
-//! Each convolution's GEMMs read a bf16 copy of its weight (`*.weight_bf16`, kind
-//! `weight_copy`): only the rows or column groups of the step's slice, in slice order, so sized
-//! to the slice. The forward op makes it from the f32 parameter, which is after the previous
-//! step's updates and once per step; it stays alive until the backward op's `dcol` product, the
-//! last GEMM that reads it (a layer whose backward computes no input gradient, `conv0`, frees it
-//! after forward). Making it at the step's start instead would keep every copy alive through
-//! the whole forward pass; making it again in backward would convert twice a step.
-//!
-//! Workspaces: a bf16 step runs im2col + GEMM on either backend, so its workspaces hold im2col
-//! columns alone even on the CPU: the CPU's Winograd path is f32 only, and the CPU's bf16 path
-//! is the reference the GPU's is checked against, so it must round where the GPU's does. The
-//! im2col chunk is picked against the same byte budget, so a bf16 chunk takes twice the images.
+//! How each convolution runs, and so its workspace and the weight copies above, is `lower`'s
+//! choice: the model states the convolution and adds the buffers `lower` asks for.
 
 use crate::ir::{
     slice, BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId,
