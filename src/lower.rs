@@ -168,3 +168,60 @@ pub fn chunk(o: &Options, shape: &ConvShape, in_width: usize) -> usize {
     }
     lo
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3x3 stride-1 convolution of 16 to 16 channels over 8 images of 8x8, at the widths given.
+    fn site(out_width: usize, in_width: usize) -> ConvSite {
+        let shape = ConvShape { n: 8, cin: 16, h: 8, w: 8, cout: 16, k: 3, stride: 1, pad: 1 };
+        ConvSite { shape, out_width, in_width, sliced: out_width < 16 || in_width < 16 }
+    }
+
+    /// The forward and backward algorithms of `c`, and the copies asked for (by name).
+    fn choose(o: &Options, c: &ConvSite) -> (ConvAlgo, ConvAlgo, Vec<&'static str>) {
+        let mut made = vec![];
+        let mut add = |w: WeightCopy| {
+            made.push(w.what);
+            made.len() - 1
+        };
+        let forward = conv_forward(o, c, &mut add);
+        let backward = conv_backward(o, c, forward, true, &mut add);
+        (forward, backward, made)
+    }
+
+    #[test]
+    fn each_target_and_precision_gets_its_algorithm_and_copies() {
+        use ConvAlgo::*;
+        let (cpu, gpu) = (Options::default(), Options { target: Target::Cuda, ..Options::default() });
+        let bf16 = |o: Options| Options { precision: Precision::Bf16, ..o };
+        let im2col = |weight| Im2col { weight };
+        let (sliced, full) = (site(8, 16), site(16, 16));
+        // The CPU: Winograd in fp32, a bf16 copy read by both ops in bf16.
+        assert_eq!(choose(&cpu, &sliced), (Winograd, Winograd, vec![]));
+        let copied = (im2col(GemmWeight::Copy(0)), im2col(GemmWeight::Forward(0)), vec!["weight_bf16"]);
+        assert_eq!(choose(&bf16(cpu), &sliced), copied);
+        // The GPU: input gradients by convolution (an output no wider than the input), else
+        // col2im with an f32 copy of a sliced weight in each op.
+        let by_conv =
+            (im2col(GemmWeight::Copy(0)), InputGradByConv { flipped: 1 }, vec!["weight_slice", "weight_flip"]);
+        assert_eq!(choose(&gpu, &sliced), by_conv);
+        assert_eq!(
+            choose(&gpu, &full),
+            (im2col(GemmWeight::Param), InputGradByConv { flipped: 0 }, vec!["weight_flip"])
+        );
+        let col2im = Options { input_grad: InputGrad::Col2im, ..gpu };
+        let slice_b =
+            (im2col(GemmWeight::Copy(0)), im2col(GemmWeight::Copy(1)), vec!["weight_slice", "weight_slice_b"]);
+        assert_eq!(choose(&col2im, &sliced), slice_b);
+        assert_eq!(choose(&bf16(col2im), &sliced), copied);
+        // `--winograd` on the GPU: fp32 only.
+        let wino = Options { winograd: true, ..gpu };
+        assert_eq!(choose(&wino, &sliced), (Winograd, Winograd, vec![]));
+        assert_eq!(choose(&bf16(wino), &full).2, vec!["weight_bf16", "weight_flip"]);
+        // An op without an input gradient reads the parameter, whatever the forward copied.
+        let none = conv_backward(&col2im, &sliced, im2col(GemmWeight::Copy(0)), false, &mut |_| unreachable!());
+        assert_eq!(none, im2col(GemmWeight::Param));
+    }
+}
