@@ -57,9 +57,9 @@ pub struct WeightCopy {
 
 /// The forward op's algorithm; `add` adds a weight copy to the step and returns its buffer.
 ///
-/// - Winograd where [`winograd`] says.
+/// - Winograd where `winograd` says.
 /// - A bf16 program's GEMMs read a bf16 copy of the slice, made here once a step and read by
-///   the backward op's `dcol` product too (`model::wrn`'s module doc).
+///   the backward op's `dcol` product too (the module doc says why).
 /// - The GPU's fp32 programs copy a sliced convolution's weight slice in f32 in each op that
 ///   reads it: aligned operands and one GEMM per chunk when the slice wraps. The CPU's GEMM
 ///   reads offset views at full speed, and unsliced convolutions need no copy.
@@ -83,7 +83,7 @@ pub fn conv_forward(o: &Options, c: &ConvSite, add: &mut dyn FnMut(WeightCopy) -
 /// weight copy, so an op without one reads the parameter.
 ///
 /// - Winograd where the forward runs it: both gradients, no copies.
-/// - The input gradient by convolution where [`input_grad_by_conv`] says: the op makes the
+/// - The input gradient by convolution where `input_grad_by_conv` says: the op makes the
 ///   flipped, transposed slice in the storage type (in place of any other copy).
 /// - Otherwise im2col + col2im, reading the forward op's bf16 copy, or the GPU's fp32 copy of a
 ///   sliced weight made again here (a copy lives only through its op).
@@ -119,7 +119,7 @@ pub fn conv_backward(
 /// pad 1, at least 4 input channels) of fp32 programs, always on the CPU, on the GPU with
 /// `Options::winograd`. A bf16 program runs im2col on both backends: the CPU's bf16 step is the
 /// reference the GPU's is checked against, so it must round where the GPU's does.
-pub fn winograd(o: &Options, shape: &ConvShape) -> bool {
+fn winograd(o: &Options, shape: &ConvShape) -> bool {
     let target = match o.target {
         Target::Cpu => true,
         Target::Cuda => o.winograd,
@@ -132,7 +132,7 @@ pub fn winograd(o: &Options, shape: &ConvShape) -> bool {
 /// (the CPU keeps Winograd and col2im), for the layers `input_grad_by_conv_fits` allows
 /// (stride 1, "same" padding, k > 1, an output no wider than the input, so the workspace sized
 /// for the input's columns holds them).
-pub fn input_grad_by_conv(o: &Options, c: &ConvSite) -> bool {
+fn input_grad_by_conv(o: &Options, c: &ConvSite) -> bool {
     o.input_grad == InputGrad::Conv
         && o.target == Target::Cuda
         && input_grad_by_conv_fits(&c.shape, c.out_width, c.in_width)

@@ -68,7 +68,8 @@ pub use cpu::{
 use super::{DeviceView, HostView, Kernel};
 use crate::ir::{BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
 
-/// Which algorithm a CPU convolution may use.
+/// Which algorithm a CPU convolution may use: a setting of the CPU backend, apart from the op's
+/// [`ConvAlgo`] (the reference runs im2col everywhere, whatever the op says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Algo {
     /// Winograd F(2x2, 3x3) where it applies (3x3, stride 1, pad 1, at least 4 input channels),
