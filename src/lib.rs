@@ -13,6 +13,7 @@
 //! data/        dataset readers, normalisation, shuffles, crops, synthetic CIFAR
 //! ops/<op>/    one folder per op: contract, CPU kernel, CUDA launch + .cu, tests
 //! schedule     a step as an ordered list of ops over named buffers
+//! lower        how each convolution runs (algorithm, workspace, chunk, weight copies)
 //! plan/        lifetimes -> arena offsets, the checker, programs, plan reports
 //! model/       WRN-d-k -> schedule (forward, backward, updates); its parameter listing
 //! model_file/  one way in for a model file: checkpoint or safetensors, read and judged
@@ -37,6 +38,7 @@ pub mod export;
 pub mod gpu;
 pub mod io;
 pub mod ir;
+pub mod lower;
 pub mod measure;
 pub mod model;
 pub mod model_file;

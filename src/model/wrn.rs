@@ -35,9 +35,6 @@
 //!                                                 forward's weight_bf16)
 //! ```
 //!
-//! With `--winograd` the GPU's fp32 3x3 stride-1 layers make no weight copy: the weight
-//! transform gathers the slice itself.
-//!
 //! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
 //! stores as bf16 what is big and feeds or leaves a GEMM: the batch, every activation, every
 //! activation's gradient and the im2col workspaces. It keeps as f32:
@@ -53,41 +50,31 @@
 //!   the host reads stay f32;
 //! - the labels (class indices, exact in f32; bf16 holds integers exactly only up to 256).
 //!
-//! Each convolution's GEMMs read a bf16 copy of its weight (`*.weight_bf16`, kind
-//! `weight_copy`): only the rows or column groups of the step's slice, in slice order, so sized
-//! to the slice. The forward op makes it from the f32 parameter, which is after the previous
-//! step's updates and once per step; it stays alive until the backward op's `dcol` product, the
-//! last GEMM that reads it (a layer whose backward computes no input gradient, `conv0`, frees it
-//! after forward). Making it at the step's start instead would keep every copy alive through
-//! the whole forward pass; making it again in backward would convert twice a step.
-//!
-//! Workspaces: a bf16 step runs im2col + GEMM on either backend, so its workspaces hold im2col
-//! columns alone even on the CPU: the CPU's Winograd path is f32 only, and the CPU's bf16 path
-//! is the reference the GPU's is checked against, so it must round where the GPU's does. The
-//! im2col chunk is picked against the same byte budget, so a bf16 chunk takes twice the images.
+//! How each convolution runs, and so its workspace and the weight copies above, is `lower`'s
+//! choice: the model states the convolution and adds the buffers `lower` asks for.
 
 use crate::ir::{
-    slice, BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Precision, Role, Sel,
-    SliceSpec, Target, TensorId, TensorSpec,
+    slice, BnRef, BufId, BufKind, Buffer, ConvShape, Dtype, GradSel, Init, ModelConfig, Role, Sel, SliceSpec, TensorId,
+    TensorSpec,
 };
-use crate::ops::conv2d::lowering::input_grad_by_conv_fits;
+use crate::lower::{self, ConvSite, WeightCopy};
 use crate::ops::{
-    Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
+    Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvAlgo, ConvBackward, CrossEntropy, Linear,
     LinearBackward, Op, Pool, PoolBackward, Sgd,
 };
 use crate::rng::Rng;
-use crate::schedule::{Gradient, InputGrad, Mode, Options, Phase, Schedule, Step, UpdateAt};
+use crate::schedule::{Gradient, Mode, Options, Phase, Schedule, Step, UpdateAt};
 
 /// Image side of every dataset here (CIFAR; MNIST-like images are padded to it).
 pub const IMAGE: usize = 32;
 
-/// A convolution's weight as its GEMMs read it: the f32 parameter, its shape, and in a bf16
-/// step the bf16 copy the forward op makes.
+/// A convolution's weight (the f32 parameter), its shape, and how its forward op runs (whose
+/// weight copy, in a bf16 step, the backward op reads).
 #[derive(Clone, Copy)]
 struct ConvWeight {
     tensor: TensorId,
     shape: ConvShape,
-    copy: Option<BufId>,
+    forward: ConvAlgo,
 }
 
 /// The forward values of one residual block that its backward needs.
@@ -459,52 +446,8 @@ impl Builder {
         }
     }
 
-    /// Elements of a convolution's workspace for `in_width` input channels and `chunk` images:
-    /// im2col columns, or what the target's algorithms need in an fp32 step (the module doc
-    /// says why a bf16 step holds im2col columns alone).
-    fn workspace_len(&self, shape: &ConvShape, in_width: usize, chunk: usize) -> usize {
-        let o = self.sched.options;
-        match o.precision {
-            _ if self.gpu_winograd(shape) => crate::ops::conv2d::winograd_workspace_len(shape, in_width, chunk),
-            Precision::Fp32 => crate::ops::conv2d::workspace_len(shape, in_width, chunk, o.target),
-            Precision::Bf16 => shape.im2col_len(in_width, chunk),
-        }
-    }
-
-    /// Whether the GPU runs this convolution by Winograd (`Options::winograd`): fp32 programs,
-    /// the layers the CPU's Winograd takes.
-    fn gpu_winograd(&self, shape: &ConvShape) -> bool {
-        let o = self.sched.options;
-        o.winograd
-            && o.target == Target::Cuda
-            && o.precision == Precision::Fp32
-            && crate::ops::conv2d::winograd_eligible(shape)
-    }
-
-    /// Images per im2col chunk: `--col-chunk`, or the most whose workspace fits the budget.
-    fn chunk(&self, shape: &ConvShape, in_width: usize) -> usize {
-        let o = self.sched.options;
-        if o.col_chunk > 0 {
-            return o.col_chunk.min(shape.n);
-        }
-        // The largest chunk whose workspace fits the budget (at least one image).
-        let budget = o.col_budget() << 20;
-        let fits = |c: usize| self.workspace_len(shape, in_width, c) * self.storage().size() <= budget;
-        // The workspace grows with the chunk: binary search for the last chunk that fits.
-        let (mut lo, mut hi) = (1, shape.n);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        lo
-    }
-
-    /// A convolution's forward op, with its workspace sized for the chunk the options allow and,
-    /// in a bf16 step, the bf16 copy of its weight's slice. Returns the weight as its GEMMs read it.
+    /// A convolution's forward op, with its workspace and any weight copy its GEMMs read, as
+    /// the lowering (`lower`) chooses. Returns the weight and the forward's algorithm.
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &mut self,
@@ -517,50 +460,30 @@ impl Builder {
         in_sel: Sel,
         accumulate: bool,
     ) -> ConvWeight {
-        let in_width = self.width(in_sel);
-        let chunk = self.chunk(&shape, in_width);
-        let col = self.col(layer, &shape, in_sel, chunk, "col");
-        let len = self.width(out_sel) * in_width * shape.kk();
-        let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
-        let bf16 = self.sched.options.precision == Precision::Bf16;
-        let winograd = self.gpu_winograd(&shape);
-        let copy = if bf16 {
-            Some(self.buf(format!("{layer}.weight_bf16"), BufKind::WeightCopy, Dtype::Bf16, len, sliced))
-        } else if winograd {
-            // The weight transform gathers the slice itself.
-            None
-        } else {
-            self.f32_weight_slice(layer, "weight_slice", len, sliced)
-        };
-        let op = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, weight_copy: copy, winograd };
-        self.step(layer, Phase::Forward, Op::Conv(op));
-        // Only a bf16 copy outlives its op (the backward op reads it); an f32 one is made again.
-        ConvWeight { tensor: weight, shape, copy: copy.filter(|_| bf16) }
-    }
-
-    /// The GPU's f32 copy of a sliced convolution's weight slice, for one op (see `ops::conv2d`):
-    /// aligned operands and one GEMM per chunk when the slice wraps. None on the CPU, whose GEMM
-    /// reads offset views at full speed, and for unsliced convolutions.
-    fn f32_weight_slice(&mut self, layer: &str, what: &str, len: usize, sliced: bool) -> Option<BufId> {
-        (self.sched.options.target == Target::Cuda && sliced)
-            .then(|| self.buf(format!("{layer}.{what}"), BufKind::WeightCopy, Dtype::F32, len, true))
-    }
-
-    /// Whether a convolution's backward computes its input gradient as a convolution of the
-    /// output's gradient with the flipped weight (`Options::input_grad`): the GPU's programs only
-    /// (the CPU keeps Winograd and col2im), for the layers `lowering::input_grad_by_conv_fits`
-    /// allows (stride 1, "same" padding, k > 1, an output no wider than the input, so the
-    /// workspace sized for the input's columns holds them).
-    fn input_grad_by_conv(&self, shape: &ConvShape, out_width: usize, in_width: usize) -> bool {
+        let site = self.site(shape, out_sel, in_sel);
         let o = self.sched.options;
-        o.input_grad == InputGrad::Conv
-            && o.target == Target::Cuda
-            && input_grad_by_conv_fits(shape, out_width, in_width)
+        let chunk = lower::chunk(&o, &shape, site.in_width);
+        let col = self.col(layer, &site, in_sel, chunk, "col");
+        let algo = lower::conv_forward(&o, &site, &mut |c| self.weight_copy(layer, c, site.sliced));
+        let op = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, algo };
+        self.step(layer, Phase::Forward, Op::Conv(op));
+        ConvWeight { tensor: weight, shape, forward: algo }
+    }
+
+    /// A convolution of this step: its shape and its slices' widths.
+    fn site(&self, shape: ConvShape, out_sel: Sel, in_sel: Sel) -> ConvSite {
+        let (out_width, in_width) = (self.width(out_sel), self.width(in_sel));
+        ConvSite { shape, out_width, in_width, sliced: self.is_sliced(out_sel) || self.is_sliced(in_sel) }
+    }
+
+    /// A weight copy the lowering asks for, named after the layer.
+    fn weight_copy(&mut self, layer: &str, c: WeightCopy, sliced: bool) -> BufId {
+        self.buf(format!("{layer}.{}", c.what), BufKind::WeightCopy, c.dtype, c.len, sliced)
     }
 
     /// The workspace buffer of a convolution (none for a direct 1x1 conv).
-    fn col(&mut self, layer: &str, shape: &ConvShape, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
-        let len = self.workspace_len(shape, self.width(in_sel), chunk);
+    fn col(&mut self, layer: &str, site: &ConvSite, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
+        let len = lower::workspace_len(&self.sched.options, &site.shape, site.in_width, chunk);
         let sliced = self.is_sliced(in_sel);
         (len > 0).then(|| self.buf(format!("{layer}.{what}"), BufKind::Workspace, self.storage(), len, sliced))
     }
@@ -577,48 +500,29 @@ impl Builder {
         in_sel: Sel,
         accumulate_d_inp: bool,
     ) {
-        let (ow, iw, shape) = (self.width(out_sel), self.width(in_sel), w.shape);
-        let chunk = self.chunk(&shape, iw);
-        let col = self.col(layer, &shape, in_sel, chunk, "col_b");
-        let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
-        let d_weight =
-            self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, ow * iw * shape.kk(), sliced);
-        let winograd = self.gpu_winograd(&shape);
-        let by_conv = d_inp.is_some() && !winograd && self.input_grad_by_conv(&shape, ow, iw);
-        let (copy, copy_here) = match (w.copy, d_inp.is_some()) {
-            (_, false) => (None, false),
-            // Winograd transforms the weight itself (an f32 program: no forward copy either).
-            _ if winograd => (None, false),
-            // Sliced or not, the op makes the flipped weight its input gradient's GEMM reads.
-            _ if by_conv => {
-                let (len, dtype) = (ow * iw * shape.kk(), self.storage());
-                (Some(self.buf(format!("{layer}.weight_flip"), BufKind::WeightCopy, dtype, len, sliced)), true)
-            }
-            (Some(bf16), true) => (Some(bf16), false),
-            (None, true) => (self.f32_weight_slice(layer, "weight_slice_b", ow * iw * shape.kk(), sliced), true),
+        let (site, shape, o) = (self.site(w.shape, out_sel, in_sel), w.shape, self.sched.options);
+        let chunk = lower::chunk(&o, &shape, site.in_width);
+        let col = self.col(layer, &site, in_sel, chunk, "col_b");
+        let len = site.out_width * site.in_width * shape.kk();
+        let d_weight = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, len, site.sliced);
+        let algo = lower::conv_backward(&o, &site, w.forward, d_inp.is_some(), &mut |c| {
+            self.weight_copy(layer, c, site.sliced)
+        });
+        let op = ConvBackward {
+            d_inp,
+            d_weight,
+            d_out,
+            inp,
+            col,
+            weight: w.tensor,
+            shape,
+            out_sel,
+            in_sel,
+            chunk,
+            accumulate_d_inp,
+            algo,
         };
-        self.step(
-            layer,
-            Phase::Backward,
-            Op::ConvBackward(ConvBackward {
-                d_inp,
-                d_weight,
-                d_out,
-                inp,
-                col,
-                weight: w.tensor,
-                shape,
-                out_sel,
-                in_sel,
-                chunk,
-                accumulate_d_inp,
-                // Only the input gradient's product (`dcol`, or the GEMM by convolution) reads the weight.
-                weight_copy: copy,
-                copy_here,
-                d_inp_by_conv: by_conv,
-                winograd,
-            }),
-        );
+        self.step(layer, Phase::Backward, Op::ConvBackward(op));
         let map = match (out_sel, in_sel) {
             (Sel::Block(_), _) if self.is_sliced(out_sel) => {
                 GradSel::Rows { sel: out_sel, row_len: shape.cin * shape.kk() }

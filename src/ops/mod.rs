@@ -36,7 +36,7 @@ pub mod sgd;
 
 pub use add::Add;
 pub use batchnorm::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
-pub use conv2d::{Conv, ConvBackward};
+pub use conv2d::{Conv, ConvAlgo, ConvBackward, GemmWeight};
 pub use linear::{Linear, LinearBackward};
 pub use loss::CrossEntropy;
 pub use memory::{DeviceView, HostArena, HostView, Tables};

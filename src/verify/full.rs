@@ -207,7 +207,8 @@ mod tests {
                 Options { target: Target::Cuda, input_grad: InputGrad::Conv, precision, ..Options::default() };
             let rows = full_step(&mut a, &mut b, &config, 4, options).unwrap();
             let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
-            let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
+            let by_conv =
+                |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { algo, .. }) if algo.input_grad_by_conv());
             assert!(p.schedule.steps.iter().any(|s| by_conv(&s.op)), "{precision:?}");
             assert_eq!(rows.len(), p.schedule.steps.len() + 1);
             for r in &rows {
@@ -236,12 +237,11 @@ mod tests {
         for s in &p.schedule.steps {
             match &s.op {
                 Op::Conv(c) => {
-                    assert_eq!(c.winograd, c.shape.k == 3 && c.shape.stride == 1 && c.shape.cin >= 4, "{}", s.layer);
-                    assert!(!c.winograd || c.weight_copy.is_none(), "{}", s.layer);
-                    winograd += c.winograd as usize;
+                    let eligible = c.shape.k == 3 && c.shape.stride == 1 && c.shape.cin >= 4;
+                    assert_eq!(c.algo.is_winograd(), eligible, "{}", s.layer);
+                    winograd += c.algo.is_winograd() as usize;
                 }
-                Op::ConvBackward(c) if c.winograd => {
-                    assert!(c.weight_copy.is_none() && !c.d_inp_by_conv, "{}", s.layer);
+                Op::ConvBackward(c) if c.algo.is_winograd() => {
                     winograd += 1;
                 }
                 _ => {}

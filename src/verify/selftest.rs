@@ -29,8 +29,8 @@ use crate::ir::{
 };
 use crate::ops::sgd::SgdParams;
 use crate::ops::{
-    Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvBackward, CrossEntropy, Linear,
-    LinearBackward, Op, Pool, PoolBackward, Sgd,
+    Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvAlgo, ConvBackward, CrossEntropy, GemmWeight,
+    Linear, LinearBackward, Op, Pool, PoolBackward, Sgd,
 };
 use crate::plan::Program;
 use crate::rng::Rng;
@@ -324,8 +324,7 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                         in_sel,
                         chunk,
                         accumulate,
-                        weight_copy,
-                        winograd: false,
+                        algo: ConvAlgo::Im2col { weight: weight_copy.map_or(GemmWeight::Param, GemmWeight::Copy) },
                     };
                     (format!("conv fwd {g} {label}{}", if copied { " copy" } else { "" }), Op::Conv(conv))
                 } else {
@@ -335,16 +334,18 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                     let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
                     let col = (col_len > 0).then(|| t.output("conv.col", BufKind::Workspace, col_len));
                     // bf16: the forward op's copy, an input here, unless this op makes it.
-                    let weight_copy = match (bf16 && with_d_inp, copied) {
-                        (_, true) => Some(t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k)),
+                    let gemm_weight = match (bf16 && with_d_inp, copied) {
+                        (_, true) => {
+                            GemmWeight::Copy(t.output("conv.weight_slice", BufKind::WeightCopy, ow * iw * k * k))
+                        }
                         (true, false) => {
                             let w = &t.persistent[t.s.tensors[weight].range()];
                             let (os, is) = (pick_slice(op_pick, cout), pick_slice(ip_pick, cin));
                             let mut copy = vec![0f32; ow * iw * k * k];
                             crate::ops::conv2d::copy_weight(&mut copy, w, &shape, os, is);
-                            Some(t.input("conv.weight_bf16", copy))
+                            GemmWeight::Forward(t.input("conv.weight_bf16", copy))
                         }
-                        (false, false) => None,
+                        (false, false) => GemmWeight::Param,
                     };
                     let suffix = match (with_d_inp, copied) {
                         (false, _) => " no-d_inp",
@@ -365,10 +366,7 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                             in_sel,
                             chunk,
                             accumulate_d_inp: acc,
-                            weight_copy,
-                            copy_here: copied,
-                            d_inp_by_conv: false,
-                            winograd: false,
+                            algo: ConvAlgo::Im2col { weight: gemm_weight },
                         }),
                     )
                 };
@@ -408,7 +406,7 @@ fn conv_by_conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>)
         let d_inp = Some(t.output("conv.d_inp", BufKind::Gradient, iw * N * HW * HW));
         let d_weight = t.output("conv.d_weight", BufKind::WeightGradient, ow * iw * k * k);
         let col = Some(t.output("conv.col", BufKind::Workspace, shape.im2col_len(iw, chunk)));
-        let weight_copy = Some(t.output("conv.weight_flip", BufKind::WeightCopy, ow * iw * k * k));
+        let flipped = t.output("conv.weight_flip", BufKind::WeightCopy, ow * iw * k * k);
         let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
         let op = ConvBackward {
             d_inp,
@@ -422,10 +420,7 @@ fn conv_by_conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>)
             in_sel,
             chunk,
             accumulate_d_inp: acc,
-            weight_copy,
-            copy_here: true,
-            d_inp_by_conv: true,
-            winograd: false,
+            algo: ConvAlgo::InputGradByConv { flipped },
         };
         out.push(t.finish(format!("conv bwd {g} {label} d_inp-by-conv"), Op::ConvBackward(op), starts, false));
     }
@@ -470,7 +465,7 @@ fn conv_winograd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>
                 let col = Some(t.output("conv.col", BufKind::Workspace, col_len));
                 let (name, op) = if !backward {
                     let out = t.output("conv.out", BufKind::Activation, ow * N * hw * hw);
-                    let (accumulate, weight_copy) = (acc, None);
+                    let accumulate = acc;
                     let conv = Conv {
                         out,
                         inp,
@@ -481,8 +476,7 @@ fn conv_winograd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>
                         in_sel,
                         chunk,
                         accumulate,
-                        weight_copy,
-                        winograd: true,
+                        algo: ConvAlgo::Winograd,
                     };
                     (format!("conv fwd {g} {label} winograd"), Op::Conv(conv))
                 } else {
@@ -503,10 +497,7 @@ fn conv_winograd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>
                         in_sel,
                         chunk,
                         accumulate_d_inp: acc,
-                        weight_copy: None,
-                        copy_here: false,
-                        d_inp_by_conv: false,
-                        winograd: true,
+                        algo: ConvAlgo::Winograd,
                     };
                     (format!("conv bwd {g} {label}{suffix} winograd"), Op::ConvBackward(op))
                 };
@@ -842,8 +833,8 @@ mod tests {
     /// A case whose op is a convolution by Winograd.
     fn winograd(c: &Case) -> bool {
         match &c.sched.steps[c.step].op {
-            Op::Conv(c) => c.winograd,
-            Op::ConvBackward(c) => c.winograd,
+            Op::Conv(c) => c.algo.is_winograd(),
+            Op::ConvBackward(c) => c.algo.is_winograd(),
             _ => false,
         }
     }
@@ -857,9 +848,9 @@ mod tests {
         // ... and 4 whose input gradient is a convolution (k3s1 full and wrapping, k5s1 full),
         // and the Winograd ones (below).
         assert_eq!(kinds(|o| matches!(o, Op::ConvBackward(ConvBackward { .. }))), 36 + 12 + 4 + 10);
-        let copied = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { weight_copy: Some(_), copy_here: true, .. }));
+        let copied = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { algo, .. }) if algo.makes_copy());
         assert_eq!(cs.iter().filter(|c| copied(&c.sched.steps[c.step].op)).count(), 12 + 4);
-        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
+        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { algo, .. }) if algo.input_grad_by_conv());
         assert_eq!(cs.iter().filter(|c| by_conv(&c.sched.steps[c.step].op)).count(), 4);
         // Winograd: 2 geometries x 4 slicings forward, the same backward and "full" without d_inp.
         assert_eq!(cs.iter().filter(|c| winograd(c)).count(), 8 + 8 + 2);
@@ -892,14 +883,15 @@ mod tests {
     #[test]
     fn the_cpu_input_gradient_by_convolution_matches_its_col2im_path() {
         let mut cpu = CpuBackend::reference();
-        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { d_inp_by_conv: true, .. }));
+        let by_conv = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { algo, .. }) if algo.input_grad_by_conv());
         let cs: Vec<Case> = cases(Precision::Fp32).into_iter().filter(|c| by_conv(&c.sched.steps[c.step].op)).collect();
         assert_eq!(cs.len(), 4);
         for c in cs {
             let mut sched = c.sched.clone();
             let Op::ConvBackward(op) = &mut sched.steps[c.step].op else { unreachable!() };
             // The same buffer (as long) now holds the plain slice copy the col2im path reads.
-            op.d_inp_by_conv = false;
+            let flipped = op.algo.weight_copy().expect("the flipped copy");
+            op.algo = ConvAlgo::Im2col { weight: GemmWeight::Copy(flipped) };
             let got = run_case(&mut cpu, &c, &Program::new(c.sched.clone())).unwrap();
             let twin = Case { sched, ..c };
             let want = run_case(&mut cpu, &twin, &Program::new(twin.sched.clone())).unwrap();
@@ -966,8 +958,10 @@ mod tests {
                 assert_eq!(b.dtype, if f32_kind { Dtype::F32 } else { Dtype::Bf16 }, "{}: {}", c.name, b.name);
             }
             match &c.sched.steps[c.step].op {
-                Op::Conv(conv) => assert!(conv.weight_copy.is_some(), "{}", c.name),
-                Op::ConvBackward(conv) => assert_eq!(conv.weight_copy.is_some(), conv.d_inp.is_some(), "{}", c.name),
+                Op::Conv(conv) => assert!(conv.algo.weight_copy().is_some(), "{}", c.name),
+                Op::ConvBackward(conv) => {
+                    assert_eq!(conv.algo.weight_copy().is_some(), conv.d_inp.is_some(), "{}", c.name)
+                }
                 _ => {}
             }
         }

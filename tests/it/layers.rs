@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "data",
     "ops",
     "schedule",
+    "lower",
     "plan",
     "model",
     "model_file",

@@ -214,7 +214,7 @@ fn a_gpu_step_of_wrn_28_10_queues_under_a_thousand_calls() {
 fn an_input_gradient_by_convolution_replaces_col2im_where_it_may() {
     use sliceout::ir::Target;
     use sliceout::ops::conv2d::lowering::input_grad_by_conv_fits;
-    use sliceout::ops::{ConvBackward, Op};
+    use sliceout::ops::{ConvAlgo, Op};
     use sliceout::schedule::InputGrad;
     let gpu = Options { target: Target::Cuda, input_grad: InputGrad::Col2im, ..Options::default() };
     let conv = Options { input_grad: InputGrad::Conv, ..gpu };
@@ -234,12 +234,11 @@ fn an_input_gradient_by_convolution_replaces_col2im_where_it_may() {
             let Op::ConvBackward(b) = &step.op else { continue };
             let (ow, iw) = (b.out_sel.width(&s.slices), b.in_sel.width(&s.slices));
             let may = b.d_inp.is_some() && input_grad_by_conv_fits(&b.shape, ow, iw);
-            assert_eq!(b.d_inp_by_conv, may, "{}", step.name());
-            let ConvBackward { weight_copy, copy_here, .. } = *b;
-            if may {
+            assert_eq!(b.algo.input_grad_by_conv(), may, "{}", step.name());
+            if let ConvAlgo::InputGradByConv { flipped } = b.algo {
                 by_conv += 1;
-                let copy = &s.buffers[weight_copy.expect("the flipped copy")];
-                assert!(copy_here && copy.name.ends_with(".weight_flip"), "{}", copy.name);
+                let copy = &s.buffers[flipped];
+                assert!(copy.name.ends_with(".weight_flip"), "{}", copy.name);
                 assert_eq!((copy.kind, copy.dtype, copy.len), (BufKind::WeightCopy, precision.storage(), ow * iw * 9));
             } else if b.d_inp.is_some() && !b.shape.direct() {
                 col2ims += b.shape.n.div_ceil(b.shape.chunk_images(b.chunk));
@@ -394,8 +393,8 @@ fn each_conv_of_a_bf16_step_reads_a_sliced_bf16_weight_copy_until_its_last_gemm(
     for mode in [Mode::Train, Mode::Eval] {
         let fp32 = program(&c, 8, mode, Options::default());
         assert!(fp32.schedule.steps.iter().all(|s| match &s.op {
-            Op::Conv(v) => v.weight_copy.is_none(),
-            Op::ConvBackward(v) => v.weight_copy.is_none(),
+            Op::Conv(v) => v.algo.weight_copy().is_none(),
+            Op::ConvBackward(v) => v.algo.weight_copy().is_none(),
             _ => true,
         }));
         let p = program(&c, 8, mode, bf16(Options::default()));
@@ -403,7 +402,7 @@ fn each_conv_of_a_bf16_step_reads_a_sliced_bf16_weight_copy_until_its_last_gemm(
         let mut copies = 0;
         for (i, step) in s.steps.iter().enumerate() {
             let Op::Conv(conv) = &step.op else { continue };
-            let copy = conv.weight_copy.expect("a bf16 conv writes a weight copy");
+            let copy = conv.algo.weight_copy().expect("a bf16 conv writes a weight copy");
             let (b, l) = (&s.buffers[copy], p.lifetimes[copy]);
             let (ow, iw) = (conv.out_sel.width(&s.slices), conv.in_sel.width(&s.slices));
             assert_eq!(
@@ -419,7 +418,7 @@ fn each_conv_of_a_bf16_step_reads_a_sliced_bf16_weight_copy_until_its_last_gemm(
                 .steps
                 .iter()
                 .enumerate()
-                .filter(|(_, st)| matches!(&st.op, Op::ConvBackward(v) if v.weight_copy == Some(copy)))
+                .filter(|(_, st)| matches!(&st.op, Op::ConvBackward(v) if v.algo.weight_copy() == Some(copy)))
                 .map(|(j, _)| j)
                 .collect();
             let backward =
@@ -729,13 +728,11 @@ fn a_winograd_step_queues_batched_products_inside_the_arena() {
         for step in &s.steps {
             let chunks = |n: usize, chunk: usize| n.div_ceil(chunk.clamp(1, n));
             match &step.op {
-                Op::Conv(o) if o.winograd => {
-                    assert!(o.weight_copy.is_none(), "{}", step.name());
+                Op::Conv(o) if o.algo.is_winograd() => {
                     forward += 1;
                     batches += chunks(o.shape.n, o.chunk);
                 }
-                Op::ConvBackward(o) if o.winograd => {
-                    assert!(o.weight_copy.is_none() && !o.d_inp_by_conv, "{}", step.name());
+                Op::ConvBackward(o) if o.algo.is_winograd() => {
                     backward += 1;
                     with_d_inp += o.d_inp.is_some() as usize;
                     batches += chunks(o.shape.n, o.chunk) * (1 + o.d_inp.is_some() as usize);

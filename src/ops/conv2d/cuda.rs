@@ -15,7 +15,7 @@
 use super::lowering::{self, ConvCmd, Operand};
 use super::winograd::{tiles, workspace_len as winograd_len, XI};
 use super::winograd_cmds::{self, cublas_strides, WinoCmd};
-use super::{dense_twin, Conv, ConvBackward};
+use super::{dense_twin, Conv, ConvAlgo, ConvBackward, GemmWeight};
 use crate::gpu::{grid, int, kernel, rows, Arg, FastDiv, GemmCall};
 use crate::ir::{BufId, ConvShape, Dtype, Slice, TensorId};
 use crate::ops::DeviceView;
@@ -235,8 +235,7 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
     let (os, is, p) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel), &op.shape);
     d.check_len(op.out, os.width * p.n * p.ho() * p.wo(), "conv out");
     d.check_len(op.inp, is.width * p.n * p.h * p.w, "conv inp");
-    if op.winograd {
-        assert!(op.weight_copy.is_none(), "a Winograd convolution gathers its own weight slice");
+    if op.algo.is_winograd() {
         let col = check_winograd(d, &[op.out, op.inp], op.col, p, is.width, op.chunk);
         let (o, i, c, w) = (d.buf(op.out), d.buf(op.inp), d.buf(col), d.tensor(op.weight));
         let addr = |x: Operand| match x {
@@ -252,7 +251,7 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
     let store = d.storage(&[&[op.out, op.inp][..], op.col.as_slice()].concat());
     let (o, i, c) = (d.buf(op.out), d.buf(op.inp), d.opt(op.col));
-    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.weight_copy, CopyMade::Slice, p, os, is);
+    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.algo.weight_copy(), CopyMade::Slice, p, os, is);
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => (i, store),
@@ -277,8 +276,7 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     assert_eq!(d.dtype(op.d_weight), Dtype::F32, "conv d_weight is f32 in every program");
     let (dw, dy, i) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp));
     let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
-    if op.winograd {
-        assert!(op.weight_copy.is_none() && !op.d_inp_by_conv, "a Winograd backward gathers its own weights");
+    if op.algo.is_winograd() {
         let bufs = [&[op.d_out, op.inp][..], op.d_inp.as_slice()].concat();
         let c = d.buf(check_winograd(d, &bufs, op.col, p, is.width, op.chunk));
         let w = d.tensor(op.weight);
@@ -295,15 +293,15 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
             run_winograd(d, cmd, p, os, is, w, &addr)
         });
     }
-    let made = match (op.d_inp_by_conv, op.copy_here) {
-        (true, _) => {
-            assert!(op.copy_here && op.d_inp.is_some(), "an input gradient by convolution makes its flipped weight");
+    let made = match op.algo {
+        ConvAlgo::InputGradByConv { .. } => {
+            assert!(op.d_inp.is_some(), "an input gradient by convolution");
             CopyMade::Flipped
         }
-        (false, true) => CopyMade::Slice,
-        (false, false) => CopyMade::Before,
+        ConvAlgo::Im2col { weight: GemmWeight::Copy(_) } => CopyMade::Slice,
+        _ => CopyMade::Before,
     };
-    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.weight_copy, made, p, os, is);
+    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.algo.weight_copy(), made, p, os, is);
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => (i, store),
@@ -314,7 +312,7 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
         Operand::Out => unreachable!("backward writes no output"),
     };
     let wants_d_inp = op.d_inp.is_some();
-    let by_conv = op.d_inp_by_conv;
+    let by_conv = op.algo.input_grad_by_conv();
     lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, by_conv, |cmd| {
         run(d, cmd, &shape, is.width, store, &addr)
     });
@@ -490,10 +488,10 @@ mod tests {
             in_sel: Sel::Block(0),
             chunk,
             accumulate_d_inp: false,
-            weight_copy: Some(5),
-            copy_here: true,
-            d_inp_by_conv: by_conv,
-            winograd: false,
+            algo: match by_conv {
+                true => ConvAlgo::InputGradByConv { flipped: 5 },
+                false => ConvAlgo::Im2col { weight: GemmWeight::Copy(5) },
+            },
         };
         backward(&op, &view);
         rec
@@ -540,8 +538,7 @@ mod tests {
             in_sel: Sel::Block(0),
             chunk,
             accumulate: false,
-            weight_copy: copied.then_some(3),
-            winograd: false,
+            algo: ConvAlgo::Im2col { weight: if copied { GemmWeight::Copy(3) } else { GemmWeight::Param } },
         };
         forward(&op, &view);
         rec

@@ -13,16 +13,16 @@
 //! slice is two runs and therefore two GEMMs (input runs accumulate, output runs write their own
 //! rows). Sliced buffers hold only the slice's channels, in slice order.
 //!
-//! A convolution may also name `weight_copy`: the rows or column groups of the weight that the
-//! step's GEMMs read, in slice order. With it, the sliced convolution is the dense one of its
+//! A convolution may also read a weight copy ([`GemmWeight`]): the rows or column groups of the
+//! weight that the step's GEMMs read, in slice order. With it, the sliced convolution is the dense one of its
 //! slice widths ([`dense_twin`]): its buffers are already in slice order, so each chunk is one
 //! GEMM even when a slice wraps, and every operand starts where cuBLAS's fast kernels want it
 //! (a slice starting at channel c puts the weight's view `9c` floats in, rarely 16-byte aligned).
 //! - A bf16 program copies as bf16, in the forward op, and the backward op's `dcol` product reads
-//!   the same copy (`copy_here` false): one conversion a step. Both backends run it (the GPU's
+//!   the same copy (`GemmWeight::Forward`): one conversion a step. Both backends run it (the GPU's
 //!   `weight_slice_bf16`, then `CUDA_R_16BF` GEMMs).
 //! - The GPU's fp32 program copies each sliced convolution's weight in f32 in each op that reads
-//!   it (`copy_here` true in backward): a copy lives only through its op, so the plan barely
+//!   it (`GemmWeight::Copy` in backward too): a copy lives only through its op, so the plan barely
 //!   grows, and the copy (a few MiB) costs microseconds.
 //!
 //! Input gradient by convolution (`Options::input_grad`: the GPU's default, fp32 and bf16;
@@ -30,9 +30,9 @@
 //! "same" convolution (odd `k > 1`,
 //! `pad = (k-1)/2`, so `Ho = H`) the input gradient is itself a convolution under the same
 //! padding: `d_inp = conv(dY, W')`, `W'[ci][co][t] = W[co][ci][kk-1-t]` (kh and kw reversed).
-//! `ConvBackward::d_inp_by_conv` makes `W'` from the slice of the weight
+//! [`ConvAlgo::InputGradByConv`] makes `W'` from the slice of the weight
 //! ([`copy_weight_flipped`], `[in width, out width*kk]`, in the storage type, in its own
-//! `weight_copy`) and
+//! copy) and
 //! runs the dense twin: per chunk im2col of `d_out` into the workspace (so the output may be no
 //! wider than the input, whose columns the workspace was sized for), then one forward-shaped
 //! GEMM written straight into `d_inp`. No col2im, and no `dcol` product whose output is the
@@ -40,6 +40,9 @@
 //! (WRN-28-10, tf32): 40.6 -> 38.2 ms a step at keep 1.0, 28.1 -> 26.3 at keep 0.5. A layer
 //! whose output is wider than its input keeps col2im: the columns of `d_out` would outnumber
 //! the input's, which are all `dcol` and col2im move.
+//!
+//! Which of these a convolution runs ([`ConvAlgo`]: im2col with the parameter or a copy, input
+//! gradient by convolution, Winograd) is chosen for each one by the `lower` module.
 //!
 //! - `lowering.rs`: the walk over slice runs x weight views x image chunks, as commands; both
 //!   backends run it.
@@ -65,7 +68,8 @@ pub use cpu::{
 use super::{DeviceView, HostView, Kernel};
 use crate::ir::{BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
 
-/// Which algorithm a CPU convolution may use.
+/// Which algorithm a CPU convolution may use: a setting of the CPU backend, apart from the op's
+/// [`ConvAlgo`] (the reference runs im2col everywhere, whatever the op says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Algo {
     /// Winograd F(2x2, 3x3) where it applies (3x3, stride 1, pad 1, at least 4 input channels),
@@ -114,13 +118,9 @@ pub struct Conv {
     pub in_sel: Sel,
     pub chunk: usize,
     pub accumulate: bool,
-    /// The copy of the weight's slice this op writes for its GEMMs (bf16 programs; the GPU's
-    /// fp32 programs for sliced convolutions).
-    pub weight_copy: Option<BufId>,
-    /// The GPU runs this 3x3 stride-1 layer by Winograd F(2x2, 3x3) (`--winograd`, fp32
-    /// programs, `winograd_cmds`; `col` is sized for it and `weight_copy` is none). The CPU
-    /// runs its own algorithm whatever this says.
-    pub winograd: bool,
+    /// How it runs (`lower::conv_forward`): im2col + GEMM reading the parameter or a copy of
+    /// its slice this op writes (`GemmWeight::Copy`), or Winograd.
+    pub algo: ConvAlgo,
 }
 
 /// Gradients of [`Conv`]: `d_weight` (the slice's block, overwritten) and, when wanted,
@@ -138,25 +138,67 @@ pub struct ConvBackward {
     pub in_sel: Sel,
     pub chunk: usize,
     pub accumulate_d_inp: bool,
-    /// The copy of the weight's slice the `dcol` product reads (programs that compute `d_inp`
-    /// only): the forward op's (bf16), or this op's own when `copy_here`.
-    pub weight_copy: Option<BufId>,
-    /// This op writes `weight_copy` from the f32 weight before its GEMMs (the GPU's fp32
-    /// programs, and every input gradient by convolution).
-    pub copy_here: bool,
-    /// The input gradient is the convolution of `d_out` with the flipped, transposed weight
-    /// (`lowering::conv_backward`'s `by_conv`; `Options::input_grad`): `weight_copy` is then
-    /// that weight's copy `[in width, out width*K*K]` in the storage type
-    /// ([`copy_weight_flipped`]), made here.
-    pub d_inp_by_conv: bool,
-    /// As [`Conv::winograd`]: both gradients by Winograd on the GPU (then neither
-    /// `weight_copy` nor `d_inp_by_conv`).
-    pub winograd: bool,
+    /// How it runs (`lower::conv_backward`). Of a weight copy, only the input gradient's
+    /// product (`dcol`, or the GEMM by convolution) reads it.
+    pub algo: ConvAlgo,
+}
+
+/// How a convolution op runs. Chosen for each convolution in one place, `lower`, from the
+/// target, the precision and the options; the backends run what it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// im2col + GEMM (backward: `dW = dY col^T`, `dcol = W^T dY`, then col2im), the GEMMs
+    /// reading the weight as `weight` says.
+    Im2col { weight: GemmWeight },
+    /// Backward only: the input gradient as the convolution of `d_out` with the flipped,
+    /// transposed weight slice `[in width, out width*K*K]` that this op writes into `flipped`
+    /// ([`copy_weight_flipped`], in the storage type); the weight gradient as `Im2col`.
+    InputGradByConv { flipped: BufId },
+    /// Winograd F(2x2, 3x3) on a 3x3 stride-1 layer of an fp32 program: the weight transform
+    /// gathers the slice itself, and `col` holds [`winograd_workspace_len`] floats. The CPU
+    /// also runs Winograd on other eligible ops whose workspace allows it (`cpu::use_winograd`).
+    Winograd,
+}
+
+/// The weight an im2col convolution's GEMMs read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmWeight {
+    /// The f32 parameter, through offset views.
+    Param,
+    /// A copy of the slice's rows or column groups in slice order (see the module doc), that
+    /// this op writes from the f32 parameter.
+    Copy(BufId),
+    /// The forward op's copy (a bf16 program's), read by the backward op.
+    Forward(BufId),
+}
+
+impl ConvAlgo {
+    /// The weight copy the op reads, whoever writes it.
+    pub fn weight_copy(&self) -> Option<BufId> {
+        match *self {
+            ConvAlgo::Im2col { weight: GemmWeight::Copy(b) | GemmWeight::Forward(b) } => Some(b),
+            ConvAlgo::InputGradByConv { flipped } => Some(flipped),
+            _ => None,
+        }
+    }
+
+    /// Whether the op writes its weight copy itself.
+    pub fn makes_copy(&self) -> bool {
+        matches!(self, ConvAlgo::Im2col { weight: GemmWeight::Copy(_) } | ConvAlgo::InputGradByConv { .. })
+    }
+
+    pub fn is_winograd(&self) -> bool {
+        *self == ConvAlgo::Winograd
+    }
+
+    pub fn input_grad_by_conv(&self) -> bool {
+        matches!(self, ConvAlgo::InputGradByConv { .. })
+    }
 }
 
 impl Kernel for Conv {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
-        let written = [vec![self.out], self.col.into_iter().collect(), self.weight_copy.into_iter().collect()];
+        let written = [vec![self.out], self.col.into_iter().collect(), self.algo.weight_copy().into_iter().collect()];
         (vec![self.inp], written.concat())
     }
     fn macs(&self, slices: &[SliceSpec]) -> usize {
@@ -168,7 +210,7 @@ impl Kernel for Conv {
         let (out, col) = unsafe { (m.buf_mut::<T>(self.out), m.opt_mut::<T>(self.col)) };
         let (inp, w) = (m.buf::<T>(self.inp), m.tensor(self.weight));
         let (chunk, acc) = (self.chunk, self.accumulate);
-        match self.weight_copy {
+        match self.algo.weight_copy() {
             // The slice's weight, rounded once per step, and the dense convolution it makes.
             Some(copy) => {
                 // SAFETY: see `HostView`.
@@ -185,19 +227,11 @@ impl Kernel for Conv {
     }
 }
 
-impl ConvBackward {
-    /// The flipped weight's copy of an op with `d_inp_by_conv`, which makes it.
-    fn flipped_copy(&self) -> BufId {
-        assert!(self.copy_here, "an input gradient by convolution makes its own flipped weight");
-        self.weight_copy.expect("an input gradient by convolution reads the flipped weight's copy")
-    }
-}
-
 impl Kernel for ConvBackward {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
-        let (made, read_copy) = match self.copy_here {
-            true => (self.weight_copy, None),
-            false => (None, self.weight_copy),
+        let (made, read_copy) = match self.algo.makes_copy() {
+            true => (self.algo.weight_copy(), None),
+            false => (None, self.algo.weight_copy()),
         };
         let written = [self.d_inp.into_iter().collect(), vec![self.d_weight], self.col.into_iter().collect()];
         let read = [vec![self.d_out, self.inp], read_copy.into_iter().collect()];
@@ -214,8 +248,8 @@ impl Kernel for ConvBackward {
             unsafe { (self.d_inp.map(|b| m.buf_mut::<T>(b)), m.buf_mut(self.d_weight), m.opt_mut::<T>(self.col)) };
         let (dy, x) = (m.buf::<T>(self.d_out), m.buf::<T>(self.inp));
         let (chunk, acc) = (self.chunk, self.accumulate_d_inp);
-        if self.d_inp_by_conv {
-            let (dx, copy) = (dx.expect("an input gradient by convolution"), self.flipped_copy());
+        if let ConvAlgo::InputGradByConv { flipped: copy } = self.algo {
+            let dx = dx.expect("an input gradient by convolution");
             // SAFETY: see `HostView`.
             let copy = unsafe { m.buf_mut::<T>(copy) };
             copy_weight_flipped(copy, m.tensor(self.weight), p, os, is);
@@ -223,11 +257,11 @@ impl Kernel for ConvBackward {
             // im2col + GEMM whatever `m.algo` says: Winograd has no such input gradient.
             return conv2d_backward_by_conv(dx, dw, dy, x, &*copy, col, &dense, chunk, acc);
         }
-        match self.weight_copy {
+        match self.algo.weight_copy() {
             // The copy (the forward op's, or made here): the same dense convolution, whose weight
             // gradient is the sliced one's, in slice order.
             Some(copy) => {
-                if self.copy_here {
+                if self.algo.makes_copy() {
                     // SAFETY: see `HostView`.
                     copy_weight(unsafe { m.buf_mut::<T>(copy) }, m.tensor(self.weight), p, os, is);
                 }
