@@ -16,6 +16,7 @@
 //! lower        how each convolution runs (algorithm, workspace, chunk, weight copies)
 //! plan/        lifetimes -> arena offsets, the checker, programs, plan reports
 //! model/       WRN-d-k -> schedule (forward, backward, updates); its parameter listing
+//! fit          what fits a memory budget: the largest batch, option ladders, sweeps
 //! model_file/  one way in for a model file: checkpoint or safetensors, read and judged
 //! export/      the model as safetensors and ONNX
 //! backend/     where a program runs: the traits, the CPU reference, CUDA
@@ -35,6 +36,7 @@ pub mod cmd;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod fit;
 pub mod gpu;
 pub mod io;
 pub mod ir;

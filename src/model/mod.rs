@@ -1,6 +1,5 @@
 //! The model family: Wide ResNets (WRN-d-k) with SliceOut, compiled to a schedule.
 
-pub mod fit;
 pub mod params;
 pub mod wrn;
 

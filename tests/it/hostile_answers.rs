@@ -147,8 +147,8 @@ fn every_plan_format_prints_that_format_alone() {
 #[test]
 fn fit_names_the_largest_batch_however_large() {
     use sliceout::data::DatasetKind;
+    use sliceout::fit;
     use sliceout::ir::{ModelConfig, Precision, Target};
-    use sliceout::model::fit;
     let model = ["plan", "--device", "cpu", "--depth", "10", "--widen", "1"];
     let v: serde_json::Value =
         serde_json::from_str(&ok(&[&model[..], &["--fit", "64GiB", "--format", "json"]].concat())).unwrap();
@@ -178,8 +178,8 @@ fn fit_names_the_largest_batch_however_large() {
 #[test]
 fn a_budget_below_one_image_says_what_one_image_needs() {
     use sliceout::data::DatasetKind;
+    use sliceout::fit;
     use sliceout::ir::{ModelConfig, Precision, Target};
-    use sliceout::model::fit;
     let config = ModelConfig { depth: 10, widen: 1, classes: 10, in_channels: 3, keep: 1.0 };
     let (_, leanest) = *fit::option_ladder(Target::Cpu, Precision::Fp32).last().unwrap();
     let plan = fit::step_bytes(&config, 1, leanest);

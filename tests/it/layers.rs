@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "lower",
     "plan",
     "model",
+    "fit",
     "model_file",
     "export",
     "backend",

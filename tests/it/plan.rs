@@ -293,8 +293,8 @@ fn plan_fit_reports_the_largest_batch_and_refuses_what_cannot_fit() {
     use clap::Parser;
     use sliceout::cmd::flags::{Cli, Command};
     use sliceout::data::DatasetKind;
+    use sliceout::fit;
     use sliceout::ir::Target;
-    use sliceout::model::fit;
     let run = |args: &[&str]| {
         let cli = Cli::parse_from([&["sliceout", "plan"], args].concat());
         let Some(Command::Plan(f)) = cli.command else { unreachable!() };

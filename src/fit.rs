@@ -8,9 +8,9 @@
 //! activations are linear in it, the workspaces are capped); the answer is checked at its edge:
 //! the batch found fits and the next one does not.
 
-use super::wrn;
 use crate::data::DatasetKind;
 use crate::ir::{ModelConfig, Precision, Target};
+use crate::model::wrn;
 use crate::plan::Program;
 use crate::schedule::{Mode, Options};
 
