@@ -12,7 +12,7 @@ use sliceout::ir::{Precision, Target};
 use sliceout::measure::bench;
 use sliceout::measure::Timing;
 use sliceout::model::ModelConfig;
-use sliceout::schedule::Options;
+use sliceout::schedule::{Lowering, Options};
 
 fn main() {
     let steps = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
@@ -24,7 +24,8 @@ fn main() {
         32,
         &[(1.0, Precision::Fp32), (0.75, Precision::Fp32), (0.5, Precision::Fp32)],
         Timing { steps, seed: 0, align: 1 },
-        Options { target: Target::Cpu, ..Options::default() },
+        Options::default(),
+        Lowering { target: Target::Cpu, ..Lowering::default() },
     )
     .expect("bench runs");
     print!("{}", table(&config, 32, &CpuBackend::new().name(), &rows));

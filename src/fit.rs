@@ -9,10 +9,10 @@
 //! the batch found fits and the next one does not.
 
 use crate::data::DatasetKind;
-use crate::ir::{ModelConfig, Precision, Target};
+use crate::ir::{ModelConfig, Target};
 use crate::model::wrn;
 use crate::plan::Program;
-use crate::schedule::{Mode, Options};
+use crate::schedule::{Lowering, Mode, Options};
 
 const MIB: usize = 1 << 20;
 
@@ -75,10 +75,10 @@ pub fn resident_bytes(dataset: DatasetKind) -> usize {
     images * (channels * 1024 + 1) + 2 * channels * 256 * 4
 }
 
-/// Named rungs of memory options for `target` and `precision`, from the fastest (most memory) to
-/// the leanest.
-pub fn option_ladder(target: Target, precision: Precision) -> Vec<(&'static str, Options)> {
-    let base = Options { target, precision, ..Options::default() };
+/// Named rungs of memory options, from the fastest (most memory) to the leanest, whatever the
+/// lowering.
+pub fn option_ladder() -> Vec<(&'static str, Options)> {
+    let base = Options::default();
     vec![
         ("fastest: keep BN outputs, 512 MiB im2col", Options { recompute: false, col_budget_mib: 512, ..base }),
         ("default", base),
@@ -89,11 +89,11 @@ pub fn option_ladder(target: Target, precision: Precision) -> Vec<(&'static str,
 
 /// Persistent region plus arena of a training step (no allocation of the sizes is made);
 /// `usize::MAX` for a batch whose sizes cannot even be counted (past what any machine holds).
-pub fn step_bytes(config: &ModelConfig, batch: usize, options: Options) -> usize {
+pub fn step_bytes(config: &ModelConfig, batch: usize, options: Options, lowering: Lowering) -> usize {
     if config.footprint(batch).is_err() {
         return usize::MAX;
     }
-    let p = Program::new(wrn::build(config, batch, Mode::Train, options));
+    let p = Program::new(wrn::build(config, batch, Mode::Train, options, lowering));
     p.arena_bytes() + p.schedule.persistent_len() * 4
 }
 
@@ -119,8 +119,14 @@ pub struct Largest {
 /// The largest batch whose step plus `fixed` bytes fits `budget` (no cap but the sizes a plan
 /// can be made for); `None` when not even batch 1 fits. The batch doubles until a step does not
 /// fit, then a binary search finds the edge.
-pub fn largest_batch(config: &ModelConfig, options: Options, budget: usize, fixed: usize) -> Option<Largest> {
-    let fits = |b: usize| fitting_step(config, options, budget, fixed, b);
+pub fn largest_batch(
+    config: &ModelConfig,
+    options: Options,
+    lowering: Lowering,
+    budget: usize,
+    fixed: usize,
+) -> Option<Largest> {
+    let fits = |b: usize| fitting_step(config, options, lowering, budget, fixed, b);
     let mut best = (1, fits(1)?);
     // fits(lo); !fits(hi) once found.
     let (mut lo, mut hi) = (1usize, None);
@@ -150,8 +156,15 @@ pub fn largest_batch(config: &ModelConfig, options: Options, budget: usize, fixe
 }
 
 /// The bytes of a step at batch `b` when they and `fixed` bytes fit `budget`.
-fn fitting_step(config: &ModelConfig, options: Options, budget: usize, fixed: usize, b: usize) -> Option<usize> {
-    let bytes = step_bytes(config, b, options);
+fn fitting_step(
+    config: &ModelConfig,
+    options: Options,
+    lowering: Lowering,
+    budget: usize,
+    fixed: usize,
+    b: usize,
+) -> Option<usize> {
+    let bytes = step_bytes(config, b, options, lowering);
     // `usize::MAX`: a step no plan is made for, whatever the budget.
     (bytes != usize::MAX && bytes.saturating_add(fixed) <= budget).then_some(bytes)
 }
@@ -160,6 +173,7 @@ fn fitting_step(config: &ModelConfig, options: Options, budget: usize, fixed: us
 pub fn largest_power_of_two(
     config: &ModelConfig,
     options: Options,
+    lowering: Lowering,
     budget: usize,
     fixed: usize,
     cap: usize,
@@ -167,7 +181,7 @@ pub fn largest_power_of_two(
     let mut best = None;
     let mut b = 1usize;
     while b <= cap.max(1) {
-        let Some(bytes) = fitting_step(config, options, budget, fixed, b) else { break };
+        let Some(bytes) = fitting_step(config, options, lowering, budget, fixed, b) else { break };
         best = Some((b, bytes));
         b = match b.checked_mul(2) {
             Some(next) => next,
@@ -192,17 +206,17 @@ pub const SWEEP_KEEPS: [f64; 7] = [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25];
 pub const SWEEP_BATCHES: [usize; 7] = [16, 32, 64, 128, 256, 512, 1024];
 
 /// The plan's memory at each keep of [`SWEEP_KEEPS`] (batch fixed).
-pub fn sweep_keep(config: &ModelConfig, batch: usize, options: Options) -> Vec<SweepPoint> {
-    SWEEP_KEEPS.iter().map(|&keep| point(keep, &ModelConfig { keep, ..*config }, batch, options)).collect()
+pub fn sweep_keep(config: &ModelConfig, batch: usize, options: Options, lowering: Lowering) -> Vec<SweepPoint> {
+    SWEEP_KEEPS.iter().map(|&keep| point(keep, &ModelConfig { keep, ..*config }, batch, options, lowering)).collect()
 }
 
 /// The plan's memory at each batch of [`SWEEP_BATCHES`] (keep fixed).
-pub fn sweep_batch(config: &ModelConfig, options: Options) -> Vec<SweepPoint> {
-    SWEEP_BATCHES.iter().map(|&b| point(b as f64, config, b, options)).collect()
+pub fn sweep_batch(config: &ModelConfig, options: Options, lowering: Lowering) -> Vec<SweepPoint> {
+    SWEEP_BATCHES.iter().map(|&b| point(b as f64, config, b, options, lowering)).collect()
 }
 
-fn point(x: f64, config: &ModelConfig, batch: usize, options: Options) -> SweepPoint {
-    let p = Program::new(wrn::build(config, batch, Mode::Train, options));
+fn point(x: f64, config: &ModelConfig, batch: usize, options: Options, lowering: Lowering) -> SweepPoint {
+    let p = Program::new(wrn::build(config, batch, Mode::Train, options, lowering));
     SweepPoint { x, arena: p.arena_bytes(), total: p.arena_bytes() + p.schedule.persistent_len() * 4 }
 }
 
@@ -228,6 +242,7 @@ pub fn parse_size(text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::Precision;
 
     fn wrn(depth: usize, widen: usize, keep: f64) -> ModelConfig {
         ModelConfig { depth, widen, classes: 10, in_channels: 3, keep }
@@ -250,24 +265,25 @@ mod tests {
     fn the_largest_batch_fits_and_one_more_does_not() {
         for (target, budget) in [(Target::Cpu, 900 * MIB), (Target::Cuda, 2048 * MIB)] {
             let c = wrn(16, 4, 0.5);
-            let options = Options { target, ..Options::default() };
+            let (o, l) = (Options::default(), Lowering { target, ..Lowering::default() });
             let fixed: usize = overheads(target, DatasetKind::Cifar10).iter().map(|t| t.bytes).sum();
-            let Largest { batch: b, bytes, bound } = largest_batch(&c, options, budget, fixed).unwrap();
+            let Largest { batch: b, bytes, bound } = largest_batch(&c, o, l, budget, fixed).unwrap();
             assert!(b > 1 && b < 1 << 16 && bound == Bound::Budget, "{b}");
-            assert_eq!(bytes, step_bytes(&c, b, options));
+            assert_eq!(bytes, step_bytes(&c, b, o, l));
             assert!(bytes + fixed <= budget);
-            assert!(step_bytes(&c, b + 1, options) + fixed > budget, "batch {} fits too", b + 1);
-            let (p, pbytes) = largest_power_of_two(&c, options, budget, fixed, 1 << 16).unwrap();
+            assert!(step_bytes(&c, b + 1, o, l) + fixed > budget, "batch {} fits too", b + 1);
+            let (p, pbytes) = largest_power_of_two(&c, o, l, budget, fixed, 1 << 16).unwrap();
             assert!(p.is_power_of_two() && p <= b && pbytes + fixed <= budget);
-            assert!(step_bytes(&c, 2 * p, options) + fixed > budget);
+            assert!(step_bytes(&c, 2 * p, o, l) + fixed > budget);
         }
     }
 
     #[test]
     fn nothing_fits_a_budget_below_the_fixed_terms() {
         let c = wrn(10, 2, 1.0);
-        assert_eq!(largest_batch(&c, Options::default(), 10 * MIB, 20 * MIB), None);
-        assert_eq!(largest_power_of_two(&c, Options::default(), 10 * MIB, 20 * MIB, 64), None);
+        let (o, l) = (Options::default(), Lowering::default());
+        assert_eq!(largest_batch(&c, o, l, 10 * MIB, 20 * MIB), None);
+        assert_eq!(largest_power_of_two(&c, o, l, 10 * MIB, 20 * MIB, 64), None);
     }
 
     /// Past 65,536 images: the search goes on as long as the budget does, and where the sizes
@@ -275,12 +291,12 @@ mod tests {
     #[test]
     fn the_largest_batch_has_no_cap_but_the_sizes() {
         let c = wrn(10, 1, 1.0);
-        let options = Options { col_chunk: 1, ..Options::default() };
-        let budget = 2 * step_bytes(&c, 1 << 16, options);
-        let Largest { batch, bytes, bound } = largest_batch(&c, options, budget, 0).unwrap();
+        let (o, l) = (Options { col_chunk: 1, ..Options::default() }, Lowering::default());
+        let budget = 2 * step_bytes(&c, 1 << 16, o, l);
+        let Largest { batch, bytes, bound } = largest_batch(&c, o, l, budget, 0).unwrap();
         assert!(batch > 1 << 17 && bound == Bound::Budget, "{batch}");
-        assert!(bytes <= budget && step_bytes(&c, batch + 1, options) > budget);
-        let Largest { batch, bound, .. } = largest_batch(&c, options, usize::MAX, 0).unwrap();
+        assert!(bytes <= budget && step_bytes(&c, batch + 1, o, l) > budget);
+        let Largest { batch, bound, .. } = largest_batch(&c, o, l, usize::MAX, 0).unwrap();
         assert_eq!(bound, Bound::Sizes);
         assert!(c.footprint(batch).is_ok() && c.footprint(batch + 1).is_err(), "{batch}");
     }
@@ -291,11 +307,10 @@ mod tests {
         let c = wrn(16, 4, 1.0);
         for target in [Target::Cpu, Target::Cuda] {
             for precision in Precision::ALL {
-                let ladder = option_ladder(target, precision);
-                let bytes: Vec<usize> = ladder.iter().map(|(_, o)| step_bytes(&c, 64, *o)).collect();
+                let l = Lowering { target, precision, ..Lowering::default() };
+                let bytes: Vec<usize> = option_ladder().iter().map(|(_, o)| step_bytes(&c, 64, *o, l)).collect();
                 assert!(bytes.windows(2).all(|w| w[0] >= w[1]), "{target:?} {precision:?}: {bytes:?}");
                 assert!(bytes[0] > bytes[3]);
-                assert!(ladder.iter().all(|(_, o)| o.precision == precision && o.target == target));
             }
         }
     }
@@ -304,10 +319,10 @@ mod tests {
     #[test]
     fn sweeps_are_monotone() {
         let c = wrn(16, 4, 0.5);
-        let keep = sweep_keep(&c, 64, Options::default());
+        let keep = sweep_keep(&c, 64, Options::default(), Lowering::default());
         assert!(keep.windows(2).all(|w| w[0].arena >= w[1].arena && w[0].total >= w[1].total), "{keep:?}");
         assert!(keep[0].arena > keep[6].arena);
-        let batch = sweep_batch(&c, Options::default());
+        let batch = sweep_batch(&c, Options::default(), Lowering::default());
         assert!(batch.windows(2).all(|w| w[0].arena < w[1].arena && w[0].total < w[1].total), "{batch:?}");
     }
 }

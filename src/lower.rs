@@ -1,6 +1,7 @@
 //! How each convolution of a step runs, chosen in one place. The model (`model::wrn`) says what
 //! a step computes: each convolution's shape and slices, in the order the step runs them. For
-//! each one this module picks, from the target, the precision and the options:
+//! each one this module picks, from the lowering (`schedule::Lowering`: the target, the precision,
+//! the input-gradient and Winograd choices) and the memory choices (`schedule::Options`):
 //!
 //! - its algorithm ([`ConvAlgo`]): im2col + GEMM reading the f32 parameter or a copy of its
 //!   slice, the input gradient by convolution, or Winograd F(2x2, 3x3);
@@ -28,7 +29,7 @@
 use crate::ir::{BufId, ConvShape, Dtype, Precision, Target};
 use crate::ops::conv2d::{self, lowering::input_grad_by_conv_fits};
 use crate::ops::{ConvAlgo, GemmWeight};
-use crate::schedule::{InputGrad, Options};
+use crate::schedule::{InputGrad, Lowering, Options};
 
 /// A convolution as the model states it: its shape, the widths of the output and input
 /// channels its step uses, and whether either is a SliceOut slice narrower than the layer.
@@ -63,14 +64,14 @@ pub struct WeightCopy {
 /// - The GPU's fp32 programs copy a sliced convolution's weight slice in f32 in each op that
 ///   reads it: aligned operands and one GEMM per chunk when the slice wraps. The CPU's GEMM
 ///   reads offset views at full speed, and unsliced convolutions need no copy.
-pub fn conv_forward(o: &Options, c: &ConvSite, add: &mut dyn FnMut(WeightCopy) -> BufId) -> ConvAlgo {
-    if winograd(o, &c.shape) {
+pub fn conv_forward(l: &Lowering, c: &ConvSite, add: &mut dyn FnMut(WeightCopy) -> BufId) -> ConvAlgo {
+    if winograd(l, &c.shape) {
         return ConvAlgo::Winograd;
     }
     let len = c.weight_len();
-    let weight = if o.precision == Precision::Bf16 {
+    let weight = if l.precision == Precision::Bf16 {
         GemmWeight::Copy(add(WeightCopy { what: "weight_bf16", dtype: Dtype::Bf16, len }))
-    } else if o.target == Target::Cuda && c.sliced {
+    } else if l.target == Target::Cuda && c.sliced {
         GemmWeight::Copy(add(WeightCopy { what: "weight_slice", dtype: Dtype::F32, len }))
     } else {
         GemmWeight::Param
@@ -88,7 +89,7 @@ pub fn conv_forward(o: &Options, c: &ConvSite, add: &mut dyn FnMut(WeightCopy) -
 /// - Otherwise im2col + col2im, reading the forward op's bf16 copy, or the GPU's fp32 copy of a
 ///   sliced weight made again here (a copy lives only through its op).
 pub fn conv_backward(
-    o: &Options,
+    l: &Lowering,
     c: &ConvSite,
     forward: ConvAlgo,
     wants_d_inp: bool,
@@ -101,13 +102,13 @@ pub fn conv_backward(
     if !wants_d_inp {
         return ConvAlgo::Im2col { weight: GemmWeight::Param };
     }
-    if input_grad_by_conv(o, c) {
-        let flipped = add(WeightCopy { what: "weight_flip", dtype: o.precision.storage(), len });
+    if input_grad_by_conv(l, c) {
+        let flipped = add(WeightCopy { what: "weight_flip", dtype: l.precision.storage(), len });
         return ConvAlgo::InputGradByConv { flipped };
     }
     let weight = match forward {
-        ConvAlgo::Im2col { weight: GemmWeight::Copy(b) } if o.precision == Precision::Bf16 => GemmWeight::Forward(b),
-        _ if o.target == Target::Cuda && c.sliced => {
+        ConvAlgo::Im2col { weight: GemmWeight::Copy(b) } if l.precision == Precision::Bf16 => GemmWeight::Forward(b),
+        _ if l.target == Target::Cuda && c.sliced => {
             GemmWeight::Copy(add(WeightCopy { what: "weight_slice_b", dtype: Dtype::F32, len }))
         }
         _ => GemmWeight::Param,
@@ -117,44 +118,45 @@ pub fn conv_backward(
 
 /// Whether a convolution runs by Winograd F(2x2, 3x3): the layers it takes (3x3, stride 1,
 /// pad 1, at least 4 input channels) of fp32 programs, always on the CPU, on the GPU with
-/// `Options::winograd`. A bf16 program runs im2col on both backends: the CPU's bf16 step is the
+/// `Lowering::winograd`. A bf16 program runs im2col on both backends: the CPU's bf16 step is the
 /// reference the GPU's is checked against, so it must round where the GPU's does.
-fn winograd(o: &Options, shape: &ConvShape) -> bool {
-    let target = match o.target {
+fn winograd(l: &Lowering, shape: &ConvShape) -> bool {
+    let target = match l.target {
         Target::Cpu => true,
-        Target::Cuda => o.winograd,
+        Target::Cuda => l.winograd,
     };
-    target && o.precision == Precision::Fp32 && conv2d::winograd_eligible(shape)
+    target && l.precision == Precision::Fp32 && conv2d::winograd_eligible(shape)
 }
 
 /// Whether a convolution's backward computes its input gradient as a convolution of the
-/// output's gradient with the flipped weight (`Options::input_grad`): the GPU's programs only
+/// output's gradient with the flipped weight (`Lowering::input_grad`): the GPU's programs only
 /// (the CPU keeps Winograd and col2im), for the layers `input_grad_by_conv_fits` allows
 /// (stride 1, "same" padding, k > 1, an output no wider than the input, so the workspace sized
 /// for the input's columns holds them).
-fn input_grad_by_conv(o: &Options, c: &ConvSite) -> bool {
-    o.input_grad == InputGrad::Conv
-        && o.target == Target::Cuda
+fn input_grad_by_conv(l: &Lowering, c: &ConvSite) -> bool {
+    l.input_grad == InputGrad::Conv
+        && l.target == Target::Cuda
         && input_grad_by_conv_fits(&c.shape, c.out_width, c.in_width)
 }
 
 /// Elements of a convolution's workspace for `in_width` input channels and `chunk` images (0
 /// when it reads its input directly): im2col columns, or for Winograd the larger of those and
 /// its transformed weights and tiles.
-pub fn workspace_len(o: &Options, shape: &ConvShape, in_width: usize, chunk: usize) -> usize {
-    match winograd(o, shape) {
+pub fn workspace_len(l: &Lowering, shape: &ConvShape, in_width: usize, chunk: usize) -> usize {
+    match winograd(l, shape) {
         true => conv2d::winograd_workspace_len(shape, in_width, chunk),
         false => shape.im2col_len(in_width, chunk),
     }
 }
 
-/// Images per im2col chunk: `--col-chunk`, or the most whose workspace fits the budget.
-pub fn chunk(o: &Options, shape: &ConvShape, in_width: usize) -> usize {
+/// Images per im2col chunk: `--col-chunk`, or the most whose workspace, lowered as `l` says,
+/// fits the budget.
+pub fn chunk(o: &Options, l: &Lowering, shape: &ConvShape, in_width: usize) -> usize {
     if o.col_chunk > 0 {
         return o.col_chunk.min(shape.n);
     }
-    let budget = o.col_budget() << 20;
-    let fits = |c: usize| workspace_len(o, shape, in_width, c) * o.precision.storage().size() <= budget;
+    let budget = o.col_budget(l.target) << 20;
+    let fits = |c: usize| workspace_len(l, shape, in_width, c) * l.precision.storage().size() <= budget;
     // The workspace grows with the chunk: binary search for the last chunk that fits (at
     // least one image).
     let (mut lo, mut hi) = (1, shape.n);
@@ -180,7 +182,7 @@ mod tests {
     }
 
     /// The forward and backward algorithms of `c`, and the copies asked for (by name).
-    fn choose(o: &Options, c: &ConvSite) -> (ConvAlgo, ConvAlgo, Vec<&'static str>) {
+    fn choose(o: &Lowering, c: &ConvSite) -> (ConvAlgo, ConvAlgo, Vec<&'static str>) {
         let mut made = vec![];
         let mut add = |w: WeightCopy| {
             made.push(w.what);
@@ -194,8 +196,8 @@ mod tests {
     #[test]
     fn each_target_and_precision_gets_its_algorithm_and_copies() {
         use ConvAlgo::*;
-        let (cpu, gpu) = (Options::default(), Options { target: Target::Cuda, ..Options::default() });
-        let bf16 = |o: Options| Options { precision: Precision::Bf16, ..o };
+        let (cpu, gpu) = (Lowering::default(), Lowering { target: Target::Cuda, ..Lowering::default() });
+        let bf16 = |o: Lowering| Lowering { precision: Precision::Bf16, ..o };
         let im2col = |weight| Im2col { weight };
         let (sliced, full) = (site(8, 16), site(16, 16));
         // The CPU: Winograd in fp32, a bf16 copy read by both ops in bf16.
@@ -211,13 +213,13 @@ mod tests {
             choose(&gpu, &full),
             (im2col(GemmWeight::Param), InputGradByConv { flipped: 0 }, vec!["weight_flip"])
         );
-        let col2im = Options { input_grad: InputGrad::Col2im, ..gpu };
+        let col2im = Lowering { input_grad: InputGrad::Col2im, ..gpu };
         let slice_b =
             (im2col(GemmWeight::Copy(0)), im2col(GemmWeight::Copy(1)), vec!["weight_slice", "weight_slice_b"]);
         assert_eq!(choose(&col2im, &sliced), slice_b);
         assert_eq!(choose(&bf16(col2im), &sliced), copied);
         // `--winograd` on the GPU: fp32 only.
-        let wino = Options { winograd: true, ..gpu };
+        let wino = Lowering { winograd: true, ..gpu };
         assert_eq!(choose(&wino, &sliced), (Winograd, Winograd, vec![]));
         assert_eq!(choose(&bf16(wino), &full).2, vec!["weight_bf16", "weight_flip"]);
         // An op without an input gradient reads the parameter, whatever the forward copied.

@@ -76,6 +76,104 @@ pub enum UpdateAt {
     None,
 }
 
+/// Memory choices of a training schedule; `plan` shows the effect of each. How the step runs
+/// on its target (algorithms, element types) is [`Lowering`]'s, so these say only what is kept,
+/// recomputed or chunked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Recompute BN + ReLU outputs in backward from the stored input and statistics, instead of
+    /// keeping them from forward.
+    pub recompute: bool,
+    /// Accumulate the identity shortcut's gradient in place, in the gradient buffer coming from
+    /// the block's output, instead of a fresh buffer plus an add.
+    pub in_place: bool,
+    /// Images per im2col chunk; 0 picks the largest chunk whose columns fit the budget.
+    pub col_chunk: usize,
+    /// MiB a workspace may take when the chunk is picked; 0 for the target's default
+    /// ([`Options::col_budget`]).
+    pub col_budget_mib: usize,
+    pub update: UpdateAt,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { recompute: true, in_place: true, col_chunk: 0, col_budget_mib: 0, update: UpdateAt::Early }
+    }
+}
+
+impl Options {
+    /// MiB a workspace may take when the chunk is picked: the option, or `target`'s default.
+    /// The CPU keeps columns small enough for its caches. The GPU takes 512 MiB: fewer, larger
+    /// GEMMs and launches, the fastest budget measured (H200, WRN-28-10, batch 128: tf32 keep
+    /// 1.0 37.0 ms a step at 128 MiB, 33.8 at 512; bf16 keep 0.5 13.0 ms at 46 MiB, 12.1 at
+    /// 128, 11.4 at 512), for 100 to 170 MiB more arena than 128 MiB. A smaller budget trades
+    /// speed for memory: 46 MiB keeps the bf16 plan of that step at keep 0.5 within 520 MiB of
+    /// arena and 800 MiB in all.
+    pub fn col_budget(&self, target: Target) -> usize {
+        match (self.col_budget_mib, target) {
+            (0, Target::Cpu) => 32,
+            (0, Target::Cuda) => 512,
+            (mib, _) => mib,
+        }
+    }
+
+    /// `(name, value)` pairs for printouts; `target` gives the default budget.
+    pub fn describe(&self, target: Target) -> Vec<(String, String)> {
+        vec![
+            ("recompute bn-relu".into(), on(self.recompute)),
+            ("in-place residual grad".into(), on(self.in_place)),
+            (
+                "im2col chunk".into(),
+                if self.col_chunk == 0 {
+                    format!("auto ({} MiB budget)", self.col_budget(target))
+                } else {
+                    format!("{} images", self.col_chunk)
+                },
+            ),
+            ("update".into(), format!("{:?}", self.update).to_lowercase()),
+        ]
+    }
+}
+
+/// A switch as the printouts say it.
+fn on(b: bool) -> String {
+    if b { "on" } else { "off" }.to_string()
+}
+
+/// How a step is lowered for its target: what `lower` reads, beside the memory choices, to
+/// pick each convolution's algorithm, weight copies and workspace. Here rather than in `lower`
+/// because the schedule records it, and the schedule sits below `lower`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lowering {
+    /// The backend the workspaces are sized for.
+    pub target: Target,
+    /// The element type of activations, their gradients and workspaces (`ir::Precision`).
+    pub precision: Precision,
+    /// How convolutions compute their input gradient.
+    pub input_grad: InputGrad,
+    /// The GPU's fp32 programs run their 3x3 stride-1 convolutions by Winograd F(2x2, 3x3)
+    /// (`--winograd`, experimental: `ops::conv2d::winograd_cmds`). The CPU runs Winograd on
+    /// those layers whatever this says; bf16 programs keep im2col.
+    pub winograd: bool,
+}
+
+impl Default for Lowering {
+    fn default() -> Lowering {
+        Lowering { target: Target::Cpu, precision: Precision::Fp32, input_grad: InputGrad::Conv, winograd: false }
+    }
+}
+
+impl Lowering {
+    /// `(name, value)` pairs for printouts, after [`Options::describe`]'s.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        vec![
+            ("target".into(), self.target.as_str().to_string()),
+            ("input gradient".into(), self.input_grad.as_str().to_string()),
+            ("winograd".into(), on(self.winograd)),
+        ]
+    }
+}
+
 /// How a convolution's backward computes its input gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum InputGrad {
@@ -106,94 +204,16 @@ impl InputGrad {
     }
 }
 
-/// Memory choices of a training schedule; `plan` shows the effect of each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Options {
-    /// Recompute BN + ReLU outputs in backward from the stored input and statistics, instead of
-    /// keeping them from forward.
-    pub recompute: bool,
-    /// Accumulate the identity shortcut's gradient in place, in the gradient buffer coming from
-    /// the block's output, instead of a fresh buffer plus an add.
-    pub in_place: bool,
-    /// Images per im2col chunk; 0 picks the largest chunk whose columns fit the budget.
-    pub col_chunk: usize,
-    /// MiB a workspace may take when the chunk is picked; 0 for the target's default
-    /// ([`Options::col_budget`]).
-    pub col_budget_mib: usize,
-    pub update: UpdateAt,
-    /// The backend the workspaces are sized for.
-    pub target: Target,
-    /// The element type of activations, their gradients and workspaces (`ir::Precision`).
-    pub precision: Precision,
-    /// How convolutions compute their input gradient.
-    pub input_grad: InputGrad,
-    /// The GPU's fp32 programs run their 3x3 stride-1 convolutions by Winograd F(2x2, 3x3)
-    /// (`--winograd`, experimental: `ops::conv2d::winograd_cmds`). The CPU runs Winograd on
-    /// those layers whatever this says; bf16 programs keep im2col.
-    pub winograd: bool,
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            recompute: true,
-            in_place: true,
-            col_chunk: 0,
-            col_budget_mib: 0,
-            update: UpdateAt::Early,
-            target: Target::Cpu,
-            precision: Precision::Fp32,
-            input_grad: InputGrad::Conv,
-            winograd: false,
-        }
-    }
-}
-
-impl Options {
-    /// MiB a workspace may take when the chunk is picked: the option, or the target's default.
-    /// The CPU keeps columns small enough for its caches. The GPU takes 512 MiB: fewer, larger
-    /// GEMMs and launches, the fastest budget measured (H200, WRN-28-10, batch 128: tf32 keep
-    /// 1.0 37.0 ms a step at 128 MiB, 33.8 at 512; bf16 keep 0.5 13.0 ms at 46 MiB, 12.1 at
-    /// 128, 11.4 at 512), for 100 to 170 MiB more arena than 128 MiB. A smaller budget trades
-    /// speed for memory: 46 MiB keeps the bf16 plan of that step at keep 0.5 within 520 MiB of
-    /// arena and 800 MiB in all.
-    pub fn col_budget(&self) -> usize {
-        match (self.col_budget_mib, self.target) {
-            (0, Target::Cpu) => 32,
-            (0, Target::Cuda) => 512,
-            (mib, _) => mib,
-        }
-    }
-
-    /// `(name, value)` pairs for printouts.
-    pub fn describe(&self) -> Vec<(String, String)> {
-        let on = |b: bool| if b { "on" } else { "off" }.to_string();
-        vec![
-            ("recompute bn-relu".into(), on(self.recompute)),
-            ("in-place residual grad".into(), on(self.in_place)),
-            (
-                "im2col chunk".into(),
-                if self.col_chunk == 0 {
-                    format!("auto ({} MiB budget)", self.col_budget())
-                } else {
-                    format!("{} images", self.col_chunk)
-                },
-            ),
-            ("update".into(), format!("{:?}", self.update).to_lowercase()),
-            ("target".into(), self.target.as_str().to_string()),
-            ("input gradient".into(), self.input_grad.as_str().to_string()),
-            ("winograd".into(), on(self.winograd)),
-        ]
-    }
-}
-
 /// A compiled step: buffers, persistent tensors and the ordered ops.
 #[derive(Clone, Debug)]
 pub struct Schedule {
     pub config: ModelConfig,
     pub batch: usize,
     pub mode: Mode,
+    /// The memory choices it was built with.
     pub options: Options,
+    /// How it was lowered for its target: the reports print it, the backends read its precision.
+    pub lowering: Lowering,
     pub buffers: Vec<Buffer>,
     pub tensors: Vec<TensorSpec>,
     pub steps: Vec<Step>,
@@ -220,6 +240,13 @@ pub struct Gradient {
 }
 
 impl Schedule {
+    /// The memory choices and then the lowering, as `(name, value)` pairs for printouts.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut pairs = self.options.describe(self.lowering.target);
+        pairs.extend(self.lowering.describe());
+        pairs
+    }
+
     /// Floats of the persistent region.
     pub fn persistent_len(&self) -> usize {
         self.tensors.iter().map(|t| t.offset + t.len()).max().unwrap_or(0)

@@ -15,7 +15,7 @@ use sliceout::model::{wrn, ModelConfig};
 use sliceout::ops::sgd::SgdParams;
 use sliceout::plan::Program;
 use sliceout::rng::Rng;
-use sliceout::schedule::{Mode, Options};
+use sliceout::schedule::{Lowering, Mode, Options};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -69,7 +69,13 @@ fn steps_allocate_nothing(precision: Precision) {
     BYTES.store(0, Ordering::SeqCst);
     let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
     let batch = 16;
-    let p = Program::new(wrn::build(&config, batch, Mode::Train, Options { precision, ..Options::default() }));
+    let p = Program::new(wrn::build(
+        &config,
+        batch,
+        Mode::Train,
+        Options::default(),
+        Lowering { precision, ..Lowering::default() },
+    ));
     let s = &p.schedule;
     let mut cpu = CpuBackend::new();
     cpu.reserve_arena(p.arena_bytes()).unwrap();
@@ -122,7 +128,7 @@ fn saving_a_checkpoint_allocates_nothing_large() {
     use sliceout::train::state::{EpochSums, RunState, Snapshot};
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
-    let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
+    let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default(), Lowering::default()));
     let s = &p.schedule;
     let mut cpu = CpuBackend::new();
     cpu.reserve_arena(p.arena_bytes()).unwrap();

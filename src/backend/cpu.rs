@@ -106,7 +106,7 @@ impl Execute for CpuBackend {
         assert!(p.schedule.persistent_len() <= self.persistent.len(), "persistent region not set");
         let s = &p.schedule;
         let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
-        let (algo, precision) = (self.conv_algo, s.options.precision);
+        let (algo, precision) = (self.conv_algo, s.lowering.precision);
         // SAFETY: both regions are ours and untouched while the op runs; the program's plan
         // passed the checker when it was built.
         let view = unsafe { HostView::new(tables, algo, &s.buffers, precision, &mut self.arena, &mut self.persistent) };

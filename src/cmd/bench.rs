@@ -9,7 +9,7 @@ use crate::ir::{mib, Invalid, Precision, Target};
 use crate::measure::bench::{measure, Row};
 use crate::measure::Timing;
 use crate::model::ModelConfig;
-use crate::schedule::{InputGrad, Options};
+use crate::schedule::{InputGrad, Lowering};
 
 pub fn table(config: &ModelConfig, batch: usize, device: &str, rows: &[Row]) -> String {
     let mut t = format!("{} batch {batch} on {device}\n", config.name());
@@ -50,7 +50,7 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     super::flags::check_timed_steps(f.steps)?;
     let precisions = f.memory.precisions()?;
     let math = crate::gpu::Math::parse(&f.math)?;
-    let memory = f.memory.options_at(precisions[0])?;
+    let (memory, lowering) = f.memory.options_at(precisions[0])?;
     let probe = backend::open(f.device.into(), math, true)?;
     let (name, target) = (probe.name(), probe.target());
     let overheads = probe.device_overheads();
@@ -60,15 +60,15 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
     let runs: Vec<(f64, Precision)> =
         precisions.iter().flat_map(|&p| f.keep.iter().map(move |&keep| (keep, p))).collect();
-    let rows = measure(&mut make, &config, batch, &runs, timing, Options { target, ..memory })?;
+    let rows = measure(&mut make, &config, batch, &runs, timing, memory, Lowering { target, ..lowering })?;
     out!("{}", table(&config, batch, &name, &rows));
     if target == Target::Cuda {
-        let how = match memory.input_grad {
+        let how = match lowering.input_grad {
             InputGrad::Conv => "conv (--input-grad; on the layers that allow it, col2im elsewhere)",
             InputGrad::Col2im => "col2im (--input-grad)",
         };
         outln!("input gradients: {how}");
-        if memory.winograd {
+        if lowering.winograd {
             outln!("3x3 stride-1 convolutions: Winograd F(2x2, 3x3) in the fp32 runs (--winograd), im2col in bf16");
         }
     }

@@ -4,7 +4,7 @@
 use crate::backend::DeviceChoice;
 use crate::data::DatasetKind;
 use crate::ir::{Precision, Target};
-use crate::schedule::{InputGrad, Options, UpdateAt};
+use crate::schedule::{InputGrad, Lowering, Options, UpdateAt};
 use crate::train::LrSchedule;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -156,21 +156,21 @@ pub fn check_timed_steps(steps: usize) -> crate::Result<()> {
 const MAX_COL_BUDGET_MIB: usize = 1 << 20;
 
 impl MemoryFlags {
-    /// The options, with the one precision given.
-    pub fn options(&self) -> crate::Result<Options> {
+    /// The memory options and the lowering, with the one precision given.
+    pub fn options(&self) -> crate::Result<(Options, Lowering)> {
         match self.precisions()?[..] {
             [one] => self.options_at(one),
             _ => Err(crate::Error::flag("--precision", self.precision_text(), "fp32 or bf16")),
         }
     }
 
-    /// The options with `precision` (one of [`MemoryFlags::precisions`]).
-    pub fn options_at(&self, precision: Precision) -> crate::Result<Options> {
+    /// The memory options and the lowering with `precision` (one of [`MemoryFlags::precisions`]).
+    pub fn options_at(&self, precision: Precision) -> crate::Result<(Options, Lowering)> {
         if let Some(mib) = self.col_budget.filter(|mib| !(1..=MAX_COL_BUDGET_MIB).contains(mib)) {
             let expected = format!("a number of MiB from 1 to {MAX_COL_BUDGET_MIB}");
             return Err(crate::Error::flag("--col-budget", mib, expected));
         }
-        Ok(Options {
+        let options = Options {
             recompute: !self.no_recompute,
             in_place: !self.no_in_place,
             col_chunk: self.col_chunk.unwrap_or(0),
@@ -179,12 +179,15 @@ impl MemoryFlags {
                 Update::Early => UpdateAt::Early,
                 Update::End => UpdateAt::End,
             },
+        };
+        let lowering = Lowering {
             // The command sets the backend it builds for.
             target: Target::Cpu,
             precision,
             input_grad: self.input_grad.as_deref().map_or(Ok(InputGrad::Conv), InputGrad::parse)?,
             winograd: self.winograd,
-        })
+        };
+        Ok((options, lowering))
     }
 
     /// Every precision given (`bench` measures each); one or two, no repeats.

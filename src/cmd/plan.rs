@@ -20,7 +20,7 @@ use crate::ir::{mib, Invalid, ModelConfig, Precision, Target};
 use crate::model::wrn;
 use crate::plan::report::{self, GpuCalls, PlanReport};
 use crate::plan::Program;
-use crate::schedule::{Mode, Options};
+use crate::schedule::{Lowering, Mode, Options};
 
 /// The batch when neither `--batch` nor `--fit` chooses one.
 const DEFAULT_BATCH: usize = 128;
@@ -49,7 +49,8 @@ pub fn command(f: &PlanFlags) -> Result<String> {
         Device::Auto if crate::gpu::available() => Target::Cuda,
         Device::Auto => Target::Cpu,
     };
-    let options = Options { target, ..f.memory.options()? };
+    let (options, lowering) = f.memory.options()?;
+    let lowering = Lowering { target, ..lowering };
     let budget = f.fit.as_deref().map(budget).transpose()?;
     if let Some(batch) = f.batch {
         flags::check_batch(batch)?;
@@ -70,7 +71,8 @@ pub fn command(f: &PlanFlags) -> Result<String> {
             _ => {}
         }
         let dataset = resident(dataset, classes, in_channels)?;
-        return sweep_command(sweep, &config, f.batch.unwrap_or(DEFAULT_BATCH), options, budget, dataset, f.format);
+        let batch = f.batch.unwrap_or(DEFAULT_BATCH);
+        return sweep_command(sweep, &config, batch, (options, lowering), budget, dataset, f.format);
     }
     if let Some(budget) = budget {
         if mode == Mode::Eval {
@@ -78,8 +80,8 @@ pub fn command(f: &PlanFlags) -> Result<String> {
         }
         check_ladder_flags(f)?;
         let dataset = resident(dataset, classes, in_channels)?;
-        let (answer, batch, options) = fit_answer(&config, f.batch, options, budget, dataset)?;
-        let r = plan_report(&config, batch, mode, options)?;
+        let (answer, batch, options) = fit_answer(&config, f.batch, options, lowering, budget, dataset)?;
+        let r = plan_report(&config, batch, mode, options, lowering)?;
         return Ok(match f.format {
             Format::Text => fit_text(&answer) + &report::text(&r, width),
             Format::Json => {
@@ -92,7 +94,7 @@ pub fn command(f: &PlanFlags) -> Result<String> {
             Format::Svg => report::svg_described(&r, &fit_text(&answer)),
         });
     }
-    let r = plan_report(&config, f.batch.unwrap_or(DEFAULT_BATCH), mode, options)?;
+    let r = plan_report(&config, f.batch.unwrap_or(DEFAULT_BATCH), mode, options, lowering)?;
     Ok(match f.format {
         Format::Text => report::text(&r, width),
         Format::Json => report::json(&r) + "\n",
@@ -192,30 +194,37 @@ const GIB: usize = 1 << 30;
 
 /// Where a step runs, as the `--fit` and `--sweep` headings say it, with its precision when that
 /// is not the default fp32.
-fn device_name(options: Options) -> String {
-    let device = match options.target {
+fn device_name(lowering: Lowering) -> String {
+    let device = match lowering.target {
         Target::Cpu => "the CPU (host memory)",
         Target::Cuda => "the GPU",
     };
-    match options.precision {
+    match lowering.precision {
         Precision::Fp32 => device.to_string(),
         Precision::Bf16 => format!("{device} in bf16"),
     }
 }
 
 /// The plan of one step, as the printouts read it.
-fn plan_report(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -> Result<PlanReport> {
+fn plan_report(
+    config: &ModelConfig,
+    batch: usize,
+    mode: Mode,
+    options: Options,
+    lowering: Lowering,
+) -> Result<PlanReport> {
     config.footprint(batch).map_err(Invalid::flag)?;
-    let program = Program::new(wrn::build(config, batch, mode, options));
+    let program = Program::new(wrn::build(config, batch, mode, options, lowering));
+    let full = ModelConfig { keep: 1.0, ..*config };
     let baseline = (mode == Mode::Train && config.keep < 1.0)
-        .then(|| Program::new(wrn::build(&ModelConfig { keep: 1.0, ..*config }, batch, mode, options)));
+        .then(|| Program::new(wrn::build(&full, batch, mode, options, lowering)));
     let mut r = report::report(&program, baseline.as_ref());
-    for precision in Precision::ALL.into_iter().filter(|&p| p != options.precision) {
-        let other = Program::new(wrn::build(config, batch, mode, Options { precision, ..options }));
+    for precision in Precision::ALL.into_iter().filter(|&p| p != lowering.precision) {
+        let other = Program::new(wrn::build(config, batch, mode, options, Lowering { precision, ..lowering }));
         r.precisions.push(report::totals(&other));
     }
     // What a step queues is counted by running the CUDA code on a recorder.
-    if options.target == Target::Cuda {
+    if lowering.target == Target::Cuda {
         let starts = vec![0; program.schedule.slices.len()];
         let rec = record_step(&program, &starts);
         r.gpu_calls = Some(GpuCalls { launches: rec.launches.borrow().len(), gemms: rec.gemms.borrow().len() });
@@ -266,19 +275,20 @@ fn limit_name(bound: Bound) -> &'static str {
 }
 
 /// `--fit`: with a batch, the fastest options that fit it; without, the largest batch per rung
-/// of options (for the target and precision of `options`, with its other choices). Returns the
+/// of options (lowered as `lowering` says, with the other choices of `options`). Returns the
 /// answer, and the batch and options whose plan follows it.
 fn fit_answer(
     config: &ModelConfig,
     batch: Option<usize>,
     options: Options,
+    lowering: Lowering,
     budget: usize,
     dataset: DatasetKind,
 ) -> Result<(FitAnswer, usize, Options)> {
-    let terms = fit::overheads(options.target, dataset);
+    let terms = fit::overheads(lowering.target, dataset);
     let fixed: usize = terms.iter().map(|t| t.bytes).sum();
     // The ladder sets what it tries; the other choices are the flags'.
-    let ladder: Vec<(&str, Options)> = fit::option_ladder(options.target, options.precision)
+    let ladder: Vec<(&str, Options)> = fit::option_ladder()
         .into_iter()
         .map(|(name, o)| {
             let o =
@@ -288,7 +298,7 @@ fn fit_answer(
         .collect();
     let mut answer = FitAnswer {
         budget_bytes: budget,
-        device: device_name(options),
+        device: device_name(lowering),
         model: config.name(),
         keep: config.keep,
         besides_plan: terms,
@@ -302,13 +312,13 @@ fn fit_answer(
     };
     let (leanest_name, leanest) = ladder[ladder.len() - 1];
     let does_not_fit = |batch: usize| {
-        let plan = fit::step_bytes(config, batch, leanest);
+        let plan = fit::step_bytes(config, batch, leanest, lowering);
         Error::Msg(format!(
             "does not fit: {} keep {:.2} batch {batch} on {} needs {} even with the options \"{leanest_name}\" \
              ({} plan + {} besides it), have {}",
             config.name(),
             config.keep,
-            device_name(options),
+            device_name(lowering),
             size(plan.saturating_add(fixed)),
             size(plan),
             size(fixed),
@@ -317,7 +327,7 @@ fn fit_answer(
     };
     if let Some(batch) = batch {
         for (name, options) in &ladder {
-            let total = fit::step_bytes(config, batch, *options).saturating_add(fixed);
+            let total = fit::step_bytes(config, batch, *options, lowering).saturating_add(fixed);
             let fits = total <= budget;
             answer.rungs.push(FitRung {
                 options: name.to_string(),
@@ -335,7 +345,7 @@ fn fit_answer(
     }
     let mut best: Option<(Largest, &str, Options)> = None;
     for (name, options) in &ladder {
-        let largest = fit::largest_batch(config, *options, budget, fixed);
+        let largest = fit::largest_batch(config, *options, lowering, budget, fixed);
         answer.rungs.push(FitRung {
             options: name.to_string(),
             batch: largest.map(|l| l.batch),
@@ -403,22 +413,22 @@ fn sweep_command(
     sweep: Sweep,
     config: &ModelConfig,
     batch: usize,
-    options: Options,
+    (options, lowering): (Options, Lowering),
     budget: Option<usize>,
     dataset: DatasetKind,
     format: Format,
 ) -> Result<String> {
     let budget = budget.unwrap_or(80 << 30);
-    let fixed: usize = fit::overheads(options.target, dataset).iter().map(|t| t.bytes).sum();
-    let largest = |c: &ModelConfig| batch_text(fit::largest_batch(c, options, budget, fixed));
+    let fixed: usize = fit::overheads(lowering.target, dataset).iter().map(|t| t.bytes).sum();
+    let largest = |c: &ModelConfig| batch_text(fit::largest_batch(c, options, lowering, budget, fixed));
     let (points, fits, what) = match sweep {
         Sweep::Keep => {
-            let points = fit::sweep_keep(config, batch, options);
+            let points = fit::sweep_keep(config, batch, options, lowering);
             let fits: Vec<String> = points.iter().map(|p| largest(&ModelConfig { keep: p.x, ..*config })).collect();
             (points, fits, format!("{} batch {batch}", config.name()))
         }
         Sweep::Batch => {
-            let points = fit::sweep_batch(config, options);
+            let points = fit::sweep_batch(config, options, lowering);
             let fits = vec![largest(config); points.len()];
             (points, fits, format!("{} keep {:.2}", config.name(), config.keep))
         }
@@ -426,7 +436,7 @@ fn sweep_command(
     let title = format!(
         "memory against {} on {}: {what}; largest batch within {}",
         if sweep == Sweep::Keep { "keep" } else { "batch" },
-        device_name(options),
+        device_name(lowering),
         crate::ir::config::size_text(Some(budget as u64))
     );
     match format {

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ir::{mib, Invalid};
 use crate::measure::profile::{profile_keeps, Profile};
 use crate::measure::Timing;
-use crate::schedule::Options;
+use crate::schedule::Lowering;
 
 /// Text: per-layer table (with the comparison beside), then per-op table.
 pub fn text(main: &Profile, other: Option<&Profile>) -> String {
@@ -117,11 +117,11 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     if let Some(path) = &f.trace {
         super::check_output("--trace", path, &[])?;
     }
-    let memory = f.memory.options()?;
+    let (options, lowering) = f.memory.options()?;
     let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
-    let options = Options { target: backend.target(), ..memory };
+    let lowering = Lowering { target: backend.target(), ..lowering };
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
-    let (main, other) = profile_keeps(&mut *backend, &config, batch, options, f.compare, timing)?;
+    let (main, other) = profile_keeps(&mut *backend, &config, batch, options, lowering, f.compare, timing)?;
     if let Some(path) = &f.trace {
         let mut all = vec![&main];
         all.extend(other.as_ref());

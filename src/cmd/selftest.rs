@@ -6,7 +6,7 @@ use super::flags::SelftestFlags;
 use crate::backend::{self, Backend, CpuBackend};
 use crate::error::{Error, Result};
 use crate::ir::{Math, Precision, Target};
-use crate::schedule::{InputGrad, Options};
+use crate::schedule::{InputGrad, Lowering};
 use crate::verify::{full, reference, selftest};
 
 /// Every op on the chosen backend against the CPU, then the PyTorch reference on it; with
@@ -29,8 +29,8 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
     }
     let mut backend = backend::open(f.device.into(), math, true)?;
     if f.full {
-        let options = Options { precision, input_grad, winograd: f.winograd, ..Options::default() };
-        return full(&mut *backend, math, options);
+        let lowering = Lowering { precision, input_grad, winograd: f.winograd, ..Lowering::default() };
+        return full(&mut *backend, math, lowering);
     }
     let tol = match (precision, math) {
         (Precision::Bf16, _) => selftest::BF16_OP_TOL,
@@ -97,21 +97,21 @@ fn full_tolerance(math: Math, target: Target, precision: Precision) -> f64 {
     }
 }
 
-fn full(backend: &mut dyn Backend, math: Math, options: Options) -> Result<()> {
+fn full(backend: &mut dyn Backend, math: Math, lowering: Lowering) -> Result<()> {
     let (config, batch) = full::config();
-    let tol = full_tolerance(math, backend.target(), options.precision);
+    let tol = full_tolerance(math, backend.target(), lowering.precision);
     let mut cpu = CpuBackend::reference();
     outln!(
         "{} batch {batch} keep {:.2} (every slice wrapping), one {} training step on {} against the CPU \
          (input gradients: {}{}; relative error per op, tolerance {tol:.1e})",
         config.name(),
         config.keep,
-        options.precision.as_str(),
+        lowering.precision.as_str(),
         backend.name(),
-        options.input_grad.as_str(),
-        if options.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" }
+        lowering.input_grad.as_str(),
+        if lowering.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" }
     );
-    let rows = full::full_step(&mut cpu, backend, &config, batch, options)?;
+    let rows = full::full_step(&mut cpu, backend, &config, batch, lowering)?;
     let failed: Vec<&full::FullRow> = rows.iter().filter(|r| r.max_rel_err.is_nan() || r.max_rel_err > tol).collect();
     for r in &rows {
         outln!(

@@ -13,7 +13,7 @@ use crate::gpu::Math;
 use crate::io::checkpoint;
 use crate::ir::{mib, ModelConfig, Precision, Target};
 use crate::model_file::{self, Stated};
-use crate::schedule::{InputGrad, Options};
+use crate::schedule::{InputGrad, Lowering, Options};
 use crate::train::recorded::{self, Recorded};
 use crate::train::state::RunMeta;
 use crate::train::{self, folder, LrSchedule, TrainArgs};
@@ -181,9 +181,16 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelC
             run.get(key).unwrap_or(default)
         }
     };
+    // The fallible fields first, in the order their errors have always been reported.
+    let dataset = flags::dataset(&f.dataset)?;
+    let math = match (f.math.as_deref(), run.text("math")) {
+        (Some(m), _) | (None, Some(m)) => Math::parse(m)?,
+        (None, None) => Math::Tf32,
+    };
+    let (options, lowering) = memory_options(f, run)?;
     Ok(TrainArgs {
         data,
-        dataset: flags::dataset(&f.dataset)?,
+        dataset,
         coarse: switch(f.coarse, false, "coarse", false),
         depth: f.model.depth.or(stated.depth).unwrap_or(if demo { 10 } else { 16 }),
         widen: f.model.widen.or(stated.widen).unwrap_or(if demo { 2 } else { 4 }),
@@ -204,10 +211,7 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelC
         schedule: f.schedule.map(flags::lr_schedule).or(meta.schedule).unwrap_or(LrSchedule::Cosine),
         seed: f.seed.or(run.get("seed")).unwrap_or(0),
         device: f.device.into(),
-        math: match (f.math.as_deref(), run.text("math")) {
-            (Some(m), _) | (None, Some(m)) => Math::parse(m)?,
-            (None, None) => Math::Tf32,
-        },
+        math,
         out,
         limit_train: f.limit_train.or(meta.train_images),
         limit_test: f.limit_test.or(run.get("test_images")),
@@ -216,7 +220,8 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelC
         resume: f.resume.clone(),
         init: f.init.clone(),
         force: f.force,
-        options: memory_options(f, run)?,
+        options,
+        lowering,
         bn_recal: f.bn_recal.or(run.get("bn_recal")).unwrap_or(default_bn_recal(keep)),
         verbose: true,
         stop_after: None,
@@ -224,21 +229,22 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelC
     })
 }
 
-/// The memory flags' options, those that change the numbers taken from the run where the flags
-/// leave them out.
-fn memory_options(f: &TrainFlags, run: &Recorded) -> Result<Options> {
-    let (m, mut o) = (&f.memory, f.memory.options()?);
+/// The memory flags' options and lowering, those that change the numbers taken from the run
+/// where the flags leave them out.
+fn memory_options(f: &TrainFlags, run: &Recorded) -> Result<(Options, Lowering)> {
+    let m = &f.memory;
+    let (mut o, mut l) = m.options()?;
     if m.precision.is_none() {
-        o.precision = run.text("precision").map_or(Ok(o.precision), Precision::parse)?;
+        l.precision = run.text("precision").map_or(Ok(l.precision), Precision::parse)?;
     }
     if m.input_grad.is_none() {
-        o.input_grad = run.text("input_grad").map_or(Ok(o.input_grad), InputGrad::parse)?;
+        l.input_grad = run.text("input_grad").map_or(Ok(l.input_grad), InputGrad::parse)?;
     }
     o.col_chunk = m.col_chunk.or(run.get("col_chunk")).unwrap_or(o.col_chunk);
     o.col_budget_mib = m.col_budget.or(run.get("col_budget")).unwrap_or(o.col_budget_mib);
     o.in_place = !m.no_in_place && run.get("in_place").unwrap_or(true);
-    o.winograd = m.winograd || run.get("winograd").unwrap_or(false);
-    Ok(o)
+    l.winograd = m.winograd || run.get("winograd").unwrap_or(false);
+    Ok((o, l))
 }
 
 /// Batches BN is recalibrated over when `--bn-recal` is not given: 50 with SliceOut, where it
@@ -263,12 +269,12 @@ fn auto_batch(args: &TrainArgs, cap: Option<usize>) -> Result<usize> {
     let train_len = ds.train.len;
     drop(ds);
     let (target, free) = backend::free_memory(args.device)?;
-    let options = Options { target, ..args.options };
+    let lowering = Lowering { target, ..args.lowering };
     let margin = free / 10 + (256 << 20);
     let workspace = if target == Target::Cuda { crate::gpu::WORKSPACES + fit::CUBLAS_LOADED } else { 0 };
     let cap = cap.unwrap_or(usize::MAX).min(train_len).min(1 << 16);
     let place = if target == Target::Cuda { "free on the GPU" } else { "available in host memory" };
-    match fit::largest_power_of_two(&config, options, free, resident + workspace + margin, cap) {
+    match fit::largest_power_of_two(&config, args.options, lowering, free, resident + workspace + margin, cap) {
         Some((batch, bytes)) => {
             outln!(
                 "batch auto: {batch}, the largest power of two up to {cap} whose step ({:.0} MiB planned) fits the \

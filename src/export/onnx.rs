@@ -22,7 +22,7 @@ use crate::ir::BufId;
 use crate::model::wrn::{self, IMAGE};
 use crate::ops::batchnorm::BN_EPS;
 use crate::ops::Op;
-use crate::schedule::{Mode, Options, Schedule};
+use crate::schedule::{Lowering, Mode, Options, Schedule};
 use std::collections::{BTreeMap, HashSet};
 
 /// The ONNX operator set the graph is written for.
@@ -40,7 +40,7 @@ const BATCH: &str = "batch";
 /// The model file for `ck`'s network, with `metadata` as the model's metadata properties.
 /// `ck` must hold every tensor of its configuration's network (the caller checked).
 pub fn model(ck: &Checkpoint, metadata: &BTreeMap<String, String>) -> Result<ModelProto, String> {
-    let s = wrn::build(&ck.config, 1, Mode::Eval, Options::default());
+    let s = wrn::build(&ck.config, 1, Mode::Eval, Options::default(), Lowering::default());
     let mut g = Graph::default();
     for t in s.tensors.iter().filter(|t| t.role != crate::ir::Role::Momentum) {
         let src = ck.tensor(&t.name).ok_or_else(|| format!("has no tensor {}", t.name))?;

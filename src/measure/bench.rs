@@ -8,7 +8,7 @@ use crate::ir::{Precision, Target};
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
-use crate::schedule::{Mode, Options};
+use crate::schedule::{Lowering, Mode, Options};
 use crate::train::step::upload_synthetic_batch;
 use crate::train::{StepRngs, Stepper};
 use std::time::Instant;
@@ -48,14 +48,15 @@ pub fn measure(
     runs: &[(f64, Precision)],
     timing: Timing,
     options: Options,
+    lowering: Lowering,
 ) -> Result<Vec<Row>> {
     let Timing { steps, seed, align } = timing;
-    let interleave = options.target == Target::Cpu;
+    let interleave = lowering.target == Target::Cpu;
     let programs: Vec<Program> = runs
         .iter()
         .map(|&(keep, precision)| {
-            let options = Options { precision, ..options };
-            Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, options))
+            let lowering = Lowering { precision, ..lowering };
+            Program::new(wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, options, lowering))
         })
         .collect();
     let mut ready = |p: &Program| -> Result<Timed> {

@@ -9,7 +9,7 @@ use crate::ir::live_bytes;
 use crate::model::{wrn, ModelConfig};
 use crate::ops::SgdParams;
 use crate::plan::Program;
-use crate::schedule::{Mode, Options, Phase};
+use crate::schedule::{Lowering, Mode, Options, Phase};
 use crate::train::step::upload_synthetic_batch;
 use crate::train::{StepRngs, Stepper};
 use serde::Serialize;
@@ -150,7 +150,7 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result
         model: s.config.name(),
         keep: s.config.keep,
         batch: s.batch,
-        precision: s.options.precision.as_str().to_string(),
+        precision: s.lowering.precision.as_str().to_string(),
         device: backend.name(),
         steps,
         timer: timer.to_string(),
@@ -162,17 +162,18 @@ pub fn profile(backend: &mut dyn Backend, p: &Program, timing: Timing) -> Result
     })
 }
 
-/// Profiles `config`'s training step at `batch` with `options`, and the same network at keep
+/// Profiles `config`'s training step at `batch` with `options` and `lowering`, and the same network at keep
 /// `compare` when given, on `backend`, whose arena is reserved to fit both.
 pub fn profile_keeps(
     backend: &mut dyn Backend,
     config: &ModelConfig,
     batch: usize,
     options: Options,
+    lowering: Lowering,
     compare: Option<f64>,
     timing: Timing,
 ) -> Result<(Profile, Option<Profile>)> {
-    let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options));
+    let build = |c: &ModelConfig| Program::new(wrn::build(c, batch, Mode::Train, options, lowering));
     let main_p = build(config);
     let other_p = compare.map(|keep| build(&ModelConfig { keep, ..*config }));
     backend.reserve_arena(main_p.arena_bytes().max(other_p.as_ref().map_or(0, |p| p.arena_bytes())))?;

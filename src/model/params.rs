@@ -73,7 +73,7 @@ fn bn(list: &mut Vec<TensorSpec>, name: &str, c: usize) {
 mod tests {
     use super::*;
     use crate::model::wrn;
-    use crate::schedule::{Mode, Options};
+    use crate::schedule::{Lowering, Mode, Options};
 
     /// The listing is the schedule's, tensor for tensor, in train and eval alike.
     #[test]
@@ -82,7 +82,7 @@ mod tests {
             let config = ModelConfig { depth, widen, classes, in_channels, keep: 0.5 };
             let listed: Vec<String> = tensors(&config).iter().map(|t| format!("{t:?}")).collect();
             for mode in [Mode::Train, Mode::Eval] {
-                let built = wrn::build(&config, 2, mode, Options::default());
+                let built = wrn::build(&config, 2, mode, Options::default(), Lowering::default());
                 let built: Vec<String> = built.tensors.iter().map(|t| format!("{t:?}")).collect();
                 assert_eq!(listed, built, "{} {mode:?}", config.name());
             }

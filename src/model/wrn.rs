@@ -35,7 +35,7 @@
 //!                                                 forward's weight_bf16)
 //! ```
 //!
-//! Element types (`Options::precision`). An fp32 step stores everything as f32. A bf16 step
+//! Element types (`Lowering::precision`). An fp32 step stores everything as f32. A bf16 step
 //! stores as bf16 what is big and feeds or leaves a GEMM: the batch, every activation, every
 //! activation's gradient and the im2col workspaces. It keeps as f32:
 //!
@@ -63,7 +63,7 @@ use crate::ops::{
     LinearBackward, Op, Pool, PoolBackward, Sgd,
 };
 use crate::rng::Rng;
-use crate::schedule::{Gradient, Mode, Options, Phase, Schedule, Step, UpdateAt};
+use crate::schedule::{Gradient, Lowering, Mode, Options, Phase, Schedule, Step, UpdateAt};
 
 /// Image side of every dataset here (CIFAR; MNIST-like images are padded to it).
 pub const IMAGE: usize = 32;
@@ -109,8 +109,9 @@ struct Head {
     d_logits: Option<BufId>,
 }
 
-/// Compiles a WRN step: forward (and, in training, backward and updates).
-pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -> Schedule {
+/// Compiles a WRN step: forward (and, in training, backward and updates), with the memory
+/// choices `options`, each convolution run as `lowering` has `lower` choose.
+pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options, lowering: Lowering) -> Schedule {
     let k = config.widen;
     let per_group = config.blocks_per_group();
     let widths = [16 * k, 32 * k, 64 * k];
@@ -119,7 +120,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options) -
         .iter()
         .flat_map(|&c| std::iter::repeat_n(SliceSpec { channels: c, width: slice::width(keep, c) }, per_group))
         .collect();
-    let mut b = Builder::new(config, batch, mode, options, slices);
+    let mut b = Builder::new(config, batch, mode, options, lowering, slices);
 
     // ---- forward ----
     let (conv0, mut h) = b.stem();
@@ -160,12 +161,20 @@ struct Builder {
 
 /// The network, layer by layer, in the order the schedule runs it.
 impl Builder {
-    fn new(config: &ModelConfig, batch: usize, mode: Mode, options: Options, slices: Vec<SliceSpec>) -> Builder {
+    fn new(
+        config: &ModelConfig,
+        batch: usize,
+        mode: Mode,
+        options: Options,
+        lowering: Lowering,
+        slices: Vec<SliceSpec>,
+    ) -> Builder {
         let sched = Schedule {
             config: *config,
             batch,
             mode,
             options,
+            lowering,
             buffers: vec![],
             tensors: vec![],
             steps: vec![],
@@ -407,7 +416,7 @@ impl Builder {
 
     /// The element type of activations, their gradients and workspaces.
     fn storage(&self) -> Dtype {
-        self.sched.options.precision.storage()
+        self.sched.lowering.precision.storage()
     }
 
     fn tensor(&mut self, name: impl Into<String>, shape: &[usize], role: Role, init: Init) -> TensorId {
@@ -461,10 +470,10 @@ impl Builder {
         accumulate: bool,
     ) -> ConvWeight {
         let site = self.site(shape, out_sel, in_sel);
-        let o = self.sched.options;
-        let chunk = lower::chunk(&o, &shape, site.in_width);
+        let (o, l) = (self.sched.options, self.sched.lowering);
+        let chunk = lower::chunk(&o, &l, &shape, site.in_width);
         let col = self.col(layer, &site, in_sel, chunk, "col");
-        let algo = lower::conv_forward(&o, &site, &mut |c| self.weight_copy(layer, c, site.sliced));
+        let algo = lower::conv_forward(&l, &site, &mut |c| self.weight_copy(layer, c, site.sliced));
         let op = Conv { out, inp, col, weight, shape, out_sel, in_sel, chunk, accumulate, algo };
         self.step(layer, Phase::Forward, Op::Conv(op));
         ConvWeight { tensor: weight, shape, forward: algo }
@@ -483,7 +492,7 @@ impl Builder {
 
     /// The workspace buffer of a convolution (none for a direct 1x1 conv).
     fn col(&mut self, layer: &str, site: &ConvSite, in_sel: Sel, chunk: usize, what: &str) -> Option<BufId> {
-        let len = lower::workspace_len(&self.sched.options, &site.shape, site.in_width, chunk);
+        let len = lower::workspace_len(&self.sched.lowering, &site.shape, site.in_width, chunk);
         let sliced = self.is_sliced(in_sel);
         (len > 0).then(|| self.buf(format!("{layer}.{what}"), BufKind::Workspace, self.storage(), len, sliced))
     }
@@ -500,12 +509,13 @@ impl Builder {
         in_sel: Sel,
         accumulate_d_inp: bool,
     ) {
-        let (site, shape, o) = (self.site(w.shape, out_sel, in_sel), w.shape, self.sched.options);
-        let chunk = lower::chunk(&o, &shape, site.in_width);
+        let (site, shape) = (self.site(w.shape, out_sel, in_sel), w.shape);
+        let (o, l) = (self.sched.options, self.sched.lowering);
+        let chunk = lower::chunk(&o, &l, &shape, site.in_width);
         let col = self.col(layer, &site, in_sel, chunk, "col_b");
         let len = site.out_width * site.in_width * shape.kk();
         let d_weight = self.buf(format!("{layer}.d_weight"), BufKind::WeightGradient, Dtype::F32, len, site.sliced);
-        let algo = lower::conv_backward(&o, &site, w.forward, d_inp.is_some(), &mut |c| {
+        let algo = lower::conv_backward(&l, &site, w.forward, d_inp.is_some(), &mut |c| {
             self.weight_copy(layer, c, site.sliced)
         });
         let op = ConvBackward {

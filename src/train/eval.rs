@@ -11,7 +11,7 @@ use crate::model::wrn;
 use crate::model_file;
 use crate::ops::SgdParams;
 use crate::plan::Program;
-use crate::schedule::{Mode, Options};
+use crate::schedule::{Lowering, Mode, Options};
 use std::path::Path;
 
 /// Runs the test split through eval programs (full batches, then the remainder).
@@ -23,10 +23,11 @@ pub struct Evaluator {
 
 impl Evaluator {
     /// Eval programs for full batches and for the remainder of a `len`-image split, with
-    /// `options` (the backend's target, the run's precision).
-    pub fn new(config: &ModelConfig, batch: usize, len: usize, options: Options) -> Evaluator {
+    /// the default memory options, lowered as `lowering` says (the backend's target, the run's
+    /// precision).
+    pub fn new(config: &ModelConfig, batch: usize, len: usize, lowering: Lowering) -> Evaluator {
         let batch = batch.min(len.max(1));
-        let build = |n| Program::new(wrn::build(config, n, Mode::Eval, options));
+        let build = |n| Program::new(wrn::build(config, n, Mode::Eval, Options::default(), lowering));
         let mut programs = vec![build(batch)];
         if !len.is_multiple_of(batch) {
             programs.push(build(len % batch));
@@ -133,9 +134,9 @@ pub fn evaluate(r: &EvalRequest) -> Result<Evaluation> {
         ));
     }
     config.footprint(batch.min(ds.test.len)).map_err(Invalid::flag)?;
-    let options = Options { target: backend.target(), precision: r.precision, ..Options::default() };
-    let mut eval = Evaluator::new(&config, batch, ds.test.len, options);
-    let recal = (r.bn_recal > 0).then(|| Recalibrator::new(&config, batch, options, r.bn_recal, ds.train.len, 0));
+    let lowering = Lowering { target: backend.target(), precision: r.precision, ..Lowering::default() };
+    let mut eval = Evaluator::new(&config, batch, ds.test.len, lowering);
+    let recal = (r.bn_recal > 0).then(|| Recalibrator::new(&config, batch, lowering, r.bn_recal, ds.train.len, 0));
     let region = model_file::restore(&eval.program().schedule, checkpoint_path, &ck, false)?;
     let norm = model_file::normalization(checkpoint_path, &ck, ds.channels)?;
     backend.reserve_arena(eval.arena_bytes().max(recal.as_ref().map_or(0, |c| c.arena_bytes())))?;

@@ -42,7 +42,7 @@ use crate::model_file;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::rng::{stream, Rng};
-use crate::schedule::{Mode, Options};
+use crate::schedule::{Lowering, Mode, Options};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +81,9 @@ pub struct TrainArgs {
     /// Replace another run's files in `out` instead of refusing (`--force`).
     pub force: bool,
     pub options: Options,
+    /// How the step runs: the precision, input gradients and Winograd (the target is the
+    /// backend's, set when the run opens it).
+    pub lowering: Lowering,
     /// Recalibrate BN's running statistics over this many training batches before each
     /// epoch's test and report both accuracies (0: off).
     pub bn_recal: usize,
@@ -254,8 +257,8 @@ impl<'a> Run<'a> {
         let mut ds = data::load_limited(&args.data, args.dataset, args.coarse, limits)?;
         let size = RunSize::of(args, &ds)?;
         let (config, kind) = (size.config, ds.kind);
-        let options = Options { target: backend.target(), ..args.options };
-        let program = Program::new(wrn::build(&config, args.batch, Mode::Train, options));
+        let lowering = Lowering { target: backend.target(), ..args.lowering };
+        let program = Program::new(wrn::build(&config, args.batch, Mode::Train, args.options, lowering));
         let (region, norm, changes) = first_state(args, &program, resumed.as_ref(), &ds, &size)?;
 
         let owner = resumed.as_ref().map(Resumed::owner);
@@ -267,7 +270,7 @@ impl<'a> Run<'a> {
             None => vec![],
         };
 
-        let (eval, recal) = test_programs(args, &size, options);
+        let (eval, recal) = test_programs(args, &size, lowering);
         let arena_bytes = place_on_backend(&mut *backend, &mut ds, &norm, &program, &eval, recal.as_ref())?;
         let stepper = Stepper::new(&program, args.align, args.augment);
         let (shuffle, rngs) = (Rng::new(args.seed, stream::SHUFFLE), StepRngs::new(args.seed));
@@ -733,11 +736,11 @@ fn first_state(
 
 /// The programs that test the network (and recalibrate BN with `--bn-recal`), storing what
 /// training stores.
-fn test_programs(args: &TrainArgs, size: &RunSize, options: Options) -> (Evaluator, Option<Recalibrator>) {
-    let eval_options = Options { target: options.target, precision: options.precision, ..Options::default() };
-    let eval = Evaluator::new(&size.config, args.batch, size.test_len, eval_options);
+fn test_programs(args: &TrainArgs, size: &RunSize, lowering: Lowering) -> (Evaluator, Option<Recalibrator>) {
+    let eval_lowering = Lowering { target: lowering.target, precision: lowering.precision, ..Lowering::default() };
+    let eval = Evaluator::new(&size.config, args.batch, size.test_len, eval_lowering);
     let recal = (args.bn_recal > 0)
-        .then(|| Recalibrator::new(&size.config, args.batch, eval_options, args.bn_recal, size.train_len, args.seed));
+        .then(|| Recalibrator::new(&size.config, args.batch, eval_lowering, args.bn_recal, size.train_len, args.seed));
     (eval, recal)
 }
 

@@ -15,7 +15,7 @@ use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::rng::{stream, Rng};
-use crate::schedule::{Mode, Options};
+use crate::schedule::{Lowering, Mode, Options};
 
 pub struct Recalibrator {
     program: Program,
@@ -26,18 +26,19 @@ pub struct Recalibrator {
 
 impl Recalibrator {
     /// Over `batches` batches of `batch` images (as many as the `train_len` images hold, at
-    /// least one), drawn once from a seeded shuffle.
+    /// least one), drawn once from a seeded shuffle; the default memory options, lowered as
+    /// `lowering` says.
     pub fn new(
         config: &ModelConfig,
         batch: usize,
-        options: Options,
+        lowering: Lowering,
         batches: usize,
         train_len: usize,
         seed: u64,
     ) -> Self {
         let batch = batch.min(train_len).max(1);
         let batches = batches.clamp(1, (train_len / batch).max(1));
-        let program = Program::new(wrn::build(config, batch, Mode::Calibrate, options));
+        let program = Program::new(wrn::build(config, batch, Mode::Calibrate, Options::default(), lowering));
         let mut images = epoch_order(train_len, &mut Rng::new(seed, stream::RECAL));
         images.truncate(batches * batch);
         Recalibrator { program, images, crops: vec![Crop::IDENTITY; batch] }
@@ -76,7 +77,7 @@ mod tests {
     #[test]
     fn recalibration_replaces_only_the_running_statistics() {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
-        let r = Recalibrator::new(&config, 8, Options::default(), 3, 40, 1);
+        let r = Recalibrator::new(&config, 8, Lowering::default(), 3, 40, 1);
         assert_eq!(r.batches(), 3);
         let s = &r.program.schedule;
         let mut cpu = CpuBackend::new();

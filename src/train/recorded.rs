@@ -134,7 +134,7 @@ fn settings() -> [Setting; 18] {
             key: "precision",
             expected: "fp32 or bf16",
             parse: |s| Precision::parse(s).ok().map(|p| p.as_str().to_string()),
-            value: |a, _| a.options.precision.as_str().to_string(),
+            value: |a, _| a.lowering.precision.as_str().to_string(),
             show: |v| format!("--precision {v}"),
         },
         Setting {
@@ -190,14 +190,14 @@ fn settings() -> [Setting; 18] {
             key: "input_grad",
             expected: "conv or col2im",
             parse: |s| InputGrad::parse(s).ok().map(|g| g.as_str().to_string()),
-            value: |a, _| a.options.input_grad.as_str().to_string(),
+            value: |a, _| a.lowering.input_grad.as_str().to_string(),
             show: |v| format!("--input-grad {v}"),
         },
         Setting {
             key: "winograd",
             expected: "true or false",
             parse: boolean,
-            value: |a, _| a.options.winograd.to_string(),
+            value: |a, _| a.lowering.winograd.to_string(),
             show: |v| if v == "true" { "--winograd" } else { "no --winograd" }.to_string(),
         },
     ]

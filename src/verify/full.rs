@@ -32,7 +32,7 @@ use crate::model::wrn;
 use crate::ops::SgdParams;
 use crate::plan::Program;
 use crate::rng::{stream, Rng};
-use crate::schedule::{Mode, Options};
+use crate::schedule::{Lowering, Mode, Options};
 use crate::train::step::upload_synthetic_batch;
 
 /// One compared op (or region): its name and the worst relative error over what it wrote.
@@ -52,8 +52,9 @@ pub fn wrapping_starts(p: &Program) -> Vec<usize> {
     p.schedule.slices.iter().map(|s| if s.width < s.channels { s.channels - s.width / 2 } else { 0 }).collect()
 }
 
-/// Runs one training step of `config` at `batch` on both backends, planned with `options` (its
-/// precision, `input_grad` and `winograd`; the target is `other`'s), and compares every op's
+/// Runs one training step of `config` at `batch` on both backends, planned with the default
+/// memory options and `lowering` (its precision, `input_grad` and `winograd`; the target is
+/// `other`'s), and compares every op's
 /// outputs and then the persistent region. A backend that panics ends the check with an error
 /// naming the op.
 pub fn full_step(
@@ -61,10 +62,10 @@ pub fn full_step(
     other: &mut dyn Backend,
     config: &ModelConfig,
     batch: usize,
-    options: Options,
+    lowering: Lowering,
 ) -> Result<Vec<FullRow>> {
-    let options = Options { target: other.target(), ..options };
-    let p = Program::new(wrn::build(config, batch, Mode::Train, options));
+    let lowering = Lowering { target: other.target(), ..lowering };
+    let p = Program::new(wrn::build(config, batch, Mode::Train, Options::default(), lowering));
     let s = &p.schedule;
     let starts = wrapping_starts(&p);
     let seed = 7;
@@ -149,9 +150,9 @@ mod tests {
     use crate::schedule::InputGrad;
     use crate::verify::tampered::Tampered;
 
-    /// The options of a plan with col2im input gradients in `precision`.
-    fn col2im(precision: Precision) -> Options {
-        Options { precision, input_grad: InputGrad::Col2im, ..Options::default() }
+    /// The lowering of a plan with col2im input gradients in `precision`.
+    fn col2im(precision: Precision) -> Lowering {
+        Lowering { precision, input_grad: InputGrad::Col2im, ..Lowering::default() }
     }
 
     /// The CPU's fast path (Winograd) against its plain im2col reference on a smaller network:
@@ -161,7 +162,7 @@ mod tests {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
         let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
         let rows = full_step(&mut a, &mut b, &config, 8, col2im(Precision::Fp32)).unwrap();
-        let p = Program::new(wrn::build(&config, 8, Mode::Train, Options::default()));
+        let p = Program::new(wrn::build(&config, 8, Mode::Train, Options::default(), Lowering::default()));
         assert_eq!(rows.len(), p.schedule.steps.len() + 1);
         for r in &rows {
             assert!(r.max_rel_err <= 1e-4, "{r:?}");
@@ -177,12 +178,8 @@ mod tests {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
         let (mut a, mut b) = (CpuBackend::reference(), CpuBackend::new());
         let rows = full_step(&mut a, &mut b, &config, 4, col2im(Precision::Bf16)).unwrap();
-        let p = Program::new(wrn::build(
-            &config,
-            4,
-            Mode::Train,
-            Options { precision: Precision::Bf16, ..Options::default() },
-        ));
+        let bf16 = Lowering { precision: Precision::Bf16, ..Lowering::default() };
+        let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default(), bf16));
         assert_eq!(rows.len(), p.schedule.steps.len() + 1);
         for r in &rows {
             assert_eq!(r.max_rel_err, 0.0, "{r:?}");
@@ -203,10 +200,10 @@ mod tests {
             let mut a = CpuBackend::reference();
             let mut b = Tampered::new(|_, _| {}, |_| {});
             b.target = Target::Cuda;
-            let options =
-                Options { target: Target::Cuda, input_grad: InputGrad::Conv, precision, ..Options::default() };
-            let rows = full_step(&mut a, &mut b, &config, 4, options).unwrap();
-            let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
+            let lowering =
+                Lowering { target: Target::Cuda, input_grad: InputGrad::Conv, precision, ..Lowering::default() };
+            let rows = full_step(&mut a, &mut b, &config, 4, lowering).unwrap();
+            let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default(), lowering));
             let by_conv =
                 |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { algo, .. }) if algo.input_grad_by_conv());
             assert!(p.schedule.steps.iter().any(|s| by_conv(&s.op)), "{precision:?}");
@@ -230,9 +227,9 @@ mod tests {
         let mut b = Tampered::new(|_, _| {}, |_| {});
         b.inner = CpuBackend::new();
         b.target = Target::Cuda;
-        let options = Options { target: Target::Cuda, winograd: true, ..Options::default() };
-        let rows = full_step(&mut a, &mut b, &config, 4, options).unwrap();
-        let p = Program::new(wrn::build(&config, 4, Mode::Train, options));
+        let lowering = Lowering { target: Target::Cuda, winograd: true, ..Lowering::default() };
+        let rows = full_step(&mut a, &mut b, &config, 4, lowering).unwrap();
+        let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default(), lowering));
         let mut winograd = 0;
         for s in &p.schedule.steps {
             match &s.op {
@@ -259,7 +256,7 @@ mod tests {
     #[test]
     fn every_slice_wraps() {
         let (config, batch) = config();
-        let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default()));
+        let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default(), Lowering::default()));
         for (start, s) in wrapping_starts(&p).iter().zip(&p.schedule.slices) {
             assert!(s.width < s.channels && start + s.width > s.channels, "{start} {s:?}");
         }
@@ -275,7 +272,7 @@ mod tests {
         b.inner = CpuBackend::reference();
         let mut a = CpuBackend::reference();
         let rows = full_step(&mut a, &mut b, &config, 4, col2im(Precision::Fp32)).unwrap();
-        let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default()));
+        let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default(), Lowering::default()));
         for (r, step) in rows[1..].iter().zip(&p.schedule.steps) {
             if step.op.updates().is_empty() {
                 assert_eq!(r.max_rel_err, 0.0, "{r:?}");

@@ -15,7 +15,7 @@ use crate::ir::Role;
 use crate::model::{wrn, ModelConfig};
 use crate::ops::sgd::{GradMap, SgdParams};
 use crate::plan::Program;
-use crate::schedule::{Mode, Options, UpdateAt};
+use crate::schedule::{Lowering, Mode, Options, UpdateAt};
 use byteorder::{LittleEndian, ReadBytesExt};
 use std::collections::HashMap;
 use std::io::Read;
@@ -186,8 +186,9 @@ fn one_step_case(
         _ => lookup(r, &format!("{case}.starts"))?.data.iter().map(|&s| s as usize).collect(),
     };
     let cfg = ModelConfig { keep, ..config() };
-    let grads_only = Options { update: UpdateAt::None, target: backend.target(), ..Options::default() };
-    let p = Program::new(wrn::build(&cfg, batch.n, Mode::Train, grads_only));
+    let grads_only = Options { update: UpdateAt::None, ..Options::default() };
+    let lowering = Lowering { target: backend.target(), ..Lowering::default() };
+    let p = Program::new(wrn::build(&cfg, batch.n, Mode::Train, grads_only, lowering));
     backend.reserve_arena(p.arena_bytes())?;
     let init = initial_state(&p, r)?;
     backend.set_persistent(&init)?;
@@ -237,9 +238,9 @@ fn one_step_case(
 fn sgd_case(backend: &mut dyn Backend, r: &HashMap<String, RefTensor>, batch: &Batch) -> Result<Vec<Row>> {
     let (x, y, n) = (&batch.x, batch.y, batch.n);
     let cfg = config();
-    let options = Options { target: backend.target(), ..Options::default() };
-    let train = Program::new(wrn::build(&cfg, n, Mode::Train, options));
-    let eval = Program::new(wrn::build(&cfg, n, Mode::Eval, options));
+    let (options, lowering) = (Options::default(), Lowering { target: backend.target(), ..Lowering::default() });
+    let train = Program::new(wrn::build(&cfg, n, Mode::Train, options, lowering));
+    let eval = Program::new(wrn::build(&cfg, n, Mode::Eval, options, lowering));
     backend.reserve_arena(train.arena_bytes().max(eval.arena_bytes()))?;
     backend.set_persistent(&initial_state(&train, r)?)?;
     let starts = [0usize; 3];

@@ -34,7 +34,7 @@ use crate::ops::{
 };
 use crate::plan::Program;
 use crate::rng::Rng;
-use crate::schedule::{Mode, Options, Phase, Schedule, Step};
+use crate::schedule::{Lowering, Mode, Options, Phase, Schedule, Step};
 
 /// One row of the comparison.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,7 +95,8 @@ impl Tiny {
             config,
             batch: 3,
             mode: Mode::Train,
-            options: Options { precision, ..Options::default() },
+            options: Options::default(),
+            lowering: Lowering { precision, ..Lowering::default() },
             buffers: vec![],
             tensors: vec![],
             steps: vec![],
@@ -126,12 +127,12 @@ impl Tiny {
         if kind == BufKind::WeightGradient || name.starts_with("fc.") || head.contains(&name) {
             Dtype::F32
         } else {
-            self.s.options.precision.storage()
+            self.s.lowering.precision.storage()
         }
     }
 
     fn bf16(&self) -> bool {
-        self.s.options.precision == Precision::Bf16
+        self.s.lowering.precision == Precision::Bf16
     }
 
     fn add_buf(&mut self, name: &str, kind: BufKind, data: Vec<f32>) -> BufId {
@@ -947,7 +948,7 @@ mod tests {
         let why = "the fp32 forward copy cases and the (fp32-only) Winograd ones have no twin";
         assert_eq!(cs.len(), cases(Precision::Fp32).len() - 12 - 18, "{why}");
         for c in &cs {
-            assert_eq!(c.sched.options.precision, Precision::Bf16);
+            assert_eq!(c.sched.lowering.precision, Precision::Bf16);
             let (read, written) = c.sched.steps[c.step].op.buffers();
             for b in read.iter().chain(&written).map(|&b| &c.sched.buffers[b]) {
                 let f32_kind = b.kind == BufKind::WeightGradient

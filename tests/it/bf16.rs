@@ -26,7 +26,7 @@ use sliceout::model::{wrn, ModelConfig};
 use sliceout::ops::sgd::SgdParams;
 use sliceout::plan::Program;
 use sliceout::rng::Rng;
-use sliceout::schedule::{Mode, Options};
+use sliceout::schedule::{Lowering, Mode, Options};
 
 /// What one step left: the loss, the logits and the persistent region.
 struct After {
@@ -37,7 +37,13 @@ struct After {
 }
 
 fn step(precision: Precision, config: &ModelConfig, batch: usize, starts: &[usize], init: &[f32]) -> After {
-    let p = Program::new(wrn::build(config, batch, Mode::Train, Options { precision, ..Options::default() }));
+    let p = Program::new(wrn::build(
+        config,
+        batch,
+        Mode::Train,
+        Options::default(),
+        Lowering { precision, ..Lowering::default() },
+    ));
     let s = &p.schedule;
     let mut cpu = CpuBackend::new();
     cpu.reserve_arena(p.arena_bytes()).unwrap();
@@ -73,7 +79,7 @@ fn rel(a: impl Iterator<Item = f64> + Clone, b: impl Iterator<Item = f64>) -> f6
 fn a_bf16_step_stays_within_its_bounds_of_the_fp32_step() {
     let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
     let batch = 16;
-    let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default()));
+    let p = Program::new(wrn::build(&config, batch, Mode::Train, Options::default(), Lowering::default()));
     let s = &p.schedule;
     let init = wrn::init_persistent(s, 3);
     let starts: Vec<usize> = s.slices.iter().map(|sl| sl.channels - sl.width / 2).collect();

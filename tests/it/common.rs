@@ -2,7 +2,7 @@
 //! and the arguments of a small training run.
 
 use sliceout::backend::DeviceChoice;
-use sliceout::schedule::Options;
+use sliceout::schedule::{Lowering, Options};
 use sliceout::train::{LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,6 +69,7 @@ pub fn args(data: &Path, out: &Path) -> TrainArgs {
         init: None,
         force: false,
         options: Options::default(),
+        lowering: Lowering::default(),
         bn_recal: 0,
         verbose: false,
         stop_after: None,

@@ -148,7 +148,8 @@ fn every_plan_format_prints_that_format_alone() {
 fn fit_names_the_largest_batch_however_large() {
     use sliceout::data::DatasetKind;
     use sliceout::fit;
-    use sliceout::ir::{ModelConfig, Precision, Target};
+    use sliceout::ir::{ModelConfig, Target};
+    use sliceout::schedule::Lowering;
     let model = ["plan", "--device", "cpu", "--depth", "10", "--widen", "1"];
     let v: serde_json::Value =
         serde_json::from_str(&ok(&[&model[..], &["--fit", "64GiB", "--format", "json"]].concat())).unwrap();
@@ -158,10 +159,11 @@ fn fit_names_the_largest_batch_however_large() {
     let config = ModelConfig { depth: 10, widen: 1, classes: 10, in_channels: 3, keep: 1.0 };
     let fixed: usize = fit::overheads(Target::Cpu, DatasetKind::Cifar10).iter().map(|t| t.bytes).sum();
     let name = v["fit"]["options"].as_str().unwrap();
-    let (_, options) = fit::option_ladder(Target::Cpu, Precision::Fp32).into_iter().find(|(n, _)| *n == name).unwrap();
-    assert!(fit::step_bytes(&config, batch, options) + fixed <= 64 << 30);
-    for (_, o) in fit::option_ladder(Target::Cpu, Precision::Fp32) {
-        assert!(fit::step_bytes(&config, batch + 1, o) + fixed > 64 << 30, "batch {} fits too", batch + 1);
+    let (_, options) = fit::option_ladder().into_iter().find(|(n, _)| *n == name).unwrap();
+    let cpu = Lowering::default();
+    assert!(fit::step_bytes(&config, batch, options, cpu) + fixed <= 64 << 30);
+    for (_, o) in fit::option_ladder() {
+        assert!(fit::step_bytes(&config, batch + 1, o, cpu) + fixed > 64 << 30, "batch {} fits too", batch + 1);
     }
     let text = ok(&[&model[..], &["--fit", "100TiB"]].concat());
     let line = text.lines().find(|l| l.starts_with("largest batch:")).unwrap();
@@ -179,10 +181,11 @@ fn fit_names_the_largest_batch_however_large() {
 fn a_budget_below_one_image_says_what_one_image_needs() {
     use sliceout::data::DatasetKind;
     use sliceout::fit;
-    use sliceout::ir::{ModelConfig, Precision, Target};
+    use sliceout::ir::ModelConfig;
+    use sliceout::schedule::Lowering;
     let config = ModelConfig { depth: 10, widen: 1, classes: 10, in_channels: 3, keep: 1.0 };
-    let (_, leanest) = *fit::option_ladder(Target::Cpu, Precision::Fp32).last().unwrap();
-    let plan = fit::step_bytes(&config, 1, leanest);
+    let (_, leanest) = *fit::option_ladder().last().unwrap();
+    let plan = fit::step_bytes(&config, 1, leanest, Lowering::default());
     let fixed = fit::resident_bytes(DatasetKind::Cifar10);
     let mib = |b: usize| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     for budget in ["1B", "100MiB"] {

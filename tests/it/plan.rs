@@ -8,7 +8,7 @@ use sliceout::ir::{BufKind, Dtype, Precision, Role};
 use sliceout::model::{wrn, ModelConfig};
 use sliceout::plan::Program;
 use sliceout::plan::{self, report};
-use sliceout::schedule::{Mode, Options, UpdateAt};
+use sliceout::schedule::{Lowering, Mode, Options, UpdateAt};
 
 const MIB: f64 = (1 << 20) as f64;
 
@@ -16,14 +16,19 @@ fn wrn(depth: usize, widen: usize, keep: f64) -> ModelConfig {
     ModelConfig { depth, widen, classes: 10, in_channels: 3, keep }
 }
 
-fn program(c: &ModelConfig, batch: usize, mode: Mode, o: Options) -> Program {
-    Program::new(wrn::build(c, batch, mode, o))
+fn program(c: &ModelConfig, batch: usize, mode: Mode, o: Options, l: Lowering) -> Program {
+    Program::new(wrn::build(c, batch, mode, o, l))
+}
+
+/// A program with the default memory options.
+fn lowered(c: &ModelConfig, batch: usize, mode: Mode, l: Lowering) -> Program {
+    program(c, batch, mode, Options::default(), l)
 }
 
 #[test]
 fn wrn_28_10_needs_at_most_2400_mib_and_1900_at_keep_half() {
-    let full = program(&wrn(28, 10, 1.0), 128, Mode::Train, Options::default());
-    let half = program(&wrn(28, 10, 0.5), 128, Mode::Train, Options::default());
+    let full = lowered(&wrn(28, 10, 1.0), 128, Mode::Train, Lowering::default());
+    let half = lowered(&wrn(28, 10, 0.5), 128, Mode::Train, Lowering::default());
     let total = |p: &Program| (p.arena_bytes() + p.schedule.persistent_len() * 4) as f64 / MIB;
     println!("keep 1.0: arena {:.1} MiB, total {:.1} MiB", full.arena_bytes() as f64 / MIB, total(&full));
     println!("keep 0.5: arena {:.1} MiB, total {:.1} MiB", half.arena_bytes() as f64 / MIB, total(&half));
@@ -41,7 +46,7 @@ fn plans_of_real_schedules_pass_the_checker_and_beat_the_naive_sum() {
     let runs = [(wrn(10, 2, 1.0), 4), (wrn(16, 4, 0.5), 32), (wrn(22, 3, 0.75), 7), (wrn(28, 10, 0.5), 128)];
     for (c, batch) in runs {
         for (mode, precision) in [Mode::Train, Mode::Eval].into_iter().flat_map(|m| Precision::ALL.map(|p| (m, p))) {
-            let p = program(&c, batch, mode, Options { precision, ..Options::default() });
+            let p = lowered(&c, batch, mode, Lowering { precision, ..Lowering::default() });
             plan::check(&p.lifetimes, &p.placement, plan::ALIGN).unwrap();
             assert!(p.arena_bytes() <= plan::naive_bytes(&p.lifetimes) + p.lifetimes.len() * plan::ALIGN);
             assert!(p.arena_bytes() <= plan::plan_linear(&p.lifetimes, plan::ALIGN).arena_bytes);
@@ -58,8 +63,8 @@ fn plans_of_real_schedules_pass_the_checker_and_beat_the_naive_sum() {
 #[test]
 fn sliced_buffers_are_sized_to_the_slice() {
     let (full, half) = (wrn(16, 4, 1.0), wrn(16, 4, 0.5));
-    let a = program(&full, 8, Mode::Train, Options::default());
-    let b = program(&half, 8, Mode::Train, Options::default());
+    let a = lowered(&full, 8, Mode::Train, Lowering::default());
+    let b = lowered(&half, 8, Mode::Train, Lowering::default());
     assert_eq!(a.schedule.buffers.len(), b.schedule.buffers.len());
     let mut sliced = 0;
     for (x, y) in a.schedule.buffers.iter().zip(&b.schedule.buffers) {
@@ -81,8 +86,8 @@ fn sliced_buffers_are_sized_to_the_slice() {
 fn train_and_eval_share_the_persistent_layout() {
     // The trainer evaluates with the training run's persistent region.
     let c = wrn(16, 2, 0.5);
-    let t = wrn::build(&c, 16, Mode::Train, Options::default());
-    let e = wrn::build(&c, 5, Mode::Eval, Options::default());
+    let t = wrn::build(&c, 16, Mode::Train, Options::default(), Lowering::default());
+    let e = wrn::build(&c, 5, Mode::Eval, Options::default(), Lowering::default());
     assert_eq!(t.tensors.len(), e.tensors.len());
     for (a, b) in t.tensors.iter().zip(&e.tensors) {
         assert_eq!((&a.name, &a.shape, a.offset), (&b.name, &b.shape, b.offset));
@@ -92,7 +97,7 @@ fn train_and_eval_share_the_persistent_layout() {
 #[test]
 fn each_memory_option_moves_the_arena_the_way_it_says() {
     let c = wrn(16, 4, 1.0);
-    let arena = |o: Options| program(&c, 32, Mode::Train, o).arena_bytes();
+    let arena = |o: Options| program(&c, 32, Mode::Train, o, Lowering::default()).arena_bytes();
     let base = arena(Options::default());
     let stored = arena(Options { recompute: false, ..Options::default() });
     let fresh = arena(Options { in_place: false, ..Options::default() });
@@ -108,7 +113,7 @@ fn each_memory_option_moves_the_arena_the_way_it_says() {
 
 #[test]
 fn report_json_lists_every_buffer_and_step() {
-    let p = program(&wrn(10, 2, 0.5), 8, Mode::Train, Options::default());
+    let p = lowered(&wrn(10, 2, 0.5), 8, Mode::Train, Lowering::default());
     let r = plan::report::report(&p, None);
     let v: serde_json::Value = serde_json::from_str(&report::json(&r)).unwrap();
     assert_eq!(v["model"], "WRN-10-2");
@@ -150,11 +155,11 @@ fn the_gpu_plan_sizes_workspaces_and_chunks_for_im2col_alone() {
     use sliceout::ir::Target;
     for keep in [1.0, 0.5] {
         let c = wrn(28, 10, keep);
-        let gpu_options = Options { target: Target::Cuda, ..Options::default() };
-        let gpu = program(&c, 128, Mode::Train, gpu_options);
-        let cpu = program(&c, 128, Mode::Train, Options::default());
+        let gpu_lowering = Lowering { target: Target::Cuda, ..Lowering::default() };
+        let gpu = lowered(&c, 128, Mode::Train, gpu_lowering);
+        let cpu = lowered(&c, 128, Mode::Train, Lowering::default());
         plan::check(&gpu.lifetimes, &gpu.placement, plan::ALIGN).unwrap();
-        let budget = gpu_options.col_budget() * (1 << 20);
+        let budget = Options::default().col_budget(Target::Cuda) * (1 << 20);
         assert_eq!(budget, 512 << 20);
         for (len, width, shape, chunk) in conv_workspaces(&gpu) {
             assert_eq!(len, shape.im2col_len(width, chunk), "{shape:?}");
@@ -178,9 +183,9 @@ fn the_gpu_plan_sizes_workspaces_and_chunks_for_im2col_alone() {
 #[test]
 fn a_gpu_step_of_wrn_28_10_queues_under_a_thousand_calls() {
     use sliceout::ir::Target;
-    let options = Options { target: Target::Cuda, ..Options::default() };
+    let options = Lowering { target: Target::Cuda, ..Lowering::default() };
     let count = |keep: f64, wrap: bool| {
-        let p = program(&wrn(28, 10, keep), 128, Mode::Train, options);
+        let p = lowered(&wrn(28, 10, keep), 128, Mode::Train, options);
         let starts: Vec<usize> = p.schedule.slices.iter().map(|s| if wrap { s.channels - 1 } else { 0 }).collect();
         let rec = sliceout::backend::cuda::record_step(&p, &starts);
         let (launches, gemms) = (rec.launches.borrow().len(), rec.gemms.borrow().len());
@@ -216,15 +221,15 @@ fn an_input_gradient_by_convolution_replaces_col2im_where_it_may() {
     use sliceout::ops::conv2d::lowering::input_grad_by_conv_fits;
     use sliceout::ops::{ConvAlgo, Op};
     use sliceout::schedule::InputGrad;
-    let gpu = Options { target: Target::Cuda, input_grad: InputGrad::Col2im, ..Options::default() };
-    let conv = Options { input_grad: InputGrad::Conv, ..gpu };
-    assert_eq!(Options { target: Target::Cuda, ..Options::default() }, conv, "the default");
+    let gpu = Lowering { target: Target::Cuda, input_grad: InputGrad::Col2im, ..Lowering::default() };
+    let conv = Lowering { input_grad: InputGrad::Conv, ..gpu };
+    assert_eq!(Lowering { target: Target::Cuda, ..Lowering::default() }, conv, "the default");
     let runs = [(1.0, false, Precision::Fp32), (0.5, false, Precision::Fp32), (0.5, true, Precision::Fp32)];
     for (keep, wrap, precision) in runs.into_iter().chain([(0.5, true, Precision::Bf16), (1.0, false, Precision::Bf16)])
     {
         let c = wrn(28, 10, keep);
-        let (gpu, conv) = (Options { precision, ..gpu }, Options { precision, ..conv });
-        let (before, after) = (program(&c, 128, Mode::Train, gpu), program(&c, 128, Mode::Train, conv));
+        let (gpu, conv) = (Lowering { precision, ..gpu }, Lowering { precision, ..conv });
+        let (before, after) = (lowered(&c, 128, Mode::Train, gpu), lowered(&c, 128, Mode::Train, conv));
         plan::check(&after.lifetimes, &after.placement, plan::ALIGN).unwrap();
         let s = &after.schedule;
         let starts: Vec<usize> = s.slices.iter().map(|s| if wrap { s.channels - 1 } else { 0 }).collect();
@@ -271,12 +276,12 @@ fn an_input_gradient_by_convolution_replaces_col2im_where_it_may() {
     // Only the GPU's training programs change.
     let c = wrn(16, 4, 0.5);
     for (o, mode) in [
-        (Options { input_grad: InputGrad::Conv, ..Options::default() }, Mode::Train),
-        (bf16(Options { input_grad: InputGrad::Conv, ..Options::default() }), Mode::Train),
+        (Lowering { input_grad: InputGrad::Conv, ..Lowering::default() }, Mode::Train),
+        (bf16(Lowering { input_grad: InputGrad::Conv, ..Lowering::default() }), Mode::Train),
         (conv, Mode::Eval),
     ] {
-        let off = Options { input_grad: InputGrad::Col2im, ..o };
-        let (a, b) = (program(&c, 32, mode, o), program(&c, 32, mode, off));
+        let off = Lowering { input_grad: InputGrad::Col2im, ..o };
+        let (a, b) = (lowered(&c, 32, mode, o), lowered(&c, 32, mode, off));
         assert_eq!(a.arena_bytes(), b.arena_bytes(), "{o:?}");
         let listing = |p: &Program| -> Vec<String> {
             let buffers = p.schedule.buffers.iter().map(|b| format!("{b:?}"));
@@ -305,14 +310,11 @@ fn plan_fit_reports_the_largest_batch_and_refuses_what_cannot_fit() {
     let batch: usize = line.split_whitespace().nth(2).unwrap().parse().unwrap();
     let c = wrn(16, 4, 0.5);
     let fixed: usize = fit::overheads(Target::Cuda, DatasetKind::Cifar10).iter().map(|t| t.bytes).sum();
-    let best = fit::option_ladder(Target::Cuda, Precision::Fp32)
-        .iter()
-        .map(|(_, o)| fit::step_bytes(&c, batch, *o))
-        .min()
-        .unwrap();
+    let gpu = Lowering { target: Target::Cuda, ..Lowering::default() };
+    let best = fit::option_ladder().iter().map(|(_, o)| fit::step_bytes(&c, batch, *o, gpu)).min().unwrap();
     assert!(best + fixed <= 3 << 30, "{line}");
-    for (_, o) in fit::option_ladder(Target::Cuda, Precision::Fp32) {
-        assert!(fit::step_bytes(&c, batch + 1, o) + fixed > 3 << 30, "{line}: batch + 1 fits");
+    for (_, o) in fit::option_ladder() {
+        assert!(fit::step_bytes(&c, batch + 1, o, gpu) + fixed > 3 << 30, "{line}: batch + 1 fits");
     }
     assert!(text.contains(&format!("memory plan: WRN-16-4  batch {batch}")), "the plan follows");
     let err =
@@ -322,8 +324,8 @@ fn plan_fit_reports_the_largest_batch_and_refuses_what_cannot_fit() {
     assert!(err.to_string().contains("--fit"), "{err}");
 }
 
-fn bf16(o: Options) -> Options {
-    Options { precision: Precision::Bf16, ..o }
+fn bf16(o: Lowering) -> Lowering {
+    Lowering { precision: Precision::Bf16, ..o }
 }
 
 /// What a bf16 step keeps in f32 besides weight gradients (model/wrn.rs says why): BN batch
@@ -340,9 +342,9 @@ fn a_bf16_step_stores_activations_and_their_gradients_in_half_the_bytes() {
     use sliceout::ir::Target;
     use std::collections::HashMap;
     for target in [Target::Cpu, Target::Cuda] {
-        let o = Options { target, ..Options::default() };
-        let f = program(&wrn(16, 4, 0.5), 8, Mode::Train, o);
-        let h = program(&wrn(16, 4, 0.5), 8, Mode::Train, bf16(o));
+        let o = Lowering { target, ..Lowering::default() };
+        let f = lowered(&wrn(16, 4, 0.5), 8, Mode::Train, o);
+        let h = lowered(&wrn(16, 4, 0.5), 8, Mode::Train, bf16(o));
         let names = |p: &Program| p.schedule.steps.iter().map(|s| s.name()).collect::<Vec<_>>();
         assert_eq!(names(&f), names(&h));
         for (a, b) in f.schedule.tensors.iter().zip(&h.schedule.tensors) {
@@ -391,13 +393,13 @@ fn each_conv_of_a_bf16_step_reads_a_sliced_bf16_weight_copy_until_its_last_gemm(
     use sliceout::ops::Op;
     let c = wrn(16, 4, 0.5);
     for mode in [Mode::Train, Mode::Eval] {
-        let fp32 = program(&c, 8, mode, Options::default());
+        let fp32 = lowered(&c, 8, mode, Lowering::default());
         assert!(fp32.schedule.steps.iter().all(|s| match &s.op {
             Op::Conv(v) => v.algo.weight_copy().is_none(),
             Op::ConvBackward(v) => v.algo.weight_copy().is_none(),
             _ => true,
         }));
-        let p = program(&c, 8, mode, bf16(Options::default()));
+        let p = lowered(&c, 8, mode, bf16(Lowering::default()));
         let s = &p.schedule;
         let mut copies = 0;
         for (i, step) in s.steps.iter().enumerate() {
@@ -444,9 +446,9 @@ fn each_conv_of_a_bf16_step_reads_a_sliced_bf16_weight_copy_until_its_last_gemm(
 fn bf16_workspaces_hold_im2col_columns_in_the_byte_budget() {
     use sliceout::ir::Target;
     for target in [Target::Cpu, Target::Cuda] {
-        let o = bf16(Options { target, ..Options::default() });
-        let p = program(&wrn(28, 10, 0.5), 128, Mode::Train, o);
-        let budget = o.col_budget() << 20;
+        let o = bf16(Lowering { target, ..Lowering::default() });
+        let p = lowered(&wrn(28, 10, 0.5), 128, Mode::Train, o);
+        let budget = Options::default().col_budget(target) << 20;
         for (len, width, shape, chunk) in conv_workspaces(&p) {
             assert_eq!(len, shape.im2col_len(width, chunk), "{shape:?}");
             assert!(len * 2 <= budget || chunk == 1, "{shape:?} chunk {chunk}");
@@ -465,18 +467,18 @@ fn wrn_28_10_bf16_meets_the_memory_targets() {
     use sliceout::ir::Target;
     let c = wrn(28, 10, 0.5);
     let mib = |b: usize| b as f64 / MIB;
-    let figures = |o: Options| {
-        let p = program(&c, 128, Mode::Train, o);
+    let figures = |o: Options, l: Lowering| {
+        let p = program(&c, 128, Mode::Train, o, l);
         let arena = p.arena_bytes();
         // The tensors' bytes (the region's 16-byte alignment gaps, a few floats, aside).
         let persistent: usize = p.schedule.tensors.iter().map(|t| t.len() * 4).sum();
         assert!(p.schedule.persistent_len() * 4 - persistent < 16 * p.schedule.tensors.len());
         (arena, arena + persistent)
     };
-    let cpu = Options::default();
-    let gpu = Options { target: Target::Cuda, ..cpu };
-    for (what, o) in [("cpu", cpu), ("gpu", gpu), ("gpu, --col-budget 32", Options { col_budget_mib: 32, ..gpu })] {
-        let ((a16, t16), (a32, t32)) = (figures(bf16(o)), figures(o));
+    let (cpu, gpu) = (Lowering::default(), Lowering { target: Target::Cuda, ..Lowering::default() });
+    let (default, budget_32) = (Options::default(), Options { col_budget_mib: 32, ..Options::default() });
+    for (what, o, l) in [("cpu", default, cpu), ("gpu", default, gpu), ("gpu, --col-budget 32", budget_32, gpu)] {
+        let ((a16, t16), (a32, t32)) = (figures(o, bf16(l)), figures(o, l));
         println!(
             "{what}: bf16 arena {:.2} MiB, total {:.2} MiB; fp32 arena {:.2} MiB, total {:.2} MiB",
             mib(a16),
@@ -504,22 +506,22 @@ fn plan_prints_element_types_and_both_precisions_totals() {
         let Some(Command::Plan(f)) = cli.command else { unreachable!() };
         sliceout::cmd::plan::command(&f).unwrap()
     };
-    let totals = |o: Options| {
-        let p = program(&wrn(16, 4, 0.5), 32, Mode::Train, o);
+    let totals = |o: Lowering| {
+        let p = lowered(&wrn(16, 4, 0.5), 32, Mode::Train, o);
         let arena = p.arena_bytes();
         // The tensors' bytes (the region's 16-byte alignment gaps, a few floats, aside).
         let persistent: usize = p.schedule.tensors.iter().map(|t| t.len() * 4).sum();
         assert!(p.schedule.persistent_len() * 4 - persistent < 16 * p.schedule.tensors.len());
         (arena, arena + persistent)
     };
-    let cuda = Options { target: Target::Cuda, ..Options::default() };
+    let cuda = Lowering { target: Target::Cuda, ..Lowering::default() };
     let ((a16, t16), (a32, t32)) = (totals(bf16(cuda)), totals(cuda));
     let show = |a: usize, t: usize| format!("arena {:.2} MiB, total {:.2} MiB", a as f64 / MIB, t as f64 / MIB);
     let text = run(&["--keep", "0.5", "--device", "cuda", "--precision", "bf16"]);
     let line = text.lines().find(|l| l.starts_with("  precision")).expect("a precision line");
     assert_eq!(line, format!("  precision   bf16: {}; fp32: {}", show(a16, t16), show(a32, t32)));
     // What a bf16 step queues is counted from the CUDA code's recording, as for fp32.
-    let p16 = program(&wrn(16, 4, 0.5), 32, Mode::Train, bf16(cuda));
+    let p16 = lowered(&wrn(16, 4, 0.5), 32, Mode::Train, bf16(cuda));
     let calls = sliceout::backend::cuda::record_step(&p16, &vec![0; p16.schedule.slices.len()]);
     let (launches, gemms) = (calls.launches.borrow().len(), calls.gemms.borrow().len());
     assert!(
@@ -557,7 +559,7 @@ fn plan_prints_element_types_and_both_precisions_totals() {
 fn bf16_runs_on_the_cpu_and_a_bad_precision_is_one_clear_line() {
     use sliceout::backend::{CpuBackend, Execute, Memory, StepCtx};
     use sliceout::ops::sgd::SgdParams;
-    let p = program(&wrn(10, 1, 0.5), 2, Mode::Train, bf16(Options::default()));
+    let p = lowered(&wrn(10, 1, 0.5), 2, Mode::Train, bf16(Lowering::default()));
     let sgd = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 0.0, nesterov: false };
     let starts = vec![0; p.schedule.slices.len()];
     let mut cpu = CpuBackend::new();
@@ -606,8 +608,8 @@ fn a_bf16_gpu_step_queues_bf16_kernels_and_gemms_inside_their_buffers() {
     use sliceout::backend::cuda::{record_step, RECORD_ARENA};
     use sliceout::ir::Target;
     for precision in Precision::ALL {
-        let options = Options { target: Target::Cuda, precision, ..Options::default() };
-        let p = program(&wrn(16, 4, 0.5), 8, Mode::Train, options);
+        let options = Lowering { target: Target::Cuda, precision, ..Lowering::default() };
+        let p = lowered(&wrn(16, 4, 0.5), 8, Mode::Train, options);
         let starts: Vec<usize> = p.schedule.slices.iter().map(|s| s.channels - s.width / 2).collect();
         let rec = record_step(&p, &starts);
         let mut names: Vec<&str> = rec.launches.borrow().iter().map(|l| l.0).collect();
@@ -715,11 +717,11 @@ fn a_winograd_step_queues_batched_products_inside_the_arena() {
     use sliceout::backend::cuda::{record_step, RECORD_ARENA};
     use sliceout::ir::Target;
     use sliceout::ops::Op;
-    let gpu = Options { target: Target::Cuda, ..Options::default() };
-    let wino = Options { winograd: true, ..gpu };
+    let gpu = Lowering { target: Target::Cuda, ..Lowering::default() };
+    let wino = Lowering { winograd: true, ..gpu };
     for (keep, wrap) in [(1.0, false), (0.5, true)] {
         let c = wrn(28, 10, keep);
-        let (before, after) = (program(&c, 128, Mode::Train, gpu), program(&c, 128, Mode::Train, wino));
+        let (before, after) = (lowered(&c, 128, Mode::Train, gpu), lowered(&c, 128, Mode::Train, wino));
         plan::check(&after.lifetimes, &after.placement, plan::ALIGN).unwrap();
         let s = &after.schedule;
         let starts: Vec<usize> = s.slices.iter().map(|s| if wrap { s.channels - 1 } else { 0 }).collect();
@@ -784,8 +786,8 @@ fn a_winograd_step_queues_batched_products_inside_the_arena() {
     }
     // bf16 and CPU plans are the same with the option as without.
     let c = wrn(16, 4, 0.5);
-    for o in [bf16(gpu), Options::default()] {
-        let (a, b) = (program(&c, 32, Mode::Train, o), program(&c, 32, Mode::Train, Options { winograd: true, ..o }));
+    for o in [bf16(gpu), Lowering::default()] {
+        let (a, b) = (lowered(&c, 32, Mode::Train, o), lowered(&c, 32, Mode::Train, Lowering { winograd: true, ..o }));
         let listing = |p: &Program| -> Vec<String> {
             let buffers = p.schedule.buffers.iter().map(|b| format!("{b:?}"));
             buffers.chain(p.schedule.steps.iter().map(|s| format!("{:?}", s.op))).collect()
@@ -805,19 +807,19 @@ fn every_recorded_launch_passes_the_parameters_its_kernel_declares() {
     use sliceout::ir::Target;
     use sliceout::ops::KERNEL_FILES;
     use sliceout::schedule::InputGrad;
-    let gpu = Options { target: Target::Cuda, ..Options::default() };
+    let gpu = Lowering { target: Target::Cuda, ..Lowering::default() };
     let programs = [
         (0.5, Mode::Train, gpu),
-        (0.5, Mode::Train, Options { input_grad: InputGrad::Col2im, ..gpu }),
-        (0.5, Mode::Train, Options { winograd: true, ..gpu }),
-        (1.0, Mode::Train, Options { winograd: true, ..gpu }),
+        (0.5, Mode::Train, Lowering { input_grad: InputGrad::Col2im, ..gpu }),
+        (0.5, Mode::Train, Lowering { winograd: true, ..gpu }),
+        (1.0, Mode::Train, Lowering { winograd: true, ..gpu }),
         (0.5, Mode::Train, bf16(gpu)),
         (1.0, Mode::Eval, gpu),
         (0.5, Mode::Calibrate, gpu),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (keep, mode, o) in programs {
-        let p = program(&wrn(16, 4, keep), 32, mode, o);
+        let p = lowered(&wrn(16, 4, keep), 32, mode, o);
         let starts: Vec<usize> = p.schedule.slices.iter().map(|s| s.channels - 1).collect();
         let rec = record_step(&p, &starts);
         let (launches, counts) = (rec.launches.borrow(), rec.arg_counts.borrow());

@@ -25,7 +25,7 @@
 //!   it (`GemmWeight::Copy` in backward too): a copy lives only through its op, so the plan barely
 //!   grows, and the copy (a few MiB) costs microseconds.
 //!
-//! Input gradient by convolution (`Options::input_grad`: the GPU's default, fp32 and bf16;
+//! Input gradient by convolution (`Lowering::input_grad`: the GPU's default, fp32 and bf16;
 //! `--input-grad col2im` turns it off; the CPU keeps col2im and Winograd). For a stride-1
 //! "same" convolution (odd `k > 1`,
 //! `pad = (k-1)/2`, so `Ho = H`) the input gradient is itself a convolution under the same
@@ -144,7 +144,7 @@ pub struct ConvBackward {
 }
 
 /// How a convolution op runs. Chosen for each convolution in one place, `lower`, from the
-/// target, the precision and the options; the backends run what it says.
+/// lowering (`schedule::Lowering`) and the memory options; the backends run what it says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgo {
     /// im2col + GEMM (backward: `dW = dY col^T`, `dcol = W^T dY`, then col2im), the GEMMs

@@ -121,7 +121,7 @@ fn persistent_parts(s: &Schedule) -> Vec<(String, usize)> {
 pub fn totals(p: &Program) -> PrecisionTotals {
     let persistent: usize = persistent_parts(&p.schedule).iter().map(|(_, b)| b).sum();
     PrecisionTotals {
-        precision: p.schedule.options.precision,
+        precision: p.schedule.lowering.precision,
         arena_bytes: p.arena_bytes(),
         total_bytes: persistent + p.arena_bytes(),
     }
@@ -136,7 +136,7 @@ pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
         batch: s.batch,
         keep: s.config.keep,
         mode: s.mode.as_str().to_string(),
-        precision: s.options.precision,
+        precision: s.lowering.precision,
         alignment: super::ALIGN,
         steps: s.steps.iter().map(|st| st.name()).collect(),
         buffers: s
@@ -158,7 +158,7 @@ pub fn report(p: &Program, baseline: Option<&Program>) -> PlanReport {
         naive_bytes: super::naive_bytes(&p.lifetimes),
         persistent_bytes: parts.iter().map(|(_, b)| b).sum(),
         persistent_parts: parts,
-        options: s.options.describe(),
+        options: s.describe(),
         baseline: baseline.map(|b| Baseline {
             keep: b.schedule.config.keep,
             arena_bytes: b.arena_bytes(),
