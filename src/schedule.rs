@@ -104,11 +104,8 @@ impl Default for Options {
 impl Options {
     /// MiB a workspace may take when the chunk is picked: the option, or `target`'s default.
     /// The CPU keeps columns small enough for its caches. The GPU takes 512 MiB: fewer, larger
-    /// GEMMs and launches, the fastest budget measured (H200, WRN-28-10, batch 128: tf32 keep
-    /// 1.0 37.0 ms a step at 128 MiB, 33.8 at 512; bf16 keep 0.5 13.0 ms at 46 MiB, 12.1 at
-    /// 128, 11.4 at 512), for 100 to 170 MiB more arena than 128 MiB. A smaller budget trades
-    /// speed for memory: 46 MiB keeps the bf16 plan of that step at keep 0.5 within 520 MiB of
-    /// arena and 800 MiB in all.
+    /// GEMMs and launches, the fastest budget measured on a card, for a somewhat larger arena
+    /// (BENCHMARKS.md, "Options measured"). A smaller budget trades speed for memory.
     pub fn col_budget(&self, target: Target) -> usize {
         match (self.col_budget_mib, target) {
             (0, Target::Cpu) => 32,
@@ -182,7 +179,7 @@ pub enum InputGrad {
     /// For stride-1 "same" convolutions of the GPU's programs whose output is no wider than
     /// their input: `d_inp = conv(dY, W')` with `W'` the weight transposed and flipped
     /// (`ops::conv2d`), im2col of `dY` and one forward-shaped GEMM into `d_inp`, no col2im.
-    /// Other layers, and every CPU layer, keep col2im. The default: measured faster on an H200.
+    /// Other layers, and every CPU layer, keep col2im. The default: faster on a card (BENCHMARKS.md).
     #[default]
     Conv,
 }

@@ -36,8 +36,8 @@
 //! runs the dense twin: per chunk im2col of `d_out` into the workspace (so the output may be no
 //! wider than the input, whose columns the workspace was sized for), then one forward-shaped
 //! GEMM written straight into `d_inp`. No col2im, and no `dcol` product whose output is the
-//! whole column matrix. The weight gradient is computed as before. Measured on an H200
-//! (WRN-28-10, tf32): 40.6 -> 38.2 ms a step at keep 1.0, 28.1 -> 26.3 at keep 0.5. A layer
+//! whole column matrix. The weight gradient is computed as before; the step is faster
+//! for it on a card (BENCHMARKS.md, "`--input-grad conv` measured"). A layer
 //! whose output is wider than its input keeps col2im: the columns of `d_out` would outnumber
 //! the input's, which are all `dcol` and col2im move.
 //!

@@ -15,14 +15,14 @@
 //! `[c][xi][t]` (one contiguous block per channel, so channels run in parallel); buffers written
 //! by the products are `[xi][c][t]` or `[xi][o][i]` (one block per `xi`). A batch chunk is cut
 //! into sub-chunks small enough that the transformed tiles stay in the caches. (A tile-major
-//! `[t][xi][c]` layout made the products themselves 1.3-1.6x faster but the scattered
-//! transforms slower, and lost overall when measured.)
+//! `[t][xi][c]` layout made the products themselves faster but the scattered transforms
+//! slower, and lost overall when measured.)
 //!
 //! The transforms work on blocks of up to `TX_BLOCK` tiles that are contiguous in `t` (several
 //! whole tile rows of a small image), so every pass is a loop over contiguous arrays. Each has
 //! an AVX2 build chosen at run time (the crate is compiled for baseline x86-64, where those
 //! loops get only SSE), and the input transform's row pass deinterleaves even and odd columns
-//! in registers; measured, this halved the transforms' share of a WRN-16-4 step.
+//! in registers, which measurably cut the transforms' share of a step.
 //!
 //! Slices are handled while gathering the weight: `U` holds only the slice's channels, in slice
 //! order, so a wrapping slice costs nothing extra.
