@@ -22,5 +22,6 @@ mod layers;
 mod nvrtc;
 mod plan;
 mod reference;
+mod tensorboard;
 mod train;
 mod winograd_kernels;
