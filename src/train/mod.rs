@@ -275,7 +275,9 @@ impl<'a> Run<'a> {
         let arena_bytes = place_on_backend(&mut *backend, &mut ds, &norm, &program, &eval, recal.as_ref())?;
         let stepper = Stepper::new(&program, args.align, args.augment);
         let (shuffle, rngs) = (Rng::new(args.seed, stream::SHUFFLE), StepRngs::new(args.seed));
-        let recorded = recorded::record(args, size.test_len);
+        let mut recorded = recorded::record(args, size.test_len);
+        // Where the run last trained, for `compare`: not a setting, so a resume elsewhere is no change.
+        recorded.push(("device".to_string(), backend.target().as_str().to_string()));
         // The checkpoint's buffers, reserved for a run at its first step.
         let state = RunState {
             config: &config,

@@ -5,7 +5,8 @@
 //! step's) and `images_per_s`; every [`RUNNING_EVERY`] steps `train/loss_running`, the mean loss
 //! of the epoch so far. Accuracies are fractions, as in `metrics.jsonl`.
 //!
-//! One file a run, appended to as it goes. A run that starts (fresh or resumed) writes it anew:
+//! One file a run, appended to as it goes (made by its first event). A run that starts (fresh or
+//! resumed) writes it anew:
 //! the events of the file it resumes in up to the checkpoint's step (never the steps it will
 //! redo), and those of each epoch of the checkpoint's history that the file lacks (an epoch whose
 //! events a crash cut off), so that TensorBoard sees each step once.
@@ -61,8 +62,9 @@ pub fn start(
     lr_at: impl Fn(usize) -> f64,
 ) -> Result<()> {
     let folder = out.join(FOLDER);
-    fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
-    remove_stale_temps(&folder, &[FILE])?;
+    if folder.is_dir() {
+        remove_stale_temps(&folder, &[FILE])?;
+    }
     let path = path(out);
     let old = if keep_old && fs::symlink_metadata(&path).is_ok() { read(&path)? } else { vec![] };
     let kept: Vec<Event> =
@@ -78,6 +80,15 @@ pub fn start(
         }
     }
     recs.sort_by_key(|r| (r.0, r.1));
+    if recs.is_empty() {
+        // Nothing to show yet: no file, as no other file of a run before its first checkpoint
+        // ([`append`] starts one).
+        return match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        };
+    }
+    fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
     let mut bytes = events::file_version_record(now());
     for (_, _, r) in recs {
         bytes.extend(r);
@@ -97,8 +108,13 @@ fn read(path: &Path) -> Result<Vec<Event>> {
 /// makes it durable (an epoch's end), else it is left to the OS (the running loss).
 pub fn append(out: &Path, step: usize, scalars: &[(&str, f64)], sync: bool) -> Result<()> {
     let path = path(out);
-    let rec = events::scalars_record(now(), step as u64, scalars);
+    let folder = out.join(FOLDER);
+    fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
     let mut file = open_regular(&path, OpenOptions::new().create(true).append(true), true)?;
+    let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    // A new file starts with its version; one write, so a kill leaves whole records or a torn last.
+    let mut rec = if len == 0 { events::file_version_record(now()) } else { vec![] };
+    rec.extend(events::scalars_record(now(), step as u64, scalars));
     file.write_all(&rec)
         .and_then(|_| file.flush())
         .and_then(|_| if sync { file.sync_data() } else { Ok(()) })

@@ -9,6 +9,7 @@ mod common;
 
 mod bf16;
 mod cli;
+mod compare;
 mod export;
 mod gemm;
 mod hostile;
