@@ -12,7 +12,7 @@
 //! events a crash cut off), so that TensorBoard sees each step once.
 
 use crate::error::{Error, Result};
-use crate::io::atomic::{open_regular, remove_stale_temps};
+use crate::io::atomic::{check_replaceable, open_regular, remove_stale_temps};
 use crate::io::events::{self, Event};
 use crate::io::metrics::EpochMetrics;
 use prost::Message;
@@ -66,6 +66,8 @@ pub fn start(
         remove_stale_temps(&folder, &[FILE])?;
     }
     let path = path(out);
+    // A link or FIFO there is refused before any training, not removed nor written through.
+    check_replaceable(&path)?;
     let old = if keep_old && fs::symlink_metadata(&path).is_ok() { read(&path)? } else { vec![] };
     let kept: Vec<Event> =
         old.into_iter().filter(|e| e.file_version.is_none() && e.step >= 0 && e.step as usize <= done).collect();

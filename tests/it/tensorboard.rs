@@ -148,3 +148,21 @@ fn a_resumed_run_shows_each_step_once() {
     std::fs::remove_dir_all(&d).unwrap();
     std::fs::remove_dir_all(&d2).unwrap();
 }
+
+/// A link where the events go is refused before any training and left as it is.
+#[cfg(unix)]
+#[test]
+fn a_link_in_place_of_the_events_is_refused() {
+    let d = tmp("link");
+    let a = run_args(&d);
+    let target = d.join("elsewhere");
+    std::fs::write(&target, "theirs").unwrap();
+    std::fs::create_dir_all(a.out.join(tb::FOLDER)).unwrap();
+    std::os::unix::fs::symlink(&target, tb::path(&a.out)).unwrap();
+    let msg = train::train(&a).unwrap_err().to_string();
+    assert!(msg.contains(tb::FILE) && msg.contains("symbolic link"), "{msg}");
+    assert!(std::fs::symlink_metadata(tb::path(&a.out)).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs");
+    assert!(!a.out.join("last.ckpt").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
