@@ -34,6 +34,8 @@ pub enum Command {
     Bench(BenchFlags),
     /// Check every op and the PyTorch reference on a backend.
     Selftest(SelftestFlags),
+    /// Compare finished or running runs: one row each, and their test accuracy as a picture.
+    Compare(CompareFlags),
     /// Dataset tools.
     #[command(subcommand)]
     Data(DataCommand),
@@ -383,6 +385,27 @@ pub struct ExportFlags {
     /// safetensors (parameters, BN statistics, metadata) or onnx (the test-time network) [default: from --out's extension]
     #[arg(long, value_enum)]
     pub format: Option<ExportFormat>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareFlags {
+    /// Run folders (each holding metrics.jsonl and last.ckpt)
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Draw test accuracy against epoch and against training seconds in this SVG file
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = TableFormat::Text)]
+    pub format: TableFormat,
+    /// Compare runs of different models or datasets too
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

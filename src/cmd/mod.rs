@@ -2,6 +2,7 @@
 //! Each command calls into the library and returns its error for `main` to print.
 
 pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod eval;
 pub mod export;
@@ -55,6 +56,7 @@ pub fn run(cli: Cli) -> Result<Done> {
         Some(Command::Profile(f)) => finished(profile::command(&f)),
         Some(Command::Bench(f)) => finished(bench::command(&f)),
         Some(Command::Selftest(f)) => finished(selftest::command(&f)),
+        Some(Command::Compare(f)) => finished(compare::command(&f)),
         Some(Command::Data(DataCommand::Synth { out, train, test, seed, force })) => {
             finished(data::synth(&out, train, test, seed, force))
         }

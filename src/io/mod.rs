@@ -1,10 +1,11 @@
 //! What a run leaves on disk: files written atomically, checkpoints, safetensors files, the
-//! per-epoch metrics, the SVG module every picture (learning curves, plan and sweep charts) is
-//! drawn with, the lock that keeps two processes out of one folder, and the checks on an output
+//! per-epoch metrics, TensorBoard event records, the SVG module every picture (learning curves,
+//! plan and sweep charts) is drawn with, the lock that keeps two processes out of one folder, and the checks on an output
 //! file a command is asked to write.
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod events;
 pub mod lock;
 pub mod metrics;
 pub mod output;

@@ -7,6 +7,7 @@
 //! - `state.rs`: the run's state as a checkpoint and back.
 //! - `folder.rs`: the run folder: its lock and what may be written there.
 //! - `recal.rs`: BN statistics recalibrated for the full network (`--bn-recal`).
+//! - `tb.rs`: the run's TensorBoard events.
 //! - `recorded.rs`: the settings that change the numbers, recorded in checkpoints, compared on
 //!   resume.
 //!
@@ -22,6 +23,7 @@ pub mod recal;
 pub mod recorded;
 pub mod state;
 pub mod step;
+pub mod tb;
 
 pub use eval::{evaluate, EvalRequest, Evaluation, Evaluator};
 pub use lr::{learning_rate, LrSchedule};
@@ -33,9 +35,11 @@ use crate::backend::{self, Backend, DeviceChoice, Math, SplitId};
 use crate::data::loader::{self, Normalization};
 use crate::data::{self, Dataset, DatasetKind, Limits};
 use crate::error::{Error, Result};
+use crate::io::atomic::folder_of;
 use crate::io::checkpoint::{self, Checkpoint};
 use crate::io::lock::FolderLock;
 use crate::io::metrics::{self, Change, EpochMetrics};
+use crate::io::output::same_file;
 use crate::ir::{Invalid, ModelConfig, Role};
 use crate::model::wrn;
 use crate::model_file;
@@ -274,7 +278,9 @@ impl<'a> Run<'a> {
         let arena_bytes = place_on_backend(&mut *backend, &mut ds, &norm, &program, &eval, recal.as_ref())?;
         let stepper = Stepper::new(&program, args.align, args.augment);
         let (shuffle, rngs) = (Rng::new(args.seed, stream::SHUFFLE), StepRngs::new(args.seed));
-        let recorded = recorded::record(args, size.test_len);
+        let mut recorded = recorded::record(args, size.test_len);
+        // Where the run last trained, for `compare`: not a setting, so a resume elsewhere is no change.
+        recorded.push(("device".to_string(), backend.target().as_str().to_string()));
         // The checkpoint's buffers, reserved for a run at its first step.
         let state = RunState {
             config: &config,
@@ -325,6 +331,8 @@ impl<'a> Run<'a> {
         if let Some(r) = &resumed {
             run.resume_from(r)?;
         }
+        let own_events = resumed.as_ref().is_some_and(|r| same_file(folder_of(&r.path), &args.out));
+        tb::start(&args.out, &run.history, size.per_epoch, run.step, own_events, |t| run.sgd_at(t).lr as f64)?;
         run.describe(size.test_len, arena_bytes);
         Ok(run)
     }
@@ -412,6 +420,10 @@ impl<'a> Run<'a> {
             self.step += 1;
             timed_images += args.batch;
             self.sums.add(loss, args.batch);
+            if self.step.is_multiple_of(tb::RUNNING_EVERY) {
+                let running = [("train/loss_running", self.sums.loss / self.sums.seen)];
+                tb::append(&args.out, self.step, &running, false)?;
+            }
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.3}  {:.0} img/s",
@@ -476,6 +488,7 @@ impl<'a> Run<'a> {
         let shuffle = self.shuffle.clone();
         self.save(&shuffle, epoch + 1, improved)?;
         metrics::append_jsonl(&args.out.join("metrics.jsonl"), &m)?;
+        tb::append(&args.out, self.step, &tb::epoch_scalars(&m, self.sgd_at(self.step - 1).lr as f64), true)?;
         write_curves(&args.out, &self.history, &self.config, self.kind, &self.run_id)
     }
 

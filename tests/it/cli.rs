@@ -332,6 +332,18 @@ fn metrics_lines(run: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The steps of each scalar tag in the TensorBoard events of `run`, in file order.
+fn event_steps(run: &Path) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let bytes = std::fs::read(sliceout::train::tb::path(run)).unwrap();
+    let mut steps = std::collections::BTreeMap::<String, Vec<i64>>::new();
+    for e in sliceout::io::events::events(&bytes) {
+        for tag in e.tags() {
+            steps.entry(tag.to_string()).or_default().push(e.step);
+        }
+    }
+    steps
+}
+
 #[test]
 fn a_trainer_killed_at_random_moments_always_resumes_to_the_same_run() {
     // Checkpoints every step, so kills land in the middle of writes too, and between the
@@ -374,10 +386,11 @@ fn a_trainer_killed_at_random_moments_always_resumes_to_the_same_run() {
         assert_eq!(params(&last), params(&reference.join("last.ckpt")), "round {round}: last.ckpt differs");
         assert_eq!(params(&best), params(&reference.join("best.ckpt")), "round {round}: best.ckpt differs");
         assert_eq!(metrics_lines(&run), metrics_lines(&reference), "round {round}: metrics differ");
+        assert_eq!(event_steps(&run), event_steps(&reference), "round {round}: TensorBoard steps differ");
         let mut left: Vec<_> =
             std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
-        assert_eq!(left, ["best.ckpt", "curves.svg", "last.ckpt", "metrics.jsonl"], "round {round}");
+        assert_eq!(left, ["best.ckpt", "curves.svg", "last.ckpt", "metrics.jsonl", "tb"], "round {round}");
     }
 }
 

@@ -9,6 +9,7 @@ mod common;
 
 mod bf16;
 mod cli;
+mod compare;
 mod export;
 mod gemm;
 mod hostile;
@@ -22,5 +23,6 @@ mod layers;
 mod nvrtc;
 mod plan;
 mod reference;
+mod tensorboard;
 mod train;
 mod winograd_kernels;
