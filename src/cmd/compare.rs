@@ -16,7 +16,7 @@ use crate::io::checkpoint;
 use crate::io::metrics::{self, EpochMetrics};
 use crate::io::svg;
 use crate::ir::{mib, ModelConfig, Precision, Target};
-use crate::schedule::{InputGrad, Options};
+use crate::schedule::{InputGrad, Lowering, Options};
 use crate::train::state::RunMeta;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -92,18 +92,20 @@ pub fn read_run(dir: &Path) -> std::result::Result<RunRow, String> {
     let device = ck.meta("device").map(str::to_string);
     let plan_mib = meta.batch.and_then(|batch| {
         let target = if device.as_deref() == Some("cuda") { Target::Cuda } else { Target::Cpu };
-        let d = Options::default();
+        let (d, dl) = (Options::default(), Lowering::default());
         let options = Options {
-            target,
-            precision: r.text("precision").and_then(|p| Precision::parse(p).ok()).unwrap_or(d.precision),
             col_chunk: r.get("col_chunk").unwrap_or(d.col_chunk),
             col_budget_mib: r.get("col_budget").unwrap_or(d.col_budget_mib),
             in_place: r.get("in_place").unwrap_or(d.in_place),
-            input_grad: r.text("input_grad").and_then(|g| InputGrad::parse(g).ok()).unwrap_or(d.input_grad),
-            winograd: r.get("winograd").unwrap_or(d.winograd),
             ..d
         };
-        let bytes = fit::step_bytes(&ck.config, batch, options);
+        let lowering = Lowering {
+            target,
+            precision: r.text("precision").and_then(|p| Precision::parse(p).ok()).unwrap_or(dl.precision),
+            input_grad: r.text("input_grad").and_then(|g| InputGrad::parse(g).ok()).unwrap_or(dl.input_grad),
+            winograd: r.get("winograd").unwrap_or(dl.winograd),
+        };
+        let bytes = fit::step_bytes(&ck.config, batch, options, lowering);
         (bytes != usize::MAX).then(|| mib(bytes))
     });
     Ok(RunRow {

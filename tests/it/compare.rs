@@ -6,7 +6,6 @@
 use crate::common::{args, sliceout, tmp};
 use sliceout::data::synth::write_synthetic;
 use sliceout::io::metrics::{self, EpochMetrics};
-use sliceout::schedule::Options;
 use sliceout::train::{self, TrainArgs};
 use std::path::Path;
 
@@ -49,7 +48,7 @@ fn row_agrees(row: &serde_json::Value, a: &TrainArgs, history: &[EpochMetrics]) 
     assert_eq!((row["device"].as_str(), row["dataset"].as_str()), (Some("cpu"), Some("cifar10")));
     assert_eq!((row["epochs_done"].as_u64(), row["epochs_planned"].as_u64()), (Some(history.len() as u64), Some(2)));
     let config = a.config(10, 3);
-    let plan = sliceout::ir::mib(sliceout::fit::step_bytes(&config, a.batch, Options::default()));
+    let plan = sliceout::ir::mib(sliceout::fit::step_bytes(&config, a.batch, a.options, a.lowering));
     assert!(close(f("plan_mib"), plan), "{row}: plan {plan}");
 }
 
