@@ -113,6 +113,10 @@ pub struct MemoryFlags {
     /// Use a fresh buffer and an add for the identity shortcut's gradient
     #[arg(long)]
     pub no_in_place: bool,
+    /// The identity shortcut's gradient accumulated in place (the default; with `train --resume
+    /// --change`, turns a run's --no-in-place off)
+    #[arg(long, conflicts_with = "no_in_place")]
+    pub in_place: bool,
     /// Images per im2col chunk (0 = auto, within --col-budget) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub col_chunk: Option<usize>,
@@ -140,6 +144,10 @@ pub struct MemoryFlags {
     /// keep im2col; the CPU always uses Winograd on those layers
     #[arg(long)]
     pub winograd: bool,
+    /// im2col on the GPU (the default; with `train --resume --change`, turns a run's --winograd
+    /// off)
+    #[arg(long, conflicts_with = "winograd")]
+    pub no_winograd: bool,
 }
 
 /// The most timed steps `bench` and `profile` take: a median needs no more, and a typo of a

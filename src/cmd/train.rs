@@ -242,8 +242,16 @@ fn memory_options(f: &TrainFlags, run: &Recorded) -> Result<(Options, Lowering)>
     }
     o.col_chunk = m.col_chunk.or(run.get("col_chunk")).unwrap_or(o.col_chunk);
     o.col_budget_mib = m.col_budget.or(run.get("col_budget")).unwrap_or(o.col_budget_mib);
-    o.in_place = !m.no_in_place && run.get("in_place").unwrap_or(true);
-    l.winograd = m.winograd || run.get("winograd").unwrap_or(false);
+    o.in_place = match (m.in_place, m.no_in_place) {
+        (true, _) => true,
+        (_, true) => false,
+        _ => run.get("in_place").unwrap_or(true),
+    };
+    l.winograd = match (m.winograd, m.no_winograd) {
+        (true, _) => true,
+        (_, true) => false,
+        _ => run.get("winograd").unwrap_or(false),
+    };
     Ok((o, l))
 }
 

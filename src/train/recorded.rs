@@ -184,7 +184,7 @@ fn settings() -> [Setting; 18] {
             expected: "true or false",
             parse: boolean,
             value: |a, _| a.options.in_place.to_string(),
-            show: |v| if v == "true" { "no --no-in-place" } else { "--no-in-place" }.to_string(),
+            show: |v| if v == "true" { "--in-place" } else { "--no-in-place" }.to_string(),
         },
         Setting {
             key: "input_grad",
@@ -198,7 +198,7 @@ fn settings() -> [Setting; 18] {
             expected: "true or false",
             parse: boolean,
             value: |a, _| a.lowering.winograd.to_string(),
-            show: |v| if v == "true" { "--winograd" } else { "no --winograd" }.to_string(),
+            show: |v| if v == "true" { "--winograd" } else { "--no-winograd" }.to_string(),
         },
     ]
 }
@@ -379,6 +379,6 @@ mod tests {
     fn changes_are_said_as_flags() {
         let c = |s: &str, from: &str, to: &str| Change { setting: s.into(), from: from.into(), to: to.into() };
         let said = describe(&[c("lr", "0.1", "0.05"), c("nesterov", "true", "false"), c("winograd", "false", "true")]);
-        assert_eq!(said, "--lr 0.05 (was --lr 0.1), --no-nesterov (was --nesterov), --winograd (was no --winograd)");
+        assert_eq!(said, "--lr 0.05 (was --lr 0.1), --no-nesterov (was --nesterov), --winograd (was --no-winograd)");
     }
 }

@@ -254,7 +254,8 @@ fn a_resume_with_a_different_value_is_refused_naming_the_flag() {
         (&["--col-chunk", "0"], "--col-chunk 3"),
         (&["--col-budget", "8"], "no --col-budget"),
         (&["--input-grad", "col2im"], "--input-grad conv"),
-        (&["--winograd"], "no --winograd"),
+        (&["--winograd"], "--no-winograd"),
+        (&["--in-place"], "--no-in-place"),
     ] {
         let base = ["train", "--resume", ck.to_str().unwrap(), "--device", "cpu"];
         let argv = [&base[..], given].concat();
@@ -313,6 +314,31 @@ fn change_applies_the_flags_and_the_metrics_record_it() {
     // Without --resume there is nothing to change.
     let (code, _, err) = sliceout_in(&s.dir, &refs(&train_argv(&s.data, &s.dir.join("x"), &["--change"])));
     assert!(code != 0 && err.contains("--change") && err.contains("--resume"), "{err}");
+}
+
+/// Every switch a run can be started with can be turned back with `--change`: the run of
+/// `--no-in-place` (and one of `--winograd`) takes `--in-place` (and `--no-winograd`), refused
+/// without `--change`, and the metrics list the change.
+#[test]
+fn switches_a_run_was_started_with_can_be_turned_back_with_change() {
+    let s = scene("switch-back");
+    let out = s.dir.join("run");
+    train_until(&train_argv(&s.data, &out, &["--winograd"]), 13);
+    let ck = out.join("last.ckpt");
+    let ck_s = ck.to_str().unwrap();
+    let resume = |extra: &[&str]| -> Vec<String> {
+        ["train", "--resume", ck_s, "--device", "cpu"].iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let kept = parsed(&resume(&[]));
+    assert!(!kept.options.in_place && kept.lowering.winograd);
+    fails_with(&s.dir, &refs(&resume(&["--in-place"])), &["--in-place", "--change"]);
+    fails_with(&s.dir, &refs(&resume(&["--no-winograd"])), &["--no-winograd", "--change"]);
+    let back = parsed(&resume(&["--in-place", "--no-winograd", "--change"]));
+    assert!(back.options.in_place && !back.lowering.winograd);
+    train::train(&back).unwrap_or_else(|e| panic!("{e}"));
+    let changed = &metrics_lines(&out)[1]["changed"];
+    let settings: Vec<&str> = changed.as_array().unwrap().iter().map(|c| c["setting"].as_str().unwrap()).collect();
+    assert!(settings.contains(&"in_place") && settings.contains(&"winograd"), "{changed}");
 }
 
 #[test]
