@@ -70,40 +70,70 @@ fn write_error(path: &Path, tmp: &Path, e: io::Error) -> Error {
 /// with more than one name (hard links) is refused too: writing it would change the other names'
 /// file. The checks are made on the opened file itself, so nothing swapped in between slips by.
 pub fn open_regular(path: &Path, options: &mut OpenOptions, one_name: bool) -> Result<fs::File> {
-    // Asked first, so that a device is not even opened.
-    if let Some(what) = not_regular(path).map_err(|e| Error::io(path, e))? {
-        return Err(refused(path, &what));
+    open_checked(path, options, one_name).map_err(|e| match e {
+        NotOpened::Refused(NotRegular::Kind(what)) => refused(path, &what),
+        NotOpened::Refused(NotRegular::Names(n)) => {
+            refused(path, &format!("a file with {n} names (hard links): writing it would change them all"))
+        }
+        NotOpened::Io(e) => Error::io(path, e),
+    })
+}
+
+/// What stands at a path where a regular file (with one name, where asked) had to be.
+pub enum NotRegular {
+    /// A link, folder, FIFO, socket or device, in words ("a symbolic link to x.bin").
+    Kind(String),
+    /// A regular file with this many names (hard links).
+    Names(u64),
+}
+
+/// Why [`open_checked`] opened nothing.
+pub enum NotOpened {
+    Refused(NotRegular),
+    Io(io::Error),
+}
+
+/// The one way a file that must be regular is opened ([`open_regular`], the folder lock):
+/// judged by its name first (so a device is not even opened), opened without following a link
+/// or waiting on a FIFO (judged again by name if that fails: something was swapped in), then
+/// judged as the file opened.
+pub fn open_checked(
+    path: &Path,
+    options: &mut OpenOptions,
+    one_name: bool,
+) -> std::result::Result<fs::File, NotOpened> {
+    let judge = |meta: &fs::Metadata| judge_regular(path, meta, one_name);
+    match fs::symlink_metadata(path) {
+        Ok(meta) => judge(&meta).map_err(NotOpened::Refused)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(NotOpened::Io(e)),
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
     }
-    let file = options.open(path).map_err(|e| match not_regular(path) {
-        Ok(Some(what)) => refused(path, &what),
-        _ => Error::io(path, e),
+    let file = options.open(path).map_err(|e| match fs::symlink_metadata(path).map(|m| judge(&m)) {
+        Ok(Err(what)) => NotOpened::Refused(what),
+        _ => NotOpened::Io(e),
     })?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if let Some(what) = kind_other_than_file(&meta.file_type()) {
-        return Err(refused(path, what));
-    }
-    if one_name && names(&meta) > 1 {
-        let what = format!("a file with {} names (hard links): writing it would change them all", names(&meta));
-        return Err(refused(path, &what));
-    }
+    let meta = file.metadata().map_err(NotOpened::Io)?;
+    judge(&meta).map_err(NotOpened::Refused)?;
     Ok(file)
 }
 
-/// What stands at `path` instead of a regular file, in words (a link is not followed);
-/// `None` when nothing is there or a regular file is.
-fn not_regular(path: &Path) -> io::Result<Option<String>> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            Ok(Some(format!("a symbolic link to {}", fs::read_link(path)?.display())))
-        }
-        Ok(m) => Ok(kind_other_than_file(&m.file_type()).map(String::from)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// `meta` (of `path`, not followed) judged: a regular file, with one name where `one_name`.
+fn judge_regular(path: &Path, meta: &fs::Metadata, one_name: bool) -> std::result::Result<(), NotRegular> {
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(path).map(|t| format!(" to {}", t.display())).unwrap_or_default();
+        return Err(NotRegular::Kind(format!("a symbolic link{target}")));
+    }
+    if let Some(kind) = kind_other_than_file(&meta.file_type()) {
+        return Err(NotRegular::Kind(kind.to_string()));
+    }
+    match names(meta) {
+        n if one_name && n > 1 => Err(NotRegular::Names(n)),
+        _ => Ok(()),
     }
 }
 

@@ -9,7 +9,7 @@
 //! or a folder there is refused and left as it is, so the pid is never written into another
 //! file and two runs never lock two different files under one name.
 
-use super::atomic;
+use super::atomic::{self, NotOpened, NotRegular};
 use crate::error::{Error, Result};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
@@ -74,50 +74,24 @@ impl Drop for FolderLock {
 }
 
 /// Opens (creating it if missing) the lock file `path`: a regular file with one name, never
-/// through a link, never waiting on a FIFO; anything else is refused and left as it is.
+/// through a link, never waiting on a FIFO ([`atomic::open_checked`]); anything else is refused
+/// and left as it is.
 fn open_lock_file(path: &Path) -> Result<File> {
-    // Judged before opening, so that a device is not even opened.
-    match fs::symlink_metadata(path) {
-        Ok(meta) => check_lock_file(path, &meta)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(path, e)),
-    }
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(|e| match fs::symlink_metadata(path) {
-        // Swapped in since it was judged: say what it is now.
-        Ok(meta) => check_lock_file(path, &meta).err().unwrap_or_else(|| Error::io(path, e)),
-        Err(_) => Error::io(path, e),
-    })?;
-    // The file opened is judged too: nothing swapped in between slips by.
-    check_lock_file(path, &file.metadata().map_err(|e| Error::io(path, e))?)?;
-    Ok(file)
-}
-
-/// Refuses a lock file `path` (with metadata `meta`, not followed) that is not a regular file
-/// with one name.
-fn check_lock_file(path: &Path, meta: &fs::Metadata) -> Result<()> {
-    let what = if meta.file_type().is_symlink() {
-        let target = fs::read_link(path).map(|t| format!(" to {}", t.display())).unwrap_or_default();
-        format!("a symbolic link{target}")
-    } else if let Some(kind) = atomic::kind_other_than_file(&meta.file_type()) {
-        kind.to_string()
-    } else if atomic::names(meta) > 1 {
-        format!("a file with {} names (hard links)", atomic::names(meta))
-    } else {
-        return Ok(());
-    };
-    let dir = atomic::folder_of(path).display();
-    Err(Error::Msg(format!(
-        "{}: is {what}, expected the lock file of {dir} (a regular file with one name); it was left as it is: \
-         remove it if no sliceout process runs in {dir}, or pick another folder",
-        path.display()
-    )))
+    atomic::open_checked(path, &mut options, true).map_err(|e| {
+        let what = match e {
+            NotOpened::Io(e) => return Error::io(path, e),
+            NotOpened::Refused(NotRegular::Kind(what)) => what,
+            NotOpened::Refused(NotRegular::Names(n)) => format!("a file with {n} names (hard links)"),
+        };
+        let dir = atomic::folder_of(path).display();
+        Error::Msg(format!(
+            "{}: is {what}, expected the lock file of {dir} (a regular file with one name); it was left as it is: \
+             remove it if no sliceout process runs in {dir}, or pick another folder",
+            path.display()
+        ))
+    })
 }
 
 #[cfg(unix)]

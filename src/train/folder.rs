@@ -138,14 +138,14 @@ fn check_folder(flag: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Makes `out` and takes its lock for a run, fresh or resumed from `resume`: removes what
-/// killed saves left, then refuses (unless `force`, which removes them) another run's files.
-pub fn claim(out: &Path, resume: Option<&Owner>, force: bool) -> Result<FolderLock> {
+/// Makes `out` and takes its lock for a run, fresh or resumed (`owner`: the checkpoint's run):
+/// removes what killed saves left, then refuses (unless `force`, which removes them) another
+/// run's files.
+pub fn claim(out: &Path, owner: Option<&Owner>, force: bool) -> Result<FolderLock> {
     check_folder("--out", out)?;
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let lock = FolderLock::acquire(out, LOCK)?;
     remove_stale_temps(out, &RUN_FILES)?;
-    let owner = resume;
     let resume = owner.map(|o| o.checkpoint);
     let continuing = resume.is_some_and(|ck| same_file(folder_of(ck), out));
     // Going on from another checkpoint of the folder (say best.ckpt) would replace last.ckpt,
@@ -153,7 +153,8 @@ pub fn claim(out: &Path, resume: Option<&Owner>, force: bool) -> Result<FolderLo
     let last = out.join("last.ckpt");
     if let Some(ck) = resume.filter(|ck| continuing && !force && last.exists() && !same_file(ck, &last)) {
         return Err(Error::Msg(format!(
-            "resuming {} in its own folder would replace {} (where the run got to since) and the metrics              after it: pass --out for a new folder, or --force to go on from {} here",
+            "resuming {} in its own folder would replace {} (where the run got to since) and the metrics \
+             after it: pass --out for a new folder, or --force to go on from {} here",
             ck.display(),
             last.display(),
             ck.display()

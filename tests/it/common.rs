@@ -76,3 +76,23 @@ pub fn args(data: &Path, out: &Path) -> TrainArgs {
         allow_changes: false,
     }
 }
+
+/// The tensors of a checkpoint (parameters, momentum, statistics), bit for bit.
+pub fn checkpoint_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let ck = sliceout::io::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}"));
+    ck.tensors.iter().map(|t| (t.name.clone(), t.data.iter().map(|x| x.to_bits()).collect())).collect()
+}
+
+/// The lines of a run's `metrics.jsonl` without the wall-clock fields.
+pub fn metrics_without_times(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("images_per_s");
+            v
+        })
+        .collect()
+}

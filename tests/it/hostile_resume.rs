@@ -4,7 +4,7 @@
 //! says so (and the metrics then record the change), a resume without `--data` uses the run's
 //! folder or asks for one, and values a 32-bit float cannot hold are refused.
 
-use crate::common::{self, sliceout_in, tmp, BIN};
+use crate::common::{self, checkpoint_bits, metrics_without_times, sliceout_in, tmp, BIN};
 use clap::Parser;
 use sliceout::cmd::flags::{Cli, Command};
 use sliceout::io::checkpoint;
@@ -95,26 +95,6 @@ fn train_until(argv: &[String], stop: usize) {
     assert_eq!(s.stopped_at, Some(stop));
 }
 
-/// The parameters, momentum and statistics of a checkpoint, bit for bit.
-fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
-    let ck = checkpoint::load(path).unwrap_or_else(|e| panic!("{e}"));
-    ck.tensors.iter().map(|t| (t.name.clone(), t.data.iter().map(|x| x.to_bits()).collect())).collect()
-}
-
-/// The lines of `metrics.jsonl` without the wall-clock fields.
-fn metrics_lines(run: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("seconds");
-            o.remove("images_per_s");
-            v
-        })
-        .collect()
-}
-
 fn meta(ck: &Path, key: &str) -> Option<String> {
     checkpoint::load(ck).unwrap().meta(key).map(str::to_string)
 }
@@ -151,9 +131,13 @@ impl Scene {
 
     fn same_as_full(&self, run: &Path) {
         for ck in ["last.ckpt", "best.ckpt"] {
-            assert!(tensors(&run.join(ck)) == tensors(&self.full.join(ck)), "{}: {ck} differs", run.display());
+            assert!(
+                checkpoint_bits(&run.join(ck)) == checkpoint_bits(&self.full.join(ck)),
+                "{}: {ck} differs",
+                run.display()
+            );
         }
-        assert_eq!(metrics_lines(run), metrics_lines(&self.full), "{}: metrics differ", run.display());
+        assert_eq!(metrics_without_times(run), metrics_without_times(&self.full), "{}: metrics differ", run.display());
     }
 }
 
@@ -292,7 +276,7 @@ fn change_applies_the_flags_and_the_metrics_record_it() {
     // The rest needs no flag: the run now is at lr 0.02 with Nesterov.
     let (code, so, err) = sliceout_in(&s.dir, &["train", "--resume", ck_s, "--device", "cpu"]);
     assert_eq!(code, 0, "{so}\n{err}");
-    let lines = metrics_lines(&run);
+    let lines = metrics_without_times(&run);
     assert_eq!(lines.len(), 3);
     let changed = serde_json::json!([
         {"setting": "lr", "from": "0.05", "to": "0.02"},
@@ -300,7 +284,7 @@ fn change_applies_the_flags_and_the_metrics_record_it() {
     ]);
     assert_eq!(lines[1]["changed"], changed, "{:?}", lines[1]);
     assert!(lines[0].get("changed").is_none() && lines[2].get("changed").is_none(), "{lines:?}");
-    assert!(lines[2]["train_loss"] != metrics_lines(&s.full)[2]["train_loss"], "the change changed nothing");
+    assert!(lines[2]["train_loss"] != metrics_without_times(&s.full)[2]["train_loss"], "the change changed nothing");
     // The metrics, old lines and new, read back.
     let read = sliceout::io::metrics::read_jsonl(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(read[1].changed.len(), 2);
@@ -336,7 +320,7 @@ fn switches_a_run_was_started_with_can_be_turned_back_with_change() {
     let back = parsed(&resume(&["--in-place", "--no-winograd", "--change"]));
     assert!(back.options.in_place && !back.lowering.winograd);
     train::train(&back).unwrap_or_else(|e| panic!("{e}"));
-    let changed = &metrics_lines(&out)[1]["changed"];
+    let changed = &metrics_without_times(&out)[1]["changed"];
     let settings: Vec<&str> = changed.as_array().unwrap().iter().map(|c| c["setting"].as_str().unwrap()).collect();
     assert!(settings.contains(&"in_place") && settings.contains(&"winograd"), "{changed}");
 }
@@ -469,7 +453,7 @@ fn memory_options_left_unrecorded_change_no_number() {
         let out = d.join(name);
         let args = TrainArgs { options, epochs: 1, batch: 16, ..common::args(&data, &out) };
         train::train(&args).unwrap();
-        tensors(&out.join("last.ckpt"))
+        checkpoint_bits(&out.join("last.ckpt"))
     };
     let base = run("base", Options::default());
     assert!(run("no-recompute", Options { recompute: false, ..Options::default() }) == base, "--no-recompute");

@@ -1,14 +1,13 @@
 //! Training end to end on generated CIFAR-format data: a small WRN learns (far above chance),
 //! and an interrupted run resumed from its checkpoint ends bit-identical to an uninterrupted one.
 
-use crate::common::{self, tmp};
+use crate::common::{self, checkpoint_bits, tmp};
 use common::args;
 use sliceout::backend::DeviceChoice;
 use sliceout::data::synth::write_synthetic;
 use sliceout::io::checkpoint;
 use sliceout::io::metrics::{self, EpochMetrics};
 use sliceout::train::{self, LrSchedule, TrainArgs};
-use std::path::Path;
 
 #[test]
 fn a_small_wrn_learns_the_synthetic_classes() {
@@ -65,11 +64,6 @@ fn comparable(m: &[EpochMetrics]) -> Vec<(usize, u64, u64, u64, u64)> {
         .collect()
 }
 
-fn params(path: &Path) -> Vec<(String, Vec<u32>)> {
-    let ck = checkpoint::load(path).unwrap();
-    ck.tensors.iter().map(|t| (t.name.clone(), t.data.iter().map(|x| x.to_bits()).collect())).collect()
-}
-
 #[test]
 fn resumed_runs_end_bit_identical() {
     let d = tmp("resume");
@@ -87,7 +81,11 @@ fn resumed_runs_end_bit_identical() {
         assert_eq!(checkpoint::load(&ck).unwrap().step, stop as u64);
         let resumed = train::train(&TrainArgs { resume: Some(ck), ..args(&data, &out) }).unwrap();
         assert_eq!(resumed.stopped_at, None);
-        assert_eq!(params(&out.join("last.ckpt")), params(&d.join("full/last.ckpt")), "{name}: parameters differ");
+        assert_eq!(
+            checkpoint_bits(&out.join("last.ckpt")),
+            checkpoint_bits(&d.join("full/last.ckpt")),
+            "{name}: parameters differ"
+        );
         let lines = metrics::read_jsonl(&out.join("metrics.jsonl")).unwrap();
         assert_eq!(comparable(&lines), comparable(&full.history), "{name}: metrics differ");
     }
@@ -123,7 +121,7 @@ fn a_run_resumed_from_the_checkpoint_alone_ends_bit_identical() {
     resumed.verbose = false;
     resumed.math = sliceout::gpu::Math::Fp32;
     train::train(&resumed).unwrap();
-    assert_eq!(params(&d.join("split/last.ckpt")), params(&d.join("full/last.ckpt")));
+    assert_eq!(checkpoint_bits(&d.join("split/last.ckpt")), checkpoint_bits(&d.join("full/last.ckpt")));
     let lines = metrics::read_jsonl(&d.join("split/metrics.jsonl")).unwrap();
     assert_eq!(comparable(&lines), comparable(&full.history));
 }
