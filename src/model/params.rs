@@ -46,14 +46,21 @@ pub fn tensors(config: &ModelConfig) -> Vec<TensorSpec> {
         })
         .collect();
     list.extend(momentum);
+    lay_out(&mut list);
+    list
+}
+
+/// Places `tensors` in the persistent region: parameters, then momentum, then running means,
+/// then running variances, each tensor on a 16-byte boundary so that the GPU's SGD can move
+/// four floats at a time (the gaps, at most three floats each, stay zero).
+pub fn lay_out(tensors: &mut [TensorSpec]) {
     let mut offset = 0;
     for role in [Role::Param, Role::Momentum, Role::RunningMean, Role::RunningVar] {
-        for t in list.iter_mut().filter(|t| t.role == role) {
+        for t in tensors.iter_mut().filter(|t| t.role == role) {
             t.offset = offset;
             offset = (offset + t.len()).next_multiple_of(4);
         }
     }
-    list
 }
 
 /// One tensor, placed by [`tensors`] once the list is complete.

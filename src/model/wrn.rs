@@ -599,15 +599,7 @@ impl Builder {
                 *m = momentum[i];
             }
         }
-        // Each tensor starts on a 16-byte boundary, so the GPU's SGD can move four floats at a
-        // time (the gaps, at most three floats each, stay zero).
-        let mut offset = 0;
-        for role in [Role::Param, Role::Momentum, Role::RunningMean, Role::RunningVar] {
-            for t in self.sched.tensors.iter_mut().filter(|t| t.role == role) {
-                t.offset = offset;
-                offset = (offset + t.len()).next_multiple_of(4);
-            }
-        }
+        super::params::lay_out(&mut self.sched.tensors);
         self.sched.outputs.push(self.sched.loss);
         self.sched.outputs.push(self.sched.logits);
         self.sched
