@@ -52,16 +52,9 @@ fn main() -> ExitCode {
 /// A write past a file-size limit (`ulimit -f`) then fails with EFBIG, which the writes report
 /// naming the file, instead of SIGXFSZ killing the process with a temporary file left behind.
 fn ignore_file_size_signal() {
+    // SAFETY: ignoring a signal has no preconditions.
     #[cfg(unix)]
-    {
-        extern "C" {
-            fn signal(signum: i32, handler: usize) -> usize;
-        }
-        const SIGXFSZ: i32 = 25;
-        const SIG_IGN: usize = 1;
-        // SAFETY: ignoring a signal has no preconditions.
-        unsafe {
-            signal(SIGXFSZ, SIG_IGN);
-        }
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

@@ -58,12 +58,6 @@ fn check(ptr: *mut u8, size: usize) -> *mut u8 {
     ptr
 }
 
-extern "C" {
-    fn write(fd: i32, buf: *const u8, count: usize) -> isize;
-    fn _exit(status: i32) -> !;
-    fn pause() -> i32;
-}
-
 /// Set by the first thread to run out of memory: it alone says so and exits.
 static EXITING: AtomicBool = AtomicBool::new(false);
 
@@ -74,7 +68,7 @@ fn exit_out_of_memory(size: usize) -> ! {
         // Another thread is saying it and exiting: one line, not one per thread.
         loop {
             // SAFETY: waits for a signal; the process ends first.
-            unsafe { pause() };
+            unsafe { libc::pause() };
         }
     }
     let mut line = Line { buf: [0; 256], len: 0 };
@@ -90,8 +84,8 @@ fn exit_out_of_memory(size: usize) -> ! {
     // SAFETY: the buffer holds `len` initialised bytes; `_exit` ends the process at once, which
     // is what is wanted with the heap unusable (no destructors, no buffered output flushed).
     unsafe {
-        write(2, line.buf.as_ptr(), line.len);
-        _exit(1)
+        libc::write(2, line.buf.as_ptr().cast(), line.len);
+        libc::_exit(1)
     }
 }
 
