@@ -9,14 +9,14 @@
 //! line on stderr naming it; the others still print, and the command then fails, so a script
 //! notices.
 
-use super::flags::{CompareFlags, TableFormat};
+use super::flags::{CompareFlags, TableFormat, TrainFlags};
+use super::train::memory_options;
 use crate::error::{Error, Result};
 use crate::fit;
 use crate::io::checkpoint;
 use crate::io::metrics::{self, EpochMetrics};
 use crate::io::svg;
-use crate::ir::{mib, ModelConfig, Precision, Target};
-use crate::schedule::{InputGrad, Lowering, Options};
+use crate::ir::{mib, ModelConfig, Target};
 use crate::train::state::RunMeta;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -90,21 +90,10 @@ pub fn read_run(dir: &Path) -> std::result::Result<RunRow, String> {
     let meta = RunMeta::read(&ck_path, &ck).map_err(|e| e.to_string())?;
     let r = &meta.recorded;
     let device = ck.meta("device").map(str::to_string);
+    // The run's memory options and lowering as a resume with no flags would take them.
+    let (options, mut lowering) = memory_options(&TrainFlags::default_flags(), r).map_err(|e| e.to_string())?;
+    lowering.target = if device.as_deref() == Some("cuda") { Target::Cuda } else { Target::Cpu };
     let plan_mib = meta.batch.and_then(|batch| {
-        let target = if device.as_deref() == Some("cuda") { Target::Cuda } else { Target::Cpu };
-        let (d, dl) = (Options::default(), Lowering::default());
-        let options = Options {
-            col_chunk: r.get("col_chunk").unwrap_or(d.col_chunk),
-            col_budget_mib: r.get("col_budget").unwrap_or(d.col_budget_mib),
-            in_place: r.get("in_place").unwrap_or(d.in_place),
-            ..d
-        };
-        let lowering = Lowering {
-            target,
-            precision: r.text("precision").and_then(|p| Precision::parse(p).ok()).unwrap_or(dl.precision),
-            input_grad: r.text("input_grad").and_then(|g| InputGrad::parse(g).ok()).unwrap_or(dl.input_grad),
-            winograd: r.get("winograd").unwrap_or(dl.winograd),
-        };
         let bytes = fit::step_bytes(&ck.config, batch, options, lowering);
         (bytes != usize::MAX).then(|| mib(bytes))
     });

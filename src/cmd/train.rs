@@ -231,7 +231,7 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelC
 
 /// The memory flags' options and lowering, those that change the numbers taken from the run
 /// where the flags leave them out.
-fn memory_options(f: &TrainFlags, run: &Recorded) -> Result<(Options, Lowering)> {
+pub(super) fn memory_options(f: &TrainFlags, run: &Recorded) -> Result<(Options, Lowering)> {
     let m = &f.memory;
     let (mut o, mut l) = m.options()?;
     if m.precision.is_none() {
