@@ -123,7 +123,10 @@ const WORKER_STACK: usize = 2 << 20;
 /// threads that share a core, so a larger value is capped, saying so on stderr. A value that is
 /// no number is refused; 0 or none means one per CPU thread. Failing to start the threads (a
 /// memory limit such as `ulimit -v` leaves no room for their stacks) is an error, not a panic.
+/// It fixes the GEMM's instruction set first (`SLICEOUT_CPU_ISA`, refused when unknown or not
+/// run by this processor).
 pub fn start_threads() -> Result<()> {
+    crate::blas::select_kernel()?;
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match std::env::var("RAYON_NUM_THREADS") {
         Err(_) => available,
@@ -156,7 +159,7 @@ fn span(p: &Program, buf: usize) -> (usize, usize) {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads, {})", rayon::current_num_threads(), crate::blas::kernel().name())
     }
 
     fn target(&self) -> Target {

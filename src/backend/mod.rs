@@ -104,7 +104,7 @@ pub trait Execute {
 
 /// A place to train: memory, batches and ops together.
 pub trait Backend: Memory + Batches + Execute {
-    /// E.g. `cpu (2 threads)`.
+    /// E.g. `cpu (2 threads, avx512-bf16)`: the CPU names its threads and instruction set.
     fn name(&self) -> String;
     /// What its programs' workspaces are sized for.
     fn target(&self) -> Target;

@@ -4,8 +4,10 @@
 //! plain slices, so a channel slice of an activation, a column range of a weight (with the full
 //! leading dimension) or a transpose (swapped strides) reaches the product without a copy.
 //!
-//! The product is our own BLIS-style GEMM (`kernel`): packed panels, cache blocking and an
-//! AVX2+FMA register tile chosen at run time, with a portable tile for other CPUs. It exists
+//! The product is our own BLIS-style GEMM (`kernel`): packed panels, cache blocking and a
+//! register tile for the widest instruction set the processor has (AVX-512, AVX-512 with BF16
+//! products, AVX2 + FMA), chosen at run time, with a portable tile for other CPUs;
+//! `SLICEOUT_CPU_ISA` forces one ([`select_kernel`]). It exists
 //! because a training step must not allocate: packing space is one fixed buffer per thread,
 //! made by [`prepare`] on every rayon worker before the first step (and lazily, once, on a
 //! thread that calls in unprepared). The wrapper is the only place that goes unsafe: it checks
@@ -24,10 +26,13 @@
 
 mod kernel;
 
-use self::kernel::{gemm_any, Kernel, MatMut, MatRef, PackBuf, MR, NR};
+pub use self::kernel::Kernel;
+use self::kernel::{gemm_any, MatMut, MatRef, PackBuf};
+use crate::error::{Error, Result};
 use crate::ir::{Elem, Layout};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// Products below this many multiply-adds run on the calling thread: rayon's fork/join costs
 /// more than it saves there.
@@ -81,6 +86,53 @@ fn with_pack<R>(f: impl FnOnce(&mut PackBuf) -> R) -> R {
     })
 }
 
+/// The kernel every product of this process runs, fixed at the first product or by
+/// [`select_kernel`].
+static KERNEL: OnceLock<Kernel> = OnceLock::new();
+
+/// The environment variable that forces an instruction set.
+pub const ISA_VAR: &str = "SLICEOUT_CPU_ISA";
+
+/// The kernel `SLICEOUT_CPU_ISA` names, or the fastest this processor runs when it is unset or
+/// empty. A name that is no kernel, or one this processor cannot run, is refused with the list
+/// of those it can.
+pub fn kernel_from_env() -> Result<Kernel> {
+    let value = match std::env::var(ISA_VAR) {
+        Err(std::env::VarError::NotPresent) => return Ok(Kernel::detect()),
+        Err(std::env::VarError::NotUnicode(v)) => return Err(isa_refused(&v.to_string_lossy(), "")),
+        Ok(v) if v.trim().is_empty() => return Ok(Kernel::detect()),
+        Ok(v) => v,
+    };
+    let name = value.trim().to_ascii_lowercase();
+    match Kernel::ALL.iter().find(|(_, n)| *n == name) {
+        Some(&(k, _)) if k.supported() => Ok(k),
+        Some(_) => Err(isa_refused(&value, " (this processor lacks it)")),
+        None => Err(isa_refused(&value, "")),
+    }
+}
+
+fn isa_refused(value: &str, why: &str) -> Error {
+    let runs: Vec<&str> = Kernel::ALL.iter().filter(|(k, _)| k.supported()).map(|(_, n)| *n).collect();
+    Error::flag(
+        ISA_VAR,
+        format!("{value}{why}"),
+        format!("one of the instruction sets this processor runs: {}", runs.join(", ")),
+    )
+}
+
+/// Checks `SLICEOUT_CPU_ISA` and fixes the kernel for the rest of the process; the commands call
+/// it before any product, so a bad value is an error rather than a silent fallback.
+pub fn select_kernel() -> Result<Kernel> {
+    let k = kernel_from_env()?;
+    Ok(*KERNEL.get_or_init(|| k))
+}
+
+/// The kernel products run: the one [`select_kernel`] fixed, else `SLICEOUT_CPU_ISA`'s when it
+/// is valid, else the fastest this processor runs.
+pub fn kernel() -> Kernel {
+    *KERNEL.get_or_init(|| kernel_from_env().unwrap_or_else(|_| Kernel::detect()))
+}
+
 /// `C = A * B` (or `C += A * B` when `accumulate`), with `A: [m, k]`, `B: [k, n]`, `C: [m, n]`
 /// given as 2-D views of `a`, `b`, `c`, spread over rayon's threads when large enough.
 ///
@@ -95,12 +147,12 @@ pub fn gemm<C: Elem, A: Elem, B: Elem>(
     b_l: Layout,
     accumulate: bool,
 ) {
-    gemm_on(c, c_l, a, a_l, b, b_l, accumulate, true, Kernel::detect());
+    gemm_on(c, c_l, a, a_l, b, b_l, accumulate, true, kernel());
 }
 
 /// `gemm` on the calling thread only, for callers that already run many products in parallel.
 pub fn gemm_serial(c: &mut [f32], c_l: Layout, a: &[f32], a_l: Layout, b: &[f32], b_l: Layout, accumulate: bool) {
-    gemm_on(c, c_l, a, a_l, b, b_l, accumulate, false, Kernel::detect());
+    gemm_on(c, c_l, a, a_l, b, b_l, accumulate, false, kernel());
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -171,7 +223,8 @@ unsafe fn gemm_parallel<C: Elem, A: Elem, B: Elem>(
 ) {
     let macs = m * n * k;
     let by_work = (macs / PARALLEL_MACS).max(1);
-    let (tiles_m, tiles_n) = (m.div_ceil(MR), n.div_ceil(NR));
+    let (mr, nr) = (kern.mr(), kern.nr());
+    let (tiles_m, tiles_n) = (m.div_ceil(mr), n.div_ceil(nr));
     // k-heavy: cutting C would give each thread a sliver of a small C and re-pack most of A or
     // B on every thread; cutting k shares the packing and costs one m*n sum per extra part.
     let parts_k = nthreads.min(by_work).min(k / 256);
@@ -195,7 +248,7 @@ unsafe fn gemm_parallel<C: Elem, A: Elem, B: Elem>(
         return;
     }
     // Cut the longer side: the uncut operand (re-packed by every block) is then the smaller.
-    let (tiles, tile, len) = if n >= m { (tiles_n, NR, n) } else { (tiles_m, MR, m) };
+    let (tiles, tile, len) = if n >= m { (tiles_n, nr, n) } else { (tiles_m, mr, m) };
     let blocks = (nthreads * BLOCKS_PER_THREAD).min(tiles).min(by_work);
     if blocks < 2 {
         with_pack(|buf| unsafe { gemm_any(kern, c, a, b, m, n, k, accumulate, buf) });

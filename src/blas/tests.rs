@@ -34,12 +34,15 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, scale: f32) {
     }
 }
 
+/// Every kernel this processor runs, the portable one first; the others are named on stderr
+/// (shown with `--nocapture`) so a run says which paths it could not check.
 fn kernels() -> Vec<Kernel> {
-    let mut ks = vec![Kernel::Portable];
-    if Kernel::detect() != Kernel::Portable {
-        ks.push(Kernel::detect());
+    let (ks, lacking): (Vec<_>, Vec<_>) = Kernel::ALL.iter().partition(|(k, _)| k.supported());
+    if !lacking.is_empty() {
+        let names: Vec<&str> = lacking.iter().map(|(_, n)| *n).collect();
+        eprintln!("blas tests: this processor lacks {}; those kernels are not checked here", names.join(", "));
     }
-    ks
+    ks.into_iter().map(|(k, _)| k).collect()
 }
 
 /// Runs the product (serial and parallel, every kernel) and the naive loop on the same views
@@ -81,6 +84,9 @@ fn contiguous_products_small_and_at_tile_edges() {
         (12, 33, 32),
         (37, 41, 53),
         (64, 96, 80),
+        (8, 8, 48),
+        (9, 10, 49),
+        (17, 5, 95),
     ] {
         check_contiguous(m, k, n);
     }
@@ -88,8 +94,11 @@ fn contiguous_products_small_and_at_tile_edges() {
 
 #[test]
 fn products_crossing_every_block_size() {
-    // k past KC (two k blocks), m past MC, n past NC; and thin-wide shapes that go parallel.
-    for &(m, k, n) in &[(7, 300, 2100), (150, 300, 20), (16, 27, 3000), (3000, 20, 10), (13, 520, 40)] {
+    // k past KC (two k blocks), m past MC, n past NC, for every tile's block sizes; and
+    // thin-wide shapes that go parallel.
+    for &(m, k, n) in
+        &[(7, 300, 2100), (150, 300, 20), (16, 27, 3000), (3000, 20, 10), (13, 520, 40), (8, 40, 3200), (270, 70, 50)]
+    {
         check_contiguous(m, k, n);
     }
 }
@@ -152,7 +161,8 @@ fn serial_and_parallel_agree() {
         let mut p = vec![0.0; m * n];
         gemm_serial(&mut s, cl, &a, al, &b, bl, false);
         gemm(&mut p, cl, &a, al, &b, bl, false);
-        assert_close(&p, &s, 1e-5, 1.0);
+        // A k-split sums in another order: the difference scales with the terms (sqrt(k)).
+        assert_close(&p, &s, 1e-5, (k as f32).sqrt());
     }
 }
 
@@ -266,7 +276,7 @@ fn widen(v: &[Bf16]) -> Vec<f32> {
 /// which a bf16 `C` must not take; views are offset, strided and transposed.
 #[test]
 fn bf16_operands_convert_while_packing_and_a_bf16_c_rounds_once() {
-    for &(m, k, n) in &[(7, 9, 17), (150, 300, 2100), (16, 4096, 32), (700, 64, 30), (5, 3, 4)] {
+    for &(m, k, n) in &[(7, 9, 17), (150, 300, 2100), (16, 4096, 32), (700, 64, 30), (5, 3, 4), (260, 521, 3100)] {
         let a32 = random(1 + m * (k + 2), 41);
         let b32 = random(2 + n * k, 42);
         let (a16, b16) = (to_bf16(&a32), to_bf16(&b32));
@@ -300,7 +310,21 @@ fn bf16_operands_convert_while_packing_and_a_bf16_c_rounds_once() {
                             (true, false) => Bf16::from_f32(sum[i]),
                             (true, true) => Bf16::from_f32(c0[i].to_f32() + sum[i]),
                         };
-                        assert_eq!(c[i], want, "{m}x{k}x{n} threads {threads} acc {acc} element {i}");
+                        if kern == Kernel::Avx512Bf16 && inside {
+                            // The pair dot product adds a pair's two (exact) products in its own
+                            // order, so its f32 sum may differ from the tile's by a few f32
+                            // roundings, and the bf16 it rounds to by one step where the sum
+                            // lies near a rounding boundary: within a bf16 step of `want`, and
+                            // within f32 rounding of the sum before `C` is rounded.
+                            let (g, w) = (c[i].to_f32(), want.to_f32());
+                            let step = w.abs() * 2f32.powi(-7) + 1e-5 * (k as f32).sqrt();
+                            assert!(
+                                (g - w).abs() <= step,
+                                "{m}x{k}x{n} threads {threads} acc {acc} element {i}: {g} vs {w}"
+                            );
+                        } else {
+                            assert_eq!(c[i], want, "{m}x{k}x{n} threads {threads} acc {acc} element {i}");
+                        }
                     }
                 }
             }
