@@ -19,7 +19,8 @@
 #   speed        PyTorch's variants checked on the card (scripts/torch/check_peer.py), then in
 #                ROUNDS (3) alternating rounds our bench and PyTorch's (scripts/torch/bench_peer.py,
 #                every variant: eager, tuned, compiled, graphed) on WRN-28-10 and WRN-16-4,
-#                batch 128, bf16, keep 1.0 and 0.5; skipped without torch.
+#                batch 128, bf16 (SPEED_MATH=tf32 or fp32 for those), keep 1.0 and 0.5; the
+#                peer is skipped without torch.
 #   profile      the GPU plans and profiles of WRN-28-10 and the options against the default
 #                (--input-grad col2im, --col-budget, --no-recompute, the GEMM tuner, --winograd).
 #   frontier     Fashion-MNIST, WRN-16-4, 30 epochs, bf16, keep 1.0, 0.75, 0.5 for each seed
@@ -59,6 +60,7 @@ DEADLINE=${DEADLINE:-570}
 DRY_RUN=${DRY_RUN:-0}
 ROUNDS=${ROUNDS:-3}
 SEEDS=${SEEDS:-0 1}
+SPEED_MATH=${SPEED_MATH:-bf16}
 rm -rf "$LOG" && mkdir -p "$LOG"    # this run's logs only
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
@@ -173,16 +175,17 @@ speed() {
         stage peer-check 120 "$PYTHON" scripts/torch/check_peer.py --device "$DEVICE" \
             --variant eager,tuned,graphed
     fi
-    local r model depth widen
+    local r model depth widen ours=(--precision bf16) peer=(--precision bf16)
+    [ "$SPEED_MATH" = bf16 ] || { ours=(--math "$SPEED_MATH"); peer=(--math "$SPEED_MATH"); }
     for r in $(seq 1 "$ROUNDS"); do
         for model in "${BIG[*]}" "${SMALL[*]}"; do
             read -r depth widen <<<"$model"
             stage "speed-r$r-ours-wrn$depth-$widen" 90 "$BIN" bench --device "$DEVICE" --depth "$depth" --widen "$widen" \
-                --batch "$BATCH" --keep 1.0,0.5 --steps "$STEPS" --precision bf16
+                --batch "$BATCH" --keep 1.0,0.5 --steps "$STEPS" "${ours[@]}"
             have_torch || continue
             stage "speed-r$r-peer-wrn$depth-$widen" 300 "$PYTHON" scripts/torch/bench_peer.py --device "$DEVICE" \
                 --depth "$depth" --widen "$widen" --batch "$BATCH" --keep 1.0,0.5 --warmup "$WARMUP" --steps "$STEPS" \
-                --precision bf16 --variant "${VARIANTS:-all}"
+                "${peer[@]}" --variant "${VARIANTS:-all}"
         done
     done
 }
@@ -191,7 +194,7 @@ speed() {
 # ours against the fastest PyTorch variant (by its best round).
 speed_table() {
     echo
-    echo "== speed ($DEVICE, bf16, batch $BATCH; ms per step, median of each round)"
+    echo "== speed ($DEVICE, $SPEED_MATH, batch $BATCH; ms per step, median of each round)"
     local f
     for f in "$LOG"/speed-r*-*.txt; do
         [ -f "$f" ] || continue
