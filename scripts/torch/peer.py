@@ -140,7 +140,8 @@ def graphs_compiled():
 
 
 class GraphedStep:
-    """A training step captured as one CUDA graph; `starts` is the tensor the graph reads."""
+    """A training step captured as one CUDA graph; `starts` is the tensor the graph reads (None
+    at keep 1.0)."""
 
     def __init__(self, model, opt, x, y, starts, keep, bf16, warmup=3):
         self.starts = starts
@@ -160,6 +161,7 @@ class GraphedStep:
             opt.step()
 
     def __call__(self, starts):
-        self.starts.copy_(starts, non_blocking=True)
+        if starts is not None:
+            self.starts.copy_(starts, non_blocking=True)
         self.graph.replay()
         return self.loss
