@@ -192,8 +192,8 @@ speed() {
     done
 }
 
-# One row per model, keep and who (ours or a PyTorch variant): the median of each round, then
-# ours against the fastest PyTorch variant (by its best round).
+# One row per model, keep and who (ours or a PyTorch variant): the median of each round and the
+# median over the rounds, then ours against the fastest PyTorch variant by that median.
 speed_table() {
     echo
     echo "== speed ($DEVICE, $SPEED_MATH, batch $BATCH; ms per step, median of each round)"
@@ -212,24 +212,32 @@ speed_table() {
         fi
     done | sort -k1,1 -k2,2r -s | awk -v rounds="$ROUNDS" '
         { key = $1 " " $2 " " $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
-          ms[key, $4] = $5
-          if (!(key in best) || $5 < best[key]) best[key] = $5 }
+          ms[key, $4] = $5 }
+        # The median of the rounds of one key (the mean of the middle two for an even count).
+        function median(key,   r, c, v, i, j, t) {
+            c = 0
+            for (r = 1; r <= rounds; r++) if ((key, r) in ms) v[++c] = ms[key, r] + 0
+            for (i = 2; i <= c; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+            return c % 2 ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2
+        }
         END {
             printf "%-10s %-5s %-9s", "model", "keep", "who"
             for (r = 1; r <= rounds; r++) printf " %8s", "round " r
-            printf "\n"
+            printf " %8s\n", "median"
             for (i = 1; i <= n; i++) {
                 split(order[i], k, " ")
                 printf "%-10s %-5s %-9s", k[1], k[2], k[3]
                 for (r = 1; r <= rounds; r++) printf " %8s", ((order[i], r) in ms) ? ms[order[i], r] : "-"
-                printf "\n"
+                m = median(order[i])
+                printf " %8.2f\n", m
                 mk = k[1] " " k[2]
-                if (k[3] == "ours") ours[mk] = best[order[i]]
-                else if (!(mk in fast) || best[order[i]] < fast[mk]) { fast[mk] = best[order[i]]; fastwho[mk] = k[3] }
+                if (k[3] == "ours") ours[mk] = m
+                else if (!(mk in fast) || m < fast[mk]) { fast[mk] = m; fastwho[mk] = k[3] }
             }
             for (i = 1; i <= n; i++) {
                 split(order[i], k, " "); mk = k[1] " " k[2]
-                if (k[3] == "ours" && (mk in fast)) printf "%s: ours %s ms, fastest PyTorch %s %s ms, ratio %.2f (best rounds)\n", mk, ours[mk], fastwho[mk], fast[mk], ours[mk] / fast[mk]
+                if (k[3] == "ours" && (mk in fast))
+                    printf "%s: ours %.2f ms, fastest PyTorch (%s) %.2f ms, ratio %.2f (medians over the rounds)\n", mk, ours[mk], fastwho[mk], fast[mk], ours[mk] / fast[mk]
             }
         }'
     grep -h "recompiles\|failed:" "$LOG"/speed-r*-peer-*.txt 2>/dev/null | sed -n 's/^torch \(compiled .*keep [0-9.]*\):.*\(first step.*\)/\1: \2/p; /failed:/p' | sort -u
