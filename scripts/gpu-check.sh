@@ -27,10 +27,11 @@
 #                of SEEDS ("0 1"), then `sliceout compare` of the runs (issue 21's GPU frontier).
 # Each part ends with a short table.
 #
-# No stage starts within MIN_STAGE_S (10) seconds of DEADLINE (570 s from the script's start) and
-# none runs past it (its time limit is cut to what is left); the stages not started are named. Logs go to
-# ./gpu-check-logs and, when $OUT is set (by the device runner), are packed after every stage
-# into $OUT/gpu-check.tgz (checkpoints left out), so a run killed midway keeps what finished.
+# No stage starts within MIN_STAGE_S (10) seconds of DEADLINE (570 s from the script's start)
+# and none runs past it (its time limit is cut to what is left); the stages not started are
+# named. Logs go to ./gpu-check-logs and, when $OUT is set (by the device runner), are packed
+# after every stage into $OUT/gpu-check.tgz (checkpoints left out), so a run killed midway keeps
+# what finished. ROUNDS, VARIANTS (eager,tuned,graphed,compiled) and SEEDS narrow a part.
 # Exit status: 1 if a stage failed, else 3 if a stage was skipped or cut at the deadline, else 0.
 #
 # DEVICE=cpu runs the same stages on the CPU (with QUICK=1: small models and short runs), to
