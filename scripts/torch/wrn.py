@@ -54,7 +54,8 @@ class Block(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth=16, widen=4, classes=10, in_channels=3):
+    def __init__(self, depth=16, widen=4, classes=10, in_channels=3, block=Block):
+        """`block`: the residual block's class (peer.py's tuned variant passes its own)."""
         super().__init__()
         assert depth >= 10 and (depth - 4) % 6 == 0, "depth is 6n + 4"
         n = (depth - 4) // 6
@@ -63,9 +64,9 @@ class WideResNet(nn.Module):
         cin = 16
         for g, c in enumerate((16 * widen, 32 * widen, 64 * widen)):
             for j in range(n):
-                block = Block(cin, c, 2 if (j == 0 and g > 0) else 1)
-                setattr(self, f"block{len(self.blocks)}", block)
-                self.blocks.append(block)
+                b = block(cin, c, 2 if (j == 0 and g > 0) else 1)
+                setattr(self, f"block{len(self.blocks)}", b)
+                self.blocks.append(b)
                 cin = c
         self.bn = nn.BatchNorm2d(cin)
         self.fc = nn.Linear(cin, classes)
