@@ -133,6 +133,37 @@ pub fn kernel() -> Kernel {
     *KERNEL.get_or_init(|| kernel_from_env().unwrap_or_else(|_| Kernel::detect()))
 }
 
+/// Runs `f` compiled for the vectors of the selected instruction set, so the plain loops it
+/// inlines (batch norm, im2col) vectorise to 512 or 256 bits rather than the baseline's 128.
+/// Rust neither contracts `a * b + c` into an FMA nor reorders a float sum, so every set gives
+/// the same bits. Keep `f` small and its loops in `#[inline(always)]` helpers: only what is
+/// inlined into the wrapper gets its instructions.
+#[inline(always)]
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `kernel()` only names a kernel the processor runs.
+        match kernel() {
+            Kernel::Avx512 | Kernel::Avx512Bf16 => return unsafe { with_avx512(f) },
+            Kernel::Avx2 => return unsafe { with_avx2(f) },
+            Kernel::Portable => {}
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// `C = A * B` (or `C += A * B` when `accumulate`), with `A: [m, k]`, `B: [k, n]`, `C: [m, n]`
 /// given as 2-D views of `a`, `b`, `c`, spread over rayon's threads when large enough.
 ///
@@ -148,6 +179,23 @@ pub fn gemm<C: Elem, A: Elem, B: Elem>(
     accumulate: bool,
 ) {
     gemm_on(c, c_l, a, a_l, b, b_l, accumulate, true, kernel());
+}
+
+/// `gemm` by a given kernel, which must be one this processor runs ([`Kernel::supported`]), for
+/// benchmarks that put the instruction sets side by side.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_by<C: Elem, A: Elem, B: Elem>(
+    kern: Kernel,
+    c: &mut [C],
+    c_l: Layout,
+    a: &[A],
+    a_l: Layout,
+    b: &[B],
+    b_l: Layout,
+    accumulate: bool,
+) {
+    assert!(kern.supported(), "gemm_by: this processor cannot run the {} kernel", kern.name());
+    gemm_on(c, c_l, a, a_l, b, b_l, accumulate, true, kern);
 }
 
 /// `gemm` on the calling thread only, for callers that already run many products in parallel.

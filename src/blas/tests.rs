@@ -277,53 +277,59 @@ fn widen(v: &[Bf16]) -> Vec<f32> {
 #[test]
 fn bf16_operands_convert_while_packing_and_a_bf16_c_rounds_once() {
     for &(m, k, n) in &[(7, 9, 17), (150, 300, 2100), (16, 4096, 32), (700, 64, 30), (5, 3, 4), (260, 521, 3100)] {
-        let a32 = random(1 + m * (k + 2), 41);
+        let a32 = random(1 + (m + 2) * (k + 2), 41);
         let b32 = random(2 + n * k, 42);
         let (a16, b16) = (to_bf16(&a32), to_bf16(&b32));
         let (aw, bw) = (widen(&a16), widen(&b16));
-        // A row-major with padded rows, B stored transposed.
-        let al = Layout::matrix(1, m, k, k + 2, 1);
-        let bl = Layout::matrix(2, n, k, k, 1).transpose(0, 1);
-        let cl = Layout::matrix(3, m, n, n + 1, 1);
-        let c_len = 3 + m * (n + 1);
-        let c0 = to_bf16(&random(c_len, 43));
-        for kern in kernels() {
-            // The f32 reference, on one thread (no k-split): the order of the sums the bf16
-            // products keep.
-            let mut sum = vec![0f32; c_len];
-            gemm_on(&mut sum, cl, &aw, al, &bw, bl, false, false, kern);
-            for threads in [false, true] {
-                let mut mixed = vec![0f32; c_len];
-                gemm_on(&mut mixed, cl, &a16, al, &b32, bl, false, threads, kern);
-                if !threads {
-                    let mut want = vec![0f32; c_len];
-                    gemm_on(&mut want, cl, &aw, al, &b32, bl, false, false, kern);
-                    assert!(mixed.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n}");
-                }
-                for acc in [false, true] {
-                    let mut c = c0.clone();
-                    gemm_on(&mut c, cl, &a16, al, &b16, bl, acc, threads, kern);
-                    for i in 0..c_len {
-                        let inside = i >= 3 && (i - 3) % (n + 1) < n;
-                        let want = match (inside, acc) {
-                            (false, _) => c0[i],
-                            (true, false) => Bf16::from_f32(sum[i]),
-                            (true, true) => Bf16::from_f32(c0[i].to_f32() + sum[i]),
-                        };
-                        if kern == Kernel::Avx512Bf16 && inside {
-                            // The pair dot product adds a pair's two (exact) products in its own
-                            // order, so its f32 sum may differ from the tile's by a few f32
-                            // roundings, and the bf16 it rounds to by one step where the sum
-                            // lies near a rounding boundary: within a bf16 step of `want`, and
-                            // within f32 rounding of the sum before `C` is rounded.
-                            let (g, w) = (c[i].to_f32(), want.to_f32());
-                            let step = w.abs() * 2f32.powi(-7) + 1e-5 * (k as f32).sqrt();
-                            assert!(
-                                (g - w).abs() <= step,
-                                "{m}x{k}x{n} threads {threads} acc {acc} element {i}: {g} vs {w}"
-                            );
-                        } else {
-                            assert_eq!(c[i], want, "{m}x{k}x{n} threads {threads} acc {acc} element {i}");
+        // A row-major with padded rows and B stored transposed, then the other way round
+        // (packing moves pairs differently for each).
+        for flip in [false, true] {
+            let (al, bl) = if flip {
+                (Layout::matrix(1, k, m, m + 2, 1).transpose(0, 1), Layout::matrix(2, k, n, n, 1))
+            } else {
+                (Layout::matrix(1, m, k, k + 2, 1), Layout::matrix(2, n, k, k, 1).transpose(0, 1))
+            };
+            let cl = Layout::matrix(3, m, n, n + 1, 1);
+            let c_len = 3 + m * (n + 1);
+            let c0 = to_bf16(&random(c_len, 43));
+            for kern in kernels() {
+                // The f32 reference, on one thread (no k-split): the order of the sums the bf16
+                // products keep.
+                let mut sum = vec![0f32; c_len];
+                gemm_on(&mut sum, cl, &aw, al, &bw, bl, false, false, kern);
+                for threads in [false, true] {
+                    let mut mixed = vec![0f32; c_len];
+                    gemm_on(&mut mixed, cl, &a16, al, &b32, bl, false, threads, kern);
+                    if !threads {
+                        let mut want = vec![0f32; c_len];
+                        gemm_on(&mut want, cl, &aw, al, &b32, bl, false, false, kern);
+                        assert!(mixed.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n}");
+                    }
+                    for acc in [false, true] {
+                        let mut c = c0.clone();
+                        gemm_on(&mut c, cl, &a16, al, &b16, bl, acc, threads, kern);
+                        for i in 0..c_len {
+                            let inside = i >= 3 && (i - 3) % (n + 1) < n;
+                            let want = match (inside, acc) {
+                                (false, _) => c0[i],
+                                (true, false) => Bf16::from_f32(sum[i]),
+                                (true, true) => Bf16::from_f32(c0[i].to_f32() + sum[i]),
+                            };
+                            if kern == Kernel::Avx512Bf16 && inside {
+                                // The pair dot product adds a pair's two (exact) products in its own
+                                // order, so its f32 sum may differ from the tile's by a few f32
+                                // roundings, and the bf16 it rounds to by one step where the sum
+                                // lies near a rounding boundary: within a bf16 step of `want`, and
+                                // within f32 rounding of the sum before `C` is rounded.
+                                let (g, w) = (c[i].to_f32(), want.to_f32());
+                                let step = w.abs() * 2f32.powi(-7) + 1e-5 * (k as f32).sqrt();
+                                assert!(
+                                    (g - w).abs() <= step,
+                                    "{m}x{k}x{n} threads {threads} acc {acc} element {i}: {g} vs {w}"
+                                );
+                            } else {
+                                assert_eq!(c[i], want, "{m}x{k}x{n} threads {threads} acc {acc} element {i}");
+                            }
                         }
                     }
                 }

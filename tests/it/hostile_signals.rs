@@ -439,6 +439,45 @@ fn rayon_threads_far_above_the_cores_are_capped() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `SLICEOUT_CPU_ISA`: each instruction set this processor runs is named in the device line
+/// and trains to the same losses as the others within f32 rounding (the sets differ only in how
+/// a product is blocked and in the order bf16 pairs are added); an unknown name, and any set
+/// the processor lacks, is refused in one line naming the sets it runs, never a signal.
+#[test]
+fn cpu_instruction_sets_are_named_agree_and_refuse_what_the_processor_lacks() {
+    use sliceout::blas::Kernel;
+    let dir = tmp("isa");
+    let data = synth(&dir);
+    let runs: Vec<&str> = Kernel::ALL.iter().filter(|(k, _)| k.supported()).map(|(_, n)| *n).collect();
+    let mut losses = Vec::new();
+    for name in &runs {
+        let out = dir.join(format!("run-{name}"));
+        let end = run(&train_args(&data, &out, 1), &[("SLICEOUT_CPU_ISA", name)], 300);
+        end.assert_no_crash(name);
+        assert!(end.status.success(), "{name}: {}", end.stderr);
+        assert!(end.stdout.contains(&format!("threads, {name})")), "{name}: {}", end.stdout);
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+        losses.push((name, line["train_loss"].as_f64().unwrap(), line["test_loss"].as_f64().unwrap()));
+    }
+    let (_, train0, test0) = losses[0];
+    for &(name, train, test) in &losses {
+        assert!((train - train0).abs() <= 1e-4 * train0.abs().max(1.0), "{name}: train loss {train} vs {train0}");
+        assert!((test - test0).abs() <= 1e-4 * test0.abs().max(1.0), "{name}: test loss {test} vs {test0}");
+    }
+    let lacking = Kernel::ALL.iter().filter(|(k, _)| !k.supported()).map(|(_, n)| *n);
+    for name in lacking.chain(["avx9000"]) {
+        let end = run(&train_args(&data, &dir.join("refused"), 1), &[("SLICEOUT_CPU_ISA", name)], 60);
+        end.assert_no_crash(name);
+        assert_eq!(end.status.code(), Some(1), "{name}: {}", end.stderr);
+        let err = lines(&end.stderr);
+        assert_eq!(err.len(), 1, "{}", end.stderr);
+        assert!(err[0].contains("SLICEOUT_CPU_ISA") && err[0].contains(name), "{}", err[0]);
+        assert!(runs.iter().all(|r| err[0].contains(r)), "names the sets it runs: {}", err[0]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Printing goes through the crate's never-panicking macros (`outln!`, `out!`, `errln!`):
 /// `println!`, `print!`, `eprintln!` and `eprint!` panic when the write fails, so none may
 /// appear in the library or binary code of `src/` (tests excepted).

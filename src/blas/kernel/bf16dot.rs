@@ -12,7 +12,7 @@
 //! flushing of subnormal inputs and results to zero (it ignores MXCSR). The tests bound both.
 
 use super::avx512::{self, Avx512};
-use super::{staged, MatMut, MatRef, PackBuf, Tile};
+use super::{staged, transpose, MatMut, MatRef, PackBuf, Tile};
 use crate::ir::{Bf16, Elem};
 use std::arch::x86_64::*;
 
@@ -96,12 +96,31 @@ unsafe fn pack_a(dst: &mut [f32], a: MatRef<Bf16>, mc: usize, kc: usize) {
     for (q0, r0) in (0..mc).step_by(MR).enumerate() {
         let mr = MR.min(mc - r0);
         let panel = &mut dst[q0 * MR * kq..(q0 + 1) * MR * kq];
+        // Whole pairs of a whole panel by vector moves: contiguous rows hold pair words
+        // already (transposed 8 x 8), contiguous columns hold a pair's two halves in two
+        // rows of memory (interleaved).
+        let mut done = 0;
+        if mr == MR && a.cs == 1 {
+            done = kc / 16 * 8;
+            for q in (0..done).step_by(8) {
+                // SAFETY: rows r0..r0+8, columns 2q..2q+16 lie inside the view.
+                let src = unsafe { a.ptr.add(r0 * a.rs + 2 * q) };
+                unsafe { transpose::t8x8(src.cast(), 2 * a.rs, panel.as_mut_ptr().add(q * MR), MR) };
+            }
+        } else if mr == MR && a.rs == 1 {
+            done = kc / 2;
+            for q in 0..done {
+                // SAFETY: rows r0..r0+8 of columns 2q and 2q + 1 lie inside the view.
+                let (lo, hi) = unsafe { (a.ptr.add(r0 + 2 * q * a.cs), a.ptr.add(r0 + (2 * q + 1) * a.cs)) };
+                unsafe { transpose::interleave8(lo.cast(), hi.cast(), panel.as_mut_ptr().add(q * MR)) };
+            }
+        }
         if mr < MR {
             panel.fill(0.0);
         }
         for i in 0..mr {
             let at = |p: usize| if p < kc { unsafe { *a.ptr.add((r0 + i) * a.rs + p * a.cs) } } else { zero };
-            for q in 0..kq {
+            for q in done..kq {
                 panel[q * MR + i] = pair(at(2 * q), at(2 * q + 1));
             }
         }
@@ -116,9 +135,31 @@ unsafe fn pack_b(dst: &mut [f32], b: MatRef<Bf16>, kc: usize, nr: usize) {
     if nr < NR {
         panel.fill(0.0);
     }
+    // Whole pairs of whole groups of columns by vector moves, as `pack_a`.
+    let (mut cols, mut depth) = (0, 0);
+    if b.cs == 1 {
+        (cols, depth) = (nr / 16 * 16, kc / 2);
+        for q in 0..depth {
+            for j in (0..cols).step_by(16) {
+                // SAFETY: rows 2q, 2q + 1 and columns j..j+16 lie inside the view.
+                let (lo, hi) = unsafe { (b.ptr.add(2 * q * b.rs + j), b.ptr.add((2 * q + 1) * b.rs + j)) };
+                unsafe { transpose::interleave16(lo.cast(), hi.cast(), panel.as_mut_ptr().add(q * NR + j)) };
+            }
+        }
+    } else if b.rs == 1 {
+        (cols, depth) = (nr / 8 * 8, kc / 16 * 8);
+        for j in (0..cols).step_by(8) {
+            for q in (0..depth).step_by(8) {
+                // SAFETY: columns j..j+8 and rows 2q..2q+16 lie inside the view.
+                let src = unsafe { b.ptr.add(j * b.cs + 2 * q) };
+                unsafe { transpose::t8x8(src.cast(), 2 * b.cs, panel.as_mut_ptr().add(q * NR + j), NR) };
+            }
+        }
+    }
     let at = |p: usize, j: usize| if p < kc { unsafe { *b.ptr.add(p * b.rs + j * b.cs) } } else { zero };
     for q in 0..kq {
-        for j in 0..nr {
+        let first = if q < depth { cols } else { 0 };
+        for j in first..nr {
             panel[q * NR + j] = pair(at(2 * q, j), at(2 * q + 1, j));
         }
     }

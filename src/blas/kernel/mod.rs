@@ -344,12 +344,31 @@ unsafe fn staged<C: Elem, A: 'static, B: 'static>(
             let st = MatMut { ptr: stage.as_mut_ptr(), rs: nc, cs: 1 };
             blocked(st, unsafe { a.at(ic, 0) }, unsafe { b.at(0, jc) }, mc, nc, false);
             for (i, row) in stage.chunks_exact(nc).take(mc).enumerate() {
+                if c.cs == 1 {
+                    // SAFETY: row ic + i of C, columns jc..jc + nc, lies inside the view.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(c.ptr.add((ic + i) * c.rs + jc), nc) };
+                    super::vectorized(
+                        #[inline(always)]
+                        || round_into(dst, row, accumulate),
+                    );
+                    continue;
+                }
                 for (j, &v) in row.iter().enumerate() {
                     let p = unsafe { c.ptr.add((ic + i) * c.rs + (jc + j) * c.cs) };
                     unsafe { *p = C::from_f32(if accumulate { (*p).to_f32() + v } else { v }) };
                 }
             }
         }
+    }
+}
+
+/// `dst = sums` (or `dst += sums`), each element rounded once into `C`'s type.
+#[inline(always)]
+fn round_into<C: Elem>(dst: &mut [C], sums: &[f32], accumulate: bool) {
+    if accumulate {
+        dst.iter_mut().zip(sums).for_each(|(d, &v)| *d = C::from_f32(d.to_f32() + v));
+    } else {
+        dst.iter_mut().zip(sums).for_each(|(d, &v)| *d = C::from_f32(v));
     }
 }
 
@@ -438,7 +457,9 @@ unsafe fn pack_a<T: Elem>(dst: &mut [f32], a: MatRef<T>, mc: usize, kc: usize, m
                 for p0 in (0..done).step_by(8) {
                     // SAFETY: rows r0..r0+8 and columns p0..p0+8 lie inside the view; the
                     // panel holds 8 * kc floats.
-                    unsafe { transpose::t8x8(a32.ptr.add(r0 * a.rs + p0), a.rs, panel.as_mut_ptr().add(p0 * 8), 8) };
+                    unsafe {
+                        transpose::t8x8(a32.ptr.add(r0 * a.rs + p0).cast(), 4 * a.rs, panel.as_mut_ptr().add(p0 * 8), 8)
+                    };
                 }
             }
             for i in 0..mr {
@@ -486,7 +507,7 @@ unsafe fn pack_b<T: Elem>(dst: &mut [f32], b: MatRef<T>, kc: usize, nc: usize, n
                         // SAFETY: columns c0+j0..+8 and rows p0..p0+8 lie inside the view;
                         // the panel holds nr_t * kc floats.
                         let src = unsafe { b32.ptr.add((c0 + j0) * b.cs + p0) };
-                        unsafe { transpose::t8x8(src, b.cs, panel.as_mut_ptr().add(p0 * nr_t + j0), nr_t) };
+                        unsafe { transpose::t8x8(src.cast(), 4 * b.cs, panel.as_mut_ptr().add(p0 * nr_t + j0), nr_t) };
                     }
                 }
             }

@@ -1,5 +1,6 @@
 use rayon::prelude::*;
 
+use crate::blas::vectorized;
 use crate::ir::{Elem, Slice};
 use crate::ops::min_rows;
 
@@ -41,6 +42,24 @@ fn channel_sums<T: Elem>(x: &[T], dy: &[T], f: impl Fn(f32, f32) -> (f32, f32)) 
         sb += lb.iter().map(|&v| v as f64).sum::<f64>();
     }
     (sa, sb)
+}
+
+/// `sum f(x)` over a channel in f64, in eight lanes (so the loop vectorises) added in a fixed
+/// order at the end.
+#[inline(always)]
+fn lane_sum<T: Elem>(x: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for x8 in chunks {
+        for (l, &v) in lanes.iter_mut().zip(x8) {
+            *l += f(v.to_f32() as f64);
+        }
+    }
+    for &v in rest {
+        lanes[0] += f(v.to_f32() as f64);
+    }
+    lanes.iter().sum()
 }
 
 fn check_dims(slice: Slice, m: usize, act: &[usize], per_layer: &[usize]) {
@@ -93,20 +112,27 @@ pub fn bn_relu_train<T: Elem>(
             .with_min_len(min_rows(m))
             .for_each(|(o, x, mu, is, rm, rv, &g, &b)| {
                 // Two passes in f64: exact enough that the mean never swamps the variance.
-                let mean64 = x.iter().map(|&v| v.to_f32() as f64).sum::<f64>() / m as f64;
-                let var64 = x
-                    .iter()
-                    .map(|&v| {
-                        let d = v.to_f32() as f64 - mean64;
-                        d * d
-                    })
-                    .sum::<f64>()
-                    / m as f64;
+                let mean64 = vectorized(
+                    #[inline(always)]
+                    || lane_sum(x, |v| v),
+                ) / m as f64;
+                let var64 = vectorized(
+                    #[inline(always)]
+                    || {
+                        lane_sum(x, |v| {
+                            let d = v - mean64;
+                            d * d
+                        })
+                    },
+                ) / m as f64;
                 *mu = mean64 as f32;
                 *is = (1.0 / (var64 + EPS_F64).sqrt()) as f32;
                 *rm = ((1.0 - mom) * *rm as f64 + mom * mean64) as f32;
                 *rv = ((1.0 - mom) * *rv as f64 + mom * var64 * unbias) as f32;
-                normalize_row(o, x, *mu, *is, g, b, scale);
+                vectorized(
+                    #[inline(always)]
+                    || normalize_row(o, x, *mu, *is, g, b, scale),
+                );
             });
     }
 }
@@ -147,7 +173,12 @@ pub fn bn_relu_apply<T: Elem>(
         )
             .into_par_iter()
             .with_min_len(min_rows(m))
-            .for_each(|(o, x, &mu, &is, &g, &b)| normalize_row(o, x, mu, is, g, b, scale));
+            .for_each(|(o, x, &mu, &is, &g, &b)| {
+                vectorized(
+                    #[inline(always)]
+                    || normalize_row(o, x, mu, is, g, b, scale),
+                )
+            });
     }
 }
 
@@ -179,7 +210,10 @@ pub fn bn_relu_eval<T: Elem>(
             .with_min_len(min_rows(m))
             .for_each(|(o, x, &rm, &rv, &g, &b)| {
                 let is = (1.0 / (rv as f64 + EPS_F64).sqrt()) as f32;
-                normalize_row(o, x, rm, is, g, b, 1.0);
+                vectorized(
+                    #[inline(always)]
+                    || normalize_row(o, x, rm, is, g, b, 1.0),
+                );
             });
     }
 }
@@ -224,37 +258,69 @@ pub fn bn_relu_backward<T: Elem>(
             .into_par_iter()
             .with_min_len(min_rows(m))
             .for_each(|(dx, dg, db, dy, x, &mu, &is, &g, &b)| {
-                // Gradient reaching the pre-activation: d_out * scale where ReLU let it through.
-                // Written as a select, not a branch: the mask is data-dependent and a branch
-                // mispredicts half the time.
-                let grad = |x: f32, dy: f32| {
-                    let keep = pre_activation(x, mu, is, g, b) > 0.0;
-                    f32::from(u8::from(keep)) * dy * scale
-                };
-                let (sum_g, sum_gx) = channel_sums(x, dy, |x, dy| {
-                    let gr = grad(x, dy);
-                    (gr, gr * ((x - mu) * is))
-                });
-                *db = sum_g as f32;
-                *dg = sum_gx as f32;
-                // d_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)).
-                let k = g * is;
-                let mean_g = (sum_g / m as f64) as f32;
-                let mean_gx = (sum_gx / m as f64) as f32;
-                let d_x = |x: T, dy: T| {
-                    let x = x.to_f32();
-                    k * (grad(x, dy.to_f32()) - mean_g - (x - mu) * is * mean_gx)
-                };
-                let rows = dx.iter_mut().zip(x.iter().zip(dy));
-                if accumulate {
-                    for (d, (&x, &dy)) in rows {
-                        *d = T::from_f32(d.to_f32() + d_x(x, dy));
-                    }
-                } else {
-                    for (d, (&x, &dy)) in rows {
-                        *d = T::from_f32(d_x(x, dy));
-                    }
-                }
+                let stats = ChannelStats { mean: mu, invstd: is, gamma: g, beta: b };
+                vectorized(
+                    #[inline(always)]
+                    || backward_channel(dx, dg, db, dy, x, stats, scale, accumulate),
+                )
             });
+    }
+}
+
+/// One channel's statistics and affine parameters, as `pre_activation` takes them.
+#[derive(Clone, Copy)]
+struct ChannelStats {
+    mean: f32,
+    invstd: f32,
+    gamma: f32,
+    beta: f32,
+}
+
+/// [`bn_relu_backward`] over one channel; inlined whole into `vectorized`'s wrapper so every
+/// loop here gets the wide instructions.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_channel<T: Elem>(
+    dx: &mut [T],
+    dg: &mut f32,
+    db: &mut f32,
+    dy: &[T],
+    x: &[T],
+    stats: ChannelStats,
+    scale: f32,
+    accumulate: bool,
+) {
+    let ChannelStats { mean: mu, invstd: is, gamma: g, beta: b } = stats;
+    let m = x.len();
+    // Gradient reaching the pre-activation: d_out * scale where ReLU let it through.
+    // Written as a select, not a branch: the mask is data-dependent and a branch
+    // mispredicts half the time.
+    let grad = |x: f32, dy: f32| {
+        let keep = pre_activation(x, mu, is, g, b) > 0.0;
+        f32::from(u8::from(keep)) * dy * scale
+    };
+    let (sum_g, sum_gx) = channel_sums(x, dy, |x, dy| {
+        let gr = grad(x, dy);
+        (gr, gr * ((x - mu) * is))
+    });
+    *db = sum_g as f32;
+    *dg = sum_gx as f32;
+    // d_x = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)).
+    let k = g * is;
+    let mean_g = (sum_g / m as f64) as f32;
+    let mean_gx = (sum_gx / m as f64) as f32;
+    let d_x = |x: T, dy: T| {
+        let x = x.to_f32();
+        k * (grad(x, dy.to_f32()) - mean_g - (x - mu) * is * mean_gx)
+    };
+    let rows = dx.iter_mut().zip(x.iter().zip(dy));
+    if accumulate {
+        for (d, (&x, &dy)) in rows {
+            *d = T::from_f32(d.to_f32() + d_x(x, dy));
+        }
+    } else {
+        for (d, (&x, &dy)) in rows {
+            *d = T::from_f32(d_x(x, dy));
+        }
     }
 }

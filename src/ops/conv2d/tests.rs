@@ -846,7 +846,21 @@ fn bf16_convolution_is_within_its_rounding_bounds_of_f32() {
             conv2d_backward(None, &mut dw_views, &dy16, &x16, &w, &mut col16, &p, os, is, chunk, false, Algo::Fast);
             let mut dw32 = vec![0f32; ow * iw * kk];
             conv2d_backward(None, &mut dw32, &dy, &x, &w, &mut col, &p, os, is, chunk, false, Algo::Im2col);
-            assert!(dw_views.iter().zip(&dw32).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: dW without a copy");
+            if crate::blas::kernel() == crate::blas::Kernel::Avx512Bf16 {
+                // The pair dot product adds a pair's two exact products in its own order: the
+                // f32 sums differ by roundings, within the bound above.
+                let n_terms = (p.n * p.ho() * p.wo()) as f64;
+                for i in 0..dw32.len() {
+                    let bound = 2.0 * n_terms * 2f64.powi(-24) * s_dw[i] as f64;
+                    let err = (dw_views[i] as f64 - dw32[i] as f64).abs();
+                    assert!(err <= bound, "{what}: dW without a copy [{i}]: {err} > {bound}");
+                }
+            } else {
+                assert!(
+                    dw_views.iter().zip(&dw32).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}: dW without a copy"
+                );
+            }
         }
     }
 }
