@@ -1,6 +1,7 @@
 use rayon::prelude::*;
 
 use super::lowering::{self, ConvCmd, Operand};
+use super::winograd_cmds::{self, WinoCmd};
 use super::{winograd, workspace_len, Algo};
 use crate::blas::gemm;
 use crate::ir::{ConvShape, Elem, Slice, Target};
@@ -175,7 +176,11 @@ pub fn conv2d_forward<T: Elem, W: Elem>(
             if let (Some(out), Some(inp), Some(weight), Some(col)) =
                 (T::as_f32_mut(out), T::as_f32(inp), W::as_f32(weight), T::as_f32_mut(col))
             {
-                winograd::forward(out, inp, weight, col, p, out_slice, in_slice, chunk, accumulate);
+                let sub = winograd::cpu_chunk(p, w_in, w_out, chunk);
+                let mut ops = Operands { weight, inp, out, col, ..Operands::default() };
+                winograd_cmds::forward(p, out_slice, in_slice, sub, accumulate, |cmd| {
+                    ops.run_winograd(cmd, p, out_slice, in_slice)
+                });
                 return;
             }
         }
@@ -190,7 +195,8 @@ pub fn conv2d_forward<T: Elem, W: Elem>(
 /// follow `out_slice`, column groups of `K*K` follow `in_slice`). `d_inp`, when wanted, gets
 /// `(in_slice.width, N, H, W)`, overwritten or added to when `accumulate_d_inp`. Each chunk
 /// rebuilds its column matrix in `col`, uses it for `dW += dY * col^T`, then reuses `col` for
-/// `dcol = W^T * dY` and scatters that back with col2im.
+/// `dcol = W^T * dY` and scatters that back with col2im. Winograd runs where
+/// `conv2d_forward` says.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Elem, W: Elem>(
     d_inp: Option<&mut [T]>,
@@ -224,19 +230,13 @@ pub fn conv2d_backward<T: Elem, W: Elem>(
         if let (true, (Some(d_out), Some(inp), Some(weight))) = (use_winograd(p, w_in, chunk, col.len(), algo), f32s) {
             let d_inp = d_inp.map(|d| T::as_f32_mut(d).expect("f32 like d_out"));
             let col = T::as_f32_mut(col).expect("f32 like d_out");
-            winograd::backward(
-                d_inp,
-                d_weight,
-                d_out,
-                inp,
-                weight,
-                col,
-                p,
-                out_slice,
-                in_slice,
-                chunk,
-                accumulate_d_inp,
-            );
+            let sub = winograd::cpu_chunk(p, w_in, w_out, chunk);
+            let wants_d_inp = d_inp.is_some();
+            let mut ops = Operands { weight, inp, col, d_out, d_weight, ..Operands::default() };
+            ops.d_inp = d_inp.unwrap_or_default();
+            winograd_cmds::backward(p, out_slice, in_slice, sub, wants_d_inp, accumulate_d_inp, |cmd| {
+                ops.run_winograd(cmd, p, out_slice, in_slice)
+            });
             return;
         }
     }
@@ -366,6 +366,46 @@ impl<'a, T: Elem, W: Elem> Operands<'a, T, W> {
                     gemm(c, cl, self.weight, al, self.read(g.b.operand), bl, g.accumulate);
                     *self.written(g.c.operand) = c;
                 }
+            }
+        }
+    }
+}
+
+impl Operands<'_, f32, f32> {
+    /// Runs one command of the Winograd walk with the CPU's transforms and GEMM.
+    fn run_winograd(&mut self, cmd: WinoCmd, p: &ConvShape, os: Slice, is: Slice) {
+        match cmd {
+            WinoCmd::Weight { at, flipped } => {
+                winograd::weight_transform(&mut self.col[at..], self.weight, p, os, is, flipped)
+            }
+            WinoCmd::Input { src, channels, at, n0, nb } => {
+                let src = match src {
+                    Operand::Inp => self.inp,
+                    Operand::DOut => self.d_out,
+                    _ => unreachable!("the input transform reads the input or the output's gradient, not {src:?}"),
+                };
+                winograd::transform_tiles(&mut self.col[at..], src, p, channels, n0, nb, winograd::input_transform)
+            }
+            WinoCmd::Grad { channels, at, n0, nb } => winograd::transform_tiles(
+                &mut self.col[at..],
+                self.d_out,
+                p,
+                channels,
+                n0,
+                nb,
+                winograd::grad_transform,
+            ),
+            WinoCmd::Products { gemm, strides, .. } => winograd::batched_products(self.col, &gemm, strides),
+            WinoCmd::Output { dst, channels, at, n0, nb, accumulate } => {
+                let dst = match dst {
+                    Operand::Out => &mut *self.out,
+                    Operand::DInp => &mut *self.d_inp,
+                    _ => unreachable!("the output transform writes the output or the input's gradient, not {dst:?}"),
+                };
+                winograd::output_tiles(dst, &self.col[at..], p, channels, n0, nb, accumulate)
+            }
+            WinoCmd::WeightGrad { at, any } => {
+                winograd::weight_grad(self.d_weight, &self.col[at..], os.width, is.width, any)
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The one lowering of a (sliced) convolution into commands: im2col of a chunk of images, a
 //! GEMM on offset, strided views, col2im. Both backends run it: the CPU with its own im2col,
-//! col2im and GEMM (`cpu.rs`; its Winograd path aside), the GPU with kernels and cuBLAS
-//! (`cuda.rs`). The tests here run the very commands through the CPU's im2col and col2im and a
+//! col2im and GEMM (`cpu.rs`; Winograd is a walk of its own, `winograd_cmds.rs`), the GPU with
+//! kernels and cuBLAS (`cuda.rs`). The tests here run the very commands through the CPU's im2col and col2im and a
 //! column-major GEMM that follows cuBLAS's conventions, against a naive convolution, so the
 //! whole mapping (slices as offset views with the full leading dimension, wrapping slices as two
 //! GEMMs, chunks, the row-major -> column-major swap) is tested on a machine without a GPU.

@@ -47,10 +47,11 @@
 //! - `lowering.rs`: the walk over slice runs x weight views x image chunks, as commands; both
 //!   backends run it.
 //! - `cpu.rs`: im2col, col2im (rayon) and the CPU's run of the lowering with our GEMM.
-//! - `winograd.rs`: F(2x2, 3x3) for the CPU's 3x3 stride-1 layers.
-//! - `cuda.rs` + `conv2d.cu`: the GPU's run of the lowering (kernels + cuBLAS).
-//! - `winograd_cmds.rs` + `winograd.cu`: F(2x2, 3x3) on the GPU (`--winograd`, experimental,
-//!   fp32 programs): the CPU's algorithm as commands, run by `cuda.rs` with 16 batched products.
+//! - `winograd_cmds.rs`: F(2x2, 3x3) for the 3x3 stride-1 layers as a walk of commands; both
+//!   backends run it (the CPU always on those layers, the GPU with `--winograd`, experimental,
+//!   fp32 programs).
+//! - `winograd.rs`: its transforms and the CPU's kernel for each of its commands.
+//! - `cuda.rs` + `conv2d.cu`, `winograd.cu`: the GPU's run of both walks (kernels + cuBLAS).
 
 mod cpu;
 mod cuda;

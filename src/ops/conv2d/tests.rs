@@ -735,6 +735,46 @@ fn winograd_wide_and_odd_images_match_direct() {
     }
 }
 
+/// Images large enough that the CPU walks the plan's chunk in smaller ones (`cpu_chunk`), with
+/// wrapping slices: forward (written and accumulated) and both gradients, the weight gradient
+/// summed across the smaller chunks, against the direct f64 convolution, within the workspace
+/// the plan gives the whole chunk.
+#[test]
+fn winograd_cut_into_smaller_chunks_matches_direct() {
+    let p = ConvShape { n: 3, cin: 20, h: 96, w: 95, cout: 18, k: 3, stride: 1, pad: 1 };
+    let (so, si) = (Slice::new(9, 16, 18), Slice::new(11, 14, 20));
+    for chunk in [0, 2] {
+        let sub = super::winograd::cpu_chunk(&p, si.width, so.width, chunk);
+        assert!(sub < p.chunk_images(chunk), "chunk {chunk} is walked whole ({sub} images)");
+        let hw = p.h * p.w;
+        let dp = dense_shape(&p, &so, &si);
+        let wt = poisoned_weight(&p, &so, &si, 95);
+        let gathered = gather_weight(&wt, &p, &so, &si);
+        let x = random(si.width * p.n * hw, 96);
+        let r = random(so.width * p.n * hw, 97);
+        let want_y = reference_forward(&x, &gathered, &dp);
+        let (want_dx, want_dw) = reference_backward(&r, &x, &gathered, &dp);
+        let mut col = vec![f32::NAN; workspace_len(&p, si.width, chunk, Target::Cpu)];
+        let mut y = vec![f32::NAN; want_y.len()];
+        conv2d_forward(&mut y, &x, &wt, &mut col, &p, so, si, chunk, false, Algo::Fast);
+        assert_close(&y, &want_y, 1e-5, &format!("y, chunk {chunk}"));
+        let mut y2 = vec![1f32; want_y.len()];
+        conv2d_forward(&mut y2, &x, &wt, &mut col, &p, so, si, chunk, true, Algo::Fast);
+        let want_y2: Vec<f64> = want_y.iter().map(|v| v + 1.0).collect();
+        assert_close(&y2, &want_y2, 1e-5, &format!("y+=, chunk {chunk}"));
+        let mut dx = vec![f32::NAN; x.len()];
+        let mut dw = vec![f32::NAN; want_dw.len()];
+        conv2d_backward(Some(&mut dx), &mut dw, &r, &x, &wt, &mut col, &p, so, si, chunk, false, Algo::Fast);
+        assert_close(&dx, &want_dx, 1e-5, &format!("dx, chunk {chunk}"));
+        // Each weight gradient sums 27k products: held to the largest one's scale, as some
+        // cancel to far below it.
+        let scale = want_dw.iter().fold(0f64, |m, w| m.max(w.abs()));
+        for (i, (&g, &w)) in dw.iter().zip(&want_dw).enumerate() {
+            assert!((g as f64 - w).abs() <= 1e-5 * scale, "dw, chunk {chunk}: element {i}: got {g}, want {w}");
+        }
+    }
+}
+
 /// bf16 convolutions against the f32 ones from the same inputs (activations and gradients
 /// bf16-exact, the weight f32 as stored). The bf16 op rounds the slice of its weight once
 /// (`copy_weight`) and runs the dense twin with bf16 columns; the f32 op reads the weight

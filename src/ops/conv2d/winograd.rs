@@ -1,22 +1,20 @@
-//! Winograd F(2x2, 3x3) for the 3x3, stride 1, pad 1 convolutions: forward, data gradient and
-//! weight gradient.
+//! Winograd F(2x2, 3x3) for the 3x3, stride 1, pad 1 convolutions on the CPU: the transforms,
+//! and the kernel each command of the walk (`winograd_cmds.rs`, which the GPU runs too) runs
+//! with on the CPU (`cpu.rs` dispatches them).
 //!
 //! Every 2x2 output tile reads a 4x4 input tile. With `V = B^T d B` (input), `U = G g G^T`
 //! (weight) and `Y = A^T (U . V) A`, the sum over input channels of the elementwise products is
 //! 16 independent products `M[xi] = U[xi] * V[xi]` (`xi` = one of the 16 tile values) of
-//! `[out, in] x [in, tiles]`: 2.25x fewer multiply-adds than im2col, and 16 products that run
-//! on separate threads (each on one core, where the GEMM crate does better than when it splits
-//! one thin product) instead of one product split badly. The data gradient is the same forward
-//! pass over `d_out` with the flipped, transposed kernel. The weight gradient is the adjoint of
-//! the forward in `g`: `dg = G^T (sum over tiles of (A dY A^T) . V) G`, i.e. 16 products
-//! `dU[xi] = M'[xi] V[xi]^T`.
+//! `[out, in] x [in, tiles]`: 2.25x fewer multiply-adds than im2col. The data gradient is the
+//! same forward pass over `d_out` with the flipped, transposed kernel. The weight gradient is
+//! the adjoint of the forward in `g`: `dg = G^T (sum over tiles of (A dY A^T) . V) G`, i.e. 16
+//! products `dU[xi] = M'[xi] V[xi]^T`.
 //!
-//! Layouts in the workspace (floats): buffers written by a transform are channel-major
-//! `[c][xi][t]` (one contiguous block per channel, so channels run in parallel); buffers written
-//! by the products are `[xi][c][t]` or `[xi][o][i]` (one block per `xi`). A batch chunk is cut
-//! into sub-chunks small enough that the transformed tiles stay in the caches. (A tile-major
-//! `[t][xi][c]` layout made the products themselves faster but the scattered transforms
-//! slower, and lost overall when measured.)
+//! The workspace is laid out as the walk says: `[xi][c][t]` tiles, `[xi][o][i]` weights, one
+//! matrix per `xi`. On the CPU the 16 products of a batch run on separate threads with the
+//! serial GEMM (each on one core, better than one thin product split across cores), a
+//! transform runs channels in parallel, each writing its 16 `[t]` rows ([`Rows`]), and the
+//! walk's chunk is cut to a sub-chunk whose tiles stay in the caches ([`cpu_chunk`]).
 //!
 //! The transforms work on blocks of up to `TX_BLOCK` tiles that are contiguous in `t` (several
 //! whole tile rows of a small image), so every pass is a loop over contiguous arrays. Each has
@@ -27,9 +25,9 @@
 //! Slices are handled while gathering the weight: `U` holds only the slice's channels, in slice
 //! order, so a wrapping slice costs nothing extra.
 
+use super::lowering::{RowGemm, View};
 use super::ConvShape;
 use crate::blas::gemm_serial;
-use crate::ir::Layout;
 use crate::ir::Slice;
 use rayon::prelude::*;
 
@@ -72,6 +70,19 @@ fn sub_chunk(p: &ConvShape, wi: usize, wo: usize, nb: usize) -> usize {
     let per_image = XI * th * tw * (wi + wo);
     (SUB_CHUNK_FLOATS / per_image.max(1)).clamp(1, nb.max(1))
 }
+
+/// The 16 rows a transform writes for one channel, one per tile value (`[t]` each): apart in
+/// memory in the `[xi][c][t]` layout, so each channel's transform gets its own.
+pub(super) type Rows<'a> = [&'a mut [f32]; XI];
+
+/// The rows of a `[xi][len]` block.
+pub(super) fn rows(block: &mut [f32], len: usize) -> Rows<'_> {
+    let mut it = block[..XI * len].chunks_exact_mut(len.max(1));
+    std::array::from_fn(|_| it.next().unwrap_or_default())
+}
+
+/// A transform of one channel: [`input_transform`] or [`grad_transform`].
+pub(super) type Transform = fn(Rows, &[f32], usize, usize, usize);
 
 /// Layer channel of position `j` of a slice.
 fn channel(s: &Slice, j: usize) -> usize {
@@ -180,9 +191,9 @@ fn split_padded(e: &mut [f32], o: &mut [f32], row: &[f32], tx0: usize, nt: usize
     }
 }
 
-/// `B^T d B` of every tile of images `0..nb` of one channel `plane` (`nb` images of `h x w`),
-/// into `v` laid out `[xi][t]`.
-pub(super) fn input_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+/// `B^T d B` of every tile of images `0..nb` of one channel `plane` (`nb` images of `h x w`):
+/// value `xi` of tile `t` into `v[xi][t]`.
+pub(super) fn input_transform(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -193,7 +204,7 @@ pub(super) fn input_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize,
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn input_transform_avx2(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+unsafe fn input_transform_avx2(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
     input_transform_body::<true>(v, plane, nb, h, w)
 }
 
@@ -244,9 +255,8 @@ unsafe fn row_pass_avx2(hx: [&mut [f32]; 4], row: &[f32], tx0: usize, nt: usize)
 }
 
 #[inline(always)]
-fn input_transform_body<const AVX2: bool>(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+fn input_transform_body<const AVX2: bool>(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let t_total = nb * th * tw;
     // hb[r][b][k]: row pass of padded tile row r, value b, tile k of the block (plus room for
     // the vector row pass's overhang).
     let mut hb = [[[0f32; TX_BLOCK + 8]; 4]; 4];
@@ -290,19 +300,19 @@ fn input_transform_body<const AVX2: bool>(v: &mut [f32], plane: &[f32], nb: usiz
         let n = blk.len();
         for b in 0..4 {
             let (r0, r1, r2, r3) = (&hb[0][b][..n], &hb[1][b][..n], &hb[2][b][..n], &hb[3][b][..n]);
-            let d = &mut v[b * t_total + blk.base..][..n];
+            let d = &mut v[b][blk.base..][..n];
             for j in 0..n {
                 d[j] = r0[j] - r2[j];
             }
-            let d = &mut v[(4 + b) * t_total + blk.base..][..n];
+            let d = &mut v[4 + b][blk.base..][..n];
             for j in 0..n {
                 d[j] = r1[j] + r2[j];
             }
-            let d = &mut v[(8 + b) * t_total + blk.base..][..n];
+            let d = &mut v[8 + b][blk.base..][..n];
             for j in 0..n {
                 d[j] = r2[j] - r1[j];
             }
-            let d = &mut v[(12 + b) * t_total + blk.base..][..n];
+            let d = &mut v[12 + b][blk.base..][..n];
             for j in 0..n {
                 d[j] = r1[j] - r3[j];
             }
@@ -311,8 +321,8 @@ fn input_transform_body<const AVX2: bool>(v: &mut [f32], plane: &[f32], nb: usiz
 }
 
 /// `A dY A^T` of every 2x2 tile of one channel of `d_out` (`nb` images of `h x w`; outputs past
-/// the edge of an odd image count as 0), into `v` laid out `[xi][t]`.
-pub(super) fn grad_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+/// the edge of an odd image count as 0): value `xi` of tile `t` into `v[xi][t]`.
+pub(super) fn grad_transform(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -323,14 +333,13 @@ pub(super) fn grad_transform(v: &mut [f32], plane: &[f32], nb: usize, h: usize, 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn grad_transform_avx2(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+unsafe fn grad_transform_avx2(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
     grad_transform_body(v, plane, nb, h, w)
 }
 
 #[inline(always)]
-fn grad_transform_body(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usize) {
+fn grad_transform_body(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let t_total = nb * th * tw;
     // lr[dy][0][j] / lr[dy][1][j + 1]: left / right value of output row dy of tile j.
     let mut lr = [[[0f32; TX_BLOCK + 1]; 2]; 2];
     // pq[r]: row r of A dY (two values per tile), before the column pass.
@@ -371,16 +380,16 @@ fn grad_transform_body(v: &mut [f32], plane: &[f32], nb: usize, h: usize, w: usi
             let t0 = blk.base + k * nt;
             for (r, [p, q]) in pq.iter().enumerate() {
                 let (p, q) = (&p[..nt], &q[..nt]);
-                v[(4 * r) * t_total + t0..][..nt].copy_from_slice(p);
-                let dst = &mut v[(4 * r + 1) * t_total + t0..][..nt];
+                v[4 * r][t0..][..nt].copy_from_slice(p);
+                let dst = &mut v[4 * r + 1][t0..][..nt];
                 for j in 0..nt {
                     dst[j] = p[j] + q[j];
                 }
-                let dst = &mut v[(4 * r + 2) * t_total + t0..][..nt];
+                let dst = &mut v[4 * r + 2][t0..][..nt];
                 for j in 0..nt {
                     dst[j] = p[j] - q[j];
                 }
-                let dst = &mut v[(4 * r + 3) * t_total + t0..][..nt];
+                let dst = &mut v[4 * r + 3][t0..][..nt];
                 for j in 0..nt {
                     dst[j] = -q[j];
                 }
@@ -486,40 +495,129 @@ fn simd() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// `M[xi] = K[xi] * X[xi]` for the 16 values, one per task: `kern` is `[o][xi][k]` (`odim` rows,
-/// `kdim` wide), `x` is `[k][xi][t]`, `m` gets `[xi][o][t]`.
-fn products(m: &mut [f32], kern: &[f32], x: &[f32], t: usize, kdim: usize, odim: usize) {
-    m[..XI * odim * t].par_chunks_mut(odim * t).enumerate().for_each(|(xi, mx)| {
-        gemm_serial(
-            mx,
-            Layout::matrix(0, odim, t, t, 1),
-            kern,
-            Layout::matrix(xi * kdim, odim, kdim, XI * kdim, 1),
-            x,
-            Layout::matrix(xi * t, kdim, t, XI * t, 1),
-            false,
-        )
+/// Images per chunk of the CPU's walk of the commands: the plan's chunk (`chunk`, 0 for all),
+/// cut to a sub-chunk whose transformed tiles stay in the caches. A smaller chunk needs less
+/// workspace, so the walk stays within the plan's.
+pub(super) fn cpu_chunk(p: &ConvShape, in_width: usize, out_width: usize, chunk: usize) -> usize {
+    sub_chunk(p, in_width, out_width, p.chunk_images(chunk))
+}
+
+/// Runs `f(c, rows)` for each channel `c` of a `[xi][channels][len]` block, `rows[xi]` being
+/// the `len` values of `(xi, c)`, channels in parallel (a few runs of channels per thread, as
+/// rayon cuts a parallel loop).
+fn for_each_channel(block: &mut [f32], channels: usize, len: usize, f: impl Fn(usize, Rows) + Sync) {
+    let grain = channels.div_ceil(4 * rayon::current_num_threads()).max(1);
+    split_channels(rows(block, channels * len), 0, channels, len, grain, &f)
+}
+
+/// Halves the channels `c0..c0 + channels` (rayon's join on each half) down to `grain`, which
+/// run one after the other.
+fn split_channels<F: Fn(usize, Rows) + Sync>(rows: Rows, c0: usize, channels: usize, len: usize, grain: usize, f: &F) {
+    fn split(rows: Rows, at: usize) -> (Rows, Rows) {
+        let (mut lo, mut hi): (Rows, Rows) = Default::default();
+        for (xi, r) in rows.into_iter().enumerate() {
+            (lo[xi], hi[xi]) = r.split_at_mut(at);
+        }
+        (lo, hi)
+    }
+    if channels <= grain {
+        let mut rest = rows;
+        for c in c0..c0 + channels {
+            let (one, more) = split(rest, len);
+            f(c, one);
+            rest = more;
+        }
+        return;
+    }
+    let half = channels / 2;
+    let (lo, hi) = split(rows, half * len);
+    rayon::join(
+        || split_channels(lo, c0, half, len, grain, f),
+        || split_channels(hi, c0 + half, channels - half, len, grain, f),
+    );
+}
+
+/// `WinoCmd::Weight`: `G g G^T` of the slices' kernels into `u`, `[xi][o][i]`, or with
+/// `flipped` of the kernels rotated by 180 degrees, `[xi][i][o]`.
+pub(super) fn weight_transform(u: &mut [f32], weight: &[f32], p: &ConvShape, os: Slice, is: Slice, flipped: bool) {
+    let (wo, wi, ld) = (os.width, is.width, p.cin * 9);
+    let kernel = |o: usize, i: usize| weight_tile(&weight[channel(&os, o) * ld + channel(&is, i) * 9..][..9], flipped);
+    if flipped {
+        for_each_channel(u, wi, wo, |i, mut r| {
+            for o in 0..wo {
+                kernel(o, i).iter().zip(&mut r).for_each(|(&v, r)| r[o] = v);
+            }
+        })
+    } else {
+        for_each_channel(u, wo, wi, |o, mut r| {
+            for i in 0..wi {
+                kernel(o, i).iter().zip(&mut r).for_each(|(&v, r)| r[i] = v);
+            }
+        })
+    }
+}
+
+/// `WinoCmd::Input` / `WinoCmd::Grad`: `f` of images `n0..n0 + nb` of each of the `channels`
+/// rows of `src` (`(channels, N, H, W)`) into `v`, `[xi][c][t]`.
+pub(super) fn transform_tiles(
+    v: &mut [f32],
+    src: &[f32],
+    p: &ConvShape,
+    channels: usize,
+    n0: usize,
+    nb: usize,
+    f: Transform,
+) {
+    let (th, tw) = tiles(p);
+    let hw = p.h * p.w;
+    for_each_channel(v, channels, nb * th * tw, |c, r| f(r, &src[(c * p.n + n0) * hw..][..nb * hw], nb, p.h, p.w));
+}
+
+/// `WinoCmd::Products`: the 16 products of the batch in the workspace `col`, one per task with
+/// the serial GEMM. Their outputs lie between or beside their inputs, never across them.
+pub(super) fn batched_products(col: &mut [f32], g: &RowGemm, strides: [usize; 3]) {
+    let (c0, sc) = (g.c.offset, strides[2]);
+    if sc == 0 {
+        return;
+    }
+    let (before, rest) = col.split_at_mut(c0);
+    let (outs, after) = rest.split_at_mut(XI * sc);
+    let end = c0 + XI * sc;
+    // An input view as (memory, offset there): wholly before the outputs, or wholly after.
+    let side = |v: View| -> (&[f32], usize) {
+        if v.offset < c0 {
+            (&*before, v.offset)
+        } else {
+            assert!(v.offset >= end, "a product's input {v:?} starts among its outputs at {c0}..{end}");
+            (&*after, v.offset - end)
+        }
+    };
+    let ((a, a0), (b, b0)) = (side(g.a), side(g.b));
+    outs.par_chunks_mut(sc).enumerate().for_each(|(xi, c)| {
+        let av = View { offset: a0 + xi * strides[0], ..g.a };
+        let bv = View { offset: b0 + xi * strides[1], ..g.b };
+        let cv = View { offset: 0, ..g.c };
+        gemm_serial(c, cv.layout(g.m, g.n), a, av.layout(g.m, g.k), b, bv.layout(g.k, g.n), g.accumulate)
     });
 }
 
-/// Inverse transform of `m` (`[xi][o][t]`, `odim` channels) into images `n0..n0+nb` of `dst`
-/// (`(odim, N, H, W)`), one channel per task.
-#[allow(clippy::too_many_arguments)]
-fn untransform(
+/// `WinoCmd::Output`: `A^T M A` of `m` (`[xi][c][t]`) into images `n0..n0 + nb` of `dst`
+/// (`(channels, N, H, W)`, written or added to), one channel per task.
+pub(super) fn output_tiles(
     dst: &mut [f32],
     m: &[f32],
     p: &ConvShape,
-    odim: usize,
-    t: usize,
+    channels: usize,
     n0: usize,
     nb: usize,
     accumulate: bool,
 ) {
-    let hw = p.h * p.w;
-    dst[..odim * p.n * hw].par_chunks_mut(p.n * hw).enumerate().for_each(|(o, plane)| {
+    let (th, tw) = tiles(p);
+    let (hw, t) = (p.h * p.w, nb * th * tw);
+    dst[..channels * p.n * hw].par_chunks_mut(p.n * hw).enumerate().for_each(|(c, plane)| {
         output_transform(
             &mut plane[n0 * hw..][..nb * hw],
-            |xi| &m[(xi * odim + o) * t..][..t],
+            |xi| &m[(xi * channels + c) * t..][..t],
             nb,
             p.h,
             p.w,
@@ -528,144 +626,12 @@ fn untransform(
     });
 }
 
-/// Transforms images `n0..n0+nb` of the `(channels, N, H, W)` tensor `src` into `v`
-/// (`[c][xi][t]`), one channel per task.
-#[allow(clippy::too_many_arguments)]
-fn transform(
-    v: &mut [f32],
-    src: &[f32],
-    p: &ConvShape,
-    channels: usize,
-    t: usize,
-    n0: usize,
-    nb: usize,
-    f: fn(&mut [f32], &[f32], usize, usize, usize),
-) {
-    let hw = p.h * p.w;
-    v[..channels * XI * t]
-        .par_chunks_mut(XI * t)
-        .enumerate()
-        .for_each(|(c, vc)| f(vc, &src[(c * p.n + n0) * hw..][..nb * hw], nb, p.h, p.w));
-}
-
-/// `out = conv(inp)` (or `+=`) for an eligible layer; same contract as `conv2d_forward`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn forward(
-    out: &mut [f32],
-    inp: &[f32],
-    weight: &[f32],
-    col: &mut [f32],
-    p: &ConvShape,
-    out_slice: Slice,
-    in_slice: Slice,
-    chunk: usize,
-    accumulate: bool,
-) {
-    let (wo, wi) = (out_slice.width, in_slice.width);
-    let (th, tw) = tiles(p);
-    let nb_max = sub_chunk(p, wi, wo, p.chunk_images(chunk));
-    let ld = p.cin * 9;
-    let (u, rest) = col.split_at_mut(XI * wo * wi);
-    // U laid out [o][xi][i].
-    u.par_chunks_mut(XI * wi).enumerate().for_each(|(o, uo)| {
-        let co = channel(&out_slice, o);
-        for i in 0..wi {
-            let ci = channel(&in_slice, i);
-            let t = weight_tile(&weight[co * ld + ci * 9..][..9], false);
-            for (xi, &v) in t.iter().enumerate() {
-                uo[xi * wi + i] = v;
-            }
-        }
-    });
-    let u = &*u;
-    for n0 in (0..p.n).step_by(nb_max) {
-        let nb = nb_max.min(p.n - n0);
-        let t = nb * th * tw;
-        let (v, m) = rest.split_at_mut(XI * wi * t);
-        transform(v, inp, p, wi, t, n0, nb, input_transform);
-        products(m, u, v, t, wi, wo);
-        untransform(out, m, p, wo, t, n0, nb, accumulate);
-    }
-}
-
-/// Gradients for an eligible layer; same contract as `conv2d_backward`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn backward(
-    d_inp: Option<&mut [f32]>,
-    d_weight: &mut [f32],
-    d_out: &[f32],
-    inp: &[f32],
-    weight: &[f32],
-    col: &mut [f32],
-    p: &ConvShape,
-    out_slice: Slice,
-    in_slice: Slice,
-    chunk: usize,
-    accumulate_d_inp: bool,
-) {
-    let (wo, wi) = (out_slice.width, in_slice.width);
-    let (th, tw) = tiles(p);
-    let nb_max = sub_chunk(p, wi, wo, p.chunk_images(chunk));
-    let ld = p.cin * 9;
-    let (ut, rest) = col.split_at_mut(XI * wo * wi);
-    let (du, rest) = rest.split_at_mut(XI * wo * wi);
-    let mut d_inp = d_inp;
-    if d_inp.is_some() {
-        // U' laid out [i][xi][o]: the flipped kernel, from output to input channels.
-        ut.par_chunks_mut(XI * wo).enumerate().for_each(|(i, ui)| {
-            let ci = channel(&in_slice, i);
-            for o in 0..wo {
-                let co = channel(&out_slice, o);
-                let t = weight_tile(&weight[co * ld + ci * 9..][..9], true);
-                for (xi, &v) in t.iter().enumerate() {
-                    ui[xi * wo + o] = v;
-                }
-            }
-        });
-    }
-    let ut = &*ut;
-    for n0 in (0..p.n).step_by(nb_max) {
-        let nb = nb_max.min(p.n - n0);
-        let t = nb * th * tw;
-        let (v, rest2) = rest.split_at_mut(XI * wi * t);
-        let g = &mut rest2[..XI * wo * t];
-        transform(v, inp, p, wi, t, n0, nb, input_transform);
-        transform(g, d_out, p, wo, t, n0, nb, grad_transform);
-        {
-            // dU[xi][o][i] += sum over tiles of G[o][xi][t] V[i][xi][t].
-            let (v, g) = (&*v, &*g);
-            du.par_chunks_mut(wo * wi).enumerate().for_each(|(xi, dux)| {
-                gemm_serial(
-                    dux,
-                    Layout::matrix(0, wo, wi, wi, 1),
-                    g,
-                    Layout::matrix(xi * t, wo, t, XI * t, 1),
-                    v,
-                    Layout::matrix(xi * t, t, wi, 1, XI * t),
-                    n0 > 0,
-                )
-            });
-        }
-        if let Some(d_inp) = d_inp.as_deref_mut() {
-            // d_out's input transform replaces A dY A^T; the products land where V was.
-            transform(g, d_out, p, wo, t, n0, nb, input_transform);
-            products(v, ut, g, t, wo, wi);
-            untransform(d_inp, v, p, wi, t, n0, nb, accumulate_d_inp);
-        }
-    }
-    let du = &*du;
-    d_weight[..wo * wi * 9].par_chunks_mut(wi * 9).enumerate().for_each(|(o, row)| {
-        for i in 0..wi {
-            let dt: [f32; 16] = std::array::from_fn(|xi| {
-                // No chunk ran for an empty batch: the gradient is zero.
-                if p.n == 0 {
-                    0.0
-                } else {
-                    du[(xi * wo + o) * wi + i]
-                }
-            });
-            row[i * 9..][..9].copy_from_slice(&weight_tile_adjoint(&dt));
-        }
+/// `WinoCmd::WeightGrad`: `d_weight` (`[wo, wi*9]`) = `G^T dU G` of `du` (`[xi][o][i]`), or 0
+/// when no image ran (`any` false: `du` was never written).
+pub(super) fn weight_grad(d_weight: &mut [f32], du: &[f32], wo: usize, wi: usize, any: bool) {
+    d_weight[..wo * wi * 9].par_chunks_mut(9).enumerate().for_each(|(x, g)| {
+        let dt: [f32; 16] = std::array::from_fn(|xi| if any { du[xi * wo * wi + x] } else { 0.0 });
+        g.copy_from_slice(&weight_tile_adjoint(&dt));
     });
 }
 
@@ -683,7 +649,7 @@ mod tests {
         // A 4x4 image at padded position (1,1): a 2x2 tile grid at h = w = 4 has 4 tiles; use
         // a 2x2 image and its single tile instead, where padding adds the zero border.
         let img2: Vec<f32> = vec![d[5], d[6], d[9], d[10]];
-        input_transform(&mut v, &img2, 1, 2, 2);
+        input_transform(rows(&mut v, 1), &img2, 1, 2, 2);
         let u = weight_tile(&g, false);
         let prod: Vec<f32> = (0..16).map(|xi| u[xi] * v[xi]).collect();
         let mut out = vec![0f32; 4];
@@ -718,12 +684,12 @@ mod tests {
             let plane: Vec<f32> = (0..nb * h * w).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
             let t = nb * h.div_ceil(2) * w.div_ceil(2);
             let (mut a, mut b) = (vec![f32::NAN; XI * t], vec![f32::NAN; XI * t]);
-            input_transform(&mut a, &plane, nb, h, w);
-            input_transform_body::<false>(&mut b, &plane, nb, h, w);
+            input_transform(rows(&mut a, t), &plane, nb, h, w);
+            input_transform_body::<false>(rows(&mut b, t), &plane, nb, h, w);
             assert_eq!(a, b, "input {nb}x{h}x{w}");
             let (mut a, mut b) = (vec![f32::NAN; XI * t], vec![f32::NAN; XI * t]);
-            grad_transform(&mut a, &plane, nb, h, w);
-            grad_transform_body(&mut b, &plane, nb, h, w);
+            grad_transform(rows(&mut a, t), &plane, nb, h, w);
+            grad_transform_body(rows(&mut b, t), &plane, nb, h, w);
             assert_eq!(a, b, "grad {nb}x{h}x{w}");
             let m: Vec<f32> = (0..XI * t).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.1).collect();
             let ms: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * t..][..t]);
@@ -759,7 +725,7 @@ mod ab {
             let (mut bw, mut bi) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..5 {
                 let t = Instant::now();
-                forward(&mut out, &x, &wt, &mut col, &p, s, s, 0, false);
+                super::super::conv2d_forward(&mut out, &x, &wt, &mut col, &p, s, s, 0, false, super::super::Algo::Fast);
                 bw = bw.min(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 super::super::conv2d_forward(
@@ -781,7 +747,20 @@ mod ab {
             let (mut cw, mut ci) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..3 {
                 let t = Instant::now();
-                backward(Some(&mut dx), &mut dw, &out, &x, &wt, &mut col, &p, s, s, 0, false);
+                super::super::conv2d_backward(
+                    Some(&mut dx),
+                    &mut dw,
+                    &out,
+                    &x,
+                    &wt,
+                    &mut col,
+                    &p,
+                    s,
+                    s,
+                    0,
+                    false,
+                    super::super::Algo::Fast,
+                );
                 cw = cw.min(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 super::super::conv2d_backward(

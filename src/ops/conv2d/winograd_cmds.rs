@@ -1,12 +1,12 @@
-//! The GPU's Winograd F(2x2, 3x3) (`--winograd`) as a walk of commands, the way `lowering.rs`
-//! walks im2col + GEMM: `cuda.rs` runs them with `winograd.cu` and batched cuBLAS products, and
-//! the tests here run them on the CPU (the transforms of `winograd.rs`, a column-major GEMM that
-//! follows cuBLAS) against the direct convolution, so the buffer layout, the offsets and the
-//! batched products' strides are checked on a machine without a GPU.
+//! Winograd F(2x2, 3x3) as a walk of commands, the way `lowering.rs` walks im2col + GEMM, the
+//! one walk both backends run: `cpu.rs` with the transforms and kernels of `winograd.rs` (16
+//! products on separate threads), `cuda.rs` with `winograd.cu` and batched cuBLAS products (the
+//! GPU's `--winograd`). The tests here run them with a column-major GEMM that follows cuBLAS
+//! against the direct convolution, so the batched products' strides as cuBLAS gets them are
+//! checked on a machine without a GPU.
 //!
-//! The algorithm is the CPU's (`winograd.rs`); the layout differs. Transformed tiles are
-//! `[xi][channel][t]` (one row-major matrix per tile value `xi`), so each of the 16 products is
-//! one matrix of a strided batch:
+//! Transformed tiles are `[xi][channel][t]` (one row-major matrix per tile value `xi`), so each
+//! of the 16 products is one matrix of a strided batch:
 //! - forward: `M[xi] (wo x T) = U[xi] (wo x wi) V[xi] (wi x T)`, then `Y (+)= A^T M A`;
 //! - input gradient: the forward with `d_out` and the flipped, transposed weight `U'[xi] (wi x wo)`;
 //! - weight gradient: `dU[xi] (wo x wi) += G[xi] (wo x T) V[xi]^T`, `G = A dY A^T`, summed over the
@@ -15,7 +15,8 @@
 //! Slices cost nothing extra: the weight transform gathers the slice's channels in slice order
 //! (wrapping included) and the activations are already in slice order. The workspace holds, in
 //! order, the transformed weight(s) and one chunk's transformed input and output tiles
-//! (`winograd::workspace_len`, the CPU's bound, which the plan's chunk keeps within the budget).
+//! (`winograd::workspace_len`, which the plan's chunk keeps within the budget; the CPU walks a
+//! smaller chunk, `winograd::cpu_chunk`, which needs less).
 
 use super::lowering::{chunks, Operand, RowGemm, View};
 use super::winograd::{tiles, XI};
@@ -135,7 +136,8 @@ mod tests {
     use super::*;
     use crate::ops::conv2d::lowering::host::{gemm_colmajor, max_abs_diff, naive, Mem};
     use crate::ops::conv2d::winograd::{
-        grad_transform, input_transform, output_transform, weight_tile, weight_tile_adjoint, workspace_len,
+        grad_transform, input_transform, output_transform, rows, weight_tile, weight_tile_adjoint, workspace_len,
+        Transform,
     };
     use crate::rng::Rng;
 
@@ -149,17 +151,11 @@ mod tests {
     fn run(m: &mut Mem, cmd: WinoCmd, p: &ConvShape, os: Slice, is: Slice) {
         let (th, tw) = tiles(p);
         let hw = p.h * p.w;
-        let transform = |m: &mut Mem,
-                         src: Operand,
-                         channels: usize,
-                         at: usize,
-                         n0: usize,
-                         nb: usize,
-                         f: fn(&mut [f32], &[f32], usize, usize, usize)| {
+        let transform = |m: &mut Mem, src: Operand, channels: usize, at: usize, n0: usize, nb: usize, f: Transform| {
             let t = nb * th * tw;
             let mut one = vec![0f32; XI * t];
             for c in 0..channels {
-                f(&mut one, &m.get(src)[(c * p.n + n0) * hw..][..nb * hw], nb, p.h, p.w);
+                f(rows(&mut one, t), &m.get(src)[(c * p.n + n0) * hw..][..nb * hw], nb, p.h, p.w);
                 for xi in 0..XI {
                     m.col[at + (xi * channels + c) * t..][..t].copy_from_slice(&one[xi * t..][..t]);
                 }
