@@ -17,17 +17,18 @@
 //! walk's chunk is cut to a sub-chunk whose tiles stay in the caches ([`cpu_chunk`]).
 //!
 //! The transforms work on blocks of up to `TX_BLOCK` tiles that are contiguous in `t` (several
-//! whole tile rows of a small image), so every pass is a loop over contiguous arrays. Each has
-//! an AVX2 build chosen at run time (the crate is compiled for baseline x86-64, where those
-//! loops get only SSE), and the input transform's row pass deinterleaves even and odd columns
-//! in registers, which measurably cut the transforms' share of a step.
+//! whole tile rows of a small image), so every pass is a loop over contiguous arrays. Each is
+//! compiled for the selected instruction set (`blas::vectorized`: the crate is compiled for
+//! baseline x86-64, where those loops get only SSE), and the input transform's row pass
+//! deinterleaves even and odd columns in AVX2 registers, which measurably cut the transforms'
+//! share of a step.
 //!
 //! Slices are handled while gathering the weight: `U` holds only the slice's channels, in slice
 //! order, so a wrapping slice costs nothing extra.
 
 use super::lowering::{RowGemm, View};
 use super::ConvShape;
-use crate::blas::gemm_serial;
+use crate::blas::{gemm_serial, vectorized};
 use crate::ir::Slice;
 use rayon::prelude::*;
 
@@ -157,7 +158,7 @@ impl Block {
 
 /// The blocks of at most `TX_BLOCK` tiles covering `nb` images of `th x tw` tiles, in `t`
 /// order. (An iterator rather than a closure-taking helper: a closure would be compiled apart
-/// from the AVX2 caller, without its target features.)
+/// from the vectorised caller, without its target features.)
 fn blocks(nb: usize, th: usize, tw: usize) -> impl Iterator<Item = Block> {
     let seg = tw.clamp(1, TX_BLOCK);
     let per = (TX_BLOCK / tw.max(1)).max(1);
@@ -196,16 +197,12 @@ fn split_padded(e: &mut [f32], o: &mut [f32], row: &[f32], tx0: usize, nt: usize
 pub(super) fn input_transform(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { input_transform_avx2(v, plane, nb, h, w) };
+        return vectorized(
+            #[inline(always)]
+            || input_transform_body::<true>(v, plane, nb, h, w),
+        );
     }
     input_transform_body::<false>(v, plane, nb, h, w)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn input_transform_avx2(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
-    input_transform_body::<true>(v, plane, nb, h, w)
 }
 
 /// Masked load of `row[first..first + 8]`, lanes outside the row read as 0 (the padding).
@@ -323,18 +320,10 @@ fn input_transform_body<const AVX2: bool>(v: Rows, plane: &[f32], nb: usize, h: 
 /// `A dY A^T` of every 2x2 tile of one channel of `d_out` (`nb` images of `h x w`; outputs past
 /// the edge of an odd image count as 0): value `xi` of tile `t` into `v[xi][t]`.
 pub(super) fn grad_transform(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { grad_transform_avx2(v, plane, nb, h, w) };
-    }
-    grad_transform_body(v, plane, nb, h, w)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn grad_transform_avx2(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
-    grad_transform_body(v, plane, nb, h, w)
+    vectorized(
+        #[inline(always)]
+        || grad_transform_body(v, plane, nb, h, w),
+    )
 }
 
 #[inline(always)]
@@ -410,18 +399,10 @@ pub(super) fn output_transform<'a>(
     accumulate: bool,
 ) {
     let ms: [&[f32]; 16] = std::array::from_fn(&m);
-    #[cfg(target_arch = "x86_64")]
-    if simd() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { output_transform_avx2(plane, &ms, nb, h, w, accumulate) };
-    }
-    output_transform_body(plane, &ms, nb, h, w, accumulate)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_transform_avx2(plane: &mut [f32], ms: &[&[f32]; 16], nb: usize, h: usize, w: usize, accumulate: bool) {
-    output_transform_body(plane, ms, nb, h, w, accumulate)
+    vectorized(
+        #[inline(always)]
+        || output_transform_body(plane, &ms, nb, h, w, accumulate),
+    )
 }
 
 #[inline(always)]
@@ -489,10 +470,11 @@ fn output_transform_body(plane: &mut [f32], ms: &[&[f32]; 16], nb: usize, h: usi
     }
 }
 
-/// true where the AVX2+FMA builds of the transforms can run (the check is cached by std).
+/// true where the input transform's AVX2 row pass may run: the selected instruction set
+/// (`SLICEOUT_CPU_ISA`, else the widest) has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 fn simd() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    crate::blas::kernel() != crate::blas::Kernel::Portable
 }
 
 /// Images per chunk of the CPU's walk of the commands: the plan's chunk (`chunk`, 0 for all),
