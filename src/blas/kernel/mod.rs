@@ -102,11 +102,13 @@ impl<T: 'static> MatRef<T> {
     pub fn t(self) -> MatRef<T> {
         MatRef { ptr: self.ptr, rs: self.cs, cs: self.rs }
     }
-    /// The same view typed as f32 when its elements are f32.
+    /// The same view typed as f32 when its elements are f32 (for the x86 packing).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn as_f32(self) -> Option<MatRef<f32>> {
         (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| MatRef { ptr: self.ptr.cast(), rs: self.rs, cs: self.cs })
     }
-    /// The same view typed as bf16 when its elements are bf16.
+    /// The same view typed as bf16 when its elements are bf16 (for the BF16 pair products).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn as_bf16(self) -> Option<MatRef<Bf16>> {
         (TypeId::of::<T>() == TypeId::of::<Bf16>()).then(|| MatRef { ptr: self.ptr.cast(), rs: self.rs, cs: self.cs })
     }
@@ -441,6 +443,8 @@ unsafe fn run_tiles<T: Tile>(c: MatMut, apack: &[f32], bpack: &[f32], mc: usize,
 
 /// Packs `mc x kc` of `A` into micro-panels of `mr_t` rows, `[panel][p][i]`, zero-padding the
 /// last; `avx` lets an f32 `A` with contiguous rows go through 8 x 8 transposes.
+// The fast paths are x86 only; elsewhere `avx` and their counters go unused.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
 unsafe fn pack_a<T: Elem>(dst: &mut [f32], a: MatRef<T>, mc: usize, kc: usize, mr_t: usize, avx: bool) {
     for (q, r0) in (0..mc).step_by(mr_t).enumerate() {
         let mr = mr_t.min(mc - r0);
@@ -482,6 +486,8 @@ unsafe fn pack_a<T: Elem>(dst: &mut [f32], a: MatRef<T>, mc: usize, kc: usize, m
 
 /// Packs `kc x nc` of `B` into micro-panels of `nr_t` columns, `[panel][p][j]`, zero-padding;
 /// `avx` lets an f32 `B` with contiguous columns go through 8 x 8 transposes.
+// The fast paths are x86 only; elsewhere `avx` and their counters go unused.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
 unsafe fn pack_b<T: Elem>(dst: &mut [f32], b: MatRef<T>, kc: usize, nc: usize, nr_t: usize, avx: bool) {
     for (q, c0) in (0..nc).step_by(nr_t).enumerate() {
         let nr = nr_t.min(nc - c0);
@@ -500,7 +506,7 @@ unsafe fn pack_b<T: Elem>(dst: &mut [f32], b: MatRef<T>, kc: usize, nc: usize, n
             // small enough to stay in L1 while it fills).
             let (mut cols, mut depth) = (0, 0);
             #[cfg(target_arch = "x86_64")]
-            if let (true, Some(b32)) = (avx && nr_t % 8 == 0, b.as_f32()) {
+            if let (true, Some(b32)) = (avx && nr_t.is_multiple_of(8), b.as_f32()) {
                 (cols, depth) = (nr / 8 * 8, kc / 8 * 8);
                 for j0 in (0..cols).step_by(8) {
                     for p0 in (0..depth).step_by(8) {
