@@ -34,14 +34,16 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, scale: f32) {
     }
 }
 
-/// Every kernel this processor runs, the portable one first; the others are named on stderr
-/// (shown with `--nocapture`) so a run says which paths it could not check.
+/// Every kernel this processor runs, the portable one first. Which ran and which the processor
+/// lacks is said once on stderr (shown with `--nocapture`, and in a failing test's output).
 fn kernels() -> Vec<Kernel> {
+    static SAID: std::sync::Once = std::sync::Once::new();
     let (ks, lacking): (Vec<_>, Vec<_>) = Kernel::ALL.iter().partition(|(k, _)| k.supported());
-    if !lacking.is_empty() {
-        let names: Vec<&str> = lacking.iter().map(|(_, n)| *n).collect();
-        eprintln!("blas tests: this processor lacks {}; those kernels are not checked here", names.join(", "));
-    }
+    SAID.call_once(|| {
+        let names = |v: &[&(Kernel, &str)]| v.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ");
+        let lacks = if lacking.is_empty() { "nothing".to_string() } else { names(&lacking) };
+        eprintln!("blas tests: checking the kernels {}; this processor lacks {lacks}", names(&ks));
+    });
     ks.into_iter().map(|(k, _)| k).collect()
 }
 
