@@ -341,27 +341,59 @@ mod tests {
         }
     }
 
+    /// Two ranks. `Two(0)`: the other rank holds what this one does. `Two(1)`: the other rank's
+    /// values are this one's plus 1, and its hashes differ.
+    struct Two(usize);
+    impl Reducer for Two {
+        fn rank(&self) -> usize {
+            self.0
+        }
+        fn ranks(&self) -> usize {
+            2
+        }
+        fn reserve(&mut self, _: usize) {}
+        fn sum(&mut self, data: &mut [f32]) {
+            data.iter_mut().for_each(|x| *x = 2.0 * *x + self.0 as f32);
+        }
+        fn spread(&mut self, v: u64) -> (u64, u64) {
+            (v, v ^ self.0 as u64)
+        }
+        fn abort(&self, _: i32) -> ! {
+            unreachable!()
+        }
+    }
+
+    /// A state that differs between ranks stops the run naming the epoch; the running
+    /// statistics are averaged and nothing else in the region changes.
+    #[test]
+    fn differing_states_are_refused_and_statistics_averaged() {
+        use crate::backend::{CpuBackend, Memory};
+        let p = program(0.5, UpdateAt::Early);
+        let s = &p.schedule;
+        let mut backend = CpuBackend::new();
+        let region: Vec<f32> = (0..s.persistent_len()).map(|i| i as f32).collect();
+        backend.set_persistent(&region).unwrap();
+        let mut one = Two(1);
+        let mut d = Dist::new(&mut one, Sharding::Shard, &p);
+        let e = d.check_state(&mut backend, &[7], 3).unwrap_err().to_string();
+        assert!(e.contains("after epoch 3") && e.contains("2 ranks hold different parameters"), "{e}");
+        // The other rank's statistics are these plus 1: the average is these plus 0.5; the
+        // parameters and momentum are left as they are.
+        d.average_running_stats(&mut backend).unwrap();
+        let mut after = vec![0f32; region.len()];
+        backend.get_persistent(&mut after);
+        let stat = |i: usize| d.stats.iter().any(|r| r.contains(&i));
+        assert!(!d.stats.is_empty());
+        for (i, (a, r)) in after.iter().zip(&region).enumerate() {
+            assert_eq!(*a, if stat(i) { r + 0.5 } else { *r }, "float {i}");
+        }
+        let mut same = Two(0);
+        let mut d = Dist::new(&mut same, Sharding::Shard, &p);
+        assert!(d.check_state(&mut backend, &[7], 3).is_ok());
+    }
+
     #[test]
     fn shards_split_the_global_batch_and_same_takes_it_whole() {
-        struct Two(usize);
-        impl Reducer for Two {
-            fn rank(&self) -> usize {
-                self.0
-            }
-            fn ranks(&self) -> usize {
-                2
-            }
-            fn reserve(&mut self, _: usize) {}
-            fn sum(&mut self, data: &mut [f32]) {
-                data.iter_mut().for_each(|x| *x *= 2.0);
-            }
-            fn spread(&mut self, v: u64) -> (u64, u64) {
-                (v, v ^ self.0 as u64)
-            }
-            fn abort(&self, _: i32) -> ! {
-                unreachable!()
-            }
-        }
         let p = program(0.5, UpdateAt::Early);
         let images: Vec<usize> = (0..8).collect();
         let (mut one, mut zero) = (Two(1), Two(0));
@@ -370,9 +402,10 @@ mod tests {
         // A rank whose hash differs from another's is refused, naming what differs.
         let e = d.agree("flags", 7).unwrap_err().to_string();
         assert!(e.contains("different flags") && e.contains("2 ranks"), "{e}");
+        // The other rank's loss 2.5 and 4 correct: the mean loss, the images correct in all.
         let mut loss = [1.5, 3.0];
         d.reduce_loss(&mut loss);
-        assert_eq!(loss, [1.5, 6.0]);
+        assert_eq!(loss, [2.0, 7.0]);
         let mut same = Dist::new(&mut zero, Sharding::Same, &p);
         assert_eq!(same.shard(&images), 0..8);
         assert!(same.agree("flags", 7).is_ok());

@@ -292,7 +292,7 @@ impl<'a> Run<'a> {
         let program = Program::new(wrn::build(&config, local_batch, Mode::Train, args.options, lowering));
         let mut dist = ranks.map(|(reducer, sharding)| Dist::new(reducer, sharding, &program));
         if let Some(d) = &mut dist {
-            d.agree("flags", flags_hash(args))?;
+            d.agree("flags", flags_hash(args, d.sharding))?;
             d.agree("data (training or test images)", data_hash(&ds))?;
         }
         let (region, norm, changes) = first_state(args, &program, resumed.as_ref(), &ds, &size)?;
@@ -418,7 +418,7 @@ impl<'a> Run<'a> {
             c.classes,
             s.tensors.iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum::<usize>() as f64 / 1e6,
             crate::ir::mib(arena_bytes),
-            2.0 * s.macs() as f64 / self.args.batch as f64 / 1e9,
+            2.0 * s.macs() as f64 / s.batch as f64 / 1e9,
         );
     }
 
@@ -790,11 +790,11 @@ const RANKS: &str = "ranks";
 
 /// A hash of everything the flags set, the same on every rank given the same command line.
 /// Not the data folder, which may lie elsewhere on each machine: its images are compared.
-fn flags_hash(args: &TrainArgs) -> u64 {
+fn flags_hash(args: &TrainArgs, sharding: Sharding) -> u64 {
     // Only rank 0 prints, so the printing switch is no difference between ranks.
     let mut h = Fnv::new();
     let same = TrainArgs { verbose: true, data: PathBuf::new(), ..args.clone() };
-    h.bytes(format!("{same:?}").as_bytes());
+    h.bytes(format!("{same:?} {sharding:?}").as_bytes());
     h.0
 }
 
