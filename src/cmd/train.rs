@@ -22,7 +22,10 @@ use std::path::{Path, PathBuf};
 
 pub fn command(f: TrainFlags) -> Result<Done> {
     match dist::launch()? {
-        None if f.same_batch => Err(Error::flag("--same-batch", "", "no --same-batch without mpirun (one rank)")),
+        None if f.same_batch => Err(Error::Msg(
+            "--same-batch is for a run launched by mpirun (every rank then trains the whole batch); this process is one rank alone"
+                .into(),
+        )),
         None => run(f, None),
         Some(mut reducer) => {
             let result = run(f, Some(&mut *reducer));
@@ -42,7 +45,7 @@ pub fn command(f: TrainFlags) -> Result<Done> {
 fn end_job(reducer: &dyn Reducer, e: &Error) -> ! {
     let rank = reducer.rank();
     if rank != 0 {
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        std::thread::sleep(std::time::Duration::from_secs(5));
         errln!("error: rank {rank}: {e}");
     } else {
         errln!("error: {e}");

@@ -192,6 +192,17 @@ fn bad_launches_are_refused_in_one_line() {
         assert!(line.contains(what) && line.contains("2 ranks"), "{line}");
         assert!(!dir.join("r/last.ckpt").exists());
     }
+    // No folder, no data, or an automatic batch: what one rank cannot decide for all.
+    for (args, needle) in [
+        (vec!["train", "--data", "syn"], "--out"),
+        (vec!["train", "--out", "r"], "--data"),
+        (vec!["train", "--data", "syn", "--out", "r", "--batch", "auto"], "--batch"),
+    ] {
+        let (code, _, se) = mpirun(&dir, &same(2, &args));
+        assert_ne!(code, 0);
+        assert!(se.contains(needle) && se.contains("under mpirun"), "{se}");
+        assert_eq!(se.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{se}");
+    }
     // A batch the ranks cannot share evenly, named.
     let (code, _, se) = mpirun(
         &dir,
