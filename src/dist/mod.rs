@@ -126,6 +126,10 @@ pub struct Dist<'r> {
     region: Vec<f32>,
     /// Bytes reduced by the last step (gradients alone).
     pub last_step_bytes: usize,
+    /// Seconds spent in the gradients' reduces (copies, sums and the wait for the slowest rank)
+    /// and the steps they were spent in, since [`Dist::take_reduce_time`].
+    reduce_seconds: f64,
+    reduce_steps: usize,
 }
 
 impl<'r> Dist<'r> {
@@ -162,6 +166,8 @@ impl<'r> Dist<'r> {
             stats,
             region: vec![0.0; s.persistent_len()],
             last_step_bytes: 0,
+            reduce_seconds: 0.0,
+            reduce_steps: 0,
         }
     }
 
@@ -194,6 +200,7 @@ impl<'r> Dist<'r> {
             for i in next..b.first {
                 backend.run_op(program, i, ctx);
             }
+            let t0 = std::time::Instant::now();
             let host = &mut self.host[..b.len];
             for &(buf, at, len) in &b.grads {
                 backend.read(program, buf, &mut host[at..at + len]);
@@ -204,6 +211,7 @@ impl<'r> Dist<'r> {
                 backend.write(program, buf, &host[at..at + len]);
             }
             bytes += 4 * b.len;
+            self.reduce_seconds += t0.elapsed().as_secs_f64();
             for i in b.first..b.end {
                 backend.run_op(program, i, ctx);
             }
@@ -213,6 +221,14 @@ impl<'r> Dist<'r> {
             backend.run_op(program, i, ctx);
         }
         self.last_step_bytes = bytes;
+        self.reduce_steps += 1;
+    }
+
+    /// Mean seconds a step spent reducing gradients since the last call (0 before any step).
+    pub fn take_reduce_time(&mut self) -> f64 {
+        let mean = self.reduce_seconds / self.reduce_steps.max(1) as f64;
+        (self.reduce_seconds, self.reduce_steps) = (0.0, 0);
+        mean
     }
 
     /// `[mean loss, correct]` of this rank's images made the global batch's.

@@ -506,8 +506,10 @@ impl<'a> Run<'a> {
         if let Some(d) = &mut self.dist {
             let slice = Fnv::hash(&self.rngs.slice.state());
             d.check_state(&mut *self.backend, &[slice], epoch + 1)?;
+            let reduce_ms = 1e3 * d.take_reduce_time();
             if args.verbose {
-                outln!("all-reduce: {} bytes per step over {} ranks", d.last_step_bytes, d.ranks());
+                let (bytes, n) = (d.last_step_bytes, d.ranks());
+                outln!("all-reduce: {bytes} bytes per step over {n} ranks, {reduce_ms:.1} ms per step on rank 0");
             }
             if d.rank() != 0 {
                 self.sums = EpochSums::default();

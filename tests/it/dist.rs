@@ -94,10 +94,14 @@ fn with_data(name: &str) -> std::path::PathBuf {
 
 /// The bytes the run says it all-reduced per step (every epoch's line the same).
 fn run_bytes(stdout: &str) -> usize {
-    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("all-reduce: ")).collect();
-    assert!(!lines.is_empty(), "{stdout}");
-    assert!(lines.iter().all(|l| *l == lines[0]), "{stdout}");
-    lines[0]["all-reduce: ".len()..].split(' ').next().unwrap().parse().unwrap()
+    let bytes: Vec<usize> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("all-reduce: "))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(!bytes.is_empty(), "{stdout}");
+    assert!(bytes.iter().all(|&b| b == bytes[0]), "{stdout}");
+    bytes[0]
 }
 
 /// The bytes `plan` says a step all-reduces at `keep`.
