@@ -15,6 +15,9 @@
 //! restores a checkpoint when resuming; [`Run::epoch`] steps through one shuffled epoch;
 //! [`Run::end_epoch`] evaluates, logs and checkpoints. Every buffer a step touches was planned
 //! and allocated before the first step.
+//!
+//! A distributed run ([`train_on`], docs/DISTRIBUTED.md) is the same loop on every rank, each
+//! stepping through `crate::dist` on its share of the batch; rank 0 alone tests and writes.
 
 pub mod eval;
 pub mod folder;
