@@ -34,6 +34,7 @@ pub mod backend;
 pub mod blas;
 pub mod cmd;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod export;
 pub mod fit;

@@ -62,6 +62,11 @@ pub fn command(f: &BenchFlags) -> Result<()> {
         precisions.iter().flat_map(|&p| f.keep.iter().map(move |&keep| (keep, p))).collect();
     let rows = measure(&mut make, &config, batch, &runs, timing, memory, Lowering { target, ..lowering })?;
     out!("{}", table(&config, batch, &name, &rows));
+    for &keep in &f.keep {
+        let keep_config = ModelConfig { keep, ..config };
+        let bytes = super::plan::reduced_bytes(&keep_config, batch, memory, Lowering { target, ..lowering });
+        out!("{}", super::plan::reduced_line(bytes, keep));
+    }
     if target == Target::Cuda {
         let how = match lowering.input_grad {
             InputGrad::Conv => "conv (--input-grad; on the layers that allow it, col2im elsewhere)",

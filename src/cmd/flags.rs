@@ -335,6 +335,10 @@ pub struct TrainFlags {
     /// Start from these weights (a checkpoint or a safetensors file) with fresh optimizer state
     #[arg(long, conflicts_with = "resume")]
     pub init: Option<PathBuf>,
+    /// Under mpirun: every rank trains on the whole global batch instead of its share (N ranks
+    /// then compute what one does: a check of the reduction, docs/DISTRIBUTED.md)
+    #[arg(long)]
+    pub same_batch: bool,
     #[command(flatten)]
     pub memory: MemoryFlags,
 }

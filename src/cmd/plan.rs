@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::flags::{self, Device, Format, PlanFlags, PlanMode, Sweep};
 use crate::backend::cuda::record_step;
 use crate::data::DatasetKind;
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::fit::{self, Bound, Largest, SweepPoint, Term};
 use crate::io::svg;
@@ -94,12 +95,38 @@ pub fn command(f: &PlanFlags) -> Result<String> {
             Format::Svg => report::svg_described(&r, &fit_text(&answer)),
         });
     }
-    let r = plan_report(&config, f.batch.unwrap_or(DEFAULT_BATCH), mode, options, lowering)?;
+    let batch = f.batch.unwrap_or(DEFAULT_BATCH);
+    let r = plan_report(&config, batch, mode, options, lowering)?;
+    // A training step's all-reduce across data-parallel ranks (docs/DISTRIBUTED.md).
+    let reduced = (mode == Mode::Train).then(|| reduced_bytes(&config, batch, options, lowering));
     Ok(match f.format {
-        Format::Text => report::text(&r, width),
-        Format::Json => report::json(&r) + "\n",
+        Format::Text => report::text(&r, width) + &reduced.map_or(String::new(), |b| reduced_line(b, config.keep)),
+        Format::Json => match (report::json_value(&r), reduced) {
+            (serde_json::Value::Object(mut fields), Some((bytes, _))) => {
+                fields.insert("allreduce_bytes_per_step".into(), bytes.into());
+                serde_json::to_string_pretty(&fields).unwrap_or_default() + "\n"
+            }
+            (plan, _) => serde_json::to_string_pretty(&plan).unwrap_or_default() + "\n",
+        },
         Format::Svg => report::svg(&r),
     })
+}
+
+/// Bytes a data-parallel training step of `config` all-reduces, and those of the same step at
+/// keep 1.0.
+pub fn reduced_bytes(config: &ModelConfig, batch: usize, options: Options, lowering: Lowering) -> (usize, usize) {
+    let at = |keep| {
+        dist::reduced_bytes(&wrn::build(&ModelConfig { keep, ..*config }, batch, Mode::Train, options, lowering))
+    };
+    (at(config.keep), at(1.0))
+}
+
+/// The line saying what `reduced_bytes` found.
+pub fn reduced_line((bytes, full): (usize, usize), keep: f64) -> String {
+    format!(
+        "data-parallel all-reduce per step: {bytes} bytes ({:.2} MiB) of weight gradients at keep {keep:.2}; {full} bytes at keep 1.00\n",
+        crate::ir::mib(bytes)
+    )
 }
 
 /// `--width`: 16 to 400 columns, for the text chart alone (JSON, SVG and a sweep have none).

@@ -7,6 +7,7 @@ use super::Done;
 use crate::backend::{self, DeviceChoice};
 use crate::data;
 use crate::data::Limits;
+use crate::dist::{self, Reducer, Sharding};
 use crate::error::{Error, Result};
 use crate::fit;
 use crate::gpu::Math;
@@ -20,7 +21,49 @@ use crate::train::{self, folder, LrSchedule, TrainArgs};
 use std::path::{Path, PathBuf};
 
 pub fn command(f: TrainFlags) -> Result<Done> {
+    match dist::launch()? {
+        None if f.same_batch => Err(Error::Msg(
+            "--same-batch is for a run launched by mpirun (every rank then trains the whole batch); this process is one rank alone"
+                .into(),
+        )),
+        None => run(f, None),
+        Some(mut reducer) => {
+            let result = run(f, Some(&mut *reducer));
+            match result {
+                Ok(done) => Ok(done),
+                Err(e) => end_job(&*reducer, &e),
+            }
+        }
+    }
+}
+
+/// Ends a distributed job that failed on this rank: rank 0 says why and ends every rank; a
+/// rank that alone failed says so, naming itself. Another rank first gives rank 0 time to end
+/// the job when it failed too (as it does on flags or data every rank refuses), so that an
+/// error is one line. No rank returns: one that finalised MPI alone would leave the others
+/// waiting in a collective.
+fn end_job(reducer: &dyn Reducer, e: &Error) -> ! {
+    let rank = reducer.rank();
+    if rank != 0 {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        errln!("error: rank {rank}: {e}");
+    } else {
+        errln!("error: {e}");
+    }
+    crate::say::flush_stdout();
+    reducer.abort(1)
+}
+
+/// The train command on this process, one rank of a distributed run when `reducer` is given.
+fn run(f: TrainFlags, reducer: Option<&mut (dyn Reducer + 'static)>) -> Result<Done> {
+    let rank = reducer.as_ref().map_or(0, |r| r.rank());
+    let ranks = reducer.as_ref().map_or(1, |r| r.ranks());
+    if reducer.is_some() {
+        check_distributed(&f)?;
+    }
     let (mut args, demo) = checked_args(&f)?;
+    // Rank 0 alone prints, as it alone writes.
+    args.verbose = rank == 0;
     if demo {
         prepare_demo_data(&args.data)?;
     }
@@ -37,12 +80,19 @@ pub fn command(f: TrainFlags) -> Result<Done> {
     if fresh_folder {
         args.out = folder::new_timestamped(Path::new("runs"))?;
     }
-    outln!("output: {}", args.out.display());
-    if let Some(init) = &args.init {
-        outln!("initial weights: {}", init.display());
+    if args.verbose {
+        outln!("output: {}", args.out.display());
+        if let Some(init) = &args.init {
+            outln!("initial weights: {}", init.display());
+        }
     }
-    train::catch_interrupt();
-    let summary = match train::train(&args) {
+    let sharding = if f.same_batch { Sharding::Same } else { Sharding::Shard };
+    // A distributed run is ended by a signal as a whole (mpirun passes it on to every rank):
+    // one rank stopping alone between steps would leave the others waiting.
+    if reducer.is_none() {
+        train::catch_interrupt();
+    }
+    let summary = match train::train_on(&args, reducer.map(|r| (r as &mut dyn Reducer, sharding))) {
         Ok(s) => s,
         Err(e) => {
             if fresh_folder {
@@ -53,9 +103,15 @@ pub fn command(f: TrainFlags) -> Result<Done> {
     };
     if let Some(step) = summary.stopped_at {
         let ck = args.out.join("last.ckpt");
-        outln!("stopped after step {step}; checkpoint {}", ck.display());
-        outln!("resume with: {}", resume_command(&args));
+        if args.verbose {
+            outln!("stopped after step {step}; checkpoint {}", ck.display());
+            let launcher = if ranks > 1 { format!("mpirun -np {ranks} ") } else { String::new() };
+            outln!("resume with: {launcher}{}", resume_command(&args));
+        }
         return Ok(Done::Interrupted);
+    }
+    if !args.verbose {
+        return Ok(Done::Finished);
     }
     outln!(
         "done: best test accuracy {:.2}%; metrics, curves.svg and checkpoints in {}",
@@ -63,6 +119,30 @@ pub fn command(f: TrainFlags) -> Result<Done> {
         summary.out.display()
     );
     Ok(Done::Finished)
+}
+
+/// What a distributed launch must say that one rank may leave out: the folder and the data,
+/// which a rank cannot make up alone (every rank would claim its own timestamped folder or
+/// write the demo set), and a batch that is a number.
+fn check_distributed(f: &TrainFlags) -> Result<()> {
+    if f.out.is_none() && f.resume.is_none() {
+        return Err(Error::flag("--out", "(none)", "a run folder under mpirun (every rank must name the same one)"));
+    }
+    if f.data.is_none() && f.resume.is_none() {
+        return Err(Error::flag(
+            "--data",
+            "(none)",
+            "a dataset folder under mpirun (the demo set is made by one process)",
+        ));
+    }
+    if let Some(BatchFlag::Auto { .. }) = f.batch {
+        return Err(Error::flag(
+            "--batch",
+            "auto",
+            "a number under mpirun (the global batch; each rank trains its share)",
+        ));
+    }
+    Ok(())
 }
 
 const CIFAR: &str = "data/cifar-10-batches-bin";

@@ -15,6 +15,9 @@
 //! restores a checkpoint when resuming; [`Run::epoch`] steps through one shuffled epoch;
 //! [`Run::end_epoch`] evaluates, logs and checkpoints. Every buffer a step touches was planned
 //! and allocated before the first step.
+//!
+//! A distributed run ([`train_on`], docs/DISTRIBUTED.md) is the same loop on every rank, each
+//! stepping through `crate::dist` on its share of the batch; rank 0 alone tests and writes.
 
 pub mod eval;
 pub mod folder;
@@ -34,6 +37,7 @@ use self::state::{EpochSums, RunMeta, RunState, Snapshot};
 use crate::backend::{self, Backend, DeviceChoice, Math, SplitId};
 use crate::data::loader::{self, Normalization};
 use crate::data::{self, Dataset, DatasetKind, Limits};
+use crate::dist::{Dist, Fnv, Reducer, Sharding};
 use crate::error::{Error, Result};
 use crate::io::atomic::folder_of;
 use crate::io::checkpoint::{self, Checkpoint};
@@ -188,8 +192,14 @@ pub struct Summary {
 /// The run happens inside the CPU thread pool: the ops' parallel work then goes on the pool's
 /// own queues, which allocate nothing, instead of its global queue, which allocates now and then.
 pub fn train(args: &TrainArgs) -> Result<Summary> {
+    train_on(args, None)
+}
+
+/// [`train`] as one rank of a distributed run when `ranks` is given: the reducer to the other
+/// ranks and how the global batch is shared out (docs/DISTRIBUTED.md).
+pub fn train_on<'a>(args: &'a TrainArgs, ranks: Option<(&'a mut dyn Reducer, Sharding)>) -> Result<Summary> {
     rayon::scope(|_| {
-        let mut run = Run::start(args)?;
+        let mut run = Run::start_on(args, ranks)?;
         for epoch in run.start_epoch..args.epochs {
             let (seconds, images) = match run.epoch(epoch)? {
                 EpochEnd::Stopped { at_step } => return Ok(run.summary(Some(at_step))),
@@ -242,8 +252,10 @@ pub struct Run<'a> {
     snapshot: Snapshot,
     /// The run's identity, kept in its checkpoints and pictures (see `folder::Owner`).
     run_id: String,
-    /// Held while the run writes its folder.
-    _lock: FolderLock,
+    /// The other ranks of a distributed run.
+    dist: Option<Dist<'a>>,
+    /// Held while the run writes its folder (by rank 0 alone in a distributed run).
+    _lock: Option<FolderLock>,
 }
 
 impl<'a> Run<'a> {
@@ -254,33 +266,63 @@ impl<'a> Run<'a> {
     /// buffers. Every check that can fail comes before the folder is touched, except those that
     /// need it.
     pub fn start(args: &'a TrainArgs) -> Result<Run<'a>> {
+        Run::start_on(args, None)
+    }
+
+    /// [`Run::start`] as one rank of a distributed run when `ranks` is given: it trains a shard
+    /// of each batch and rank 0 alone writes the folder; before anything is written the ranks
+    /// compare their flags and data.
+    pub fn start_on(args: &'a TrainArgs, ranks: Option<(&'a mut dyn Reducer, Sharding)>) -> Result<Run<'a>> {
         args.validate()?;
+        let n = ranks.as_ref().map_or(1, |r| r.0.ranks());
+        let sharding = ranks.as_ref().map_or(Sharding::Same, |r| r.1);
+        if sharding == Sharding::Shard && !args.batch.is_multiple_of(n) {
+            let expected = format!("a multiple of the {n} ranks (each trains an equal share of every batch)");
+            return Err(Error::flag("--batch", args.batch, expected));
+        }
+        let writer = ranks.as_ref().is_none_or(|r| r.0.rank() == 0);
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
         let resumed = args.resume.as_deref().map(Resumed::load).transpose()?;
+        if let Some(r) = &resumed {
+            r.check_ranks(n)?;
+        }
         let limits = Limits { train: args.limit_train, test: args.limit_test };
         let mut ds = data::load_limited(&args.data, args.dataset, args.coarse, limits)?;
         let size = RunSize::of(args, &ds)?;
         let (config, kind) = (size.config, ds.kind);
         let lowering = Lowering { target: backend.target(), ..args.lowering };
-        let program = Program::new(wrn::build(&config, args.batch, Mode::Train, args.options, lowering));
+        let local_batch = if sharding == Sharding::Shard { args.batch / n } else { args.batch };
+        let program = Program::new(wrn::build(&config, local_batch, Mode::Train, args.options, lowering));
+        let mut dist = ranks.map(|(reducer, sharding)| Dist::new(reducer, sharding, &program));
+        if let Some(d) = &mut dist {
+            d.agree("flags", flags_hash(args, d.sharding))?;
+            d.agree("data (training or test images)", data_hash(&ds))?;
+        }
         let (region, norm, changes) = first_state(args, &program, resumed.as_ref(), &ds, &size)?;
 
         let owner = resumed.as_ref().map(Resumed::owner);
-        let lock = folder::claim(&args.out, owner.as_ref(), args.force)?;
+        let lock = writer.then(|| folder::claim(&args.out, owner.as_ref(), args.force)).transpose()?;
         // A run keeps its identity through resumes; one from before run ids gets one now.
         let run_id = resumed.as_ref().and_then(|r| r.meta.run_id.clone()).unwrap_or_else(state::new_run_id);
         let history = match &resumed {
-            Some(r) => r.continue_history(args, &config, kind, &run_id)?,
+            Some(r) if writer => r.continue_history(args, &config, kind, &run_id)?,
+            Some(r) => {
+                r.check_epochs_left(args)?;
+                r.history(&args.out)?
+            }
             None => vec![],
         };
 
         let (eval, recal) = test_programs(args, &size, lowering);
         let arena_bytes = place_on_backend(&mut *backend, &mut ds, &norm, &program, &eval, recal.as_ref())?;
-        let stepper = Stepper::new(&program, args.align, args.augment);
+        let stepper = Stepper::for_batch(&program, args.align, args.augment, args.batch);
         let (shuffle, rngs) = (Rng::new(args.seed, stream::SHUFFLE), StepRngs::new(args.seed));
         let mut recorded = recorded::record(args, size.test_len);
         // Where the run last trained, for `compare`: not a setting, so a resume elsewhere is no change.
         recorded.push(("device".to_string(), backend.target().as_str().to_string()));
+        if n > 1 {
+            recorded.push((RANKS.to_string(), n.to_string()));
+        }
         // The checkpoint's buffers, reserved for a run at its first step.
         let state = RunState {
             config: &config,
@@ -326,13 +368,16 @@ impl<'a> Run<'a> {
             program,
             snapshot,
             run_id,
+            dist,
             _lock: lock,
         };
         if let Some(r) = &resumed {
             run.resume_from(r)?;
         }
-        let own_events = resumed.as_ref().is_some_and(|r| same_file(folder_of(&r.path), &args.out));
-        tb::start(&args.out, &run.history, size.per_epoch, run.step, own_events, |t| run.sgd_at(t).lr as f64)?;
+        if writer {
+            let own_events = resumed.as_ref().is_some_and(|r| same_file(folder_of(&r.path), &args.out));
+            tb::start(&args.out, &run.history, size.per_epoch, run.step, own_events, |t| run.sgd_at(t).lr as f64)?;
+        }
         run.describe(size.test_len, arena_bytes);
         Ok(run)
     }
@@ -376,7 +421,7 @@ impl<'a> Run<'a> {
             c.classes,
             s.tensors.iter().filter(|t| t.role == Role::Param).map(|t| t.len()).sum::<usize>() as f64 / 1e6,
             crate::ir::mib(arena_bytes),
-            2.0 * s.macs() as f64 / self.args.batch as f64 / 1e9,
+            2.0 * s.macs() as f64 / s.batch as f64 / 1e9,
         );
     }
 
@@ -411,7 +456,11 @@ impl<'a> Run<'a> {
         for b in first..per_epoch {
             let images = &order[b * args.batch..(b + 1) * args.batch];
             let sgd = self.sgd_at(self.step);
-            let loss = self.stepper.step(&mut *self.backend, &self.program, images, &mut self.rngs, sgd);
+            let (backend, program, rngs) = (&mut *self.backend, &self.program, &mut self.rngs);
+            let loss = match &mut self.dist {
+                Some(d) => self.stepper.step_dist(backend, program, images, rngs, sgd, d),
+                None => self.stepper.step(backend, program, images, rngs, sgd),
+            };
             if !loss[0].is_finite() {
                 bar.abandon();
                 let what = format!("the loss is {}", loss[0]);
@@ -420,7 +469,7 @@ impl<'a> Run<'a> {
             self.step += 1;
             timed_images += args.batch;
             self.sums.add(loss, args.batch);
-            if self.step.is_multiple_of(tb::RUNNING_EVERY) {
+            if self.step.is_multiple_of(tb::RUNNING_EVERY) && self.writes() {
                 let running = [("train/loss_running", self.sums.loss / self.sums.seen)];
                 tb::append(&args.out, self.step, &running, false)?;
             }
@@ -433,6 +482,7 @@ impl<'a> Run<'a> {
             let stop = interrupted() || args.stop_after == Some(self.step);
             let periodic = args.checkpoint_every > 0 && self.step.is_multiple_of(args.checkpoint_every);
             if (periodic || stop) && b + 1 < per_epoch {
+                self.average_running_stats()?;
                 self.save(&epoch_shuffle, epoch, false)?;
             }
             if stop && b + 1 < per_epoch {
@@ -450,8 +500,26 @@ impl<'a> Run<'a> {
     /// point leaves a folder that resumes: a `best.ckpt` ahead of `last.ckpt` is redone
     /// identically, and the checkpoint holds the history that `metrics.jsonl` and `curves.svg`
     /// are rebuilt from.
+    ///
+    /// In a distributed run every rank first averages BN's running statistics and compares a
+    /// hash of its state with the others'; rank 0 alone goes on to test, log and save.
     pub fn end_epoch(&mut self, epoch: usize, seconds: f64, images: usize) -> Result<()> {
         let args = self.args;
+        self.average_running_stats()?;
+        if let Some(d) = &mut self.dist {
+            let slice = Fnv::hash(&self.rngs.slice.state());
+            d.check_state(&mut *self.backend, &[slice], epoch + 1)?;
+            let reduce_ms = 1e3 * d.take_reduce_time();
+            if args.verbose {
+                let (bytes, n) = (d.last_step_bytes, d.ranks());
+                outln!("all-reduce: {bytes} bytes per step over {n} ranks, {reduce_ms:.1} ms per step on rank 0");
+            }
+            if d.rank() != 0 {
+                self.sums = EpochSums::default();
+                self.changes.clear();
+                return Ok(());
+            }
+        }
         let (test_loss, test_acc) = self.eval.run(&mut *self.backend);
         let recalibrated = self.recalibrated_test()?;
         let m = EpochMetrics {
@@ -507,9 +575,27 @@ impl<'a> Run<'a> {
         Ok(Some(result))
     }
 
+    /// Whether this process writes the run folder: always, but in a distributed run rank 0 alone.
+    fn writes(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.rank() == 0)
+    }
+
+    /// A distributed run's BN running statistics averaged over the ranks (before every test
+    /// and save, so that all ranks hold what rank 0 saves).
+    fn average_running_stats(&mut self) -> Result<()> {
+        match &mut self.dist {
+            Some(d) => d.average_running_stats(&mut *self.backend),
+            None => Ok(()),
+        }
+    }
+
     /// Writes `best.ckpt` (when `best`), then `last.ckpt`, with the shuffle state `shuffle` and
     /// the epoch counter `epoch`. A non-finite parameter or statistic stops the run instead.
+    /// Only the writing rank of a distributed run saves.
     fn save(&mut self, shuffle: &Rng, epoch: usize, best: bool) -> Result<()> {
+        if !self.writes() {
+            return Ok(());
+        }
         let run = RunState {
             config: &self.config,
             norm: &self.norm,
@@ -613,6 +699,25 @@ impl Resumed {
         Ok(changes)
     }
 
+    /// Refuses to resume on `ranks` ranks a run trained on another number of them: its batches
+    /// were shared out otherwise, so it would not continue the same run.
+    fn check_ranks(&self, ranks: usize) -> Result<()> {
+        let text = self.ck.meta(RANKS).unwrap_or("1");
+        let recorded: usize = text
+            .parse()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| state::bad_meta(&self.path, &self.ck, RANKS, "a number of ranks >= 1"))?;
+        if recorded == ranks {
+            return Ok(());
+        }
+        let how = if recorded == 1 { "without mpirun".to_string() } else { format!("with mpirun -np {recorded}") };
+        Err(Error::checkpoint(
+            &self.path,
+            format!("was trained on {recorded} rank(s) and this launch has {ranks}: resume it {how}"),
+        ))
+    }
+
     /// The run in the checkpoint, as the owner of the files in its folder.
     fn owner(&self) -> folder::Owner<'_> {
         folder::Owner { checkpoint: &self.path, config: &self.ck.config, meta: &self.meta }
@@ -643,20 +748,25 @@ impl Resumed {
         run_id: &str,
     ) -> Result<Vec<EpochMetrics>> {
         let metrics_path = out.join("metrics.jsonl");
-        let history = match &self.meta.history {
-            Some(h) => h.clone(),
-            // A checkpoint from before histories were stored: keep the file's lines up to it.
-            None => {
-                let mut h = metrics::read_for_resume(&metrics_path)?;
-                h.retain(|m| m.epoch as u64 <= self.ck.epoch);
-                h
-            }
-        };
+        let history = self.history(out)?;
         let lines: String =
             history.iter().map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n").collect();
         crate::io::write_atomic(&metrics_path, lines.as_bytes())?;
         write_curves(out, &history, config, kind, run_id)?;
         Ok(history)
+    }
+
+    /// The history of the run up to the checkpoint: the checkpoint's, or for one from before
+    /// histories were stored, the lines of `out/metrics.jsonl` up to it.
+    fn history(&self, out: &Path) -> Result<Vec<EpochMetrics>> {
+        Ok(match &self.meta.history {
+            Some(h) => h.clone(),
+            None => {
+                let mut h = metrics::read_for_resume(&out.join("metrics.jsonl"))?;
+                h.retain(|m| m.epoch as u64 <= self.ck.epoch);
+                h
+            }
+        })
     }
 
     /// Refuses an `--epochs` that leaves nothing to train (no epoch is ever logged that did
@@ -678,6 +788,30 @@ impl Resumed {
         }
         Ok(())
     }
+}
+
+/// The checkpoint key of a distributed run's rank count (absent: one rank).
+const RANKS: &str = "ranks";
+
+/// A hash of everything the flags set, the same on every rank given the same command line.
+/// Not the data folder, which may lie elsewhere on each machine: its images are compared.
+fn flags_hash(args: &TrainArgs, sharding: Sharding) -> u64 {
+    // Only rank 0 prints, so the printing switch is no difference between ranks.
+    let mut h = Fnv::new();
+    let same = TrainArgs { verbose: true, data: PathBuf::new(), ..args.clone() };
+    h.bytes(format!("{same:?} {sharding:?}").as_bytes());
+    h.0
+}
+
+/// A hash of both splits, images and labels.
+fn data_hash(ds: &Dataset) -> u64 {
+    let mut h = Fnv::new();
+    for split in [&ds.train, &ds.test] {
+        h.u64(split.len as u64);
+        h.bytes(&split.images);
+        h.bytes(&split.labels);
+    }
+    h.0
 }
 
 /// What the data and the flags make of a run: its network, its splits and its step counts.

@@ -7,6 +7,7 @@
 
 use crate::backend::{Backend, SplitId, StepCtx};
 use crate::data::loader::{Crop, Normalization};
+use crate::dist::Dist;
 use crate::error::Result;
 use crate::ir::{slice, SliceSpec};
 use crate::ops::SgdParams;
@@ -44,8 +45,15 @@ pub struct Stepper {
 
 impl Stepper {
     pub fn new(program: &Program, align: usize, augment: bool) -> Stepper {
+        Stepper::for_batch(program, align, augment, program.schedule.batch)
+    }
+
+    /// A stepper whose global batch is `batch` images, of which a distributed rank's program
+    /// trains a shard: every rank draws the crops of the whole batch, so the augmentation
+    /// stream stays the same on all of them (and in the checkpoint rank 0 writes).
+    pub fn for_batch(program: &Program, align: usize, augment: bool, batch: usize) -> Stepper {
         let s = &program.schedule;
-        Stepper { align, augment, crops: vec![Crop::IDENTITY; s.batch], starts: vec![0; s.slices.len()] }
+        Stepper { align, augment, crops: vec![Crop::IDENTITY; batch], starts: vec![0; s.slices.len()] }
     }
 
     /// One training step on training images `images`.
@@ -64,14 +72,40 @@ impl Stepper {
         loss
     }
 
+    /// One step of a distributed run on global batch `images`: this rank's shard of it, its
+    /// weight gradients averaged over the ranks before each update, the loss the global batch's.
+    pub fn step_dist(
+        &mut self,
+        backend: &mut dyn Backend,
+        program: &Program,
+        images: &[usize],
+        rngs: &mut StepRngs,
+        sgd: SgdParams,
+        dist: &mut Dist,
+    ) -> StepLoss {
+        let shard = dist.shard(images);
+        self.draw(rngs, &program.schedule.slices);
+        backend.fill_batch(program, SplitId::Train, &images[shard.clone()], &self.crops[shard]);
+        dist.run(backend, program, &StepCtx::new(&self.starts, sgd));
+        let mut loss = [0f32; 2];
+        backend.read(program, program.schedule.loss, &mut loss);
+        dist.reduce_loss(&mut loss);
+        loss
+    }
+
     /// The host's part before the ops run: draw the slice starts and fill the batch (its
     /// crops drawn image by image). `profile` runs the ops itself after this.
     pub fn prepare(&mut self, backend: &mut dyn Backend, program: &Program, images: &[usize], rngs: &mut StepRngs) {
-        draw_starts(&mut rngs.slice, &program.schedule.slices, self.align, &mut self.starts);
+        self.draw(rngs, &program.schedule.slices);
+        backend.fill_batch(program, SplitId::Train, images, &self.crops);
+    }
+
+    /// The step's slice starts and the crops of its whole batch.
+    fn draw(&mut self, rngs: &mut StepRngs, slices: &[SliceSpec]) {
+        draw_starts(&mut rngs.slice, slices, self.align, &mut self.starts);
         for c in &mut self.crops {
             *c = if self.augment { Crop::draw(&mut rngs.augment) } else { Crop::IDENTITY };
         }
-        backend.fill_batch(program, SplitId::Train, images, &self.crops);
     }
 
     /// The starts drawn by the last [`Stepper::prepare`].

@@ -95,6 +95,8 @@ fn bad_flag_values_are_named() {
     case("--input-grad", "dx", "col2im or conv");
     fails_with(&["plan", "--input-grad", "winograd"], &["--input-grad", "winograd", "col2im or conv"]);
     fails_with(&["selftest", "--input-grad", "conv"], &["--input-grad", "--full"]);
+    // Without mpirun there is no other rank to give the batch to.
+    fails_with(&["train", "--same-batch"], &["--same-batch", "mpirun", "one rank alone"]);
 }
 
 #[test]

@@ -25,6 +25,7 @@ const LAYERS: &[&str] = &[
     "model_file",
     "export",
     "backend",
+    "dist",
     "train",
     "measure",
     "verify",

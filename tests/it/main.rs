@@ -10,6 +10,8 @@ mod common;
 mod bf16;
 mod cli;
 mod compare;
+#[cfg(feature = "mpi")]
+mod dist;
 mod export;
 mod gemm;
 mod hostile;
