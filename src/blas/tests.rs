@@ -44,7 +44,7 @@ fn kernels() -> Vec<Kernel> {
         let lacks = if lacking.is_empty() { "nothing".to_string() } else { names(&lacking) };
         eprintln!("blas tests: checking the kernels {}; this processor lacks {lacks}", names(&ks));
     });
-    ks.into_iter().map(|(k, _)| k).collect()
+    ks.into_iter().map(|(k, _)| *k).collect()
 }
 
 /// Runs the product (serial and parallel, every kernel) and the naive loop on the same views
