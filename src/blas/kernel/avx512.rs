@@ -60,8 +60,10 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: MatMut, mr: usize, nr
 /// `C` through a staging copy.
 ///
 /// # Safety
-/// As [`Tile::tile`], on a processor with AVX-512 F.
-#[target_feature(enable = "avx512f")]
+/// As [`Tile::tile`], on a processor with AVX-512 F. Always inlined into the tiles (which
+/// enable AVX-512 F), so their accumulators stay in registers rather than going through memory
+/// for this call.
+#[inline(always)]
 pub(super) unsafe fn store(acc: &[[__m512; NV]; MR], c: MatMut, mr: usize, nr: usize, load: bool) {
     if c.cs == 1 {
         for (i, row) in acc.iter().enumerate().take(mr) {
