@@ -3,7 +3,7 @@ use rayon::prelude::*;
 use super::lowering::{self, ConvCmd, Operand};
 use super::winograd_cmds::{self, WinoCmd};
 use super::{winograd, workspace_len, Algo};
-use crate::blas::gemm;
+use crate::blas::{gemm, vectorized};
 use crate::ir::{ConvShape, Elem, Slice, Target};
 
 /// Output positions `[lo, hi)` along one axis whose input position `o*stride + tap - pad` lies
@@ -24,8 +24,7 @@ fn min_rows(row_len: usize) -> usize {
 /// `inp[c, n0+i, oy*stride + ky - pad, ox*stride + kx - pad]`, or 0 in the padding.
 pub fn im2col<T: Elem>(col: &mut [T], inp: &[T], p: &ConvShape, channels: usize, n0: usize, nb: usize) {
     p.check();
-    let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
-    let (hw, howo, kk) = (h * w, ho * wo, p.kk());
+    let (hw, howo, kk) = (p.h * p.w, p.ho() * p.wo(), p.kk());
     assert!(n0 + nb <= p.n, "im2col: images out of range");
     assert!(inp.len() >= channels * p.n * hw, "im2col: input too short");
     let row_len = nb * howo;
@@ -35,33 +34,44 @@ pub fn im2col<T: Elem>(col: &mut [T], inp: &[T], p: &ConvShape, channels: usize,
         return;
     }
     col[..rows * row_len].par_chunks_mut(row_len).with_min_len(min_rows(row_len)).enumerate().for_each(|(r, row)| {
-        let (c, ky, kx) = (r / kk, (r % kk) / k, r % k);
-        let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
-        let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
-        for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
-            let src = &inp[(c * p.n + n0 + i) * hw..][..hw];
-            dst[..ylo * wo].fill(T::default());
-            dst[yhi * wo..].fill(T::default());
-            for oy in ylo..yhi {
-                let iy = oy * s + ky - pad;
-                let srow = &src[iy * w..][..w];
-                let d = &mut dst[oy * wo..][..wo];
-                d[..xlo].fill(T::default());
-                d[xhi..].fill(T::default());
-                if xlo == xhi {
-                    continue;
-                }
-                let x0 = xlo * s + kx - pad;
-                if s == 1 {
-                    d[xlo..xhi].copy_from_slice(&srow[x0..x0 + (xhi - xlo)]);
-                } else {
-                    for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
-                        *v = x;
-                    }
+        vectorized(
+            #[inline(always)]
+            || im2col_row(row, inp, p, n0, r),
+        )
+    });
+}
+
+/// Row `r` of [`im2col`]'s columns (one channel and tap, every image of the chunk).
+#[inline(always)]
+fn im2col_row<T: Elem>(row: &mut [T], inp: &[T], p: &ConvShape, n0: usize, r: usize) {
+    let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
+    let (hw, howo, kk) = (h * w, ho * wo, p.kk());
+    let (c, ky, kx) = (r / kk, (r % kk) / k, r % k);
+    let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
+    let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
+    for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
+        let src = &inp[(c * p.n + n0 + i) * hw..][..hw];
+        dst[..ylo * wo].fill(T::default());
+        dst[yhi * wo..].fill(T::default());
+        for oy in ylo..yhi {
+            let iy = oy * s + ky - pad;
+            let srow = &src[iy * w..][..w];
+            let d = &mut dst[oy * wo..][..wo];
+            d[..xlo].fill(T::default());
+            d[xhi..].fill(T::default());
+            if xlo == xhi {
+                continue;
+            }
+            let x0 = xlo * s + kx - pad;
+            if s == 1 {
+                d[xlo..xhi].copy_from_slice(&srow[x0..x0 + (xhi - xlo)]);
+            } else {
+                for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                    *v = x;
                 }
             }
         }
-    });
+    }
 }
 
 /// Columns of an input row `col2im` sums at a time, in f32 on the stack.
@@ -96,37 +106,42 @@ pub fn col2im<T: Elem>(
     let first = |x: usize, t: usize| (x + pad).saturating_sub(t).div_ceil(s);
     d_inp[..channels * plane].par_chunks_mut(plane).enumerate().for_each(|(c, d_channel)| {
         d_channel[n0 * hw..(n0 + nb) * hw].par_chunks_mut(hw).enumerate().for_each(|(i, dst)| {
-            let mut tile = [0f32; ROW_TILE];
-            for (iy, drow) in dst.chunks_exact_mut(w).enumerate() {
-                for (x0, dseg) in (0..w).step_by(ROW_TILE).zip(drow.chunks_mut(ROW_TILE)) {
-                    let acc = &mut tile[..dseg.len()];
-                    acc.fill(0.0);
-                    // Taps ky whose window row oy lands on input row iy: oy*s + ky - pad = iy.
-                    for ky in (0..k).filter(|&ky| iy + pad >= ky && (iy + pad - ky) % s == 0) {
-                        let oy = (iy + pad - ky) / s;
-                        if oy >= ho {
-                            continue;
-                        }
-                        for kx in 0..k {
-                            let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
-                            let (lo, hi) = (xlo.max(first(x0, kx)), xhi.min(first(x0 + dseg.len(), kx)));
-                            if lo >= hi {
-                                continue;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let mut tile = [0f32; ROW_TILE];
+                    for (iy, drow) in dst.chunks_exact_mut(w).enumerate() {
+                        for (x0, dseg) in (0..w).step_by(ROW_TILE).zip(drow.chunks_mut(ROW_TILE)) {
+                            let acc = &mut tile[..dseg.len()];
+                            acc.fill(0.0);
+                            // Taps ky whose window row oy lands on input row iy: oy*s + ky - pad = iy.
+                            for ky in (0..k).filter(|&ky| iy + pad >= ky && (iy + pad - ky) % s == 0) {
+                                let oy = (iy + pad - ky) / s;
+                                if oy >= ho {
+                                    continue;
+                                }
+                                for kx in 0..k {
+                                    let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
+                                    let (lo, hi) = (xlo.max(first(x0, kx)), xhi.min(first(x0 + dseg.len(), kx)));
+                                    if lo >= hi {
+                                        continue;
+                                    }
+                                    let src = &col[(c * kk + ky * k + kx) * row_len + i * howo + oy * wo..][lo..hi];
+                                    let a0 = lo * s + kx - pad - x0;
+                                    if s == 1 {
+                                        acc[a0..a0 + (hi - lo)].iter_mut().zip(src).for_each(|(a, v)| *a += v.to_f32());
+                                    } else {
+                                        acc[a0..].iter_mut().step_by(s).zip(src).for_each(|(a, v)| *a += v.to_f32());
+                                    }
+                                }
                             }
-                            let src = &col[(c * kk + ky * k + kx) * row_len + i * howo + oy * wo..][lo..hi];
-                            let a0 = lo * s + kx - pad - x0;
-                            if s == 1 {
-                                acc[a0..a0 + (hi - lo)].iter_mut().zip(src).for_each(|(a, v)| *a += v.to_f32());
-                            } else {
-                                acc[a0..].iter_mut().step_by(s).zip(src).for_each(|(a, v)| *a += v.to_f32());
+                            for (d, &v) in dseg.iter_mut().zip(acc.iter()) {
+                                *d = T::from_f32(if accumulate { d.to_f32() + v } else { v });
                             }
                         }
                     }
-                    for (d, &v) in dseg.iter_mut().zip(acc.iter()) {
-                        *d = T::from_f32(if accumulate { d.to_f32() + v } else { v });
-                    }
-                }
-            }
+                },
+            )
         });
     });
 }
