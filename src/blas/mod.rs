@@ -136,8 +136,8 @@ pub fn kernel() -> Kernel {
 /// Runs `f` compiled for the vectors of the selected instruction set, so the plain loops it
 /// inlines (batch norm, im2col) vectorise to 512 or 256 bits rather than the baseline's 128.
 /// Rust neither contracts `a * b + c` into an FMA nor reorders a float sum, so every set gives
-/// the same bits. Keep `f` small and its loops in `#[inline(always)]` helpers: only what is
-/// inlined into the wrapper gets its instructions.
+/// the same bits. Only what is inlined into the wrapper gets its instructions, so mark the
+/// closure `#[inline(always)]` and keep its loops in `#[inline(always)]` helpers.
 #[inline(always)]
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

@@ -161,7 +161,16 @@ impl Kernel {
     pub fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx512 = || is_x86_feature_detected!("avx512f");
+            // `blas::vectorized` compiles loops for F, BW, DQ and VL: every AVX-512 processor
+            // since the first server ones has all four, and one without them runs AVX2.
+            let avx512 = || {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            };
             match self {
                 Kernel::Portable => true,
                 Kernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
