@@ -43,10 +43,11 @@ __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
                                                int nc, BnFold f) {
     const int k = TAPS(K, k_arg);
     int ci = blockIdx.y;
-    float mu = 0.0f, is = 0.0f, g = 0.0f, b = 0.0f;
+    // The channel's BN (named apart from the loop's `g`).
+    float bn_mu = 0.0f, bn_is = 0.0f, bn_g = 0.0f, bn_b = 0.0f;
     if (FOLD) {
         int layer = (f.start + ci) % f.channels;
-        mu = f.mean[ci], is = f.invstd[ci], g = f.gamma[layer], b = f.beta[layer];
+        bn_mu = f.mean[ci], bn_is = f.invstd[ci], bn_g = f.gamma[layer], bn_b = f.beta[layer];
     }
     int cols = nc * hwo, groups = cols / V;
     const T* src = inp + ((i64)ci * n + n0) * h * w;
@@ -73,7 +74,7 @@ __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
                     if (row_in && (unsigned)iw < (unsigned)w) {
                         v = img[ih * w + iw];
                         if (FOLD) {
-                            float y = g * ((widen(v) - mu) * is) + b;
+                            float y = bn_g * ((widen(v) - bn_mu) * bn_is) + bn_b;
                             v = narrow<T>(fmaxf(y, 0.0f) * f.scale);
                         }
                     }
