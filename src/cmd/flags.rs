@@ -566,6 +566,10 @@ pub struct SelftestFlags {
     /// (`train --input-grad`, default conv; the op checks always check both)
     #[arg(long)]
     pub input_grad: Option<String>,
+    /// With --full: the step's convolutions of recomputed BN outputs apply the BN in their
+    /// im2col (`train --fold-bn`, experimental)
+    #[arg(long)]
+    pub fold_bn: bool,
     /// With --full: the step's 3x3 stride-1 convolutions by Winograd (`train --winograd`,
     /// experimental; fp32 only: the op checks always check it in fp32)
     #[arg(long)]
