@@ -14,7 +14,9 @@
 //! Buffer table of one block (train mode; w = slice width, c = block width, N*H*W per channel):
 //!
 //! ```text
-//! blockB.bn1.out    activation  (Cin, N, H, W)    recomputed in backward when Options::recompute
+//! blockB.bn1.out    activation  (Cin, N, H, W)    recomputed in backward when Options::recompute,
+//!                                                 unless every reader applies the BN in its
+//!                                                 im2col (`Lowering::fold_bn`)
 //! blockB.bn1.stats  activation  2*Cin             mean, 1/std: kept for backward
 //! blockB.conv1.out  activation  (w, N, Ho, Wo)    sliced; kept for backward (bn2's input)
 //! blockB.bn2.out    activation  (w, N, Ho, Wo)    sliced; recomputed like bn1.out

@@ -41,6 +41,13 @@
 //! whose output is wider than its input keeps col2im: the columns of `d_out` would outnumber
 //! the input's, which are all `dcol` and col2im move.
 //!
+//! BN folded into im2col (`--fold-bn`, [`BnPrologue`]): a backward op whose input is a train-mode
+//! BN + ReLU output that the step would recompute reads the BN's input instead, and the im2col of
+//! that input applies the BN with its saved statistics ([`im2col_bn_relu`], `im2col_bn_relu` in
+//! `conv2d.cu`), storing exactly what the BN op would have stored; the op's commands are
+//! unchanged. Winograd's transforms and a direct layer's GEMM read the input as it is, so those
+//! layers do not fold.
+//!
 //! Which of these a convolution runs ([`ConvAlgo`]: im2col with the parameter or a copy, input
 //! gradient by convolution, Winograd) is chosen for each one by the `lower` module.
 //!
