@@ -14,7 +14,8 @@
 #   correctness  the op-by-op selftest against the CPU (fp32 synchronised, so a fault names its
 #                op and kernel; tf32; bf16 synchronised), selftest --full (one WRN-16-4 step,
 #                every op compared) in fp32, tf32, bf16, fp32 with --input-grad col2im, with the
-#                GEMM tuner (SLICEOUT_GEMM_TUNE=1) and with --winograd; MEMCHECK=1 adds
+#                GEMM tuner (SLICEOUT_GEMM_TUNE=1), with --winograd and with --fold-bn (fp32,
+#                bf16); MEMCHECK=1 adds
 #                compute-sanitizer's memcheck over the fp32 op checks.
 #   speed        PyTorch's variants checked on the card (scripts/torch/check_peer.py), then in
 #                ROUNDS (3) alternating rounds our bench and PyTorch's (scripts/torch/bench_peer.py,
@@ -22,7 +23,8 @@
 #                batch 128, bf16 (SPEED_MATH=tf32 or fp32 for those), keep 1.0 and 0.5; the
 #                peer is skipped without torch.
 #   profile      the GPU plans and profiles of WRN-28-10 and the options against the default
-#                (--input-grad col2im, --col-budget, --no-recompute, the GEMM tuner, --winograd).
+#                (--input-grad col2im, --col-budget, --no-recompute, --fold-bn, the GEMM tuner,
+#                --winograd).
 #   frontier     Fashion-MNIST, WRN-16-4, 30 epochs, bf16, keep 1.0, 0.75, 0.5 for each seed
 #                of SEEDS ("0 1"), then `sliceout compare` of the runs (issue 21's GPU frontier).
 # Each part ends with a short table.
@@ -154,6 +156,9 @@ correctness() {
     # The experimental Winograd convolutions (src/ops/conv2d/winograd_cmds.rs, winograd.cu).
     stage full-fp32-winograd 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --winograd
     stage full-tf32-winograd 120 "$BIN" selftest --full --device "$DEVICE" --math tf32 --winograd
+    # The experimental BN + ReLU folded into im2col (--fold-bn, im2col_bn_relu in conv2d.cu).
+    stage full-fp32-fold-bn 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --fold-bn
+    stage full-bf16-fold-bn 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16 --fold-bn
     local sanitizer
     sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     if [ "${MEMCHECK:-0}" = 1 ] && { [ -x "$sanitizer" ] || [ "$DRY_RUN" = 1 ]; }; then
@@ -258,7 +263,7 @@ profile() {
     # "PRECISION OPTION": the default of each precision first, then its options.
     local case option tag math
     for case in "fp32 " "fp32 --input-grad col2im" "fp32 --col-budget 128" "fp32 --col-budget 1024" "fp32 --no-recompute" \
-        "bf16 " "bf16 --col-budget 46" "bf16 --col-budget 128"; do
+        "fp32 --fold-bn" "bf16 " "bf16 --col-budget 46" "bf16 --col-budget 128" "bf16 --fold-bn"; do
         read -r precision option <<<"$case"
         tag=${option:-default}; tag=${tag//--/}; tag=${tag// /-}
         # shellcheck disable=SC2086  # the option is two words

@@ -116,6 +116,15 @@ pub fn conv_backward(
     ConvAlgo::Im2col { weight }
 }
 
+/// Whether the backward op of a convolution of a recomputed BN + ReLU output reads the BN's
+/// input and applies the BN in its im2col (`ops::conv2d::BnPrologue`), so that the model never
+/// writes that output: where `Lowering::fold_bn` says, for the layers whose backward gathers
+/// its input by im2col. Winograd's transforms read the input as it is, and a direct (1x1,
+/// stride-1) layer's GEMM reads it in place.
+pub fn fold_bn_relu(l: &Lowering, c: &ConvSite, forward: ConvAlgo) -> bool {
+    l.fold_bn && !forward.is_winograd() && !c.shape.direct()
+}
+
 /// Whether a convolution runs by Winograd F(2x2, 3x3): the layers it takes (3x3, stride 1,
 /// pad 1, at least 4 input channels) of fp32 programs, always on the CPU, on the GPU with
 /// `Lowering::winograd`. A bf16 program runs im2col on both backends: the CPU's bf16 step is the

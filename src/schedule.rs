@@ -152,11 +152,22 @@ pub struct Lowering {
     /// (`--winograd`, experimental: `ops::conv2d::winograd_cmds`). The CPU runs Winograd on
     /// those layers whatever this says; bf16 programs keep im2col.
     pub winograd: bool,
+    /// `--fold-bn`: a convolution's backward folds the recomputed BN + ReLU output it reads
+    /// into its im2col (`lower::fold_bn_relu`), so that output is not written. Off by default
+    /// on both targets: not yet run on a card, and on the CPU the folded im2col has not been
+    /// faster than the BN op plus im2col (BENCHMARKS.md).
+    pub fold_bn: bool,
 }
 
 impl Default for Lowering {
     fn default() -> Lowering {
-        Lowering { target: Target::Cpu, precision: Precision::Fp32, input_grad: InputGrad::Conv, winograd: false }
+        Lowering {
+            target: Target::Cpu,
+            precision: Precision::Fp32,
+            input_grad: InputGrad::Conv,
+            winograd: false,
+            fold_bn: false,
+        }
     }
 }
 
@@ -167,6 +178,7 @@ impl Lowering {
             ("target".into(), self.target.as_str().to_string()),
             ("input gradient".into(), self.input_grad.as_str().to_string()),
             ("winograd".into(), on(self.winograd)),
+            ("bn-relu fold".into(), on(self.fold_bn)),
         ]
     }
 }

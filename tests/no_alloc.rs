@@ -53,17 +53,24 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn training_steps_allocate_nothing() {
-    steps_allocate_nothing(Precision::Fp32);
+    steps_allocate_nothing(Precision::Fp32, false);
 }
 
 /// bf16 too: the GEMM's stage for a bf16 output and col2im's row sums are made before the
 /// first step (the stage with the packing buffers, the sums on the stack).
 #[test]
 fn bf16_training_steps_allocate_nothing() {
-    steps_allocate_nothing(Precision::Bf16);
+    steps_allocate_nothing(Precision::Bf16, false);
 }
 
-fn steps_allocate_nothing(precision: Precision) {
+/// With BN folded into im2col (`--fold-bn`): the normalised planes are on the stack.
+#[test]
+fn folded_training_steps_allocate_nothing() {
+    steps_allocate_nothing(Precision::Fp32, true);
+    steps_allocate_nothing(Precision::Bf16, true);
+}
+
+fn steps_allocate_nothing(precision: Precision, fold_bn: bool) {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     ALLOCS.store(0, Ordering::SeqCst);
     BYTES.store(0, Ordering::SeqCst);
@@ -74,7 +81,7 @@ fn steps_allocate_nothing(precision: Precision) {
         batch,
         Mode::Train,
         Options::default(),
-        Lowering { precision, ..Lowering::default() },
+        Lowering { precision, fold_bn, ..Lowering::default() },
     ));
     let s = &p.schedule;
     let mut cpu = CpuBackend::new();

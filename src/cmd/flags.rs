@@ -148,6 +148,12 @@ pub struct MemoryFlags {
     /// off)
     #[arg(long, conflicts_with = "winograd")]
     pub no_winograd: bool,
+    /// Experimental, not yet run on a card: with BN outputs recomputed in backward, apply each
+    /// BN + ReLU in the im2col of the convolutions that read its output, so that output is not
+    /// written again (a smaller arena where it was at the peak). Where a reader cannot fold (a
+    /// Winograd layer, a 1x1 stride-1 layer) the output is recomputed as before
+    #[arg(long)]
+    pub fold_bn: bool,
 }
 
 /// The most timed steps `bench` and `profile` take: a median needs no more, and a typo of a
@@ -196,6 +202,7 @@ impl MemoryFlags {
             precision,
             input_grad: self.input_grad.as_deref().map_or(Ok(InputGrad::Conv), InputGrad::parse)?,
             winograd: self.winograd,
+            fold_bn: self.fold_bn,
         };
         Ok((options, lowering))
     }
@@ -559,6 +566,10 @@ pub struct SelftestFlags {
     /// (`train --input-grad`, default conv; the op checks always check both)
     #[arg(long)]
     pub input_grad: Option<String>,
+    /// With --full: the step's convolutions of recomputed BN outputs apply the BN in their
+    /// im2col (`train --fold-bn`, experimental)
+    #[arg(long)]
+    pub fold_bn: bool,
     /// With --full: the step's 3x3 stride-1 convolutions by Winograd (`train --winograd`,
     /// experimental; fp32 only: the op checks always check it in fp32)
     #[arg(long)]

@@ -24,12 +24,16 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
     if f.winograd && !f.full {
         return Err(Error::flag("--winograd", "on", "no --winograd without --full (the op checks check it)"));
     }
+    if f.fold_bn && !f.full {
+        return Err(Error::flag("--fold-bn", "on", "no --fold-bn without --full (it changes which ops a step runs)"));
+    }
     if f.winograd && precision != Precision::Fp32 {
         return Err(Error::flag("--winograd", "on", "--precision fp32 (Winograd runs in fp32 programs only)"));
     }
     let mut backend = backend::open(f.device.into(), math, true)?;
     if f.full {
-        let lowering = Lowering { precision, input_grad, winograd: f.winograd, ..Lowering::default() };
+        let lowering =
+            Lowering { precision, input_grad, winograd: f.winograd, fold_bn: f.fold_bn, ..Lowering::default() };
         return full(&mut *backend, math, lowering);
     }
     let tol = match (precision, math) {
@@ -111,6 +115,9 @@ fn full(backend: &mut dyn Backend, math: Math, lowering: Lowering) -> Result<()>
         lowering.input_grad.as_str(),
         if lowering.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" }
     );
+    if lowering.fold_bn {
+        outln!("recomputed BN + ReLU outputs folded into the im2col of the convolutions that read them");
+    }
     let rows = full::full_step(&mut cpu, backend, &config, batch, lowering)?;
     let failed: Vec<&full::FullRow> = rows.iter().filter(|r| r.max_rel_err.is_nan() || r.max_rel_err > tol).collect();
     for r in &rows {

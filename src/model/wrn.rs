@@ -14,7 +14,9 @@
 //! Buffer table of one block (train mode; w = slice width, c = block width, N*H*W per channel):
 //!
 //! ```text
-//! blockB.bn1.out    activation  (Cin, N, H, W)    recomputed in backward when Options::recompute
+//! blockB.bn1.out    activation  (Cin, N, H, W)    recomputed in backward when Options::recompute,
+//!                                                 unless every reader applies the BN in its
+//!                                                 im2col (`Lowering::fold_bn`)
 //! blockB.bn1.stats  activation  2*Cin             mean, 1/std: kept for backward
 //! blockB.conv1.out  activation  (w, N, Ho, Wo)    sliced; kept for backward (bn2's input)
 //! blockB.bn2.out    activation  (w, N, Ho, Wo)    sliced; recomputed like bn1.out
@@ -59,8 +61,8 @@ use crate::ir::{
 };
 use crate::lower::{self, ConvSite, WeightCopy};
 use crate::ops::{
-    Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvAlgo, ConvBackward, CrossEntropy, Linear,
-    LinearBackward, Op, Pool, PoolBackward, Sgd,
+    Add, BnPrologue, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvAlgo, ConvBackward, CrossEntropy,
+    Linear, LinearBackward, Op, Pool, PoolBackward, Sgd,
 };
 use crate::rng::Rng;
 use crate::schedule::{Gradient, Lowering, Mode, Options, Phase, Schedule, Step, UpdateAt};
@@ -147,7 +149,7 @@ pub fn build(config: &ModelConfig, batch: usize, mode: Mode, options: Options, l
         d_h = b.block_backward(i, bl, d_h, input_name);
     }
     let input = b.sched.input;
-    b.conv_backward("conv0", None, d_h, input, conv0, Sel::Full(16), Sel::Full(config.in_channels), false);
+    b.conv_backward("conv0", None, d_h, input, None, conv0, Sel::Full(16), Sel::Full(config.in_channels), false);
     b.finish()
 }
 
@@ -363,34 +365,44 @@ impl Builder {
         let (m_in, m_out) = (n * bl.hw * bl.hw, n * ho * ho);
         let recompute = self.sched.options.recompute;
         let (bn1_stats, bn2_stats) = (bl.bn1_stats.expect("bn1 statistics"), bl.bn2_stats.expect("bn2 statistics"));
-        // conv2: needs bn2's output.
-        let t = if recompute {
+        // conv2: needs bn2's output, kept, recomputed, or applied by its im2col (folded).
+        let full_out = Sel::Full(bl.c);
+        let fold_t = recompute && self.folds(bl.conv2, full_out, sel);
+        let (t, prologue) = if fold_t {
+            (bl.conv1_out, Some(BnPrologue { stats: bn2_stats, bn: bl.bn2 }))
+        } else if recompute {
             let t = self.buf(format!("{name}.bn2.out_re"), act, x, w * m_out, sliced);
             let re = BnReluApply { out: t, inp: bl.conv1_out, stats: bn2_stats, bn: bl.bn2, sel, m: m_out };
             self.step(format!("{name}.bn2"), Phase::Backward, Op::BnReluApply(re));
-            t
+            (t, None)
         } else {
-            bl.bn2_out
+            (bl.bn2_out, None)
         };
         let d_t = self.buf(format!("{name}.bn2.d_out"), grad, x, w * m_out, sliced);
-        self.conv_backward(&format!("{name}.conv2"), Some(d_t), d_out, t, bl.conv2, Sel::Full(bl.c), sel, false);
+        self.conv_backward(&format!("{name}.conv2"), Some(d_t), d_out, t, prologue, bl.conv2, full_out, sel, false);
         let d_c1 = self.buf(format!("{name}.conv1.d_out"), grad, x, w * m_out, sliced);
         self.bn_backward(&format!("{name}.bn2"), d_c1, d_t, bl.conv1_out, bn2_stats, bl.bn2, sel, m_out, false);
         // conv1 (and the projection shortcut): need bn1's output.
+        // Folded only where every reader folds: otherwise the output is written anyway.
         let full_in = Sel::Full(bl.cin);
-        let o = if recompute {
+        let fold_o = recompute
+            && self.folds(bl.conv1, sel, full_in)
+            && bl.shortcut.is_none_or(|s| self.folds(s, full_out, full_in));
+        let (o, prologue) = if fold_o {
+            (bl.h, Some(BnPrologue { stats: bn1_stats, bn: bl.bn1 }))
+        } else if recompute {
             let o = self.buf(format!("{name}.bn1.out_re"), act, x, bl.cin * m_in, false);
             let re = BnReluApply { out: o, inp: bl.h, stats: bn1_stats, bn: bl.bn1, sel: full_in, m: m_in };
             self.step(format!("{name}.bn1"), Phase::Backward, Op::BnReluApply(re));
-            o
+            (o, None)
         } else {
-            bl.bn1_out
+            (bl.bn1_out, None)
         };
         let d_o = self.buf(format!("{name}.bn1.d_out"), grad, x, bl.cin * m_in, false);
-        self.conv_backward(&format!("{name}.conv1"), Some(d_o), d_c1, o, bl.conv1, sel, full_in, false);
+        self.conv_backward(&format!("{name}.conv1"), Some(d_o), d_c1, o, prologue, bl.conv1, sel, full_in, false);
         if let Some(shortcut) = bl.shortcut {
             let layer = format!("{name}.shortcut");
-            self.conv_backward(&layer, Some(d_o), d_out, o, shortcut, Sel::Full(bl.c), full_in, true);
+            self.conv_backward(&layer, Some(d_o), d_out, o, prologue, shortcut, full_out, full_in, true);
         }
         // The block input's gradient: bn1's backward, plus d_out itself for an identity
         // shortcut, either accumulated in place into d_out or in a fresh buffer plus an add.
@@ -497,6 +509,14 @@ impl Builder {
         (len > 0).then(|| self.buf(format!("{layer}.{what}"), BufKind::Workspace, self.storage(), len, sliced))
     }
 
+    /// Whether the backward op of `w`'s convolution (its slices `out_sel`, `in_sel`) folds the
+    /// BN + ReLU of its input into its im2col, as `lower` chooses.
+    fn folds(&self, w: ConvWeight, out_sel: Sel, in_sel: Sel) -> bool {
+        lower::fold_bn_relu(&self.sched.lowering, &self.site(w.shape, out_sel, in_sel), w.forward)
+    }
+
+    /// A convolution's backward op; with `prologue`, `inp` is the input of the BN + ReLU whose
+    /// output the convolution read, applied by its im2col.
     #[allow(clippy::too_many_arguments)]
     fn conv_backward(
         &mut self,
@@ -504,6 +524,7 @@ impl Builder {
         d_inp: Option<BufId>,
         d_out: BufId,
         inp: BufId,
+        prologue: Option<BnPrologue>,
         w: ConvWeight,
         out_sel: Sel,
         in_sel: Sel,
@@ -531,6 +552,7 @@ impl Builder {
             chunk,
             accumulate_d_inp,
             algo,
+            prologue,
         };
         self.step(layer, Phase::Backward, Op::ConvBackward(op));
         let map = match (out_sel, in_sel) {

@@ -36,7 +36,7 @@ pub mod sgd;
 
 pub use add::Add;
 pub use batchnorm::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
-pub use conv2d::{Conv, ConvAlgo, ConvBackward, GemmWeight};
+pub use conv2d::{BnPrologue, Conv, ConvAlgo, ConvBackward, GemmWeight};
 pub use linear::{Linear, LinearBackward};
 pub use loss::CrossEntropy;
 pub use memory::{DeviceView, HostArena, HostView, Tables};
@@ -300,6 +300,7 @@ mod tests {
             "col2im",
             "gather_batch",
             "im2col",
+            "im2col_bn_relu",
             "weight_flip",
             "weight_slice",
         ];

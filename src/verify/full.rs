@@ -214,6 +214,31 @@ mod tests {
         }
     }
 
+    /// The route of `selftest --full --fold-bn`, the CPU standing in for the GPU: the GPU's plan,
+    /// fp32 and bf16, with convolution backward ops that apply the BN of their input in their
+    /// im2col, runs op by op in agreement with the reference's. Each folded op reads the BN's
+    /// input, so the rows compare what the two sides' folded im2cols gave the weight gradient.
+    #[test]
+    fn a_gpu_plan_with_bn_folded_into_im2col_runs_op_by_op() {
+        use crate::ir::Target;
+        use crate::ops::{ConvBackward, Op};
+        let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            let mut a = CpuBackend::reference();
+            let mut b = Tampered::new(|_, _| {}, |_| {});
+            b.target = Target::Cuda;
+            let lowering = Lowering { target: Target::Cuda, fold_bn: true, precision, ..Lowering::default() };
+            let rows = full_step(&mut a, &mut b, &config, 4, lowering).unwrap();
+            let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default(), lowering));
+            let folds = |o: &Op| matches!(o, Op::ConvBackward(ConvBackward { prologue: Some(_), .. }));
+            assert!(p.schedule.steps.iter().filter(|s| folds(&s.op)).count() >= 6, "{precision:?}");
+            assert_eq!(rows.len(), p.schedule.steps.len() + 1);
+            for r in &rows {
+                assert!(r.max_rel_err < 1e-6, "{precision:?} {r:?}");
+            }
+        }
+    }
+
     /// The route of `selftest --full --winograd`, the CPU standing in for the GPU: the GPU's
     /// fp32 plan runs its 3x3 stride-1 convolutions (4 or more input channels) by Winograd, with
     /// no weight copies and no input gradient by convolution there, and its workspaces let the

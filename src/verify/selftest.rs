@@ -368,6 +368,7 @@ fn conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
                             chunk,
                             accumulate_d_inp: acc,
                             algo: ConvAlgo::Im2col { weight: gemm_weight },
+                            prologue: None,
                         }),
                     )
                 };
@@ -422,6 +423,7 @@ fn conv_by_conv_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>)
             chunk,
             accumulate_d_inp: acc,
             algo: ConvAlgo::InputGradByConv { flipped },
+            prologue: None,
         };
         out.push(t.finish(format!("conv bwd {g} {label} d_inp-by-conv"), Op::ConvBackward(op), starts, false));
     }
@@ -499,6 +501,7 @@ fn conv_winograd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>
                         chunk,
                         accumulate_d_inp: acc,
                         algo: ConvAlgo::Winograd,
+                        prologue: None,
                     };
                     (format!("conv bwd {g} {label}{suffix} winograd"), Op::ConvBackward(op))
                 };

@@ -13,6 +13,7 @@ mod compare;
 #[cfg(feature = "mpi")]
 mod dist;
 mod export;
+mod fold_kernels;
 mod gemm;
 mod hostile;
 mod hostile_answers;

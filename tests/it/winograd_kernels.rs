@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The first C++ compiler that runs.
-fn compiler() -> Option<&'static str> {
+pub fn compiler() -> Option<&'static str> {
     ["c++", "g++", "clang++"]
         .into_iter()
         .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))

@@ -137,11 +137,19 @@ pub fn bn_relu_train<T: Elem>(
     }
 }
 
+/// `relu(pre_activation) * scale` of one value, as stored: the single definition of a BN + ReLU
+/// output, so that the convolutions that fold it into their im2col
+/// (`ops::conv2d::BnPrologue`) gather exactly what `bn_relu_apply` would have written.
+#[inline(always)]
+pub fn bn_relu_value<T: Elem>(x: T, mean: f32, invstd: f32, g: f32, b: f32, scale: f32) -> T {
+    T::from_f32(pre_activation(x.to_f32(), mean, invstd, g, b).max(0.0) * scale)
+}
+
 /// `relu(pre_activation) * scale` over one channel.
 #[inline(always)]
 fn normalize_row<T: Elem>(o: &mut [T], x: &[T], mean: f32, invstd: f32, g: f32, b: f32, scale: f32) {
     for (o, &x) in o.iter_mut().zip(x) {
-        *o = T::from_f32(pre_activation(x.to_f32(), mean, invstd, g, b).max(0.0) * scale);
+        *o = bn_relu_value(x, mean, invstd, g, b, scale);
     }
 }
 

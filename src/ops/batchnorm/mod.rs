@@ -15,7 +15,7 @@ mod cuda;
 #[cfg(test)]
 mod tests;
 
-pub use cpu::{bn_relu_apply, bn_relu_backward, bn_relu_eval, bn_relu_train, BN_EPS, BN_MOMENTUM};
+pub use cpu::{bn_relu_apply, bn_relu_backward, bn_relu_eval, bn_relu_train, bn_relu_value, BN_EPS, BN_MOMENTUM};
 
 use super::{DeviceView, HostView, Kernel};
 use crate::ir::{BnRef, BufId, Elem, Sel, Slice, TensorId};

@@ -11,22 +11,44 @@
 // that unrolls, so a thread's loads are in flight together.
 //
 // Columns and activations are the storage type T: `im2col`, `col2im`, `weight_slice` store f32,
-// `*_bf16` bf16. im2col copies stored values (no rounding); col2im sums a pixel's window
+// `*_bf16` bf16. im2col copies stored values (no rounding; `im2col_bn_relu` rounds each BN
+// output once, as the BN op's store does); col2im sums a pixel's window
 // entries in f32, kh then kw (the CPU's order), and rounds the result once; the weight copy
 // rounds each f32 weight once.
 
 // The kernel width as a compile-time constant (K > 0) or the launch's (K = 0).
 #define TAPS(K, k_arg) ((K) > 0 ? (K) : (k_arg))
 
-template <typename T, int K, int V>
+// A train-mode BN + ReLU (+ SliceOut's scale) that im2col applies to what it gathers, in place
+// of reading the BN's recomputed output (`im2col_bn_relu`): the saved statistics (one per
+// buffer channel, slice order), the layer's gamma and beta (buffer channel c is layer channel
+// (start + c) mod channels) and the scale. The value is src/ops/batchnorm's bn_relu_value,
+// the expression batchnorm.cu's bn_relu_apply stores; both modules are compiled with
+// --fmad=false, so it is the same to the bit.
+struct BnFold {
+    const float* mean;
+    const float* invstd;
+    const float* gamma;
+    const float* beta;
+    int start, channels;
+    float scale;
+};
+
+template <typename T, int K, int V, bool FOLD>
 __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
                                                const T* __restrict__ inp, int n, int h,
                                                int w, int k_arg, int stride, int pad, int wo,
                                                int hwo, unsigned hwo_magic, unsigned hwo_shift,
                                                unsigned wo_magic, unsigned wo_shift, int n0,
-                                               int nc) {
+                                               int nc, BnFold f) {
     const int k = TAPS(K, k_arg);
     int ci = blockIdx.y;
+    // The channel's BN (named apart from the loop's `g`).
+    float bn_mu = 0.0f, bn_is = 0.0f, bn_g = 0.0f, bn_b = 0.0f;
+    if (FOLD) {
+        int layer = (f.start + ci) % f.channels;
+        bn_mu = f.mean[ci], bn_is = f.invstd[ci], bn_g = f.gamma[layer], bn_b = f.beta[layer];
+    }
     int cols = nc * hwo, groups = cols / V;
     const T* src = inp + ((i64)ci * n + n0) * h * w;
     T* dst = col + (i64)ci * k * k * cols;
@@ -49,7 +71,13 @@ __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
                 for (int j = 0; j < V; ++j) {
                     int iw = iw0 + j * stride + kw;
                     T v = narrow<T>(0.0f);
-                    if (row_in && (unsigned)iw < (unsigned)w) v = img[ih * w + iw];
+                    if (row_in && (unsigned)iw < (unsigned)w) {
+                        v = img[ih * w + iw];
+                        if (FOLD) {
+                            float y = bn_g * ((widen(v) - bn_mu) * bn_is) + bn_b;
+                            v = narrow<T>(fmaxf(y, 0.0f) * f.scale);
+                        }
+                    }
                     out.v[j] = v;
                 }
                 store_lanes(dst + (i64)(kh * k + kw) * cols + x, out);
@@ -61,36 +89,36 @@ __device__ __forceinline__ void im2col_channel(T* __restrict__ col,
 // col = columns of images [n0, n0 + nc) of `inp` (n images, h x w). Grid: x over the chunk's
 // nc*ho*wo columns / vec (fewer than 2^30 columns), y = input channel. `hwo` splits a column
 // into images; `vec` is V.
-template <typename T, int K>
+template <typename T, int K, bool FOLD>
 __device__ __forceinline__ void im2col_k(T* col, const T* inp, int n, int h, int w, int k,
                                          int stride, int pad, int wo, int hwo,
                                          unsigned hwo_magic, unsigned hwo_shift, unsigned wo_magic,
-                                         unsigned wo_shift, int n0, int nc, int vec) {
+                                         unsigned wo_shift, int n0, int nc, int vec, BnFold f) {
     if (vec == 4)
-        im2col_channel<T, K, 4>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
-                                wo_magic, wo_shift, n0, nc);
+        im2col_channel<T, K, 4, FOLD>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic,
+                                      hwo_shift, wo_magic, wo_shift, n0, nc, f);
     else if (vec == 2)
-        im2col_channel<T, K, 2>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
-                                wo_magic, wo_shift, n0, nc);
+        im2col_channel<T, K, 2, FOLD>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic,
+                                      hwo_shift, wo_magic, wo_shift, n0, nc, f);
     else
-        im2col_channel<T, K, 1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
-                                wo_magic, wo_shift, n0, nc);
+        im2col_channel<T, K, 1, FOLD>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic,
+                                      hwo_shift, wo_magic, wo_shift, n0, nc, f);
 }
 
-template <typename T>
+template <typename T, bool FOLD>
 __device__ __forceinline__ void im2col_t(T* col, const T* inp, int n, int h, int w, int k,
                                          int stride, int pad, int wo, int hwo,
                                          unsigned hwo_magic, unsigned hwo_shift, unsigned wo_magic,
-                                         unsigned wo_shift, int n0, int nc, int vec) {
+                                         unsigned wo_shift, int n0, int nc, int vec, BnFold f) {
     if (k == 3)
-        im2col_k<T, 3>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
-                       wo_shift, n0, nc, vec);
+        im2col_k<T, 3, FOLD>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                             wo_magic, wo_shift, n0, nc, vec, f);
     else if (k == 1)
-        im2col_k<T, 1>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
-                       wo_shift, n0, nc, vec);
+        im2col_k<T, 1, FOLD>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                             wo_magic, wo_shift, n0, nc, vec, f);
     else
-        im2col_k<T, 0>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
-                       wo_shift, n0, nc, vec);
+        im2col_k<T, 0, FOLD>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                             wo_magic, wo_shift, n0, nc, vec, f);
 }
 
 template <typename T, int K, int V>
@@ -211,16 +239,43 @@ extern "C" __global__ void im2col(float* col, const float* inp, int n, int h, in
                                   int stride, int pad, int wo, int hwo, unsigned hwo_magic,
                                   unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
                                   int n0, int nc, int vec) {
-    im2col_t(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
-             wo_shift, n0, nc, vec);
+    im2col_t<float, false>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                           wo_magic, wo_shift, n0, nc, vec, BnFold{});
 }
 
 extern "C" __global__ void im2col_bf16(bf16* col, const bf16* inp, int n, int h, int w, int k,
                                        int stride, int pad, int wo, int hwo, unsigned hwo_magic,
                                        unsigned hwo_shift, unsigned wo_magic, unsigned wo_shift,
                                        int n0, int nc, int vec) {
-    im2col_t(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift, wo_magic,
-             wo_shift, n0, nc, vec);
+    im2col_t<bf16, false>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                          wo_magic, wo_shift, n0, nc, vec, BnFold{});
+}
+
+// im2col of relu(bn(inp)) * scale (BnFold): `inp` is the BN's input, `mean`/`invstd` its saved
+// statistics, `gamma`/`beta` the whole layer's; the other arguments are im2col's.
+extern "C" __global__ void im2col_bn_relu(float* col, const float* inp, int n, int h, int w,
+                                          int k, int stride, int pad, int wo, int hwo,
+                                          unsigned hwo_magic, unsigned hwo_shift,
+                                          unsigned wo_magic, unsigned wo_shift, int n0, int nc,
+                                          int vec, const float* mean, const float* invstd,
+                                          const float* gamma, const float* beta, int start,
+                                          int channels, float scale) {
+    BnFold f{mean, invstd, gamma, beta, start, channels, scale};
+    im2col_t<float, true>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                          wo_magic, wo_shift, n0, nc, vec, f);
+}
+
+extern "C" __global__ void im2col_bn_relu_bf16(bf16* col, const bf16* inp, int n, int h, int w,
+                                               int k, int stride, int pad, int wo, int hwo,
+                                               unsigned hwo_magic, unsigned hwo_shift,
+                                               unsigned wo_magic, unsigned wo_shift, int n0,
+                                               int nc, int vec, const float* mean,
+                                               const float* invstd, const float* gamma,
+                                               const float* beta, int start, int channels,
+                                               float scale) {
+    BnFold f{mean, invstd, gamma, beta, start, channels, scale};
+    im2col_t<bf16, true>(col, inp, n, h, w, k, stride, pad, wo, hwo, hwo_magic, hwo_shift,
+                         wo_magic, wo_shift, n0, nc, vec, f);
 }
 
 extern "C" __global__ void col2im(float* d_inp, const float* col, int n, int h, int w, int k,

@@ -5,6 +5,7 @@ use super::winograd_cmds::{self, WinoCmd};
 use super::{winograd, workspace_len, Algo};
 use crate::blas::{gemm, vectorized};
 use crate::ir::{ConvShape, Elem, Slice, Target};
+use crate::ops::batchnorm::bn_relu_value;
 
 /// Output positions `[lo, hi)` along one axis whose input position `o*stride + tap - pad` lies
 /// in `[0, len_in)`; the others read padding.
@@ -23,8 +24,74 @@ fn min_rows(row_len: usize) -> usize {
 /// row `c*K*K + ky*K + kx`, column `i*Ho*Wo + oy*Wo + ox` holds
 /// `inp[c, n0+i, oy*stride + ky - pad, ox*stride + kx - pad]`, or 0 in the padding.
 pub fn im2col<T: Elem>(col: &mut [T], inp: &[T], p: &ConvShape, channels: usize, n0: usize, nb: usize) {
+    im2col_with(col, inp, p, channels, n0, nb, None)
+}
+
+/// A train-mode BN + ReLU (+ SliceOut's scale) that a convolution applies to its input while
+/// gathering it ([`im2col_bn_relu`]), in place of reading a recomputed BN output: the BN's
+/// saved statistics (`mean`, `invstd`: slice order, one per buffer channel), its affine
+/// parameters (`gamma`, `beta`: the whole layer's, read through `slice`) and the scale.
+#[derive(Clone, Copy, Debug)]
+pub struct BnReluFold<'a> {
+    pub mean: &'a [f32],
+    pub invstd: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub slice: Slice,
+    pub scale: f32,
+}
+
+impl BnReluFold<'_> {
+    /// Buffer channel `c`'s `(mean, invstd, gamma, beta)`: buffer channel `c` is layer channel
+    /// `(start + c) mod channels`.
+    fn channel(&self, c: usize) -> (f32, f32, f32, f32) {
+        let layer = (self.slice.start + c) % self.slice.channels;
+        (self.mean[c], self.invstd[c], self.gamma[layer], self.beta[layer])
+    }
+
+    fn check(&self, channels: usize) {
+        assert_eq!(self.slice.width, channels, "BN fold: slice width vs the input's channels");
+        assert!(self.mean.len() >= channels && self.invstd.len() >= channels, "BN fold: statistics too short");
+        assert!(
+            self.gamma.len() >= self.slice.channels && self.beta.len() >= self.slice.channels,
+            "BN fold: gamma, beta"
+        );
+    }
+}
+
+/// [`im2col`] of `relu(bn(inp)) * scale` (`fold`): each gathered value is what `bn_relu_apply`
+/// would have stored (`batchnorm::bn_relu_value`), the padding stays 0 (it pads the BN output).
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_bn_relu<T: Elem>(
+    col: &mut [T],
+    inp: &[T],
+    p: &ConvShape,
+    channels: usize,
+    n0: usize,
+    nb: usize,
+    fold: &BnReluFold,
+) {
+    fold.check(channels);
+    im2col_with(col, inp, p, channels, n0, nb, Some(fold))
+}
+
+/// Values of the buffer on the stack that the planes of a folded im2col are normalised into
+/// before their taps are gathered from it (im2col reads each value K*K times); a plane larger
+/// than it applies the BN to each value as it is gathered.
+const FOLD_PLANE: usize = 16384;
+
+/// [`im2col`], applying `fold` to each gathered value when given.
+fn im2col_with<T: Elem>(
+    col: &mut [T],
+    inp: &[T],
+    p: &ConvShape,
+    channels: usize,
+    n0: usize,
+    nb: usize,
+    fold: Option<&BnReluFold>,
+) {
     p.check();
-    let (hw, howo, kk) = (p.h * p.w, p.ho() * p.wo(), p.kk());
+    let (k, hw, howo, kk) = (p.k, p.h * p.w, p.ho() * p.wo(), p.kk());
     assert!(n0 + nb <= p.n, "im2col: images out of range");
     assert!(inp.len() >= channels * p.n * hw, "im2col: input too short");
     let row_len = nb * howo;
@@ -33,42 +100,88 @@ pub fn im2col<T: Elem>(col: &mut [T], inp: &[T], p: &ConvShape, channels: usize,
     if row_len == 0 || rows == 0 {
         return;
     }
-    col[..rows * row_len].par_chunks_mut(row_len).with_min_len(min_rows(row_len)).enumerate().for_each(|(r, row)| {
-        vectorized(
-            #[inline(always)]
-            || im2col_row(row, inp, p, n0, r),
-        )
+    let plane = |c: usize, i: usize| &inp[(c * p.n + n0 + i) * hw..][..hw];
+    let Some(f) = fold.filter(|_| hw <= FOLD_PLANE) else {
+        col[..rows * row_len].par_chunks_mut(row_len).with_min_len(min_rows(row_len)).enumerate().for_each(
+            |(r, row)| {
+                let (c, ky, kx) = (r / kk, (r % kk) / k, r % k);
+                let bn = fold.map(|f| (f.channel(c), f.scale));
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
+                            gather_tap(dst, plane(c, i), p, ky, kx, bn);
+                        }
+                    },
+                )
+            },
+        );
+        return;
+    };
+    // One task per channel (its K*K rows): the planes of as many images as the buffer holds
+    // are normalised once, then each tap's row is written for those images.
+    let (chunk, group) = (kk * row_len, FOLD_PLANE / hw);
+    col[..rows * row_len].par_chunks_mut(chunk).with_min_len(min_rows(chunk)).enumerate().for_each(|(c, taps)| {
+        let (mu, is, g, b) = f.channel(c);
+        let src = &inp[(c * p.n + n0) * hw..][..nb * hw];
+        let mut normal = [T::default(); FOLD_PLANE];
+        for i0 in (0..nb).step_by(group) {
+            let images = group.min(nb - i0);
+            let normal = &mut normal[..images * hw];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (o, &x) in normal.iter_mut().zip(&src[i0 * hw..]) {
+                        *o = bn_relu_value(x, mu, is, g, b, f.scale);
+                    }
+                },
+            );
+            for t in 0..kk {
+                let row = &mut taps[t * row_len + i0 * howo..][..images * howo];
+                for (dst, plane) in row.chunks_exact_mut(howo).zip(normal.chunks_exact(hw)) {
+                    gather_tap(dst, plane, p, t / k, t % k, None);
+                }
+            }
+        }
     });
 }
 
-/// Row `r` of [`im2col`]'s columns (one channel and tap, every image of the chunk).
+/// One image's part of im2col row `(c, ky, kx)`: `dst[oy*Wo + ox]` = `src[oy*stride + ky - pad,
+/// ox*stride + kx - pad]` of the channel's plane `src`, or 0 in the padding; with `bn`
+/// (`(mean, invstd, gamma, beta)`, scale) each value gathered goes through the BN + ReLU.
 #[inline(always)]
-fn im2col_row<T: Elem>(row: &mut [T], inp: &[T], p: &ConvShape, n0: usize, r: usize) {
-    let (h, w, ho, wo, k, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.k, p.stride, p.pad);
-    let (hw, howo, kk) = (h * w, ho * wo, p.kk());
-    let (c, ky, kx) = (r / kk, (r % kk) / k, r % k);
+fn gather_tap<T: Elem>(
+    dst: &mut [T],
+    src: &[T],
+    p: &ConvShape,
+    ky: usize,
+    kx: usize,
+    bn: Option<((f32, f32, f32, f32), f32)>,
+) {
+    let (h, w, ho, wo, s, pad) = (p.h, p.w, p.ho(), p.wo(), p.stride, p.pad);
     let (ylo, yhi) = valid_range(ho, h, s, ky, pad);
     let (xlo, xhi) = valid_range(wo, w, s, kx, pad);
-    for (i, dst) in row.chunks_exact_mut(howo).enumerate() {
-        let src = &inp[(c * p.n + n0 + i) * hw..][..hw];
-        dst[..ylo * wo].fill(T::default());
-        dst[yhi * wo..].fill(T::default());
-        for oy in ylo..yhi {
-            let iy = oy * s + ky - pad;
-            let srow = &src[iy * w..][..w];
-            let d = &mut dst[oy * wo..][..wo];
-            d[..xlo].fill(T::default());
-            d[xhi..].fill(T::default());
-            if xlo == xhi {
-                continue;
+    dst[..ylo * wo].fill(T::default());
+    dst[yhi * wo..].fill(T::default());
+    for oy in ylo..yhi {
+        let iy = oy * s + ky - pad;
+        let srow = &src[iy * w..][..w];
+        let d = &mut dst[oy * wo..][..wo];
+        d[..xlo].fill(T::default());
+        d[xhi..].fill(T::default());
+        if xlo == xhi {
+            continue;
+        }
+        let x0 = xlo * s + kx - pad;
+        if let Some(((mu, is, g, b), sc)) = bn {
+            for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                *v = bn_relu_value(x, mu, is, g, b, sc);
             }
-            let x0 = xlo * s + kx - pad;
-            if s == 1 {
-                d[xlo..xhi].copy_from_slice(&srow[x0..x0 + (xhi - xlo)]);
-            } else {
-                for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
-                    *v = x;
-                }
+        } else if s == 1 {
+            d[xlo..xhi].copy_from_slice(&srow[x0..x0 + (xhi - xlo)]);
+        } else {
+            for (v, &x) in d[xlo..xhi].iter_mut().zip(srow[x0..].iter().step_by(s)) {
+                *v = x;
             }
         }
     }
@@ -227,7 +340,55 @@ pub fn conv2d_backward<T: Elem, W: Elem>(
     accumulate_d_inp: bool,
     algo: Algo,
 ) {
+    let (os, is) = (out_slice, in_slice);
+    backward_with(d_inp, d_weight, d_out, inp, weight, col, p, os, is, chunk, accumulate_d_inp, algo, None)
+}
+
+/// [`conv2d_backward`] of the convolution of `relu(bn(inp)) * scale` (`fold`), given the BN's
+/// input `inp`: its im2col applies the BN ([`im2col_bn_relu`]), so the BN output is never
+/// written. im2col + GEMM whatever `algo` says (Winograd's transforms read the input as it is);
+/// a direct convolution, whose GEMM reads its input in place, cannot fold.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_folded<T: Elem, W: Elem>(
+    d_inp: Option<&mut [T]>,
+    d_weight: &mut [f32],
+    d_out: &[T],
+    inp: &[T],
+    weight: &[W],
+    col: &mut [T],
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+    accumulate_d_inp: bool,
+    fold: BnReluFold,
+) {
+    let (os, is) = (out_slice, in_slice);
+    let algo = Algo::Im2col;
+    backward_with(d_inp, d_weight, d_out, inp, weight, col, p, os, is, chunk, accumulate_d_inp, algo, Some(fold))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_with<T: Elem, W: Elem>(
+    d_inp: Option<&mut [T]>,
+    d_weight: &mut [f32],
+    d_out: &[T],
+    inp: &[T],
+    weight: &[W],
+    col: &mut [T],
+    p: &ConvShape,
+    out_slice: Slice,
+    in_slice: Slice,
+    chunk: usize,
+    accumulate_d_inp: bool,
+    algo: Algo,
+    fold: Option<BnReluFold>,
+) {
     check_call(p, &out_slice, &in_slice);
+    if let Some(f) = &fold {
+        assert!(!p.direct(), "a direct convolution reads its input in place: no BN fold");
+        f.check(in_slice.width);
+    }
     let (w_out, w_in, kk) = (out_slice.width, in_slice.width, p.kk());
     let howo = p.ho() * p.wo();
     let ncols = p.n * howo;
@@ -255,7 +416,7 @@ pub fn conv2d_backward<T: Elem, W: Elem>(
             return;
         }
     }
-    let ops = Operands { weight, inp, col, d_out, d_weight, ..Operands::default() };
+    let ops = Operands { weight, inp, col, d_out, d_weight, fold, ..Operands::default() };
     lowered_backward(ops, d_inp, p, out_slice, in_slice, chunk, accumulate_d_inp, false);
 }
 
@@ -264,6 +425,7 @@ pub fn conv2d_backward<T: Elem, W: Elem>(
 /// per chunk, im2col of `inp` and `dW = dY * col^T`, then im2col of `d_out` and
 /// `d_inp (+)= W' * col`, no col2im (`lowering::conv_backward`'s `by_conv`). The layer must be
 /// one [`lowering::input_grad_by_conv_fits`] allows; `col` holds the im2col columns of `inp`.
+/// With `fold`, the layer convolves `relu(bn(inp)) * scale` as [`conv2d_backward_folded`] does.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_by_conv<T: Elem, W: Elem>(
     d_inp: &mut [T],
@@ -275,9 +437,13 @@ pub fn conv2d_backward_by_conv<T: Elem, W: Elem>(
     p: &ConvShape,
     chunk: usize,
     accumulate_d_inp: bool,
+    fold: Option<BnReluFold>,
 ) {
     let (os, is) = (Slice::full(p.cout), Slice::full(p.cin));
     check_call(p, &os, &is);
+    if let Some(f) = &fold {
+        f.check(p.cin);
+    }
     let (kk, in_len) = (p.kk(), p.cin * p.n * p.h * p.w);
     assert!(lowering::input_grad_by_conv_fits(p, p.cout, p.cin), "no input gradient by convolution for {p:?}");
     assert!(d_out.len() >= p.cout * p.n * p.ho() * p.wo(), "conv backward: d_out too short");
@@ -285,7 +451,7 @@ pub fn conv2d_backward_by_conv<T: Elem, W: Elem>(
     assert!(weight_flipped.len() >= p.cin * p.cout * kk, "conv backward: flipped weight too short");
     assert!(d_weight.len() >= p.cout * p.cin * kk, "conv backward: d_weight too short");
     assert!(col.len() >= p.im2col_len(p.cin, chunk), "conv backward: workspace too short");
-    let ops = Operands { weight: weight_flipped, inp, col, d_out, d_weight, ..Operands::default() };
+    let ops = Operands { weight: weight_flipped, inp, col, d_out, d_weight, fold, ..Operands::default() };
     lowered_backward(ops, Some(d_inp), p, os, is, chunk, accumulate_d_inp, true);
 }
 
@@ -330,6 +496,8 @@ struct Operands<'a, T, W> {
     d_out: &'a [T],
     d_inp: &'a mut [T],
     d_weight: &'a mut [f32],
+    /// The BN + ReLU the im2col of `inp` applies (none: `inp` is the convolution's input).
+    fold: Option<BnReluFold<'a>>,
 }
 
 impl<'a, T: Elem, W: Elem> Operands<'a, T, W> {
@@ -358,12 +526,12 @@ impl<'a, T: Elem, W: Elem> Operands<'a, T, W> {
     fn run(&mut self, cmd: ConvCmd, p: &ConvShape, in_width: usize) {
         match cmd {
             ConvCmd::Im2col { src, channels, n0, nc } => {
-                let src = match src {
-                    Operand::Inp => self.inp,
-                    Operand::DOut => self.d_out,
+                let (src, fold) = match src {
+                    Operand::Inp => (self.inp, self.fold.as_ref()),
+                    Operand::DOut => (self.d_out, None),
                     _ => unreachable!("im2col reads the input or the output's gradient, not {src:?}"),
                 };
-                im2col(self.col, src, p, channels, n0, nc)
+                im2col_with(self.col, src, p, channels, n0, nc, fold)
             }
             ConvCmd::Col2im { n0, nc, accumulate } => col2im(self.d_inp, self.col, p, in_width, n0, nc, accumulate),
             ConvCmd::Gemm(g) => {

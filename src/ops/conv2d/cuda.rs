@@ -15,7 +15,7 @@
 use super::lowering::{self, ConvCmd, Operand};
 use super::winograd::{tiles, workspace_len as winograd_len, XI};
 use super::winograd_cmds::{self, cublas_strides, WinoCmd};
-use super::{dense_twin, Conv, ConvAlgo, ConvBackward, GemmWeight};
+use super::{dense_twin, BnPrologue, Conv, ConvAlgo, ConvBackward, GemmWeight};
 use crate::gpu::{grid, int, kernel, rows, Arg, FastDiv, GemmCall};
 use crate::ir::{BufId, ConvShape, Dtype, Slice, TensorId};
 use crate::ops::DeviceView;
@@ -33,6 +33,63 @@ fn columns(len: usize) -> usize {
 /// of V elements from `base`).
 fn vector_width(row: usize, base: u64, size: usize) -> usize {
     [4, 2, 1].into_iter().find(|&v| row.is_multiple_of(v) && base.is_multiple_of((v * size) as u64)).unwrap_or(1)
+}
+
+/// A backward's BN fold on the device (`BnPrologue`): the statistics' addresses (mean and
+/// invstd, slice order), the layer's gamma and beta, and the input slice's start, channels and
+/// scale, in the order `im2col_bn_relu` takes them after im2col's own arguments.
+struct DeviceFold {
+    mean: u64,
+    invstd: u64,
+    gamma: u64,
+    beta: u64,
+    start: i32,
+    channels: i32,
+    scale: f32,
+}
+
+impl DeviceFold {
+    fn new(d: &DeviceView, b: &BnPrologue, is: Slice) -> DeviceFold {
+        d.check_len(b.stats, 2 * is.width, "BN fold statistics");
+        assert_eq!(d.dtype(b.stats), Dtype::F32, "BN statistics are f32 in every program");
+        DeviceFold {
+            mean: d.buf(b.stats),
+            invstd: d.at(b.stats, is.width),
+            gamma: d.tensor(b.bn.gamma),
+            beta: d.tensor(b.bn.beta),
+            start: int(is.start),
+            channels: int(is.channels),
+            scale: is.scale(),
+        }
+    }
+}
+
+/// Runs one command; `addr` maps operands to device addresses and element types, `store` is
+/// the activations' type; `fold`, when given, is applied by the im2col of `Inp`.
+fn run_folded(
+    d: &DeviceView,
+    cmd: ConvCmd,
+    p: &ConvShape,
+    in_width: usize,
+    store: Dtype,
+    addr: &impl Fn(Operand) -> (u64, Dtype),
+    fold: Option<&DeviceFold>,
+) {
+    let (ConvCmd::Im2col { src: Operand::Inp, channels, n0, nc }, Some(f)) = (cmd, fold) else {
+        return run(d, cmd, p, in_width, store, addr);
+    };
+    let (n, h, w) = (int(p.n), int(p.h), int(p.w));
+    let (k, s, pad, wo) = (int(p.k), int(p.stride), int(p.pad), int(p.wo()));
+    let (col, inp) = (addr(Operand::Col).0, addr(Operand::Inp).0);
+    let vec = vector_width(p.wo(), col, store.size());
+    let cfg = rows(channels, columns(nc * p.ho() * p.wo()) / vec);
+    let (hwo, by_hwo, by_wo) = (int(p.ho() * p.wo()), FastDiv::new(p.ho() * p.wo()), FastDiv::new(p.wo()));
+    let (n0, nc, vec) = (int(n0), int(nc), int(vec));
+    #[rustfmt::skip]
+    let args: [&dyn Arg; 24] = [&col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo,
+        &by_hwo.magic, &by_hwo.shift, &by_wo.magic, &by_wo.shift, &n0, &nc, &vec,
+        &f.mean, &f.invstd, &f.gamma, &f.beta, &f.start, &f.channels, &f.scale];
+    d.gpu.launch(kernel!("im2col_bn_relu", store), cfg, &args);
 }
 
 /// Runs one command; `addr` maps operands to device addresses and element types, `store` is
@@ -276,6 +333,7 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     assert_eq!(d.dtype(op.d_weight), Dtype::F32, "conv d_weight is f32 in every program");
     let (dw, dy, i) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp));
     let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
+    assert!(!op.algo.is_winograd() || op.prologue.is_none(), "Winograd's transforms fold no BN");
     if op.algo.is_winograd() {
         let bufs = [&[op.d_out, op.inp][..], op.d_inp.as_slice()].concat();
         let c = d.buf(check_winograd(d, &bufs, op.col, p, is.width, op.chunk));
@@ -313,8 +371,11 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     };
     let wants_d_inp = op.d_inp.is_some();
     let by_conv = op.algo.input_grad_by_conv();
+    // Taken from the op's own input slice: the dense twin renumbers channels from 0.
+    let fold = op.prologue.map(|b| DeviceFold::new(d, &b, d.t.slice(op.in_sel)));
+    assert!(fold.is_none() || !p.direct(), "a direct convolution reads its input in place: no BN fold");
     lowering::conv_backward(&shape, os, is, op.chunk, wants_d_inp, op.accumulate_d_inp, by_conv, |cmd| {
-        run(d, cmd, &shape, is.width, store, &addr)
+        run_folded(d, cmd, &shape, is.width, store, &addr, fold.as_ref())
     });
 }
 
@@ -492,6 +553,7 @@ mod tests {
                 true => ConvAlgo::InputGradByConv { flipped: 5 },
                 false => ConvAlgo::Im2col { weight: GemmWeight::Copy(5) },
             },
+            prologue: None,
         };
         backward(&op, &view);
         rec

@@ -41,6 +41,13 @@
 //! whose output is wider than its input keeps col2im: the columns of `d_out` would outnumber
 //! the input's, which are all `dcol` and col2im move.
 //!
+//! BN folded into im2col (`--fold-bn`, [`BnPrologue`]): a backward op whose input is a train-mode
+//! BN + ReLU output that the step would recompute reads the BN's input instead, and the im2col of
+//! that input applies the BN with its saved statistics ([`im2col_bn_relu`], `im2col_bn_relu` in
+//! `conv2d.cu`), storing exactly what the BN op would have stored; the op's commands are
+//! unchanged. Winograd's transforms and a direct layer's GEMM read the input as it is, so those
+//! layers do not fold.
+//!
 //! Which of these a convolution runs ([`ConvAlgo`]: im2col with the parameter or a copy, input
 //! gradient by convolution, Winograd) is chosen for each one by the `lower` module.
 //!
@@ -62,12 +69,12 @@ mod winograd;
 mod winograd_cmds;
 
 pub use cpu::{
-    col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_forward, copy_weight, copy_weight_flipped, dense_twin,
-    im2col,
+    col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_backward_folded, conv2d_forward, copy_weight,
+    copy_weight_flipped, dense_twin, im2col, im2col_bn_relu, BnReluFold,
 };
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
+use crate::ir::{BnRef, BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
 
 /// Which algorithm a CPU convolution may use: a setting of the CPU backend, apart from the op's
 /// [`ConvAlgo`] (the reference runs im2col everywhere, whatever the op says).
@@ -142,6 +149,19 @@ pub struct ConvBackward {
     /// How it runs (`lower::conv_backward`). Of a weight copy, only the input gradient's
     /// product (`dcol`, or the GEMM by convolution) reads it.
     pub algo: ConvAlgo,
+    /// With a prologue, `inp` is the input of the train-mode BN + ReLU whose output this layer
+    /// convolves, and the im2col that gathers `inp` applies that BN (`lower::fold_bn_relu`
+    /// says where): the BN output a backward pass would recompute is never written.
+    pub prologue: Option<BnPrologue>,
+}
+
+/// The train-mode BN + ReLU (+ SliceOut's scale) folded into a convolution backward's im2col:
+/// the BN's saved statistics and its parameters. Its channels are the convolution's input
+/// slice (`in_sel`), which is the BN's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnPrologue {
+    pub stats: BufId,
+    pub bn: BnRef,
 }
 
 /// How a convolution op runs. Chosen for each convolution in one place, `lower`, from the
@@ -235,7 +255,8 @@ impl Kernel for ConvBackward {
             false => (None, self.algo.weight_copy()),
         };
         let written = [self.d_inp.into_iter().collect(), vec![self.d_weight], self.col.into_iter().collect()];
-        let read = [vec![self.d_out, self.inp], read_copy.into_iter().collect()];
+        let stats = self.prologue.map(|b| b.stats);
+        let read = [vec![self.d_out, self.inp], read_copy.into_iter().collect(), stats.into_iter().collect()];
         (read.concat(), [written.concat(), made.into_iter().collect()].concat())
     }
     fn macs(&self, slices: &[SliceSpec]) -> usize {
@@ -249,6 +270,13 @@ impl Kernel for ConvBackward {
             unsafe { (self.d_inp.map(|b| m.buf_mut::<T>(b)), m.buf_mut(self.d_weight), m.opt_mut::<T>(self.col)) };
         let (dy, x) = (m.buf::<T>(self.d_out), m.buf::<T>(self.inp));
         let (chunk, acc) = (self.chunk, self.accumulate_d_inp);
+        // The BN's statistics are in slice order and its parameters the layer's, so the fold
+        // reads them through the input slice, before any dense twin renumbers the channels.
+        let fold = self.prologue.map(|b| {
+            let (mean, invstd) = m.buf::<f32>(b.stats).split_at(is.width);
+            let (gamma, beta) = (m.tensor(b.bn.gamma), m.tensor(b.bn.beta));
+            BnReluFold { mean, invstd, gamma, beta, slice: is, scale: is.scale() }
+        });
         if let ConvAlgo::InputGradByConv { flipped: copy } = self.algo {
             let dx = dx.expect("an input gradient by convolution");
             // SAFETY: see `HostView`.
@@ -256,8 +284,9 @@ impl Kernel for ConvBackward {
             copy_weight_flipped(copy, m.tensor(self.weight), p, os, is);
             let (dense, ..) = dense_twin(p, os, is);
             // im2col + GEMM whatever `m.algo` says: Winograd has no such input gradient.
-            return conv2d_backward_by_conv(dx, dw, dy, x, &*copy, col, &dense, chunk, acc);
+            return conv2d_backward_by_conv(dx, dw, dy, x, &*copy, col, &dense, chunk, acc, fold);
         }
+        let algo = m.algo;
         match self.algo.weight_copy() {
             // The copy (the forward op's, or made here): the same dense convolution, whose weight
             // gradient is the sliced one's, in slice order.
@@ -267,9 +296,17 @@ impl Kernel for ConvBackward {
                     copy_weight(unsafe { m.buf_mut::<T>(copy) }, m.tensor(self.weight), p, os, is);
                 }
                 let (dense, os, is) = dense_twin(p, os, is);
-                conv2d_backward(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, m.algo)
+                match fold {
+                    Some(f) => {
+                        conv2d_backward_folded(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, f)
+                    }
+                    None => conv2d_backward(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, algo),
+                }
             }
-            None => conv2d_backward(dx, dw, dy, x, m.tensor(self.weight), col, p, os, is, chunk, acc, m.algo),
+            None => match fold {
+                Some(f) => conv2d_backward_folded(dx, dw, dy, x, m.tensor(self.weight), col, p, os, is, chunk, acc, f),
+                None => conv2d_backward(dx, dw, dy, x, m.tensor(self.weight), col, p, os, is, chunk, acc, algo),
+            },
         }
     }
     fn run_cuda(&self, d: &DeviceView) {

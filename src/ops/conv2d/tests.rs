@@ -943,3 +943,155 @@ fn the_flipped_weight_copy_is_the_transposed_slice_with_taps_reversed() {
         }
     }
 }
+
+/// A BN whose statistics and affine parameters make ReLU cut about half of the values, over
+/// `slice`'s channels: `(mean, invstd, gamma, beta)`, the first two in slice order (`w`
+/// entries), the last two over the layer's channels.
+fn bn_params(slice: &Slice, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let w = slice.width;
+    let mean = random(w, seed);
+    let invstd = random(w, seed + 1).iter().map(|v| 0.5 + v.abs()).collect();
+    (mean, invstd, random(slice.channels, seed + 2), random(slice.channels, seed + 3))
+}
+
+/// The folded convolutions' cases: 3x3 stride 1 and 2, 1x1 stride 2 (direct layers cannot
+/// fold), over the whole input, a slice and a wrapping slice (its scale `c/w` applied).
+fn fold_cases() -> Vec<(ConvShape, Slice, Slice)> {
+    let mut v = vec![];
+    for (k, stride, pad) in [(3, 1, 1), (3, 2, 1), (1, 2, 0)] {
+        let p = ConvShape { n: 3, cin: 6, h: 7, w: 6, cout: 5, k, stride, pad };
+        v.extend([
+            (p, Slice::full(5), Slice::full(6)),
+            (p, Slice::full(5), Slice::new(1, 3, 6)),
+            (p, Slice::new(3, 4, 5), Slice::new(4, 4, 6)),
+        ]);
+    }
+    v
+}
+
+/// The BN + ReLU output `bn_relu_apply` writes (what a backward pass recomputes), and the fold
+/// that gathers the same from `x`.
+fn applied<'a, T: crate::ir::Elem>(
+    x: &[T],
+    bn: &'a (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>),
+    stats: &'a [f32],
+    is: Slice,
+    m: usize,
+) -> (Vec<T>, BnReluFold<'a>) {
+    let mut out = vec![T::default(); x.len()];
+    crate::ops::batchnorm::bn_relu_apply(&mut out, x, stats, &bn.2, &bn.3, is, m, is.scale());
+    let (mean, invstd) = stats.split_at(is.width);
+    (out, BnReluFold { mean, invstd, gamma: &bn.2, beta: &bn.3, slice: is, scale: is.scale() })
+}
+
+/// The folded im2col gathers, bit for bit, what im2col gathers from the recomputed BN output,
+/// in f32 and bf16, for every chunk of images; the padding stays 0. Planes up to `FOLD_PLANE`
+/// values are normalised on the stack first, a larger one (130x130) value by value.
+#[test]
+fn im2col_bn_relu_gathers_exactly_the_recomputed_bn_output() {
+    use crate::ops::testutil::to_bf16;
+    let large = ConvShape { n: 3, cin: 2, h: 130, w: 130, cout: 2, k: 3, stride: 2, pad: 1 };
+    let cases = fold_cases().into_iter().chain([(large, Slice::full(2), Slice::new(1, 2, 2))]);
+    for (i, (p, _, is)) in cases.enumerate() {
+        let m = p.n * p.h * p.w;
+        let bn = bn_params(&is, 10 + i as u64);
+        let stats = [bn.0.clone(), bn.1.clone()].concat();
+        let x = random(is.width * m, 20 + i as u64);
+        let (out, fold) = applied(&x, &bn, &stats, is, m);
+        let (x16, out16) = (to_bf16(&x), applied(&to_bf16(&x), &bn, &stats, is, m).0);
+        for (n0, nb) in [(0, p.n), (1, 2)] {
+            let len = p.im2col_len(is.width, nb);
+            let (mut want, mut got) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+            im2col(&mut want, &out, &p, is.width, n0, nb);
+            im2col_bn_relu(&mut got, &x, &p, is.width, n0, nb, &fold);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "f32 {p:?} {is:?} images {n0}+{nb}");
+            assert!(got.contains(&0.0) && got.iter().any(|&v| v > 0.0), "ReLU cut some, not all");
+            let (mut want16, mut got16) = (to_bf16(&want), to_bf16(&got));
+            im2col(&mut want16, &out16, &p, is.width, n0, nb);
+            im2col_bn_relu(&mut got16, &x16, &p, is.width, n0, nb, &fold);
+            assert_eq!(got16, want16, "bf16 {p:?} {is:?} images {n0}+{nb}");
+        }
+    }
+}
+
+/// The backward of a convolution of the BN output, folded (reading the BN's input), gives the
+/// same weight and input gradients, to the bit, as the backward of the recomputed output: by
+/// col2im for every case and chunk, and by convolution (the dense twin of a stride-1 layer with
+/// its flipped weight), overwriting and accumulating.
+#[test]
+fn a_folded_backward_is_bit_identical_to_the_backward_of_the_recomputed_output() {
+    for (i, (p, os, is)) in fold_cases().into_iter().enumerate() {
+        let m = p.n * p.h * p.w;
+        let bn = bn_params(&is, 30 + i as u64);
+        let stats = [bn.0.clone(), bn.1.clone()].concat();
+        let x = random(is.width * m, 40 + i as u64);
+        let (out, fold) = applied(&x, &bn, &stats, is, m);
+        let wt = random(p.cout * p.cin * p.kk(), 50 + i as u64);
+        let dy = random(os.width * p.n * p.ho() * p.wo(), 60 + i as u64);
+        let d0 = random(x.len(), 70 + i as u64);
+        let dw_len = os.width * is.width * p.kk();
+        for (chunk, acc) in [(0, false), (2, true), (1, false)] {
+            let what = format!("{p:?} {os:?} {is:?} chunk {chunk} acc {acc}");
+            let mut col = vec![f32::NAN; p.im2col_len(is.width, chunk)];
+            let (mut dx, mut dw) = (d0.clone(), vec![f32::NAN; dw_len]);
+            conv2d_backward(Some(&mut dx), &mut dw, &dy, &out, &wt, &mut col, &p, os, is, chunk, acc, Algo::Im2col);
+            let (mut fdx, mut fdw) = (d0.clone(), vec![f32::NAN; dw_len]);
+            conv2d_backward_folded(Some(&mut fdx), &mut fdw, &dy, &x, &wt, &mut col, &p, os, is, chunk, acc, fold);
+            assert_eq!(fdw, dw, "d_weight {what}");
+            assert_eq!(fdx, dx, "d_inp {what}");
+            if !lowering::input_grad_by_conv_fits(&p, os.width, is.width) {
+                continue;
+            }
+            let mut flipped = vec![0f32; dw_len];
+            copy_weight_flipped(&mut flipped, &wt, &p, os, is);
+            let (dense, ..) = dense_twin(&p, os, is);
+            let mut by_conv = |inp: &[f32], fold| {
+                let (mut dx, mut dw) = (d0.clone(), vec![f32::NAN; dw_len]);
+                conv2d_backward_by_conv(&mut dx, &mut dw, &dy, inp, &flipped, &mut col, &dense, chunk, acc, fold);
+                (dx, dw)
+            };
+            assert_eq!(by_conv(&x, Some(fold)), by_conv(&out, None), "by convolution {what}");
+        }
+    }
+}
+
+/// A direct (1x1, stride-1) layer's GEMM reads its input in place: it cannot fold the BN.
+#[test]
+#[should_panic(expected = "no BN fold")]
+fn a_direct_convolution_refuses_a_bn_fold() {
+    let p = ConvShape { n: 2, cin: 4, h: 3, w: 3, cout: 2, k: 1, stride: 1, pad: 0 };
+    let is = Slice::full(4);
+    let bn = bn_params(&is, 1);
+    let stats = [bn.0.clone(), bn.1.clone()].concat();
+    let x = random(4 * 18, 2);
+    let (_, fold) = applied(&x, &bn, &stats, is, 18);
+    let (mut dw, dy) = (vec![0f32; 8], random(2 * 18, 3));
+    conv2d_backward_folded(None, &mut dw, &dy, &x, &random(8, 4), &mut [], &p, Slice::full(2), is, 0, false, fold);
+}
+
+/// Times, in bf16 on a WRN-16-4 block1 layer's shape (32 images, 64 channels, 32x32), the
+/// folded im2col of a 27-image chunk against the two ops it replaces: BN apply over the batch
+/// and im2col of the chunk (`cargo test --release timing_folded_im2col -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn timing_folded_im2col() {
+    use crate::ir::Bf16;
+    use crate::ops::testutil::to_bf16;
+    let p = ConvShape { n: 32, cin: 64, h: 32, w: 32, cout: 64, k: 3, stride: 1, pad: 1 };
+    let (is, m, nb) = (Slice::full(64), 32 * 1024, 27);
+    let bn = bn_params(&is, 1);
+    let stats = [bn.0.clone(), bn.1.clone()].concat();
+    let x = to_bf16(&random(64 * m, 2));
+    let (mut out, fold) = applied(&x, &bn, &stats, is, m);
+    let mut col = vec![Bf16::default(); p.im2col_len(64, nb)];
+    let ms = |f: &mut dyn FnMut()| best_time(20, f).0 * 1e3;
+    for _ in 0..3 {
+        let apply = ms(&mut || crate::ops::batchnorm::bn_relu_apply(&mut out, &x, &stats, &bn.2, &bn.3, is, m, 1.0));
+        let gather = ms(&mut || im2col(&mut col, &out, &p, 64, 0, nb));
+        let folded = ms(&mut || im2col_bn_relu(&mut col, &x, &p, 64, 0, nb, &fold));
+        println!(
+            "BN apply (32 images) {apply:.3} ms, im2col {gather:.3} ms, folded im2col {folded:.3} ms ({nb} images)"
+        );
+    }
+}
