@@ -152,11 +152,20 @@ pub struct Lowering {
     /// (`--winograd`, experimental: `ops::conv2d::winograd_cmds`). The CPU runs Winograd on
     /// those layers whatever this says; bf16 programs keep im2col.
     pub winograd: bool,
+    /// Adjacent SGD updates run as one op, `ops::SgdGroup` (`--sgd-group`, experimental): on
+    /// the GPU one launch a group instead of one a parameter; the same numbers.
+    pub sgd_group: bool,
 }
 
 impl Default for Lowering {
     fn default() -> Lowering {
-        Lowering { target: Target::Cpu, precision: Precision::Fp32, input_grad: InputGrad::Conv, winograd: false }
+        Lowering {
+            target: Target::Cpu,
+            precision: Precision::Fp32,
+            input_grad: InputGrad::Conv,
+            winograd: false,
+            sgd_group: false,
+        }
     }
 }
 
@@ -167,6 +176,7 @@ impl Lowering {
             ("target".into(), self.target.as_str().to_string()),
             ("input gradient".into(), self.input_grad.as_str().to_string()),
             ("winograd".into(), on(self.winograd)),
+            ("sgd group".into(), on(self.sgd_group)),
         ]
     }
 }

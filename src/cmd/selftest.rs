@@ -27,9 +27,13 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
     if f.winograd && precision != Precision::Fp32 {
         return Err(Error::flag("--winograd", "on", "--precision fp32 (Winograd runs in fp32 programs only)"));
     }
+    if f.sgd_group && !f.full {
+        return Err(Error::flag("--sgd-group", "on", "no --sgd-group without --full (the op checks check a group)"));
+    }
     let mut backend = backend::open(f.device.into(), math, true)?;
     if f.full {
-        let lowering = Lowering { precision, input_grad, winograd: f.winograd, ..Lowering::default() };
+        let (winograd, sgd_group) = (f.winograd, f.sgd_group);
+        let lowering = Lowering { precision, input_grad, winograd, sgd_group, ..Lowering::default() };
         return full(&mut *backend, math, lowering);
     }
     let tol = match (precision, math) {
@@ -103,13 +107,14 @@ fn full(backend: &mut dyn Backend, math: Math, lowering: Lowering) -> Result<()>
     let mut cpu = CpuBackend::reference();
     outln!(
         "{} batch {batch} keep {:.2} (every slice wrapping), one {} training step on {} against the CPU \
-         (input gradients: {}{}; relative error per op, tolerance {tol:.1e})",
+         (input gradients: {}{}{}; relative error per op, tolerance {tol:.1e})",
         config.name(),
         config.keep,
         lowering.precision.as_str(),
         backend.name(),
         lowering.input_grad.as_str(),
-        if lowering.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" }
+        if lowering.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" },
+        if lowering.sgd_group { "; SGD updates in groups" } else { "" }
     );
     let rows = full::full_step(&mut cpu, backend, &config, batch, lowering)?;
     let failed: Vec<&full::FullRow> = rows.iter().filter(|r| r.max_rel_err.is_nan() || r.max_rel_err > tol).collect();
