@@ -5,6 +5,7 @@
 // its table, and prints the tensors after it; tests/it/sgd_kernels.rs writes the input and
 // compares the output with the CPU's `sgd_update`. Every float travels as its bits in hex.
 #include <algorithm>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -46,6 +47,10 @@ inline double __ldcg(const double* p) { return *p; }
 using std::min;
 #include "../../src/gpu/common.cu"
 #include "sgd.cu"
+
+// The layouts the host writes (`ops::sgd::cuda::{Entry, StepArgs}` assert the same sizes).
+static_assert(sizeof(SgdEntry) == 80 && offsetof(SgdEntry, len) == 32, "SgdEntry layout");
+static_assert(sizeof(SgdStepArgs) == 16 + 4 * SGD_MAX_BLOCKS && SGD_MAX_BLOCKS == 64, "SgdStepArgs layout");
 
 static unsigned word() {
     unsigned v;

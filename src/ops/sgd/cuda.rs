@@ -85,6 +85,11 @@ pub struct Entry {
     pub unused: u32,
 }
 
+// The kernel reads both by their C layout: 80 and 272 bytes (`sgd_kernels.cpp` asserts the same
+// of `SgdEntry` and `SgdStepArgs`).
+const _: () = assert!(std::mem::size_of::<Entry>() == 80 && std::mem::offset_of!(Entry, len) == 32);
+const _: () = assert!(std::mem::size_of::<StepArgs>() == 16 + 4 * MAX_BLOCKS);
+
 /// The block whose drawn start a gradient's slice takes, if any: a block at full width always
 /// starts at 0, as `Sel::resolve` says.
 fn sliced_block(map: GradSel, slices: &[SliceSpec]) -> Option<usize> {
