@@ -14,9 +14,9 @@
 #   correctness  the op-by-op selftest against the CPU (fp32 synchronised, so a fault names its
 #                op and kernel; tf32; bf16 synchronised), selftest --full (one WRN-16-4 step,
 #                every op compared) in fp32, tf32, bf16, fp32 with --input-grad col2im, with the
-#                GEMM tuner (SLICEOUT_GEMM_TUNE=1), with --winograd and with --fold-bn (fp32,
-#                bf16); MEMCHECK=1 adds
-#                compute-sanitizer's memcheck over the fp32 op checks.
+#                GEMM tuner (SLICEOUT_GEMM_TUNE=1), with --winograd, with --fold-bn (fp32,
+#                bf16) and in bf16 with --sgd-group; MEMCHECK=1 adds compute-sanitizer's
+#                memcheck over the fp32 op checks.
 #   speed        PyTorch's variants checked on the card (scripts/torch/check_peer.py), then in
 #                ROUNDS (3) alternating rounds our bench and PyTorch's (scripts/torch/bench_peer.py,
 #                every variant: eager, tuned, compiled, graphed) on WRN-28-10 and WRN-16-4,
@@ -24,7 +24,7 @@
 #                peer is skipped without torch.
 #   profile      the GPU plans and profiles of WRN-28-10 and the options against the default
 #                (--input-grad col2im, --col-budget, --no-recompute, --fold-bn, the GEMM tuner,
-#                --winograd).
+#                --winograd, --sgd-group with updates early and at the end).
 #   frontier     Fashion-MNIST, WRN-16-4, 30 epochs, bf16, keep 1.0, 0.75, 0.5 for each seed
 #                of SEEDS ("0 1"), then `sliceout compare` of the runs (issue 21's GPU frontier).
 # Each part ends with a short table.
@@ -159,6 +159,8 @@ correctness() {
     # The experimental BN + ReLU folded into im2col (--fold-bn, im2col_bn_relu in conv2d.cu).
     stage full-fp32-fold-bn 120 "$BIN" selftest --full --device "$DEVICE" --math fp32 --fold-bn
     stage full-bf16-fold-bn 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16 --fold-bn
+    # The experimental grouped SGD updates (one sgd_multi launch a group, src/ops/sgd/sgd.cu).
+    stage full-bf16-sgd-group 120 "$BIN" selftest --full --device "$DEVICE" --precision bf16 --sgd-group
     local sanitizer
     sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     if [ "${MEMCHECK:-0}" = 1 ] && { [ -x "$sanitizer" ] || [ "$DRY_RUN" = 1 ]; }; then
@@ -263,7 +265,8 @@ profile() {
     # "PRECISION OPTION": the default of each precision first, then its options.
     local case option tag math
     for case in "fp32 " "fp32 --input-grad col2im" "fp32 --col-budget 128" "fp32 --col-budget 1024" "fp32 --no-recompute" \
-        "fp32 --fold-bn" "bf16 " "bf16 --col-budget 46" "bf16 --col-budget 128" "bf16 --fold-bn"; do
+        "fp32 --fold-bn" "bf16 " "bf16 --col-budget 46" "bf16 --col-budget 128" "bf16 --fold-bn" \
+        "bf16 --sgd-group" "bf16 --update end --sgd-group"; do
         read -r precision option <<<"$case"
         tag=${option:-default}; tag=${tag//--/}; tag=${tag// /-}
         # shellcheck disable=SC2086  # the option is two words

@@ -157,6 +157,9 @@ pub struct Lowering {
     /// on both targets: not yet run on a card, and on the CPU the folded im2col has not been
     /// faster than the BN op plus im2col (BENCHMARKS.md).
     pub fold_bn: bool,
+    /// Adjacent SGD updates run as one op, `ops::SgdGroup` (`--sgd-group`, experimental): on
+    /// the GPU one launch a group instead of one a parameter; the same numbers.
+    pub sgd_group: bool,
 }
 
 impl Default for Lowering {
@@ -167,6 +170,7 @@ impl Default for Lowering {
             input_grad: InputGrad::Conv,
             winograd: false,
             fold_bn: false,
+            sgd_group: false,
         }
     }
 }
@@ -179,6 +183,7 @@ impl Lowering {
             ("input gradient".into(), self.input_grad.as_str().to_string()),
             ("winograd".into(), on(self.winograd)),
             ("bn-relu fold".into(), on(self.fold_bn)),
+            ("sgd group".into(), on(self.sgd_group)),
         ]
     }
 }

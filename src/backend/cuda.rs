@@ -16,7 +16,8 @@ use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::gpu::{DevMem, Gpu, Math, Recorder};
 use crate::ir::{elem, mib, Bf16, Dtype, Target};
-use crate::ops::{gather, DeviceView, SgdParams, Tables, KERNEL_FILES};
+use crate::ops::sgd::cuda::{entry, Entry};
+use crate::ops::{gather, DeviceView, Op, SgdParams, Tables, KERNEL_FILES};
 use crate::plan::Program;
 
 /// A resident split: `[table: channels*256 f32][images: len*channels*1024 u8][labels: len u8]`.
@@ -42,6 +43,9 @@ pub struct CudaBackend {
     /// Image indices and packed crops of the batch being gathered.
     selection: Option<DevMem<u32>>,
     selection_host: Vec<u32>,
+    /// The grouped SGD updates' table (`ops::SgdGroup`) and a copy of what it holds.
+    sgd_table: DevMem<u8>,
+    sgd_table_host: Vec<Entry>,
     /// Dropped last: the allocations above are freed while the context lives.
     gpu: Gpu,
 }
@@ -50,12 +54,15 @@ impl CudaBackend {
     /// Opens device 0 with every op's kernels. `Error::Device` when there is no usable GPU.
     pub fn new(math: Math) -> Result<CudaBackend> {
         let gpu = Gpu::new(math, KERNEL_FILES)?;
+        let sgd_table = gpu.alloc(SGD_TABLE_BYTES, "the grouped SGD table")?;
         Ok(CudaBackend {
             arena: None,
             persistent: None,
             splits: [None, None],
             selection: None,
             selection_host: vec![],
+            sgd_table,
+            sgd_table_host: vec![Entry::default(); SGD_TABLE_ENTRIES],
             gpu,
         })
     }
@@ -257,7 +264,29 @@ impl Execute for CudaBackend {
         let s = &p.schedule;
         self.gpu.set_op(step, || s.steps[step].name());
         let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
-        s.steps[step].op.run_cuda(&DeviceView::new(tables, &self.gpu, &s.buffers, arena, persistent));
+        let view = DeviceView::new(tables, &self.gpu, &s.buffers, arena, persistent)
+            .with_sgd_table(self.sgd_table.ptr, SGD_TABLE_ENTRIES);
+        if let Op::SgdGroup(g) = &s.steps[step].op {
+            let slots = g.first..g.first + g.updates.len();
+            assert!(
+                slots.end <= SGD_TABLE_ENTRIES,
+                "{} grouped SGD updates: the table holds {SGD_TABLE_ENTRIES}",
+                slots.end
+            );
+            let mut changed = false;
+            for (u, held) in g.updates.iter().zip(&mut self.sgd_table_host[slots.clone()]) {
+                let e = entry(u, &view);
+                changed |= e != *held;
+                *held = e;
+            }
+            if changed {
+                let at = self.sgd_table.ptr + (slots.start * std::mem::size_of::<Entry>()) as u64;
+                self.gpu.htod(at, &self.sgd_table_host[slots]);
+                // `htod` only queues the copy; the host copy may change before a later write.
+                self.gpu.synchronize();
+            }
+        }
+        s.steps[step].op.run_cuda(&view);
     }
 }
 
@@ -271,8 +300,15 @@ impl Backend for CudaBackend {
     }
 }
 
+/// Entries of the grouped SGD updates' table: more than a WRN's parameters (three per block
+/// and BN, two for the classifier).
+pub const SGD_TABLE_ENTRIES: usize = 1024;
+const SGD_TABLE_BYTES: usize = SGD_TABLE_ENTRIES * std::mem::size_of::<Entry>();
+
 /// The arena's base address in [`record_step`]'s recording (the persistent region's is 2^44).
 pub const RECORD_ARENA: u64 = 1 << 40;
+/// The grouped SGD table's base address in [`record_step`]'s recording.
+pub const RECORD_SGD_TABLE: u64 = 1 << 45;
 
 /// What one training step of `program` queues on a GPU with slice starts `starts`: the batch
 /// gather, then every kernel launch and GEMM of its ops, recorded without a GPU (addresses are
@@ -290,7 +326,9 @@ pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
     let input = (input, s.buffers[s.input].dtype);
     gather::gather_cuda(&rec, input, labels, split, 1 << 47, s.batch);
     let regions = ((arena, program.arena_bytes()), (persistent, s.persistent_len()));
-    let view = DeviceView::new(tables, &rec, &s.buffers, regions.0, regions.1);
+    let groups = s.steps.iter().filter_map(|st| if let Op::SgdGroup(g) = &st.op { Some(g) } else { None });
+    let view = DeviceView::new(tables, &rec, &s.buffers, regions.0, regions.1)
+        .with_sgd_table(RECORD_SGD_TABLE, crate::ops::sgd::table_len(groups));
     for step in &s.steps {
         step.op.run_cuda(&view);
     }

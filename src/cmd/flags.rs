@@ -154,6 +154,11 @@ pub struct MemoryFlags {
     /// Winograd layer, a 1x1 stride-1 layer) the output is recomputed as before
     #[arg(long)]
     pub fold_bn: bool,
+    /// Experimental, not yet measured on a card: adjacent SGD updates (all of them with
+    /// --update end) run as one multi-tensor launch instead of one launch a parameter; the
+    /// same numbers. The CPU runs them in turn either way
+    #[arg(long)]
+    pub sgd_group: bool,
 }
 
 /// The most timed steps `bench` and `profile` take: a median needs no more, and a typo of a
@@ -203,6 +208,7 @@ impl MemoryFlags {
             input_grad: self.input_grad.as_deref().map_or(Ok(InputGrad::Conv), InputGrad::parse)?,
             winograd: self.winograd,
             fold_bn: self.fold_bn,
+            sgd_group: self.sgd_group,
         };
         Ok((options, lowering))
     }
@@ -574,6 +580,10 @@ pub struct SelftestFlags {
     /// experimental; fp32 only: the op checks always check it in fp32)
     #[arg(long)]
     pub winograd: bool,
+    /// With --full: adjacent SGD updates as one launch a group (`train --sgd-group`,
+    /// experimental; the op checks always check a group)
+    #[arg(long)]
+    pub sgd_group: bool,
     /// Element type of activations in the checked programs: fp32, or bf16 (each op's bf16
     /// kernels against the CPU's bf16 ops, tolerance 2^-10, with --full 2^-8)
     #[arg(long, default_value = "fp32")]

@@ -30,10 +30,13 @@ pub fn command(f: &SelftestFlags) -> Result<()> {
     if f.winograd && precision != Precision::Fp32 {
         return Err(Error::flag("--winograd", "on", "--precision fp32 (Winograd runs in fp32 programs only)"));
     }
+    if f.sgd_group && !f.full {
+        return Err(Error::flag("--sgd-group", "on", "no --sgd-group without --full (the op checks check a group)"));
+    }
     let mut backend = backend::open(f.device.into(), math, true)?;
     if f.full {
-        let lowering =
-            Lowering { precision, input_grad, winograd: f.winograd, fold_bn: f.fold_bn, ..Lowering::default() };
+        let (winograd, sgd_group, fold_bn) = (f.winograd, f.sgd_group, f.fold_bn);
+        let lowering = Lowering { precision, input_grad, winograd, sgd_group, fold_bn, ..Lowering::default() };
         return full(&mut *backend, math, lowering);
     }
     let tol = match (precision, math) {
@@ -107,13 +110,14 @@ fn full(backend: &mut dyn Backend, math: Math, lowering: Lowering) -> Result<()>
     let mut cpu = CpuBackend::reference();
     outln!(
         "{} batch {batch} keep {:.2} (every slice wrapping), one {} training step on {} against the CPU \
-         (input gradients: {}{}; relative error per op, tolerance {tol:.1e})",
+         (input gradients: {}{}{}; relative error per op, tolerance {tol:.1e})",
         config.name(),
         config.keep,
         lowering.precision.as_str(),
         backend.name(),
         lowering.input_grad.as_str(),
-        if lowering.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" }
+        if lowering.winograd { "; 3x3 stride-1 convolutions by Winograd" } else { "" },
+        if lowering.sgd_group { "; SGD updates in groups" } else { "" }
     );
     if lowering.fold_bn {
         outln!("recomputed BN + ReLU outputs folded into the im2col of the convolutions that read them");

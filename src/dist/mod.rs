@@ -20,7 +20,6 @@ pub mod mpi;
 use crate::backend::{Backend, StepCtx};
 use crate::error::{Error, Result};
 use crate::ir::{BufId, Role};
-use crate::ops::Op;
 use crate::plan::Program;
 use crate::schedule::Schedule;
 
@@ -138,15 +137,18 @@ impl<'r> Dist<'r> {
         let s = &program.schedule;
         let mut buckets: Vec<Bucket> = Vec::new();
         for (i, step) in s.steps.iter().enumerate() {
-            let Op::Sgd(sgd) = &step.op else { continue };
-            let len = program.locs[sgd.grad].1;
-            match buckets.last_mut() {
-                Some(b) if b.end == i => {
-                    b.grads.push((sgd.grad, b.len, len));
-                    b.len += len;
-                    b.end = i + 1;
+            // A bucket runs on while the steps update: the previous step's (end == i) or this
+            // group's own (end == i + 1).
+            for sgd in step.op.sgd_updates() {
+                let len = program.locs[sgd.grad].1;
+                match buckets.last_mut() {
+                    Some(b) if b.end >= i => {
+                        b.grads.push((sgd.grad, b.len, len));
+                        b.len += len;
+                        b.end = i + 1;
+                    }
+                    _ => buckets.push(Bucket { first: i, end: i + 1, grads: vec![(sgd.grad, 0, len)], len }),
                 }
-                _ => buckets.push(Bucket { first: i, end: i + 1, grads: vec![(sgd.grad, 0, len)], len }),
             }
         }
         let stats: Vec<_> = s
@@ -324,10 +326,32 @@ mod tests {
     use crate::schedule::{Lowering, Mode, Options, UpdateAt};
 
     fn program(keep: f64, update: UpdateAt) -> Program {
+        grouped(keep, update, false)
+    }
+
+    fn grouped(keep: f64, update: UpdateAt, sgd_group: bool) -> Program {
         let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep };
         let options = Options { update, ..Options::default() };
-        let lowering = Lowering { target: Target::Cpu, ..Lowering::default() };
+        let lowering = Lowering { target: Target::Cpu, sgd_group, ..Lowering::default() };
         Program::new(wrn::build(&config, 4, Mode::Train, options, lowering))
+    }
+
+    /// With grouped updates (`--sgd-group`) a bucket is the group's step: the same gradients in
+    /// the same order as the updates one a step, reduced before the group runs.
+    #[test]
+    fn grouped_updates_make_the_same_buckets() {
+        for update in [UpdateAt::Early, UpdateAt::End] {
+            let (plain, grouped) = (program(0.5, update), grouped(0.5, update, true));
+            let (mut a, mut b) = (Single, Single);
+            let (da, db) = (Dist::new(&mut a, Sharding::Shard, &plain), Dist::new(&mut b, Sharding::Shard, &grouped));
+            let grads = |d: &Dist| d.buckets.iter().map(|b| b.grads.clone()).collect::<Vec<_>>();
+            assert_eq!(grads(&da), grads(&db), "{update:?}");
+            for b in &db.buckets {
+                let ops = &grouped.schedule.steps[b.first..b.end];
+                let updates: usize = ops.iter().map(|s| s.op.sgd_updates().len()).sum();
+                assert_eq!(updates, b.grads.len(), "{update:?}: a bucket is its steps' updates");
+            }
+        }
     }
 
     /// Halving the slice halves the sliced gradients and leaves the others (keep 1.0 slices

@@ -62,7 +62,7 @@ use crate::ir::{
 use crate::lower::{self, ConvSite, WeightCopy};
 use crate::ops::{
     Add, BnPrologue, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvAlgo, ConvBackward, CrossEntropy,
-    Linear, LinearBackward, Op, Pool, PoolBackward, Sgd,
+    Linear, LinearBackward, Op, Pool, PoolBackward, Sgd, SgdGroup,
 };
 use crate::rng::Rng;
 use crate::schedule::{Gradient, Lowering, Mode, Options, Phase, Schedule, Step, UpdateAt};
@@ -621,11 +621,33 @@ impl Builder {
                 *m = momentum[i];
             }
         }
+        if self.sched.lowering.sgd_group {
+            group_updates(&mut self.sched.steps);
+        }
         super::params::lay_out(&mut self.sched.tensors);
         self.sched.outputs.push(self.sched.loss);
         self.sched.outputs.push(self.sched.logits);
         self.sched
     }
+}
+
+/// Each run of adjacent updates becomes one `SgdGroup` step (`Lowering::sgd_group`), named
+/// after its first parameter (`block3.conv2.weight+2`), the groups numbered into one table in
+/// step order; a lone update stays an `Sgd`.
+fn group_updates(steps: &mut Vec<Step>) {
+    let mut grouped = Vec::with_capacity(steps.len());
+    let mut entries = 0;
+    for run in steps.chunk_by(|a, b| matches!((&a.op, &b.op), (Op::Sgd(_), Op::Sgd(_)))) {
+        if run.len() < 2 {
+            grouped.extend_from_slice(run);
+            continue;
+        }
+        let updates: Vec<Sgd> = run.iter().flat_map(|s| s.op.sgd_updates().iter().copied()).collect();
+        let layer = format!("{}+{}", run[0].layer, run.len() - 1);
+        grouped.push(Step { layer, phase: Phase::Update, op: Op::SgdGroup(SgdGroup { updates, first: entries }) });
+        entries += run.len();
+    }
+    *steps = grouped;
 }
 
 /// Fresh parameters (the persistent region, momentum zero, running var one): conv weights

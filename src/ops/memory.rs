@@ -243,6 +243,8 @@ pub struct DeviceView<'a> {
     arena_bytes: usize,
     persistent: u64,
     persistent_len: usize,
+    /// The grouped SGD updates' table: base address and capacity in entries.
+    sgd_table: (u64, usize),
 }
 
 impl<'a> DeviceView<'a> {
@@ -264,7 +266,18 @@ impl<'a> DeviceView<'a> {
             arena_bytes: arena.1,
             persistent: persistent.0,
             persistent_len: persistent.1,
+            sgd_table: (0, 0),
         }
+    }
+
+    /// The view with the grouped SGD updates' table at `base`, `entries` long.
+    pub fn with_sgd_table(self, base: u64, entries: usize) -> DeviceView<'a> {
+        DeviceView { sgd_table: (base, entries), ..self }
+    }
+
+    /// The grouped SGD updates' table: base address and capacity in entries.
+    pub fn sgd_table(&self) -> (u64, usize) {
+        self.sgd_table
     }
 
     /// What buffer `b` stores.

@@ -41,7 +41,7 @@ pub use linear::{Linear, LinearBackward};
 pub use loss::CrossEntropy;
 pub use memory::{DeviceView, HostArena, HostView, Tables};
 pub use pool::{Pool, PoolBackward};
-pub use sgd::{Sgd, SgdParams};
+pub use sgd::{Sgd, SgdGroup, SgdParams};
 
 use crate::gpu::KernelFile;
 use crate::ir::{Bf16, BufId, Dtype, Elem, SliceSpec, TensorId};
@@ -103,6 +103,7 @@ pub enum Op {
     LinearBackward(LinearBackward),
     CrossEntropy(CrossEntropy),
     Sgd(Sgd),
+    SgdGroup(SgdGroup),
 }
 
 /// `$body` with `$o` bound to the op inside whichever variant `$op` is.
@@ -122,6 +123,7 @@ macro_rules! each_op {
             Op::LinearBackward($o) => $body,
             Op::CrossEntropy($o) => $body,
             Op::Sgd($o) => $body,
+            Op::SgdGroup($o) => $body,
         }
     };
 }
@@ -153,6 +155,15 @@ impl Op {
 
     pub fn run_cuda(&self, d: &DeviceView) {
         each_op!(self, o => o.run_cuda(d))
+    }
+
+    /// The SGD updates the op makes: one for `Sgd`, the group's for `SgdGroup`, none otherwise.
+    pub fn sgd_updates(&self) -> &[Sgd] {
+        match self {
+            Op::Sgd(u) => std::slice::from_ref(u),
+            Op::SgdGroup(g) => &g.updates,
+            _ => &[],
+        }
     }
 }
 

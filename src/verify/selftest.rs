@@ -30,7 +30,7 @@ use crate::ir::{
 use crate::ops::sgd::SgdParams;
 use crate::ops::{
     Add, BnReluApply, BnReluBackward, BnReluEval, BnReluTrain, Conv, ConvAlgo, ConvBackward, CrossEntropy, GemmWeight,
-    Linear, LinearBackward, Op, Pool, PoolBackward, Sgd,
+    Linear, LinearBackward, Op, Pool, PoolBackward, Sgd, SgdGroup,
 };
 use crate::plan::Program;
 use crate::rng::Rng;
@@ -123,8 +123,9 @@ impl Tiny {
     /// What a step of this precision stores buffer `name` of `kind` as: weight gradients, BN
     /// statistics, the head after the pool, labels and SGD's gradient are f32 in every program.
     fn dtype(&self, name: &str, kind: BufKind) -> Dtype {
-        let head = ["bn.stats", "pool.out", "pool.d_out", "logits", "labels", "loss", "d_logits", "w.grad"];
-        if kind == BufKind::WeightGradient || name.starts_with("fc.") || head.contains(&name) {
+        let head = ["bn.stats", "pool.out", "pool.d_out", "logits", "labels", "loss", "d_logits"];
+        if kind == BufKind::WeightGradient || name.starts_with("fc.") || name.ends_with(".grad") || head.contains(&name)
+        {
             Dtype::F32
         } else {
             self.s.lowering.precision.storage()
@@ -680,6 +681,29 @@ fn sgd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
         c.nesterov = nesterov;
         out.push(c);
     }
+    // One multi-tensor launch (`--sgd-group`): a full gradient of odd length, rows of a wrapping
+    // slice of block 0, columns of a wrapping slice of block 1, each reading its block's start.
+    *seed += 1;
+    let spec = vec![SliceSpec { channels: 6, width: 4 }, SliceSpec { channels: 5, width: 3 }];
+    let mut t = Tiny::new(*seed, spec, precision);
+    let group: [(Vec<usize>, GradSel, usize); 3] = [
+        (vec![7, 5], GradSel::Full, 35),
+        (vec![6, 4], GradSel::Rows { sel: Sel::Block(0), row_len: 4 }, 16),
+        (vec![3, 5, 3, 3], GradSel::Cols { sel: Sel::Block(1), rows: 3, group: 9 }, 3 * 3 * 9),
+    ];
+    let mut updates = vec![];
+    for (i, (shape, map, glen)) in group.into_iter().enumerate() {
+        let len = shape.iter().product();
+        let pd = t.normals(len, 1.0, 0.0);
+        let param = t.tensor(&format!("w{i}"), &shape, Role::Param, pd);
+        let md = t.normals(len, 0.1, 0.0);
+        let momentum = t.tensor(&format!("w{i}.momentum"), &shape, Role::Momentum, md);
+        let gd = t.normals(glen, 1.0, 0.0);
+        let grad = t.input(&format!("w{i}.grad"), gd);
+        updates.push(Sgd { param, momentum, grad, map });
+    }
+    let op = Op::SgdGroup(SgdGroup { updates, first: 0 });
+    out.push(t.finish("sgd group".into(), op, vec![4, 3], true));
 }
 
 fn cases(precision: Precision) -> Vec<Case> {
@@ -865,6 +889,7 @@ mod tests {
         assert_eq!(kinds(|o| matches!(o, Op::BnReluEval(BnReluEval { .. }))), 2);
         assert_eq!(kinds(|o| matches!(o, Op::BnReluBackward(BnReluBackward { .. }))), 6);
         assert_eq!(kinds(|o| matches!(o, Op::Sgd(Sgd { .. }))), 3);
+        assert_eq!(kinds(|o| matches!(o, Op::SgdGroup(SgdGroup { .. }))), 1);
         for op in ["add", "avgpool fwd", "avgpool bwd", "linear fwd", "linear bwd"] {
             assert!(cs.iter().any(|c| c.name == op), "{op}");
         }
@@ -956,8 +981,8 @@ mod tests {
             for b in read.iter().chain(&written).map(|&b| &c.sched.buffers[b]) {
                 let f32_kind = b.kind == BufKind::WeightGradient
                     || b.name.ends_with("stats")
-                    || ["pool.out", "pool.d_out", "logits", "labels", "loss", "d_logits", "w.grad"]
-                        .contains(&b.name.as_str())
+                    || b.name.ends_with(".grad")
+                    || ["pool.out", "pool.d_out", "logits", "labels", "loss", "d_logits"].contains(&b.name.as_str())
                     || b.name.starts_with("fc.");
                 assert_eq!(b.dtype, if f32_kind { Dtype::F32 } else { Dtype::Bf16 }, "{}: {}", c.name, b.name);
             }

@@ -26,6 +26,8 @@ mod layers;
 mod nvrtc;
 mod plan;
 mod reference;
+mod sgd_group;
+mod sgd_kernels;
 mod tensorboard;
 mod train;
 mod winograd_kernels;

@@ -813,6 +813,7 @@ fn every_recorded_launch_passes_the_parameters_its_kernel_declares() {
         (0.5, Mode::Train, Lowering { input_grad: InputGrad::Col2im, ..gpu }),
         (0.5, Mode::Train, Lowering { winograd: true, ..gpu }),
         (1.0, Mode::Train, Lowering { winograd: true, ..gpu }),
+        (0.5, Mode::Train, Lowering { sgd_group: true, ..gpu }),
         (0.5, Mode::Train, bf16(gpu)),
         (0.5, Mode::Train, Lowering { fold_bn: true, ..gpu }),
         (0.5, Mode::Train, bf16(Lowering { fold_bn: true, ..gpu })),
@@ -833,9 +834,10 @@ fn every_recorded_launch_passes_the_parameters_its_kernel_declares() {
         }
     }
     let folded = ["im2col_bn_relu", "im2col_bn_relu_bf16"];
-    for k in ["im2col", "col2im", "weight_flip", "winograd_input", "winograd_output", "bn_stats_bf16", "sgd"]
-        .iter()
-        .chain(&folded)
+    for k in
+        ["im2col", "col2im", "weight_flip", "winograd_input", "winograd_output", "bn_stats_bf16", "sgd", "sgd_multi"]
+            .iter()
+            .chain(&folded)
     {
         assert!(seen.contains(k), "{k} was never launched: {seen:?}");
     }

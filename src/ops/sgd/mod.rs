@@ -4,7 +4,7 @@
 //! were a dense one with zeros outside the slice, but no full-size gradient is ever built.
 
 mod cpu;
-mod cuda;
+pub mod cuda;
 #[cfg(test)]
 mod tests;
 
@@ -46,5 +46,37 @@ impl Kernel for Sgd {
     }
     fn run_cuda(&self, d: &DeviceView) {
         cuda::update(self, d)
+    }
+}
+
+/// Adjacent updates run as one: on the GPU one launch of `sgd_multi` over a table of the
+/// group's tensors (`--sgd-group`, experimental), on the CPU each update in turn. Every element
+/// is computed as by [`Sgd`], so the numbers are the same either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SgdGroup {
+    pub updates: Vec<Sgd>,
+    /// The group's first entry in its program's table ([`table_len`]): groups follow one another.
+    pub first: usize,
+}
+
+/// Entries of the table a program's groups read: the sum of their sizes.
+pub fn table_len<'a>(groups: impl IntoIterator<Item = &'a SgdGroup>) -> usize {
+    groups.into_iter().map(|g| g.first + g.updates.len()).max().unwrap_or(0)
+}
+
+impl Kernel for SgdGroup {
+    fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
+        (self.updates.iter().map(|u| u.grad).collect(), vec![])
+    }
+    fn updates(&self) -> Vec<TensorId> {
+        self.updates.iter().flat_map(|u| [u.param, u.momentum]).collect()
+    }
+    fn run_cpu<T: Elem>(&self, m: &HostView) {
+        for u in &self.updates {
+            u.run_cpu::<T>(m);
+        }
+    }
+    fn run_cuda(&self, d: &DeviceView) {
+        cuda::update_group(self, d)
     }
 }
