@@ -267,11 +267,12 @@ fn plan_and_profile_print_parseable_output() {
     for width in ["0", "15", "401"] {
         fails_with(&["plan", "--depth", "10", "--width", width], &["--width", "16 to 400"]);
     }
-    // The options line names the input gradient's algorithm, and whether Winograd and grouped
-    // SGD updates are on.
+    // The options line names the input gradient's algorithm, and whether Winograd, the BN fold
+    // and grouped SGD updates are on.
     let gpu = ["plan", "--depth", "16", "--widen", "2", "--batch", "8", "--device", "cuda"];
     for (extra, want) in [
-        (&[][..], "input gradient=conv, winograd=off, sgd group=off"),
+        (&[][..], "input gradient=conv, winograd=off, bn-relu fold=off, sgd group=off"),
+        (&["--fold-bn"][..], "bn-relu fold=on"),
         (&["--input-grad", "col2im"][..], "input gradient=col2im"),
         (&["--winograd"][..], "winograd=on"),
         (&["--sgd-group"][..], "sgd group=on"),
