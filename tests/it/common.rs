@@ -96,3 +96,18 @@ pub fn metrics_without_times(run: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The first C++ compiler that runs, for the tests that build CUDA kernels for the host
+/// (`cuda_host.h`). Without one such a test fails when `CI` is set (CI installs one) and is
+/// skipped with a note otherwise; `what` names the kernels in that message.
+pub fn host_cxx(what: &str) -> Option<&'static str> {
+    let found = ["c++", "g++", "clang++"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        let msg = format!("no C++ compiler (c++, g++, clang++) to run {what} on the host");
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
+    }
+    found
+}

@@ -8,16 +8,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::winograd_kernels::compiler;
+use crate::common::host_cxx;
 
 #[test]
 fn the_folded_im2col_kernel_gathers_what_bn_apply_then_im2col_gather_on_the_host() {
-    let Some(cxx) = compiler() else {
-        let msg = "no C++ compiler (c++, g++, clang++) to run the folded im2col kernel on the host";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
-        eprintln!("skipped: {msg}");
+    let Some(cxx) = host_cxx("the folded im2col kernel") else {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -4,47 +4,9 @@
 // any order is a valid schedule). Reads launches from stdin, runs each as one `sgd_multi` over
 // its table, and prints the tensors after it; tests/it/sgd_kernels.rs writes the input and
 // compares the output with the CPU's `sgd_update`. Every float travels as its bits in hex.
-#include <algorithm>
-#include <cstddef>
-#include <cstdio>
-#include <cstring>
 #include <vector>
 
-struct Dim3 {
-    unsigned x, y, z;
-};
-static Dim3 threadIdx, blockIdx, blockDim, gridDim;
-struct uint2 {
-    unsigned x, y;
-};
-struct uint4 {
-    unsigned x, y, z, w;
-};
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
-inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
-inline unsigned __float_as_uint(float x) {
-    unsigned u;
-    std::memcpy(&u, &x, 4);
-    return u;
-}
-inline float __uint_as_float(unsigned u) {
-    float x;
-    std::memcpy(&x, &u, 4);
-    return x;
-}
-inline double __shfl_down_sync(unsigned, double v, int) { return v; }
-inline void __syncthreads() {}
-inline void __threadfence() {}
-inline unsigned atomicAdd(unsigned* p, unsigned v) {
-    unsigned old = *p;
-    *p += v;
-    return old;
-}
-inline double __ldcg(const double* p) { return *p; }
-using std::min;
+#include "cuda_host.h"
 #include "../../src/gpu/common.cu"
 #include "sgd.cu"
 
@@ -107,17 +69,7 @@ int main() {
             e.copy = copied ? copy[t].data() : nullptr;
             longest = std::max(longest, (long)e.len);
         }
-        // At most 3 blocks a row, so the grid-stride loops take more than one turn.
-        unsigned gx = (unsigned)std::min(3L, std::max(1L, (longest / 4 + 255) / 256));
-        gridDim = {gx, (unsigned)tensors, 1};
-        blockDim = {256, 1, 1};
-        for (unsigned by = 0; by < gridDim.y; ++by)
-            for (unsigned bx = 0; bx < gx; ++bx)
-                for (unsigned th = 0; th < 256; ++th) {
-                    blockIdx = {bx, by, 0};
-                    threadIdx = {th, 0, 0};
-                    sgd_multi(table.data(), a);
-                }
+        launch(longest / 4, (unsigned)tensors, [&] { sgd_multi(table.data(), a); });
         for (int t = 0; t < tensors; ++t) {
             print(param[t]);
             print(buf[t]);

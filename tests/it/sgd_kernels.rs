@@ -8,6 +8,7 @@
 //! bf16 copy is asked for it must be the updated weight rounded once. Needs a C++17 compiler,
 //! as `winograd_kernels.rs` (skipped without one, failing when `CI` is set).
 
+use crate::common::host_cxx;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -18,12 +19,6 @@ use sliceout::ops::sgd::{grad_map, sgd_update};
 use sliceout::ops::{DeviceView, Sgd, SgdParams, StepCtx, Tables};
 use sliceout::rng::Rng;
 
-fn compiler() -> Option<&'static str> {
-    ["c++", "g++", "clang++"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
 /// A tensor of the test: its shape's length, how its gradient maps, whether a copy is asked.
 struct Case {
     len: usize,
@@ -33,10 +28,7 @@ struct Case {
 
 #[test]
 fn the_multi_tensor_sgd_kernel_matches_the_cpu_bit_for_bit_on_the_host() {
-    let Some(cxx) = compiler() else {
-        let msg = "no C++ compiler (c++, g++, clang++) to run the SGD kernel on the host";
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("skipped: {msg}");
+    let Some(cxx) = host_cxx("the SGD kernel") else {
         return;
     };
     // Block 0 wraps (7 channels, 4 kept), block 1 too (6, 3), block 2 is at full width.

@@ -5,38 +5,15 @@
 // wrapping channel ranges, odd and even images and several chunkings, against a direct f64
 // convolution. tests/it/winograd_kernels.rs compiles and runs this with the host's C++ compiler.
 #include <cmath>
-#include <cstdio>
 #include <random>
 #include <vector>
 
+#include "cuda_host.h"
+
 typedef long long i64;
-struct Dim3 {
-    unsigned x, y, z;
-};
-static Dim3 threadIdx, blockIdx, blockDim, gridDim;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__
 inline i64 global_id() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
 inline i64 global_stride() { return (i64)gridDim.x * blockDim.x; }
 #include "winograd.cu"
-
-// Runs `kernel` for every thread of a (gx, gy) grid of 256-thread blocks.
-template <class F>
-void launch(long work, unsigned gy, F kernel) {
-    // At most 3 blocks a row, so the grid-stride loops take more than one turn.
-    unsigned gx = (unsigned)std::min(3L, std::max(1L, (work + 255) / 256));
-    gridDim = {gx, gy, 1};
-    blockDim = {256, 1, 1};
-    for (unsigned by = 0; by < gy; ++by)
-        for (unsigned bx = 0; bx < gx; ++bx)
-            for (unsigned t = 0; t < 256; ++t) {
-                blockIdx = {bx, by, 0};
-                threadIdx = {t, 0, 0};
-                kernel();
-            }
-}
 
 // Row-major C[m, n] (+)= op(A)[m, k] op(B)[k, n]: one product of a batch.
 void product(long m, long n, long k, const float* a, long lda, bool ta, const float* b, long ldb,

@@ -7,24 +7,13 @@
 //! is set (`.ci/run` installs g++ where it is missing) and is skipped (it prints why and passes)
 //! otherwise.
 
+use crate::common::host_cxx;
 use std::path::Path;
 use std::process::Command;
 
-/// The first C++ compiler that runs.
-pub fn compiler() -> Option<&'static str> {
-    ["c++", "g++", "clang++"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
 #[test]
 fn the_winograd_kernels_compute_the_convolution_and_its_gradients_on_the_host() {
-    let Some(cxx) = compiler() else {
-        let msg = "no C++ compiler (c++, g++, clang++) to run the Winograd kernels on the host";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}");
-        }
-        eprintln!("skipped: {msg}");
+    let Some(cxx) = host_cxx("the Winograd kernels") else {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
