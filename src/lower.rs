@@ -125,9 +125,9 @@ pub fn fold_bn_relu(l: &Lowering, c: &ConvSite, forward: ConvAlgo) -> bool {
     l.fold_bn && !forward.is_winograd() && !c.shape.direct()
 }
 
-/// Whether a convolution runs by Winograd F(2x2, 3x3): the layers it takes (3x3, stride 1,
-/// pad 1, at least 4 input channels) of fp32 programs, always on the CPU, on the GPU with
-/// `Lowering::winograd`. A bf16 program runs im2col on both backends: the CPU's bf16 step is the
+/// Whether a convolution runs by Winograd (F(4x4, 3x3) on the CPU, F(2x2, 3x3) on the GPU): the
+/// layers it takes (3x3, stride 1, pad 1, at least 4 input channels) of fp32 programs, always on
+/// the CPU, on the GPU with `Lowering::winograd`. A bf16 program runs im2col on both backends: the CPU's bf16 step is the
 /// reference the GPU's is checked against, so it must round where the GPU's does.
 fn winograd(l: &Lowering, shape: &ConvShape) -> bool {
     let target = match l.target {
@@ -153,7 +153,7 @@ fn input_grad_by_conv(l: &Lowering, c: &ConvSite) -> bool {
 /// its transformed weights and tiles.
 pub fn workspace_len(l: &Lowering, shape: &ConvShape, in_width: usize, chunk: usize) -> usize {
     match winograd(l, shape) {
-        true => conv2d::winograd_workspace_len(shape, in_width, chunk),
+        true => conv2d::winograd_workspace_len(shape, in_width, chunk, l.target),
         false => shape.im2col_len(in_width, chunk),
     }
 }

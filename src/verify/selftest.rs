@@ -454,7 +454,7 @@ fn conv_winograd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>
                 _ => (ip_pick.spec(cin), ip_pick.starts()),
             };
             let (out_sel, in_sel) = (op_pick.sel(cout), ip_pick.sel(cin));
-            let col_len = crate::ops::conv2d::winograd_workspace_len(&shape, iw, chunk);
+            let col_len = crate::ops::conv2d::winograd_workspace_len(&shape, iw, chunk, crate::ir::Target::Cuda);
             // (backward, with d_inp)
             for (backward, with_d_inp) in [(false, true), (true, true), (true, false)] {
                 if !with_d_inp && label != "full" {

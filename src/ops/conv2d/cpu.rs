@@ -1,8 +1,10 @@
 use rayon::prelude::*;
 
 use super::lowering::{self, ConvCmd, Operand};
+use super::winograd::{self, Wino};
 use super::winograd_cmds::{self, WinoCmd};
-use super::{winograd, workspace_len, Algo};
+use super::winograd_f4 as f4;
+use super::{workspace_len, Algo};
 use crate::blas::{gemm, vectorized};
 use crate::ir::{ConvShape, Elem, Slice, Target};
 use crate::ops::batchnorm::bn_relu_value;
@@ -306,7 +308,7 @@ pub fn conv2d_forward<T: Elem, W: Elem>(
             {
                 let sub = winograd::cpu_chunk(p, w_in, w_out, chunk);
                 let mut ops = Operands { weight, inp, out, col, ..Operands::default() };
-                winograd_cmds::forward(p, out_slice, in_slice, sub, accumulate, |cmd| {
+                winograd_cmds::forward(p, Wino::on(Target::Cpu, p), out_slice, in_slice, sub, accumulate, |cmd| {
                     ops.run_winograd(cmd, p, out_slice, in_slice)
                 });
                 return;
@@ -410,9 +412,16 @@ fn backward_with<T: Elem, W: Elem>(
             let wants_d_inp = d_inp.is_some();
             let mut ops = Operands { weight, inp, col, d_out, d_weight, ..Operands::default() };
             ops.d_inp = d_inp.unwrap_or_default();
-            winograd_cmds::backward(p, out_slice, in_slice, sub, wants_d_inp, accumulate_d_inp, |cmd| {
-                ops.run_winograd(cmd, p, out_slice, in_slice)
-            });
+            winograd_cmds::backward(
+                p,
+                Wino::on(Target::Cpu, p),
+                out_slice,
+                in_slice,
+                sub,
+                wants_d_inp,
+                accumulate_d_inp,
+                |cmd| ops.run_winograd(cmd, p, out_slice, in_slice),
+            );
             return;
         }
     }
@@ -557,9 +566,10 @@ impl<'a, T: Elem, W: Elem> Operands<'a, T, W> {
 impl Operands<'_, f32, f32> {
     /// Runs one command of the Winograd walk with the CPU's transforms and GEMM.
     fn run_winograd(&mut self, cmd: WinoCmd, p: &ConvShape, os: Slice, is: Slice) {
+        let w = Wino::on(Target::Cpu, p);
         match cmd {
             WinoCmd::Weight { at, flipped } => {
-                winograd::weight_transform(&mut self.col[at..], self.weight, p, os, is, flipped)
+                winograd::weight_transform(&mut self.col[at..], self.weight, p, os, is, flipped, w)
             }
             WinoCmd::Input { src, channels, at, n0, nb } => {
                 let src = match src {
@@ -567,28 +577,30 @@ impl Operands<'_, f32, f32> {
                     Operand::DOut => self.d_out,
                     _ => unreachable!("the input transform reads the input or the output's gradient, not {src:?}"),
                 };
-                winograd::transform_tiles(&mut self.col[at..], src, p, channels, n0, nb, winograd::input_transform)
+                let v = &mut self.col[at..];
+                match w {
+                    Wino::F2 => winograd::transform_tiles(v, src, p, w, channels, n0, nb, winograd::input_transform),
+                    Wino::F4 => winograd::transform_tiles(v, src, p, w, channels, n0, nb, f4::input_transform),
+                }
             }
-            WinoCmd::Grad { channels, at, n0, nb } => winograd::transform_tiles(
-                &mut self.col[at..],
-                self.d_out,
-                p,
-                channels,
-                n0,
-                nb,
-                winograd::grad_transform,
-            ),
-            WinoCmd::Products { gemm, strides, .. } => winograd::batched_products(self.col, &gemm, strides),
+            WinoCmd::Grad { channels, at, n0, nb } => {
+                let (v, d_out) = (&mut self.col[at..], self.d_out);
+                match w {
+                    Wino::F2 => winograd::transform_tiles(v, d_out, p, w, channels, n0, nb, winograd::grad_transform),
+                    Wino::F4 => winograd::transform_tiles(v, d_out, p, w, channels, n0, nb, f4::grad_transform),
+                }
+            }
+            WinoCmd::Products { gemm, strides, .. } => winograd::batched_products(self.col, &gemm, strides, w.xi()),
             WinoCmd::Output { dst, channels, at, n0, nb, accumulate } => {
                 let dst = match dst {
                     Operand::Out => &mut *self.out,
                     Operand::DInp => &mut *self.d_inp,
                     _ => unreachable!("the output transform writes the output or the input's gradient, not {dst:?}"),
                 };
-                winograd::output_tiles(dst, &self.col[at..], p, channels, n0, nb, accumulate)
+                winograd::output_tiles(dst, &self.col[at..], p, w, channels, n0, nb, accumulate)
             }
             WinoCmd::WeightGrad { at, any } => {
-                winograd::weight_grad(self.d_weight, &self.col[at..], os.width, is.width, any)
+                winograd::weight_grad(self.d_weight, &self.col[at..], os.width, is.width, any, w)
             }
         }
     }

@@ -13,7 +13,7 @@
 //! (`CUDA_R_16BF` operands, `CUBLAS_COMPUTE_32F`), writing bf16 activations or the f32 gradient.
 
 use super::lowering::{self, ConvCmd, Operand};
-use super::winograd::{tiles, workspace_len as winograd_len, XI};
+use super::winograd::{tiles, workspace_len as winograd_len, Wino, XI};
 use super::winograd_cmds::{self, cublas_strides, WinoCmd};
 use super::{dense_twin, BnPrologue, Conv, ConvAlgo, ConvBackward, GemmWeight};
 use crate::gpu::{grid, int, kernel, rows, Arg, FastDiv, GemmCall};
@@ -240,7 +240,7 @@ fn check_winograd(
 ) -> BufId {
     assert_eq!(d.storage(bufs), Dtype::F32, "Winograd runs on f32 programs only");
     let col = col.expect("a Winograd convolution has a workspace");
-    let want = winograd_len(p, in_width, p.chunk_images(chunk));
+    let want = winograd_len(p, in_width, p.chunk_images(chunk), Wino::F2);
     assert!(d.t.len(col) >= want, "conv workspace: {} floats, Winograd wants {want}", d.t.len(col));
     col
 }
@@ -301,7 +301,7 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
             Operand::Col => c,
             _ => unreachable!("a Winograd forward reads no gradients"),
         };
-        return winograd_cmds::forward(p, os, is, op.chunk, op.accumulate, |cmd| {
+        return winograd_cmds::forward(p, Wino::F2, os, is, op.chunk, op.accumulate, |cmd| {
             run_winograd(d, cmd, p, os, is, w, &addr)
         });
     }
@@ -347,7 +347,7 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
             _ => unreachable!("a Winograd backward writes no output and reads the weight itself"),
         };
         let (wants_d_inp, acc) = (op.d_inp.is_some(), op.accumulate_d_inp);
-        return winograd_cmds::backward(p, os, is, op.chunk, wants_d_inp, acc, |cmd| {
+        return winograd_cmds::backward(p, Wino::F2, os, is, op.chunk, wants_d_inp, acc, |cmd| {
             run_winograd(d, cmd, p, os, is, w, &addr)
         });
     }

@@ -67,6 +67,7 @@ pub mod lowering;
 mod tests;
 mod winograd;
 mod winograd_cmds;
+mod winograd_f4;
 
 pub use cpu::{
     col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_backward_folded, conv2d_forward, copy_weight,
@@ -75,6 +76,7 @@ pub use cpu::{
 
 use super::{DeviceView, HostView, Kernel};
 use crate::ir::{BnRef, BufId, ConvShape, Elem, Sel, SliceSpec, Target, TensorId};
+use winograd::Wino;
 
 /// Which algorithm a CPU convolution may use: a setting of the CPU backend, apart from the op's
 /// [`ConvAlgo`] (the reference runs im2col everywhere, whatever the op says).
@@ -93,22 +95,23 @@ pub enum Algo {
 /// Winograd, the larger of those and Winograd's buffers.
 pub fn workspace_len(p: &ConvShape, in_width: usize, chunk: usize, target: Target) -> usize {
     match target == Target::Cpu && winograd::eligible(p) {
-        true => winograd_workspace_len(p, in_width, chunk),
+        true => winograd_workspace_len(p, in_width, chunk, target),
         false => p.im2col_len(in_width, chunk),
     }
 }
 
-/// Floats of the workspace of a layer that may run Winograd (on either backend): the larger of
-/// its im2col columns and Winograd's buffers (0 when it has no columns).
-pub fn winograd_workspace_len(p: &ConvShape, in_width: usize, chunk: usize) -> usize {
+/// Floats of the workspace of a layer that may run Winograd on `target` (F(4x4, 3x3) on the
+/// CPU, F(2x2, 3x3) on the GPU with `--winograd`): the larger of its im2col columns and
+/// Winograd's buffers (0 when it has no columns).
+pub fn winograd_workspace_len(p: &ConvShape, in_width: usize, chunk: usize, target: Target) -> usize {
     let im2col = p.im2col_len(in_width, chunk);
     match im2col {
         0 => 0,
-        _ => im2col.max(winograd::workspace_len(p, in_width, p.chunk_images(chunk))),
+        _ => im2col.max(winograd::workspace_len(p, in_width, p.chunk_images(chunk), Wino::on(target, p))),
     }
 }
 
-/// The layers Winograd F(2x2, 3x3) takes: 3x3, stride 1, pad 1, at least 4 input channels.
+/// The layers Winograd takes: 3x3, stride 1, pad 1, at least 4 input channels.
 pub fn winograd_eligible(p: &ConvShape) -> bool {
     winograd::eligible(p)
 }
@@ -175,10 +178,20 @@ pub enum ConvAlgo {
     /// transposed weight slice `[in width, out width*K*K]` that this op writes into `flipped`
     /// ([`copy_weight_flipped`], in the storage type); the weight gradient as `Im2col`.
     InputGradByConv { flipped: BufId },
-    /// Winograd F(2x2, 3x3) on a 3x3 stride-1 layer of an fp32 program: the weight transform
-    /// gathers the slice itself, and `col` holds [`winograd_workspace_len`] floats. The CPU
-    /// also runs Winograd on other eligible ops whose workspace allows it (`cpu::use_winograd`).
+    /// Winograd on a 3x3 stride-1 layer of an fp32 program (F(4x4, 3x3) on the CPU, F(2x2, 3x3)
+    /// on the GPU): the weight transform gathers the slice itself, and `col` holds
+    /// [`winograd_workspace_len`] floats. The CPU runs every other op by im2col.
     Winograd,
+}
+
+/// How the CPU runs an op the lowering gave `algo`: Winograd where the lowering chose it (and
+/// planned its workspace) and the backend allows it (`backend`), im2col otherwise, so that a
+/// program planned for the GPU runs on the CPU as the GPU runs it.
+fn cpu_algo(algo: ConvAlgo, backend: Algo) -> Algo {
+    match algo.is_winograd() {
+        true => backend,
+        false => Algo::Im2col,
+    }
 }
 
 /// The weight an im2col convolution's GEMMs read.
@@ -230,7 +243,7 @@ impl Kernel for Conv {
         // SAFETY: see `HostView`.
         let (out, col) = unsafe { (m.buf_mut::<T>(self.out), m.opt_mut::<T>(self.col)) };
         let (inp, w) = (m.buf::<T>(self.inp), m.tensor(self.weight));
-        let (chunk, acc) = (self.chunk, self.accumulate);
+        let (chunk, acc, algo) = (self.chunk, self.accumulate, cpu_algo(self.algo, m.algo));
         match self.algo.weight_copy() {
             // The slice's weight, rounded once per step, and the dense convolution it makes.
             Some(copy) => {
@@ -238,9 +251,9 @@ impl Kernel for Conv {
                 let copy = unsafe { m.buf_mut::<T>(copy) };
                 copy_weight(copy, w, p, os, is);
                 let (dense, os, is) = dense_twin(p, os, is);
-                conv2d_forward(out, inp, &*copy, col, &dense, os, is, chunk, acc, m.algo)
+                conv2d_forward(out, inp, &*copy, col, &dense, os, is, chunk, acc, algo)
             }
-            None => conv2d_forward(out, inp, w, col, p, os, is, chunk, acc, m.algo),
+            None => conv2d_forward(out, inp, w, col, p, os, is, chunk, acc, algo),
         }
     }
     fn run_cuda(&self, d: &DeviceView) {
@@ -286,7 +299,7 @@ impl Kernel for ConvBackward {
             // im2col + GEMM whatever `m.algo` says: Winograd has no such input gradient.
             return conv2d_backward_by_conv(dx, dw, dy, x, &*copy, col, &dense, chunk, acc, fold);
         }
-        let algo = m.algo;
+        let algo = cpu_algo(self.algo, m.algo);
         match self.algo.weight_copy() {
             // The copy (the forward op's, or made here): the same dense convolution, whose weight
             // gradient is the sliced one's, in slice order.

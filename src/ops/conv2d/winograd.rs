@@ -27,15 +27,61 @@
 //! order, so a wrapping slice costs nothing extra.
 
 use super::lowering::{RowGemm, View};
+use super::winograd_f4 as f4;
 use super::ConvShape;
 use crate::blas::{gemm_serial, vectorized};
-use crate::ir::Slice;
+use crate::ir::{Slice, Target};
 use rayon::prelude::*;
 
 /// Values per transformed tile (4x4).
 pub(super) const XI: usize = 16;
 /// Tiles of one tile row transformed together (a stack buffer of `16 * TX_BLOCK` floats).
-const TX_BLOCK: usize = 64;
+pub(super) const TX_BLOCK: usize = 64;
+
+/// Fewest input channels (of the full layer) for which the CPU runs F(4x4, 3x3). Its rounding is
+/// about twenty times F(2x2, 3x3)'s (2e-5 to 3e-5 of the outputs' rms against 1e-6), and on the thin
+/// layers near a network's input the batch norms that follow magnify it: with F(4x4, 3x3) from
+/// 32 channels, WRN-10-2's gradients drift up to 1e-2 from the PyTorch reference (tolerance
+/// 1e-3); from 64 they stay within 3e-5. Those thin layers are also where it gains least.
+const F4_MIN_CIN: usize = 64;
+
+/// Which Winograd algorithm a walk runs: F(2x2, 3x3), the GPU's (`winograd.cu`), or F(4x4, 3x3),
+/// the CPU's (`winograd_f4.rs`: fewer products and a smaller workspace per image, at the price
+/// of larger transforms; there the products dominate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wino {
+    F2,
+    F4,
+}
+
+impl Wino {
+    /// The one each backend runs on layer `p`: the GPU F(2x2, 3x3); the CPU F(4x4, 3x3) from
+    /// [`F4_MIN_CIN`] input channels.
+    pub fn on(target: Target, p: &ConvShape) -> Wino {
+        match target {
+            Target::Cpu if p.cin >= F4_MIN_CIN => Wino::F4,
+            _ => Wino::F2,
+        }
+    }
+
+    /// Outputs along each side of a tile.
+    pub fn side(self) -> usize {
+        match self {
+            Wino::F2 => 2,
+            Wino::F4 => 4,
+        }
+    }
+
+    /// Values per transformed tile: 16 or 36, the number of products.
+    pub fn xi(self) -> usize {
+        (self.side() + 2) * (self.side() + 2)
+    }
+
+    /// Tile rows and columns of one image.
+    pub fn tiles(self, p: &ConvShape) -> (usize, usize) {
+        (p.h.div_ceil(self.side()), p.w.div_ceil(self.side()))
+    }
+}
 /// Floats of transformed tiles (input + output side) per sub-chunk: 8 MiB measured best among
 /// 2, 4, 8 and 32 MiB.
 const SUB_CHUNK_FLOATS: usize = 1 << 21;
@@ -52,38 +98,42 @@ pub(super) fn eligible(p: &ConvShape) -> bool {
     p.k == 3 && p.stride == 1 && p.pad == 1 && p.cin >= MIN_CIN
 }
 
-/// Tile rows and columns of one image.
+/// Tile rows and columns of one image under F(2x2, 3x3).
 pub(super) fn tiles(p: &ConvShape) -> (usize, usize) {
-    (p.h.div_ceil(2), p.w.div_ceil(2))
+    Wino::F2.tiles(p)
 }
 
 /// Floats of workspace for `in_width` input channels and `nb` images per chunk (an upper bound
 /// over output slices: it counts the full `cout`).
-pub(super) fn workspace_len(p: &ConvShape, in_width: usize, nb: usize) -> usize {
-    let (th, tw) = tiles(p);
+pub(super) fn workspace_len(p: &ConvShape, in_width: usize, nb: usize, w: Wino) -> usize {
+    let (th, tw) = w.tiles(p);
     let t = nb * th * tw;
-    2 * XI * p.cout * in_width + XI * t * (in_width + p.cout)
+    w.xi() * (2 * p.cout * in_width + t * (in_width + p.cout))
 }
 
-/// Images per sub-chunk: at most `nb`, as many as keep the tiles near `SUB_CHUNK_FLOATS`.
+/// Images per sub-chunk of the CPU's walk: at most `nb`, as many as keep the tiles near
+/// `SUB_CHUNK_FLOATS`.
 fn sub_chunk(p: &ConvShape, wi: usize, wo: usize, nb: usize) -> usize {
-    let (th, tw) = tiles(p);
-    let per_image = XI * th * tw * (wi + wo);
-    (SUB_CHUNK_FLOATS / per_image.max(1)).clamp(1, nb.max(1))
+    let w = Wino::on(Target::Cpu, p);
+    let (th, tw) = w.tiles(p);
+    let per_image = w.xi() * th * tw * (wi + wo);
+    let most = (SUB_CHUNK_FLOATS / per_image.max(1)).clamp(1, nb.max(1));
+    // As many sub-chunks as needed, of equal size: a small last one would run thin products.
+    nb.max(1).div_ceil(nb.max(1).div_ceil(most))
 }
 
-/// The 16 rows a transform writes for one channel, one per tile value (`[t]` each): apart in
-/// memory in the `[xi][c][t]` layout, so each channel's transform gets its own.
-pub(super) type Rows<'a> = [&'a mut [f32]; XI];
+/// The `N` rows (16 or 36) a transform writes for one channel, one per tile value (`[t]` each):
+/// apart in memory in the `[xi][c][t]` layout, so each channel's transform gets its own.
+pub(super) type Rows<'a, const N: usize> = [&'a mut [f32]; N];
 
 /// The rows of a `[xi][len]` block.
-pub(super) fn rows(block: &mut [f32], len: usize) -> Rows<'_> {
-    let mut it = block[..XI * len].chunks_exact_mut(len.max(1));
+pub(super) fn rows<const N: usize>(block: &mut [f32], len: usize) -> Rows<'_, N> {
+    let mut it = block[..N * len].chunks_exact_mut(len.max(1));
     std::array::from_fn(|_| it.next().unwrap_or_default())
 }
 
-/// A transform of one channel: [`input_transform`] or [`grad_transform`].
-pub(super) type Transform = fn(Rows, &[f32], usize, usize, usize);
+/// A transform of one channel: [`input_transform`] or [`grad_transform`] (or F(4x4, 3x3)'s).
+pub(super) type Transform<const N: usize> = fn(Rows<N>, &[f32], usize, usize, usize);
 
 /// Layer channel of position `j` of a slice.
 fn channel(s: &Slice, j: usize) -> usize {
@@ -141,17 +191,17 @@ pub(super) fn weight_tile_adjoint(du: &[f32; 16]) -> [f32; 9] {
 /// over the sub-chunk), columns `tx0..tx0 + nt` of each. Its tiles are contiguous in `t` (whole
 /// tile rows when several, so small images still fill a block), starting at `base`.
 #[derive(Clone, Copy)]
-struct Block {
-    row0: usize,
-    rows: usize,
-    tx0: usize,
-    nt: usize,
-    base: usize,
+pub(super) struct Block {
+    pub row0: usize,
+    pub rows: usize,
+    pub tx0: usize,
+    pub nt: usize,
+    pub base: usize,
 }
 
 impl Block {
     /// Tiles in the block.
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.rows * self.nt
     }
 }
@@ -159,7 +209,7 @@ impl Block {
 /// The blocks of at most `TX_BLOCK` tiles covering `nb` images of `th x tw` tiles, in `t`
 /// order. (An iterator rather than a closure-taking helper: a closure would be compiled apart
 /// from the vectorised caller, without its target features.)
-fn blocks(nb: usize, th: usize, tw: usize) -> impl Iterator<Item = Block> {
+pub(super) fn blocks(nb: usize, th: usize, tw: usize) -> impl Iterator<Item = Block> {
     let seg = tw.clamp(1, TX_BLOCK);
     let per = (TX_BLOCK / tw.max(1)).max(1);
     let total_rows = nb * th;
@@ -194,7 +244,7 @@ fn split_padded(e: &mut [f32], o: &mut [f32], row: &[f32], tx0: usize, nt: usize
 
 /// `B^T d B` of every tile of images `0..nb` of one channel `plane` (`nb` images of `h x w`):
 /// value `xi` of tile `t` into `v[xi][t]`.
-pub(super) fn input_transform(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
+pub(super) fn input_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
     #[cfg(target_arch = "x86_64")]
     if simd() {
         return vectorized(
@@ -252,7 +302,7 @@ unsafe fn row_pass_avx2(hx: [&mut [f32]; 4], row: &[f32], tx0: usize, nt: usize)
 }
 
 #[inline(always)]
-fn input_transform_body<const AVX2: bool>(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
+fn input_transform_body<const AVX2: bool>(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     // hb[r][b][k]: row pass of padded tile row r, value b, tile k of the block (plus room for
     // the vector row pass's overhang).
@@ -319,7 +369,7 @@ fn input_transform_body<const AVX2: bool>(v: Rows, plane: &[f32], nb: usize, h: 
 
 /// `A dY A^T` of every 2x2 tile of one channel of `d_out` (`nb` images of `h x w`; outputs past
 /// the edge of an odd image count as 0): value `xi` of tile `t` into `v[xi][t]`.
-pub(super) fn grad_transform(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
+pub(super) fn grad_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
     vectorized(
         #[inline(always)]
         || grad_transform_body(v, plane, nb, h, w),
@@ -327,7 +377,7 @@ pub(super) fn grad_transform(v: Rows, plane: &[f32], nb: usize, h: usize, w: usi
 }
 
 #[inline(always)]
-fn grad_transform_body(v: Rows, plane: &[f32], nb: usize, h: usize, w: usize) {
+fn grad_transform_body(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     // lr[dy][0][j] / lr[dy][1][j + 1]: left / right value of output row dy of tile j.
     let mut lr = [[[0f32; TX_BLOCK + 1]; 2]; 2];
@@ -487,16 +537,24 @@ pub(super) fn cpu_chunk(p: &ConvShape, in_width: usize, out_width: usize, chunk:
 /// Runs `f(c, rows)` for each channel `c` of a `[xi][channels][len]` block, `rows[xi]` being
 /// the `len` values of `(xi, c)`, channels in parallel (a few runs of channels per thread, as
 /// rayon cuts a parallel loop).
-fn for_each_channel(block: &mut [f32], channels: usize, len: usize, f: impl Fn(usize, Rows) + Sync) {
+fn for_each_channel<const N: usize>(block: &mut [f32], channels: usize, len: usize, f: impl Fn(usize, Rows<N>) + Sync) {
     let grain = channels.div_ceil(4 * rayon::current_num_threads()).max(1);
     split_channels(rows(block, channels * len), 0, channels, len, grain, &f)
 }
 
 /// Halves the channels `c0..c0 + channels` (rayon's join on each half) down to `grain`, which
 /// run one after the other.
-fn split_channels<F: Fn(usize, Rows) + Sync>(rows: Rows, c0: usize, channels: usize, len: usize, grain: usize, f: &F) {
-    fn split(rows: Rows, at: usize) -> (Rows, Rows) {
-        let (mut lo, mut hi): (Rows, Rows) = Default::default();
+fn split_channels<const N: usize, F: Fn(usize, Rows<N>) + Sync>(
+    rows: Rows<N>,
+    c0: usize,
+    channels: usize,
+    len: usize,
+    grain: usize,
+    f: &F,
+) {
+    fn split<const N: usize>(rows: Rows<N>, at: usize) -> (Rows<N>, Rows<N>) {
+        let mut lo: Rows<N> = std::array::from_fn(|_| Default::default());
+        let mut hi: Rows<N> = std::array::from_fn(|_| Default::default());
         for (xi, r) in rows.into_iter().enumerate() {
             (lo[xi], hi[xi]) = r.split_at_mut(at);
         }
@@ -519,52 +577,121 @@ fn split_channels<F: Fn(usize, Rows) + Sync>(rows: Rows, c0: usize, channels: us
     );
 }
 
-/// `WinoCmd::Weight`: `G g G^T` of the slices' kernels into `u`, `[xi][o][i]`, or with
-/// `flipped` of the kernels rotated by 180 degrees, `[xi][i][o]`.
-pub(super) fn weight_transform(u: &mut [f32], weight: &[f32], p: &ConvShape, os: Slice, is: Slice, flipped: bool) {
-    let (wo, wi, ld) = (os.width, is.width, p.cin * 9);
-    let kernel = |o: usize, i: usize| weight_tile(&weight[channel(&os, o) * ld + channel(&is, i) * 9..][..9], flipped);
-    if flipped {
-        for_each_channel(u, wi, wo, |i, mut r| {
-            for o in 0..wo {
-                kernel(o, i).iter().zip(&mut r).for_each(|(&v, r)| r[o] = v);
-            }
-        })
-    } else {
-        for_each_channel(u, wo, wi, |o, mut r| {
-            for i in 0..wi {
-                kernel(o, i).iter().zip(&mut r).for_each(|(&v, r)| r[i] = v);
-            }
-        })
+/// Kernels transformed together by [`weight_transform`], one per vector lane.
+const LANES: usize = 16;
+/// Kernels of one row whose transforms [`weight_transform`] gathers before writing them.
+const RUN: usize = 64;
+
+/// `G g G^T` of `L` kernels at once under F(2x2, 3x3): `g[tap][lane]` into `u[xi][lane]` (the
+/// lane-wise [`weight_tile`]).
+#[inline(always)]
+fn weight_tiles<const L: usize>(g: &[[f32; L]; 9], u: &mut [[f32; L]; XI]) {
+    for l in 0..L {
+        let one = weight_tile(&std::array::from_fn::<f32, 9, _>(|k| g[k][l]), false);
+        for (xi, v) in one.into_iter().enumerate() {
+            u[xi][l] = v;
+        }
     }
 }
 
+/// `WinoCmd::Weight`: `G g G^T` of the slices' kernels into `u`, `[xi][o][i]`, or with
+/// `flipped` of the kernels rotated by 180 degrees, `[xi][i][o]`.
+pub(super) fn weight_transform(
+    u: &mut [f32],
+    weight: &[f32],
+    p: &ConvShape,
+    os: Slice,
+    is: Slice,
+    flipped: bool,
+    w: Wino,
+) {
+    match w {
+        Wino::F2 => weight_transform_by::<XI>(u, weight, p, os, is, flipped, weight_tiles::<LANES>),
+        Wino::F4 => weight_transform_by::<{ f4::XI }>(u, weight, p, os, is, flipped, f4::weight_tiles::<LANES>),
+    }
+}
+
+/// [`weight_transform`] with `tiles`, [`LANES`] kernels at a time: one row of the output matrix
+/// (an output channel, or an input channel when `flipped`) per task, the lanes along it.
+fn weight_transform_by<const N: usize>(
+    u: &mut [f32],
+    weight: &[f32],
+    p: &ConvShape,
+    os: Slice,
+    is: Slice,
+    flipped: bool,
+    tiles: impl Fn(&[[f32; LANES]; 9], &mut [[f32; LANES]; N]) + Sync,
+) {
+    let (wo, wi, ld) = (os.width, is.width, p.cin * 9);
+    let (outer, inner) = if flipped { (wi, wo) } else { (wo, wi) };
+    for_each_channel::<N>(u, outer, inner, |a, mut r| {
+        vectorized(
+            #[inline(always)]
+            || {
+                // Layer channels: `fixed` of this row, `c` of each lane in turn (wrapping with
+                // the slice).
+                let (fixed, along) = if flipped { (channel(&is, a), os) } else { (channel(&os, a), is) };
+                let mut c = channel(&along, 0);
+                let (mut g, mut t) = ([[0f32; LANES]; 9], [[0f32; LANES]; N]);
+                // A run of groups is gathered before its rows are written: the N rows lie far
+                // apart (one matrix each), and short writes to each would evict one another.
+                let mut run = [[0f32; RUN]; N];
+                for r0 in (0..inner).step_by(RUN) {
+                    let len = RUN.min(inner - r0);
+                    for b0 in (0..len).step_by(LANES) {
+                        let n = LANES.min(len - b0);
+                        for l in 0..n {
+                            let (o, i) = if flipped { (c, fixed) } else { (fixed, c) };
+                            let kernel = &weight[o * ld + i * 9..][..9];
+                            for (k, gk) in g.iter_mut().enumerate() {
+                                gk[l] = kernel[if flipped { 8 - k } else { k }];
+                            }
+                            c = if c + 1 == along.channels { 0 } else { c + 1 };
+                        }
+                        tiles(&g, &mut t);
+                        for (dst, tx) in run.iter_mut().zip(&t) {
+                            dst[b0..][..LANES].copy_from_slice(tx);
+                        }
+                    }
+                    for (row, src) in r.iter_mut().zip(&run) {
+                        row[r0..r0 + len].copy_from_slice(&src[..len]);
+                    }
+                }
+            },
+        )
+    })
+}
+
 /// `WinoCmd::Input` / `WinoCmd::Grad`: `f` of images `n0..n0 + nb` of each of the `channels`
-/// rows of `src` (`(channels, N, H, W)`) into `v`, `[xi][c][t]`.
-pub(super) fn transform_tiles(
+/// rows of `src` (`(channels, N, H, W)`) into `v`, `[xi][c][t]` (`N` values a tile, of `w`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn transform_tiles<const N: usize>(
     v: &mut [f32],
     src: &[f32],
     p: &ConvShape,
+    w: Wino,
     channels: usize,
     n0: usize,
     nb: usize,
-    f: Transform,
+    f: Transform<N>,
 ) {
-    let (th, tw) = tiles(p);
+    assert_eq!(N, w.xi(), "a transform of {w:?} writes {} values a tile", w.xi());
+    let (th, tw) = w.tiles(p);
     let hw = p.h * p.w;
     for_each_channel(v, channels, nb * th * tw, |c, r| f(r, &src[(c * p.n + n0) * hw..][..nb * hw], nb, p.h, p.w));
 }
 
-/// `WinoCmd::Products`: the 16 products of the batch in the workspace `col`, one per task with
-/// the serial GEMM. Their outputs lie between or beside their inputs, never across them.
-pub(super) fn batched_products(col: &mut [f32], g: &RowGemm, strides: [usize; 3]) {
+/// `WinoCmd::Products`: the `count` (16 or 36) products of the batch in the workspace `col`,
+/// one per task with the serial GEMM. Their outputs lie between or beside their inputs, never
+/// across them.
+pub(super) fn batched_products(col: &mut [f32], g: &RowGemm, strides: [usize; 3], count: usize) {
     let (c0, sc) = (g.c.offset, strides[2]);
     if sc == 0 {
         return;
     }
     let (before, rest) = col.split_at_mut(c0);
-    let (outs, after) = rest.split_at_mut(XI * sc);
-    let end = c0 + XI * sc;
+    let (outs, after) = rest.split_at_mut(count * sc);
+    let end = c0 + count * sc;
     // An input view as (memory, offset there): wholly before the outputs, or wholly after.
     let side = |v: View| -> (&[f32], usize) {
         if v.offset < c0 {
@@ -585,36 +712,84 @@ pub(super) fn batched_products(col: &mut [f32], g: &RowGemm, strides: [usize; 3]
 
 /// `WinoCmd::Output`: `A^T M A` of `m` (`[xi][c][t]`) into images `n0..n0 + nb` of `dst`
 /// (`(channels, N, H, W)`, written or added to), one channel per task.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn output_tiles(
     dst: &mut [f32],
     m: &[f32],
     p: &ConvShape,
+    w: Wino,
     channels: usize,
     n0: usize,
     nb: usize,
     accumulate: bool,
 ) {
-    let (th, tw) = tiles(p);
+    let (th, tw) = w.tiles(p);
     let (hw, t) = (p.h * p.w, nb * th * tw);
+    let row = |xi: usize, c: usize| &m[(xi * channels + c) * t..][..t];
     dst[..channels * p.n * hw].par_chunks_mut(p.n * hw).enumerate().for_each(|(c, plane)| {
-        output_transform(
-            &mut plane[n0 * hw..][..nb * hw],
-            |xi| &m[(xi * channels + c) * t..][..t],
-            nb,
-            p.h,
-            p.w,
-            accumulate,
-        )
+        let plane = &mut plane[n0 * hw..][..nb * hw];
+        match w {
+            Wino::F2 => output_transform(plane, |xi| row(xi, c), nb, p.h, p.w, accumulate),
+            Wino::F4 => {
+                let ms: [&[f32]; f4::XI] = std::array::from_fn(|xi| row(xi, c));
+                f4::output_transform(plane, &ms, nb, p.h, p.w, accumulate)
+            }
+        }
     });
 }
 
 /// `WinoCmd::WeightGrad`: `d_weight` (`[wo, wi*9]`) = `G^T dU G` of `du` (`[xi][o][i]`), or 0
 /// when no image ran (`any` false: `du` was never written).
-pub(super) fn weight_grad(d_weight: &mut [f32], du: &[f32], wo: usize, wi: usize, any: bool) {
-    d_weight[..wo * wi * 9].par_chunks_mut(9).enumerate().for_each(|(x, g)| {
-        let dt: [f32; 16] = std::array::from_fn(|xi| if any { du[xi * wo * wi + x] } else { 0.0 });
-        g.copy_from_slice(&weight_tile_adjoint(&dt));
+pub(super) fn weight_grad(d_weight: &mut [f32], du: &[f32], wo: usize, wi: usize, any: bool, w: Wino) {
+    match w {
+        Wino::F2 => weight_grad_by::<XI>(d_weight, du, wo * wi, any, weight_tiles_adjoint::<LANES>),
+        Wino::F4 => weight_grad_by::<{ f4::XI }>(d_weight, du, wo * wi, any, f4::weight_tiles_adjoint::<LANES>),
+    }
+}
+
+/// [`weight_grad`] with `adjoint`, [`LANES`] kernels (consecutive in `[o][i]`) at a time.
+fn weight_grad_by<const N: usize>(
+    d_weight: &mut [f32],
+    du: &[f32],
+    plane: usize,
+    any: bool,
+    adjoint: impl Fn(&[[f32; LANES]; N], &mut [[f32; LANES]; 9]) + Sync,
+) {
+    d_weight[..plane * 9].par_chunks_mut(9 * LANES).enumerate().for_each(|(group, out)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let (x0, n) = (group * LANES, out.len() / 9);
+                let mut t = [[0f32; LANES]; N];
+                if any {
+                    for (xi, tx) in t.iter_mut().enumerate() {
+                        match du[xi * plane + x0..].first_chunk::<LANES>() {
+                            Some(src) if n == LANES => *tx = *src,
+                            _ => tx[..n].copy_from_slice(&du[xi * plane + x0..][..n]),
+                        }
+                    }
+                }
+                let mut g = [[0f32; LANES]; 9];
+                adjoint(&t, &mut g);
+                for (l, kernel) in out.chunks_exact_mut(9).enumerate() {
+                    for (k, v) in kernel.iter_mut().enumerate() {
+                        *v = g[k][l];
+                    }
+                }
+            },
+        )
     });
+}
+
+/// `G^T du G` of `L` tiles at once under F(2x2, 3x3) (the lane-wise [`weight_tile_adjoint`]).
+#[inline(always)]
+fn weight_tiles_adjoint<const L: usize>(du: &[[f32; L]; XI], g: &mut [[f32; L]; 9]) {
+    for l in 0..L {
+        let one = weight_tile_adjoint(&std::array::from_fn(|xi| du[xi][l]));
+        for (k, v) in one.into_iter().enumerate() {
+            g[k][l] = v;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -656,6 +831,17 @@ mod tests {
         let lhs: f32 = weight_tile(&g, false).iter().zip(&du).map(|(a, b)| a * b).sum();
         let rhs: f32 = g.iter().zip(&weight_tile_adjoint(&du)).map(|(a, b)| a * b).sum();
         assert!((lhs - rhs).abs() < 1e-5, "{lhs} vs {rhs}");
+    }
+
+    /// The CPU's choice follows the layer's input channels (the plan's workspace and the run use
+    /// the same one); the GPU always runs F(2x2, 3x3).
+    #[test]
+    fn each_backend_runs_its_algorithm() {
+        let p = |cin| ConvShape { n: 2, cin, h: 8, w: 8, cout: 8, k: 3, stride: 1, pad: 1 };
+        assert_eq!(Wino::on(Target::Cpu, &p(F4_MIN_CIN)), Wino::F4);
+        assert_eq!(Wino::on(Target::Cpu, &p(F4_MIN_CIN - 1)), Wino::F2);
+        assert_eq!(Wino::on(Target::Cuda, &p(640)), Wino::F2);
+        assert_eq!((Wino::F2.xi(), Wino::F4.xi(), Wino::F4.tiles(&ConvShape { h: 9, w: 8, ..p(4) })), (16, 36, (3, 2)));
     }
 
     /// The portable transforms and the dispatched (AVX2 where the CPU has it) ones agree
