@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DevMem, Gpu, Math, Recorder};
 use crate::ir::{elem, mib, Bf16, Dtype, Target};
 use crate::ops::sgd::cuda::{entry, Entry};
-use crate::ops::{gather, DeviceView, Op, SgdParams, Tables, KERNEL_FILES};
+use crate::ops::{gather, kernels, DeviceView, Op, SgdParams, Tables, KERNEL_FILES};
 use crate::plan::Program;
 
 /// A resident split: `[table: channels*256 f32][images: len*channels*1024 u8][labels: len u8]`.
@@ -53,7 +53,7 @@ pub struct CudaBackend {
 impl CudaBackend {
     /// Opens device 0 with every op's kernels. `Error::Device` when there is no usable GPU.
     pub fn new(math: Math) -> Result<CudaBackend> {
-        let gpu = Gpu::new(math, KERNEL_FILES)?;
+        let gpu = Gpu::new(math, KERNEL_FILES, kernels::NAMES)?;
         let sgd_table = gpu.alloc(SGD_TABLE_BYTES, "the grouped SGD table")?;
         Ok(CudaBackend {
             arena: None,
@@ -312,9 +312,20 @@ pub const RECORD_SGD_TABLE: u64 = 1 << 45;
 
 /// What one training step of `program` queues on a GPU with slice starts `starts`: the batch
 /// gather, then every kernel launch and GEMM of its ops, recorded without a GPU (addresses are
-/// placeholders inside regions of the program's sizes), in the program's precision.
+/// placeholders inside regions of the program's sizes), in the program's precision. The
+/// recorder resolves the kernel table as a GPU does, so each launch's arguments are checked
+/// against its kernel's parameters.
 pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
-    let rec = Recorder::default();
+    let rec = match Recorder::new(KERNEL_FILES, kernels::NAMES) {
+        Ok(rec) => rec,
+        Err(e) => panic!("{e}"),
+    };
+    record(&rec, program, starts);
+    rec
+}
+
+/// Records one step of `program` into `rec`, after what it holds (as [`record_step`]).
+pub fn record(rec: &Recorder, program: &Program, starts: &[usize]) {
     let s = &program.schedule;
     let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
     let ctx = StepCtx::new(starts, sgd);
@@ -324,15 +335,14 @@ pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
     let labels = crate::gpu::f32_at(arena, program.locs[s.labels].0);
     let split = gather::SplitAddrs { table: 1 << 46, images: 1 << 46, labels: 1 << 46, channels: s.config.in_channels };
     let input = (input, s.buffers[s.input].dtype);
-    gather::gather_cuda(&rec, input, labels, split, 1 << 47, s.batch);
+    gather::gather_cuda(rec, input, labels, split, 1 << 47, s.batch);
     let regions = ((arena, program.arena_bytes()), (persistent, s.persistent_len()));
     let groups = s.steps.iter().filter_map(|st| if let Op::SgdGroup(g) = &st.op { Some(g) } else { None });
-    let view = DeviceView::new(tables, &rec, &s.buffers, regions.0, regions.1)
+    let view = DeviceView::new(tables, rec, &s.buffers, regions.0, regions.1)
         .with_sgd_table(RECORD_SGD_TABLE, crate::ops::sgd::table_len(groups));
     for step in &s.steps {
         step.op.run_cuda(&view);
     }
-    rec
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use super::{grad_map, GradMap, Sgd, SgdGroup};
 use crate::gpu::{grid, int, Arg, FastDiv};
 use crate::ir::{GradSel, Sel, SliceSpec};
+use crate::ops::kernels::{SGD, SGD_MULTI};
 use crate::ops::DeviceView;
 
 /// Slice starts a multi-tensor launch carries (`SGD_MAX_BLOCKS` in `sgd.cu`): blocks beyond it
@@ -57,7 +58,7 @@ pub(super) fn update(op: &Sgd, d: &DeviceView) {
         &by_group.magic, &by_group.shift, &row_len, &by_row.magic, &by_row.shift,
         &sp.lr, &sp.momentum, &sp.weight_decay, &nesterov];
     // Four elements a thread where the kernel can take them four at a time.
-    d.gpu.launch("sgd", grid(len.div_ceil(4)), &args);
+    d.gpu.launch(SGD, grid(len.div_ceil(4)), &args);
 }
 
 /// One tensor of a multi-tensor update (`SgdEntry` in `sgd.cu`): addresses and geometry, which
@@ -144,14 +145,7 @@ pub struct StepArgs {
 }
 
 // SAFETY: plain old data laid out as `SgdStepArgs` (repr(C), 4-byte fields, no padding).
-unsafe impl cudarc::driver::DeviceRepr for StepArgs {}
-
-impl Arg for StepArgs {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        use cudarc::driver::PushKernelArg;
-        b.arg(self);
-    }
-}
+unsafe impl Arg for StepArgs {}
 
 /// Queues one launch of `sgd_multi` over the group's table, which the backend has written at
 /// `d.sgd_table()` + the group's first entry.
@@ -173,5 +167,5 @@ pub(super) fn update_group(op: &SgdGroup, d: &DeviceView) {
     let longest = op.updates.iter().map(|u| d.t.tensors[u.param].len()).max().unwrap_or(0);
     let mut cfg = grid(longest.div_ceil(4));
     cfg.grid_dim.1 = u32::try_from(op.updates.len()).expect("group size fits a grid");
-    d.gpu.launch("sgd_multi", cfg, &[&table, &a]);
+    d.gpu.launch(SGD_MULTI, cfg, &[&table, &a]);
 }
