@@ -158,6 +158,14 @@ impl Op {
         each_op!(self, o => o.run_cuda(d))
     }
 
+    /// The weight copy the op reads that is kept between steps (`GemmWeight::Kept`), if any.
+    pub fn kept_copy(&self) -> Option<BufId> {
+        match self {
+            Op::Conv(c) => c.algo.kept_copy(),
+            _ => None,
+        }
+    }
+
     /// The SGD updates the op makes: one for `Sgd`, the group's for `SgdGroup`, none otherwise.
     pub fn sgd_updates(&self) -> &[Sgd] {
         match self {

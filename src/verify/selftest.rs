@@ -702,7 +702,8 @@ fn sgd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
         let grad = t.input(&format!("w{i}.grad"), gd);
         updates.push(Sgd { param, momentum, grad, map });
     }
-    let op = Op::SgdGroup(SgdGroup { updates, first: 0 });
+    let copies = vec![None; updates.len()];
+    let op = Op::SgdGroup(SgdGroup { updates, copies, first: 0 });
     out.push(t.finish("sgd group".into(), op, vec![4, 3], true));
 }
 

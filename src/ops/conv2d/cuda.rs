@@ -312,7 +312,8 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
     let store = d.storage([op.out, op.inp].iter().chain(&op.col));
     let (o, i, c) = (d.buf(op.out), d.buf(op.inp), d.opt(op.col));
-    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.algo.weight_copy(), CopyMade::Slice, p, os, is);
+    let made = if op.algo.kept_copy().is_some() { CopyMade::Before } else { CopyMade::Slice };
+    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.algo.weight_copy(), made, p, os, is);
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => (i, store),
@@ -321,6 +322,16 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
         _ => unreachable!("forward uses no gradients"),
     };
     lowering::conv_forward(&shape, os, is, op.chunk, op.accumulate, |cmd| run(d, cmd, &shape, is.width, store, &addr));
+}
+
+/// Makes the forward op's kept copy (`GemmWeight::Kept`): the whole weight in bf16, as
+/// `weight_slice_bf16` of the full slices, which is what the grouped update writes.
+pub(super) fn make_kept_copy(op: &Conv, d: &DeviceView) {
+    let Some(copy) = op.algo.kept_copy() else { return };
+    let (os, is) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel));
+    assert!(os.width == os.channels && is.width == is.channels, "a kept weight copy is of an unsliced convolution");
+    assert_eq!(d.dtype(copy), Dtype::Bf16, "a kept weight copy is bf16");
+    gemm_weight(d, op.weight, Some(copy), CopyMade::Slice, &op.shape, os, is);
 }
 
 pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {

@@ -4,7 +4,7 @@
 
 use super::{grad_map, GradMap, Sgd, SgdGroup};
 use crate::gpu::{grid, int, Arg, FastDiv};
-use crate::ir::{GradSel, Sel, SliceSpec};
+use crate::ir::{BufId, Dtype, GradSel, Sel, SliceSpec};
 use crate::ops::kernels::{SGD, SGD_MULTI};
 use crate::ops::DeviceView;
 
@@ -103,8 +103,9 @@ fn sliced_block(map: GradSel, slices: &[SliceSpec]) -> Option<usize> {
     }
 }
 
-/// The table entry of `op` in `d`'s regions (any step's starts give the same geometry).
-pub fn entry(op: &Sgd, d: &DeviceView) -> Entry {
+/// The table entry of `op` in `d`'s regions (any step's starts give the same geometry), with
+/// `copy` the bf16 buffer the update also writes the updated weight to, if any.
+pub fn entry(op: &Sgd, copy: Option<BufId>, d: &DeviceView) -> Entry {
     let len = d.t.tensors[op.param].len();
     assert_eq!(d.t.tensors[op.momentum].len(), len, "sgd momentum length");
     let geo = geometry(grad_map(op.map, d.t.slices, d.t.starts), len);
@@ -112,12 +113,16 @@ pub fn entry(op: &Sgd, d: &DeviceView) -> Entry {
     d.f32_only(&[op.grad], "sgd");
     let block = sliced_block(op.map, d.t.slices);
     assert!(block.is_none_or(|b| b < MAX_BLOCKS), "a slice of block {block:?}: the grouped update takes {MAX_BLOCKS}");
+    if let Some(c) = copy {
+        d.check_len(c, len, "sgd weight copy");
+        assert_eq!(d.dtype(c), Dtype::Bf16, "the grouped update writes bf16 weight copies");
+    }
     let (by_group, by_row) = (FastDiv::new(geo.group), FastDiv::new(geo.row_len));
     Entry {
         param: d.tensor(op.param),
         buf: d.tensor(op.momentum),
         grad: d.buf(op.grad),
-        copy: 0,
+        copy: d.opt(copy),
         len: int(len),
         mode: geo.mode,
         block: block.map_or(-1, int),
@@ -150,6 +155,7 @@ unsafe impl Arg for StepArgs {}
 /// Queues one launch of `sgd_multi` over the group's table, which the backend has written at
 /// `d.sgd_table()` + the group's first entry.
 pub(super) fn update_group(op: &SgdGroup, d: &DeviceView) {
+    assert_eq!(op.copies.len(), op.updates.len(), "one weight copy, or none, per update");
     let (table, capacity) = d.sgd_table();
     assert!(op.first + op.updates.len() <= capacity, "sgd table of {capacity} entries: group past its end");
     let table = table + (op.first * std::mem::size_of::<Entry>()) as u64;
