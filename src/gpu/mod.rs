@@ -15,8 +15,8 @@
 //! a step cannot be returned through the `Backend` trait: it panics with the call and the
 //! driver's error.
 //!
-//! By job: `nvrtc` compiles the kernel sources, `launch` holds launch geometries, arguments and
-//! the [`Launcher`] the ops queue work through, `gemm` the cuBLAS products, `recorder` the
+//! By job: `nvrtc` compiles the kernel sources, `launch` holds kernel handles and their
+//! resolution, launch geometries, arguments and the [`Launcher`] the ops queue work through, `gemm` the cuBLAS products, `recorder` the
 //! launcher that only writes work down, `libs` finds the CUDA libraries and `tune` autotunes
 //! GEMMs; this file is the device itself ([`Gpu`]).
 

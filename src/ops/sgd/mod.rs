@@ -78,6 +78,7 @@ impl Kernel for SgdGroup {
         self.updates.iter().flat_map(|u| [u.param, u.momentum]).collect()
     }
     fn run_cpu<T: Elem>(&self, m: &HostView) {
+        assert_eq!(self.copies.len(), self.updates.len(), "one weight copy, or none, per update");
         for (u, copy) in self.updates.iter().zip(&self.copies) {
             u.run_cpu::<T>(m);
             if let Some(&c) = copy.as_ref() {
