@@ -19,7 +19,12 @@
 //! step's updates and once per step; it stays alive until the backward op's `dcol` product, the
 //! last GEMM that reads it (a layer whose backward computes no input gradient, `conv0`, frees it
 //! after forward). Making it at the step's start instead would keep every copy alive through
-//! the whole forward pass; making it again in backward would convert twice a step.
+//! the whole forward pass; making it again in backward would convert twice a step. Where the
+//! GPU's step ends by updating an unsliced convolution's weight in a grouped SGD launch
+//! (`--sgd-group`), that launch writes the whole weight's copy for the next step instead
+//! (`GemmWeight::Kept`), one launch fewer a layer for a copy kept through the whole step; a
+//! sliced layer's copy depends on the next step's start, not drawn yet, so its forward op still
+//! makes it.
 //!
 //! Workspaces: a bf16 step runs im2col + GEMM on either backend, so its workspaces hold im2col
 //! columns alone even on the CPU: the CPU's Winograd path is f32 only, and the CPU's bf16 path
@@ -32,13 +37,15 @@ use crate::ops::{ConvAlgo, GemmWeight};
 use crate::schedule::{InputGrad, Lowering, Options};
 
 /// A convolution as the model states it: its shape, the widths of the output and input
-/// channels its step uses, and whether either is a SliceOut slice narrower than the layer.
+/// channels its step uses, whether either is a SliceOut slice narrower than the layer, and
+/// whether the step ends by updating its weight in a grouped SGD launch (`SgdGroup`).
 #[derive(Clone, Copy, Debug)]
 pub struct ConvSite {
     pub shape: ConvShape,
     pub out_width: usize,
     pub in_width: usize,
     pub sliced: bool,
+    pub grouped_update: bool,
 }
 
 impl ConvSite {
@@ -60,7 +67,8 @@ pub struct WeightCopy {
 ///
 /// - Winograd where `winograd` says.
 /// - A bf16 program's GEMMs read a bf16 copy of the slice, made here once a step and read by
-///   the backward op's `dcol` product too (the module doc says why).
+///   the backward op's `dcol` product too (the module doc says why); on the GPU, an unsliced
+///   convolution whose weight a grouped update writes reads the copy that update kept.
 /// - The GPU's fp32 programs copy a sliced convolution's weight slice in f32 in each op that
 ///   reads it: aligned operands and one GEMM per chunk when the slice wraps. The CPU's GEMM
 ///   reads offset views at full speed, and unsliced convolutions need no copy.
@@ -70,7 +78,11 @@ pub fn conv_forward(l: &Lowering, c: &ConvSite, add: &mut dyn FnMut(WeightCopy) 
     }
     let len = c.weight_len();
     let weight = if l.precision == Precision::Bf16 {
-        GemmWeight::Copy(add(WeightCopy { what: "weight_bf16", dtype: Dtype::Bf16, len }))
+        let copy = add(WeightCopy { what: "weight_bf16", dtype: Dtype::Bf16, len });
+        match l.target == Target::Cuda && c.grouped_update && !c.sliced {
+            true => GemmWeight::Kept(copy),
+            false => GemmWeight::Copy(copy),
+        }
     } else if l.target == Target::Cuda && c.sliced {
         GemmWeight::Copy(add(WeightCopy { what: "weight_slice", dtype: Dtype::F32, len }))
     } else {
@@ -107,7 +119,9 @@ pub fn conv_backward(
         return ConvAlgo::InputGradByConv { flipped };
     }
     let weight = match forward {
-        ConvAlgo::Im2col { weight: GemmWeight::Copy(b) } if l.precision == Precision::Bf16 => GemmWeight::Forward(b),
+        ConvAlgo::Im2col { weight: GemmWeight::Copy(b) | GemmWeight::Kept(b) } if l.precision == Precision::Bf16 => {
+            GemmWeight::Forward(b)
+        }
         _ if l.target == Target::Cuda && c.sliced => {
             GemmWeight::Copy(add(WeightCopy { what: "weight_slice_b", dtype: Dtype::F32, len }))
         }
@@ -187,7 +201,7 @@ mod tests {
     /// A 3x3 stride-1 convolution of 16 to 16 channels over 8 images of 8x8, at the widths given.
     fn site(out_width: usize, in_width: usize) -> ConvSite {
         let shape = ConvShape { n: 8, cin: 16, h: 8, w: 8, cout: 16, k: 3, stride: 1, pad: 1 };
-        ConvSite { shape, out_width, in_width, sliced: out_width < 16 || in_width < 16 }
+        ConvSite { shape, out_width, in_width, sliced: out_width < 16 || in_width < 16, grouped_update: false }
     }
 
     /// The forward and backward algorithms of `c`, and the copies asked for (by name).
@@ -234,5 +248,26 @@ mod tests {
         // An op without an input gradient reads the parameter, whatever the forward copied.
         let none = conv_backward(&col2im, &sliced, im2col(GemmWeight::Copy(0)), false, &mut |_| unreachable!());
         assert_eq!(none, im2col(GemmWeight::Param));
+    }
+
+    /// A grouped update keeps the bf16 copy of an unsliced GPU convolution (read by its backward
+    /// op too where that reads a copy), never of a sliced one, an fp32 one or the CPU's.
+    #[test]
+    fn a_grouped_update_keeps_the_copy_of_an_unsliced_bf16_gpu_convolution() {
+        let gpu = Lowering { target: Target::Cuda, precision: Precision::Bf16, ..Lowering::default() };
+        let grouped = |c: ConvSite| ConvSite { grouped_update: true, ..c };
+        let (full, sliced) = (grouped(site(16, 16)), grouped(site(8, 16)));
+        let im2col = |weight| ConvAlgo::Im2col { weight };
+        let kept = (im2col(GemmWeight::Kept(0)), ConvAlgo::InputGradByConv { flipped: 1 });
+        assert_eq!(choose(&gpu, &full), (kept.0, kept.1, vec!["weight_bf16", "weight_flip"]));
+        let col2im = Lowering { input_grad: InputGrad::Col2im, ..gpu };
+        let both = (im2col(GemmWeight::Kept(0)), im2col(GemmWeight::Forward(0)), vec!["weight_bf16"]);
+        assert_eq!(choose(&col2im, &full), both);
+        assert_eq!(choose(&col2im, &site(16, 16)).0, im2col(GemmWeight::Copy(0)), "no grouped update");
+        assert_eq!(choose(&col2im, &sliced).0, im2col(GemmWeight::Copy(0)));
+        let cpu = Lowering { target: Target::Cpu, ..col2im };
+        assert_eq!(choose(&cpu, &full).0, im2col(GemmWeight::Copy(0)));
+        let fp32 = Lowering { precision: Precision::Fp32, ..gpu };
+        assert_eq!(choose(&fp32, &full).0, im2col(GemmWeight::Param));
     }
 }

@@ -292,6 +292,10 @@ impl Schedule {
                 l.0 = 0;
             }
         }
+        // A copy kept between steps is read before the step writes it for the next one.
+        for b in self.kept_copies() {
+            life[b] = Some((0, last));
+        }
         for &b in &self.outputs {
             let l = life[b].get_or_insert((last, last));
             l.1 = last;
@@ -305,16 +309,26 @@ impl Schedule {
             .collect()
     }
 
-    /// Checks that every op writes before a buffer is read (host inputs aside) and that no op
-    /// reads and writes the same buffer through two names; used by tests and debug builds.
+    /// Checks that every op writes before a buffer is read (host inputs and kept copies aside),
+    /// that no op reads and writes the same buffer through two names, and that a kept copy is
+    /// written once a step, after every read of it; used by tests and debug builds.
     pub fn validate(&self) -> Result<(), String> {
         let mut written = vec![false; self.buffers.len()];
         written[self.input] = true;
         written[self.labels] = true;
+        let kept: Vec<BufId> = self.kept_copies().collect();
+        let mut rewritten = vec![false; self.buffers.len()];
         for (i, step) in self.steps.iter().enumerate() {
             let (r, w) = step.op.buffers();
             for &b in &r {
-                if !written[b] {
+                if kept.contains(&b) && rewritten[b] {
+                    return Err(format!(
+                        "step {i} ({}) reads {} after the update rewrote it",
+                        step.name(),
+                        self.buffers[b].name
+                    ));
+                }
+                if !written[b] && !kept.contains(&b) {
                     return Err(format!(
                         "step {i} ({}) reads {} before it is written",
                         step.name(),
@@ -326,10 +340,22 @@ impl Schedule {
                 }
             }
             for &b in &w {
+                if kept.contains(&b) && std::mem::replace(&mut rewritten[b], true) {
+                    return Err(format!("step {i} ({}) writes {} a second time", step.name(), self.buffers[b].name));
+                }
                 written[b] = true;
             }
         }
-        Ok(())
+        match kept.iter().find(|&&b| !rewritten[b]) {
+            Some(&b) => Err(format!("no step writes the kept copy {} for the next step", self.buffers[b].name)),
+            None => Ok(()),
+        }
+    }
+
+    /// The weight copies kept between steps (`ops::GemmWeight::Kept`): written by a step for the
+    /// next, so alive through the whole step, and made before a program's first step.
+    pub fn kept_copies(&self) -> impl Iterator<Item = BufId> + '_ {
+        self.steps.iter().filter_map(|s| s.op.kept_copy())
     }
 
     /// Multiply-accumulates of one step.

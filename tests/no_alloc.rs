@@ -130,6 +130,39 @@ fn steps_allocate_nothing(precision: Precision, fold_bn: bool) {
     assert_eq!(allocs, 0, "{precision:?}: {allocs} allocations ({bytes} bytes) inside 3 training steps");
 }
 
+/// A GPU step's launch path, recorded without a GPU: every op turns its buffers into
+/// arguments, packs them as the GPU's launch does (a stack array of pointers) and hands them on
+/// with its kernel's handle, and none of it allocates once the recorder has room for the step,
+/// in fp32 and bf16, with and without grouped updates and the BN fold.
+#[test]
+fn recorded_gpu_launches_allocate_nothing() {
+    use sliceout::backend::cuda::record;
+    use sliceout::gpu::Recorder;
+    use sliceout::ir::Target;
+    use sliceout::ops::{kernels, KERNEL_FILES};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let config = ModelConfig { depth: 16, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+    for precision in Precision::ALL {
+        for (sgd_group, fold_bn) in [(false, false), (true, true)] {
+            let lowering = Lowering { target: Target::Cuda, precision, sgd_group, fold_bn, ..Lowering::default() };
+            let p = Program::new(wrn::build(&config, 8, Mode::Train, Options::default(), lowering));
+            let starts: Vec<usize> = p.schedule.slices.iter().map(|s| s.channels - 1).collect();
+            let rec = Recorder::new(KERNEL_FILES, kernels::NAMES).unwrap();
+            record(&rec, &p, &starts);
+            let launches = rec.launches.borrow().len();
+            rec.clear();
+            ALLOCS.store(0, Ordering::SeqCst);
+            BYTES.store(0, Ordering::SeqCst);
+            COUNTING.store(true, Ordering::SeqCst);
+            record(&rec, &p, &starts);
+            COUNTING.store(false, Ordering::SeqCst);
+            let (allocs, bytes) = (ALLOCS.load(Ordering::SeqCst), BYTES.load(Ordering::SeqCst));
+            assert_eq!(rec.launches.borrow().len(), launches);
+            assert_eq!(allocs, 0, "{lowering:?}: {allocs} allocations ({bytes} bytes) in {launches} launches");
+        }
+    }
+}
+
 #[test]
 fn saving_a_checkpoint_allocates_nothing_large() {
     use sliceout::train::state::{EpochSums, RunState, Snapshot};

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DevMem, Gpu, Math, Recorder};
 use crate::ir::{elem, mib, Bf16, Dtype, Target};
 use crate::ops::sgd::cuda::{entry, Entry};
-use crate::ops::{gather, DeviceView, Op, SgdParams, Tables, KERNEL_FILES};
+use crate::ops::{gather, kernels, DeviceView, Op, SgdParams, Tables, KERNEL_FILES};
 use crate::plan::Program;
 
 /// A resident split: `[table: channels*256 f32][images: len*channels*1024 u8][labels: len u8]`.
@@ -46,6 +46,8 @@ pub struct CudaBackend {
     /// The grouped SGD updates' table (`ops::SgdGroup`) and a copy of what it holds.
     sgd_table: DevMem<u8>,
     sgd_table_host: Vec<Entry>,
+    /// Whose kept weight copies (`GemmWeight::Kept`) the arena holds up to date.
+    kept: KeptCopies,
     /// Dropped last: the allocations above are freed while the context lives.
     gpu: Gpu,
 }
@@ -53,7 +55,7 @@ pub struct CudaBackend {
 impl CudaBackend {
     /// Opens device 0 with every op's kernels. `Error::Device` when there is no usable GPU.
     pub fn new(math: Math) -> Result<CudaBackend> {
-        let gpu = Gpu::new(math, KERNEL_FILES)?;
+        let gpu = Gpu::new(math, KERNEL_FILES, kernels::NAMES)?;
         let sgd_table = gpu.alloc(SGD_TABLE_BYTES, "the grouped SGD table")?;
         Ok(CudaBackend {
             arena: None,
@@ -63,6 +65,7 @@ impl CudaBackend {
             selection_host: vec![],
             sgd_table,
             sgd_table_host: vec![Entry::default(); SGD_TABLE_ENTRIES],
+            kept: KeptCopies::default(),
             gpu,
         })
     }
@@ -114,12 +117,14 @@ impl Memory for CudaBackend {
             )));
         }
         self.arena = None;
+        self.kept.forget();
         self.gpu.synchronize();
         self.arena = Some(self.gpu.alloc(len, "the arena")?);
         Ok(())
     }
 
     fn set_persistent(&mut self, data: &[f32]) -> Result<()> {
+        self.kept.forget();
         if self.persistent.as_ref().is_none_or(|p| p.len() != data.len()) {
             self.persistent = None;
             self.persistent = Some(self.gpu.alloc(data.len(), "the persistent region")?);
@@ -142,6 +147,7 @@ impl Memory for CudaBackend {
     /// Rounds `data` to the buffer's element type on the host (as the CPU backend's `write`).
     fn write(&mut self, p: &Program, buf: usize, data: &[f32]) {
         assert_eq!(data.len(), p.locs[buf].1, "write length vs buffer");
+        self.kept.arena_used_by(p.id);
         let dst = self.arena_ptr(p, buf);
         if data.is_empty() {
             return;
@@ -207,6 +213,7 @@ impl Batches for CudaBackend {
     }
 
     fn fill_batch(&mut self, p: &Program, id: SplitId, indices: &[usize], crops: &[Crop]) {
+        self.kept.arena_used_by(p.id);
         let s = self.splits[id as usize].as_ref().expect("split uploaded before fill_batch");
         let n = indices.len();
         assert_eq!(crops.len(), n);
@@ -266,6 +273,9 @@ impl Execute for CudaBackend {
         let tables = Tables::new(&p.locs, &s.tensors, &s.slices, ctx);
         let view = DeviceView::new(tables, &self.gpu, &s.buffers, arena, persistent)
             .with_sgd_table(self.sgd_table.ptr, SGD_TABLE_ENTRIES);
+        if self.kept.run(p.id) {
+            make_kept_copies(p, &view);
+        }
         if let Op::SgdGroup(g) = &s.steps[step].op {
             let slots = g.first..g.first + g.updates.len();
             assert!(
@@ -274,8 +284,9 @@ impl Execute for CudaBackend {
                 slots.end
             );
             let mut changed = false;
-            for (u, held) in g.updates.iter().zip(&mut self.sgd_table_host[slots.clone()]) {
-                let e = entry(u, &view);
+            let updates = g.updates.iter().zip(&g.copies);
+            for ((u, &copy), held) in updates.zip(&mut self.sgd_table_host[slots.clone()]) {
+                let e = entry(u, copy, &view);
                 changed |= e != *held;
                 *held = e;
             }
@@ -287,6 +298,46 @@ impl Execute for CudaBackend {
             }
         }
         s.steps[step].op.run_cuda(&view);
+    }
+}
+
+/// The program (`Program::id`) whose kept weight copies (`GemmWeight::Kept`) the arena holds
+/// up to date with the weights: the copies live in that program's arena, where any other
+/// program's buffers may lie, and are made from the weights, which a new persistent region
+/// replaces.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct KeptCopies {
+    up_to_date: Option<u64>,
+}
+
+impl KeptCopies {
+    /// Before an op of `program` runs: whether its copies must be made first. Afterwards they
+    /// are its, kept up to date by its grouped updates.
+    fn run(&mut self, program: u64) -> bool {
+        self.up_to_date.replace(program) != Some(program)
+    }
+
+    /// Before the buffers of `program` are written: another program's overwrite the copies.
+    fn arena_used_by(&mut self, program: u64) {
+        if self.up_to_date != Some(program) {
+            self.up_to_date = None;
+        }
+    }
+
+    /// The weights were replaced, or the arena made again.
+    fn forget(&mut self) {
+        self.up_to_date = None;
+    }
+}
+
+/// Queues the making of every kept weight copy of `p` (`GemmWeight::Kept`) from the weights as
+/// they are: before its first step, and whenever the arena or the weights changed under them;
+/// later steps' grouped updates keep them up to date.
+pub fn make_kept_copies(p: &Program, view: &DeviceView) {
+    for step in &p.schedule.steps {
+        if let Op::Conv(c) = &step.op {
+            c.make_kept_copy_cuda(view);
+        }
     }
 }
 
@@ -312,9 +363,37 @@ pub const RECORD_SGD_TABLE: u64 = 1 << 45;
 
 /// What one training step of `program` queues on a GPU with slice starts `starts`: the batch
 /// gather, then every kernel launch and GEMM of its ops, recorded without a GPU (addresses are
-/// placeholders inside regions of the program's sizes), in the program's precision.
+/// placeholders inside regions of the program's sizes), in the program's precision. The
+/// recorder resolves the kernel table as a GPU does, so each launch's arguments are checked
+/// against its kernel's parameters. A step after the program's first: its kept weight copies
+/// are up to date ([`record_first_step`] makes them).
 pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
-    let rec = Recorder::default();
+    let rec = recorder();
+    record_into(&rec, program, starts, false);
+    rec
+}
+
+/// As [`record_step`], for the program's first step (or one after another program ran, or the
+/// weights were replaced): its kept weight copies are made after the gather.
+pub fn record_first_step(program: &Program, starts: &[usize]) -> Recorder {
+    let rec = recorder();
+    record_into(&rec, program, starts, true);
+    rec
+}
+
+/// Records one step of `program` into `rec`, after what it holds (as [`record_step`]).
+pub fn record(rec: &Recorder, program: &Program, starts: &[usize]) {
+    record_into(rec, program, starts, false)
+}
+
+fn recorder() -> Recorder {
+    match Recorder::new(KERNEL_FILES, kernels::NAMES) {
+        Ok(rec) => rec,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn record_into(rec: &Recorder, program: &Program, starts: &[usize], first: bool) {
     let s = &program.schedule;
     let sgd = SgdParams { lr: 0.0, momentum: 0.0, weight_decay: 0.0, nesterov: false };
     let ctx = StepCtx::new(starts, sgd);
@@ -324,20 +403,41 @@ pub fn record_step(program: &Program, starts: &[usize]) -> Recorder {
     let labels = crate::gpu::f32_at(arena, program.locs[s.labels].0);
     let split = gather::SplitAddrs { table: 1 << 46, images: 1 << 46, labels: 1 << 46, channels: s.config.in_channels };
     let input = (input, s.buffers[s.input].dtype);
-    gather::gather_cuda(&rec, input, labels, split, 1 << 47, s.batch);
+    gather::gather_cuda(rec, input, labels, split, 1 << 47, s.batch);
     let regions = ((arena, program.arena_bytes()), (persistent, s.persistent_len()));
     let groups = s.steps.iter().filter_map(|st| if let Op::SgdGroup(g) = &st.op { Some(g) } else { None });
-    let view = DeviceView::new(tables, &rec, &s.buffers, regions.0, regions.1)
+    let view = DeviceView::new(tables, rec, &s.buffers, regions.0, regions.1)
         .with_sgd_table(RECORD_SGD_TABLE, crate::ops::sgd::table_len(groups));
+    if first {
+        make_kept_copies(program, &view);
+    }
     for step in &s.steps {
         step.op.run_cuda(&view);
     }
-    rec
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A program's first op makes its copies, its later ops and steps do not; another program's
+    /// buffers or ops, or new weights, mean the next op makes them again.
+    #[test]
+    fn kept_copies_are_made_when_the_arena_or_the_weights_changed_under_them() {
+        let (train, eval) = (1, 2);
+        let mut k = KeptCopies::default();
+        assert!(k.run(train));
+        assert!(!k.run(train) && !k.run(train));
+        k.arena_used_by(train);
+        assert!(!k.run(train), "its own batch");
+        k.arena_used_by(eval);
+        assert!(k.run(eval) && !k.run(eval));
+        assert!(k.run(train), "after the evaluation");
+        assert!(k.run(eval) && k.run(train), "an op of each in turn");
+        k.forget();
+        assert!(k.run(train), "new weights");
+        assert!(!k.run(train));
+    }
 
     #[test]
     fn without_a_gpu_the_backend_is_a_clear_error() {

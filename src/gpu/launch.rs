@@ -1,10 +1,71 @@
-//! What a kernel launch is made of: launch geometries, kernel arguments, the division the
-//! kernels do by multiply-and-shift, the multi-block reductions' scratch, and the [`Launcher`]
-//! that queues launches and GEMMs.
+//! What a kernel launch is made of: the kernel's handle ([`KernelId`]), launch geometries,
+//! kernel arguments, the division the kernels do by multiply-and-shift, the multi-block
+//! reductions' scratch, and the [`Launcher`] that queues launches and GEMMs.
+//!
+//! Kernels are named by handles from a table fixed when the crate is built (`ops::kernels`): a
+//! [`Launcher`] resolves the whole table once when it is made ([`resolve`]; a name no kernel
+//! file defines is an error there), and a launch indexes what it resolved. Arguments travel as
+//! a stack array of pointers to their values ([`arg_pointers`]), the form the driver takes, so
+//! a launch looks nothing up and allocates nothing.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
+
+use cudarc::driver::LaunchConfig;
 
 use super::GemmCall;
+use crate::error::{Error, Result};
+use crate::ir::Dtype;
+
+/// A kernel of the loaded kernel files, as a launch names it: its place in the table its
+/// [`Launcher`] resolved when it was made, and its name (for messages, timings, recordings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelId {
+    index: u16,
+    name: &'static str,
+}
+
+impl KernelId {
+    /// Entry `index` of a table whose name there is `name` (the table's macro makes these).
+    pub const fn new(index: u16, name: &'static str) -> KernelId {
+        KernelId { index, name }
+    }
+
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+}
+
+/// A kernel written once over the storage type: its f32 entry point `k` and its bf16 one
+/// `k_bf16` (the convention of every `.cu` file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageKernel {
+    pub f32: KernelId,
+    pub bf16: KernelId,
+}
+
+impl StorageKernel {
+    /// The entry point over storage `dtype`.
+    pub fn of(self, dtype: Dtype) -> KernelId {
+        match dtype {
+            Dtype::F32 => self.f32,
+            Dtype::Bf16 => self.bf16,
+        }
+    }
+}
+
+/// Resolves every name of a kernel table, in order, with `find` (which looks a name up in the
+/// loaded kernel files): what a [`Launcher`] does once when it is made. A name that `find`
+/// does not know is an error naming it, before anything is launched.
+pub fn resolve<F>(names: &[&'static str], mut find: impl FnMut(&str) -> Option<F>) -> Result<Vec<F>> {
+    let resolved = names.iter().map(|&name| {
+        find(name).ok_or_else(|| Error::Device(format!("kernel `{name}` of the kernel table is in no kernel file")))
+    });
+    resolved.collect()
+}
 
 /// Channels (per launch) and partial sums the multi-block reductions' scratch has room for:
 /// partial sums `[channel][part]` (two f64 each), finished sums `[channel]` (two f64 each) and
@@ -99,44 +160,46 @@ pub fn f32_at(base: u64, floats: usize) -> u64 {
     base + 4 * floats as u64
 }
 
-/// The kernel `name` over storage `dtype`: `name` itself for f32, `name_bf16` for bf16 (the
-/// convention of every `.cu` file: one template, one `extern "C"` entry point per type).
-macro_rules! kernel {
-    ($name:literal, $dtype:expr) => {
-        match $dtype {
-            $crate::ir::Dtype::F32 => $name,
-            $crate::ir::Dtype::Bf16 => concat!($name, "_bf16"),
-        }
-    };
-}
-pub(crate) use kernel;
-
 /// A dimension as the kernels' `int`.
 pub fn int(v: usize) -> i32 {
     i32::try_from(v).expect("dimension fits in i32")
 }
 
-/// A kernel argument (device pointers are passed as their `u64` address).
-pub trait Arg {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+/// A kernel argument: the driver copies `size_of::<Self>()` bytes from the value's address
+/// (device pointers are passed as their `u64` address).
+///
+/// # Safety
+/// The type's bytes must be exactly the kernel parameter's: plain old data in the C layout the
+/// kernel declares.
+pub unsafe trait Arg {}
+
+// SAFETY: the kernels' scalar parameters, and pointers as 64-bit addresses.
+unsafe impl Arg for u64 {}
+unsafe impl Arg for i64 {}
+unsafe impl Arg for i32 {}
+unsafe impl Arg for u32 {}
+unsafe impl Arg for f32 {}
+unsafe impl Arg for f64 {}
+
+/// The most arguments a kernel takes (`im2col_bn_relu`'s): the length of a launch's array of
+/// argument pointers, which lives on the stack.
+pub const MAX_ARGS: usize = 24;
+
+/// Points the first `args.len()` of `slots` at the arguments' values, as the driver's launch
+/// takes them, and returns that part. The pointers are valid while `args` is borrowed.
+pub fn arg_pointers<'s>(args: &[&dyn Arg], slots: &'s mut [*mut c_void; MAX_ARGS]) -> &'s mut [*mut c_void] {
+    assert!(args.len() <= MAX_ARGS, "{} kernel arguments: a launch passes at most {MAX_ARGS}", args.len());
+    for (slot, &arg) in slots.iter_mut().zip(args) {
+        *slot = arg as *const dyn Arg as *const c_void as *mut c_void;
+    }
+    &mut slots[..args.len()]
 }
 
-macro_rules! impl_arg {
-    ($($t:ty),*) => {$(
-        impl Arg for $t {
-            fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-                b.arg(self);
-            }
-        }
-    )*};
-}
-impl_arg!(u64, i64, i32, u32, f32, f64);
-
-/// What ops queue on a GPU: kernel launches (by kernel name) and GEMMs. [`Gpu`](super::Gpu) runs them;
+/// What ops queue on a GPU: kernel launches (by handle) and GEMMs. [`Gpu`](super::Gpu) runs them;
 /// [`Recorder`](super::Recorder) writes them down, so what a program queues is known, and tested, without a GPU.
 pub trait Launcher {
-    /// Queues kernel `kernel` of the loaded kernel files.
-    fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]);
+    /// Queues kernel `kernel` of the table the launcher resolved.
+    fn launch(&self, kernel: KernelId, cfg: LaunchConfig, args: &[&dyn Arg]);
     /// Queues one `cublasGemmEx`.
     fn gemm(&self, g: &GemmCall);
     /// Base address of the multi-block reductions' scratch ([`REDUCTION_SCRATCH`] bytes).
@@ -180,6 +243,37 @@ mod tests {
         }
         let (p, s, n) = reduction_regions(0);
         assert_eq!((p, s, n as usize + 4 * REDUCTION_CHANNELS), (0, 16 * REDUCTION_PARTS as u64, REDUCTION_SCRATCH));
+    }
+
+    /// Each slot points at its argument's bytes, whatever its type; the rest stay as they were.
+    #[test]
+    fn argument_pointers_point_at_the_values() {
+        let (a, b, c, d) = (0x1234_5678_9abc_def0u64, -7i32, 2.5f32, 0.125f64);
+        let mut slots = [std::ptr::null_mut(); MAX_ARGS];
+        let used = arg_pointers(&[&a, &b, &c, &d], &mut slots);
+        assert_eq!(used.len(), 4);
+        // SAFETY: each pointer was taken from the value of that type, still borrowed here.
+        unsafe {
+            assert_eq!(*(used[0] as *const u64), a);
+            assert_eq!(*(used[1] as *const i32), b);
+            assert_eq!(*(used[2] as *const f32), c);
+            assert_eq!(*(used[3] as *const f64), d);
+        }
+        assert!(slots[4..].iter().all(|p| p.is_null()));
+    }
+
+    /// A table resolves in order, once per name; a name no file defines is named in the error.
+    #[test]
+    fn resolving_a_table_names_what_is_missing() {
+        let files = ["a", "b", "c"];
+        let mut lookups = 0;
+        let found = resolve(&["c", "a"], |k| {
+            lookups += 1;
+            files.iter().position(|f| *f == k)
+        });
+        assert_eq!((found.unwrap(), lookups), (vec![2, 0], 2));
+        let err = resolve(&["a", "nope"], |k| files.iter().position(|f| *f == k)).unwrap_err().to_string();
+        assert!(err.contains("`nope`") && err.contains("no kernel file"), "{err}");
     }
 
     #[test]

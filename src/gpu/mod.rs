@@ -4,7 +4,8 @@
 //! `Error::Device`; nothing here panics for want of a driver).
 //!
 //! This layer knows nothing of schedules or ops: it compiles the kernel sources it is handed
-//! (each op folder ships its own `.cu`, after [`COMMON`]), launches kernels by name, runs
+//! (each op folder ships its own `.cu`, after [`COMMON`]), resolves the table of kernel names it
+//! is handed once, launches kernels by their handle in that table ([`KernelId`]), runs
 //! `cublasGemmEx` on raw device addresses and moves bytes. The ops (`ops/<op>/cuda.rs`) turn
 //! their buffers into addresses and call it; `backend::cuda` owns the memory regions.
 //!
@@ -14,8 +15,8 @@
 //! a step cannot be returned through the `Backend` trait: it panics with the call and the
 //! driver's error.
 //!
-//! By job: `nvrtc` compiles the kernel sources, `launch` holds launch geometries, arguments and
-//! the [`Launcher`] the ops queue work through, `gemm` the cuBLAS products, `recorder` the
+//! By job: `nvrtc` compiles the kernel sources, `launch` holds kernel handles and their
+//! resolution, launch geometries, arguments and the [`Launcher`] the ops queue work through, `gemm` the cuBLAS products, `recorder` the
 //! launcher that only writes work down, `libs` finds the CUDA libraries and `tune` autotunes
 //! GEMMs; this file is the device itself ([`Gpu`]).
 
@@ -30,7 +31,7 @@ use std::sync::Arc;
 
 use cudarc::cublas::sys as cb;
 use cudarc::driver::{
-    result as dr, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    result as dr, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -39,10 +40,10 @@ use crate::ir::mib;
 pub use crate::ir::Math;
 
 pub use gemm::{data_type, gemm_compute_type, GemmCall};
-pub(crate) use launch::kernel;
 pub use launch::{
-    elementwise_rows, f32_at, grid, int, one_block, reduction, reduction_parts, reduction_regions, rows, Arg, FastDiv,
-    Launcher, REDUCTION_CHANNELS, REDUCTION_PARTS, REDUCTION_SCRATCH,
+    arg_pointers, elementwise_rows, f32_at, grid, int, one_block, reduction, reduction_parts, reduction_regions,
+    resolve, rows, Arg, FastDiv, KernelId, Launcher, StorageKernel, MAX_ARGS, REDUCTION_CHANNELS, REDUCTION_PARTS,
+    REDUCTION_SCRATCH,
 };
 use nvrtc::cached_images;
 pub use nvrtc::{
@@ -164,8 +165,8 @@ pub struct Gpu {
     math: Math,
     device_name: String,
     arch: String,
-    /// Every kernel of every file, by name.
-    kernels: Vec<(String, CudaFunction)>,
+    /// The kernel table's functions, by [`KernelId`] index (each holds its module).
+    kernels: Vec<CudaFunction>,
     /// Synchronise after every launch (`SLICEOUT_CUDA_SYNC=1`).
     sync_each: bool,
     /// Device memory in use once the context existed and the kernels were loaded.
@@ -196,9 +197,11 @@ impl Drop for Gpu {
 }
 
 impl Gpu {
-    /// Opens device 0, compiles `files` (once per process) and loads their kernels, makes a
-    /// cuBLAS handle with its workspace. `Error::Device` when there is no usable GPU.
-    pub fn new(math: Math, files: &[KernelFile]) -> Result<Gpu> {
+    /// Opens device 0, compiles `files` (once per process), loads them and resolves the kernel
+    /// table `names` (the [`KernelId`]s launches pass index it), makes a cuBLAS handle with its
+    /// workspace. `Error::Device` when there is no usable GPU, or a name of the table is in no
+    /// file.
+    pub fn new(math: Math, files: &[KernelFile], names: &[&'static str]) -> Result<Gpu> {
         let ctx = context()?;
         if !libs::cublas_present() {
             return Err(Error::Device(format!(
@@ -214,9 +217,9 @@ impl Gpu {
         let (major, minor) = ctx.compute_capability().map_err(|e| dev_err("reading the compute capability", e))?;
         let cc = format!("{major}{minor}");
         let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let mut kernels = vec![];
         let images = cached_images(&cc, files)?;
         let arch = format!("sm_{cc} {}", images.first().map_or("", |(_, i)| i.kind()));
+        let mut modules: Vec<(&str, Vec<&str>, Arc<CudaModule>)> = vec![];
         for ((name, src), (_, image)) in files.iter().zip(images) {
             let what = format!("loading the {} of {name}", image.kind());
             let module = match image {
@@ -224,11 +227,13 @@ impl Gpu {
                 Image::Ptx(text) => ctx.load_module(Ptx::from_src(text)),
             }
             .map_err(|e| dev_err(&what, e))?;
-            for k in kernel_names(src) {
-                let f = module.load_function(k).map_err(|e| dev_err(&format!("loading kernel {k} of {name}"), e))?;
-                kernels.push((k.to_string(), f));
-            }
+            modules.push((name, kernel_names(src), module));
         }
+        let found = resolve(names, |k| {
+            let (file, _, module) = modules.iter().find(|(_, ks, _)| ks.contains(&k))?;
+            Some(module.load_function(k).map_err(|e| dev_err(&format!("loading kernel {k} of {file}"), e)))
+        })?;
+        let kernels = found.into_iter().collect::<Result<Vec<_>>>()?;
         let context_bytes = ctx.mem_get_info().map(|(free, total)| total - free).unwrap_or(0);
         let workspace = alloc::<u8>(&stream, CUBLAS_WORKSPACE, "the cuBLAS workspace")?;
         let scratch = alloc::<u8>(&stream, REDUCTION_SCRATCH, "the reductions' scratch")?;
@@ -386,20 +391,21 @@ impl Gpu {
 }
 
 impl Launcher for Gpu {
-    fn launch(&self, name: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]) {
-        let f = match self.kernels.iter().find(|(n, _)| n == name) {
-            Some((_, f)) => f,
-            None => panic!("CUDA: kernel {name} is not in any kernel file"),
-        };
-        self.queue(name, || {
-            let mut b = self.stream.launch_builder(f);
-            for a in args {
-                a.push(&mut b);
-            }
-            // SAFETY: argument lists match the kernels' signatures (ops/*/*.cu); pointers are
-            // inside our allocations (the ops check lengths against the plan before launching).
-            if let Err(e) = unsafe { b.launch(cfg) } {
-                panic!("CUDA: launching kernel {name} failed: {e:?}");
+    /// Indexes the table resolved by [`Gpu::new`] and hands the driver a stack array of pointers
+    /// to the arguments: no lookup, no allocation. The context is bound by whoever queues the
+    /// op (`backend::cuda`), once per op rather than per launch.
+    fn launch(&self, kernel: KernelId, cfg: LaunchConfig, args: &[&dyn Arg]) {
+        let f = self.kernels[kernel.index()].cu_function();
+        let mut slots = [std::ptr::null_mut(); MAX_ARGS];
+        let params = arg_pointers(args, &mut slots);
+        let (grid, block, shared) = (cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes);
+        self.queue(kernel.name(), || {
+            // SAFETY: argument lists match the kernels' signatures (ops/*/*.cu, checked by the
+            // recorded steps' tests); device pointers are inside our allocations (the ops check
+            // lengths against the plan before launching); `args` outlives the call.
+            let launched = unsafe { dr::launch_kernel(f, grid, block, shared, self.stream.cu_stream(), params) };
+            if let Err(e) = launched {
+                panic!("CUDA: launching kernel {} failed: {e:?}", kernel.name());
             }
         });
     }
@@ -436,7 +442,7 @@ mod tests {
             assert!(device_memory().is_ok());
             return;
         }
-        match Gpu::new(Math::Tf32, &[]) {
+        match Gpu::new(Math::Tf32, &[], &[]) {
             Err(Error::Device(msg)) => assert!(!msg.is_empty()),
             Err(e) => panic!("wrong error kind: {e}"),
             Ok(_) => panic!("a GPU without a device"),

@@ -491,10 +491,14 @@ impl Builder {
         ConvWeight { tensor: weight, shape, forward: algo }
     }
 
-    /// A convolution of this step: its shape and its slices' widths.
+    /// A convolution of this step: its shape, its slices' widths, and whether a grouped update
+    /// (`group_updates`) writes its weight.
     fn site(&self, shape: ConvShape, out_sel: Sel, in_sel: Sel) -> ConvSite {
         let (out_width, in_width) = (self.width(out_sel), self.width(in_sel));
-        ConvSite { shape, out_width, in_width, sliced: self.is_sliced(out_sel) || self.is_sliced(in_sel) }
+        let s = &self.sched;
+        let grouped_update = s.lowering.sgd_group && s.mode == Mode::Train && s.options.update != UpdateAt::None;
+        let sliced = self.is_sliced(out_sel) || self.is_sliced(in_sel);
+        ConvSite { shape, out_width, in_width, sliced, grouped_update }
     }
 
     /// A weight copy the lowering asks for, named after the layer.
@@ -622,7 +626,12 @@ impl Builder {
             }
         }
         if self.sched.lowering.sgd_group {
-            group_updates(&mut self.sched.steps);
+            let kept = self.sched.steps.iter().filter_map(|s| match &s.op {
+                Op::Conv(c) => c.algo.kept_copy().map(|b| (c.weight, b)),
+                _ => None,
+            });
+            let kept: Vec<(TensorId, BufId)> = kept.collect();
+            group_updates(&mut self.sched.steps, &kept);
         }
         super::params::lay_out(&mut self.sched.tensors);
         self.sched.outputs.push(self.sched.loss);
@@ -633,18 +642,25 @@ impl Builder {
 
 /// Each run of adjacent updates becomes one `SgdGroup` step (`Lowering::sgd_group`), named
 /// after its first parameter (`block3.conv2.weight+2`), the groups numbered into one table in
-/// step order; a lone update stays an `Sgd`.
-fn group_updates(steps: &mut Vec<Step>) {
+/// step order; it writes the copies of `kept` (weight, copy) of its weights. A lone update
+/// stays an `Sgd`, unless it has a copy to write.
+fn group_updates(steps: &mut Vec<Step>, kept: &[(TensorId, BufId)]) {
     let mut grouped = Vec::with_capacity(steps.len());
     let mut entries = 0;
+    let copy = |u: &Sgd| kept.iter().find(|(w, _)| *w == u.param).map(|&(_, b)| b);
     for run in steps.chunk_by(|a, b| matches!((&a.op, &b.op), (Op::Sgd(_), Op::Sgd(_)))) {
-        if run.len() < 2 {
+        let updates: Vec<Sgd> = run.iter().flat_map(|s| s.op.sgd_updates().iter().copied()).collect();
+        let copies: Vec<Option<BufId>> = updates.iter().map(copy).collect();
+        if updates.is_empty() || (run.len() < 2 && copies.iter().all(Option::is_none)) {
             grouped.extend_from_slice(run);
             continue;
         }
-        let updates: Vec<Sgd> = run.iter().flat_map(|s| s.op.sgd_updates().iter().copied()).collect();
-        let layer = format!("{}+{}", run[0].layer, run.len() - 1);
-        grouped.push(Step { layer, phase: Phase::Update, op: Op::SgdGroup(SgdGroup { updates, first: entries }) });
+        let layer = match run.len() {
+            1 => run[0].layer.clone(),
+            n => format!("{}+{}", run[0].layer, n - 1),
+        };
+        let op = Op::SgdGroup(SgdGroup { updates, copies, first: entries });
+        grouped.push(Step { layer, phase: Phase::Update, op });
         entries += run.len();
     }
     *steps = grouped;

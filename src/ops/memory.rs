@@ -285,10 +285,11 @@ impl<'a> DeviceView<'a> {
         self.buffers[b].dtype
     }
 
-    /// The one element type of `bufs` (an op's activations, their gradients and workspaces),
-    /// which picks its kernels' variant; panics when they differ.
-    pub fn storage(&self, bufs: &[BufId]) -> Dtype {
-        let dtype = self.dtype(bufs[0]);
+    /// The one element type of `bufs` (an op's activations, their gradients and workspaces,
+    /// at least one), which picks its kernels' variant; panics when they differ.
+    pub fn storage<'b>(&self, bufs: impl IntoIterator<Item = &'b BufId>) -> Dtype {
+        let mut bufs = bufs.into_iter().peekable();
+        let dtype = self.dtype(**bufs.peek().expect("an op's storage buffers"));
         for &b in bufs {
             let buf = &self.buffers[b];
             assert_eq!(buf.dtype, dtype, "buffer {} holds {}, not {}", buf.name, buf.dtype.as_str(), dtype.as_str());

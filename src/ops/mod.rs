@@ -21,13 +21,14 @@
 //! or `common.cu`'s `bf16`, loads through `widen`, stores through `narrow<T>`, which rounds to
 //! nearest even as `ir::elem` does), with one `extern "C"` entry point per type: `k` for f32
 //! storage, `k_bf16` for bf16. An op's `cuda.rs` picks the entry point from its buffers' element
-//! types (`DeviceView::storage`, `gpu::kernel!`). The f32-only ops (linear, loss, SGD) have
-//! one entry point each.
+//! types (`DeviceView::storage`, then `StorageKernel::of` on its entry in [`kernels`], the
+//! table of every kernel). The f32-only ops (linear, loss, SGD) have one entry point each.
 
 pub mod add;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod gather;
+pub mod kernels;
 pub mod linear;
 pub mod loss;
 pub mod memory;
@@ -155,6 +156,14 @@ impl Op {
 
     pub fn run_cuda(&self, d: &DeviceView) {
         each_op!(self, o => o.run_cuda(d))
+    }
+
+    /// The weight copy the op reads that is kept between steps (`GemmWeight::Kept`), if any.
+    pub fn kept_copy(&self) -> Option<BufId> {
+        match self {
+            Op::Conv(c) => c.algo.kept_copy(),
+            _ => None,
+        }
     }
 
     /// The SGD updates the op makes: one for `Sgd`, the group's for `SgdGroup`, none otherwise.
@@ -316,8 +325,8 @@ mod tests {
             "weight_slice",
         ];
         assert_eq!(bf16, want);
-        assert_eq!(crate::gpu::kernel!("im2col", Dtype::Bf16), "im2col_bf16");
-        assert_eq!(crate::gpu::kernel!("im2col", Dtype::F32), "im2col");
+        assert_eq!(kernels::IM2COL.of(Dtype::Bf16).name(), "im2col_bf16");
+        assert_eq!(kernels::IM2COL.of(Dtype::F32).name(), "im2col");
     }
 
     #[test]

@@ -7,6 +7,9 @@ use crate::plan::{self, Lifetime, Placement};
 use crate::schedule::Schedule;
 
 pub struct Program {
+    /// Unique in the process: what a backend holding state for one program (`GemmWeight::Kept`
+    /// copies in its arena) tells programs apart by.
+    pub id: u64,
     pub schedule: Schedule,
     pub lifetimes: Vec<Lifetime>,
     pub placement: Placement,
@@ -26,7 +29,9 @@ impl Program {
             panic!("planner produced overlapping buffers: {e}");
         }
         let locs = placement.offsets.iter().zip(&schedule.buffers).map(|(&o, b)| (o / 4, b.len)).collect();
-        Program { schedule, lifetimes, placement, locs }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Program { id, schedule, lifetimes, placement, locs }
     }
 
     pub fn arena_bytes(&self) -> usize {

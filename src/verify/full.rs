@@ -86,10 +86,13 @@ pub fn full_step(
     let mut rows =
         vec![FullRow { name: "batch gather".into(), max_rel_err: compare(reference, other, &p, &[s.input, s.labels]) }];
     let (mut ref_state, mut other_state) = (vec![0f32; s.persistent_len()], vec![0f32; s.persistent_len()]);
+    let kept: Vec<usize> = s.kept_copies().collect();
     for (i, step) in s.steps.iter().enumerate() {
         let (read, written) = step.op.buffers();
         let written: Vec<usize> = written.into_iter().filter(|&b| s.buffers[b].kind != BufKind::Workspace).collect();
-        for &b in read.iter().chain(&written) {
+        // A kept weight copy is each backend's own, made from the same weights: the
+        // reference's forward op writes its copy as it runs, so before it the copy is stale.
+        for &b in read.iter().filter(|b| !kept.contains(b)).chain(&written) {
             let mut v = vec![0f32; p.locs[b].1];
             reference.read(&p, b, &mut v);
             other.write(&p, b, &v);
@@ -236,6 +239,33 @@ mod tests {
             for r in &rows {
                 assert!(r.max_rel_err < 1e-6, "{precision:?} {r:?}");
             }
+        }
+    }
+
+    /// The route of `selftest --full --precision bf16 --sgd-group`, the CPU standing in for the
+    /// GPU: the GPU's bf16 plan, whose grouped updates write the kept weight copies of the
+    /// unsliced convolutions, runs op by op exactly as the reference's, the copies the groups
+    /// write compared with the reference's.
+    #[test]
+    fn a_gpu_plan_whose_grouped_updates_write_weight_copies_runs_op_by_op() {
+        use crate::ir::Target;
+        use crate::ops::Op;
+        let config = ModelConfig { depth: 10, widen: 2, classes: 10, in_channels: 3, keep: 0.5 };
+        let (mut a, mut b) = (CpuBackend::reference(), Tampered::new(|_, _| {}, |_| {}));
+        b.target = Target::Cuda;
+        let lowering =
+            Lowering { target: Target::Cuda, precision: Precision::Bf16, sgd_group: true, ..Lowering::default() };
+        let p = Program::new(wrn::build(&config, 4, Mode::Train, Options::default(), lowering));
+        let kept: Vec<usize> = p.schedule.kept_copies().collect();
+        assert_eq!(kept.len(), 4, "conv0 and the three shortcuts");
+        let groups = p.schedule.steps.iter().filter(|s| matches!(s.op, Op::SgdGroup(_)));
+        let mut written: Vec<usize> = groups.flat_map(|s| s.op.buffers().1).collect();
+        written.sort();
+        assert_eq!(written, kept, "the groups write every kept copy");
+        let rows = full_step(&mut a, &mut b, &config, 4, lowering).unwrap();
+        assert_eq!(rows.len(), p.schedule.steps.len() + 1);
+        for r in &rows {
+            assert_eq!(r.max_rel_err, 0.0, "{r:?}");
         }
     }
 

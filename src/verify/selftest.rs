@@ -682,7 +682,8 @@ fn sgd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
         out.push(c);
     }
     // One multi-tensor launch (`--sgd-group`): a full gradient of odd length, rows of a wrapping
-    // slice of block 0, columns of a wrapping slice of block 1, each reading its block's start.
+    // slice of block 0, columns of a wrapping slice of block 1, each reading its block's start;
+    // in bf16 the first also writes its weight's bf16 copy, as for a kept copy.
     *seed += 1;
     let spec = vec![SliceSpec { channels: 6, width: 4 }, SliceSpec { channels: 5, width: 3 }];
     let mut t = Tiny::new(*seed, spec, precision);
@@ -702,7 +703,11 @@ fn sgd_cases(seed: &mut u64, precision: Precision, out: &mut Vec<Case>) {
         let grad = t.input(&format!("w{i}.grad"), gd);
         updates.push(Sgd { param, momentum, grad, map });
     }
-    let op = Op::SgdGroup(SgdGroup { updates, first: 0 });
+    let mut copies = vec![None; updates.len()];
+    if t.bf16() {
+        copies[0] = Some(t.output("w0.weight_bf16", BufKind::WeightCopy, 35));
+    }
+    let op = Op::SgdGroup(SgdGroup { updates, copies, first: 0 });
     out.push(t.finish("sgd group".into(), op, vec![4, 3], true));
 }
 

@@ -843,6 +843,33 @@ fn every_recorded_launch_passes_the_parameters_its_kernel_declares() {
     }
 }
 
+/// Kernels are resolved once, when a launcher is made, never at a launch: a recorder resolving
+/// the kernel table as a GPU does looks each name up once, and two recorded steps of a grouped
+/// bf16 program add their launches and no lookup. A name no kernel file defines is refused when
+/// the table is resolved, naming it.
+#[test]
+fn kernels_are_resolved_once_and_launches_look_nothing_up() {
+    use sliceout::backend::cuda::record;
+    use sliceout::gpu::Recorder;
+    use sliceout::ir::Target;
+    use sliceout::ops::{kernels, KERNEL_FILES};
+    let rec = Recorder::new(KERNEL_FILES, kernels::NAMES).unwrap();
+    let names = kernels::NAMES.len();
+    assert_eq!(rec.lookups(), names);
+    let gpu = Lowering { target: Target::Cuda, sgd_group: true, ..Lowering::default() };
+    let p = lowered(&wrn(16, 4, 0.5), 8, Mode::Train, bf16(gpu));
+    let wrapping: Vec<usize> = p.schedule.slices.iter().map(|s| s.channels - 1).collect();
+    record(&rec, &p, &wrapping);
+    let first = rec.launches.borrow().len();
+    assert!(first > 100, "{first} launches");
+    assert_eq!(rec.lookups(), names, "the first step looked nothing up");
+    record(&rec, &p, &wrapping);
+    assert_eq!(rec.launches.borrow().len(), 2 * first);
+    assert_eq!(rec.lookups(), names, "nor did the second");
+    let err = Recorder::new(KERNEL_FILES, &["im2col", "im2col_f16"]).err().expect("an unknown kernel").to_string();
+    assert!(err.contains("`im2col_f16`") && err.contains("no kernel file"), "{err}");
+}
+
 /// `--fold-bn`: where every convolution that reads a recomputed BN + ReLU output gathers it by
 /// im2col (not Winograd's transforms, not a direct 1x1 stride-1 layer), its backward reads the
 /// BN's input and statistics instead, and the output is neither recomputed nor planned. Off

@@ -5,7 +5,8 @@
 //! at full width), its table entries made by the GPU backend's own `entry`, two steps for each
 //! of three optimizer settings (Nesterov with weight decay, momentum alone, weight decay
 //! alone). Parameters and momentum must equal the CPU's `sgd_update` bit for bit, and where a
-//! bf16 copy is asked for it must be the updated weight rounded once. Needs a C++17 compiler,
+//! bf16 copy is asked for it must be what a forward op's copy of the whole updated weight holds
+//! (the CPU's `copy_weight` over full slices), which a kept copy (`GemmWeight::Kept`) replaces. Needs a C++17 compiler,
 //! as `winograd_kernels.rs` (skipped without one, failing when `CI` is set).
 
 use crate::common::host_cxx;
@@ -13,7 +14,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use sliceout::gpu::Recorder;
-use sliceout::ir::{Bf16, BufKind, Buffer, Dtype, Elem, GradSel, Init, Role, Sel, SliceSpec, TensorSpec};
+use sliceout::ir::{Bf16, BufKind, Buffer, Dtype, GradSel, Init, Role, Sel, SliceSpec, TensorSpec};
+use sliceout::ir::{ConvShape, Slice};
+use sliceout::ops::conv2d::copy_weight;
 use sliceout::ops::sgd::cuda::entry;
 use sliceout::ops::sgd::{grad_map, sgd_update};
 use sliceout::ops::{DeviceView, Sgd, SgdParams, StepCtx, Tables};
@@ -113,7 +116,7 @@ fn the_multi_tensor_sgd_kernel_matches_the_cpu_bit_for_bit_on_the_host() {
             );
             for (i, c) in cases.iter().enumerate() {
                 let grad: Vec<f32> = (0..grad_lens[i]).map(|_| rng.normal()).collect();
-                let e = entry(&Sgd { param: 2 * i, momentum: 2 * i + 1, grad: i, map: c.map }, &view);
+                let e = entry(&Sgd { param: 2 * i, momentum: 2 * i + 1, grad: i, map: c.map }, None, &view);
                 input += &format!(
                     "{} {} {} {} {} {} {} {:x} {:x} {:x} {:x} {} {}\n{}\n{}\n{}\n",
                     e.len,
@@ -134,8 +137,7 @@ fn the_multi_tensor_sgd_kernel_matches_the_cpu_bit_for_bit_on_the_host() {
                     hex(&grad)
                 );
                 sgd_update(&mut params[i], &mut bufs[i], &grad, grad_map(c.map, &slices, starts), p);
-                let copy =
-                    if c.copy { params[i].iter().map(|&x| Bf16::from_f32(x).to_f32()).collect() } else { vec![] };
+                let copy = if c.copy { forward_copy(&params[i]) } else { vec![] };
                 want.push([params[i].clone(), bufs[i].clone(), copy]);
             }
         }
@@ -181,4 +183,12 @@ fn the_multi_tensor_sgd_kernel_matches_the_cpu_bit_for_bit_on_the_host() {
     }
     assert_eq!(copies, 3 * settings.len() * step_starts.len(), "every asked copy was checked");
     println!("{} launches of {} tensors: bit-identical to the CPU", settings.len() * step_starts.len(), cases.len());
+}
+
+/// The bf16 copy a forward op makes of a whole (unsliced) weight of `w.len()` elements, widened.
+fn forward_copy(w: &[f32]) -> Vec<f32> {
+    let shape = ConvShape { n: 1, cin: w.len(), h: 1, w: 1, cout: 1, k: 1, stride: 1, pad: 0 };
+    let mut copy = vec![Bf16::default(); w.len()];
+    copy_weight(&mut copy, w, &shape, Slice::full(1), Slice::full(w.len()));
+    copy.iter().map(|x| x.to_f32()).collect()
 }

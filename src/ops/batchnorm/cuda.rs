@@ -5,8 +5,9 @@
 //! variant (`bn_stats` f32, `bn_stats_bf16` bf16, ...); statistics and parameters are f32.
 
 use super::{BnReluApply, BnReluBackward, BnReluEval, BnReluTrain};
-use crate::gpu::{elementwise_rows, f32_at, kernel, reduction, reduction_regions, REDUCTION_CHANNELS};
+use crate::gpu::{elementwise_rows, f32_at, reduction, reduction_regions, REDUCTION_CHANNELS};
 use crate::ir::{BufId, Dtype, Run, Slice};
+use crate::ops::kernels::{BN_BACKWARD_SUMS, BN_RELU_APPLY, BN_RELU_BACKWARD, BN_RELU_EVAL, BN_STATS};
 use crate::ops::DeviceView;
 
 /// The runs of `slice` cut into pieces of at most [`REDUCTION_CHANNELS`] channels, the most one
@@ -50,11 +51,11 @@ pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
         let (rm, rv) = (f32_at(rm, r.channel), f32_at(rv, r.channel));
         d.gpu.launch(
-            kernel!("bn_stats", dtype),
+            BN_STATS.of(dtype),
             reduction(r.len, m),
             &[&mu, &is, &rm, &rv, &part, &count, &x, &mi, &mom, &unbias, &eps],
         );
-        let apply = kernel!("bn_relu_apply", dtype);
+        let apply = BN_RELU_APPLY.of(dtype);
         d.gpu.launch(apply, elementwise_rows(r.len, m), &[&o, &x, &mu, &is, &g, &b, &mi, &scale]);
     }
 }
@@ -62,7 +63,7 @@ pub(super) fn train(op: &BnReluTrain, d: &DeviceView) {
 pub(super) fn apply(op: &BnReluApply, d: &DeviceView) {
     let (slice, m) = (d.t.slice(op.sel), op.m);
     check(d, slice, m, &[op.out, op.inp], &[(op.stats, 2)]);
-    let apply = kernel!("bn_relu_apply", d.storage(&[op.out, op.inp]));
+    let apply = BN_RELU_APPLY.of(d.storage(&[op.out, op.inp]));
     let (g, b) = (d.tensor(op.bn.gamma), d.tensor(op.bn.beta));
     let (mi, scale) = (m as i64, slice.scale());
     for r in pieces(slice) {
@@ -79,7 +80,7 @@ pub(super) fn eval(op: &BnReluEval, d: &DeviceView) {
     let bn = op.bn;
     let (g, b, rm, rv) = (d.tensor(bn.gamma), d.tensor(bn.beta), d.tensor(bn.mean), d.tensor(bn.var));
     let (mi, eps) = (m as i64, 1e-5f64);
-    let eval = kernel!("bn_relu_eval", d.storage(&[op.out, op.inp]));
+    let eval = BN_RELU_EVAL.of(d.storage(&[op.out, op.inp]));
     for r in pieces(Slice::full(op.channels)) {
         let (o, x) = (d.at(op.out, r.at * m), d.at(op.inp, r.at * m));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
@@ -101,12 +102,12 @@ pub(super) fn backward(op: &BnReluBackward, d: &DeviceView) {
         let (mu, is) = (d.at(op.stats, r.at), d.at(op.stats, slice.width + r.at));
         let (g, b) = (f32_at(g, r.channel), f32_at(b, r.channel));
         d.gpu.launch(
-            kernel!("bn_backward_sums", dtype),
+            BN_BACKWARD_SUMS.of(dtype),
             reduction(r.len, m),
             &[&dg, &db, &means, &part, &count, &dy, &x, &mu, &is, &g, &b, &mi, &scale],
         );
         d.gpu.launch(
-            kernel!("bn_relu_backward", dtype),
+            BN_RELU_BACKWARD.of(dtype),
             elementwise_rows(r.len, m),
             &[&dx, &means, &dy, &x, &mu, &is, &g, &b, &mi, &scale, &acc],
         );

@@ -16,8 +16,12 @@ use super::lowering::{self, ConvCmd, Operand};
 use super::winograd::{tiles, workspace_len as winograd_len, Wino, XI};
 use super::winograd_cmds::{self, cublas_strides, WinoCmd};
 use super::{dense_twin, BnPrologue, Conv, ConvAlgo, ConvBackward, GemmWeight};
-use crate::gpu::{grid, int, kernel, rows, Arg, FastDiv, GemmCall};
+use crate::gpu::{grid, int, rows, Arg, FastDiv, GemmCall};
 use crate::ir::{BufId, ConvShape, Dtype, Slice, TensorId};
+use crate::ops::kernels::{
+    COL2IM, IM2COL, IM2COL_BN_RELU, WEIGHT_FLIP, WEIGHT_SLICE, WINOGRAD_GRAD, WINOGRAD_INPUT, WINOGRAD_OUTPUT,
+    WINOGRAD_WEIGHT, WINOGRAD_WEIGHT_GRAD,
+};
 use crate::ops::DeviceView;
 
 /// A row length the kernels index with `int` and split with `div_by` (kept below 2^30, so a
@@ -89,7 +93,7 @@ fn run_folded(
     let args: [&dyn Arg; 24] = [&col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo,
         &by_hwo.magic, &by_hwo.shift, &by_wo.magic, &by_wo.shift, &n0, &nc, &vec,
         &f.mean, &f.invstd, &f.gamma, &f.beta, &f.start, &f.channels, &f.scale];
-    d.gpu.launch(kernel!("im2col_bn_relu", store), cfg, &args);
+    d.gpu.launch(IM2COL_BN_RELU.of(store), cfg, &args);
 }
 
 /// Runs one command; `addr` maps operands to device addresses and element types, `store` is
@@ -115,7 +119,7 @@ fn run(
             #[rustfmt::skip]
             let args: [&dyn Arg; 17] = [&col, &inp, &n, &h, &w, &k, &s, &pad, &wo, &hwo,
                 &by_hwo.magic, &by_hwo.shift, &by_wo.magic, &by_wo.shift, &n0, &nc, &vec];
-            d.gpu.launch(kernel!("im2col", store), cfg, &args);
+            d.gpu.launch(IM2COL.of(store), cfg, &args);
         }
         ConvCmd::Col2im { n0, nc, accumulate } => {
             let (d_inp, col) = (addr(Operand::DInp).0, addr(Operand::Col).0);
@@ -126,7 +130,7 @@ fn run(
             #[rustfmt::skip]
             let args: [&dyn Arg; 18] = [&d_inp, &col, &n, &h, &w, &k, &s, &pad, &ho, &wo,
                 &by_hw.magic, &by_hw.shift, &by_w.magic, &by_w.shift, &n0, &nc, &acc, &vec];
-            d.gpu.launch(kernel!("col2im", store), cfg, &args);
+            d.gpu.launch(COL2IM.of(store), cfg, &args);
         }
         ConvCmd::Gemm(g) => {
             let b = g.to_cublas();
@@ -195,16 +199,16 @@ fn run_winograd(
             let (cout, cin, o0, i0) = (int(p.cout), int(p.cin), int(os.start), int(is.start));
             let (u, flipped) = (col(at), flipped as i32);
             let args: [&dyn Arg; 9] = [&u, &weight, &cout, &cin, &o0, &ow, &i0, &iw, &flipped];
-            d.gpu.launch("winograd_weight", grid(os.width * is.width), &args);
+            d.gpu.launch(WINOGRAD_WEIGHT, grid(os.width * is.width), &args);
         }
         WinoCmd::Input { channels, at, n0, nb, .. } | WinoCmd::Grad { channels, at, n0, nb } => {
-            let (name, src) = match cmd {
-                WinoCmd::Input { src, .. } => ("winograd_input", addr(src)),
-                _ => ("winograd_grad", addr(Operand::DOut)),
+            let (kernel, src) = match cmd {
+                WinoCmd::Input { src, .. } => (WINOGRAD_INPUT, addr(src)),
+                _ => (WINOGRAD_GRAD, addr(Operand::DOut)),
             };
             let (v, c, n0_, nb_) = (col(at), int(channels), int(n0), int(nb));
             let args: [&dyn Arg; 10] = [&v, &src, &c, &n, &h, &w, &th_, &tw_, &n0_, &nb_];
-            d.gpu.launch(name, tile_rows(channels, nb), &args);
+            d.gpu.launch(kernel, tile_rows(channels, nb), &args);
         }
         WinoCmd::Products { gemm, strides, label } => {
             let b = gemm.to_cublas();
@@ -219,20 +223,20 @@ fn run_winograd(
         WinoCmd::Output { dst, channels, at, n0, nb, accumulate } => {
             let (y, m, c, n0_, nb_, acc) = (addr(dst), col(at), int(channels), int(n0), int(nb), accumulate as i32);
             let args: [&dyn Arg; 11] = [&y, &m, &c, &n, &h, &w, &th_, &tw_, &n0_, &nb_, &acc];
-            d.gpu.launch("winograd_output", tile_rows(channels, nb), &args);
+            d.gpu.launch(WINOGRAD_OUTPUT, tile_rows(channels, nb), &args);
         }
         WinoCmd::WeightGrad { at, any } => {
             let (dw, du, any) = (addr(Operand::DWeight), col(at), any as i32);
             let args: [&dyn Arg; 5] = [&dw, &du, &ow, &iw, &any];
-            d.gpu.launch("winograd_weight_grad", grid(os.width * is.width), &args);
+            d.gpu.launch(WINOGRAD_WEIGHT_GRAD, grid(os.width * is.width), &args);
         }
     }
 }
 
 /// Checks what a Winograd op needs: an f32 program and a workspace of `winograd_len` floats.
-fn check_winograd(
+fn check_winograd<'b>(
     d: &DeviceView,
-    bufs: &[BufId],
+    bufs: impl IntoIterator<Item = &'b BufId>,
     col: Option<BufId>,
     p: &ConvShape,
     in_width: usize,
@@ -274,16 +278,16 @@ fn gemm_weight(
     let w = d.tensor(weight);
     let Some(copy) = copy else { return ((w, Dtype::F32), (*p, os, is)) };
     d.check_len(copy, os.width * is.width * p.kk(), "conv weight copy");
-    let name = match made {
+    let kernel = match made {
         CopyMade::Before => None,
-        CopyMade::Slice => Some(kernel!("weight_slice", d.dtype(copy))),
-        CopyMade::Flipped => Some(kernel!("weight_flip", d.dtype(copy))),
+        CopyMade::Slice => Some(WEIGHT_SLICE.of(d.dtype(copy))),
+        CopyMade::Flipped => Some(WEIGHT_FLIP.of(d.dtype(copy))),
     };
-    if let Some(name) = name {
+    if let Some(kernel) = kernel {
         let (cout, cin, kk) = (int(p.cout), int(p.cin), int(p.kk()));
         let (o0, ow, i0, iw) = (int(os.start), int(os.width), int(is.start), int(is.width));
         let (c, total) = (d.buf(copy), os.width * is.width * p.kk());
-        d.gpu.launch(name, grid(total), &[&c, &w, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
+        d.gpu.launch(kernel, grid(total), &[&c, &w, &cout, &cin, &kk, &o0, &ow, &i0, &iw]);
     }
     ((d.buf(copy), d.dtype(copy)), dense_twin(p, os, is))
 }
@@ -306,9 +310,10 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
         });
     }
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
-    let store = d.storage(&[&[op.out, op.inp][..], op.col.as_slice()].concat());
+    let store = d.storage([op.out, op.inp].iter().chain(&op.col));
     let (o, i, c) = (d.buf(op.out), d.buf(op.inp), d.opt(op.col));
-    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.algo.weight_copy(), CopyMade::Slice, p, os, is);
+    let made = if op.algo.kept_copy().is_some() { CopyMade::Before } else { CopyMade::Slice };
+    let (w, (shape, os, is)) = gemm_weight(d, op.weight, op.algo.weight_copy(), made, p, os, is);
     let addr = |x: Operand| match x {
         Operand::Weight => w,
         Operand::Inp => (i, store),
@@ -317,6 +322,16 @@ pub(super) fn forward(op: &Conv, d: &DeviceView) {
         _ => unreachable!("forward uses no gradients"),
     };
     lowering::conv_forward(&shape, os, is, op.chunk, op.accumulate, |cmd| run(d, cmd, &shape, is.width, store, &addr));
+}
+
+/// Makes the forward op's kept copy (`GemmWeight::Kept`): the whole weight in bf16, as
+/// `weight_slice_bf16` of the full slices, which is what the grouped update writes.
+pub(super) fn make_kept_copy(op: &Conv, d: &DeviceView) {
+    let Some(copy) = op.algo.kept_copy() else { return };
+    let (os, is) = (d.t.slice(op.out_sel), d.t.slice(op.in_sel));
+    assert!(os.width == os.channels && is.width == is.channels, "a kept weight copy is of an unsliced convolution");
+    assert_eq!(d.dtype(copy), Dtype::Bf16, "a kept weight copy is bf16");
+    gemm_weight(d, op.weight, Some(copy), CopyMade::Slice, &op.shape, os, is);
 }
 
 pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
@@ -329,14 +344,14 @@ pub(super) fn backward(op: &ConvBackward, d: &DeviceView) {
     }
     d.check_len(op.d_weight, os.width * is.width * p.kk(), "conv d_weight");
     assert!(op.col.map_or(p.direct(), |c| d.t.len(c) >= p.im2col_len(is.width, op.chunk)), "conv workspace");
-    let store = d.storage(&[&[op.d_out, op.inp][..], op.d_inp.as_slice(), op.col.as_slice()].concat());
+    let store = d.storage([op.d_out, op.inp].iter().chain(&op.d_inp).chain(&op.col));
     assert_eq!(d.dtype(op.d_weight), Dtype::F32, "conv d_weight is f32 in every program");
     let (dw, dy, i) = (d.buf(op.d_weight), d.buf(op.d_out), d.buf(op.inp));
     let (dx, c) = (d.opt(op.d_inp), d.opt(op.col));
     assert!(!op.algo.is_winograd() || op.prologue.is_none(), "Winograd's transforms fold no BN");
     if op.algo.is_winograd() {
-        let bufs = [&[op.d_out, op.inp][..], op.d_inp.as_slice()].concat();
-        let c = d.buf(check_winograd(d, &bufs, op.col, p, is.width, op.chunk));
+        let bufs = [op.d_out, op.inp];
+        let c = d.buf(check_winograd(d, bufs.iter().chain(&op.d_inp), op.col, p, is.width, op.chunk));
         let w = d.tensor(op.weight);
         let addr = |x: Operand| match x {
             Operand::Inp => i,

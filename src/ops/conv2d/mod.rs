@@ -21,6 +21,12 @@
 //! - A bf16 program copies as bf16, in the forward op, and the backward op's `dcol` product reads
 //!   the same copy (`GemmWeight::Forward`): one conversion a step. Both backends run it (the GPU's
 //!   `weight_slice_bf16`, then `CUDA_R_16BF` GEMMs).
+//! - Where a bf16 GPU step ends by updating an unsliced convolution's weight in a grouped SGD
+//!   launch (`--sgd-group`), that launch writes the copy for the next step as it writes the
+//!   weight (`GemmWeight::Kept`, `SgdGroup::copies`): the copy is the whole weight, element for
+//!   element, so the forward op makes none. It is kept between steps, and the backend makes it
+//!   before a program's first step and whenever the arena or the weights changed under it
+//!   ([`Conv::make_kept_copy_cuda`]).
 //! - The GPU's fp32 program copies each sliced convolution's weight in f32 in each op that reads
 //!   it (`GemmWeight::Copy` in backward too): a copy lives only through its op, so the plan barely
 //!   grows, and the copy (a few MiB) costs microseconds.
@@ -129,9 +135,18 @@ pub struct Conv {
     pub in_sel: Sel,
     pub chunk: usize,
     pub accumulate: bool,
-    /// How it runs (`lower::conv_forward`): im2col + GEMM reading the parameter or a copy of
-    /// its slice this op writes (`GemmWeight::Copy`), or Winograd.
+    /// How it runs (`lower::conv_forward`): im2col + GEMM reading the parameter, a copy of
+    /// its slice this op writes (`GemmWeight::Copy`) or a kept copy (`GemmWeight::Kept`), or
+    /// Winograd.
     pub algo: ConvAlgo,
+}
+
+impl Conv {
+    /// Queues the making of the op's kept copy (`GemmWeight::Kept`) from the weight as it is
+    /// now; nothing for an op without one.
+    pub fn make_kept_copy_cuda(&self, d: &DeviceView) {
+        cuda::make_kept_copy(self, d)
+    }
 }
 
 /// Gradients of [`Conv`]: `d_weight` (the slice's block, overwritten) and, when wanted,
@@ -204,14 +219,25 @@ pub enum GemmWeight {
     Copy(BufId),
     /// The forward op's copy (a bf16 program's), read by the backward op.
     Forward(BufId),
+    /// A bf16 copy of the whole weight kept between steps, written with the weight by the
+    /// step's grouped update for the next step (an unsliced convolution's, see the module doc).
+    Kept(BufId),
 }
 
 impl ConvAlgo {
     /// The weight copy the op reads, whoever writes it.
     pub fn weight_copy(&self) -> Option<BufId> {
         match *self {
-            ConvAlgo::Im2col { weight: GemmWeight::Copy(b) | GemmWeight::Forward(b) } => Some(b),
+            ConvAlgo::Im2col { weight: GemmWeight::Copy(b) | GemmWeight::Forward(b) | GemmWeight::Kept(b) } => Some(b),
             ConvAlgo::InputGradByConv { flipped } => Some(flipped),
+            _ => None,
+        }
+    }
+
+    /// The copy kept between steps that the op reads, if any (a forward op's).
+    pub fn kept_copy(&self) -> Option<BufId> {
+        match *self {
+            ConvAlgo::Im2col { weight: GemmWeight::Kept(b) } => Some(b),
             _ => None,
         }
     }
@@ -232,8 +258,10 @@ impl ConvAlgo {
 
 impl Kernel for Conv {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
-        let written = [vec![self.out], self.col.into_iter().collect(), self.algo.weight_copy().into_iter().collect()];
-        (vec![self.inp], written.concat())
+        let kept = self.algo.kept_copy();
+        let made = self.algo.weight_copy().filter(|_| kept.is_none());
+        let written = [vec![self.out], self.col.into_iter().collect(), made.into_iter().collect()];
+        ([vec![self.inp], kept.into_iter().collect()].concat(), written.concat())
     }
     fn macs(&self, slices: &[SliceSpec]) -> usize {
         self.shape.macs(self.out_sel.width(slices), self.in_sel.width(slices))

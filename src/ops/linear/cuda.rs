@@ -2,6 +2,7 @@
 
 use super::{Linear, LinearBackward};
 use crate::gpu::{grid, int};
+use crate::ops::kernels::{LINEAR_BACKWARD, LINEAR_FORWARD};
 use crate::ops::DeviceView;
 
 pub(super) fn forward(op: &Linear, d: &DeviceView) {
@@ -11,7 +12,7 @@ pub(super) fn forward(op: &Linear, d: &DeviceView) {
     d.f32_only(&[op.out, op.inp], "linear");
     let (y, x, w, b) = (d.buf(op.out), d.buf(op.inp), d.tensor(op.weight), d.tensor(op.bias));
     let (ci, ni, oi) = (int(c), int(n), int(o));
-    d.gpu.launch("linear_forward", grid(n * o), &[&y, &x, &w, &b, &ci, &ni, &oi]);
+    d.gpu.launch(LINEAR_FORWARD, grid(n * o), &[&y, &x, &w, &b, &ci, &ni, &oi]);
 }
 
 pub(super) fn backward(op: &LinearBackward, d: &DeviceView) {
@@ -24,5 +25,5 @@ pub(super) fn backward(op: &LinearBackward, d: &DeviceView) {
     let (dx, dw, db, dy) = (d.buf(op.d_inp), d.buf(op.d_weight), d.buf(op.d_bias), d.buf(op.d_out));
     let (x, w) = (d.buf(op.inp), d.tensor(op.weight));
     let (ci, ni, oi) = (int(c), int(n), int(o));
-    d.gpu.launch("linear_backward", grid(c * n + o * c + o), &[&dx, &dw, &db, &dy, &x, &w, &ci, &ni, &oi]);
+    d.gpu.launch(LINEAR_BACKWARD, grid(c * n + o * c + o), &[&dx, &dw, &db, &dy, &x, &w, &ci, &ni, &oi]);
 }

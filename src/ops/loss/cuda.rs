@@ -2,6 +2,7 @@
 
 use super::CrossEntropy;
 use crate::gpu::{int, one_block};
+use crate::ops::kernels::CROSS_ENTROPY;
 use crate::ops::DeviceView;
 
 pub(super) fn cross_entropy(op: &CrossEntropy, d: &DeviceView) {
@@ -16,5 +17,5 @@ pub(super) fn cross_entropy(op: &CrossEntropy, d: &DeviceView) {
     d.f32_only(op.d_logits.as_slice(), "cross-entropy");
     let (st, dl, l, y) = (d.buf(op.stats), d.opt(op.d_logits), d.buf(op.logits), d.buf(op.labels));
     let (ni, oi) = (int(n), int(o));
-    d.gpu.launch("cross_entropy", one_block(), &[&st, &dl, &l, &y, &ni, &oi]);
+    d.gpu.launch(CROSS_ENTROPY, one_block(), &[&st, &dl, &l, &y, &ni, &oi]);
 }

@@ -4,7 +4,8 @@
 
 use super::{grad_map, GradMap, Sgd, SgdGroup};
 use crate::gpu::{grid, int, Arg, FastDiv};
-use crate::ir::{GradSel, Sel, SliceSpec};
+use crate::ir::{BufId, Dtype, GradSel, Sel, SliceSpec};
+use crate::ops::kernels::{SGD, SGD_MULTI};
 use crate::ops::DeviceView;
 
 /// Slice starts a multi-tensor launch carries (`SGD_MAX_BLOCKS` in `sgd.cu`): blocks beyond it
@@ -57,7 +58,7 @@ pub(super) fn update(op: &Sgd, d: &DeviceView) {
         &by_group.magic, &by_group.shift, &row_len, &by_row.magic, &by_row.shift,
         &sp.lr, &sp.momentum, &sp.weight_decay, &nesterov];
     // Four elements a thread where the kernel can take them four at a time.
-    d.gpu.launch("sgd", grid(len.div_ceil(4)), &args);
+    d.gpu.launch(SGD, grid(len.div_ceil(4)), &args);
 }
 
 /// One tensor of a multi-tensor update (`SgdEntry` in `sgd.cu`): addresses and geometry, which
@@ -102,8 +103,9 @@ fn sliced_block(map: GradSel, slices: &[SliceSpec]) -> Option<usize> {
     }
 }
 
-/// The table entry of `op` in `d`'s regions (any step's starts give the same geometry).
-pub fn entry(op: &Sgd, d: &DeviceView) -> Entry {
+/// The table entry of `op` in `d`'s regions (any step's starts give the same geometry), with
+/// `copy` the bf16 buffer the update also writes the updated weight to, if any.
+pub fn entry(op: &Sgd, copy: Option<BufId>, d: &DeviceView) -> Entry {
     let len = d.t.tensors[op.param].len();
     assert_eq!(d.t.tensors[op.momentum].len(), len, "sgd momentum length");
     let geo = geometry(grad_map(op.map, d.t.slices, d.t.starts), len);
@@ -111,12 +113,16 @@ pub fn entry(op: &Sgd, d: &DeviceView) -> Entry {
     d.f32_only(&[op.grad], "sgd");
     let block = sliced_block(op.map, d.t.slices);
     assert!(block.is_none_or(|b| b < MAX_BLOCKS), "a slice of block {block:?}: the grouped update takes {MAX_BLOCKS}");
+    if let Some(c) = copy {
+        d.check_len(c, len, "sgd weight copy");
+        assert_eq!(d.dtype(c), Dtype::Bf16, "the grouped update writes bf16 weight copies");
+    }
     let (by_group, by_row) = (FastDiv::new(geo.group), FastDiv::new(geo.row_len));
     Entry {
         param: d.tensor(op.param),
         buf: d.tensor(op.momentum),
         grad: d.buf(op.grad),
-        copy: 0,
+        copy: d.opt(copy),
         len: int(len),
         mode: geo.mode,
         block: block.map_or(-1, int),
@@ -144,18 +150,12 @@ pub struct StepArgs {
 }
 
 // SAFETY: plain old data laid out as `SgdStepArgs` (repr(C), 4-byte fields, no padding).
-unsafe impl cudarc::driver::DeviceRepr for StepArgs {}
-
-impl Arg for StepArgs {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        use cudarc::driver::PushKernelArg;
-        b.arg(self);
-    }
-}
+unsafe impl Arg for StepArgs {}
 
 /// Queues one launch of `sgd_multi` over the group's table, which the backend has written at
 /// `d.sgd_table()` + the group's first entry.
 pub(super) fn update_group(op: &SgdGroup, d: &DeviceView) {
+    assert_eq!(op.copies.len(), op.updates.len(), "one weight copy, or none, per update");
     let (table, capacity) = d.sgd_table();
     assert!(op.first + op.updates.len() <= capacity, "sgd table of {capacity} entries: group past its end");
     let table = table + (op.first * std::mem::size_of::<Entry>()) as u64;
@@ -173,5 +173,5 @@ pub(super) fn update_group(op: &SgdGroup, d: &DeviceView) {
     let longest = op.updates.iter().map(|u| d.t.tensors[u.param].len()).max().unwrap_or(0);
     let mut cfg = grid(longest.div_ceil(4));
     cfg.grid_dim.1 = u32::try_from(op.updates.len()).expect("group size fits a grid");
-    d.gpu.launch("sgd_multi", cfg, &[&table, &a]);
+    d.gpu.launch(SGD_MULTI, cfg, &[&table, &a]);
 }

@@ -11,7 +11,7 @@ mod tests;
 pub use cpu::{sgd_update, GradMap, SgdParams};
 
 use super::{DeviceView, HostView, Kernel};
-use crate::ir::{BufId, Elem, GradSel, SliceSpec, TensorId};
+use crate::ir::{Bf16, BufId, Elem, GradSel, SliceSpec, TensorId};
 
 /// One parameter's SGD update from its (possibly sliced) gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,9 +52,15 @@ impl Kernel for Sgd {
 /// Adjacent updates run as one: on the GPU one launch of `sgd_multi` over a table of the
 /// group's tensors (`--sgd-group`, experimental), on the CPU each update in turn. Every element
 /// is computed as by [`Sgd`], so the numbers are the same either way.
+///
+/// It also writes, for each update that has one in `copies`, the bf16 copy of the updated
+/// weight that the next step's convolution reads (`GemmWeight::Kept`, GPU plans): the weight
+/// rounded once, as the forward op's `weight_slice_bf16` would round it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SgdGroup {
     pub updates: Vec<Sgd>,
+    /// Per update, the kept bf16 copy of its weight the launch writes (none for most).
+    pub copies: Vec<Option<BufId>>,
     /// The group's first entry in its program's table ([`table_len`]): groups follow one another.
     pub first: usize,
 }
@@ -66,14 +72,19 @@ pub fn table_len<'a>(groups: impl IntoIterator<Item = &'a SgdGroup>) -> usize {
 
 impl Kernel for SgdGroup {
     fn buffers(&self) -> (Vec<BufId>, Vec<BufId>) {
-        (self.updates.iter().map(|u| u.grad).collect(), vec![])
+        (self.updates.iter().map(|u| u.grad).collect(), self.copies.iter().flatten().copied().collect())
     }
     fn updates(&self) -> Vec<TensorId> {
         self.updates.iter().flat_map(|u| [u.param, u.momentum]).collect()
     }
     fn run_cpu<T: Elem>(&self, m: &HostView) {
-        for u in &self.updates {
+        assert_eq!(self.copies.len(), self.updates.len(), "one weight copy, or none, per update");
+        for (u, copy) in self.updates.iter().zip(&self.copies) {
             u.run_cpu::<T>(m);
+            if let Some(&c) = copy.as_ref() {
+                // SAFETY: see `HostView`; the copy is a buffer of its own.
+                crate::ir::elem::convert(unsafe { m.buf_mut::<Bf16>(c) }, m.tensor(u.param));
+            }
         }
     }
     fn run_cuda(&self, d: &DeviceView) {
