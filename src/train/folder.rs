@@ -90,7 +90,8 @@ impl Owner<'_> {
 
     /// Why the checkpoint `path` is not the run's; `None` when it is.
     fn disowns_checkpoint(&self, path: &Path) -> Option<String> {
-        let ck = match checkpoint::load(path) {
+        // Its run id, model and history tell it; its weights are not read.
+        let ck = match checkpoint::load_meta(path) {
             Ok(ck) => ck,
             Err(e) => return Some(format!("unreadable: {e}")),
         };
@@ -437,6 +438,32 @@ mod tests {
         save_checkpoint(&best, Some(B), 1, 1.0, 1);
         drop(claim(&dir, Some(&owner), true).unwrap());
         assert!(!best.exists() && !jsonl.exists() && !svg.exists() && last.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A checkpoint beside the one resumed is told by its record alone: one of the run whose
+    /// weights are damaged (its CRC fails) is the run's, one cut short is refused as before,
+    /// naming where it ends.
+    #[test]
+    fn a_checkpoint_beside_is_told_by_its_record() {
+        let dir = scratch("folder-record");
+        let last = dir.join("last.ckpt");
+        let meta = save_checkpoint(&last, Some(A), 3, 1.0, 1);
+        let config = model(1);
+        let owner = Owner { checkpoint: &last, config: &config, meta: &meta };
+        let best = dir.join("best.ckpt");
+        let tensor = checkpoint::Tensor { name: "w".into(), shape: vec![64], data: vec![0.25; 64] };
+        let mut ck = checkpoint::load(&last).unwrap();
+        ck.tensors.push(tensor);
+        checkpoint::save(&best, &ck).unwrap();
+        let mut bytes = fs::read(&best).unwrap();
+        bytes[120] ^= 1;
+        fs::write(&best, &bytes).unwrap();
+        assert!(checkpoint::load(&best).unwrap_err().to_string().contains("CRC mismatch"));
+        assert_eq!(owner.disowns(&dir, "best.ckpt").unwrap(), None);
+        fs::write(&best, &bytes[..bytes.len() - 9]).unwrap();
+        let why = owner.disowns(&dir, "best.ckpt").unwrap().unwrap();
+        assert!(why.starts_with("unreadable: ") && why.contains("truncated or corrupt"), "{why}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
