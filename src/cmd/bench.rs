@@ -49,12 +49,15 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     }
     super::flags::check_timed_steps(f.steps)?;
     let precisions = f.memory.precisions()?;
-    let math = crate::gpu::Math::parse(&f.math)?;
+    let math = flags::math(f.math.as_deref())?;
     let (memory, lowering) = f.memory.options_at(precisions[0])?;
     let probe = backend::open(f.device.into(), math, true)?;
     let (name, target) = (probe.name(), probe.target());
     let overheads = probe.device_overheads();
     drop(probe);
+    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| target == Target::Cpu) {
+        errln!("{note}");
+    }
     let mut make = || backend::open(f.device.into(), math, false);
     config.check_align(f.align)?;
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };

@@ -6,7 +6,7 @@
 use crate::backend;
 use crate::cmd::flags::{self, Format, ProfileFlags};
 use crate::error::{Error, Result};
-use crate::ir::{mib, Invalid};
+use crate::ir::{mib, Invalid, Target};
 use crate::measure::profile::{profile_keeps, Profile};
 use crate::measure::Timing;
 use crate::schedule::Lowering;
@@ -118,8 +118,11 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         super::check_output("--trace", path, &[])?;
     }
     let (options, lowering) = f.memory.options()?;
-    let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
+    let mut backend = backend::open(f.device.into(), flags::math(f.math.as_deref())?, f.format == Format::Text)?;
     let lowering = Lowering { target: backend.target(), ..lowering };
+    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| lowering.target == Target::Cpu) {
+        errln!("{note}");
+    }
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
     let (main, other) = profile_keeps(&mut *backend, &config, batch, options, lowering, f.compare, timing)?;
     if let Some(path) = &f.trace {

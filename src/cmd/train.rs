@@ -305,6 +305,7 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<&Resume
         verbose: true,
         stop_after: None,
         allow_changes: f.change,
+        cpu_note: flags::gpu_only_note(f.math.is_some(), &f.memory),
     })
 }
 

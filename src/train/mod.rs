@@ -44,7 +44,7 @@ use crate::io::checkpoint::{self, Checkpoint};
 use crate::io::lock::FolderLock;
 use crate::io::metrics::{self, Change, EpochMetrics};
 use crate::io::output::same_file;
-use crate::ir::{Invalid, ModelConfig, Role};
+use crate::ir::{Invalid, ModelConfig, Role, Target};
 use crate::model::wrn;
 use crate::model_file;
 use crate::ops::SgdParams;
@@ -103,6 +103,9 @@ pub struct TrainArgs {
     /// Resuming: take settings that differ from the run's (`--change`), recording the change,
     /// instead of refusing them.
     pub allow_changes: bool,
+    /// Said (on stderr) when the run is on the CPU: the GPU-only flags given, which change
+    /// nothing there (`cmd::flags::gpu_only_note`).
+    pub cpu_note: Option<String>,
 }
 
 impl TrainArgs {
@@ -293,6 +296,9 @@ impl<'a> Run<'a> {
         }
         let writer = ranks.as_ref().is_none_or(|r| r.0.rank() == 0);
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
+        if let Some(note) = args.cpu_note.as_ref().filter(|_| args.verbose && backend.target() == Target::Cpu) {
+            errln!("{note}");
+        }
         let resumed = match (resumed, args.resume.as_deref()) {
             (Some(r), Some(path)) if r.path == path => Some(r),
             (_, path) => path.map(Resumed::load).transpose()?,
