@@ -55,9 +55,6 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     let (name, target) = (probe.name(), probe.target());
     let overheads = probe.device_overheads();
     drop(probe);
-    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| target == Target::Cpu) {
-        errln!("{note}");
-    }
     let mut make = || backend::open(f.device.into(), math, false);
     config.check_align(f.align)?;
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
@@ -96,6 +93,10 @@ pub fn command(f: &BenchFlags) -> Result<()> {
             lo,
             hi
         );
+    }
+    // After the work, so that a refusal stays one line.
+    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| target == Target::Cpu) {
+        errln!("{note}");
     }
     Ok(())
 }

@@ -120,9 +120,6 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
     let (options, lowering) = f.memory.options()?;
     let mut backend = backend::open(f.device.into(), flags::math(f.math.as_deref())?, f.format == Format::Text)?;
     let lowering = Lowering { target: backend.target(), ..lowering };
-    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| lowering.target == Target::Cpu) {
-        errln!("{note}");
-    }
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
     let (main, other) = profile_keeps(&mut *backend, &config, batch, options, lowering, f.compare, timing)?;
     if let Some(path) = &f.trace {
@@ -138,6 +135,10 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         if f.format == Format::Text {
             outln!("trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)", path.display());
         }
+    }
+    // After the work, so that a refusal stays one line.
+    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| lowering.target == Target::Cpu) {
+        errln!("{note}");
     }
     Ok(())
 }

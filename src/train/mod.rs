@@ -296,9 +296,6 @@ impl<'a> Run<'a> {
         }
         let writer = ranks.as_ref().is_none_or(|r| r.0.rank() == 0);
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
-        if let Some(note) = args.cpu_note.as_ref().filter(|_| args.verbose && backend.target() == Target::Cpu) {
-            errln!("{note}");
-        }
         let resumed = match (resumed, args.resume.as_deref()) {
             (Some(r), Some(path)) if r.path == path => Some(r),
             (_, path) => path.map(Resumed::load).transpose()?,
@@ -400,6 +397,10 @@ impl<'a> Run<'a> {
             tb::start(&args.out, &run.history, size.per_epoch, run.step, own_events, |t| run.sgd_at(t).lr as f64)?;
         }
         run.describe(size.test_len, arena_bytes);
+        // Once every check has passed, so that a refusal stays one line.
+        if let Some(note) = args.cpu_note.as_ref().filter(|_| args.verbose && run.backend.target() == Target::Cpu) {
+            errln!("{note}");
+        }
         Ok(run)
     }
 

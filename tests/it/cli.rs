@@ -815,5 +815,16 @@ fn gpu_only_flags_on_the_cpu_are_named_alike_by_train_profile_and_bench() {
             }
         }
     }
+    // A refusal is still one line: the note comes only once the work has run.
+    let [_, profile, bench] = commands(runs);
+    let out = d.join("refused");
+    let train = train_args(d.to_str().unwrap(), out.to_str().unwrap(), &[("--batch", "64")]);
+    for (argv, bad) in [(train, &[][..]), (profile, &["--align", "999"]), (bench, &["--align", "999"])] {
+        let argv: Vec<&str> =
+            argv.iter().map(String::as_str).chain(["--winograd"]).chain(bad.iter().copied()).collect();
+        let (code, _, err) = sliceout(&argv);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(code == 1 && lines.len() == 1 && lines[0].starts_with("error: "), "{argv:?}: {err}");
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }
