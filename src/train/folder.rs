@@ -182,7 +182,9 @@ pub fn claim(out: &Path, owner: Option<&Owner>, force: bool) -> Result<FolderLoc
     check_folder("--out", out)?;
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let lock = FolderLock::acquire(out, LOCK)?;
-    remove_stale_temps(out, &RUN_FILES)?;
+    // Those of the files in `out` itself; the events' (in `tb/`) are `tb::start`'s.
+    let here: Vec<&str> = RUN_FILES.iter().copied().filter(|f| !f.contains('/')).collect();
+    remove_stale_temps(out, &here)?;
     let resume = owner.map(|o| o.checkpoint);
     let continuing = resume.is_some_and(|ck| same_file(folder_of(ck), out));
     // Going on from another checkpoint of the folder (say best.ckpt) would replace last.ckpt,
