@@ -1,5 +1,5 @@
 //! The `sliceout` binary: parses the command line, runs the command, prints any error on one
-//! line and exits non-zero (130 after a Ctrl-C that stopped training).
+//! line and exits non-zero (130 after a Ctrl-C that stopped training, even when stdout failed too).
 //!
 //! It never dies by a signal of its own making: SIGPIPE stays ignored (Rust's default) and
 //! SIGXFSZ is ignored, so a closed pipe or a file-size limit (`ulimit -f`) is a failed write
@@ -34,18 +34,21 @@ fn main() -> ExitCode {
     };
     let result = sliceout::backend::cpu::start_threads().and_then(|()| cmd::run(cli));
     say::flush_stdout();
-    match result {
+    let done = match result {
         Err(e) => {
             errln!("error: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-        Ok(_) if say::stdout_lost().is_some() => {
-            let e = say::stdout_lost().map_or(String::new(), |e| e.to_string());
-            errln!("error: writing to standard output: {e} (its output is lost; the command did all else it does)");
-            ExitCode::FAILURE
-        }
-        Ok(cmd::Done::Finished) => ExitCode::SUCCESS,
-        Ok(cmd::Done::Interrupted) => ExitCode::from(130),
+        Ok(done) => done,
+    };
+    if let Some(e) = say::stdout_lost() {
+        errln!("error: writing to standard output: {e} (its output is lost; the command did all else it does)");
+    }
+    match done {
+        // Ctrl-C decides the status whatever else went wrong: `train && eval` must stop there.
+        cmd::Done::Interrupted => ExitCode::from(130),
+        cmd::Done::Finished if say::stdout_lost().is_some() => ExitCode::FAILURE,
+        cmd::Done::Finished => ExitCode::SUCCESS,
     }
 }
 

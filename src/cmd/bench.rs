@@ -49,7 +49,7 @@ pub fn command(f: &BenchFlags) -> Result<()> {
     }
     super::flags::check_timed_steps(f.steps)?;
     let precisions = f.memory.precisions()?;
-    let math = crate::gpu::Math::parse(&f.math)?;
+    let math = flags::math(f.math.as_deref())?;
     let (memory, lowering) = f.memory.options_at(precisions[0])?;
     let probe = backend::open(f.device.into(), math, true)?;
     let (name, target) = (probe.name(), probe.target());
@@ -93,6 +93,10 @@ pub fn command(f: &BenchFlags) -> Result<()> {
             lo,
             hi
         );
+    }
+    // After the work, so that a refusal stays one line.
+    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| target == Target::Cpu) {
+        errln!("{note}");
     }
     Ok(())
 }

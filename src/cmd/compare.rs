@@ -86,7 +86,8 @@ pub fn read_run(dir: &Path) -> std::result::Result<RunRow, String> {
     if !ck_path.exists() {
         return Err(format!("{name}: has metrics.jsonl but no last.ckpt"));
     }
-    let ck = checkpoint::load(&ck_path).map_err(|e| e.to_string())?;
+    // Only its record is wanted: the weights, most of the file, are never read.
+    let ck = checkpoint::load_meta(&ck_path).map_err(|e| e.to_string())?;
     let meta = RunMeta::read(&ck_path, &ck).map_err(|e| e.to_string())?;
     let r = &meta.recorded;
     let device = ck.meta("device").map(str::to_string);

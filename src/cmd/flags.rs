@@ -161,6 +161,34 @@ pub struct MemoryFlags {
     pub sgd_group: bool,
 }
 
+/// Each flag that only chooses how the GPU runs a step, and what the CPU does whatever it says.
+const GPU_ONLY: [(&str, &str); 4] = [
+    ("--math", "computes in fp32"),
+    ("--input-grad", "takes input gradients by col2im"),
+    ("--winograd", "runs Winograd on the layers it fits"),
+    ("--sgd-group", "runs the SGD updates one by one"),
+];
+
+/// The GPU's math as given (`None`: the default, tf32).
+pub fn math(given: Option<&str>) -> crate::Result<crate::gpu::Math> {
+    crate::gpu::Math::parse(given.unwrap_or("tf32"))
+}
+
+/// The line `train`, `profile` and `bench` say on stderr when they run on the CPU with flags
+/// that only choose how the GPU runs a step (`math`: `--math` given; the rest from `memory`):
+/// taken, since a run records them for a resume on a GPU, but naming each and what the CPU does
+/// instead, so that a measurement is not read as theirs. `None` when none was given.
+pub fn gpu_only_note(math: bool, memory: &MemoryFlags) -> Option<String> {
+    let given = [math, memory.input_grad.is_some(), memory.winograd, memory.sgd_group];
+    let named: Vec<String> = GPU_ONLY
+        .iter()
+        .zip(given)
+        .filter(|(_, on)| *on)
+        .map(|((flag, cpu), _)| format!("{flag} (the CPU {cpu})"))
+        .collect();
+    (!named.is_empty()).then(|| format!("note: on the CPU these GPU flags change nothing: {}", named.join(", ")))
+}
+
 /// The most timed steps `bench` and `profile` take: a median needs no more, and a typo of a
 /// few digits should be refused, not run for days.
 pub const MAX_TIMED_STEPS: usize = 10_000;
@@ -512,9 +540,9 @@ pub struct ProfileFlags {
     pub trace: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
-    /// GPU GEMM math: tf32 or fp32
-    #[arg(long, default_value = "tf32")]
-    pub math: String,
+    /// GPU GEMM math: tf32 or fp32 (the CPU always computes in fp32) [default: tf32]
+    #[arg(long)]
+    pub math: Option<String>,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Slice starts are multiples of this, as `train --align`
@@ -542,9 +570,9 @@ pub struct BenchFlags {
     /// Timed steps per keep value (after one warm-up step)
     #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     pub steps: usize,
-    /// GPU math: tf32 or fp32 (the CPU always computes in fp32)
-    #[arg(long, default_value = "tf32")]
-    pub math: String,
+    /// GPU math: tf32 or fp32 (the CPU always computes in fp32) [default: tf32]
+    #[arg(long)]
+    pub math: Option<String>,
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]

@@ -6,7 +6,7 @@
 use crate::backend;
 use crate::cmd::flags::{self, Format, ProfileFlags};
 use crate::error::{Error, Result};
-use crate::ir::{mib, Invalid};
+use crate::ir::{mib, Invalid, Target};
 use crate::measure::profile::{profile_keeps, Profile};
 use crate::measure::Timing;
 use crate::schedule::Lowering;
@@ -118,7 +118,7 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         super::check_output("--trace", path, &[])?;
     }
     let (options, lowering) = f.memory.options()?;
-    let mut backend = backend::open(f.device.into(), crate::gpu::Math::parse(&f.math)?, f.format == Format::Text)?;
+    let mut backend = backend::open(f.device.into(), flags::math(f.math.as_deref())?, f.format == Format::Text)?;
     let lowering = Lowering { target: backend.target(), ..lowering };
     let timing = Timing { steps: f.steps, seed: f.seed, align: f.align };
     let (main, other) = profile_keeps(&mut *backend, &config, batch, options, lowering, f.compare, timing)?;
@@ -135,6 +135,10 @@ pub fn command(f: &ProfileFlags) -> Result<()> {
         if f.format == Format::Text {
             outln!("trace written to {} (open in https://ui.perfetto.dev or chrome://tracing)", path.display());
         }
+    }
+    // After the work, so that a refusal stays one line.
+    if let Some(note) = flags::gpu_only_note(f.math.is_some(), &f.memory).filter(|_| lowering.target == Target::Cpu) {
+        errln!("{note}");
     }
     Ok(())
 }

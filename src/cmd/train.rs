@@ -11,13 +11,12 @@ use crate::dist::{self, Reducer, Sharding};
 use crate::error::{Error, Result};
 use crate::fit;
 use crate::gpu::Math;
-use crate::io::checkpoint;
-use crate::ir::{mib, ModelConfig, Precision, Target};
+use crate::ir::{mib, Precision, Target};
 use crate::model_file::{self, Stated};
 use crate::schedule::{InputGrad, Lowering, Options};
 use crate::train::recorded::{self, Recorded};
 use crate::train::state::RunMeta;
-use crate::train::{self, folder, LrSchedule, TrainArgs};
+use crate::train::{self, folder, LrSchedule, Resumed, TrainArgs};
 use std::path::{Path, PathBuf};
 
 pub fn command(f: TrainFlags) -> Result<Done> {
@@ -61,7 +60,7 @@ fn run(f: TrainFlags, reducer: Option<&mut (dyn Reducer + 'static)>) -> Result<D
     if reducer.is_some() {
         check_distributed(&f)?;
     }
-    let (mut args, demo) = checked_args(&f)?;
+    let (mut args, demo, resumed) = checked_run(&f)?;
     // Rank 0 alone prints, as it alone writes.
     args.verbose = rank == 0;
     if demo {
@@ -92,7 +91,7 @@ fn run(f: TrainFlags, reducer: Option<&mut (dyn Reducer + 'static)>) -> Result<D
     if reducer.is_none() {
         train::catch_interrupt();
     }
-    let summary = match train::train_on(&args, reducer.map(|r| (r as &mut dyn Reducer, sharding))) {
+    let summary = match train::train_on(&args, reducer.map(|r| (r as &mut dyn Reducer, sharding)), resumed) {
         Ok(s) => s,
         Err(e) => {
             if fresh_folder {
@@ -214,26 +213,26 @@ fn prepare_demo_data(dir: &Path) -> Result<()> {
 /// The run the flags describe, its flags checked (what needs the data is checked as the run
 /// starts), and whether it is the demo. Nothing is generated or created yet.
 pub fn checked_args(f: &TrainFlags) -> Result<(TrainArgs, bool)> {
-    let resumed = match &f.resume {
-        Some(p) => {
-            let ck = checkpoint::load(p)?;
-            let meta = RunMeta::read(p, &ck)?;
-            Some((ck.config, meta))
-        }
-        None => None,
-    };
-    let (data_dir, demo) = data_folder(f, resumed.as_ref().map(|r| &r.1))?;
-    let args = train_args(f, data_dir, demo, resumed)?;
+    checked_run(f).map(|(args, demo, _)| (args, demo))
+}
+
+/// [`checked_args`], and the checkpoint resumed, read once here for the run's defaults and
+/// handed to the run ([`train::train_on`]) rather than read again.
+pub fn checked_run(f: &TrainFlags) -> Result<(TrainArgs, bool, Option<Resumed>)> {
+    let resumed = f.resume.as_deref().map(Resumed::load).transpose()?;
+    let (data_dir, demo) = data_folder(f, resumed.as_ref().map(Resumed::meta))?;
+    let args = train_args(f, data_dir, demo, resumed.as_ref())?;
     args.validate()?;
-    Ok((args, demo))
+    Ok((args, demo, resumed))
 }
 
 /// The run the flags describe. Resuming, the model, what fixes the step count (batch, epochs,
 /// training images) and the recorded settings (`train::recorded`) default to the checkpoint's;
 /// the output folder to the checkpoint's folder. Starting from given weights (`--init`), the
 /// model defaults to what the file states.
-fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelConfig, RunMeta)>) -> Result<TrainArgs> {
-    let (config, meta) = (resumed.as_ref().map(|r| r.0), resumed.map(|r| r.1).unwrap_or_default());
+fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<&Resumed>) -> Result<TrainArgs> {
+    let fresh = RunMeta::default();
+    let (config, meta) = (resumed.map(|r| *r.config()), resumed.map_or(&fresh, Resumed::meta));
     let run = &meta.recorded;
     let stated = match (&f.init, config) {
         (Some(p), _) => model_file::read(p)?.stated(p)?,
@@ -306,6 +305,7 @@ fn train_args(f: &TrainFlags, data: PathBuf, demo: bool, resumed: Option<(ModelC
         verbose: true,
         stop_after: None,
         allow_changes: f.change,
+        cpu_note: flags::gpu_only_note(f.math.is_some(), &f.memory),
     })
 }
 

@@ -167,11 +167,3 @@ fn weights_checkpoint(path: &Path, file: &TensorFile, config: ModelConfig, state
         meta,
     })
 }
-
-/// A checkpoint to resume training from (`train --resume`): a sliceout checkpoint, its tensors
-/// those of the network it states, momentum included.
-pub fn load_resume(path: &Path) -> Result<Checkpoint> {
-    let ck = checkpoint::load(path)?;
-    check_checkpoint(path, &ck, &ck.config)?;
-    Ok(ck)
-}

@@ -15,12 +15,14 @@
 //!   there is refused ([`FolderLock`]), and no command's output may be named [`LOCK`].
 //! - Temporary files of saves killed mid-write are removed once the lock is held.
 //! - A run file that a save would refuse to replace (a FIFO, a folder, a symbolic link; see
-//!   [`crate::io::atomic`]) is refused before any training, not at the first save.
+//!   [`crate::io::atomic`]) is refused before any training, not at the first save, `--force`
+//!   or not.
 //! - Default folders are `runs/<timestamp>`, claimed with an atomic `mkdir` and a `-2`, `-3`, ...
 //!   suffix when taken, so parallel runs never share one. A `runs` (or `--out`) that is a
 //!   symbolic link to nothing is named as such.
 
 use super::state::RunMeta;
+use super::tb;
 use crate::error::{Error, Result};
 use crate::io::atomic::{check_replaceable, folder_of, open_regular, remove_stale_temps};
 use crate::io::checkpoint;
@@ -32,8 +34,12 @@ use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-/// Every file a run writes in its folder.
-pub const RUN_FILES: [&str; 4] = ["last.ckpt", "best.ckpt", "metrics.jsonl", "curves.svg"];
+/// Every file a run writes in its folder, by its path there: the last is its TensorBoard
+/// events ([`super::tb`]), in a folder of their own for `tensorboard --logdir runs`.
+pub const RUN_FILES: [&str; 5] = ["last.ckpt", "best.ckpt", "metrics.jsonl", "curves.svg", TB_EVENTS];
+
+/// The run's TensorBoard events file, `tb::FOLDER/tb::FILE` (a test checks they agree).
+const TB_EVENTS: &str = "tb/events.out.tfevents.sliceout";
 
 /// The lock file held while a run writes its folder.
 pub const LOCK: &str = ".sliceout.lock";
@@ -47,6 +53,8 @@ pub const LOCK: &str = ".sliceout.lock";
 ///   aside): the file is appended after each checkpoint, so it is never ahead of the run's.
 /// - `curves.svg`: it names the checkpoint's run id in its `<desc>`. A checkpoint written
 ///   before run ids takes any picture: it is redrawn from the history.
+/// - the TensorBoard events: each epoch's `test/acc` in them is the history's at that epoch's
+///   last step (the file is appended after each checkpoint, so it is never ahead of the run's).
 ///
 /// Without a stored history (older checkpoints still), histories are not compared.
 pub struct Owner<'a> {
@@ -65,6 +73,9 @@ impl Owner<'_> {
         }
         if name.ends_with(".ckpt") {
             return Ok(self.disowns_checkpoint(&path));
+        }
+        if name == TB_EVENTS {
+            return Ok(self.disowns_events(&path));
         }
         if name == "metrics.jsonl" {
             let lines = match metrics::read_for_resume(&path) {
@@ -88,9 +99,35 @@ impl Owner<'_> {
         })
     }
 
+    /// Why the events file `path` is not the run's; `None` when it is, or when the checkpoint
+    /// cannot tell (no history, batch or image count: it predates them).
+    fn disowns_events(&self, path: &Path) -> Option<String> {
+        let meta = self.meta;
+        let (Some(history), Some(batch), Some(images)) = (&meta.history, meta.batch, meta.train_images) else {
+            return None;
+        };
+        // `RunMeta::read` holds a run to at least one batch of images.
+        let per_epoch = (images / batch).max(1);
+        let events = match tb::read(path) {
+            Ok(events) => events,
+            Err(e) => return Some(format!("unreadable: {e}")),
+        };
+        // Scalars are stored as f32, and so compared.
+        let epoch_of = |step: i64| usize::try_from(step).ok().filter(|s| s % per_epoch == 0).map(|s| s / per_epoch);
+        let ours = events.iter().all(|e| {
+            let mut accs = e.summary.iter().flat_map(|s| &s.value).filter(|v| v.tag == "test/acc");
+            accs.all(|v| {
+                let recorded = epoch_of(e.step).filter(|&n| n >= 1).and_then(|n| history.get(n - 1));
+                recorded.is_some_and(|m| v.simple_value.map(f32::to_bits) == Some((m.test_acc as f32).to_bits()))
+            })
+        });
+        (!ours).then(|| "its epochs are not the checkpoint's".to_string())
+    }
+
     /// Why the checkpoint `path` is not the run's; `None` when it is.
     fn disowns_checkpoint(&self, path: &Path) -> Option<String> {
-        let ck = match checkpoint::load(path) {
+        // Its run id, model and history tell it; its weights are not read.
+        let ck = match checkpoint::load_meta(path) {
             Ok(ck) => ck,
             Err(e) => return Some(format!("unreadable: {e}")),
         };
@@ -145,7 +182,9 @@ pub fn claim(out: &Path, owner: Option<&Owner>, force: bool) -> Result<FolderLoc
     check_folder("--out", out)?;
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let lock = FolderLock::acquire(out, LOCK)?;
-    remove_stale_temps(out, &RUN_FILES)?;
+    // Those of the files in `out` itself; the events' (in `tb/`) are `tb::start`'s.
+    let here: Vec<&str> = RUN_FILES.iter().copied().filter(|f| !f.contains('/')).collect();
+    remove_stale_temps(out, &here)?;
     let resume = owner.map(|o| o.checkpoint);
     let continuing = resume.is_some_and(|ck| same_file(folder_of(ck), out));
     // Going on from another checkpoint of the folder (say best.ckpt) would replace last.ckpt,
@@ -160,12 +199,13 @@ pub fn claim(out: &Path, owner: Option<&Owner>, force: bool) -> Result<FolderLoc
             ck.display()
         )));
     }
+    // A FIFO or a link where a save goes is refused now, not after the first epoch, and named as
+    // what it is rather than as a run's file: `--force` replaces files, never those.
+    for f in RUN_FILES {
+        check_replaceable(&out.join(f))?;
+    }
     let found: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
     if continuing || found.is_empty() {
-        // A FIFO or a link where a save goes is refused now, not after the first epoch.
-        for f in RUN_FILES {
-            check_replaceable(&out.join(f))?;
-        }
         if let Some(owner) = owner.filter(|_| continuing) {
             disown_others(out, owner, force)?;
         }
@@ -238,9 +278,16 @@ fn refusal(out: &Path, resume: Option<&Path>, found: &[&str]) -> String {
 /// holds now (its [`LOCK`] file is there) or one a run left a checkpoint in. Another command must
 /// not write it: the run may be writing it now, or be resumed from that folder later.
 pub fn is_run_file(path: &Path) -> bool {
-    let named = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| RUN_FILES.contains(&n));
-    let folder = folder_of(path);
-    named && [LOCK, "last.ckpt", "best.ckpt"].iter().any(|f| folder.join(f).exists())
+    RUN_FILES.iter().any(|f| {
+        // The run's folder is what is left of `path` once `f`'s components are taken off.
+        let f = Path::new(f);
+        let folder = f.components().try_fold(path, |p, _| p.parent());
+        let folder = match folder {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        path.ends_with(f) && [LOCK, "last.ckpt", "best.ckpt"].iter().any(|n| folder.join(n).exists())
+    })
 }
 
 /// A new, empty folder `base/<timestamp>` (UTC, `YYYYMMDD-HHMMSS`), or `<timestamp>-2`, `-3`, ...
@@ -440,6 +487,97 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A checkpoint beside the one resumed is told by its record alone: one of the run whose
+    /// weights are damaged (its CRC fails) is the run's, one cut short is refused as before,
+    /// naming where it ends.
+    #[test]
+    fn a_checkpoint_beside_is_told_by_its_record() {
+        let dir = scratch("folder-record");
+        let last = dir.join("last.ckpt");
+        let meta = save_checkpoint(&last, Some(A), 3, 1.0, 1);
+        let config = model(1);
+        let owner = Owner { checkpoint: &last, config: &config, meta: &meta };
+        let best = dir.join("best.ckpt");
+        let tensor = checkpoint::Tensor { name: "w".into(), shape: vec![64], data: vec![0.25; 64] };
+        let mut ck = checkpoint::load(&last).unwrap();
+        ck.tensors.push(tensor);
+        checkpoint::save(&best, &ck).unwrap();
+        let mut bytes = fs::read(&best).unwrap();
+        bytes[120] ^= 1;
+        fs::write(&best, &bytes).unwrap();
+        assert!(checkpoint::load(&best).unwrap_err().to_string().contains("CRC mismatch"));
+        assert_eq!(owner.disowns(&dir, "best.ckpt").unwrap(), None);
+        fs::write(&best, &bytes[..bytes.len() - 9]).unwrap();
+        let why = owner.disowns(&dir, "best.ckpt").unwrap().unwrap();
+        assert!(why.starts_with("unreadable: ") && why.contains("truncated or corrupt"), "{why}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The events file's path among the run files is the one `tb` writes; another command's
+    /// output there is refused as for any run file.
+    #[test]
+    fn the_events_file_is_a_run_file() {
+        assert_eq!(Path::new(TB_EVENTS), Path::new(tb::FOLDER).join(tb::FILE));
+        let dir = scratch("folder-events-name");
+        let events = tb::path(&dir);
+        assert!(!is_run_file(&events));
+        fs::write(dir.join("last.ckpt"), b"x").unwrap();
+        assert!(is_run_file(&events) && is_run_file(&dir.join("metrics.jsonl")));
+        assert!(!is_run_file(&dir.join(tb::FILE)) && !is_run_file(&dir.join("other").join(tb::FILE)));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Beside the checkpoint resumed, events whose epochs are the run's go on; an epoch's
+    /// accuracy that is not the history's, at a step no epoch ends on, or of an epoch the run
+    /// has not reached, is another run's: refused, named, left as it is; --force removes it.
+    #[test]
+    fn another_runs_events_beside_the_checkpoint_are_refused_unless_forced() {
+        let dir = scratch("folder-events");
+        let last = dir.join("last.ckpt");
+        let history: Vec<EpochMetrics> = (1..=3).map(|e| record(e, 1.0)).collect();
+        let meta = [
+            ("history", serde_json::to_string(&history).unwrap()),
+            ("run_id", A.to_string()),
+            ("batch", "4".to_string()),
+            ("train_images", "16".to_string()),
+        ];
+        let ck = checkpoint::Checkpoint {
+            config: model(1),
+            step: 12,
+            epoch: 3,
+            tensors: vec![],
+            rngs: vec![],
+            norm_mean: vec![],
+            norm_std: vec![],
+            meta: meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        };
+        checkpoint::save(&last, &ck).unwrap();
+        let meta = RunMeta::read(&last, &ck).unwrap();
+        let config = model(1);
+        let owner = Owner { checkpoint: &last, config: &config, meta: &meta };
+        // The run's own: epochs 1 and 2 (4 steps each), a running loss between.
+        let own = || {
+            let _ = fs::remove_file(tb::path(&dir));
+            tb::append(&dir, 4, &tb::epoch_scalars(&history[0], 0.1), false).unwrap();
+            tb::append(&dir, 6, &[("train/loss_running", 1.5)], false).unwrap();
+            tb::append(&dir, 8, &tb::epoch_scalars(&history[1], 0.1), false).unwrap();
+        };
+        own();
+        drop(claim(&dir, Some(&owner), false).unwrap());
+        for (step, acc) in [(8, 0.5), (6, 0.1), (16, 0.1)] {
+            own();
+            tb::append(&dir, step, &[("test/acc", acc)], false).unwrap();
+            let theirs = fs::read(tb::path(&dir)).unwrap();
+            let msg = claim(&dir, Some(&owner), false).unwrap_err().to_string();
+            let why = "tb/events.out.tfevents.sliceout (its epochs are not the checkpoint's)";
+            assert!(msg.contains("holds files of another run") && msg.contains(why), "step {step}: {msg}");
+            assert_eq!(fs::read(tb::path(&dir)).unwrap(), theirs);
+        }
+        drop(claim(&dir, Some(&owner), true).unwrap());
+        assert!(!tb::path(&dir).exists() && last.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// Checkpoints, metrics and pictures written before run ids resume in their own folder; a
     /// checkpoint of another model there is still told apart.
     #[test]
@@ -481,8 +619,8 @@ mod tests {
     fn any_run_file_is_protected_and_force_replaces() {
         let dir = scratch("folder-protect");
         for f in RUN_FILES {
-            let out = dir.join(f.replace('.', "-"));
-            fs::create_dir_all(&out).unwrap();
+            let out = dir.join(f.replace(['.', '/'], "-"));
+            fs::create_dir_all(out.join(f).parent().unwrap()).unwrap();
             fs::write(out.join(f), b"keep me").unwrap();
             let msg = claim(&out, None, false).unwrap_err().to_string();
             assert!(msg.contains(f) && msg.contains("--force"), "{msg}");

@@ -44,7 +44,7 @@ use crate::io::checkpoint::{self, Checkpoint};
 use crate::io::lock::FolderLock;
 use crate::io::metrics::{self, Change, EpochMetrics};
 use crate::io::output::same_file;
-use crate::ir::{Invalid, ModelConfig, Role};
+use crate::ir::{Invalid, ModelConfig, Role, Target};
 use crate::model::wrn;
 use crate::model_file;
 use crate::ops::SgdParams;
@@ -103,6 +103,9 @@ pub struct TrainArgs {
     /// Resuming: take settings that differ from the run's (`--change`), recording the change,
     /// instead of refusing them.
     pub allow_changes: bool,
+    /// Said (on stderr) when the run is on the CPU: the GPU-only flags given, which change
+    /// nothing there (`cmd::flags::gpu_only_note`).
+    pub cpu_note: Option<String>,
 }
 
 impl TrainArgs {
@@ -192,14 +195,20 @@ pub struct Summary {
 /// The run happens inside the CPU thread pool: the ops' parallel work then goes on the pool's
 /// own queues, which allocate nothing, instead of its global queue, which allocates now and then.
 pub fn train(args: &TrainArgs) -> Result<Summary> {
-    train_on(args, None)
+    train_on(args, None, None)
 }
 
 /// [`train`] as one rank of a distributed run when `ranks` is given: the reducer to the other
-/// ranks and how the global batch is shared out (docs/DISTRIBUTED.md).
-pub fn train_on<'a>(args: &'a TrainArgs, ranks: Option<(&'a mut dyn Reducer, Sharding)>) -> Result<Summary> {
+/// ranks and how the global batch is shared out (docs/DISTRIBUTED.md). `resumed`: the
+/// checkpoint of `args.resume` read already (by the command, for its defaults), so that it is
+/// not read again.
+pub fn train_on<'a>(
+    args: &'a TrainArgs,
+    ranks: Option<(&'a mut dyn Reducer, Sharding)>,
+    resumed: Option<Resumed>,
+) -> Result<Summary> {
     rayon::scope(|_| {
-        let mut run = Run::start_on(args, ranks)?;
+        let mut run = Run::start_on(args, ranks, resumed)?;
         for epoch in run.start_epoch..args.epochs {
             let (seconds, images) = match run.epoch(epoch)? {
                 EpochEnd::Stopped { at_step } => return Ok(run.summary(Some(at_step))),
@@ -266,13 +275,18 @@ impl<'a> Run<'a> {
     /// buffers. Every check that can fail comes before the folder is touched, except those that
     /// need it.
     pub fn start(args: &'a TrainArgs) -> Result<Run<'a>> {
-        Run::start_on(args, None)
+        Run::start_on(args, None, None)
     }
 
     /// [`Run::start`] as one rank of a distributed run when `ranks` is given: it trains a shard
     /// of each batch and rank 0 alone writes the folder; before anything is written the ranks
-    /// compare their flags and data.
-    pub fn start_on(args: &'a TrainArgs, ranks: Option<(&'a mut dyn Reducer, Sharding)>) -> Result<Run<'a>> {
+    /// compare their flags and data. `resumed`: the checkpoint of `args.resume`, read already
+    /// ([`train_on`]); without it the checkpoint is read here.
+    pub fn start_on(
+        args: &'a TrainArgs,
+        ranks: Option<(&'a mut dyn Reducer, Sharding)>,
+        resumed: Option<Resumed>,
+    ) -> Result<Run<'a>> {
         args.validate()?;
         let n = ranks.as_ref().map_or(1, |r| r.0.ranks());
         let sharding = ranks.as_ref().map_or(Sharding::Same, |r| r.1);
@@ -282,8 +296,12 @@ impl<'a> Run<'a> {
         }
         let writer = ranks.as_ref().is_none_or(|r| r.0.rank() == 0);
         let mut backend = backend::open(args.device, args.math, args.verbose)?;
-        let resumed = args.resume.as_deref().map(Resumed::load).transpose()?;
+        let resumed = match (resumed, args.resume.as_deref()) {
+            (Some(r), Some(path)) if r.path == path => Some(r),
+            (_, path) => path.map(Resumed::load).transpose()?,
+        };
         if let Some(r) = &resumed {
+            model_file::check_checkpoint(&r.path, &r.ck, &r.ck.config)?;
             r.check_ranks(n)?;
         }
         let limits = Limits { train: args.limit_train, test: args.limit_test };
@@ -379,6 +397,10 @@ impl<'a> Run<'a> {
             tb::start(&args.out, &run.history, size.per_epoch, run.step, own_events, |t| run.sgd_at(t).lr as f64)?;
         }
         run.describe(size.test_len, arena_bytes);
+        // Once every check has passed, so that a refusal stays one line.
+        if let Some(note) = args.cpu_note.as_ref().filter(|_| args.verbose && run.backend.target() == Target::Cpu) {
+            errln!("{note}");
+        }
         Ok(run)
     }
 
@@ -634,18 +656,30 @@ impl<'a> Run<'a> {
     }
 }
 
-/// A checkpoint to resume from, read and its metadata checked.
-struct Resumed {
+/// A checkpoint to resume from, read and its metadata checked; its tensors are checked against
+/// its network when the run starts ([`Run::start_on`]), in the order a run's checks are made.
+pub struct Resumed {
     path: PathBuf,
     ck: Checkpoint,
     meta: RunMeta,
 }
 
 impl Resumed {
-    fn load(path: &Path) -> Result<Resumed> {
-        let ck = model_file::load_resume(path)?;
+    /// Reads the checkpoint at `path`, whole, and judges its metadata.
+    pub fn load(path: &Path) -> Result<Resumed> {
+        let ck = checkpoint::load(path)?;
         let meta = RunMeta::read(path, &ck)?;
         Ok(Resumed { path: path.to_path_buf(), ck, meta })
+    }
+
+    /// The model the checkpoint holds.
+    pub fn config(&self) -> &ModelConfig {
+        &self.ck.config
+    }
+
+    /// What the checkpoint says of its run.
+    pub fn meta(&self) -> &RunMeta {
+        &self.meta
     }
 
     /// The run in the checkpoint against the flags: the same model, and what fixes the step

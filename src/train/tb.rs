@@ -99,7 +99,7 @@ pub fn start(
 }
 
 /// The events of the file at `path`, up to a torn or corrupt record.
-fn read(path: &Path) -> Result<Vec<Event>> {
+pub fn read(path: &Path) -> Result<Vec<Event>> {
     let mut bytes = Vec::new();
     let mut file = open_regular(path, OpenOptions::new().read(true), false)?;
     file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;

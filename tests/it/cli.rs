@@ -767,3 +767,64 @@ fn batch_auto_picks_a_power_of_two_and_says_which() {
     fails_with(&refs(&train_args(data, out, &resume)), &["--batch", "'auto'", "--resume"]);
     fails_with(&refs(&train_args(data, out, &[("--batch", "auto:0")])), &["--batch", "auto:CAP"]);
 }
+
+/// `train`, `profile` and `bench` on the CPU take the flags that only choose how the GPU runs
+/// a step alike: they run, and say in one line on stderr which of them change nothing there and
+/// what the CPU does instead. Flags that act on the CPU too (`--fold-bn`), or none, say nothing.
+#[test]
+fn gpu_only_flags_on_the_cpu_are_named_alike_by_train_profile_and_bench() {
+    let d = tmp("gpu-only");
+    synth(&d, 32, 16);
+    let tiny = ["--depth", "10", "--widen", "1", "--batch", "4", "--steps", "1", "--device", "cpu"];
+    let mut runs = 0;
+    let commands = |n: usize| -> [Vec<String>; 3] {
+        let out = d.join(format!("run{n}"));
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        [
+            train_args(d.to_str().unwrap(), out.to_str().unwrap(), &[]),
+            owned(&[&["profile", "--format", "json"][..], &tiny].concat()),
+            owned(&[&["bench", "--keep", "1"][..], &tiny].concat()),
+        ]
+    };
+    for (given, named) in [
+        (&["--math", "fp32"][..], &["--math (the CPU computes in fp32)"][..]),
+        (
+            &["--input-grad", "col2im", "--sgd-group"],
+            &["--input-grad", "--sgd-group (the CPU runs the SGD updates one by one)"],
+        ),
+        (&["--winograd"], &["--winograd (the CPU runs Winograd"]),
+        (&["--fold-bn"], &[]),
+        (&[], &[]),
+    ] {
+        for argv in commands(runs) {
+            runs += 1;
+            let argv: Vec<&str> = argv.iter().map(String::as_str).chain(given.iter().copied()).collect();
+            let (code, so, err) = sliceout(&argv);
+            assert_eq!(code, 0, "{argv:?}: {err}");
+            let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note: ")).collect();
+            if named.is_empty() {
+                assert!(notes.is_empty(), "{argv:?}: {err}");
+                continue;
+            }
+            assert_eq!(notes.len(), 1, "{argv:?}: {err}");
+            assert!(notes[0].contains("on the CPU these GPU flags change nothing"), "{}", notes[0]);
+            assert!(named.iter().all(|n| notes[0].contains(n)), "{argv:?}: {}", notes[0]);
+            // The JSON profile is still one document on stdout.
+            if argv[0] == "profile" {
+                serde_json::from_str::<serde_json::Value>(&so).unwrap();
+            }
+        }
+    }
+    // A refusal is still one line: the note comes only once the work has run.
+    let [_, profile, bench] = commands(runs);
+    let out = d.join("refused");
+    let train = train_args(d.to_str().unwrap(), out.to_str().unwrap(), &[("--batch", "64")]);
+    for (argv, bad) in [(train, &[][..]), (profile, &["--align", "999"]), (bench, &["--align", "999"])] {
+        let argv: Vec<&str> =
+            argv.iter().map(String::as_str).chain(["--winograd"]).chain(bad.iter().copied()).collect();
+        let (code, _, err) = sliceout(&argv);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(code == 1 && lines.len() == 1 && lines[0].starts_with("error: "), "{argv:?}: {err}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -74,6 +74,7 @@ pub fn args(data: &Path, out: &Path) -> TrainArgs {
         verbose: false,
         stop_after: None,
         allow_changes: false,
+        cpu_note: None,
     }
 }
 

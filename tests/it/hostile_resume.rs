@@ -182,6 +182,25 @@ fn a_bare_resume_continues_the_same_run_bit_for_bit() {
     }
 }
 
+/// The checkpoint resumed is read once, when the flags take their defaults from it, and that
+/// reading is what the run restores: the file garbled after that changes nothing, and the run
+/// ends as the uninterrupted one.
+#[test]
+fn the_checkpoint_resumed_is_read_once() {
+    let s = scene("read-once");
+    let run = s.stopped("run", 13);
+    let ck = run.join("last.ckpt");
+    let argv = ["sliceout", "train", "--resume", ck.to_str().unwrap(), "--device", "cpu"];
+    let Some(Command::Train(f)) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
+    let (mut args, _, resumed) = sliceout::cmd::train::checked_run(&f).unwrap();
+    args.verbose = false;
+    assert!(resumed.is_some());
+    std::fs::write(&ck, b"not a checkpoint any more").unwrap();
+    assert!(train::train(&args).is_err_and(|e| e.to_string().contains("not a sliceout checkpoint")));
+    train::train_on(&args, None, resumed).unwrap_or_else(|e| panic!("{e}"));
+    s.same_as_full(&run);
+}
+
 #[test]
 fn a_resume_with_the_runs_own_values_is_accepted_silently() {
     let s = scene("same");

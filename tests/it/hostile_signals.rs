@@ -220,6 +220,40 @@ fn training_into_a_full_device_saves_then_says_so() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Ctrl-C while stdout is on a full device: the run checkpoints, says on stderr that its output
+/// was lost, and exits 130 all the same (the interrupt decides the status, so `train && eval`
+/// stops there), not 1.
+#[test]
+fn ctrl_c_with_stdout_on_a_full_device_exits_130() {
+    let dir = tmp("full-sigint");
+    let data = synth(&dir);
+    let out = dir.join("run");
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let child = Command::new(BIN)
+        .args(train_args(&data, &out, 100_000))
+        .stdin(Stdio::null())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The lock is taken after the interrupt handler is set, before the first step.
+    let lock = out.join(sliceout::train::folder::LOCK);
+    let start = Instant::now();
+    while !lock.exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lock.exists(), "the run never took its folder");
+    // SAFETY: a signal to the child this test spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let end = wait(child, 120, "training >/dev/full, then Ctrl-C");
+    end.assert_no_crash("training >/dev/full, then Ctrl-C");
+    assert_eq!(end.status.code(), Some(130), "{}", end.stderr);
+    assert!(end.stderr.lines().any(|l| l.starts_with("error: ") && l.contains("standard output")), "{}", end.stderr);
+    let ck = sliceout::io::checkpoint::load(&out.join("last.ckpt")).unwrap();
+    assert!(ck.step > 0, "step {}", ck.step);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Under `ulimit -v` limits from the smallest the binary starts under up to one that trains,
 /// every run either trains or fails with one line (the size it could not get, or the arena
 /// it needs): never SIGABRT, SIGSEGV or a panic.

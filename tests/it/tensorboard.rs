@@ -166,3 +166,22 @@ fn a_link_in_place_of_the_events_is_refused() {
     assert!(!a.out.join("last.ckpt").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Another run's events alone in a folder are a run's files like the others: a fresh run there
+/// is refused, naming them, and leaves them as they are; `--force` replaces them.
+#[test]
+fn another_runs_events_are_not_replaced_without_force() {
+    let d = tmp("events-kept");
+    let a = run_args(&d);
+    let theirs = [events::file_version_record(0.0), events::scalars_record(0.0, 7, &[("test/acc", 0.75)])].concat();
+    std::fs::create_dir_all(a.out.join(tb::FOLDER)).unwrap();
+    std::fs::write(tb::path(&a.out), &theirs).unwrap();
+    let msg = train::train(&a).unwrap_err().to_string();
+    assert!(msg.contains("tb/events.out.tfevents.sliceout") && msg.contains("--force"), "{msg}");
+    assert_eq!(std::fs::read(tb::path(&a.out)).unwrap(), theirs);
+    assert!(!a.out.join("last.ckpt").exists());
+    train::train(&TrainArgs { force: true, epochs: 1, ..a.clone() }).unwrap();
+    let ours = std::fs::read(tb::path(&a.out)).unwrap();
+    assert!(ours != theirs && events::events(&ours).iter().all(|e| e.step != 7), "the old events stayed");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -11,6 +11,8 @@
 //!   file, checks a CRC-32 over it and parses, checking every count and length against the
 //!   bytes left *before* allocating. Every problem is an `Error::Checkpoint` naming the file and saying
 //!   precisely what is wrong (which field is truncated, both CRCs, both version numbers, ...).
+//!   `load_meta` stops after that walk: what reads only a run's record (`compare`, the run
+//!   folder's ownership check) reads the header and records and skips the values.
 //! - A crash while saving must never cost the last good checkpoint: [`write_atomic`](super::atomic::write_atomic) writes a
 //!   temporary file beside the target, syncs it, renames it over the target and syncs the folder.
 //! - The encoding is canonical (one byte string per checkpoint): `save` checks what `load` checks,
@@ -147,34 +149,62 @@ pub fn encoded_len(ck: &Checkpoint) -> usize {
 /// reading no tensor values; only then is the whole file read (if the memory can be had),
 /// CRC-checked and parsed. So a huge or sparse file that is no checkpoint is refused at once.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let len = super::regular_file_len(path, "checkpoint file").map_err(|e| match e {
-        super::NotAFile::Missing => Error::checkpoint(path, "no such file"),
-        super::NotAFile::Other(msg) => Error::checkpoint(path, msg),
-    })?;
-    let cannot_read = |e: io::Error| Error::checkpoint(path, format!("cannot read: {e}"));
-    let mut file = fs::File::open(path).map_err(cannot_read)?;
-    let mut head = Vec::with_capacity(HEAD_LEN);
-    io::Read::read_to_end(&mut io::Read::take(&mut file, HEAD_LEN as u64), &mut head).map_err(cannot_read)?;
-    judge_head(&head, len).map_err(|msg| Error::checkpoint(path, msg))?;
-    // The structure, from the file: a declared size past its end is found without reading on.
-    let end = usize::try_from(len).map_err(|_| Error::checkpoint(path, "too large for this machine's addresses"))?;
-    let input = FileInput { file: io::BufReader::new(&mut file), at: head.len() };
-    match parse(&mut Reader { input, pos: MAGIC.len(), end: end - CRC_LEN }) {
-        Err(Fail::Short(msg)) => {
-            return Err(Error::checkpoint(path, format!("the file is truncated or corrupt: {msg}")))
-        }
-        Err(Fail::Bad(msg)) => return Err(Error::checkpoint(path, msg)),
-        Err(Fail::Io(e)) => return Err(cannot_read(e)),
-        Ok(_) => {}
-    }
+    let (mut file, len) = open(path)?;
+    walk(&mut file, len).map_err(|fail| walk_error(path, fail))?;
+    let end = len as usize;
     let mut bytes = Vec::new();
     if crate::oom::fallible(|| bytes.try_reserve_exact(end)).is_err() {
         let msg = format!("cannot allocate {} to read it", crate::ir::config::size_text(Some(len)));
         return Err(Error::checkpoint(path, msg));
     }
     let read = io::Seek::rewind(&mut file).and_then(|()| io::Read::read_to_end(&mut file, &mut bytes));
-    read.map_err(cannot_read)?;
+    read.map_err(|e| walk_error(path, Fail::Io(e)))?;
     decode(&bytes).map_err(|msg| Error::checkpoint(path, msg))
+}
+
+/// The checkpoint at `path` without its tensors and normalisation: the configuration, step,
+/// epoch, RNG states and metadata, for what reads only a run's record (`compare`, telling a
+/// run's files from another's). The file is judged as [`load`] judges it before reading it
+/// whole (the header, then every record's count and length against the bytes left, with the
+/// same messages for a file cut short or a count past its end), but the values are skipped,
+/// never read: the bytes read are the header and records', however large the network. The CRC
+/// covers the values too, so it is not checked: damage inside them goes unseen here.
+pub fn load_meta(path: &Path) -> Result<Checkpoint> {
+    let (mut file, len) = open(path)?;
+    let ck = walk(&mut file, len).map_err(|fail| walk_error(path, fail))?;
+    Ok(Checkpoint { tensors: vec![], norm_mean: vec![], norm_std: vec![], ..ck })
+}
+
+/// The regular file at `path`, opened, and its length.
+fn open(path: &Path) -> Result<(fs::File, u64)> {
+    let len = super::regular_file_len(path, "checkpoint file").map_err(|e| match e {
+        super::NotAFile::Missing => Error::checkpoint(path, "no such file"),
+        super::NotAFile::Other(msg) => Error::checkpoint(path, msg),
+    })?;
+    let file = fs::File::open(path).map_err(|e| walk_error(path, Fail::Io(e)))?;
+    Ok((file, len))
+}
+
+/// The checkpoint in `file` (`len` bytes) as far as its header and records say, each tensor's
+/// values and the normalisation's skipped (left empty) and the CRC unchecked: the header judged
+/// ([`judge_head`]), then every record read from the file, a declared size past its end found
+/// without reading on.
+fn walk<R: io::Read + io::Seek>(file: &mut R, len: u64) -> Parse<Checkpoint> {
+    let mut head = Vec::with_capacity(HEAD_LEN);
+    io::Read::read_to_end(&mut io::Read::take(&mut *file, HEAD_LEN as u64), &mut head).map_err(Fail::Io)?;
+    judge_head(&head, len).map_err(Fail::Bad)?;
+    let end = usize::try_from(len).map_err(|_| Fail::Bad("too large for this machine's addresses".into()))?;
+    let input = FileInput { file: io::BufReader::new(file), at: head.len() };
+    parse(&mut Reader { input, pos: MAGIC.len(), end: end - CRC_LEN })
+}
+
+/// What [`walk`] found wrong with the file at `path`, as the error naming it.
+fn walk_error(path: &Path, fail: Fail) -> Error {
+    match fail {
+        Fail::Short(msg) => Error::checkpoint(path, format!("the file is truncated or corrupt: {msg}")),
+        Fail::Bad(msg) => Error::checkpoint(path, msg),
+        Fail::Io(e) => Error::checkpoint(path, format!("cannot read: {e}")),
+    }
 }
 
 /// The bytes [`judge_head`] reads: magic, version and configuration.
@@ -646,12 +676,13 @@ fn parse<I: Input>(r: &mut Reader<I>) -> Parse<Checkpoint> {
         rngs.push((name, state));
     }
 
-    let n = r.count(&"norm_mean length", 4)?;
-    let norm_mean = r.f32s(n, &"norm_mean values")?;
-    let n = r.count(&"norm_std length", 4)?;
-    let norm_std = r.f32s(n, &"norm_std values")?;
-    if norm_mean.len() != norm_std.len() {
-        return Err(Fail::Bad(format!("norm_mean has {} values but norm_std has {}", norm_mean.len(), norm_std.len())));
+    let means = r.count(&"norm_mean length", 4)?;
+    let norm_mean = r.f32s(means, &"norm_mean values")?;
+    let stds = r.count(&"norm_std length", 4)?;
+    let norm_std = r.f32s(stds, &"norm_std values")?;
+    // The counts, not the values read: a walk that skips the values checks this too.
+    if means != stds {
+        return Err(Fail::Bad(format!("norm_mean has {means} values but norm_std has {stds}")));
     }
 
     let n = r.count(&"metadata count", 4 + 4)?;

@@ -628,3 +628,80 @@ fn crash_during_save_keeps_a_valid_file() {
     assert!(valid >= trials / 2);
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A reader that counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    read: usize,
+}
+
+impl<R: io::Read> io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n;
+        Ok(n)
+    }
+}
+
+impl<R: io::Seek> io::Seek for Counting<R> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        self.inner.seek(to)
+    }
+}
+
+/// The metadata of a checkpoint whose values take 64 MiB is had by reading a few KiB: the
+/// header and records, never the values. What it returns is the checkpoint less its tensors
+/// and normalisation.
+#[test]
+fn the_metadata_is_read_without_the_values() {
+    let mut ck = sample();
+    ck.tensors.push(Tensor { name: "big".into(), shape: vec![1 << 24], data: vec![0.5; 1 << 24] });
+    let bytes = encode(&ck).unwrap();
+    let mut file = Counting { inner: io::Cursor::new(&bytes), read: 0 };
+    let got = walk(&mut file, bytes.len() as u64).map_err(Fail::msg).unwrap();
+    assert!(file.read < 64 << 10, "{} bytes read of {}", file.read, bytes.len());
+    assert_eq!((got.config, got.step, got.epoch), (ck.config, ck.step, ck.epoch));
+    assert_eq!((&got.rngs, &got.meta), (&ck.rngs, &ck.meta));
+
+    let dir = scratch("ckpt-meta");
+    let path = dir.join("big.ckpt");
+    fs::write(&path, &bytes).unwrap();
+    let meta = load_meta(&path).unwrap();
+    assert_eq!(meta, Checkpoint { tensors: vec![], norm_mean: vec![], norm_std: vec![], ..ck });
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file cut short, one whose counts or lengths are wrong, or one that is no checkpoint gets
+/// from `load_meta` the very message `load` gives. Damage inside the values alone is seen by
+/// `load`'s CRC only: `load_meta` never reads them.
+#[test]
+fn the_metadata_reader_refuses_what_load_refuses() {
+    let dir = scratch("ckpt-meta-bad");
+    let good = encode(&sample()).unwrap();
+    let fields = length_fields(&good);
+    let same = |name: &str, bytes: &[u8]| {
+        let msg = load_err(&dir, name, bytes);
+        let path = dir.join(name);
+        assert_eq!(load_meta(&path).unwrap_err().to_string(), msg);
+        msg
+    };
+    for cut in [0, 5, 22, 60, field_at(&fields, "RNG count") + 2, good.len() - 9, good.len() - CRC_LEN, good.len() - 1]
+    {
+        let msg = same("cut.ckpt", &good[..cut]);
+        assert!(msg.contains("truncated") || msg.contains("empty"), "cut at {cut}: {msg}");
+    }
+    for (label, value) in [("tensor count", 9u32), ("RNG 1 state length", 1 << 20), ("norm_std length", 2)] {
+        let mut b = good.clone();
+        LE::write_u32(&mut b[field_at(&fields, label)..], value);
+        fix_crc(&mut b);
+        same("bad.ckpt", &b);
+    }
+    let msg = same("onnx.ckpt", b"\x08\x07\x12\x08sliceout");
+    assert!(msg.contains("ONNX"), "{msg}");
+    let mut b = good.clone();
+    b[field_at(&fields, "tensor 0 numel") + 8 + 20] ^= 0x40;
+    let msg = load_err(&dir, "values.ckpt", &b);
+    assert!(msg.contains("CRC mismatch"), "{msg}");
+    assert_eq!(load_meta(&dir.join("values.ckpt")).unwrap().meta, sample().meta);
+    fs::remove_dir_all(&dir).unwrap();
+}
