@@ -606,8 +606,26 @@ pub(super) fn weight_transform(
     w: Wino,
 ) {
     match w {
-        Wino::F2 => weight_transform_by::<XI>(u, weight, p, os, is, flipped, weight_tiles::<LANES>),
-        Wino::F4 => weight_transform_by::<{ f4::XI }>(u, weight, p, os, is, flipped, f4::weight_tiles::<LANES>),
+        Wino::F2 => weight_transform_by::<XI>(
+            u,
+            weight,
+            p,
+            os,
+            is,
+            flipped,
+            #[inline(always)]
+            |g, t| weight_tiles(g, t),
+        ),
+        Wino::F4 => weight_transform_by::<{ f4::XI }>(
+            u,
+            weight,
+            p,
+            os,
+            is,
+            flipped,
+            #[inline(always)]
+            |g, t| f4::weight_tiles(g, t),
+        ),
     }
 }
 
@@ -742,8 +760,22 @@ pub(super) fn output_tiles(
 /// when no image ran (`any` false: `du` was never written).
 pub(super) fn weight_grad(d_weight: &mut [f32], du: &[f32], wo: usize, wi: usize, any: bool, w: Wino) {
     match w {
-        Wino::F2 => weight_grad_by::<XI>(d_weight, du, wo * wi, any, weight_tiles_adjoint::<LANES>),
-        Wino::F4 => weight_grad_by::<{ f4::XI }>(d_weight, du, wo * wi, any, f4::weight_tiles_adjoint::<LANES>),
+        Wino::F2 => weight_grad_by::<XI>(
+            d_weight,
+            du,
+            wo * wi,
+            any,
+            #[inline(always)]
+            |t, g| weight_tiles_adjoint(t, g),
+        ),
+        Wino::F4 => weight_grad_by::<{ f4::XI }>(
+            d_weight,
+            du,
+            wo * wi,
+            any,
+            #[inline(always)]
+            |t, g| f4::weight_tiles_adjoint(t, g),
+        ),
     }
 }
 

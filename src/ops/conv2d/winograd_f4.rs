@@ -102,34 +102,77 @@ fn a_times(out: [&mut [f32]; 6], y: [&[f32]; 4], n: usize) {
 pub(super) fn input_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
     crate::blas::vectorized(
         #[inline(always)]
-        || input_transform_body(v, plane, nb, h, w),
+        || {
+            tile_transform::<6>(
+                v,
+                plane,
+                nb,
+                h,
+                w,
+                1,
+                #[inline(always)]
+                |o, d, n| b_transpose(o, d, n),
+            )
+        },
     )
 }
 
+/// `A dY A^T` of every 4x4 tile of one channel of `d_out` (`nb` images of `h x w`; values past
+/// the edge of the image count as 0): value `xi` of tile `t` into `v[xi][t]`.
+pub(super) fn grad_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
+    crate::blas::vectorized(
+        #[inline(always)]
+        || {
+            tile_transform::<4>(
+                v,
+                plane,
+                nb,
+                h,
+                w,
+                0,
+                #[inline(always)]
+                |o, y, n| a_times(o, y, n),
+            )
+        },
+    )
+}
+
+/// `P pass P^T` of the `R x R` tiles of one channel (4 apart, from row and column `-shift`,
+/// zeros outside the image), `pass` taking `R` rows to 6: the input transform (`R` 6, `shift` 1,
+/// `B^T`) or the gradient's (`R` 4, `shift` 0, `A`). Rows first, each into `rp`, then columns,
+/// both over the whole block's tiles.
 #[inline(always)]
-fn input_transform_body(mut v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
+fn tile_transform<const R: usize>(
+    mut v: Rows<XI>,
+    plane: &[f32],
+    nb: usize,
+    h: usize,
+    w: usize,
+    shift: usize,
+    pass: impl Fn([&mut [f32]; 6], [&[f32]; R], usize),
+) {
     let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
-    // rp[r][b][t]: row pass of padded row r of the block's tiles, value b.
-    let mut rp = [[[0f32; TX_BLOCK]; 6]; 6];
-    // d[c][t]: value c of each tile's six in the padded row.
-    let mut d = [[0f32; TX_BLOCK]; 6];
+    // rp[r][b][t]: row pass of row r of the block's tiles, value b.
+    let mut rp = [[[0f32; TX_BLOCK]; 6]; R];
+    // d[c][t]: value c of each tile in the row.
+    let mut d = [[0f32; TX_BLOCK]; R];
     for blk in blocks(nb, th, tw) {
         let (nt, n) = (blk.nt, blk.len());
         for (r, rows) in rp.iter_mut().enumerate() {
             for k in 0..blk.rows {
                 let (i, ty) = ((blk.row0 + k) / th, (blk.row0 + k) % th);
-                // Padded row 4 ty + r holds image row 4 ty + r - 1.
-                match 4 * ty + r {
-                    y if y == 0 || y > h => d.iter_mut().for_each(|dc| dc[k * nt..][..nt].fill(0.0)),
-                    y => gather(&mut d, k * nt, &plane[(i * h + y - 1) * w..][..w], 4 * blk.tx0, nt, 1),
+                // Row r of tile row ty is image row 4 ty + r - shift.
+                match (4 * ty + r).checked_sub(shift) {
+                    Some(y) if y < h => gather(&mut d, k * nt, &plane[(i * h + y) * w..][..w], 4 * blk.tx0, nt, shift),
+                    _ => d.iter_mut().for_each(|dc| dc[k * nt..][..nt].fill(0.0)),
                 }
             }
-            b_transpose(rows.each_mut().map(|x| &mut x[..]), d.each_ref().map(|x| &x[..]), n);
+            pass(rows.each_mut().map(|x| &mut x[..]), d.each_ref().map(|x| &x[..]), n);
         }
         // Columns, contiguous across the block's tiles.
         for b in 0..6 {
             let col = rp.each_ref().map(|r| &r[b][..n]);
-            b_transpose(v_rows(&mut v, b, blk.base, n), col, n);
+            pass(v_rows(&mut v, b, blk.base, n), col, n);
         }
     }
 }
@@ -139,40 +182,6 @@ fn input_transform_body(mut v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: 
 fn v_rows<'a>(v: &'a mut Rows<XI>, b: usize, t0: usize, n: usize) -> [&'a mut [f32]; 6] {
     let mut picked = v.iter_mut().skip(b).step_by(6).map(|r| &mut r[t0..][..n]);
     std::array::from_fn(|_| picked.next().expect("six rows"))
-}
-
-/// `A dY A^T` of every 4x4 tile of one channel of `d_out` (`nb` images of `h x w`; values past
-/// the edge of the image count as 0): value `xi` of tile `t` into `v[xi][t]`.
-pub(super) fn grad_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
-    crate::blas::vectorized(
-        #[inline(always)]
-        || grad_transform_body(v, plane, nb, h, w),
-    )
-}
-
-#[inline(always)]
-fn grad_transform_body(mut v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
-    let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
-    // rp[r][b][t]: row pass of output row r of the block's tiles, value b.
-    let mut rp = [[[0f32; TX_BLOCK]; 6]; 4];
-    let mut d = [[0f32; TX_BLOCK]; 4];
-    for blk in blocks(nb, th, tw) {
-        let (nt, n) = (blk.nt, blk.len());
-        for (r, rows) in rp.iter_mut().enumerate() {
-            for k in 0..blk.rows {
-                let (i, ty) = ((blk.row0 + k) / th, (blk.row0 + k) % th);
-                match 4 * ty + r {
-                    y if y >= h => d.iter_mut().for_each(|dc| dc[k * nt..][..nt].fill(0.0)),
-                    y => gather(&mut d, k * nt, &plane[(i * h + y) * w..][..w], 4 * blk.tx0, nt, 0),
-                }
-            }
-            a_times(rows.each_mut().map(|x| &mut x[..]), d.each_ref().map(|x| &x[..]), n);
-        }
-        for b in 0..6 {
-            let col = rp.each_ref().map(|r| &r[b][..n]);
-            a_times(v_rows(&mut v, b, blk.base, n), col, n);
-        }
-    }
 }
 
 /// `Y = A^T M A` for every tile of one output channel: `ms[xi]` is that channel's `[t]` row of
