@@ -596,6 +596,9 @@ fn weight_tiles<const L: usize>(g: &[[f32; L]; 9], u: &mut [[f32; L]; XI]) {
 
 /// `WinoCmd::Weight`: `G g G^T` of the slices' kernels into `u`, `[xi][o][i]`, or with
 /// `flipped` of the kernels rotated by 180 degrees, `[xi][i][o]`.
+// The kernels are passed as inlined closures: a function item is called through `Fn::call`,
+// outside the vectorised caller, without its target features.
+#[allow(clippy::redundant_closure)]
 pub(super) fn weight_transform(
     u: &mut [f32],
     weight: &[f32],
@@ -758,6 +761,7 @@ pub(super) fn output_tiles(
 
 /// `WinoCmd::WeightGrad`: `d_weight` (`[wo, wi*9]`) = `G^T dU G` of `du` (`[xi][o][i]`), or 0
 /// when no image ran (`any` false: `du` was never written).
+#[allow(clippy::redundant_closure)] // As in `weight_transform`.
 pub(super) fn weight_grad(d_weight: &mut [f32], du: &[f32], wo: usize, wi: usize, any: bool, w: Wino) {
     match w {
         Wino::F2 => weight_grad_by::<XI>(
