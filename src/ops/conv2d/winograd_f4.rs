@@ -99,6 +99,7 @@ fn a_times(out: [&mut [f32]; 6], y: [&[f32]; 4], n: usize) {
 
 /// `B^T d B` of every tile of images `0..nb` of one channel `plane` (`nb` images of `h x w`):
 /// value `xi` of tile `t` into `v[xi][t]`.
+#[allow(clippy::redundant_closure)] // Inlined, as `winograd::weight_transform` says.
 pub(super) fn input_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
     crate::blas::vectorized(
         #[inline(always)]
@@ -119,6 +120,7 @@ pub(super) fn input_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w
 
 /// `A dY A^T` of every 4x4 tile of one channel of `d_out` (`nb` images of `h x w`; values past
 /// the edge of the image count as 0): value `xi` of tile `t` into `v[xi][t]`.
+#[allow(clippy::redundant_closure)] // Inlined, as `winograd::weight_transform` says.
 pub(super) fn grad_transform(v: Rows<XI>, plane: &[f32], nb: usize, h: usize, w: usize) {
     crate::blas::vectorized(
         #[inline(always)]
