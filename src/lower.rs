@@ -178,8 +178,18 @@ pub fn chunk(o: &Options, l: &Lowering, shape: &ConvShape, in_width: usize) -> u
     if o.col_chunk > 0 {
         return o.col_chunk.min(shape.n);
     }
-    let budget = o.col_budget(l.target) << 20;
-    let fits = |c: usize| workspace_len(l, shape, in_width, c) * l.precision.storage().size() <= budget;
+    let (budget, size) = (o.col_budget(l.target) << 20, l.precision.storage().size());
+    // Winograd's transformed weights do not grow with the chunk, so the budget bounds the rest:
+    // counted against it, a wide layer's weights alone would leave chunks of one image, whose
+    // products are a few tiles wide.
+    let fixed = match winograd(l, shape) {
+        true => conv2d::winograd_weights_len(shape, in_width, l.target),
+        false => 0,
+    };
+    let fits = |c: usize| {
+        let grows = workspace_len(l, shape, in_width, c).saturating_sub(fixed);
+        shape.im2col_len(in_width, c) * size <= budget && grows * size <= budget
+    };
     // The workspace grows with the chunk: binary search for the last chunk that fits (at
     // least one image).
     let (mut lo, mut hi) = (1, shape.n);
@@ -202,6 +212,24 @@ mod tests {
     fn site(out_width: usize, in_width: usize) -> ConvSite {
         let shape = ConvShape { n: 8, cin: 16, h: 8, w: 8, cout: 16, k: 3, stride: 1, pad: 1 };
         ConvSite { shape, out_width, in_width, sliced: out_width < 16 || in_width < 16, grouped_update: false }
+    }
+
+    /// A wide Winograd layer's transformed weights alone exceed the CPU's 32 MiB budget (WRN-28-10's
+    /// 640 channels: 2 x 36 x 640 x 640 floats); its chunk still fills the budget with tiles rather
+    /// than shrinking to one image, and the im2col columns and the tiles each stay within it.
+    #[test]
+    fn the_budget_bounds_what_grows_with_the_chunk() {
+        let shape = ConvShape { n: 128, cin: 640, h: 8, w: 8, cout: 640, k: 3, stride: 1, pad: 1 };
+        let (o, l) = (Options::default(), Lowering::default());
+        assert!(winograd(&l, &shape));
+        let budget = o.col_budget(l.target) << 20;
+        let fixed = conv2d::winograd_weights_len(&shape, 640, l.target);
+        assert!(fixed * 4 > budget);
+        let c = chunk(&o, &l, &shape, 640);
+        assert!(c > 1, "chunk {c}");
+        let grows = |c| workspace_len(&l, &shape, 640, c) - fixed;
+        assert!(grows(c) * 4 <= budget && shape.im2col_len(640, c) * 4 <= budget);
+        assert!(c == shape.n || grows(c + 1) * 4 > budget || shape.im2col_len(640, c + 1) * 4 > budget);
     }
 
     /// The forward and backward algorithms of `c`, and the copies asked for (by name).

@@ -120,8 +120,9 @@ pub struct MemoryFlags {
     /// Images per im2col chunk (0 = auto, within --col-budget) [default: 0]
     #[arg(long, allow_negative_numbers = true)]
     pub col_chunk: Option<usize>,
-    /// MiB an im2col workspace may take when --col-chunk is auto, 1 to 1048576 [default: 32 on
-    /// the CPU, 512 on the GPU]
+    /// MiB a workspace's im2col columns (or Winograd's tiles) may take when --col-chunk is auto;
+    /// Winograd's transformed weights come on top. 1 to 1048576 [default: 32 on the CPU, 512 on the
+    /// GPU]
     #[arg(long, allow_negative_numbers = true)]
     pub col_budget: Option<usize>,
     /// Where SGD updates go: right after each gradient, or after the whole backward pass

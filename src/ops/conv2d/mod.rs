@@ -117,6 +117,12 @@ pub fn winograd_workspace_len(p: &ConvShape, in_width: usize, chunk: usize, targ
     }
 }
 
+/// Floats of Winograd's transformed weights on `target` (the part of its workspace that does not
+/// grow with the chunk): the forward's, or the backward's flipped weight and `dU`.
+pub fn winograd_weights_len(p: &ConvShape, in_width: usize, target: Target) -> usize {
+    winograd::workspace_len(p, in_width, 0, Wino::on(target, p))
+}
+
 /// The layers Winograd takes: 3x3, stride 1, pad 1, at least 4 input channels.
 pub fn winograd_eligible(p: &ConvShape) -> bool {
     winograd::eligible(p)
