@@ -451,46 +451,10 @@ unsafe fn run_tiles<T: Tile>(c: MatMut, apack: &[f32], bpack: &[f32], mc: usize,
 }
 
 /// Packs `mc x kc` of `A` into micro-panels of `mr_t` rows, `[panel][p][i]`, zero-padding the
-/// last; `avx` lets an f32 `A` with contiguous rows go through 8 x 8 transposes.
-// The fast paths are x86 only; elsewhere `avx` and their counters go unused.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
+/// last: the panels [`pack_b`] makes of `A^T` (an f32 `A` with contiguous rows goes through its
+/// 8 x 8 transposes when `avx`).
 unsafe fn pack_a<T: Elem>(dst: &mut [f32], a: MatRef<T>, mc: usize, kc: usize, mr_t: usize, avx: bool) {
-    for (q, r0) in (0..mc).step_by(mr_t).enumerate() {
-        let mr = mr_t.min(mc - r0);
-        let panel = &mut dst[q * mr_t * kc..(q + 1) * mr_t * kc];
-        if mr < mr_t {
-            panel.fill(0.0);
-        }
-        if a.cs == 1 {
-            // Rows are contiguous: read each row in order, write with stride mr_t.
-            let mut done = 0;
-            #[cfg(target_arch = "x86_64")]
-            if let (true, 8, 8, Some(a32)) = (avx, mr_t, mr, a.as_f32()) {
-                done = kc / 8 * 8;
-                for p0 in (0..done).step_by(8) {
-                    // SAFETY: rows r0..r0+8 and columns p0..p0+8 lie inside the view; the
-                    // panel holds 8 * kc floats.
-                    unsafe {
-                        transpose::t8x8(a32.ptr.add(r0 * a.rs + p0).cast(), 4 * a.rs, panel.as_mut_ptr().add(p0 * 8), 8)
-                    };
-                }
-            }
-            for i in 0..mr {
-                let src = unsafe { std::slice::from_raw_parts(a.ptr.add((r0 + i) * a.rs), kc) };
-                for (p, &v) in src.iter().enumerate().skip(done) {
-                    panel[p * mr_t + i] = v.to_f32();
-                }
-            }
-        } else {
-            for p in 0..kc {
-                let col = unsafe { a.ptr.add(r0 * a.rs + p * a.cs) };
-                let out = &mut panel[p * mr_t..p * mr_t + mr];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = unsafe { *col.add(i * a.rs) }.to_f32();
-                }
-            }
-        }
-    }
+    unsafe { pack_b(dst, a.t(), kc, mc, mr_t, avx) }
 }
 
 /// Packs `kc x nc` of `B` into micro-panels of `nr_t` columns, `[panel][p][j]`, zero-padding;
