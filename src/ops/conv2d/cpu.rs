@@ -343,35 +343,16 @@ pub fn conv2d_backward<T: Elem, W: Elem>(
     algo: Algo,
 ) {
     let (os, is) = (out_slice, in_slice);
-    backward_with(d_inp, d_weight, d_out, inp, weight, col, p, os, is, chunk, accumulate_d_inp, algo, None)
+    conv2d_backward_with(d_inp, d_weight, d_out, inp, weight, col, p, os, is, chunk, accumulate_d_inp, algo, None)
 }
 
-/// [`conv2d_backward`] of the convolution of `relu(bn(inp)) * scale` (`fold`), given the BN's
-/// input `inp`: its im2col applies the BN ([`im2col_bn_relu`]), so the BN output is never
-/// written. im2col + GEMM whatever `algo` says (Winograd's transforms read the input as it is);
-/// a direct convolution, whose GEMM reads its input in place, cannot fold.
+/// [`conv2d_backward`], or with `fold` that of the convolution of `relu(bn(inp)) * scale`, given
+/// the BN's input `inp`: its im2col applies the BN ([`im2col_bn_relu`]), so the BN output is
+/// never written. A folding call runs im2col + GEMM whatever `algo` says (Winograd's transforms
+/// read the input as it is); a direct convolution, whose GEMM reads its input in place, cannot
+/// fold.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward_folded<T: Elem, W: Elem>(
-    d_inp: Option<&mut [T]>,
-    d_weight: &mut [f32],
-    d_out: &[T],
-    inp: &[T],
-    weight: &[W],
-    col: &mut [T],
-    p: &ConvShape,
-    out_slice: Slice,
-    in_slice: Slice,
-    chunk: usize,
-    accumulate_d_inp: bool,
-    fold: BnReluFold,
-) {
-    let (os, is) = (out_slice, in_slice);
-    let algo = Algo::Im2col;
-    backward_with(d_inp, d_weight, d_out, inp, weight, col, p, os, is, chunk, accumulate_d_inp, algo, Some(fold))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn backward_with<T: Elem, W: Elem>(
+pub fn conv2d_backward_with<T: Elem, W: Elem>(
     d_inp: Option<&mut [T]>,
     d_weight: &mut [f32],
     d_out: &[T],
@@ -391,6 +372,7 @@ fn backward_with<T: Elem, W: Elem>(
         assert!(!p.direct(), "a direct convolution reads its input in place: no BN fold");
         f.check(in_slice.width);
     }
+    let algo = if fold.is_some() { Algo::Im2col } else { algo };
     let (w_out, w_in, kk) = (out_slice.width, in_slice.width, p.kk());
     let howo = p.ho() * p.wo();
     let ncols = p.n * howo;
@@ -434,7 +416,7 @@ fn backward_with<T: Elem, W: Elem>(
 /// per chunk, im2col of `inp` and `dW = dY * col^T`, then im2col of `d_out` and
 /// `d_inp (+)= W' * col`, no col2im (`lowering::conv_backward`'s `by_conv`). The layer must be
 /// one [`lowering::input_grad_by_conv_fits`] allows; `col` holds the im2col columns of `inp`.
-/// With `fold`, the layer convolves `relu(bn(inp)) * scale` as [`conv2d_backward_folded`] does.
+/// With `fold`, the layer convolves `relu(bn(inp)) * scale` as [`conv2d_backward_with`] does.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_by_conv<T: Elem, W: Elem>(
     d_inp: &mut [T],

@@ -76,7 +76,7 @@ mod winograd_cmds;
 mod winograd_f4;
 
 pub use cpu::{
-    col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_backward_folded, conv2d_forward, copy_weight,
+    col2im, conv2d_backward, conv2d_backward_by_conv, conv2d_backward_with, conv2d_forward, copy_weight,
     copy_weight_flipped, dense_twin, im2col, im2col_bn_relu, BnReluFold,
 };
 
@@ -343,17 +343,9 @@ impl Kernel for ConvBackward {
                     copy_weight(unsafe { m.buf_mut::<T>(copy) }, m.tensor(self.weight), p, os, is);
                 }
                 let (dense, os, is) = dense_twin(p, os, is);
-                match fold {
-                    Some(f) => {
-                        conv2d_backward_folded(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, f)
-                    }
-                    None => conv2d_backward(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, algo),
-                }
+                conv2d_backward_with(dx, dw, dy, x, m.buf::<T>(copy), col, &dense, os, is, chunk, acc, algo, fold)
             }
-            None => match fold {
-                Some(f) => conv2d_backward_folded(dx, dw, dy, x, m.tensor(self.weight), col, p, os, is, chunk, acc, f),
-                None => conv2d_backward(dx, dw, dy, x, m.tensor(self.weight), col, p, os, is, chunk, acc, algo),
-            },
+            None => conv2d_backward_with(dx, dw, dy, x, m.tensor(self.weight), col, p, os, is, chunk, acc, algo, fold),
         }
     }
     fn run_cuda(&self, d: &DeviceView) {

@@ -1054,7 +1054,21 @@ fn a_folded_backward_is_bit_identical_to_the_backward_of_the_recomputed_output()
             let (mut dx, mut dw) = (d0.clone(), vec![f32::NAN; dw_len]);
             conv2d_backward(Some(&mut dx), &mut dw, &dy, &out, &wt, &mut col, &p, os, is, chunk, acc, Algo::Im2col);
             let (mut fdx, mut fdw) = (d0.clone(), vec![f32::NAN; dw_len]);
-            conv2d_backward_folded(Some(&mut fdx), &mut fdw, &dy, &x, &wt, &mut col, &p, os, is, chunk, acc, fold);
+            conv2d_backward_with(
+                Some(&mut fdx),
+                &mut fdw,
+                &dy,
+                &x,
+                &wt,
+                &mut col,
+                &p,
+                os,
+                is,
+                chunk,
+                acc,
+                Algo::Fast,
+                Some(fold),
+            );
             assert_eq!(fdw, dw, "d_weight {what}");
             assert_eq!(fdx, dx, "d_inp {what}");
             if !lowering::input_grad_by_conv_fits(&p, os.width, is.width) {
@@ -1084,7 +1098,21 @@ fn a_direct_convolution_refuses_a_bn_fold() {
     let x = random(4 * 18, 2);
     let (_, fold) = applied(&x, &bn, &stats, is, 18);
     let (mut dw, dy) = (vec![0f32; 8], random(2 * 18, 3));
-    conv2d_backward_folded(None, &mut dw, &dy, &x, &random(8, 4), &mut [], &p, Slice::full(2), is, 0, false, fold);
+    conv2d_backward_with(
+        None,
+        &mut dw,
+        &dy,
+        &x,
+        &random(8, 4),
+        &mut [],
+        &p,
+        Slice::full(2),
+        is,
+        0,
+        false,
+        Algo::Fast,
+        Some(fold),
+    );
 }
 
 /// Times, in bf16 on a WRN-16-4 block1 layer's shape (32 images, 64 channels, 32x32), the
