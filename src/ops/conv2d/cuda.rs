@@ -13,7 +13,7 @@
 //! (`CUDA_R_16BF` operands, `CUBLAS_COMPUTE_32F`), writing bf16 activations or the f32 gradient.
 
 use super::lowering::{self, ConvCmd, Operand};
-use super::winograd::{tiles, workspace_len as winograd_len, Wino, XI};
+use super::winograd::{workspace_len as winograd_len, Wino};
 use super::winograd_cmds::{self, cublas_strides, WinoCmd};
 use super::{dense_twin, BnPrologue, Conv, ConvAlgo, ConvBackward, GemmWeight};
 use crate::gpu::{grid, int, rows, Arg, FastDiv, GemmCall};
@@ -187,7 +187,7 @@ fn run_winograd(
     weight: u64,
     addr: &impl Fn(Operand) -> u64,
 ) {
-    let (th, tw) = tiles(p);
+    let (th, tw) = Wino::F2.tiles(p);
     let (n, h, w, th_, tw_) = (int(p.n), int(p.h), int(p.w), int(th), int(tw));
     let (ow, iw) = (int(os.width), int(is.width));
     // Element `off` of the workspace (f32).
@@ -216,7 +216,7 @@ fn run_winograd(
             let g = GemmCall {
                 label, transa: b.transa, transb: b.transb, m: b.m, n: b.n, k: b.k,
                 a: col(b.a.1), lda: b.lda, b: col(b.b.1), ldb: b.ldb, c: col(b.c.1), ldc: b.ldc, beta: b.beta,
-                ab_type: Dtype::F32, c_type: Dtype::F32, batch: XI, strides: cublas_strides(strides),
+                ab_type: Dtype::F32, c_type: Dtype::F32, batch: Wino::F2.xi(), strides: cublas_strides(strides),
             };
             d.gpu.gemm(&g);
         }

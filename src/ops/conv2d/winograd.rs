@@ -98,11 +98,6 @@ pub(super) fn eligible(p: &ConvShape) -> bool {
     p.k == 3 && p.stride == 1 && p.pad == 1 && p.cin >= MIN_CIN
 }
 
-/// Tile rows and columns of one image under F(2x2, 3x3).
-pub(super) fn tiles(p: &ConvShape) -> (usize, usize) {
-    Wino::F2.tiles(p)
-}
-
 /// Floats of workspace for `in_width` input channels and `nb` images per chunk (an upper bound
 /// over output slices: it counts the full `cout`).
 pub(super) fn workspace_len(p: &ConvShape, in_width: usize, nb: usize, w: Wino) -> usize {
